@@ -1,0 +1,1061 @@
+"""Pre-training integrity audit: leakage, duplicates, label conflicts, confounding.
+
+A model evaluated on images it (almost) saw in training looks better than it is. The
+audit looks for the usual ways this happens in small medical cohorts *before* any
+training, and reports them in plain words:
+
+* the same patient in two splits (or in two cross-validation folds);
+* the same image twice: exact copies (file hash ``sha256`` or decoded-pixel hash) and
+  near-copies (perceptual hashes: flipped, rescaled, re-compressed copies) — within a
+  split (info), across splits (error by default: leakage) and across patients (warning:
+  possibly one person under two IDs);
+* label conflicts: the same image, or a near-copy of it, with two different labels;
+* class balance per split and fold, and patients per class;
+* confounding: a class that comes (almost) entirely from one source or image size;
+* laterality sanity: more than two images of one eye in one visit, missing laterality.
+
+Every finding names patients by ``patient_key`` (the pseudonym) and images by
+``image_id``; the raw ``patient_id`` never leaves memory.
+
+Near-duplicate threshold
+------------------------
+Two images are near-duplicates when **both** their 64-bit pHash and their 64-bit dHash
+differ in at most ``hamming_threshold`` bits (default :data:`DEFAULT_HAMMING_THRESHOLD`
+= 10), comparing each image with the other and with its mirror image. The default is a
+compromise measured on synthetic textured images (see ``tests/test_audit.py``):
+0.9x rescaled, JPEG quality-60 and flipped copies land at 0-4 bits, while unrelated
+images sit around 32 bits (the mean of a fair 64-bit coin), with a chance of a random
+pair reaching <= 10 bits on *both* hashes below 1e-15. Real cohorts are more alike than
+random images (every fundus photograph is an orange disc on black), which is why both
+hashes must agree; if a cohort still shows false alarms, lower the threshold.
+
+Near-duplicate search is exact, not approximate: all pairs are compared, but as
+vectorized XOR + popcount over blocks of hashes (numpy), never as a Python loop. A
+banded LSH index (4 bands of 16 bits) would only be guaranteed, by pigeonhole, to find
+pairs within 3 bits (4 bands, at most 3 differing bits leave one band intact), which is
+below the default threshold; exhaustive blocks cost ~1.5 n^2 popcounts, a few seconds
+for 20,000 images (``benchmarks/audit_bench.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.fft
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from medxcept.errors import ConfigError, LeakageError
+
+__all__ = [
+    "DEFAULT_HAMMING_THRESHOLD",
+    "POLICIES",
+    "Finding",
+    "AuditReport",
+    "fingerprints",
+    "hamming",
+    "near_duplicate_pairs",
+    "duplicate_groups",
+    "cramers_v",
+    "audit_cohort",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HAMMING_THRESHOLD = 10
+"""Bits (out of 64) within which two pHashes *and* dHashes mark a near-duplicate."""
+
+POLICIES = ("error", "warn", "fix")
+SEVERITIES = ("error", "warning", "info")
+
+_PIXEL_HASH_PX = 64  # the "fixed small size" of the decoded-pixel hash
+_THUMB_PX = 32  # pHash: DCT of a 32x32 grayscale thumbnail, low 8x8 block
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+def _area_rows(x: np.ndarray, n_out: int) -> np.ndarray:
+    """Area-resample ``x`` to ``n_out`` rows (axis 0), accumulating in float64.
+
+    Output row ``i`` is the mean of input rows over ``[i, i + 1) * n_in / n_out``:
+    the sum of the whole rows inside, plus the overlapping share of the two edge
+    rows. Sums of contiguous row blocks are fast in numpy (a 3-megapixel image in
+    ~10 ms), unlike ``cumsum``/``reduceat`` along axis 0 or large matrix products.
+    The result is mirror-symmetric up to rounding, shrinking by an integer factor
+    twice equals shrinking once, and upsampling repeats rows.
+    """
+    n_in = x.shape[0]
+    if n_in % n_out == 0:  # whole blocks (64 -> 32, 64 -> 8)
+        return x.reshape((n_out, n_in // n_out) + x.shape[1:]).mean(axis=1, dtype=np.float64)
+    return _area_rows_blocks(x, n_out)
+
+
+def _area_rows_blocks(x: np.ndarray, n_out: int) -> np.ndarray:
+    n_in = x.shape[0]
+    k = np.arange(n_out + 1)
+    ceil = -(-k * n_in // n_out)  # first whole row at or after each edge
+    floor = np.minimum(k * n_in // n_out, n_in - 1)  # row holding each edge
+    part = (ceil * n_out - k * n_in) / n_out  # share of row `floor` before the edge
+    edge = part.reshape((-1,) + (1,) * (x.ndim - 1)) * x[floor].astype(np.float64)
+    whole = np.stack([x[a:b].sum(axis=0, dtype=np.float64) for a, b in zip(ceil[:-1], ceil[1:])])
+    return (whole + edge[:-1] - edge[1:]) * (n_out / n_in)
+
+
+def _resize(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Area-resample an ``H x W [x C]`` array to ``out_h x out_w [x C]`` (float64)."""
+    return _area_rows(_area_rows(img, out_h).swapaxes(0, 1), out_w).swapaxes(0, 1)
+
+
+def _as_hwc(img: np.ndarray, index: int) -> np.ndarray:
+    arr = np.asarray(img)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ConfigError(
+            f"fingerprints: image #{index} has shape {arr.shape}; expected H x W x C with C in (1, 3)"
+        )
+    if arr.shape[2] == 4:  # drop alpha; readers should already have done so
+        arr = arr[:, :, :3]
+    return arr
+
+
+def _pack_bits(bits: np.ndarray) -> np.ndarray:
+    """``(n, 64)`` booleans -> ``(n,)`` uint64, first bit most significant."""
+    packed = np.packbits(bits.astype(np.uint8), axis=1)  # (n, 8) bytes, big-endian bit order
+    return packed.view(">u8").ravel().astype(np.uint64)
+
+
+def _phash(thumbs: np.ndarray) -> np.ndarray:
+    """pHash of ``(n, 32, 32)`` thumbnails: sign of the low 8x8 DCT block vs its median."""
+    low = scipy.fft.dctn(thumbs, type=2, axes=(1, 2), norm="ortho")[:, :8, :8].reshape(len(thumbs), 64)
+    # Median over the 63 AC coefficients: the DC term (mean brightness) is far larger
+    # than the rest and would otherwise only shift the median by one rank.
+    med = np.median(low[:, 1:], axis=1, keepdims=True)
+    return _pack_bits(low > med)
+
+
+def _dhash(small: np.ndarray) -> np.ndarray:
+    """dHash of ``(n, 8, 9)`` thumbnails: is each pixel brighter than its left neighbour."""
+    return _pack_bits((small[:, :, 1:] > small[:, :, :-1]).reshape(len(small), 64))
+
+
+def _hash_inputs(images: Iterable[np.ndarray]) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+    """Pixel hash, 32x32 and 8x9 grayscale thumbnails of each image."""
+    pixel_hashes: list[str] = []
+    thumbs: list[np.ndarray] = []
+    smalls: list[np.ndarray] = []
+    for i, img in enumerate(images):
+        arr = _as_hwc(img, i)
+        # one pass over the full image; everything else is derived from 64x64
+        # (area resampling 64 -> 32 is exactly the same as H -> 32)
+        small = np.clip(_resize(arr, _PIXEL_HASH_PX, _PIXEL_HASH_PX), 0.0, 1.0)
+        q = np.rint(small * 255.0).astype(np.uint8)
+        h = hashlib.sha256(f"{q.shape}".encode())
+        h.update(q.tobytes())
+        pixel_hashes.append(h.hexdigest())
+        gray = small[:, :, 0] if small.shape[2] == 1 else (small * _LUMA).sum(axis=2)
+        thumbs.append(_resize(gray, _THUMB_PX, _THUMB_PX))
+        smalls.append(_resize(gray, 8, 9))
+    return pixel_hashes, thumbs, smalls
+
+
+def fingerprints(images: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
+    """Exact and perceptual hashes of decoded images, for duplicate search.
+
+    Parameters
+    ----------
+    images : iterable of numpy.ndarray
+        Decoded images (``H x W x C`` float in [0, 1], ``C`` = 1 or 3, or ``H x W``),
+        in the order of the cohort table's rows.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        Arrays of length n, aligned with the input order:
+
+        ``pixel_hash``
+            sha256 hex (``object`` array of str) of the image area-resampled to 64x64
+            per channel and quantized to uint8, so that the same pixels read from two
+            differently encoded files (PNG and lossless TIFF) match exactly.
+        ``phash``, ``phash_flip``
+            uint64 pHash of the image and of its horizontal mirror (grayscale 32x32
+            area thumbnail, 2-D DCT, low 8x8 block > its AC median).
+        ``dhash``, ``dhash_flip``
+            uint64 dHash of the image and of its mirror (grayscale 9x8 thumbnail,
+            each pixel > its left neighbour).
+
+    Notes
+    -----
+    Grayscale uses ITU-R 601 luma weights. Thumbnails come from exact area
+    resampling (running sums, one pass over each image: ~15 ms for a 3-megapixel
+    photograph); the DCT and bit packing run on all thumbnails at once.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> img = rng.random((40, 50, 3)).astype("float32")
+    >>> fp = fingerprints([img, img[:, ::-1]])
+    >>> bool(fp["phash_flip"][0] == fp["phash"][1])
+    True
+    """
+    pixel_hashes, thumbs, smalls = _hash_inputs(images)
+    n = len(pixel_hashes)
+    if n == 0:
+        empty = np.zeros(0, dtype=np.uint64)
+        return {
+            "pixel_hash": np.zeros(0, dtype=object),
+            "phash": empty,
+            "phash_flip": empty.copy(),
+            "dhash": empty.copy(),
+            "dhash_flip": empty.copy(),
+        }
+    t = np.stack(thumbs)
+    s = np.stack(smalls)
+    return {
+        "pixel_hash": np.array(pixel_hashes, dtype=object),
+        "phash": _phash(t),
+        "phash_flip": _phash(t[:, :, ::-1]),
+        "dhash": _dhash(s),
+        "dhash_flip": _dhash(s[:, :, ::-1]),
+    }
+
+
+# ------------------------------------------------------------------- pair search
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    """Number of set bits of each uint64 (numpy >= 2 has a ufunc; else a byte table)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x)
+    table = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+    b = np.ascontiguousarray(x, dtype=np.uint64).view(np.uint8).reshape(*x.shape, 8)
+    return table[b].sum(axis=-1, dtype=np.uint8)
+
+
+def hamming(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
+    """Elementwise Hamming distance between uint64 hashes (broadcasting).
+
+    >>> int(hamming(np.uint64(0b1011), np.uint64(0b0001)))
+    2
+    """
+    return _popcount(np.bitwise_xor(np.asarray(a, dtype=np.uint64), np.asarray(b, dtype=np.uint64)))
+
+
+def _check_fp(fp: dict[str, np.ndarray], n: int) -> None:
+    need = ("pixel_hash", "phash", "phash_flip", "dhash", "dhash_flip")
+    missing = [k for k in need if k not in fp]
+    if missing:
+        raise ConfigError(f"fingerprints dict lacks {missing}; build it with medxcept.audit.fingerprints()")
+    bad = {k: len(fp[k]) for k in need if len(fp[k]) != n}
+    if bad:
+        raise ConfigError(
+            f"fingerprints have lengths {bad} but the cohort has {n} rows; "
+            "compute them from the images in the order of the cohort table"
+        )
+
+
+def near_duplicate_pairs(
+    fp: dict[str, np.ndarray],
+    hamming_threshold: int = DEFAULT_HAMMING_THRESHOLD,
+    *,
+    block_elements: int = 1 << 22,
+) -> pd.DataFrame:
+    """All pairs of images whose pHash and dHash both lie within ``hamming_threshold``.
+
+    Parameters
+    ----------
+    fp : dict
+        Output of :func:`fingerprints` (row order = image order).
+    hamming_threshold : int, default 10
+        Largest Hamming distance (bits out of 64) on both hashes.
+    block_elements : int, default 2**22
+        Pairs compared per numpy block (memory ~ 9 bytes each).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``i < j`` (row positions), ``phash_distance``, ``dhash_distance`` and
+        ``flipped`` (True when ``j`` matches the mirror image of ``i``). A pair that
+        matches both ways is reported once, unflipped.
+
+    Notes
+    -----
+    Exhaustive and exact: pHashes of each block of rows are XOR-ed against all later
+    rows (and against their mirror hashes) and popcounted in numpy, about n^2 popcounts
+    in all; the few pHash candidates are then checked on dHash.
+    """
+    ph = np.asarray(fp["phash"], dtype=np.uint64)
+    phf = np.asarray(fp["phash_flip"], dtype=np.uint64)
+    dh = np.asarray(fp["dhash"], dtype=np.uint64)
+    dhf = np.asarray(fp["dhash_flip"], dtype=np.uint64)
+    n = len(ph)
+    t = int(hamming_threshold)
+    rows = max(1, block_elements // max(n, 1))
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]] = []
+    for flipped, other_p, other_d in ((False, ph, dh), (True, phf, dhf)):
+        for a in range(0, n, rows):
+            b = min(n, a + rows)
+            d = _popcount(ph[a:b, None] ^ other_p[None, a:])
+            hit = d <= t
+            # keep j > i only (the diagonal block holds i == j and both orders)
+            hit[:, : b - a] &= np.triu(np.ones((b - a, b - a), dtype=bool), k=1)
+            ii, jj = np.nonzero(hit)
+            if len(ii):
+                i, j = ii + a, jj + a
+                dd = hamming(dh[i], other_d[j])
+                ok = dd <= t
+                found.append((i[ok], j[ok], d[ii, jj][ok], dd[ok], flipped))
+    cols = {"i": [], "j": [], "phash_distance": [], "dhash_distance": [], "flipped": []}
+    for i, j, dp, dd, flipped in found:
+        cols["i"].append(i)
+        cols["j"].append(j)
+        cols["phash_distance"].append(dp.astype(np.int64))
+        cols["dhash_distance"].append(dd.astype(np.int64))
+        cols["flipped"].append(np.full(len(i), flipped))
+    if not found:
+        return pd.DataFrame(
+            {
+                "i": np.zeros(0, np.int64),
+                "j": np.zeros(0, np.int64),
+                "phash_distance": np.zeros(0, np.int64),
+                "dhash_distance": np.zeros(0, np.int64),
+                "flipped": np.zeros(0, bool),
+            }
+        )
+    out = pd.DataFrame({k: np.concatenate(v) for k, v in cols.items()})
+    out = out.sort_values(["i", "j", "flipped"], kind="stable")
+    return out.drop_duplicates(["i", "j"], keep="first").reset_index(drop=True)
+
+
+def _group_pairs(keys: pd.Series, max_clique: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of row positions sharing a key: all pairs of a small group, a star for large ones."""
+    pos = pd.Series(np.arange(len(keys)), index=keys.index)
+    valid = keys.notna() & (keys.astype(str) != "")
+    grouped = pos[valid.to_numpy()].groupby(keys[valid].to_numpy(), sort=True)
+    ii: list[np.ndarray] = []
+    jj: list[np.ndarray] = []
+    for _, members in grouped:
+        m = np.sort(members.to_numpy())
+        if len(m) < 2:
+            continue
+        if len(m) <= max_clique:
+            a, b = np.triu_indices(len(m), k=1)
+            ii.append(m[a])
+            jj.append(m[b])
+        else:  # a star keeps the same connected component without m^2 pairs
+            ii.append(np.full(len(m) - 1, m[0]))
+            jj.append(m[1:])
+    if not ii:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(ii).astype(np.int64), np.concatenate(jj).astype(np.int64)
+
+
+_MATCH_RANK = {"sha256": 0, "pixel": 1, "near": 2}
+
+
+def _duplicate_pairs(df: pd.DataFrame, fp: dict[str, np.ndarray] | None, hamming_threshold: int) -> pd.DataFrame:
+    """Every duplicate pair (row positions i < j) with its strongest kind of match."""
+    parts: list[pd.DataFrame] = []
+    if "sha256" in df.columns:
+        # frames of one multi-frame DICOM share the file hash: key on (sha256, frame)
+        frame = df["frame"].astype(str) if "frame" in df.columns else pd.Series("0", index=df.index)
+        sha = df["sha256"].astype("string")
+        key = (sha + "#" + frame).where(sha.notna() & (sha != ""))
+        i, j = _group_pairs(key)
+        parts.append(pd.DataFrame({"i": i, "j": j, "match": "sha256"}))
+    if fp is not None:
+        i, j = _group_pairs(pd.Series(fp["pixel_hash"], index=df.index))
+        parts.append(pd.DataFrame({"i": i, "j": j, "match": "pixel"}))
+        near = near_duplicate_pairs(fp, hamming_threshold)
+        near["match"] = "near"
+        parts.append(near)
+    cols = ["i", "j", "match", "phash_distance", "dhash_distance", "flipped"]
+    if not parts:
+        return pd.DataFrame(columns=cols)
+    pairs = pd.concat(parts, ignore_index=True).reindex(columns=cols)
+    pairs["rank"] = pairs["match"].map(_MATCH_RANK)
+    pairs = pairs.sort_values(["i", "j", "rank"], kind="stable").drop_duplicates(["i", "j"])
+    return pairs.drop(columns="rank").reset_index(drop=True)
+
+
+def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Connected-component label of each of ``n`` nodes joined by edges ``i - j``."""
+    graph = coo_matrix((np.ones(len(i), dtype=np.int8), (i, j)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    # renumber by first member so ids follow row order
+    _, first = np.unique(labels, return_index=True)
+    order = np.argsort(np.argsort(first))
+    return order[labels]
+
+
+def duplicate_groups(
+    df: pd.DataFrame,
+    fp: dict[str, np.ndarray] | None = None,
+    threshold: int = DEFAULT_HAMMING_THRESHOLD,
+) -> pd.Series:
+    """Group id of every image, where exact and near duplicates share one group.
+
+    Pass the result to :func:`medxcept.splits.assign_splits` (``merge=``) so that every
+    copy of an image, and every patient holding one, lands in the same split.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Cohort table (``image_id``, ``sha256``, ``frame``).
+    fp : dict, optional
+        :func:`fingerprints` of the rows of ``df``, in order; without it only
+        identical files (``sha256``) are grouped.
+    threshold : int, default 10
+        Hamming threshold for near-duplicates.
+
+    Returns
+    -------
+    pandas.Series
+        Integer group id, indexed by ``image_id``, named ``dup_group``. Singletons get
+        their own id; ids are numbered in row order.
+    """
+    if fp is not None:
+        _check_fp(fp, len(df))
+    pairs = _duplicate_pairs(df, fp, threshold)
+    labels = _components(len(df), pairs["i"].to_numpy(np.int64), pairs["j"].to_numpy(np.int64))
+    return pd.Series(labels, index=pd.Index(df["image_id"].astype(str), name="image_id"), name="dup_group")
+
+
+# ---------------------------------------------------------------- confounding
+
+
+def cramers_v(table: pd.DataFrame | np.ndarray, *, bias_correction: bool = True) -> float:
+    """Cramér's V of a contingency table (0 = independent, 1 = one determines the other).
+
+    Parameters
+    ----------
+    table : array-like of shape (r, c)
+        Counts.
+    bias_correction : bool, default True
+        Bergsma's (2013) correction, which removes the upward bias of V in small
+        samples (a random 30-image table often shows V ~ 0.3 uncorrected).
+
+    Returns
+    -------
+    float
+        V in [0, 1]; 0.0 when the table has a single row or column.
+    """
+    obs = np.asarray(table, dtype=np.float64)
+    obs = obs[obs.sum(axis=1) > 0][:, obs.sum(axis=0) > 0]
+    n = obs.sum()
+    r, c = obs.shape if obs.ndim == 2 else (0, 0)
+    if r < 2 or c < 2 or n <= 1:
+        return 0.0
+    expected = np.outer(obs.sum(axis=1), obs.sum(axis=0)) / n
+    phi2 = float(((obs - expected) ** 2 / expected).sum() / n)
+    if not bias_correction:
+        return float(np.sqrt(phi2 / (min(r, c) - 1)))
+    phi2c = max(0.0, phi2 - (r - 1) * (c - 1) / (n - 1))
+    rc = r - (r - 1) ** 2 / (n - 1)
+    cc = c - (c - 1) ** 2 / (n - 1)
+    denom = min(rc - 1, cc - 1)
+    return float(np.sqrt(phi2c / denom)) if denom > 0 else 0.0
+
+
+def _size_bucket(df: pd.DataFrame, max_buckets: int = 12) -> pd.Series:
+    """``"W x H"`` per image; coarsened to 256-px steps when there are many sizes."""
+    w = pd.to_numeric(df["width"], errors="coerce")
+    h = pd.to_numeric(df["height"], errors="coerce")
+    exact = w.astype("Int64").astype(str) + "x" + h.astype("Int64").astype(str)
+    if exact.nunique() <= max_buckets:
+        return exact
+    wr = (np.round(w / 256) * 256).astype("Int64").astype(str)
+    hr = (np.round(h / 256) * 256).astype("Int64").astype(str)
+    return "~" + wr + "x" + hr
+
+
+# ------------------------------------------------------------------ report
+
+
+def _jsonable(x: Any) -> Any:
+    """Plain Python types for ``json.dumps`` (numpy scalars, arrays, NA)."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return [_jsonable(v) for v in x.tolist()]
+    if isinstance(x, np.generic):
+        return _jsonable(x.item())
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    if x is pd.NA or x is None:
+        return None
+    return x
+
+
+@dataclass
+class Finding:
+    """One result of the audit.
+
+    Attributes
+    ----------
+    kind : str
+        Machine name (``patient_overlap``, ``duplicate_across_splits``, ...).
+    severity : str
+        ``"error"`` (stops the run under ``raise_if_errors``), ``"warning"`` or ``"info"``.
+    message : str
+        One or two sentences in plain words, saying what to do where relevant.
+    count : int
+        How many patients, pairs or images are concerned.
+    details : list of dict
+        Examples (at most ``max_details``), naming ``patient_key`` / ``image_id`` only.
+    """
+
+    kind: str
+    severity: str
+    message: str
+    count: int = 0
+    details: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.severity not in SEVERITIES:
+            raise ConfigError(f"Finding.severity must be one of {SEVERITIES}, got {self.severity!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict."""
+        return _jsonable(
+            {
+                "kind": self.kind,
+                "severity": self.severity,
+                "message": self.message,
+                "count": int(self.count),
+                "details": self.details,
+            }
+        )
+
+
+@dataclass
+class AuditReport:
+    """Everything the audit found, plus the tables behind it.
+
+    Attributes
+    ----------
+    findings : list of Finding
+        In check order; see :attr:`errors` and :attr:`warnings`.
+    tables : dict of str to pandas.DataFrame
+        ``class_balance`` (images per partition x class), ``class_balance_patients``,
+        ``patients_per_class`` and ``confounding_<column>`` (class x value counts).
+    policy : str
+        The policy the severities were assigned under.
+    hamming_threshold : int
+        Near-duplicate threshold used.
+    merge_groups : pandas.Series or None
+        Under ``policy="fix"``: :func:`duplicate_groups`, to pass to
+        :func:`medxcept.splits.assign_splits` as ``merge=`` before splitting again.
+    """
+
+    findings: list[Finding] = field(default_factory=list)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    policy: str = "error"
+    hamming_threshold: int = DEFAULT_HAMMING_THRESHOLD
+    merge_groups: pd.Series | None = None
+
+    @property
+    def errors(self) -> list[Finding]:
+        """Findings of severity ``"error"``."""
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        """Findings of severity ``"warning"``."""
+        return [f for f in self.findings if f.severity == "warning"]
+
+    def by_kind(self, kind: str) -> list[Finding]:
+        """Findings of one kind (empty list when none)."""
+        return [f for f in self.findings if f.kind == kind]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary, findings and tables (for ``audit.json``)."""
+        tables = {}
+        for name, t in self.tables.items():
+            tables[name] = {
+                "index": [str(i) for i in t.index],
+                "columns": [str(c) for c in t.columns],
+                "data": _jsonable(t.to_numpy().tolist()),
+            }
+        return {
+            "policy": self.policy,
+            "hamming_threshold": int(self.hamming_threshold),
+            "summary": {s: sum(f.severity == s for f in self.findings) for s in SEVERITIES},
+            "findings": [f.to_dict() for f in self.findings],
+            "tables": tables,
+            "merge_groups": None if self.merge_groups is None else int(self.merge_groups.nunique()),
+        }
+
+    def raise_if_errors(self) -> None:
+        """Raise :class:`LeakageError` when any finding is an error.
+
+        Raises
+        ------
+        LeakageError
+            One paragraph: the count of each error and what to do about it.
+        """
+        errs = self.errors
+        if not errs:
+            return
+        parts = "; ".join(f"{f.kind.replace('_', ' ')}: {f.count}" for f in errs)
+        raise LeakageError(
+            f"The integrity audit found {len(errs)} problem(s) that would make the evaluation "
+            f"untrustworthy ({parts}). See audit.json for the patient keys and image ids. To go on, "
+            "remove or relabel the duplicated images, merge patient IDs that belong to one person, "
+            "or fix the split file; or re-run with audit policy 'fix' to regroup duplicates "
+            "into one split, or 'warn' to continue at your own risk (the report will say so)."
+        )
+
+
+# ------------------------------------------------------------------ checks
+
+
+def _partition(df: pd.DataFrame) -> pd.Series | None:
+    """The split/fold an image is evaluated in; None when the table is not split yet."""
+    cols = [c for c in ("split", "fold") if c in df.columns]
+    if not cols:
+        return None
+    out = pd.Series("", index=df.index, dtype=object)
+    for c in cols:
+        out = out + f"{c}=" + df[c].astype(str) + " "
+    return out.str.strip()
+
+
+def _leak_severity(policy: str) -> str:
+    return "error" if policy == "error" else "warning"
+
+
+def _check_overlap(
+    df: pd.DataFrame, part: pd.Series, key: str, policy: str, max_details: int
+) -> Finding | None:
+    n_parts = part.groupby(df[key].to_numpy()).nunique()
+    bad = n_parts[n_parts > 1].index
+    if len(bad) == 0:
+        return None
+    details = []
+    for k in list(bad)[:max_details]:
+        rows = df[key].to_numpy() == k
+        details.append(
+            {key: str(k), "partitions": sorted(set(part[rows])), "n_images": int(rows.sum())}
+        )
+    what = "patient" if key == "patient_key" else f"'{key}' value"
+    sev = _leak_severity(policy)
+    return Finding(
+        kind="patient_overlap" if key == "patient_key" else f"{key}_overlap",
+        severity=sev,
+        message=(
+            f"{len(bad)} {what}(s) have images in more than one split or fold, so the model is "
+            "tested on people it was trained on. Re-split by patient (medxcept does this unless "
+            "a split file is supplied) or correct the split file."
+        ),
+        count=len(bad),
+        details=details,
+    )
+
+
+def _pair_details(df: pd.DataFrame, pairs: pd.DataFrame, part: pd.Series | None, n: int) -> list[dict[str, Any]]:
+    out = []
+    ids = df["image_id"].astype(str).to_numpy()
+    pk = df["patient_key"].astype(str).to_numpy()
+    lab = df["label"].astype(str).to_numpy()
+    for row in pairs.head(n).itertuples(index=False):
+        i, j = int(row.i), int(row.j)
+        d: dict[str, Any] = {
+            "image_id_a": ids[i],
+            "image_id_b": ids[j],
+            "patient_key_a": pk[i],
+            "patient_key_b": pk[j],
+            "label_a": lab[i],
+            "label_b": lab[j],
+            "match": row.match,
+        }
+        if row.match == "near":
+            d["phash_distance"] = int(row.phash_distance)
+            d["dhash_distance"] = int(row.dhash_distance)
+            d["flipped"] = bool(row.flipped)
+        if part is not None:
+            d["partition_a"] = part.iloc[i]
+            d["partition_b"] = part.iloc[j]
+        out.append(d)
+    return out
+
+
+def _check_duplicates(
+    df: pd.DataFrame, pairs: pd.DataFrame, part: pd.Series | None, policy: str, max_details: int
+) -> list[Finding]:
+    found: list[Finding] = []
+    if pairs.empty:
+        return found
+    i = pairs["i"].to_numpy(np.int64)
+    j = pairs["j"].to_numpy(np.int64)
+    pk = df["patient_key"].astype(str).to_numpy()
+    lab = df["label"].astype(str).to_numpy()
+    exact = (pairs["match"] != "near").to_numpy()
+    cross_patient = pk[i] != pk[j]
+    if part is not None:
+        p = part.to_numpy()
+        cross_split = p[i] != p[j]
+    else:
+        cross_split = np.zeros(len(pairs), dtype=bool)
+
+    def describe(mask: np.ndarray) -> str:
+        return f"{int((mask & exact).sum())} exact, {int((mask & ~exact).sum())} near-duplicate"
+
+    if cross_split.any():
+        m = cross_split
+        found.append(
+            Finding(
+                "duplicate_across_splits",
+                _leak_severity(policy) if policy != "fix" else "warning",
+                f"{int(m.sum())} pair(s) of identical or near-identical images ({describe(m)}) sit in "
+                "different splits or folds: the model would be tested on images it was trained on. "
+                + (
+                    "Policy 'fix': they are regrouped so that re-splitting puts each set in one split."
+                    if policy == "fix"
+                    else "Remove the copies, or use audit policy 'fix' to keep each set in one split."
+                ),
+                int(m.sum()),
+                _pair_details(df, pairs[m], part, max_details),
+            )
+        )
+    if cross_patient.any():
+        m = cross_patient
+        n_pat = len(set(pk[i[m]]) | set(pk[j[m]]))
+        found.append(
+            Finding(
+                "duplicate_across_patients",
+                "warning",
+                f"{int(m.sum())} pair(s) of identical or near-identical images ({describe(m)}) belong to "
+                f"different patients ({n_pat} patient keys): possibly one person under two IDs, or a "
+                "copied file. Check these patients and merge their IDs if they are one person.",
+                int(m.sum()),
+                _pair_details(df, pairs[m], part, max_details),
+            )
+        )
+    within = ~cross_split & ~cross_patient
+    if within.any():
+        m = within
+        found.append(
+            Finding(
+                "duplicate_within_split",
+                "info",
+                f"{int(m.sum())} pair(s) of identical or near-identical images ({describe(m)}) of the same "
+                "patient in the same split (repeat shots or copies); harmless for the evaluation, but "
+                "they weigh that patient more in training.",
+                int(m.sum()),
+                _pair_details(df, pairs[m], part, max_details),
+            )
+        )
+    conflict = lab[i] != lab[j]
+    if (conflict & exact).any():
+        m = conflict & exact
+        found.append(
+            Finding(
+                "label_conflict",
+                "error" if policy != "warn" else "warning",
+                f"{int(m.sum())} pair(s) of identical images carry different labels. One label is wrong; "
+                "correct the label file or drop the copies.",
+                int(m.sum()),
+                _pair_details(df, pairs[m], part, max_details),
+            )
+        )
+    if (conflict & ~exact).any():
+        m = conflict & ~exact
+        found.append(
+            Finding(
+                "label_conflict_near",
+                "warning",
+                f"{int(m.sum())} pair(s) of near-identical images carry different labels. This can be real "
+                "(the disease changed between visits) or a labelling error; please check.",
+                int(m.sum()),
+                _pair_details(df, pairs[m], part, max_details),
+            )
+        )
+    return found
+
+
+def _fold_partitions(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Boolean row masks of every set that must hold every class."""
+    sets: dict[str, np.ndarray] = {}
+    if "split" in df.columns:
+        for s in sorted(df["split"].astype(str).unique()):
+            sets[f"split={s}"] = (df["split"].astype(str) == s).to_numpy()
+    if "fold" in df.columns:
+        fold = pd.to_numeric(df["fold"], errors="coerce").fillna(-1).astype(int).to_numpy()
+        for k in sorted(set(fold[fold >= 0])):
+            sets[f"fold={k} train"] = (fold >= 0) & (fold != k)
+            sets[f"fold={k} val"] = fold == k
+    return sets
+
+
+def _check_balance(df: pd.DataFrame, report: AuditReport, max_details: int) -> list[Finding]:
+    found: list[Finding] = []
+    labels = sorted(df["label"].astype(str).unique())
+    lab = df["label"].astype(str)
+    pk = df["patient_key"].astype(str)
+    per_class = pd.DataFrame(
+        {
+            "n_images": lab.value_counts().reindex(labels).fillna(0).astype(int),
+            "n_patients": pk.groupby(lab).nunique().reindex(labels).fillna(0).astype(int),
+        }
+    )
+    if "y" in df.columns:  # patient label = most severe (highest y), as in medxcept.splits
+        y = pd.to_numeric(df["y"], errors="coerce")
+        top = y.groupby(pk).transform("max")
+        pl = lab[y == top].groupby(pk[y == top]).first()
+        per_class["n_patients_by_patient_label"] = pl.value_counts().reindex(labels).fillna(0).astype(int)
+    per_class.index.name = "label"
+    report.tables["patients_per_class"] = per_class
+    sets = _fold_partitions(df)
+    if not sets:
+        return found
+    img_rows, pat_rows = {}, {}
+    for name, mask in sets.items():
+        img_rows[name] = lab[mask].value_counts().reindex(labels).fillna(0).astype(int)
+        pat_rows[name] = pk[mask].groupby(lab[mask]).nunique().reindex(labels).fillna(0).astype(int)
+    report.tables["class_balance"] = pd.DataFrame(img_rows).T.rename_axis("partition")
+    report.tables["class_balance_patients"] = pd.DataFrame(pat_rows).T.rename_axis("partition")
+    missing = [
+        {"partition": name, "missing_classes": [c for c in labels if img_rows[name][c] == 0]}
+        for name in sets
+        if (img_rows[name] == 0).any()
+    ]
+    if missing:
+        found.append(
+            Finding(
+                "missing_class",
+                "error",
+                f"{len(missing)} split(s)/fold part(s) lack at least one class, so AUC and per-class metrics "
+                "cannot be computed there. Use fewer folds or smaller validation/test fractions, or "
+                "collect more patients of the rare class.",
+                len(missing),
+                missing[:max_details],
+            )
+        )
+    return found
+
+
+def _check_confounding(
+    df: pd.DataFrame,
+    report: AuditReport,
+    columns: Sequence[str],
+    *,
+    share_threshold: float,
+    v_threshold: float,
+    min_class_images: int,
+) -> list[Finding]:
+    found: list[Finding] = []
+    lab = df["label"].astype(str)
+    for col in columns:
+        if col == "size":
+            if not {"width", "height"} <= set(df.columns):
+                continue
+            values = _size_bucket(df)
+        elif col in df.columns:
+            values = df[col].astype(str).fillna("NA")
+        else:
+            continue
+        table = pd.crosstab(lab, values)
+        report.tables[f"confounding_{col}"] = table
+        if table.shape[1] < 2 or table.shape[0] < 2:
+            continue
+        v = cramers_v(table)
+        shares = table.div(table.sum(axis=1), axis=0)
+        overall = table.sum(axis=0) / table.to_numpy().sum()
+        hits = []
+        for c in table.index:
+            if table.loc[c].sum() < min_class_images:
+                continue
+            s = shares.loc[c].idxmax()
+            # a source that dominates the whole cohort says nothing about one class
+            if shares.loc[c, s] >= share_threshold and overall[s] < share_threshold:
+                hits.append(
+                    {"label": c, "value": str(s), "share": round(float(shares.loc[c, s]), 3),
+                     "share_in_cohort": round(float(overall[s]), 3)}
+                )
+        if hits or v >= v_threshold:
+            said = "; ".join(
+                f"{h['share']:.0%} of '{h['label']}' images come from {col} '{h['value']}' "
+                f"({h['share_in_cohort']:.0%} of all images)"
+                for h in hits
+            )
+            found.append(
+                Finding(
+                    "confounding",
+                    "warning",
+                    f"Class and {col} are entangled (Cramér's V = {v:.2f}){': ' + said if said else ''}. "
+                    f"The model may learn to recognise the {col} instead of the disease; report results per "
+                    f"{col}, or balance the classes within each {col}.",
+                    len(hits) or 1,
+                    [{"column": col, "cramers_v": round(v, 3), **h} for h in hits] or [{"column": col, "cramers_v": round(v, 3)}],
+                )
+            )
+        else:
+            found.append(
+                Finding(
+                    "confounding_checked",
+                    "info",
+                    f"Class vs {col}: Cramér's V = {v:.2f}, no class comes mostly from one {col}.",
+                    0,
+                    [{"column": col, "cramers_v": round(v, 3)}],
+                )
+            )
+    return found
+
+
+def _check_laterality(df: pd.DataFrame, max_details: int) -> list[Finding]:
+    found: list[Finding] = []
+    if "laterality" not in df.columns:
+        return found
+    lat = df["laterality"].astype(str)
+    n_na = int((lat == "NA").sum())
+    if n_na:
+        found.append(
+            Finding(
+                "laterality_missing",
+                "info",
+                f"{n_na} image(s) have no laterality (NA); eye-level checks skip them.",
+                n_na,
+            )
+        )
+    study = df["study_id"].astype(str) if "study_id" in df.columns else pd.Series("", index=df.index)
+    sided = lat.isin(["L", "R"])
+    if sided.any():
+        keys = pd.DataFrame({"patient_key": df["patient_key"].astype(str), "study_id": study, "laterality": lat})[sided]
+        counts = keys.value_counts()
+        bad = counts[counts > 2]
+        if len(bad):
+            found.append(
+                Finding(
+                    "laterality_excess",
+                    "warning",
+                    f"{len(bad)} patient-visit-eye combination(s) have more than two images; check for "
+                    "mislabelled laterality, a missing visit id, or repeated shots.",
+                    len(bad),
+                    [
+                        {"patient_key": pkey, "study_id": s, "laterality": la, "n_images": int(n)}
+                        for (pkey, s, la), n in list(bad.items())[:max_details]
+                    ],
+                )
+            )
+    return found
+
+
+def audit_cohort(
+    df: pd.DataFrame,
+    *,
+    fp: dict[str, np.ndarray] | None = None,
+    policy: str = "error",
+    hamming_threshold: int = DEFAULT_HAMMING_THRESHOLD,
+    group_column: str | None = None,
+    confound_columns: Sequence[str] = ("source", "size"),
+    share_threshold: float = 0.9,
+    v_threshold: float = 0.5,
+    min_class_images: int = 5,
+    max_details: int = 100,
+) -> AuditReport:
+    """Audit a cohort (split or not) for leakage, duplicates and confounding.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Cohort table (:mod:`medxcept.cohort`) with ``split`` and/or ``fold`` when it has
+        been split. Required columns: ``image_id``, ``patient_key``, ``label``; the
+        checks that need other columns (``sha256``, ``source``, ``width``/``height``,
+        ``laterality``, ``study_id``, ``y``) are skipped without them.
+    fp : dict, optional
+        :func:`fingerprints` of the decoded images, in row order. Without it only
+        identical files (``sha256``) are found, and an info finding says so.
+    policy : {"error", "warn", "fix"}, default "error"
+        Severity of leakage findings. ``"error"``: errors (``raise_if_errors`` stops
+        the run). ``"warn"``: leakage and label conflicts become warnings (a class
+        missing from a split or fold stays an error: its metrics cannot be
+        computed). ``"fix"``: duplicates
+        across splits become warnings and ``report.merge_groups`` holds
+        :func:`duplicate_groups` for re-splitting; patient overlap and exact label
+        conflicts stay errors. The audit itself never raises on findings.
+    hamming_threshold : int, default 10
+        Near-duplicate threshold on pHash and dHash (see the module notes).
+    group_column : str, optional
+        An extra grouping column (``site``, ``group``) that must not span splits either.
+    confound_columns : sequence of str, default ("source", "size")
+        Columns tested against the label; ``"size"`` is the ``width x height`` bucket.
+    share_threshold : float, default 0.9
+        Warn when this share of a class comes from one value (and that value supplies
+        less than this share of the whole cohort).
+    v_threshold : float, default 0.5
+        Warn when the bias-corrected Cramér's V reaches this.
+    min_class_images : int, default 5
+        Classes with fewer images are not judged on their shares (too few to tell).
+    max_details : int, default 100
+        Examples kept per finding (``count`` always holds the total).
+
+    Returns
+    -------
+    AuditReport
+    """
+    if policy not in POLICIES:
+        raise ConfigError(f"audit policy must be one of {POLICIES}, got {policy!r}")
+    if int(hamming_threshold) != hamming_threshold or not 0 <= hamming_threshold <= 32:
+        raise ConfigError(f"hamming_threshold must be an integer in [0, 32], got {hamming_threshold!r}")
+    missing = [c for c in ("image_id", "patient_key", "label") if c not in df.columns]
+    if missing:
+        raise ConfigError(f"audit: the cohort table lacks column(s) {missing}")
+    if group_column is not None and group_column not in df.columns:
+        raise ConfigError(f"audit: group_column {group_column!r} is not a column of the cohort table")
+    df = df.reset_index(drop=True)
+    if fp is not None:
+        _check_fp(fp, len(df))
+    report = AuditReport(policy=policy, hamming_threshold=int(hamming_threshold))
+    part = _partition(df)
+
+    if part is not None:
+        f = _check_overlap(df, part, "patient_key", policy, max_details)
+        if f is not None:
+            report.findings.append(f)
+        if group_column is not None:
+            f = _check_overlap(df, part, group_column, policy, max_details)
+            if f is not None:
+                report.findings.append(f)
+
+    pairs = _duplicate_pairs(df, fp, int(hamming_threshold))
+    report.findings += _check_duplicates(df, pairs, part, policy, max_details)
+    if fp is None:
+        report.findings.append(
+            Finding(
+                "near_duplicates_not_checked",
+                "info",
+                "Only byte-identical files were compared; pass fingerprints of the decoded images to also "
+                "find re-encoded, rescaled and flipped copies.",
+            )
+        )
+    if policy == "fix":
+        report.merge_groups = pd.Series(
+            _components(len(df), pairs["i"].to_numpy(np.int64), pairs["j"].to_numpy(np.int64)),
+            index=pd.Index(df["image_id"].astype(str), name="image_id"),
+            name="dup_group",
+        )
+
+    report.findings += _check_balance(df, report, max_details)
+    report.findings += _check_confounding(
+        df,
+        report,
+        confound_columns,
+        share_threshold=share_threshold,
+        v_threshold=v_threshold,
+        min_class_images=min_class_images,
+    )
+    report.findings += _check_laterality(df, max_details)
+    n_err, n_warn = len(report.errors), len(report.warnings)
+    logger.info("audit of %d images: %d error(s), %d warning(s)", len(df), n_err, n_warn)
+    return report

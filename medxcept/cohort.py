@@ -1,0 +1,277 @@
+"""The cohort table: one row per image, the single data structure every stage passes on.
+
+Schema (``COLUMNS``; checked by :func:`validate_cohort` at stage boundaries)
+
+============  =======  ==============================================================
+column        dtype    meaning
+============  =======  ==============================================================
+image_id      str      stable id of the image (file hash prefix, plus ``#frame``)
+path          str      absolute path of the source file
+frame         int      frame index inside a multi-frame DICOM, else 0
+patient_id    str      the *raw* patient identifier. In memory only: never written to
+                       a report, a log or ``cohort.csv`` (see :func:`public_view`)
+patient_key   str      pseudonym of ``patient_id`` (``P-`` + 10 hex of a keyed hash);
+                       the only patient identifier ever displayed or saved
+study_id      str      StudyInstanceUID or a visit identifier ("" when unknown)
+laterality    str      ``L``, ``R`` or ``NA``
+label         str      class name, one of the cohort's declared classes
+y             int      class index (position of ``label`` in the class list)
+source        str      site / camera / dataset, used in confounding checks
+modality      str      ``fundus`` (colour photograph) or ``gray`` (radiograph-like)
+width         int      decoded width in pixels
+height        int      decoded height in pixels
+channels      int      decoded channels (1 or 3)
+sha256        str      hash of the file's bytes
+============  =======  ==============================================================
+
+Optional columns kept when present: ``sex``, ``age``, ``acquisition_date``,
+``series_uid``, ``sop_uid``, ``visit``, ``group`` (an extra grouping key for splits),
+``split`` / ``fold`` (added by :mod:`medxcept.splits`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from medxcept.errors import CohortError, ConfigError
+
+__all__ = [
+    "COLUMNS",
+    "OPTIONAL_COLUMNS",
+    "validate_cohort",
+    "pseudonymize",
+    "public_view",
+    "SourceSpec",
+    "CohortSpec",
+    "load_cohort_spec",
+]
+
+COLUMNS: dict[str, str] = {
+    "image_id": "str",
+    "path": "str",
+    "frame": "int",
+    "patient_id": "str",
+    "patient_key": "str",
+    "study_id": "str",
+    "laterality": "str",
+    "label": "str",
+    "y": "int",
+    "source": "str",
+    "modality": "str",
+    "width": "int",
+    "height": "int",
+    "channels": "int",
+    "sha256": "str",
+}
+
+OPTIONAL_COLUMNS = (
+    "sex",
+    "age",
+    "acquisition_date",
+    "series_uid",
+    "sop_uid",
+    "visit",
+    "group",
+    "split",
+    "fold",
+)
+
+LATERALITIES = ("L", "R", "NA")
+
+
+def pseudonymize(patient_id: str, salt: str) -> str:
+    """Keyed, one-way pseudonym of a patient identifier.
+
+    HMAC-SHA256 with a per-cohort secret ``salt``: without the salt the pseudonym
+    cannot be reversed by hashing candidate IDs (a plain hash of a medical record
+    number can). The same salt always gives the same pseudonym, so runs agree.
+
+    >>> pseudonymize("12345", "s") == pseudonymize("12345", "s")
+    True
+    >>> pseudonymize("12345", "s").startswith("P-")
+    True
+    """
+    digest = hmac.new(salt.encode(), str(patient_id).encode(), hashlib.sha256).hexdigest()
+    return "P-" + digest[:10]
+
+
+def validate_cohort(df: pd.DataFrame, *, where: str = "cohort") -> pd.DataFrame:
+    """Check that ``df`` follows the schema; raise :class:`CohortError` naming what is wrong."""
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise CohortError(f"{where}: cohort table lacks column(s) {missing}")
+    if df.empty:
+        raise CohortError(f"{where}: the cohort table has no images")
+    dup = df["image_id"][df["image_id"].duplicated()]
+    if len(dup):
+        raise CohortError(f"{where}: duplicate image_id values, e.g. {dup.iloc[0]!r}")
+    bad = sorted(set(df["laterality"]) - set(LATERALITIES))
+    if bad:
+        raise CohortError(f"{where}: laterality must be one of {LATERALITIES}, found {bad}")
+    return df
+
+
+def public_view(df: pd.DataFrame) -> pd.DataFrame:
+    """The cohort table as it may be saved or shown: raw patient IDs removed."""
+    return df.drop(columns=[c for c in ("patient_id",) if c in df.columns])
+
+
+# --------------------------------------------------------------------------- cohort files
+
+SOURCE_KINDS = ("photos", "dicom", "folders")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One folder of images inside a cohort, and how to find each image's label and patient.
+
+    Args:
+        name: a short name for this source (shown in the report).
+        kind: ``photos`` (JPEG/PNG/TIFF/BMP with a label table), ``dicom`` (DICOM files with a
+            label table; patient, laterality, study come from the header) or ``folders``
+            (folder-per-class photographs, ``root/<class>/<file>``).
+        root: the folder, relative to the cohort file (or to the generated data for ``generator``).
+        labels: the label table (CSV/TSV), relative like ``root``; required for photos and dicom.
+        file_column, label_column: columns of the label table.
+        patient_column, laterality_column, visit_column: optional columns of the label table.
+        filename_pattern: e.g. ``"{patient}_{eye}.jpg"``: patient (and eye, visit) parsed from
+            file names, so both eyes of one person are known to be one patient.
+        columns: extra label-table columns to keep, ``{table column: cohort column}``, e.g.
+            ``{camera: source, sex: sex, age: age}``.
+        source: a fixed ``source`` value for every image (site, camera, dataset).
+        one_patient_per_file: explicit opt-in when the data truly has one image per patient and no
+            patient identifier; never assumed silently.
+    """
+
+    name: str
+    kind: str
+    root: str
+    labels: str | None = None
+    file_column: str = "file"
+    label_column: str = "label"
+    patient_column: str | None = None
+    laterality_column: str | None = None
+    visit_column: str | None = None
+    filename_pattern: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+    source: str | None = None
+    one_patient_per_file: bool = False
+
+
+@dataclass(frozen=True)
+class CohortSpec:
+    """A declarative cohort definition, loaded from ``cohorts/<name>.yaml``.
+
+    Args:
+        name: cohort name (used in run directory names).
+        classes: the declared class list; label values are matched to it (trimmed, case-insensitive).
+        positive_class: for binary tasks, the class whose probability is reported (default: last).
+        modality: ``fundus`` (colour photographs) or ``gray`` (radiographs).
+        sources: one or more :class:`SourceSpec`.
+        base_dir: the directory relative paths are resolved against.
+        generator: ``"demo"`` to generate the embedded synthetic cohort on first use.
+        generator_options: arguments of :class:`medxcept.demo.DemoSpec`.
+        on_label_issue: ``exclude`` (row/file goes to the exclusion log) or ``error`` (stop the run).
+        max_pixels: images with more pixels are refused before decoding.
+        frames: multi-frame DICOM policy: ``"all"`` (each frame a row) or a frame index.
+        window_index: which DICOM window (WindowCenter/Width pair) to apply.
+        pseudonym_salt: the secret for patient pseudonyms; by default a random key kept in
+            ``$MEDXCEPT_CACHE/pseudonym.key`` on this machine.
+        description: free text for the report.
+        defaults: run-configuration defaults for this cohort (see :mod:`medxcept.config`).
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    sources: tuple[SourceSpec, ...]
+    base_dir: str
+    positive_class: str | None = None
+    modality: str = "fundus"
+    generator: str | None = None
+    generator_options: dict[str, Any] = field(default_factory=dict)
+    on_label_issue: str = "exclude"
+    max_pixels: int = 100_000_000
+    frames: str = "all"
+    window_index: int = 0
+    pseudonym_salt: str | None = None
+    description: str = ""
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+
+def load_cohort_spec(path: str | Path) -> CohortSpec:
+    """Read and validate a cohort file; every error names the file, the field and the value."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"cohort file not found: {path} (see cohorts/ for examples)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a cohort file is a mapping of fields, got {type(raw).__name__}")
+    known = {f.name for f in dataclasses.fields(CohortSpec)} - {"base_dir"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown field(s) {unknown}; known: {sorted(known)}")
+    for req in ("name", "classes", "sources"):
+        if req not in raw:
+            raise ConfigError(f"{path}: field '{req}' is required")
+    classes = raw["classes"]
+    if not isinstance(classes, list) or len(classes) < 2 or len({str(c).strip().lower() for c in classes}) != len(classes):
+        raise ConfigError(f"{path}: 'classes' must list at least two distinct class names, got {classes!r}")
+    sources = []
+    source_fields = {f.name for f in dataclasses.fields(SourceSpec)}
+    for i, s in enumerate(raw["sources"] or []):
+        if not isinstance(s, dict):
+            raise ConfigError(f"{path}: sources[{i}] must be a mapping")
+        bad = sorted(set(s) - source_fields)
+        if bad:
+            raise ConfigError(f"{path}: sources[{i}] has unknown field(s) {bad}; known: {sorted(source_fields)}")
+        s = {"name": s.get("name", f"source{i + 1}"), **s}
+        if s.get("kind") not in SOURCE_KINDS:
+            raise ConfigError(f"{path}: sources[{i}].kind={s.get('kind')!r} is not one of {list(SOURCE_KINDS)}")
+        if "root" not in s:
+            raise ConfigError(f"{path}: sources[{i}].root is required")
+        if s["kind"] in ("photos", "dicom") and not s.get("labels"):
+            raise ConfigError(f"{path}: sources[{i}] ({s['kind']}) needs a 'labels' table")
+        if s["kind"] != "dicom" and not (s.get("patient_column") or s.get("filename_pattern")
+                                          or s.get("one_patient_per_file")):
+            raise ConfigError(
+                f"{path}: sources[{i}] gives no way to know patients: set patient_column or "
+                f"filename_pattern (e.g. '{{patient}}_{{eye}}.jpg'), or one_patient_per_file: true if each "
+                f"file really is a different person")
+        sources.append(SourceSpec(**s))
+    if not sources:
+        raise ConfigError(f"{path}: 'sources' is empty")
+    data = {k: v for k, v in raw.items() if k not in ("classes", "sources")}
+    data["classes"] = tuple(str(c).strip() for c in classes)
+    positive = raw.get("positive_class")
+    if len(classes) == 2 and positive is not None and positive in data["classes"]:
+        # binary models predict P(positive): the positive class is always index 1
+        data["classes"] = tuple(sorted(data["classes"], key=lambda c: c == positive))
+    data["sources"] = tuple(sources)
+    data["base_dir"] = str(path.resolve().parent)
+    spec = CohortSpec(**data)
+    if spec.modality not in ("fundus", "gray"):
+        raise ConfigError(f"{path}: modality={spec.modality!r} is not one of ['fundus', 'gray']")
+    if spec.on_label_issue not in ("exclude", "error"):
+        raise ConfigError(f"{path}: on_label_issue={spec.on_label_issue!r} is not one of ['exclude', 'error']")
+    if spec.positive_class is not None and spec.positive_class not in spec.classes:
+        raise ConfigError(f"{path}: positive_class={spec.positive_class!r} is not among classes {list(spec.classes)}")
+    if spec.frames != "all" and not str(spec.frames).isdigit():
+        raise ConfigError(f"{path}: frames={spec.frames!r} must be 'all' or a frame index")
+    if spec.generator not in (None, "demo"):
+        raise ConfigError(f"{path}: generator={spec.generator!r}: the only generator is 'demo'")
+    return spec

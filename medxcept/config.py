@@ -1,0 +1,296 @@
+"""Run configuration: one frozen dataclass per stage, nested in :class:`RunConfig`.
+
+Precedence (lowest to highest): the dataclass defaults, the cohort file's ``defaults:`` section,
+a ``--config run.yaml`` file, then command-line flags. The resolved configuration is written to
+every run directory as ``config.yaml``; :func:`config_hash` identifies it.
+
+Stage configs that belong to one module live there (``SplitConfig`` in :mod:`medxcept.splits`,
+``PreprocessConfig`` in :mod:`medxcept.preprocess`, ``AugmentConfig`` in :mod:`medxcept.augment`)
+and are re-exported here; the model, training and evaluation configs are defined here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medxcept.augment import AugmentConfig
+from medxcept.errors import ConfigError
+from medxcept.preprocess import PreprocessConfig
+from medxcept.splits import SplitConfig
+
+__all__ = [
+    "ModelConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "AuditConfig",
+    "RunConfig",
+    "SplitConfig",
+    "PreprocessConfig",
+    "AugmentConfig",
+    "load_config",
+    "config_to_dict",
+    "config_hash",
+    "apply_overrides",
+]
+
+
+def _choice(name: str, value: object, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not one of {list(allowed)}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The classifier: Xception base + global average pooling + dropout + dense head.
+
+    Args:
+        weights: ``"imagenet"`` (from Keras' cache; never downloaded), ``"none"`` (random
+            initialization, marked loudly in console and report) or a path to a weights file.
+        dropout: dropout rate before the dense head (regularization for small cohorts).
+        mixed_precision: ``"auto"`` (bfloat16 on a GPU, float32 on CPU), ``"off"``, ``"bfloat16"``, ``"float16"``.
+    """
+
+    weights: str = "none"
+    dropout: float = 0.3
+    mixed_precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout={self.dropout!r} must be in [0, 1)")
+        _choice("model.mixed_precision", self.mixed_precision, ("auto", "off", "bfloat16", "float16"))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The fine-tuning recipe.
+
+    Args:
+        recipe: ``"default"`` (limited-data recipe: frozen-base head training, then gradual
+            unfreezing with AdamW, warm-up + cosine decay, label smoothing and early stopping on
+            validation AUC) or ``"baseline"`` (the common tutorial recipe: frozen base, Adam at
+            ``baseline_lr``, fixed epochs, no early stopping), for comparison.
+        batch_size: images per step.
+        head_epochs: stage 1 epochs (frozen base, head only).
+        finetune_epochs: stage 2 epochs (top blocks unfrozen); the maximum when early stopping.
+        head_lr: stage 1 learning rate.
+        finetune_lr: stage 2 peak learning rate.
+        unfreeze_blocks: Xception blocks unfrozen in stage 2, counted from the top (exit flow =
+            blocks 13-14, middle flow = 5-12); ``14`` means all. Ignored without pretrained weights,
+            where the whole network trains from the start (a random base is not worth freezing).
+        weight_decay: AdamW decoupled weight decay.
+        label_smoothing: for the cross-entropy loss.
+        warmup_epochs: linear warm-up of the stage 2 learning rate.
+        patience: early-stopping patience in epochs (validation patient-level AUC).
+        workers: input-pipeline worker threads (``keras.utils.PyDataset``).
+        baseline_lr, baseline_epochs: the tutorial recipe's Adam learning rate and epoch count.
+    """
+
+    recipe: str = "default"
+    batch_size: int = 16
+    head_epochs: int = 2
+    finetune_epochs: int = 8
+    head_lr: float = 1e-3
+    finetune_lr: float = 1e-4
+    unfreeze_blocks: int = 2
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.05
+    warmup_epochs: int = 1
+    patience: int = 3
+    workers: int = 2
+    baseline_lr: float = 0.01
+    baseline_epochs: int = 10
+
+    def __post_init__(self) -> None:
+        _choice("train.recipe", self.recipe, ("default", "baseline"))
+        for name in ("batch_size", "workers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}={getattr(self, name)!r} must be >= 1")
+        for name in ("head_epochs", "finetune_epochs", "warmup_epochs", "patience", "baseline_epochs"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name}={getattr(self, name)!r} must be >= 0")
+        if self.head_epochs + self.finetune_epochs == 0 and self.recipe == "default":
+            raise ConfigError("train.head_epochs + train.finetune_epochs is 0: nothing would be trained")
+        if not 1 <= self.unfreeze_blocks <= 14:
+            raise ConfigError(f"train.unfreeze_blocks={self.unfreeze_blocks!r} must be in 1..14")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"train.label_smoothing={self.label_smoothing!r} must be in [0, 0.5)")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation: operating threshold, calibration, confidence intervals.
+
+    Args:
+        threshold: ``"youden"`` (maximize sensitivity + specificity - 1 on validation) or
+            ``"sensitivity"`` (the highest threshold reaching ``target_sensitivity`` on validation).
+            Either way it is chosen on the validation split and applied unchanged to test.
+        target_sensitivity: for ``threshold="sensitivity"`` (e.g. 0.90 for screening).
+        calibration: recalibration fitted on validation: ``"temperature"``, ``"platt"``,
+            ``"isotonic"`` or ``"none"``.
+        patient_aggregation: how a patient's image probabilities combine: ``"mean"`` or ``"max"``.
+        n_bootstrap: patient-level bootstrap resamples for 95 % confidence intervals.
+        n_bins: calibration bins (ECE, reliability diagram).
+    """
+
+    threshold: str = "youden"
+    target_sensitivity: float = 0.9
+    calibration: str = "temperature"
+    patient_aggregation: str = "mean"
+    n_bootstrap: int = 1000
+    n_bins: int = 10
+
+    def __post_init__(self) -> None:
+        _choice("eval.threshold", self.threshold, ("youden", "sensitivity"))
+        _choice("eval.calibration", self.calibration, ("temperature", "platt", "isotonic", "none"))
+        _choice("eval.patient_aggregation", self.patient_aggregation, ("mean", "max"))
+        if not 0.0 < self.target_sensitivity < 1.0:
+            raise ConfigError(f"eval.target_sensitivity={self.target_sensitivity!r} must be in (0, 1)")
+        if self.n_bootstrap < 0 or self.n_bins < 2:
+            raise ConfigError("eval.n_bootstrap must be >= 0 and eval.n_bins >= 2")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The pre-training integrity audit (see :mod:`medxcept.audit`).
+
+    Args:
+        on_leak: ``"error"`` (default: cross-split duplicates and patient overlap stop the run
+            before training), ``"warn"`` (reported, run continues) or ``"fix"`` (near-duplicate
+            images are regrouped into one group before splitting, so they land together).
+        hamming_threshold: near-duplicate threshold on 64-bit perceptual hashes.
+    """
+
+    on_leak: str = "error"
+    hamming_threshold: int = 10
+
+    def __post_init__(self) -> None:
+        _choice("audit.on_leak", self.on_leak, ("error", "warn", "fix"))
+        if not 0 <= self.hamming_threshold <= 32:
+            raise ConfigError(f"audit.hamming_threshold={self.hamming_threshold!r} must be in 0..32")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run. ``seed`` seeds Python, NumPy, the backend and the splits."""
+
+    cohort: str = "cohorts/demo.yaml"
+    out_dir: str = "reports"
+    seed: int = 0
+    split: SplitConfig = field(default_factory=SplitConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Instantiate a (nested) dataclass from a dict, naming unknown keys and bad types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {[f'{where}{k}' for k in unknown]}; known: {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{where}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, f"{where}{name}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where or 'config'}: {exc}") from None
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if value is None:
+        return None
+    if hint in (int, float, str, bool):
+        if hint is bool and isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{name}={value!r} is not a boolean")
+        try:
+            return hint(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}={value!r} is not a valid {hint.__name__}") from None
+    if origin in (tuple, list) and isinstance(value, (list, tuple)):
+        return tuple(value) if origin is tuple else list(value)
+    if origin is typing.Union or str(origin) == "types.UnionType":
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, name)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{name}={value!r} does not match {hint}")
+    return value
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain dict (tuples as lists) suitable for YAML/JSON."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=list))
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Merge dotted overrides (``{"train.batch_size": 8}``) into a nested dict."""
+    out = dict(data)
+    for dotted, value in overrides.items():
+        node = out
+        parts = dotted.split(".")
+        for p in parts[:-1]:
+            node[p] = dict(node.get(p) or {})
+            node = node[p]
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(*, cohort_defaults: dict | None = None, config_file: str | Path | None = None,
+                overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Resolve a :class:`RunConfig` from defaults < cohort defaults < config file < overrides."""
+    data: dict[str, Any] = {}
+    if cohort_defaults:
+        data = _merge(data, cohort_defaults)
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        data = _merge(data, loaded)
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return _build(RunConfig, data, "")
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Short stable hash of a resolved configuration."""
+    blob = json.dumps(config_to_dict(cfg), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:8]

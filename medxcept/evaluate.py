@@ -1,0 +1,857 @@
+"""Evaluation metrics: pure functions on labels and predicted probabilities.
+
+Everything here takes arrays and returns numbers; nothing reads files or models.
+Three rules run through the module:
+
+* **Undefined is None, never 0.** A metric that cannot be computed on the data at
+  hand (ROC-AUC when the test set has one class, precision when nothing was
+  predicted positive) is ``None``, and a plain-words reason goes into ``notes``.
+  A misleading 0 or 0.5 would be copied into a paper.
+* **The patient is the unit.** Images of one patient are correlated, so
+  :func:`bootstrap_ci` resamples patients (``groups``) with all their images, and
+  :func:`aggregate_by_patient` gives one prediction per patient.
+* **Thresholds come from validation data.** :func:`choose_threshold` is meant for
+  the validation split; the test split is touched once, with the threshold fixed.
+
+A case is predicted positive when ``y_prob >= threshold``.
+
+The bootstrap is vectorized: one resample is a vector of draw counts per group, so
+a resampled data set is the original data with integer weights. ROC-AUC and
+average precision are computed for all resamples at once from weighted rank
+statistics (exactly what scikit-learn gives on the explicitly resampled arrays,
+ties included), instead of calling scikit-learn once per resample.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy import stats
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from medxcept.errors import SplitError
+
+__all__ = [
+    "BINARY_METRICS",
+    "BootstrapCI",
+    "binary_metrics",
+    "multiclass_metrics",
+    "choose_threshold",
+    "aggregate_by_patient",
+    "bootstrap_ci",
+    "delong_test",
+    "paired_bootstrap_auc",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Metric names understood by :func:`bootstrap_ci` (keys of :func:`binary_metrics`).
+BINARY_METRICS: tuple[str, ...] = (
+    "roc_auc",
+    "pr_auc",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "npv",
+    "f1",
+    "balanced_accuracy",
+    "accuracy",
+)
+_RANK_METRICS = frozenset({"roc_auc", "pr_auc"})
+
+# Upper bound on the elements of one (resamples x images) block in the bootstrap,
+# so 10 000 images x 1000 resamples stays near 16 MB per temporary array.
+_BLOCK_ELEMENTS = 2_000_000
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _as_binary_labels(y_true: ArrayLike, name: str = "y_true") -> np.ndarray:
+    y = np.asarray(y_true)
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional; got shape {y.shape}")
+    if y.size == 0:
+        raise ValueError(f"{name} is empty: there is nothing to evaluate")
+    if y.dtype == bool:
+        return y.astype(np.int64)
+    if not np.issubdtype(y.dtype, np.number):
+        raise ValueError(f"{name} must hold 0/1 labels; got dtype {y.dtype}")
+    bad = ~np.isin(y, (0, 1))
+    if bad.any():
+        found = sorted({float(v) for v in np.unique(y[bad])[:5]})
+        raise ValueError(f"{name} must hold only 0 and 1; found {found}")
+    return y.astype(np.int64)
+
+
+def _as_scores(
+    y_score: ArrayLike, n: int, name: str = "y_prob", *, unit_interval: bool = True
+) -> np.ndarray:
+    s = np.asarray(y_score, dtype=np.float64)
+    if s.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional; got shape {s.shape}")
+    if s.shape[0] != n:
+        raise ValueError(f"{name} has {s.shape[0]} values but y_true has {n}")
+    if not np.isfinite(s).all():
+        raise ValueError(f"{name} holds {int((~np.isfinite(s)).sum())} NaN or infinite values")
+    if unit_interval and (s.min() < 0.0 or s.max() > 1.0):
+        raise ValueError(
+            f"{name} must be probabilities in [0, 1]; found range "
+            f"[{s.min():.4g}, {s.max():.4g}]"
+        )
+    return s
+
+
+def _as_group_codes(groups: ArrayLike | None, n: int) -> np.ndarray:
+    """Integer code per image (0..G-1); ``None`` makes every image its own group."""
+    if groups is None:
+        return np.arange(n)
+    g = np.asarray(groups)
+    if g.ndim != 1 or g.shape[0] != n:
+        raise ValueError(f"groups must be one value per image ({n}); got shape {g.shape}")
+    _, codes = np.unique(g.astype(str) if g.dtype == object else g, return_inverse=True)
+    return codes.ravel()
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return None if den == 0 else float(num) / float(den)
+
+
+# --------------------------------------------------------------------- point metrics
+
+
+def binary_metrics(
+    y_true: ArrayLike, y_prob: ArrayLike, *, threshold: float
+) -> dict[str, Any]:
+    """Threshold and ranking metrics of a binary classifier.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n,)
+        0/1 labels (1 = positive, the disease).
+    y_prob : array-like of shape (n,)
+        Predicted probability of the positive class, in [0, 1].
+    threshold : float
+        A case is predicted positive when ``y_prob >= threshold``. Choose it on the
+        validation split (:func:`choose_threshold`), never on the test split.
+
+    Returns
+    -------
+    dict
+        ``roc_auc``, ``pr_auc`` (average precision), ``sensitivity`` (recall),
+        ``specificity``, ``precision`` (PPV), ``npv``, ``f1``,
+        ``balanced_accuracy``, ``accuracy`` (floats, or ``None`` where undefined),
+        the counts ``tp``, ``fp``, ``tn``, ``fn``, ``n``, ``n_pos`` (ints),
+        ``threshold`` and ``notes``: a list of plain-words reasons for every
+        ``None``.
+
+    Notes
+    -----
+    ``pr_auc`` is also ``None`` when the test set has no negative case: average
+    precision is then 1 whatever the model does, which would mislead.
+    ``balanced_accuracy`` is ``None`` unless both sensitivity and specificity are
+    defined. ``f1`` is ``2 tp / (2 tp + fp + fn)``, ``None`` only when that is 0/0.
+
+    Examples
+    --------
+    >>> m = binary_metrics([0, 0, 1, 1], [0.1, 0.6, 0.4, 0.9], threshold=0.5)
+    >>> m["roc_auc"], m["sensitivity"], m["specificity"]
+    (0.75, 0.5, 0.5)
+    >>> binary_metrics([0, 0], [0.1, 0.2], threshold=0.5)["notes"][0]
+    'roc_auc not defined: the test set has no positive case'
+    """
+    y = _as_binary_labels(y_true)
+    p = _as_scores(y_prob, y.shape[0])
+    threshold = float(threshold)
+    pred = p >= threshold
+    pos = y == 1
+    tp = int(np.sum(pred & pos))
+    fp = int(np.sum(pred & ~pos))
+    fn = int(np.sum(~pred & pos))
+    tn = int(np.sum(~pred & ~pos))
+    n, n_pos = int(y.shape[0]), tp + fn
+    n_neg = n - n_pos
+    notes: list[str] = []
+
+    roc_auc = pr_auc = None
+    if n_pos == 0 or n_neg == 0:
+        missing = "positive" if n_pos == 0 else "negative"
+        notes.append(f"roc_auc not defined: the test set has no {missing} case")
+        notes.append(f"pr_auc not defined: the test set has no {missing} case")
+    else:
+        roc_auc = float(roc_auc_score(y, p))
+        pr_auc = float(average_precision_score(y, p))
+
+    sensitivity = _ratio(tp, tp + fn)
+    if sensitivity is None:
+        notes.append("sensitivity not defined: the test set has no positive case")
+    specificity = _ratio(tn, tn + fp)
+    if specificity is None:
+        notes.append("specificity not defined: the test set has no negative case")
+    precision = _ratio(tp, tp + fp)
+    if precision is None:
+        notes.append(
+            f"precision not defined: no case was predicted positive at threshold {threshold:g}"
+        )
+    npv = _ratio(tn, tn + fn)
+    if npv is None:
+        notes.append(
+            f"npv not defined: no case was predicted negative at threshold {threshold:g}"
+        )
+    f1 = _ratio(2 * tp, 2 * tp + fp + fn)
+    if f1 is None:
+        notes.append("f1 not defined: no positive case and no positive prediction")
+    balanced = None
+    if sensitivity is not None and specificity is not None:
+        balanced = (sensitivity + specificity) / 2.0
+    else:
+        notes.append("balanced_accuracy not defined: the test set has only one class")
+
+    return {
+        "roc_auc": roc_auc,
+        "pr_auc": pr_auc,
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+        "precision": precision,
+        "npv": npv,
+        "f1": f1,
+        "balanced_accuracy": balanced,
+        "accuracy": (tp + tn) / n,
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "n": n,
+        "n_pos": n_pos,
+        "threshold": threshold,
+        "notes": notes,
+    }
+
+
+def _mean_defined(values: Sequence[float | None]) -> float | None:
+    defined = [v for v in values if v is not None]
+    return float(np.mean(defined)) if defined else None
+
+
+def multiclass_metrics(
+    y_true: ArrayLike, P: ArrayLike, *, classes: Sequence[str]
+) -> dict[str, Any]:
+    """One-vs-rest and confusion-matrix metrics of a k-class classifier.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n,)
+        Class indices ``0..k-1`` (the cohort's ``y`` column) or class names from
+        ``classes``.
+    P : array-like of shape (n, k)
+        Predicted class probabilities, columns in the order of ``classes``.
+    classes : sequence of str
+        The k class names.
+
+    Returns
+    -------
+    dict
+        ``classes``, ``n``, ``per_class`` (name -> ``n``, ``roc_auc``, ``pr_auc``,
+        ``recall``, ``precision``, ``f1``), ``macro`` (the mean of each metric over
+        the classes where it is defined), ``confusion_matrix`` (list of rows: true
+        class; columns: predicted class = argmax of ``P``), ``balanced_accuracy``
+        (mean recall over the classes present), ``accuracy`` and ``notes``.
+
+    Notes
+    -----
+    A class absent from ``y_true`` has ``None`` for ROC-AUC, PR-AUC and recall,
+    and is left out of the macro means (a note says so). Precision of a class
+    never predicted is ``None``. Ties in ``P`` go to the first class.
+    """
+    names = [str(c) for c in classes]
+    k = len(names)
+    if k < 2:
+        raise ValueError(f"classes must name at least 2 classes; got {names}")
+    probs = np.asarray(P, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] != k:
+        raise ValueError(f"P must have shape (n, {k}) for classes {names}; got {probs.shape}")
+    if not np.isfinite(probs).all():
+        raise ValueError("P holds NaN or infinite values")
+    y_raw = np.asarray(y_true)
+    if y_raw.ndim != 1 or y_raw.shape[0] != probs.shape[0]:
+        raise ValueError(
+            f"y_true must be one label per row of P ({probs.shape[0]}); got shape {y_raw.shape}"
+        )
+    if y_raw.shape[0] == 0:
+        raise ValueError("y_true is empty: there is nothing to evaluate")
+    if np.issubdtype(y_raw.dtype, np.number):
+        y = y_raw.astype(np.int64)
+        if not np.array_equal(y, y_raw) or y.min() < 0 or y.max() >= k:
+            raise ValueError(f"y_true must hold class indices 0..{k - 1}; found {np.unique(y_raw)[:5]}")
+    else:
+        lookup = {c: i for i, c in enumerate(names)}
+        unknown = sorted({str(v) for v in y_raw} - lookup.keys())
+        if unknown:
+            raise ValueError(f"y_true holds labels not in classes {names}: {unknown[:5]}")
+        y = np.array([lookup[str(v)] for v in y_raw], dtype=np.int64)
+
+    pred = probs.argmax(axis=1)
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (y, pred), 1)
+    notes: list[str] = []
+    per_class: dict[str, dict[str, Any]] = {}
+    for c, name in enumerate(names):
+        is_c = y == c
+        n_c = int(is_c.sum())
+        tp = int(cm[c, c])
+        row: dict[str, Any] = {"n": n_c}
+        if 0 < n_c < y.shape[0]:
+            row["roc_auc"] = float(roc_auc_score(is_c, probs[:, c]))
+            row["pr_auc"] = float(average_precision_score(is_c, probs[:, c]))
+        else:
+            row["roc_auc"] = row["pr_auc"] = None
+            why = "is absent from" if n_c == 0 else "is the only class in"
+            notes.append(f"roc_auc and pr_auc of class '{name}' not defined: it {why} the test set")
+        row["recall"] = _ratio(tp, n_c)
+        if row["recall"] is None:
+            notes.append(f"recall of class '{name}' not defined: the test set has no such case")
+        n_pred = int(cm[:, c].sum())
+        row["precision"] = _ratio(tp, n_pred)
+        if row["precision"] is None:
+            notes.append(f"precision of class '{name}' not defined: it was never predicted")
+        row["f1"] = _ratio(2 * tp, n_c + n_pred)
+        per_class[name] = row
+
+    metric_names = ("roc_auc", "pr_auc", "recall", "precision", "f1")
+    macro = {m: _mean_defined([per_class[c][m] for c in names]) for m in metric_names}
+    return {
+        "classes": names,
+        "n": int(y.shape[0]),
+        "per_class": per_class,
+        "macro": macro,
+        "confusion_matrix": cm.tolist(),
+        "balanced_accuracy": macro["recall"],
+        "accuracy": float(np.trace(cm) / y.shape[0]),
+        "notes": notes,
+    }
+
+
+def choose_threshold(
+    y_true: ArrayLike,
+    y_prob: ArrayLike,
+    *,
+    method: Literal["youden", "sensitivity"] = "youden",
+    target: float = 0.9,
+) -> float:
+    """Pick a decision threshold on the **validation** split.
+
+    Never tune a threshold on the test split: the test metrics would then be
+    optimistic, exactly the bias this package exists to avoid.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n,)
+        Validation 0/1 labels; both classes must be present.
+    y_prob : array-like of shape (n,)
+        Validation probabilities of the positive class.
+    method : {"youden", "sensitivity"}, default "youden"
+        ``"youden"``: maximise sensitivity + specificity - 1 (ties: the highest
+        threshold). ``"sensitivity"``: the highest threshold whose sensitivity is
+        at least ``target`` (the most specific operating point that still finds
+        that share of the cases).
+    target : float, default 0.9
+        Target sensitivity in (0, 1], used by ``method="sensitivity"``.
+
+    Returns
+    -------
+    float
+        A value of ``y_prob``; cases with ``y_prob >= threshold`` are positive.
+
+    Raises
+    ------
+    SplitError
+        If the validation split lacks a class.
+    """
+    y = _as_binary_labels(y_true)
+    p = _as_scores(y_prob, y.shape[0])
+    n_pos = int(y.sum())
+    n_neg = int(y.shape[0] - n_pos)
+    if n_pos == 0 or n_neg == 0:
+        missing = "positive" if n_pos == 0 else "negative"
+        raise SplitError(
+            f"cannot choose a threshold: the validation split has no {missing} case; "
+            "use fewer folds or a larger validation share, or fix the threshold in the config"
+        )
+    if method == "sensitivity":
+        if not 0.0 < target <= 1.0:
+            raise ValueError(f"target sensitivity must be in (0, 1]; got {target}")
+        # Sensitivity at threshold t counts positives with p >= t, so the highest t
+        # reaching the target is the k-th largest positive score.
+        k = math.ceil(target * n_pos - 1e-9)
+        return float(np.sort(p[y == 1])[::-1][max(k, 1) - 1])
+    if method != "youden":
+        raise ValueError(f"method must be 'youden' or 'sensitivity'; got {method!r}")
+    thresholds = np.unique(p)[::-1]  # descending, each a candidate
+    order = np.argsort(-p, kind="mergesort")
+    ps, ys = p[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(ps)), ps.shape[0] - 1]  # last index of each value
+    tp = np.cumsum(ys)[last]
+    fp = np.cumsum(1 - ys)[last]
+    # J * n_pos * n_neg in integers, so exact ties resolve to the highest threshold
+    return float(thresholds[int(np.argmax(tp * n_neg - fp * n_pos))])
+
+
+def aggregate_by_patient(
+    patient_key: ArrayLike,
+    y_true: ArrayLike,
+    y_prob: ArrayLike,
+    *,
+    how: Literal["mean", "max"] = "mean",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One label and one prediction per patient.
+
+    Parameters
+    ----------
+    patient_key : array-like of shape (n,)
+        Patient pseudonym of each image.
+    y_true : array-like of shape (n,)
+        Label of each image: 0/1, or a class index whose order is the order of
+        severity (the cohort's class list).
+    y_prob : array-like of shape (n,) or (n, k)
+        Predicted probabilities of each image.
+    how : {"mean", "max"}, default "mean"
+        How image probabilities combine. ``"max"`` on (n, k) takes each column's
+        maximum, so rows no longer sum to 1.
+
+    Returns
+    -------
+    keys : ndarray of shape (m,)
+        Sorted patient keys.
+    y_true_patient : ndarray of shape (m,)
+        The maximum label over the patient's images: a patient with one diseased
+        image (one eye) is a diseased patient, at the most severe grade seen.
+    y_prob_patient : ndarray of shape (m,) or (m, k)
+    """
+    keys_raw = np.asarray(patient_key)
+    y = np.asarray(y_true)
+    p = np.asarray(y_prob, dtype=np.float64)
+    n = keys_raw.shape[0]
+    if keys_raw.ndim != 1 or y.shape != (n,) or p.ndim not in (1, 2) or p.shape[0] != n:
+        raise ValueError(
+            "patient_key, y_true and y_prob must have one entry per image; got shapes "
+            f"{keys_raw.shape}, {y.shape}, {p.shape}"
+        )
+    if how not in ("mean", "max"):
+        raise ValueError(f"how must be 'mean' or 'max'; got {how!r}")
+    keys, codes = np.unique(
+        keys_raw.astype(str) if keys_raw.dtype == object else keys_raw, return_inverse=True
+    )
+    codes = codes.ravel()
+    order = np.argsort(codes, kind="mergesort")
+    starts = np.r_[0, np.flatnonzero(np.diff(codes[order])) + 1]
+    y_patient = np.maximum.reduceat(y[order], starts)
+    p_sorted = p[order]
+    if how == "max":
+        p_patient = np.maximum.reduceat(p_sorted, starts, axis=0)
+    else:
+        counts = np.diff(np.r_[starts, n])
+        sums = np.add.reduceat(p_sorted, starts, axis=0)
+        p_patient = sums / (counts if p.ndim == 1 else counts[:, None])
+    return keys, y_patient, p_patient
+
+
+# ------------------------------------------------------------------------- bootstrap
+
+
+class BootstrapCI(tuple):
+    """``(point, low, high)`` of one metric, with the resample counts attached.
+
+    Unpacks and serializes (``json.dumps``) as a plain 3-tuple; ``n_used`` and
+    ``n_dropped`` tell how many resamples defined the metric and how many did not
+    (for example a resample with no positive patient has no AUC).
+    """
+
+    n_used: int
+    n_dropped: int
+
+    def __new__(
+        cls,
+        point: float | None,
+        low: float | None,
+        high: float | None,
+        n_used: int,
+        n_dropped: int,
+    ) -> BootstrapCI:
+        self = super().__new__(cls, (point, low, high))
+        self.n_used = n_used
+        self.n_dropped = n_dropped
+        return self
+
+    @property
+    def point(self) -> float | None:
+        return self[0]
+
+    @property
+    def low(self) -> float | None:
+        return self[1]
+
+    @property
+    def high(self) -> float | None:
+        return self[2]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready ``{point, low, high, n_used, n_dropped}``."""
+        return {
+            "point": self.point,
+            "low": self.low,
+            "high": self.high,
+            "n_used": self.n_used,
+            "n_dropped": self.n_dropped,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"BootstrapCI(point={self.point}, low={self.low}, high={self.high}, "
+            f"n_used={self.n_used}, n_dropped={self.n_dropped})"
+        )
+
+
+class _RankIndex:
+    """Scores sorted once, so weighted AUC/AP of many resamples are cheap."""
+
+    def __init__(self, y: np.ndarray, score: np.ndarray, codes: np.ndarray) -> None:
+        order = np.argsort(score, kind="mergesort")
+        sorted_score = score[order]
+        self.starts = np.r_[0, np.flatnonzero(np.diff(sorted_score)) + 1]
+        self.codes_sorted = codes[order]
+        self.pos_sorted = (y[order] == 1).astype(np.float64)
+
+    def per_value(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positive and negative weight at each distinct score (ascending), per resample."""
+        w = counts[:, self.codes_sorted].astype(np.float64)
+        pos_w = w * self.pos_sorted
+        pos_u = np.add.reduceat(pos_w, self.starts, axis=1)
+        neg_u = np.add.reduceat(w - pos_w, self.starts, axis=1)
+        return pos_u, neg_u
+
+
+def _weighted_auc(pos_u: np.ndarray, neg_u: np.ndarray) -> np.ndarray:
+    """ROC-AUC per row: P(score_pos > score_neg) + 0.5 P(tie); NaN without both classes."""
+    below = np.cumsum(neg_u, axis=1) - neg_u
+    num = np.einsum("bu,bu->b", pos_u, below + 0.5 * neg_u)
+    den = pos_u.sum(axis=1) * neg_u.sum(axis=1)
+    out = np.full(den.shape, np.nan)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def _weighted_ap(pos_u: np.ndarray, neg_u: np.ndarray) -> np.ndarray:
+    """Average precision per row (scikit-learn's step definition); NaN without both classes."""
+    tp = np.cumsum(pos_u[:, ::-1], axis=1)[:, ::-1]  # positives with score >= value
+    fp = np.cumsum(neg_u[:, ::-1], axis=1)[:, ::-1]
+    predicted = tp + fp
+    precision = np.zeros_like(tp)
+    np.divide(tp, predicted, out=precision, where=predicted > 0)
+    n_pos, n_neg = tp[:, 0], fp[:, 0]
+    out = np.full(n_pos.shape, np.nan)
+    np.divide(np.einsum("bu,bu->b", pos_u, precision), n_pos, out=out,
+              where=(n_pos > 0) & (n_neg > 0))
+    return out
+
+
+def _threshold_metrics(
+    counts: np.ndarray, group_cells: np.ndarray, names: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Confusion-matrix metrics per resample; ``group_cells`` is (G, 4): tp, fp, tn, fn."""
+    tp, fp, tn, fn = (counts @ group_cells).T.astype(np.float64)
+
+    def div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        out = np.full(a.shape, np.nan)
+        np.divide(a, b, out=out, where=b > 0)
+        return out
+
+    sens, spec = div(tp, tp + fn), div(tn, tn + fp)
+    table = {
+        "sensitivity": lambda: sens,
+        "specificity": lambda: spec,
+        "precision": lambda: div(tp, tp + fp),
+        "npv": lambda: div(tn, tn + fn),
+        "f1": lambda: div(2 * tp, 2 * tp + fp + fn),
+        "balanced_accuracy": lambda: (sens + spec) / 2.0,  # NaN if either is
+        "accuracy": lambda: div(tp + tn, tp + fp + tn + fn),
+    }
+    return {m: table[m]() for m in names}
+
+
+def _draw_counts(rng: np.random.Generator, n_rows: int, n_groups: int) -> np.ndarray:
+    """(n_rows, n_groups) draw counts: each row resamples the groups with replacement."""
+    idx = rng.integers(0, n_groups, size=(n_rows, n_groups))
+    idx += (np.arange(n_rows) * n_groups)[:, None]
+    return np.bincount(idx.ravel(), minlength=n_rows * n_groups).reshape(n_rows, n_groups)
+
+
+def _block_rows(n_images: int, n_resamples: int) -> int:
+    return max(1, min(n_resamples, _BLOCK_ELEMENTS // max(n_images, 1)))
+
+
+def _percentile_ci(
+    point: float | None, values: np.ndarray, alpha: float
+) -> BootstrapCI:
+    ok = values[np.isfinite(values)]
+    n_drop = int(values.shape[0] - ok.shape[0])
+    if ok.size == 0:
+        return BootstrapCI(point, None, None, 0, n_drop)
+    low, high = np.percentile(ok, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return BootstrapCI(point, float(low), float(high), int(ok.size), n_drop)
+
+
+def _check_bootstrap_args(n_resamples: int, alpha: float) -> None:
+    if int(n_resamples) < 1:
+        raise ValueError(f"n_resamples must be at least 1; got {n_resamples}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1); got {alpha}")
+
+
+def bootstrap_ci(
+    y_true: ArrayLike,
+    y_prob: ArrayLike,
+    groups: ArrayLike | None,
+    *,
+    metrics: Sequence[str] = BINARY_METRICS,
+    threshold: float | None,
+    n_resamples: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict[str, BootstrapCI]:
+    """Percentile bootstrap confidence intervals, resampling patients.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n,)
+        0/1 image labels.
+    y_prob : array-like of shape (n,)
+        Probabilities of the positive class.
+    groups : array-like of shape (n,) or None
+        Patient key of each image. A resample draws patients with replacement and
+        takes all their images, because images of one patient are not independent;
+        resampling images instead gives intervals that are too narrow. ``None``
+        resamples images (only right when each patient has one image).
+    metrics : sequence of str, default :data:`BINARY_METRICS`
+        Names from :data:`BINARY_METRICS`.
+    threshold : float or None
+        Decision threshold (``y_prob >= threshold`` is positive); may be ``None``
+        only when every metric is a ranking metric (``roc_auc``, ``pr_auc``).
+    n_resamples : int, default 1000
+    alpha : float, default 0.05
+        The interval covers ``1 - alpha``.
+    seed : int, default 0
+        Seed of the resampling generator; same inputs and seed, same intervals.
+
+    Returns
+    -------
+    dict of str to BootstrapCI
+        ``(point, low, high)`` per metric. The point estimate is the metric on the
+        full data (:func:`binary_metrics`). Resamples where a metric is undefined
+        (no positive patient drawn, say) are dropped for that metric; the count
+        is in ``.n_dropped``, and ``low``/``high`` are ``None`` if all were dropped.
+    """
+    unknown = [m for m in metrics if m not in BINARY_METRICS]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose from {list(BINARY_METRICS)}")
+    _check_bootstrap_args(n_resamples, alpha)
+    y = _as_binary_labels(y_true)
+    p = _as_scores(y_prob, y.shape[0])
+    codes = _as_group_codes(groups, y.shape[0])
+    threshold_names = [m for m in metrics if m not in _RANK_METRICS]
+    rank_names = [m for m in metrics if m in _RANK_METRICS]
+    if threshold_names and threshold is None:
+        raise ValueError(f"threshold is needed for {threshold_names}")
+    point_all = binary_metrics(y, p, threshold=0.5 if threshold is None else threshold)
+
+    n_groups = int(codes.max()) + 1
+    rng = np.random.default_rng(seed)
+    index = _RankIndex(y, p, codes)
+    group_cells = np.zeros((n_groups, 4), dtype=np.int64)
+    if threshold_names and threshold is not None:
+        pred = p >= float(threshold)
+        cells = np.stack(
+            [pred & (y == 1), pred & (y == 0), ~pred & (y == 0), ~pred & (y == 1)], axis=1
+        ).astype(np.int64)
+        np.add.at(group_cells, codes, cells)
+    values: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
+    rows = _block_rows(y.shape[0], n_resamples)
+    done = 0
+    while done < n_resamples:
+        b = min(rows, n_resamples - done)
+        counts = _draw_counts(rng, b, n_groups)
+        if rank_names:
+            pos_u, neg_u = index.per_value(counts)
+            if "roc_auc" in rank_names:
+                values["roc_auc"].append(_weighted_auc(pos_u, neg_u))
+            if "pr_auc" in rank_names:
+                values["pr_auc"].append(_weighted_ap(pos_u, neg_u))
+        if threshold_names:
+            for m, v in _threshold_metrics(counts, group_cells, threshold_names).items():
+                values[m].append(v)
+        done += b
+
+    out: dict[str, BootstrapCI] = {}
+    for m in metrics:
+        out[m] = _percentile_ci(point_all[m], np.concatenate(values[m]), alpha)
+        if out[m].n_dropped:
+            logger.info(
+                "bootstrap %s: %d of %d resamples dropped (metric undefined in them)",
+                m, out[m].n_dropped, n_resamples,
+            )
+    return out
+
+
+# ------------------------------------------------------------------ comparing models
+
+
+def delong_test(
+    y_true: ArrayLike, p1: ArrayLike, p2: ArrayLike, *, alpha: float = 0.05
+) -> dict[str, Any]:
+    """DeLong's test for two correlated ROC-AUCs (same cases, two models).
+
+    Uses the fast midrank algorithm of Sun & Xu (2014, IEEE Signal Processing
+    Letters 21:1389), which gives exactly the DeLong, DeLong & Clarke-Pearson
+    (1988) covariance in O(n log n).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n,)
+        0/1 labels, at least two of each class.
+    p1, p2 : array-like of shape (n,)
+        Scores of the two models (any real values; higher = more likely positive).
+    alpha : float, default 0.05
+        ``ci`` is the ``1 - alpha`` normal-theory interval of ``auc1 - auc2``.
+
+    Returns
+    -------
+    dict
+        ``auc1``, ``auc2``, ``diff`` (auc1 - auc2), ``se`` (of diff), ``z``,
+        ``p_value`` (two-sided), ``ci`` (low, high), ``n_pos``, ``n_neg``, ``notes``.
+        With fewer than two cases of a class everything but the counts is ``None``.
+
+    Notes
+    -----
+    The test treats cases as independent. With several images per patient,
+    aggregate first (:func:`aggregate_by_patient`) or use
+    :func:`paired_bootstrap_auc` with ``groups``.
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1); got {alpha}")
+    y = _as_binary_labels(y_true)
+    s1 = _as_scores(p1, y.shape[0], "p1", unit_interval=False)
+    s2 = _as_scores(p2, y.shape[0], "p2", unit_interval=False)
+    m, n = int(y.sum()), int(y.shape[0] - y.sum())
+    result: dict[str, Any] = {
+        "auc1": None, "auc2": None, "diff": None, "se": None, "z": None,
+        "p_value": None, "ci": None, "n_pos": m, "n_neg": n, "notes": [],
+    }
+    if m < 2 or n < 2:
+        result["notes"].append(
+            f"DeLong test not defined: it needs at least 2 positive and 2 negative cases "
+            f"(found {m} and {n})"
+        )
+        return result
+    scores = np.stack([s1, s2])
+    x, z_neg = scores[:, y == 1], scores[:, y == 0]
+    tx = stats.rankdata(x, axis=1)
+    ty = stats.rankdata(z_neg, axis=1)
+    tz = stats.rankdata(np.concatenate([x, z_neg], axis=1), axis=1)
+    aucs = tz[:, :m].sum(axis=1) / (m * n) - (m + 1.0) / (2.0 * n)
+    v_pos = (tz[:, :m] - tx) / n  # structural components of the positives
+    v_neg = 1.0 - (tz[:, m:] - ty) / m  # ... and of the negatives
+    cov = np.cov(v_pos) / m + np.cov(v_neg) / n
+    diff = float(aucs[0] - aucs[1])
+    var = float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1])
+    se = math.sqrt(max(var, 0.0))
+    if se > 1e-15:
+        z = diff / se
+        p_value = float(2.0 * stats.norm.sf(abs(z)))
+    else:
+        z = 0.0 if diff == 0 else math.copysign(math.inf, diff)
+        p_value = 1.0 if diff == 0 else 0.0
+        result["notes"].append("the AUC difference has zero variance (identical rankings?)")
+    half = float(stats.norm.ppf(1 - alpha / 2)) * se
+    result.update(
+        auc1=float(aucs[0]), auc2=float(aucs[1]), diff=diff, se=se, z=float(z),
+        p_value=p_value, ci=(diff - half, diff + half),
+    )
+    return result
+
+
+def paired_bootstrap_auc(
+    y_true: ArrayLike,
+    p1: ArrayLike,
+    p2: ArrayLike,
+    groups: ArrayLike | None = None,
+    *,
+    n_resamples: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Paired bootstrap comparison of two models' ROC-AUC, resampling patients.
+
+    Both models are scored on the same resamples, so their correlation is kept.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n,)
+        0/1 image labels.
+    p1, p2 : array-like of shape (n,)
+        Scores of the two models.
+    groups : array-like of shape (n,) or None
+        Patient key per image (``None``: images are resampled).
+    n_resamples : int, default 1000
+    alpha : float, default 0.05
+    seed : int, default 0
+
+    Returns
+    -------
+    dict
+        ``auc1``, ``auc2``, ``diff`` (on the full data), ``ci`` (percentile
+        interval of the difference), ``se`` (bootstrap standard deviation of the
+        difference), ``z`` = diff / se, ``p_value`` (two-sided, normal), ``n_used``,
+        ``n_dropped`` (resamples without both classes).
+    """
+    _check_bootstrap_args(n_resamples, alpha)
+    y = _as_binary_labels(y_true)
+    s1 = _as_scores(p1, y.shape[0], "p1", unit_interval=False)
+    s2 = _as_scores(p2, y.shape[0], "p2", unit_interval=False)
+    if y.min() == y.max():
+        raise ValueError("paired_bootstrap_auc needs both classes in y_true")
+    codes = _as_group_codes(groups, y.shape[0])
+    n_groups = int(codes.max()) + 1
+    idx1, idx2 = _RankIndex(y, s1, codes), _RankIndex(y, s2, codes)
+    rng = np.random.default_rng(seed)
+    diffs: list[np.ndarray] = []
+    rows = _block_rows(y.shape[0], n_resamples)
+    done = 0
+    while done < n_resamples:
+        b = min(rows, n_resamples - done)
+        counts = _draw_counts(rng, b, n_groups)
+        diffs.append(_weighted_auc(*idx1.per_value(counts)) - _weighted_auc(*idx2.per_value(counts)))
+        done += b
+    d = np.concatenate(diffs)
+    ok = d[np.isfinite(d)]
+    auc1, auc2 = float(roc_auc_score(y, s1)), float(roc_auc_score(y, s2))
+    diff = auc1 - auc2
+    out: dict[str, Any] = {
+        "auc1": auc1, "auc2": auc2, "diff": diff, "ci": None, "se": None, "z": None,
+        "p_value": None, "n_used": int(ok.size), "n_dropped": int(d.size - ok.size),
+    }
+    if ok.size >= 2:
+        low, high = np.percentile(ok, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+        se = float(np.std(ok, ddof=1))
+        out["ci"] = (float(low), float(high))
+        out["se"] = se
+        if se > 0:
+            out["z"] = diff / se
+            out["p_value"] = float(2.0 * stats.norm.sf(abs(diff / se)))
+        else:
+            out["z"] = 0.0 if diff == 0 else math.copysign(math.inf, diff)
+            out["p_value"] = 1.0 if diff == 0 else 0.0
+    return out

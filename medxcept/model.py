@@ -1,0 +1,270 @@
+"""The classifier: Keras' Xception with a small regularized head, and the weights that go into it.
+
+Xception (Chollet, 2017, "Xception: Deep Learning with Depthwise Separable Convolutions") expects
+inputs in [-1, 1] of at least 71 x 71 pixels. The model built here takes **uint8-range pixels**
+([0, 255], any float or integer dtype) and maps them to [-1, 1] with a ``Rescaling`` layer whose
+constants come from :mod:`medxcept.preprocess` — so a saved model takes the same cached pixels
+that training saw, and the mapping lives in exactly one place.
+
+Only Keras 3 APIs are used (``keras.ops``, layers, ``keras.config``): the same code runs under
+the TensorFlow (default), JAX and PyTorch backends.
+
+Weights are explicit. ``"imagenet"`` is loaded from Keras' cache and MD5-checked, never
+downloaded; ``"none"`` trains from random initialization and the run is marked "not pretrained"
+everywhere; a path loads a user's file with a shape check. There is no silent fallback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from medxcept.errors import WeightsError
+from medxcept.preprocess import to_model_range
+
+__all__ = [
+    "IMAGENET_FILE",
+    "IMAGENET_MD5",
+    "WeightsInfo",
+    "imagenet_weights_path",
+    "resolve_weights",
+    "build_model",
+    "xception_base",
+    "layer_blocks",
+    "freeze_base",
+    "unfreeze_top_blocks",
+    "count_trainable",
+    "detect_device",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGENET_FILE = "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
+IMAGENET_MD5 = "b0042744bf5b25fce3cb969f33bebb97"  # the hash keras.applications.xception checks
+BASE_NAME = "xception"
+MIN_PX = 71
+
+# The exact affine map of to_model_range, derived from it rather than restated: x * scale + offset.
+_MODEL_OFFSET = float(to_model_range(0.0))
+_MODEL_SCALE = float(to_model_range(1.0)) - _MODEL_OFFSET
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """What the model's weights are, for the console and the report's first lines."""
+
+    kind: str  # "imagenet" | "none" | "file"
+    path: str | None
+    pretrained: bool
+    description: str
+
+
+def imagenet_weights_path() -> Path:
+    """Where Keras keeps the ImageNet Xception weights (``$KERAS_HOME/models`` or ``~/.keras/models``)."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(home) / "models" / IMAGENET_FILE
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()  # noqa: S324 - matching Keras' own integrity check, not security
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_weights(weights: str) -> WeightsInfo:
+    """Check that the requested weights exist before any training starts.
+
+    Raises:
+        WeightsError: ImageNet weights missing or corrupt (names the path to place the file),
+            or a user weights file that does not exist.
+    """
+    if weights in ("none", "", None):
+        return WeightsInfo("none", None, False,
+                           "NOT PRETRAINED: random initialization (results are from random initialization)")
+    if weights == "imagenet":
+        path = imagenet_weights_path()
+        if not path.is_file():
+            raise WeightsError(
+                f"ImageNet weights for Xception were requested but {path} does not exist. This machine "
+                f"cannot download them: copy '{IMAGENET_FILE}' (from a machine where "
+                f"keras.applications.Xception(weights='imagenet', include_top=False) has run once) to that "
+                f"path, or pass --weights PATH to a weights file, or --weights none to train from random "
+                f"initialization (the report will say so)."
+            )
+        digest = _md5(path)
+        if digest != IMAGENET_MD5:
+            raise WeightsError(
+                f"{path} is not the Keras Xception ImageNet 'notop' file (MD5 {digest}, expected "
+                f"{IMAGENET_MD5}): it may be truncated. Replace it with a complete copy."
+            )
+        return WeightsInfo("imagenet", str(path), True, f"ImageNet (Keras cache, MD5 checked: {path.name})")
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path} (use --weights imagenet|none|PATH)")
+    if not re.search(r"\.(h5|hdf5|keras)$", path.name):
+        raise WeightsError(f"weights file {path} must be a Keras .h5, .weights.h5 or .keras file")
+    return WeightsInfo("file", str(path), True, f"user file {path.name}")
+
+
+def detect_device() -> dict[str, str]:
+    """The Keras backend and whether it sees a GPU (``{"backend", "device", "detail"}``)."""
+    backend = keras.backend.backend()
+    device, detail = "cpu", ""
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            if gpus:
+                device, detail = "gpu", f"{len(gpus)} GPU(s)"
+        elif backend == "jax":
+            import jax
+
+            devs = [d for d in jax.devices() if d.platform == "gpu"]
+            if devs:
+                device, detail = "gpu", f"{len(devs)} x {devs[0].device_kind}"
+        elif backend == "torch":
+            import torch
+
+            if torch.cuda.is_available():
+                device, detail = "gpu", f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    except (ImportError, RuntimeError) as exc:  # a broken GPU stack still trains on CPU; say so
+        detail = f"GPU detection failed: {exc}"
+    return {"backend": backend, "device": device, "detail": detail}
+
+
+def xception_base(model: keras.Model) -> keras.Model:
+    """The Xception sub-model inside a model built by :func:`build_model`."""
+    return model.get_layer(BASE_NAME)
+
+
+def build_model(*, image_px: int, n_classes: int, dropout: float = 0.3,
+                weights: WeightsInfo | None = None, pretrained_bn_frozen: bool | None = None,
+                seed: int = 0) -> keras.Model:
+    """Xception + global average pooling + dropout + dense head producing **logits**.
+
+    Args:
+        image_px: input height and width (>= 71).
+        n_classes: 2 gives one sigmoid logit; more give ``n_classes`` softmax logits.
+        dropout: rate of the dropout layer before the head.
+        weights: from :func:`resolve_weights`; ``None`` means random initialization.
+        pretrained_bn_frozen: call the base with ``training=False`` so BatchNormalization stays
+            in inference mode (Keras' fine-tuning guide: otherwise the first fine-tuning steps
+            wreck the pretrained statistics). Defaults to ``weights.pretrained``.
+        seed: seed of the dropout layer.
+
+    Returns:
+        A ``keras.Model`` named ``medxcept_xception`` whose output is logits (float32); the
+        probabilities are ``sigmoid``/``softmax`` of them, after calibration.
+    """
+    if image_px < MIN_PX:
+        raise WeightsError(f"image_px={image_px} is below Xception's minimum input size of {MIN_PX}")
+    if n_classes < 2:
+        raise WeightsError(f"n_classes={n_classes}: a classifier needs at least two classes")
+    weights = weights or resolve_weights("none")
+    if pretrained_bn_frozen is None:
+        pretrained_bn_frozen = weights.pretrained
+    base = keras.applications.Xception(include_top=False, weights=None, input_shape=(image_px, image_px, 3))
+    base.name = BASE_NAME
+    if weights.kind == "imagenet":
+        base.load_weights(weights.path)
+    inputs = keras.Input((image_px, image_px, 3), name="pixels")
+    x = keras.layers.Rescaling(_MODEL_SCALE, offset=_MODEL_OFFSET, name="to_xception_range")(inputs)
+    x = base(x, training=False) if pretrained_bn_frozen else base(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    x = keras.layers.Dropout(dropout, seed=seed, name="dropout")(x)
+    units = 1 if n_classes == 2 else n_classes
+    # float32 logits even under mixed precision: calibration and the loss need the precision
+    logits = keras.layers.Dense(units, dtype="float32", name="logits")(x)
+    model = keras.Model(inputs, logits, name="medxcept_xception")
+    if weights.kind == "file":
+        _load_user_weights(model, Path(weights.path))
+    return model
+
+
+def _load_user_weights(model: keras.Model, path: Path) -> None:
+    """Load a user file into the whole model, or else into the Xception base; explain a mismatch."""
+    errors = []
+    targets = [("whole model", model), ("Xception base", xception_base(model))]
+    for what, target in targets:
+        try:
+            if path.name.endswith(".keras"):
+                other = keras.saving.load_model(path, compile=False)
+                target.set_weights(other.get_weights())
+            else:
+                target.load_weights(path)
+            log.info("loaded weights from %s into the %s", path.name, what)
+            return
+        except (ValueError, OSError, KeyError, TypeError) as exc:
+            errors.append(f"{what}: {str(exc).splitlines()[0][:200]}")
+    raise WeightsError(
+        f"weights file {path} does not fit this model (input {model.input_shape[1]} px, "
+        f"{model.output_shape[-1]} output unit(s)): " + "; ".join(errors)
+        + ". Use a file saved from the same architecture, or --weights imagenet|none."
+    )
+
+
+def layer_blocks(base: keras.Model) -> list[tuple[keras.layers.Layer, int]]:
+    """Each layer of the Xception base with its block number (1-14).
+
+    Keras names the main-path layers ``block{i}_...``; the residual 1x1 convolutions and their
+    BatchNormalization are unnamed (``conv2d``, ``batch_normalization``) and are created just
+    before the block they bypass, so an unnamed layer belongs to the next named block.
+    """
+    pattern = re.compile(r"^block(\d+)_")
+    out: list[tuple[keras.layers.Layer, int]] = []
+    pending: list[keras.layers.Layer] = []
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        m = pattern.match(layer.name)
+        if m is None:
+            pending.append(layer)
+            continue
+        block = int(m.group(1))
+        out.extend((p, block) for p in pending)
+        pending = []
+        out.append((layer, block))
+    out.extend((p, 14) for p in pending)
+    return out
+
+
+def freeze_base(model: keras.Model) -> None:
+    """Stage 1: the whole Xception base frozen; only the head trains."""
+    xception_base(model).trainable = False
+
+
+def unfreeze_top_blocks(model: keras.Model, n_blocks: int, *, keep_bn_frozen: bool = True) -> list[str]:
+    """Stage 2: make the top ``n_blocks`` Xception blocks trainable (14 = all).
+
+    BatchNormalization layers stay frozen when ``keep_bn_frozen`` (pretrained weights): their
+    moving statistics and affine parameters are not updated, as Keras' fine-tuning guide
+    prescribes. Returns the names of the layers made trainable; raises if none matched.
+    """
+    if not 1 <= n_blocks <= 14:
+        raise WeightsError(f"unfreeze_blocks={n_blocks} must be in 1..14")
+    base = xception_base(model)
+    base.trainable = True
+    first = 15 - n_blocks
+    opened = []
+    for layer, block in layer_blocks(base):
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = block >= first and not (is_bn and keep_bn_frozen)
+        if layer.trainable and layer.weights:
+            opened.append(layer.name)
+    if not opened:
+        raise WeightsError(f"unfreezing the top {n_blocks} block(s) matched no layer with weights")
+    return opened
+
+
+def count_trainable(model: keras.Model) -> int:
+    """Number of trainable scalar parameters."""
+    return int(sum(int(w.numpy().size) if hasattr(w, "numpy") else int(w.size) for w in model.trainable_weights))

@@ -1,0 +1,283 @@
+"""The whole pipeline as plain functions: ingest -> split -> audit -> train -> evaluate -> report.
+
+``pipelines/retina.py`` only parses arguments and calls :func:`run_pipeline`; a notebook can call
+the same functions. Each stage is a module of its own (see the README's map); this module only
+composes them and writes the run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medxcept.audit import audit_cohort, duplicate_groups, fingerprints
+from medxcept.augment import build_augment, effective_class_frequencies, serialize_augment
+from medxcept.calibrate import brier, ece, make_calibrator, mce, nll, reliability_table
+from medxcept.cohort import CohortSpec, public_view
+from medxcept.config import RunConfig, config_hash
+from medxcept.demo import cache_dir
+from medxcept.errors import CohortError
+from medxcept.evaluate import aggregate_by_patient, binary_metrics, bootstrap_ci, choose_threshold, multiclass_metrics
+from medxcept.ingest import IngestResult, ingest
+from medxcept.preprocess import PreprocessCache
+from medxcept.run import RunDir, code_version, data_hash, environment, package_versions
+from medxcept.splits import assign_splits, split_hash, split_table
+
+__all__ = ["run_pipeline", "evaluate_predictions", "training_verdict", "prepare_cohort"]
+
+log = logging.getLogger(__name__)
+
+CI_METRICS = ("roc_auc", "pr_auc", "sensitivity", "specificity", "precision", "npv", "f1", "balanced_accuracy")
+
+
+def _say(msg: str) -> None:
+    """Console line for the researcher (stderr via logging keeps stdout for the report path)."""
+    log.warning(msg) if msg.startswith("!") else log.info(msg)
+
+
+def prepare_cohort(spec: CohortSpec, cfg: RunConfig) -> tuple[IngestResult, PreprocessCache]:
+    """Ingest the cohort into the table and the preprocessing cache."""
+    cache = PreprocessCache(cache_dir() / "preprocessed")
+    return ingest(spec, preprocess_cfg=cfg.preprocess, cache=cache), cache
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _calibration_block(y: np.ndarray, p: np.ndarray, n_bins: int) -> dict[str, Any]:
+    return {
+        "ece": ece(y, p, n_bins=n_bins, strategy="uniform"),
+        "ece_equal_mass": ece(y, p, n_bins=n_bins, strategy="quantile"),
+        "mce": mce(y, p, n_bins=n_bins, strategy="uniform"),
+        "brier": brier(y, p),
+        "nll": nll(y, p),
+        "n_bins": n_bins,
+        "reliability": reliability_table(y, p, n_bins=n_bins, strategy="uniform").to_dict("records"),
+    }
+
+
+def evaluate_predictions(*, val: pd.DataFrame, test: pd.DataFrame, val_logits: np.ndarray,
+                         test_logits: np.ndarray, cfg: RunConfig, classes: tuple[str, ...]) -> dict[str, Any]:
+    """Calibrate on validation, choose the threshold on validation, measure on test.
+
+    Returns the ``metrics`` dict (the content of ``metrics.json`` minus run metadata) and adds
+    ``prob_raw`` / ``prob`` columns to copies of ``val`` and ``test`` under ``"_frames"``.
+    """
+    ec = cfg.eval
+    calibrator = make_calibrator(ec.calibration).fit(val_logits, val["y"].to_numpy())
+    val, test = val.copy(), test.copy()
+    out: dict[str, Any] = {"classes": list(classes), "calibration_method": ec.calibration,
+                           "calibrator": calibrator.to_dict()}
+    if len(classes) == 2:
+        for frame, z in ((val, val_logits), (test, test_logits)):
+            frame["logit"] = z
+            frame["prob_raw"] = _sigmoid(z)
+            frame["prob"] = calibrator.predict_proba(z)
+        threshold = choose_threshold(val["y"], val["prob"], method=ec.threshold, target=ec.target_sensitivity)
+        out["threshold"] = {"value": float(threshold), "method": ec.threshold, "chosen_on": "validation",
+                            "target_sensitivity": ec.target_sensitivity if ec.threshold == "sensitivity" else None}
+        y, p = test["y"].to_numpy(), test["prob"].to_numpy()
+        out["test_image"] = binary_metrics(y, p, threshold=threshold)
+        keys, yp, pp = aggregate_by_patient(test["patient_key"], y, p, how=ec.patient_aggregation)
+        out["test_patient"] = binary_metrics(yp, pp, threshold=threshold)
+        out["patient_aggregation"] = ec.patient_aggregation
+        if ec.n_bootstrap:
+            cis = bootstrap_ci(yp, pp, keys, metrics=CI_METRICS, threshold=threshold,
+                               n_resamples=ec.n_bootstrap, seed=cfg.seed)
+            out["test_patient_ci"] = {k: v.to_dict() for k, v in cis.items()}
+            cis_img = bootstrap_ci(y, p, test["patient_key"].to_numpy(), metrics=CI_METRICS, threshold=threshold,
+                                   n_resamples=ec.n_bootstrap, seed=cfg.seed)
+            out["test_image_ci"] = {k: v.to_dict() for k, v in cis_img.items()}
+        out["n_bootstrap"] = ec.n_bootstrap
+        out["calibration_test"] = {
+            "before": _calibration_block(y, test["prob_raw"].to_numpy(), ec.n_bins),
+            "after": _calibration_block(y, p, ec.n_bins),
+        }
+        vp = val["prob"].to_numpy()
+        out["val_image"] = binary_metrics(val["y"].to_numpy(), vp, threshold=threshold)
+    else:
+        for frame, z in ((val, val_logits), (test, test_logits)):
+            zz = z - z.max(axis=1, keepdims=True)
+            raw = np.exp(zz) / np.exp(zz).sum(axis=1, keepdims=True)
+            cal = calibrator.predict_proba(z)
+            for i, c in enumerate(classes):
+                frame[f"prob_raw_{c}"] = raw[:, i]
+                frame[f"prob_{c}"] = cal[:, i]
+        P = test[[f"prob_{c}" for c in classes]].to_numpy()
+        out["test_image"] = multiclass_metrics(test["y"].to_numpy(), P, classes=list(classes))
+        Praw = test[[f"prob_raw_{c}" for c in classes]].to_numpy()
+        out["calibration_test"] = {"before": _calibration_block(test["y"].to_numpy(), Praw, ec.n_bins),
+                                   "after": _calibration_block(test["y"].to_numpy(), P, ec.n_bins)}
+    out["_frames"] = {"val": val, "test": test}
+    return out
+
+
+def training_verdict(history: pd.DataFrame, best_epoch: int) -> dict[str, Any]:
+    """Plain-words overfitting verdict from the per-epoch history."""
+    if history.empty:
+        return {"verdict": "no training epochs ran", "best_epoch": 0}
+    last = history.iloc[-1]
+    best_row = history[history["epoch"] == best_epoch]
+    best = best_row.iloc[0] if len(best_row) else last
+    train_auc, val_auc = float(best.get("auc", np.nan)), float(best.get("val_patient_auc", best.get("val_auc", np.nan)))
+    gap = train_auc - val_auc
+    n = int(history["epoch"].max())
+    parts = []
+    vals = history["val_patient_auc"] if "val_patient_auc" in history else history.get("val_auc")
+    if vals is not None and vals.notna().any():
+        peak = int(history.loc[vals.idxmax(), "epoch"])
+        parts.append(f"validation AUC peaked at epoch {peak} of {n} ({float(vals.max()):.3f})")
+        if peak < n:
+            after = history[history["epoch"] > peak]
+            if len(after) and float(after["auc"].iloc[-1]) > float(history.loc[vals.idxmax(), "auc"]):
+                parts.append("later epochs improved training AUC but not validation AUC: they overfit "
+                             f"(weights of epoch {best_epoch} kept)")
+            else:
+                parts.append(f"weights of epoch {best_epoch} kept")
+    if np.isfinite(gap):
+        if gap > 0.10:
+            parts.append(f"train-validation AUC gap {gap:.3f} at the kept epoch: clear overfitting")
+        elif gap > 0.03:
+            parts.append(f"train-validation AUC gap {gap:.3f}: mild overfitting")
+        else:
+            parts.append(f"train-validation AUC gap {gap:.3f}: no sign of overfitting")
+    return {"verdict": "; ".join(parts) + ".", "best_epoch": int(best_epoch), "epochs_run": n,
+            "train_auc_at_best": train_auc, "val_auc_at_best": val_auc, "gap_at_best": gap,
+            "final_train_auc": float(last.get("auc", np.nan)),
+            "final_val_auc": float(last.get("val_patient_auc", np.nan))}
+
+
+def _summary_counts(table: pd.DataFrame) -> dict[str, Any]:
+    out: dict[str, Any] = {"n_images": int(len(table)), "n_patients": int(table["patient_key"].nunique()),
+                           "images_per_class": table["label"].value_counts().sort_index().to_dict(),
+                           "patients_per_class": table.groupby("label")["patient_key"].nunique().to_dict()}
+    if "split" in table:
+        out["per_split"] = {
+            s: {"images": int((g := table[table["split"] == s]).shape[0]), "patients": int(g["patient_key"].nunique()),
+                "images_per_class": g["label"].value_counts().sort_index().to_dict()}
+            for s in ("train", "val", "test")}
+    return out
+
+
+def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = None) -> Path:
+    """Run every stage on ``spec`` with ``cfg``; return the run directory.
+
+    Whole-run problems (no usable image, a class without patients, missing weights, leakage
+    under ``policy=error``) raise a :class:`~medxcept.errors.MedxceptError` *before* training.
+    """
+    from medxcept.model import detect_device, resolve_weights
+    from medxcept.data import load_images
+    from medxcept.report import render_report
+    from medxcept.train import fit, predict_logits, set_seeds
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    weights = resolve_weights(cfg.model.weights)  # fail before any work if weights are missing
+    if not weights.pretrained:
+        _say("! NOT PRETRAINED: --weights none, the model starts from random initialization. "
+             "Results are from random initialization; the report says so on its first line.")
+    set_seeds(cfg.seed)
+    run = RunDir.create(cfg.out_dir, spec.name, cfg, name=run_name)
+    run.write_config(cfg, extra={"cohort_name": spec.name, "classes": list(spec.classes)})
+    _say(f"run directory: {run.path}")
+
+    t = time.perf_counter()
+    ing, cache = prepare_cohort(spec, cfg)
+    timings["ingest_s"] = time.perf_counter() - t
+    run.write_csv("exclusions.csv", ing.exclusions)
+    run.write_private("patient_map.csv", ing.patient_map)
+    _say(f"cohort: {len(ing.table)} image(s) of {ing.table['patient_key'].nunique()} patient(s); "
+         f"{ing.files_found} file(s) found, {ing.files_excluded} excluded (see exclusions.csv)")
+
+    t = time.perf_counter()
+    images = load_images(ing.table, cache, cfg.preprocess)
+    fp = fingerprints(images)
+    merge = duplicate_groups(ing.table, fp, cfg.audit.hamming_threshold) if cfg.audit.on_leak == "fix" else None
+    table = assign_splits(ing.table, cfg.split, merge=merge)
+    report = audit_cohort(table, fp=fp, policy=cfg.audit.on_leak, hamming_threshold=cfg.audit.hamming_threshold,
+                          group_column=cfg.split.group_column)
+    timings["audit_s"] = time.perf_counter() - t
+    run.write_json("audit.json", report.to_dict())
+    run.write_csv("split.csv", split_table(table))
+    run.write_csv("cohort.csv", public_view(table))
+    report.raise_if_errors()
+    for f in report.findings:
+        if f.severity == "warning":
+            _say(f"! audit: {f.message}")
+
+    parts = {s: np.flatnonzero(table["split"].to_numpy() == s) for s in ("train", "val", "test")}
+    for s, idx in parts.items():
+        if len(idx) == 0:
+            raise CohortError(f"the {s} split is empty: the cohort is too small for the requested fractions")
+    tr, va, te = (table.iloc[parts[s]] for s in ("train", "val", "test"))
+    device = detect_device()
+    _say(f"training on {len(tr)} image(s) ({device['backend']} backend, {device['device']}) at "
+         f"{cfg.preprocess.image_px} px, recipe '{cfg.train.recipe}'")
+    result = fit(images[parts["train"]], tr["y"].to_numpy(), images[parts["val"]], va["y"].to_numpy(),
+                 va["patient_key"].to_numpy(), cfg=cfg, weights=weights, n_classes=spec.n_classes, run_dir=run.path)
+    timings["train_s"] = result.seconds
+    run.write_csv("history.csv", result.history)
+    result.model.save(run.file("model.keras"))
+
+    t = time.perf_counter()
+    val_logits = predict_logits(result.model, images[parts["val"]], batch_size=cfg.train.batch_size)
+    test_logits = predict_logits(result.model, images[parts["test"]], batch_size=cfg.train.batch_size)
+    metrics = evaluate_predictions(val=va, test=te, val_logits=val_logits, test_logits=test_logits, cfg=cfg,
+                                   classes=spec.classes)
+    timings["evaluate_s"] = time.perf_counter() - t
+    frames = metrics.pop("_frames")
+    run.write_json("calibration.json", {"method": cfg.eval.calibration, "calibrator": metrics["calibrator"],
+                                        "threshold": metrics.get("threshold")})
+    pred_cols = ["image_id", "patient_key", "laterality", "source", "label", "y"] + [
+        c for c in frames["test"].columns if c.startswith(("logit", "prob"))]
+    predictions = frames["test"][pred_cols].copy()
+    if len(spec.classes) == 2:
+        pat = predictions.groupby("patient_key").agg(
+            patient_y=("y", "max"), patient_prob=("prob", cfg.eval.patient_aggregation))
+        predictions = predictions.merge(pat, left_on="patient_key", right_index=True, how="left")
+    run.write_csv("predictions.csv", predictions)
+
+    aug = build_augment(cfg.augment, seed=cfg.seed)
+    run.write_json("augmentation.json", serialize_augment(aug))
+    versions = {"packages": package_versions(), "code": code_version(), "environment": environment(),
+                "device": device, "data_hash": data_hash(table), "split_hash": split_hash(table),
+                "config_hash": config_hash(cfg)}
+    run.write_json("versions.json", versions)
+    timings["total_s"] = time.perf_counter() - t_start
+    full = {
+        "run": {"id": run.path.name, "cohort": spec.name, "description": spec.description,
+                "weights": weights.kind, "weights_description": weights.description,
+                "pretrained": weights.pretrained, "recipe": cfg.train.recipe, "image_px": cfg.preprocess.image_px,
+                "seed": cfg.seed, "backend": device["backend"], "device": device["device"],
+                "external_validation": False},
+        "cohort": {**_summary_counts(table), "files_found": ing.files_found, "files_used": ing.files_used,
+                   "files_excluded": ing.files_excluded,
+                   "exclusions_by_reason": _reason_counts(ing.exclusions)},
+        "class_balance": {"method": cfg.augment.balance,
+                          **effective_class_frequencies(tr["y"].to_numpy(), cfg.augment, n_classes=spec.n_classes)},
+        "training": {**training_verdict(result.history, result.best_epoch), "stages": result.stages,
+                     "seconds": result.seconds},
+        **metrics,
+        "audit": {"errors": len(report.errors), "n_findings": len(report.findings)},
+        "timings": timings,
+        "hashes": {k: versions[k] for k in ("data_hash", "split_hash", "config_hash")},
+    }
+    run.write_json("metrics.json", full)
+    html = render_report(run.path, metrics=full, table=table, history=result.history, predictions=predictions,
+                         audit=report, versions=versions, images=images, cfg=cfg, spec=spec, frames=frames)
+    _say(f"report written in {timings['total_s']:.0f} s")
+    return html
+
+
+def _reason_counts(exclusions: pd.DataFrame) -> dict[str, int]:
+    if exclusions.empty:
+        return {}
+    # group reasons by their first clause so per-file numbers do not split one reason into many
+    key = exclusions["stage"] + ": " + exclusions["reason"].str.split(r"[:(]", n=1, regex=True).str[0].str.strip()
+    return key.value_counts().to_dict()

@@ -1,0 +1,186 @@
+"""The self-contained HTML report of a run.
+
+One file, ``report.html``: figures inlined as base64 PNG, styles inline, no script, font or
+network request, so it renders anywhere offline and can be attached to an e-mail. Every string
+that comes from the user's data (labels, cohort names, sources, file names) goes through Jinja2
+autoescaping; patients appear only as pseudonyms.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import pandas as pd
+
+from medxcept.report.figures import (
+    confusion_figure,
+    examples_figure,
+    reliability_figure,
+    roc_pr_figure,
+    training_figure,
+)
+
+__all__ = ["render_report", "fmt", "subgroup_table", "checklist"]
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    """Numbers as the report shows them (``metrics.json`` holds the same values unrounded)."""
+    if x is None:
+        return "not defined"
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    if isinstance(x, (float, np.floating)):
+        if math.isnan(float(x)):
+            return "not defined"
+        return f"{float(x):.{digits}f}"
+    return str(x)
+
+
+def _ci(ci: dict[str, Any] | None) -> str:
+    if not ci or ci.get("low") is None or ci.get("high") is None:
+        return ""
+    return f"{fmt(ci['low'])}–{fmt(ci['high'])}"
+
+
+def subgroup_table(test: pd.DataFrame, threshold: float | None) -> list[dict[str, Any]]:
+    """Patient-level AUC, sensitivity and specificity by source, laterality, sex and age band."""
+    from medxcept.evaluate import binary_metrics
+
+    if threshold is None or "prob" not in test:
+        return []
+    frame = test.copy()
+    if "age" in frame and frame["age"].notna().any():
+        frame["age band"] = pd.cut(frame["age"], [0, 40, 50, 60, 70, 80, 200], right=False,
+                                   labels=["<40", "40-49", "50-59", "60-69", "70-79", "80+"]).astype(str)
+    rows = []
+    for col in ("source", "laterality", "sex", "age band"):
+        if col not in frame or frame[col].astype(str).replace("", np.nan).dropna().nunique() < 2:
+            continue
+        for value, g in frame.groupby(frame[col].astype(str)):
+            m = binary_metrics(g["y"].to_numpy(), g["prob"].to_numpy(), threshold=threshold)
+            rows.append({"by": col, "value": value or "(missing)", "images": len(g),
+                         "patients": g["patient_key"].nunique(), "positives": int(g["y"].sum()),
+                         "roc_auc": m["roc_auc"], "sensitivity": m["sensitivity"], "specificity": m["specificity"]})
+    return rows
+
+
+def checklist(metrics: dict[str, Any]) -> list[dict[str, str]]:
+    """TRIPOD+AI / CLAIM items the pipeline can answer from the run; the rest marked for the author."""
+    run, cohort = metrics["run"], metrics["cohort"]
+    t = metrics.get("threshold") or {}
+    author = "to be completed by the author"
+    return [
+        {"item": "Data source and eligibility (TRIPOD+AI 5a/5b; CLAIM 7-8)",
+         "answer": f"cohort '{run['cohort']}': {cohort['files_found']} files found, {cohort['files_excluded']} excluded "
+                   f"with reasons (exclusions.csv)", "status": "auto"},
+        {"item": "Participants: numbers, outcome events (TRIPOD+AI 20a; CLAIM 33)",
+         "answer": f"{cohort['n_patients']} patients, {cohort['n_images']} images; per class "
+                   f"{cohort['images_per_class']}", "status": "auto"},
+        {"item": "Data partitions at patient level (CLAIM 21; TRIPOD+AI 10)",
+         "answer": "stratified patient-level split, integrity audit before training (audit.json)", "status": "auto"},
+        {"item": "Reference standard / ground truth (CLAIM 14-18)", "answer": author, "status": "author"},
+        {"item": "Preprocessing (CLAIM 11)", "answer": f"resize to {run['image_px']} px; see config.yaml",
+         "status": "auto"},
+        {"item": "Model, initialization, training (TRIPOD+AI 12; CLAIM 22-25)",
+         "answer": f"Xception, weights: {run['weights_description']}; recipe '{run['recipe']}'", "status": "auto"},
+        {"item": "Operating threshold (TRIPOD+AI 12e)",
+         "answer": f"{t.get('method', 'n/a')} on the {t.get('chosen_on', 'validation')} split"
+                   + (f", value {fmt(t.get('value'))}" if t else ""), "status": "auto"},
+        {"item": "Performance with CIs, discrimination and calibration (TRIPOD+AI 23a; CLAIM 29-30)",
+         "answer": f"patient-level bootstrap CIs ({metrics.get('n_bootstrap', 0)} resamples), ECE, Brier",
+         "status": "auto"},
+        {"item": "Subgroup / fairness analysis (TRIPOD+AI 23b)", "answer": "subgroup table (source, laterality, "
+         "sex, age band where recorded)", "status": "auto"},
+        {"item": "External validation (CLAIM 32)", "answer": "yes" if run.get("external_validation") else
+         "not performed in this run (use `pipelines.retina evaluate`)", "status": "auto"},
+        {"item": "Intended use, clinical role, limitations (TRIPOD+AI 3, 27)", "answer": author, "status": "author"},
+        {"item": "Code and data availability (TRIPOD+AI 18)", "answer": "versions.json holds code, data and split "
+         "hashes; data availability: " + author, "status": "partial"},
+        {"item": "Ethics approval, consent (TRIPOD+AI 4)", "answer": author, "status": "author"},
+    ]
+
+
+def _examples(table: pd.DataFrame, images: np.ndarray, cfg: Any, spec: Any, n_per_class: int = 2) -> str | None:
+    """Raw vs preprocessed vs augmented examples, per class, from the training split."""
+    from medxcept.augment import augment_batch, build_augment
+    from medxcept.errors import ReadError
+    from medxcept.io.dicom import read_dicom
+    from medxcept.io.images import read_image
+
+    aug = build_augment(cfg.augment, seed=cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    rows = []
+    train = table.index[table["split"] == "train"] if "split" in table else table.index
+    for label in spec.classes:
+        idx = [i for i in train if table.at[i, "label"] == label][:n_per_class]
+        for i in idx:
+            r = table.loc[i]
+            try:
+                if r["reader"] == "dicom":
+                    raw = read_dicom(r["path"], frame=int(r["frame"]))[0][0]
+                else:
+                    raw = read_image(r["path"])[0]
+            except (ReadError, OSError, ValueError):
+                continue
+            raw = raw[..., 0] if raw.shape[-1] == 1 else raw
+            pre = images[table.index.get_loc(i)]
+            augs = list(augment_batch(aug, np.repeat(pre[None], 2, axis=0), rng=rng)) if aug is not None else []
+            rows.append((f"{label}", raw, pre, augs))
+    return examples_figure(rows) if rows else None
+
+
+def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame, history: pd.DataFrame,
+                  predictions: pd.DataFrame, audit: Any, versions: dict[str, Any], images: np.ndarray, cfg: Any,
+                  spec: Any, frames: dict[str, pd.DataFrame]) -> Path:
+    """Write ``report.html`` into ``run_dir`` and return its path."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["fmt"] = fmt
+    env.filters["ci"] = _ci
+    classes = list(spec.classes)
+    test = frames["test"]
+    figs: dict[str, str | None] = {}
+    threshold = (metrics.get("threshold") or {}).get("value")
+    if len(classes) == 2:
+        figs["roc_pr"] = roc_pr_figure(test["y"].to_numpy(), test["prob"].to_numpy(), threshold)
+        pred = (test["prob"].to_numpy() >= threshold).astype(int)
+    else:
+        P = test[[f"prob_{c}" for c in classes]].to_numpy()
+        figs["roc_pr"] = None
+        pred = P.argmax(axis=1)
+    figs["confusion"] = confusion_figure(test["y"].to_numpy(), pred, classes)
+    cal = metrics["calibration_test"]
+    figs["reliability"] = reliability_figure(
+        cal["before"]["reliability"], cal["after"]["reliability"],
+        labels=("before recalibration", f"after ({metrics['calibration_method']})"))
+    figs["training"] = training_figure(history, metrics["training"]["best_epoch"])
+    figs["examples"] = _examples(table, images, cfg, spec)
+    audit_dict = audit.to_dict() if hasattr(audit, "to_dict") else audit
+    context = {
+        "m": metrics, "figs": figs, "classes": classes,
+        "created": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "subgroups": subgroup_table(test, threshold) if len(classes) == 2 else [],
+        "checklist": checklist(metrics), "audit": audit_dict, "versions": versions,
+        "config_yaml": (run_dir / "config.yaml").read_text(encoding="utf-8"),
+        "history": history.to_dict("records"),
+        "ci_metrics": ["roc_auc", "pr_auc", "sensitivity", "specificity", "precision", "npv", "f1",
+                       "balanced_accuracy"],
+    }
+    out = run_dir / "report.html"
+    out.write_text(env.get_template("report.html.j2").render(**context), encoding="utf-8")
+    return out
+
+
+def escape(text: str) -> str:
+    """HTML-escape a string (for callers writing HTML outside the template)."""
+    return html.escape(text, quote=True)

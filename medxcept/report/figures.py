@@ -1,0 +1,154 @@
+"""Figures for the report, rendered with matplotlib (Agg) to inline base64 PNG.
+
+Each function takes plain arrays or frames and returns a ``data:image/png;base64,...`` URI, so
+the HTML stays one self-contained file that opens offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+__all__ = ["to_data_uri", "roc_pr_figure", "reliability_figure", "training_figure", "confusion_figure",
+           "examples_figure", "image_grid_figure"]
+
+BLUE, ORANGE, GREY = "#1f5fa8", "#d9822b", "#888888"
+
+
+def to_data_uri(fig: plt.Figure, dpi: int = 110) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def roc_pr_figure(y: np.ndarray, p: np.ndarray, threshold: float, *, title_suffix: str = "") -> str | None:
+    """ROC and precision-recall curves with the operating point chosen on validation."""
+    y = np.asarray(y)
+    if len(np.unique(y)) < 2:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    fpr, tpr, _ = roc_curve(y, p)
+    pred = p >= threshold
+    sens = (pred & (y == 1)).sum() / max((y == 1).sum(), 1)
+    spec = (~pred & (y == 0)).sum() / max((y == 0).sum(), 1)
+    ax = axes[0]
+    ax.plot(fpr, tpr, color=BLUE, lw=2)
+    ax.plot([0, 1], [0, 1], color=GREY, ls="--", lw=1)
+    ax.scatter([1 - spec], [sens], color=ORANGE, zorder=3, label=f"threshold {threshold:.3f}")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC{title_suffix}", xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(loc="lower right", fontsize=8)
+    prec, rec, _ = precision_recall_curve(y, p)
+    ax = axes[1]
+    ax.plot(rec, prec, color=BLUE, lw=2)
+    ax.axhline(y.mean(), color=GREY, ls="--", lw=1, label=f"prevalence {y.mean():.2f}")
+    ppv = (pred & (y == 1)).sum() / max(pred.sum(), 1)
+    ax.scatter([sens], [ppv], color=ORANGE, zorder=3)
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title=f"Precision-recall{title_suffix}",
+           xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(loc="lower left", fontsize=8)
+    return to_data_uri(fig)
+
+
+def reliability_figure(before: list[dict[str, Any]], after: list[dict[str, Any]], *, labels: tuple[str, str]) -> str:
+    """Reliability diagrams before and after recalibration, with bin counts."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
+    for ax, rows, label in zip(axes, (before, after), labels):
+        t = pd.DataFrame(rows)
+        ax.plot([0, 1], [0, 1], color=GREY, ls="--", lw=1)
+        conf_col = next((c for c in ("mean_confidence", "confidence", "mean_prob") if c in t), None)
+        freq_col = next((c for c in ("observed_frequency", "frequency", "accuracy", "observed") if c in t), None)
+        if conf_col and freq_col and len(t):
+            t = t[t["count"] > 0]
+            ax.plot(t[conf_col], t[freq_col], marker="o", color=BLUE)
+            for _, r in t.iterrows():
+                ax.annotate(str(int(r["count"])), (r[conf_col], r[freq_col]), textcoords="offset points",
+                            xytext=(4, -10), fontsize=7, color=GREY)
+        ax.set(xlabel="predicted probability", title=label, xlim=(0, 1), ylim=(0, 1))
+    axes[0].set_ylabel("observed frequency")
+    return to_data_uri(fig)
+
+
+def training_figure(history: pd.DataFrame, best_epoch: int) -> str | None:
+    """Train and validation loss and AUC per epoch, with the train-validation gap and the kept epoch."""
+    if history.empty:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    e = history["epoch"]
+    axes[0].plot(e, history["loss"], color=BLUE, marker=".", label="train")
+    if "val_loss" in history:
+        axes[0].plot(e, history["val_loss"], color=ORANGE, marker=".", label="validation")
+    axes[0].set(title="loss", xlabel="epoch")
+    axes[1].plot(e, history["auc"], color=BLUE, marker=".", label="train (images)")
+    if "val_patient_auc" in history:
+        axes[1].plot(e, history["val_patient_auc"], color=ORANGE, marker=".", label="validation (patients)")
+    axes[1].set(title="ROC-AUC", xlabel="epoch", ylim=(0.4, 1.01))
+    if "val_patient_auc" in history:
+        axes[2].bar(e, history["auc"] - history["val_patient_auc"], color=GREY)
+    axes[2].axhline(0, color="black", lw=0.8)
+    axes[2].set(title="train - validation AUC gap", xlabel="epoch")
+    for ax in axes:
+        ax.axvline(best_epoch, color="green", ls=":", lw=1)
+    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8, loc="lower right")
+    stages = history["stage"].tolist()
+    for i in range(1, len(stages)):
+        if stages[i] != stages[i - 1]:
+            for ax in axes:
+                ax.axvline(e.iloc[i] - 0.5, color=GREY, ls="--", lw=0.8)
+    return to_data_uri(fig)
+
+
+def confusion_figure(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> str:
+    """Confusion matrix with counts."""
+    k = len(classes)
+    cm = np.zeros((k, k), dtype=int)
+    for t, p in zip(y, pred):
+        cm[int(t), int(p)] += 1
+    fig, ax = plt.subplots(figsize=(3.2 + 0.5 * k, 2.8 + 0.5 * k))
+    ax.imshow(cm, cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xticks(range(k), classes, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(k), classes, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true")
+    return to_data_uri(fig)
+
+
+def image_grid_figure(rows: list[tuple[str, list[tuple[str, np.ndarray]]]]) -> str:
+    """A grid of images: one row per (row title, [(column title, image), ...])."""
+    ncols = max(len(r[1]) for r in rows)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(2.1 * ncols, 2.2 * len(rows)), squeeze=False)
+    for i, (title, cells) in enumerate(rows):
+        for j in range(ncols):
+            ax = axes[i][j]
+            ax.axis("off")
+            if j < len(cells):
+                name, img = cells[j]
+                ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255 if img.dtype == np.uint8 else 1)
+                ax.set_title(name, fontsize=7)
+        axes[i][0].text(-0.08, 0.5, title, transform=axes[i][0].transAxes, rotation=90, va="center", ha="right",
+                        fontsize=8)
+    fig.tight_layout()
+    return to_data_uri(fig, dpi=90)
+
+
+def examples_figure(examples: list[tuple[str, np.ndarray, np.ndarray, list[np.ndarray]]]) -> str:
+    """Raw vs preprocessed vs augmented examples: ``(row title, raw, preprocessed, [augmented...])``."""
+    rows = []
+    for title, raw, pre, augs in examples:
+        cells = [("raw (decoded)", raw), ("preprocessed", pre)]
+        cells += [(f"augmented #{i + 1}", a) for i, a in enumerate(augs)]
+        rows.append((title, cells))
+    return image_grid_figure(rows)

@@ -1,0 +1,1 @@
+"""Runnable pipelines: ``python -m pipelines.retina`` (single run) and friends."""

@@ -1,0 +1,382 @@
+"""Tests of medxcept.audit: planted leakage is found, a clean cohort raises no alarm."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy import ndimage
+from scipy.stats.contingency import association
+
+from medxcept.audit import (
+    DEFAULT_HAMMING_THRESHOLD,
+    AuditReport,
+    Finding,
+    audit_cohort,
+    cramers_v,
+    duplicate_groups,
+    fingerprints,
+    hamming,
+    near_duplicate_pairs,
+)
+from medxcept.errors import ConfigError, LeakageError
+from medxcept.splits import SplitConfig, assign_folds, assign_splits
+
+# ------------------------------------------------------------------ synthetic images
+
+
+def blob_image(rng: np.random.Generator, h: int = 96, w: int = 112) -> np.ndarray:
+    """A textured RGB image: random smooth coloured blobs plus smoothed noise, in [0, 1]."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.zeros((h, w, 3))
+    for _ in range(int(rng.integers(6, 14))):
+        cy, cx, s = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(4, 24)
+        img += rng.uniform(-1, 1, 3) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s * s))[..., None]
+    img += 0.5 * ndimage.gaussian_filter(rng.normal(size=(h, w, 3)), (2, 2, 0))
+    img -= img.min()
+    return (img / img.max()).astype(np.float32)
+
+
+def _to_pil(img: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.rint(img * 255).astype(np.uint8))
+
+
+def rescaled(img: np.ndarray, factor: float) -> np.ndarray:
+    p = _to_pil(img)
+    p = p.resize((round(p.width * factor), round(p.height * factor)), Image.BICUBIC)
+    return np.asarray(p, dtype=np.float32) / 255
+
+
+def jpeg(img: np.ndarray, quality: int = 60) -> np.ndarray:
+    buf = io.BytesIO()
+    _to_pil(img).save(buf, format="JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), dtype=np.float32) / 255
+
+
+def file_hash(img: np.ndarray, salt: str = "") -> str:
+    return hashlib.sha256(salt.encode() + img.tobytes()).hexdigest()
+
+
+def clean_cohort(n_patients: int = 24, seed: int = 0) -> tuple[pd.DataFrame, list[np.ndarray]]:
+    """Distinct images: 2 eyes per patient, labels balanced, sources independent of label."""
+    rng = np.random.default_rng(seed)
+    rows, images = [], []
+    for p in range(n_patients):
+        y = p % 2
+        for eye in "LR":
+            img = blob_image(rng)
+            images.append(img)
+            rows.append(
+                {
+                    "image_id": f"img{p:02d}{eye}",
+                    "path": f"/data/{p:02d}{eye}.png",
+                    "frame": 0,
+                    "patient_id": f"MRN-{424242 + p}",
+                    "patient_key": f"P-{p:010x}",
+                    "study_id": "S1",
+                    "laterality": eye,
+                    "label": ["normal", "dr"][y],
+                    "y": y,
+                    "source": ["siteA", "siteB"][(p // 2) % 2],
+                    "modality": "fundus",
+                    "width": img.shape[1],
+                    "height": img.shape[0],
+                    "channels": 3,
+                    "sha256": file_hash(img),
+                }
+            )
+    return pd.DataFrame(rows), images
+
+
+def add_image(df: pd.DataFrame, images: list, img: np.ndarray, like: int, **changes) -> pd.DataFrame:
+    row = df.iloc[like].to_dict()
+    row.update(
+        image_id=f"extra{len(df)}", path=f"/data/extra{len(df)}.png", width=img.shape[1], height=img.shape[0],
+        sha256=file_hash(img, "re-encoded"),
+    )
+    row.update(changes)
+    images.append(img)
+    return pd.concat([df, pd.DataFrame([row])], ignore_index=True)
+
+
+def split(df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return assign_splits(df, SplitConfig(test_fraction=0.25, val_fraction=0.25, seed=seed))
+
+
+def other_split_row(df: pd.DataFrame, i: int) -> int:
+    return int(np.nonzero((df["split"] != df.loc[i, "split"]).to_numpy())[0][0])
+
+
+@pytest.fixture(scope="module")
+def base():
+    df, images = clean_cohort()
+    return split(df), images
+
+
+# ------------------------------------------------------------------ hashing
+
+
+def test_fingerprints_shapes_types_and_flip():
+    rng = np.random.default_rng(0)
+    img = blob_image(rng, 50, 70)
+    gray = img.mean(axis=2)
+    fp = fingerprints([img, img[:, ::-1], gray, gray[:, :, None], img.copy()])
+    assert fp["phash"].dtype == np.uint64 and fp["dhash"].dtype == np.uint64 and len(fp["phash"]) == 5
+    assert fp["phash_flip"][0] == fp["phash"][1] and fp["dhash_flip"][0] == fp["dhash"][1]
+    assert fp["pixel_hash"][0] == fp["pixel_hash"][4] != fp["pixel_hash"][1]
+    assert fp["pixel_hash"][2] == fp["pixel_hash"][3] and len(fp["pixel_hash"][0]) == 64
+    with pytest.raises(ConfigError, match="image #0"):
+        fingerprints([np.zeros((4, 4, 2))])
+
+
+def test_hamming_known_values():
+    assert int(hamming(np.uint64(0), np.uint64(2**64 - 1))) == 64
+    assert hamming(np.array([0b1011, 7], dtype=np.uint64), np.uint64(1)).tolist() == [2, 2]
+
+
+def test_transformed_copies_within_threshold_distinct_far():
+    rng = np.random.default_rng(5)
+    originals = [blob_image(rng) for _ in range(6)]
+    for img in originals:
+        fp = fingerprints([img, rescaled(img, 0.9), jpeg(img, 60)])
+        for k in (1, 2):
+            assert int(hamming(fp["phash"][0], fp["phash"][k])) <= 4
+            assert int(hamming(fp["dhash"][0], fp["dhash"][k])) <= 4
+    fp = fingerprints(originals)
+    iu = np.triu_indices(6, 1)
+    assert hamming(fp["phash"][iu[0]], fp["phash"][iu[1]]).min() > DEFAULT_HAMMING_THRESHOLD
+
+
+def test_near_duplicate_pairs_match_naive_loop():
+    rng = np.random.default_rng(1)
+    n = 300
+    fp = {k: rng.integers(0, 2**63, n, dtype=np.uint64) for k in ("phash", "phash_flip", "dhash", "dhash_flip")}
+    fp["pixel_hash"] = np.array([str(i) for i in range(n)], dtype=object)
+    for a, b, bits in [(3, 200, 5), (10, 11, 0), (50, 299, 10), (60, 61, 11)]:  # plant near pairs
+        flip = np.uint64(sum(1 << int(x) for x in rng.choice(64, bits, replace=False)))
+        fp["phash"][b] = fp["phash"][a] ^ flip
+        fp["dhash"][b] = fp["dhash"][a] ^ flip
+    fp["phash_flip"][120] = fp["phash"][7]  # image 120 is a mirror copy of image 7
+    fp["dhash_flip"][120] = fp["dhash"][7]
+    got = near_duplicate_pairs(fp, 10, block_elements=1000)
+    naive = []
+    pc = lambda x, y: bin(int(x) ^ int(y)).count("1")  # noqa: E731
+    for i in range(n):
+        for j in range(i + 1, n):
+            if pc(fp["phash"][i], fp["phash"][j]) <= 10 and pc(fp["dhash"][i], fp["dhash"][j]) <= 10:
+                naive.append((i, j, False))
+            elif pc(fp["phash"][i], fp["phash_flip"][j]) <= 10 and pc(fp["dhash"][i], fp["dhash_flip"][j]) <= 10:
+                naive.append((i, j, True))
+    assert list(zip(got["i"], got["j"], got["flipped"])) == naive
+    assert (3, 200, False) in naive and (7, 120, True) in naive and (60, 61, False) not in naive
+
+
+# ------------------------------------------------------------------ planted findings
+
+
+def test_clean_cohort_no_false_alarm(base):
+    df, images = base
+    df = assign_folds(df, SplitConfig(n_folds=3))
+    report = audit_cohort(df, fp=fingerprints(images))
+    assert report.errors == [] and report.warnings == [], [f.message for f in report.findings]
+    assert {f.kind for f in report.findings} <= {"confounding_checked"}
+    assert report.tables["class_balance"].loc["split=test"].sum() == 12
+    assert report.tables["patients_per_class"].loc["dr", "n_patients"] == 12
+    report.raise_if_errors()  # no exception
+
+
+def test_exact_duplicate_across_splits_is_error(base):
+    df, images = base
+    images = list(images)
+    j = other_split_row(df, 0)
+    dup = add_image(df, images, images[0], like=j, sha256=df.loc[0, "sha256"], label=df.loc[j, "label"])
+    dup.loc[len(dup) - 1, "label"] = df.loc[0, "label"]  # same label: a pure leak, no conflict
+    dup.loc[len(dup) - 1, "y"] = df.loc[0, "y"]
+    report = audit_cohort(dup, fp=fingerprints(images))
+    f = report.by_kind("duplicate_across_splits")
+    assert len(f) == 1 and f[0].severity == "error" and f[0].count == 1
+    assert f[0].details[0]["match"] == "sha256"
+    assert {f[0].details[0]["image_id_a"], f[0].details[0]["image_id_b"]} == {"img00L", dup.iloc[-1]["image_id"]}
+    with pytest.raises(LeakageError, match="duplicate across splits: 1"):
+        report.raise_if_errors()
+    # without fingerprints the byte-identical copy is still found
+    assert audit_cohort(dup).by_kind("duplicate_across_splits")[0].count == 1
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [lambda im: im[:, ::-1].copy(), lambda im: rescaled(im, 0.9), lambda im: jpeg(im, 60)],
+    ids=["flipped", "rescaled0.9", "jpeg60"],
+)
+def test_near_duplicate_copies_found(base, transform):
+    df, images = base
+    images = list(images)
+    j = other_split_row(df, 3)
+    # the copy is filed under the patient of row j (another patient, another split)
+    dup = add_image(df, images, transform(images[3]), like=j)
+    dup.loc[len(dup) - 1, ["label", "y"]] = df.loc[3, ["label", "y"]].to_list()
+    report = audit_cohort(dup, fp=fingerprints(images))
+    cross = report.by_kind("duplicate_across_splits")
+    assert len(cross) == 1 and cross[0].count == 1 and cross[0].details[0]["match"] in ("near", "pixel")
+    d = cross[0].details[0]
+    assert {d["image_id_a"], d["image_id_b"]} == {df.loc[3, "image_id"], dup.iloc[-1]["image_id"]}
+    patients = report.by_kind("duplicate_across_patients")
+    assert len(patients) == 1 and patients[0].severity == "warning"
+
+
+def test_two_id_patient_is_warning_and_fix_policy_regroups(base):
+    df, images = base
+    images = list(images)
+    raw = df.drop(columns="split")
+    # patient P-...02 was registered again as a new ID; one eye photo re-exported as JPEG
+    two = add_image(raw, images, jpeg(images[4]), like=4, patient_id="NEW-ID", patient_key="P-ffffffffff")
+    report = audit_cohort(two, fp=fingerprints(images), policy="fix")
+    f = report.by_kind("duplicate_across_patients")
+    assert len(f) == 1 and "two IDs" in f[0].message
+    assert {f[0].details[0]["patient_key_a"], f[0].details[0]["patient_key_b"]} == {"P-0000000002", "P-ffffffffff"}
+    assert report.errors == []
+    merge = report.merge_groups
+    assert merge is not None and merge["img02L"] == merge[two.iloc[-1]["image_id"]]
+    assert merge.nunique() == len(two) - 1
+    assert merge.equals(duplicate_groups(two, fingerprints(images)))
+    for seed in range(4):
+        resplit = assign_splits(two, SplitConfig(test_fraction=0.25, val_fraction=0.25, seed=seed), merge=merge)
+        after = audit_cohort(resplit, fp=fingerprints(images))
+        assert after.by_kind("duplicate_across_splits") == []
+        assert resplit.loc[resplit["patient_key"].isin(["P-0000000002", "P-ffffffffff"]), "split"].nunique() == 1
+
+
+def test_label_conflict_exact_and_near(base):
+    df, images = base
+    images = list(images)
+    flip = {"normal": "dr", "dr": "normal"}
+    j = int(np.nonzero((df["split"] == df.loc[6, "split"]).to_numpy() & (df["patient_key"] != df.loc[6, "patient_key"]).to_numpy())[0][0])
+    conflict = add_image(df, images, images[6], like=j, sha256=df.loc[6, "sha256"])
+    conflict.loc[len(conflict) - 1, ["label", "y"]] = [flip[df.loc[6, "label"]], 1 - df.loc[6, "y"]]
+    conflict = add_image(conflict, images, rescaled(images[8], 0.9), like=8)
+    conflict.loc[len(conflict) - 1, ["label", "y"]] = [flip[df.loc[8, "label"]], 1 - df.loc[8, "y"]]
+    report = audit_cohort(conflict, fp=fingerprints(images))
+    exact = report.by_kind("label_conflict")
+    near = report.by_kind("label_conflict_near")
+    assert len(exact) == 1 and exact[0].severity == "error" and exact[0].count == 1
+    assert len(near) == 1 and near[0].severity == "warning" and near[0].count == 1
+    assert exact[0].details[0]["label_a"] != exact[0].details[0]["label_b"]
+    warned = audit_cohort(conflict, fp=fingerprints(images), policy="warn")
+    assert warned.by_kind("label_conflict")[0].severity == "warning"
+
+
+def test_patient_overlap_from_user_split(base):
+    df, images = base
+    bad = df.copy()
+    bad.loc[1, "split"] = "test" if bad.loc[0, "split"] != "test" else "train"  # right eye elsewhere
+    report = audit_cohort(bad)
+    f = report.by_kind("patient_overlap")
+    assert len(f) == 1 and f[0].severity == "error" and f[0].count == 1
+    assert f[0].details[0]["patient_key"] == bad.loc[0, "patient_key"] and f[0].details[0]["n_images"] == 2
+    assert audit_cohort(bad, policy="warn").by_kind("patient_overlap")[0].severity == "warning"
+    # folds: a patient whose eyes are in two validation folds
+    folds = assign_folds(df, SplitConfig(n_folds=3))
+    cv_rows = np.nonzero((folds["fold"] >= 0).to_numpy())[0]
+    r = cv_rows[0]
+    folds.loc[r, "fold"] = (folds.loc[r, "fold"] + 1) % 3
+    assert audit_cohort(folds).by_kind("patient_overlap")[0].details[0]["patient_key"] == folds.loc[r, "patient_key"]
+
+
+def test_group_column_overlap(base):
+    df, _ = base
+    df = df.assign(group=["fam0", "fam0"] + [f"f{i}" for i in range(len(df) - 2)])
+    j = other_split_row(df, 0)
+    df.loc[j, "group"] = "fam0"
+    f = audit_cohort(df, group_column="group").by_kind("group_overlap")
+    assert len(f) == 1 and f[0].details[0]["group"] == "fam0"
+
+
+def test_source_confounded_class_warns(base):
+    df, _ = base
+    conf = df.copy()
+    conf["source"] = np.where(conf["label"] == "dr", "siteB", np.where(conf.index % 4 == 0, "siteB", "siteA"))
+    report = audit_cohort(conf)
+    f = report.by_kind("confounding")
+    assert len(f) == 1 and f[0].severity == "warning"
+    assert f[0].details[0]["label"] == "dr" and f[0].details[0]["value"] == "siteB" and f[0].details[0]["share"] == 1.0
+    assert "siteB" in f[0].message
+    table = report.tables["confounding_source"]
+    assert table.loc["dr", "siteB"] == 24 and table.loc["normal", "siteB"] == 12
+    # image size that gives the class away
+    sized = df.copy()
+    sized.loc[sized["label"] == "dr", ["width", "height"]] = [2048, 1536]
+    f = audit_cohort(sized).by_kind("confounding")
+    assert len(f) == 1 and f[0].details[0]["value"] == "2048x1536"
+    # one source for everything is not confounding
+    assert audit_cohort(df.assign(source="only")).by_kind("confounding") == []
+
+
+def test_cramers_v_matches_scipy_and_bias_correction():
+    table = np.array([[20, 5, 3], [4, 18, 9]])
+    assert cramers_v(table, bias_correction=False) == pytest.approx(association(table, method="cramer"))
+    assert cramers_v(table) < cramers_v(table, bias_correction=False)
+    assert cramers_v(np.array([[10, 0], [0, 10]]), bias_correction=False) == pytest.approx(1.0)
+    assert cramers_v(np.array([[5, 5]])) == 0.0
+
+
+def test_laterality_checks(base):
+    df, _ = base
+    lat = df.copy()
+    extra = lat.iloc[[0, 0]].assign(image_id=["x1", "x2"], sha256=["a" * 64, "b" * 64])
+    lat = pd.concat([lat, extra], ignore_index=True)  # 3 left-eye images, one visit
+    lat.loc[5, "laterality"] = "NA"
+    report = audit_cohort(lat)
+    f = report.by_kind("laterality_excess")
+    assert len(f) == 1 and f[0].severity == "warning" and f[0].details[0]["n_images"] == 3
+    assert report.by_kind("laterality_missing")[0].count == 1
+
+
+def test_missing_class_in_fold_is_error(base):
+    df, _ = base
+    folds = assign_folds(df, SplitConfig(n_folds=3))
+    folds.loc[(folds["fold"] == 2) & (folds["label"] == "dr"), "fold"] = 1
+    f = audit_cohort(folds).by_kind("missing_class")
+    assert len(f) == 1 and f[0].severity == "error"
+    assert {"partition": "fold=2 val", "missing_classes": ["dr"]} in f[0].details
+
+
+def test_frames_of_one_file_are_not_duplicates(base):
+    df, _ = base
+    mf = df.copy()
+    mf.loc[1, "sha256"] = mf.loc[0, "sha256"]  # two frames of one multi-frame DICOM
+    mf.loc[1, "frame"] = 1
+    assert audit_cohort(mf).by_kind("duplicate_within_split") == []
+    mf.loc[1, "frame"] = 0  # the same file twice
+    assert audit_cohort(mf).by_kind("duplicate_within_split")[0].count == 1
+
+
+def test_report_json_never_holds_raw_patient_id(base):
+    df, images = base
+    images = list(images)
+    dup = add_image(df, images, images[0], like=other_split_row(df, 0), sha256=df.loc[0, "sha256"])
+    report = audit_cohort(dup, fp=fingerprints(images))
+    text = json.dumps(report.to_dict())
+    assert "MRN-" not in text and "patient_id" not in text
+    assert json.loads(text)["summary"]["error"] == len(report.errors) >= 1
+    with pytest.raises(LeakageError) as exc:
+        report.raise_if_errors()
+    assert "MRN-" not in str(exc.value) and "policy 'fix'" in str(exc.value)
+
+
+def test_bad_arguments():
+    df, images = clean_cohort(4)
+    with pytest.raises(ConfigError, match="policy"):
+        audit_cohort(df, policy="ignore")
+    with pytest.raises(ConfigError, match="lengths"):
+        audit_cohort(df, fp=fingerprints(images[:3]))
+    with pytest.raises(ConfigError, match="severity"):
+        Finding("x", "fatal", "m")
+    assert isinstance(audit_cohort(df), AuditReport)

@@ -1,0 +1,363 @@
+"""Tests of medxcept.splits: patient-level, stratified, feasible-or-SplitError."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from medxcept.errors import ConfigError, SplitError
+from medxcept.splits import (
+    SplitConfig,
+    assign_folds,
+    assign_splits,
+    check_feasible,
+    group_keys,
+    read_user_split,
+    split_hash,
+    split_table,
+)
+
+CLASSES = ["normal", "mild", "severe"]
+
+
+def cohort(labels_per_patient: list[list[int]], *, prefix: str = "P-") -> pd.DataFrame:
+    """One row per image; patient ``p`` holds images with the given class indices."""
+    rows = []
+    for p, ys in enumerate(labels_per_patient):
+        for k, y in enumerate(ys):
+            rows.append(
+                {
+                    "image_id": f"img{p:03d}_{k}",
+                    "path": f"/data/site/{p:03d}_{k}.png",
+                    "patient_id": f"MRN{9000 + p}",
+                    "patient_key": f"{prefix}{p:04d}",
+                    "study_id": "S1",
+                    "laterality": "LR"[k % 2],
+                    "label": CLASSES[y],
+                    "y": y,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def simple_cohort(n_per_class: tuple[int, ...], images: int = 2, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    pats = [[c] * int(rng.integers(1, images + 1)) for c, n in enumerate(n_per_class) for _ in range(n)]
+    order = rng.permutation(len(pats))
+    return cohort([pats[i] for i in order])
+
+
+def assert_folds_valid(out: pd.DataFrame, k: int) -> None:
+    classes = set(out["y"])
+    cv = out[out["fold"] >= 0]
+    assert set(cv["fold"]) == set(range(k))
+    assert (cv.groupby("patient_key")["fold"].nunique() == 1).all(), "a patient spans folds"
+    for i in range(k):
+        assert set(cv.loc[cv["fold"] == i, "y"]) == classes, f"fold {i} validation lacks a class"
+        assert set(cv.loc[cv["fold"] != i, "y"]) == classes, f"fold {i} training lacks a class"
+
+
+# ------------------------------------------------------------------ config
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"test_fraction": 1.0}, "test_fraction"),
+        ({"val_fraction": -0.1}, "val_fraction"),
+        ({"test_fraction": 0.5, "val_fraction": 0.5}, "test_fraction + split.val_fraction"),
+        ({"n_folds": 1}, "n_folds"),
+        ({"n_folds": 2.5}, "n_folds"),
+        ({"n_folds": True}, "n_folds"),
+        ({"seed": -1}, "seed"),
+        ({"group_column": ""}, "group_column"),
+        ({"patient_label": "min"}, "patient_label"),
+    ],
+)
+def test_config_errors_name_field_and_value(kwargs, field):
+    with pytest.raises(ConfigError) as exc:
+        SplitConfig(**kwargs)
+    msg = str(exc.value)
+    assert field in msg
+    assert repr(next(iter(kwargs.values()))) in msg
+
+
+# ------------------------------------------------------------------ splits
+
+
+def test_assign_splits_patient_level_stratified_and_fractions():
+    df = simple_cohort((30, 20, 10), images=4)
+    out = assign_splits(df, SplitConfig(test_fraction=0.2, val_fraction=0.2, seed=3))
+    assert out is not df and "split" not in df.columns  # input untouched
+    assert (out.groupby("patient_key")["split"].nunique() == 1).all()
+    pat = out.drop_duplicates("patient_key")
+    counts = pd.crosstab(pat["label"], pat["split"])
+    # exact stratification: 20 % of 30/20/10 patients in val and in test
+    assert counts.loc["normal"].to_dict() == {"test": 6, "train": 18, "val": 6}
+    assert counts.loc["mild"].to_dict() == {"test": 4, "train": 12, "val": 4}
+    assert counts.loc["severe"].to_dict() == {"test": 2, "train": 6, "val": 2}
+
+
+def test_assign_splits_deterministic_and_row_order_free():
+    df = simple_cohort((15, 12), images=3)
+    cfg = SplitConfig(seed=7)
+    a = assign_splits(df, cfg).set_index("image_id")["split"]
+    b = assign_splits(df.sample(frac=1.0, random_state=1), cfg).set_index("image_id")["split"]
+    assert a.sort_index().equals(b.sort_index())
+    c = assign_splits(df, SplitConfig(seed=8)).set_index("image_id")["split"]
+    assert not a.sort_index().equals(c.sort_index())
+
+
+@pytest.mark.filterwarnings("ignore:The (val|test) split holds a single")
+def test_patient_label_max_puts_mixed_patient_in_severe_stratum():
+    # 5 patients with one normal and one severe eye: by "max" they are severe patients
+    df = cohort([[0, 2]] * 5 + [[0, 0]] * 5)
+    cfg = SplitConfig(test_fraction=0.2, val_fraction=0.2)
+    out = assign_splits(df, cfg)
+    pat = out.drop_duplicates("patient_key")
+    mixed = pat[pat["patient_key"] < "P-0005"]
+    assert (mixed["split"].value_counts().sort_index() == pd.Series({"test": 1, "train": 3, "val": 1})).all()
+
+
+@pytest.mark.filterwarnings("ignore:The (val|test) split holds a single")
+def test_split_error_names_classes_and_counts():
+    df = simple_cohort((10, 2))
+    with pytest.raises(SplitError) as exc:
+        assign_splits(df, SplitConfig())
+    msg = str(exc.value)
+    assert "'mild'" in msg and "'normal': 10 patient(s)" in msg and "'mild': 2 patient(s)" in msg
+    # without a validation split two patients suffice
+    out = assign_splits(df, SplitConfig(val_fraction=0.0))
+    assert set(out["split"]) == {"train", "test"}
+
+
+def test_single_patient_in_val_warns():
+    df = simple_cohort((20, 3))
+    with pytest.warns(UserWarning, match="single patient"):
+        assign_splits(df, SplitConfig())
+
+
+def test_group_column_union_find_is_transitive():
+    # P0 and P1 share site A; P1 and P2 share family F: all three must stay together
+    df = simple_cohort((12, 12), images=1)
+    df["group"] = [f"g{i}" for i in range(len(df))]
+    keys = df["patient_key"].tolist()
+    df.loc[0, "group"] = "A"
+    df.loc[1, "group"] = "A"
+    extra = df.iloc[[1, 2]].copy()
+    extra["image_id"] = ["x1", "x2"]
+    extra["group"] = "F"
+    df = pd.concat([df, extra], ignore_index=True)
+    g = group_keys(df, "group")
+    assert g[df["patient_key"].isin(keys[:3])].nunique() == 1
+    assert g[df["patient_key"].isin(keys[:3])].iloc[0] == min(keys[:3])
+    assert g.nunique() == 24 - 2
+    for seed in range(5):
+        out = assign_splits(df, SplitConfig(group_column="group", seed=seed))
+        assert out.loc[df["patient_key"].isin(keys[:3]), "split"].nunique() == 1
+
+
+def test_merge_groups_keep_duplicates_together():
+    df = simple_cohort((12, 12), images=1)
+    merge = pd.Series(np.arange(len(df)), index=df["image_id"])
+    merge.iloc[5] = merge.iloc[17]  # image 5 duplicates image 17 (another patient)
+    for seed in range(6):
+        out = assign_splits(df, SplitConfig(seed=seed), merge=merge)
+        assert out.loc[5, "split"] == out.loc[17, "split"]
+        folds = assign_folds(out, SplitConfig(seed=seed, n_folds=3), merge=merge)
+        assert folds.loc[5, "fold"] == folds.loc[17, "fold"]
+
+
+# ------------------------------------------------------------------ folds
+
+
+def test_assign_folds_excludes_test_and_balances():
+    df = assign_splits(simple_cohort((25, 15)), SplitConfig(seed=1))
+    out = assign_folds(df, SplitConfig(n_folds=5, seed=1))
+    assert ((out["fold"] == -1) == (out["split"] == "test")).all()
+    assert out["fold"].dtype.kind == "i"
+    assert_folds_valid(out, 5)
+    pat = out[out["fold"] >= 0].drop_duplicates("patient_key")
+    per_fold = pd.crosstab(pat["label"], pat["fold"])
+    assert (per_fold.max(axis=1) - per_fold.min(axis=1) <= 1).all()  # classes spread within one patient
+    # all rows folded when the test split is not excluded
+    assert (assign_folds(df, SplitConfig(n_folds=5), exclude_test=False)["fold"] >= 0).all()
+
+
+def test_infeasible_folds_raise_split_error_with_largest_k():
+    df = simple_cohort((20, 3))
+    with pytest.raises(SplitError) as exc:
+        check_feasible(df, 5)
+    msg = str(exc.value)
+    assert "'mild': 3 patient(s)" in msg and "'normal': 20 patient(s)" in msg
+    assert "largest number of folds that works is 3" in msg
+    with pytest.raises(SplitError):
+        assign_folds(df, SplitConfig(n_folds=5))
+    # scikit-learn's splitter accepts this cohort silently and yields a fold without 'mild'
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    lacking = [
+        len(set(df["y"].iloc[va])) < 2
+        for _, va in StratifiedGroupKFold(5, shuffle=True, random_state=0).split(df, df["y"], df["patient_key"])
+    ]
+    assert any(lacking)
+
+
+def test_one_patient_class_has_no_feasible_k():
+    with pytest.raises(SplitError, match="No cross-validation is possible"):
+        check_feasible(simple_cohort((10, 1)), 2)
+
+
+def test_thin_but_feasible_warns_and_returns_counts():
+    df = simple_cohort((20, 6))
+    with pytest.warns(UserWarning, match="single patient"):
+        counts = check_feasible(df, 5)
+    assert counts == {"normal": 20, "mild": 6}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_feasible(simple_cohort((20, 10)), 5)
+
+
+@st.composite
+def cohorts(draw, mixed: bool = False):
+    n_classes = draw(st.integers(2, 3))
+    n_pat = draw(st.integers(2, 7 if mixed else 30))
+    pats = []
+    for _ in range(n_pat):
+        n_img = draw(st.integers(1, 4 if not mixed else 3))
+        if mixed:
+            pats.append(draw(st.lists(st.integers(0, n_classes - 1), min_size=n_img, max_size=n_img)))
+        else:
+            pats.append([draw(st.integers(0, n_classes - 1))] * n_img)
+    k = draw(st.integers(2, 3 if mixed else 6))
+    seed = draw(st.integers(0, 2**16))
+    return cohort(pats), k, seed
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cohorts())
+def test_property_folds_valid_or_truly_infeasible(case):
+    df, k, seed = case
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            out = assign_folds(df, SplitConfig(n_folds=k, seed=seed))
+        except SplitError:
+            # one class per patient: infeasible exactly when a present class has < k patients
+            assert df.drop_duplicates("patient_key")["y"].value_counts().min() < k
+            return
+    assert df.drop_duplicates("patient_key")["y"].value_counts().min() >= k
+    assert_folds_valid(out, k)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cohorts())
+def test_property_splits_patient_level_every_class(case):
+    df, _, seed = case
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            out = assign_splits(df, SplitConfig(seed=seed))
+        except SplitError:
+            assert df.drop_duplicates("patient_key")["y"].value_counts().min() < 3
+            return
+    assert (out.groupby("patient_key")["split"].nunique() == 1).all()
+    for s in ("train", "val", "test"):
+        assert set(out.loc[out["split"] == s, "y"]) == set(df["y"])
+
+
+def brute_force_feasible(df: pd.DataFrame, k: int) -> bool:
+    pats = sorted(df["patient_key"].unique())
+    classes = set(df["y"])
+    sets = [set(df.loc[df["patient_key"] == p, "y"]) for p in pats]
+    for assign in itertools.product(range(k), repeat=len(pats)):
+        val = [set().union(*[s for s, a in zip(sets, assign) if a == f]) for f in range(k)]
+        if all(v == classes for v in val):  # with k >= 2 the training parts then hold every class too
+            return True
+    return False
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cohorts(mixed=True))
+def test_property_mixed_patients_error_only_when_infeasible(case):
+    df, k, seed = case
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            out = assign_folds(df, SplitConfig(n_folds=k, seed=seed))
+        except SplitError:
+            assert not brute_force_feasible(df, k)
+            return
+    assert_folds_valid(out, k)
+
+
+# ------------------------------------------------------------------ records
+
+
+def test_split_table_and_hash_known_value():
+    df = pd.DataFrame(
+        {"image_id": ["b", "a"], "patient_key": ["P-2", "P-1"], "split": ["test", "train"], "fold": [-1, 0]}
+    )
+    table = split_table(df)
+    assert table["image_id"].tolist() == ["a", "b"]
+    expected = "image_id,patient_key,split,fold\na,P-1,train,0\nb,P-2,test,-1\n"
+    assert split_hash(df) == hashlib.sha256(expected.encode()).hexdigest()
+    assert split_hash(df.iloc[::-1]) == split_hash(df)
+    changed = df.assign(split=["train", "train"])
+    assert split_hash(changed) != split_hash(df)
+    # fold-less tables hash with an empty fold
+    only = df.drop(columns="fold")
+    assert split_hash(only) == hashlib.sha256(
+        b"image_id,patient_key,split,fold\na,P-1,train,\nb,P-2,test,\n"
+    ).hexdigest()
+
+
+def test_split_hash_stable_across_runs():
+    df = simple_cohort((15, 15))
+    cfg = SplitConfig(seed=11, n_folds=3)
+    h1 = split_hash(assign_folds(assign_splits(df, cfg), cfg))
+    h2 = split_hash(assign_folds(assign_splits(df.copy(), cfg), cfg))
+    assert h1 == h2 and len(h1) == 64
+
+
+def test_read_user_split_column_and_bad_value():
+    df = simple_cohort((4, 4), images=1)
+    df["my_split"] = ["Train", "validation", "test", "train"] * 2
+    out = read_user_split(df, "my_split")
+    assert out["split"].tolist()[:4] == ["train", "val", "test", "train"]
+    df.loc[2, "my_split"] = "tset"
+    with pytest.raises(ConfigError, match=r"row 3 .*'tset'"):
+        read_user_split(df, "my_split")
+
+
+def test_read_user_split_csv(tmp_path):
+    df = simple_cohort((3, 3), images=1)
+    f = tmp_path / "split.csv"
+    pd.DataFrame(
+        {"file": [p.split("/")[-1] for p in df["path"]], "split": ["train", "val", "test"] * 2,
+         "fold": ["0", "1", "", "1", "0", "-1"]}
+    ).to_csv(f, index=False)
+    out = read_user_split(df, f)
+    assert out["split"].tolist() == ["train", "val", "test"] * 2
+    assert out["fold"].tolist() == [0, 1, -1, 1, 0, -1]
+
+    pd.DataFrame({"image_id": df["image_id"], "split": ["train", "val", "test", "train", "oops", "test"]}).to_csv(
+        f, index=False
+    )
+    with pytest.raises(ConfigError, match=r"row 5 .*'oops'"):
+        read_user_split(df, f)
+    pd.DataFrame({"image_id": list(df["image_id"][:5]) + ["ghost"], "split": ["train"] * 6}).to_csv(f, index=False)
+    with pytest.raises(ConfigError, match=r"row 6 names image 'ghost'"):
+        read_user_split(df, f)
+    pd.DataFrame({"image_id": df["image_id"][:5], "split": ["train"] * 5}).to_csv(f, index=False)
+    with pytest.raises(ConfigError, match="1 cohort image"):
+        read_user_split(df, f)
+    with pytest.raises(ConfigError, match="neither a column"):
+        read_user_split(df, tmp_path / "missing.csv")
