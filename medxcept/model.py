@@ -49,6 +49,7 @@ IMAGENET_FILE = "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_MD5 = "b0042744bf5b25fce3cb969f33bebb97"  # the hash keras.applications.xception checks
 BASE_NAME = "xception"
 MIN_PX = 71
+SCRATCH_BN_MOMENTUM = 0.9
 
 # The exact affine map of to_model_range, derived from it rather than restated: x * scale + offset.
 _MODEL_OFFSET = float(to_model_range(0.0))
@@ -176,6 +177,13 @@ def build_model(*, image_px: int, n_classes: int, dropout: float = 0.3,
     base.name = BASE_NAME
     if weights.kind == "imagenet":
         base.load_weights(weights.path)
+    if not weights.pretrained:
+        # From scratch on a small cohort there are only a few dozen steps: with Keras' default
+        # momentum (0.99) the BN moving statistics would still be near their initial values when
+        # the model is evaluated, and inference-mode outputs would be garbage (saturated logits).
+        for layer in base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = SCRATCH_BN_MOMENTUM
     inputs = keras.Input((image_px, image_px, 3), name="pixels")
     x = keras.layers.Rescaling(_MODEL_SCALE, offset=_MODEL_OFFSET, name="to_xception_range")(inputs)
     x = base(x, training=False) if pretrained_bn_frozen else base(x)

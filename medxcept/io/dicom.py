@@ -784,6 +784,8 @@ def write_ophthalmic_photo(
     acquisition_date: str = "",
     series_uid: str | None = None,
     jpeg_quality: int = 95,
+    sop_uid: str | None = None,
+    patient_name: str = "",
 ) -> Path:
     """Write an 8-bit colour Ophthalmic Photography image (e.g. a fundus photo).
 
@@ -817,6 +819,10 @@ def write_ophthalmic_photo(
         SeriesInstanceUID; a new UID when omitted.
     jpeg_quality : int, default 95
         Pillow JPEG quality for ``transfer="jpeg_baseline"``.
+    sop_uid : str, optional
+        SOPInstanceUID; a new UID when omitted (pass one for byte-reproducible files).
+    patient_name : str
+        PatientName (the demo writes fake names so tests can check they never leak).
 
     Returns
     -------
@@ -844,11 +850,11 @@ def write_ophthalmic_photo(
 
     ds = Dataset()
     ds.SOPClassUID = OPHTHALMIC_PHOTOGRAPHY_8BIT
-    ds.SOPInstanceUID = dcm_uid.generate_uid()
+    ds.SOPInstanceUID = sop_uid or dcm_uid.generate_uid()
     ds.StudyInstanceUID = study_uid or dcm_uid.generate_uid()
     ds.SeriesInstanceUID = series_uid or dcm_uid.generate_uid()
     ds.PatientID = patient_id
-    ds.PatientName = ""
+    ds.PatientName = patient_name
     ds.PatientSex = sex
     ds.PatientAge = age
     ds.StudyDate = date

@@ -1,0 +1,951 @@
+"""Patient-level k-fold cross-validation: resumable, one sub-run per fold, one CV report.
+
+On a cohort of a few dozen patients a single train/validation/test split gives a number whose
+uncertainty is larger than most of the differences a study cares about. Cross-validation trains
+``k`` models, each evaluated on patients it never saw, and reports the spread across folds.
+
+Layout. ``plan_cv`` ingests the cohort once, keeps the hold-out test split of
+:func:`medxcept.splits.assign_splits` (the same one ``pipelines.retina`` would use with the same
+configuration) out of every fold when ``split.test_fraction > 0``, and assigns patient-level,
+stratified folds over the other patients with :func:`medxcept.splits.assign_folds` (seed
+``split.seed + r`` for repeat ``r``). It writes ``<out_dir>/<cv-name>/``::
+
+    cv.json          plan: folds, repeats, classes, config / data / split hashes
+    config.yaml      the resolved RunConfig (the same for every fold)
+    cohort.csv       the public cohort table with ``cv_split`` (cv | test) and ``fold_r<r>``
+    audit.json       the integrity audit of the whole CV partition (before any training)
+    fold-0/ ...      one run directory per fold (``r0-fold-0/`` ... with repeats)
+    cv_metrics.json  per-fold metrics, mean, SD and 95 % t-interval, pooled out-of-fold metrics
+    cv_report.html   the self-contained CV report
+
+What a fold does. Fold ``i`` trains on the patients of the other folds and validates on the
+patients of fold ``i``: early stopping watches fold ``i``'s patient-level AUC, as validation does in
+a single run. Its **out-of-fold (OOF)** predictions are its predictions on fold ``i``.
+
+* Discrimination (ROC-AUC, PR-AUC) does not depend on calibration or threshold.
+* Calibration (``eval.calibration``) and the operating threshold (``eval.threshold``) are fitted on
+  the model's own predictions on its **training folds** (without augmentation), never on fold ``i``:
+  fold ``i``'s labels are not used to set the numbers reported on fold ``i``. Predictions on the
+  images a model was trained on are over-confident, so the threshold and temperature are somewhat
+  off and the OOF sensitivity / specificity / ECE are honest but pessimistic; the alternative
+  (fitting them on fold ``i``) would be optimistic.
+* One optimism remains: the early-stopping epoch was chosen on fold ``i``. With few epochs and a
+  patience of a few epochs its effect is small; it is stated in the report.
+* The hold-out test split (if any) is predicted by every fold model with the same calibration and
+  threshold; the report gives its per-fold metrics and their mean.
+
+Per-fold metrics are patient level (a patient's image probabilities aggregated by
+``eval.patient_aggregation``), including ECE and Brier of the calibrated patient probabilities.
+Across folds: mean, SD (ddof=1) and a 95 % t-interval ``mean ± t(0.975, n-1) · SD / √n``. Folds
+share training patients, so they are not independent and that interval is too narrow; the
+**pooled** OOF estimate (every patient predicted once per repeat by the model that did not see
+it, each fold's own threshold) is given next to it.
+
+Resuming. Each fold writes ``fold.json`` last, holding the configuration hash and the fold's split
+hash. A re-run skips every fold whose marker matches; a marker from another configuration, split
+or data raises :class:`~medxcept.errors.ConfigError` naming both hashes, so folds of different
+experiments are never mixed. A fold directory without a marker was interrupted: it is restarted
+from scratch, because :func:`medxcept.train.fit` writes per-epoch checkpoints but cannot resume
+from them yet.
+
+Executors. Folds are independent: ``executor="local"`` runs them in this process one after the
+other, or in ``jobs`` spawned processes; ``executor="ray"`` submits each fold as a ``ray.remote``
+task (``pip install 'medxcept[ray]'``); a scheduler can run ``run_cv(..., only=[i])`` per job
+(see ``pipelines/slurm/kfold.sbatch``). Every executor writes the same layout, and a fold reads
+everything it needs from the CV directory, so the directory must be on a shared file system
+when folds run on several machines.
+
+Only binary cohorts are supported for now (the CV metrics are threshold metrics of the positive
+class).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from medxcept.config import RunConfig, config_hash, config_to_dict, load_config
+from medxcept.errors import ConfigError, MedxceptError
+
+__all__ = [
+    "CVPlan",
+    "FoldTask",
+    "default_cv_name",
+    "plan_cv",
+    "load_plan",
+    "fold_table",
+    "fold_status",
+    "run_fold",
+    "run_cv",
+    "aggregate_cv",
+    "t_interval",
+    "CV_METRICS",
+]
+
+log = logging.getLogger(__name__)
+
+#: Metrics summarized across folds (patient level).
+CV_METRICS = ("roc_auc", "pr_auc", "sensitivity", "specificity", "precision", "ece", "brier")
+EXECUTORS = ("local", "ray")
+MARKER = "fold.json"
+PLAN = "cv.json"
+
+
+# ------------------------------------------------------------------------------------------ plan
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldTask:
+    """One fold of one repeat; ``index`` is its position in the flat task list (``r * k + fold``)."""
+
+    index: int
+    repeat: int
+    fold: int
+    name: str
+
+
+@dataclasses.dataclass
+class CVPlan:
+    """A cross-validation as planned on disk (``cv.json`` + ``config.yaml`` + ``cohort.csv``).
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The CV directory.
+    cfg : RunConfig
+        The resolved configuration shared by every fold.
+    info : dict
+        The content of ``cv.json``.
+    table : pandas.DataFrame
+        The public cohort table with ``cv_split`` and ``fold_r<r>`` columns.
+    images : numpy.ndarray or None
+        Preprocessed images in ``table`` row order when already in memory.
+    """
+
+    path: Path
+    cfg: RunConfig
+    info: dict[str, Any]
+    table: pd.DataFrame
+    images: np.ndarray | None = None
+
+    @property
+    def n_folds(self) -> int:
+        return int(self.info["n_folds"])
+
+    @property
+    def repeats(self) -> int:
+        return int(self.info["repeats"])
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.info["classes"])
+
+    @property
+    def tasks(self) -> list[FoldTask]:
+        """Every fold of every repeat, in order."""
+        return _tasks(self.n_folds, self.repeats)
+
+
+def _tasks(n_folds: int, repeats: int) -> list[FoldTask]:
+    return [FoldTask(r * n_folds + i, r, i, _fold_name(r, i, repeats)) for r in range(repeats)
+            for i in range(n_folds)]
+
+
+def _fold_name(repeat: int, fold: int, repeats: int) -> str:
+    return f"fold-{fold}" if repeats == 1 else f"r{repeat}-fold-{fold}"
+
+
+def default_cv_name(cohort_name: str, cfg: RunConfig, n_folds: int, repeats: int = 1) -> str:
+    """``<cohort>-cv<k>[x<repeats>]-<config hash>``: deterministic, so re-running a command resumes it."""
+    slug = "".join(c if c.isalnum() or c in "_.-" else "-" for c in cohort_name).strip("-")[:40] or "cohort"
+    rep = f"x{repeats}" if repeats > 1 else ""
+    return f"{slug}-cv{n_folds}{rep}-{config_hash(cfg)}"
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
+    from medxcept.run import _json_default
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read as JSON ({exc}); delete it to start this part again") from None
+
+
+def _short(h: str) -> str:
+    return h[:12]
+
+
+def _combined_split_hash(table: pd.DataFrame, repeats: int) -> str:
+    from medxcept.splits import split_hash
+
+    parts = []
+    for r in range(repeats):
+        t = table[["image_id", "patient_key"]].copy()
+        t["split"] = table["cv_split"].to_numpy()
+        t["fold"] = table[f"fold_r{r}"].to_numpy()
+        parts.append(split_hash(t))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def _cv_table(table: pd.DataFrame, cfg: RunConfig, n_folds: int, repeats: int,
+              merge: pd.Series | None) -> pd.DataFrame:
+    """Hold-out test split (as a single run makes it) plus the fold columns of every repeat."""
+    from medxcept.splits import assign_folds, assign_splits
+
+    out = table.drop(columns=[c for c in ("split", "fold") if c in table.columns])
+    if cfg.split.test_fraction > 0:
+        held = assign_splits(out, cfg.split, merge=merge)
+        out["cv_split"] = np.where(held["split"].to_numpy() == "test", "test", "cv")
+    else:
+        out["cv_split"] = "cv"
+    for r in range(repeats):
+        split_cfg = dataclasses.replace(cfg.split, n_folds=n_folds, seed=cfg.split.seed + r)
+        folded = assign_folds(out.assign(split=out["cv_split"]), split_cfg, exclude_test=True, merge=merge)
+        out[f"fold_r{r}"] = folded["fold"].to_numpy()
+    return out
+
+
+def fold_table(table: pd.DataFrame, repeat: int, fold: int) -> pd.DataFrame:
+    """The cohort as fold ``fold`` of repeat ``repeat`` sees it.
+
+    ``split`` is ``train`` (the other folds), ``val`` (this fold) or ``test`` (the hold-out);
+    ``fold`` is this repeat's fold assignment (-1 for the hold-out).
+    """
+    f = table[f"fold_r{repeat}"].to_numpy().astype(int)
+    split = np.where(table["cv_split"].to_numpy() == "test", "test", np.where(f == fold, "val", "train"))
+    return table.assign(split=split, fold=f)
+
+
+def _fold_split_hash(table: pd.DataFrame, repeat: int, fold: int) -> str:
+    from medxcept.splits import split_hash
+
+    return split_hash(fold_table(table, repeat, fold))
+
+
+def plan_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: int = 1,
+            cv_dir: str | Path | None = None, cohort_file: str | Path | None = None) -> CVPlan:
+    """Ingest the cohort, assign the folds, audit them, and write (or check) the CV directory.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        The resolved configuration (``split``, ``audit``, ``train``, ``eval`` ...).
+    spec : CohortSpec
+        The cohort (:func:`medxcept.cohort.load_cohort_spec`).
+    n_folds : int, optional
+        Folds per repeat; default ``cfg.split.n_folds``. Stored in the configuration (and hash).
+    repeats : int, default 1
+        Repeated CV: repeat ``r`` assigns folds with seed ``split.seed + r``.
+    cv_dir : path, optional
+        Default ``<cfg.out_dir>/<default_cv_name(...)>``.
+    cohort_file : path, optional
+        The cohort YAML (default ``cfg.cohort``); recorded so that a fold running on a machine
+        without the preprocessing cache can ingest the cohort again.
+
+    Returns
+    -------
+    CVPlan
+        With the preprocessed images in memory.
+
+    Raises
+    ------
+    ConfigError
+        ``cv_dir`` holds a CV of another configuration, data or split (both hashes named); the
+        cohort is not binary; ``repeats < 1``.
+    SplitError, LeakageError
+        The folds cannot each hold every class; the audit found leakage under ``on_leak=error``.
+    """
+    from medxcept.audit import audit_cohort, duplicate_groups, fingerprints
+    from medxcept.cohort import public_view
+    from medxcept.data import load_images
+    from medxcept.pipeline import prepare_cohort
+    from medxcept.run import RunDir, data_hash
+
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ConfigError(f"repeats={repeats!r} must be an integer >= 1")
+    if len(spec.classes) != 2:
+        raise ConfigError(f"cross-validation reports binary metrics; cohort {spec.name!r} has "
+                          f"{len(spec.classes)} classes {list(spec.classes)} (use pipelines.retina for it)")
+    k = int(n_folds if n_folds is not None else cfg.split.n_folds)
+    cfg = dataclasses.replace(cfg, split=dataclasses.replace(cfg.split, n_folds=k))
+    path = Path(cv_dir) if cv_dir is not None else Path(cfg.out_dir) / default_cv_name(spec.name, cfg, k, repeats)
+    path = path.resolve()
+    existing = _read_json(path / PLAN) if (path / PLAN).is_file() else None
+    chash = config_hash(cfg)
+    if existing is not None and existing.get("config_hash") != chash:
+        raise ConfigError(
+            f"{path} holds a cross-validation with configuration {existing.get('config_hash')}, but this "
+            f"command resolves to configuration {chash}: folds of different configurations are never mixed. "
+            "Use another --cv-name (or the default name), or delete that folder to start again.")
+
+    ing, cache = prepare_cohort(spec, cfg)
+    images = load_images(ing.table, cache, cfg.preprocess)
+    merge = None
+    if cfg.audit.on_leak == "fix":
+        merge = duplicate_groups(ing.table, fingerprints(images), cfg.audit.hamming_threshold)
+    table = _cv_table(ing.table, cfg, k, repeats, merge).reset_index(drop=True)
+    info = {
+        "kind": "medxcept k-fold cross-validation",
+        "cohort_name": spec.name, "cohort_file": str(Path(cohort_file or cfg.cohort).resolve()),
+        "classes": list(spec.classes), "n_folds": k, "repeats": repeats,
+        "fold_seeds": [cfg.split.seed + r for r in range(repeats)],
+        "holdout_test": bool((table["cv_split"] == "test").any()),
+        "config_hash": chash, "data_hash": data_hash(table),
+        "split_hash": _combined_split_hash(table, repeats),
+        "folds": [dataclasses.asdict(t) for t in _tasks(k, repeats)],
+    }
+    if existing is not None:
+        for key, what in (("data_hash", "data"), ("split_hash", "split"), ("n_folds", "number of folds"),
+                          ("repeats", "number of repeats")):
+            if existing.get(key) != info[key]:
+                raise ConfigError(
+                    f"{path} holds a cross-validation with {what} {existing.get(key)}, but this command gives "
+                    f"{what} {info[key]} (configuration {chash} in both): folds of different {what}s are never "
+                    "mixed. Use another --cv-name, or delete that folder to start again.")
+    path.mkdir(parents=True, exist_ok=True)
+    run = RunDir(path)
+    if existing is None:
+        # concurrent array jobs may all get here: every file is identical and written atomically
+        cfg_text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+        tmp = path / f".config.yaml.{os.getpid()}.tmp"
+        tmp.write_text(cfg_text, encoding="utf-8")
+        os.replace(tmp, path / "config.yaml")
+        run.write_csv("exclusions.csv", ing.exclusions)
+        run.write_private("patient_map.csv", ing.patient_map)
+        tmp_csv = path / f".cohort.csv.{os.getpid()}.tmp"
+        public_view(table).to_csv(tmp_csv, index=False)
+        os.replace(tmp_csv, path / "cohort.csv")
+    # the audit of the whole partition: every fold's train/val and the hold-out, before any training
+    audit_view = table.assign(split=table["cv_split"], fold=table["fold_r0"])
+    report = audit_cohort(audit_view, fp=fingerprints(images), policy=cfg.audit.on_leak,
+                          hamming_threshold=cfg.audit.hamming_threshold, group_column=cfg.split.group_column)
+    _write_json_atomic(path / "audit.json", report.to_dict())
+    report.raise_if_errors()
+    for f in report.findings:
+        if f.severity == "warning":
+            log.warning("! audit: %s", f.message)
+    if existing is None:
+        _write_json_atomic(path / PLAN, {**info, "created": _dt.datetime.now().isoformat(timespec="seconds")})
+    log.info("cross-validation %s: %d fold(s) x %d repeat(s) over %d patient(s)%s", path, k, repeats,
+             table.loc[table["cv_split"] == "cv", "patient_key"].nunique(),
+             f", hold-out test of {table.loc[table['cv_split'] == 'test', 'patient_key'].nunique()} patient(s)"
+             if info["holdout_test"] else "")
+    return CVPlan(path=path, cfg=cfg, info=_read_json(path / PLAN), table=public_view(table), images=images)
+
+
+def _read_cohort_csv(path: Path) -> pd.DataFrame:
+    text_cols = ("image_id", "path", "patient_key", "study_id", "laterality", "label", "source", "modality",
+                 "sha256", "cv_split", "sex", "visit", "group", "reader")
+    head = pd.read_csv(path, nrows=0)
+    dtype = {c: str for c in head.columns if c in text_cols}
+    # keep_default_na=False: laterality "NA" is a value, not a missing one
+    df = pd.read_csv(path, dtype=dtype, keep_default_na=False, na_values={c: [""] for c in head.columns
+                                                                          if c not in text_cols})
+    return df
+
+
+def load_plan(cv_dir: str | Path) -> CVPlan:
+    """Read a CV directory written by :func:`plan_cv` (no image in memory).
+
+    Raises
+    ------
+    ConfigError
+        ``cv_dir`` is not a CV directory, or its ``config.yaml`` no longer gives its hash.
+    """
+    path = Path(cv_dir).resolve()
+    if not (path / PLAN).is_file():
+        raise ConfigError(f"{path} is not a cross-validation directory (no {PLAN}); run "
+                          "`python -m pipelines.kfold --cohort ...` first")
+    info = _read_json(path / PLAN)
+    cfg = load_config(config_file=path / "config.yaml")
+    if config_hash(cfg) != info["config_hash"]:
+        raise ConfigError(f"{path / 'config.yaml'} resolves to configuration {config_hash(cfg)}, but {PLAN} "
+                          f"records {info['config_hash']}: the file was edited; restore it or start a new CV")
+    table = _read_cohort_csv(path / "cohort.csv")
+    return CVPlan(path=path, cfg=cfg, info=info, table=table)
+
+
+def fold_status(plan: CVPlan) -> dict[str, str]:
+    """``complete`` / ``interrupted`` / ``missing`` for every fold name, checking every marker.
+
+    Raises
+    ------
+    ConfigError
+        A fold marker records another configuration, data or split than the plan (both hashes named).
+    """
+    out = {}
+    for t in plan.tasks:
+        d = plan.path / t.name
+        if (d / MARKER).is_file():
+            _check_marker(plan, t, _read_json(d / MARKER))
+            out[t.name] = "complete"
+        else:
+            out[t.name] = "interrupted" if d.exists() else "missing"
+    return out
+
+
+def _check_marker(plan: CVPlan, task: FoldTask, marker: dict[str, Any]) -> None:
+    where = plan.path / task.name / MARKER
+    expected = {"config_hash": plan.info["config_hash"], "data_hash": plan.info["data_hash"],
+                "split_hash": _fold_split_hash(plan.table, task.repeat, task.fold)}
+    for key, value in expected.items():
+        if marker.get(key) != value:
+            what = key.replace("_hash", "")
+            raise ConfigError(
+                f"{where} was made with {what} hash {_short(str(marker.get(key)))}, but this cross-validation "
+                f"has {what} hash {_short(value)}: folds of different {what}s are never mixed. Delete "
+                f"{plan.path / task.name} to re-run that fold with the current plan, or use another --cv-name.")
+
+
+# ------------------------------------------------------------------------------------------ fold
+
+
+def _load_images(plan: CVPlan) -> np.ndarray:
+    from medxcept.cohort import load_cohort_spec
+    from medxcept.data import load_images
+    from medxcept.demo import cache_dir
+    from medxcept.pipeline import prepare_cohort
+    from medxcept.preprocess import PreprocessCache
+
+    cache = PreprocessCache(cache_dir() / "preprocessed")
+    try:
+        return load_images(plan.table, cache, plan.cfg.preprocess)
+    except KeyError:
+        # another machine, or a cleared cache: preprocess again (fills the cache), then read it
+        log.info("preprocessed images not in the cache at %s: ingesting the cohort again", cache_dir())
+        spec = load_cohort_spec(plan.info["cohort_file"])
+        prepare_cohort(spec, plan.cfg)
+        return load_images(plan.table, cache, plan.cfg.preprocess)
+
+
+def _patient_calibration(frame: pd.DataFrame, how: str, n_bins: int) -> dict[str, float]:
+    from medxcept.calibrate import brier, ece
+    from medxcept.evaluate import aggregate_by_patient
+
+    _, yp, pp = aggregate_by_patient(frame["patient_key"], frame["y"], frame["prob"], how=how)
+    _, _, pr = aggregate_by_patient(frame["patient_key"], frame["y"], frame["prob_raw"], how=how)
+    return {"ece": ece(yp, pp, n_bins=n_bins), "brier": brier(yp, pp),
+            "ece_raw": ece(yp, pr, n_bins=n_bins), "brier_raw": brier(yp, pr)}
+
+
+def _evaluation(metrics: dict[str, Any], how: str, n_bins: int) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The part of :func:`medxcept.pipeline.evaluate_predictions` that concerns its 'test' frame."""
+    frame = metrics["_frames"]["test"]
+    out = {"patient": {**metrics["test_patient"], **_patient_calibration(frame, how, n_bins)},
+           "image": metrics["test_image"], "calibration_image": metrics["calibration_test"]}
+    for key in ("test_patient_ci", "test_image_ci"):
+        if key in metrics:
+            out[key.replace("test_", "")] = metrics[key]
+    return out, frame
+
+
+def _prediction_frame(frame: pd.DataFrame, task: FoldTask, threshold: float, how: str) -> pd.DataFrame:
+    cols = [c for c in ("image_id", "patient_key", "laterality", "source", "label", "y", "logit", "prob_raw",
+                        "prob") if c in frame.columns]
+    out = frame[cols].copy()
+    out.insert(0, "repeat", task.repeat)
+    out.insert(1, "fold", task.fold)
+    out["threshold"] = threshold
+    pat = out.groupby("patient_key")["prob"].agg(how).rename("patient_prob")
+    return out.merge(pat, left_on="patient_key", right_index=True, how="left")
+
+
+def run_fold(cv_dir: str | Path, task_index: int, *, images: np.ndarray | None = None,
+             save_model: bool = True) -> dict[str, Any]:
+    """Train and evaluate one fold into ``<cv_dir>/<fold name>/``; skip it when already complete.
+
+    Parameters
+    ----------
+    cv_dir : path
+        A directory written by :func:`plan_cv`.
+    task_index : int
+        ``repeat * n_folds + fold``.
+    images : numpy.ndarray, optional
+        The plan's preprocessed images in ``cohort.csv`` row order (read from the cache otherwise).
+    save_model : bool, default True
+        Keep ``model.keras`` in the fold directory.
+
+    Returns
+    -------
+    dict
+        ``name``, ``status`` (``"trained"`` or ``"skipped"``) and, when trained, ``seconds``.
+    """
+    from medxcept.audit import audit_cohort, fingerprints
+    from medxcept.model import detect_device, resolve_weights
+    from medxcept.pipeline import evaluate_predictions, training_verdict
+    from medxcept.run import RunDir, code_version, environment, package_versions
+    from medxcept.splits import split_hash, split_table
+    from medxcept.train import fit, predict_logits, set_seeds
+
+    plan = load_plan(cv_dir)
+    tasks = plan.tasks
+    if not 0 <= task_index < len(tasks):
+        raise ConfigError(f"fold index {task_index} is out of range: {plan.path} has {len(tasks)} fold(s) "
+                          f"(0..{len(tasks) - 1}; with repeats, index = repeat * {plan.n_folds} + fold)")
+    task = tasks[task_index]
+    fdir = plan.path / task.name
+    if (fdir / MARKER).is_file():
+        _check_marker(plan, task, _read_json(fdir / MARKER))
+        log.info("%s: complete (fold.json matches configuration %s), skipped", task.name, plan.info["config_hash"])
+        return {"name": task.name, "status": "skipped"}
+    if fdir.exists():
+        state = fdir / "checkpoints" / "state.json"
+        where = f" after epoch {_read_json(state).get('epoch')}" if state.is_file() else ""
+        log.warning("! %s was interrupted%s; medxcept.train.fit cannot resume from its checkpoint yet, so the "
+                    "fold restarts from scratch", task.name, where)
+        shutil.rmtree(fdir)
+    t0 = time.perf_counter()
+    cfg = plan.cfg
+    classes = plan.classes
+    weights = resolve_weights(cfg.model.weights)
+    if images is None:
+        images = _load_images(plan)
+    table = fold_table(plan.table, task.repeat, task.fold)
+    run = RunDir(fdir)
+    run.write_config(cfg, extra={"cohort_name": plan.info["cohort_name"], "classes": list(classes),
+                                 "cv": {"dir": plan.path.name, "fold": task.fold, "repeat": task.repeat,
+                                        "n_folds": plan.n_folds, "repeats": plan.repeats}})
+    run.write_csv("split.csv", split_table(table))
+    report = audit_cohort(table, fp=fingerprints(images), policy=cfg.audit.on_leak,
+                          hamming_threshold=cfg.audit.hamming_threshold, group_column=cfg.split.group_column)
+    run.write_json("audit.json", report.to_dict())
+    report.raise_if_errors()
+
+    parts = {s: np.flatnonzero(table["split"].to_numpy() == s) for s in ("train", "val", "test")}
+    tr, va, te = (table.iloc[parts[s]] for s in ("train", "val", "test"))
+    log.info("%s: training on %d image(s) of %d patient(s), validating on %d image(s) of %d patient(s)",
+             task.name, len(tr), tr["patient_key"].nunique(), len(va), va["patient_key"].nunique())
+    set_seeds(cfg.seed)
+    result = fit(images[parts["train"]], tr["y"].to_numpy(), images[parts["val"]], va["y"].to_numpy(),
+                 va["patient_key"].to_numpy(), cfg=cfg, weights=weights, n_classes=len(classes), run_dir=fdir)
+    run.write_csv("history.csv", result.history)
+    bs = cfg.train.batch_size
+    train_logits = predict_logits(result.model, images[parts["train"]], batch_size=bs)
+    val_logits = predict_logits(result.model, images[parts["val"]], batch_size=bs)
+    ec = cfg.eval
+    # calibration and threshold from the training folds' own predictions; measured on the held-out fold
+    oof_m = evaluate_predictions(val=tr, test=va, val_logits=train_logits, test_logits=val_logits, cfg=cfg,
+                                 classes=classes)
+    threshold = float(oof_m["threshold"]["value"])
+    oof, oof_frame = _evaluation(oof_m, ec.patient_aggregation, ec.n_bins)
+    run.write_csv("oof_predictions.csv", _prediction_frame(oof_frame, task, threshold, ec.patient_aggregation))
+    holdout = None
+    if len(te):
+        test_logits = predict_logits(result.model, images[parts["test"]], batch_size=bs)
+        ho_m = evaluate_predictions(val=tr, test=te, val_logits=train_logits, test_logits=test_logits, cfg=cfg,
+                                    classes=classes)
+        holdout, ho_frame = _evaluation(ho_m, ec.patient_aggregation, ec.n_bins)
+        run.write_csv("holdout_predictions.csv",
+                      _prediction_frame(ho_frame, task, threshold, ec.patient_aggregation))
+    if save_model:
+        result.model.save(run.file("model.keras"))
+    shutil.rmtree(fdir / "checkpoints", ignore_errors=True)  # complete: the final model supersedes them
+    device = detect_device()
+    fhash = split_hash(table)
+    versions = {"packages": package_versions(), "code": code_version(), "environment": environment(),
+                "device": device, "data_hash": plan.info["data_hash"], "split_hash": fhash,
+                "config_hash": plan.info["config_hash"]}
+    run.write_json("versions.json", versions)
+    seconds = time.perf_counter() - t0
+    metrics = {
+        "fold": task.fold, "repeat": task.repeat, "name": task.name,
+        "weights": weights.kind, "weights_description": weights.description, "pretrained": weights.pretrained,
+        "counts": {s: {"images": int(len(f)), "patients": int(f["patient_key"].nunique()),
+                       "positive_patients": int(f.groupby("patient_key")["y"].max().sum())}
+                   for s, f in (("train", tr), ("val", va), ("test", te))},
+        "threshold": {**oof_m["threshold"], "chosen_on": "training folds (the model's own predictions)"},
+        "calibration_method": ec.calibration, "calibrator": oof_m["calibrator"],
+        "patient_aggregation": ec.patient_aggregation, "n_bootstrap": ec.n_bootstrap,
+        "oof": oof, "holdout": holdout,
+        "training": {**training_verdict(result.history, result.best_epoch), "stages": result.stages,
+                     "seconds": result.seconds},
+        "audit": report.to_dict()["summary"] | {"warnings": [f.message for f in report.warnings]},
+        "device": device, "seconds": seconds,
+    }
+    run.write_json("metrics.json", metrics)
+    _write_json_atomic(fdir / MARKER, {
+        "name": task.name, "fold": task.fold, "repeat": task.repeat,
+        "config_hash": plan.info["config_hash"], "data_hash": plan.info["data_hash"], "split_hash": fhash,
+        "completed": _dt.datetime.now().isoformat(timespec="seconds"), "seconds": seconds})
+    log.info("%s: done in %.0f s; out-of-fold patient AUC %s", task.name, seconds, oof["patient"].get("roc_auc"))
+    return {"name": task.name, "status": "trained", "seconds": seconds}
+
+
+# ------------------------------------------------------------------------------------- executors
+
+
+def _worker(cv_dir: str, task_index: int, save_model: bool, env: dict[str, str], log_level: int) -> dict[str, Any]:
+    """Entry point of a fold in another process (spawned or Ray); errors come back as values."""
+    for k, v in env.items():
+        os.environ.setdefault(k, v)
+    root = logging.getLogger("medxcept")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+        root.setLevel(log_level)
+    try:
+        return run_fold(cv_dir, task_index, save_model=save_model)
+    except MedxceptError as exc:
+        # returned, not raised: the parent re-raises it with its own class and message
+        return {"index": task_index, "status": "error", "error_class": type(exc).__name__, "message": str(exc)}
+
+
+def _worker_env() -> dict[str, str]:
+    from medxcept.demo import cache_dir
+
+    keep = ("KERAS_BACKEND", "NO_ALBUMENTATIONS_UPDATE", "TF_CPP_MIN_LOG_LEVEL", "MEDXCEPT_CACHE")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env.setdefault("MEDXCEPT_CACHE", str(cache_dir()))
+    env.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    return env
+
+
+def _raise_worker_error(result: dict[str, Any]) -> None:
+    from medxcept import errors
+
+    cls = getattr(errors, result.get("error_class", ""), None)
+    if not (isinstance(cls, type) and issubclass(cls, MedxceptError)) or cls is errors.ReadError:
+        cls = MedxceptError
+    raise cls(result["message"])
+
+
+def _run_local(plan: CVPlan, todo: list[FoldTask], jobs: int, save_model: bool) -> list[dict[str, Any]]:
+    if jobs <= 1:
+        return [run_fold(plan.path, t.index, images=plan.images, save_model=save_model) for t in todo]
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    env, level = _worker_env(), logging.getLogger("medxcept").getEffectiveLevel()
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_worker, str(plan.path), t.index, save_model, env, level) for t in todo]
+        return [f.result() for f in futures]
+
+
+def _run_ray(plan: CVPlan, todo: list[FoldTask], *, address: str | None, num_cpus: float, num_gpus: float,
+             save_model: bool) -> list[dict[str, Any]]:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--executor ray needs Ray, which is not installed: pip install 'medxcept[ray]' "
+                          "(or use --executor local)") from None
+    env, level = _worker_env(), logging.getLogger("medxcept").getEffectiveLevel()
+    started = False
+    if not ray.is_initialized():
+        repo = str(Path(__file__).resolve().parent.parent)
+        runtime_env: dict[str, Any] = {"env_vars": dict(env)}
+        if address is None:
+            # a local cluster: let workers import this checkout even when it is not pip-installed
+            path = os.environ.get("PYTHONPATH")
+            runtime_env["env_vars"]["PYTHONPATH"] = repo + (os.pathsep + path if path else "")
+        ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=True,
+                 logging_level=logging.WARNING)
+        started = True
+    try:
+        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(_worker)
+        refs = [remote.remote(str(plan.path), t.index, save_model, env, level) for t in todo]
+        return list(ray.get(refs))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: int = 1,
+           cv_dir: str | Path | None = None, only: Sequence[int] | None = None, executor: str = "local",
+           jobs: int = 1, ray_address: str | None = None, num_cpus: float = 1, num_gpus: float = 0,
+           save_model: bool = True, aggregate: bool | None = None,
+           cohort_file: str | Path | None = None) -> dict[str, Any]:
+    """Plan (or resume) a cross-validation, run the folds that are not complete, and aggregate.
+
+    Parameters
+    ----------
+    cfg, spec, n_folds, repeats, cv_dir, cohort_file
+        As in :func:`plan_cv`.
+    only : sequence of int, optional
+        Task indices (``repeat * n_folds + fold``) to run; default all. An empty sequence only
+        plans (writes the CV directory, trains nothing).
+    executor : {"local", "ray"}, default "local"
+        ``local``: in this process (``jobs=1``) or ``jobs`` spawned processes. ``ray``: one
+        ``ray.remote`` task per fold, on the cluster at ``ray_address`` or a local one.
+    jobs : int, default 1
+        Concurrent folds of the local executor.
+    ray_address : str, optional
+        Address of an existing Ray cluster (``ray.init(address=...)``); default a local Ray.
+    num_cpus, num_gpus : float
+        Resources each Ray fold task requests.
+    save_model : bool, default True
+        Keep every fold's ``model.keras``.
+    aggregate : bool, optional
+        Write the CV report afterwards; default: when every fold is complete.
+
+    Returns
+    -------
+    dict
+        ``path`` (the CV directory), ``trained`` and ``skipped`` (fold names), ``missing`` (folds
+        not complete afterwards) and ``report`` (path of ``cv_report.html`` or ``None``).
+    """
+    if executor not in EXECUTORS:
+        raise ConfigError(f"executor={executor!r} is not one of {list(EXECUTORS)}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"jobs={jobs!r} must be an integer >= 1")
+    if executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ConfigError("--executor ray needs Ray, which is not installed: pip install 'medxcept[ray]' "
+                              "(or use --executor local)") from None
+    plan = plan_cv(cfg, spec, n_folds=n_folds, repeats=repeats, cv_dir=cv_dir, cohort_file=cohort_file)
+    tasks = plan.tasks
+    wanted = tasks if only is None else []
+    for i in only or []:
+        if not 0 <= int(i) < len(tasks):
+            raise ConfigError(f"--fold {i} is out of range: this cross-validation has {len(tasks)} fold(s) "
+                              f"(0..{len(tasks) - 1}; with repeats, index = repeat * {plan.n_folds} + fold)")
+        wanted.append(tasks[int(i)])
+    status = fold_status(plan)  # raises on a marker of another configuration before anything trains
+    skipped = [t.name for t in wanted if status[t.name] == "complete"]
+    for name in skipped:
+        log.info("%s: complete (fold.json matches configuration %s), skipped", name, plan.info["config_hash"])
+    todo = [t for t in wanted if status[t.name] != "complete"]
+    if todo:
+        log.info("running %d fold(s) with the %s executor: %s", len(todo), executor,
+                 ", ".join(t.name for t in todo))
+    results: list[dict[str, Any]] = []
+    if todo and executor == "local":
+        results = _run_local(plan, todo, jobs, save_model)
+    elif todo:
+        results = _run_ray(plan, todo, address=ray_address, num_cpus=num_cpus, num_gpus=num_gpus,
+                           save_model=save_model)
+    errors = [r for r in results if r.get("status") == "error"]
+    if errors:
+        for r in errors[1:]:
+            log.error("fold task %s failed: %s", r["index"], r["message"])
+        _raise_worker_error(errors[0])
+    trained = [r["name"] for r in results if r["status"] == "trained"]
+    skipped += [r["name"] for r in results if r["status"] == "skipped"]
+    missing = [n for n, s in fold_status(plan).items() if s != "complete"]
+    report = None
+    if aggregate or (aggregate is None and not missing):
+        report = aggregate_cv(plan.path)["report"]
+    return {"path": plan.path, "trained": trained, "skipped": skipped, "missing": missing, "report": report}
+
+
+# ------------------------------------------------------------------------------------- aggregate
+
+
+def t_interval(values: Sequence[float | None], confidence: float = 0.95) -> dict[str, Any]:
+    """Mean, SD (ddof=1) and the t-interval of the mean of the defined values.
+
+    Examples
+    --------
+    >>> r = t_interval([0.7, 0.8, 0.9])
+    >>> round(r["mean"], 3), round(r["sd"], 3), round(r["low"], 3), round(r["high"], 3)
+    (0.8, 0.1, 0.552, 1.048)
+    """
+    from scipy import stats
+
+    v = np.array([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))],
+                 dtype=float)
+    n = int(v.size)
+    out: dict[str, Any] = {"n": n, "mean": None, "sd": None, "low": None, "high": None}
+    if n == 0:
+        return out
+    out["mean"] = float(v.mean())
+    if n >= 2:
+        sd = float(v.std(ddof=1))
+        half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+        out.update(sd=sd, low=out["mean"] - half, high=out["mean"] + half)
+    return out
+
+
+def _pooled(frames: list[pd.DataFrame], how: str, n_bins: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Pooled patient-level OOF metrics (each fold's own threshold) and the reliability tables."""
+    from medxcept.calibrate import brier, ece, reliability_table
+    from medxcept.evaluate import binary_metrics
+
+    df = pd.concat(frames, ignore_index=True)
+    # a patient is predicted once per repeat: pool (repeat, patient), never a patient across repeats
+    df["unit"] = "r" + df["repeat"].astype(str) + ":" + df["patient_key"].astype(str)
+    pat = df.groupby("unit").agg(y=("y", "max"), prob=("prob", how), prob_raw=("prob_raw", how),
+                                 threshold=("threshold", "first"))
+    y, p, pr = pat["y"].to_numpy().astype(int), pat["prob"].to_numpy(), pat["prob_raw"].to_numpy()
+    pred = p >= pat["threshold"].to_numpy()
+    tp, fp = int((pred & (y == 1)).sum()), int((pred & (y == 0)).sum())
+    fn, tn = int((~pred & (y == 1)).sum()), int((~pred & (y == 0)).sum())
+    rank = binary_metrics(y, p, threshold=0.5)
+
+    def ratio(a: int, b: int) -> float | None:
+        return None if b == 0 else a / b
+
+    metrics = {"roc_auc": rank["roc_auc"], "pr_auc": rank["pr_auc"], "sensitivity": ratio(tp, tp + fn),
+               "specificity": ratio(tn, tn + fp), "precision": ratio(tp, tp + fp),
+               "ece": ece(y, p, n_bins=n_bins), "brier": brier(y, p),
+               "ece_raw": ece(y, pr, n_bins=n_bins), "brier_raw": brier(y, pr),
+               "roc_auc_raw": binary_metrics(y, pr, threshold=0.5)["roc_auc"],
+               "tp": tp, "fp": fp, "tn": tn, "fn": fn, "n": int(len(y)), "n_pos": int(y.sum()),
+               "n_images": int(len(df)), "median_threshold": float(np.median(pat["threshold"]))}
+    rel = {"before": reliability_table(y, pr, n_bins=n_bins).to_dict("records"),
+           "after": reliability_table(y, p, n_bins=n_bins).to_dict("records"),
+           "y": y, "prob": p}
+    return metrics, rel
+
+
+def _curves_figure(histories: list[tuple[str, pd.DataFrame, int]], per_row: int = 5) -> str | None:
+    """Small multiples: loss (top) and ROC-AUC (bottom) per fold, shared axes."""
+    from medxcept.report.figures import BLUE, GREY, ORANGE, plt, to_data_uri
+
+    histories = [h for h in histories if not h[1].empty]
+    if not histories:
+        return None
+    ncols = min(per_row, len(histories))
+    blocks = math.ceil(len(histories) / ncols)
+    fig, axes = plt.subplots(2 * blocks, ncols, figsize=(2.6 * ncols, 4.4 * blocks), squeeze=False,
+                             sharex=True, sharey="row")
+    for ax in axes.ravel():
+        ax.set_visible(False)
+    for n, (name, h, best) in enumerate(histories):
+        b, c = divmod(n, ncols)
+        top, bottom = axes[2 * b][c], axes[2 * b + 1][c]
+        for ax in (top, bottom):
+            ax.set_visible(True)
+            ax.axvline(best, color="green", ls=":", lw=1)
+        e = h["epoch"]
+        top.plot(e, h["loss"], color=BLUE, marker=".", label="train")
+        if "val_loss" in h:
+            top.plot(e, h["val_loss"], color=ORANGE, marker=".", label="validation")
+        top.set_title(name, fontsize=9)
+        bottom.plot(e, h["auc"], color=BLUE, marker=".", label="train (images)")
+        if "val_patient_auc" in h:
+            bottom.plot(e, h["val_patient_auc"], color=ORANGE, marker=".", label="validation (patients)")
+        bottom.set_ylim(0.0, 1.02)
+        bottom.axhline(0.5, color=GREY, lw=0.6, ls="--")
+        bottom.set_xlabel("epoch", fontsize=8)
+        if c == 0:
+            top.set_ylabel("loss", fontsize=8)
+            bottom.set_ylabel("ROC-AUC", fontsize=8)
+        if n == 0:
+            top.legend(fontsize=7)
+            bottom.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return to_data_uri(fig, dpi=90)
+
+
+def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
+    """Write ``cv_metrics.json`` and ``cv_report.html`` from the complete folds of ``cv_dir``.
+
+    Incomplete folds are listed (``missing``), in the report too; at least one fold must be complete.
+
+    Returns
+    -------
+    dict
+        ``report`` (path), ``metrics`` (the content of ``cv_metrics.json``), ``missing``.
+
+    Raises
+    ------
+    ConfigError
+        No fold is complete yet; a fold marker of another configuration or split.
+    """
+    import jinja2
+
+    from medxcept.report import TEMPLATES, fmt
+    from medxcept.report.figures import reliability_figure, roc_pr_figure
+
+    plan = load_plan(cv_dir)
+    status = fold_status(plan)
+    missing = [n for n, s in status.items() if s != "complete"]
+    done = [t for t in plan.tasks if status[t.name] == "complete"]
+    if not done:
+        raise ConfigError(f"no fold of {plan.path} is complete yet (missing: {', '.join(missing)}); run the folds "
+                          "first (python -m pipelines.kfold ... or --fold i)")
+    if missing:
+        log.warning("! %d of %d fold(s) not complete, left out of the CV report: %s", len(missing),
+                    len(status), ", ".join(missing))
+    ec = plan.cfg.eval
+    rows, holdout_rows, oof_frames, histories, audits, verdicts = [], [], [], [], [], []
+    first: dict[str, Any] = {}
+    for t in done:
+        d = plan.path / t.name
+        m = _read_json(d / "metrics.json")
+        first = first or m
+        row = {"name": t.name, "repeat": t.repeat, "fold": t.fold, "n_patients": m["oof"]["patient"]["n"],
+               "n_pos": m["oof"]["patient"]["n_pos"], "threshold": m["threshold"]["value"],
+               "best_epoch": m["training"]["best_epoch"], "seconds": m["seconds"],
+               **{k: m["oof"]["patient"].get(k) for k in CV_METRICS}}
+        rows.append(row)
+        if m.get("holdout"):
+            holdout_rows.append({"name": t.name, "n_patients": m["holdout"]["patient"]["n"],
+                                 **{k: m["holdout"]["patient"].get(k) for k in CV_METRICS}})
+        oof_frames.append(pd.read_csv(d / "oof_predictions.csv", dtype={"patient_key": str, "image_id": str}))
+        hist = pd.read_csv(d / "history.csv") if (d / "history.csv").stat().st_size > 1 else pd.DataFrame()
+        histories.append((t.name, hist, int(m["training"]["best_epoch"])))
+        verdicts.append({"name": t.name, "verdict": m["training"]["verdict"],
+                         "seconds": m["training"]["seconds"]})
+        audits.append({"name": t.name, **{k: m["audit"].get(k, 0) for k in ("error", "warning", "info")},
+                       "warnings": m["audit"].get("warnings", [])})
+    summary = {k: t_interval([r[k] for r in rows]) for k in CV_METRICS}
+    holdout_summary = {k: t_interval([r[k] for r in holdout_rows]) for k in CV_METRICS} if holdout_rows else None
+    pooled, rel = _pooled(oof_frames, ec.patient_aggregation, ec.n_bins)
+    cv_audit = _read_json(plan.path / "audit.json") if (plan.path / "audit.json").is_file() else {}
+    result = {
+        "cv": {"dir": plan.path.name, "cohort": plan.info["cohort_name"], "n_folds": plan.n_folds,
+               "repeats": plan.repeats, "fold_seeds": plan.info["fold_seeds"], "classes": list(plan.classes),
+               "holdout_test": plan.info["holdout_test"], "complete": [t.name for t in done],
+               "missing": missing, "seed": plan.cfg.seed},
+        "hashes": {k: plan.info[k] for k in ("config_hash", "data_hash", "split_hash")},
+        "weights": {"kind": first.get("weights"), "description": first.get("weights_description"),
+                    "pretrained": first.get("pretrained")},
+        "method": {"threshold": ec.threshold, "target_sensitivity": ec.target_sensitivity,
+                   "calibration": ec.calibration, "patient_aggregation": ec.patient_aggregation,
+                   "threshold_and_calibration_fitted_on": "training folds (the model's own predictions)",
+                   "early_stopping_on": "the held-out fold (patient-level AUC)", "confidence": 0.95,
+                   "interval": "t-distribution over folds: mean ± t(0.975, n-1) · SD / √n"},
+        "per_fold": rows, "summary": summary, "pooled_oof": pooled,
+        "holdout_per_fold": holdout_rows, "holdout_summary": holdout_summary,
+        "audit": {"cv": cv_audit.get("summary", {}), "per_fold": audits},
+    }
+    from medxcept.run import RunDir
+
+    RunDir(plan.path).write_json("cv_metrics.json", result)
+
+    figs = {
+        "roc_pr": roc_pr_figure(rel["y"], rel["prob"], pooled["median_threshold"],
+                                title_suffix=" (pooled out-of-fold, patients)"),
+        "reliability": reliability_figure(rel["before"], rel["after"],
+                                          labels=("pooled OOF, before recalibration",
+                                                  f"pooled OOF, after ({ec.calibration}, per fold)")),
+        "curves": _curves_figure(histories),
+    }
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["fmt"] = fmt
+    html = env.get_template("cv_report.html.j2").render(
+        r=result, figs=figs, metrics=CV_METRICS, verdicts=verdicts,
+        cv_findings=cv_audit.get("findings", []),
+        created=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        config_yaml=(plan.path / "config.yaml").read_text(encoding="utf-8"),
+        labels={"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "sensitivity": "sensitivity",
+                "specificity": "specificity", "precision": "precision (PPV)", "ece": "ECE", "brier": "Brier"})
+    out = plan.path / "cv_report.html"
+    out.write_text(html, encoding="utf-8")
+    return {"report": out, "metrics": result, "missing": missing}

@@ -1,0 +1,111 @@
+"""End to end at tiny size: ingest both readers, split, audit, train, evaluate, report."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+
+import pandas as pd
+import pytest
+
+from medxcept.cohort import load_cohort_spec
+from medxcept.config import load_config
+from medxcept.pipeline import run_pipeline
+from medxcept.report import fmt
+
+pytestmark = pytest.mark.slow
+
+
+class _Collect(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.text: list[str] = []
+        self.imgs: list[str] = []
+        self.external: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        a = dict(attrs)
+        if tag == "img":
+            self.imgs.append(a.get("src", ""))
+        for k in ("src", "href"):
+            v = a.get(k) or ""
+            if v and not v.startswith(("data:", "#")):
+                self.external.append(v)
+        if tag == "script":
+            self.external.append("<script>")
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, session_cache):
+    from tests.conftest import TINY_COHORT
+
+    d = tmp_path_factory.mktemp("e2e")
+    cohort = d / "tiny.yaml"
+    cohort.write_text(TINY_COHORT.format(n_patients=24, seed=3), encoding="utf-8")
+    spec = load_cohort_spec(cohort)
+    cfg = load_config(cohort_defaults=spec.defaults, overrides={"out_dir": str(d / "reports")})
+    report = run_pipeline(cfg, spec, run_name="tiny")
+    return report.parent
+
+
+def test_run_directory_holds_every_artifact(run_dir):
+    for name in ("report.html", "metrics.json", "config.yaml", "cohort.csv", "split.csv", "exclusions.csv",
+                 "audit.json", "history.csv", "predictions.csv", "model.keras", "calibration.json",
+                 "versions.json", "augmentation.json", "private/patient_map.csv"):
+        assert (run_dir / name).is_file(), name
+    versions = json.loads((run_dir / "versions.json").read_text())
+    assert len(versions["split_hash"]) == 64 and len(versions["data_hash"]) == 64
+    assert versions["packages"]["keras"]
+
+
+def test_no_patient_in_two_splits_and_both_readers_used(run_dir):
+    cohort = pd.read_csv(run_dir / "cohort.csv")
+    assert cohort.groupby("patient_key")["split"].nunique().max() == 1
+    assert set(cohort["split"]) == {"train", "val", "test"}
+    assert set(cohort["reader"]) == {"dicom", "photo"}
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["cohort"]["files_found"] == m["cohort"]["files_used"] + m["cohort"]["files_excluded"]
+
+
+def test_report_is_self_contained_html_holding_the_metrics(run_dir):
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    parser = _Collect()
+    parser.feed(html)
+    assert parser.tags[:1] == ["html"] and "table" in parser.tags
+    assert parser.external == [], "the report must not load anything from outside"
+    assert len(parser.imgs) >= 4 and all(s.startswith("data:image/png;base64,") for s in parser.imgs)
+    m = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("roc_auc", "sensitivity", "specificity", "precision"):
+        assert fmt(m["test_patient"][key]) in html, key
+        assert fmt(m["test_image"][key]) in html, key
+    assert fmt(m["calibration_test"]["before"]["ece"]) in html
+    assert fmt(m["calibration_test"]["after"]["ece"]) in html
+    assert fmt(m["threshold"]["value"]) in html
+    # not pretrained: said loudly
+    assert m["run"]["pretrained"] is False
+    assert "NOT PRETRAINED" in html and 'id="not-pretrained"' in html
+
+
+def test_no_raw_patient_identifier_or_name_leaves_the_private_folder(run_dir):
+    raw_ids = set(pd.read_csv(run_dir / "private" / "patient_map.csv")["patient_id"])
+    assert raw_ids and all(i.startswith("DEMO-") for i in raw_ids)
+    for name in ("report.html", "metrics.json", "cohort.csv", "split.csv", "predictions.csv", "audit.json"):
+        text = (run_dir / name).read_text(encoding="utf-8")
+        assert "DEMO-" not in text, f"raw patient id in {name}"
+        assert "Demo^" not in text, f"patient name in {name}"
+
+
+def test_threshold_comes_from_validation_and_metrics_match_sklearn(run_dir):
+    from sklearn.metrics import roc_auc_score
+
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["threshold"]["chosen_on"] == "validation"
+    pred = pd.read_csv(run_dir / "predictions.csv")
+    assert m["test_image"]["roc_auc"] == pytest.approx(roc_auc_score(pred["y"], pred["prob"]))
+    hist = pd.read_csv(run_dir / "history.csv")
+    assert {"loss", "val_loss", "auc", "val_patient_auc"} <= set(hist.columns)
