@@ -119,9 +119,16 @@ def validate_cohort(df: pd.DataFrame, *, where: str = "cohort") -> pd.DataFrame:
     return df
 
 
+PRIVATE_COLUMNS = ("patient_id", "path")
+
+
 def public_view(df: pd.DataFrame) -> pd.DataFrame:
-    """The cohort table as it may be saved or shown: raw patient IDs removed."""
-    return df.drop(columns=[c for c in ("patient_id",) if c in df.columns])
+    """The cohort table as it may be saved or shown: raw patient IDs and file paths removed.
+
+    File paths go too because file names often carry the patient identifier
+    (``12345_OD.jpg``); ``image_id`` links rows to ``private/image_paths.csv``.
+    """
+    return df.drop(columns=[c for c in PRIVATE_COLUMNS if c in df.columns])
 
 
 # --------------------------------------------------------------------------- cohort files

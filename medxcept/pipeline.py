@@ -192,6 +192,7 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
     timings["ingest_s"] = time.perf_counter() - t
     run.write_csv("exclusions.csv", ing.exclusions)
     run.write_private("patient_map.csv", ing.patient_map)
+    run.write_private("image_paths.csv", ing.table[["image_id", "patient_key", "path", "frame"]])
     _say(f"cohort: {len(ing.table)} image(s) of {ing.table['patient_key'].nunique()} patient(s); "
          f"{ing.files_found} file(s) found, {ing.files_excluded} excluded (see exclusions.csv)")
 
