@@ -44,9 +44,10 @@ it, each fold's own threshold) is given next to it.
 Resuming. Each fold writes ``fold.json`` last, holding the configuration hash and the fold's split
 hash. A re-run skips every fold whose marker matches; a marker from another configuration, split
 or data raises :class:`~medxcept.errors.ConfigError` naming both hashes, so folds of different
-experiments are never mixed. A fold directory without a marker was interrupted: it is restarted
-from scratch, because :func:`medxcept.train.fit` writes per-epoch checkpoints but cannot resume
-from them yet.
+experiments are never mixed. A fold directory without a marker was interrupted: it continues from
+its last per-epoch checkpoint (:func:`medxcept.train.fit` with ``resume=True``, which refuses a
+checkpoint of another configuration or other training data), or restarts when it was killed
+before its first epoch ended.
 
 Executors. Folds are independent: ``executor="local"`` runs them in this process one after the
 other, or in ``jobs`` spawned processes; ``executor="ray"`` submits each fold as a ``ray.remote``
@@ -340,7 +341,8 @@ def plan_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: i
     audit_view = table.assign(split=table["cv_split"], fold=table["fold_r0"])
     report = audit_cohort(audit_view, fp=fingerprints(images), policy=cfg.audit.on_leak,
                           hamming_threshold=cfg.audit.hamming_threshold, group_column=cfg.split.group_column)
-    _write_json_atomic(path / "audit.json", report.to_dict())
+    if existing is None or not (path / "audit.json").is_file():
+        _write_json_atomic(path / "audit.json", report.to_dict())  # a resumed plan leaves it as it was
     report.raise_if_errors()
     for f in report.findings:
         if f.severity == "warning":
@@ -491,13 +493,6 @@ def run_fold(cv_dir: str | Path, task_index: int, *, images: np.ndarray | None =
     dict
         ``name``, ``status`` (``"trained"`` or ``"skipped"``) and, when trained, ``seconds``.
     """
-    from medxcept.audit import audit_cohort, fingerprints
-    from medxcept.model import detect_device, resolve_weights
-    from medxcept.pipeline import evaluate_predictions, training_verdict
-    from medxcept.run import RunDir, code_version, environment, package_versions
-    from medxcept.splits import split_hash, split_table
-    from medxcept.train import fit, predict_logits, set_seeds
-
     plan = load_plan(cv_dir)
     tasks = plan.tasks
     if not 0 <= task_index < len(tasks):
@@ -509,12 +504,24 @@ def run_fold(cv_dir: str | Path, task_index: int, *, images: np.ndarray | None =
         _check_marker(plan, task, _read_json(fdir / MARKER))
         log.info("%s: complete (fold.json matches configuration %s), skipped", task.name, plan.info["config_hash"])
         return {"name": task.name, "status": "skipped"}
+    resume = False
     if fdir.exists():
         state = fdir / "checkpoints" / "state.json"
-        where = f" after epoch {_read_json(state).get('epoch')}" if state.is_file() else ""
-        log.warning("! %s was interrupted%s; medxcept.train.fit cannot resume from its checkpoint yet, so the "
-                    "fold restarts from scratch", task.name, where)
-        shutil.rmtree(fdir)
+        if state.is_file():
+            done = len(_read_json(state).get("rows", []))
+            log.warning("! %s was interrupted after epoch %d: continuing from its checkpoint", task.name, done)
+            resume = True
+        else:
+            log.warning("! %s was interrupted before its first epoch ended: restarting it", task.name)
+            shutil.rmtree(fdir)
+    # imported here: a skipped fold (above) needs neither Keras nor TensorFlow
+    from medxcept.audit import audit_cohort, fingerprints
+    from medxcept.model import detect_device, resolve_weights
+    from medxcept.pipeline import evaluate_predictions, training_verdict
+    from medxcept.run import RunDir, code_version, environment, package_versions
+    from medxcept.splits import split_hash, split_table
+    from medxcept.train import fit, predict_logits, set_seeds
+
     t0 = time.perf_counter()
     cfg = plan.cfg
     classes = plan.classes
@@ -538,7 +545,8 @@ def run_fold(cv_dir: str | Path, task_index: int, *, images: np.ndarray | None =
              task.name, len(tr), tr["patient_key"].nunique(), len(va), va["patient_key"].nunique())
     set_seeds(cfg.seed)
     result = fit(images[parts["train"]], tr["y"].to_numpy(), images[parts["val"]], va["y"].to_numpy(),
-                 va["patient_key"].to_numpy(), cfg=cfg, weights=weights, n_classes=len(classes), run_dir=fdir)
+                 va["patient_key"].to_numpy(), cfg=cfg, weights=weights, n_classes=len(classes), run_dir=fdir,
+                 resume=resume)
     run.write_csv("history.csv", result.history)
     bs = cfg.train.batch_size
     train_logits = predict_logits(result.model, images[parts["train"]], batch_size=bs)
@@ -718,7 +726,7 @@ def run_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: in
     plan = plan_cv(cfg, spec, n_folds=n_folds, repeats=repeats, cv_dir=cv_dir, cohort_file=cohort_file)
     tasks = plan.tasks
     wanted = tasks if only is None else []
-    for i in only or []:
+    for i in dict.fromkeys(only or []):  # each fold once, in the order given
         if not 0 <= int(i) < len(tasks):
             raise ConfigError(f"--fold {i} is out of range: this cross-validation has {len(tasks)} fold(s) "
                               f"(0..{len(tasks) - 1}; with repeats, index = repeat * {plan.n_folds} + fold)")
@@ -754,8 +762,23 @@ def run_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: in
 # ------------------------------------------------------------------------------------- aggregate
 
 
-def t_interval(values: Sequence[float | None], confidence: float = 0.95) -> dict[str, Any]:
+def t_interval(values: Sequence[float | None], confidence: float = 0.95,
+               bounds: tuple[float, float] | None = None) -> dict[str, Any]:
     """Mean, SD (ddof=1) and the t-interval of the mean of the defined values.
+
+    Parameters
+    ----------
+    values : sequence of float or None
+        One value per fold; ``None`` and NaN (metric undefined in that fold) are left out.
+    confidence : float, default 0.95
+    bounds : (float, float), optional
+        Clip the interval to the metric's range (e.g. ``(0, 1)``).
+
+    Returns
+    -------
+    dict
+        ``n`` (values used), ``mean``, ``sd``, ``low``, ``high``: ``mean ± t(1 - α/2, n - 1) · sd / √n``;
+        ``None`` where undefined (SD and interval need two values).
 
     Examples
     --------
@@ -775,7 +798,10 @@ def t_interval(values: Sequence[float | None], confidence: float = 0.95) -> dict
     if n >= 2:
         sd = float(v.std(ddof=1))
         half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
-        out.update(sd=sd, low=out["mean"] - half, high=out["mean"] + half)
+        low, high = out["mean"] - half, out["mean"] + half
+        if bounds is not None:
+            low, high = max(low, bounds[0]), min(high, bounds[1])
+        out.update(sd=sd, low=low, high=high)
     return out
 
 
@@ -804,7 +830,7 @@ def _pooled(frames: list[pd.DataFrame], how: str, n_bins: int) -> tuple[dict[str
                "ece_raw": ece(y, pr, n_bins=n_bins), "brier_raw": brier(y, pr),
                "roc_auc_raw": binary_metrics(y, pr, threshold=0.5)["roc_auc"],
                "tp": tp, "fp": fp, "tn": tn, "fn": fn, "n": int(len(y)), "n_pos": int(y.sum()),
-               "n_images": int(len(df)), "median_threshold": float(np.median(pat["threshold"]))}
+               "n_images": int(len(df)), "median_threshold": float(np.median(pat["threshold"])), "n_bins": n_bins}
     rel = {"before": reliability_table(y, pr, n_bins=n_bins).to_dict("records"),
            "after": reliability_table(y, p, n_bins=n_bins).to_dict("records"),
            "y": y, "prob": p}
@@ -813,6 +839,8 @@ def _pooled(frames: list[pd.DataFrame], how: str, n_bins: int) -> tuple[dict[str
 
 def _curves_figure(histories: list[tuple[str, pd.DataFrame, int]], per_row: int = 5) -> str | None:
     """Small multiples: loss (top) and ROC-AUC (bottom) per fold, shared axes."""
+    from matplotlib.ticker import MaxNLocator
+
     from medxcept.report.figures import BLUE, GREY, ORANGE, plt, to_data_uri
 
     histories = [h for h in histories if not h[1].empty]
@@ -841,6 +869,7 @@ def _curves_figure(histories: list[tuple[str, pd.DataFrame, int]], per_row: int 
         bottom.set_ylim(0.0, 1.02)
         bottom.axhline(0.5, color=GREY, lw=0.6, ls="--")
         bottom.set_xlabel("epoch", fontsize=8)
+        bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
         if c == 0:
             top.set_ylabel("loss", fontsize=8)
             bottom.set_ylabel("ROC-AUC", fontsize=8)
@@ -903,10 +932,23 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
                          "seconds": m["training"]["seconds"]})
         audits.append({"name": t.name, **{k: m["audit"].get(k, 0) for k in ("error", "warning", "info")},
                        "warnings": m["audit"].get("warnings", [])})
-    summary = {k: t_interval([r[k] for r in rows]) for k in CV_METRICS}
-    holdout_summary = {k: t_interval([r[k] for r in holdout_rows]) for k in CV_METRICS} if holdout_rows else None
+    # every CV metric lives in [0, 1]: the interval is clipped to it
+    summary = {k: t_interval([r[k] for r in rows], bounds=(0.0, 1.0)) for k in CV_METRICS}
+    holdout_summary = ({k: t_interval([r[k] for r in holdout_rows], bounds=(0.0, 1.0)) for k in CV_METRICS}
+                       if holdout_rows else None)
     pooled, rel = _pooled(oof_frames, ec.patient_aggregation, ec.n_bins)
     cv_audit = _read_json(plan.path / "audit.json") if (plan.path / "audit.json").is_file() else {}
+    notes = []
+    mean_auc, pooled_auc = summary["roc_auc"]["mean"], pooled["roc_auc"]
+    if mean_auc is not None and pooled_auc is not None and mean_auc - pooled_auc > 0.05:
+        # seen on the demo: every fold 1.000, pooled 0.61 (temperature scaling cannot shift an offset)
+        notes.append(
+            f"The pooled out-of-fold ROC-AUC ({pooled_auc:.3f}) is well below the mean per-fold ROC-AUC "
+            f"({mean_auc:.3f}): each fold model ranks its own patients well, but the models put their "
+            "probabilities on different scales, so patients of different folds do not rank against each other. "
+            "The mean per-fold AUC measures discrimination; the pooled AUC also measures how interchangeable "
+            "the fold models' scores are. Pooled sensitivity and specificity use each fold's own threshold "
+            "and are not affected.")
     result = {
         "cv": {"dir": plan.path.name, "cohort": plan.info["cohort_name"], "n_folds": plan.n_folds,
                "repeats": plan.repeats, "fold_seeds": plan.info["fold_seeds"], "classes": list(plan.classes),
@@ -919,8 +961,8 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
                    "calibration": ec.calibration, "patient_aggregation": ec.patient_aggregation,
                    "threshold_and_calibration_fitted_on": "training folds (the model's own predictions)",
                    "early_stopping_on": "the held-out fold (patient-level AUC)", "confidence": 0.95,
-                   "interval": "t-distribution over folds: mean ± t(0.975, n-1) · SD / √n"},
-        "per_fold": rows, "summary": summary, "pooled_oof": pooled,
+                   "interval": "t-distribution over folds: mean ± t(0.975, n-1) · SD / √n, clipped to [0, 1]"},
+        "notes": notes, "per_fold": rows, "summary": summary, "pooled_oof": pooled,
         "holdout_per_fold": holdout_rows, "holdout_summary": holdout_summary,
         "audit": {"cv": cv_audit.get("summary", {}), "per_fold": audits},
     }

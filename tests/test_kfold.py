@@ -1,0 +1,438 @@
+"""Tests of medxcept.kfold and pipelines.kfold: resumable patient-level k-fold cross-validation.
+
+The quick tests check the arithmetic (t-interval, pooled out-of-fold metrics, fold tables) against
+hand computations and scikit-learn. The slow ones train a tiny 3-fold CV once (module fixture) on
+the demo generator with 24 patients, in the order a crashed-and-resumed run would see it:
+``--fold 0`` alone, ``--aggregate`` on that partial run, the full command (must skip fold 0), and the
+same command again (must train nothing). They use the frozen-base ``baseline`` recipe for one
+epoch: a from-scratch Xception spends 80-120 s per fold compiling its training step with XLA on a
+2-core CPU, the frozen base about a fifth of that, and these tests are about the CV bookkeeping.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from medxcept import kfold  # noqa: E402
+from medxcept.errors import ConfigError  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+N_FOLDS = 3
+
+
+# ------------------------------------------------------------------------------------ quick tests
+
+
+def test_t_interval_matches_hand_computation():
+    values = [0.61, 0.74, None, 0.80, float("nan"), 0.69]
+    r = kfold.t_interval(values)
+    v = np.array([0.61, 0.74, 0.80, 0.69])
+    half = stats.t.ppf(0.975, 3) * v.std(ddof=1) / 2.0
+    assert r["n"] == 4
+    assert r["mean"] == pytest.approx(v.mean())
+    assert r["sd"] == pytest.approx(v.std(ddof=1))
+    assert (r["low"], r["high"]) == pytest.approx((v.mean() - half, v.mean() + half))
+    clipped = kfold.t_interval([0.9, 1.0, 0.7], bounds=(0.0, 1.0))
+    assert clipped["high"] == 1.0 and clipped["low"] < 0.9
+    one = kfold.t_interval([0.7])
+    assert one["mean"] == 0.7 and one["sd"] is None and one["low"] is None
+    assert kfold.t_interval([None])["mean"] is None
+
+
+def test_fold_table_partitions_patients():
+    table = pd.DataFrame({
+        "image_id": [f"i{k}" for k in range(8)],
+        "patient_key": ["P-a", "P-a", "P-b", "P-c", "P-d", "P-e", "P-f", "P-f"],
+        "cv_split": ["cv"] * 6 + ["test"] * 2,
+        "fold_r0": [0, 0, 1, 2, 0, 1, -1, -1],
+        "fold_r1": [2, 2, 0, 1, 1, 0, -1, -1],
+    })
+    t = kfold.fold_table(table, repeat=1, fold=0)
+    assert t["split"].tolist() == ["train", "train", "val", "train", "train", "val", "test", "test"]
+    assert t["fold"].tolist() == table["fold_r1"].tolist()
+    assert "split" not in table  # the input is not modified
+
+
+def test_fold_names_and_task_indices():
+    tasks = kfold._tasks(3, 2)
+    assert [t.name for t in tasks] == ["r0-fold-0", "r0-fold-1", "r0-fold-2", "r1-fold-0", "r1-fold-1",
+                                       "r1-fold-2"]
+    assert [(t.index, t.repeat, t.fold) for t in tasks][4] == (4, 1, 1)
+    assert [t.name for t in kfold._tasks(2, 1)] == ["fold-0", "fold-1"]
+
+
+def test_pooled_oof_uses_each_folds_threshold_and_patient_means():
+    # fold 0: threshold 0.5; fold 1: threshold 0.3. P-c has two images (mean 0.4).
+    f0 = pd.DataFrame({"repeat": 0, "fold": 0, "patient_key": ["P-a", "P-b"], "y": [1, 0],
+                       "prob": [0.8, 0.45], "prob_raw": [0.9, 0.4], "threshold": 0.5})
+    f1 = pd.DataFrame({"repeat": 0, "fold": 1, "patient_key": ["P-c", "P-c", "P-d", "P-e"], "y": [1, 1, 0, 0],
+                       "prob": [0.5, 0.3, 0.35, 0.1], "prob_raw": [0.6, 0.2, 0.3, 0.2], "threshold": 0.3})
+    m, rel = kfold._pooled([f0, f1], "mean", 10)
+    y = np.array([1, 0, 1, 0, 0])  # P-a P-b P-c P-d P-e
+    p = np.array([0.8, 0.45, 0.4, 0.35, 0.1])
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(y, p))
+    assert m["pr_auc"] == pytest.approx(average_precision_score(y, p))
+    # predicted positive: P-a (0.8 >= 0.5), P-c (0.4 >= 0.3), P-d (0.35 >= 0.3); P-b 0.45 < 0.5
+    assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (2, 1, 2, 0)
+    assert m["sensitivity"] == 1.0 and m["specificity"] == pytest.approx(2 / 3)
+    assert m["brier"] == pytest.approx(np.mean((p - y) ** 2))
+    assert m["n"] == 5 and m["n_images"] == 6
+
+
+def test_pooled_oof_keeps_repeats_apart():
+    a = pd.DataFrame({"repeat": 0, "fold": 0, "patient_key": ["P-a", "P-b"], "y": [1, 0], "prob": [0.9, 0.2],
+                      "prob_raw": [0.9, 0.2], "threshold": 0.5})
+    b = a.assign(repeat=1, prob=[0.1, 0.6], prob_raw=[0.1, 0.6])
+    m, _ = kfold._pooled([a, b], "mean", 10)
+    assert m["n"] == 4  # each patient once per repeat, never averaged across repeats
+    assert m["roc_auc"] == pytest.approx(roc_auc_score([1, 0, 1, 0], [0.9, 0.2, 0.1, 0.6]))
+
+
+@pytest.fixture
+def restore_logging():
+    """The CLI configures the 'medxcept' logger (own handler, no propagation): undo that afterwards."""
+    logger = logging.getLogger("medxcept")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
+def test_cli_aggregate_of_a_directory_that_is_no_cv_exits_2(tmp_path, capsys, restore_logging):
+    from pipelines.kfold import main
+
+    assert main(["--aggregate", str(tmp_path), "-q"]) == 2
+    assert "is not a cross-validation directory" in capsys.readouterr().err
+
+
+def test_load_plan_refuses_an_edited_config(tmp_path):
+    from medxcept.config import RunConfig, config_hash, config_to_dict
+
+    cfg = RunConfig()
+    (tmp_path / "cv.json").write_text(json.dumps({"config_hash": config_hash(cfg)}))
+    edited = config_to_dict(cfg)
+    edited["train"]["patience"] = 9
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(edited))
+    with pytest.raises(ConfigError, match=config_hash(cfg)):
+        kfold.load_plan(tmp_path)
+
+
+# ------------------------------------------------------------------------------ tiny trained CV
+
+
+def _write_tiny_cohort(path: Path) -> Path:
+    data = yaml.safe_load((REPO / "cohorts" / "demo.yaml").read_text())
+    data["name"] = "tiny"
+    data["generator_options"] = {"n_patients": 24, "seed": 3, "size_scale": 0.5}
+    data["defaults"] = {
+        "preprocess": {"image_px": 71},
+        # baseline recipe (frozen base) for speed, see the module docstring
+        "train": {"batch_size": 8, "head_epochs": 1, "finetune_epochs": 1, "recipe": "baseline",
+                  "baseline_epochs": 1, "workers": 1},
+        "eval": {"n_bootstrap": 50},
+        # the audit flagged synthetic fundus images as near-duplicates; do not stop the tests on it
+        "audit": {"on_leak": "warn"},
+    }
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _cfg(cohort: Path, out: Path):
+    from medxcept.cohort import load_cohort_spec
+    from medxcept.config import load_config
+
+    spec = load_cohort_spec(cohort)
+    # the same overrides the CLI makes for --cohort, --out-dir and --folds
+    cfg = load_config(cohort_defaults=spec.defaults,
+                      overrides={"out_dir": str(out), "cohort": str(cohort), "split.n_folds": N_FOLDS})
+    return cfg, spec
+
+
+def _mtimes(d: Path) -> dict[str, float]:
+    return {str(p.relative_to(d)): p.stat().st_mtime_ns for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def cv(tmp_path_factory):
+    """Fold 0 via the CLI, --aggregate, the full run, then the same full run again."""
+    from pipelines.kfold import main
+
+    tmp = tmp_path_factory.mktemp("kfold")
+    logger = logging.getLogger("medxcept")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    out: dict = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDXCEPT_CACHE", str(tmp / "cache"))
+        cohort = _write_tiny_cohort(tmp / "tiny.yaml")
+        cfg, spec = _cfg(cohort, tmp / "reports")
+        try:
+            # 1. one fold, as a scheduler job would run it (the run is "killed" after it)
+            rc = main(["--cohort", str(cohort), "--folds", str(N_FOLDS), "--out-dir", str(tmp / "reports"),
+                       "--fold", "0", "--no-save-models", "-q"])
+            assert rc == 0
+        finally:
+            logger.handlers[:], logger.level, logger.propagate = saved
+        cv_dir = tmp / "reports" / kfold.default_cv_name("tiny", cfg, N_FOLDS)
+        out["after_fold0"] = sorted(p.name for p in cv_dir.iterdir())
+        fold0 = _mtimes(cv_dir / "fold-0")
+        # 2. the report of the partial run
+        out["partial"] = kfold.aggregate_cv(cv_dir)
+        out["partial_html"] = (cv_dir / "cv_report.html").read_text()
+        # 3. the full command: must skip fold 0
+        out["full"] = kfold.run_cv(cfg, spec, n_folds=N_FOLDS, save_model=False)
+        out["fold0_untouched"] = _mtimes(cv_dir / "fold-0") == fold0
+        # 4. the same command again: nothing may train
+        before = _mtimes(cv_dir)
+
+        def no_training(*args, **kwargs):
+            raise AssertionError("a complete fold was trained again")
+
+        import medxcept.train
+
+        mp.setattr(medxcept.train, "fit", no_training)
+        out["again"] = kfold.run_cv(cfg, spec, n_folds=N_FOLDS, save_model=False, aggregate=False)
+        out["unchanged"] = _mtimes(cv_dir) == before
+        mp.undo()
+        mp.setenv("MEDXCEPT_CACHE", str(tmp / "cache"))
+        out.update(dir=cv_dir, cfg=cfg, spec=spec, cohort=cohort, tmp=tmp, cache=tmp / "cache")
+        yield out
+
+
+@pytest.mark.slow
+def test_single_fold_then_partial_aggregate_lists_missing_folds(cv):
+    assert "fold-0" in cv["after_fold0"] and "fold-1" not in cv["after_fold0"]
+    assert cv["partial"]["missing"] == ["fold-1", "fold-2"]
+    assert cv["partial"]["metrics"]["cv"]["complete"] == ["fold-0"]
+    assert 'id="missing-folds"' in cv["partial_html"]
+    assert "fold-1, fold-2" in cv["partial_html"]
+
+
+@pytest.mark.slow
+def test_full_run_resumes_without_retraining_fold0(cv):
+    assert cv["full"]["skipped"] == ["fold-0"]
+    assert cv["full"]["trained"] == ["fold-1", "fold-2"]
+    assert cv["full"]["missing"] == []
+    assert cv["fold0_untouched"]
+    assert cv["full"]["report"] == cv["dir"] / "cv_report.html"
+
+
+@pytest.mark.slow
+def test_rerun_skips_every_fold(cv):
+    assert cv["again"]["trained"] == []
+    assert cv["again"]["skipped"] == ["fold-0", "fold-1", "fold-2"]
+    assert cv["unchanged"]  # no file of the CV directory was rewritten
+
+
+@pytest.mark.slow
+def test_folds_partition_patients_and_keep_the_holdout_out(cv):
+    d = cv["dir"]
+    table = pd.read_csv(d / "cohort.csv", dtype={"patient_key": str})
+    assert "patient_id" not in table.columns
+    holdout = set(table.loc[table["cv_split"] == "test", "patient_key"])
+    assert holdout  # the tiny cohort has a hold-out test split (test_fraction 0.2)
+    oof = pd.concat([pd.read_csv(d / f"fold-{i}" / "oof_predictions.csv", dtype={"patient_key": str})
+                     for i in range(N_FOLDS)])
+    # every non-test image is predicted out of fold exactly once, no hold-out image ever
+    cv_images = set(table.loc[table["cv_split"] == "cv", "image_id"].astype(str))
+    assert sorted(oof["image_id"].astype(str)) == sorted(cv_images)
+    assert not holdout & set(oof["patient_key"])
+    for i in range(N_FOLDS):
+        split = pd.read_csv(d / f"fold-{i}" / "split.csv", dtype={"patient_key": str})
+        per_patient = split.groupby("patient_key")["split"].nunique()
+        assert per_patient.max() == 1  # no patient on two sides of a fold
+        assert set(split.loc[split["split"] == "test", "patient_key"]) == holdout
+        val = set(split.loc[split["split"] == "val", "patient_key"])
+        assert val == set(oof.loc[oof["fold"] == i, "patient_key"])
+
+
+@pytest.mark.slow
+def test_cv_metrics_match_an_independent_computation(cv):
+    d = cv["dir"]
+    m = json.loads((d / "cv_metrics.json").read_text())
+    frames = []
+    for i, row in enumerate(m["per_fold"]):
+        f = pd.read_csv(d / f"fold-{i}" / "oof_predictions.csv", dtype={"patient_key": str})
+        frames.append(f)
+        pat = f.groupby("patient_key").agg(y=("y", "max"), p=("prob", "mean"), t=("threshold", "first"))
+        assert row["roc_auc"] == pytest.approx(roc_auc_score(pat["y"], pat["p"]))
+        assert row["pr_auc"] == pytest.approx(average_precision_score(pat["y"], pat["p"]))
+        pred, y = pat["p"] >= pat["t"], pat["y"] == 1
+        assert row["sensitivity"] == pytest.approx((pred & y).sum() / y.sum())
+        assert row["specificity"] == pytest.approx((~pred & ~y).sum() / (~y).sum())
+        assert row["brier"] == pytest.approx(np.mean((pat["p"] - pat["y"]) ** 2))
+    for k in kfold.CV_METRICS:
+        vals = [r[k] for r in m["per_fold"] if r[k] is not None]
+        assert m["summary"][k]["mean"] == pytest.approx(np.mean(vals))
+        assert m["summary"][k]["sd"] == pytest.approx(np.std(vals, ddof=1))
+    pooled = pd.concat(frames).groupby("patient_key").agg(y=("y", "max"), p=("prob", "mean"))
+    assert m["pooled_oof"]["roc_auc"] == pytest.approx(roc_auc_score(pooled["y"], pooled["p"]))
+    assert m["pooled_oof"]["n"] == len(pooled)
+
+
+class _Cells(HTMLParser):
+    """Text of every ``<td data-metric>`` cell, keyed by (table id, row data-fold, metric)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells: dict[tuple[str, str, str], str] = {}
+        self._table = self._row = self._metric = None
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "table":
+            self._table = a.get("id")
+        elif tag == "tr":
+            self._row = a.get("data-fold")
+        elif tag == "td" and "data-metric" in a:
+            self._metric, self._text = a["data-metric"], []
+
+    def handle_data(self, data):
+        if self._metric:
+            self._text.append(data)
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._metric:
+            self.cells[(self._table, self._row, self._metric)] = "".join(self._text).strip()
+            self._metric = None
+
+
+@pytest.mark.slow
+def test_report_shows_the_numbers_of_cv_metrics_json(cv):
+    from medxcept.report import fmt
+
+    d = cv["dir"]
+    m = json.loads((d / "cv_metrics.json").read_text())
+    html = (d / "cv_report.html").read_text()
+    parser = _Cells()
+    parser.feed(html)
+    cells = parser.cells
+    checked = 0
+    for k in kfold.CV_METRICS:
+        for row in m["per_fold"]:
+            assert cells[("cv-table", row["name"], k)] == fmt(row[k])
+            checked += 1
+        s = m["summary"][k]
+        assert cells[("cv-table", "mean", k)] == fmt(s["mean"])
+        assert cells[("cv-table", "sd", k)] == fmt(s["sd"])
+        ci = "not defined" if s["low"] is None else f"{fmt(s['low'])}–{fmt(s['high'])}"
+        assert cells[("cv-table", "ci", k)] == ci
+        assert cells[("cv-table", "pooled", k)] == fmt(m["pooled_oof"][k])
+        for row in m["holdout_per_fold"]:
+            assert cells[("holdout-table", row["name"], k)] == fmt(row[k])
+    assert checked == N_FOLDS * len(kfold.CV_METRICS)
+    assert 'id="missing-folds"' not in html
+    assert "NOT PRETRAINED" in html  # weights: none in the tiny cohort
+    assert html.count("data:image/png;base64,") == 3  # pooled ROC/PR, reliability, training curves
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+
+
+@pytest.mark.slow
+def test_marker_of_another_configuration_is_never_mixed(cv, tmp_path):
+    copy = tmp_path / "cv"
+    shutil.copytree(cv["dir"], copy)
+    marker = copy / "fold-1" / "fold.json"
+    data = json.loads(marker.read_text())
+    real = data["config_hash"]
+    data["config_hash"] = "deadbeef"
+    marker.write_text(json.dumps(data))
+    with pytest.raises(ConfigError) as exc:
+        kfold.run_cv(cv["cfg"], cv["spec"], n_folds=N_FOLDS, cv_dir=copy, save_model=False)
+    assert "deadbeef" in str(exc.value) and real in str(exc.value) and "fold-1" in str(exc.value)
+    with pytest.raises(ConfigError, match="deadbeef"):
+        kfold.aggregate_cv(copy)
+
+
+@pytest.mark.slow
+def test_cv_directory_of_another_configuration_is_refused(cv):
+    import dataclasses
+
+    from medxcept.config import config_hash
+
+    other = dataclasses.replace(cv["cfg"], seed=cv["cfg"].seed + 1)
+    with pytest.raises(ConfigError) as exc:
+        kfold.run_cv(other, cv["spec"], n_folds=N_FOLDS, cv_dir=cv["dir"])
+    msg = str(exc.value)
+    assert config_hash(other) in msg and config_hash(cv["cfg"]) in msg
+
+
+@pytest.mark.slow
+def test_fold_killed_mid_training_continues_from_its_checkpoint(cv, tmp_path, monkeypatch, caplog):
+    copy = tmp_path / "cv"
+    shutil.copytree(cv["dir"], copy)
+    shutil.rmtree(copy / "fold-2")
+    fold1 = _mtimes(copy / "fold-1")
+    import medxcept.train
+
+    original = medxcept.train._History.on_epoch_end
+
+    def killed_after_epoch_1(self, epoch, logs=None):
+        original(self, epoch, logs)
+        raise KeyboardInterrupt  # the process dies right after epoch 1's checkpoint
+
+    monkeypatch.setattr(medxcept.train._History, "on_epoch_end", killed_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        kfold.run_fold(copy, 2, save_model=False)
+    plan = kfold.load_plan(copy)
+    assert kfold.fold_status(plan) == {"fold-0": "complete", "fold-1": "complete", "fold-2": "interrupted"}
+    monkeypatch.setattr(medxcept.train._History, "on_epoch_end", original)
+
+    logger = logging.getLogger("medxcept")
+    logger.addHandler(caplog.handler)  # whatever another test's CLI call did to propagation
+    try:
+        with caplog.at_level(logging.INFO, logger="medxcept"):
+            result = kfold.run_cv(cv["cfg"], cv["spec"], n_folds=N_FOLDS, cv_dir=copy, save_model=False)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert result["trained"] == ["fold-2"] and result["skipped"] == ["fold-0", "fold-1"]
+    assert "fold-2 was interrupted after epoch 1: continuing from its checkpoint" in caplog.text
+    assert _mtimes(copy / "fold-1") == fold1, "a complete fold is never retrained"
+    resumed = pd.read_csv(copy / "fold-2" / "history.csv")
+    reference = pd.read_csv(cv["dir"] / "fold-2" / "history.csv")
+    assert list(resumed["epoch"]) == list(reference["epoch"])
+    assert resumed["loss"].iloc[0] == pytest.approx(reference["loss"].iloc[0], rel=1e-4)  # epoch 1 kept, not redone
+    assert not (copy / "fold-2" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_spawned_worker_reports_errors_with_their_class(cv):
+    plan = kfold.load_plan(cv["dir"])
+    bogus = kfold.FoldTask(index=99, repeat=0, fold=99, name="fold-99")
+    results = kfold._run_local(plan, [bogus], jobs=2, save_model=False)
+    assert results[0]["status"] == "error" and results[0]["error_class"] == "ConfigError"
+    assert "fold index 99 is out of range" in results[0]["message"]
+    with pytest.raises(ConfigError, match="out of range"):
+        kfold._raise_worker_error(results[0])
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_the_local_fold_metrics(cv, tmp_path):
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'medxcept[ray]'")
+    result = kfold.run_cv(cv["cfg"], cv["spec"], n_folds=N_FOLDS, cv_dir=tmp_path / "ray-cv", only=[0],
+                          executor="ray", num_cpus=1, save_model=False)
+    assert result["trained"] == ["fold-0"] and result["missing"] == ["fold-1", "fold-2"]
+    local = json.loads((cv["dir"] / "fold-0" / "metrics.json").read_text())
+    remote = json.loads((tmp_path / "ray-cv" / "fold-0" / "metrics.json").read_text())
+    for k in kfold.CV_METRICS:
+        assert remote["oof"]["patient"][k] == pytest.approx(local["oof"]["patient"][k], abs=1e-4), k
+    lp = pd.read_csv(cv["dir"] / "fold-0" / "oof_predictions.csv")
+    rp = pd.read_csv(tmp_path / "ray-cv" / "fold-0" / "oof_predictions.csv")
+    assert lp["image_id"].tolist() == rp["image_id"].tolist()
+    np.testing.assert_allclose(rp["prob"], lp["prob"], atol=1e-4)
+    # same layout whichever executor ran the fold
+    assert sorted(p.name for p in (tmp_path / "ray-cv" / "fold-0").iterdir()) == \
+        sorted(p.name for p in (cv["dir"] / "fold-0").iterdir())
