@@ -11,28 +11,18 @@ gives the same batches whichever worker thread builds them, so runs are reproduc
 
 from __future__ import annotations
 
+import copy
 import math
+import threading
 from collections.abc import Sequence
 
 import keras
 import numpy as np
-import pandas as pd
 
 from medxcept.augment import AugmentConfig, augment_batch, balanced_epoch_indices, class_weights
-from medxcept.preprocess import PreprocessCache, PreprocessConfig
+from medxcept.preprocess import load_images  # noqa: F401  (re-exported: it used to live here)
 
 __all__ = ["CohortDataset", "load_images", "sample_weights_for"]
-
-
-def load_images(df: pd.DataFrame, cache: PreprocessCache, cfg: PreprocessConfig) -> np.ndarray:
-    """Stack the cached preprocessed images of ``df`` rows into one uint8 array (N, px, px, 3)."""
-    out = np.empty((len(df), cfg.image_px, cfg.image_px, 3), dtype=np.uint8)
-    for i, (sha, frame) in enumerate(zip(df["sha256"], df["frame"])):
-        arr = cache.get(sha, int(frame), cfg)
-        if arr is None:
-            raise KeyError(f"image {df['image_id'].iloc[i]} is not in the preprocessing cache; re-run ingestion")
-        out[i] = arr
-    return out
 
 
 def sample_weights_for(y: np.ndarray, n_classes: int, aug: AugmentConfig) -> np.ndarray | None:
@@ -79,6 +69,21 @@ class CohortDataset(keras.utils.PyDataset):
         self.with_labels = with_labels
         self.epoch = 0
         self._order = self._epoch_order()
+        self._local = threading.local()  # one augmentation pipeline per worker thread
+
+    def set_epoch(self, epoch: int) -> None:
+        """Continue as epoch ``epoch`` (0-based) would: used when a training run resumes."""
+        self.epoch = int(epoch)
+        self._order = self._epoch_order()
+
+    def _augment(self) -> object:
+        # albumentations pipelines are re-seeded per image (augment_batch): sharing one between
+        # worker threads would let one thread's seed leak into another's image.
+        aug = getattr(self._local, "augment", None)
+        if aug is None:
+            aug = self.augment if threading.current_thread() is threading.main_thread() else copy.deepcopy(self.augment)
+            self._local.augment = aug
+        return aug
 
     def _epoch_order(self) -> np.ndarray:
         if self.balance == "sampling":
@@ -102,8 +107,9 @@ class CohortDataset(keras.utils.PyDataset):
         x = self.images[idx]
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, i])
-            x = augment_batch(self.augment, x, rng=rng)
-        x = x.astype(np.float32)  # uint8 range; the model's Rescaling layer maps to [-1, 1]
+            x = augment_batch(self._augment(), x, rng=rng)
+        # uint8 stays uint8 (a quarter of the bytes to move to an accelerator); the model casts it
+        # and its Rescaling layer maps [0, 255] to Xception's [-1, 1]
         if not self.with_labels:
             return (x,)
         if self.sample_weights is not None:

@@ -24,7 +24,7 @@ import yaml
 
 from medxcept.config import RunConfig, config_hash, config_to_dict
 
-__all__ = ["RunDir", "package_versions", "code_version", "data_hash"]
+__all__ = ["RunDir", "package_versions", "code_version", "data_hash", "load_run_config"]
 
 PACKAGES = ("medxcept", "keras", "tensorflow", "jax", "torch", "numpy", "pandas", "scikit-learn",
             "scikit-image", "scipy", "albumentations", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg",
@@ -130,6 +130,21 @@ class RunDir:
         except OSError:
             pass
         return p
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The resolved configuration a run saved in ``config.yaml`` (its descriptive extras dropped)."""
+    import dataclasses
+
+    from medxcept.config import _build
+    from medxcept.errors import ConfigError
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: {run_dir} is not a medxcept run directory")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    return _build(RunConfig, {k: v for k, v in data.items() if k in known}, "")
 
 
 def _json_default(o: Any) -> Any:

@@ -30,10 +30,14 @@ interrupted run can resume.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,10 +45,12 @@ import keras
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
+from tqdm.auto import tqdm
 
 from medxcept.augment import AugmentConfig, build_augment
-from medxcept.config import RunConfig
+from medxcept.config import RunConfig, config_hash
 from medxcept.data import CohortDataset, sample_weights_for
+from medxcept.errors import ConfigError
 from medxcept.model import (
     WeightsInfo,
     build_model,
@@ -53,7 +59,7 @@ from medxcept.model import (
     unfreeze_top_blocks,
 )
 
-__all__ = ["TrainResult", "fit", "predict_logits", "PatientAUC", "set_seeds"]
+__all__ = ["TrainResult", "fit", "predict_logits", "PatientAUC", "BestEpoch", "set_seeds"]
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +130,91 @@ class PatientAUC(keras.callbacks.Callback):
             logs["val_patient_auc"] = auc
 
 
-class _History(keras.callbacks.Callback):
-    """Collects every epoch of every stage, with the learning rate, and checkpoints each epoch."""
+class BestEpoch(keras.callbacks.Callback):
+    """Early stopping on validation patient-level AUC, ties broken by the lower validation loss.
 
-    def __init__(self, stage: str, rows: list[dict], checkpoint_dir: Path | None, offset: int) -> None:
+    Patient-level AUC on a validation split of a few dozen patients takes few distinct values: it
+    often reaches 1.0 in the first epoch, while the probabilities are still near 0.5, and stays
+    there. Keras' ``EarlyStopping`` keeps the *first* epoch of a tie, so it would return that
+    barely trained model. Here an epoch is better when its AUC is higher (by more than
+    ``min_delta``) or equal (within ``min_delta``) with a lower ``val_loss``. Training stops after
+    ``patience`` epochs without a better one; the best epoch's weights are restored at the end
+    (``restore=True``) and, with a checkpoint directory, kept in ``best.weights.h5`` so a resumed
+    run can restore them too.
+
+    Args:
+        patience: epochs without improvement before stopping; ``None`` never stops (selection only).
+        min_delta: AUC differences up to this are ties.
+        checkpoint_dir: where ``best.weights.h5`` is written, or ``None``.
+        state: the ``state()`` of an interrupted run, to resume its bookkeeping.
+        epoch_offset: epochs completed in earlier stages (for the reported global epoch number).
+    """
+
+    def __init__(self, patience: int | None, *, min_delta: float = 1e-6, checkpoint_dir: Path | None = None,
+                 state: dict | None = None, epoch_offset: int = 0, restore: bool = True) -> None:
         super().__init__()
-        self.stage, self.rows, self.checkpoint_dir, self.offset = stage, rows, checkpoint_dir, offset
+        self.patience, self.min_delta, self.checkpoint_dir = patience, min_delta, checkpoint_dir
+        self.epoch_offset, self.restore = epoch_offset, restore
+        state = state or {}
+        self.best_auc: float = state.get("best_auc", -math.inf)
+        self.best_loss: float = state.get("best_loss", math.inf)
+        self.best_epoch: int | None = state.get("best_epoch")
+        self.wait: int = state.get("wait", 0)
+        self.stopped: bool = state.get("stopped", False)
+        self._best_weights: list[np.ndarray] | None = None
+
+    def state(self) -> dict:
+        return {"best_auc": self.best_auc, "best_loss": self.best_loss, "best_epoch": self.best_epoch,
+                "wait": self.wait, "stopped": self.stopped}
+
+    def is_better(self, auc: float, loss: float) -> bool:
+        auc = -math.inf if auc is None or math.isnan(auc) else auc
+        loss = math.inf if loss is None or math.isnan(loss) else loss
+        if auc > self.best_auc + self.min_delta:
+            return True
+        return auc >= self.best_auc - self.min_delta and loss < self.best_loss
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        auc, loss = logs.get("val_patient_auc", float("nan")), logs.get("val_loss", float("nan"))
+        if self.is_better(auc, loss):
+            self.best_auc = -math.inf if math.isnan(auc) else float(auc)
+            self.best_loss = math.inf if math.isnan(loss) else float(loss)
+            self.best_epoch = self.epoch_offset + epoch + 1
+            self.wait = 0
+            self._best_weights = self.model.get_weights()
+            if self.checkpoint_dir is not None:
+                self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+                self.model.save_weights(self.checkpoint_dir / "best.weights.h5")
+        else:
+            self.wait += 1
+            if self.patience is not None and self.wait >= self.patience:
+                self.stopped = True
+                self.model.stop_training = True
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if not self.restore or self.best_epoch is None:
+            return
+        if self._best_weights is not None:
+            self.model.set_weights(self._best_weights)
+        elif self.checkpoint_dir is not None and (self.checkpoint_dir / "best.weights.h5").is_file():
+            self.model.load_weights(self.checkpoint_dir / "best.weights.h5")  # best epoch was before a resume
+        log.info("restored the weights of epoch %d (validation patient AUC %.3f, loss %.4f)",
+                 self.best_epoch, self.best_auc, self.best_loss)
+
+
+class _History(keras.callbacks.Callback):
+    """Collects every epoch of every stage, with the learning rate, and checkpoints each epoch.
+
+    The checkpoint (``last.weights.h5`` with the optimizer state, then ``state.json``, atomically)
+    holds everything :func:`fit` needs to continue after the last completed epoch.
+    """
+
+    def __init__(self, stage: str, rows: list[dict], checkpoint: _Checkpoint | None, offset: int,
+                 save_state: object) -> None:
+        super().__init__()
+        self.stage, self.rows, self.checkpoint, self.offset = stage, rows, checkpoint, offset
+        self.save_state = save_state
         self._t0 = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -143,11 +228,65 @@ class _History(keras.callbacks.Callback):
                "lr": float(keras.ops.convert_to_numpy(lr))}
         row.update({k: float(v) for k, v in logs.items() if k != "learning_rate"})
         self.rows.append(row)
-        if self.checkpoint_dir is not None:
-            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            self.model.save_weights(self.checkpoint_dir / "last.weights.h5")
-            (self.checkpoint_dir / "state.json").write_text(json.dumps(
-                {"stage": self.stage, "epoch": row["epoch"]}))
+        if self.checkpoint is not None:
+            self.save_state(epoch + 1, finished=False)
+
+
+class _Progress(keras.callbacks.Callback):
+    """A tqdm bar over the steps of a stage and one log line per epoch."""
+
+    def __init__(self, stage: str, epochs: int, steps: int, initial_epoch: int, offset: int) -> None:
+        super().__init__()
+        self.stage, self.epochs, self.steps, self.offset = stage, epochs, steps, offset
+        self.bar = tqdm(total=(epochs - initial_epoch) * steps, desc=f"training ({stage.split(' (')[0]})",
+                        unit="step", leave=False, dynamic_ncols=True)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.bar.update(1)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        log.info("epoch %d (%s %d/%d): loss %.4f, val loss %.4f, val patient AUC %.3f", self.offset + epoch + 1,
+                 self.stage.split(" (")[0], epoch + 1, self.epochs, logs.get("loss", float("nan")),
+                 logs.get("val_loss", float("nan")), logs.get("val_patient_auc", float("nan")))
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self.bar.close()
+
+
+class _Checkpoint:
+    """Per-epoch checkpoint files in ``<run>/checkpoints``: weights, optimizer state, bookkeeping."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def state_file(self) -> Path:
+        return self.path / "state.json"
+
+    def read_state(self) -> dict | None:
+        if not self.state_file.is_file():
+            return None
+        return json.loads(self.state_file.read_text())
+
+    def save(self, model: keras.Model, state: dict) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        model.save_weights(self.path / "last.weights.h5")  # Keras 3 stores the optimizer's variables too
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1, default=float))
+        os.replace(tmp, self.state_file)  # written last: a state file means the weights file is complete
+
+    def restore(self, model: keras.Model, *, optimizer: bool = True) -> None:
+        """Load the last weights; with ``optimizer``, its state too (moments, step count, schedule)."""
+        if optimizer:
+            model.optimizer.build(model.trainable_variables)  # so that load_weights fills it
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.load_weights(self.path / "last.weights.h5")
+        skipped = [str(w.message) for w in caught if "Skipping variable loading for optimizer" in str(w.message)]
+        if optimizer and skipped:
+            raise ConfigError(f"the optimizer state in {self.path} does not match this model ({skipped[0]}); "
+                              "start a new run instead of resuming this one")
 
 
 def _compile(model: keras.Model, optimizer: keras.optimizers.Optimizer, n_classes: int,
@@ -173,9 +312,17 @@ def _schedule(peak_lr: float, steps_per_epoch: int, epochs: int, warmup_epochs: 
         peak_lr * 0.1, total, alpha=0.01, warmup_target=peak_lr, warmup_steps=warmup)
 
 
+@dataclass
+class _Stage:
+    name: str
+    epochs: int
+    early_stop: bool
+    prepare: Callable[[], None]  # sets trainable flags and compiles
+
+
 def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, val_y: np.ndarray,
         val_groups: np.ndarray, *, cfg: RunConfig, weights: WeightsInfo, n_classes: int,
-        run_dir: Path | None = None) -> TrainResult:
+        run_dir: Path | None = None, resume: bool = False) -> TrainResult:
     """Train a model with the configured recipe; return it with the best epoch's weights.
 
     Args:
@@ -186,6 +333,14 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
         weights: from :func:`medxcept.model.resolve_weights`.
         n_classes: number of classes.
         run_dir: where checkpoints go (``run_dir/checkpoints``); ``None`` disables them.
+        resume: continue from the checkpoint in ``run_dir/checkpoints`` after its last completed
+            epoch (weights, optimizer state, learning-rate schedule position, early-stopping
+            bookkeeping and history are restored; the data order of the next epochs is the one
+            the uninterrupted run would have used). Without a checkpoint it starts afresh. A
+            checkpoint written with another configuration or other data raises ``ConfigError``.
+
+    A resumed run reaches the same epoch count as an uninterrupted one; its numbers are close
+    but not bit-identical (dropout's random stream restarts).
     """
     t0 = time.perf_counter()
     tc = cfg.train
@@ -201,50 +356,102 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
     steps = len(train_ds)
     model = build_model(image_px=cfg.preprocess.image_px, n_classes=n_classes, dropout=cfg.model.dropout,
                         weights=weights, seed=cfg.seed)
-    ckpt = run_dir / "checkpoints" if run_dir is not None else None
+    ckpt = _Checkpoint(run_dir / "checkpoints") if run_dir is not None else None
+    fingerprint = {"config_hash": config_hash(cfg), "n_train": int(len(train_y)), "n_val": int(len(val_y)),
+                   "train_labels": hashlib.sha256(np.asarray(train_y, dtype=np.int64).tobytes()).hexdigest()[:16]}
     rows: list[dict] = []
     stages: list[dict] = []
     patient_auc = PatientAUC(val_images, val_y, val_groups, tc.batch_size)
 
-    def run_stage(name: str, epochs: int, early_stop: bool) -> None:
-        if epochs <= 0:
-            return
-        callbacks: list[keras.callbacks.Callback] = [patient_auc]
-        if early_stop:
-            callbacks.append(keras.callbacks.EarlyStopping(
-                monitor="val_patient_auc", mode="max", patience=tc.patience, restore_best_weights=True,
-                verbose=0))
-        callbacks.append(_History(name, rows, ckpt, offset=len(rows)))
-        stages.append({"stage": name, "max_epochs": epochs, "trainable_params": count_trainable(model)})
-        log.info("stage %s: %d epoch(s), %d trainable parameters", name, epochs, stages[-1]["trainable_params"])
-        model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=0)
-
+    plan: list[_Stage] = []
     if baseline:
-        freeze_base(model)
-        _compile(model, keras.optimizers.Adam(tc.baseline_lr), n_classes, 0.0)
-        run_stage("baseline (frozen base, Adam)", tc.baseline_epochs, early_stop=False)
+        def prep_baseline() -> None:
+            freeze_base(model)
+            _compile(model, keras.optimizers.Adam(tc.baseline_lr), n_classes, 0.0)
+        plan.append(_Stage("baseline (frozen base, Adam)", tc.baseline_epochs, False, prep_baseline))
     elif weights.pretrained:
-        freeze_base(model)
-        _compile(model, keras.optimizers.Adam(tc.head_lr), n_classes, tc.label_smoothing)
-        run_stage("1: head (base frozen)", tc.head_epochs, early_stop=False)
-        unfreeze_top_blocks(model, tc.unfreeze_blocks, keep_bn_frozen=True)
-        opt = keras.optimizers.AdamW(_schedule(tc.finetune_lr, steps, tc.finetune_epochs, tc.warmup_epochs),
-                                     weight_decay=tc.weight_decay)
-        _compile(model, opt, n_classes, tc.label_smoothing)  # recompile: trainable flags changed
-        run_stage(f"2: top {tc.unfreeze_blocks} block(s) unfrozen", tc.finetune_epochs, early_stop=True)
+        def prep_head() -> None:
+            freeze_base(model)
+            _compile(model, keras.optimizers.Adam(tc.head_lr), n_classes, tc.label_smoothing)
+
+        def prep_finetune() -> None:
+            unfreeze_top_blocks(model, tc.unfreeze_blocks, keep_bn_frozen=True)
+            opt = keras.optimizers.AdamW(_schedule(tc.finetune_lr, steps, tc.finetune_epochs, tc.warmup_epochs),
+                                         weight_decay=tc.weight_decay)
+            _compile(model, opt, n_classes, tc.label_smoothing)  # recompile: trainable flags changed
+        plan.append(_Stage("1: head (base frozen)", tc.head_epochs, False, prep_head))
+        plan.append(_Stage(f"2: top {tc.unfreeze_blocks} block(s) unfrozen", tc.finetune_epochs, True,
+                           prep_finetune))
     else:
         epochs = tc.head_epochs + tc.finetune_epochs
-        opt = keras.optimizers.AdamW(_schedule(tc.head_lr, steps, epochs, tc.warmup_epochs),
-                                     weight_decay=tc.weight_decay)
-        _compile(model, opt, n_classes, tc.label_smoothing)
-        run_stage("from scratch (not pretrained: whole network)", epochs, early_stop=True)
+
+        def prep_scratch() -> None:
+            opt = keras.optimizers.AdamW(_schedule(tc.head_lr, steps, epochs, tc.warmup_epochs),
+                                         weight_decay=tc.weight_decay)
+            _compile(model, opt, n_classes, tc.label_smoothing)
+        plan.append(_Stage("from scratch (not pretrained: whole network)", epochs, True, prep_scratch))
+
+    # ---- resume: where the checkpoint left off
+    start_stage, start_epoch, es_state = 0, 0, None
+    state = ckpt.read_state() if (ckpt is not None and resume) else None
+    if state is not None:
+        if state.get("fingerprint") != fingerprint:
+            raise ConfigError(
+                f"cannot resume from {ckpt.path}: it was written with another configuration or other data "
+                f"(checkpoint {state.get('fingerprint')}, this run {fingerprint}). Start a new run instead.")
+        rows.extend(state["rows"])
+        stages.extend(state["stages"])
+        start_stage, start_epoch, es_state = state["stage_index"], state["stage_epochs_done"], state["early_stop"]
+        if state["stage_finished"]:
+            start_stage, start_epoch, es_state = start_stage + 1, 0, None
+        log.info("resuming from %s: %d epoch(s) done", ckpt.path, len(rows))
+    elif resume:
+        log.warning("--resume: no checkpoint in %s; training from the start", ckpt.path if ckpt else "memory")
+    best_epoch: int | None = None
+
+    for index, stage in enumerate(plan):
+        if index < start_stage or stage.epochs <= 0:
+            continue
+        stage.prepare()
+        resuming = state is not None and index == state["stage_index"] and not state["stage_finished"]
+        if resuming:
+            ckpt.restore(model)  # weights, optimizer state and learning-rate schedule position
+        elif state is not None and index == start_stage:
+            ckpt.restore(model, optimizer=False)  # the previous stage's final (best) weights
+        offset = len(rows) - start_epoch if resuming else len(rows)
+        train_ds.set_epoch(len(rows))
+        chooser = BestEpoch(tc.patience if stage.early_stop else None,
+                            checkpoint_dir=ckpt.path if (ckpt and stage.early_stop) else None,
+                            state=es_state if resuming else None, epoch_offset=offset, restore=stage.early_stop)
+
+        def save_state(done: int, *, finished: bool, _i: int = index, _c: BestEpoch = chooser) -> None:
+            ckpt.save(model, {"fingerprint": fingerprint, "stage_index": _i, "stage_epochs_done": done,
+                              "stage_finished": finished, "early_stop": _c.state(), "rows": rows,
+                              "stages": stages})
+
+        initial = start_epoch if resuming else 0
+        callbacks: list[keras.callbacks.Callback] = [
+            patient_auc, chooser, _History(stage.name, rows, ckpt, offset, save_state),
+            _Progress(stage.name, stage.epochs, steps, initial, offset)]
+        if not resuming:
+            stages.append({"stage": stage.name, "max_epochs": stage.epochs, "trainable_params": count_trainable(model)})
+        log.info("stage %s: %d epoch(s), %d trainable parameters", stage.name, stage.epochs,
+                 stages[-1]["trainable_params"])
+        if initial < stage.epochs and not chooser.stopped:
+            model.fit(train_ds, validation_data=val_ds, epochs=stage.epochs, initial_epoch=initial,
+                      callbacks=callbacks, verbose=0)
+        else:
+            callbacks[-1].on_train_end()  # close the progress bar
+            chooser.set_model(model)
+            chooser.on_train_end()
+        if stage.early_stop:
+            best_epoch = chooser.best_epoch
+        if ckpt is not None:
+            save_state(len(rows) - offset, finished=True)  # with the best weights restored
 
     history = pd.DataFrame(rows)
-    best_epoch = int(history["epoch"].iloc[-1]) if len(history) else 0
-    if len(history) and not baseline and history["val_patient_auc"].notna().any():
-        last_stage = history[history["stage"] == history["stage"].iloc[-1]]
-        if len(last_stage) and last_stage["val_patient_auc"].notna().any():
-            best_epoch = int(last_stage.loc[last_stage["val_patient_auc"].idxmax(), "epoch"])
+    if best_epoch is None:
+        best_epoch = int(history["epoch"].iloc[-1]) if len(history) else 0
     return TrainResult(model=model, history=history, best_epoch=best_epoch, stages=stages,
                        seconds=time.perf_counter() - t0)
 

@@ -12,97 +12,83 @@ Exit status: 0 on success, 2 on a problem the user can fix (the message says wha
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+
+from pipelines._cli import (
+    CONFIG_OPTIONS,
+    add_output_options,
+    add_training_options,
+    configure_logging,
+    overrides,
+    run_main,
+)
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 DEFAULT_COHORT = Path(__file__).resolve().parent.parent / "cohorts" / "demo.yaml"
-SUBCOMMANDS = ("run", "evaluate")
+SUBCOMMANDS = ("run", "evaluate", "check")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cohort and output")
     g.add_argument("--cohort", default=str(DEFAULT_COHORT),
                    help="cohort definition (YAML); default: the embedded synthetic demo cohort")
-    g.add_argument("--config", help="a run-configuration YAML (overrides the cohort's defaults)")
-    g.add_argument("--out-dir", help="where run directories are created (default: reports/)")
     g.add_argument("--run-name", help="name of the run directory (default: <date>-<cohort>-<config hash>)")
-    g.add_argument("--seed", type=int, help="seed for splits, initialization, augmentation and bootstrap")
-    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any configuration field, e.g. --set train.patience=5 (repeatable)")
-    g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    g.add_argument("-q", "--quiet", action="store_true", help="only warnings, errors and the report path")
+    add_output_options(g)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.retina [run|evaluate]",
+        prog="python -m pipelines.retina [run|evaluate|check]",
         description="Train and honestly evaluate an Xception classifier on a small medical imaging cohort: "
                     "ingest DICOM and photographs, split by patient, audit for leakage, fine-tune, calibrate, "
                     "and write a self-contained HTML report. Without arguments: the embedded demo cohort.",
         epilog="Subcommands: 'run' (default) trains and evaluates; 'evaluate --run DIR --cohort FILE' applies a "
-               "trained run to another cohort (external validation). Exit status 2 means a problem with the "
-               "input or options, explained in one line.")
+               "trained run to another cohort (external validation); 'check --cohort FILE' ingests, splits and "
+               "audits a cohort without training. Exit status 2 means a problem with the input or options, "
+               "explained in one line.")
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="train and evaluate (default)", description=parser.description,
                          epilog=parser.epilog)
     _add_common(run)
     g = run.add_argument_group("model and training")
-    g.add_argument("--weights", help="imagenet (from Keras' cache, never downloaded) | none (random "
-                   "initialization, marked in the report) | PATH to a .h5/.weights.h5/.keras file")
-    g.add_argument("--recipe", choices=["default", "baseline"],
-                   help="default: the limited-data recipe; baseline: the common tutorial recipe, for comparison")
-    g.add_argument("--image-px", type=int, help="input size in pixels (>= 71; Xception's native size is 299)")
-    g.add_argument("--batch-size", type=int, help="images per training step")
-    g.add_argument("--head-epochs", type=int, help="stage 1 epochs (frozen base)")
-    g.add_argument("--finetune-epochs", type=int, help="stage 2 epochs (top blocks unfrozen), maximum")
-    g.add_argument("--on-leak", choices=["error", "warn", "fix"],
-                   help="what a cross-split duplicate or patient overlap does: stop (default), warn, or regroup")
+    add_training_options(g)
+    g.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run after its last completed epoch, with the configuration "
+                        "saved in RUN_DIR/config.yaml (no other configuration option may be given)")
     ev = sub.add_parser("evaluate", help="apply a trained run to another cohort (external validation)",
                         description="apply a trained run (model, preprocessing, calibration, threshold) "
                                     "unchanged to another cohort and write the same report")
     _add_common(ev)
     ev.add_argument("--run", required=True, help="the run directory of the trained model")
+    ck = sub.add_parser("check", help="ingest, split and audit a cohort; no training",
+                        description="check a cohort before training: ingestion with its exclusion log, the "
+                                    "patient-level split and the integrity audit, in check.html")
+    _add_common(ck)
+    ck.add_argument("--on-leak", choices=["error", "warn", "fix"],
+                    help="what a cross-split duplicate or patient overlap does (default: error)")
     return parser
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+def _resume(args: argparse.Namespace) -> Path:
+    from medxcept.cohort import load_cohort_spec
     from medxcept.errors import ConfigError
+    from medxcept.pipeline import run_pipeline
+    from medxcept.run import load_run_config
 
-    out: dict[str, Any] = {}
-    mapping = {"out_dir": "out_dir", "seed": "seed", "weights": "model.weights", "recipe": "train.recipe",
-               "image_px": "preprocess.image_px", "batch_size": "train.batch_size",
-               "head_epochs": "train.head_epochs", "finetune_epochs": "train.finetune_epochs",
-               "on_leak": "audit.on_leak"}
-    for attr, key in mapping.items():
-        value = getattr(args, attr, None)
-        if value is not None:
-            out[key] = value
-    for item in args.set:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.patience=5")
-        key, value = item.split("=", 1)
-        import yaml
-
-        out[key.strip()] = yaml.safe_load(value)
-    if "seed" in out:
-        out.setdefault("split.seed", out["seed"])
-    return out
-
-
-def _logging(args: argparse.Namespace) -> None:
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    root = logging.getLogger("medxcept")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+    given = [f"--{k.replace('_', '-')}" for k in CONFIG_OPTIONS if getattr(args, k, None) is not None]
+    given += ["--set"] if args.set else []
+    given += ["--config"] if args.config else []
+    given += ["--cohort"] if args.cohort != str(DEFAULT_COHORT) else []
+    if given:
+        raise ConfigError(f"--resume takes the configuration saved in the run directory; do not combine it with "
+                          f"{', '.join(given)} (start a new run to change options)")
+    run_dir = Path(args.resume)
+    cfg = load_run_config(run_dir)
+    return run_pipeline(cfg, load_cohort_spec(cfg.cohort), resume_dir=run_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,31 +96,30 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in SUBCOMMANDS:
         argv.insert(0, "run")  # 'run' is the default; its --help lists every option
     args = build_parser().parse_args(argv)
-    _logging(args)
-    from medxcept.errors import MedxceptError
+    configure_logging(args)
 
-    try:
+    def work() -> Path:
         from medxcept.cohort import load_cohort_spec
         from medxcept.config import load_config
 
+        if args.command == "run" and args.resume:
+            return _resume(args)
         spec = load_cohort_spec(args.cohort)
-        cfg = load_config(cohort_defaults=spec.defaults, config_file=args.config, overrides=_overrides(args))
+        cfg = load_config(cohort_defaults=spec.defaults, config_file=args.config,
+                          overrides={"cohort": args.cohort, **overrides(args)}, cohort_dir=spec.base_dir)
         if args.command == "evaluate":
             from medxcept.external import evaluate_run
 
-            report = evaluate_run(Path(args.run), spec, cfg, run_name=args.run_name)
-        else:
-            from medxcept.pipeline import run_pipeline
+            return evaluate_run(Path(args.run), spec, cfg, run_name=args.run_name)
+        if args.command == "check":
+            from medxcept.check import check_cohort
 
-            report = run_pipeline(cfg, spec, run_name=args.run_name)
-    except MedxceptError as exc:
-        print(f"medxcept: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("medxcept: interrupted", file=sys.stderr)
-        return 130
-    print(report)
-    return 0
+            return check_cohort(spec, cfg, out_dir=Path(cfg.out_dir), run_name=args.run_name)
+        from medxcept.pipeline import run_pipeline
+
+        return run_pipeline(cfg, spec, run_name=args.run_name)
+
+    return run_main(work)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,93 @@
+"""What the command-line pipelines share: options that map onto the configuration, logging, exit codes.
+
+Each pipeline module (``retina``, ``kfold``, ``compare``) only parses its own arguments; the options
+that set configuration fields are declared once here, so ``--image-px`` means the same everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# option attribute -> configuration key (dotted) that it overrides
+CONFIG_OPTIONS = {"out_dir": "out_dir", "seed": "seed", "weights": "model.weights", "recipe": "train.recipe",
+                  "image_px": "preprocess.image_px", "batch_size": "train.batch_size",
+                  "head_epochs": "train.head_epochs", "finetune_epochs": "train.finetune_epochs",
+                  "on_leak": "audit.on_leak"}
+
+
+def add_training_options(g: argparse._ArgumentGroup) -> None:
+    """``--weights``, ``--recipe``, ``--image-px``, ``--batch-size``, epochs and ``--on-leak``."""
+    g.add_argument("--weights", help="imagenet (from Keras' cache, never downloaded) | none (random "
+                   "initialization, marked in the report) | PATH to a .h5/.weights.h5/.keras file")
+    g.add_argument("--recipe", choices=["default", "baseline"],
+                   help="default: the limited-data recipe; baseline: the common tutorial recipe, for comparison")
+    g.add_argument("--image-px", type=int, help="input size in pixels (>= 71; Xception's native size is 299)")
+    g.add_argument("--batch-size", type=int, help="images per training step")
+    g.add_argument("--head-epochs", type=int, help="stage 1 epochs (frozen base)")
+    g.add_argument("--finetune-epochs", type=int, help="stage 2 epochs (top blocks unfrozen), maximum")
+    g.add_argument("--on-leak", choices=["error", "warn", "fix"],
+                   help="what a cross-split duplicate or patient overlap does: stop (default), warn, or regroup")
+
+
+def add_output_options(g: argparse._ArgumentGroup) -> None:
+    """``--config``, ``--out-dir``, ``--seed``, ``--set``, ``-v``, ``-q``."""
+    g.add_argument("--config", help="a run-configuration YAML (overrides the cohort's defaults)")
+    g.add_argument("--out-dir", help="where run directories are created (default: reports/)")
+    g.add_argument("--seed", type=int, help="seed for splits, initialization, augmentation and bootstrap")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any configuration field, e.g. --set train.patience=5 (repeatable)")
+    g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    g.add_argument("-q", "--quiet", action="store_true", help="only warnings, errors and the report path")
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The configuration overrides given by options and ``--set KEY=VALUE``."""
+    import yaml
+
+    from medxcept.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for attr, key in CONFIG_OPTIONS.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            out[key] = value
+    for item in getattr(args, "set", []) or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.patience=5")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    if "seed" in out:
+        out.setdefault("split.seed", out["seed"])
+    return out
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    """medxcept's log lines on stderr, bare; ``-v`` debug, ``-q`` warnings only."""
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("medxcept")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def run_main(work: Callable[[], Path | str], *, interrupted: str = "interrupted") -> int:
+    """Run ``work`` and print its result; a user-fixable problem is one line on stderr and exit 2."""
+    from medxcept.errors import MedxceptError
+
+    try:
+        out = work()
+    except MedxceptError as exc:
+        print(f"medxcept: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"medxcept: {interrupted}", file=sys.stderr)
+        return 130
+    print(out)
+    return 0

@@ -1,0 +1,176 @@
+"""Training: best-epoch selection, restoring its weights, resuming from a checkpoint, seeds.
+
+The selection and restore tests use a tiny dense model and scripted validation logs, so what the
+right epoch is, is known. The fit tests train Xception at 71 px on 48 synthetic images where the
+lesion signal is planted, so they are marked slow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from medxcept.errors import ConfigError
+from medxcept.train import BestEpoch
+
+# ---------------------------------------------------------------- best epoch (no Xception needed)
+
+
+def _scripted_fit(logs_per_epoch, patience):
+    """Run BestEpoch over scripted (val_patient_auc, val_loss) epochs on a model whose single
+    weight is set to the epoch number, so the restored weight says which epoch was restored."""
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
+    chooser = BestEpoch(patience)
+    chooser.set_model(model)
+    model.stop_training = False  # as Model.fit sets it
+    ran = 0
+    for epoch, (auc, loss) in enumerate(logs_per_epoch):
+        model.layers[0].kernel.assign(np.full((1, 1), float(epoch + 1)))
+        chooser.on_epoch_end(epoch, {"val_patient_auc": auc, "val_loss": loss})
+        ran += 1
+        if model.stop_training:
+            break
+    chooser.on_train_end()
+    return chooser, float(model.layers[0].kernel.numpy()[0, 0]), ran
+
+
+def test_tied_auc_is_broken_by_the_lower_validation_loss():
+    # AUC saturates at 1.0 in epoch 1 while the loss keeps falling: the first tie is the least trained model
+    logs = [(1.0, 0.69), (1.0, 0.52), (1.0, 0.31), (1.0, 0.35), (0.9, 0.2)]
+    chooser, restored, ran = _scripted_fit(logs, patience=5)
+    assert chooser.best_epoch == 3
+    assert restored == 3.0, "the weights of the best epoch must be restored"
+    assert ran == 5
+
+
+def test_higher_auc_wins_over_lower_loss_and_patience_stops():
+    logs = [(0.70, 0.40), (0.85, 0.60), (0.80, 0.30), (0.84, 0.20), (0.99, 0.10)]
+    chooser, restored, ran = _scripted_fit(logs, patience=2)
+    assert chooser.best_epoch == 2 and restored == 2.0
+    assert ran == 4, "two epochs without improvement after epoch 2 stop training"
+    assert chooser.stopped
+
+
+def test_undefined_auc_never_beats_a_defined_one():
+    logs = [(float("nan"), 0.1), (0.6, 0.9), (float("nan"), 0.05)]
+    chooser, restored, _ = _scripted_fit(logs, patience=None)
+    assert chooser.best_epoch == 2 and restored == 2.0
+
+
+def test_state_round_trip_continues_the_patience_count():
+    first, _, _ = _scripted_fit([(0.8, 0.5), (0.7, 0.5)], patience=3)
+    state = json.loads(json.dumps(first.state()))
+    resumed = BestEpoch(3, state=state, epoch_offset=2)
+    assert (resumed.best_epoch, resumed.wait) == (1, 1)
+    assert not resumed.is_better(0.8, 0.6) and resumed.is_better(0.8, 0.4)
+
+
+# ---------------------------------------------------------------------- fit on a tiny cohort
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    import os
+
+    from medxcept.cohort import load_cohort_spec
+    from medxcept.config import load_config
+    from medxcept.data import load_images
+    from medxcept.pipeline import prepare_cohort
+    from medxcept.splits import assign_splits
+    from tests.conftest import TINY_COHORT
+
+    d = tmp_path_factory.mktemp("train")
+    os.environ.setdefault("MEDXCEPT_CACHE", str(d / "cache"))
+    cohort = d / "tiny.yaml"
+    cohort.write_text(TINY_COHORT.format(n_patients=24, seed=3), encoding="utf-8")
+    spec = load_cohort_spec(cohort)
+    cfg = load_config(cohort_defaults=spec.defaults, overrides={
+        "train.head_epochs": 2, "train.finetune_epochs": 2, "train.patience": 10, "train.workers": 2})
+    ing, cache = prepare_cohort(spec, cfg)
+    table = assign_splits(ing.table, cfg.split)
+    images = load_images(table, cache, cfg.preprocess)
+    tr, va = (np.flatnonzero(table["split"].to_numpy() == s) for s in ("train", "val"))
+    return {"cfg": cfg, "images": images, "table": table, "tr": tr, "va": va, "dir": d}
+
+
+def _fit(data, run_dir=None, resume=False, cfg=None):
+    from medxcept.model import resolve_weights
+    from medxcept.train import fit
+
+    t, tr, va = data["table"], data["tr"], data["va"]
+    return fit(data["images"][tr], t["y"].to_numpy()[tr], data["images"][va], t["y"].to_numpy()[va],
+               t["patient_key"].to_numpy()[va], cfg=cfg or data["cfg"], weights=resolve_weights("none"),
+               n_classes=2, run_dir=run_dir, resume=resume)
+
+
+def _val_logits(data, result):
+    from medxcept.train import predict_logits
+
+    return predict_logits(result.model, data["images"][data["va"]], batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_data):
+    return _fit(tiny_data)
+
+
+@pytest.mark.slow
+def test_fit_returns_the_weights_of_its_best_epoch(tiny_data, reference):
+    from medxcept.train import _patient_auc, _probs
+
+    h = reference.history
+    assert list(h["epoch"]) == [1, 2, 3, 4]
+    best = h[h["epoch"] == reference.best_epoch].iloc[0]
+    t, va = tiny_data["table"], tiny_data["va"]
+    auc = _patient_auc(t["patient_key"].to_numpy()[va], t["y"].to_numpy()[va], _probs(_val_logits(tiny_data, reference)))
+    # the returned model reproduces the best epoch's validation AUC, and that epoch is the best one
+    assert auc == pytest.approx(best["val_patient_auc"], abs=1e-6)
+    top = h[np.isclose(h["val_patient_auc"], h["val_patient_auc"].max(), atol=1e-6)]
+    assert best["val_loss"] == pytest.approx(top["val_loss"].min())
+
+
+@pytest.mark.slow
+def test_same_seed_gives_the_same_model(tiny_data, reference):
+    again = _fit(tiny_data)
+    np.testing.assert_allclose(again.history["val_loss"], reference.history["val_loss"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(_val_logits(tiny_data, again), _val_logits(tiny_data, reference), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_resume_continues_after_the_last_completed_epoch(tiny_data, reference, tmp_path, monkeypatch):
+    from medxcept import train
+
+    original = train._History.on_epoch_end
+
+    def crash_after_two(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if len(self.rows) == 2:
+            raise KeyboardInterrupt  # the process dies after epoch 2's checkpoint
+
+    monkeypatch.setattr(train._History, "on_epoch_end", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tiny_data, run_dir=tmp_path)
+    state = json.loads((tmp_path / "checkpoints" / "state.json").read_text())
+    assert len(state["rows"]) == 2
+    monkeypatch.setattr(train._History, "on_epoch_end", original)
+
+    resumed = _fit(tiny_data, run_dir=tmp_path, resume=True)
+    h, ref = resumed.history, reference.history
+    assert list(h["epoch"]) == list(ref["epoch"]), "a resumed run reaches the same epoch count"
+    # epochs 1-2 come from the checkpoint unchanged; the optimizer, schedule and data order were restored,
+    # so the continued epochs track the uninterrupted run
+    np.testing.assert_allclose(h["loss"].iloc[:2], ref["loss"].iloc[:2], rtol=1e-4)
+    np.testing.assert_allclose(h["lr"], ref["lr"], rtol=1e-5)
+    np.testing.assert_allclose(h["loss"].iloc[2:], ref["loss"].iloc[2:], rtol=0.05)
+    final = json.loads((tmp_path / "checkpoints" / "state.json").read_text())
+    assert final["stage_finished"] and len(final["rows"]) == 4
+
+    # a checkpoint of another configuration is never continued
+    cfg = tiny_data["cfg"]
+    other = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, patience=9))
+    with pytest.raises(ConfigError, match="another configuration"):
+        _fit(tiny_data, run_dir=tmp_path, resume=True, cfg=other)
