@@ -267,13 +267,20 @@ def _scaled_nll(log_t: float, z: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(special.logsumexp(s, axis=1) - s[np.arange(s.shape[0]), y]))
 
 
+SEPARATED_NOTE = ("the validation logits are perfectly separated: temperature scaling is not identifiable "
+                  "(the likelihood keeps improving as T -> 0), so T is left at 1 (no recalibration); "
+                  "calibration 'after' equals 'before'")
+
+
 def fit_temperature(logits: ArrayLike, y_true: ArrayLike) -> float:
     """Temperature ``T`` that minimises the NLL of ``sigmoid(z / T)`` or ``softmax(z / T)``.
 
     Fit on the validation split only. The search is over ``log T`` (bounded
     scalar minimisation, T in [0.01, 100]); a result at a bound warns, because it
-    means the logits carry no usable scale (perfectly separated, constant, or
-    unrelated to the labels).
+    means the logits carry no usable scale (constant, or unrelated to the labels).
+    Perfectly separated binary logits return ``T = 1`` with a warning
+    (:data:`SEPARATED_NOTE`): the optimum is at ``T -> 0``, which would saturate every
+    test probability.
 
     Parameters
     ----------
@@ -289,6 +296,11 @@ def fit_temperature(logits: ArrayLike, y_true: ArrayLike) -> float:
     """
     z, y = _check_logits(logits, y_true)
     assert y is not None
+    if z.ndim == 1 and 0 < y.sum() < y.shape[0] and z[y == 0].max() < z[y == 1].min():
+        # NLL keeps falling as T -> 0: any fitted "sharpening" is an artefact of the separation
+        # and would make test probabilities saturate (0 or 1) wherever the model is less perfect
+        warnings.warn(SEPARATED_NOTE, stacklevel=2)
+        return 1.0
     res = optimize.minimize_scalar(
         _scaled_nll,
         bounds=_LOG_T_BOUNDS,
@@ -429,18 +441,25 @@ class TemperatureScaler(Calibrator):
     name = "temperature"
 
     def _fit(self, z: np.ndarray, y: np.ndarray) -> None:
-        self.temperature_ = fit_temperature(z, y)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self.temperature_ = fit_temperature(z, y)
+        self.note_ = "; ".join(str(w.message) for w in caught) or None
+        for w in caught:
+            warnings.warn(w.message, stacklevel=3)
         self._binary_input = z.ndim == 1
 
     def _predict(self, z: np.ndarray) -> np.ndarray:
         return _probs(z / self.temperature_)
 
     def _state(self) -> dict[str, Any]:
-        return {"temperature": float(self.temperature_), "binary_input": self.binary_input_}
+        return {"temperature": float(self.temperature_), "binary_input": self.binary_input_,
+                "note": getattr(self, "note_", None)}
 
     def _load(self, d: dict[str, Any]) -> None:
         self.temperature_ = float(d["temperature"])
         self._binary_input = bool(d["binary_input"])
+        self.note_ = d.get("note")
 
 
 class PlattScaler(Calibrator):

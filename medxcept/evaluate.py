@@ -365,7 +365,12 @@ def choose_threshold(
     Returns
     -------
     float
-        A value of ``y_prob``; cases with ``y_prob >= threshold`` are positive.
+        Cases with ``y_prob >= threshold`` are positive. The returned value is the
+        **midpoint** between the chosen score and the next lower validation score: it
+        classifies the validation cases exactly as the chosen score does, but does not sit
+        on a validation case's own score. (Placed on the lowest positive score, a
+        threshold of 1.0 from saturated, perfectly separated validation probabilities
+        calls every test positive at 0.9999 negative.)
 
     Raises
     ------
@@ -388,7 +393,7 @@ def choose_threshold(
         # Sensitivity at threshold t counts positives with p >= t, so the highest t
         # reaching the target is the k-th largest positive score.
         k = math.ceil(target * n_pos - 1e-9)
-        return float(np.sort(p[y == 1])[::-1][max(k, 1) - 1])
+        return _below(p, float(np.sort(p[y == 1])[::-1][max(k, 1) - 1]))
     if method != "youden":
         raise ValueError(f"method must be 'youden' or 'sensitivity'; got {method!r}")
     thresholds = np.unique(p)[::-1]  # descending, each a candidate
@@ -398,7 +403,13 @@ def choose_threshold(
     tp = np.cumsum(ys)[last]
     fp = np.cumsum(1 - ys)[last]
     # J * n_pos * n_neg in integers, so exact ties resolve to the highest threshold
-    return float(thresholds[int(np.argmax(tp * n_neg - fp * n_pos))])
+    return _below(p, float(thresholds[int(np.argmax(tp * n_neg - fp * n_pos))]))
+
+
+def _below(p: np.ndarray, chosen: float) -> float:
+    """Midpoint between ``chosen`` and the next lower distinct score (``chosen`` if none)."""
+    lower = p[p < chosen]
+    return chosen if lower.size == 0 else float((chosen + lower.max()) / 2)
 
 
 def aggregate_by_patient(

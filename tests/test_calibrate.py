@@ -156,11 +156,23 @@ def test_temperature_recovers_planted_multiclass_temperature():
     assert cal.fit_temperature(z, y) == pytest.approx(0.6, abs=0.05)
 
 
-def test_temperature_warns_at_search_bound():
+def test_separated_validation_leaves_temperature_at_one_and_says_why():
     z = np.array([-3.0, -2.0, 2.0, 3.0])  # perfectly separated: NLL keeps falling as T -> 0
+    with pytest.warns(UserWarning, match="perfectly separated"):
+        t = cal.fit_temperature(z, [0, 0, 1, 1])
+    assert t == 1.0
+    with pytest.warns(UserWarning):
+        scaler = cal.make_calibrator("temperature").fit(z, np.array([0, 0, 1, 1]))
+    state = scaler.to_dict()
+    assert state["temperature"] == 1.0 and "not identifiable" in state["note"]
+    np.testing.assert_allclose(scaler.predict_proba(z), 1 / (1 + np.exp(-z)))
+
+
+def test_temperature_warns_at_search_bound():
+    z = np.array([-0.001, 0.001, -0.001, 0.001])  # logits unrelated to the labels: no usable scale
     with pytest.warns(UserWarning, match="search bound"):
         t = cal.fit_temperature(z, [0, 0, 1, 1])
-    assert t < 0.02
+    assert t > 50
 
 
 @settings(max_examples=50, deadline=None)

@@ -256,8 +256,22 @@ def test_youden_threshold_maximises_j_over_all_candidates(data):
     t = ev.choose_threshold(y, p, method="youden")
     j = {c: sum(_sens_spec(y, p, c)) - 1 for c in np.unique(p)}
     best = max(j.values())
-    assert j[t] == pytest.approx(best)
-    assert t == max(c for c, v in j.items() if v >= best - 1e-12)  # ties: highest threshold
+    chosen = max(c for c, v in j.items() if v >= best - 1e-12)  # ties: highest threshold
+    assert sum(_sens_spec(y, p, t)) - 1 == pytest.approx(best)
+    # the midpoint below the chosen score: same validation decisions, not on a case's own score
+    lower = p[p < chosen]
+    assert t == (pytest.approx((chosen + lower.max()) / 2) if lower.size else chosen)
+    assert ((p >= t) == (p >= chosen)).all()
+
+
+def test_threshold_of_saturated_separated_probabilities_is_not_their_edge():
+    # validation perfectly separated with saturated probabilities: the old rule returned 1.0,
+    # so a test positive at 0.9999 was called negative
+    y = np.array([0, 0, 0, 1, 1, 1])
+    p = np.array([1e-9, 2e-9, 0.0, 1.0, 1.0, 1.0])
+    t = ev.choose_threshold(y, p)
+    assert t == pytest.approx(0.5, abs=1e-8)
+    assert 0.9999 >= t
 
 
 @pytest.mark.parametrize("target", [0.5, 0.7, 0.9, 1.0])
@@ -268,9 +282,12 @@ def test_sensitivity_threshold_is_highest_reaching_target(target):
     t = ev.choose_threshold(y, p, method="sensitivity", target=target)
     sens, _ = _sens_spec(y, p, t)
     assert sens >= target
-    higher = p[p > t]
+    chosen = p[p >= t].min()  # the lowest score still called positive
+    higher = p[p > chosen]
     if higher.size:
-        assert _sens_spec(y, p, higher.min())[0] < target
+        assert _sens_spec(y, p, higher.min())[0] < target  # the next higher score misses the target
+    lower = p[p < chosen]
+    assert t == (pytest.approx((chosen + lower.max()) / 2) if lower.size else chosen)
     # 10 positives: target 0.7 needs exactly 7 (0.7 * 10 is 7.000000000000001 in floats)
     assert sens == pytest.approx(math.ceil(round(target * 10, 9)) / 10)
 
