@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing as mp
 import os
 import secrets
 from concurrent.futures import ProcessPoolExecutor
@@ -29,8 +30,6 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import multiprocessing as mp
 
 import numpy as np
 import pandas as pd
@@ -141,7 +140,7 @@ def _decode_file(task: dict[str, Any]) -> dict[str, Any]:
         arr, meta = read_image(path, max_pixels=task["max_pixels"])
         frames, arrays = [0], [arr]
     rows, excluded = [], []
-    for frame_index, arr in zip(frames, arrays):
+    for frame_index, arr in zip(frames, arrays, strict=False):
         where = f"{path}#frame{frame_index}" if len(frames) > 1 else str(path)
         try:
             q = quality(arr, modality=task["modality"])
@@ -202,10 +201,30 @@ def _label_rows(spec: CohortSpec, source: SourceSpec, root: Path, files: list[Pa
             laterality_column=source.laterality_column, extra_columns=extra or None)
         labelled, match_issues = match_files(table, root, files)
     for issue in list(table_issues) + list(match_issues):
-        issues.append(issue.message)
         target = getattr(issue, "path", None) or (str(root / issue.file) if issue.file else str(source.labels))
+        if source.kind == "dicom" and getattr(issue, "kind", "") == "unlabelled_file":
+            # a DICOMDIR, SR or presentation state beside the images is normal in an export, not a
+            # labelling mistake: skip it as "not an image" (and do not stop an on_label_issue=error run)
+            skip = _not_an_image(Path(target))
+            if skip:
+                excluded.append({"path": str(target), "stage": "ingest", "reason": skip})
+                continue
+        issues.append(issue.message)
         excluded.append({"path": str(target), "stage": "label", "reason": issue.message})
     return labelled
+
+
+def _not_an_image(path: Path) -> str | None:
+    """The DICOM reader's "not an image: ..." reason for ``path``, or None (an image, or unreadable)."""
+    from medxcept.io.dicom import read_dicom_header
+
+    try:
+        read_dicom_header(path)
+    except ReadError as exc:
+        return exc.reason if exc.reason.startswith("not an image") else None
+    except OSError:  # unreadable: stays an ordinary unlabelled file
+        return None
+    return None
 
 
 def _resolve(spec: CohortSpec, rel: str | None) -> Path:
@@ -259,7 +278,7 @@ def ingest(spec: CohortSpec, *, preprocess_cfg: PreprocessConfig, cache: Preproc
     results = _run_tasks(tasks, workers)
 
     rows = []
-    for cand, res in zip(candidates, results):
+    for cand, res in zip(candidates, results, strict=False):
         excluded.extend(res.get("excluded", []))
         source: SourceSpec = cand["_source"]
         for r in res.get("rows", []):

@@ -8,6 +8,7 @@ composes them and writes the run directory.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,14 @@ from medxcept.calibrate import brier, ece, make_calibrator, mce, nll, reliabilit
 from medxcept.cohort import CohortSpec, public_view
 from medxcept.config import RunConfig, config_hash
 from medxcept.demo import cache_dir
-from medxcept.errors import CohortError
-from medxcept.evaluate import aggregate_by_patient, binary_metrics, bootstrap_ci, choose_threshold, multiclass_metrics
+from medxcept.errors import CohortError, ConfigError
+from medxcept.evaluate import (
+    aggregate_by_patient,
+    binary_metrics,
+    bootstrap_ci,
+    choose_threshold,
+    multiclass_metrics,
+)
 from medxcept.ingest import IngestResult, ingest
 from medxcept.preprocess import PreprocessCache
 from medxcept.run import RunDir, code_version, data_hash, environment, package_versions
@@ -119,7 +126,12 @@ def evaluate_predictions(*, val: pd.DataFrame, test: pd.DataFrame, val_logits: n
 
 
 def training_verdict(history: pd.DataFrame, best_epoch: int) -> dict[str, Any]:
-    """Plain-words overfitting verdict from the per-epoch history."""
+    """Plain-words overfitting verdict from the per-epoch history.
+
+    Three signs are read: validation AUC falling after its peak while training AUC still rises,
+    validation loss rising after its minimum while training loss still falls, and the
+    train-validation AUC gap at the kept epoch (> 0.10 clear, > 0.03 mild).
+    """
     if history.empty:
         return {"verdict": "no training epochs ran", "best_epoch": 0}
     last = history.iloc[-1]
@@ -130,25 +142,45 @@ def training_verdict(history: pd.DataFrame, best_epoch: int) -> dict[str, Any]:
     n = int(history["epoch"].max())
     parts = []
     vals = history["val_patient_auc"] if "val_patient_auc" in history else history.get("val_auc")
+    overfit = False
     if vals is not None and vals.notna().any():
-        peak = int(history.loc[vals.idxmax(), "epoch"])
-        parts.append(f"validation AUC peaked at epoch {peak} of {n} ({float(vals.max()):.3f})")
-        if peak < n:
-            after = history[history["epoch"] > peak]
-            if len(after) and float(after["auc"].iloc[-1]) > float(history.loc[vals.idxmax(), "auc"]):
-                parts.append("later epochs improved training AUC but not validation AUC: they overfit "
-                             f"(weights of epoch {best_epoch} kept)")
-            else:
-                parts.append(f"weights of epoch {best_epoch} kept")
+        top = float(vals.max())
+        first = int(history.loc[vals.idxmax(), "epoch"])
+        tied = history.loc[np.isclose(vals, top, atol=1e-6), "epoch"].tolist()
+        if len(tied) > 1:
+            parts.append(f"validation AUC reached its best ({top:.3f}) at epoch {first} of {n} and matched it in "
+                         f"{len(tied)} epochs; among those, epoch {best_epoch} had the lowest validation loss")
+        else:
+            parts.append(f"validation AUC peaked at epoch {first} of {n} ({top:.3f})")
+        if top >= 0.999:
+            parts.append("a validation AUC of 1 cannot rank epochs any further: the validation patients are "
+                         "perfectly separated, so the loss decides")
+        after = history[history["epoch"] > max(tied)]
+        if len(after) and float(vals.iloc[-1]) < top - 0.02 and float(after["auc"].iloc[-1]) >= float(
+                history.loc[vals.idxmax(), "auc"]):
+            parts.append("later epochs improved training AUC while validation AUC fell: they overfit")
+            overfit = True
+    if "val_loss" in history and history["val_loss"].notna().any():
+        vl = history["val_loss"]
+        low = int(history.loc[vl.idxmin(), "epoch"])
+        rise = float(vl.iloc[-1] - vl.min())
+        if low < n and rise > 0.05 * abs(float(vl.min())) and float(history["loss"].iloc[-1]) < float(
+                history.loc[vl.idxmin(), "loss"]):
+            parts.append(f"validation loss was lowest at epoch {low} and rose by {rise:.3f} by epoch {n} while "
+                         "training loss kept falling: later epochs overfit")
+            overfit = True
+    parts.append(f"weights of epoch {best_epoch} kept")
     if np.isfinite(gap):
         if gap > 0.10:
             parts.append(f"train-validation AUC gap {gap:.3f} at the kept epoch: clear overfitting")
         elif gap > 0.03:
-            parts.append(f"train-validation AUC gap {gap:.3f}: mild overfitting")
+            parts.append(f"train-validation AUC gap {gap:.3f} at the kept epoch: mild overfitting")
         else:
-            parts.append(f"train-validation AUC gap {gap:.3f}: no sign of overfitting")
+            parts.append(f"train-validation AUC gap {gap:.3f} at the kept epoch"
+                         + ("" if overfit else ": no sign of overfitting"))
     return {"verdict": "; ".join(parts) + ".", "best_epoch": int(best_epoch), "epochs_run": n,
             "train_auc_at_best": train_auc, "val_auc_at_best": val_auc, "gap_at_best": gap,
+            "overfitting_seen": overfit or (np.isfinite(gap) and gap > 0.03),
             "final_train_auc": float(last.get("auc", np.nan)),
             "final_val_auc": float(last.get("val_patient_auc", np.nan))}
 
@@ -165,14 +197,34 @@ def _summary_counts(table: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = None) -> Path:
-    """Run every stage on ``spec`` with ``cfg``; return the run directory.
+def split_and_audit(table: pd.DataFrame, images: np.ndarray, cfg: RunConfig,
+                    fp: pd.DataFrame | None = None) -> tuple[pd.DataFrame, Any]:
+    """Patient-level split (near-duplicates merged first under ``on_leak: fix``), then the audit.
+
+    Returns the table with ``split`` and the :class:`~medxcept.audit.AuditReport` (not yet
+    raised: the caller writes ``audit.json`` first). ``fp``: fingerprints of ``images`` if known.
+    """
+    fp = fingerprints(images) if fp is None else fp
+    merge = duplicate_groups(table, fp, cfg.audit.hamming_threshold) if cfg.audit.on_leak == "fix" else None
+    table = assign_splits(table, cfg.split, merge=merge)
+    report = audit_cohort(table, fp=fp, policy=cfg.audit.on_leak, hamming_threshold=cfg.audit.hamming_threshold,
+                          group_column=cfg.split.group_column)
+    return table, report
+
+
+def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = None,
+                 resume_dir: Path | None = None) -> Path:
+    """Run every stage on ``spec`` with ``cfg``; return the path of the report.
 
     Whole-run problems (no usable image, a class without patients, missing weights, leakage
     under ``policy=error``) raise a :class:`~medxcept.errors.MedxceptError` *before* training.
+
+    ``resume_dir``: an interrupted run directory to complete. Ingestion, split and audit are
+    redone (from the preprocessing cache, so quickly) and must give the split the run saved;
+    training continues after the last completed epoch of ``resume_dir/checkpoints``.
     """
     from medxcept.model import detect_device, resolve_weights
-    from medxcept.data import load_images
+    from medxcept.preprocess import load_images
     from medxcept.report import render_report
     from medxcept.train import fit, predict_logits, set_seeds
 
@@ -183,7 +235,11 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
         _say("! NOT PRETRAINED: --weights none, the model starts from random initialization. "
              "Results are from random initialization; the report says so on its first line.")
     set_seeds(cfg.seed)
-    run = RunDir.create(cfg.out_dir, spec.name, cfg, name=run_name)
+    if resume_dir is not None:
+        run = RunDir(_resumable(Path(resume_dir)))
+        _say(f"resuming {run.path}")
+    else:
+        run = RunDir.create(cfg.out_dir, spec.name, cfg, name=run_name)
     run.write_config(cfg, extra={"cohort_name": spec.name, "classes": list(spec.classes)})
     _say(f"run directory: {run.path}")
 
@@ -198,13 +254,11 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
 
     t = time.perf_counter()
     images = load_images(ing.table, cache, cfg.preprocess)
-    fp = fingerprints(images)
-    merge = duplicate_groups(ing.table, fp, cfg.audit.hamming_threshold) if cfg.audit.on_leak == "fix" else None
-    table = assign_splits(ing.table, cfg.split, merge=merge)
-    report = audit_cohort(table, fp=fp, policy=cfg.audit.on_leak, hamming_threshold=cfg.audit.hamming_threshold,
-                          group_column=cfg.split.group_column)
+    table, report = split_and_audit(ing.table, images, cfg)
     timings["audit_s"] = time.perf_counter() - t
     run.write_json("audit.json", report.to_dict())
+    if resume_dir is not None:
+        _same_split(run.file("split.csv"), split_table(table))
     run.write_csv("split.csv", split_table(table))
     run.write_csv("cohort.csv", public_view(table))
     report.raise_if_errors()
@@ -221,7 +275,8 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
     _say(f"training on {len(tr)} image(s) ({device['backend']} backend, {device['device']}) at "
          f"{cfg.preprocess.image_px} px, recipe '{cfg.train.recipe}'")
     result = fit(images[parts["train"]], tr["y"].to_numpy(), images[parts["val"]], va["y"].to_numpy(),
-                 va["patient_key"].to_numpy(), cfg=cfg, weights=weights, n_classes=spec.n_classes, run_dir=run.path)
+                 va["patient_key"].to_numpy(), cfg=cfg, weights=weights, n_classes=spec.n_classes, run_dir=run.path,
+                 resume=resume_dir is not None)
     timings["train_s"] = result.seconds
     run.write_csv("history.csv", result.history)
     result.model.save(run.file("model.keras"))
@@ -270,10 +325,30 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
         "hashes": {k: versions[k] for k in ("data_hash", "split_hash", "config_hash")},
     }
     run.write_json("metrics.json", full)
+    shutil.rmtree(run.file("checkpoints"), ignore_errors=True)  # complete: model.keras supersedes them
     html = render_report(run.path, metrics=full, table=table, history=result.history, predictions=predictions,
                          audit=report, versions=versions, images=images, cfg=cfg, spec=spec, frames=frames)
     _say(f"report written in {timings['total_s']:.0f} s")
     return html
+
+
+def _resumable(path: Path) -> Path:
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(f"cannot resume {path}: it holds no config.yaml (not a medxcept run directory)")
+    if (path / "metrics.json").is_file():
+        raise ConfigError(f"cannot resume {path}: the run is complete (metrics.json exists); start a new run")
+    if not (path / "checkpoints" / "state.json").is_file():
+        log.warning("! %s has no checkpoint (interrupted before its first epoch ended): training from the start",
+                    path)
+    return path
+
+
+def _same_split(saved: Path, split: pd.DataFrame) -> None:
+    if not saved.is_file():
+        return
+    if saved.read_text(encoding="utf-8") != split.to_csv(index=False):  # written by RunDir.write_csv
+        raise ConfigError(f"cannot resume: the split computed now differs from {saved} (the cohort's files or "
+                          "labels changed since the run started); start a new run")
 
 
 def _reason_counts(exclusions: pd.DataFrame) -> dict[str, int]:

@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from scipy import ndimage
 from skimage import color, exposure, transform
 from skimage.filters import threshold_otsu
@@ -66,6 +67,7 @@ from skimage.filters import threshold_otsu
 from medxcept.errors import ConfigError, ReadError
 
 __all__ = [
+    "load_images",
     "PREPROCESS_VERSION",
     "MODALITIES",
     "PreprocessConfig",
@@ -812,3 +814,17 @@ class PreprocessCache:
         with os.fdopen(fd, "w") as fh:
             json.dump(fields, fh, indent=2, default=list)
         os.replace(tmp, p)
+
+
+def load_images(df: pd.DataFrame, cache: PreprocessCache, cfg: PreprocessConfig) -> np.ndarray:
+    """Stack the cached preprocessed images of ``df`` rows into one uint8 array (N, px, px, 3).
+
+    Raises ``KeyError`` naming the image when one is not in the cache (ingestion fills it).
+    """
+    out = np.empty((len(df), cfg.image_px, cfg.image_px, 3), dtype=np.uint8)
+    for i, (sha, frame) in enumerate(zip(df["sha256"], df["frame"], strict=True)):
+        arr = cache.get(sha, int(frame), cfg)
+        if arr is None:
+            raise KeyError(f"image {df['image_id'].iloc[i]} is not in the preprocessing cache; re-run ingestion")
+        out[i] = arr
+    return out

@@ -330,7 +330,7 @@ def test_multiframe_selection_and_per_frame_windows(tmp_path: Path) -> None:
     groups = corpus.frames_functional_groups([(15, 11), (25, 11), (40, 81)], rescale=(2.0, -10.0))
     path = corpus.write_gray(tmp_path / "enh.dcm", frames, **groups)
     image, _ = read_dicom(path)
-    for k, (v, (center, width)) in enumerate(zip((10, 20, 30), [(15, 11), (25, 11), (40, 81)])):
+    for k, (v, (center, width)) in enumerate(zip((10, 20, 30), [(15, 11), (25, 11), (40, 81)], strict=False)):
         assert image[k, 1, 1, 0] == pytest.approx(dicom_linear(2 * v - 10, center, width))
 
 
