@@ -24,7 +24,7 @@ import yaml
 from medxcept.augment import AugmentConfig
 from medxcept.errors import ConfigError
 from medxcept.preprocess import PreprocessConfig
-from medxcept.splits import SplitConfig
+from medxcept.splits import SplitConfig, resolve_user_split
 
 __all__ = [
     "ModelConfig",
@@ -192,6 +192,11 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def __post_init__(self) -> None:
+        if self.split.user_split is not None and self.audit.on_leak == "fix":
+            raise ConfigError(f"split.user_split={self.split.user_split!r} with audit.on_leak='fix': a user-supplied "
+                              "split is audited, never re-grouped: fix the split file or use on_leak: warn or error")
+
 
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     """Instantiate a (nested) dataclass from a dict, naming unknown keys and bad types."""
@@ -271,8 +276,14 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
 
 
 def load_config(*, cohort_defaults: dict | None = None, config_file: str | Path | None = None,
-                overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Resolve a :class:`RunConfig` from defaults < cohort defaults < config file < overrides."""
+                overrides: dict[str, Any] | None = None, cohort_dir: str | Path | None = None) -> RunConfig:
+    """Resolve a :class:`RunConfig` from defaults < cohort defaults < config file < overrides.
+
+    ``cohort_dir`` is the cohort file's folder (``CohortSpec.base_dir``): a relative
+    ``split.user_split`` file, wherever it was set, is resolved against it, as source roots
+    are (:func:`medxcept.splits.resolve_user_split`). Without it a relative path means the
+    working directory.
+    """
     data: dict[str, Any] = {}
     if cohort_defaults:
         data = _merge(data, cohort_defaults)
@@ -287,7 +298,10 @@ def load_config(*, cohort_defaults: dict | None = None, config_file: str | Path 
         data = _merge(data, loaded)
     if overrides:
         data = apply_overrides(data, overrides)
-    return _build(RunConfig, data, "")
+    cfg = _build(RunConfig, data, "")
+    if cohort_dir is not None and cfg.split.user_split is not None:
+        cfg = dataclasses.replace(cfg, split=resolve_user_split(cfg.split, cohort_dir))
+    return cfg
 
 
 def config_hash(cfg: RunConfig) -> str:

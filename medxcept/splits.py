@@ -25,6 +25,7 @@ seeded shuffle). :func:`split_hash` fingerprints the result for the run record.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import warnings
@@ -48,12 +49,22 @@ __all__ = [
     "split_table",
     "split_hash",
     "read_user_split",
+    "resolve_user_split",
+    "is_split_file",
+    "USER_SPLIT_REGROUP_MESSAGE",
 ]
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 PATIENT_LABEL_RULES = ("max", "mode")
+_SPLIT_FILE_SUFFIXES = (".csv", ".tsv", ".txt")
+
+USER_SPLIT_REGROUP_MESSAGE = (
+    "a user-supplied split is audited, never re-grouped: fix the split file or use on_leak: warn "
+    "(split.user_split is set and audit.on_leak is 'fix', which would move images between the user's splits)"
+)
+
 _SPLIT_ALIASES = {
     "train": "train",
     "training": "train",
@@ -87,6 +98,34 @@ class SplitConfig:
     patient_label : {"max", "mode"}, default "max"
         Class of a patient whose images disagree: the most severe (highest ``y``),
         or the most frequent (ties: most severe).
+    user_split : str, optional
+        Use the user's own split instead of computing one: either the name of a cohort
+        table column holding ``train`` / ``val`` / ``test`` (aliases such as
+        ``validation`` or ``holdout`` are accepted), or a CSV file with columns
+        ``file`` (file name, or path) or ``image_id``, ``split`` and optionally ``fold``
+        (see :func:`read_user_split`). A value ending in ``.csv``, ``.tsv`` or ``.txt``, or
+        holding a ``/``, is a file; anything else is a column name. A relative file path
+        is resolved against the **cohort file's folder** (like a source's ``root``), by
+        :func:`resolve_user_split`, which :func:`medxcept.config.load_config` applies when
+        given ``cohort_dir``. With a user split, ``test_fraction``, ``val_fraction`` and
+        ``seed`` are ignored and nothing is re-split: the split is **audited**
+        (:func:`medxcept.audit.audit_cohort`), and a patient in two splits is an error under
+        ``audit.on_leak: error``. ``audit.on_leak: fix`` is refused (a user-supplied split
+        is audited, never re-grouped).
+
+    Notes
+    -----
+    How to supply a split, from the cohort file (``cohorts/<name>.yaml``)::
+
+        defaults:
+          split: {user_split: split.csv}   # next to the cohort file: file,split[,fold]
+
+    or on the command line, ``--set split.user_split=split.csv``. The CSV route is the one
+    that works today for every source kind. A split column of a label table would be
+    mapped into the cohort table with the source's ``columns: {split: split}`` and then
+    named here (``user_split: split``); this needs ingestion to carry such mapped columns
+    into the table, which :mod:`medxcept.ingest` does only for ``source``, ``sex``, ``age``
+    and ``visit`` at present.
     """
 
     test_fraction: float = 0.2
@@ -95,6 +134,7 @@ class SplitConfig:
     seed: int = 0
     group_column: str | None = None
     patient_label: str = "max"
+    user_split: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("test_fraction", "val_fraction"):
@@ -115,6 +155,10 @@ class SplitConfig:
         if self.patient_label not in PATIENT_LABEL_RULES:
             raise ConfigError(
                 f"split.patient_label must be one of {PATIENT_LABEL_RULES}, got {self.patient_label!r}"
+            )
+        if self.user_split is not None and (not isinstance(self.user_split, str) or not self.user_split.strip()):
+            raise ConfigError(
+                f"split.user_split must be a cohort column name or a CSV path, got {self.user_split!r}"
             )
 
 
@@ -476,6 +520,16 @@ def assign_splits(df: pd.DataFrame, cfg: SplitConfig, *, merge: pd.Series | None
     ------
     SplitError
         A class has fewer patients than there are splits to fill.
+    ConfigError
+        With ``cfg.user_split``: the split file or column is unusable (see
+        :func:`read_user_split`), or ``merge`` is given (``audit.on_leak: fix``): a
+        user-supplied split is audited, never re-grouped.
+
+    Notes
+    -----
+    With ``cfg.user_split`` set, the user's split is read (:func:`read_user_split`) and
+    returned as is, with its ``fold`` column when the file has one; nothing is computed,
+    so fractions and seed play no part. Audit the result like any other split.
 
     Examples
     --------
@@ -488,6 +542,17 @@ def assign_splits(df: pd.DataFrame, cfg: SplitConfig, *, merge: pd.Series | None
     >>> out.drop_duplicates("patient_key")["split"].value_counts().to_dict()
     {'train': 12, 'val': 4, 'test': 4}
     """
+    if cfg.user_split is not None:
+        if merge is not None:
+            raise ConfigError(USER_SPLIT_REGROUP_MESSAGE)
+        out = read_user_split(df, cfg.user_split)
+        counts = out["split"].value_counts()
+        logger.info(
+            "using the user-supplied split %r (not re-split; audited next): %s",
+            cfg.user_split,
+            ", ".join(f"{s}: {int(counts.get(s, 0))} image(s)" for s in SPLITS),
+        )
+        return out
     bins_names = [s for s, f in (("train", 1.0), ("val", cfg.val_fraction), ("test", cfg.test_fraction)) if f > 0]
     fractions = np.array(
         [{"train": 1.0 - cfg.val_fraction - cfg.test_fraction, "val": cfg.val_fraction, "test": cfg.test_fraction}[b]
@@ -609,6 +674,54 @@ def split_hash(df: pd.DataFrame) -> str:
     return hashlib.sha256(csv.encode("utf-8")).hexdigest()
 
 
+def is_split_file(value: str | Path) -> bool:
+    """Whether a ``split.user_split`` value names a file rather than a cohort column.
+
+    A file ends in ``.csv``, ``.tsv`` or ``.txt`` (any case) or holds a path separator;
+    anything else is a column name.
+
+    >>> [is_split_file(v) for v in ("split", "split.csv", "lists/fold1", "Split.TSV")]
+    [False, True, True, True]
+    """
+    text = str(value)
+    return text.lower().endswith(_SPLIT_FILE_SUFFIXES) or "/" in text or "\\" in text or isinstance(value, Path)
+
+
+def resolve_user_split(cfg: SplitConfig, base_dir: str | Path | None) -> SplitConfig:
+    """Resolve a relative ``user_split`` file against the cohort file's folder.
+
+    Parameters
+    ----------
+    cfg : SplitConfig
+        The split options as configured.
+    base_dir : str or pathlib.Path or None
+        The cohort file's folder (:attr:`medxcept.cohort.CohortSpec.base_dir`); ``None``
+        leaves ``cfg`` unchanged (a relative path then means the working directory).
+
+    Returns
+    -------
+    SplitConfig
+        ``cfg``, or a copy whose ``user_split`` is an absolute path: a relative file
+        (see :func:`is_split_file`) joined to ``base_dir``, as source roots are. Column
+        names and absolute paths are kept; the file need not exist yet (reading it says
+        so, naming the resolved path).
+
+    Examples
+    --------
+    >>> resolve_user_split(SplitConfig(user_split="split.csv"), "/data/cohort").user_split
+    '/data/cohort/split.csv'
+    >>> resolve_user_split(SplitConfig(user_split="split"), "/data/cohort").user_split
+    'split'
+    """
+    value = cfg.user_split
+    if value is None or base_dir is None or not is_split_file(value):
+        return cfg
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return cfg
+    return dataclasses.replace(cfg, user_split=str(Path(base_dir) / path))
+
+
 def _normalize_split(values: pd.Series, where: str, ids: pd.Series) -> pd.Series:
     norm = values.astype("string").str.strip().str.lower().map(_SPLIT_ALIASES)
     bad = norm.isna()
@@ -658,7 +771,7 @@ def read_user_split(df: pd.DataFrame, path_or_column: str | Path) -> pd.DataFram
         raise ConfigError(
             f"split {str(path_or_column)!r} is neither a column of the cohort table nor an existing CSV file"
         )
-    user = pd.read_csv(path, dtype=str, keep_default_na=False)
+    user = pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if path.suffix.lower() == ".tsv" else ",")
     user.columns = [c.strip().lower() for c in user.columns]
     if "split" not in user.columns:
         raise ConfigError(f"{path}: needs a 'split' column, found columns {list(user.columns)}")

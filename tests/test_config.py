@@ -62,3 +62,11 @@ def test_shipped_cohort_files_load():
     for f in sorted((Path(__file__).parent.parent / "cohorts").glob("*.yaml")):
         spec = load_cohort_spec(f)
         load_config(cohort_defaults=spec.defaults)
+
+
+def test_user_split_cannot_be_regrouped_before_any_work():
+    from medxcept.config import load_config
+    from medxcept.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="never re-grouped"):
+        load_config(overrides={"split.user_split": "split", "audit.on_leak": "fix"})

@@ -12,14 +12,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from medxcept.audit import audit_cohort
+from medxcept.config import load_config
 from medxcept.errors import ConfigError, SplitError
 from medxcept.splits import (
+    USER_SPLIT_REGROUP_MESSAGE,
     SplitConfig,
     assign_folds,
     assign_splits,
     check_feasible,
     group_keys,
+    is_split_file,
     read_user_split,
+    resolve_user_split,
     split_hash,
     split_table,
 )
@@ -79,6 +84,8 @@ def assert_folds_valid(out: pd.DataFrame, k: int) -> None:
         ({"seed": -1}, "seed"),
         ({"group_column": ""}, "group_column"),
         ({"patient_label": "min"}, "patient_label"),
+        ({"user_split": ""}, "user_split"),
+        ({"user_split": 3}, "user_split"),
     ],
 )
 def test_config_errors_name_field_and_value(kwargs, field):
@@ -278,7 +285,7 @@ def brute_force_feasible(df: pd.DataFrame, k: int) -> bool:
     classes = set(df["y"])
     sets = [set(df.loc[df["patient_key"] == p, "y"]) for p in pats]
     for assign in itertools.product(range(k), repeat=len(pats)):
-        val = [set().union(*[s for s, a in zip(sets, assign) if a == f]) for f in range(k)]
+        val = [set().union(*[s for s, a in zip(sets, assign, strict=False) if a == f]) for f in range(k)]
         if all(v == classes for v in val):  # with k >= 2 the training parts then hold every class too
             return True
     return False
@@ -361,3 +368,73 @@ def test_read_user_split_csv(tmp_path):
         read_user_split(df, f)
     with pytest.raises(ConfigError, match="neither a column"):
         read_user_split(df, tmp_path / "missing.csv")
+
+
+# ------------------------------------------------------------------ user-supplied split wired in
+
+
+def _user_split_file(df: pd.DataFrame, path, splits: list[str]) -> None:
+    pd.DataFrame({"file": [p.split("/")[-1] for p in df["path"]], "split": splits}).to_csv(path, index=False)
+
+
+def test_assign_splits_uses_the_user_split_and_does_not_resplit(tmp_path):
+    df = simple_cohort((4, 4), images=2, seed=1)
+    # a deliberately odd split that assign_splits would never make: patient 0's images apart
+    splits = ["test" if k % 3 == 0 else "train" if k % 3 == 1 else "val" for k in range(len(df))]
+    f = tmp_path / "split.csv"
+    _user_split_file(df, f, splits)
+    for cfg in (SplitConfig(user_split=str(f)), SplitConfig(user_split=str(f), seed=5, test_fraction=0.5)):
+        out = assign_splits(df, cfg)
+        assert out["split"].tolist() == splits  # fractions and seed play no part
+    df["my_split"] = splits
+    assert assign_splits(df, SplitConfig(user_split="my_split"))["split"].tolist() == splits
+    # the audit then catches the split's patient overlap, by pseudonym only
+    out = assign_splits(df, SplitConfig(user_split="my_split"))
+    overlap = audit_cohort(out).by_kind("patient_overlap")[0]
+    spread = out.groupby("patient_key")["split"].nunique()
+    assert overlap.severity == "error" and overlap.count == int((spread > 1).sum())
+    assert {d["patient_key"] for d in overlap.details} == set(spread[spread > 1].index)
+    assert "MRN" not in str(overlap.to_dict())
+
+
+def test_user_split_refuses_regrouping():
+    df = simple_cohort((3, 3), images=1)
+    df["s"] = ["train", "val", "test"] * 2
+    merge = pd.Series(np.arange(len(df)), index=df["image_id"])
+    with pytest.raises(ConfigError) as exc:
+        assign_splits(df, SplitConfig(user_split="s"), merge=merge)
+    assert str(exc.value).startswith(
+        "a user-supplied split is audited, never re-grouped: fix the split file or use on_leak: warn"
+    )
+    assert str(exc.value) == USER_SPLIT_REGROUP_MESSAGE
+
+
+def test_user_split_file_or_column_and_resolution(tmp_path):
+    assert [is_split_file(v) for v in ("split", "fold_a", "s.csv", "S.TSV", "x.txt", "lists/s", r"a\\b")] == [
+        False, False, True, True, True, True, True]
+    cfg = SplitConfig(user_split="lists/split.csv")
+    assert resolve_user_split(cfg, tmp_path).user_split == str(tmp_path / "lists" / "split.csv")
+    assert resolve_user_split(cfg, None) is cfg
+    assert resolve_user_split(SplitConfig(user_split="split"), tmp_path).user_split == "split"  # a column
+    absolute = SplitConfig(user_split=str(tmp_path / "s.csv"))
+    assert resolve_user_split(absolute, "/elsewhere") == absolute
+    # load_config resolves against the cohort folder wherever the option was set
+    run = tmp_path / "run.yaml"
+    run.write_text("split: {user_split: other.csv}\n", encoding="utf-8")
+    for kwargs, want in (
+        ({"cohort_defaults": {"split": {"user_split": "split.csv"}}}, "split.csv"),
+        ({"config_file": run}, "other.csv"),
+        ({"overrides": {"split.user_split": "cli.csv"}}, "cli.csv"),
+    ):
+        assert load_config(cohort_dir=tmp_path / "cohort", **kwargs).split.user_split == str(tmp_path / "cohort" / want)
+    assert load_config(overrides={"split.user_split": "cli.csv"}).split.user_split == "cli.csv"
+
+
+def test_user_split_tsv_and_missing_file_named(tmp_path):
+    df = simple_cohort((3, 3), images=1)
+    f = tmp_path / "split.tsv"
+    pd.DataFrame({"image_id": df["image_id"], "split": ["train", "val", "test"] * 2}).to_csv(f, sep="\t", index=False)
+    assert assign_splits(df, SplitConfig(user_split=str(f)))["split"].tolist() == ["train", "val", "test"] * 2
+    cfg = resolve_user_split(SplitConfig(user_split="nope.csv"), tmp_path)
+    with pytest.raises(ConfigError, match=str(tmp_path / "nope.csv")):
+        assign_splits(df, cfg)
