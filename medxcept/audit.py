@@ -125,7 +125,7 @@ def _area_rows_blocks(x: np.ndarray, n_out: int) -> np.ndarray:
     floor = np.minimum(k * n_in // n_out, n_in - 1)  # row holding each edge
     part = (ceil * n_out - k * n_in) / n_out  # share of row `floor` before the edge
     edge = part.reshape((-1,) + (1,) * (x.ndim - 1)) * x[floor].astype(np.float64)
-    whole = np.stack([x[a:b].sum(axis=0, dtype=np.float64) for a, b in zip(ceil[:-1], ceil[1:])])
+    whole = np.stack([x[a:b].sum(axis=0, dtype=np.float64) for a, b in zip(ceil[:-1], ceil[1:], strict=False)])
     return (whole + edge[:-1] - edge[1:]) * (n_out / n_in)
 
 

@@ -307,7 +307,7 @@ def balanced_epoch_indices(y: Any, *, seed: int, epoch: int, size: int | None = 
     quota = np.full(k, n_out // k, dtype=np.int64)
     quota[rng.choice(k, size=n_out % k, replace=False)] += 1
     parts = []
-    for c, q in zip(classes, quota):
+    for c, q in zip(classes, quota, strict=False):
         members = np.flatnonzero(arr == c)
         reps = -(-int(q) // members.size)  # ceil
         order = np.concatenate([rng.permutation(members) for _ in range(reps)])

@@ -126,7 +126,7 @@ def _draw_vessels(rng: np.random.Generator, h: int, w: int, disc: tuple[float, f
 def _blobs(yy: np.ndarray, xx: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
     """Soft-edged discs at ``centres`` (n, 2) with ``radii`` (n,); returns max coverage in [0, 1]."""
     out = np.zeros(yy.shape, dtype=np.float32)
-    for (cy, cx), rad in zip(centres, radii):
+    for (cy, cx), rad in zip(centres, radii, strict=False):
         y0, y1 = int(max(cy - 2 * rad - 2, 0)), int(min(cy + 2 * rad + 3, yy.shape[0]))
         x0, x1 = int(max(cx - 2 * rad - 2, 0)), int(min(cx + 2 * rad + 3, yy.shape[1]))
         if y0 >= y1 or x0 >= x1:

@@ -214,7 +214,7 @@ def test_match_files_by_path_name_case_and_stem(tmp_path):
         "label": ["referable"] * 7,
     })
     matched, issues = match_files(table, root, files)
-    assert dict(zip(matched["row"], matched["path"])) == {
+    assert dict(zip(matched["row"], matched["path"], strict=False)) == {
         2: str(root / "site1/a.jpg"),     # relative path
         3: str(root / "site2/B.JPG"),     # bare name, unique case-insensitive
         4: str(root / "c.png"),           # backslashes and ./ tolerated
@@ -276,7 +276,7 @@ def test_labels_from_folders(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="medxcept.io.labels"):
         df = labels_from_folders(tmp_path, CLASSES)
     assert list(df.columns) == ["file", "label", "path"]
-    rows = dict(zip(df["file"], df["label"]))
+    rows = dict(zip(df["file"], df["label"], strict=False))
     expected = {"Referable/a.jpg": "referable", "NON-REFERABLE/c.png": "non-referable"}
     if _case_sensitive_fs(tmp_path):
         expected["referable/deep/b.jpg"] = "referable"

@@ -65,9 +65,9 @@ def test_bn_statistics_unchanged_by_a_stage2_step(model):
     conv_before = [np.array(w) for w in conv.get_weights()]
     x = np.random.default_rng(0).integers(0, 255, (4, 71, 71, 3)).astype("float32")
     model.train_on_batch(x, np.array([[0], [1], [0], [1]], dtype="float32"))
-    for a, b in zip(before, bn.get_weights()):
+    for a, b in zip(before, bn.get_weights(), strict=False):
         np.testing.assert_array_equal(a, b)
-    assert any(not np.array_equal(a, b) for a, b in zip(conv_before, conv.get_weights()))
+    assert any(not np.array_equal(a, b) for a, b in zip(conv_before, conv.get_weights(), strict=False))
 
 
 def test_imagenet_weights_missing_names_the_path(tmp_path, monkeypatch):
@@ -99,5 +99,5 @@ def test_user_weights_round_trip(tmp_path, model):
     info = resolve_weights(str(path))
     assert info.pretrained and info.kind == "file"
     again = build_model(image_px=71, n_classes=2, weights=info)
-    for a, b in zip(model.get_weights(), again.get_weights()):
+    for a, b in zip(model.get_weights(), again.get_weights(), strict=False):
         np.testing.assert_array_equal(a, b)

@@ -296,7 +296,7 @@ def read_label_table(
     declared = ", ".join(repr(c) for c in classes)
     for idx, values in enumerate(raw.itertuples(index=False, name=None)):
         row = idx + 2  # header is spreadsheet row 1
-        cells = dict(zip(raw.columns, values))
+        cells = dict(zip(raw.columns, values, strict=False))
         if all(_text(v) == "" for v in values):
             continue  # blank line
         file = _text(cells[resolved["file"]])

@@ -62,7 +62,7 @@ def roc_pr_figure(y: np.ndarray, p: np.ndarray, threshold: float, *, title_suffi
 def reliability_figure(before: list[dict[str, Any]], after: list[dict[str, Any]], *, labels: tuple[str, str]) -> str:
     """Reliability diagrams before and after recalibration, with bin counts."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
-    for ax, rows, label in zip(axes, (before, after), labels):
+    for ax, rows, label in zip(axes, (before, after), labels, strict=False):
         t = pd.DataFrame(rows)
         ax.plot([0, 1], [0, 1], color=GREY, ls="--", lw=1)
         conf_col = next((c for c in ("mean_confidence", "confidence", "mean_prob") if c in t), None)
@@ -112,7 +112,7 @@ def confusion_figure(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> str
     """Confusion matrix with counts."""
     k = len(classes)
     cm = np.zeros((k, k), dtype=int)
-    for t, p in zip(y, pred):
+    for t, p in zip(y, pred, strict=False):
         cm[int(t), int(p)] += 1
     fig, ax = plt.subplots(figsize=(3.2 + 0.5 * k, 2.8 + 0.5 * k))
     ax.imshow(cm, cmap="Blues")
