@@ -85,23 +85,10 @@ def fundus_pool(n: int, px: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarr
 
 
 def maybe_data_parallel() -> int:
-    """Spread each batch over all GPUs when JAX sees more than one; return the device count.
+    """medxcept's own multi-GPU hook (:func:`medxcept.model.data_parallel`), as training uses it."""
+    from medxcept.model import data_parallel
 
-    ``keras.distribution`` is implemented for the JAX backend only. On one device (or another
-    backend) nothing is changed and 1 is returned. The batch size stays global: each of the
-    ``k`` GPUs gets ``batch / k`` images, so ``batch`` must be divisible by ``k``.
-    """
-    import keras
-
-    if keras.backend.backend() != "jax":
-        return 1
-    try:
-        gpus = keras.distribution.list_devices("gpu")
-    except RuntimeError:  # JAX without a GPU platform
-        return 1
-    if len(gpus) > 1:
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=gpus))
-    return max(len(gpus), 1)
+    return data_parallel()
 
 
 # --------------------------------------------------------------------------- device helpers

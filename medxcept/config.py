@@ -138,6 +138,10 @@ class EvalConfig:
         patient_aggregation: how a patient's image probabilities combine: ``"mean"`` or ``"max"``.
         n_bootstrap: patient-level bootstrap resamples for 95 % confidence intervals.
         n_bins: calibration bins (ECE, reliability diagram).
+        tta: test-time augmentation passes: ``0`` (default) predicts each image once; ``n > 0``
+            averages the logits of the image and ``n`` augmented copies ("light" policy:
+            flips, small rotations and shifts), for validation (calibration, threshold) and test
+            alike, so the threshold is chosen on the same kind of prediction it is applied to.
     """
 
     threshold: str = "youden"
@@ -146,6 +150,7 @@ class EvalConfig:
     patient_aggregation: str = "mean"
     n_bootstrap: int = 1000
     n_bins: int = 10
+    tta: int = 0
 
     def __post_init__(self) -> None:
         _choice("eval.threshold", self.threshold, ("youden", "sensitivity"))
@@ -153,6 +158,8 @@ class EvalConfig:
         _choice("eval.patient_aggregation", self.patient_aggregation, ("mean", "max"))
         if not 0.0 < self.target_sensitivity < 1.0:
             raise ConfigError(f"eval.target_sensitivity={self.target_sensitivity!r} must be in (0, 1)")
+        if self.tta < 0:
+            raise ConfigError(f"eval.tta={self.tta} must be >= 0 (0 = no test-time augmentation)")
         if self.n_bootstrap < 0 or self.n_bins < 2:
             raise ConfigError("eval.n_bootstrap must be >= 0 and eval.n_bins >= 2")
 

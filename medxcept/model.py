@@ -41,6 +41,8 @@ __all__ = [
     "unfreeze_top_blocks",
     "count_trainable",
     "detect_device",
+    "precision_policy",
+    "data_parallel",
 ]
 
 log = logging.getLogger(__name__)
@@ -140,6 +142,41 @@ def detect_device() -> dict[str, str]:
     except (ImportError, RuntimeError) as exc:  # a broken GPU stack still trains on CPU; say so
         detail = f"GPU detection failed: {exc}"
     return {"backend": backend, "device": device, "detail": detail}
+
+
+PRECISION_POLICIES = {"off": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+def precision_policy(setting: str, device: dict[str, str] | None = None) -> str:
+    """The Keras dtype policy for ``model.mixed_precision``.
+
+    ``"auto"``: ``mixed_bfloat16`` on a GPU (Ampere/Hopper run bf16 at full speed and need no
+    loss scaling), ``float32`` on CPU (CPUs gain nothing and lose precision). The head's logits
+    stay float32 in every policy (see :func:`build_model`).
+    """
+    if setting == "auto":
+        device = device or detect_device()
+        return "mixed_bfloat16" if device["device"] == "gpu" else "float32"
+    return PRECISION_POLICIES[setting]
+
+
+def data_parallel() -> int:
+    """Spread each batch over all GPUs when the backend sees more than one; return the device count.
+
+    ``keras.distribution.DataParallel`` (implemented for the JAX backend). On one device, on CPU
+    or on another backend nothing changes and 1 is returned. The batch size stays global: each of
+    ``k`` GPUs gets ``batch / k`` images.
+    """
+    if keras.backend.backend() != "jax":
+        return 1
+    try:
+        gpus = keras.distribution.list_devices("gpu")
+    except RuntimeError:  # JAX without a GPU platform
+        return 1
+    if len(gpus) > 1:
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=gpus))
+        log.info("data parallel over %d GPUs", len(gpus))
+    return max(len(gpus), 1)
 
 
 def xception_base(model: keras.Model) -> keras.Model:

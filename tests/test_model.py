@@ -101,3 +101,23 @@ def test_user_weights_round_trip(tmp_path, model):
     again = build_model(image_px=71, n_classes=2, weights=info)
     for a, b in zip(model.get_weights(), again.get_weights(), strict=False):
         np.testing.assert_array_equal(a, b)
+
+
+def test_precision_policy_is_bf16_on_gpu_float32_on_cpu_and_logits_stay_float32():
+    import keras
+
+    from medxcept.model import build_model, precision_policy
+
+    assert precision_policy("auto", {"device": "cpu"}) == "float32"
+    assert precision_policy("auto", {"device": "gpu"}) == "mixed_bfloat16"
+    assert precision_policy("float16") == "mixed_float16" and precision_policy("off") == "float32"
+    before = keras.config.dtype_policy().name
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = build_model(image_px=71, n_classes=2)
+    finally:
+        keras.config.set_dtype_policy(before)
+    conv = model.get_layer("xception").get_layer("block1_conv1")
+    assert conv.compute_dtype == "bfloat16" and conv.variable_dtype == "float32"
+    assert model.get_layer("logits").compute_dtype == "float32"  # calibration needs full-precision logits
+    assert keras.backend.standardize_dtype(model.output.dtype) == "float32"

@@ -49,7 +49,7 @@ def run_dir(tmp_path_factory, session_cache):
     cohort.write_text(TINY_COHORT.format(n_patients=24, seed=3), encoding="utf-8")
     spec = load_cohort_spec(cohort)
     cfg = load_config(cohort_defaults=spec.defaults, overrides={"out_dir": str(d / "reports")})
-    report = run_pipeline(cfg, spec, run_name="tiny")
+    report = run_pipeline(cfg, spec, run_name="tiny", learning_curve=(0.5,))
     return report.parent
 
 
@@ -109,3 +109,20 @@ def test_threshold_comes_from_validation_and_metrics_match_sklearn(run_dir):
     assert m["test_image"]["roc_auc"] == pytest.approx(roc_auc_score(pred["y"], pred["prob"]))
     hist = pd.read_csv(run_dir / "history.csv")
     assert {"loss", "val_loss", "auc", "val_patient_auc"} <= set(hist.columns)
+
+
+def test_learning_curve_retrains_on_half_the_patients_and_reports_it(run_dir):
+    m = json.loads((run_dir / "metrics.json").read_text())
+    lc = pd.read_csv(run_dir / "learning_curve.csv")
+    assert list(lc["fraction"]) == [0.5, 1.0]
+    assert lc["train_patients"].iloc[0] < lc["train_patients"].iloc[1] == m["cohort"]["per_split"]["train"]["patients"]
+    # the 100 % point is the run itself
+    assert lc["best_epoch"].iloc[1] == m["training"]["best_epoch"]
+    assert lc["val_patient_auc"].iloc[1] == pytest.approx(m["training"]["val_auc_at_best"])
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert 'id="learning-curve-table"' in html and m["learning_curve"]["verdict"] in html
+
+
+def test_report_has_a_cam_gallery_of_test_predictions(run_dir):
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert 'id="cam"' in html and 'alt="class-activation maps of correct and wrong test predictions"' in html

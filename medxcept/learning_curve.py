@@ -1,0 +1,144 @@
+"""Learning curve: would more data help?
+
+The same validation and test patients, the same recipe and seed; only the training set shrinks.
+For each fraction ``f`` of the training **patients** (drawn stratified by patient label, so each
+class keeps its share; at least two patients per class), a model is trained and measured:
+validation patient-level AUC at its best epoch, and test patient-level AUC. The 100 % point is
+the run itself.
+
+Reading it: if validation AUC still rises between the last two points by more than the noise of a
+validation set this size, more patients would likely help; a flat end says the model is limited by
+something else (the recipe, the image size, label noise). With a few dozen validation patients
+the points are noisy: the report shows the bootstrap-free numbers and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medxcept.errors import ConfigError
+
+__all__ = ["parse_fractions", "subsample_patients", "learning_curve_rows", "learning_curve_figure",
+           "learning_curve_verdict"]
+
+log = logging.getLogger(__name__)
+
+
+def parse_fractions(text: str) -> tuple[float, ...]:
+    """``"0.25,0.5,0.75"`` → ``(0.25, 0.5, 0.75)``; each in (0, 1), 1.0 (the run itself) dropped."""
+    try:
+        values = sorted({float(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise ConfigError(f"--learning-curve {text!r}: expected comma-separated fractions such as 0.25,0.5,0.75") from None
+    bad = [v for v in values if not 0.0 < v <= 1.0]
+    if bad or not values:
+        raise ConfigError(f"--learning-curve {text!r}: fractions must lie in (0, 1], e.g. 0.25,0.5,0.75")
+    return tuple(v for v in values if v < 1.0)
+
+
+def subsample_patients(train: pd.DataFrame, fraction: float, *, seed: int) -> np.ndarray:
+    """Boolean mask over ``train`` rows keeping ``fraction`` of its patients, stratified by patient label.
+
+    A patient's label is its most severe image label (``max`` of ``y``), as for splitting. Each
+    class keeps ``round(fraction * n)`` patients, at least 2 (or all it has). Nested: the
+    patients kept at a smaller fraction are kept at every larger one (same seed).
+    """
+    patients = train.groupby("patient_key")["y"].max()
+    rng = np.random.default_rng([seed, 4099])
+    keep: list[str] = []
+    for _, members in patients.groupby(patients):
+        keys = members.index.to_numpy()
+        order = keys[rng.permutation(len(keys))]
+        n = min(len(keys), max(2, int(round(fraction * len(keys)))))
+        keep.extend(order[:n].tolist())
+    return train["patient_key"].isin(keep).to_numpy()
+
+
+def learning_curve_rows(*, fractions: Sequence[float], images: np.ndarray, table: pd.DataFrame,
+                        parts: dict[str, np.ndarray], cfg: Any, weights: Any, n_classes: int,
+                        full: Any) -> pd.DataFrame:
+    """Train one model per fraction and measure it; ``full`` (a ``TrainResult``) is the 100 % point.
+
+    Returns one row per fraction (ascending, 100 % last): ``fraction, train_patients,
+    train_images, best_epoch, train_auc_at_best, val_patient_auc, test_patient_auc, seconds``.
+    Test AUC is of the uncalibrated probabilities, aggregated per patient like the run's.
+    """
+    from medxcept.pipeline import training_verdict
+    from medxcept.train import _patient_auc, _probs, fit, predict_logits
+
+    tr, va, te = (table.iloc[parts[s]] for s in ("train", "val", "test"))
+    rows = []
+    for f in [*sorted(fractions), 1.0]:
+        mask = subsample_patients(tr, f, seed=cfg.seed) if f < 1.0 else np.ones(len(tr), dtype=bool)
+        idx = parts["train"][mask]
+        if f < 1.0:
+            log.info("learning curve: %.0f %% of the training patients (%d patients, %d images)", 100 * f,
+                     tr.loc[mask, "patient_key"].nunique(), len(idx))
+            result = fit(images[idx], table["y"].to_numpy()[idx], images[parts["val"]], va["y"].to_numpy(),
+                         va["patient_key"].to_numpy(), cfg=cfg, weights=weights, n_classes=n_classes, run_dir=None)
+        else:
+            result = full
+        verdict = training_verdict(result.history, result.best_epoch)
+        prob = _probs(predict_logits(result.model, images[parts["test"]], batch_size=cfg.train.batch_size))
+        if prob.ndim == 1 and cfg.eval.patient_aggregation == "max":
+            frame = pd.DataFrame({"g": te["patient_key"].to_numpy(), "y": te["y"].to_numpy(), "p": prob})
+            agg = frame.groupby("g").agg(y=("y", "max"), p=("p", "max"))
+            from sklearn.metrics import roc_auc_score
+
+            test_auc = float(roc_auc_score(agg["y"], agg["p"])) if agg["y"].nunique() == 2 else float("nan")
+        else:  # patient mean, as the run's default aggregation
+            test_auc = _patient_auc(te["patient_key"].to_numpy(), te["y"].to_numpy(), prob)
+        rows.append({"fraction": f, "train_patients": int(tr.loc[mask, "patient_key"].nunique()),
+                     "train_images": int(len(idx)), "best_epoch": verdict["best_epoch"],
+                     "train_auc_at_best": verdict.get("train_auc_at_best"),
+                     "val_patient_auc": verdict.get("val_auc_at_best"), "test_patient_auc": test_auc,
+                     "seconds": round(result.seconds, 1)})
+    return pd.DataFrame(rows)
+
+
+def learning_curve_verdict(rows: pd.DataFrame, n_val_patients: int) -> str:
+    """Plain words on the last step of the curve, against the noise of the validation set."""
+    if len(rows) < 2 or rows["val_patient_auc"].isna().any():
+        return "not enough points for a verdict"
+    a, b = rows.iloc[-2], rows.iloc[-1]
+    step = float(b["val_patient_auc"] - a["val_patient_auc"])
+    # rough standard error of an AUC near its value with n validation patients split in two classes
+    auc = min(max(float(b["val_patient_auc"]), 0.5), 0.999)
+    se = float(np.sqrt(auc * (1 - auc) / max(n_val_patients / 2, 1)))
+    where = f"from {a['fraction']:.0%} to {b['fraction']:.0%} of the training patients"
+    if float(b["val_patient_auc"]) >= 0.999 and float(a["val_patient_auc"]) >= 0.999:
+        return (f"validation AUC is already 1.000 {where.replace('from', 'at both')}: this validation set cannot "
+                "tell whether more data would help")
+    if step > 2 * se:
+        return f"validation AUC still rises {where} (+{step:.3f}, more than twice its noise of ±{se:.3f}): more patients would likely help"
+    if step > 0:
+        return f"validation AUC rises slightly {where} (+{step:.3f}, within its noise of ±{se:.3f}): more data may help, not shown here"
+    return f"validation AUC does not rise {where} ({step:+.3f}; noise ±{se:.3f}): more of the same data is unlikely to help much"
+
+
+def learning_curve_figure(rows: pd.DataFrame) -> str | None:
+    """Validation and test patient-level AUC (and training AUC) against training patients."""
+    from medxcept.report.figures import BLUE, GREY, ORANGE, plt, to_data_uri
+
+    if rows.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    x = rows["train_patients"]
+    ax.plot(x, rows["train_auc_at_best"], "o--", color=GREY, label="training AUC (kept epoch)")
+    ax.plot(x, rows["val_patient_auc"], "o-", color=BLUE, label="validation AUC (patients)")
+    ax.plot(x, rows["test_patient_auc"], "s-", color=ORANGE, label="test AUC (patients)")
+    for xi, f in zip(x, rows["fraction"], strict=True):
+        ax.annotate(f"{f:.0%}", (xi, 0.02), textcoords="offset points", xytext=(0, 2), ha="center", fontsize=7,
+                    xycoords=("data", "axes fraction"))
+    ax.set_xlabel("training patients")
+    ax.set_ylabel("ROC-AUC")
+    ax.set_ylim(0.4, 1.02)
+    ax.axhline(0.5, color=GREY, lw=0.6, ls=":")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Learning curve", fontsize=10)
+    return to_data_uri(fig)
