@@ -69,27 +69,36 @@ def _calibration_block(y: np.ndarray, p: np.ndarray, n_bins: int) -> dict[str, A
     }
 
 
-def evaluate_predictions(*, val: pd.DataFrame, test: pd.DataFrame, val_logits: np.ndarray,
-                         test_logits: np.ndarray, cfg: RunConfig, classes: tuple[str, ...]) -> dict[str, Any]:
-    """Calibrate on validation, choose the threshold on validation, measure on test.
+def add_probabilities(frame: pd.DataFrame, logits: np.ndarray, calibrator: Any,
+                      classes: tuple[str, ...]) -> pd.DataFrame:
+    """A copy of ``frame`` with ``logit``, ``prob_raw`` and calibrated ``prob`` (per class when k > 2)."""
+    frame = frame.copy()
+    if len(classes) == 2:
+        frame["logit"] = logits
+        frame["prob_raw"] = _sigmoid(logits)
+        frame["prob"] = calibrator.predict_proba(logits)
+        return frame
+    zz = logits - logits.max(axis=1, keepdims=True)
+    raw = np.exp(zz) / np.exp(zz).sum(axis=1, keepdims=True)
+    cal = calibrator.predict_proba(logits)
+    for i, c in enumerate(classes):
+        frame[f"prob_raw_{c}"] = raw[:, i]
+        frame[f"prob_{c}"] = cal[:, i]
+    return frame
 
-    Returns the ``metrics`` dict (the content of ``metrics.json`` minus run metadata) and adds
-    ``prob_raw`` / ``prob`` columns to copies of ``val`` and ``test`` under ``"_frames"``.
+
+def measure_test(test: pd.DataFrame, *, threshold: float | None, cfg: RunConfig,
+                 classes: tuple[str, ...]) -> dict[str, Any]:
+    """Test metrics of a frame from :func:`add_probabilities` at a threshold fixed beforehand.
+
+    Image- and patient-level metrics, patient-bootstrap CIs and calibration before/after.
+    The same code measures a run's own test split and an external cohort.
     """
     ec = cfg.eval
-    calibrator = make_calibrator(ec.calibration).fit(val_logits, val["y"].to_numpy())
-    val, test = val.copy(), test.copy()
-    out: dict[str, Any] = {"classes": list(classes), "calibration_method": ec.calibration,
-                           "calibrator": calibrator.to_dict()}
+    y = test["y"].to_numpy()
+    out: dict[str, Any] = {}
     if len(classes) == 2:
-        for frame, z in ((val, val_logits), (test, test_logits)):
-            frame["logit"] = z
-            frame["prob_raw"] = _sigmoid(z)
-            frame["prob"] = calibrator.predict_proba(z)
-        threshold = choose_threshold(val["y"], val["prob"], method=ec.threshold, target=ec.target_sensitivity)
-        out["threshold"] = {"value": float(threshold), "method": ec.threshold, "chosen_on": "validation",
-                            "target_sensitivity": ec.target_sensitivity if ec.threshold == "sensitivity" else None}
-        y, p = test["y"].to_numpy(), test["prob"].to_numpy()
+        p = test["prob"].to_numpy()
         out["test_image"] = binary_metrics(y, p, threshold=threshold)
         keys, yp, pp = aggregate_by_patient(test["patient_key"], y, p, how=ec.patient_aggregation)
         out["test_patient"] = binary_metrics(yp, pp, threshold=threshold)
@@ -102,25 +111,38 @@ def evaluate_predictions(*, val: pd.DataFrame, test: pd.DataFrame, val_logits: n
                                    n_resamples=ec.n_bootstrap, seed=cfg.seed)
             out["test_image_ci"] = {k: v.to_dict() for k, v in cis_img.items()}
         out["n_bootstrap"] = ec.n_bootstrap
-        out["calibration_test"] = {
-            "before": _calibration_block(y, test["prob_raw"].to_numpy(), ec.n_bins),
-            "after": _calibration_block(y, p, ec.n_bins),
-        }
-        vp = val["prob"].to_numpy()
-        out["val_image"] = binary_metrics(val["y"].to_numpy(), vp, threshold=threshold)
-    else:
-        for frame, z in ((val, val_logits), (test, test_logits)):
-            zz = z - z.max(axis=1, keepdims=True)
-            raw = np.exp(zz) / np.exp(zz).sum(axis=1, keepdims=True)
-            cal = calibrator.predict_proba(z)
-            for i, c in enumerate(classes):
-                frame[f"prob_raw_{c}"] = raw[:, i]
-                frame[f"prob_{c}"] = cal[:, i]
-        P = test[[f"prob_{c}" for c in classes]].to_numpy()
-        out["test_image"] = multiclass_metrics(test["y"].to_numpy(), P, classes=list(classes))
-        Praw = test[[f"prob_raw_{c}" for c in classes]].to_numpy()
-        out["calibration_test"] = {"before": _calibration_block(test["y"].to_numpy(), Praw, ec.n_bins),
-                                   "after": _calibration_block(test["y"].to_numpy(), P, ec.n_bins)}
+        out["calibration_test"] = {"before": _calibration_block(y, test["prob_raw"].to_numpy(), ec.n_bins),
+                                   "after": _calibration_block(y, p, ec.n_bins)}
+        return out
+    P = test[[f"prob_{c}" for c in classes]].to_numpy()
+    out["test_image"] = multiclass_metrics(y, P, classes=list(classes))
+    Praw = test[[f"prob_raw_{c}" for c in classes]].to_numpy()
+    out["calibration_test"] = {"before": _calibration_block(y, Praw, ec.n_bins),
+                               "after": _calibration_block(y, P, ec.n_bins)}
+    return out
+
+
+def evaluate_predictions(*, val: pd.DataFrame, test: pd.DataFrame, val_logits: np.ndarray,
+                         test_logits: np.ndarray, cfg: RunConfig, classes: tuple[str, ...]) -> dict[str, Any]:
+    """Calibrate on validation, choose the threshold on validation, measure on test.
+
+    Returns the ``metrics`` dict (the content of ``metrics.json`` minus run metadata) and adds
+    ``prob_raw`` / ``prob`` columns to copies of ``val`` and ``test`` under ``"_frames"``.
+    """
+    ec = cfg.eval
+    calibrator = make_calibrator(ec.calibration).fit(val_logits, val["y"].to_numpy())
+    val = add_probabilities(val, val_logits, calibrator, classes)
+    test = add_probabilities(test, test_logits, calibrator, classes)
+    out: dict[str, Any] = {"classes": list(classes), "calibration_method": ec.calibration,
+                           "calibrator": calibrator.to_dict()}
+    threshold = None
+    if len(classes) == 2:
+        threshold = choose_threshold(val["y"], val["prob"], method=ec.threshold, target=ec.target_sensitivity)
+        out["threshold"] = {"value": float(threshold), "method": ec.threshold, "chosen_on": "validation",
+                            "target_sensitivity": ec.target_sensitivity if ec.threshold == "sensitivity" else None}
+    out.update(measure_test(test, threshold=threshold, cfg=cfg, classes=classes))
+    if len(classes) == 2:
+        out["val_image"] = binary_metrics(val["y"].to_numpy(), val["prob"].to_numpy(), threshold=threshold)
     out["_frames"] = {"val": val, "test": test}
     return out
 
@@ -213,7 +235,7 @@ def split_and_audit(table: pd.DataFrame, images: np.ndarray, cfg: RunConfig,
 
 
 def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = None,
-                 resume_dir: Path | None = None) -> Path:
+                 resume_dir: Path | None = None, learning_curve: tuple[float, ...] = ()) -> Path:
     """Run every stage on ``spec`` with ``cfg``; return the path of the report.
 
     Whole-run problems (no usable image, a class without patients, missing weights, leakage
@@ -222,11 +244,14 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
     ``resume_dir``: an interrupted run directory to complete. Ingestion, split and audit are
     redone (from the preprocessing cache, so quickly) and must give the split the run saved;
     training continues after the last completed epoch of ``resume_dir/checkpoints``.
+
+    ``learning_curve``: fractions of the training patients (e.g. ``(0.25, 0.5, 0.75)``) to train
+    again on, after the run itself (:mod:`medxcept.learning_curve`); the report gains the curve.
     """
     from medxcept.model import detect_device, resolve_weights
     from medxcept.preprocess import load_images
     from medxcept.report import render_report
-    from medxcept.train import fit, predict_logits, set_seeds
+    from medxcept.train import fit, predict_logits_tta, set_seeds
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -282,8 +307,9 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
     result.model.save(run.file("model.keras"))
 
     t = time.perf_counter()
-    val_logits = predict_logits(result.model, images[parts["val"]], batch_size=cfg.train.batch_size)
-    test_logits = predict_logits(result.model, images[parts["test"]], batch_size=cfg.train.batch_size)
+    tta = {"passes": cfg.eval.tta, "seed": cfg.seed, "policy": cfg.augment.policy, "batch_size": cfg.train.batch_size}
+    val_logits = predict_logits_tta(result.model, images[parts["val"]], **tta)
+    test_logits = predict_logits_tta(result.model, images[parts["test"]], **tta)
     metrics = evaluate_predictions(val=va, test=te, val_logits=val_logits, test_logits=test_logits, cfg=cfg,
                                    classes=spec.classes)
     timings["evaluate_s"] = time.perf_counter() - t
@@ -310,7 +336,8 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
         "run": {"id": run.path.name, "cohort": spec.name, "description": spec.description,
                 "weights": weights.kind, "weights_description": weights.description,
                 "pretrained": weights.pretrained, "recipe": cfg.train.recipe, "image_px": cfg.preprocess.image_px,
-                "seed": cfg.seed, "backend": device["backend"], "device": device["device"],
+                "seed": cfg.seed, "tta_passes": cfg.eval.tta, "precision": result.precision,
+                "n_devices": result.n_devices, "backend": device["backend"], "device": device["device"],
                 "external_validation": False},
         "cohort": {**_summary_counts(table), "files_found": ing.files_found, "files_used": ing.files_used,
                    "files_excluded": ing.files_excluded,
@@ -324,12 +351,38 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
         "timings": timings,
         "hashes": {k: versions[k] for k in ("data_hash", "split_hash", "config_hash")},
     }
+    figs: dict[str, str | None] = {}
+    if learning_curve:
+        from medxcept.learning_curve import learning_curve_figure, learning_curve_rows, learning_curve_verdict
+
+        t = time.perf_counter()
+        lc = learning_curve_rows(fractions=learning_curve, images=images, table=table, parts=parts, cfg=cfg,
+                                 weights=weights, n_classes=spec.n_classes, full=result)
+        run.write_csv("learning_curve.csv", lc)
+        full["learning_curve"] = {"rows": lc.to_dict("records"),
+                                  "verdict": learning_curve_verdict(lc, int(va["patient_key"].nunique()))}
+        figs["learning_curve"] = learning_curve_figure(lc)
+        timings["learning_curve_s"] = time.perf_counter() - t
+        _say(f"learning curve: {full['learning_curve']['verdict']}")
     run.write_json("metrics.json", full)
     shutil.rmtree(run.file("checkpoints"), ignore_errors=True)  # complete: model.keras supersedes them
     html = render_report(run.path, metrics=full, table=table, history=result.history, predictions=predictions,
-                         audit=report, versions=versions, images=images, cfg=cfg, spec=spec, frames=frames)
+                         audit=report, versions=versions, images=images, cfg=cfg, spec=spec, frames=frames,
+                         extra_figs={**figs, "cam": _cam_figure(result.model, images[parts["test"]], frames["test"],
+                                                                metrics.get("threshold"))})
     _say(f"report written in {timings['total_s']:.0f} s")
     return html
+
+
+def _cam_figure(model: Any, images: np.ndarray, test: pd.DataFrame, threshold: dict | None) -> str | None:
+    """The Grad-CAM gallery of the test split (binary cohorts)."""
+    if threshold is None or "prob" not in test:
+        return None
+    from medxcept.explain import cam_gallery, class_activation_maps
+
+    cams = class_activation_maps(model, images)
+    return cam_gallery(images, cams, test["y"].to_numpy(), test["prob"].to_numpy(), float(threshold["value"]),
+                       keys=test["patient_key"].tolist())
 
 
 def _resumable(path: Path) -> Path:

@@ -47,7 +47,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
-from medxcept.augment import AugmentConfig, build_augment
+from medxcept.augment import AugmentConfig, augment_batch, build_augment
 from medxcept.config import RunConfig, config_hash
 from medxcept.data import CohortDataset, sample_weights_for
 from medxcept.errors import ConfigError
@@ -55,11 +55,13 @@ from medxcept.model import (
     WeightsInfo,
     build_model,
     count_trainable,
+    data_parallel,
     freeze_base,
+    precision_policy,
     unfreeze_top_blocks,
 )
 
-__all__ = ["TrainResult", "fit", "predict_logits", "PatientAUC", "BestEpoch", "set_seeds"]
+__all__ = ["TrainResult", "fit", "predict_logits", "predict_logits_tta", "PatientAUC", "BestEpoch", "set_seeds"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,8 @@ class TrainResult:
     best_epoch: int
     stages: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    precision: str = "float32"
+    n_devices: int = 1
 
 
 def predict_logits(model: keras.Model, images: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
@@ -86,6 +90,24 @@ def predict_logits(model: keras.Model, images: np.ndarray, *, batch_size: int = 
                        batch_size=batch_size, with_labels=False)
     out = model.predict(ds, verbose=0)
     return out[:, 0] if out.shape[-1] == 1 else out
+
+
+def predict_logits_tta(model: keras.Model, images: np.ndarray, *, passes: int, seed: int, policy: str = "fundus",
+                       batch_size: int = 32) -> np.ndarray:
+    """Test-time augmentation: the mean logit over the image and ``passes`` augmented copies.
+
+    Copies use the ``light`` strength of the training policy (flips, small rotations and shifts,
+    no colour change), seeded by ``seed`` so evaluation is reproducible. ``passes=0`` is
+    :func:`predict_logits`.
+    """
+    total = predict_logits(model, images, batch_size=batch_size)
+    if passes <= 0:
+        return total
+    aug = build_augment(AugmentConfig(strength="light", policy=policy, balance="none"), seed=seed)
+    for k in range(passes):
+        copies = augment_batch(aug, images, rng=np.random.default_rng([seed, 7919, k]))
+        total = total + predict_logits(model, copies, batch_size=batch_size)
+    return total / (passes + 1)
 
 
 def _probs(logits: np.ndarray) -> np.ndarray:
@@ -239,7 +261,7 @@ class _Progress(keras.callbacks.Callback):
         super().__init__()
         self.stage, self.epochs, self.steps, self.offset = stage, epochs, steps, offset
         self.bar = tqdm(total=(epochs - initial_epoch) * steps, desc=f"training ({stage.split(' (')[0]})",
-                        unit="step", leave=False, dynamic_ncols=True)
+                        unit="step", leave=False, dynamic_ncols=True, mininterval=2.0)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self.bar.update(1)
@@ -354,8 +376,16 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
         seed=cfg.seed, workers=tc.workers, use_multiprocessing=False)
     val_ds = CohortDataset(val_images, val_y, n_classes=n_classes, batch_size=tc.batch_size, workers=1)
     steps = len(train_ds)
-    model = build_model(image_px=cfg.preprocess.image_px, n_classes=n_classes, dropout=cfg.model.dropout,
-                        weights=weights, seed=cfg.seed)
+    previous_policy = keras.config.dtype_policy().name
+    policy = precision_policy(cfg.model.mixed_precision)
+    keras.config.set_dtype_policy(policy)  # layers take it when built; restored below
+    n_devices = data_parallel()
+    try:
+        model = build_model(image_px=cfg.preprocess.image_px, n_classes=n_classes, dropout=cfg.model.dropout,
+                            weights=weights, seed=cfg.seed)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    log.info("precision %s on %d device(s)", policy, n_devices)
     ckpt = _Checkpoint(run_dir / "checkpoints") if run_dir is not None else None
     fingerprint = {"config_hash": config_hash(cfg), "n_train": int(len(train_y)), "n_val": int(len(val_y)),
                    "train_labels": hashlib.sha256(np.asarray(train_y, dtype=np.int64).tobytes()).hexdigest()[:16]}
@@ -453,7 +483,7 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
     if best_epoch is None:
         best_epoch = int(history["epoch"].iloc[-1]) if len(history) else 0
     return TrainResult(model=model, history=history, best_epoch=best_epoch, stages=stages,
-                       seconds=time.perf_counter() - t0)
+                       seconds=time.perf_counter() - t0, precision=policy, n_devices=n_devices)
 
 
 def steps_per_epoch(n_images: int, batch_size: int) -> int:

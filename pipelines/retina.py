@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(run)
     g = run.add_argument_group("model and training")
     add_training_options(g)
+    g.add_argument("--learning-curve", nargs="?", const="0.25,0.5,0.75", metavar="FRACTIONS",
+                   help="after the run, retrain on these shares of the training patients (default 0.25,0.5,0.75) "
+                        "and add the learning curve to the report: would more data help?")
     g.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run after its last completed epoch, with the configuration "
                         "saved in RUN_DIR/config.yaml (no other configuration option may be given)")
@@ -91,6 +94,19 @@ def _resume(args: argparse.Namespace) -> Path:
     return run_pipeline(cfg, load_cohort_spec(cfg.cohort), resume_dir=run_dir)
 
 
+def _check_verdict(page: Path) -> Path:
+    """A check whose audit found errors exits 2 (after writing its page), so a script can stop on it."""
+    import json
+
+    from medxcept.errors import LeakageError
+
+    audit = json.loads((page.parent / "audit.json").read_text(encoding="utf-8"))
+    errors = int(audit.get("summary", {}).get("error", 0))
+    if errors:
+        raise LeakageError(f"the audit found {errors} error(s) that would stop a training run: read {page}")
+    return page
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in SUBCOMMANDS:
@@ -114,10 +130,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             from medxcept.check import check_cohort
 
-            return check_cohort(spec, cfg, out_dir=Path(cfg.out_dir), run_name=args.run_name)
+            page = check_cohort(spec, cfg, out_dir=Path(cfg.out_dir), run_name=args.run_name)
+            return _check_verdict(page)
+        from medxcept.learning_curve import parse_fractions
         from medxcept.pipeline import run_pipeline
 
-        return run_pipeline(cfg, spec, run_name=args.run_name)
+        fractions = parse_fractions(args.learning_curve) if args.learning_curve else ()
+        return run_pipeline(cfg, spec, run_name=args.run_name, learning_curve=fractions)
 
     return run_main(work)
 

@@ -29,24 +29,3 @@ from medxcept.corpus import (  # noqa: F401 - re-exported for the tests
     write_sr,
     ybr_full_from_rgb,
 )
-
-__all__ = [
-    "SECONDARY_CAPTURE",
-    "CT_IMAGE",
-    "bundled_test_file",
-    "encode_jpeg_lossless",
-    "encoder_unavailable",
-    "frames_functional_groups",
-    "image_dataset",
-    "save",
-    "write_gray",
-    "write_rgb",
-    "write_jpeg_baseline",
-    "write_jpeg_lossless",
-    "write_compressed",
-    "write_sr",
-    "write_presentation_state",
-    "write_dicomdir",
-    "write_op_dicom",
-    "ybr_full_from_rgb",
-]

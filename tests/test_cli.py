@@ -80,3 +80,23 @@ def test_interrupted_run_resumes_with_resume_and_completes(tmp_path, tiny_cohort
     assert (run / "report.html").is_file() and not (run / "checkpoints").exists()
     res = _run("--resume", str(run))
     assert res.returncode == 2 and "the run is complete" in res.stderr
+
+
+def test_check_subcommand_exits_2_on_a_trap_cohort_and_0_on_a_clean_one(tmp_path, session_cache):
+    """`check` ingests, splits and audits without training; planted leakage makes it fail loudly."""
+    from medxcept.traps import write_trap_cohort
+
+    traps, clean = tmp_path / "traps", tmp_path / "clean"
+    write_trap_cohort(traps, seed=0, size_scale=0.5)
+    write_trap_cohort(clean, seed=0, clean=True, size_scale=0.5)
+    out = tmp_path / "reports"
+    env = {"MEDXCEPT_CACHE": str(session_cache)}
+    res = _run("check", "--cohort", str(traps / "cohort.yaml"), "--out-dir", str(out), "--run-name", "t", env=env)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "the audit found" in res.stderr and str(out / "t" / "check.html") in res.stderr
+    assert "Traceback" not in res.stderr
+    page = (out / "t" / "check.html").read_text(encoding="utf-8")
+    assert "TRAP-" not in page  # raw patient IDs never reach the page
+    res = _run("check", "--cohort", str(clean / "cohort.yaml"), "--out-dir", str(out), "--run-name", "c", env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().endswith("check.html")

@@ -69,6 +69,24 @@ def test_state_round_trip_continues_the_patience_count():
     assert not resumed.is_better(0.8, 0.6) and resumed.is_better(0.8, 0.4)
 
 
+def test_verdict_names_overfitting_when_validation_loss_rises_and_auc_falls():
+    import pandas as pd
+
+    from medxcept.pipeline import training_verdict
+
+    h = pd.DataFrame({"epoch": [1, 2, 3, 4, 5], "auc": [0.7, 0.85, 0.95, 0.99, 1.0],
+                      "loss": [0.6, 0.4, 0.25, 0.1, 0.05], "val_patient_auc": [0.7, 0.82, 0.80, 0.74, 0.70],
+                      "val_loss": [0.6, 0.5, 0.55, 0.7, 0.9]})
+    v = training_verdict(h, 2)
+    assert v["overfitting_seen"] and v["best_epoch"] == 2
+    assert "validation loss was lowest at epoch 2 and rose by 0.400" in v["verdict"]
+    assert "validation AUC fell: they overfit" in v["verdict"]
+    assert v["gap_at_best"] == pytest.approx(0.85 - 0.82)
+    calm = training_verdict(h.assign(val_patient_auc=[0.7, 0.8, 0.9, 0.95, 0.97],
+                                     val_loss=[0.6, 0.5, 0.4, 0.3, 0.25], auc=[0.7, 0.8, 0.9, 0.95, 0.98]), 5)
+    assert not calm["overfitting_seen"] and "no sign of overfitting" in calm["verdict"]
+
+
 # ---------------------------------------------------------------------- fit on a tiny cohort
 
 
@@ -174,3 +192,28 @@ def test_resume_continues_after_the_last_completed_epoch(tiny_data, reference, t
     other = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, patience=9))
     with pytest.raises(ConfigError, match="another configuration"):
         _fit(tiny_data, run_dir=tmp_path, resume=True, cfg=other)
+
+
+def test_tta_averages_the_logits_of_seeded_augmented_copies():
+    from medxcept.augment import AugmentConfig, augment_batch, build_augment
+    from medxcept.train import predict_logits, predict_logits_tta
+
+    keras.utils.set_random_seed(0)
+    # a model that is not flip-invariant: the logit is a weighted sum of the left half's red channel
+    inputs = keras.Input((72, 72, 3))
+    x = keras.layers.Lambda(lambda t: t[:, :, :36, 0:1] / 255.0)(inputs)
+    logits = keras.layers.Dense(1)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, logits)
+    images = np.zeros((6, 72, 72, 3), np.uint8)
+    for i in range(6):
+        images[i, :, : 12 * (i + 1), 0] = 200  # a red band of increasing width from the left edge
+    plain = predict_logits(model, images)
+    assert np.allclose(predict_logits_tta(model, images, passes=0, seed=3), plain)
+    tta = predict_logits_tta(model, images, passes=3, seed=3)
+    aug = build_augment(AugmentConfig(strength="light", balance="none"), seed=3)
+    expected = plain.copy()
+    for k in range(3):
+        expected += predict_logits(model, augment_batch(aug, images, rng=np.random.default_rng([3, 7919, k])))
+    np.testing.assert_allclose(tta, expected / 4, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(tta, plain), "the copies must differ from the originals (flips move the band)"
+    np.testing.assert_allclose(predict_logits_tta(model, images, passes=3, seed=3), tta)  # seeded

@@ -141,8 +141,12 @@ def _examples(table: pd.DataFrame, images: np.ndarray, cfg: Any, spec: Any, n_pe
 
 def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame, history: pd.DataFrame,
                   predictions: pd.DataFrame, audit: Any, versions: dict[str, Any], images: np.ndarray, cfg: Any,
-                  spec: Any, frames: dict[str, pd.DataFrame]) -> Path:
-    """Write ``report.html`` into ``run_dir`` and return its path."""
+                  spec: Any, frames: dict[str, pd.DataFrame], extra_figs: dict[str, str | None] | None = None) -> Path:
+    """Write ``report.html`` into ``run_dir`` and return its path.
+
+    ``extra_figs``: figures made elsewhere (data URIs), e.g. ``{"cam": ...}`` for the
+    class-activation gallery of :func:`medxcept.explain.cam_gallery`.
+    """
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["fmt"] = fmt
@@ -165,6 +169,8 @@ def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame
         labels=("before recalibration", f"after ({metrics['calibration_method']})"))
     figs["training"] = training_figure(history, metrics["training"]["best_epoch"])
     figs["examples"] = _examples(table, images, cfg, spec)
+    figs.update(extra_figs or {})
+    figs.setdefault("cam", None)
     audit_dict = audit.to_dict() if hasattr(audit, "to_dict") else audit
     context = {
         "m": metrics, "figs": figs, "classes": classes,

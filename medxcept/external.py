@@ -1,0 +1,540 @@
+"""External validation: apply a trained run, unchanged, to another cohort.
+
+``python -m pipelines.retina evaluate --run RUN_DIR --cohort OTHER.yaml`` calls
+:func:`evaluate_run`. An external validation answers one question: *how does the model that
+was trained, calibrated and thresholded in RUN_DIR do on patients it has never seen, from
+another site or camera?* For the answer to mean anything, **nothing may be fitted on the new
+cohort**:
+
+* the model is ``RUN_DIR/model.keras``, loaded without recompiling;
+* preprocessing (image size, field-of-view crop, illumination, CLAHE, quality policy) is the
+  source run's ``config.yaml``: the model only knows images prepared that way. Where the new
+  cohort's configuration differs, a log line names the section and says the source run wins;
+* the calibrator (temperature, Platt or isotonic) and the operating threshold are those of
+  ``RUN_DIR/calibration.json``, fitted on the source run's validation split;
+* every usable image of the new cohort is a test image: there is no training, no validation
+  split, no refitting of temperature or threshold.
+
+Only reporting choices come from the new configuration: the output folder, the bootstrap seed
+and resample count, and the number of calibration bins.
+
+An "external" cohort that contains files of the training run is not external. Files with the
+same sha256 as an image of ``RUN_DIR/cohort.csv`` (any split) are reported as a warning in the
+log, in ``metrics.json`` (``external.overlap``), in ``audit.json`` and in the report. Patients
+whose pseudonym also appears in the source run are counted too, as a note: pseudonyms agree
+only when both cohorts share the pseudonym salt and number patients in one ID space.
+
+The new run directory follows :func:`medxcept.pipeline.run_pipeline`'s conventions
+(``config.yaml``, ``exclusions.csv``, ``cohort.csv``, ``split.csv``, ``audit.json``,
+``predictions.csv``, ``calibration.json`` (the source run's, as applied), ``metrics.json`` with
+``run.external_validation: true`` and ``run.source_run``, ``versions.json``, ``report.html``).
+It holds no model and no ``history.csv``: both belong to the source run, which the report names;
+the training section of the report shows the source run's history.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from medxcept.audit import Finding, audit_cohort, fingerprints
+from medxcept.calibrate import Calibrator
+from medxcept.cohort import CohortSpec, public_view
+from medxcept.config import RunConfig, config_hash, load_config
+from medxcept.errors import ConfigError
+from medxcept.pipeline import (
+    _reason_counts,
+    _summary_counts,
+    add_probabilities,
+    measure_test,
+    prepare_cohort,
+    training_verdict,
+)
+from medxcept.run import RunDir, code_version, data_hash, environment, package_versions
+from medxcept.splits import split_hash, split_table
+
+__all__ = ["REQUIRED_FILES", "SourceRun", "evaluate_run", "check_run_dir", "load_source_run",
+           "load_source_config", "external_config", "source_overlap", "apply_frozen"]
+
+log = logging.getLogger(__name__)
+
+#: Files a finished training run holds that an external validation needs.
+REQUIRED_FILES = ("model.keras", "config.yaml", "calibration.json", "cohort.csv", "metrics.json")
+
+#: Sections of the configuration that define the model and its inputs: always the source run's.
+SOURCE_SECTIONS = ("preprocess", "model", "train", "augment", "split")
+#: Evaluation options that were part of fitting (the threshold rule, the calibrator, the
+#: patient aggregation the threshold was meant for): the source run's too.
+SOURCE_EVAL_FIELDS = ("threshold", "target_sensitivity", "calibration", "patient_aggregation")
+
+_MAX_DETAILS = 100
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Raise :class:`ConfigError` naming every file an external validation needs and lacks.
+
+    Parameters
+    ----------
+    run_dir : Path
+        The directory a finished ``python -m pipelines.retina`` run wrote.
+
+    Raises
+    ------
+    ConfigError
+        The directory does not exist, or lacks one of :data:`REQUIRED_FILES`.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"run directory not found: {run_dir}. Pass --run the folder a training run wrote "
+                          "(reports/<date>-<cohort>-<hash>/)")
+    missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise ConfigError(
+            f"{run_dir} is not a complete training run: missing {', '.join(missing)}. External validation "
+            f"needs the trained model and what was fitted with it ({', '.join(REQUIRED_FILES)}); point --run "
+            "at the directory of a run that finished, or re-run training (an interrupted run resumes).")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read as JSON ({exc}); the run directory is damaged, "
+                          "re-run training") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object; the run directory is damaged, re-run training")
+    return data
+
+
+def load_source_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
+    """The source run's resolved configuration and the extra keys saved beside it.
+
+    Returns
+    -------
+    cfg : RunConfig
+        Rebuilt from ``config.yaml`` (validated like any configuration).
+    extras : dict
+        Keys of ``config.yaml`` that are not configuration fields (``cohort_name``, ``classes``).
+    """
+    path = Path(run_dir) / "config.yaml"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc}); the run directory is damaged, "
+                          "re-run training") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of options")
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    extras = {k: v for k, v in data.items() if k not in fields}
+    cfg = load_config(cohort_defaults={k: v for k, v in data.items() if k in fields})
+    return cfg, extras
+
+
+def external_config(source: RunConfig, new: RunConfig) -> tuple[RunConfig, list[str]]:
+    """The configuration an external validation runs under, and what the source run overrode.
+
+    Model-defining sections (:data:`SOURCE_SECTIONS`) and the fitted evaluation options
+    (:data:`SOURCE_EVAL_FIELDS`) come from ``source``; the output folder, seed, bootstrap
+    resamples, calibration bins and audit options from ``new``.
+
+    Returns
+    -------
+    cfg : RunConfig
+    differences : list of str
+        One plain-words line per section or option where ``new`` differed and lost.
+    """
+    differences = []
+    for section in SOURCE_SECTIONS:
+        a, b = getattr(source, section), getattr(new, section)
+        if a != b:
+            changed = {k: (v, getattr(b, k)) for k, v in dataclasses.asdict(a).items() if getattr(b, k) != v}
+            what = ", ".join(f"{k}={mine!r} (this cohort's config: {theirs!r})"
+                             for k, (mine, theirs) in changed.items())
+            differences.append(f"{section}: the source run's {what} wins")
+    for name in SOURCE_EVAL_FIELDS:
+        a, b = getattr(source.eval, name), getattr(new.eval, name)
+        if a != b:
+            differences.append(f"eval.{name}: the source run's {a!r} wins (this cohort's config: {b!r})")
+    eval_cfg = dataclasses.replace(new.eval, **{k: getattr(source.eval, k) for k in SOURCE_EVAL_FIELDS})
+    cfg = dataclasses.replace(new, eval=eval_cfg, **{s: getattr(source, s) for s in SOURCE_SECTIONS})
+    return cfg, differences
+
+
+def source_overlap(table: pd.DataFrame, source_cohort: pd.DataFrame, source_id: str) -> tuple[dict[str, Any],
+                                                                                           list[Finding]]:
+    """Images (same file sha256) and patient pseudonyms the new cohort shares with the source run.
+
+    Parameters
+    ----------
+    table : DataFrame
+        The external cohort table (``image_id``, ``sha256``, ``patient_key``).
+    source_cohort : DataFrame
+        The source run's ``cohort.csv`` (``sha256``, ``patient_key``, ``split``).
+    source_id : str
+        The source run's id, for the messages.
+
+    Returns
+    -------
+    overlap : dict
+        ``images_same_sha256`` (count), ``image_ids`` (at most 100), ``by_source_split``,
+        ``patients_same_key`` (count) and ``checked`` (what could be compared).
+    findings : list of Finding
+        ``external_overlap`` (warning) and ``external_patient_keys`` (info), when any.
+    """
+    overlap: dict[str, Any] = {"images_same_sha256": 0, "image_ids": [], "by_source_split": {},
+                               "patients_same_key": 0, "checked": []}
+    findings: list[Finding] = []
+    if "sha256" in source_cohort.columns:
+        overlap["checked"].append("file sha256")
+        split_of = (source_cohort.drop_duplicates("sha256").set_index("sha256")["split"]
+                    if "split" in source_cohort.columns else None)
+        same = table[table["sha256"].isin(set(source_cohort["sha256"].astype(str)))]
+        if len(same):
+            splits = (same["sha256"].map(split_of).fillna("?") if split_of is not None
+                      else pd.Series("?", index=same.index))
+            overlap["images_same_sha256"] = int(len(same))
+            overlap["image_ids"] = same["image_id"].astype(str).tolist()[:_MAX_DETAILS]
+            counts = splits.value_counts().sort_index()
+            overlap["by_source_split"] = {str(k): int(v) for k, v in counts.items()}
+            findings.append(Finding(
+                "external_overlap", "warning",
+                f"{len(same)} of {len(table)} image(s) of this cohort are byte-identical (same file sha256) "
+                f"to images of the source run {source_id} ({overlap['by_source_split']} by source split): "
+                "for them this is not an external validation. Remove them from the cohort, or evaluate on a "
+                "cohort the model has never seen.",
+                len(same),
+                [{"image_id": str(i), "source_split": str(s)}
+                 for i, s in zip(same["image_id"], splits, strict=True)][:_MAX_DETAILS]))
+    else:
+        log.warning("! the source run's cohort.csv has no sha256 column: overlap with the training images "
+                    "cannot be checked")
+    if "patient_key" in source_cohort.columns:
+        overlap["checked"].append("patient pseudonym")
+        keys = sorted(set(table["patient_key"].astype(str)) & set(source_cohort["patient_key"].astype(str)))
+        overlap["patients_same_key"] = len(keys)
+        if keys:
+            findings.append(Finding(
+                "external_patient_keys", "info",
+                f"{len(keys)} patient pseudonym(s) of this cohort also appear in the source run {source_id}. "
+                "Pseudonyms agree when both cohorts share the pseudonym salt and the same raw patient ID: "
+                "the same people, unless the two cohorts number patients independently (then a coincidence).",
+                len(keys), [{"patient_key": k} for k in keys[:_MAX_DETAILS]]))
+    return overlap, findings
+
+
+def apply_frozen(test: pd.DataFrame, logits: np.ndarray, *, calibrator: Calibrator,
+                 threshold: dict[str, Any] | None, cfg: RunConfig,
+                 classes: tuple[str, ...]) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Metrics of ``test`` under a calibrator and threshold fitted elsewhere (nothing is refitted).
+
+    The test half of :func:`medxcept.pipeline.evaluate_predictions`, with the fitted state
+    given instead of fitted on a validation split.
+
+    Parameters
+    ----------
+    test : DataFrame
+        Cohort rows (``y``, ``patient_key``), in the order of ``logits``.
+    logits : ndarray of shape (n,) or (n, k)
+        The model's logits.
+    calibrator : Calibrator
+        Fitted (``Calibrator.from_dict`` of the source run's ``calibration.json``).
+    threshold : dict or None
+        The source run's threshold record (binary models); ``value`` is applied as is.
+    cfg : RunConfig
+        ``eval.n_bootstrap``, ``n_bins``, ``patient_aggregation`` and ``seed`` are used.
+    classes : tuple of str
+
+    Returns
+    -------
+    metrics : dict
+        Same keys as ``evaluate_predictions`` has for test (``test_image``, ``test_patient``,
+        ``test_*_ci``, ``calibration_test``, ...).
+    test : DataFrame
+        A copy of ``test`` with ``logit`` / ``prob_raw`` / ``prob`` (or per-class) columns.
+    """
+    out: dict[str, Any] = {"classes": list(classes), "calibration_method": calibrator.name,
+                           "calibrator": calibrator.to_dict()}
+    t = None
+    if len(classes) == 2:
+        if threshold is None or threshold.get("value") is None:
+            raise ConfigError("the source run's calibration.json holds no threshold for this binary model; "
+                              "the run directory is damaged, re-run training")
+        t = float(threshold["value"])
+        out["threshold"] = threshold
+    test = add_probabilities(test, logits, calibrator, classes)
+    out.update(measure_test(test, threshold=t, cfg=cfg, classes=classes))
+    return out, test
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceRun:
+    """What an external validation takes from the training run: read, checked, never changed."""
+
+    path: Path
+    id: str
+    cfg: RunConfig
+    extras: dict[str, Any]
+    metrics: dict[str, Any]
+    calibration: dict[str, Any]
+    classes: tuple[str, ...]
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The source run's ``metrics.json`` ``run`` block."""
+        return dict(self.metrics.get("run") or {})
+
+    @property
+    def cohort_name(self) -> Any:
+        return self.info.get("cohort", self.extras.get("cohort_name"))
+
+
+def load_source_run(run_dir: Path) -> SourceRun:
+    """Check and read a finished training run (:data:`REQUIRED_FILES`) for external validation.
+
+    Raises
+    ------
+    ConfigError
+        A missing file (all of them named), unreadable JSON/YAML, no class list, no fitted calibrator.
+    """
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir)
+    metrics = _read_json(run_dir / "metrics.json")
+    calibration = _read_json(run_dir / "calibration.json")
+    cfg, extras = load_source_config(run_dir)
+    run_id = str((metrics.get("run") or {}).get("id") or run_dir.name)
+    classes = tuple(str(c) for c in (extras.get("classes") or metrics.get("classes") or ()))
+    if len(classes) < 2:
+        raise ConfigError(f"{run_dir / 'config.yaml'} does not list the model's classes; the run directory "
+                          "is damaged, re-run training")
+    if "calibrator" not in calibration:
+        raise ConfigError(f"{run_dir / 'calibration.json'} holds no fitted calibrator; re-run training")
+    return SourceRun(run_dir, run_id, cfg, extras, metrics, calibration, classes)
+
+
+def _match_classes(spec: CohortSpec, src: SourceRun) -> CohortSpec:
+    """The external cohort with the model's class order (which decides ``y``); same class names required."""
+    if sorted(src.classes) != sorted(spec.classes):
+        raise ConfigError(
+            f"cohort '{spec.name}' declares classes {list(spec.classes)} but the model of run {src.id} "
+            f"predicts {list(src.classes)}: set the cohort file's 'classes' to the model's classes (label "
+            "values are matched to them case-insensitively)")
+    if tuple(spec.classes) == src.classes:
+        return spec
+    log.info("class order of the model (%s) used for cohort '%s'", list(src.classes), spec.name)
+    positive = src.classes[1] if len(src.classes) == 2 else spec.positive_class
+    return dataclasses.replace(spec, classes=src.classes, positive_class=positive)
+
+
+def _load_model(src: SourceRun, image_px: int) -> Any:
+    """``model.keras`` without recompiling, checked against the run's input size and classes."""
+    import keras
+
+    path = src.path / "model.keras"
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot be loaded as a Keras model ({exc}); re-run training") from None
+    in_px = model.input_shape[1]
+    if in_px is not None and int(in_px) != image_px:
+        raise ConfigError(f"{path} takes {in_px} px images but the run's config.yaml says "
+                          f"preprocess.image_px={image_px}; the run directory is inconsistent")
+    n_out, k = int(model.output_shape[-1]), len(src.classes)
+    if n_out != (1 if k == 2 else k):
+        raise ConfigError(f"{path} has {n_out} output(s), which does not fit the {k} classes "
+                          f"{list(src.classes)} of its config.yaml; the run directory is inconsistent")
+    return model
+
+
+def _source_history(run_dir: Path) -> pd.DataFrame:
+    path = run_dir / "history.csv"
+    if path.is_file() and path.stat().st_size > 1:
+        return pd.read_csv(path)
+    log.warning("! %s is missing: the report shows no training curves", path)
+    return pd.DataFrame()
+
+
+def _training_block(src: SourceRun, history: pd.DataFrame) -> dict[str, Any]:
+    """The source run's training summary, labelled as such (this run trains nothing)."""
+    block = dict(src.metrics.get("training") or {})
+    if "verdict" not in block:
+        block = {**training_verdict(history, int(block.get("best_epoch", 0))), **block}
+    block.setdefault("stages", [])
+    block.setdefault("seconds", 0.0)
+    block.setdefault("epochs_run", int(history["epoch"].max()) if "epoch" in history else 0)
+    block["verdict"] = f"training of the source run {src.id} (nothing was trained here): {block['verdict']}"
+    block["source_run"] = src.id
+    return block
+
+
+def _prediction_table(test: pd.DataFrame, classes: tuple[str, ...], how: str) -> pd.DataFrame:
+    """``predictions.csv`` as ``run_pipeline`` writes it (pseudonymized, image and patient level)."""
+    cols = ["image_id", "patient_key", "laterality", "source", "label", "y"] + [
+        c for c in test.columns if c.startswith(("logit", "prob"))]
+    predictions = test[cols].copy()
+    if len(classes) == 2:
+        pat = predictions.groupby("patient_key").agg(patient_y=("y", "max"), patient_prob=("prob", how))
+        predictions = predictions.merge(pat, left_on="patient_key", right_index=True, how="left")
+    return predictions
+
+
+def _run_block(run: RunDir, spec: CohortSpec, src: SourceRun, ecfg: RunConfig,
+               device: dict[str, str]) -> dict[str, Any]:
+    info = src.info
+    weights = src.cfg.model.weights
+    return {"id": run.path.name, "cohort": spec.name, "description": spec.description,
+            "weights": info.get("weights", weights),
+            "weights_description": info.get("weights_description", weights),
+            "pretrained": bool(info.get("pretrained", weights != "none")), "recipe": src.cfg.train.recipe,
+            "image_px": ecfg.preprocess.image_px, "seed": ecfg.seed, "backend": device["backend"],
+            "device": device["device"], "external_validation": True, "source_run": src.id,
+            "source_cohort": src.cohort_name}
+
+
+def evaluate_run(run_dir: Path, spec: CohortSpec, cfg: RunConfig, run_name: str | None = None) -> Path:
+    """Apply the trained run ``run_dir`` unchanged to cohort ``spec``; return the new report's path.
+
+    Parameters
+    ----------
+    run_dir : Path
+        A finished training run (see :data:`REQUIRED_FILES`).
+    spec : CohortSpec
+        The external cohort. Its classes must be the model's classes (any order).
+    cfg : RunConfig
+        The configuration resolved for the external cohort. Only ``out_dir``, ``seed``,
+        ``eval.n_bootstrap``, ``eval.n_bins`` and ``audit.hamming_threshold`` are used; everything
+        that shaped the model comes from the source run (:func:`external_config`), and a log line
+        says where the two differ.
+    run_name : str, optional
+        Name of the new run directory (default ``<date>-<cohort>-external-<hash8>``).
+
+    Returns
+    -------
+    Path
+        ``report.html`` of the new run directory.
+
+    Raises
+    ------
+    ConfigError
+        An incomplete source run directory (naming the missing files), a model whose classes or
+        input size do not match.
+    CohortError
+        The external cohort has no usable image, or a class without images.
+    """
+    from medxcept.data import load_images
+    from medxcept.model import detect_device
+    from medxcept.report import render_report
+    from medxcept.train import predict_logits
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    src = load_source_run(run_dir)
+    spec = _match_classes(spec, src)
+    ecfg, differences = external_config(src.cfg, cfg)
+    for line in differences:
+        log.warning("! configuration differs from the source run, %s: the model was trained on the source "
+                    "run's settings", line)
+    calibrator = Calibrator.from_dict(src.calibration["calibrator"])
+    threshold = src.calibration.get("threshold")
+    if threshold is not None:
+        threshold = {**threshold, "chosen_on": f"the validation split of run {src.id}", "refitted": False}
+    log.info("external validation of run %s on cohort '%s': every usable image is a test image; model, "
+             "preprocessing (%d px), %s calibration%s come from the source run and nothing is refitted",
+             src.id, spec.name, ecfg.preprocess.image_px, calibrator.name,
+             f" and threshold {threshold['value']:.4f}" if threshold else "")
+    model = _load_model(src, ecfg.preprocess.image_px)
+
+    run = RunDir.create(ecfg.out_dir, f"{spec.name}-external", ecfg, name=run_name)
+    run.write_config(ecfg, extra={"cohort_name": spec.name, "classes": list(src.classes),
+                                  "external_validation": True, "source_run": src.id})
+    log.info("run directory: %s", run.path)
+
+    t = time.perf_counter()
+    ing, cache = prepare_cohort(spec, ecfg)
+    timings["ingest_s"] = time.perf_counter() - t
+    run.write_csv("exclusions.csv", ing.exclusions)
+    run.write_private("patient_map.csv", ing.patient_map)
+    run.write_private("image_paths.csv", ing.table[["image_id", "patient_key", "path", "frame"]])
+    table = ing.table.copy()
+    table["split"] = "test"  # external validation: every usable image is a test image
+    log.info("cohort: %d image(s) of %d patient(s); %d file(s) found, %d excluded (see exclusions.csv)",
+             len(table), table["patient_key"].nunique(), ing.files_found, ing.files_excluded)
+
+    t = time.perf_counter()
+    images = load_images(table, cache, ecfg.preprocess)
+    # Nothing is trained here, so duplicates inside the cohort are not leakage: the audit only
+    # describes the cohort (policy "warn") and never stops the run.
+    audit = audit_cohort(table, fp=fingerprints(images), policy="warn",
+                         hamming_threshold=ecfg.audit.hamming_threshold)
+    overlap, findings = source_overlap(table, pd.read_csv(src.path / "cohort.csv", dtype=str), src.id)
+    audit.findings.extend(findings)
+    timings["audit_s"] = time.perf_counter() - t
+    for f in audit.findings:
+        if f.severity in ("warning", "error"):
+            log.warning("! audit: %s", f.message)
+    run.write_json("audit.json", audit.to_dict())
+    run.write_csv("split.csv", split_table(table))
+    run.write_csv("cohort.csv", public_view(table))
+
+    t = time.perf_counter()
+    logits = predict_logits(model, images, batch_size=ecfg.train.batch_size)
+    measured, test = apply_frozen(table, logits, calibrator=calibrator, threshold=threshold, cfg=ecfg,
+                                  classes=src.classes)
+    timings["evaluate_s"] = time.perf_counter() - t
+    run.write_json("calibration.json", {**src.calibration, "source_run": src.id, "refitted": False})
+    predictions = _prediction_table(test, src.classes, ecfg.eval.patient_aggregation)
+    run.write_csv("predictions.csv", predictions)
+
+    device = detect_device()
+    src_versions = _read_json(src.path / "versions.json") if (src.path / "versions.json").is_file() else {}
+    versions = {"packages": package_versions(), "code": code_version(), "environment": environment(),
+                "device": device, "data_hash": data_hash(table), "split_hash": split_hash(table),
+                "config_hash": config_hash(ecfg),
+                "source_run": {"id": src.id, "model_sha256": _sha256_file(src.path / "model.keras"),
+                               **{k: src_versions[k] for k in ("data_hash", "split_hash", "config_hash")
+                                  if k in src_versions}}}
+    run.write_json("versions.json", versions)
+    history = _source_history(src.path)
+    timings["total_s"] = time.perf_counter() - t_start
+    full = {
+        "run": _run_block(run, spec, src, ecfg, device),
+        "external": {
+            "source_run": src.id, "source_cohort": src.cohort_name, "refitted": [],
+            "from_source_run": ["model", "preprocessing", "calibrator", "threshold",
+                                *[f"eval.{k}" for k in SOURCE_EVAL_FIELDS]],
+            "note": "every usable image of this cohort is a test image; nothing (model, temperature or other "
+                    "calibrator, threshold) was fitted on it",
+            "config_differences": differences, "overlap": overlap,
+            "warnings": [f.message for f in findings if f.severity == "warning"]},
+        "cohort": {**_summary_counts(table), "files_found": ing.files_found, "files_used": ing.files_used,
+                   "files_excluded": ing.files_excluded,
+                   "exclusions_by_reason": _reason_counts(ing.exclusions)},
+        "class_balance": src.metrics.get("class_balance") or {"method": src.cfg.augment.balance},
+        "training": _training_block(src, history),
+        **measured,
+        "audit": {"errors": len(audit.errors), "n_findings": len(audit.findings)},
+        "timings": timings,
+        "hashes": {k: versions[k] for k in ("data_hash", "split_hash", "config_hash")},
+    }
+    run.write_json("metrics.json", full)
+    html = render_report(run.path, metrics=full, table=table, history=history, predictions=predictions,
+                         audit=audit, versions=versions, images=images, cfg=ecfg, spec=spec,
+                         frames={"test": test})
+    log.info("external validation report written in %.0f s", time.perf_counter() - t_start)
+    return html

@@ -1,0 +1,276 @@
+"""External validation (``pipelines.retina evaluate``): a trained run applied unchanged to another cohort.
+
+The slow tests train TINY_COHORT once (:func:`trained_tiny_run`, shared with
+``test_report_render.py`` within one pytest process), then evaluate it on a second tiny cohort
+generated with another seed, and on its own cohort (which must be reported as overlapping).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medxcept.cohort import load_cohort_spec
+from medxcept.config import load_config
+from medxcept.errors import ConfigError
+
+_RUNS: dict[str, Path] = {}
+
+
+def trained_tiny_run(base: Path) -> Path:
+    """The run directory of TINY_COHORT (24 patients, seed 3) trained once per pytest process.
+
+    ``base`` is where the run is written the first time (a session temp folder); later calls
+    return the same directory whatever ``base`` is.
+    """
+    if "tiny" not in _RUNS:
+        from medxcept.pipeline import run_pipeline
+        from tests.conftest import TINY_COHORT
+
+        base.mkdir(parents=True, exist_ok=True)
+        cohort = base / "tiny.yaml"
+        cohort.write_text(TINY_COHORT.format(n_patients=24, seed=3), encoding="utf-8")
+        spec = load_cohort_spec(cohort)
+        cfg = load_config(cohort_defaults=spec.defaults, overrides={"out_dir": str(base / "reports")})
+        _RUNS["tiny"] = run_pipeline(cfg, spec, run_name="tiny-source").parent
+    return _RUNS["tiny"]
+
+
+def _cohort_file(d: Path, n_patients: int, seed: int) -> Path:
+    from tests.conftest import TINY_COHORT
+
+    path = d / f"tiny-{n_patients}-{seed}.yaml"
+    path.write_text(TINY_COHORT.format(n_patients=n_patients, seed=seed), encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------ fast: no model
+
+
+def _fake_run_dir(d: Path, skip: str) -> Path:
+    d.mkdir(parents=True)
+    for name in ("model.keras", "config.yaml", "calibration.json", "cohort.csv", "metrics.json"):
+        if name != skip:
+            (d / name).write_text("{}\n", encoding="utf-8")
+    return d
+
+
+def test_run_dir_without_model_is_a_config_error_naming_it(tmp_path, session_cache):
+    from medxcept.external import evaluate_run
+
+    run = _fake_run_dir(tmp_path / "run", skip="model.keras")
+    spec = load_cohort_spec(_cohort_file(tmp_path, 16, 11))
+    cfg = load_config(cohort_defaults=spec.defaults, overrides={"out_dir": str(tmp_path / "out")})
+    with pytest.raises(ConfigError) as info:
+        evaluate_run(run, spec, cfg)
+    assert f"{run} is not a complete training run: missing model.keras. " in str(info.value)
+    assert not (tmp_path / "out").exists(), "nothing may be written before the run dir is checked"
+
+
+def test_cli_evaluate_of_an_incomplete_run_exits_2_naming_every_missing_file(tmp_path, session_cache, capsys):
+    from pipelines.retina import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n", encoding="utf-8")
+    cohort = _cohort_file(tmp_path, 16, 11)
+    root = logging.getLogger("medxcept")
+    saved = (root.handlers[:], root.level, root.propagate)
+    try:
+        rc = main(["evaluate", "--run", str(run), "--cohort", str(cohort),
+                   "--out-dir", str(tmp_path / "out")])
+    finally:
+        root.handlers[:], root.level, root.propagate = saved[0], saved[1], saved[2]
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "missing model.keras, calibration.json, cohort.csv, metrics.json. " in err  # not config.yaml
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_missing_run_dir_is_a_config_error(tmp_path):
+    from medxcept.external import check_run_dir
+
+    with pytest.raises(ConfigError, match="run directory not found"):
+        check_run_dir(tmp_path / "nope")
+
+
+def test_external_config_keeps_the_model_defining_sections_of_the_source_run():
+    from medxcept.external import external_config
+
+    src = load_config(overrides={"preprocess.image_px": 71, "eval.calibration": "temperature", "seed": 1,
+                                 "eval.n_bootstrap": 50})
+    new = load_config(overrides={"preprocess.image_px": 299, "preprocess.clahe": True,
+                                 "eval.calibration": "platt", "seed": 7, "eval.n_bootstrap": 200,
+                                 "out_dir": "elsewhere"})
+    cfg, diffs = external_config(src, new)
+    assert cfg.preprocess == src.preprocess and cfg.model == src.model and cfg.train == src.train
+    assert cfg.eval.calibration == "temperature" and cfg.eval.threshold == src.eval.threshold
+    assert (cfg.seed, cfg.eval.n_bootstrap, cfg.out_dir) == (7, 200, "elsewhere")  # reporting choices: new
+    text = "\n".join(diffs)
+    assert "image_px=71 (this cohort's config: 299)" in text and "clahe=False" in text
+    assert "eval.calibration: the source run's 'temperature' wins (this cohort's config: 'platt')" in text
+    same, none = external_config(src, src)
+    assert none == [] and same == src
+
+
+def test_source_overlap_counts_identical_files_and_shared_pseudonyms():
+    from medxcept.external import source_overlap
+
+    table = pd.DataFrame({"image_id": ["a", "b", "c"], "sha256": ["h1", "h2", "h3"],
+                          "patient_key": ["P-1", "P-2", "P-3"]})
+    source = pd.DataFrame({"sha256": ["h2", "h3", "h9"], "split": ["train", "test", "val"],
+                           "patient_key": ["P-3", "P-8", "P-9"]})
+    overlap, findings = source_overlap(table, source, "run-x")
+    assert overlap["images_same_sha256"] == 2 and overlap["image_ids"] == ["b", "c"]
+    assert overlap["by_source_split"] == {"test": 1, "train": 1}
+    assert overlap["patients_same_key"] == 1
+    kinds = {f.kind: f for f in findings}
+    assert kinds["external_overlap"].severity == "warning" and kinds["external_overlap"].count == 2
+    assert "run-x" in kinds["external_overlap"].message
+    assert kinds["external_patient_keys"].severity == "info"
+    clean, none = source_overlap(table, source.iloc[[2]], "run-x")
+    assert clean["images_same_sha256"] == 0 and clean["patients_same_key"] == 0 and none == []
+
+
+# ------------------------------------------------------------------ slow: one trained model
+
+
+@pytest.fixture(scope="module")
+def external(tmp_path_factory, session_cache):
+    """Train once; evaluate on a new seed-11 cohort (with clashing options) and on the training cohort."""
+    from medxcept.external import evaluate_run
+
+    source = trained_tiny_run(tmp_path_factory.getbasetemp() / "tiny-source")
+    d = tmp_path_factory.mktemp("external")
+    out: dict = {"source": source}
+
+    class _Grab(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.INFO)
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    root = logging.getLogger("medxcept")
+    for name, n, seed, extra in (("new", 16, 11, {"preprocess.image_px": 80, "eval.calibration": "platt"}),
+                                 ("own", 24, 3, {})):
+        spec = load_cohort_spec(_cohort_file(d, n, seed))
+        cfg = load_config(cohort_defaults=spec.defaults, overrides={"out_dir": str(d / "reports"), **extra})
+        grab = _Grab()
+        level = root.level
+        root.addHandler(grab)
+        root.setLevel(logging.INFO)
+        try:
+            report = evaluate_run(source, spec, cfg, run_name=f"ext-{name}")
+        finally:
+            root.removeHandler(grab)
+            root.setLevel(level)
+        out[name] = report.parent
+        out[f"{name}_log"] = grab.lines
+    return out
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.mark.slow
+def test_threshold_and_temperature_are_the_source_runs(external):
+    cal = _json(external["source"] / "calibration.json")
+    m = _json(external["new"] / "metrics.json")
+    assert cal["calibrator"]["name"] == "temperature"
+    assert m["threshold"]["value"] == cal["threshold"]["value"]
+    assert m["threshold"]["method"] == cal["threshold"]["method"]
+    assert m["calibrator"]["temperature"] == cal["calibrator"]["temperature"]
+    assert m["calibration_method"] == "temperature"  # the new cohort's 'platt' lost
+    assert m["run"]["external_validation"] is True
+    assert m["run"]["source_run"] == _json(external["source"] / "metrics.json")["run"]["id"]
+    assert m["external"]["refitted"] == []
+    # the source run's preprocessing, not the new cohort's 80 px, and a log line saying so
+    assert m["run"]["image_px"] == 71
+    log = "\n".join(external["new_log"])
+    assert "image_px=71 (this cohort's config: 80) wins" in log
+    assert "eval.calibration: the source run's 'temperature' wins" in log
+    assert "nothing is refitted" in log
+
+
+@pytest.mark.slow
+def test_every_usable_image_is_a_test_image_and_metrics_equal_sklearn(external):
+    from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
+
+    m = _json(external["new"] / "metrics.json")
+    pred = pd.read_csv(external["new"] / "predictions.csv")
+    cohort = pd.read_csv(external["new"] / "cohort.csv")
+    assert set(cohort["split"]) == {"test"} and len(pred) == len(cohort) == m["cohort"]["n_images"]
+    assert m["cohort"]["n_patients"] == cohort["patient_key"].nunique() == 16
+    t = m["threshold"]["value"]
+    y, p = pred["y"].to_numpy(), pred["prob"].to_numpy()
+    assert m["test_image"]["roc_auc"] == pytest.approx(roc_auc_score(y, p))
+    assert m["test_image"]["pr_auc"] == pytest.approx(average_precision_score(y, p))
+    tn, fp, fn, tp = confusion_matrix(y, (p >= t).astype(int), labels=[0, 1]).ravel()
+    assert (m["test_image"]["tp"], m["test_image"]["fp"], m["test_image"]["tn"], m["test_image"]["fn"]) == (
+        tp, fp, tn, fn)
+    assert m["test_image"]["sensitivity"] == pytest.approx(tp / (tp + fn))
+    assert m["test_image"]["specificity"] == pytest.approx(tn / (tn + fp))
+    pat = pred.groupby("patient_key").agg(y=("y", "max"), p=("prob", "mean"))
+    assert m["test_patient"]["n"] == 16
+    assert m["test_patient"]["roc_auc"] == pytest.approx(roc_auc_score(pat["y"], pat["p"]))
+    # the calibrated probability is sigmoid(logit / T) with the source run's T
+    temp = m["calibrator"]["temperature"]
+    assert np.allclose(p, 1.0 / (1.0 + np.exp(-pred["logit"].to_numpy() / temp)), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_new_run_directory_follows_the_run_conventions(external):
+    d = external["new"]
+    for name in ("report.html", "metrics.json", "config.yaml", "cohort.csv", "split.csv", "exclusions.csv",
+                 "audit.json", "predictions.csv", "calibration.json", "versions.json",
+                 "private/patient_map.csv"):
+        assert (d / name).is_file(), name
+    assert not (d / "model.keras").exists()  # the model stays in (and is named by) the source run
+    m = _json(d / "metrics.json")
+    assert m["cohort"]["files_found"] == m["cohort"]["files_used"] + m["cohort"]["files_excluded"]
+    v = _json(d / "versions.json")
+    assert v["source_run"]["id"] == m["run"]["source_run"] and len(v["source_run"]["model_sha256"]) == 64
+    html = (d / "report.html").read_text(encoding="utf-8")
+    assert 'id="external-validation"' in html and m["run"]["source_run"] in html
+    assert "nothing refitted" in html
+    raw_ids = set(pd.read_csv(d / "private" / "patient_map.csv")["patient_id"])
+    for name in ("report.html", "metrics.json", "cohort.csv", "predictions.csv", "audit.json"):
+        text = (d / name).read_text(encoding="utf-8")
+        assert not any(r in text for r in raw_ids), name
+
+
+@pytest.mark.slow
+def test_a_new_cohort_has_no_file_overlap_but_its_own_cohort_is_flagged(external):
+    new = _json(external["new"] / "metrics.json")["external"]
+    assert new["overlap"]["images_same_sha256"] == 0 and new["warnings"] == []
+    own = _json(external["own"] / "metrics.json")
+    src_cohort = pd.read_csv(external["source"] / "cohort.csv")
+    ov = own["external"]["overlap"]
+    assert ov["images_same_sha256"] == own["cohort"]["n_images"] == len(src_cohort)
+    assert ov["by_source_split"] == src_cohort["split"].value_counts().sort_index().to_dict()
+    assert own["external"]["warnings"] and "not an external validation" in own["external"]["warnings"][0]
+    assert any("byte-identical" in line for line in external["own_log"])
+    kinds = {f["kind"]: f for f in _json(external["own"] / "audit.json")["findings"]}
+    assert kinds["external_overlap"]["severity"] == "warning"
+    assert "not an external validation" in (external["own"] / "report.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_source_dir_without_model_after_training_is_refused(external, tmp_path):
+    from medxcept.external import evaluate_run
+
+    copy = tmp_path / "copy"
+    shutil.copytree(external["source"], copy, ignore=shutil.ignore_patterns("model.keras", "checkpoint*"))
+    spec = load_cohort_spec(_cohort_file(tmp_path, 16, 11))
+    cfg = load_config(cohort_defaults=spec.defaults, overrides={"out_dir": str(tmp_path / "out")})
+    with pytest.raises(ConfigError, match=r"missing model\.keras\. "):
+        evaluate_run(copy, spec, cfg)
