@@ -126,3 +126,16 @@ def test_learning_curve_retrains_on_half_the_patients_and_reports_it(run_dir):
 def test_report_has_a_cam_gallery_of_test_predictions(run_dir):
     html = (run_dir / "report.html").read_text(encoding="utf-8")
     assert 'id="cam"' in html and 'alt="class-activation maps of correct and wrong test predictions"' in html
+
+
+def test_report_states_the_class_balance_method_and_effective_shares(run_dir):
+    m = json.loads((run_dir / "metrics.json").read_text())
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    cb = m["class_balance"]
+    assert cb["method"] == "weights" and 'id="class-balance"' in html
+    train = pd.read_csv(run_dir / "cohort.csv").query("split == 'train'")
+    counts = train["y"].value_counts().sort_index()
+    assert [cb["counts"][str(i)] for i in range(2)] == counts.tolist()
+    # class-weighted loss: each class carries half the loss mass
+    assert [cb["effective"][str(i)] for i in range(2)] == pytest.approx([0.5, 0.5])
+    assert fmt(cb["effective"]["0"]) in html
