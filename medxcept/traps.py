@@ -317,7 +317,7 @@ sources:
     visit_column: visit
     columns: {{camera: source}}
 defaults:
-  preprocess: {{image_px: 96}}  # the demo's size: near-duplicate search is weaker at 71
+  preprocess: {{image_px: 96}}  # the demo's size
   # the user's own split, next to this file: audited, never re-split
   split: {{user_split: split.csv}}
   audit: {{on_leak: error}}

@@ -16,16 +16,21 @@ from scipy.stats.contingency import association
 
 from medxcept.audit import (
     DEFAULT_HAMMING_THRESHOLD,
+    DETAIL_THRESHOLD,
+    DETAIL_PX,
     AuditReport,
     Finding,
     audit_cohort,
     cramers_v,
+    detail_similarity,
     duplicate_groups,
     fingerprints,
     hamming,
     near_duplicate_pairs,
 )
+from medxcept.demo import CAMERAS, DemoSpec, _plan, paint_fundus
 from medxcept.errors import ConfigError, LeakageError
+from medxcept.preprocess import PreprocessConfig, preprocess
 from medxcept.splits import SplitConfig, assign_folds, assign_splits
 
 # ------------------------------------------------------------------ synthetic images
@@ -213,8 +218,7 @@ def test_exact_duplicate_across_splits_is_error(base):
 
 @pytest.mark.parametrize(
     "transform",
-    # JPEG at quality 75, a typical re-export: the band-pass detail hash that keeps fundus
-    # look-alikes apart does not survive quality <= 60 reliably (documented in DETAIL_THRESHOLD)
+    # JPEG at quality 75, a typical re-export (see DETAIL_THRESHOLD)
     [lambda im: im[:, ::-1].copy(), lambda im: rescaled(im, 0.9), lambda im: jpeg(im, 75)],
     ids=["flipped", "rescaled0.9", "jpeg75"],
 )
@@ -239,7 +243,7 @@ def test_two_id_patient_is_warning_and_fix_policy_regroups(base):
     images = list(images)
     raw = df.drop(columns="split")
     # patient P-...02 was registered again as a new ID; one eye photo re-exported as JPEG
-    # a typical re-export (quality 75); harsher recompression of detail-poor images is a documented limit
+    # a typical re-export (quality 75)
     two = add_image(raw, images, jpeg(images[4], quality=75), like=4, patient_id="NEW-ID",
                     patient_key="P-ffffffffff")
     report = audit_cohort(two, fp=fingerprints(images), policy="fix")
@@ -395,3 +399,132 @@ def test_fingerprints_of_uint8_equal_those_of_float_images():
     np.testing.assert_array_equal(a["phash"], b["phash"])
     np.testing.assert_array_equal(a["dhash"], b["dhash"])
     assert len(set(a["phash"].tolist())) == 3
+
+
+# ------------------------------------------------------------------ detail patches
+
+
+def _bits(words: np.ndarray) -> np.ndarray:
+    """``(..., 64)`` uint64 row words -> ``(..., 64, 64)`` bools (first pixel = most significant bit)."""
+    return np.unpackbits(words.astype(">u8").view(np.uint8), axis=-1).reshape(*words.shape, 64).astype(bool)
+
+
+def test_detail_bitmaps_shape_mirror_and_surround():
+    rng = np.random.default_rng(2)
+    img = blob_image(rng, 80, 80)
+    img[:, :20] = 0.0  # a black surround on the left quarter
+    fp = fingerprints([img, img[:, ::-1]])
+    det = fp["detail"]
+    assert det.dtype == np.uint64 and det.shape == (2, 2, DETAIL_PX)
+    np.testing.assert_array_equal(fp["detail_flip"][0], det[1])
+    above, area = _bits(det[0, 0]), _bits(det[0, 1])
+    np.testing.assert_array_equal(_bits(fp["detail_flip"][0, 0]), above[:, ::-1])
+    # 20/80 of 64 columns = 16 black, then 2 eroded (as is the frame): the area is the rest
+    want = np.zeros((64, 64), bool)
+    want[2:-2, 18:-2] = True
+    assert (area <= want).all() and area[2:-2, 18:-2].mean() > 0.95  # less the blobs' own near-black
+    assert not above[~area].any() and 0.45 < above[area].mean() < 0.55  # above the median: half
+    s = detail_similarity(fp, [0, 0], [1, 1], [False, True])
+    assert s[1] == 1.0 and abs(s[0]) < 0.3
+
+
+def test_detail_similarity_is_sign_agreement():
+    """Hand check: 2 x (share of agreeing pixels inside both images) - 1."""
+    rng = np.random.default_rng(8)
+    img = blob_image(rng, 64, 64)
+    fp = fingerprints([img, blob_image(rng, 64, 64)])
+    a, b = _bits(fp["detail"][0]), _bits(fp["detail"][1])
+    both = a[1] & b[1]
+    want = 2 * ((a[0] == b[0]) & both).sum() / both.sum() - 1
+    assert detail_similarity(fp, [0], [1])[0] == pytest.approx(want)
+    assert detail_similarity(fp, [1], [0])[0] == pytest.approx(want)  # symmetric
+
+
+def test_flat_images_have_no_detail_and_keep_the_hash_verdict():
+    """Nothing to compare: the similarity is NaN and the hashes alone decide."""
+    flat = [np.zeros((40, 40, 3)), np.full((40, 40, 3), 0.02), blob_image(np.random.default_rng(3), 40, 40)]
+    fp = fingerprints(flat)
+    assert not fp["detail"][:2].any() and fp["detail"][2].any()
+    assert np.isnan(detail_similarity(fp, [0, 0], [1, 2])).all()
+    for key in ("phash", "phash_flip", "dhash", "dhash_flip"):  # all three alike to the hashes
+        fp[key][1:] = fp[key][0]
+    pairs = near_duplicate_pairs(fp)
+    assert list(zip(pairs["i"], pairs["j"], strict=True)) == [(0, 1), (0, 2), (1, 2)]
+    assert pairs["detail_similarity"].isna().all()
+    assert len(near_duplicate_pairs(fp, detail_threshold=None)) == 3
+
+
+# ------------------------------------------------------------------ demo fundus photographs
+
+
+def _demo_photo(name: str) -> np.ndarray:
+    """One photograph of the demo cohort (DemoSpec(): seed 7), as the generator paints it (uint8)."""
+    spec = DemoSpec()
+    plan = _plan(spec)
+    k = next(k for k, r in enumerate(plan) if f"{r['patient']}_v{r['visit']}_{r['eye']}" == name)
+    row = plan[k]
+    rgb, _, _ = paint_fundus(np.random.default_rng([spec.seed, k]), CAMERAS[row["camera"]],
+                             laterality=row["eye"], referable=row["referable"])
+    return rgb
+
+
+def _prep(rgb: np.ndarray) -> np.ndarray:
+    """Preprocessed as the demo run ingests it (96 px, FOV crop, uint8)."""
+    return preprocess(rgb.astype(np.float32) / 255, PreprocessConfig(image_px=96), modality="fundus")
+
+
+def _pil(rgb: np.ndarray, factor: float = 1.0, quality: int | None = None) -> np.ndarray:
+    im = Image.fromarray(rgb)
+    if factor != 1.0:
+        im = im.resize((round(im.width * factor), round(im.height * factor)), Image.Resampling.BICUBIC)
+    if quality is not None:
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=quality)
+        im = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    return np.asarray(im)
+
+
+@pytest.fixture(scope="module")
+def demo_pair() -> dict[str, np.ndarray]:
+    """The two demo photographs (different patients, right and left eye) the former detail hash paired,
+    and copies of the first: 0.9x rescaled, JPEG quality 75, mirrored and re-compressed."""
+    a = _demo_photo("DEMO-00080_v1_R")  # both PNG in the demo: these are the exact pixels
+    b = _demo_photo("DEMO-00023_v1_L")
+    return {
+        "a": _prep(a),
+        "b": _prep(b),
+        "a_rescaled": _prep(_pil(a, factor=0.9)),
+        "a_jpeg75": _prep(_pil(a, quality=75)),
+        "a_flip_jpeg75": _prep(_pil(np.ascontiguousarray(a[:, ::-1]), quality=75)),
+    }
+
+
+def test_distinct_demo_look_alikes_are_not_paired(demo_pair):
+    """Two patients' eyes, mirror images of each other at coarse scale (pHash 0 bits apart)."""
+    fp = fingerprints([demo_pair["a"], demo_pair["b"]])
+    cand = near_duplicate_pairs(fp, detail_threshold=None)
+    assert len(cand) == 1 and bool(cand["flipped"][0]) and cand["phash_distance"][0] <= 2
+    assert detail_similarity(fp, [0], [1], True)[0] < DETAIL_THRESHOLD - 0.1  # 0.28
+    assert near_duplicate_pairs(fp).empty
+    df, _ = clean_cohort(2)
+    report = audit_cohort(df.iloc[[0, 2]].reset_index(drop=True), fp=fp)
+    assert report.errors == [] and report.warnings == []
+
+
+@pytest.mark.parametrize(
+    "copy, flipped", [("a_rescaled", False), ("a_jpeg75", False), ("a_flip_jpeg75", True)]
+)
+def test_demo_fundus_copies_are_found(demo_pair, copy, flipped):
+    fp = fingerprints([demo_pair["a"], demo_pair["b"], demo_pair[copy]])
+    pairs = near_duplicate_pairs(fp)
+    assert list(zip(pairs["i"], pairs["j"], pairs["flipped"], strict=True)) == [(0, 2, flipped)]
+    assert pairs["detail_similarity"][0] >= DETAIL_THRESHOLD + 0.1  # the benchmark's copies: >= 0.57
+    # filed under another patient in another split: leakage across splits and patients
+    df, _ = clean_cohort(3)
+    df = df.iloc[[0, 2, 4]].reset_index(drop=True).assign(split=["train", "val", "test"], label="normal", y=0)
+    report = audit_cohort(df, fp=fp)
+    assert [(f.kind, f.count) for f in report.findings if f.kind.startswith("duplicate")] == [
+        ("duplicate_across_splits", 1), ("duplicate_across_patients", 1)]
+    d = report.by_kind("duplicate_across_splits")[0].details[0]
+    got = (d["image_id_a"], d["image_id_b"], d["match"], d["flipped"])
+    assert got == ("img00L", "img02L", "near", flipped)
