@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -56,3 +57,13 @@ def tiny_cohort(tmp_path: Path, session_cache: Path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_COHORT.format(n_patients=24, seed=3), encoding="utf-8")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _restore_medxcept_logging():
+    """A CLI ``main()`` called in-process configures the ``medxcept`` logger (own handler, no
+    propagation); undo it after each test so later tests' ``caplog`` still sees the records."""
+    logger = logging.getLogger("medxcept")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
