@@ -47,7 +47,7 @@ from medxcept.cohort import CohortSpec, public_view
 from medxcept.config import RunConfig, config_hash
 from medxcept.errors import SplitError
 from medxcept.ingest import data_root
-from medxcept.pipeline import prepare_cohort, split_and_audit
+from medxcept.pipeline import ingest_into_run, split_and_audit
 from medxcept.preprocess import load_images
 from medxcept.run import RunDir, code_version, data_hash, environment, package_versions
 from medxcept.splits import split_hash, split_table
@@ -252,10 +252,7 @@ def check_cohort(spec: CohortSpec, cfg: RunConfig, *, out_dir: Path, run_name: s
     run = RunDir.create(out_dir, spec.name, cfg, name=run_name)
     run.write_config(cfg, extra={"step": "check", "cohort_name": spec.name, "classes": list(spec.classes)})
     log.info("check run directory: %s", run.path)
-    ing, cache = prepare_cohort(spec, cfg)
-    run.write_csv("exclusions.csv", ing.exclusions)
-    run.write_private("patient_map.csv", ing.patient_map)
-    run.write_private("image_paths.csv", ing.table[["image_id", "patient_key", "path", "frame"]])
+    ing, cache = ingest_into_run(run, spec, cfg)
 
     images = load_images(ing.table, cache, cfg.preprocess)
     table, report, split_error = _split_and_audit(ing.table, images, cfg)

@@ -35,7 +35,6 @@ the training section of the report shows the source run's history.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -51,12 +50,13 @@ from medxcept.calibrate import Calibrator
 from medxcept.cohort import CohortSpec, public_view
 from medxcept.config import RunConfig, config_hash, load_config
 from medxcept.errors import ConfigError
+from medxcept.ingest import file_sha256
 from medxcept.pipeline import (
     _reason_counts,
     _summary_counts,
     add_probabilities,
+    ingest_into_run,
     measure_test,
-    prepare_cohort,
     training_verdict,
 )
 from medxcept.run import RunDir, code_version, data_hash, environment, package_versions
@@ -275,14 +275,6 @@ def apply_frozen(test: pd.DataFrame, logits: np.ndarray, *, calibrator: Calibrat
     return out, test
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @dataclasses.dataclass(frozen=True)
 class SourceRun:
     """What an external validation takes from the training run: read, checked, never changed."""
@@ -466,11 +458,8 @@ def evaluate_run(run_dir: Path, spec: CohortSpec, cfg: RunConfig, run_name: str 
     log.info("run directory: %s", run.path)
 
     t = time.perf_counter()
-    ing, cache = prepare_cohort(spec, ecfg)
+    ing, cache = ingest_into_run(run, spec, ecfg)
     timings["ingest_s"] = time.perf_counter() - t
-    run.write_csv("exclusions.csv", ing.exclusions)
-    run.write_private("patient_map.csv", ing.patient_map)
-    run.write_private("image_paths.csv", ing.table[["image_id", "patient_key", "path", "frame"]])
     table = ing.table.copy()
     table["split"] = "test"  # external validation: every usable image is a test image
     log.info("cohort: %d image(s) of %d patient(s); %d file(s) found, %d excluded (see exclusions.csv)",
@@ -506,7 +495,7 @@ def evaluate_run(run_dir: Path, spec: CohortSpec, cfg: RunConfig, run_name: str 
     versions = {"packages": package_versions(), "code": code_version(), "environment": environment(),
                 "device": device, "data_hash": data_hash(table), "split_hash": split_hash(table),
                 "config_hash": config_hash(ecfg),
-                "source_run": {"id": src.id, "model_sha256": _sha256_file(src.path / "model.keras"),
+                "source_run": {"id": src.id, "model_sha256": file_sha256(src.path / "model.keras"),
                                **{k: src_versions[k] for k in ("data_hash", "split_hash", "config_hash")
                                   if k in src_versions}}}
     run.write_json("versions.json", versions)

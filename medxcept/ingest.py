@@ -40,7 +40,7 @@ from medxcept.errors import CohortError, MissingDecoderError, ReadError
 from medxcept.io.labels import match_files, normalize_laterality, parse_filename, read_label_table
 from medxcept.preprocess import PreprocessCache, PreprocessConfig, apply_quality_policy, preprocess, quality
 
-__all__ = ["IngestResult", "ingest", "data_root", "EXCLUSION_COLUMNS", "pseudonym_salt"]
+__all__ = ["IngestResult", "ingest", "data_root", "EXCLUSION_COLUMNS", "pseudonym_salt", "file_sha256"]
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,8 @@ def pseudonym_salt(spec: CohortSpec) -> str:
     return key.read_text().strip()
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 (hex) of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -129,7 +130,7 @@ def _decode_file(task: dict[str, Any]) -> dict[str, Any]:
     path = Path(task["path"])
     cfg: PreprocessConfig = task["preprocess"]
     cache = PreprocessCache(task["cache_root"])
-    sha = _sha256(path)
+    sha = file_sha256(path)
     if task["kind"] == "dicom":
         frame = None if task["frames"] == "all" else int(task["frames"])
         pixels, meta = read_dicom(path, frame=frame, window_index=task["window_index"],

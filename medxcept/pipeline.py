@@ -53,6 +53,16 @@ def prepare_cohort(spec: CohortSpec, cfg: RunConfig) -> tuple[IngestResult, Prep
     return ingest(spec, preprocess_cfg=cfg.preprocess, cache=cache), cache
 
 
+def ingest_into_run(run: RunDir, spec: CohortSpec, cfg: RunConfig) -> tuple[IngestResult, PreprocessCache]:
+    """Ingest ``spec`` and record it in ``run``: ``exclusions.csv`` and, in ``private/``, the
+    patient map and the image paths (file names often carry patient IDs)."""
+    ing, cache = prepare_cohort(spec, cfg)
+    run.write_csv("exclusions.csv", ing.exclusions)
+    run.write_private("patient_map.csv", ing.patient_map)
+    run.write_private("image_paths.csv", ing.table[["image_id", "patient_key", "path", "frame"]])
+    return ing, cache
+
+
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
@@ -269,11 +279,8 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
     _say(f"run directory: {run.path}")
 
     t = time.perf_counter()
-    ing, cache = prepare_cohort(spec, cfg)
+    ing, cache = ingest_into_run(run, spec, cfg)
     timings["ingest_s"] = time.perf_counter() - t
-    run.write_csv("exclusions.csv", ing.exclusions)
-    run.write_private("patient_map.csv", ing.patient_map)
-    run.write_private("image_paths.csv", ing.table[["image_id", "patient_key", "path", "frame"]])
     _say(f"cohort: {len(ing.table)} image(s) of {ing.table['patient_key'].nunique()} patient(s); "
          f"{ing.files_found} file(s) found, {ing.files_excluded} excluded (see exclusions.csv)")
 
