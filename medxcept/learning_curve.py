@@ -85,14 +85,8 @@ def learning_curve_rows(*, fractions: Sequence[float], images: np.ndarray, table
             result = full
         verdict = training_verdict(result.history, result.best_epoch)
         prob = _probs(predict_logits(result.model, images[parts["test"]], batch_size=cfg.train.batch_size))
-        if prob.ndim == 1 and cfg.eval.patient_aggregation == "max":
-            frame = pd.DataFrame({"g": te["patient_key"].to_numpy(), "y": te["y"].to_numpy(), "p": prob})
-            agg = frame.groupby("g").agg(y=("y", "max"), p=("p", "max"))
-            from sklearn.metrics import roc_auc_score
-
-            test_auc = float(roc_auc_score(agg["y"], agg["p"])) if agg["y"].nunique() == 2 else float("nan")
-        else:  # patient mean, as the run's default aggregation
-            test_auc = _patient_auc(te["patient_key"].to_numpy(), te["y"].to_numpy(), prob)
+        test_auc = _patient_auc(te["patient_key"].to_numpy(), te["y"].to_numpy(), prob,
+                                how=cfg.eval.patient_aggregation if prob.ndim == 1 else "mean")
         rows.append({"fraction": f, "train_patients": int(tr.loc[mask, "patient_key"].nunique()),
                      "train_images": int(len(idx)), "best_epoch": verdict["best_epoch"],
                      "train_auc_at_best": verdict.get("train_auc_at_best"),

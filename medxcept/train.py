@@ -118,12 +118,15 @@ def _probs(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _patient_auc(groups: np.ndarray, y: np.ndarray, prob: np.ndarray) -> float:
-    """AUC after averaging each patient's probabilities (patient label = max of its images)."""
+def _patient_auc(groups: np.ndarray, y: np.ndarray, prob: np.ndarray, how: str = "mean") -> float:
+    """AUC after aggregating each patient's probabilities (``how``: mean or max; binary only for max).
+
+    The patient label is the max of its images.
+    """
     frame = pd.DataFrame({"g": groups, "y": y})
     if prob.ndim == 1:
         frame["p"] = prob
-        agg = frame.groupby("g").agg(y=("y", "max"), p=("p", "mean"))
+        agg = frame.groupby("g").agg(y=("y", "max"), p=("p", how))
         if agg["y"].nunique() < 2:
             return float("nan")
         return float(roc_auc_score(agg["y"], agg["p"]))
