@@ -72,6 +72,9 @@ __all__ = [
     "write_rgb",
     "write_jpeg_baseline",
     "write_jpeg_lossless",
+    "write_voi_lut8",
+    "write_jpeg_cut_frame",
+    "write_trailing_padding",
     "write_compressed",
     "write_sr",
     "write_presentation_state",
@@ -324,6 +327,46 @@ def write_jpeg_baseline(path: Path, image: np.ndarray, *, quality: int = 95, **a
     ds.PixelData = encapsulate([buffer.getvalue()])
     ds["PixelData"].VR = "OB"
     return save(ds, path, dcm_uid.JPEGBaseline8Bit)
+
+
+def write_voi_lut8(path: Path, stored: np.ndarray, *, first_mapped: int = 0, **attrs: Any) -> tuple[Path, np.ndarray]:
+    """12-bit gray pixels with a VOI LUT Sequence of 4096 *8-bit* entries (``LUTDescriptor [4096, first, 8]``).
+
+    The LUT is ``entry k = k // 16`` (a linear ramp to 255). pydicom 3's ``apply_voi_lut`` indexes an
+    8-bit LUT with 8-bit integers, so its output wraps every 256 inputs. Returns the path and the
+    display values a viewer shows, ``(1, H, W, 1)`` float32.
+    """
+    lut = (np.arange(4096) // 16).astype(np.int64)
+    item = Dataset()
+    item.LUTDescriptor = [4096, first_mapped, 8]
+    item.add_new(0x00283006, "US", [int(v) for v in lut])  # LUTData
+    path = write_gray(path, stored, bits_stored=12, VOILUTSequence=Sequence([item]), **attrs)
+    index = np.clip(np.asarray(stored, dtype=np.int64) - first_mapped, 0, 4095)
+    return path, (lut[index] / 255.0).astype(np.float32)[np.newaxis, ..., np.newaxis]
+
+
+def write_jpeg_cut_frame(path: Path, image: np.ndarray, *, keep: float = 0.6, **attrs: Any) -> Path:
+    """A JPEG baseline DICOM whose single frame is cut short *inside a well-formed file*.
+
+    The item holds only the first ``keep`` of the JPEG stream (no end-of-image marker), with a
+    correct item length and the sequence delimiter after it: the file parses, and Pillow decodes
+    the frame without an error, filling the missing part with grey.
+    """
+    full = write_jpeg_baseline(path, image, **attrs)
+    ds = pydicom.dcmread(full)
+    frame = next(iter(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1)))
+    cut = frame[: int(len(frame) * keep)]
+    assert not cut.rstrip(b"\x00").endswith(b"\xff\xd9")
+    ds.PixelData = encapsulate([cut])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_trailing_padding(path: Path, stored: np.ndarray, *, extra: int = 64, **attrs: Any) -> Path:
+    """Native 16-bit gray pixels followed by ``extra`` zero bytes after the last frame (valid padding)."""
+    raw = np.asarray(stored).astype("<u2").tobytes() + bytes(extra)
+    return write_gray(path, stored, raw_bytes=raw, **attrs)
 
 
 # ----------------------------------------------------------------- JPEG lossless

@@ -283,6 +283,11 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
     timings["ingest_s"] = time.perf_counter() - t
     _say(f"cohort: {len(ing.table)} image(s) of {ing.table['patient_key'].nunique()} patient(s); "
          f"{ing.files_found} file(s) found, {ing.files_excluded} excluded (see exclusions.csv)")
+    from medxcept.class_exclusions import exclusions_by_class
+
+    by_class = exclusions_by_class(ing.table, ing.exclusions, list(spec.classes))
+    for w in by_class["warnings"]:
+        _say(f"! exclusions depend on the class: {w}")
 
     t = time.perf_counter()
     images = load_images(ing.table, cache, cfg.preprocess)
@@ -348,7 +353,8 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
                 "external_validation": False},
         "cohort": {**_summary_counts(table), "files_found": ing.files_found, "files_used": ing.files_used,
                    "files_excluded": ing.files_excluded,
-                   "exclusions_by_reason": _reason_counts(ing.exclusions)},
+                   "exclusions_by_reason": _reason_counts(ing.exclusions),
+                   "exclusions_by_class": by_class},
         "class_balance": {"method": cfg.augment.balance,
                           **effective_class_frequencies(tr["y"].to_numpy(), cfg.augment, n_classes=spec.n_classes)},
         "training": {**training_verdict(result.history, result.best_epoch), "stages": result.stages,
