@@ -87,7 +87,8 @@ def exclusions_by_class(
         JSON-able: ``classes``; ``totals`` (items per class, used + excluded); ``used`` (items per
         class); ``rows``, one per ``stage: reason`` (largest first) with ``stage``, ``reason``,
         ``excluded`` and ``rates`` (per class, in class order), ``n``, ``p`` (None when
-        untestable), ``test`` and ``flag``; ``unknown`` (exclusion rows without a known class);
+        untestable), ``test`` and ``flag``; under ``quality_policy: flag`` a last row counts the
+        images kept with a low-quality flag (``kept: True``); ``unknown`` (exclusion rows without a known class);
         ``warnings`` (sentences, one per flagged reason).
 
     Examples
@@ -123,6 +124,15 @@ def exclusions_by_class(
                          "rates": [float(e / t) if t else None for e, t in zip(excluded, totals, strict=True)],
                          "n": int(excluded.sum()), "p": p, "test": test, "flag": False})
     rows.sort(key=lambda r: (-r["n"], r["stage"], r["reason"]))
+    if "quality_flag" in table.columns and len(table) and bool(table["quality_flag"].astype(bool).any()):
+        # quality_policy: flag keeps low-quality images: the same question, asked of the flags
+        flagged = table.loc[table["quality_flag"].astype(bool), "label"].astype(str).value_counts()
+        excluded = np.array([int(flagged.get(c, 0)) for c in classes])
+        p, test = _independence(excluded, totals)
+        rows.append({"stage": "quality", "reason": "low quality, kept with a flag (quality_policy: flag)",
+                     "excluded": excluded.tolist(), "kept": True,
+                     "rates": [float(e / t) if t else None for e, t in zip(excluded, totals, strict=True)],
+                     "n": int(excluded.sum()), "p": p, "test": test, "flag": False})
     tested = [r for r in rows if r["p"] is not None]
     cut = alpha / max(len(tested), 1)
     warnings: list[str] = []
@@ -147,6 +157,9 @@ def _warning(row: dict[str, Any], classes: list[str], totals: np.ndarray) -> str
     text = (f"{who} removed {_pct(rates[top])} of {classes[top]} ({int(excluded[top])} of {int(totals[top])}) and "
             f"{_pct(rest_exc / rest_tot) if rest_tot else '0 %'} of {rest} ({rest_exc} of {rest_tot}) "
             f"[{row['stage']}: {row['reason']}; {row['test']} p = {row['p']:.2g}]")
+    if row.get("kept"):
+        return (f"{text.replace(' removed ', ' flagged (kept) ', 1)}: low quality is concentrated in "
+                f"{classes[top]}; image quality may act as a shortcut for the class")
     if row["stage"] == "quality":
         return text + (": results describe gradable images only; consider `quality_policy: flag` "
                        "(keep the images, record their quality)")

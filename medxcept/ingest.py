@@ -399,7 +399,8 @@ def _cohort_row(spec: CohortSpec, source: SourceSpec, cand: dict, r: dict, salt:
             patient = f"file:{source.name}/{path.name}"
         else:
             return "ingest", "no patient identifier (label-table column, file-name pattern or DICOM PatientID)"
-    laterality = normalize_laterality(_first(cand.get("laterality"), parsed.get("eye"), parsed.get("laterality"),
+    table_lat = cand.get("laterality") if cand.get("laterality") != "NA" else None  # "NA": the cell was empty
+    laterality = normalize_laterality(_first(table_lat, parsed.get("eye"), parsed.get("laterality"),
                                              meta.get("laterality")) or "")
     visit = _first(cand.get("visit"), parsed.get("visit"))
     study = _first(meta.get("study_id"), f"visit-{visit}" if visit else "")

@@ -524,7 +524,7 @@ _EOI_SYNTAXES = frozenset(
 
 
 def _check_frame_ends(path: Path, ds: Dataset, ts: dcm_uid.UID, n_frames: int, frame: int | None) -> None:
-    """Every encapsulated JPEG-family frame to be decoded ends with FF D9 (after pad bytes).
+    """Every encapsulated JPEG-family frame to be decoded ends with FF D9 (pad bytes aside).
 
     A frame cut short (a transfer that stopped, a broken export) decodes without an error in
     Pillow and some codecs, the missing part filled with grey; the marker is the proof that
@@ -543,8 +543,11 @@ def _check_frame_ends(path: Path, ds: Dataset, ts: dcm_uid.UID, n_frames: int, f
                               f"Number of Frames {n_frames}")
     wanted = range(n_frames) if frame is None else [frame]
     for index in wanted:
-        data = bytes(frames[index]).rstrip(b"\x00")  # items are padded to an even length
-        if not data.endswith(b"\xff\xd9"):
+        # Items are padded to an even length, with 00 or (some encoders) FF, sometimes more than one
+        # byte. FF D9 cannot occur inside entropy-coded JPEG data (FF is stuffed) nor inside a
+        # JPEG 2000 codestream's packets, so finding it among the last bytes is proof enough.
+        data = bytes(frames[index]).rstrip(b"\x00")
+        if b"\xff\xd9" not in data[-16:]:
             raise ReadError(
                 path,
                 f"truncated pixel data: {ts.name} frame {index} has no end-of-image marker (FF D9); "
