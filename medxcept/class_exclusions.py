@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["exclusions_by_class"]
+__all__ = ["exclusions_by_class", "by_class_markdown"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,8 @@ def exclusions_by_class(
     used = table["label"].astype(str).value_counts() if len(table) else pd.Series(dtype=int)
     labels = exclusions["label"].fillna("").astype(str) if "label" in exclusions else pd.Series(
         "", index=exclusions.index)
-    known = labels.isin(classes)
+    not_image = exclusions["reason"].astype(str).str.startswith("not an image") if len(exclusions) else labels.eq("x")
+    known = labels.isin(classes) & ~not_image  # an SR or DICOMDIR is skipped, not an excluded image
     ex = exclusions[known].assign(_label=labels[known])
     ex_counts = ex["_label"].value_counts()
     used_n = np.array([int(used.get(c, 0)) for c in classes])
@@ -143,7 +144,7 @@ def exclusions_by_class(
     for w in warnings:
         logger.warning("exclusions depend on the class: %s", w)
     return {"classes": classes, "totals": totals.tolist(), "used": used_n.tolist(), "rows": rows,
-            "unknown": int((~known).sum()), "warnings": warnings, "alpha": alpha}
+            "unknown": int((~known & ~not_image).sum()), "warnings": warnings, "alpha": alpha}
 
 
 def _warning(row: dict[str, Any], classes: list[str], totals: np.ndarray) -> str:
@@ -164,3 +165,19 @@ def _warning(row: dict[str, Any], classes: list[str], totals: np.ndarray) -> str
         return text + (": results describe gradable images only; consider `quality_policy: flag` "
                        "(keep the images, record their quality)")
     return text + f": the images used under-represent {classes[top]}; fix or explain these files"
+
+
+def by_class_markdown(result: dict[str, Any]) -> str:
+    """The :func:`exclusions_by_class` table as markdown (for notes and the console)."""
+    classes = result["classes"]
+    lines = ["| stage | reason | " + " | ".join(classes) + " | test |", "|" + " --- |" * (len(classes) + 3)]
+    lines.append("| | items per class (used + excluded) | " + " | ".join(str(n) for n in result["totals"]) + " | |")
+    for r in result["rows"]:
+        cells = [f"{e} ({_pct(rate)})" if rate is not None else str(e) for e, rate in zip(r["excluded"], r["rates"],
+                                                                                           strict=True)]
+        test = "not testable" if r["p"] is None else f"{r['test']} p = {r['p']:.2g}" + (
+            " **depends on the class**" if r["flag"] else "")
+        lines.append(f"| {r['stage']} | {r['reason'].replace('|', '/')} | " + " | ".join(cells) + f" | {test} |")
+    if not result["rows"]:
+        lines.append("| | no file of a known class was excluded | " + " | ".join("0" for _ in classes) + " | |")
+    return "\n".join(lines)

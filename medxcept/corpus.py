@@ -1064,7 +1064,7 @@ def _issue18_cases(w: _Writer) -> None:
     Image.fromarray(fundus("normal")).save(p := f / "pat_a" / "left.png")
     w.add("a file no row names (its name is in another folder's row)", p, "excluded: file without a label",
           "pat_a/left.png; the row below says pat_b/left.png")
-    w.add("label row naming another patient's folder", f / "pat_b" / "left.png",
+    w.add("label row naming another patient's folder (its path missing on disk)", f / "pat_b" / "left.png",
           "excluded: a file of that name is in another folder",
           "row 'pat_b/left.png'; only pat_a/left.png exists: never matched by bare name", label=w.next_label(),
           patient=w.patient("PT"), eye="L")
