@@ -159,7 +159,8 @@ def _split_and_audit(table: pd.DataFrame, images: np.ndarray,
         return table, report, None
     except SplitError as exc:  # no split: the audit still reports duplicates, confounding, laterality
         report = audit_cohort(table, fp=fp, policy=cfg.audit.on_leak,
-                              hamming_threshold=cfg.audit.hamming_threshold, group_column=cfg.split.group_column, max_images_per_patient=cfg.audit.max_images_per_patient)
+                              hamming_threshold=cfg.audit.hamming_threshold, group_column=cfg.split.group_column,
+                              max_images_per_patient=cfg.audit.max_images_per_patient)
         return table, report, exc
 
 

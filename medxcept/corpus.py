@@ -42,6 +42,7 @@ import logging
 import os
 import struct
 import sys
+import unicodedata
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -1070,8 +1071,6 @@ def _issue18_cases(w: _Writer) -> None:
           patient=w.patient("PT"), eye="L")
     lab, pid = w.next_label(), w.patient("PT")
     rgb = fundus(lab)
-    import unicodedata
-
     Image.fromarray(rgb).save(p := f / unicodedata.normalize("NFC", "rétine_nfc.png"))
     w.add("label row in Unicode NFD, file name in NFC", p, "decoded", "macOS exports write NFD; compared in NFC",
           label=lab, patient=pid, eye="R", truth=_rgb_truth(rgb), tolerance=LOSSLESS,

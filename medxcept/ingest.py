@@ -359,9 +359,9 @@ def _check_pattern_fits(spec: CohortSpec, source: SourceSpec, paths: list[Path])
     eye_field = "eye" if "eye" in fields else "laterality"
     hints = []
     if "patient" in fields:
-        swapped = pattern.replace("{patient}", "{\0}").replace("{" + eye_field + "}", "{patient}").replace(
-            "{\0}", "{" + eye_field + "}")
-        ok = [d for p, d in ((p, parse_filename(swapped, p.name)) for p, _ in fitting)
+        eye = "{" + eye_field + "}"
+        swapped = eye.join(part.replace(eye, "{patient}") for part in pattern.split("{patient}"))
+        ok = [d for d in (parse_filename(swapped, p.name) for p, _ in fitting)
               if d is not None and not _eye_problem(d, swapped)]
         if len(ok) * 2 > len(fitting):
             hints.append(f"filename_pattern: '{swapped}' (fields swapped) fits {len(ok)} of them")

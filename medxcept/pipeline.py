@@ -240,7 +240,8 @@ def split_and_audit(table: pd.DataFrame, images: np.ndarray, cfg: RunConfig,
     merge = duplicate_groups(table, fp, cfg.audit.hamming_threshold) if cfg.audit.on_leak == "fix" else None
     table = assign_splits(table, cfg.split, merge=merge)
     report = audit_cohort(table, fp=fp, policy=cfg.audit.on_leak, hamming_threshold=cfg.audit.hamming_threshold,
-                          group_column=cfg.split.group_column, max_images_per_patient=cfg.audit.max_images_per_patient)
+                          group_column=cfg.split.group_column,
+                          max_images_per_patient=cfg.audit.max_images_per_patient)
     return table, report
 
 

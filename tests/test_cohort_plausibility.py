@@ -269,3 +269,26 @@ def test_audit_lists_implausible_patients() -> None:
     assert AuditConfig().max_images_per_patient == 20
     with pytest.raises(ConfigError, match="max_images_per_patient"):
         AuditConfig(max_images_per_patient=0)
+
+
+def test_check_page_names_the_class_dependent_exclusion_in_its_summary(tmp_path: Path, fundus_images) -> None:
+    from medxcept.check import check_cohort
+    from medxcept.config import load_config
+    from medxcept.errors import SplitError
+
+    names = {"normal": [f for f in fundus_images if f.startswith("N")],
+             "cataract": [f for f in fundus_images if f.startswith("C")]}
+    spec = load_cohort_spec(_folder_cohort(tmp_path, names, pattern="{patient}_{eye}.*", images=fundus_images))
+    cfg = load_config(cohort_defaults=spec.defaults, overrides={"audit.on_leak": "warn"})
+    try:
+        check_cohort(spec, cfg, out_dir=tmp_path / "runs", run_name="bias")
+    except SplitError:  # 11 patients may be too few to split; the page is written first
+        pass
+    page = (tmp_path / "runs" / "bias" / "check.html").read_text(encoding="utf-8")
+    banner = page.split('id="class-exclusion-warnings"', 1)[1].split("</div>", 1)[0]
+    assert "the quality gate removed 62 % of cataract (5 of 8) and 0 % of normal (0 of 8)" in banner
+    assert "consider `quality_policy: flag`" in banner
+    assert page.index('id="class-exclusion-warnings"') < page.index('id="exclusions"')  # in the summary
+    assert 'class="flagged"' in page
+    ex = pd.read_csv(tmp_path / "runs" / "bias" / "exclusions.csv", keep_default_na=False)
+    assert set(ex.loc[ex["stage"] == "quality", "label"]) == {"cataract"}
