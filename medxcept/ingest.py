@@ -332,10 +332,14 @@ def ingest(spec: CohortSpec, *, preprocess_cfg: PreprocessConfig, cache: Preproc
                         files_excluded=len(excluded_files - used_files), patient_map=patient_map)
 
 
+#: Eye values that say "no single eye" (both, unknown): laterality NA, not a wrong pattern.
+_UNSIDED = frozenset({"ou", "both", "b", "u", "unknown", "na", "n/a", "x"})
+
+
 def _eye_problem(parsed: dict[str, str], pattern: str) -> str | None:
     """The reason a file name's eye field is not a laterality, or None (no such field, or a laterality)."""
     value = _first(parsed.get("eye"), parsed.get("laterality"))
-    if value is None or normalize_laterality(value) != "NA":
+    if value is None or normalize_laterality(value) != "NA" or str(value).strip().casefold() in _UNSIDED:
         return None
     shown = f"'{value}'" if len(str(value)) <= 6 else f"of {len(str(value))} characters"  # never a long identifier
     return (f"eye {shown} is not a laterality (pattern {pattern}); expected L/R, left/right or OD/OS: "

@@ -188,6 +188,12 @@ def test_pattern_that_does_not_describe_the_names_stops_the_run(tmp_path: Path, 
     assert "12 of 12 file names give an eye that is not a laterality" in msg
     assert "filename_pattern '{patient}_{eye}.*'" in msg and "'Cataract_000.png' -> eye '000'" in msg
     assert "one_patient_per_file: true" in msg and "2 distinct value(s) for 12 files" in msg
+    # "both eyes" / "unknown" values are a laterality NA, not a wrong pattern
+    from medxcept.ingest import _eye_problem
+
+    assert _eye_problem({"patient": "P1", "eye": "OU"}, "{patient}_{eye}.*") is None
+    assert _eye_problem({"patient": "P1", "eye": "od"}, "{patient}_{eye}.*") is None
+    assert "eye of 12 characters" in _eye_problem({"patient": "x", "eye": "SUBJECT00123"}, "{patient}_{eye}.*")
     # names written the other way round: the swapped pattern is suggested
     (tmp_path / "swapped").mkdir()
     names = {"normal": [f"{e}_P{k:02d}.png" for k in range(4) for e in "LR"],
