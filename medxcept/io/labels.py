@@ -568,7 +568,8 @@ def match_files(
         as text), in table order.
     issues : list of LabelIssue
         ``missing_file`` (a row whose file was not found), ``ambiguous_file`` (a bare
-        name matching several files), ``duplicate``/``conflict`` (two rows resolving to
+        name matching several files), ``folder_mismatch`` (the only file of that name is
+        in another folder), ``duplicate``/``conflict`` (two rows resolving to
         the same file) and ``unlabelled_file`` (a file no row names; ``row`` is None).
 
     Notes
@@ -576,7 +577,10 @@ def match_files(
     Each row's file value is tried, in order, as a relative path (case-sensitive,
     then unique case-insensitive), as a bare file name (same two steps), and, when
     it has no extension, as a file stem (``"IDRiD_01"`` finds ``IDRiD_01.jpg``).
-    Backslashes are read as folder separators.
+    Backslashes are read as folder separators; names are compared in Unicode NFC (a table
+    written on macOS may hold NFD). A bare-name or stem match is only taken from files whose
+    folders do not contradict the row's (``P001/left.jpg`` never finds ``P002/left.jpg``:
+    ``folder_mismatch``); a prefix the image root lacks (``C:/export/P001/left.jpg``) is fine.
     """
     root = Path(root)
     root_abs = Path(os.path.abspath(root))
