@@ -19,6 +19,7 @@ import pandas as pd
 from medxcept.audit import audit_cohort, duplicate_groups, fingerprints
 from medxcept.augment import build_augment, effective_class_frequencies, serialize_augment
 from medxcept.calibrate import brier, ece, make_calibrator, mce, nll, reliability_table
+from medxcept.class_exclusions import exclusions_by_class
 from medxcept.cohort import CohortSpec, public_view
 from medxcept.config import RunConfig, config_hash
 from medxcept.demo import cache_dir
@@ -284,8 +285,6 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
     timings["ingest_s"] = time.perf_counter() - t
     _say(f"cohort: {len(ing.table)} image(s) of {ing.table['patient_key'].nunique()} patient(s); "
          f"{ing.files_found} file(s) found, {ing.files_excluded} excluded (see exclusions.csv)")
-    from medxcept.class_exclusions import exclusions_by_class
-
     by_class = exclusions_by_class(ing.table, ing.exclusions, list(spec.classes))
     for w in by_class["warnings"]:
         _say(f"! exclusions depend on the class: {w}")
