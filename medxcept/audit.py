@@ -12,7 +12,11 @@ training, and reports them in plain words:
 * label conflicts: the same image, or a near-copy of it, with two different labels;
 * class balance per split and fold, and patients per class;
 * confounding: a class that comes (almost) entirely from one source or image size;
-* laterality sanity: more than two images of one eye in one visit, missing laterality.
+* laterality sanity: more than two images of one eye in one visit, missing laterality;
+* patient plausibility (:func:`check_patient_plausibility`): a patient with implausibly many
+  images (a file-name pattern that took a class name or a prefix for the patient), and a
+  patient whose images carry more than one class (plausible across two eyes, not within one
+  eye at one visit).
 
 Every finding names patients by ``patient_key`` (the pseudonym) and images by
 ``image_id``; the raw ``patient_id`` never leaves memory.
@@ -1121,6 +1125,88 @@ def _check_laterality(df: pd.DataFrame, max_details: int) -> list[Finding]:
     return found
 
 
+# ------------------------------------------------------------------ patient plausibility
+
+
+def check_patient_plausibility(
+    df: pd.DataFrame, *, max_images_per_patient: int = 20, max_details: int = 100
+) -> list[Finding]:
+    """Patients the cohort table makes implausible: too many images, or two classes.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Cohort table with ``patient_key`` and ``label`` (``laterality``, ``study_id`` used when present).
+    max_images_per_patient : int, default 20
+        More images than this for one patient is a warning (``patient_many_images``): fundus
+        cohorts hold a few images per eye and visit; 100 images usually mean the file-name
+        pattern took a class name or a prefix for the patient identifier.
+    max_details : int, default 100
+        Patients listed per finding.
+
+    Returns
+    -------
+    list of Finding
+        ``patient_many_images`` (warning); ``patient_mixed_classes``: a warning for patients
+        with two classes on *the same eye at the same visit* (or without laterality), an info
+        for patients whose two eyes differ (discordant eyes are clinically common).
+    """
+    found: list[Finding] = []
+    if len(df) == 0:
+        return found
+    keys = df["patient_key"].astype(str)
+    counts = keys.value_counts()
+    many = counts[counts > max_images_per_patient]
+    if len(many):
+        found.append(
+            Finding(
+                "patient_many_images",
+                "warning",
+                f"{len(many)} patient(s) have more than {max_images_per_patient} images (up to {int(many.max())}); "
+                "check that the patient identifier really names a person (a file-name pattern can take a class "
+                "name or a prefix for it), or raise audit.max_images_per_patient if this is expected.",
+                len(many),
+                [{"patient_key": k, "n_images": int(n)} for k, n in list(many.items())[:max_details]],
+            )
+        )
+    labels = df["label"].astype(str)
+    n_classes = labels.groupby(keys).nunique()
+    mixed = n_classes[n_classes > 1].index
+    if len(mixed):
+        lat = df["laterality"].astype(str) if "laterality" in df.columns else pd.Series("NA", index=df.index)
+        study = df["study_id"].astype(str) if "study_id" in df.columns else pd.Series("", index=df.index)
+        sub = pd.DataFrame({"p": keys, "s": study, "l": lat, "y": labels})[keys.isin(mixed)]
+        per_eye = sub.groupby(["p", "s", "l"])["y"].nunique()
+        unsided = sub[sub["l"] == "NA"].groupby("p")["y"].nunique()
+        same_eye = sorted(set(per_eye[per_eye > 1].index.get_level_values(0)) | set(unsided[unsided > 1].index))
+        across = sorted(set(mixed) - set(same_eye))
+        if same_eye:
+            found.append(
+                Finding(
+                    "patient_mixed_classes",
+                    "warning",
+                    f"{len(same_eye)} patient(s) have images of different classes on the same eye at the same "
+                    "visit (or without laterality): one label is probably wrong, or the patient identifier "
+                    "joins several people; check these rows.",
+                    len(same_eye),
+                    [{"patient_key": k, "classes": sorted(set(sub.loc[sub["p"] == k, "y"]))}
+                     for k in same_eye[:max_details]],
+                )
+            )
+        if across:
+            found.append(
+                Finding(
+                    "patient_mixed_classes",
+                    "info",
+                    f"{len(across)} patient(s) have eyes of different classes (discordant eyes); the split keeps "
+                    "each patient whole and stratifies on the most severe label.",
+                    len(across),
+                    [{"patient_key": k} for k in across[:max_details]],
+                )
+            )
+    return found
+
+
 def audit_cohort(
     df: pd.DataFrame,
     *,
@@ -1133,6 +1219,7 @@ def audit_cohort(
     v_threshold: float = 0.5,
     min_class_images: int = 5,
     max_details: int = 100,
+    max_images_per_patient: int = 20,
 ) -> AuditReport:
     """Audit a cohort (split or not) for leakage, duplicates and confounding.
 
@@ -1169,6 +1256,8 @@ def audit_cohort(
         Classes with fewer images are not judged on their shares (too few to tell).
     max_details : int, default 100
         Examples kept per finding (``count`` always holds the total).
+    max_images_per_patient : int, default 20
+        See :func:`check_patient_plausibility`.
 
     Returns
     -------
@@ -1226,6 +1315,8 @@ def audit_cohort(
         min_class_images=min_class_images,
     )
     report.findings += _check_laterality(df, max_details)
+    report.findings += check_patient_plausibility(
+        df, max_images_per_patient=max_images_per_patient, max_details=max_details)
     n_err, n_warn = len(report.errors), len(report.warnings)
     logger.info("audit of %d images: %d error(s), %d warning(s)", len(df), n_err, n_warn)
     return report

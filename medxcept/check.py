@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from medxcept.audit import AuditReport, audit_cohort, fingerprints
+from medxcept.class_exclusions import exclusions_by_class
 from medxcept.cohort import CohortSpec, public_view
 from medxcept.config import RunConfig, config_hash
 from medxcept.errors import SplitError
@@ -158,7 +159,8 @@ def _split_and_audit(table: pd.DataFrame, images: np.ndarray,
         return table, report, None
     except SplitError as exc:  # no split: the audit still reports duplicates, confounding, laterality
         report = audit_cohort(table, fp=fp, policy=cfg.audit.on_leak,
-                              hamming_threshold=cfg.audit.hamming_threshold, group_column=cfg.split.group_column)
+                              hamming_threshold=cfg.audit.hamming_threshold, group_column=cfg.split.group_column,
+                              max_images_per_patient=cfg.audit.max_images_per_patient)
         return table, report, exc
 
 
@@ -278,6 +280,7 @@ def check_cohort(spec: CohortSpec, cfg: RunConfig, *, out_dir: Path, run_name: s
         "created": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "classes": classes,
         "modality": spec.modality, "files": files,
         "groups": reason_groups(ing.exclusions, hide=str(base.resolve())),
+        "by_class": exclusions_by_class(ing.table, ing.exclusions, classes),
         "sources": _source_rows(spec, ing.table, ing.exclusions, base),
         "by_reader": _count_table(table, ["reader", "modality", "channels"], classes),
         "summary": _summary(table, classes),

@@ -173,15 +173,21 @@ class AuditConfig:
             before training), ``"warn"`` (reported, run continues) or ``"fix"`` (near-duplicate
             images are regrouped into one group before splitting, so they land together).
         hamming_threshold: near-duplicate threshold on 64-bit perceptual hashes.
+        max_images_per_patient: more images than this for one patient is an audit warning
+            (a file-name pattern that took a class name for the patient identifier).
     """
 
     on_leak: str = "error"
     hamming_threshold: int = 10
+    max_images_per_patient: int = 20
 
     def __post_init__(self) -> None:
         _choice("audit.on_leak", self.on_leak, ("error", "warn", "fix"))
         if not 0 <= self.hamming_threshold <= 32:
             raise ConfigError(f"audit.hamming_threshold={self.hamming_threshold!r} must be in 0..32")
+        if not isinstance(self.max_images_per_patient, int) or self.max_images_per_patient < 1:
+            raise ConfigError(f"audit.max_images_per_patient={self.max_images_per_patient!r} must be a "
+                              "positive integer")
 
 
 @dataclass(frozen=True)

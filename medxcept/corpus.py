@@ -42,6 +42,7 @@ import logging
 import os
 import struct
 import sys
+import unicodedata
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -72,6 +73,9 @@ __all__ = [
     "write_rgb",
     "write_jpeg_baseline",
     "write_jpeg_lossless",
+    "write_voi_lut8",
+    "write_jpeg_cut_frame",
+    "write_trailing_padding",
     "write_compressed",
     "write_sr",
     "write_presentation_state",
@@ -326,6 +330,46 @@ def write_jpeg_baseline(path: Path, image: np.ndarray, *, quality: int = 95, **a
     return save(ds, path, dcm_uid.JPEGBaseline8Bit)
 
 
+def write_voi_lut8(path: Path, stored: np.ndarray, *, first_mapped: int = 0, **attrs: Any) -> tuple[Path, np.ndarray]:
+    """12-bit gray pixels with a VOI LUT Sequence of 4096 *8-bit* entries (``LUTDescriptor [4096, first, 8]``).
+
+    The LUT is ``entry k = k // 16`` (a linear ramp to 255). pydicom 3's ``apply_voi_lut`` indexes an
+    8-bit LUT with 8-bit integers, so its output wraps every 256 inputs. Returns the path and the
+    display values a viewer shows, ``(1, H, W, 1)`` float32.
+    """
+    lut = (np.arange(4096) // 16).astype(np.int64)
+    item = Dataset()
+    item.LUTDescriptor = [4096, first_mapped, 8]
+    item.add_new(0x00283006, "US", [int(v) for v in lut])  # LUTData
+    path = write_gray(path, stored, bits_stored=12, VOILUTSequence=Sequence([item]), **attrs)
+    index = np.clip(np.asarray(stored, dtype=np.int64) - first_mapped, 0, 4095)
+    return path, (lut[index] / 255.0).astype(np.float32)[np.newaxis, ..., np.newaxis]
+
+
+def write_jpeg_cut_frame(path: Path, image: np.ndarray, *, keep: float = 0.6, **attrs: Any) -> Path:
+    """A JPEG baseline DICOM whose single frame is cut short *inside a well-formed file*.
+
+    The item holds only the first ``keep`` of the JPEG stream (no end-of-image marker), with a
+    correct item length and the sequence delimiter after it: the file parses, and Pillow decodes
+    the frame without an error, filling the missing part with grey.
+    """
+    full = write_jpeg_baseline(path, image, **attrs)
+    ds = pydicom.dcmread(full)
+    frame = next(iter(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1)))
+    cut = frame[: int(len(frame) * keep)]
+    assert not cut.rstrip(b"\x00").endswith(b"\xff\xd9")
+    ds.PixelData = encapsulate([cut])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_trailing_padding(path: Path, stored: np.ndarray, *, extra: int = 64, **attrs: Any) -> Path:
+    """Native 16-bit gray pixels followed by ``extra`` zero bytes after the last frame (valid padding)."""
+    raw = np.asarray(stored).astype("<u2").tobytes() + bytes(extra)
+    return write_gray(path, stored, raw_bytes=raw, **attrs)
+
+
 # ----------------------------------------------------------------- JPEG lossless
 
 
@@ -519,6 +563,8 @@ sources:
     kind: dicom
     root: dicom
     labels: dicom/labels.csv
+    patient_column: patient
+    laterality_column: eye
   - name: photos
     kind: photos
     root: photos
@@ -527,6 +573,10 @@ sources:
     label_column: grade
     patient_column: patient
     laterality_column: eye
+  - name: pattern
+    kind: folders
+    root: pattern
+    filename_pattern: "{{patient}}_{{eye}}.*"
 defaults:
   preprocess: {{image_px: 71}}
   train: {{batch_size: 8, head_epochs: 1, finetune_epochs: 1}}
@@ -548,6 +598,9 @@ class _Case:
     eye: str = ""
     truth: np.ndarray | None = None  # decoded cases: (F, H, W, C) float32 display values
     tolerance: float = 0.0
+    table_name: str | None = None  # the file as the label row writes it (default: its path)
+    repeat: int = 1  # how many identical label rows name it
+
 
     @property
     def reader(self) -> str:
@@ -648,6 +701,7 @@ class _Writer:
         self.n_labels = 0
         self.dicom = root / "dicom"
         self.photos = root / "photos"
+        self.pattern = root / "pattern"
         self.dicom.mkdir(parents=True, exist_ok=True)
         self.photos.mkdir(parents=True, exist_ok=True)
 
@@ -967,20 +1021,95 @@ def _photo_cases(w: _Writer) -> None:
           "decoded, then refused: no patient, no patient-level split", label=w.next_label(), patient="")
 
 
+def _issue18_cases(w: _Writer) -> None:
+    """Issue 18: DICOM cases real exports have, table rows that must not cross patients, file-name patterns."""
+    from PIL import Image
+
+    h, wd = GRAY_SHAPE
+    ph, pw = PHOTO_SHAPE
+    d, f = w.dicom, w.photos
+
+    def gray(label: str) -> np.ndarray:
+        return np.rint(_texture(w.rng, h, wd, signal=label == "abnormal") * 4095).astype(np.uint16)
+
+    def fundus(label: str) -> np.ndarray:
+        return _fundus(w.rng, ph, pw, signal=label == "abnormal")
+
+    # -- DICOM
+    lab = w.next_label()
+    p, truth = write_voi_lut8(d / "voi_lut_8bit_4096_entries.dcm", gray(lab), PatientID=w.patient("MRN"))
+    w.add("VOI LUT, 8-bit entries, 4096 of them", p, "decoded",
+          "LUTDescriptor [4096, 0, 8]: pydicom 3's apply_voi_lut wraps the index; truth = LUT[value]", label=lab,
+          truth=truth, tolerance=LOSSLESS)
+    lab = w.next_label()
+    s = gray(lab)
+    p = write_trailing_padding(d / "trailing_padding.dcm", s, extra=64, bits_stored=12, PatientID=w.patient("MRN"))
+    w.add("pixel data longer than Rows x Columns (trailing padding)", p, "decoded",
+          "64 zero bytes after the last frame: valid; only a shortfall is an error", label=lab,
+          truth=_gray_truth(s), tolerance=LOSSLESS)
+    p = write_jpeg_cut_frame(d / "jpeg_frame_cut_short.dcm", fundus("normal"), keep=0.6, PatientID=w.patient("MRN"))
+    w.add("encapsulated JPEG frame cut short (file well formed)", p, "excluded: no end-of-image marker",
+          "item and sequence delimiter intact; Pillow would fill the missing part with grey", label=w.next_label())
+    header_id = w.patient("MRN")
+    p = write_gray(d / "table_patient_differs.dcm", gray("normal"), bits_stored=12, PatientID=header_id)
+    w.add("label table PatientID differs from the DICOM header", p, "excluded: PatientID differs from the header",
+          "the table names another patient; no identifier is written in the reason", label=w.next_label(),
+          patient=w.patient("MRN"))
+    p = write_gray(d / "table_laterality_differs.dcm", gray("normal"), bits_stored=12, PatientID=w.patient("MRN"),
+                   ImageLaterality="R")
+    w.add("label table laterality differs from the DICOM header", p, "excluded: says L, DICOM (Image) Laterality says R",
+          "table 'L', header 'R'", label=w.next_label(), eye="L")
+
+    # -- label rows: never across patients; NFD names; identical repeats
+    (f / "pat_a").mkdir(exist_ok=True)
+    Image.fromarray(fundus("normal")).save(p := f / "pat_a" / "left.png")
+    w.add("a file no row names (its name is in another folder's row)", p, "excluded: file without a label",
+          "pat_a/left.png; the row below says pat_b/left.png")
+    w.add("label row naming another patient's folder (its path missing on disk)", f / "pat_b" / "left.png",
+          "excluded: a file of that name is in another folder",
+          "row 'pat_b/left.png'; only pat_a/left.png exists: never matched by bare name", label=w.next_label(),
+          patient=w.patient("PT"), eye="L")
+    lab, pid = w.next_label(), w.patient("PT")
+    rgb = fundus(lab)
+    Image.fromarray(rgb).save(p := f / unicodedata.normalize("NFC", "rétine_nfc.png"))
+    w.add("label row in Unicode NFD, file name in NFC", p, "decoded", "macOS exports write NFD; compared in NFC",
+          label=lab, patient=pid, eye="R", truth=_rgb_truth(rgb), tolerance=LOSSLESS,
+          table_name=unicodedata.normalize("NFD", "rétine_nfc.png"))
+    lab, pid = w.next_label(), w.patient("PT")
+    rgb = fundus(lab)
+    Image.fromarray(rgb).save(p := f / "img_0016.png")
+    w.add("identical label row repeated", p, "decoded", "the repeat is dropped with a warning (not an error)",
+          label=lab, patient=pid, eye="L", truth=_rgb_truth(rgb), tolerance=LOSSLESS, repeat=2)
+
+    # -- file-name pattern {patient}_{eye}.*: one name whose eye field is not a laterality
+    for lab in CLASSES:
+        (w.pattern / lab).mkdir(parents=True, exist_ok=True)
+    for k in range(4):
+        lab, pid = w.next_label(), w.patient("PA")
+        for eye in ("L", "R"):
+            rgb = fundus(lab)
+            Image.fromarray(rgb).save(p := w.pattern / lab / f"{pid}_{eye}.png")
+            w.add(f"file-name pattern {{patient}}_{{eye}}.*: {eye} eye (patient {k + 1})", p, "decoded",
+                  "patient and eye from the name", label=lab, truth=_rgb_truth(rgb), tolerance=LOSSLESS)
+    Image.fromarray(fundus("abnormal")).save(p := w.pattern / "abnormal" / "Glaucoma_005.png")
+    w.add("file-name pattern: eye field '005' is not a laterality", p, "excluded: eye '005' is not a laterality",
+          "Glaucoma_005.png with {patient}_{eye}.*: patient 'Glaucoma', eye '005'", label="abnormal")
+
+
 def _write_label_tables(w: _Writer) -> None:
     """dicom/labels.csv (plain CSV) and photos/labels.csv (semicolons, UTF-8 BOM, untidy labels)."""
-    dicom_rows = ["file,label"]
+    dicom_rows = ["file,label,patient,eye"]
     photo_rows = ["image;grade;patient;eye"]
     for k, c in enumerate(w.cases):
-        if c.label is None:
+        if c.label is None or c.file.startswith("pattern/"):  # the pattern source is labelled by folders
             continue
-        name = c.file.split("/", 1)[1]
+        name = c.table_name or c.file.split("/", 1)[1]
         if c.reader == "dicom":
-            dicom_rows.append(f"{name},{c.label}")
+            dicom_rows += [f"{name},{c.label},{c.patient or ''},{c.eye}"] * c.repeat
         else:
             # spreadsheet habits: stray spaces and capitals, matched case-insensitively
             shown = (f" {c.label.capitalize()} " if k % 3 == 0 else c.label.upper() if k % 3 == 1 else c.label)
-            photo_rows.append(f"{name};{shown};{c.patient or ''};{c.eye}")
+            photo_rows += [f"{name};{shown};{c.patient or ''};{c.eye}"] * c.repeat
     (w.dicom / "labels.csv").write_text("\n".join(dicom_rows) + "\n", encoding="utf-8")
     (w.photos / "labels.csv").write_text("\n".join(photo_rows) + "\n", encoding="utf-8-sig")
 
@@ -1021,6 +1150,7 @@ def write_mixed_corpus(root: Path, *, seed: int = 0) -> pd.DataFrame:
     w = _Writer(root, seed)
     _dicom_cases(w)
     _photo_cases(w)
+    _issue18_cases(w)
     _write_label_tables(w)
     (root / "cohort.yaml").write_text(COHORT_YAML.format(seed=seed, max_pixels=MAX_PIXELS), encoding="utf-8")
     np.savez_compressed(root / EXPECTED_FILE, **{c.case: c.truth for c in w.cases if c.truth is not None})

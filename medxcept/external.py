@@ -47,6 +47,7 @@ import yaml
 
 from medxcept.audit import Finding, audit_cohort, fingerprints
 from medxcept.calibrate import Calibrator
+from medxcept.class_exclusions import exclusions_by_class
 from medxcept.cohort import CohortSpec, public_view
 from medxcept.config import RunConfig, config_hash, load_config
 from medxcept.errors import ConfigError
@@ -513,7 +514,8 @@ def evaluate_run(run_dir: Path, spec: CohortSpec, cfg: RunConfig, run_name: str 
             "warnings": [f.message for f in findings if f.severity == "warning"]},
         "cohort": {**_summary_counts(table), "files_found": ing.files_found, "files_used": ing.files_used,
                    "files_excluded": ing.files_excluded,
-                   "exclusions_by_reason": _reason_counts(ing.exclusions)},
+                   "exclusions_by_reason": _reason_counts(ing.exclusions),
+                   "exclusions_by_class": exclusions_by_class(ing.table, ing.exclusions, list(spec.classes))},
         "class_balance": src.metrics.get("class_balance") or {"method": src.cfg.augment.balance},
         "training": _training_block(src, history),
         **measured,

@@ -44,7 +44,7 @@ __all__ = ["IngestResult", "ingest", "data_root", "EXCLUSION_COLUMNS", "pseudony
 
 log = logging.getLogger(__name__)
 
-EXCLUSION_COLUMNS = ["path", "stage", "reason"]
+EXCLUSION_COLUMNS = ["path", "stage", "reason", "label"]  # label: the class when known, else ""
 SKIP_NAMES = {"COMPLETE", ".DS_Store", "Thumbs.db"}
 POOL_MIN_FILES = 48  # below this, worker start-up costs more than it saves
 
@@ -203,15 +203,20 @@ def _label_rows(spec: CohortSpec, source: SourceSpec, root: Path, files: list[Pa
         labelled, match_issues = match_files(table, root, files)
     for issue in list(table_issues) + list(match_issues):
         target = getattr(issue, "path", None) or (str(root / issue.file) if issue.file else str(source.labels))
+        if getattr(issue, "kind", "") == "duplicate":
+            # an identical repeat: the file keeps its (same) label; a warning, never a stopping issue
+            log.warning("%s", issue.message)
+            continue
         if source.kind == "dicom" and getattr(issue, "kind", "") == "unlabelled_file":
             # a DICOMDIR, SR or presentation state beside the images is normal in an export, not a
             # labelling mistake: skip it as "not an image" (and do not stop an on_label_issue=error run)
             skip = _not_an_image(Path(target))
             if skip:
-                excluded.append({"path": str(target), "stage": "ingest", "reason": skip})
+                excluded.append({"path": str(target), "stage": "ingest", "reason": skip, "label": ""})
                 continue
         issues.append(issue.message)
-        excluded.append({"path": str(target), "stage": "label", "reason": issue.message})
+        excluded.append({"path": str(target), "stage": "label", "reason": issue.message,
+                         "label": getattr(issue, "label", "")})
     return labelled
 
 
@@ -262,6 +267,8 @@ def ingest(spec: CohortSpec, *, preprocess_cfg: PreprocessConfig, cache: Preproc
         files = _list_files(root, {label_file} if label_file else set())
         files_found.update(str(f) for f in files)
         labelled = _label_rows(spec, source, root, files, excluded, label_issues)
+        if source.filename_pattern:
+            _check_pattern_fits(spec, source, [Path(p) for p in labelled["path"]] if len(labelled) else [])
         for rec in labelled.to_dict("records"):
             rec["_source"] = source
             candidates.append(rec)
@@ -279,15 +286,27 @@ def ingest(spec: CohortSpec, *, preprocess_cfg: PreprocessConfig, cache: Preproc
     results = _run_tasks(tasks, workers)
 
     rows = []
+    header_issues: list[str] = []
     for cand, res in zip(candidates, results, strict=False):
-        excluded.extend(res.get("excluded", []))
+        label = str(cand.get("label", "") or "")
+        excluded.extend({**e, "label": label} for e in res.get("excluded", []))
         source: SourceSpec = cand["_source"]
+        multi = len(res.get("rows", [])) + len(res.get("excluded", [])) > 1
         for r in res.get("rows", []):
             row = _cohort_row(spec, source, cand, r, salt)
             if isinstance(row, dict):
                 rows.append(row)
             else:
-                excluded.append({"path": str(cand["path"]), "stage": "ingest", "reason": row})
+                stage, reason = row
+                where = f"{cand['path']}#frame{r['frame']}" if multi else str(cand["path"])
+                excluded.append({"path": where, "stage": stage, "reason": reason, "label": label})
+                if stage == "label" and reason not in header_issues:
+                    header_issues.append(reason)
+    if header_issues and spec.on_label_issue == "error":
+        shown = "\n  ".join(header_issues[:20])
+        raise CohortError(f"cohort '{spec.name}': {len(header_issues)} label-table row(s) disagree with the DICOM "
+                          f"header (on_label_issue: error):\n  {shown}\nFix the table or the files, or set "
+                          f"on_label_issue: exclude to leave these files out.")
     table = pd.DataFrame(rows)
     exclusions = pd.DataFrame(excluded, columns=EXCLUSION_COLUMNS)
     used_files = set(table["path"]) if len(table) else set()
@@ -313,21 +332,79 @@ def ingest(spec: CohortSpec, *, preprocess_cfg: PreprocessConfig, cache: Preproc
                         files_excluded=len(excluded_files - used_files), patient_map=patient_map)
 
 
-def _cohort_row(spec: CohortSpec, source: SourceSpec, cand: dict, r: dict, salt: str) -> dict | str:
-    """One cohort-table row, or the reason the image cannot be used."""
+#: Eye values that say "no single eye" (both, unknown): laterality NA, not a wrong pattern.
+_UNSIDED = frozenset({"ou", "both", "b", "u", "unknown", "na", "n/a", "x"})
+
+
+def _eye_problem(parsed: dict[str, str], pattern: str) -> str | None:
+    """The reason a file name's eye field is not a laterality, or None (no such field, or a laterality)."""
+    value = _first(parsed.get("eye"), parsed.get("laterality"))
+    if value is None or normalize_laterality(value) != "NA" or str(value).strip().casefold() in _UNSIDED:
+        return None
+    shown = f"'{value}'" if len(str(value)) <= 6 else f"of {len(str(value))} characters"  # never a long identifier
+    return (f"eye {shown} is not a laterality (pattern {pattern}); expected L/R, left/right or OD/OS: "
+            "correct the file name or the cohort's filename_pattern")
+
+
+def _check_pattern_fits(spec: CohortSpec, source: SourceSpec, paths: list[Path]) -> None:
+    """Stop the run when the file-name pattern does not describe most names of a source.
+
+    One odd name is a per-file exclusion (:func:`_cohort_row`); when most names give no laterality
+    in the eye field (``{patient}_{eye}.*`` on ``Glaucoma_005.png``: patient ``Glaucoma``, eye
+    ``005``), the pattern itself is wrong and every patient it builds would be wrong too.
+    """
+    pattern = str(source.filename_pattern)
+    parsed = [(p, parse_filename(pattern, p.name)) for p in paths]
+    fitting = [(p, d) for p, d in parsed if d is not None]
+    bad = [(p, d) for p, d in fitting if _eye_problem(d, pattern)]
+    if len(bad) < 5 or len(bad) * 2 <= len(fitting):
+        return
+    example, fields = bad[0]
+    eye_field = "eye" if "eye" in fields else "laterality"
+    hints = []
+    if "patient" in fields:
+        eye = "{" + eye_field + "}"
+        swapped = eye.join(part.replace(eye, "{patient}") for part in pattern.split("{patient}"))
+        ok = [d for d in (parse_filename(swapped, p.name) for p, _ in fitting)
+              if d is not None and not _eye_problem(d, swapped)]
+        if len(ok) * 2 > len(fitting):
+            hints.append(f"filename_pattern: '{swapped}' (fields swapped) fits {len(ok)} of them")
+        patients = {d["patient"] for _, d in fitting}
+        if {str(v).casefold() for v in patients} & {c.casefold() for c in spec.classes} or len(patients) * 5 < len(fitting):
+            hints.append(f"the patient field gives only {len(patients)} distinct value(s) for {len(fitting)} files "
+                         "(a class name or a prefix, not a patient): if the names hold no patient identifier, "
+                         "give patients in a label table (patient_column) or set one_patient_per_file: true")
+    hints.append(f"without an eye in the names, drop the field: e.g. '{pattern.split('_')[0]}.*'"
+                 if "_" in pattern else "drop the eye field from the pattern")
+    raise CohortError(
+        f"cohort '{spec.name}': source '{source.name}': {len(bad)} of {len(fitting)} file names give an eye that is "
+        f"not a laterality with filename_pattern '{pattern}' (e.g. '{example.name}' -> "
+        f"{eye_field} '{fields[eye_field]}'); the pattern does not describe these names. "
+        + "; ".join(hints))
+
+
+def _cohort_row(spec: CohortSpec, source: SourceSpec, cand: dict, r: dict, salt: str) -> dict | tuple[str, str]:
+    """One cohort-table row, or ``(stage, reason)`` when the image cannot be used."""
     meta = r["meta"]
     path = Path(cand["path"])
     parsed = parse_filename(source.filename_pattern, path.name) if source.filename_pattern else None
     if source.filename_pattern and parsed is None:
-        return f"file name does not match filename_pattern '{source.filename_pattern}'"
+        return "pattern", f"file name does not match filename_pattern '{source.filename_pattern}'"
     parsed = parsed or {}
+    eye_problem = _eye_problem(parsed, str(source.filename_pattern)) if parsed else None
+    if eye_problem:
+        return "pattern", eye_problem
+    disagreement = _header_disagreement(source, cand, meta)
+    if disagreement:
+        return "label", disagreement
     patient = _first(cand.get("patient"), parsed.get("patient"), meta.get("patient_id"))
     if not patient:
         if source.one_patient_per_file:
             patient = f"file:{source.name}/{path.name}"
         else:
-            return "no patient identifier (label-table column, file-name pattern or DICOM PatientID)"
-    laterality = normalize_laterality(_first(cand.get("laterality"), parsed.get("eye"), parsed.get("laterality"),
+            return "ingest", "no patient identifier (label-table column, file-name pattern or DICOM PatientID)"
+    table_lat = cand.get("laterality") if cand.get("laterality") != "NA" else None  # "NA": the cell was empty
+    laterality = normalize_laterality(_first(table_lat, parsed.get("eye"), parsed.get("laterality"),
                                              meta.get("laterality")) or "")
     visit = _first(cand.get("visit"), parsed.get("visit"))
     study = _first(meta.get("study_id"), f"visit-{visit}" if visit else "")
@@ -349,6 +426,29 @@ def _cohort_row(spec: CohortSpec, source: SourceSpec, cand: dict, r: dict, salt:
         "visit": str(visit or ""), "source_name": source.name,
         "reader": "dicom" if source.kind == "dicom" else "photo",
     }
+
+
+def _header_disagreement(source: SourceSpec, cand: dict, meta: dict) -> str | None:
+    """A label-table row that contradicts the DICOM header (patient or laterality), or None.
+
+    Names the row and the columns; patient identifiers are never written (shared logs), laterality
+    values (L/R) are.
+    """
+    if source.kind != "dicom":
+        return None
+    row = cand.get("row")
+    where = f"row {int(row)}" if row is not None and not (isinstance(row, float) and np.isnan(row)) else "label row"
+    table_patient, header_patient = _first(cand.get("patient")), _first(meta.get("patient_id"))
+    if table_patient is not None and header_patient is not None and str(table_patient).strip() != str(
+            header_patient).strip():
+        return (f"{where}: PatientID differs from the header (label-table column '{source.patient_column}' vs "
+                "DICOM PatientID (0010,0020)); one of them names the wrong patient: correct the table or the file")
+    table_lat = normalize_laterality(cand.get("laterality")) if cand.get("laterality") is not None else "NA"
+    header_lat = normalize_laterality(meta.get("laterality") or "")
+    if table_lat != "NA" and header_lat != "NA" and table_lat != header_lat:
+        return (f"{where}: laterality differs from the header (label-table column '{source.laterality_column}' "
+                f"says {table_lat}, DICOM (Image) Laterality says {header_lat}); correct the table or the file")
+    return None
 
 
 def _first(*values: Any) -> Any:

@@ -19,6 +19,7 @@ import pandas as pd
 from medxcept.audit import audit_cohort, duplicate_groups, fingerprints
 from medxcept.augment import build_augment, effective_class_frequencies, serialize_augment
 from medxcept.calibrate import brier, ece, make_calibrator, mce, nll, reliability_table
+from medxcept.class_exclusions import exclusions_by_class
 from medxcept.cohort import CohortSpec, public_view
 from medxcept.config import RunConfig, config_hash
 from medxcept.demo import cache_dir
@@ -240,7 +241,8 @@ def split_and_audit(table: pd.DataFrame, images: np.ndarray, cfg: RunConfig,
     merge = duplicate_groups(table, fp, cfg.audit.hamming_threshold) if cfg.audit.on_leak == "fix" else None
     table = assign_splits(table, cfg.split, merge=merge)
     report = audit_cohort(table, fp=fp, policy=cfg.audit.on_leak, hamming_threshold=cfg.audit.hamming_threshold,
-                          group_column=cfg.split.group_column)
+                          group_column=cfg.split.group_column,
+                          max_images_per_patient=cfg.audit.max_images_per_patient)
     return table, report
 
 
@@ -283,6 +285,9 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
     timings["ingest_s"] = time.perf_counter() - t
     _say(f"cohort: {len(ing.table)} image(s) of {ing.table['patient_key'].nunique()} patient(s); "
          f"{ing.files_found} file(s) found, {ing.files_excluded} excluded (see exclusions.csv)")
+    by_class = exclusions_by_class(ing.table, ing.exclusions, list(spec.classes))
+    for w in by_class["warnings"]:
+        _say(f"! exclusions depend on the class: {w}")
 
     t = time.perf_counter()
     images = load_images(ing.table, cache, cfg.preprocess)
@@ -348,7 +353,8 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
                 "external_validation": False},
         "cohort": {**_summary_counts(table), "files_found": ing.files_found, "files_used": ing.files_used,
                    "files_excluded": ing.files_excluded,
-                   "exclusions_by_reason": _reason_counts(ing.exclusions)},
+                   "exclusions_by_reason": _reason_counts(ing.exclusions),
+                   "exclusions_by_class": by_class},
         "class_balance": {"method": cfg.augment.balance,
                           **effective_class_frequencies(tr["y"].to_numpy(), cfg.augment, n_classes=spec.n_classes)},
         "training": {**training_verdict(result.history, result.best_epoch), "stages": result.stages,

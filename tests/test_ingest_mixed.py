@@ -47,6 +47,9 @@ ISSUE_CASES = (
     "zero-byte .dcm", "zero-byte .jpg", "decompression bomb", "absurd dimensions", "text file named .dcm",
     "unknown label", "file missing", "file not in the label table", "empty patient", "non-ASCII",
     "unknown transfer syntax", "Rows/Columns inconsistent", "header without Pixel Data",
+    # issue 18
+    "VOI LUT, 8-bit entries", "trailing padding", "JPEG frame cut short", "PatientID differs", "laterality differs",
+    "another patient's folder", "Unicode NFD", "identical label row repeated", "is not a laterality",
 )
 
 
@@ -187,7 +190,7 @@ def test_excluded_cases_are_logged_with_their_reason(mixed: SimpleNamespace) -> 
             problems.append(f"{c.case}: also skipped or used")
     assert not problems, "\n".join(problems)
     stages = set(mixed.result.exclusions["stage"])
-    assert stages <= {"ingest", "decode", "label", "quality"}, stages
+    assert stages <= {"ingest", "decode", "label", "quality", "pattern"}, stages
 
 
 def test_label_issues_name_the_spreadsheet_row(mixed: SimpleNamespace) -> None:
@@ -209,7 +212,7 @@ def test_non_images_are_skipped_even_without_a_label_row(mixed: SimpleNamespace)
 
 
 def test_files_found_equal_used_plus_excluded_plus_skipped(mixed: SimpleNamespace) -> None:
-    on_disk = {_norm(Path(d) / n) for src in ("dicom", "photos") for d, _, names in os.walk(mixed.root / src)
+    on_disk = {_norm(Path(d) / n) for src in ("dicom", "photos", "pattern") for d, _, names in os.walk(mixed.root / src)
                for n in names if n != "labels.csv"}
     res = mixed.result
     used = set(res.table["path"].map(_norm))
@@ -218,13 +221,37 @@ def test_files_found_equal_used_plus_excluded_plus_skipped(mixed: SimpleNamespac
         by_file.setdefault(_norm(p), []).append(r)
     skipped = {p for p, rs in by_file.items() if all(is_skip_reason(r) for r in rs)} & on_disk
     excluded = (set(by_file) & on_disk) - skipped
-    assert res.files_found == len(on_disk) == 52
+    assert res.files_found == len(on_disk) == 69
     assert not used & excluded and not used & skipped
     assert used | excluded | skipped == on_disk, f"lost: {on_disk - used - excluded - skipped}"
     assert res.files_found == len(used) + len(excluded) + len(skipped)
     assert (res.files_used, res.files_excluded) == (len(used), len(excluded) + len(skipped))
     # the only exclusion row that names no file on disk is the label row whose file is missing
-    assert {Path(p).name for p in set(by_file) - on_disk} == {"img_9999.png"}
+    # (and the row naming pat_b/left.png, which exists only as pat_a/left.png)
+    assert {Path(p).relative_to(mixed.root).as_posix() for p in set(by_file) - on_disk} == {
+        "photos/img_9999.png", "photos/pat_b/left.png"}
+
+
+def test_exclusions_record_the_class_when_it_is_known(mixed: SimpleNamespace) -> None:
+    """Issue 18: the exclusion log's label column, for decode, label, pattern and header exclusions."""
+    ex = mixed.result.exclusions
+    assert list(ex.columns) == ["path", "stage", "reason", "label"]
+    by_case = {c.case: c for c in mixed.cases.itertuples(index=False)}
+    for case in ("encapsulated JPEG frame cut short (file well formed)", "truncated DICOM (native)",
+                 "label table PatientID differs from the DICOM header", "label row: file missing on disk",
+                 "file-name pattern: eye field '005' is not a laterality",
+                 "label row naming another patient's folder (its path missing on disk)"):
+        c = by_case[case]
+        rows = _exclusions_of(mixed, c.file)
+        assert set(rows["label"]) == {c.label}, (case, rows.to_dict("records"))
+    for case in ("file not in the label table", "label row: unknown label value"):
+        assert set(_exclusions_of(mixed, by_case[case].file)["label"]) == {""}
+    # stages: the pattern exclusion is "pattern", the table/header disagreement is "label"
+    assert _exclusions_of(mixed, "pattern/abnormal/Glaucoma_005.png")["stage"].tolist() == ["pattern"]
+    assert _exclusions_of(mixed, "dicom/table_patient_differs.dcm")["stage"].tolist() == ["label"]
+    # no patient identifier in the disagreement reason
+    reason = _exclusions_of(mixed, "dicom/table_patient_differs.dcm")["reason"].iloc[0]
+    assert "MRN" not in reason and reason.startswith("row ")
 
 
 def test_case_outcomes_table_agrees(mixed: SimpleNamespace) -> None:
@@ -378,7 +405,7 @@ def test_check_page_escapes_file_names_and_hides_patient_ids(checked: SimpleName
     assert "<b onmouseover" not in page
     assert "œil_gauche_é.png" not in page  # used files are not listed, only exclusions
     raw_ids = set(mixed.result.patient_map["patient_id"])
-    assert raw_ids and all(pid.startswith(("MRN", "PT")) for pid in raw_ids)
+    assert raw_ids and all(pid.startswith(("MRN", "PT", "PA")) for pid in raw_ids)
     for name in ("check.html", "cohort.csv", "split.csv", "audit.json", "exclusions.csv"):
         text = (checked.run / name).read_text(encoding="utf-8")
         leaked = [pid for pid in raw_ids if pid in text]
@@ -394,3 +421,14 @@ def test_check_shows_an_impossible_split_then_raises(tmp_path: Path, session_cac
     page = (tmp_path / "runs" / "tiny" / "check.html").read_text(encoding="utf-8")
     assert 'id="split-error"' in page and "fewer than" in page
     assert not (tmp_path / "runs" / "tiny" / "split.csv").exists()
+
+
+def test_check_page_shows_exclusions_by_class(checked: SimpleNamespace, mixed: SimpleNamespace) -> None:
+    """Issue 18: the per-class table is on the page; nothing in the corpus depends on the class."""
+    page = checked.html
+    assert 'id="exclusions-by-class"' in page and 'id="class-exclusion-warnings"' not in page
+    # the eye-field exclusion: one abnormal item of the pattern source, 0 normal
+    ex = mixed.result.exclusions
+    assert ex.loc[ex["stage"] == "pattern", "label"].tolist() == ["abnormal"]
+    assert "<td>pattern</td><td>eye &#39;…&#39; is not a laterality (pattern {patient}_{eye}.*)</td>" in page
+    assert "Fisher exact p = 1" in page

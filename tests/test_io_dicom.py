@@ -231,6 +231,38 @@ def test_voi_lut_sequence(tmp_path: Path) -> None:
     assert meta["voi"] == "VOI LUT 0"
 
 
+def test_voi_lut_8bit_entries_more_than_256(tmp_path: Path) -> None:
+    """LUTDescriptor [4096, 0, 8]: pydicom 3 indexes it with uint8 and wraps; medxcept must not."""
+    px = np.array([[0, 15, 16, 255, 256, 300, 2048, 4095]], dtype=np.uint16)
+    path, truth = corpus.write_voi_lut8(tmp_path / "lut8.dcm", px)
+    image, meta = read_dicom(path)
+    expected = (px[0] // 16) / 255.0  # entry k = k // 16, hand-computed
+    np.testing.assert_allclose(image[0, 0, :, 0], expected, atol=1e-6)
+    np.testing.assert_allclose(image, truth, atol=1e-6)
+    assert meta["voi"] == "VOI LUT 0"
+    # the bug this guards against: pydicom's own output for input 300 is entry 44 (300 mod 256)
+    ds = pydicom.dcmread(path)
+    wrapped = dicom_mod.apply_voi_lut(px.astype(np.int64), ds, prefer_lut=True)
+    assert int(wrapped[0, 5]) != 300 // 16
+    # a first mapped value: inputs below it take entry 0
+    path, truth = corpus.write_voi_lut8(tmp_path / "lut8_first.dcm", px, first_mapped=256)
+    np.testing.assert_allclose(read_dicom(path)[0], truth, atol=1e-6)
+    assert float(read_dicom(path)[0][0, 0, 3, 0]) == 0.0
+
+
+def test_encapsulated_jpeg_frame_cut_short_is_refused(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 255, size=(32, 40), dtype=np.uint8)
+    whole = corpus.write_jpeg_baseline(tmp_path / "whole.dcm", img)
+    assert read_dicom(whole)[0].shape == (1, 32, 40, 1)
+    cut = corpus.write_jpeg_cut_frame(tmp_path / "cut.dcm", img, keep=0.6)
+    # the file itself is well formed: pydicom parses it and Pillow decodes the frame silently
+    assert pydicom.dcmread(cut).pixel_array.shape == (32, 40)
+    with pytest.raises(ReadError) as excinfo:
+        read_dicom(cut)
+    assert_reason(excinfo, "truncated pixel data", "no end-of-image marker", "frame 0", stage="decode")
+
+
 def test_rescale_slope_intercept_then_window(tmp_path: Path) -> None:
     px = np.array([[0, 800, 1024, 1064, 1100, 1300, 4095]], dtype=np.uint16)
     path = corpus.write_gray(
@@ -566,11 +598,9 @@ def test_rows_columns_inconsistent_with_data(tmp_path: Path) -> None:
     with pytest.raises(ReadError) as excinfo:
         read_dicom(short)
     assert_reason(excinfo, "Rows 10 x Columns 10", "200 bytes expected, found 128", stage="decode")
-    # trailing data is not silently dropped: it may as well be a wrong Rows value
+    # trailing padding after the last frame is valid (issue 18): only a shortfall is an error
     long = corpus.write_gray(tmp_path / "long.dcm", px, raw_bytes=bytes(240))
-    with pytest.raises(ReadError) as excinfo:
-        read_dicom(long)
-    assert_reason(excinfo, "200 bytes expected, found 240", "longer", stage="decode")
+    assert read_dicom(long)[0].shape == (1, 10, 10, 1)
     padded = corpus.write_gray(tmp_path / "pad.dcm", np.zeros((3, 3), np.uint8), bits_allocated=8)
     assert read_dicom(padded)[0].shape == (1, 3, 3, 1)  # 9 bytes + 1 pad byte is fine
 

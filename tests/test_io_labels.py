@@ -256,6 +256,56 @@ def test_match_files_conflict_on_same_file_drops_both(tmp_path):
     assert [(i.kind, i.row) for i in issues] == [("conflict", 3)]
 
 
+def test_bare_name_fallback_never_crosses_a_patient_folder(tmp_path):
+    """Issue 18: 'P001/left.jpg' must not find 'P002/left.jpg' (a folder may be the patient)."""
+    root = tmp_path / "imgs"
+    files = touch(root, "P002/left.jpg", "P003/right.jpg", "P004/a/b.jpg")
+    table = pd.DataFrame({
+        "row": [2, 3, 4, 5],
+        "file": ["P001/left.jpg", "export/P003/right.jpg", "C:\\export\\P004\\a\\b.jpg", "P004/b.jpg"],
+        "label": ["referable", "non-referable", "referable", "referable"],
+    })
+    matched, issues = match_files(table, root, files)
+    # a prefix the image root lacks is fine when the folders that remain agree ('C:/export/' dropped);
+    # 'C:/export/a/b.jpg' would not match P004/a/b.jpg: 'export' stands where the file has 'P004'
+    assert dict(zip(matched["row"], matched["path"], strict=False)) == {
+        3: str(root / "P003/right.jpg"), 4: str(root / "P004/a/b.jpg")}
+    got = {(i.kind, i.row): i for i in issues}
+    crossed = got[("folder_mismatch", 2)]
+    assert crossed.file == "P001/left.jpg" and crossed.label == "referable"
+    assert "row 2: file 'P001/left.jpg' was not found; a file of that name is in another folder (P002/left.jpg)" \
+        in crossed.message
+    assert ("folder_mismatch", 5) in got  # P004/b.jpg vs P004/a/b.jpg: folder 'a' is not 'P004'
+    assert [i.file for i in by_kind(issues, "unlabelled_file")] == ["P002/left.jpg"]
+
+
+def test_nfd_and_nfc_names_match(tmp_path):
+    import unicodedata
+
+    nfc, nfd = (unicodedata.normalize(f, "rétine_é.jpg") for f in ("NFC", "NFD"))
+    assert nfc != nfd
+    root = tmp_path / "imgs"
+    files = touch(root, nfc, unicodedata.normalize("NFD", "Société/œil.jpg"))
+    p = write(tmp_path / "l.csv", f"file,label\n{nfd},referable\n{unicodedata.normalize('NFC', 'Société/œil.jpg')},"
+                                  f"referable\n{nfc},referable\n")
+    table, issues = read_label_table(p, file_column="file", label_column="label", classes=CLASSES)
+    # the NFD and NFC rows name the same file: an identical repeat
+    assert [(i.kind, i.row) for i in issues] == [("duplicate", 4)] and len(table) == 2
+    matched, more = match_files(table, root, files)
+    assert len(matched) == 2 and more == []
+
+
+def test_match_files_same_file_with_another_patient_is_a_conflict(tmp_path):
+    files = touch(tmp_path, "a.jpg")
+    table = pd.DataFrame({"row": [2, 3], "file": ["a.jpg", "./a.jpg"], "label": ["referable"] * 2,
+                          "patient": ["p1", "p2"]})
+    matched, issues = match_files(table, tmp_path, files)
+    assert matched.empty and [(i.kind, i.row) for i in issues] == [("conflict", 3)]
+    same = table.assign(patient="p1")
+    matched, issues = match_files(same, tmp_path, files)
+    assert len(matched) == 1 and [(i.kind, i.row, i.label) for i in issues] == [("duplicate", 3, "referable")]
+
+
 def test_end_to_end_table_then_match(tmp_path):
     root = tmp_path / "photos"
     files = touch(root, "p1_L.jpg", "p1_R.jpg", "p2_L.jpg")

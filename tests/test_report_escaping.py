@@ -89,6 +89,7 @@ def build_escaping_report(d: Path) -> tuple[Path, dict]:
     """
     from medxcept.audit import audit_cohort, fingerprints
     from medxcept.augment import effective_class_frequencies
+    from medxcept.class_exclusions import exclusions_by_class
     from medxcept.cohort import load_cohort_spec
     from medxcept.config import config_hash, load_config
     from medxcept.pipeline import (
@@ -136,7 +137,8 @@ def build_escaping_report(d: Path) -> tuple[Path, dict]:
                 "external_validation": False},
         "cohort": {**_summary_counts(table), "files_found": ing.files_found, "files_used": ing.files_used,
                    "files_excluded": ing.files_excluded,
-                   "exclusions_by_reason": _reason_counts(ing.exclusions)},
+                   "exclusions_by_reason": _reason_counts(ing.exclusions),
+                   "exclusions_by_class": exclusions_by_class(ing.table, ing.exclusions, list(spec.classes))},
         "class_balance": {"method": cfg.augment.balance, **effective_class_frequencies(
             tr["y"].to_numpy(), cfg.augment, n_classes=spec.n_classes)},
         "training": {**training_verdict(history, 2), "stages": [{"stage": "scratch", "max_epochs": 2,

@@ -15,7 +15,9 @@ images :func:`read_dicom` applies, in that order:
 4. the result is scaled to ``[0, 1]`` and returned as ``float32``.
 
 Steps 1 and 2 are pydicom's :func:`~pydicom.pixels.apply_modality_lut` and
-:func:`~pydicom.pixels.apply_voi_lut`; the output range of the window is taken
+:func:`~pydicom.pixels.apply_voi_lut`, except a VOI LUT with 8-bit entries, which this
+module applies itself (pydicom 3 indexes such a LUT with 8-bit integers, so an input
+above 255, or a LUT of more than 256 entries, wraps to a wrong entry); the output range of the window is taken
 from pydicom itself (by windowing the two extreme inputs), so both always agree.
 Enhanced multi-frame objects carry rescale and window per frame in functional
 groups; they are honoured frame by frame.
@@ -25,6 +27,11 @@ returned as RGB. pydicom 3 decodes JPEG without colour conversion and converts
 YBR to RGB exactly once afterwards (``raw=False``); this module reads the
 photometric interpretation that pydicom reports for its *output* and never
 converts again. *Planar Configuration* is handled by pydicom's reshape.
+
+Pixel data longer than the header implies (trailing padding after the last frame) is
+accepted; only a shortfall is an error. An encapsulated JPEG, JPEG-LS or JPEG 2000 frame
+must end with its end-of-image marker (``FF D9``): decoders fill a frame cut short with
+grey without an error, so a frame without it is refused.
 
 Failures are per file: :class:`~medxcept.errors.ReadError` with a specific
 reason. Problems with the header (empty file, not DICOM, not an image) use stage
@@ -494,14 +501,58 @@ def _check_pixel_length(path: Path, ds: Dataset, ts: dcm_uid.UID, n_frames: int)
             path, f"transfer syntax '{ts.name}' is uncompressed but the pixel data is encapsulated"
         )
     expected, formula = _expected_native_bytes(ds, n_frames)
-    if actual not in (expected, expected + expected % 2, expected + 1):
-        problem = "shorter" if actual < expected else "longer"
+    if actual < expected:
         raise ReadError(
             path,
             f"pixel data length does not match the header: {formula} = {expected} bytes "
-            f"expected, found {actual} ({problem}; wrong Rows/Columns/Number of Frames or "
+            f"expected, found {actual} (shorter; wrong Rows/Columns/Number of Frames or "
             f"a truncated file)",
         )
+    if actual > expected + 1:  # one pad byte to an even length is the norm
+        logger.info("%s: %d byte(s) of trailing padding after the last frame ignored", path.name,
+                    actual - expected)
+
+
+#: Encapsulated syntaxes whose frames end with the end-of-image / end-of-codestream marker FF D9.
+_EOI_SYNTAXES = frozenset(
+    {
+        dcm_uid.JPEGBaseline8Bit, dcm_uid.JPEGExtended12Bit, dcm_uid.JPEGLossless,
+        dcm_uid.JPEGLosslessSV1, dcm_uid.JPEGLSLossless, dcm_uid.JPEGLSNearLossless,
+        dcm_uid.JPEG2000Lossless, dcm_uid.JPEG2000,
+    }
+)
+
+
+def _check_frame_ends(path: Path, ds: Dataset, ts: dcm_uid.UID, n_frames: int, frame: int | None) -> None:
+    """Every encapsulated JPEG-family frame to be decoded ends with FF D9 (pad bytes aside).
+
+    A frame cut short (a transfer that stopped, a broken export) decodes without an error in
+    Pillow and some codecs, the missing part filled with grey; the marker is the proof that
+    the frame is whole.
+    """
+    if ts not in _EOI_SYNTAXES:
+        return
+    from pydicom.encaps import generate_frames
+
+    try:
+        frames = list(generate_frames(ds.PixelData, number_of_frames=n_frames))
+    except Exception as exc:  # noqa: BLE001 - malformed item structure: a per-file problem
+        raise ReadError(path, f"encapsulated pixel data could not be split into frames: {exc}") from exc
+    if len(frames) < n_frames:
+        raise ReadError(path, f"truncated pixel data: {len(frames)} encapsulated frame(s) for "
+                              f"Number of Frames {n_frames}")
+    wanted = range(n_frames) if frame is None else [frame]
+    for index in wanted:
+        # Items are padded to an even length, with 00 or (some encoders) FF, sometimes more than one
+        # byte. FF D9 cannot occur inside entropy-coded JPEG data (FF is stuffed) nor inside a
+        # JPEG 2000 codestream's packets, so finding it among the last bytes is proof enough.
+        data = bytes(frames[index]).rstrip(b"\x00")
+        if b"\xff\xd9" not in data[-16:]:
+            raise ReadError(
+                path,
+                f"truncated pixel data: {ts.name} frame {index} has no end-of-image marker (FF D9); "
+                f"the frame was cut short ({len(data)} bytes)",
+            )
 
 
 def _frame_view(ds: Dataset, index: int) -> Dataset:
@@ -558,6 +609,30 @@ def _lut_output_max(item: Dataset, data: np.ndarray) -> float:
     return float(2 ** min(bits, max(largest.bit_length(), 1)) - 1)
 
 
+def _apply_lut8(values: np.ndarray, item: Dataset, view: Dataset) -> np.ndarray:
+    """Apply a VOI LUT with 8-bit entries (PS3.3 C.11.2.1.1), indexing with 64-bit integers.
+
+    pydicom 3's ``apply_voi_lut`` computes the index in the LUT's own dtype (uint8 here), so
+    ``value - first mapped`` above 255 wraps: with 4096 entries, input 300 would read entry 44.
+    Inputs below the first mapped value take the first entry, above the last the last one.
+    """
+    n_entries, first = int(item.LUTDescriptor[0]) or 2**16, int(item.LUTDescriptor[1])
+    if first >= 2**15 and _int(view, "PixelRepresentation", 0) == 1:
+        first -= 2**16  # US-encoded descriptor of a signed image (PS3.3 C.11.2.1.1)
+    element = item["LUTData"]
+    if element.VR == "OW" or isinstance(element.value, bytes):
+        little = getattr(getattr(view, "file_meta", None), "TransferSyntaxUID", None)
+        order = ">" if little is not None and not dcm_uid.UID(little).is_little_endian else "<"
+        data = np.frombuffer(bytes(element.value), dtype=f"{order}u2")
+    else:
+        data = np.asarray(element.value if isinstance(element.value, (list, tuple)) else [element.value])
+    data = np.asarray(data, dtype=np.int64)[:n_entries]
+    if data.size == 0:
+        raise ValueError("the VOI LUT Sequence item has no LUT Data")
+    index = np.clip(np.asarray(values, dtype=np.int64) - first, 0, data.size - 1)
+    return data[index]
+
+
 def _window_range(view: Dataset, window_index: int) -> tuple[float, float]:
     """Output range of pydicom's windowing: the image of -inf and +inf."""
     probe = np.array([-1e30, 1e30])
@@ -593,8 +668,11 @@ def _gray_to_display(
     if kind == "lut":
         if np.issubdtype(values.dtype, np.floating):
             values = np.rint(values).astype(np.int64)  # a LUT is indexed by integers
-        out = apply_voi_lut(values, view, index=window_index, prefer_lut=True)
         item = view.VOILUTSequence[window_index]
+        if int(item.LUTDescriptor[2]) == 8:
+            out = _apply_lut8(values, item, view)
+        else:
+            out = apply_voi_lut(values, view, index=window_index, prefer_lut=True)
         low, high = 0.0, _lut_output_max(item, np.asarray(out))
         voi = f"VOI LUT {window_index}"
     elif kind == "window":
@@ -710,6 +788,7 @@ def read_dicom(
         )
     decoder = _decoder(path, ts)
     _check_pixel_length(path, ds, ts, n_frames)
+    _check_frame_ends(path, ds, ts, n_frames, frame)
     if getattr(ds, "file_meta", None) is None:
         ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ts

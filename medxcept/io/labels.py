@@ -20,6 +20,9 @@ Issue kinds (``LabelIssue.kind``)
                      laterality, extra value); all its rows are dropped
 ``missing_file``     a label row whose file was not found on disk (:func:`match_files`)
 ``ambiguous_file``   a bare file name that matches several files on disk
+``folder_mismatch``  the row's path is not on disk and the only file of that name sits in
+                     another folder (``P001/left.jpg`` vs ``P002/left.jpg``): a folder can
+                     name a patient, so the row is not matched (:func:`match_files`)
 ``unlabelled_file``  a file on disk that no label row names (``row`` is None)
 ``unknown_folder``   a folder that is not a declared class (:func:`labels_from_folders`)
 
@@ -36,6 +39,7 @@ import logging
 import math
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -64,6 +68,7 @@ ISSUE_KINDS: tuple[str, ...] = (
     "conflict",
     "missing_file",
     "ambiguous_file",
+    "folder_mismatch",
     "unlabelled_file",
     "unknown_folder",
 )
@@ -89,12 +94,16 @@ class LabelIssue:
         One of :data:`ISSUE_KINDS`.
     message : str
         Plain-words description naming the row and the file and saying what to do.
+    label : str, default ""
+        The row's (declared) class when it is known (a row whose file is missing, an
+        ambiguous or mismatched name), so exclusions can be counted per class; "" otherwise.
     """
 
     row: int | None
     file: str
     kind: str
     message: str
+    label: str = ""
 
 
 # --------------------------------------------------------------------------- small parsers
@@ -299,7 +308,7 @@ def read_label_table(
         cells = dict(zip(raw.columns, values, strict=False))
         if all(_text(v) == "" for v in values):
             continue  # blank line
-        file = _text(cells[resolved["file"]])
+        file = unicodedata.normalize("NFC", _text(cells[resolved["file"]]))
         label_raw = _text(cells[resolved["label"]])
         if not file:
             issues.append(
@@ -489,6 +498,7 @@ def _collapse_duplicates(
                         r["row"], file, "duplicate",
                         f"row {r['row']}: file {file!r} is listed again (same values as row "
                         f"{first['row']}); the repeat is ignored, delete it from the table",
+                        label=str(first["label"]),
                     )
                 )
             continue
@@ -501,6 +511,7 @@ def _collapse_duplicates(
                 first["row"], file, "conflict",
                 f"rows {', '.join(map(str, rows))}: file {file!r} is listed with different "
                 f"{what}; all its rows are left out. Keep one correct row for this file",
+                label="" if "label" in differing else str(first["label"]),
             )
         )
     kept.sort(key=lambda r: r["row"])
@@ -511,10 +522,28 @@ def _collapse_duplicates(
 
 
 def _norm_key(value: str) -> str:
-    key = value.replace("\\", "/").strip()
+    """Table path or path on disk -> comparison key: ``/`` separators, no ``./``, Unicode NFC.
+
+    macOS writes file names in decomposed form (NFD: ``e`` + combining accent) and a
+    spreadsheet usually holds the composed form (NFC); both sides are compared in NFC.
+    """
+    key = unicodedata.normalize("NFC", value.replace("\\", "/").strip())
     while key.startswith("./"):
         key = key[2:]
     return key
+
+
+def _folders_agree(row_key: str, rel: str) -> bool:
+    """True when no folder of the table's path is contradicted by the file's folders.
+
+    The two folder lists are aligned from the file name upwards; where both have a folder
+    they must be equal (case-insensitive). ``export/P001/left.jpg`` agrees with
+    ``P001/left.jpg`` and with ``left.jpg``, not with ``P002/left.jpg``: dropping ``P001``
+    there would give another patient's image this row's label.
+    """
+    row_dirs = PurePosixPath(row_key).parts[:-1]
+    file_dirs = PurePosixPath(rel).parts[:-1]
+    return all(a.casefold() == b.casefold() for a, b in zip(reversed(row_dirs), reversed(file_dirs), strict=False))
 
 
 def match_files(
@@ -539,7 +568,8 @@ def match_files(
         as text), in table order.
     issues : list of LabelIssue
         ``missing_file`` (a row whose file was not found), ``ambiguous_file`` (a bare
-        name matching several files), ``duplicate``/``conflict`` (two rows resolving to
+        name matching several files), ``folder_mismatch`` (the only file of that name is
+        in another folder), ``duplicate``/``conflict`` (two rows resolving to
         the same file) and ``unlabelled_file`` (a file no row names; ``row`` is None).
 
     Notes
@@ -547,7 +577,10 @@ def match_files(
     Each row's file value is tried, in order, as a relative path (case-sensitive,
     then unique case-insensitive), as a bare file name (same two steps), and, when
     it has no extension, as a file stem (``"IDRiD_01"`` finds ``IDRiD_01.jpg``).
-    Backslashes are read as folder separators.
+    Backslashes are read as folder separators; names are compared in Unicode NFC (a table
+    written on macOS may hold NFD). A bare-name or stem match is only taken from files whose
+    folders do not contradict the row's (``P001/left.jpg`` never finds ``P002/left.jpg``:
+    ``folder_mismatch``); a prefix the image root lacks (``C:/export/P001/left.jpg``) is fine.
     """
     root = Path(root)
     root_abs = Path(os.path.abspath(root))
@@ -572,6 +605,7 @@ def match_files(
     stem: dict[str, list[int]] = {}
     stem_ci: dict[str, list[int]] = {}
     for i, rel in enumerate(rels):
+        rel = _norm_key(rel)
         pp = PurePosixPath(rel)
         exact.setdefault(rel, []).append(i)
         exact_ci.setdefault(rel.casefold(), []).append(i)
@@ -594,14 +628,34 @@ def match_files(
         if not PurePosixPath(base).suffix:
             lookups += [(stem, base), (stem_ci, base.casefold())]
         # The first lookup that finds anything decides: one file is a match, several are ambiguous.
+        # A bare-name or stem match only counts for files whose folders do not contradict the
+        # row's folders (a folder may be the patient: P001/left.jpg must not find P002/left.jpg).
         found: list[int] = []
-        for index, k in lookups:
+        elsewhere: list[int] = []
+        for n_lookup, (index, k) in enumerate(lookups):
             found = index.get(k, [])
+            if found and n_lookup >= 2:
+                agree = [i for i in found if _folders_agree(key, rels[i])]
+                elsewhere = elsewhere or [i for i in found if i not in agree]
+                found = agree
             if found:
                 break
         hit = found[0] if len(found) == 1 else None
         ambiguous = found if len(found) > 1 else []
         where = f"row {row}: " if row is not None else ""
+        row_label = str(rec.get("label", "") or "")
+        if hit is None and not ambiguous and elsewhere:
+            shown = ", ".join(rels[i] for i in elsewhere[:3]) + (" ..." if len(elsewhere) > 3 else "")
+            issues.append(
+                LabelIssue(
+                    row, given, "folder_mismatch",
+                    f"{where}file {given!r} was not found; a file of that name is in another folder "
+                    f"({shown}), which may be another patient, so it is not used for this row. "
+                    "Correct the path in the table (relative to the image root)",
+                    label=row_label,
+                )
+            )
+            continue
         if hit is None and ambiguous:
             shown = ", ".join(rels[i] for i in ambiguous[:3]) + (" ..." if len(ambiguous) > 3 else "")
             issues.append(
@@ -609,6 +663,7 @@ def match_files(
                     row, given, "ambiguous_file",
                     f"{where}file {given!r} matches {len(ambiguous)} files on disk ({shown}); "
                     "write the path relative to the image root in the table",
+                    label=row_label,
                 )
             )
             continue
@@ -618,24 +673,26 @@ def match_files(
                     row, given, "missing_file",
                     f"{where}label row whose file is missing: {given!r} was not found under "
                     f"{root}; check the spelling and folder, or delete the row",
+                    label=row_label,
                 )
             )
             continue
         if hit in owner:
             first = owner[hit]
             first_row = first.get("row")
-            same = first.get("label") == rec.get("label")
+            same = all(first.get(c) == rec.get(c) for c in table.columns if c not in ("row", "file"))
             kind = "duplicate" if same else "conflict"
             tail = (
                 "with the same label; the repeat is ignored, delete it"
                 if same
-                else "but with a different label; both rows are left out. Keep one correct row"
+                else "but with a different label or values; both rows are left out. Keep one correct row"
             )
             issues.append(
                 LabelIssue(
                     row, given, kind,
                     f"{where}file {given!r} is the same file on disk ({rels[hit]}) as row "
                     f"{first_row}, {tail}",
+                    label=row_label if first.get("label") == rec.get("label") else "",
                 )
             )
             if not same:
