@@ -324,7 +324,8 @@ def _not_an_image(path: Path) -> str | None:
     from medxcept.io.dicom import read_dicom_header
 
     try:
-        read_dicom_header(path)
+        with file_label("an unlabelled file"):  # a log line must not name it
+            read_dicom_header(path)
     except ReadError as exc:
         return exc.reason if exc.reason.startswith("not an image") else None
     except OSError:  # unreadable: stays an ordinary unlabelled file

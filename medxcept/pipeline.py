@@ -441,5 +441,7 @@ def _reason_counts(exclusions: pd.DataFrame) -> dict[str, int]:
     if "path" in exclusions:  # the shareable reasons: no file name reaches metrics.json
         exclusions = public_exclusions(exclusions)
     # group reasons by their first clause so per-file numbers do not split one reason into many
-    key = exclusions["stage"] + ": " + exclusions["reason"].str.split(r"[:(]", n=1, regex=True).str[0].str.strip()
+    # (after the label table's "row 7:" / "rows 3, 9:" prefix)
+    reason = exclusions["reason"].str.replace(r"^rows? [\d, ]+:\s*", "", regex=True)
+    key = exclusions["stage"] + ": " + reason.str.split(r"[:(]", n=1, regex=True).str[0].str.strip()
     return key.value_counts().to_dict()
