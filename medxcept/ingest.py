@@ -384,11 +384,17 @@ def ingest(spec: CohortSpec, *, preprocess_cfg: PreprocessConfig, cache: Preproc
         for e in excluded[first:]:
             e.setdefault("source", source.name)
     if label_issues and spec.on_label_issue == "error":
-        shown = "\n  ".join(label_issues[:20])
-        more = f"\n  ... and {len(label_issues) - 20} more" if len(label_issues) > 20 else ""
-        raise CohortError(f"cohort '{spec.name}': {len(label_issues)} label problem(s) "
-                          f"(on_label_issue: error):\n  {shown}{more}\nFix the label table or set "
-                          f"on_label_issue: exclude to leave these files out.")
+        def message(issues: list[str]) -> str:
+            shown = "\n  ".join(issues[:20])
+            more = f"\n  ... and {len(issues) - 20} more" if len(issues) > 20 else ""
+            return (f"cohort '{spec.name}': {len(issues)} label problem(s) (on_label_issue: error):\n  {shown}{more}"
+                    "\nFix the label table or set on_label_issue: exclude to leave these files out.")
+
+        # the console (a cluster .out file) gets the problems without file names; the full text goes
+        # to private/ingest_error.txt (medxcept.pipeline.ingest_into_run) or exc.private_detail
+        exc = CohortError(message([shareable_reason(m) for m in label_issues]))
+        exc.private_detail = message(label_issues)
+        raise exc
 
     tasks = [{"path": str(c["path"]), "kind": "dicom" if c["_source"].kind == "dicom" else "photo",
               "preprocess": preprocess_cfg, "cache_root": str(cache.root), "modality": spec.modality,
@@ -418,10 +424,10 @@ def ingest(spec: CohortSpec, *, preprocess_cfg: PreprocessConfig, cache: Preproc
         first = Path(sorted(lost)[0])
         src = next((n for n, r in roots.items() if _inside_root(first, r)), "?")
         raise CohortError(f"internal error: {len(lost)} file(s) neither used nor excluded, e.g. file "
-                          f"{_file_id(first, src, roots.get(src, first.parent), salt)} (its path: look it "
-                          "up in private/exclusions.csv of a check run)")
+                          f"{_file_id(first, src, roots.get(src, first.parent), salt)}: a bug in medxcept, "
+                          "please report it")
     if table.empty:
-        reasons = exclusions["reason"].value_counts().head(5).to_dict()
+        reasons = public_exclusions(exclusions)["reason"].value_counts().head(5).to_dict()
         raise CohortError(f"cohort '{spec.name}': no usable image among {len(files_found)} file(s) found; "
                           f"most common exclusion reasons: {reasons}")
     missing = [c for c in spec.classes if c not in set(table["label"])]

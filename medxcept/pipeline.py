@@ -81,8 +81,19 @@ def record_ingestion(run: RunDir, ing: IngestResult) -> None:
 
 
 def ingest_into_run(run: RunDir, spec: CohortSpec, cfg: RunConfig) -> tuple[IngestResult, PreprocessCache]:
-    """Ingest ``spec`` and record it in ``run`` (:func:`record_ingestion`)."""
-    ing, cache = prepare_cohort(spec, cfg)
+    """Ingest ``spec`` and record it in ``run`` (:func:`record_ingestion`).
+
+    An ingestion error whose full text names files (label problems under ``on_label_issue: error``)
+    is raised without the names; the full text is written to ``private/ingest_error.txt``.
+    """
+    try:
+        ing, cache = prepare_cohort(spec, cfg)
+    except CohortError as exc:
+        detail = getattr(exc, "private_detail", None)
+        if not detail:
+            raise
+        where = run.write_private("ingest_error.txt", detail + "\n")
+        raise CohortError(f"{exc}\nFile names are withheld here (logs may be shared); they are in {where}") from None
     record_ingestion(run, ing)
     return ing, cache
 

@@ -366,3 +366,25 @@ def test_links_out_of_the_source_folder_are_not_followed(tmp_path: Path) -> None
     files, refused = walk_files(root)
     assert [p.relative_to(root).as_posix() for p in files] == ["a/x.png"]
     assert sorted(p.name for p in refused) == ["link.png", "outdir"]
+
+
+def test_a_stopping_label_error_withholds_file_names_from_the_console(tmp_path: Path, session_cache: Path) -> None:
+    from medxcept.config import load_config
+    from medxcept.errors import CohortError
+    from medxcept.pipeline import ingest_into_run
+    from medxcept.run import RunDir
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(_fundus(1, False)).save(photos / "a.png")
+    Image.fromarray(_fundus(2, False)).save(photos / "Stray_MRN31415926.png")
+    pd.DataFrame([{"file": "a.png", "label": "normal", "patient": "p1"}]).to_csv(photos / "labels.csv", index=False)
+    (tmp_path / "c.yaml").write_text(
+        "name: strict\nclasses: [normal, abnormal]\non_label_issue: error\npseudonym_salt: s\nsources:\n"
+        "  - {name: photos, kind: photos, root: photos, labels: photos/labels.csv, patient_column: patient}\n",
+        encoding="utf-8")
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(CohortError, match="1 label problem") as err:
+        ingest_into_run(run, load_cohort_spec(tmp_path / "c.yaml"), load_config(overrides={"preprocess.image_px": PX}))
+    assert "MRN31415926" not in str(err.value) and "private" in str(err.value)
+    assert "Stray_MRN31415926.png" in (run.path / "private" / "ingest_error.txt").read_text(encoding="utf-8")
