@@ -250,8 +250,10 @@ class CohortSpec:
         max_pixels: images with more pixels are refused before decoding.
         frames: multi-frame DICOM policy: ``"all"`` (each frame a row) or a frame index.
         window_index: which DICOM window (WindowCenter/Width pair) to apply.
-        pseudonym_salt: the secret for patient pseudonyms; by default a random key kept in
-            ``$MEDXCEPT_CACHE/pseudonym.key`` on this machine.
+        pseudonym_salt: the secret for every keyed id (patient, study, image, file); by default a
+            random key kept in ``$MEDXCEPT_CACHE/pseudonym.key`` on this machine (created atomically,
+            owner-only; a key file under 32 characters is refused). Set it to get the same ids on
+            several machines, and keep it as secret as the data.
         description: free text for the report.
         defaults: run-configuration defaults for this cohort (see :mod:`medxcept.config`).
     """
