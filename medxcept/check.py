@@ -10,24 +10,25 @@ duplicates are merged first, as in a training run) and the pre-training audit
 
 ==================  =====================================================================
 ``check.html``      self-contained page: files found / used / excluded / skipped, the
-                    exclusions grouped by reason with the file *names*, counts per source,
+                    exclusions grouped by reason (files by keyed id), counts per source,
                     modality and class, the split, and every audit finding
 ``cohort.csv``      the cohort table, public view (no raw patient ID, no path)
-``exclusions.csv``  every file not used: path, stage, reason
+``exclusions.csv``  every file not used: keyed file id, stage, reason (no file names)
 ``split.csv``       ``image_id, patient_key, split, fold`` (absent when no split is possible)
 ``audit.json``      the audit findings and tables
 ``config.yaml``     the resolved configuration (``step: check``)
 ``versions.json``   packages, code version, data / split / config hashes
-``private/``        the patient map and image paths (identifiers: never share)
+``private/``        the patient map, image paths, the full exclusion log and
+                    ``check.html`` with the file *names* (identifiers: never share)
 ==================  =====================================================================
 
 It never trains and never imports Keras. Audit errors are *shown*, not raised: the page is
 where they are read (a training run would stop on them). A split that cannot be made is
 shown on the page and then raised as :class:`~medxcept.errors.SplitError`.
 
-``check.html`` shows file names because the researcher needs them to fix or remove files;
-file names can carry patient identifiers, so the page is for the data owner, like
-``exclusions.csv``, and says so.
+The researcher needs file names to fix or remove files, but file names can carry patient
+identifiers: the page is written twice, ``private/check.html`` with the names (for the data
+owner) and the shareable ``check.html`` naming files by their keyed id only.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from medxcept.class_exclusions import exclusions_by_class
 from medxcept.cohort import CohortSpec, public_view
 from medxcept.config import RunConfig, config_hash
 from medxcept.errors import SplitError
-from medxcept.ingest import data_root
+from medxcept.ingest import data_root, public_exclusions
 from medxcept.pipeline import ingest_into_run, split_and_audit
 from medxcept.preprocess import load_images
 from medxcept.run import RunDir, code_version, data_hash, environment, package_versions
@@ -92,7 +93,8 @@ def _file_name(path: str) -> str:
     return f"{name}#frame{frame}" if frame else name
 
 
-def reason_groups(exclusions: pd.DataFrame, *, hide: str | None = None) -> list[dict[str, Any]]:
+def reason_groups(exclusions: pd.DataFrame, *, hide: str | None = None,
+                  names: bool = True) -> list[dict[str, Any]]:
     """Group the exclusion log by stage and kind of reason, largest group first.
 
     Parameters
@@ -102,6 +104,9 @@ def reason_groups(exclusions: pd.DataFrame, *, hide: str | None = None) -> list[
     hide : str, optional
         A folder whose path is replaced by ``…`` inside reasons (a label issue names the
         image folder; the page shows names, not paths).
+    names : bool, default True
+        False: files are shown by their keyed ``file_id`` and reasons without file names
+        (:func:`medxcept.ingest.shareable_reason`), for the shareable page.
 
     Returns
     -------
@@ -120,14 +125,21 @@ def reason_groups(exclusions: pd.DataFrame, *, hide: str | None = None) -> list[
     if exclusions.empty:
         return []
     groups: dict[tuple[str, str], dict[str, Any]] = {}
-    for path, stage, reason in zip(exclusions["path"], exclusions["stage"], exclusions["reason"], strict=True):
+    shared = None if names else public_exclusions(exclusions)
+    for i, (path, stage, reason) in enumerate(zip(exclusions["path"], exclusions["stage"], exclusions["reason"],
+                                                  strict=True)):
         reason = str(reason)
         shown = reason.replace(hide, "…") if hide else reason
+        name = _file_name(str(path))
+        if shared is not None:
+            shown = str(shared.at[i, "reason"])
+            frame = int(shared.at[i, "frame"])
+            name = str(shared.at[i, "file_id"]) + (f"#frame{frame}" if frame >= 0 else "")
         key = (str(stage), _reason_category(reason))
         g = groups.setdefault(key, {"stage": key[0], "reason": key[1], "count": 0,
                                     "skipped": is_skip_reason(reason), "files": []})
         g["count"] += 1
-        g["files"].append({"name": _file_name(str(path)), "reason": shown})
+        g["files"].append({"name": name, "reason": shown})
     return sorted(groups.values(), key=lambda g: (-g["count"], g["stage"], g["reason"]))
 
 
@@ -138,11 +150,15 @@ def _file_counts(table: pd.DataFrame, exclusions: pd.DataFrame, files_found: int
     by_file: dict[str, list[str]] = {}
     for p, r in zip(exclusions["path"], exclusions["reason"], strict=True):
         by_file.setdefault(str(p).split("#frame")[0], []).append(str(r))
-    found_excluded = {p: rs for p, rs in by_file.items() if p not in used and Path(p).exists()}
+    if "found" in exclusions:  # ingestion says which rows are files found (a link to a folder is one)
+        found = {str(p).split("#frame")[0] for p, f in zip(exclusions["path"], exclusions["found"], strict=True) if f}
+    else:
+        found = {p for p in by_file if Path(p).exists()}
+    found_excluded = {p: rs for p, rs in by_file.items() if p not in used and p in found}
     skipped = sum(all(is_skip_reason(r) for r in rs) for rs in found_excluded.values())
     excluded = len(found_excluded) - skipped
     return {"found": files_found, "used": files_used, "excluded": excluded, "skipped": skipped,
-            "rows_without_file": sum(1 for p in by_file if p not in used and not Path(p).exists()),
+            "rows_without_file": sum(1 for p in by_file if p not in used and p not in found),
             "frames_excluded": int(exclusions["path"].astype(str).str.contains("#frame").sum())}
 
 
@@ -182,7 +198,10 @@ def _source_rows(spec: CohortSpec, table: pd.DataFrame, exclusions: pd.DataFrame
     for s in spec.sources:
         root = str((base / s.root).resolve())
         mine = table[table["source_name"] == s.name] if "source_name" in table else table.iloc[:0]
-        n_ex = int(sum(str(p).startswith(root + "/") or str(p) == root for p in exclusions["path"]))
+        if "source" in exclusions:
+            n_ex = int((exclusions["source"] == s.name).sum())
+        else:
+            n_ex = int(sum(str(p).startswith(root + "/") or str(p) == root for p in exclusions["path"]))
         rows.append({"name": s.name, "kind": s.kind, "images": len(mine),
                      "patients": int(mine["patient_key"].nunique()) if len(mine) else 0,
                      "source_values": ", ".join(sorted(set(mine["source"].astype(str)))) if len(mine) else "",
@@ -214,11 +233,10 @@ def _summary(table: pd.DataFrame, classes: list[str]) -> dict[str, Any]:
     return out
 
 
-def _render(path: Path, context: dict[str, Any]) -> Path:
+def _render(context: dict[str, Any]) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE.parent), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    path.write_text(env.get_template(TEMPLATE.name).render(**context), encoding="utf-8")
-    return path
+    return env.get_template(TEMPLATE.name).render(**context)
 
 
 def check_cohort(spec: CohortSpec, cfg: RunConfig, *, out_dir: Path, run_name: str | None = None) -> Path:
@@ -279,7 +297,7 @@ def check_cohort(spec: CohortSpec, cfg: RunConfig, *, out_dir: Path, run_name: s
         "cohort": spec.name, "description": spec.description, "run_id": run.path.name,
         "created": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "classes": classes,
         "modality": spec.modality, "files": files,
-        "groups": reason_groups(ing.exclusions, hide=str(base.resolve())),
+        "groups": reason_groups(ing.exclusions, names=False), "names_shown": False,
         "by_class": exclusions_by_class(ing.table, ing.exclusions, classes),
         "sources": _source_rows(spec, ing.table, ing.exclusions, base),
         "by_reader": _count_table(table, ["reader", "modality", "channels"], classes),
@@ -290,7 +308,11 @@ def check_cohort(spec: CohortSpec, cfg: RunConfig, *, out_dir: Path, run_name: s
         "hashes": {k: v for k, v in versions.items() if k.endswith("_hash")},
         "image_px": cfg.preprocess.image_px,
     }
-    html = _render(run.file("check.html"), context)
+    html = run.file("check.html")
+    html.write_text(_render(context), encoding="utf-8")
+    # the data owner's copy, with file names, next to the other identifiers
+    run.write_private("check.html", _render({**context, "names_shown": True,
+                                            "groups": reason_groups(ing.exclusions, hide=str(base.resolve()))}))
     summary = audit["summary"]
     log.info("check: %d file(s) found, %d used, %d excluded, %d skipped; %d image(s) of %d patient(s); "
              "audit: %d error(s), %d warning(s)", files["found"], files["used"], files["excluded"],

@@ -5,14 +5,17 @@ Schema (``COLUMNS``; checked by :func:`validate_cohort` at stage boundaries)
 ============  =======  ==============================================================
 column        dtype    meaning
 ============  =======  ==============================================================
-image_id      str      stable id of the image (file hash prefix, plus ``#frame``)
-path          str      absolute path of the source file
+image_id      str      id of the image: ``I-`` + 10 hex of a keyed hash of its position
+                       in the cohort (source, relative path, frame), ``-f<frame>``
+                       appended for frames > 0; not enumerable without the key
+path          str      absolute path of the source file (in memory and ``private/`` only)
 frame         int      frame index inside a multi-frame DICOM, else 0
 patient_id    str      the *raw* patient identifier. In memory only: never written to
                        a report, a log or ``cohort.csv`` (see :func:`public_view`)
 patient_key   str      pseudonym of ``patient_id`` (``P-`` + 10 hex of a keyed hash);
                        the only patient identifier ever displayed or saved
-study_id      str      StudyInstanceUID or a visit identifier ("" when unknown)
+study_id      str      pseudonym (``S-`` + 10 hex, keyed) of the StudyInstanceUID or visit
+                       identifier ("" when unknown); the raw value is ``study_uid``
 laterality    str      ``L``, ``R`` or ``NA``
 label         str      class name, one of the cohort's declared classes
 y             int      class index (position of ``label`` in the class list)
@@ -25,8 +28,13 @@ sha256        str      hash of the file's bytes
 ============  =======  ==============================================================
 
 Optional columns kept when present: ``sex``, ``age``, ``acquisition_date``,
-``series_uid``, ``sop_uid``, ``visit``, ``group`` (an extra grouping key for splits),
-``split`` / ``fold`` (added by :mod:`medxcept.splits`).
+``study_uid``, ``series_uid``, ``sop_uid``, ``visit``, ``group`` (an extra grouping key for
+splits), ``split`` / ``fold`` (added by :mod:`medxcept.splits`).
+
+What may be shared (:func:`public_view`): raw identifiers (``patient_id``, ``path``, the UIDs,
+``visit``) are dropped, ``acquisition_date`` is coarsened to its year and ``age`` to a 5-year band
+with everyone 90 or older in one ``90+`` band (the HIPAA Safe Harbor rules for dates and ages).
+The raw values stay in memory and in ``private/image_paths.csv``.
 """
 
 from __future__ import annotations
@@ -48,7 +56,10 @@ __all__ = [
     "OPTIONAL_COLUMNS",
     "validate_cohort",
     "pseudonymize",
+    "keyed_id",
+    "age_band",
     "public_view",
+    "PRIVATE_COLUMNS",
     "SourceSpec",
     "CohortSpec",
     "load_cohort_spec",
@@ -76,6 +87,7 @@ OPTIONAL_COLUMNS = (
     "sex",
     "age",
     "acquisition_date",
+    "study_uid",
     "series_uid",
     "sop_uid",
     "visit",
@@ -103,6 +115,40 @@ def pseudonymize(patient_id: str, salt: str) -> str:
     return "P-" + digest[:10]
 
 
+def keyed_id(prefix: str, domain: str, value: str, salt: str) -> str:
+    """``prefix`` + 10 hex of HMAC-SHA256(``salt``, ``domain`` NUL ``value``): a keyed, one-way id.
+
+    The same key as :func:`pseudonymize`, with a domain prefix so an image id, a study key and a
+    file id of the same string never coincide (nor with a patient key). Without the key the ids
+    cannot be recomputed from guessed file names or record numbers.
+
+    >>> keyed_id("I-", "image", "photos/a.jpg#0", "s") == keyed_id("I-", "image", "photos/a.jpg#0", "s")
+    True
+    >>> keyed_id("I-", "image", "x", "s") != keyed_id("I-", "file", "x", "s")
+    True
+    """
+    msg = f"medxcept-{domain}\x00{value}".encode()
+    return prefix + hmac.new(salt.encode(), msg, hashlib.sha256).hexdigest()[:10]
+
+
+def age_band(age: Any, width: int = 5, top: int = 90) -> str:
+    """A shareable age: the ``width``-year band (``"45-49"``), ``"90+"`` from ``top`` on, ``""`` if unknown.
+
+    >>> age_band(47.5), age_band(93), age_band(float("nan")), age_band(None)
+    ('45-49', '90+', '', '')
+    """
+    try:
+        a = float(age)
+    except (TypeError, ValueError):
+        return ""
+    if a != a or a < 0:  # NaN or impossible
+        return ""
+    if a >= top:
+        return f"{top}+"
+    lo = int(a // width) * width
+    return f"{lo}-{lo + width - 1}"
+
+
 def validate_cohort(df: pd.DataFrame, *, where: str = "cohort") -> pd.DataFrame:
     """Check that ``df`` follows the schema; raise :class:`CohortError` naming what is wrong."""
     missing = [c for c in COLUMNS if c not in df.columns]
@@ -119,16 +165,30 @@ def validate_cohort(df: pd.DataFrame, *, where: str = "cohort") -> pd.DataFrame:
     return df
 
 
-PRIVATE_COLUMNS = ("patient_id", "path")
+#: Columns that identify a person or a file: never saved outside ``private/``.
+PRIVATE_COLUMNS = ("patient_id", "path", "study_uid", "series_uid", "sop_uid", "visit")
 
 
 def public_view(df: pd.DataFrame) -> pd.DataFrame:
-    """The cohort table as it may be saved or shown: raw patient IDs and file paths removed.
+    """The cohort table as it may be saved or shown: no raw identifier, no exact date or age.
 
-    File paths go too because file names often carry the patient identifier
-    (``12345_OD.jpg``); ``image_id`` links rows to ``private/image_paths.csv``.
+    Raw patient IDs, file paths (file names often carry the patient identifier,
+    ``12345_OD.jpg``), DICOM UIDs and visit identifiers are dropped; ``image_id`` and
+    ``study_id`` (keyed pseudonyms) link rows to ``private/image_paths.csv``.
+    ``acquisition_date`` keeps its year only and ``age`` becomes a 5-year band (``90+`` on top).
     """
-    return df.drop(columns=[c for c in PRIVATE_COLUMNS if c in df.columns])
+    out = df.drop(columns=[c for c in PRIVATE_COLUMNS if c in df.columns])
+    if "acquisition_date" in out:
+        out["acquisition_date"] = out["acquisition_date"].map(_year)
+    if "age" in out:
+        out["age"] = out["age"].map(age_band)
+    return out
+
+
+def _year(value: Any) -> str:
+    """The 4-digit year of a date (``"2019-03-04"`` -> ``"2019"``), or ``""``."""
+    text = "" if value is None else str(value)
+    return text[:4] if len(text) >= 4 and text[:4].isdigit() else ""
 
 
 # --------------------------------------------------------------------------- cohort files
@@ -190,8 +250,10 @@ class CohortSpec:
         max_pixels: images with more pixels are refused before decoding.
         frames: multi-frame DICOM policy: ``"all"`` (each frame a row) or a frame index.
         window_index: which DICOM window (WindowCenter/Width pair) to apply.
-        pseudonym_salt: the secret for patient pseudonyms; by default a random key kept in
-            ``$MEDXCEPT_CACHE/pseudonym.key`` on this machine.
+        pseudonym_salt: the secret for every keyed id (patient, study, image, file); by default a
+            random key kept in ``$MEDXCEPT_CACHE/pseudonym.key`` on this machine (created atomically,
+            owner-only; a key file under 32 characters is refused). Set it to get the same ids on
+            several machines, and keep it as secret as the data.
         description: free text for the report.
         defaults: run-configuration defaults for this cohort (see :mod:`medxcept.config`).
     """

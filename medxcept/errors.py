@@ -3,8 +3,9 @@
 Two kinds of failure, handled differently:
 
 * A **per-file** problem (a truncated DICOM, an unreadable JPEG, a label row whose
-  file is missing) raises :class:`ReadError`. Ingestion catches it and writes an
-  ``exclusions.csv`` row (path, stage, reason); the run goes on.
+  file is missing) raises :class:`ReadError`. Ingestion catches it and writes a
+  row of the exclusion log (path, stage, reason: ``private/exclusions.csv``; ``exclusions.csv``
+  without the path); the run goes on.
 * A **whole-run** problem (an empty cohort, a fold without positives, missing
   pretrained weights) raises one of the other subclasses. The CLI prints the
   message on one line and exits with status 2 — no traceback, because the message

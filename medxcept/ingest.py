@@ -16,6 +16,12 @@ Nothing is dropped silently: ``files found = files used + files excluded`` is ch
 and any difference is an error. A file that fails for any reason becomes an exclusion row with its
 stage and reason, and the run goes on; a missing decoder plugin is an install problem and stops
 the run once, with the pip command to fix it.
+
+Privacy: ids are keyed hashes (the pseudonym key, :func:`pseudonym_salt`) of a file's position in
+the cohort, never of its name alone, so they cannot be recomputed from guessed record numbers.
+Warnings name files by that keyed id (:func:`medxcept.io.log_name`), never by path or name; the
+full exclusion log (paths) goes to ``private/``, and :func:`public_exclusions` is the shareable
+one. Symbolic links that resolve outside a source's root folder are not followed (an exclusion).
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ import hashlib
 import logging
 import multiprocessing as mp
 import os
+import re
 import secrets
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -35,16 +43,25 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from medxcept.cohort import CohortSpec, SourceSpec, pseudonymize, validate_cohort
-from medxcept.errors import CohortError, MissingDecoderError, ReadError
+from medxcept.cohort import CohortSpec, SourceSpec, keyed_id, pseudonymize, validate_cohort
+from medxcept.errors import CohortError, ConfigError, MissingDecoderError, ReadError
+from medxcept.io import file_label, walk_files
 from medxcept.io.labels import match_files, normalize_laterality, parse_filename, read_label_table
 from medxcept.preprocess import PreprocessCache, PreprocessConfig, apply_quality_policy, preprocess, quality
 
-__all__ = ["IngestResult", "ingest", "data_root", "EXCLUSION_COLUMNS", "pseudonym_salt", "file_sha256"]
+__all__ = ["IngestResult", "ingest", "data_root", "EXCLUSION_COLUMNS", "PUBLIC_EXCLUSION_COLUMNS",
+           "pseudonym_salt", "file_sha256", "public_exclusions", "shareable_reason"]
 
 log = logging.getLogger(__name__)
 
-EXCLUSION_COLUMNS = ["path", "stage", "reason", "label"]  # label: the class when known, else ""
+EXCLUSION_COLUMNS = ["path", "stage", "reason"]
+#: The exclusion log kept in memory and in ``private/exclusions.csv``: the columns above, plus the
+#: keyed ``file_id``, the ``frame`` (-1: the whole file), the ``source`` name, the class ``label``
+#: when known and ``found`` (the path is one of the files found, so it counts in the accounting).
+PRIVATE_EXCLUSION_COLUMNS = [*EXCLUSION_COLUMNS, "file_id", "frame", "source", "label", "found"]
+#: The shareable exclusion log (``exclusions.csv``): no path, no file name.
+PUBLIC_EXCLUSION_COLUMNS = ["file_id", "frame", "source", "stage", "reason", "label", "found"]
+MIN_KEY_CHARS = 32  # a key file shorter than this was truncated or tampered with
 SKIP_NAMES = {"COMPLETE", ".DS_Store", "Thumbs.db"}
 POOL_MIN_FILES = 48  # below this, worker start-up costs more than it saves
 
@@ -71,7 +88,16 @@ def data_root(spec: CohortSpec) -> Path:
 
 
 def pseudonym_salt(spec: CohortSpec) -> str:
-    """The cohort's salt, or this machine's random key (created once, kept private)."""
+    """The cohort's salt, or this machine's random key (created once, kept private).
+
+    The key file appears complete or not at all: it is written to a private temporary file and
+    then hard-linked into place (``os.link`` fails if another process got there first, whose key
+    is then used), so a concurrent process can never read it empty. An empty or short key file
+    (an empty key would mean unsalted, enumerable hashes) is refused.
+
+    Raises:
+        ConfigError: the key file is shorter than 32 characters.
+    """
     if spec.pseudonym_salt:
         return spec.pseudonym_salt
     from medxcept.demo import cache_dir
@@ -79,10 +105,27 @@ def pseudonym_salt(spec: CohortSpec) -> str:
     key = cache_dir() / "pseudonym.key"
     if not key.exists():
         key.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32))
-    return key.read_text().strip()
+        tmp = key.with_name(f".pseudonym.key.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32))
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, key)  # atomic, and never replaces a key another process created
+            except FileExistsError:
+                pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    text = key.read_text().strip()
+    if len(text) < MIN_KEY_CHARS:
+        raise ConfigError(
+            f"pseudonym key {key} holds {len(text)} character(s), fewer than {MIN_KEY_CHARS}: it is truncated "
+            "or was replaced, and a short key gives guessable pseudonyms. Restore it from a backup (pseudonyms "
+            "of earlier runs depend on it), or delete it to create a new key, or set pseudonym_salt in the "
+            "cohort file")
+    return text
 
 
 def file_sha256(path: Path) -> str:
@@ -94,21 +137,82 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _list_files(root: Path, exclude: set[Path]) -> list[Path]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            p = Path(dirpath) / name
-            if name.startswith(".") or name in SKIP_NAMES or p.resolve() in exclude:
-                continue
-            out.append(p)
-    return out
+OUTSIDE_LINK = "symbolic link to a location outside the source folder: not followed"
+
+
+def _list_files(root: Path, exclude: set[Path], refused: list[Path] | None = None) -> list[Path]:
+    """Every file under ``root`` (:func:`medxcept.io.walk_files`); links leading out of ``root``
+    are appended to ``refused`` instead."""
+    files, out_links = walk_files(root, skip=lambda name: name.startswith(".") or name in SKIP_NAMES)
+    if refused is not None:
+        refused.extend(out_links)
+    return [p for p in files if p.resolve() not in exclude]
+
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_PATHLIKE = re.compile(r"[^\s'\"(),;]*[/\\][^\s'\"(),;]*")
+_FILENAME = re.compile(r"[^\s'\"(),;/\\]+\.(?:jpe?g|png|tiff?|bmp|gif|webp|dcm|dicom|ima|img|raw|npy|csv|tsv|"
+                       r"xlsx?|txt|json|ya?ml|zip|gz)\b", re.IGNORECASE)
+
+
+def shareable_reason(reason: str, names: tuple[str, ...] = ()) -> str:
+    """An exclusion reason without file names or paths, for shared files and logs.
+
+    Quoted values (file names, labels, UIDs) become ``'…'``; path-like and file-name-like words
+    become ``…``; ``names`` (the file's path, folder and name) are removed wherever they appear.
+
+    >>> shareable_reason("row 7: file 'MRN123_OD.jpg' has an empty label")
+    "row 7: file '…' has an empty label"
+    >>> shareable_reason("[Errno 2] No such file or directory: /data/x/MRN123.png")
+    '[Errno 2] No such file or directory: …'
+    """
+    text = str(reason)
+    for n in sorted((n for n in names if n and len(n) > 2), key=len, reverse=True):
+        text = text.replace(n, "…")
+    text = _QUOTED.sub("'…'", text)
+    text = _PATHLIKE.sub("…", text)
+    return _FILENAME.sub("…", text)
+
+
+def public_exclusions(exclusions: pd.DataFrame) -> pd.DataFrame:
+    """The exclusion log as it may be shared: keyed ``file_id`` instead of the path, reasons
+    without file names (:func:`shareable_reason`); columns :data:`PUBLIC_EXCLUSION_COLUMNS`."""
+    ex = exclusions.copy()
+    for c in PRIVATE_EXCLUSION_COLUMNS:
+        if c not in ex:
+            ex[c] = "" if c not in ("frame", "found") else (-1 if c == "frame" else True)
+    reasons = []
+    for path, reason in zip(ex["path"].astype(str), ex["reason"].astype(str), strict=True):
+        base = path.split("#frame")[0]
+        p = Path(base)
+        reasons.append(shareable_reason(reason, (base, str(p.parent), p.name)))
+    ex["reason"] = reasons
+    return ex[PUBLIC_EXCLUSION_COLUMNS].reset_index(drop=True)
 
 
 def _decode_task(task: dict[str, Any]) -> dict[str, Any]:
-    """Worker: decode, check quality, preprocess and cache one file. Never raises for a bad file."""
+    """Worker: decode, check quality, preprocess and cache one file. Never raises for a bad file.
+
+    Log lines and library warnings about the file name it by its keyed ``file_id``, never by path.
+    """
     path = Path(task["path"])
+    label = task.get("file_id") or "a file"
+    with file_label(label), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _decode_guarded(task, path)
+    names = (str(path), str(path.parent), path.name)
+    for w in caught:  # pydicom / Pillow warnings: re-emitted naming the file id, without paths
+        text = f"{w.category.__name__}: {shareable_reason(str(w.message), names)}"
+        if text not in _WARNED:  # once per process, as Python's default filter would
+            _WARNED.add(text)
+            log.warning("%s: %s (first file with this warning)", label, text)
+    return result
+
+
+_WARNED: set[str] = set()
+
+
+def _decode_guarded(task: dict[str, Any], path: Path) -> dict[str, Any]:
     try:
         return _decode_file(task)
     except ReadError as exc:
@@ -205,7 +309,7 @@ def _label_rows(spec: CohortSpec, source: SourceSpec, root: Path, files: list[Pa
         target = getattr(issue, "path", None) or (str(root / issue.file) if issue.file else str(source.labels))
         if getattr(issue, "kind", "") == "duplicate":
             # an identical repeat: the file keeps its (same) label; a warning, never a stopping issue
-            log.warning("%s", issue.message)
+            log.warning("%s", shareable_reason(issue.message))
             continue
         if source.kind == "dicom" and getattr(issue, "kind", "") == "unlabelled_file":
             # a DICOMDIR, SR or presentation state beside the images is normal in an export, not a
@@ -225,7 +329,8 @@ def _not_an_image(path: Path) -> str | None:
     from medxcept.io.dicom import read_dicom_header
 
     try:
-        read_dicom_header(path)
+        with file_label("an unlabelled file"):  # a log line must not name it
+            read_dicom_header(path)
     except ReadError as exc:
         return exc.reason if exc.reason.startswith("not an image") else None
     except OSError:  # unreadable: stays an ordinary unlabelled file
@@ -259,29 +364,49 @@ def ingest(spec: CohortSpec, *, preprocess_cfg: PreprocessConfig, cache: Preproc
     label_issues: list[str] = []
     candidates: list[dict[str, Any]] = []
     files_found: set[str] = set()
+    roots: dict[str, Path] = {}
     for source in spec.sources:
         root = _resolve(spec, source.root)
         if not root.is_dir():
             raise CohortError(f"cohort '{spec.name}': source '{source.name}' folder not found: {root}")
+        roots[source.name] = root
         label_file = _resolve(spec, source.labels).resolve() if source.labels else None
-        files = _list_files(root, {label_file} if label_file else set())
+        refused: list[Path] = []
+        files = _list_files(root, {label_file} if label_file else set(), refused)
         files_found.update(str(f) for f in files)
+        first = len(excluded)
+        for p in refused:  # found, and excluded: never read through a link out of the source folder
+            files_found.add(str(p))
+            what = "folder" if p.is_dir() else "file"
+            excluded.append({"path": str(p), "stage": "ingest", "reason": f"{OUTSIDE_LINK} ({what})"})
         labelled = _label_rows(spec, source, root, files, excluded, label_issues)
         if source.filename_pattern:
             _check_pattern_fits(spec, source, [Path(p) for p in labelled["path"]] if len(labelled) else [])
+        outside = {str(p) for p in refused}
         for rec in labelled.to_dict("records"):
+            if str(rec["path"]) in outside or not _inside_root(Path(rec["path"]), root):
+                continue  # excluded above (a folder-per-class source lists files itself)
             rec["_source"] = source
             candidates.append(rec)
+        for e in excluded[first:]:
+            e.setdefault("source", source.name)
     if label_issues and spec.on_label_issue == "error":
-        shown = "\n  ".join(label_issues[:20])
-        more = f"\n  ... and {len(label_issues) - 20} more" if len(label_issues) > 20 else ""
-        raise CohortError(f"cohort '{spec.name}': {len(label_issues)} label problem(s) "
-                          f"(on_label_issue: error):\n  {shown}{more}\nFix the label table or set "
-                          f"on_label_issue: exclude to leave these files out.")
+        def message(issues: list[str]) -> str:
+            shown = "\n  ".join(issues[:20])
+            more = f"\n  ... and {len(issues) - 20} more" if len(issues) > 20 else ""
+            return (f"cohort '{spec.name}': {len(issues)} label problem(s) (on_label_issue: error):\n  {shown}{more}"
+                    "\nFix the label table or set on_label_issue: exclude to leave these files out.")
+
+        # the console (a cluster .out file) gets the problems without file names; the full text goes
+        # to private/ingest_error.txt (medxcept.pipeline.ingest_into_run) or exc.private_detail
+        exc = CohortError(message([shareable_reason(m) for m in label_issues]))
+        exc.private_detail = message(label_issues)
+        raise exc
 
     tasks = [{"path": str(c["path"]), "kind": "dicom" if c["_source"].kind == "dicom" else "photo",
               "preprocess": preprocess_cfg, "cache_root": str(cache.root), "modality": spec.modality,
-              "frames": spec.frames, "window_index": spec.window_index, "max_pixels": spec.max_pixels}
+              "frames": spec.frames, "window_index": spec.window_index, "max_pixels": spec.max_pixels,
+              "file_id": _file_id(Path(c["path"]), c["_source"].name, roots[c["_source"].name], salt)}
              for c in candidates]
     results = _run_tasks(tasks, workers)
 
@@ -289,17 +414,19 @@ def ingest(spec: CohortSpec, *, preprocess_cfg: PreprocessConfig, cache: Preproc
     header_issues: list[str] = []
     for cand, res in zip(candidates, results, strict=False):
         label = str(cand.get("label", "") or "")
-        excluded.extend({**e, "label": label} for e in res.get("excluded", []))
         source: SourceSpec = cand["_source"]
+        for e in res.get("excluded", []):
+            excluded.append({**e, "source": source.name, "label": label})
         multi = len(res.get("rows", [])) + len(res.get("excluded", [])) > 1
         for r in res.get("rows", []):
-            row = _cohort_row(spec, source, cand, r, salt)
+            row = _cohort_row(spec, source, cand, r, salt, roots[source.name])
             if isinstance(row, dict):
                 rows.append(row)
             else:
                 stage, reason = row
                 where = f"{cand['path']}#frame{r['frame']}" if multi else str(cand["path"])
-                excluded.append({"path": where, "stage": stage, "reason": reason, "label": label})
+                excluded.append({"path": where, "stage": stage, "reason": reason,
+                                 "source": source.name, "label": label})
                 if stage == "label" and reason not in header_issues:
                     header_issues.append(reason)
     if header_issues and spec.on_label_issue == "error":
@@ -308,14 +435,18 @@ def ingest(spec: CohortSpec, *, preprocess_cfg: PreprocessConfig, cache: Preproc
                           f"header (on_label_issue: error):\n  {shown}\nFix the table or the files, or set "
                           f"on_label_issue: exclude to leave these files out.")
     table = pd.DataFrame(rows)
-    exclusions = pd.DataFrame(excluded, columns=EXCLUSION_COLUMNS)
+    exclusions = _exclusion_frame(excluded, roots, files_found, salt)
     used_files = set(table["path"]) if len(table) else set()
     excluded_files = {p.split("#frame")[0] for p in exclusions["path"]} & files_found
     lost = files_found - used_files - excluded_files
-    if lost:  # a bug, not a data problem: say so loudly rather than lose images
-        raise CohortError(f"internal error: {len(lost)} file(s) neither used nor excluded, e.g. {sorted(lost)[0]}")
+    if lost:  # a bug, not a data problem: say so loudly rather than lose images (named by keyed id)
+        first = Path(sorted(lost)[0])
+        src = next((n for n, r in roots.items() if _inside_root(first, r)), "?")
+        raise CohortError(f"internal error: {len(lost)} file(s) neither used nor excluded, e.g. file "
+                          f"{_file_id(first, src, roots.get(src, first.parent), salt)}: a bug in medxcept, "
+                          "please report it")
     if table.empty:
-        reasons = exclusions["reason"].value_counts().head(5).to_dict()
+        reasons = public_exclusions(exclusions)["reason"].value_counts().head(5).to_dict()
         raise CohortError(f"cohort '{spec.name}': no usable image among {len(files_found)} file(s) found; "
                           f"most common exclusion reasons: {reasons}")
     missing = [c for c in spec.classes if c not in set(table["label"])]
@@ -330,6 +461,45 @@ def ingest(spec: CohortSpec, *, preprocess_cfg: PreprocessConfig, cache: Preproc
     return IngestResult(table=validate_cohort(table, where=f"cohort '{spec.name}'"), exclusions=exclusions,
                         files_found=len(files_found), files_used=len(used_files),
                         files_excluded=len(excluded_files - used_files), patient_map=patient_map)
+
+
+def _inside_root(path: Path, root: Path) -> bool:
+    """``path`` (as listed, links not resolved) lies under ``root``."""
+    try:
+        Path(os.path.abspath(path)).relative_to(os.path.abspath(root))
+        return True
+    except ValueError:
+        return False
+
+
+def _position(path: Path, source_name: str, root: Path) -> str:
+    """Where a file sits in the cohort: ``<source>/<path relative to its root>`` (stable if the
+    cohort folder moves); a path outside the root (a label table elsewhere) is used as it is."""
+    try:
+        rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(root)).as_posix()
+    except ValueError:
+        rel = str(path)
+    return f"{source_name}/{rel}"
+
+
+def _file_id(path: Path, source_name: str, root: Path, salt: str) -> str:
+    """The keyed id of a file (``F-`` + 10 hex): names files in shared logs and exclusion lists."""
+    return keyed_id("F-", "file", _position(path, source_name, root), salt)
+
+
+def _exclusion_frame(excluded: list[dict], roots: dict[str, Path], files_found: set[str],
+                     salt: str) -> pd.DataFrame:
+    """The exclusion log with its bookkeeping columns (:data:`PRIVATE_EXCLUSION_COLUMNS`)."""
+    rows = []
+    for e in excluded:
+        base, _, frame = str(e["path"]).partition("#frame")
+        src = e.get("source") or next((n for n, r in roots.items() if _inside_root(Path(base), r)), "")
+        root = roots.get(src, Path(base).parent)
+        rows.append({"path": str(e["path"]), "stage": e["stage"], "reason": e["reason"],
+                     "file_id": _file_id(Path(base), src, root, salt),
+                     "frame": int(frame) if frame.isdigit() else -1, "source": src,
+                     "label": str(e.get("label") or ""), "found": base in files_found})
+    return pd.DataFrame(rows, columns=PRIVATE_EXCLUSION_COLUMNS)
 
 
 #: Eye values that say "no single eye" (both, unknown): laterality NA, not a wrong pattern.
@@ -383,7 +553,8 @@ def _check_pattern_fits(spec: CohortSpec, source: SourceSpec, paths: list[Path])
         + "; ".join(hints))
 
 
-def _cohort_row(spec: CohortSpec, source: SourceSpec, cand: dict, r: dict, salt: str) -> dict | tuple[str, str]:
+def _cohort_row(spec: CohortSpec, source: SourceSpec, cand: dict, r: dict, salt: str,
+                root: Path) -> dict | tuple[str, str]:
     """One cohort-table row, or ``(stage, reason)`` when the image cannot be used."""
     meta = r["meta"]
     path = Path(cand["path"])
@@ -407,16 +578,18 @@ def _cohort_row(spec: CohortSpec, source: SourceSpec, cand: dict, r: dict, salt:
     laterality = normalize_laterality(_first(table_lat, parsed.get("eye"), parsed.get("laterality"),
                                              meta.get("laterality")) or "")
     visit = _first(cand.get("visit"), parsed.get("visit"))
-    study = _first(meta.get("study_id"), f"visit-{visit}" if visit else "")
+    study = str(_first(meta.get("study_id"), f"visit-{visit}" if visit else "") or "")
     label = str(cand["label"])
-    rel = f"{source.name}/{path.name}#{r['frame']}"
-    image_id = "I-" + hashlib.sha1(f"{rel}|{path}".encode()).hexdigest()[:10]
+    # keyed: a plain hash of a file name carrying a record number could be recomputed by guessing
+    image_id = keyed_id("I-", "image", f"{_position(path, source.name, root)}#{r['frame']}", salt)
     if r["frame"]:
         image_id += f"-f{r['frame']}"
     src = _first(cand.get("source"), source.source, meta.get("source"), source.name)
     return {
         "image_id": image_id, "path": str(path), "frame": int(r["frame"]), "patient_id": str(patient),
-        "patient_key": pseudonymize(str(patient), salt), "study_id": str(study or ""),
+        "patient_key": pseudonymize(str(patient), salt),
+        "study_id": keyed_id("S-", "study", f"{patient}|{study}", salt) if study else "", "study_uid": study,
+        "series_uid": str(meta.get("series_uid") or ""), "sop_uid": str(meta.get("sop_uid") or ""),
         "laterality": laterality, "label": label, "y": spec.classes.index(label), "source": str(src),
         "modality": spec.modality, "width": r["width"], "height": r["height"], "channels": r["channels"],
         "sha256": r["sha256"], "quality": r["quality"], "quality_flag": r["quality_flag"],

@@ -280,7 +280,7 @@ def plan_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: i
     from medxcept.audit import audit_cohort, duplicate_groups, fingerprints
     from medxcept.cohort import public_view
     from medxcept.data import load_images
-    from medxcept.pipeline import prepare_cohort
+    from medxcept.pipeline import prepare_cohort, record_ingestion
     from medxcept.run import RunDir, data_hash
 
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
@@ -332,8 +332,7 @@ def plan_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: i
         tmp = path / f".config.yaml.{os.getpid()}.tmp"
         tmp.write_text(cfg_text, encoding="utf-8")
         os.replace(tmp, path / "config.yaml")
-        run.write_csv("exclusions.csv", ing.exclusions)
-        run.write_private("patient_map.csv", ing.patient_map)
+        record_ingestion(run, ing)  # shared exclusions.csv; paths and identifiers in private/
         tmp_csv = path / f".cohort.csv.{os.getpid()}.tmp"
         public_view(table).to_csv(tmp_csv, index=False)
         os.replace(tmp_csv, path / "cohort.csv")

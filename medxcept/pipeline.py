@@ -31,7 +31,7 @@ from medxcept.evaluate import (
     choose_threshold,
     multiclass_metrics,
 )
-from medxcept.ingest import IngestResult, ingest
+from medxcept.ingest import IngestResult, ingest, public_exclusions
 from medxcept.preprocess import PreprocessCache
 from medxcept.run import RunDir, code_version, data_hash, environment, package_versions
 from medxcept.splits import assign_splits, split_hash, split_table
@@ -54,13 +54,48 @@ def prepare_cohort(spec: CohortSpec, cfg: RunConfig) -> tuple[IngestResult, Prep
     return ingest(spec, preprocess_cfg=cfg.preprocess, cache=cache), cache
 
 
-def ingest_into_run(run: RunDir, spec: CohortSpec, cfg: RunConfig) -> tuple[IngestResult, PreprocessCache]:
-    """Ingest ``spec`` and record it in ``run``: ``exclusions.csv`` and, in ``private/``, the
-    patient map and the image paths (file names often carry patient IDs)."""
-    ing, cache = prepare_cohort(spec, cfg)
-    run.write_csv("exclusions.csv", ing.exclusions)
+#: The raw values kept in ``private/image_paths.csv`` (when the cohort has them).
+PRIVATE_IMAGE_COLUMNS = ("image_id", "patient_key", "path", "frame", "study_id", "study_uid", "series_uid",
+                         "sop_uid", "acquisition_date", "age", "visit")
+
+
+def record_ingestion(run: RunDir, ing: IngestResult) -> None:
+    """Record an ingestion in ``run``: what may be shared at the root, identifiers in ``private/``.
+
+    * ``exclusions.csv``: every file not used, by keyed ``file_id`` with stage, reason (file names
+      and paths removed), source and class label when known: :func:`medxcept.ingest.public_exclusions`;
+    * ``exclusions_summary.json``: files found = used + excluded, and the rows per reason;
+    * ``private/exclusions.csv``: the same rows with full paths and unabridged reasons;
+    * ``private/patient_map.csv`` (raw patient ID -> pseudonym) and ``private/image_paths.csv``
+      (image_id -> path, frame, raw UIDs, exact date and age).
+    """
+    shared = public_exclusions(ing.exclusions)
+    run.write_csv("exclusions.csv", shared)
+    run.write_json("exclusions_summary.json", {
+        "files_found": ing.files_found, "files_used": ing.files_used, "files_excluded": ing.files_excluded,
+        "check": "files_found = files_used + files_excluded",
+        "holds": ing.files_found == ing.files_used + ing.files_excluded,
+        "exclusion_rows": len(shared), "rows_by_reason": _reason_counts(ing.exclusions)})
+    run.write_private("exclusions.csv", ing.exclusions)
     run.write_private("patient_map.csv", ing.patient_map)
-    run.write_private("image_paths.csv", ing.table[["image_id", "patient_key", "path", "frame"]])
+    run.write_private("image_paths.csv", ing.table[[c for c in PRIVATE_IMAGE_COLUMNS if c in ing.table]])
+
+
+def ingest_into_run(run: RunDir, spec: CohortSpec, cfg: RunConfig) -> tuple[IngestResult, PreprocessCache]:
+    """Ingest ``spec`` and record it in ``run`` (:func:`record_ingestion`).
+
+    An ingestion error whose full text names files (label problems under ``on_label_issue: error``)
+    is raised without the names; the full text is written to ``private/ingest_error.txt``.
+    """
+    try:
+        ing, cache = prepare_cohort(spec, cfg)
+    except CohortError as exc:
+        detail = getattr(exc, "private_detail", None)
+        if not detail:
+            raise
+        where = run.write_private("ingest_error.txt", detail + "\n")
+        raise CohortError(f"{exc}\nFile names are withheld here (logs may be shared); they are in {where}") from None
+    record_ingestion(run, ing)
     return ing, cache
 
 
@@ -420,6 +455,10 @@ def _same_split(saved: Path, split: pd.DataFrame) -> None:
 def _reason_counts(exclusions: pd.DataFrame) -> dict[str, int]:
     if exclusions.empty:
         return {}
+    if "path" in exclusions:  # the shareable reasons: no file name reaches metrics.json
+        exclusions = public_exclusions(exclusions)
     # group reasons by their first clause so per-file numbers do not split one reason into many
-    key = exclusions["stage"] + ": " + exclusions["reason"].str.split(r"[:(]", n=1, regex=True).str[0].str.strip()
+    # (after the label table's "row 7:" / "rows 3, 9:" prefix)
+    reason = exclusions["reason"].str.replace(r"^rows? [\d, ]+:\s*", "", regex=True)
+    key = exclusions["stage"] + ": " + reason.str.split(r"[:(]", n=1, regex=True).str[0].str.strip()
     return key.value_counts().to_dict()

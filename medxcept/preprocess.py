@@ -65,6 +65,7 @@ from skimage import color, exposure, transform
 from skimage.filters import threshold_otsu
 
 from medxcept.errors import ConfigError, ReadError
+from medxcept.io import log_name
 
 __all__ = [
     "load_images",
@@ -682,7 +683,7 @@ def apply_quality_policy(q: dict[str, Any], cfg: PreprocessConfig, *, path: obje
     why = "; ".join(q["reasons"]) or "low quality"
     if cfg.quality_policy == "exclude":
         raise ReadError(path, f"quality score {q['score']:.2f} < {cfg.min_quality}: {why}", stage="quality")
-    logger.warning("low-quality image kept (quality_policy=flag): %s: %s", path, why)
+    logger.warning("low-quality image kept (quality_policy=flag): %s: %s", log_name(path), why)
     return True
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 import platform
 import re
 import subprocess
@@ -116,20 +117,46 @@ class RunDir:
         p.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         return p
 
-    def write_private(self, name: str, df: pd.DataFrame) -> Path:
-        """Identifiers (the patient map): in ``private/``, with a warning file beside them."""
+    def write_private(self, name: str, data: pd.DataFrame | str) -> Path:
+        """Identifiers (patient map, paths, full exclusion log): in ``private/``, never elsewhere.
+
+        The folder is created owner-only (0700) and each file is created 0600 from the start
+        (``os.open`` with the mode, then an atomic rename), so no other user can read it even
+        for a moment; a warning file lies beside them. ``data``: a table (CSV) or text.
+        """
         priv = self.path / "private"
-        priv.mkdir(exist_ok=True)
-        (priv / "README.txt").write_text(
-            "This folder maps raw patient IDs to the pseudonyms used everywhere else.\n"
-            "It contains identifiers: do not share it, do not attach it to a publication.\n")
-        p = priv / name
-        df.to_csv(p, index=False)
+        priv.mkdir(mode=0o700, exist_ok=True)
         try:
-            p.chmod(0o600)
+            os.chmod(priv, 0o700)  # an existing folder (or a permissive umask) is tightened too
         except OSError:
             pass
+        readme = priv / "README.txt"
+        if not readme.exists():
+            _write_owner_only(readme, PRIVATE_README)
+        text = data if isinstance(data, str) else data.to_csv(index=False)
+        p = priv / name
+        _write_owner_only(p, text)
         return p
+
+
+PRIVATE_README = (
+    "This folder holds identifiers: raw patient IDs and their pseudonyms, file paths and names,\n"
+    "DICOM UIDs, exact dates and ages, and the full exclusion log. Do not share it, do not attach it\n"
+    "to a publication. Everything outside this folder is meant to be shareable.\n")
+
+
+def _write_owner_only(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a 0600 temporary file and an atomic rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)  # a leftover of a crashed writer may have other permissions
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:

@@ -29,7 +29,7 @@ from medxcept.check import check_cohort, is_skip_reason, reason_groups  # noqa: 
 from medxcept.cohort import load_cohort_spec  # noqa: E402
 from medxcept.config import load_config  # noqa: E402
 from medxcept.errors import CohortError, MissingDecoderError, SplitError  # noqa: E402
-from medxcept.ingest import ingest  # noqa: E402
+from medxcept.ingest import ingest, public_exclusions  # noqa: E402
 from medxcept.io.dicom import read_dicom  # noqa: E402
 from medxcept.io.images import read_image  # noqa: E402
 from medxcept.preprocess import PreprocessCache, PreprocessConfig  # noqa: E402
@@ -235,7 +235,7 @@ def test_files_found_equal_used_plus_excluded_plus_skipped(mixed: SimpleNamespac
 def test_exclusions_record_the_class_when_it_is_known(mixed: SimpleNamespace) -> None:
     """Issue 18: the exclusion log's label column, for decode, label, pattern and header exclusions."""
     ex = mixed.result.exclusions
-    assert list(ex.columns) == ["path", "stage", "reason", "label"]
+    assert {"path", "stage", "reason", "label"} <= set(ex.columns)
     by_case = {c.case: c for c in mixed.cases.itertuples(index=False)}
     for case in ("encapsulated JPEG frame cut short (file well formed)", "truncated DICOM (native)",
                  "label table PatientID differs from the DICOM header", "label row: file missing on disk",
@@ -334,8 +334,10 @@ def test_unlabelled_dicomdir_does_not_stop_a_strict_cohort(tmp_path: Path, sessi
     assert list(res.exclusions["reason"]) == ["not an image: DICOMDIR (Media Storage Directory Storage)"]
     # an unlabelled *image* is still a label problem that stops a strict cohort
     corpus_mod.write_gray(tmp_path / "dicom" / "stray.dcm", np.arange(64, dtype=np.uint16).reshape(8, 8))
-    with pytest.raises(CohortError, match="file without a label: 'stray.dcm'"):
+    with pytest.raises(CohortError, match="file without a label: '…'") as err:
         ingest(spec, preprocess_cfg=cfg, cache=cache, workers=1)
+    assert "stray" not in str(err.value)  # the console never gets file names...
+    assert "file without a label: 'stray.dcm'" in err.value.private_detail  # ...private/ingest_error.txt does
 
 
 # --------------------------------------------------------------------------- the check step
@@ -368,6 +370,7 @@ def checked(mixed: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) ->
     out = tmp_path_factory.mktemp("check-runs")
     page = check_cohort(mixed.spec, cfg, out_dir=out, run_name="check")
     return SimpleNamespace(page=page, run=page.parent, html=page.read_text(encoding="utf-8"),
+                           private_html=(page.parent / "private" / "check.html").read_text(encoding="utf-8"),
                            keras_imported=not keras_before and "keras" in sys.modules)
 
 
@@ -392,17 +395,24 @@ def test_check_page_counts_and_reasons(checked: SimpleNamespace, mixed: SimpleNa
     assert f'id="n-found">{res.files_found}<' in page and f'id="n-used">{res.files_used}<' in page
     assert f'id="n-skipped">{n_skipped}<' in page
     assert f'id="n-excluded">{res.files_excluded - n_skipped}<' in page
+    # the data owner's copy names the files and gives the full reasons...
+    private = checked.private_html
     base = str(Path(mixed.spec.base_dir).resolve())
     for reason in res.exclusions["reason"]:
-        assert _esc(reason.replace(base, "…")) in page, reason
+        assert _esc(reason.replace(base, "…")) in private, reason
     for c in _cases(mixed, "excluded") + _cases(mixed, "skipped"):
-        assert _esc(Path(c.file).name) in page, c.file
+        assert _esc(Path(c.file).name) in private, c.file
+    # ...the shareable page gives the same counts, files by keyed id and reasons without names
+    assert f'id="n-found">{res.files_found}<' in private and f'id="n-skipped">{n_skipped}<' in private
+    shared = public_exclusions(res.exclusions)
+    for fid, reason in zip(shared["file_id"], shared["reason"], strict=True):
+        assert fid in page and _esc(reason) in page, reason
 
 
 def test_check_page_escapes_file_names_and_hides_patient_ids(checked: SimpleNamespace, mixed: SimpleNamespace) -> None:
     page = checked.html
-    assert "&lt;b onmouseover=alert(1)&gt;tronqué&amp;.jpg" in page
-    assert "<b onmouseover" not in page
+    assert "&lt;b onmouseover=alert(1)&gt;tronqué&amp;.jpg" in checked.private_html
+    assert "<b onmouseover" not in page and "<b onmouseover" not in checked.private_html
     assert "œil_gauche_é.png" not in page  # used files are not listed, only exclusions
     raw_ids = set(mixed.result.patient_map["patient_id"])
     assert raw_ids and all(pid.startswith(("MRN", "PT", "PA")) for pid in raw_ids)
@@ -410,7 +420,9 @@ def test_check_page_escapes_file_names_and_hides_patient_ids(checked: SimpleName
         text = (checked.run / name).read_text(encoding="utf-8")
         leaked = [pid for pid in raw_ids if pid in text]
         assert not leaked, f"{name} shows raw patient IDs {leaked[:3]}"
-    assert str(mixed.root) not in page  # names, not paths
+    assert str(mixed.root) not in checked.private_html  # names, not paths
+    excluded_names = {Path(p.split("#frame")[0]).name for p in mixed.result.exclusions["path"]}
+    assert not [n for n in excluded_names if _esc(n) in page and len(n) > 8], "the shareable page names files"
 
 
 def test_check_shows_an_impossible_split_then_raises(tmp_path: Path, session_cache: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from html.parser import HTMLParser
 
 import pandas as pd
@@ -92,12 +93,26 @@ def test_report_is_self_contained_html_holding_the_metrics(run_dir):
 
 
 def test_no_raw_patient_identifier_or_name_leaves_the_private_folder(run_dir):
+    """Every file of a real run outside private/ (the model too) is free of the demo's patient IDs and
+    names, file names and DICOM UIDs; they are all in private/ (tests/test_privacy.py does the same
+    for a cohort with distinctive dates, ages, folders and excluded files)."""
     raw_ids = set(pd.read_csv(run_dir / "private" / "patient_map.csv")["patient_id"])
     assert raw_ids and all(i.startswith("DEMO-") for i in raw_ids)
-    for name in ("report.html", "metrics.json", "cohort.csv", "split.csv", "predictions.csv", "audit.json"):
-        text = (run_dir / name).read_text(encoding="utf-8")
-        assert "DEMO-" not in text, f"raw patient id in {name}"
-        assert "Demo^" not in text, f"patient name in {name}"
+    paths = pd.read_csv(run_dir / "private" / "image_paths.csv", dtype=str, keep_default_na=False)
+    stems = {p.rsplit("/", 1)[-1].rsplit(".", 1)[0] for p in paths["path"]}
+    uids = set(paths["study_uid"]) | set(paths["series_uid"]) | set(paths["sop_uid"])
+    assert any(s.startswith("IM0") for s in stems) and "1.2.826.0.1.3680043.10.1138.3.1" in uids
+    needles = ["DEMO-", "Demo^", "1.2.826.0.1.3680043.10.1138", *sorted(stems)]
+    shared = [p for p in run_dir.rglob("*") if p.is_file() and "private" not in p.relative_to(run_dir).parts]
+    assert {"report.html", "model.keras", "exclusions.csv", "learning_curve.csv"} <= {p.name for p in shared}
+    for p in shared:
+        if p.suffix == ".keras":  # a zip: its text members (the weights file is numbers only)
+            with zipfile.ZipFile(p) as z:
+                text = " ".join(z.read(n).decode("utf-8", "replace") for n in z.namelist() if n.endswith(".json"))
+        else:
+            text = p.read_bytes().decode("utf-8", errors="replace")
+        leaked = [n for n in needles if n in text]
+        assert not leaked, f"{p.name} holds {leaked[:3]}"
 
 
 def test_threshold_comes_from_validation_and_metrics_match_sklearn(run_dir):

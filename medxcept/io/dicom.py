@@ -62,6 +62,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, g
 from pydicom.pixels.processing import apply_windowing
 
 from medxcept.errors import ConfigError, MedxceptError, MissingDecoderError, ReadError
+from medxcept.io import log_name
 
 __all__ = [
     "OPHTHALMIC_PHOTOGRAPHY_8BIT",
@@ -207,7 +208,7 @@ def _read_dataset(path: Path) -> Dataset:
     except MedxceptError:
         raise
     except Exception as exc:  # noqa: BLE001 - any parser failure is a per-file problem
-        logger.debug("pydicom failed on %s", path, exc_info=True)
+        logger.debug("pydicom failed on %s", log_name(path), exc_info=True)
         raise ReadError(
             path, f"unreadable DICOM header: {type(exc).__name__}: {exc}", stage="ingest"
         ) from exc
@@ -373,6 +374,7 @@ def _metadata(ds: Dataset, ts: str) -> dict[str, Any]:
         "laterality": _laterality(ds),
         "source": f"{_text(ds, 'Manufacturer')} {_text(ds, 'ManufacturerModelName')}".strip(),
         "acquisition_date": _date(ds),
+        "burned_in_annotation": _text(ds, "BurnedInAnnotation").upper(),
         "sex": sex if sex in ("M", "F", "O") else "",
         "age": _age(_text(ds, "PatientAge")),
         "photometric": _text(ds, "PhotometricInterpretation"),
@@ -399,7 +401,8 @@ def read_dicom_header(path: str | os.PathLike[str]) -> dict[str, Any]:
         ``patient_id`` (raw: never log it), ``study_id`` (StudyInstanceUID),
         ``series_uid``, ``sop_uid``, ``sop_class``, ``modality``, ``laterality``
         (``L``/``R``/``NA``), ``source`` ("Manufacturer Model"), ``acquisition_date``
-        (``YYYY-MM-DD`` or ""), ``sex`` (``M``/``F``/``O`` or ""), ``age`` (years or
+        (``YYYY-MM-DD`` or ""), ``burned_in_annotation`` (``YES``/``NO``/"": text such as
+        the name burned into the pixels), ``sex`` (``M``/``F``/``O`` or ""), ``age`` (years or
         None), ``photometric`` (as stored), ``transfer_syntax`` (UID), ``n_frames``,
         ``rows``, ``columns``, ``samples_per_pixel``, ``bits_stored``.
 
@@ -800,7 +803,7 @@ def read_dicom(
     except BaseException as exc:  # noqa: BLE001
         # Codecs raise many types on corrupt data, and Rust ones (pylibjpeg-rle)
         # raise pyo3's PanicException, which derives from BaseException.
-        logger.debug("decoding failed for %s", path, exc_info=True)
+        logger.debug("decoding failed for %s", log_name(path), exc_info=True)
         raise ReadError(path, f"{ts.name} decoding failed: {type(exc).__name__}: {exc}") from exc
 
     spp = int(props.get("samples_per_pixel", meta["samples_per_pixel"]))

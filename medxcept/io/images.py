@@ -49,6 +49,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from medxcept.errors import ConfigError, ReadError
+from medxcept.io import log_name
 
 __all__ = ["read_image", "sniff_format", "SUPPORTED_FORMATS"]
 
@@ -258,7 +259,7 @@ def read_image(path: str | Path, *, max_pixels: int = 100_000_000) -> tuple[np.n
         _check_size(path, width, height, max_pixels)
         n_frames = int(getattr(im, "n_frames", 1) or 1)
         if n_frames > 1:
-            logger.warning("%s holds %d frames/pages; only the first is read", path.name, n_frames)
+            logger.warning("%s holds %d frames/pages; only the first is read", log_name(path), n_frames)
         try:
             exif = im.getexif()
             orientation = _orientation(exif)
@@ -286,7 +287,7 @@ def read_image(path: str | Path, *, max_pixels: int = 100_000_000) -> tuple[np.n
         "n_frames": n_frames,
     }
     if path.suffix and _extension_disagrees(path.suffix, fmt):
-        logger.info("%s: extension %r but content is %s; read as %s", path.name, path.suffix, fmt, fmt)
+        logger.info("%s: extension %r but content is %s; read as %s", log_name(path), path.suffix, fmt, fmt)
     return array, meta
 
 
@@ -480,7 +481,7 @@ def _decode_deep_colour(path: Path, im: Image.Image, orientation: int) -> np.nda
     except ImportError:
         logger.warning(
             "%s: 16-bit colour image read at 8-bit precision because OpenCV (cv2) is not installed",
-            path.name,
+            log_name(path),
         )
         array, _ = _decode_pillow(path, im)
         return array

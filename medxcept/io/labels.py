@@ -740,7 +740,7 @@ def labels_from_folders(root: str | Path, classes: list[str]) -> pd.DataFrame:
     pd.DataFrame
         Columns ``file`` (path relative to ``root``, ``/``-separated), ``label`` and
         ``path`` (absolute), sorted by ``file``. Folders that are not a declared class,
-        and files lying directly in ``root``, are left out, logged as a warning, and
+        and files lying directly in ``root``, are left out, counted in a warning, and
         listed as :class:`LabelIssue` records (kind ``unknown_folder`` /
         ``unlabelled_file``) in ``frame.attrs["issues"]``.
 
@@ -756,6 +756,15 @@ def labels_from_folders(root: str | Path, classes: list[str]) -> pd.DataFrame:
     rows: list[dict[str, str]] = []
     issues: list[LabelIssue] = []
     seen: set[str] = set()
+    # links are followed only inside root (medxcept.io.walk_files); ingestion excludes the others
+    from medxcept.io import walk_files
+
+    inside, _ = walk_files(root, skip=_skipped)
+    by_folder: dict[str, list[Path]] = {}
+    for f in inside:
+        parts = f.relative_to(root).parts
+        if len(parts) > 1:
+            by_folder.setdefault(parts[0], []).append(f)
     for entry in sorted(root.iterdir(), key=lambda p: p.name):
         if _skipped(entry.name):
             continue
@@ -782,15 +791,15 @@ def labels_from_folders(root: str | Path, classes: list[str]) -> pd.DataFrame:
             )
             continue
         seen.add(label)
-        for f in sorted(entry.rglob("*")):
-            if f.is_file() and not any(_skipped(part) for part in f.relative_to(root).parts):
-                rel = f.relative_to(root).as_posix()
-                rows.append({"file": rel, "label": label, "path": os.path.abspath(f)})
-    for issue in issues:
-        logger.warning("%s", issue.message)
+        for f in sorted(by_folder.get(entry.name, [])):
+            rel = f.relative_to(root).as_posix()
+            rows.append({"file": rel, "label": label, "path": os.path.abspath(f)})
+    if issues:  # the names are in the exclusion log (private); a shared log gets the count only
+        logger.warning("%d file(s) or folder(s) lie outside the class folders and are left out (see the "
+                       "exclusion log)", len(issues))
     missing = [c for c in classes if c not in seen]
     if missing:
-        logger.warning("no folder found under %s for class(es) %s", root, missing)
+        logger.warning("no folder found in the image root for class(es) %s", missing)
     frame = pd.DataFrame(rows, columns=["file", "label", "path"]).sort_values("file", ignore_index=True)
     frame.attrs["issues"] = issues
     return frame

@@ -26,7 +26,7 @@ from medxcept.report.figures import (
     training_figure,
 )
 
-__all__ = ["render_report", "fmt", "subgroup_table", "checklist"]
+__all__ = ["render_report", "fmt", "subgroup_table", "checklist", "raw_preview"]
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -110,10 +110,45 @@ def checklist(metrics: dict[str, Any]) -> list[dict[str, str]]:
     ]
 
 
+def raw_preview(raw: np.ndarray, *, modality: str, burned_in: str = "") -> tuple[np.ndarray | None, str]:
+    """The decoded frame as the report may show it, or None, and the panel's title saying which.
+
+    Cameras and secondary captures burn the patient's name, ID and the date into the pixels,
+    outside the circular field of view of a fundus photograph or anywhere in a radiograph. So the
+    raw frame is shown only cropped to the detected field of view with everything outside the disc
+    blacked out; it is not shown at all for a DICOM image marked ``BurnedInAnnotation: YES``, for a
+    photograph whose field of view is not found, and for ``gray`` (radiograph-like) images.
+
+    Parameters
+    ----------
+    raw : ndarray
+        Decoded image, ``H x W`` or ``H x W x C``, float in [0, 1] or uint8.
+    modality : {"fundus", "gray"}
+    burned_in : str
+        The DICOM ``BurnedInAnnotation`` value ("" for photographs).
+    """
+    from medxcept.preprocess import _as_float_image, _disc_mask, _square_window, find_fov
+
+    if str(burned_in).strip().upper() == "YES":
+        return None, "raw: not shown (BurnedInAnnotation)"
+    if modality != "fundus":
+        return None, "raw: not shown (text may be burned in)"
+    a = _as_float_image(raw if raw.ndim == 3 else raw[..., None])
+    cy, cx, r, found = find_fov(a)
+    if not found:
+        return None, "raw: not shown (no field of view)"
+    sq, valid, qcy, qcx = _square_window(a, cy, cx, r)
+    disc = _disc_mask(sq.shape[:2], qcy, qcx, r) & (valid > 0)
+    out = sq * disc[:, :, None]
+    out = out[..., 0] if out.shape[2] == 1 else out
+    return np.clip(out, 0.0, 1.0).astype(np.float32), "raw, outside field of view masked"
+
+
 def _examples(table: pd.DataFrame, images: np.ndarray, cfg: Any, spec: Any, n_per_class: int = 2) -> str | None:
-    """Raw vs preprocessed vs augmented examples, per class, from the training split."""
+    """Raw (masked, :func:`raw_preview`) vs preprocessed vs augmented examples, per class, from training."""
     from medxcept.augment import augment_batch, build_augment
     from medxcept.errors import ReadError
+    from medxcept.io import file_label
     from medxcept.io.dicom import read_dicom
     from medxcept.io.images import read_image
 
@@ -126,16 +161,18 @@ def _examples(table: pd.DataFrame, images: np.ndarray, cfg: Any, spec: Any, n_pe
         for i in idx:
             r = table.loc[i]
             try:
-                if r["reader"] == "dicom":
-                    raw = read_dicom(r["path"], frame=int(r["frame"]))[0][0]
-                else:
-                    raw = read_image(r["path"])[0]
+                with file_label(str(r["image_id"])):  # a reader's warning names the image id, not the file
+                    if r["reader"] == "dicom":
+                        pixels, meta = read_dicom(r["path"], frame=int(r["frame"]))
+                        raw = pixels[0]
+                    else:
+                        raw, meta = read_image(r["path"])
             except (ReadError, OSError, ValueError):
                 continue
-            raw = raw[..., 0] if raw.shape[-1] == 1 else raw
+            shown, title = raw_preview(raw, modality=spec.modality, burned_in=meta.get("burned_in_annotation", ""))
             pre = images[table.index.get_loc(i)]
             augs = list(augment_batch(aug, np.repeat(pre[None], 2, axis=0), rng=rng)) if aug is not None else []
-            rows.append((f"{label}", raw, pre, augs))
+            rows.append((f"{label}", (title, shown), pre, augs))
     return examples_figure(rows) if rows else None
 
 

@@ -126,8 +126,8 @@ def confusion_figure(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> str
     return to_data_uri(fig)
 
 
-def image_grid_figure(rows: list[tuple[str, list[tuple[str, np.ndarray]]]]) -> str:
-    """A grid of images: one row per (row title, [(column title, image), ...])."""
+def image_grid_figure(rows: list[tuple[str, list[tuple[str, np.ndarray | None]]]]) -> str:
+    """A grid of images: one row per (row title, [(column title, image or None: a blank cell), ...])."""
     ncols = max(len(r[1]) for r in rows)
     fig, axes = plt.subplots(len(rows), ncols, figsize=(2.1 * ncols, 2.2 * len(rows)), squeeze=False)
     for i, (title, cells) in enumerate(rows):
@@ -136,7 +136,11 @@ def image_grid_figure(rows: list[tuple[str, list[tuple[str, np.ndarray]]]]) -> s
             ax.axis("off")
             if j < len(cells):
                 name, img = cells[j]
-                ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255 if img.dtype == np.uint8 else 1)
+                if img is None:  # withheld (e.g. text burned into the raw frame): the title says why
+                    ax.add_patch(plt.Rectangle((0, 0), 1, 1, transform=ax.transAxes, color="#eeeeee"))
+                else:
+                    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0,
+                              vmax=255 if img.dtype == np.uint8 else 1)
                 ax.set_title(name, fontsize=7)
         axes[i][0].text(-0.08, 0.5, title, transform=axes[i][0].transAxes, rotation=90, va="center", ha="right",
                         fontsize=8)
@@ -144,11 +148,12 @@ def image_grid_figure(rows: list[tuple[str, list[tuple[str, np.ndarray]]]]) -> s
     return to_data_uri(fig, dpi=90)
 
 
-def examples_figure(examples: list[tuple[str, np.ndarray, np.ndarray, list[np.ndarray]]]) -> str:
-    """Raw vs preprocessed vs augmented examples: ``(row title, raw, preprocessed, [augmented...])``."""
+def examples_figure(examples: list[tuple[str, tuple[str, np.ndarray | None], np.ndarray, list[np.ndarray]]]) -> str:
+    """Raw vs preprocessed vs augmented examples: ``(row title, (raw title, raw or None), preprocessed,
+    [augmented...])``; the raw cell comes from :func:`medxcept.report.raw_preview`."""
     rows = []
-    for title, raw, pre, augs in examples:
-        cells = [("raw (decoded)", raw), ("preprocessed", pre)]
+    for title, (raw_title, raw), pre, augs in examples:
+        cells = [(raw_title, raw), ("preprocessed", pre)]
         cells += [(f"augmented #{i + 1}", a) for i, a in enumerate(augs)]
         rows.append((title, cells))
     return image_grid_figure(rows)
