@@ -203,3 +203,14 @@ def test_downloaded_file_is_loaded_into_the_xception_base(server, monkeypatch, t
     want = donor.get_weights()
     assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
     assert len(server.requests) == 1
+
+
+def test_kfold_fetches_the_weights_before_ingestion(server, monkeypatch, tmp_path):
+    from medxcept.config import load_config
+    from medxcept.kfold import run_cv
+
+    monkeypatch.setenv(mx.OFFLINE_ENV, "1")
+    cfg = load_config(overrides={"model.weights": "imagenet", "out_dir": str(tmp_path / "cv")})
+    with pytest.raises(WeightsError, match="forbids downloading"):
+        run_cv(cfg, spec=None)  # the cohort would be ingested next: it is never touched
+    assert not (tmp_path / "cv").exists() and server.requests == []
