@@ -261,7 +261,9 @@ def run_keras(args: argparse.Namespace) -> dict[str, Any]:
     images, y = unique[idx], uy[idx]
     pool_s = time.perf_counter() - t0
 
-    jit = args.jit == "on" or (args.jit == "auto" and gpu)
+    # Under JAX, jit_compile=False means op-by-op eager execution (several times slower than the
+    # compiled step even on CPU, and not what anyone trains with): auto compiles there always.
+    jit = args.jit == "on" or (args.jit == "auto" and (gpu or keras.backend.backend() == "jax"))
     model = build_model(image_px=args.px, n_classes=2, weights=resolve_weights("none"))
     # As medxcept.train compiles it (label smoothing 0.1, AdamW), plus XLA.
     model.compile(
@@ -469,8 +471,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g = parser.add_argument_group("execution")
     g.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     g.add_argument("--jit", choices=("auto", "on", "off"), default="auto",
-                   help="jit_compile (XLA) for the Keras model; auto: on when a GPU is visible (XLA compilation "
-                        "of Xception takes minutes on a small CPU)")
+                   help="jit_compile (XLA) for the Keras model; auto: on when a GPU is visible or the backend is "
+                        "JAX (whose non-jit mode is op-by-op eager), off for TensorFlow on CPU (XLA "
+                        "compilation of Xception takes minutes on a small CPU)")
     g.add_argument("--steps-per-execution", type=int, default=1, help="Keras steps per compiled call")
     g.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="CohortDataset worker threads")
     g = parser.add_argument_group("timm")

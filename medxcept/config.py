@@ -52,7 +52,7 @@ class ModelConfig:
     """The classifier: Xception base + global average pooling + dropout + dense head.
 
     Args:
-        weights: ``"imagenet"`` (from Keras' cache; never downloaded), ``"none"`` (random
+        weights: ``"imagenet"`` (Keras' published file, downloaded into its cache once), ``"none"`` (random
             initialization, marked loudly in console and report) or a path to a weights file.
         dropout: dropout rate before the dense head (regularization for small cohorts).
         mixed_precision: ``"auto"`` (bfloat16 on a GPU, float32 on CPU), ``"off"``, ``"bfloat16"``, ``"float16"``.

@@ -714,6 +714,10 @@ def run_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: in
     """
     if executor not in EXECUTORS:
         raise ConfigError(f"executor={executor!r} is not one of {list(EXECUTORS)}")
+    if cfg.model.weights == "imagenet":
+        from medxcept.model import fetch_imagenet_weights
+
+        fetch_imagenet_weights()  # downloaded (or refused) once, before ingestion, not inside a fold
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs={jobs!r} must be an integer >= 1")
     if executor == "ray":

@@ -9,17 +9,25 @@ that training saw, and the mapping lives in exactly one place.
 Only Keras 3 APIs are used (``keras.ops``, layers, ``keras.config``): the same code runs under
 the TensorFlow (default), JAX and PyTorch backends.
 
-Weights are explicit. ``"imagenet"`` is loaded from Keras' cache and MD5-checked, never
-downloaded; ``"none"`` trains from random initialization and the run is marked "not pretrained"
-everywhere; a path loads a user's file with a shape check. There is no silent fallback.
+Weights are explicit. ``"imagenet"`` is the file Keras publishes for
+``keras.applications.Xception(weights="imagenet", include_top=False)``: taken from Keras' cache
+(``$KERAS_HOME/models`` or ``~/.keras/models``) when it is there and its MD5 matches, otherwise
+downloaded once from the published URL into that cache, as Keras does, with a progress bar, and
+MD5-checked before use (a corrupt download is deleted, never left in the cache). ``MEDXCEPT_OFFLINE=1``
+(``--offline``) forbids the download. ``"none"`` trains from random initialization and the run is
+marked "not pretrained" everywhere; a path loads a user's file with a shape check. There is no
+silent fallback.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import re
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +40,11 @@ __all__ = [
     "IMAGENET_FILE",
     "IMAGENET_MD5",
     "WeightsInfo",
+    "IMAGENET_URL",
     "imagenet_weights_path",
+    "imagenet_weights_url",
+    "fetch_imagenet_weights",
+    "offline",
     "resolve_weights",
     "build_model",
     "xception_base",
@@ -49,6 +61,11 @@ log = logging.getLogger(__name__)
 
 IMAGENET_FILE = "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_MD5 = "b0042744bf5b25fce3cb969f33bebb97"  # the hash keras.applications.xception checks
+# keras.applications.xception.WEIGHTS_PATH_NO_TOP, without its file name
+IMAGENET_URL = "https://storage.googleapis.com/tensorflow/keras-applications/xception/"
+URL_ENV = "MEDXCEPT_WEIGHTS_URL"  # another base URL (a mirror; the tests' local server); the MD5 still applies
+OFFLINE_ENV = "MEDXCEPT_OFFLINE"
+DOWNLOAD_TIMEOUT_S = 60
 BASE_NAME = "xception"
 MIN_PX = 71
 SCRATCH_BN_MOMENTUM = 0.9
@@ -74,6 +91,89 @@ def imagenet_weights_path() -> Path:
     return Path(home) / "models" / IMAGENET_FILE
 
 
+def imagenet_weights_url() -> str:
+    """The published URL of the ImageNet 'notop' file (``$MEDXCEPT_WEIGHTS_URL`` replaces its base)."""
+    base = os.environ.get(URL_ENV) or IMAGENET_URL
+    return base.rstrip("/") + "/" + IMAGENET_FILE
+
+
+def offline() -> bool:
+    """``MEDXCEPT_OFFLINE`` is set to anything but ``""``/``0``/``false``/``no``: no download at all."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _by_hand(url: str, path: Path) -> str:
+    return (f"download {url} on a machine with internet access and copy it to {path} "
+            f"(MD5 {IMAGENET_MD5}), or pass --weights PATH to a weights file, or --weights none to train "
+            f"from random initialization (the report will say so)")
+
+
+def fetch_imagenet_weights() -> Path:
+    """The ImageNet Xception 'notop' file in Keras' cache, downloaded there first if it is missing.
+
+    As ``keras.utils.get_file`` does for ``keras.applications.Xception``: the same URL, the same
+    cache file, the same MD5. A cached file with the right MD5 is used without any request. The
+    download goes to a ``.part`` file next to the target, with a progress bar on stderr, and is
+    moved into place only after its MD5 matched; a failed or corrupt download is deleted.
+
+    Raises:
+        WeightsError: offline (``MEDXCEPT_OFFLINE``), the download failed, or its MD5 differs;
+            the message names the URL, the expected path and how to place the file by hand.
+    """
+    path = imagenet_weights_path()
+    url = imagenet_weights_url()
+    if path.is_file():
+        digest = _md5(path)
+        if digest == IMAGENET_MD5:
+            return path
+        if offline():
+            raise WeightsError(
+                f"{path} is not the Keras Xception ImageNet 'notop' file (MD5 {digest}, expected "
+                f"{IMAGENET_MD5}): it may be truncated, and {OFFLINE_ENV} forbids downloading it again "
+                f"from {url}. Replace it: {_by_hand(url, path)}.")
+        log.warning("%s has MD5 %s, not %s: downloading it again", path, digest, IMAGENET_MD5)
+    elif offline():
+        raise WeightsError(
+            f"ImageNet weights for Xception were requested but {path} does not exist, and "
+            f"{OFFLINE_ENV}/--offline forbids downloading them from {url}: {_by_hand(url, path)}.")
+    part = path.with_name(path.name + ".part")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _download(url, part)
+        digest = _md5(part)
+        if digest != IMAGENET_MD5:
+            raise WeightsError(
+                f"the file downloaded from {url} has MD5 {digest}, not {IMAGENET_MD5} (an incomplete "
+                f"download or a changed file); nothing was kept in the cache. Retry, or "
+                f"{_by_hand(url, path)}.")
+        os.replace(part, path)
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise WeightsError(
+            f"could not download the ImageNet weights for Xception from {url} ({reason}); "
+            f"{_by_hand(url, path)}.") from None
+    finally:
+        part.unlink(missing_ok=True)
+    log.info("downloaded the ImageNet Xception weights to %s (MD5 checked)", path)
+    return path
+
+
+def _download(url: str, dest: Path) -> None:
+    """Stream ``url`` to ``dest`` with a tqdm progress bar (bytes) on stderr."""
+    from tqdm.auto import tqdm
+
+    log.info("downloading %s", url)
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp, open(dest, "wb") as fh:  # noqa: S310
+        total = int(resp.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=IMAGENET_FILE,
+                  leave=False, dynamic_ncols=True, mininterval=1.0) as bar:
+            for chunk in iter(lambda: resp.read(1 << 20), b""):
+                fh.write(chunk)
+                bar.update(len(chunk))
+        if total is not None and fh.tell() != total:
+            raise ValueError(f"connection closed after {fh.tell()} of {total} bytes")
+
+
 def _md5(path: Path) -> str:
     h = hashlib.md5()  # noqa: S324 - matching Keras' own integrity check, not security
     with open(path, "rb") as fh:
@@ -85,29 +185,19 @@ def _md5(path: Path) -> str:
 def resolve_weights(weights: str) -> WeightsInfo:
     """Check that the requested weights exist before any training starts.
 
+    ``"imagenet"`` downloads the file into Keras' cache when it is missing
+    (:func:`fetch_imagenet_weights`), so this is called before any other work: a failure costs
+    nothing.
+
     Raises:
-        WeightsError: ImageNet weights missing or corrupt (names the path to place the file),
-            or a user weights file that does not exist.
+        WeightsError: ImageNet weights neither cached nor downloadable, or corrupt (names the URL
+            and the path to place the file), or a user weights file that does not exist.
     """
     if weights in ("none", "", None):
         return WeightsInfo("none", None, False,
                            "NOT PRETRAINED: random initialization (results are from random initialization)")
     if weights == "imagenet":
-        path = imagenet_weights_path()
-        if not path.is_file():
-            raise WeightsError(
-                f"ImageNet weights for Xception were requested but {path} does not exist. This machine "
-                f"cannot download them: copy '{IMAGENET_FILE}' (from a machine where "
-                f"keras.applications.Xception(weights='imagenet', include_top=False) has run once) to that "
-                f"path, or pass --weights PATH to a weights file, or --weights none to train from random "
-                f"initialization (the report will say so)."
-            )
-        digest = _md5(path)
-        if digest != IMAGENET_MD5:
-            raise WeightsError(
-                f"{path} is not the Keras Xception ImageNet 'notop' file (MD5 {digest}, expected "
-                f"{IMAGENET_MD5}): it may be truncated. Replace it with a complete copy."
-            )
+        path = fetch_imagenet_weights()
         return WeightsInfo("imagenet", str(path), True, f"ImageNet (Keras cache, MD5 checked: {path.name})")
     path = Path(weights).expanduser()
     if not path.is_file():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +23,12 @@ CONFIG_OPTIONS = {"out_dir": "out_dir", "seed": "seed", "weights": "model.weight
 
 def add_training_options(g: argparse._ArgumentGroup) -> None:
     """``--weights``, ``--recipe``, ``--image-px``, ``--batch-size``, epochs and ``--on-leak``."""
-    g.add_argument("--weights", help="imagenet (from Keras' cache, never downloaded) | none (random "
-                   "initialization, marked in the report) | PATH to a .h5/.weights.h5/.keras file")
+    g.add_argument("--weights", help="imagenet (Keras' published file: from Keras' cache, downloaded there "
+                   "and MD5-checked when missing) | none (random initialization, marked in the report) | "
+                   "PATH to a .h5/.weights.h5/.keras file")
+    g.add_argument("--offline", action="store_true",
+                   help="never download anything (same as MEDXCEPT_OFFLINE=1): --weights imagenet then needs "
+                        "the file in Keras' cache")
     g.add_argument("--recipe", choices=["default", "baseline"],
                    help="default: the limited-data recipe; baseline: the common tutorial recipe, for comparison")
     g.add_argument("--image-px", type=int, help="input size in pixels (>= 71; Xception's native size is 299)")
@@ -51,6 +56,10 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
 
     from medxcept.errors import ConfigError
 
+    if getattr(args, "offline", False):
+        # not a configuration field (it changes no result): it holds for this process and its workers
+        # (medxcept.model.OFFLINE_ENV, not imported here: that would load Keras to parse options)
+        os.environ["MEDXCEPT_OFFLINE"] = "1"
     out: dict[str, Any] = {}
     for attr, key in CONFIG_OPTIONS.items():
         value = getattr(args, attr, None)

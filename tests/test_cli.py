@@ -33,7 +33,9 @@ def test_missing_cohort_file_is_one_clear_line(tmp_path):
 
 
 def test_imagenet_weights_missing_fail_early_naming_the_path(tmp_path):
-    res = _run("--weights", "imagenet", "--out-dir", str(tmp_path / "r"), env={"KERAS_HOME": str(tmp_path / "k")})
+    # --offline: never the internet in tests (the download itself: tests/test_weights_download.py)
+    res = _run("--weights", "imagenet", "--offline", "--out-dir", str(tmp_path / "r"),
+               env={"KERAS_HOME": str(tmp_path / "k")})
     assert res.returncode == 2, res.stderr[-2000:]
     assert "xception_weights_tf_dim_ordering_tf_kernels_notop.h5" in res.stderr
     assert str(tmp_path / "k" / "models") in res.stderr

@@ -72,6 +72,7 @@ def test_bn_statistics_unchanged_by_a_stage2_step(model):
 
 def test_imagenet_weights_missing_names_the_path(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setenv("MEDXCEPT_OFFLINE", "1")  # downloading: tests/test_weights_download.py
     with pytest.raises(WeightsError) as exc:
         resolve_weights("imagenet")
     assert str(tmp_path / "models" / IMAGENET_FILE) in str(exc.value)
@@ -81,6 +82,7 @@ def test_imagenet_weights_corrupt_file_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / IMAGENET_FILE).write_bytes(b"not weights")
+    monkeypatch.setenv("MEDXCEPT_OFFLINE", "1")  # online, it is downloaded again: tests/test_weights_download.py
     with pytest.raises(WeightsError, match="MD5"):
         resolve_weights("imagenet")
 
