@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run after its last completed epoch, with the configuration "
                         "saved in RUN_DIR/config.yaml (no other configuration option may be given)")
+    g.add_argument("--reproduce", metavar="RUN_DIR",
+                   help="re-run a finished run from its directory (its config.yaml and cohort file) into "
+                        "RUN_DIR-reproduced and print, side by side, whether data, split, audit, predictions and "
+                        "metrics match; exit 0 when reproduced, 2 when not (no configuration option may be given)")
+    g.add_argument("--tolerance", type=float, metavar="P",
+                   help="with --reproduce: largest absolute difference of a probability or a metric still "
+                        "counted as reproduced (default 1e-4)")
     ev = sub.add_parser("evaluate", help="apply a trained run to another cohort (external validation)",
                         description="apply a trained run (model, preprocessing, calibration, threshold) "
                                     "unchanged to another cohort and write the same report")
@@ -76,19 +83,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resume(args: argparse.Namespace) -> Path:
-    from medxcept.cohort import load_cohort_spec
+def _refuse_options(args: argparse.Namespace, option: str) -> None:
+    """``--resume`` and ``--reproduce`` take the configuration saved in the run directory."""
     from medxcept.errors import ConfigError
-    from medxcept.pipeline import run_pipeline
-    from medxcept.run import load_run_config
 
     given = [f"--{k.replace('_', '-')}" for k in CONFIG_OPTIONS if getattr(args, k, None) is not None]
     given += ["--set"] if args.set else []
     given += ["--config"] if args.config else []
     given += ["--cohort"] if args.cohort != str(DEFAULT_COHORT) else []
+    given += ["--learning-curve"] if args.learning_curve else []
+    given += ["--run-name"] if args.run_name else []
+    given += ["--resume" if option == "--reproduce" else "--reproduce"] if args.resume and args.reproduce else []
     if given:
-        raise ConfigError(f"--resume takes the configuration saved in the run directory; do not combine it with "
+        raise ConfigError(f"{option} takes the configuration saved in the run directory; do not combine it with "
                           f"{', '.join(given)} (start a new run to change options)")
+
+
+def _reproduce(args: argparse.Namespace) -> str:
+    from medxcept.reproduce import DEFAULT_TOLERANCE, reproduce_run
+
+    _refuse_options(args, "--reproduce")
+    rep = reproduce_run(Path(args.reproduce), tolerance=DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance)
+    return f"{rep.table()}\n{rep.rerun}\n{rep.verdict()}"
+
+
+def _resume(args: argparse.Namespace) -> Path:
+    from medxcept.cohort import load_cohort_spec
+    from medxcept.pipeline import run_pipeline
+    from medxcept.run import load_run_config
+
+    _refuse_options(args, "--resume")
     run_dir = Path(args.resume)
     cfg = load_run_config(run_dir)
     return run_pipeline(cfg, load_cohort_spec(cfg.cohort), resume_dir=run_dir)
@@ -114,10 +138,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args)
 
-    def work() -> Path:
+    def work() -> Path | str:
         from medxcept.cohort import load_cohort_spec
         from medxcept.config import load_config
 
+        if args.command == "run" and args.reproduce:
+            return _reproduce(args)
+        if args.command == "run" and args.tolerance is not None:
+            from medxcept.errors import ConfigError
+
+            raise ConfigError("--tolerance applies to --reproduce RUN_DIR only")
         if args.command == "run" and args.resume:
             return _resume(args)
         spec = load_cohort_spec(args.cohort)
