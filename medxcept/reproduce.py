@@ -17,7 +17,7 @@ saved configuration (``config.yaml``, whose ``cohort`` names the cohort file) an
 * **metrics**: every number of ``metrics.json`` (timings and the run's id aside): the largest
   absolute difference, against ``tolerance``.
 
-The comparison is written to ``reproduce.json`` in the new run directory and printed as a table;
+The comparison is written to ``reproduce.json`` in the new run directory and shown as a table;
 the last line reads, for instance, ``same data, same split, same audit, predictions within tolerance
 0.0001 (max |Δp| = 0), metrics within tolerance 0.0001 (max |Δ| = 0)``. :class:`NotReproducedError`
 (exit status 2, one line, after the table) when anything differs. The learning curve (``--learning-curve``)
@@ -53,7 +53,14 @@ _SKIP_METRIC_KEYS = ("timings", "seconds", "run", "hashes", "learning_curve")  #
 
 
 class NotReproducedError(MedxceptError):
-    """The re-run did not reproduce the run (data changed, or results differ beyond the tolerance)."""
+    """The re-run did not reproduce the run (data changed, or results differ beyond the tolerance).
+
+    ``table`` holds the side-by-side comparison (:meth:`Reproduction.table`) for the caller to show.
+    """
+
+    def __init__(self, message: str, table: str = "") -> None:
+        super().__init__(message)
+        self.table = table
 
 
 @dataclass
@@ -352,17 +359,15 @@ def reproduce_run(run_dir: str | Path, *, tolerance: float = DEFAULT_TOLERANCE,
         rep = compare_runs(run_dir, path, tolerance=tolerance, data_only=True)
         rep.checks["data"]["note"] = "the cohort's files, labels or patients changed since the run; stopped before training"
         run.write_json("reproduce.json", rep.to_dict())
-        log.warning("%s", rep.table())
         raise NotReproducedError(
             f"not reproducible: the data changed (data hash {str(expected)[:12]} in {run_dir.name}, "
-            f"{got[:12]} now); stopped before training. See {path / 'reproduce.json'}")
+            f"{got[:12]} now); stopped before training. See {path / 'reproduce.json'}", rep.table())
 
     run_pipeline(cfg, spec, run_name=str(new), before_training=check_data)
     rep = compare_runs(run_dir, new, tolerance=tolerance)
     RunDir(new).write_json("reproduce.json", rep.to_dict())
     if not rep.reproduced:
-        log.warning("%s", rep.table())
-        raise NotReproducedError(f"not reproduced: {rep.verdict()}. See {new / 'reproduce.json'}")
+        raise NotReproducedError(f"not reproduced: {rep.verdict()}. See {new / 'reproduce.json'}", rep.table())
     return rep
 
 

@@ -121,7 +121,10 @@ class SplitConfig:
         ``seed`` are ignored and nothing is re-split: the split is **audited**
         (:func:`medxcept.audit.audit_cohort`), and a patient in two splits is an error under
         ``audit.on_leak: error``. ``audit.on_leak: fix`` is refused (a user-supplied split
-        is audited, never re-grouped).
+        is audited, never re-grouped). A training run also says (log line, ``versions.json``
+        ``reproduce.user_split``, report) whether the supplied split equals the split ``seed``
+        gives on this data (:func:`user_split_agreement`): a split made by medxcept on another
+        machine with the same configuration and seed does.
 
     Notes
     -----

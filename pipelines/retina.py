@@ -100,10 +100,16 @@ def _refuse_options(args: argparse.Namespace, option: str) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> str:
-    from medxcept.reproduce import DEFAULT_TOLERANCE, reproduce_run
+    from medxcept.reproduce import DEFAULT_TOLERANCE, NotReproducedError, reproduce_run
 
     _refuse_options(args, "--reproduce")
-    rep = reproduce_run(Path(args.reproduce), tolerance=DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance)
+    try:
+        rep = reproduce_run(Path(args.reproduce),
+                            tolerance=DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance)
+    except NotReproducedError as exc:
+        if exc.table:  # the side-by-side table on stdout, the one-line verdict on stderr
+            print(exc.table)
+        raise
     return f"{rep.table()}\n{rep.rerun}\n{rep.verdict()}"
 
 
