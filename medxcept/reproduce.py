@@ -88,17 +88,19 @@ class Reproduction:
             if c is None:
                 continue
             within = "within" if c["same"] else "NOT within"
-            parts.append(f"{name} {within} tolerance {self.tolerance:g} (max |{sym}| = {c['max_abs_diff']:.3g})")
+            worst = c["max_abs_diff"]
+            parts.append(f"{name} {within} tolerance {self.tolerance:g} (max |{sym}| = {worst:.3g})")
         return ", ".join(parts)
 
     def table(self) -> str:
         """The side-by-side comparison, one row per check."""
         rows = [("check", "original", "re-run", "verdict")]
         for name, c in self.checks.items():
+            note = f" ({c['note']})" if c.get("note") else ""
             rows.append((name, str(c.get("original", "")), str(c.get("rerun", "")),
-                         ("same" if c["same"] else "DIFFERENT") + (f" ({c['note']})" if c.get("note") else "")))
-        widths = [max(len(r[k]) for r in rows) for k in range(3)]
-        return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows)
+                         ("same" if c["same"] else "DIFFERENT") + note))
+        w = [max(len(r[k]) for r in rows) for k in range(3)]
+        return "\n".join(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]}" for r in rows)
 
     def to_dict(self) -> dict[str, Any]:
         return {"original": self.original, "rerun": self.rerun, "tolerance": self.tolerance,
@@ -177,8 +179,8 @@ def _audit_canonical(run_dir: Path) -> dict[str, Any]:
 def _compare_audit(a: Path, b: Path) -> dict[str, Any]:
     ca, cb = _audit_canonical(a), _audit_canonical(b)
     same = ca == cb
-    out: dict[str, Any] = {"original": f"{len(ca['findings'])} finding(s)", "rerun": f"{len(cb['findings'])} finding(s)",
-                           "same": same}
+    out: dict[str, Any] = {"original": f"{len(ca['findings'])} finding(s)",
+                           "rerun": f"{len(cb['findings'])} finding(s)", "same": same}
     if not same:
         ka = [(f["kind"], f["severity"], f["count"]) for f in ca["findings"]]
         kb = [(f["kind"], f["severity"], f["count"]) for f in cb["findings"]]
@@ -233,8 +235,8 @@ def _compare_metrics(a: Path, b: Path, tol: float) -> dict[str, Any]:
         if d > worst:
             worst, where = d, k
     auc = "test_patient.roc_auc"
-    out: dict[str, Any] = {"original": f"AUC {na.get(auc, float('nan')):.4f}" if auc in na else f"{len(na)} numbers",
-                           "rerun": f"AUC {nb.get(auc, float('nan')):.4f}" if auc in nb else f"{len(nb)} numbers",
+    out: dict[str, Any] = {"original": f"AUC {na[auc]:.4f}" if auc in na else f"{len(na)} numbers",
+                           "rerun": f"AUC {nb[auc]:.4f}" if auc in nb else f"{len(nb)} numbers",
                            "same": worst <= tol and set(na) == set(nb), "max_abs_diff": worst,
                            "n_compared": len(common)}
     if worst:
@@ -275,9 +277,9 @@ def compare_runs(original: str | Path, rerun: str | Path, *, tolerance: float = 
     ca, cb = va.get("code", {}), vb.get("code", {})
     pa, pb = va.get("packages", {}), vb.get("packages", {})
     changed = sorted(k for k in set(pa) | set(pb) if pa.get(k) != pb.get(k))
-    rep.checks["packages"] = {"original": "", "rerun": "", "same": True,
-                              "note": ("informative: " + ", ".join(f"{k} {pa.get(k)} -> {pb.get(k)}" for k in changed))
-                              if changed else "same versions"}
+    moved = ", ".join(f"{k} {pa.get(k)} -> {pb.get(k)}" for k in changed)
+    rep.checks["packages"] = {"original": "", "rerun": "", "same": True,  # informative, not judged
+                              "note": f"informative: {moved}" if changed else "same versions"}
     if ca.get("git_commit") != cb.get("git_commit"):
         rep.checks["packages"]["note"] += (f"; code {str(ca.get('git_commit'))[:10]} -> "
                                            f"{str(cb.get('git_commit'))[:10]}")
@@ -301,8 +303,9 @@ def _cohort_path(cfg: Any, run_dir: Path) -> Path:
     if not path.is_file():
         raise ConfigError(
             f"cannot reproduce {run_dir}: its cohort file {cfg.cohort!r} (config.yaml 'cohort') is not found"
-            + (" from this directory; a relative path means the directory the run was started from: run "
-               "--reproduce from there" if not path.is_absolute() else "; restore the cohort file and its data"))
+            + ("; restore the cohort file and its data" if path.is_absolute() else
+               " from this directory; a relative path means the directory the run was started from: run "
+               "--reproduce from there"))
     return path
 
 
@@ -342,7 +345,8 @@ def reproduce_run(run_dir: str | Path, *, tolerance: float = DEFAULT_TOLERANCE,
     cfg = load_run_config(run_dir)
     for name in ("versions.json", "metrics.json", "split.csv", "audit.json", "predictions.csv"):
         if not (run_dir / name).is_file():
-            raise ConfigError(f"cannot reproduce {run_dir}: it has no {name} (only a complete run can be reproduced)")
+            raise ConfigError(
+                f"cannot reproduce {run_dir}: it has no {name} (only a complete run can be reproduced)")
     versions = _read_json(run_dir / "versions.json")
     expected = versions.get("data_hash")
     spec = load_cohort_spec(_cohort_path(cfg, run_dir))
@@ -357,7 +361,8 @@ def reproduce_run(run_dir: str | Path, *, tolerance: float = DEFAULT_TOLERANCE,
         run.write_json("versions.json", {"data_hash": got, "split_hash": _split_hash(table),
                                          "config_hash": versions.get("config_hash")})
         rep = compare_runs(run_dir, path, tolerance=tolerance, data_only=True)
-        rep.checks["data"]["note"] = "the cohort's files, labels or patients changed since the run; stopped before training"
+        rep.checks["data"]["note"] = ("the cohort's files, labels or patients changed since the run; "
+                                      "stopped before training")
         run.write_json("reproduce.json", rep.to_dict())
         raise NotReproducedError(
             f"not reproducible: the data changed (data hash {str(expected)[:12]} in {run_dir.name}, "
@@ -367,7 +372,8 @@ def reproduce_run(run_dir: str | Path, *, tolerance: float = DEFAULT_TOLERANCE,
     rep = compare_runs(run_dir, new, tolerance=tolerance)
     RunDir(new).write_json("reproduce.json", rep.to_dict())
     if not rep.reproduced:
-        raise NotReproducedError(f"not reproduced: {rep.verdict()}. See {new / 'reproduce.json'}", rep.table())
+        raise NotReproducedError(f"not reproduced: {rep.verdict()}. See {new / 'reproduce.json'}",
+                                 rep.table())
     return rep
 
 

@@ -83,26 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _refuse_options(args: argparse.Namespace, option: str) -> None:
-    """``--resume`` and ``--reproduce`` take the configuration saved in the run directory."""
-    from medxcept.errors import ConfigError
-
-    given = [f"--{k.replace('_', '-')}" for k in CONFIG_OPTIONS if getattr(args, k, None) is not None]
-    given += ["--set"] if args.set else []
-    given += ["--config"] if args.config else []
-    given += ["--cohort"] if args.cohort != str(DEFAULT_COHORT) else []
-    given += ["--learning-curve"] if args.learning_curve else []
-    given += ["--run-name"] if args.run_name else []
-    given += ["--resume" if option == "--reproduce" else "--reproduce"] if args.resume and args.reproduce else []
-    if given:
-        raise ConfigError(f"{option} takes the configuration saved in the run directory; do not combine it with "
-                          f"{', '.join(given)} (start a new run to change options)")
-
-
 def _reproduce(args: argparse.Namespace) -> str:
+    from medxcept.errors import ConfigError
     from medxcept.reproduce import DEFAULT_TOLERANCE, NotReproducedError, reproduce_run
 
-    _refuse_options(args, "--reproduce")
+    given = [f"--{k.replace('_', '-')}" for k in CONFIG_OPTIONS if getattr(args, k, None) is not None]
+    given += [opt for opt, on in (("--set", args.set), ("--config", args.config), ("--resume", args.resume),
+                                  ("--cohort", args.cohort != str(DEFAULT_COHORT)), ("--run-name", args.run_name),
+                                  ("--learning-curve", args.learning_curve)) if on]
+    if given:
+        raise ConfigError(f"--reproduce takes the configuration saved in the run directory; do not combine it with "
+                          f"{', '.join(given)} (the re-run goes to RUN_DIR-reproduced)")
     try:
         rep = reproduce_run(Path(args.reproduce),
                             tolerance=DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance)
@@ -115,10 +106,17 @@ def _reproduce(args: argparse.Namespace) -> str:
 
 def _resume(args: argparse.Namespace) -> Path:
     from medxcept.cohort import load_cohort_spec
+    from medxcept.errors import ConfigError
     from medxcept.pipeline import run_pipeline
     from medxcept.run import load_run_config
 
-    _refuse_options(args, "--resume")
+    given = [f"--{k.replace('_', '-')}" for k in CONFIG_OPTIONS if getattr(args, k, None) is not None]
+    given += ["--set"] if args.set else []
+    given += ["--config"] if args.config else []
+    given += ["--cohort"] if args.cohort != str(DEFAULT_COHORT) else []
+    if given:
+        raise ConfigError(f"--resume takes the configuration saved in the run directory; do not combine it with "
+                          f"{', '.join(given)} (start a new run to change options)")
     run_dir = Path(args.resume)
     cfg = load_run_config(run_dir)
     return run_pipeline(cfg, load_cohort_spec(cfg.cohort), resume_dir=run_dir)
