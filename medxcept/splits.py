@@ -101,7 +101,8 @@ class SplitConfig:
     n_folds : int, default 5
         Cross-validation folds over the non-test patients (>= 2).
     seed : int, default 0
-        Seed of the group shuffle; same seed, same split.
+        Seed of the group shuffle; same seed, same data, same split, on any machine (groups
+        are ordered by content before the shuffle, never by their pseudonyms).
     group_column : str, optional
         Extra grouping column beyond the patient (``"group"``, ``"site"``): patients
         sharing a value always land in the same split.
@@ -614,8 +615,8 @@ def assign_splits(df: pd.DataFrame, cfg: SplitConfig, *, merge: pd.Series | None
     >>> out = assign_splits(df, SplitConfig(test_fraction=0.2, val_fraction=0.2))
     >>> int(out.groupby("patient_key")["split"].nunique().max())
     1
-    >>> out.drop_duplicates("patient_key")["split"].value_counts().to_dict()
-    {'train': 12, 'val': 4, 'test': 4}
+    >>> out.drop_duplicates("patient_key")["split"].value_counts().sort_index().to_dict()
+    {'test': 4, 'train': 12, 'val': 4}
     """
     if cfg.user_split is not None:
         if merge is not None:
