@@ -596,9 +596,11 @@ def duplicate_groups(
     """
     if fp is not None:
         _check_fp(fp, len(df))
-    pairs = _duplicate_pairs(df, fp, threshold)
-    labels = _components(len(df), pairs["i"].to_numpy(np.int64), pairs["j"].to_numpy(np.int64))
-    return pd.Series(labels, index=pd.Index(df["image_id"].astype(str), name="image_id"), name="dup_group")
+    given_ids = df["image_id"]
+    canon, fp, order = _canonical_rows(df.reset_index(drop=True), fp)  # groups independent of row order
+    pairs = _duplicate_pairs(canon, fp, threshold)
+    labels = _components(len(canon), pairs["i"].to_numpy(np.int64), pairs["j"].to_numpy(np.int64))
+    return _input_order_groups(labels, order, given_ids)
 
 
 # ---------------------------------------------------------------- confounding
@@ -1207,6 +1209,45 @@ def check_patient_plausibility(
     return found
 
 
+def _canonical_rows(
+    df: pd.DataFrame, fp: dict[str, np.ndarray] | None
+) -> tuple[pd.DataFrame, dict[str, np.ndarray] | None, np.ndarray]:
+    """``df`` and ``fp`` in a canonical row order, so the findings do not depend on the table's order.
+
+    The pair search is not symmetric in its two images (``i < j`` compares ``i`` with the
+    mirror of ``j``, and a large group of copies is joined as a star around its first row),
+    and the cohort table's order follows the per-machine pseudonyms; sorting rows by content
+    (``sha256#frame``, then the decoded-pixel hash, then the raw ``patient_id`` held in
+    memory) first makes the same images give the same findings on any machine and cache.
+    Also returns ``order`` (canonical position -> input row).
+    """
+    from medxcept.splits import content_ids
+
+    keys: list[np.ndarray] = [df["image_id"].astype(str).to_numpy()]  # last resort
+    for col in ("patient_key", "patient_id"):
+        if col in df.columns:
+            keys.insert(0, df[col].astype(str).to_numpy())
+    if fp is not None:
+        keys.insert(0, np.asarray(fp["pixel_hash"]).astype(str))
+    keys.insert(0, content_ids(df).astype(str).to_numpy())
+    order = np.lexsort(keys[::-1])  # lexsort: the last key is the primary one
+    if (order == np.arange(len(df))).all():
+        return df, fp, order
+    out = df.iloc[order].reset_index(drop=True)
+    if fp is None:
+        return out, None, order
+    return out, {k: (np.asarray(v)[order] if len(v) == len(df) else v) for k, v in fp.items()}, order
+
+
+def _input_order_groups(labels: np.ndarray, order: np.ndarray, image_ids: pd.Series) -> pd.Series:
+    """Component labels computed in canonical order, back in input row order, numbered by first row."""
+    back = np.empty(len(labels), dtype=np.int64)
+    back[order] = labels
+    _, first = np.unique(back, return_index=True)
+    rank = np.argsort(np.argsort(first))
+    return pd.Series(rank[back], index=pd.Index(image_ids.astype(str), name="image_id"), name="dup_group")
+
+
 def audit_cohort(
     df: pd.DataFrame,
     *,
@@ -1275,6 +1316,8 @@ def audit_cohort(
     df = df.reset_index(drop=True)
     if fp is not None:
         _check_fp(fp, len(df))
+    given_ids = df["image_id"]
+    df, fp, order = _canonical_rows(df, fp)
     report = AuditReport(policy=policy, hamming_threshold=int(hamming_threshold))
     part = _partition(df)
 
@@ -1299,10 +1342,8 @@ def audit_cohort(
             )
         )
     if policy == "fix":
-        report.merge_groups = pd.Series(
-            _components(len(df), pairs["i"].to_numpy(np.int64), pairs["j"].to_numpy(np.int64)),
-            index=pd.Index(df["image_id"].astype(str), name="image_id"),
-            name="dup_group",
+        report.merge_groups = _input_order_groups(
+            _components(len(df), pairs["i"].to_numpy(np.int64), pairs["j"].to_numpy(np.int64)), order, given_ids
         )
 
     report.findings += _check_balance(df, report, max_details)

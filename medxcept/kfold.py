@@ -202,7 +202,7 @@ def _combined_split_hash(table: pd.DataFrame, repeats: int) -> str:
 
     parts = []
     for r in range(repeats):
-        t = table[["image_id", "patient_key"]].copy()
+        t = table[["image_id", "patient_key"] + [c for c in ("sha256", "frame") if c in table.columns]].copy()
         t["split"] = table["cv_split"].to_numpy()
         t["fold"] = table[f"fold_r{r}"].to_numpy()
         parts.append(split_hash(t))

@@ -33,8 +33,8 @@ from medxcept.evaluate import (
 )
 from medxcept.ingest import IngestResult, ingest, public_exclusions
 from medxcept.preprocess import PreprocessCache
-from medxcept.run import RunDir, code_version, data_hash, environment, package_versions
-from medxcept.splits import assign_splits, split_hash, split_table
+from medxcept.run import RunDir, code_version, data_hash, environment, package_versions, reproduce_block
+from medxcept.splits import assign_splits, split_hash, split_table, user_split_agreement
 
 __all__ = ["run_pipeline", "evaluate_predictions", "training_verdict", "prepare_cohort"]
 
@@ -282,7 +282,8 @@ def split_and_audit(table: pd.DataFrame, images: np.ndarray, cfg: RunConfig,
 
 
 def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = None,
-                 resume_dir: Path | None = None, learning_curve: tuple[float, ...] = ()) -> Path:
+                 resume_dir: Path | None = None, learning_curve: tuple[float, ...] = (),
+                 before_training: Any = None) -> Path:
     """Run every stage on ``spec`` with ``cfg``; return the path of the report.
 
     Whole-run problems (no usable image, a class without patients, missing weights, leakage
@@ -294,6 +295,10 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
 
     ``learning_curve``: fractions of the training patients (e.g. ``(0.25, 0.5, 0.75)``) to train
     again on, after the run itself (:mod:`medxcept.learning_curve`); the report gains the curve.
+
+    ``before_training``: called as ``before_training(run_dir, table, audit_report)`` once the split
+    and the audit are written, before training (:mod:`medxcept.reproduce` stops there when the
+    data changed).
     """
     from medxcept.model import detect_device, resolve_weights
     from medxcept.preprocess import load_images
@@ -333,6 +338,9 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
         _same_split(run.file("split.csv"), split_table(table))
     run.write_csv("split.csv", split_table(table))
     run.write_csv("cohort.csv", public_view(table))
+    agreement = user_split_agreement(table, cfg.split) if cfg.split.user_split is not None else None
+    if before_training is not None:
+        before_training(run.path, table, report)
     report.raise_if_errors()
     for f in report.findings:
         if f.severity == "warning":
@@ -377,6 +385,8 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
     versions = {"packages": package_versions(), "code": code_version(), "environment": environment(),
                 "device": device, "data_hash": data_hash(table), "split_hash": split_hash(table),
                 "config_hash": config_hash(cfg)}
+    versions["reproduce"] = reproduce_block(cfg, data_hash=versions["data_hash"], split_hash=versions["split_hash"],
+                                            device=device, user_split=agreement)
     run.write_json("versions.json", versions)
     timings["total_s"] = time.perf_counter() - t_start
     full = {

@@ -25,7 +25,8 @@ import yaml
 
 from medxcept.config import RunConfig, config_hash, config_to_dict
 
-__all__ = ["RunDir", "package_versions", "code_version", "data_hash", "load_run_config"]
+__all__ = ["RunDir", "package_versions", "code_version", "data_hash", "load_run_config", "training_determinism",
+           "reproduce_block"]
 
 PACKAGES = ("medxcept", "keras", "tensorflow", "jax", "torch", "numpy", "pandas", "scikit-learn",
             "scikit-image", "scipy", "albumentations", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg",
@@ -61,10 +62,85 @@ def code_version() -> dict[str, str]:
     return out
 
 
+DATA_HASH_FIELDS = ("sha256", "frame", "label", "laterality", "source", "patient")
+
+
 def data_hash(table: pd.DataFrame) -> str:
-    """Hash of the data actually used: the sorted (image_id, file sha256, frame, label) rows."""
-    cols = table[["image_id", "sha256", "frame", "label"]].sort_values("image_id")
-    return hashlib.sha256(cols.to_csv(index=False).encode()).hexdigest()
+    """Hash of the data actually used, by content: the same on any machine.
+
+    One line per image, ``sha256,frame,label,laterality,source,patient``, sorted: the file's
+    sha256 and frame, its label, laterality and source, and ``patient``: a digest of the
+    sorted ``sha256#frame`` of all images of the same patient (which files belong to one
+    person, without naming them). No ``image_id``, pseudonym, path or raw ID enters it, so the
+    pseudonym key and the data folder do not change it; a changed file, label, laterality,
+    source or patient grouping does. Columns a table lacks are left empty.
+    """
+    from medxcept.splits import content_ids
+
+    ids = content_ids(table)
+    n = len(table)
+
+    def col(name: str) -> pd.Series:
+        return table[name].astype(str) if name in table.columns else pd.Series([""] * n, index=table.index)
+
+    if "patient_key" in table.columns:
+        owner = table["patient_id"].astype(str) if "patient_id" in table.columns else table["patient_key"].astype(str)
+        members = ids.groupby(owner.to_numpy()).agg(lambda s: "\n".join(sorted(s)))
+        digest = members.map(lambda m: hashlib.sha256(m.encode("utf-8")).hexdigest()[:16])
+        patient = owner.map(digest)
+    else:
+        patient = pd.Series([""] * n, index=table.index)
+    sha = col("sha256")
+    frame = pd.to_numeric(table["frame"], errors="coerce").fillna(0).astype(int).astype(str) if "frame" in table \
+        else pd.Series(["0"] * n, index=table.index)
+    lines = sorted(",".join(v) for v in zip(sha, frame, col("label"), col("laterality"), col("source"), patient,
+                                            strict=True))
+    text = ",".join(DATA_HASH_FIELDS) + "\n" + "\n".join(lines) + "\n"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def training_determinism(device: dict[str, str]) -> dict[str, str]:
+    """How exactly training repeats on this backend and device, in words a reviewer can check.
+
+    medxcept seeds Python, NumPy and the backend (``keras.utils.set_random_seed``), orders and
+    augments every batch from ``(seed, epoch, batch)``, and does not turn on TensorFlow's
+    ``enable_op_determinism``. Measured (``tests/test_reproduce.py``, the demo's
+    ``--reproduce``): TensorFlow on CPU repeats bitwise on the same machine. Not measured:
+    other CPUs (vectorized kernels and thread counts may round differently) and GPUs (cuDNN
+    picks non-deterministic kernels), where a re-run agrees within a tolerance only.
+    """
+    backend, dev = device.get("backend", "?"), device.get("device", "?")
+    if dev == "cpu" and backend == "tensorflow":
+        return {"level": "bitwise", "scope": "same machine (same CPU, same thread count)",
+                "note": "TensorFlow on CPU, seeded; measured bitwise-identical predictions on re-runs. On another "
+                        "CPU type expect agreement within a tolerance, not bit for bit."}
+    if dev == "cpu":
+        return {"level": "within tolerance", "scope": "same machine",
+                "note": f"{backend} on CPU, seeded; expected bitwise on the same machine but not measured here"}
+    return {"level": "within tolerance", "scope": "same machine",
+            "note": f"{backend} on GPU: GPU kernels (cuDNN convolutions, atomic reductions) are not bitwise "
+                    "deterministic and op determinism is not enabled; re-runs agree within a tolerance"}
+
+
+def reproduce_block(cfg: RunConfig, *, data_hash: str, split_hash: str, device: dict[str, str],
+                    user_split: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a re-run needs to reproduce a run exactly (the ``reproduce`` block of ``versions.json``).
+
+    The split is a function of the data, the configuration and the seed only (never of the
+    per-machine pseudonym key), so the same ``data_hash`` + ``config_hash`` + seed give the
+    same ``split_hash`` anywhere; training then repeats as ``determinism`` says.
+    """
+    return {
+        "command": "python -m pipelines.retina --reproduce RUN_DIR",
+        "seed": int(cfg.seed), "split_seed": int(cfg.split.seed), "config_hash": config_hash(cfg),
+        "data_hash": data_hash, "split_hash": split_hash,
+        "split_depends_on": "data (file contents, labels, patients), configuration and seed only; "
+                            "not on the pseudonym key, file paths or row order",
+        "backend": device.get("backend"), "device": device.get("device"),
+        "determinism": training_determinism(device),
+        "packages": "see 'packages' (same versions needed for a bitwise re-run)",
+        "user_split": user_split,
+    }
 
 
 def _slug(text: str) -> str:

@@ -18,9 +18,16 @@ always defined ("Only one class present in y_true" cannot happen). When that is
 impossible, :class:`~medxcept.errors.SplitError` says so *before* training, with the
 number of patients per class and the largest number of folds that would work.
 
-The assignment is deterministic for a seed and does not depend on the row order of
-the cohort table (groups are ordered by their smallest ``patient_key`` before the
-seeded shuffle). :func:`split_hash` fingerprints the result for the run record.
+The assignment is a function of the data, the configuration and the seed only: it does
+not depend on the row order of the cohort table, nor on the machine. Before the seeded
+shuffle, groups are put in a canonical order by a digest of their *content*: the sorted
+``sha256#frame`` of every image of the group (:func:`group_order_keys`). Neither the
+pseudonym ``patient_key`` (keyed with a per-machine secret) nor ``image_id`` decides
+anything, so the same files, labels and patients give the same split on any machine, and
+also after the patient IDs are pseudonymized again. The digest is computed in memory and
+never written out. A table without ``sha256`` (hand-made tables) falls back to the raw
+``patient_id``, then to ``patient_key``. :func:`split_hash` fingerprints the result for
+the run record, also by content (so two machines' hashes compare).
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ __all__ = [
     "SPLITS",
     "SplitConfig",
     "group_keys",
+    "group_order_keys",
+    "content_ids",
     "assign_splits",
     "assign_folds",
     "check_feasible",
@@ -50,6 +59,7 @@ __all__ = [
     "split_hash",
     "read_user_split",
     "resolve_user_split",
+    "user_split_agreement",
     "is_split_file",
     "USER_SPLIT_REGROUP_MESSAGE",
 ]
@@ -91,7 +101,8 @@ class SplitConfig:
     n_folds : int, default 5
         Cross-validation folds over the non-test patients (>= 2).
     seed : int, default 0
-        Seed of the group shuffle; same seed, same split.
+        Seed of the group shuffle; same seed, same data, same split, on any machine (groups
+        are ordered by content before the shuffle, never by their pseudonyms).
     group_column : str, optional
         Extra grouping column beyond the patient (``"group"``, ``"site"``): patients
         sharing a value always land in the same split.
@@ -111,7 +122,10 @@ class SplitConfig:
         ``seed`` are ignored and nothing is re-split: the split is **audited**
         (:func:`medxcept.audit.audit_cohort`), and a patient in two splits is an error under
         ``audit.on_leak: error``. ``audit.on_leak: fix`` is refused (a user-supplied split
-        is audited, never re-grouped).
+        is audited, never re-grouped). A training run also says (log line, ``versions.json``
+        ``reproduce.user_split``, report) whether the supplied split equals the split ``seed``
+        gives on this data (:func:`user_split_agreement`): a split made by medxcept on another
+        machine with the same configuration and seed does.
 
     Notes
     -----
@@ -233,6 +247,62 @@ def group_keys(
     return name.rename("split_group")
 
 
+def content_ids(df: pd.DataFrame) -> pd.Series:
+    """Machine-independent identity of every row: ``"<file sha256>#<frame>"``.
+
+    Falls back, for tables without a ``sha256`` column (or rows with an empty one), to the
+    raw ``patient_id`` (in memory only) and then to ``patient_key`` + ``image_id``; those
+    fallbacks are only as stable as the identifiers they use.
+    """
+    fallback = (
+        "id:" + df["patient_id"].astype(str)
+        if "patient_id" in df.columns
+        else "key:" + df["patient_key"].astype(str) + "/" + (
+            df["image_id"].astype(str) if "image_id" in df.columns else pd.Series("", index=df.index))
+    )
+    if "sha256" not in df.columns:
+        return fallback.rename("content_id")
+    sha = df["sha256"].astype("string").fillna("")
+    frame = pd.to_numeric(df["frame"], errors="coerce").fillna(0).astype(int).astype(str) if "frame" in df.columns \
+        else pd.Series("0", index=df.index)
+    out = (sha + "#" + frame).astype(object)
+    return out.where(sha != "", fallback).rename("content_id")
+
+
+def group_order_keys(df: pd.DataFrame, row_group: np.ndarray, n_groups: int) -> np.ndarray:
+    """Canonical rank of each group, from content only (never from pseudonyms or image ids).
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        The rows (``sha256``/``frame``; see :func:`content_ids` for the fallbacks).
+    row_group : numpy.ndarray
+        Group index (0..n_groups-1) of every row.
+    n_groups : int
+        Number of groups.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``order`` such that ``order[r]`` is the group at canonical position ``r``: groups
+        sorted by the sha256 of their sorted row identities; ties (groups holding exactly
+        the same images) by their smallest raw ``patient_id`` when the table has it.
+    """
+    ids = content_ids(df).to_numpy()
+    members: list[list[str]] = [[] for _ in range(n_groups)]
+    for g, ident in zip(row_group.tolist(), ids.tolist(), strict=True):
+        members[g].append(str(ident))
+    digest = np.array(
+        [hashlib.sha256("\n".join(sorted(m)).encode("utf-8")).hexdigest() for m in members], dtype=object
+    )
+    if "patient_id" in df.columns:
+        tie = pd.Series(df["patient_id"].astype(str).to_numpy()).groupby(row_group).min()
+        tie_arr = tie.reindex(range(n_groups)).fillna("").to_numpy(dtype=object)
+    else:
+        tie_arr = np.full(n_groups, "", dtype=object)
+    return np.lexsort((tie_arr.astype(str), digest.astype(str)))
+
+
 def _classes(df: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
     """Class index per row and class display names (from ``y`` and ``label``)."""
     if "y" in df.columns:
@@ -255,7 +325,7 @@ def _classes(df: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
 
 @dataclass
 class _Groups:
-    names: np.ndarray  # (g,) group names, sorted
+    names: np.ndarray  # (g,) group names, in canonical (content) order
     row_group: np.ndarray  # (n,) group index of each row
     counts: np.ndarray  # (g, c) images per class
     label: np.ndarray  # (g,) patient label (class index)
@@ -267,6 +337,12 @@ def _build_groups(df: pd.DataFrame, group_column: str | None, rule: str, merge: 
     gname = group_keys(df, group_column, merge=merge)
     codes, class_names = _classes(df)
     names, row_group = np.unique(gname.to_numpy().astype(str), return_inverse=True)
+    # canonical group order from content, so that the seeded shuffle does not depend on the
+    # per-machine pseudonyms (names are the smallest patient_key of each group)
+    order = group_order_keys(df, row_group, len(names))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    names, row_group = names[order], rank[row_group]
     counts = np.zeros((len(names), len(class_names)), dtype=np.int64)
     np.add.at(counts, (row_group, codes), 1)
     if rule == "max":
@@ -539,8 +615,8 @@ def assign_splits(df: pd.DataFrame, cfg: SplitConfig, *, merge: pd.Series | None
     >>> out = assign_splits(df, SplitConfig(test_fraction=0.2, val_fraction=0.2))
     >>> int(out.groupby("patient_key")["split"].nunique().max())
     1
-    >>> out.drop_duplicates("patient_key")["split"].value_counts().to_dict()
-    {'train': 12, 'val': 4, 'test': 4}
+    >>> out.drop_duplicates("patient_key")["split"].value_counts().sort_index().to_dict()
+    {'test': 4, 'train': 12, 'val': 4}
     """
     if cfg.user_split is not None:
         if merge is not None:
@@ -669,9 +745,26 @@ def split_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def split_hash(df: pd.DataFrame) -> str:
-    """sha256 (hex) of the canonical CSV of :func:`split_table`; equal splits, equal hash."""
-    csv = split_table(df).to_csv(index=False, lineterminator="\n")
-    return hashlib.sha256(csv.encode("utf-8")).hexdigest()
+    """sha256 (hex) of the split by content; equal splits, equal hash, on any machine.
+
+    With a ``sha256`` column: the hash of the sorted ``sha256#frame,split,fold`` lines
+    (:func:`content_ids`), so it names neither pseudonyms nor ``image_id`` and two machines
+    (with different pseudonym keys or data folders) get the same hash for the same split.
+    Without one (hand-made tables): the canonical CSV of :func:`split_table`.
+    """
+    if "sha256" not in df.columns:
+        csv = split_table(df).to_csv(index=False, lineterminator="\n")
+        return hashlib.sha256(csv.encode("utf-8")).hexdigest()
+    if "split" not in df.columns and "fold" not in df.columns:
+        raise ConfigError("split_hash: the cohort has neither 'split' nor 'fold'; assign them first")
+    split = df["split"].astype(str).to_numpy() if "split" in df.columns else np.full(len(df), "", dtype=object)
+    fold = (
+        pd.to_numeric(df["fold"], errors="coerce").astype("Int64").astype(str).replace("<NA>", "").to_numpy()
+        if "fold" in df.columns
+        else np.full(len(df), "", dtype=object)
+    )
+    lines = sorted(f"{c},{s},{f}" for c, s, f in zip(content_ids(df).to_numpy(), split, fold, strict=True))
+    return hashlib.sha256(("content_id,split,fold\n" + "\n".join(lines) + "\n").encode("utf-8")).hexdigest()
 
 
 def is_split_file(value: str | Path) -> bool:
@@ -821,4 +914,57 @@ def read_user_split(df: pd.DataFrame, path_or_column: str | Path) -> pd.DataFram
                 "folds are integers >= 0, empty or -1 only for test rows"
             )
         out["fold"] = pd.Series(fold.astype(int).to_numpy(), index=matched.to_numpy()).reindex(df.index).to_numpy()
+    return out
+
+
+def user_split_agreement(df: pd.DataFrame, cfg: SplitConfig) -> dict[str, object]:
+    """Whether a user-supplied split equals the split ``cfg.seed`` would give on this data.
+
+    A split passed in from another machine (``split.user_split``) is used as it is; this
+    says whether it is also the split medxcept computes here from the data, the fractions
+    and the seed (:func:`assign_splits` without ``user_split``), which is the same on every
+    machine. Logged, and recorded in ``versions.json`` (``reproduce.user_split``).
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        The cohort table carrying the user's ``split`` (and ``fold`` when the file had one).
+    cfg : SplitConfig
+        The split options (``user_split`` set).
+
+    Returns
+    -------
+    dict
+        ``equals_seeded_split`` (bool), ``seed``, ``n_images_differ``, ``n_patients_differ``,
+        ``seeded_split_hash``, ``user_split_hash``, and ``folds_equal`` when the user gave folds
+        (None otherwise); ``reason`` when the seed cannot split this cohort at all.
+    """
+    seeded_cfg = dataclasses.replace(cfg, user_split=None)
+    base = df.drop(columns=[c for c in ("split", "fold") if c in df.columns])
+    out: dict[str, object] = {"seed": int(cfg.seed), "user_split_hash": split_hash(df)}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            seeded = assign_splits(base, seeded_cfg)
+            if "fold" in df.columns:
+                seeded = assign_folds(seeded, seeded_cfg)
+    except (SplitError, ConfigError) as exc:
+        out.update(equals_seeded_split=False, reason=f"seed {cfg.seed} cannot split this cohort: {exc}")
+        logger.info("the user-supplied split cannot be compared with a seeded split: %s", out["reason"])
+        return out
+    differ = seeded["split"].astype(str).to_numpy() != df["split"].astype(str).to_numpy()
+    folds_equal = None
+    if "fold" in df.columns:
+        uf = pd.to_numeric(df["fold"], errors="coerce").fillna(-1).astype(int).to_numpy()
+        folds_equal = bool((uf == seeded["fold"].to_numpy()).all())
+    n_pat = int(df.loc[differ, "patient_key"].nunique()) if "patient_key" in df.columns else 0
+    out.update(equals_seeded_split=bool(not differ.any()), n_images_differ=int(differ.sum()),
+               n_patients_differ=n_pat, seeded_split_hash=split_hash(seeded), folds_equal=folds_equal)
+    if not differ.any():
+        logger.info("the user-supplied split equals the split seed %d gives on this data (split hash %s)%s",
+                    cfg.seed, str(out["user_split_hash"])[:12],
+                    "" if folds_equal is None else (", folds too" if folds_equal else ", but its folds differ"))
+    else:
+        logger.info("the user-supplied split differs from the split seed %d gives on this data: %d image(s) "
+                    "of %d patient(s) are in another split", cfg.seed, int(differ.sum()), n_pat)
     return out

@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run after its last completed epoch, with the configuration "
                         "saved in RUN_DIR/config.yaml (no other configuration option may be given)")
+    g.add_argument("--reproduce", metavar="RUN_DIR",
+                   help="re-run a finished run from its directory (its config.yaml and cohort file) into "
+                        "RUN_DIR-reproduced and print, side by side, whether data, split, audit, predictions and "
+                        "metrics match; exit 0 when reproduced, 2 when not (no configuration option may be given)")
+    g.add_argument("--tolerance", type=float, metavar="P",
+                   help="with --reproduce: largest absolute difference of a probability or a metric still "
+                        "counted as reproduced (default 1e-4)")
     ev = sub.add_parser("evaluate", help="apply a trained run to another cohort (external validation)",
                         description="apply a trained run (model, preprocessing, calibration, threshold) "
                                     "unchanged to another cohort and write the same report")
@@ -74,6 +81,27 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--on-leak", choices=["error", "warn", "fix"],
                     help="what a cross-split duplicate or patient overlap does (default: error)")
     return parser
+
+
+def _reproduce(args: argparse.Namespace) -> str:
+    from medxcept.errors import ConfigError
+    from medxcept.reproduce import DEFAULT_TOLERANCE, NotReproducedError, reproduce_run
+
+    given = [f"--{k.replace('_', '-')}" for k in CONFIG_OPTIONS if getattr(args, k, None) is not None]
+    given += [opt for opt, on in (("--set", args.set), ("--config", args.config), ("--resume", args.resume),
+                                  ("--cohort", args.cohort != str(DEFAULT_COHORT)), ("--run-name", args.run_name),
+                                  ("--learning-curve", args.learning_curve)) if on]
+    if given:
+        raise ConfigError(f"--reproduce takes the configuration saved in the run directory; do not combine it with "
+                          f"{', '.join(given)} (the re-run goes to RUN_DIR-reproduced)")
+    try:
+        rep = reproduce_run(Path(args.reproduce),
+                            tolerance=DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance)
+    except NotReproducedError as exc:
+        if exc.table:  # the side-by-side table on stdout, the one-line verdict on stderr
+            print(exc.table)
+        raise
+    return f"{rep.table()}\n{rep.rerun}\n{rep.verdict()}"
 
 
 def _resume(args: argparse.Namespace) -> Path:
@@ -114,10 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args)
 
-    def work() -> Path:
+    def work() -> Path | str:
         from medxcept.cohort import load_cohort_spec
         from medxcept.config import load_config
 
+        if args.command == "run" and args.reproduce:
+            return _reproduce(args)
+        if args.command == "run" and args.tolerance is not None:
+            from medxcept.errors import ConfigError
+
+            raise ConfigError("--tolerance applies to --reproduce RUN_DIR only")
         if args.command == "run" and args.resume:
             return _resume(args)
         spec = load_cohort_spec(args.cohort)

@@ -528,3 +528,64 @@ def test_demo_fundus_copies_are_found(demo_pair, copy, flipped):
     d = report.by_kind("duplicate_across_splits")[0].details[0]
     got = (d["image_id_a"], d["image_id_b"], d["match"], d["flipped"])
     assert got == ("img00L", "img02L", "near", flipped)
+
+
+# ------------------------------------------------------------------ determinism (issue 21)
+
+
+def _findings(report: AuditReport) -> list[dict]:
+    return report.to_dict()["findings"]
+
+
+def test_findings_do_not_depend_on_row_order_star_group():
+    """A large set of identical files is joined as a star around one row; which row must not
+    depend on the table's order (it follows the per-machine pseudonyms), or the number of
+    cross-patient pairs changes between machines."""
+    img = np.zeros((8, 8, 3), dtype=np.float32)
+    rows = [{"image_id": f"c{k:02d}", "patient_key": f"P-{'a' if k < 20 else 'b'}", "patient_id": f"MRN-{k < 20}",
+             "label": "normal", "y": 0, "sha256": file_hash(img), "frame": 0, "laterality": "L", "study_id": ""}
+            for k in range(35)]  # 20 copies of patient a, 15 of patient b: more than the 30 of a clique
+    df = pd.DataFrame(rows)
+    counts = set()
+    reference = None
+    for seed in range(6):
+        shuffled = df.sample(frac=1.0, random_state=seed)
+        # the order ingestion would give on a machine whose key sorts the other patient first
+        shuffled = shuffled.sort_values("patient_key", ascending=bool(seed % 2), kind="stable")
+        report = audit_cohort(shuffled, policy="warn")
+        f = report.by_kind("duplicate_across_patients")
+        counts.add(f[0].count)
+        reference = reference or _findings(report)
+        assert {k: v for k, v in _findings(report)[0].items() if k != "details"} == \
+            {k: v for k, v in reference[0].items() if k != "details"}
+    assert len(counts) == 1 and counts.pop() in (15, 20)
+
+
+def test_findings_identical_under_shuffled_rows_with_near_duplicates(base):
+    """Mirrored and re-encoded copies across patients and splits: the same findings (pairs named
+    by image id) and the same merge groups whatever the row order."""
+    df, images = base
+    images = list(images)
+    two = add_image(df, images, images[4][:, ::-1].copy(), like=4, patient_id="NEW-ID", patient_key="P-ffffffffff")
+    two = add_image(two, images, jpeg(images[7], quality=75), like=9)
+    fp_all = fingerprints(images)
+
+    def audit(order: np.ndarray) -> tuple[list[dict], pd.Series]:
+        fp = {k: np.asarray(v)[order] for k, v in fp_all.items()}
+        rep = audit_cohort(two.iloc[order], fp=fp, policy="warn")
+        groups = duplicate_groups(two.iloc[order], fp)
+        canon = [{**f, "details": sorted(json.dumps(
+            {**d, **({"pair": sorted([d["image_id_a"], d["image_id_b"]])} if "image_id_a" in d else {})},
+            sort_keys=True, default=str) for d in f["details"])} for f in _findings(rep)]
+        # group ids are numbered by first row: compare the partition, not the numbers
+        part = groups.groupby(groups).transform(lambda s: ",".join(sorted(s.index))).sort_index()
+        return canon, part
+
+    ref, ref_groups = audit(np.arange(len(two)))
+    kinds = {f["kind"] for f in ref}
+    assert {"duplicate_across_patients", "duplicate_across_splits"} <= kinds
+    for seed in range(3):
+        order = np.random.default_rng(seed).permutation(len(two))
+        got, got_groups = audit(order)
+        assert got == ref
+        assert got_groups.equals(ref_groups)

@@ -55,6 +55,21 @@ def test_resume_refuses_other_options_and_complete_or_foreign_directories(tmp_pa
     assert res.returncode == 2 and "not a medxcept run directory" in res.stderr
 
 
+def test_reproduce_refuses_other_options_and_incomplete_directories(tmp_path, capsys):
+    """`--reproduce` takes everything from the run directory; an unfinished run cannot be reproduced."""
+    from pipelines.retina import main
+
+    assert main(["--reproduce", str(tmp_path), "--image-px", "80", "--run-name", "x"]) == 2
+    assert "--reproduce takes the configuration saved in the run directory" in capsys.readouterr().err
+    assert main(["--reproduce", str(tmp_path / "missing")]) == 2
+    assert "not a medxcept run directory" in capsys.readouterr().err
+    (tmp_path / "config.yaml").write_text("seed: 0\n", encoding="utf-8")  # interrupted: no metrics.json
+    assert main(["--reproduce", str(tmp_path)]) == 2
+    assert "it has no versions.json (only a complete run can be reproduced)" in capsys.readouterr().err
+    assert main(["--tolerance", "0.1", "--out-dir", str(tmp_path)]) == 2
+    assert "--tolerance applies to --reproduce RUN_DIR only" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_interrupted_run_resumes_with_resume_and_completes(tmp_path, tiny_cohort, monkeypatch):
     """A run killed after epoch 1 continues from its checkpoint with --resume and finishes with every epoch."""

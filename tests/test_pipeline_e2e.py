@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import zipfile
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -49,7 +50,7 @@ def run_dir(tmp_path_factory, session_cache):
     cohort = d / "tiny.yaml"
     cohort.write_text(TINY_COHORT.format(n_patients=24, seed=3), encoding="utf-8")
     spec = load_cohort_spec(cohort)
-    cfg = load_config(cohort_defaults=spec.defaults, overrides={"out_dir": str(d / "reports")})
+    cfg = load_config(cohort_defaults=spec.defaults, overrides={"out_dir": str(d / "reports"), "cohort": str(cohort)})
     report = run_pipeline(cfg, spec, run_name="tiny", learning_curve=(0.5,))
     return report.parent
 
@@ -154,3 +155,57 @@ def test_report_states_the_class_balance_method_and_effective_shares(run_dir):
     # class-weighted loss: each class carries half the loss mass
     assert [cb["effective"][str(i)] for i in range(2)] == pytest.approx([0.5, 0.5])
     assert fmt(cb["effective"]["0"]) in html
+
+
+# ------------------------------------------------------------------ --reproduce (issue 21)
+
+
+def test_reproduce_reruns_the_run_and_finds_the_same_split_audit_and_predictions(run_dir, capsys):
+    """`--reproduce RUN_DIR` re-runs the finished run into RUN_DIR-reproduced and compares side by side."""
+    import numpy as np
+
+    from pipelines.retina import main
+
+    versions = json.loads((run_dir / "versions.json").read_text())
+    block = versions["reproduce"]
+    assert block["seed"] == 0 and block["data_hash"] == versions["data_hash"]
+    assert block["split_hash"] == versions["split_hash"] and block["config_hash"] == versions["config_hash"]
+    assert block["backend"] == versions["device"]["backend"] and block["determinism"]["level"]
+    assert main(["--reproduce", str(run_dir), "-q"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("same data, same split, same audit, predictions within tolerance 0.0001 (max |Δp| = ")
+    new = Path(out[-2])
+    assert new.parent == run_dir.parent and new.name.startswith("tiny-reproduced")
+    rep = json.loads((new / "reproduce.json").read_text())
+    assert rep["reproduced"] and rep["tolerance"] == 1e-4
+    # the comparison itself, recomputed from the two predictions files
+    a = pd.read_csv(run_dir / "predictions.csv").set_index("image_id")
+    b = pd.read_csv(new / "predictions.csv").set_index("image_id").loc[a.index]
+    dp = float(np.abs(a["prob"] - b["prob"]).max())
+    assert rep["checks"]["predictions"]["max_abs_diff"] == dp <= 1e-4
+    if block["determinism"]["level"] == "bitwise":  # what versions.json claims for this backend
+        assert dp == 0.0 and (a["logit"] == b["logit"]).all()
+    assert (pd.read_csv(run_dir / "split.csv").equals(pd.read_csv(new / "split.csv")))
+
+
+def test_reproduce_stops_before_training_when_the_data_changed(run_dir, tmp_path, monkeypatch, capsys):
+    """The run's cohort file now finds other data (one label changed): exit 2 with one line, no training."""
+    from medxcept.ingest import data_root
+    from pipelines.retina import main
+
+    monkeypatch.setenv("MEDXCEPT_CACHE", str(tmp_path / "cache"))  # the demo generated afresh, then edited
+    root = data_root(load_cohort_spec(run_dir.parent.parent / "tiny.yaml"))
+    labels = pd.read_csv(root / "photos" / "labels.csv", dtype=str)
+    labels.loc[0, "label"] = "referable" if labels.loc[0, "label"] == "non_referable" else "non_referable"
+    labels.to_csv(root / "photos" / "labels.csv", index=False)
+    assert main(["--reproduce", str(run_dir), "-q"]) == 2
+    captured = capsys.readouterr()
+    err = [line for line in captured.err.splitlines() if line.startswith("medxcept:")]
+    assert len(err) == 1 and "not reproducible: the data changed" in err[0] and "stopped before training" in err[0]
+    assert "Traceback" not in captured.err
+    new = next(p for p in run_dir.parent.glob("tiny-reproduced*") if str(p / "reproduce.json") in err[0])
+    rep = json.loads((new / "reproduce.json").read_text())
+    assert not rep["reproduced"] and not rep["checks"]["data"]["same"]
+    assert "predictions" not in rep["checks"]
+    assert not (new / "model.keras").exists() and not (new / "history.csv").exists()
+    assert "DIFFERENT" in captured.out  # the side-by-side table

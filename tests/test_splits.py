@@ -438,3 +438,123 @@ def test_user_split_tsv_and_missing_file_named(tmp_path):
     cfg = resolve_user_split(SplitConfig(user_split="nope.csv"), tmp_path)
     with pytest.raises(ConfigError, match=str(tmp_path / "nope.csv")):
         assign_splits(df, cfg)
+
+
+# ------------------------------------------------------------------ machine independence (issue 21)
+
+
+def _with_content(df: pd.DataFrame, salt: str = "") -> pd.DataFrame:
+    """Give every image a file hash (its content) and re-key the patients with ``salt``."""
+    out = df.copy()
+    out["sha256"] = [hashlib.sha256(f"img-{i}".encode()).hexdigest() for i in out["image_id"]]
+    out["frame"] = 0
+    out["patient_id"] = out["patient_key"].str.replace("P-", "MRN-")
+    out["patient_key"] = [f"P-{hashlib.sha256((salt + p).encode()).hexdigest()[:10]}" for p in out["patient_id"]]
+    out["image_id"] = [f"I-{hashlib.sha256((salt + i).encode()).hexdigest()[:10]}" for i in out["image_id"]]
+    return out.sort_values("patient_key", kind="stable").reset_index(drop=True)  # as ingestion orders it
+
+
+@pytest.mark.filterwarnings("ignore:With 3 folds")
+def test_split_and_folds_independent_of_pseudonyms_and_image_ids():
+    """Re-keying patients and image ids (another machine's key) moves nobody; the split hash is equal."""
+    base = simple_cohort((16, 12, 10), images=3, seed=5)
+    a, b = _with_content(base, "key-A"), _with_content(base, "key-B")
+    assert not set(a["patient_key"]) & set(b["patient_key"])
+    cfg = SplitConfig(seed=4, n_folds=3)
+    sa, sb = (assign_folds(assign_splits(t, cfg), cfg) for t in (a, b))
+    by_raw = [t.set_index("sha256")[["patient_id", "split", "fold"]].sort_index() for t in (sa, sb)]
+    assert by_raw[0].equals(by_raw[1])
+    assert split_hash(sa) == split_hash(sb)
+    moved = assign_splits(a, SplitConfig(seed=5)).set_index("sha256")["split"].sort_index()
+    assert not moved.equals(by_raw[0]["split"])  # the seed, not the key, decides
+
+
+def test_user_split_agreement_says_whether_the_seed_gives_the_same_split(tmp_path, caplog):
+    import logging
+
+    from medxcept.splits import user_split_agreement
+
+    df = _with_content(simple_cohort((12, 10), images=2, seed=2), "here")
+    cfg = SplitConfig(seed=3)
+    # the split another machine (other pseudonym key, other image ids) computed with the same seed
+    there = assign_splits(_with_content(simple_cohort((12, 10), images=2, seed=2), "there"), cfg)
+    path = tmp_path / "split.csv"
+    by_content = there.set_index("sha256")["split"]
+    pd.DataFrame({"image_id": df["image_id"], "split": df["sha256"].map(by_content)}).to_csv(path, index=False)
+    user_cfg = SplitConfig(seed=3, user_split=str(path))
+    with caplog.at_level(logging.INFO, logger="medxcept.splits"):
+        got = user_split_agreement(assign_splits(df, user_cfg), user_cfg)
+    assert got["equals_seeded_split"] is True and got["n_images_differ"] == 0
+    assert got["user_split_hash"] == got["seeded_split_hash"] == split_hash(there)
+    assert "equals the split seed 3 gives" in caplog.text
+    # one patient moved to another split by hand
+    table = pd.read_csv(path)
+    pk = df.set_index("image_id")["patient_key"]
+    first = pk[table["image_id"].iloc[0]]
+    rows = table["image_id"].map(pk) == first
+    table.loc[rows, "split"] = table.loc[rows, "split"].map({"train": "test", "val": "train", "test": "train"})
+    table.to_csv(path, index=False)
+    with caplog.at_level(logging.INFO, logger="medxcept.splits"):
+        got = user_split_agreement(assign_splits(df, user_cfg), user_cfg)
+    assert got["equals_seeded_split"] is False and got["user_split_hash"] != got["seeded_split_hash"]
+    assert got["n_images_differ"] == int(rows.sum()) and got["n_patients_differ"] == 1
+    assert "differs from the split seed 3 gives on this data" in caplog.text
+
+
+@pytest.mark.slow
+def test_demo_split_and_folds_same_under_two_pseudonym_keys(tmp_path, session_cache, monkeypatch):
+    """The demo cohort (cohorts/demo.yaml: 110 patients; images generated at half size to save test
+    time) checked (ingest, split, audit; no training) as on two machines: two MEDXCEPT_CACHE folders,
+    so two random pseudonym keys, two data folders and a cold then a warm preprocessing cache. The
+    patients' splits and folds, compared through the raw IDs of private/patient_map.csv, are the
+    same; so are the data hash, the split hash and the audit findings."""
+    import dataclasses
+    import json
+    import shutil
+    from pathlib import Path
+
+    from medxcept.check import check_cohort
+    from medxcept.cohort import load_cohort_spec
+    from medxcept.ingest import data_root
+    from medxcept.reproduce import compare_runs
+
+    repo = Path(__file__).resolve().parent.parent
+    spec = load_cohort_spec(repo / "cohorts" / "demo.yaml")
+    spec = dataclasses.replace(spec, pseudonym_salt=None,  # the per-machine random key
+                               generator_options={**spec.generator_options, "size_scale": 0.5})
+    cfg = load_config(cohort_defaults=spec.defaults, overrides={"preprocess.image_px": 71})
+    runs = []
+    for name in ("a", "b"):
+        monkeypatch.setenv("MEDXCEPT_CACHE", str(tmp_path / f"cache-{name}"))
+        if name == "b":  # the same files (the generator is deterministic), in another folder
+            shutil.copytree(first_root, tmp_path / "cache-b" / first_root.relative_to(tmp_path / "cache-a"))
+        first_root = data_root(spec)
+        runs.append(check_cohort(spec, cfg, out_dir=tmp_path / "reports", run_name=name).parent)
+
+    def by_patient(run: Path) -> tuple[pd.DataFrame, pd.Series]:
+        pmap = pd.read_csv(run / "private" / "patient_map.csv", dtype=str)
+        table = pd.read_csv(run / "cohort.csv", keep_default_na=False, dtype={"sha256": str})
+        raw = table["patient_key"].map(pmap.set_index("patient_key")["patient_id"])
+        assert raw.notna().all()
+        return table, pd.Series(table["split"].to_numpy(), index=raw.to_numpy()).groupby(level=0).first()
+
+    (ta, split_a), (tb, split_b) = by_patient(runs[0]), by_patient(runs[1])
+    keys_a, keys_b = set(ta["patient_key"]), set(tb["patient_key"])
+    assert len(keys_a) == 110 and not keys_a & keys_b  # two different pseudonym keys
+    assert split_a.sort_index().equals(split_b.sort_index())
+    assert split_a.value_counts().to_dict()["test"] >= 15
+    va, vb = (json.loads((r / "versions.json").read_text()) for r in runs)
+    assert va["data_hash"] == vb["data_hash"] and va["split_hash"] == vb["split_hash"]
+    rep = compare_runs(runs[0], runs[1], data_only=True)  # audit findings, pairs compared by content
+    assert rep.reproduced, rep.table()
+
+    # k-fold assignment (the function pipelines.kfold uses), from each machine's saved table
+    def folds_by_raw(run: Path, table: pd.DataFrame, seed: int) -> pd.Series:
+        pmap = pd.read_csv(run / "private" / "patient_map.csv", dtype=str).set_index("patient_key")["patient_id"]
+        out = assign_folds(table, SplitConfig(n_folds=5, seed=seed))
+        return pd.Series(out["fold"].to_numpy(), index=table["patient_key"].map(pmap).to_numpy()) \
+            .groupby(level=0).first().sort_index()
+
+    fa, fb = folds_by_raw(runs[0], ta, 0), folds_by_raw(runs[1], tb, 0)
+    assert fa.equals(fb) and set(fa) == {-1, 0, 1, 2, 3, 4}
+    assert not fa.equals(folds_by_raw(runs[0], ta, 1))  # the seed does move the folds
