@@ -1,0 +1,328 @@
+"""Near-duplicate images decided by geometry: keypoints on the vessel tree, one consistent transform.
+
+Why not global look: every fundus photograph is an orange disc on black with the optic disc on
+one side, so global signatures (pHash, dHash, colour) of *different* eyes from one camera are as
+close as those of a re-saved copy, and a rotated, sheared or zoomed copy is farther than either.
+What a copy always shares with its original, and a different eye never does, is the position of
+hundreds of fine structures (vessel branchings and crossings, lesions) related by *one* geometric
+transform. So:
+
+1. **Features** (:func:`keypoint_features`): the green channel (gray for radiographs) at
+   :data:`WORK_PX` px, with its slow illumination removed (minus a Gaussian blur of the field of
+   view), so vessels stand out; up to :data:`N_KEYPOINTS` ORB keypoints (OpenCV, a dependency of
+   albumentations) inside the eroded field of view (the black border and its rim carry no
+   keypoints: every photograph of one camera has the same circle), for the image and for its
+   mirror image (ORB is rotation-invariant, not mirror-invariant; a vertical flip is a mirror plus
+   a half-turn, so one mirror covers both flips). A 128-px copy of the same image is kept for the
+   aligned detail check (step 4).
+2. **Candidates** (:func:`candidate_pairs`, sub-quadratic): the binary descriptors are hashed by
+   :data:`LSH_TABLES` random 16-bit subsets; two images sharing many buckets (in either
+   orientation) are candidates: the :data:`TOP_K` best-voted partners of each image, with at least
+   :data:`MIN_VOTES` votes. Buckets holding more than :data:`BUCKET_CAP` descriptors (structures
+   every image has) are ignored, like stop words.
+3. **Geometric verification** (:func:`verify_pairs`): descriptors matched (mutual nearest
+   neighbours, Hamming distance <= 64 of 256 bits), then one affine transform fitted by RANSAC
+   (OpenCV ``estimateAffine2D``, tolerance :data:`RANSAC_PX` px at :data:`WORK_PX` px); the pair
+   must have at least :data:`MIN_INLIERS` inliers and a plausible transform (scale within 0.5-2,
+   shear below 0.5).
+4. **Aligned detail**: the candidate is warped onto the other image with that transform and the
+   sign of its fine detail (minus a Gaussian blur, sigma :data:`_DENSE_SIGMA` at 128 px) compared
+   pixel by pixel inside both fields of view, as ``2 * share_agreeing - 1``; a copy agrees
+   nearly everywhere, an eye that merely shares the disc and arcade positions agrees only on
+   those. It must reach :data:`MIN_ALIGNED_AGREEMENT`.
+
+Images with fewer than :data:`MIN_KEYPOINTS` keypoints (flat or smooth pictures without
+structure) cannot be verified by geometry; pairs involving them keep the former rule (pHash and
+dHash within the Hamming threshold, and the sign of the fine detail agreeing,
+:func:`medxcept.audit.near_duplicate_pairs`), and are marked ``method="detail"``.
+
+The thresholds come from ``benchmarks/near_duplicates.py`` (copies vs look-alikes, real and
+synthetic photographs); see its output in the module notes of :mod:`medxcept.audit`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "WORK_PX",
+    "N_KEYPOINTS",
+    "MIN_KEYPOINTS",
+    "MIN_INLIERS",
+    "MIN_ALIGNED_AGREEMENT",
+    "keypoint_features",
+    "candidate_pairs",
+    "verify_pairs",
+    "geometric_pairs",
+    "n_keypoints",
+]
+
+WORK_PX = 256
+"""Side of the square image keypoints are found on (larger images are shrunk, smaller ones enlarged)."""
+N_KEYPOINTS = 250
+"""ORB keypoints kept per image and orientation (the strongest by Harris response)."""
+MIN_KEYPOINTS = 30
+"""Fewer keypoints than this: the image is judged by the former hash + detail rule."""
+MIN_INLIERS = 15
+"""Matches consistent with one affine transform needed to call a pair a copy."""
+MIN_ALIGNED_AGREEMENT = 0.2
+"""Sign agreement of the fine detail after alignment (in [-1, 1]) needed to call a pair a copy."""
+RANSAC_PX = 2.0
+"""RANSAC tolerance, in pixels at :data:`WORK_PX`."""
+MAX_HAMMING = 64
+"""Largest descriptor distance (bits of 256) of a putative match."""
+LSH_TABLES = 8
+LSH_BITS = 16
+BUCKET_CAP = 24
+TOP_K = 6
+MIN_VOTES = 3
+DENSE_PX = 128
+_DENSE_SIGMA = 3.0
+_FOV_LEVEL = 8  # uint8 level below which a pixel is border, not image
+_MIN_OVERLAP = 400  # pixels (at DENSE_PX) inside both images needed for the detail check
+
+
+def _cv2() -> Any:
+    import cv2  # albumentations' own dependency
+
+    cv2.setNumThreads(1)
+    return cv2
+
+
+def _to_u8_gray(img: np.ndarray) -> np.ndarray:
+    """Green channel of a colour image (vessels have the most contrast there), or the gray image, uint8."""
+    a = np.asarray(img)
+    if a.ndim == 3:
+        a = a[:, :, 1] if a.shape[2] >= 3 else a[:, :, 0]
+    if a.dtype.kind == "f":
+        a = np.rint(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
+    elif a.dtype != np.uint8:
+        a = (a.astype(np.float64) * (255.0 / float(np.iinfo(a.dtype).max))).round().astype(np.uint8)
+    return np.ascontiguousarray(a)
+
+
+def _enhance(cv2: Any, g: np.ndarray, px: int, sigma: float, erode: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(detail, fov)`` at ``px x px``: the image minus its blurred field of view, and the eroded FOV mask."""
+    interp = cv2.INTER_AREA if g.shape[0] > px or g.shape[1] > px else cv2.INTER_LINEAR
+    x = cv2.resize(g, (px, px), interpolation=interp).astype(np.float32)
+    fov = (x > _FOV_LEVEL).astype(np.uint8)
+    if erode:
+        fov = cv2.erode(fov, np.ones((erode, erode), np.uint8))
+    m = fov.astype(np.float32)
+    blur = cv2.GaussianBlur(x * m, (0, 0), sigma) / np.maximum(cv2.GaussianBlur(m, (0, 0), sigma), 1e-3)
+    return (x - blur) * m, fov
+
+
+def keypoint_features(images: Any) -> dict[str, np.ndarray]:
+    """ORB keypoints of each image and of its mirror, and the detail thumbnail for the aligned check.
+
+    Parameters
+    ----------
+    images : iterable of numpy.ndarray
+        Decoded images (``H x W [x C]``, float in [0, 1] or integer pixels), in cohort order.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        ``kp_xy``, ``kp_xy_flip``: object arrays of ``(k, 2)`` float32 keypoint positions (pixels
+        at :data:`WORK_PX`); ``kp_desc``, ``kp_desc_flip``: object arrays of ``(k, 32)`` uint8 ORB
+        descriptors; ``dense``: ``(n, 128, 128)`` int8 sign of the fine detail (+1 / -1, 0 outside
+        the field of view).
+    """
+    cv2 = _cv2()
+    orb = cv2.ORB_create(nfeatures=N_KEYPOINTS, scaleFactor=1.3, nlevels=4, edgeThreshold=19,
+                         patchSize=19, fastThreshold=5)
+    xy: list[np.ndarray] = []
+    xyf: list[np.ndarray] = []
+    de: list[np.ndarray] = []
+    def_: list[np.ndarray] = []
+    dense: list[np.ndarray] = []
+    for img in images:
+        g = _to_u8_gray(img)
+        d, fov = _enhance(cv2, g, WORK_PX, 6.0, 9)
+        sd = float(d[fov > 0].std()) if fov.any() else 0.0
+        e = np.clip(128.0 + 40.0 * d / (sd + 1e-6), 0, 255).astype(np.uint8)
+        for im, m, out_xy, out_d in ((e, fov, xy, de), (e[:, ::-1].copy(), fov[:, ::-1].copy(), xyf, def_)):
+            kp, desc = orb.detectAndCompute(im, m)
+            if desc is None or not kp:
+                out_xy.append(np.zeros((0, 2), np.float32))
+                out_d.append(np.zeros((0, 32), np.uint8))
+            else:
+                out_xy.append(np.array([k.pt for k in kp], np.float32))
+                out_d.append(desc)
+        dd, dfov = _enhance(cv2, g, DENSE_PX, 1.0, 3)
+        fine = dd - cv2.GaussianBlur(dd, (0, 0), _DENSE_SIGMA)
+        sign = np.where(fine > np.median(fine[dfov > 0]) if dfov.any() else fine > 0, 1, -1).astype(np.int8)
+        dense.append(sign * (dfov > 0))
+    n = len(xy)
+
+    def obj(v: list[np.ndarray]) -> np.ndarray:
+        out = np.empty(n, dtype=object)
+        out[:] = v
+        return out
+
+    return {"kp_xy": obj(xy), "kp_xy_flip": obj(xyf), "kp_desc": obj(de), "kp_desc_flip": obj(def_),
+            "dense": np.stack(dense) if n else np.zeros((0, DENSE_PX, DENSE_PX), np.int8)}
+
+
+def _lsh_masks() -> np.ndarray:
+    rng = np.random.default_rng(20261201)  # fixed: the same buckets for every cohort
+    return np.stack([rng.choice(256, LSH_BITS, replace=False) for _ in range(LSH_TABLES)])
+
+
+def candidate_pairs(feat: dict[str, np.ndarray], *, top_k: int = TOP_K, min_votes: int = MIN_VOTES) -> pd.DataFrame:
+    """Pairs sharing many descriptor buckets: ``i < j``, ``flipped``, ``votes`` (sub-quadratic).
+
+    Each descriptor of each image (orientation 0) and of each mirror image (orientation 1) is
+    hashed by :data:`LSH_TABLES` bit subsets; descriptors in one bucket vote for their images'
+    pair (flipped when their orientations differ). A bucket of more than :data:`BUCKET_CAP`
+    descriptors is skipped. Cost: ``O(N log N)`` for ``N`` descriptors, plus the votes.
+    """
+    n = len(feat["kp_desc"])
+    img_ids, orient, descs = [], [], []
+    for o, key in ((0, "kp_desc"), (1, "kp_desc_flip")):
+        for k, d in enumerate(feat[key]):
+            if len(d):
+                descs.append(d)
+                img_ids.append(np.full(len(d), k, np.int64))
+                orient.append(np.full(len(d), o, np.int64))
+    empty = pd.DataFrame({"i": np.zeros(0, np.int64), "j": np.zeros(0, np.int64),
+                          "flipped": np.zeros(0, bool), "votes": np.zeros(0, np.int64)})
+    if not descs or n < 2:
+        return empty
+    bits = np.unpackbits(np.concatenate(descs), axis=1)
+    img = np.concatenate(img_ids)
+    ori = np.concatenate(orient)
+    weights = (1 << np.arange(LSH_BITS, dtype=np.int64))
+    codes: list[np.ndarray] = []
+    for sel in _lsh_masks():
+        key = bits[:, sel].astype(np.int64) @ weights
+        order = np.argsort(key, kind="stable")
+        ks, im, oi = key[order], img[order], ori[order]
+        start = np.r_[0, np.nonzero(np.diff(ks))[0] + 1]
+        size = np.diff(np.r_[start, len(ks)])
+        big = np.repeat(size > BUCKET_CAP, size)
+        for off in range(1, BUCKET_CAP):
+            a = np.arange(len(ks) - off)
+            same = (ks[a] == ks[a + off]) & ~big[a]
+            a = a[same]
+            ia, ib = im[a], im[a + off]
+            keep = ia != ib
+            a, ia, ib = a[keep], ia[keep], ib[keep]
+            if not len(a):
+                continue
+            # one orientation must be the original image: (0,0) plain, (0,1)/(1,0) flipped, (1,1) = plain
+            fl = oi[a] != oi[a + off]
+            lo, hi = np.minimum(ia, ib), np.maximum(ia, ib)
+            codes.append((lo * n + hi) * 2 + fl)
+    if not codes:
+        return empty
+    pair, votes = np.unique(np.concatenate(codes), return_counts=True)
+    fl = (pair % 2).astype(bool)
+    lo, hi = (pair // 2) // n, (pair // 2) % n
+    ok = votes >= min_votes
+    df = pd.DataFrame({"i": lo[ok], "j": hi[ok], "flipped": fl[ok], "votes": votes[ok]})
+    if df.empty:
+        return empty
+    # the top_k partners of each image (as i or as j), in either orientation
+    both = pd.concat([df.assign(a=df["i"]), df.assign(a=df["j"])], ignore_index=True)
+    both = both.sort_values(["a", "votes", "i", "j", "flipped"], ascending=[True, False, True, True, True],
+                            kind="stable")
+    top = both.groupby("a", sort=False).head(top_k)
+    out = top.drop(columns="a").drop_duplicates(["i", "j", "flipped"])
+    return out.sort_values(["i", "j", "flipped"], kind="stable").reset_index(drop=True)
+
+
+def _decompose(m: np.ndarray, flipped: bool) -> dict[str, float]:
+    """Rotation (degrees), scale, shear (radians) and shift (share of the side) of a 2x3 affine matrix."""
+    a = m[:, :2].astype(np.float64)
+    sx = float(np.hypot(a[0, 0], a[1, 0]))
+    rot = float(np.arctan2(a[1, 0], a[0, 0]))
+    det = float(np.linalg.det(a))
+    sy = det / sx if sx > 0 else 0.0
+    shear = float(np.arctan2(a[0, 0] * a[0, 1] + a[1, 0] * a[1, 1], det)) if det else 0.0
+    c = (WORK_PX - 1) / 2.0
+    centre = a @ np.array([c, c]) + m[:, 2]
+    return {"rotation_deg": round(np.degrees(rot), 1), "scale": round(float(np.sqrt(abs(sx * sy))), 3),
+            "shear_rad": round(shear, 3), "shift_x": round(float(centre[0] - c) / WORK_PX, 3),
+            "shift_y": round(float(centre[1] - c) / WORK_PX, 3), "flip": bool(flipped)}
+
+
+def _aligned_agreement(cv2: Any, feat: dict[str, np.ndarray], i: int, j: int, m: np.ndarray, flipped: bool) -> float:
+    """Sign agreement of the fine detail of ``i`` and of ``j`` warped onto ``i`` by ``m`` (NaN: too little overlap)."""
+    a = feat["dense"][i].astype(np.float32)
+    b = feat["dense"][j]
+    if flipped:
+        b = b[:, ::-1]
+    s = DENSE_PX / WORK_PX
+    ms = m.astype(np.float64).copy()
+    ms[:, 2] *= s
+    warped = cv2.warpAffine(np.ascontiguousarray(b, dtype=np.float32), ms, (DENSE_PX, DENSE_PX),
+                            flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP)
+    both = (a != 0) & (warped != 0)
+    n_both = int(both.sum())
+    if n_both < _MIN_OVERLAP:
+        return float("nan")
+    return float(2.0 * np.mean(a[both] == warped[both]) - 1.0)
+
+
+def verify_pairs(feat: dict[str, np.ndarray], i: Any, j: Any, flipped: Any) -> pd.DataFrame:
+    """Geometric verification of candidate pairs ``(i[k], j[k])`` (``j`` mirrored where ``flipped``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per pair: ``i``, ``j``, ``flipped``, ``matches`` (mutual nearest descriptors),
+        ``inliers`` (of one affine transform, RANSAC), ``aligned_agreement`` (see the module
+        notes), the transform (``rotation_deg``, ``scale``, ``shear_rad``, ``shift_x``, ``shift_y``:
+        how ``j`` is placed relative to ``i``) and ``confirmed`` (all criteria met).
+    """
+    cv2 = _cv2()
+    bf = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
+    rows = []
+    for a, b, fl in zip(np.asarray(i, np.int64), np.asarray(j, np.int64), np.asarray(flipped, bool), strict=True):
+        pa, da = feat["kp_xy"][a], feat["kp_desc"][a]
+        pb, db = (feat["kp_xy_flip"][b], feat["kp_desc_flip"][b]) if fl else (feat["kp_xy"][b], feat["kp_desc"][b])
+        row: dict[str, Any] = {"i": int(a), "j": int(b), "flipped": bool(fl), "matches": 0, "inliers": 0,
+                               "aligned_agreement": np.nan, "rotation_deg": np.nan, "scale": np.nan,
+                               "shear_rad": np.nan, "shift_x": np.nan, "shift_y": np.nan, "confirmed": False}
+        if len(da) >= 3 and len(db) >= 3:
+            ms = [mm for mm in bf.match(da, db) if mm.distance <= MAX_HAMMING]
+            row["matches"] = len(ms)
+            if len(ms) >= 3:
+                src = pa[[mm.queryIdx for mm in ms]]
+                dst = pb[[mm.trainIdx for mm in ms]]
+                cv2.setRNGSeed(0)
+                m, inl = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX,
+                                              maxIters=2000, confidence=0.999, refineIters=10)
+                if m is not None:
+                    row["inliers"] = int(inl.sum())
+                    row.update({k: v for k, v in _decompose(m, fl).items() if k != "flip"})
+                    plausible = 0.5 <= row["scale"] <= 2.0 and abs(row["shear_rad"]) <= 0.5
+                    if row["inliers"] >= MIN_INLIERS and plausible:
+                        row["aligned_agreement"] = _aligned_agreement(cv2, feat, int(a), int(b), m, bool(fl))
+                        row["confirmed"] = bool(row["aligned_agreement"] >= MIN_ALIGNED_AGREEMENT)
+        rows.append(row)
+    cols = ["i", "j", "flipped", "matches", "inliers", "aligned_agreement", "rotation_deg", "scale",
+            "shear_rad", "shift_x", "shift_y", "confirmed"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def geometric_pairs(feat: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Candidates (:func:`candidate_pairs`) verified (:func:`verify_pairs`); every candidate row, ``i < j``.
+
+    A pair tried in both orientations keeps its better one (confirmed first, then more inliers).
+    """
+    cand = candidate_pairs(feat)
+    res = verify_pairs(feat, cand["i"], cand["j"], cand["flipped"])
+    res["votes"] = cand["votes"].to_numpy()
+    res = res.sort_values(["i", "j", "confirmed", "inliers"], ascending=[True, True, False, False], kind="stable")
+    return res.drop_duplicates(["i", "j"]).reset_index(drop=True)
+
+
+def n_keypoints(feat: dict[str, np.ndarray]) -> np.ndarray:
+    """Keypoints found per image (original orientation)."""
+    return np.array([len(d) for d in feat["kp_desc"]], dtype=np.int64)
