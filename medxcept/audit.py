@@ -582,7 +582,8 @@ def verified_near_pairs(fp: dict[str, np.ndarray], hamming_threshold: int = DEFA
     other_d = np.where(fl, np.asarray(fp["dhash_flip"], dtype=np.uint64)[gj], dh[gj])
     geo = geo.assign(method="geometry", phash_distance=hamming(ph[gi], other_p).astype(np.int64),
                      dhash_distance=hamming(dh[gi], other_d).astype(np.int64), detail_similarity=np.nan)
-    out = pd.concat([old.reindex(columns=cols), geo.reindex(columns=cols)], ignore_index=True)
+    # a pair confirmed both ways keeps its geometric evidence (transform, inliers)
+    out = pd.concat([geo.reindex(columns=cols), old.reindex(columns=cols)], ignore_index=True)
     out = out.sort_values(["i", "j"], kind="stable").drop_duplicates(["i", "j"])
     return out.reset_index(drop=True)
 
@@ -1175,6 +1176,37 @@ def _check_confounding(
     return found
 
 
+def _check_acquisition(df: pd.DataFrame, report: AuditReport) -> list[Finding]:
+    """Cramér's V of each acquisition fingerprint vs the label, and the patient-grouped shortcut probe."""
+    from medxcept.acquisition import ACQ_COLUMNS, SHORTCUT_AUC, shortcut_probe
+
+    if not any(c in df.columns for c in ACQ_COLUMNS):
+        return []
+    probe = shortcut_probe(df)
+    if probe is None:
+        return []
+    report.tables["acquisition_cramers_v"] = pd.DataFrame(
+        {"cramers_v": pd.Series(probe["cramers_v"], dtype=float)}).rename_axis("fingerprint")
+    auc = probe["auc"]
+    top = sorted(probe["cramers_v"].items(), key=lambda kv: -kv[1])
+    detail = [{"auc": auc, "n_splits": probe["n_splits"], "features": probe["features"],
+               "cramers_v": probe["cramers_v"]}]
+    said = ", ".join(f"{c} {v:.2f}" for c, v in top[:3])
+    if auc is not None and auc >= SHORTCUT_AUC:
+        return [Finding(
+            "acquisition_shortcut", "warning",
+            f"The label can be predicted from how the image was acquired (AUC {auc:.2f}): the model may learn "
+            f"the camera, not the disease. A logistic regression on acquisition fingerprints alone (file format, "
+            f"size, JPEG settings, device), cross-validated by patient, separates the classes; strongest: "
+            f"Cramér's V {said}. Balance the classes within each acquisition, or report results per source.",
+            1, detail)]
+    return [Finding(
+        "acquisition_checked", "info",
+        f"Label vs acquisition fingerprints: patient-grouped probe AUC "
+        f"{'n/a' if auc is None else f'{auc:.2f}'} (warning from {SHORTCUT_AUC}); Cramér's V {said}.",
+        0, detail)]
+
+
 def _check_laterality(df: pd.DataFrame, max_details: int) -> list[Finding]:
     found: list[Finding] = []
     if "laterality" not in df.columns:
@@ -1317,6 +1349,7 @@ def audit_cohort(
         v_threshold=v_threshold,
         min_class_images=min_class_images,
     )
+    report.findings += _check_acquisition(df, report)
     report.findings += _check_laterality(df, max_details)
     n_err, n_warn = len(report.errors), len(report.warnings)
     logger.info("audit of %d images: %d error(s), %d warning(s)", len(df), n_err, n_warn)

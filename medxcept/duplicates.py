@@ -93,10 +93,14 @@ def _cv2() -> Any:
 
 
 def _to_u8_gray(img: np.ndarray) -> np.ndarray:
-    """Green channel of a colour image (vessels have the most contrast there), or the gray image, uint8."""
+    """Luma of a colour image, or the gray image, as uint8."""
     a = np.asarray(img)
-    if a.ndim == 3:
-        a = a[:, :, 1] if a.shape[2] >= 3 else a[:, :, 0]
+    if a.ndim == 3 and a.shape[2] >= 3:
+        # luma, not the green channel alone: a darkened, contrast-stretched copy can clip green to 0
+        a = a[:, :, 0] * 0.299 + a[:, :, 1] * 0.587 + a[:, :, 2] * 0.114
+        a = a if np.asarray(img).dtype.kind == "f" else a.astype(np.asarray(img).dtype)
+    elif a.ndim == 3:
+        a = a[:, :, 0]
     if a.dtype.kind == "f":
         a = np.rint(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
     elif a.dtype != np.uint8:
@@ -108,7 +112,10 @@ def _enhance(cv2: Any, g: np.ndarray, px: int, sigma: float, erode: int) -> tupl
     """``(detail, fov)`` at ``px x px``: the image minus its blurred field of view, and the eroded FOV mask."""
     interp = cv2.INTER_AREA if g.shape[0] > px or g.shape[1] > px else cv2.INTER_LINEAR
     x = cv2.resize(g, (px, px), interpolation=interp).astype(np.float32)
-    fov = (x > _FOV_LEVEL).astype(np.uint8)
+    # the border: darker than a quarter of the way from the darkest pixels to the median
+    # (a brightened copy's black border is no longer 0)
+    lo, mid = np.percentile(x, [2, 50])
+    fov = (x > max(_FOV_LEVEL, lo + 0.25 * (mid - lo))).astype(np.uint8)
     if erode:
         fov = cv2.erode(fov, np.ones((erode, erode), np.uint8))
     m = fov.astype(np.float32)
