@@ -85,7 +85,15 @@ import scipy.fft
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from medxcept.duplicates import MIN_KEYPOINTS, geometric_pairs, keypoint_features, n_keypoints
+from medxcept.duplicates import (
+    FALLBACK_MIN_INLIERS,
+    MIN_KEYPOINTS,
+    geometric_pairs,
+    keypoint_features,
+    n_keypoints,
+    near_identity,
+    verify_pairs,
+)
 from medxcept.errors import ConfigError, LeakageError
 
 __all__ = [
@@ -132,8 +140,9 @@ DETAIL_FALLBACK_THRESHOLD = 0.55
 
 Between images that both carry keypoints, a hash candidate that the geometry did not confirm
 is still a copy when its fine detail agrees this much in place (un-rotated copies of smooth
-pictures, whose keypoints do not repeat after re-compression); a candidate without detail to
-compare (NaN) is not. Demo look-alikes reach at most 0.36; copies re-compressed at quality 60 at
+pictures, whose keypoints do not all repeat after re-compression) *and* at least
+:data:`medxcept.duplicates.FALLBACK_MIN_INLIERS` keypoints agree on a transform that leaves the
+image in place; a candidate without detail to compare (NaN) is not. Demo look-alikes reach at most 0.36; copies re-compressed at quality 60 at
 least 0.57 (:data:`DETAIL_THRESHOLD`).
 """
 
@@ -568,7 +577,14 @@ def verified_near_pairs(fp: dict[str, np.ndarray], hamming_threshold: int = DEFA
     # with keypoints on both sides, the former rule is kept only where the detail agrees strongly
     # (un-rotated copies of smooth pictures whose keypoints do not repeat); never on hashes alone
     strong = old["detail_similarity"].to_numpy(np.float64) >= DETAIL_FALLBACK_THRESHOLD
-    old = old[poor[i_old] | poor[j_old] | strong].assign(method="detail")
+    rich = ~poor[i_old] & ~poor[j_old]
+    if (strong & rich).any():  # ... and some keypoints agree in place
+        k = np.nonzero(strong & rich)[0]
+        v = verify_pairs(fp, i_old[k], j_old[k], old["flipped"].to_numpy(bool)[k])
+        ok = (v["inliers"].to_numpy() >= FALLBACK_MIN_INLIERS) & np.array(
+            [near_identity(r) if r["inliers"] >= 3 else False for _, r in v.iterrows()], dtype=bool)
+        strong[k[~ok]] = False
+    old = old[(~rich) | strong].assign(method="detail")
     geo = geometric_pairs(fp)
     geo = geo[geo["confirmed"].to_numpy(bool)]
     if len(geo):

@@ -18,18 +18,21 @@ transform. So:
 2. **Candidates** (:func:`candidate_pairs`, sub-quadratic): the binary descriptors are hashed by
    :data:`LSH_TABLES` random 16-bit subsets; two images sharing many buckets (in either
    orientation) are candidates: the :data:`TOP_K` best-voted partners of each image, with at least
-   :data:`MIN_VOTES` votes. Buckets holding more than :data:`BUCKET_CAP` descriptors (structures
+   :data:`MIN_VOTES` votes (a shared bucket of ``s`` descriptors votes ``1 / (s - 1)``: rare
+   descriptors count more). Buckets holding more than :data:`BUCKET_CAP` descriptors (structures
    every image has) are ignored, like stop words.
 3. **Geometric verification** (:func:`verify_pairs`): descriptors matched (mutual nearest
    neighbours, Hamming distance <= 64 of 256 bits), then one affine transform fitted by RANSAC
    (OpenCV ``estimateAffine2D``, tolerance :data:`RANSAC_PX` px at :data:`WORK_PX` px); the pair
    must have at least :data:`MIN_INLIERS` inliers and a plausible transform (scale within 0.5-2,
    shear below 0.5).
-4. **Aligned detail**: the candidate is warped onto the other image with that transform and the
-   sign of its fine detail (minus a Gaussian blur, sigma :data:`_DENSE_SIGMA` at 128 px) compared
-   pixel by pixel inside both fields of view, as ``2 * share_agreeing - 1``; a copy agrees
-   nearly everywhere, an eye that merely shares the disc and arcade positions agrees only on
-   those. It must reach :data:`MIN_ALIGNED_AGREEMENT`.
+4. **Aligned detail**: the candidate is warped onto the other image with that transform
+   (bilinear, at 128 px) and the sign of its fine detail (a band-pass: Gaussian blur of sigma 1
+   minus one of sigma :data:`_DENSE_SIGMA`) compared pixel by pixel inside both fields of view, as
+   ``2 * share_agreeing - 1``. Two eyes of one camera share their layout (disc, arcades, border)
+   and RANSAC can line up their keypoints with a near-identity, mirror, half-turn or slightly
+   sheared transform; a copy agrees widely once aligned, a look-alike only on the layout. It must
+   reach :data:`MIN_ALIGNED_AGREEMENT`.
 
 Images with fewer than :data:`MIN_KEYPOINTS` keypoints (flat or smooth pictures without
 structure) cannot be verified by geometry; pairs involving them keep the former rule (pHash and
@@ -53,6 +56,8 @@ __all__ = [
     "MIN_KEYPOINTS",
     "MIN_INLIERS",
     "MIN_ALIGNED_AGREEMENT",
+    "FALLBACK_MIN_INLIERS",
+    "near_identity",
     "keypoint_features",
     "candidate_pairs",
     "verify_pairs",
@@ -68,8 +73,10 @@ MIN_KEYPOINTS = 30
 """Fewer keypoints than this: the image is judged by the former hash + detail rule."""
 MIN_INLIERS = 15
 """Matches consistent with one affine transform needed to call a pair a copy."""
-MIN_ALIGNED_AGREEMENT = 0.2
+MIN_ALIGNED_AGREEMENT = 0.46
 """Sign agreement of the fine detail after alignment (in [-1, 1]) needed to call a pair a copy."""
+FALLBACK_MIN_INLIERS = 8
+"""Inliers, in place, that a hash + detail candidate needs when both images carry keypoints."""
 RANSAC_PX = 2.0
 """RANSAC tolerance, in pixels at :data:`WORK_PX`."""
 MAX_HAMMING = 64
@@ -77,8 +84,8 @@ MAX_HAMMING = 64
 LSH_TABLES = 8
 LSH_BITS = 16
 BUCKET_CAP = 24
-TOP_K = 6
-MIN_VOTES = 3
+TOP_K = 8
+MIN_VOTES = 1.0
 DENSE_PX = 128
 _DENSE_SIGMA = 3.0
 _FOV_LEVEL = 8  # uint8 level below which a pixel is border, not image
@@ -160,10 +167,16 @@ def keypoint_features(images: Any) -> dict[str, np.ndarray]:
             else:
                 out_xy.append(np.array([k.pt for k in kp], np.float32))
                 out_d.append(desc)
-        dd, dfov = _enhance(cv2, g, DENSE_PX, 1.0, 3)
-        fine = dd - cv2.GaussianBlur(dd, (0, 0), _DENSE_SIGMA)
-        sign = np.where(fine > np.median(fine[dfov > 0]) if dfov.any() else fine > 0, 1, -1).astype(np.int8)
-        dense.append(sign * (dfov > 0))
+        dd, dfov = _enhance(cv2, g, DENSE_PX, _DENSE_SIGMA, 3)
+        fine = cv2.GaussianBlur(dd, (0, 0), 1.0)  # band-pass: sigma 1 to 3 px (pixel noise and resampling out)
+        inside = dfov > 0
+        if inside.any():
+            fine = fine - np.median(fine[inside])
+            fine = fine / (np.abs(fine[inside]).mean() + 1e-6)
+        # int8 detail (0 = outside the field of view; inside never exactly 0)
+        q = np.clip(np.rint(fine * 32), -127, 127)
+        q = np.where(q == 0, np.where(fine >= 0, 1, -1), q)
+        dense.append((q * inside).astype(np.int8))
     n = len(xy)
 
     def obj(v: list[np.ndarray]) -> np.ndarray:
@@ -180,7 +193,7 @@ def _lsh_masks() -> np.ndarray:
     return np.stack([rng.choice(256, LSH_BITS, replace=False) for _ in range(LSH_TABLES)])
 
 
-def candidate_pairs(feat: dict[str, np.ndarray], *, top_k: int = TOP_K, min_votes: int = MIN_VOTES) -> pd.DataFrame:
+def candidate_pairs(feat: dict[str, np.ndarray], *, top_k: int = TOP_K, min_votes: float = MIN_VOTES) -> pd.DataFrame:
     """Pairs sharing many descriptor buckets: ``i < j``, ``flipped``, ``votes`` (sub-quadratic).
 
     Each descriptor of each image (orientation 0) and of each mirror image (orientation 1) is
@@ -197,7 +210,7 @@ def candidate_pairs(feat: dict[str, np.ndarray], *, top_k: int = TOP_K, min_vote
                 img_ids.append(np.full(len(d), k, np.int64))
                 orient.append(np.full(len(d), o, np.int64))
     empty = pd.DataFrame({"i": np.zeros(0, np.int64), "j": np.zeros(0, np.int64),
-                          "flipped": np.zeros(0, bool), "votes": np.zeros(0, np.int64)})
+                          "flipped": np.zeros(0, bool), "votes": np.zeros(0, np.float64)})
     if not descs or n < 2:
         return empty
     bits = np.unpackbits(np.concatenate(descs), axis=1)
@@ -205,13 +218,15 @@ def candidate_pairs(feat: dict[str, np.ndarray], *, top_k: int = TOP_K, min_vote
     ori = np.concatenate(orient)
     weights = (1 << np.arange(LSH_BITS, dtype=np.int64))
     codes: list[np.ndarray] = []
+    wts: list[np.ndarray] = []
     for sel in _lsh_masks():
         key = bits[:, sel].astype(np.int64) @ weights
         order = np.argsort(key, kind="stable")
         ks, im, oi = key[order], img[order], ori[order]
         start = np.r_[0, np.nonzero(np.diff(ks))[0] + 1]
         size = np.diff(np.r_[start, len(ks)])
-        big = np.repeat(size > BUCKET_CAP, size)
+        bsize = np.repeat(size, size)
+        big = bsize > BUCKET_CAP
         for off in range(1, BUCKET_CAP):
             a = np.arange(len(ks) - off)
             same = (ks[a] == ks[a + off]) & ~big[a]
@@ -225,9 +240,11 @@ def candidate_pairs(feat: dict[str, np.ndarray], *, top_k: int = TOP_K, min_vote
             fl = oi[a] != oi[a + off]
             lo, hi = np.minimum(ia, ib), np.maximum(ia, ib)
             codes.append((lo * n + hi) * 2 + fl)
+            wts.append(1.0 / (bsize[a] - 1))  # a rare bucket says more (idf-like)
     if not codes:
         return empty
-    pair, votes = np.unique(np.concatenate(codes), return_counts=True)
+    pair, inv = np.unique(np.concatenate(codes), return_inverse=True)
+    votes = np.bincount(inv, weights=np.concatenate(wts))
     fl = (pair % 2).astype(bool)
     lo, hi = (pair // 2) // n, (pair // 2) % n
     ok = votes >= min_votes
@@ -265,15 +282,30 @@ def _aligned_agreement(cv2: Any, feat: dict[str, np.ndarray], i: int, j: int, m:
     if flipped:
         b = b[:, ::-1]
     s = DENSE_PX / WORK_PX
+    # pixel centres: x_dense = s * x_work + c, so the translation becomes s * t + c - A (c, c)
+    c = 0.5 * s - 0.5
     ms = m.astype(np.float64).copy()
-    ms[:, 2] *= s
+    ms[:, 2] = s * ms[:, 2] + c - ms[:, :2] @ np.array([c, c])
+    inside_b = cv2.warpAffine((b != 0).astype(np.float32), ms, (DENSE_PX, DENSE_PX),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP) > 0.99
     warped = cv2.warpAffine(np.ascontiguousarray(b, dtype=np.float32), ms, (DENSE_PX, DENSE_PX),
-                            flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP)
-    both = (a != 0) & (warped != 0)
-    n_both = int(both.sum())
-    if n_both < _MIN_OVERLAP:
+                            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    both = (a != 0) & inside_b
+    if int(both.sum()) < _MIN_OVERLAP:
         return float("nan")
-    return float(2.0 * np.mean(a[both] == warped[both]) - 1.0)
+    return float(2.0 * np.mean((a[both] > 0) == (warped[both] > 0)) - 1.0)
+
+
+def near_identity(t: dict[str, Any] | pd.Series) -> bool:
+    """True when a transform leaves the layout in place: within 8 deg of no turn or of a half-turn, 15 % scale,
+    0.08 shear, 0.1 of the side shift (with or without a mirror): where two eyes of one camera can sit.
+
+    The half-turn counts because a fundus layout is nearly symmetric top-bottom: a right eye turned
+    by 180 deg puts its disc, arcades and border where a left eye's are.
+    """
+    rot = abs(float(t["rotation_deg"])) % 360
+    return bool(min(rot, abs(180 - rot), 360 - rot) < 8 and abs(t["scale"] - 1) < 0.15 and abs(t["shear_rad"]) < 0.08
+                and np.hypot(t["shift_x"], t["shift_y"]) < 0.1)
 
 
 def verify_pairs(feat: dict[str, np.ndarray], i: Any, j: Any, flipped: Any) -> pd.DataFrame:
@@ -309,8 +341,12 @@ def verify_pairs(feat: dict[str, np.ndarray], i: Any, j: Any, flipped: Any) -> p
                     row["inliers"] = int(inl.sum())
                     row.update({k: v for k, v in _decompose(m, fl).items() if k != "flip"})
                     plausible = 0.5 <= row["scale"] <= 2.0 and abs(row["shear_rad"]) <= 0.5
-                    if row["inliers"] >= MIN_INLIERS and plausible:
+                    if row["inliers"] >= FALLBACK_MIN_INLIERS and plausible:
                         row["aligned_agreement"] = _aligned_agreement(cv2, feat, int(a), int(b), m, bool(fl))
+                    if row["inliers"] >= MIN_INLIERS and plausible:
+                        # a shared layout (disc, arcades, border of one camera) can line up keypoints of
+                        # two different eyes under a near-identity, mirror or slightly sheared transform:
+                        # the fine detail must agree too once aligned
                         row["confirmed"] = bool(row["aligned_agreement"] >= MIN_ALIGNED_AGREEMENT)
         rows.append(row)
     cols = ["i", "j", "flipped", "matches", "inliers", "aligned_agreement", "rotation_deg", "scale",
