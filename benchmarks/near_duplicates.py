@@ -77,7 +77,7 @@ def _draw_tree(rng: np.random.Generator, img: np.ndarray, disc: tuple[float, flo
     """A random branching vessel tree leaving the disc, drawn darker onto ``img``."""
     out = img.astype(np.float32)
     noise = cv2.GaussianBlur(rng.standard_normal(img.shape[:2]).astype(np.float32), (0, 0), 2.0)
-    out *= (1 + 0.6 * noise / (np.abs(noise).max() + 1e-6))[..., None] ** 0.5  # this eye's own texture
+    out *= (1 + 0.15 * noise / (np.abs(noise).max() + 1e-6))[..., None]  # this eye's own faint texture
     mask = np.zeros(img.shape[:2], np.float32)
     h = img.shape[0]
 

@@ -68,6 +68,8 @@ __all__ = [
 WORK_PX = 256
 """Side of the square image keypoints are found on (larger images are shrunk, smaller ones enlarged)."""
 N_KEYPOINTS = 250
+N_LEVELS = 4
+"""ORB pyramid levels (scale factor 1.3 each)."""
 """ORB keypoints kept per image and orientation (the strongest by Harris response)."""
 MIN_KEYPOINTS = 30
 """Fewer keypoints than this: the image is judged by the former hash + detail rule."""
@@ -147,7 +149,7 @@ def keypoint_features(images: Any) -> dict[str, np.ndarray]:
         the field of view).
     """
     cv2 = _cv2()
-    orb = cv2.ORB_create(nfeatures=N_KEYPOINTS, scaleFactor=1.3, nlevels=4, edgeThreshold=19,
+    orb = cv2.ORB_create(nfeatures=N_KEYPOINTS, scaleFactor=1.3, nlevels=N_LEVELS, edgeThreshold=19,
                          patchSize=19, fastThreshold=5)
     xy: list[np.ndarray] = []
     xyf: list[np.ndarray] = []
