@@ -45,6 +45,9 @@ synthetic photographs); see its output in the module notes of :mod:`medxcept.aud
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -132,6 +135,53 @@ def _enhance(cv2: Any, g: np.ndarray, px: int, sigma: float, erode: int) -> tupl
     return (x - blur) * m, fov
 
 
+_local = threading.local()
+
+
+def _workers(n_items: int) -> int:
+    """Threads for OpenCV work: the usable cores, at most one per item."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, n_items))
+
+
+def _orb() -> Any:
+    """One ORB detector per thread (OpenCV detectors are not thread-safe)."""
+    if not hasattr(_local, "orb"):
+        _local.orb = _cv2().ORB_create(nfeatures=N_KEYPOINTS, scaleFactor=1.3, nlevels=N_LEVELS,
+                                       edgeThreshold=19, patchSize=19, fastThreshold=5)
+    return _local.orb
+
+
+def _image_features(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Keypoints and descriptors of one image and of its mirror, and its int8 band-pass detail."""
+    cv2 = _cv2()
+    orb = _orb()
+    g = _to_u8_gray(img)
+    d, fov = _enhance(cv2, g, WORK_PX, 6.0, 9)
+    sd = float(d[fov > 0].std()) if fov.any() else 0.0
+    e = np.clip(128.0 + 40.0 * d / (sd + 1e-6), 0, 255).astype(np.uint8)
+    found = []
+    for im, m in ((e, fov), (e[:, ::-1].copy(), fov[:, ::-1].copy())):
+        kp, desc = orb.detectAndCompute(im, m)
+        if desc is None or not kp:
+            found += [np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)]
+        else:
+            found += [np.array([k.pt for k in kp], np.float32), desc]
+    dd, dfov = _enhance(cv2, g, DENSE_PX, _DENSE_SIGMA, 3)
+    fine = cv2.GaussianBlur(dd, (0, 0), 1.0)  # band-pass: sigma 1 to 3 px (pixel noise and resampling out)
+    inside = dfov > 0
+    if inside.any():
+        fine = fine - np.median(fine[inside])
+        fine = fine / (np.abs(fine[inside]).mean() + 1e-6)
+    # int8 detail (0 = outside the field of view; inside never exactly 0)
+    q = np.clip(np.rint(fine * 32), -127, 127)
+    q = np.where(q == 0, np.where(fine >= 0, 1, -1), q)
+    return found[0], found[2], found[1], found[3], (q * inside).astype(np.int8)
+
+
 def keypoint_features(images: Any) -> dict[str, np.ndarray]:
     """ORB keypoints of each image and of its mirror, and the detail thumbnail for the aligned check.
 
@@ -145,40 +195,17 @@ def keypoint_features(images: Any) -> dict[str, np.ndarray]:
     dict of str to numpy.ndarray
         ``kp_xy``, ``kp_xy_flip``: object arrays of ``(k, 2)`` float32 keypoint positions (pixels
         at :data:`WORK_PX`); ``kp_desc``, ``kp_desc_flip``: object arrays of ``(k, 32)`` uint8 ORB
-        descriptors; ``dense``: ``(n, 128, 128)`` int8 sign of the fine detail (+1 / -1, 0 outside
-        the field of view).
+        descriptors; ``dense``: ``(n, 128, 128)`` int8 band-pass detail (0 outside the field of
+        view, never 0 inside).
     """
-    cv2 = _cv2()
-    orb = cv2.ORB_create(nfeatures=N_KEYPOINTS, scaleFactor=1.3, nlevels=N_LEVELS, edgeThreshold=19,
-                         patchSize=19, fastThreshold=5)
-    xy: list[np.ndarray] = []
-    xyf: list[np.ndarray] = []
-    de: list[np.ndarray] = []
-    def_: list[np.ndarray] = []
-    dense: list[np.ndarray] = []
-    for img in images:
-        g = _to_u8_gray(img)
-        d, fov = _enhance(cv2, g, WORK_PX, 6.0, 9)
-        sd = float(d[fov > 0].std()) if fov.any() else 0.0
-        e = np.clip(128.0 + 40.0 * d / (sd + 1e-6), 0, 255).astype(np.uint8)
-        for im, m, out_xy, out_d in ((e, fov, xy, de), (e[:, ::-1].copy(), fov[:, ::-1].copy(), xyf, def_)):
-            kp, desc = orb.detectAndCompute(im, m)
-            if desc is None or not kp:
-                out_xy.append(np.zeros((0, 2), np.float32))
-                out_d.append(np.zeros((0, 32), np.uint8))
-            else:
-                out_xy.append(np.array([k.pt for k in kp], np.float32))
-                out_d.append(desc)
-        dd, dfov = _enhance(cv2, g, DENSE_PX, _DENSE_SIGMA, 3)
-        fine = cv2.GaussianBlur(dd, (0, 0), 1.0)  # band-pass: sigma 1 to 3 px (pixel noise and resampling out)
-        inside = dfov > 0
-        if inside.any():
-            fine = fine - np.median(fine[inside])
-            fine = fine / (np.abs(fine[inside]).mean() + 1e-6)
-        # int8 detail (0 = outside the field of view; inside never exactly 0)
-        q = np.clip(np.rint(fine * 32), -127, 127)
-        q = np.where(q == 0, np.where(fine >= 0, 1, -1), q)
-        dense.append((q * inside).astype(np.int8))
+    images = list(images)
+    with ThreadPoolExecutor(max_workers=_workers(len(images))) as pool:  # OpenCV releases the GIL
+        per_image = list(pool.map(_image_features, images))
+    xy = [r[0] for r in per_image]
+    xyf = [r[1] for r in per_image]
+    de = [r[2] for r in per_image]
+    def_ = [r[3] for r in per_image]
+    dense = [r[4] for r in per_image]
     n = len(xy)
 
     def obj(v: list[np.ndarray]) -> np.ndarray:
@@ -310,6 +337,40 @@ def near_identity(t: dict[str, Any] | pd.Series) -> bool:
                 and np.hypot(t["shift_x"], t["shift_y"]) < 0.1)
 
 
+def _verify_one(feat: dict[str, np.ndarray], a: int, b: int, fl: bool) -> dict[str, Any]:
+    """Match, fit and check one candidate pair (see :func:`verify_pairs`)."""
+    cv2 = _cv2()
+    pa, da = feat["kp_xy"][a], feat["kp_desc"][a]
+    pb, db = (feat["kp_xy_flip"][b], feat["kp_desc_flip"][b]) if fl else (feat["kp_xy"][b], feat["kp_desc"][b])
+    row: dict[str, Any] = {"i": a, "j": b, "flipped": fl, "matches": 0, "inliers": 0,
+                           "aligned_agreement": np.nan, "rotation_deg": np.nan, "scale": np.nan,
+                           "shear_rad": np.nan, "shift_x": np.nan, "shift_y": np.nan, "confirmed": False}
+    if len(da) < 3 or len(db) < 3:
+        return row
+    ms = [mm for mm in cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(da, db) if mm.distance <= MAX_HAMMING]
+    row["matches"] = len(ms)
+    if len(ms) < FALLBACK_MIN_INLIERS:  # fewer matches than the least inliers any rule needs
+        return row
+    src = pa[[mm.queryIdx for mm in ms]]
+    dst = pb[[mm.trainIdx for mm in ms]]
+    cv2.setRNGSeed(0)  # per thread: the same pair always gets the same fit
+    m, inl = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX,
+                                  maxIters=2000, confidence=0.999, refineIters=10)
+    if m is None:
+        return row
+    row["inliers"] = int(inl.sum())
+    row.update({k: v for k, v in _decompose(m, fl).items() if k != "flip"})
+    plausible = 0.5 <= row["scale"] <= 2.0 and abs(row["shear_rad"]) <= 0.5
+    if row["inliers"] >= FALLBACK_MIN_INLIERS and plausible:
+        row["aligned_agreement"] = _aligned_agreement(cv2, feat, a, b, m, fl)
+    if row["inliers"] >= MIN_INLIERS and plausible:
+        # a shared layout (disc, arcades, border of one camera) can line up keypoints of two
+        # different eyes under a near-identity, mirror or slightly sheared transform: the fine
+        # detail must agree too once aligned
+        row["confirmed"] = bool(row["aligned_agreement"] >= MIN_ALIGNED_AGREEMENT)
+    return row
+
+
 def verify_pairs(feat: dict[str, np.ndarray], i: Any, j: Any, flipped: Any) -> pd.DataFrame:
     """Geometric verification of candidate pairs ``(i[k], j[k])`` (``j`` mirrored where ``flipped``).
 
@@ -321,36 +382,10 @@ def verify_pairs(feat: dict[str, np.ndarray], i: Any, j: Any, flipped: Any) -> p
         notes), the transform (``rotation_deg``, ``scale``, ``shear_rad``, ``shift_x``, ``shift_y``:
         how ``j`` is placed relative to ``i``) and ``confirmed`` (all criteria met).
     """
-    cv2 = _cv2()
-    bf = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
-    rows = []
-    for a, b, fl in zip(np.asarray(i, np.int64), np.asarray(j, np.int64), np.asarray(flipped, bool), strict=True):
-        pa, da = feat["kp_xy"][a], feat["kp_desc"][a]
-        pb, db = (feat["kp_xy_flip"][b], feat["kp_desc_flip"][b]) if fl else (feat["kp_xy"][b], feat["kp_desc"][b])
-        row: dict[str, Any] = {"i": int(a), "j": int(b), "flipped": bool(fl), "matches": 0, "inliers": 0,
-                               "aligned_agreement": np.nan, "rotation_deg": np.nan, "scale": np.nan,
-                               "shear_rad": np.nan, "shift_x": np.nan, "shift_y": np.nan, "confirmed": False}
-        if len(da) >= 3 and len(db) >= 3:
-            ms = [mm for mm in bf.match(da, db) if mm.distance <= MAX_HAMMING]
-            row["matches"] = len(ms)
-            if len(ms) >= 3:
-                src = pa[[mm.queryIdx for mm in ms]]
-                dst = pb[[mm.trainIdx for mm in ms]]
-                cv2.setRNGSeed(0)
-                m, inl = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX,
-                                              maxIters=2000, confidence=0.999, refineIters=10)
-                if m is not None:
-                    row["inliers"] = int(inl.sum())
-                    row.update({k: v for k, v in _decompose(m, fl).items() if k != "flip"})
-                    plausible = 0.5 <= row["scale"] <= 2.0 and abs(row["shear_rad"]) <= 0.5
-                    if row["inliers"] >= FALLBACK_MIN_INLIERS and plausible:
-                        row["aligned_agreement"] = _aligned_agreement(cv2, feat, int(a), int(b), m, bool(fl))
-                    if row["inliers"] >= MIN_INLIERS and plausible:
-                        # a shared layout (disc, arcades, border of one camera) can line up keypoints of
-                        # two different eyes under a near-identity, mirror or slightly sheared transform:
-                        # the fine detail must agree too once aligned
-                        row["confirmed"] = bool(row["aligned_agreement"] >= MIN_ALIGNED_AGREEMENT)
-        rows.append(row)
+    args = list(zip(np.asarray(i, np.int64).tolist(), np.asarray(j, np.int64).tolist(),
+                    np.asarray(flipped, bool).tolist(), strict=True))
+    with ThreadPoolExecutor(max_workers=_workers(len(args))) as pool:  # OpenCV releases the GIL
+        rows = list(pool.map(lambda t: _verify_one(feat, *t), args))
     cols = ["i", "j", "flipped", "matches", "inliers", "aligned_agreement", "rotation_deg", "scale",
             "shear_rad", "shift_x", "shift_y", "confirmed"]
     return pd.DataFrame(rows, columns=cols)
