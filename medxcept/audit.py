@@ -30,6 +30,15 @@ the camera, colour, disc position and border (``benchmarks/near_duplicates.py``)
 below still decides pairs involving a structureless image, and un-rotated hash candidates whose
 detail agrees strongly (:data:`DETAIL_FALLBACK_THRESHOLD`), never a pair on hashes alone.
 
+Measured (``benchmarks/near_duplicates.py``, 224 px, 20 originals per transform): copies of the
+real photograph and of real-photo look-alikes found 95-100 % under each of rotation +-45 deg,
+shift 20 %, zoom 0.8-1.25, shear 0.2, h/v flip, resize 224-512 px, JPEG 50, brightness/contrast
++-20 % (the former hash rule: 0-100 %, 0 % for rotation, shear and vertical flip), 90 % under
+all of them combined; demo-generator eyes 85-100 % per transform, 60 % combined. No false pair
+among 301 real-photo look-alikes (max 8 inliers) nor 300 demo eyes (up to 49 inliers, but aligned
+agreement at most 0.42). Cost grows about linearly with n (~40 ms an image on two shared cores):
+not yet the 2 minutes for 20,000 images that the issue asks for.
+
 Near-duplicate threshold (hash rule)
 ------------------------------------
 Two images are near-duplicates when their 64-bit pHash and their 64-bit dHash **both** differ
