@@ -104,7 +104,8 @@ def _dicom(path: Path) -> dict[str, str]:
                      ("Manufacturer", "ManufacturerModelName", "StationName", "InstitutionName"))
     return {"acq_format": f"{path.suffix.lower() or '(none)'}:DICOM",
             "acq_mode": f"bits={ds.get('BitsStored', '?')} {ds.get('PhotometricInterpretation', '')}".strip(),
-            "acq_jpeg_q": "", "acq_jpeg_qt": str(ds.file_meta.get("TransferSyntaxUID", "")) if "file_meta" in ds else "",
+            "acq_jpeg_q": "",
+            "acq_jpeg_qt": str(ds.file_meta.get("TransferSyntaxUID", "")) if "file_meta" in ds else "",
             "acq_subsampling": "", "acq_device": _h(dev) if dev.replace("|", "").strip() else ""}
 
 

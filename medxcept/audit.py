@@ -151,8 +151,8 @@ Between images that both carry keypoints, a hash candidate that the geometry did
 is still a copy when its fine detail agrees this much in place (un-rotated copies of smooth
 pictures, whose keypoints do not all repeat after re-compression) *and* at least
 :data:`medxcept.duplicates.FALLBACK_MIN_INLIERS` keypoints agree on a transform that leaves the
-image in place; a candidate without detail to compare (NaN) is not. Demo look-alikes reach at most 0.36; copies re-compressed at quality 60 at
-least 0.57 (:data:`DETAIL_THRESHOLD`).
+image in place; a candidate without detail to compare (NaN) is not. Demo look-alikes reach at
+most 0.36; copies re-compressed at quality 60 at least 0.57 (:data:`DETAIL_THRESHOLD`).
 """
 
 DETAIL_PX = 64
@@ -555,10 +555,13 @@ def near_duplicate_pairs(
     return out.drop_duplicates(["i", "j"], keep="first").reset_index(drop=True)
 
 
-_GEOMETRY_COLS = ["method", "inliers", "aligned_agreement", "rotation_deg", "scale", "shear_rad", "shift_x", "shift_y"]
+_GEOMETRY_COLS = ["method", "inliers", "aligned_agreement", "rotation_deg", "scale", "shear_rad",
+                  "shift_x", "shift_y"]
 
 
-def verified_near_pairs(fp: dict[str, np.ndarray], hamming_threshold: int = DEFAULT_HAMMING_THRESHOLD) -> pd.DataFrame:
+def verified_near_pairs(
+    fp: dict[str, np.ndarray], hamming_threshold: int = DEFAULT_HAMMING_THRESHOLD
+) -> pd.DataFrame:
     """Near-duplicate pairs, each confirmed by geometry (or, for structureless images, by detail).
 
     Pairs of images that both carry at least :data:`medxcept.duplicates.MIN_KEYPOINTS` keypoints
@@ -655,7 +658,8 @@ def _duplicate_pairs(df: pd.DataFrame, fp: dict[str, np.ndarray] | None, hamming
         near = verified_near_pairs(fp, hamming_threshold)
         near["match"] = "near"
         parts.append(near)
-    cols = ["i", "j", "match", "phash_distance", "dhash_distance", "flipped", "detail_similarity"] + _GEOMETRY_COLS
+    cols = ["i", "j", "match", "phash_distance", "dhash_distance", "flipped", "detail_similarity"]
+    cols += _GEOMETRY_COLS
     if not parts:
         return pd.DataFrame(columns=cols)
     pairs = pd.concat(parts, ignore_index=True).reindex(columns=cols)

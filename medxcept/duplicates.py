@@ -121,7 +121,7 @@ def _to_u8_gray(img: np.ndarray) -> np.ndarray:
 
 
 def _enhance(cv2: Any, g: np.ndarray, px: int, sigma: float, erode: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(detail, fov)`` at ``px x px``: the image minus its blurred field of view, and the eroded FOV mask."""
+    """``(detail, fov)`` at ``px x px``: the image minus its blurred field of view, and the eroded mask."""
     interp = cv2.INTER_AREA if g.shape[0] > px or g.shape[1] > px else cv2.INTER_LINEAR
     x = cv2.resize(g, (px, px), interpolation=interp).astype(np.float32)
     # the border: darker than a quarter of the way from the darkest pixels to the median
@@ -222,7 +222,9 @@ def _lsh_masks() -> np.ndarray:
     return np.stack([rng.choice(256, LSH_BITS, replace=False) for _ in range(LSH_TABLES)])
 
 
-def candidate_pairs(feat: dict[str, np.ndarray], *, top_k: int = TOP_K, min_votes: float = MIN_VOTES) -> pd.DataFrame:
+def candidate_pairs(
+    feat: dict[str, np.ndarray], *, top_k: int = TOP_K, min_votes: float = MIN_VOTES
+) -> pd.DataFrame:
     """Pairs sharing many descriptor buckets: ``i < j``, ``flipped``, ``votes`` (sub-quadratic).
 
     Each descriptor of each image (orientation 0) and of each mirror image (orientation 1) is
@@ -304,8 +306,10 @@ def _decompose(m: np.ndarray, flipped: bool) -> dict[str, float]:
             "shift_y": round(float(centre[1] - c) / WORK_PX, 3), "flip": bool(flipped)}
 
 
-def _aligned_agreement(cv2: Any, feat: dict[str, np.ndarray], i: int, j: int, m: np.ndarray, flipped: bool) -> float:
-    """Sign agreement of the fine detail of ``i`` and of ``j`` warped onto ``i`` by ``m`` (NaN: too little overlap)."""
+def _aligned_agreement(
+    cv2: Any, feat: dict[str, np.ndarray], i: int, j: int, m: np.ndarray, flipped: bool
+) -> float:
+    """Sign agreement of the detail of ``i`` and of ``j`` warped onto ``i`` by ``m`` (NaN: little overlap)."""
     a = feat["dense"][i].astype(np.float32)
     b = feat["dense"][j]
     if flipped:
@@ -326,28 +330,32 @@ def _aligned_agreement(cv2: Any, feat: dict[str, np.ndarray], i: int, j: int, m:
 
 
 def near_identity(t: dict[str, Any] | pd.Series) -> bool:
-    """True when a transform leaves the layout in place: within 8 deg of no turn or of a half-turn, 15 % scale,
-    0.08 shear, 0.1 of the side shift (with or without a mirror): where two eyes of one camera can sit.
+    """True when a transform leaves the layout in place.
+
+    Within 8 deg of no turn or of a half-turn, 15 % scale, 0.08 shear, 0.1 of the side shift (with or
+    without a mirror): where two eyes of one camera can sit.
 
     The half-turn counts because a fundus layout is nearly symmetric top-bottom: a right eye turned
     by 180 deg puts its disc, arcades and border where a left eye's are.
     """
     rot = abs(float(t["rotation_deg"])) % 360
-    return bool(min(rot, abs(180 - rot), 360 - rot) < 8 and abs(t["scale"] - 1) < 0.15 and abs(t["shear_rad"]) < 0.08
-                and np.hypot(t["shift_x"], t["shift_y"]) < 0.1)
+    return bool(min(rot, abs(180 - rot), 360 - rot) < 8 and abs(t["scale"] - 1) < 0.15
+                and abs(t["shear_rad"]) < 0.08 and np.hypot(t["shift_x"], t["shift_y"]) < 0.1)
 
 
 def _verify_one(feat: dict[str, np.ndarray], a: int, b: int, fl: bool) -> dict[str, Any]:
     """Match, fit and check one candidate pair (see :func:`verify_pairs`)."""
     cv2 = _cv2()
     pa, da = feat["kp_xy"][a], feat["kp_desc"][a]
-    pb, db = (feat["kp_xy_flip"][b], feat["kp_desc_flip"][b]) if fl else (feat["kp_xy"][b], feat["kp_desc"][b])
+    side = "_flip" if fl else ""
+    pb, db = feat["kp_xy" + side][b], feat["kp_desc" + side][b]
     row: dict[str, Any] = {"i": a, "j": b, "flipped": fl, "matches": 0, "inliers": 0,
                            "aligned_agreement": np.nan, "rotation_deg": np.nan, "scale": np.nan,
                            "shear_rad": np.nan, "shift_x": np.nan, "shift_y": np.nan, "confirmed": False}
     if len(da) < 3 or len(db) < 3:
         return row
-    ms = [mm for mm in cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(da, db) if mm.distance <= MAX_HAMMING]
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
+    ms = [mm for mm in matcher.match(da, db) if mm.distance <= MAX_HAMMING]
     row["matches"] = len(ms)
     if len(ms) < FALLBACK_MIN_INLIERS:  # fewer matches than the least inliers any rule needs
         return row
@@ -399,7 +407,8 @@ def geometric_pairs(feat: dict[str, np.ndarray]) -> pd.DataFrame:
     cand = candidate_pairs(feat)
     res = verify_pairs(feat, cand["i"], cand["j"], cand["flipped"])
     res["votes"] = cand["votes"].to_numpy()
-    res = res.sort_values(["i", "j", "confirmed", "inliers"], ascending=[True, True, False, False], kind="stable")
+    res = res.sort_values(["i", "j", "confirmed", "inliers"], ascending=[True, True, False, False],
+                          kind="stable")
     return res.drop_duplicates(["i", "j"]).reset_index(drop=True)
 
 
