@@ -21,8 +21,30 @@ training, and reports them in plain words:
 Every finding names patients by ``patient_key`` (the pseudonym) and images by
 ``image_id``; the raw ``patient_id`` never leaves memory.
 
-Near-duplicate threshold
-------------------------
+Near-duplicates are decided by geometry
+---------------------------------------
+Images with structure (at least :data:`medxcept.duplicates.MIN_KEYPOINTS` ORB keypoints: every
+photograph and radiograph) are paired by :func:`verified_near_pairs`: candidates from shared
+keypoint-descriptor buckets (sub-quadratic), each verified by one affine transform fitted by RANSAC
+to matched keypoints (at least :data:`medxcept.duplicates.MIN_INLIERS` inliers) and by the fine
+detail agreeing once aligned (:mod:`medxcept.duplicates`). The transform (rotation, scale, shear,
+shift, flip) and the inlier count of each pair are in the findings. This finds rotated, shifted,
+zoomed, sheared, flipped, rescaled and re-compressed copies, and rejects different eyes that share
+the camera, colour, disc position and border (``benchmarks/near_duplicates.py``). The hash rule
+below still decides pairs involving a structureless image, and un-rotated hash candidates whose
+detail agrees strongly (:data:`DETAIL_FALLBACK_THRESHOLD`), never a pair on hashes alone.
+
+Measured (``benchmarks/near_duplicates.py``, 224 px, 20 originals per transform): copies of the
+real photograph and of real-photo look-alikes found 95-100 % under each of rotation +-45 deg,
+shift 20 %, zoom 0.8-1.25, shear 0.2, h/v flip, resize 224-512 px, JPEG 50, brightness/contrast
++-20 % (the former hash rule: 0-100 %, 0 % for rotation, shear and vertical flip), 90 % under
+all of them combined; demo-generator eyes 85-100 % per transform, 60 % combined. No false pair
+among 301 real-photo look-alikes (max 8 inliers) nor 300 demo eyes (up to 49 inliers, but aligned
+agreement at most 0.42). Cost grows about linearly with n (~40 ms an image on two shared cores):
+not yet the 2 minutes for 20,000 images that the issue asks for.
+
+Near-duplicate threshold (hash rule)
+------------------------------------
 Two images are near-duplicates when their 64-bit pHash and their 64-bit dHash **both** differ
 in at most ``hamming_threshold`` bits (default :data:`DEFAULT_HAMMING_THRESHOLD` = 10),
 comparing each image with the other and with its mirror image, **and** their fine detail agrees
@@ -76,11 +98,21 @@ import scipy.fft
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from medxcept.duplicates import (
+    FALLBACK_MIN_INLIERS,
+    MIN_KEYPOINTS,
+    geometric_pairs,
+    keypoint_features,
+    n_keypoints,
+    near_identity,
+    verify_pairs,
+)
 from medxcept.errors import ConfigError, LeakageError
 
 __all__ = [
     "DEFAULT_HAMMING_THRESHOLD",
     "DETAIL_THRESHOLD",
+    "DETAIL_FALLBACK_THRESHOLD",
     "DETAIL_PX",
     "POLICIES",
     "Finding",
@@ -89,6 +121,7 @@ __all__ = [
     "hamming",
     "detail_similarity",
     "near_duplicate_pairs",
+    "verified_near_pairs",
     "duplicate_groups",
     "cramers_v",
     "audit_cohort",
@@ -113,6 +146,17 @@ in the orientation the hashes matched. Measured on the demo cohort preprocessed 
 in brackets), ``benchmarks/near_duplicates.py``: distinct hash candidates at most 0.35 (0.36);
 copies at least 0.65 (0.67) after JPEG quality 75, 0.57 (0.58) after quality 60, 0.67 (0.71)
 after 0.8-1.1x rescaling, 1.0 when mirrored. 0.46 sits in the middle of the gap.
+"""
+
+DETAIL_FALLBACK_THRESHOLD = 0.55
+"""Detail similarity from which a hash candidate is a copy without geometric confirmation.
+
+Between images that both carry keypoints, a hash candidate that the geometry did not confirm
+is still a copy when its fine detail agrees this much in place (un-rotated copies of smooth
+pictures, whose keypoints do not all repeat after re-compression) *and* at least
+:data:`medxcept.duplicates.FALLBACK_MIN_INLIERS` keypoints agree on a transform that leaves the
+image in place; a candidate without detail to compare (NaN) is not. Demo look-alikes reach at
+most 0.36; copies re-compressed at quality 60 at least 0.57 (:data:`DETAIL_THRESHOLD`).
 """
 
 DETAIL_PX = 64
@@ -260,7 +304,7 @@ def _hash_inputs(images: Iterable[np.ndarray]) -> tuple[list[str], list[np.ndarr
     return pixel_hashes, grays
 
 
-def fingerprints(images: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
+def fingerprints(images: Iterable[np.ndarray], *, keypoints: bool = True) -> dict[str, np.ndarray]:
     """Exact and perceptual hashes of decoded images, and detail bit-maps, for duplicate search.
 
     Parameters
@@ -290,6 +334,10 @@ def fingerprints(images: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
             sign of the fine detail of the 64x64 grayscale thumbnail (``[:, 0]``, one
             word per row) and where the image is (``[:, 1]``: not the black surround); see
             :data:`DETAIL_THRESHOLD` and :func:`detail_similarity`.
+        ``kp_xy``, ``kp_xy_flip``, ``kp_desc``, ``kp_desc_flip``, ``dense``
+            Keypoints on the vessel tree of the image and of its mirror, and the sign of its
+            fine detail, for the geometric verification of near-duplicates
+            (:func:`medxcept.duplicates.keypoint_features`); absent with ``keypoints=False``.
 
     Notes
     -----
@@ -308,11 +356,14 @@ def fingerprints(images: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
     >>> bool((fp["detail_flip"][0] == fp["detail"][1]).all())
     True
     """
+    if not isinstance(images, (np.ndarray, Sequence)):
+        images = list(images)  # read twice: hashes, then keypoints
     pixel_hashes, grays = _hash_inputs(images)
     n = len(pixel_hashes)
+    kp = keypoint_features(images) if keypoints else {}
     if n == 0:
         empty = np.zeros(0, dtype=np.uint64)
-        return {
+        return {**kp, 
             "pixel_hash": np.zeros(0, dtype=object),
             "phash": empty,
             "phash_flip": empty.copy(),
@@ -326,6 +377,7 @@ def fingerprints(images: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
     s = np.stack([_resize(x, 8, 9) for x in grays])
     detail, detail_flip = _detail_bitmaps(g)
     return {
+        **kp,
         "pixel_hash": np.array(pixel_hashes, dtype=object),
         "phash": _phash(t),
         "phash_flip": _phash(t[:, :, ::-1]),
@@ -507,6 +559,67 @@ def near_duplicate_pairs(
     return out.drop_duplicates(["i", "j"], keep="first").reset_index(drop=True)
 
 
+_GEOMETRY_COLS = ["method", "inliers", "aligned_agreement", "rotation_deg", "scale", "shear_rad",
+                  "shift_x", "shift_y"]
+
+
+def verified_near_pairs(
+    fp: dict[str, np.ndarray], hamming_threshold: int = DEFAULT_HAMMING_THRESHOLD
+) -> pd.DataFrame:
+    """Near-duplicate pairs, each confirmed by geometry (or, for structureless images, by detail).
+
+    Pairs of images that both carry at least :data:`medxcept.duplicates.MIN_KEYPOINTS` keypoints
+    are found and decided by :func:`medxcept.duplicates.geometric_pairs` (one affine transform
+    with enough consistent keypoint matches, and the fine detail agreeing once aligned):
+    ``method="geometry"``, with the transform and inlier count. A pair involving an image with
+    fewer keypoints (a flat or smooth picture) is decided by :func:`near_duplicate_pairs` (hashes
+    and detail sign agreement): ``method="detail"``. ``fp`` without keypoints (built with
+    ``keypoints=False``): :func:`near_duplicate_pairs` for every pair.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``i < j``, ``phash_distance``, ``dhash_distance``, ``flipped``, ``detail_similarity``,
+        ``method``, ``inliers``, ``aligned_agreement``, ``rotation_deg``, ``scale``, ``shear_rad``,
+        ``shift_x``, ``shift_y`` (the transform placing ``j``, mirrored when ``flipped``, on ``i``;
+        shifts as a share of the side; NaN for ``method="detail"``).
+    """
+    cols = ["i", "j", "phash_distance", "dhash_distance", "flipped", "detail_similarity"] + _GEOMETRY_COLS
+    old = near_duplicate_pairs(fp, hamming_threshold)
+    if "kp_desc" not in fp:
+        return old.assign(method="detail").reindex(columns=cols)
+    poor = n_keypoints(fp) < MIN_KEYPOINTS
+    i_old, j_old = old["i"].to_numpy(np.int64), old["j"].to_numpy(np.int64)
+    # with keypoints on both sides, the former rule is kept only where the detail agrees strongly
+    # (un-rotated copies of smooth pictures whose keypoints do not repeat); never on hashes alone
+    strong = old["detail_similarity"].to_numpy(np.float64) >= DETAIL_FALLBACK_THRESHOLD
+    rich = ~poor[i_old] & ~poor[j_old]
+    if (strong & rich).any():  # ... and some keypoints agree in place
+        k = np.nonzero(strong & rich)[0]
+        v = verify_pairs(fp, i_old[k], j_old[k], old["flipped"].to_numpy(bool)[k])
+        ok = (v["inliers"].to_numpy() >= FALLBACK_MIN_INLIERS) & np.array(
+            [near_identity(r) if r["inliers"] >= 3 else False for _, r in v.iterrows()], dtype=bool)
+        strong[k[~ok]] = False
+    old = old[(~rich) | strong].assign(method="detail")
+    geo = geometric_pairs(fp)
+    geo = geo[geo["confirmed"].to_numpy(bool)]
+    if len(geo):
+        gi, gj = geo["i"].to_numpy(np.int64), geo["j"].to_numpy(np.int64)
+        geo = geo[~poor[gi] & ~poor[gj]]
+    ph = np.asarray(fp["phash"], dtype=np.uint64)
+    dh = np.asarray(fp["dhash"], dtype=np.uint64)
+    gi, gj = geo["i"].to_numpy(np.int64), geo["j"].to_numpy(np.int64)
+    fl = geo["flipped"].to_numpy(bool)
+    other_p = np.where(fl, np.asarray(fp["phash_flip"], dtype=np.uint64)[gj], ph[gj])
+    other_d = np.where(fl, np.asarray(fp["dhash_flip"], dtype=np.uint64)[gj], dh[gj])
+    geo = geo.assign(method="geometry", phash_distance=hamming(ph[gi], other_p).astype(np.int64),
+                     dhash_distance=hamming(dh[gi], other_d).astype(np.int64), detail_similarity=np.nan)
+    # a pair confirmed both ways keeps its geometric evidence (transform, inliers)
+    out = pd.concat([geo.reindex(columns=cols), old.reindex(columns=cols)], ignore_index=True)
+    out = out.sort_values(["i", "j"], kind="stable").drop_duplicates(["i", "j"])
+    return out.reset_index(drop=True)
+
+
 def _group_pairs(keys: pd.Series, max_clique: int = 30) -> tuple[np.ndarray, np.ndarray]:
     """Pairs of row positions sharing a key: all pairs of a small group, a star for large ones."""
     pos = pd.Series(np.arange(len(keys)), index=keys.index)
@@ -546,10 +659,11 @@ def _duplicate_pairs(df: pd.DataFrame, fp: dict[str, np.ndarray] | None, hamming
     if fp is not None:
         i, j = _group_pairs(pd.Series(fp["pixel_hash"], index=df.index))
         parts.append(pd.DataFrame({"i": i, "j": j, "match": "pixel"}))
-        near = near_duplicate_pairs(fp, hamming_threshold)
+        near = verified_near_pairs(fp, hamming_threshold)
         near["match"] = "near"
         parts.append(near)
     cols = ["i", "j", "match", "phash_distance", "dhash_distance", "flipped", "detail_similarity"]
+    cols += _GEOMETRY_COLS
     if not parts:
         return pd.DataFrame(columns=cols)
     pairs = pd.concat(parts, ignore_index=True).reindex(columns=cols)
@@ -859,6 +973,14 @@ def _pair_details(df: pd.DataFrame, pairs: pd.DataFrame, part: pd.Series | None,
             d["flipped"] = bool(row.flipped)
             if not pd.isna(row.detail_similarity):
                 d["detail_similarity"] = round(float(row.detail_similarity), 3)
+            if isinstance(row.method, str):
+                d["method"] = row.method
+            if row.method == "geometry":
+                d["inliers"] = int(row.inliers)
+                d["aligned_agreement"] = round(float(row.aligned_agreement), 3)
+                d["transform"] = {"rotation_deg": float(row.rotation_deg), "scale": float(row.scale),
+                                  "shear_rad": float(row.shear_rad), "shift_x": float(row.shift_x),
+                                  "shift_y": float(row.shift_y), "flip": bool(row.flipped)}
         if part is not None:
             d["partition_a"] = part.iloc[i]
             d["partition_b"] = part.iloc[j]
@@ -1087,6 +1209,37 @@ def _check_confounding(
                 )
             )
     return found
+
+
+def _check_acquisition(df: pd.DataFrame, report: AuditReport) -> list[Finding]:
+    """Cramér's V of each acquisition fingerprint vs the label, and the patient-grouped shortcut probe."""
+    from medxcept.acquisition import ACQ_COLUMNS, SHORTCUT_AUC, shortcut_probe
+
+    if not any(c in df.columns for c in ACQ_COLUMNS):
+        return []
+    probe = shortcut_probe(df)
+    if probe is None:
+        return []
+    report.tables["acquisition_cramers_v"] = pd.DataFrame(
+        {"cramers_v": pd.Series(probe["cramers_v"], dtype=float)}).rename_axis("fingerprint")
+    auc = probe["auc"]
+    top = sorted(probe["cramers_v"].items(), key=lambda kv: -kv[1])
+    detail = [{"auc": auc, "n_splits": probe["n_splits"], "features": probe["features"],
+               "cramers_v": probe["cramers_v"]}]
+    said = ", ".join(f"{c} {v:.2f}" for c, v in top[:3])
+    if auc is not None and auc >= SHORTCUT_AUC:
+        return [Finding(
+            "acquisition_shortcut", "warning",
+            f"The label can be predicted from how the image was acquired (AUC {auc:.2f}): the model may learn "
+            f"the camera, not the disease. A logistic regression on acquisition fingerprints alone (file format, "
+            f"size, JPEG settings, device), cross-validated by patient, separates the classes; strongest: "
+            f"Cramér's V {said}. Balance the classes within each acquisition, or report results per source.",
+            1, detail)]
+    return [Finding(
+        "acquisition_checked", "info",
+        f"Label vs acquisition fingerprints: patient-grouped probe AUC "
+        f"{'n/a' if auc is None else f'{auc:.2f}'} (warning from {SHORTCUT_AUC}); Cramér's V {said}.",
+        0, detail)]
 
 
 def _check_laterality(df: pd.DataFrame, max_details: int) -> list[Finding]:
@@ -1355,6 +1508,7 @@ def audit_cohort(
         v_threshold=v_threshold,
         min_class_images=min_class_images,
     )
+    report.findings += _check_acquisition(df, report)
     report.findings += _check_laterality(df, max_details)
     report.findings += check_patient_plausibility(
         df, max_images_per_patient=max_images_per_patient, max_details=max_details)

@@ -29,6 +29,11 @@ shown on the page and then raised as :class:`~medxcept.errors.SplitError`.
 The researcher needs file names to fix or remove files, but file names can carry patient
 identifiers: the page is written twice, ``private/check.html`` with the names (for the data
 owner) and the shareable ``check.html`` naming files by their keyed id only.
+
+Each flagged duplicate pair is listed with the transform and keypoint inliers that confirmed it
+(a sample of :data:`MAX_DUP_PAIRS`); the private copy shows the two images as thumbnails side
+by side, so a person can see whether it is a copy (thumbnails are patient images: never in the
+shared page).
 """
 
 from __future__ import annotations
@@ -233,6 +238,51 @@ def _summary(table: pd.DataFrame, classes: list[str]) -> dict[str, Any]:
     return out
 
 
+_DUP_KINDS = ("duplicate_across_splits", "duplicate_across_patients", "duplicate_within_split")
+MAX_DUP_PAIRS = 24
+"""Duplicate pairs shown as thumbnails on the page (a sample, cross-split pairs first)."""
+
+
+def _thumb(img: np.ndarray, px: int = 128) -> str:
+    """A PNG data URI of ``img`` shrunk to at most ``px`` px."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    a = np.asarray(img)
+    if a.dtype != np.uint8:
+        a = np.rint(np.clip(a, 0, 1) * 255).astype(np.uint8)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    im = Image.fromarray(a)
+    im.thumbnail((px, px))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _duplicate_pairs_shown(audit: dict[str, Any], table: pd.DataFrame, images: np.ndarray,
+                           max_pairs: int = MAX_DUP_PAIRS) -> tuple[list[dict[str, Any]], int]:
+    """Flagged duplicate pairs with thumbnails (at most ``max_pairs``), and the number of pairs flagged."""
+    pos = {str(k): i for i, k in enumerate(table["image_id"].astype(str))}
+    pairs, seen, total = [], set(), 0
+    for f in audit["findings"]:
+        if f["kind"] not in _DUP_KINDS:
+            continue
+        total += int(f["count"])
+        for d in f["details"]:
+            key = (d["image_id_a"], d["image_id_b"])
+            if key in seen or len(pairs) >= max_pairs or key[0] not in pos or key[1] not in pos:
+                continue
+            seen.add(key)
+            pairs.append({**d, "kind": f["kind"], "px": 128, "method": d.get("method"),
+                          "inliers": d.get("inliers"), "transform": d.get("transform", {}),
+                          "partition_a": d.get("partition_a"), "partition_b": d.get("partition_b"),
+                          "thumb_a": _thumb(images[pos[key[0]]]), "thumb_b": _thumb(images[pos[key[1]]])})
+    return pairs, total
+
+
 def _render(context: dict[str, Any]) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE.parent), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
@@ -293,7 +343,9 @@ def check_cohort(spec: CohortSpec, cfg: RunConfig, *, out_dir: Path, run_name: s
         log.warning("files found (%d) != used + excluded + skipped (%d + %d + %d)", files["found"],
                     files["used"], files["excluded"], files["skipped"])
     audit = report.to_dict()
+    dup_pairs, dup_total = _duplicate_pairs_shown(audit, ing.table, images)  # images are in ingestion order
     context = {
+        "dup_pairs": dup_pairs, "dup_pairs_total": dup_total,
         "cohort": spec.name, "description": spec.description, "run_id": run.path.name,
         "created": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "classes": classes,
         "modality": spec.modality, "files": files,
@@ -309,8 +361,10 @@ def check_cohort(spec: CohortSpec, cfg: RunConfig, *, out_dir: Path, run_name: s
         "image_px": cfg.preprocess.image_px,
     }
     html = run.file("check.html")
-    html.write_text(_render(context), encoding="utf-8")
-    # the data owner's copy, with file names, next to the other identifiers
+    # the shared page lists the pairs without pictures; the data owner's copy (with file names and
+    # the pair thumbnails, both identifying) sits next to the other identifiers
+    html.write_text(_render({**context, "dup_pairs": [{k: v for k, v in p.items() if not k.startswith("thumb_")}
+                                                      for p in dup_pairs]}), encoding="utf-8")
     run.write_private("check.html", _render({**context, "names_shown": True,
                                             "groups": reason_groups(ing.exclusions, hide=str(base.resolve()))}))
     summary = audit["summary"]

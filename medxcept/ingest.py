@@ -228,6 +228,7 @@ def _decode_guarded(task: dict[str, Any], path: Path) -> dict[str, Any]:
 
 
 def _decode_file(task: dict[str, Any]) -> dict[str, Any]:
+    from medxcept.acquisition import acquisition_fingerprint
     from medxcept.io.dicom import read_dicom
     from medxcept.io.images import read_image
 
@@ -245,6 +246,7 @@ def _decode_file(task: dict[str, Any]) -> dict[str, Any]:
         arr, meta = read_image(path, max_pixels=task["max_pixels"])
         frames, arrays = [0], [arr]
     rows, excluded = [], []
+    acquisition = acquisition_fingerprint(path, task["kind"])  # headers only: how the image was made
     for frame_index, arr in zip(frames, arrays, strict=False):
         where = f"{path}#frame{frame_index}" if len(frames) > 1 else str(path)
         try:
@@ -259,6 +261,7 @@ def _decode_file(task: dict[str, Any]) -> dict[str, Any]:
             "frame": frame_index, "sha256": sha, "height": int(arr.shape[0]), "width": int(arr.shape[1]),
             "channels": int(arr.shape[2]), "quality": round(float(q["score"]), 4), "quality_flag": bool(flagged),
             "meta": {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool)) or v is None},
+            "acquisition": acquisition,
         })
     return {"path": str(path), "rows": rows, "excluded": excluded}
 
@@ -598,6 +601,7 @@ def _cohort_row(spec: CohortSpec, source: SourceSpec, cand: dict, r: dict, salt:
         "acquisition_date": str(meta.get("acquisition_date") or ""),
         "visit": str(visit or ""), "source_name": source.name,
         "reader": "dicom" if source.kind == "dicom" else "photo",
+        **r.get("acquisition", {}),  # acq_* columns (medxcept.acquisition)
     }
 
 

@@ -27,8 +27,10 @@ from medxcept.audit import (  # noqa: E402
     duplicate_groups,
     fingerprints,
     near_duplicate_pairs,
+    verified_near_pairs,
 )
 from medxcept.cohort import load_cohort_spec  # noqa: E402
+from medxcept.duplicates import MIN_INLIERS  # noqa: E402
 from medxcept.config import RunConfig, load_config  # noqa: E402
 from medxcept.errors import ConfigError, LeakageError  # noqa: E402
 from medxcept.pipeline import prepare_cohort  # noqa: E402
@@ -129,8 +131,12 @@ def test_exactly_the_planted_findings(trapped):
             ("duplicate_across_patients", "warning", 4, ""),
             ("duplicate_within_split", "info", 1, ""),
             ("label_conflict", "error", 1, ""),
+            # the label conflict's patient holds two classes on one eye at one visit (issue 18)
+            ("patient_mixed_classes", "warning", 1, ""),
             ("confounding", "warning", 1, "source"),
             ("confounding", "warning", 1, "size"),  # the camera's canvas size goes with it
+            # and so do its file format and JPEG settings: the label is predictable from acquisition
+            ("acquisition_shortcut", "warning", 1, ""),
             ("laterality_missing", "info", 2, ""),
             ("laterality_excess", "warning", 1, ""),
         ]
@@ -170,14 +176,17 @@ def test_exact_duplicate_under_two_ids(trapped):
     "trap, flipped", [("flipped_copy", True), ("jpeg_copy", False), ("rescaled_copy", False)]
 )
 def test_near_duplicate_copies_across_splits(trapped, trap, flipped):
-    """Mirrored, JPEG re-compressed and rescaled copies: found by hashes *and* detail patches."""
+    """Mirrored, JPEG re-compressed and rescaled copies: confirmed by geometry or by strong detail agreement."""
     pair = frozenset(trapped.ids(trap))
     across = _one(trapped.report, "duplicate_across_splits")
     assert pair in _pairs(across) and pair in _pairs(_one(trapped.report, "duplicate_across_patients"))
     d = next(d for d in across.details if frozenset((d["image_id_a"], d["image_id_b"])) == pair)
     assert d["match"] == "near" and d["flipped"] is flipped and d["partition_a"] != d["partition_b"]
-    # well clear of the threshold (copies of the demo cohort: >= 0.57 even at JPEG quality 60)
-    assert d["detail_similarity"] >= DETAIL_THRESHOLD + 0.1
+    if d["method"] == "geometry":  # one transform: the identity, or a mirror image
+        assert d["inliers"] >= MIN_INLIERS and d["transform"]["flip"] is flipped
+        assert abs(d["transform"]["rotation_deg"]) < 5 and 0.85 < d["transform"]["scale"] < 1.15
+    else:  # well clear of the threshold (copies of the demo cohort: >= 0.57 even at JPEG quality 60)
+        assert d["method"] == "detail" and d["detail_similarity"] >= DETAIL_THRESHOLD + 0.1
 
 
 @slow
@@ -262,7 +271,8 @@ def test_clean_cohort_raises_no_alarm(clean):
     assert clean.traps == {}
     assert len(clean.table) == 48 and clean.ing.files_excluded == 0
     assert clean.report.errors == [] and clean.report.warnings == []
-    assert {f.kind for f in clean.report.findings} == {"confounding_checked"}
+    # the clean twin's cameras are balanced across classes: the acquisition probe stays quiet
+    assert {f.kind for f in clean.report.findings} == {"confounding_checked", "acquisition_checked"}
     assert clean.table.groupby("patient_key")["split"].nunique().max() == 1
     per_split = clean.table.groupby("split")["patient_key"].nunique().to_dict()
     assert per_split == {"train": 16, "val": 4, "test": 4}
@@ -277,6 +287,7 @@ def test_clean_cohort_look_alikes_are_rejected_with_a_margin(clean):
     sim = detail_similarity(clean.fp, cand["i"], cand["j"], cand["flipped"].to_numpy())
     assert np.nanmax(sim) < DETAIL_THRESHOLD - 0.05
     assert near_duplicate_pairs(clean.fp).empty
+    assert verified_near_pairs(clean.fp).empty  # nor does the geometric verification pair them
 
 
 # ------------------------------------------------------------------ the writer
@@ -294,3 +305,17 @@ def test_writer_cli_and_refusal(tmp_path, capsys):
         write_trap_cohort(tmp_path / "other")
     assert main([str(tmp_path / "other")]) == 2
     assert JPEG_QUALITY == 85
+
+
+def test_check_page_pictures_the_flagged_pairs_only_in_the_private_copy(trapped, tmp_path):
+    """Issue 16 x 14: the pair thumbnails are patient images: in private/check.html, never in check.html."""
+    from medxcept.check import check_cohort
+
+    html = check_cohort(trapped.spec, trapped.cfg, out_dir=tmp_path, run_name="check")
+    shared = html.read_text(encoding="utf-8")
+    private = (html.parent / "private" / "check.html").read_text(encoding="utf-8")
+    assert 'id="dup-pair-table"' in shared and 'id="dup-pair-table"' in private
+    assert "data:image/png" not in shared.split('id="dup-pair-table"')[1].split("</table>")[0]
+    table = private.split('id="dup-pair-table"')[1].split("</table>")[0]
+    assert table.count('<img src="data:image/png;base64,') >= 2
+    assert "keypoint inliers" in shared and "local document" in private

@@ -1,0 +1,417 @@
+"""Near-duplicate images decided by geometry: keypoints on the vessel tree, one consistent transform.
+
+Why not global look: every fundus photograph is an orange disc on black with the optic disc on
+one side, so global signatures (pHash, dHash, colour) of *different* eyes from one camera are as
+close as those of a re-saved copy, and a rotated, sheared or zoomed copy is farther than either.
+What a copy always shares with its original, and a different eye never does, is the position of
+hundreds of fine structures (vessel branchings and crossings, lesions) related by *one* geometric
+transform. So:
+
+1. **Features** (:func:`keypoint_features`): the green channel (gray for radiographs) at
+   :data:`WORK_PX` px, with its slow illumination removed (minus a Gaussian blur of the field of
+   view), so vessels stand out; up to :data:`N_KEYPOINTS` ORB keypoints (OpenCV, a dependency of
+   albumentations) inside the eroded field of view (the black border and its rim carry no
+   keypoints: every photograph of one camera has the same circle), for the image and for its
+   mirror image (ORB is rotation-invariant, not mirror-invariant; a vertical flip is a mirror plus
+   a half-turn, so one mirror covers both flips). A 128-px copy of the same image is kept for the
+   aligned detail check (step 4).
+2. **Candidates** (:func:`candidate_pairs`, sub-quadratic): the binary descriptors are hashed by
+   :data:`LSH_TABLES` random 16-bit subsets; two images sharing many buckets (in either
+   orientation) are candidates: the :data:`TOP_K` best-voted partners of each image, with at least
+   :data:`MIN_VOTES` votes (a shared bucket of ``s`` descriptors votes ``1 / (s - 1)``: rare
+   descriptors count more). Buckets holding more than :data:`BUCKET_CAP` descriptors (structures
+   every image has) are ignored, like stop words.
+3. **Geometric verification** (:func:`verify_pairs`): descriptors matched (mutual nearest
+   neighbours, Hamming distance <= 64 of 256 bits), then one affine transform fitted by RANSAC
+   (OpenCV ``estimateAffine2D``, tolerance :data:`RANSAC_PX` px at :data:`WORK_PX` px); the pair
+   must have at least :data:`MIN_INLIERS` inliers and a plausible transform (scale within 0.5-2,
+   shear below 0.5).
+4. **Aligned detail**: the candidate is warped onto the other image with that transform
+   (bilinear, at 128 px) and the sign of its fine detail (a band-pass: Gaussian blur of sigma 1
+   minus one of sigma :data:`_DENSE_SIGMA`) compared pixel by pixel inside both fields of view, as
+   ``2 * share_agreeing - 1``. Two eyes of one camera share their layout (disc, arcades, border)
+   and RANSAC can line up their keypoints with a near-identity, mirror, half-turn or slightly
+   sheared transform; a copy agrees widely once aligned, a look-alike only on the layout. It must
+   reach :data:`MIN_ALIGNED_AGREEMENT`.
+
+Images with fewer than :data:`MIN_KEYPOINTS` keypoints (flat or smooth pictures without
+structure) cannot be verified by geometry; pairs involving them keep the former rule (pHash and
+dHash within the Hamming threshold, and the sign of the fine detail agreeing,
+:func:`medxcept.audit.near_duplicate_pairs`), and are marked ``method="detail"``.
+
+The thresholds come from ``benchmarks/near_duplicates.py`` (copies vs look-alikes, real and
+synthetic photographs); see its output in the module notes of :mod:`medxcept.audit`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "WORK_PX",
+    "N_KEYPOINTS",
+    "MIN_KEYPOINTS",
+    "MIN_INLIERS",
+    "MIN_ALIGNED_AGREEMENT",
+    "FALLBACK_MIN_INLIERS",
+    "near_identity",
+    "keypoint_features",
+    "candidate_pairs",
+    "verify_pairs",
+    "geometric_pairs",
+    "n_keypoints",
+]
+
+WORK_PX = 256
+"""Side of the square image keypoints are found on (larger images are shrunk, smaller ones enlarged)."""
+N_KEYPOINTS = 250
+N_LEVELS = 4
+"""ORB pyramid levels (scale factor 1.3 each)."""
+"""ORB keypoints kept per image and orientation (the strongest by Harris response)."""
+MIN_KEYPOINTS = 30
+"""Fewer keypoints than this: the image is judged by the former hash + detail rule."""
+MIN_INLIERS = 15
+"""Matches consistent with one affine transform needed to call a pair a copy."""
+MIN_ALIGNED_AGREEMENT = 0.46
+"""Sign agreement of the fine detail after alignment (in [-1, 1]) needed to call a pair a copy."""
+FALLBACK_MIN_INLIERS = 8
+"""Inliers, in place, that a hash + detail candidate needs when both images carry keypoints."""
+RANSAC_PX = 2.0
+"""RANSAC tolerance, in pixels at :data:`WORK_PX`."""
+MAX_HAMMING = 64
+"""Largest descriptor distance (bits of 256) of a putative match."""
+LSH_TABLES = 8
+LSH_BITS = 16
+BUCKET_CAP = 24
+TOP_K = 8
+MIN_VOTES = 1.0
+DENSE_PX = 128
+_DENSE_SIGMA = 3.0
+_FOV_LEVEL = 8  # uint8 level below which a pixel is border, not image
+_MIN_OVERLAP = 400  # pixels (at DENSE_PX) inside both images needed for the detail check
+
+
+def _cv2() -> Any:
+    import cv2  # albumentations' own dependency
+
+    cv2.setNumThreads(1)
+    return cv2
+
+
+def _to_u8_gray(img: np.ndarray) -> np.ndarray:
+    """Luma of a colour image, or the gray image, as uint8."""
+    a = np.asarray(img)
+    if a.ndim == 3 and a.shape[2] >= 3:
+        # luma, not the green channel alone: a darkened, contrast-stretched copy can clip green to 0
+        a = a[:, :, 0] * 0.299 + a[:, :, 1] * 0.587 + a[:, :, 2] * 0.114
+        a = a if np.asarray(img).dtype.kind == "f" else a.astype(np.asarray(img).dtype)
+    elif a.ndim == 3:
+        a = a[:, :, 0]
+    if a.dtype.kind == "f":
+        a = np.rint(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
+    elif a.dtype != np.uint8:
+        a = (a.astype(np.float64) * (255.0 / float(np.iinfo(a.dtype).max))).round().astype(np.uint8)
+    return np.ascontiguousarray(a)
+
+
+def _enhance(cv2: Any, g: np.ndarray, px: int, sigma: float, erode: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(detail, fov)`` at ``px x px``: the image minus its blurred field of view, and the eroded mask."""
+    interp = cv2.INTER_AREA if g.shape[0] > px or g.shape[1] > px else cv2.INTER_LINEAR
+    x = cv2.resize(g, (px, px), interpolation=interp).astype(np.float32)
+    # the border: darker than a quarter of the way from the darkest pixels to the median
+    # (a brightened copy's black border is no longer 0)
+    lo, mid = np.percentile(x, [2, 50])
+    fov = (x > max(_FOV_LEVEL, lo + 0.25 * (mid - lo))).astype(np.uint8)
+    if erode:
+        fov = cv2.erode(fov, np.ones((erode, erode), np.uint8))
+    m = fov.astype(np.float32)
+    blur = cv2.GaussianBlur(x * m, (0, 0), sigma) / np.maximum(cv2.GaussianBlur(m, (0, 0), sigma), 1e-3)
+    return (x - blur) * m, fov
+
+
+_local = threading.local()
+
+
+def _workers(n_items: int) -> int:
+    """Threads for OpenCV work: the usable cores, at most one per item."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, n_items))
+
+
+def _orb() -> Any:
+    """One ORB detector per thread (OpenCV detectors are not thread-safe)."""
+    if not hasattr(_local, "orb"):
+        _local.orb = _cv2().ORB_create(nfeatures=N_KEYPOINTS, scaleFactor=1.3, nlevels=N_LEVELS,
+                                       edgeThreshold=19, patchSize=19, fastThreshold=5)
+    return _local.orb
+
+
+def _image_features(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Keypoints and descriptors of one image and of its mirror, and its int8 band-pass detail."""
+    cv2 = _cv2()
+    orb = _orb()
+    g = _to_u8_gray(img)
+    d, fov = _enhance(cv2, g, WORK_PX, 6.0, 9)
+    sd = float(d[fov > 0].std()) if fov.any() else 0.0
+    e = np.clip(128.0 + 40.0 * d / (sd + 1e-6), 0, 255).astype(np.uint8)
+    found = []
+    for im, m in ((e, fov), (e[:, ::-1].copy(), fov[:, ::-1].copy())):
+        kp, desc = orb.detectAndCompute(im, m)
+        if desc is None or not kp:
+            found += [np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)]
+        else:
+            found += [np.array([k.pt for k in kp], np.float32), desc]
+    dd, dfov = _enhance(cv2, g, DENSE_PX, _DENSE_SIGMA, 3)
+    fine = cv2.GaussianBlur(dd, (0, 0), 1.0)  # band-pass: sigma 1 to 3 px (pixel noise and resampling out)
+    inside = dfov > 0
+    if inside.any():
+        fine = fine - np.median(fine[inside])
+        fine = fine / (np.abs(fine[inside]).mean() + 1e-6)
+    # int8 detail (0 = outside the field of view; inside never exactly 0)
+    q = np.clip(np.rint(fine * 32), -127, 127)
+    q = np.where(q == 0, np.where(fine >= 0, 1, -1), q)
+    return found[0], found[2], found[1], found[3], (q * inside).astype(np.int8)
+
+
+def keypoint_features(images: Any) -> dict[str, np.ndarray]:
+    """ORB keypoints of each image and of its mirror, and the detail thumbnail for the aligned check.
+
+    Parameters
+    ----------
+    images : iterable of numpy.ndarray
+        Decoded images (``H x W [x C]``, float in [0, 1] or integer pixels), in cohort order.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        ``kp_xy``, ``kp_xy_flip``: object arrays of ``(k, 2)`` float32 keypoint positions (pixels
+        at :data:`WORK_PX`); ``kp_desc``, ``kp_desc_flip``: object arrays of ``(k, 32)`` uint8 ORB
+        descriptors; ``dense``: ``(n, 128, 128)`` int8 band-pass detail (0 outside the field of
+        view, never 0 inside).
+    """
+    images = list(images)
+    with ThreadPoolExecutor(max_workers=_workers(len(images))) as pool:  # OpenCV releases the GIL
+        per_image = list(pool.map(_image_features, images))
+    xy = [r[0] for r in per_image]
+    xyf = [r[1] for r in per_image]
+    de = [r[2] for r in per_image]
+    def_ = [r[3] for r in per_image]
+    dense = [r[4] for r in per_image]
+    n = len(xy)
+
+    def obj(v: list[np.ndarray]) -> np.ndarray:
+        out = np.empty(n, dtype=object)
+        out[:] = v
+        return out
+
+    return {"kp_xy": obj(xy), "kp_xy_flip": obj(xyf), "kp_desc": obj(de), "kp_desc_flip": obj(def_),
+            "dense": np.stack(dense) if n else np.zeros((0, DENSE_PX, DENSE_PX), np.int8)}
+
+
+def _lsh_masks() -> np.ndarray:
+    rng = np.random.default_rng(20261201)  # fixed: the same buckets for every cohort
+    return np.stack([rng.choice(256, LSH_BITS, replace=False) for _ in range(LSH_TABLES)])
+
+
+def candidate_pairs(
+    feat: dict[str, np.ndarray], *, top_k: int = TOP_K, min_votes: float = MIN_VOTES
+) -> pd.DataFrame:
+    """Pairs sharing many descriptor buckets: ``i < j``, ``flipped``, ``votes`` (sub-quadratic).
+
+    Each descriptor of each image (orientation 0) and of each mirror image (orientation 1) is
+    hashed by :data:`LSH_TABLES` bit subsets; descriptors in one bucket vote for their images'
+    pair (flipped when their orientations differ). A bucket of more than :data:`BUCKET_CAP`
+    descriptors is skipped. Cost: ``O(N log N)`` for ``N`` descriptors, plus the votes.
+    """
+    n = len(feat["kp_desc"])
+    img_ids, orient, descs = [], [], []
+    for o, key in ((0, "kp_desc"), (1, "kp_desc_flip")):
+        for k, d in enumerate(feat[key]):
+            if len(d):
+                descs.append(d)
+                img_ids.append(np.full(len(d), k, np.int64))
+                orient.append(np.full(len(d), o, np.int64))
+    empty = pd.DataFrame({"i": np.zeros(0, np.int64), "j": np.zeros(0, np.int64),
+                          "flipped": np.zeros(0, bool), "votes": np.zeros(0, np.float64)})
+    if not descs or n < 2:
+        return empty
+    bits = np.unpackbits(np.concatenate(descs), axis=1)
+    img = np.concatenate(img_ids)
+    ori = np.concatenate(orient)
+    weights = (1 << np.arange(LSH_BITS, dtype=np.int64))
+    codes: list[np.ndarray] = []
+    wts: list[np.ndarray] = []
+    for sel in _lsh_masks():
+        key = bits[:, sel].astype(np.int64) @ weights
+        order = np.argsort(key, kind="stable")
+        ks, im, oi = key[order], img[order], ori[order]
+        start = np.r_[0, np.nonzero(np.diff(ks))[0] + 1]
+        size = np.diff(np.r_[start, len(ks)])
+        bsize = np.repeat(size, size)
+        big = bsize > BUCKET_CAP
+        for off in range(1, BUCKET_CAP):
+            a = np.arange(len(ks) - off)
+            same = (ks[a] == ks[a + off]) & ~big[a]
+            a = a[same]
+            ia, ib = im[a], im[a + off]
+            keep = ia != ib
+            a, ia, ib = a[keep], ia[keep], ib[keep]
+            if not len(a):
+                continue
+            # one orientation must be the original image: (0,0) plain, (0,1)/(1,0) flipped, (1,1) = plain
+            fl = oi[a] != oi[a + off]
+            lo, hi = np.minimum(ia, ib), np.maximum(ia, ib)
+            codes.append((lo * n + hi) * 2 + fl)
+            wts.append(1.0 / (bsize[a] - 1))  # a rare bucket says more (idf-like)
+    if not codes:
+        return empty
+    pair, inv = np.unique(np.concatenate(codes), return_inverse=True)
+    votes = np.bincount(inv, weights=np.concatenate(wts))
+    fl = (pair % 2).astype(bool)
+    lo, hi = (pair // 2) // n, (pair // 2) % n
+    ok = votes >= min_votes
+    df = pd.DataFrame({"i": lo[ok], "j": hi[ok], "flipped": fl[ok], "votes": votes[ok]})
+    if df.empty:
+        return empty
+    # the top_k partners of each image (as i or as j), in either orientation
+    both = pd.concat([df.assign(a=df["i"]), df.assign(a=df["j"])], ignore_index=True)
+    both = both.sort_values(["a", "votes", "i", "j", "flipped"], ascending=[True, False, True, True, True],
+                            kind="stable")
+    top = both.groupby("a", sort=False).head(top_k)
+    out = top.drop(columns="a").drop_duplicates(["i", "j", "flipped"])
+    return out.sort_values(["i", "j", "flipped"], kind="stable").reset_index(drop=True)
+
+
+def _decompose(m: np.ndarray, flipped: bool) -> dict[str, float]:
+    """Rotation (degrees), scale, shear (radians) and shift (share of the side) of a 2x3 affine matrix."""
+    a = m[:, :2].astype(np.float64)
+    sx = float(np.hypot(a[0, 0], a[1, 0]))
+    rot = float(np.arctan2(a[1, 0], a[0, 0]))
+    det = float(np.linalg.det(a))
+    sy = det / sx if sx > 0 else 0.0
+    shear = float(np.arctan2(a[0, 0] * a[0, 1] + a[1, 0] * a[1, 1], det)) if det else 0.0
+    c = (WORK_PX - 1) / 2.0
+    centre = a @ np.array([c, c]) + m[:, 2]
+    return {"rotation_deg": round(np.degrees(rot), 1), "scale": round(float(np.sqrt(abs(sx * sy))), 3),
+            "shear_rad": round(shear, 3), "shift_x": round(float(centre[0] - c) / WORK_PX, 3),
+            "shift_y": round(float(centre[1] - c) / WORK_PX, 3), "flip": bool(flipped)}
+
+
+def _aligned_agreement(
+    cv2: Any, feat: dict[str, np.ndarray], i: int, j: int, m: np.ndarray, flipped: bool
+) -> float:
+    """Sign agreement of the detail of ``i`` and of ``j`` warped onto ``i`` by ``m`` (NaN: little overlap)."""
+    a = feat["dense"][i].astype(np.float32)
+    b = feat["dense"][j]
+    if flipped:
+        b = b[:, ::-1]
+    s = DENSE_PX / WORK_PX
+    # pixel centres: x_dense = s * x_work + c, so the translation becomes s * t + c - A (c, c)
+    c = 0.5 * s - 0.5
+    ms = m.astype(np.float64).copy()
+    ms[:, 2] = s * ms[:, 2] + c - ms[:, :2] @ np.array([c, c])
+    inside_b = cv2.warpAffine((b != 0).astype(np.float32), ms, (DENSE_PX, DENSE_PX),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP) > 0.99
+    warped = cv2.warpAffine(np.ascontiguousarray(b, dtype=np.float32), ms, (DENSE_PX, DENSE_PX),
+                            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    both = (a != 0) & inside_b
+    if int(both.sum()) < _MIN_OVERLAP:
+        return float("nan")
+    return float(2.0 * np.mean((a[both] > 0) == (warped[both] > 0)) - 1.0)
+
+
+def near_identity(t: dict[str, Any] | pd.Series) -> bool:
+    """True when a transform leaves the layout in place.
+
+    Within 8 deg of no turn or of a half-turn, 15 % scale, 0.08 shear, 0.1 of the side shift (with or
+    without a mirror): where two eyes of one camera can sit.
+
+    The half-turn counts because a fundus layout is nearly symmetric top-bottom: a right eye turned
+    by 180 deg puts its disc, arcades and border where a left eye's are.
+    """
+    rot = abs(float(t["rotation_deg"])) % 360
+    return bool(min(rot, abs(180 - rot), 360 - rot) < 8 and abs(t["scale"] - 1) < 0.15
+                and abs(t["shear_rad"]) < 0.08 and np.hypot(t["shift_x"], t["shift_y"]) < 0.1)
+
+
+def _verify_one(feat: dict[str, np.ndarray], a: int, b: int, fl: bool) -> dict[str, Any]:
+    """Match, fit and check one candidate pair (see :func:`verify_pairs`)."""
+    cv2 = _cv2()
+    pa, da = feat["kp_xy"][a], feat["kp_desc"][a]
+    side = "_flip" if fl else ""
+    pb, db = feat["kp_xy" + side][b], feat["kp_desc" + side][b]
+    row: dict[str, Any] = {"i": a, "j": b, "flipped": fl, "matches": 0, "inliers": 0,
+                           "aligned_agreement": np.nan, "rotation_deg": np.nan, "scale": np.nan,
+                           "shear_rad": np.nan, "shift_x": np.nan, "shift_y": np.nan, "confirmed": False}
+    if len(da) < 3 or len(db) < 3:
+        return row
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
+    ms = [mm for mm in matcher.match(da, db) if mm.distance <= MAX_HAMMING]
+    row["matches"] = len(ms)
+    if len(ms) < FALLBACK_MIN_INLIERS:  # fewer matches than the least inliers any rule needs
+        return row
+    src = pa[[mm.queryIdx for mm in ms]]
+    dst = pb[[mm.trainIdx for mm in ms]]
+    cv2.setRNGSeed(0)  # per thread: the same pair always gets the same fit
+    m, inl = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX,
+                                  maxIters=2000, confidence=0.999, refineIters=10)
+    if m is None:
+        return row
+    row["inliers"] = int(inl.sum())
+    row.update({k: v for k, v in _decompose(m, fl).items() if k != "flip"})
+    plausible = 0.5 <= row["scale"] <= 2.0 and abs(row["shear_rad"]) <= 0.5
+    if row["inliers"] >= FALLBACK_MIN_INLIERS and plausible:
+        row["aligned_agreement"] = _aligned_agreement(cv2, feat, a, b, m, fl)
+    if row["inliers"] >= MIN_INLIERS and plausible:
+        # a shared layout (disc, arcades, border of one camera) can line up keypoints of two
+        # different eyes under a near-identity, mirror or slightly sheared transform: the fine
+        # detail must agree too once aligned
+        row["confirmed"] = bool(row["aligned_agreement"] >= MIN_ALIGNED_AGREEMENT)
+    return row
+
+
+def verify_pairs(feat: dict[str, np.ndarray], i: Any, j: Any, flipped: Any) -> pd.DataFrame:
+    """Geometric verification of candidate pairs ``(i[k], j[k])`` (``j`` mirrored where ``flipped``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per pair: ``i``, ``j``, ``flipped``, ``matches`` (mutual nearest descriptors),
+        ``inliers`` (of one affine transform, RANSAC), ``aligned_agreement`` (see the module
+        notes), the transform (``rotation_deg``, ``scale``, ``shear_rad``, ``shift_x``, ``shift_y``:
+        how ``j`` is placed relative to ``i``) and ``confirmed`` (all criteria met).
+    """
+    args = list(zip(np.asarray(i, np.int64).tolist(), np.asarray(j, np.int64).tolist(),
+                    np.asarray(flipped, bool).tolist(), strict=True))
+    with ThreadPoolExecutor(max_workers=_workers(len(args))) as pool:  # OpenCV releases the GIL
+        rows = list(pool.map(lambda t: _verify_one(feat, *t), args))
+    cols = ["i", "j", "flipped", "matches", "inliers", "aligned_agreement", "rotation_deg", "scale",
+            "shear_rad", "shift_x", "shift_y", "confirmed"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def geometric_pairs(feat: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Candidates (:func:`candidate_pairs`) verified (:func:`verify_pairs`); every candidate row, ``i < j``.
+
+    A pair tried in both orientations keeps its better one (confirmed first, then more inliers).
+    """
+    cand = candidate_pairs(feat)
+    res = verify_pairs(feat, cand["i"], cand["j"], cand["flipped"])
+    res["votes"] = cand["votes"].to_numpy()
+    res = res.sort_values(["i", "j", "confirmed", "inliers"], ascending=[True, True, False, False],
+                          kind="stable")
+    return res.drop_duplicates(["i", "j"]).reset_index(drop=True)
+
+
+def n_keypoints(feat: dict[str, np.ndarray]) -> np.ndarray:
+    """Keypoints found per image (original orientation)."""
+    return np.array([len(d) for d in feat["kp_desc"]], dtype=np.int64)

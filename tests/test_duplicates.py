@@ -1,0 +1,129 @@
+"""Near-duplicates decided by geometry (medxcept.duplicates), on a real fundus photograph.
+
+``skimage.data.retina`` is a real photograph: a rotated, sheared, zoomed, mirrored and
+re-compressed copy of it must be confirmed with its transform; eyes that share its camera,
+colour, disc, vignetting and border but carry another vessel tree must not be paired, and
+``--on-leak fix`` must not merge them.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import cv2  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from medxcept.audit import audit_cohort, fingerprints, verified_near_pairs  # noqa: E402
+from medxcept.check import _duplicate_pairs_shown  # noqa: E402
+from medxcept.duplicates import MIN_INLIERS, verify_pairs  # noqa: E402
+
+PX = 256
+
+
+def _jpeg(a: np.ndarray, q: int) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="JPEG", quality=q)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def _warp(a: np.ndarray, rot_deg: float, zoom: float, shear: float, shift: float) -> np.ndarray:
+    h, w = a.shape[:2]
+    r = np.deg2rad(rot_deg)
+    lin = zoom * np.array([[np.cos(r), -np.sin(r + shear)], [np.sin(r), np.cos(r + shear)]])
+    c = np.array([w / 2, h / 2])
+    t = c + shift * w - lin @ c
+    return cv2.warpAffine(a, np.hstack([lin, t[:, None]]), (w, h), flags=cv2.INTER_LINEAR)
+
+
+@pytest.fixture(scope="module")
+def retina() -> dict[str, np.ndarray]:
+    """The real photograph, a heavy copy of it, and two look-alikes on its blurred, vessel-free background."""
+    from skimage import data
+
+    rgb = cv2.resize(data.retina(), (PX, PX), interpolation=cv2.INTER_AREA)
+    g = rgb[:, :, 1]
+    vessels = cv2.morphologyEx(g, cv2.MORPH_BLACKHAT, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9)))
+    mask = ((vessels > np.percentile(vessels[g > 15], 80)) & (g > 15)).astype(np.uint8)
+    clean = cv2.GaussianBlur(cv2.inpaint(rgb, cv2.dilate(mask, np.ones((3, 3), np.uint8)), 3, cv2.INPAINT_TELEA), (0, 0), 2)
+    rng = np.random.default_rng(0)
+    disc = np.unravel_index(np.argmax(cv2.GaussianBlur(clean[:, :, 1].astype(np.float32), (0, 0), 8)), g.shape)
+    looks = []
+    for k in range(2):
+        tree = np.zeros((PX, PX), np.float32)
+        for _ in range(8):  # a different random vessel tree from the same disc
+            x, y, ang = float(disc[1]), float(disc[0]), rng.uniform(0, 2 * np.pi)
+            pts = [(x, y)]
+            for _ in range(30):
+                ang += rng.normal(0, 0.2)
+                x, y = x + 4 * np.cos(ang), y + 4 * np.sin(ang)
+                pts.append((x, y))
+            cv2.polylines(tree, [np.round(np.array(pts)).astype(np.int32)], False, 1.0, 2)
+        img = (clean * (1 - 0.5 * cv2.GaussianBlur(tree, (0, 0), 0.8))[..., None]).astype(np.uint8)
+        img[g < 10] = 0
+        looks.append(img[:, ::-1].copy() if k else img)  # the second as the other (mirrored) eye
+    copy = _jpeg(np.ascontiguousarray(_warp(rgb, 30, 0.9, 0.1, 0.1)[:, ::-1]), 60)
+    return {"orig": rgb, "copy": copy, "look_a": looks[0], "look_b": looks[1]}
+
+
+@pytest.fixture(scope="module")
+def fp(retina):
+    return fingerprints([retina["orig"], retina["copy"], retina["look_a"], retina["look_b"]])
+
+
+def test_heavy_copy_confirmed_by_one_transform_look_alikes_not(fp):
+    pairs = verified_near_pairs(fp)
+    assert list(zip(pairs["i"], pairs["j"], strict=True)) == [(0, 1)]
+    p = pairs.iloc[0]
+    assert p["method"] == "geometry" and bool(p["flipped"]) and p["inliers"] >= 2 * MIN_INLIERS
+    # the planted transform: 30 deg (mirrored, so the sign turns), zoom 0.9, shear 0.1
+    assert abs(abs(p["rotation_deg"]) - 30) < 6 and abs(p["scale"] - 0.9) < 0.08
+    # the look-alikes share disc, colour and border with the photograph, not its vessel geometry
+    i, j = np.triu_indices(4, 1)
+    others = [(a, b) for a, b in zip(i, j, strict=True) if (a, b) != (0, 1)]
+    res = pd.concat([verify_pairs(fp, [a for a, _ in others], [b for _, b in others], [f] * len(others))
+                     for f in (False, True)])
+    assert res["inliers"].max() < MIN_INLIERS and not res["confirmed"].any()
+
+
+def test_fix_merges_only_confirmed_pairs(fp, retina):
+    df = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "patient_key": ["P1", "P2", "P3", "P4"],
+                       "label": ["x", "x", "y", "y"]})
+    report = audit_cohort(df, fp=fp, policy="fix")
+    g = report.merge_groups
+    assert g["a"] == g["b"] and len({g["a"], g["c"], g["d"]}) == 3
+    d = report.by_kind("duplicate_across_patients")[0].details[0]
+    assert d["method"] == "geometry" and d["inliers"] >= MIN_INLIERS and d["transform"]["flip"] is True
+
+
+def test_gray_images_copy_found_distinct_not():
+    from skimage import data
+
+    cam = data.camera()
+    other = cv2.resize(data.moon(), cam.shape[::-1])
+    copy = _warp(cv2.resize(cam, (384, 384)), -20, 1.1, 0.0, -0.05)
+    pairs = verified_near_pairs(fingerprints([cam, other, copy[::-1].copy()]))  # flipped upside down too
+    assert list(zip(pairs["i"], pairs["j"], strict=True)) == [(0, 2)] and pairs["method"].iloc[0] == "geometry"
+
+
+def test_check_page_pairs_show_the_flagged_images(retina):
+    imgs = np.stack([retina["orig"], retina["copy"], retina["look_a"]])
+    table = pd.DataFrame({"image_id": ["a", "b", "c"]})
+    audit = {"findings": [{"kind": "duplicate_across_splits", "count": 5, "details": [
+        {"image_id_a": "a", "image_id_b": "b", "label_a": "x", "label_b": "x", "match": "near",
+         "method": "geometry", "inliers": 40, "transform": {"rotation_deg": 30.0}}]}]}
+    shown, total = _duplicate_pairs_shown(audit, table, imgs)
+    assert total == 5 and len(shown) == 1 and shown[0]["inliers"] == 40
+    for key, img in (("thumb_a", imgs[0]), ("thumb_b", imgs[1])):
+        png = base64.b64decode(shown[0][key].split(",", 1)[1])
+        got = np.asarray(Image.open(io.BytesIO(png)))
+        want = Image.fromarray(img)
+        want.thumbnail((128, 128))
+        np.testing.assert_array_equal(got, np.asarray(want))
