@@ -7,6 +7,7 @@ composes them and writes the run directory.
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import shutil
 import time
@@ -31,8 +32,9 @@ from medxcept.evaluate import (
     multiclass_metrics,
 )
 from medxcept.ingest import IngestResult, ingest
-from medxcept.preprocess import PreprocessCache
-from medxcept.run import RunDir, code_version, data_hash, environment, package_versions
+from medxcept.preprocess import PreprocessCache, decode_key
+from medxcept.faults import fault_point
+from medxcept.run import COMPLETE, RunDir, code_version, data_hash, environment, package_versions
 from medxcept.splits import assign_splits, split_hash, split_table
 
 __all__ = ["run_pipeline", "evaluate_predictions", "training_verdict", "prepare_cohort"]
@@ -49,18 +51,31 @@ def _say(msg: str) -> None:
 
 def prepare_cohort(spec: CohortSpec, cfg: RunConfig) -> tuple[IngestResult, PreprocessCache]:
     """Ingest the cohort into the table and the preprocessing cache."""
-    cache = PreprocessCache(cache_dir() / "preprocessed")
+    cache = cohort_cache(spec)
     return ingest(spec, preprocess_cfg=cfg.preprocess, cache=cache), cache
+
+
+def cohort_cache(spec: CohortSpec | None = None, decode: str | None = None) -> PreprocessCache:
+    """The preprocessing cache for a cohort: one sub-folder per cohort-level decoding
+    (:func:`medxcept.preprocess.decode_key`, e.g. another DICOM window gives other pixels)."""
+    key = decode_key(spec) if decode is None else decode
+    root = cache_dir() / "preprocessed"
+    return PreprocessCache(root / key if key else root)
 
 
 def ingest_into_run(run: RunDir, spec: CohortSpec, cfg: RunConfig) -> tuple[IngestResult, PreprocessCache]:
     """Ingest ``spec`` and record it in ``run``: ``exclusions.csv`` and, in ``private/``, the
     patient map and the image paths (file names often carry patient IDs)."""
     ing, cache = prepare_cohort(spec, cfg)
+    record_ingestion(run, ing)
+    return ing, cache
+
+
+def record_ingestion(run: RunDir, ing: IngestResult) -> None:
+    """Write ``exclusions.csv`` and, in ``private/``, the patient map and the image paths."""
     run.write_csv("exclusions.csv", ing.exclusions)
     run.write_private("patient_map.csv", ing.patient_map)
     run.write_private("image_paths.csv", ing.table[["image_id", "patient_key", "path", "frame"]])
-    return ing, cache
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -261,7 +276,7 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
     from medxcept.model import detect_device, resolve_weights
     from medxcept.preprocess import load_images
     from medxcept.report import render_report
-    from medxcept.train import fit, predict_logits_tta, set_seeds
+    from medxcept.train import check_resumable, fit, predict_logits_tta, save_inference_model, set_seeds
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -271,15 +286,15 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
              "Results are from random initialization; the report says so on its first line.")
     set_seeds(cfg.seed)
     if resume_dir is not None:
-        run = RunDir(_resumable(Path(resume_dir)))
+        run = RunDir(_resumable(Path(resume_dir))).lock()  # a second process on this run stops here
         _say(f"resuming {run.path}")
     else:
-        run = RunDir.create(cfg.out_dir, spec.name, cfg, name=run_name)
-    run.write_config(cfg, extra={"cohort_name": spec.name, "classes": list(spec.classes)})
+        run = RunDir.create(cfg.out_dir, spec.name, cfg, name=run_name).lock()
+        run.write_config(cfg, extra={"cohort_name": spec.name, "classes": list(spec.classes)})
     _say(f"run directory: {run.path}")
 
     t = time.perf_counter()
-    ing, cache = ingest_into_run(run, spec, cfg)
+    ing, cache = prepare_cohort(spec, cfg)  # nothing written into the run yet: a refused resume changes nothing
     timings["ingest_s"] = time.perf_counter() - t
     _say(f"cohort: {len(ing.table)} image(s) of {ing.table['patient_key'].nunique()} patient(s); "
          f"{ing.files_found} file(s) found, {ing.files_excluded} excluded (see exclusions.csv)")
@@ -288,9 +303,13 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
     images = load_images(ing.table, cache, cfg.preprocess)
     table, report = split_and_audit(ing.table, images, cfg)
     timings["audit_s"] = time.perf_counter() - t
-    run.write_json("audit.json", report.to_dict())
     if resume_dir is not None:
+        # validate everything a resume depends on before the first write
         _same_split(run.file("split.csv"), split_table(table))
+        train_y = table.loc[table["split"] == "train", "y"].to_numpy()
+        check_resumable(run.path, cfg=cfg, train_y=train_y, n_val=int((table["split"] == "val").sum()))
+    record_ingestion(run, ing)
+    run.write_json("audit.json", report.to_dict())
     run.write_csv("split.csv", split_table(table))
     run.write_csv("cohort.csv", public_view(table))
     report.raise_if_errors()
@@ -311,7 +330,10 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
                  resume=resume_dir is not None)
     timings["train_s"] = result.seconds
     run.write_csv("history.csv", result.history)
-    result.model.save(run.file("model.keras"))
+    model_bytes = save_inference_model(result.model, run.file("model.keras"))
+    _say(f"model.keras: {model_bytes / 1e6:.1f} MB (architecture and weights of epoch {result.best_epoch}, "
+         "no optimizer state)")
+    fault_point("trained")  # test hook (medxcept.faults): killed after training, before evaluation
 
     t = time.perf_counter()
     tta = {"passes": cfg.eval.tta, "seed": cfg.seed, "policy": cfg.augment.policy, "batch_size": cfg.train.batch_size}
@@ -335,8 +357,10 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
     aug = build_augment(cfg.augment, seed=cfg.seed)
     run.write_json("augmentation.json", serialize_augment(aug))
     versions = {"packages": package_versions(), "code": code_version(), "environment": environment(),
-                "device": device, "data_hash": data_hash(table), "split_hash": split_hash(table),
-                "config_hash": config_hash(cfg)}
+                "device": device, "data_hash": data_hash(table, decode=decode_key(spec)),
+                "split_hash": split_hash(table), "config_hash": config_hash(cfg),
+                "model": {"file": "model.keras", "bytes": model_bytes, "weights_sha256": result.weights_sha256,
+                          "optimizer_state": False}}
     run.write_json("versions.json", versions)
     timings["total_s"] = time.perf_counter() - t_start
     full = {
@@ -344,6 +368,8 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
                 "weights": weights.kind, "weights_description": weights.description,
                 "pretrained": weights.pretrained, "recipe": cfg.train.recipe, "image_px": cfg.preprocess.image_px,
                 "seed": cfg.seed, "tta_passes": cfg.eval.tta, "precision": result.precision,
+                "model_bytes": model_bytes, "weights_sha256": result.weights_sha256,
+                "resumed_after_training": result.resumed_after_training,
                 "n_devices": result.n_devices, "backend": device["backend"], "device": device["device"],
                 "external_validation": False},
         "cohort": {**_summary_counts(table), "files_found": ing.files_found, "files_used": ing.files_used,
@@ -372,11 +398,16 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
         timings["learning_curve_s"] = time.perf_counter() - t
         _say(f"learning curve: {full['learning_curve']['verdict']}")
     run.write_json("metrics.json", full)
-    shutil.rmtree(run.file("checkpoints"), ignore_errors=True)  # complete: model.keras supersedes them
+    fault_point("evaluated")  # test hook: killed after metrics.json, before the report
     html = render_report(run.path, metrics=full, table=table, history=result.history, predictions=predictions,
                          audit=report, versions=versions, images=images, cfg=cfg, spec=spec, frames=frames,
                          extra_figs={**figs, "cam": _cam_figure(result.model, images[parts["test"]], frames["test"],
                                                                 metrics.get("threshold"))})
+    # the completion marker, written last: until it exists the run is resumable (checkpoints kept)
+    run.write_json(COMPLETE, {"completed": _dt.datetime.now().isoformat(timespec="seconds"),
+                              "weights_sha256": result.weights_sha256, "model_bytes": model_bytes,
+                              "best_epoch": int(result.best_epoch)})
+    shutil.rmtree(run.file("checkpoints"), ignore_errors=True)  # complete: model.keras supersedes them
     _say(f"report written in {timings['total_s']:.0f} s")
     return html
 
@@ -395,8 +426,9 @@ def _cam_figure(model: Any, images: np.ndarray, test: pd.DataFrame, threshold: d
 def _resumable(path: Path) -> Path:
     if not (path / "config.yaml").is_file():
         raise ConfigError(f"cannot resume {path}: it holds no config.yaml (not a medxcept run directory)")
-    if (path / "metrics.json").is_file():
-        raise ConfigError(f"cannot resume {path}: the run is complete (metrics.json exists); start a new run")
+    legacy = (path / "report.html").is_file() and not (path / "checkpoints").exists()  # before complete.json
+    if (path / COMPLETE).is_file() or legacy:
+        raise ConfigError(f"cannot resume {path}: the run is complete ({COMPLETE} exists); start a new run")
     if not (path / "checkpoints" / "state.json").is_file():
         log.warning("! %s has no checkpoint (interrupted before its first epoch ended): training from the start",
                     path)
