@@ -47,7 +47,15 @@ or data raises :class:`~medxcept.errors.ConfigError` naming both hashes, so fold
 experiments are never mixed. A fold directory without a marker was interrupted: it continues from
 its last per-epoch checkpoint (:func:`medxcept.train.fit` with ``resume=True``, which refuses a
 checkpoint of another configuration or other training data), or restarts when it was killed
-before its first epoch ended.
+before its first epoch ended. A fold is run under a lock (``.<fold>.lock`` in the CV directory,
+``flock``, released by the OS when the process dies): a second process on the same fold (a
+resubmitted array job) stops with a clear message and never deletes the directory of a fold
+another process is training.
+
+Failures. A fold that raises, or whose process dies (``os._exit``, a killed Ray worker), is
+recorded in ``<fold>/failed.json`` with its error; the other folds run on. :func:`run_cv` then
+raises :class:`FoldsFailedError` naming every failed fold (the CLI: one line, exit 2), and the
+same command again runs only the folds that are not complete.
 
 Executors. Folds are independent: ``executor="local"`` runs them in this process one after the
 other, or in ``jobs`` spawned processes; ``executor="ray"`` submits each fold as a ``ray.remote``
@@ -185,11 +193,9 @@ def default_cv_name(cohort_name: str, cfg: RunConfig, n_folds: int, repeats: int
 
 def _write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
-    from medxcept.run import _json_default
+    from medxcept.run import _json_default, write_atomic
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -1019,6 +1025,7 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
 
     from medxcept.report import TEMPLATES, fmt
     from medxcept.report.figures import reliability_figure, roc_pr_figure
+    from medxcept.run import write_atomic
 
     plan = load_plan(cv_dir)
     status = fold_status(plan)
@@ -1108,6 +1115,5 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
         config_yaml=(plan.path / "config.yaml").read_text(encoding="utf-8"),
         labels={"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "sensitivity": "sensitivity",
                 "specificity": "specificity", "precision": "precision (PPV)", "ece": "ECE", "brier": "Brier"})
-    out = plan.path / "cv_report.html"
-    out.write_text(html, encoding="utf-8")
+    out = write_atomic(plan.path / "cv_report.html", html)
     return {"report": out, "metrics": result, "missing": missing}

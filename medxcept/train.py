@@ -495,8 +495,9 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
             checkpoint written with another configuration or other data raises ``ConfigError``.
 
     A resumed run reaches the same epoch count as an uninterrupted one and continues with the
-    same random streams: data order and augmentation are functions of ``(seed, epoch, batch)``
-    and the dropout seed states are restored from the checkpoint, so its weights and losses equal
+    same random streams: data order (images and batches: Keras' own batch shuffling, which
+    draws from Python's global ``random``, is off) and augmentation are functions of
+    ``(seed, epoch, batch)`` and the dropout seed states are restored from the checkpoint, so its weights and losses equal
     the uninterrupted run's up to floating-point summation order (see ``tests/test_train.py``).
     A checkpoint whose stages had all finished is restored (best-epoch weights, checksum
     verified) and nothing trains.
@@ -601,8 +602,11 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
         log.info("stage %s: %d epoch(s), %d trainable parameters", stage.name, stage.epochs,
                  stages[-1]["trainable_params"])
         if initial < stage.epochs and not chooser.stopped:
+            # shuffle=False: the dataset orders each epoch itself from (seed, epoch). Keras would
+            # otherwise shuffle the batch order with Python's global `random`, whose state a resumed
+            # process cannot know, so a resumed run would see its batches in another order.
             model.fit(train_ds, validation_data=val_ds, epochs=stage.epochs, initial_epoch=initial,
-                      callbacks=callbacks, verbose=0)
+                      callbacks=callbacks, verbose=0, shuffle=False)
         else:
             callbacks[-1].on_train_end()  # close the progress bar
             chooser.set_model(model)

@@ -148,7 +148,6 @@ def test_run_killed_at_every_phase_resumes_to_the_uninterrupted_predictions(coho
 def test_saved_model_has_no_optimizer_state_and_predicts_as_the_run_did(reference):
     import keras
 
-    from medxcept.config import load_config
     from medxcept.preprocess import load_images
     from medxcept.run import load_run_config
     from medxcept.train import predict_logits
@@ -169,7 +168,7 @@ def test_saved_model_has_no_optimizer_state_and_predicts_as_the_run_did(referenc
     from medxcept.pipeline import prepare_cohort
 
     cfg = load_run_config(reference)
-    assert cfg.eval.tta == 0 and load_config  # noqa: B018
+    assert cfg.eval.tta == 0
     ing, cache = prepare_cohort(load_cohort_spec(cfg.cohort), cfg)
     preds = pd.read_csv(reference / "predictions.csv")
     table = ing.table.set_index("image_id").loc[preds["image_id"]].reset_index()

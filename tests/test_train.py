@@ -199,9 +199,13 @@ def test_resume_continues_after_the_last_completed_epoch(tiny_data, reference, t
     assert again.resumed_after_training and again.weights_sha256 == resumed.weights_sha256
     assert again.best_epoch == resumed.best_epoch
     np.testing.assert_allclose(_val_logits(tiny_data, again), _val_logits(tiny_data, resumed), atol=1e-6)
-    fresh = _fit(tiny_data, cfg=dataclasses.replace(tiny_data["cfg"], train=dataclasses.replace(
-        tiny_data["cfg"].train, head_epochs=0, finetune_epochs=0)))
-    assert fresh.weights_sha256 != resumed.weights_sha256  # the checksum tells an untrained model apart
+    from medxcept.model import build_model, resolve_weights
+    from medxcept.train import weights_checksum
+
+    cfg = tiny_data["cfg"]
+    fresh = build_model(image_px=cfg.preprocess.image_px, n_classes=2, dropout=cfg.model.dropout,
+                        weights=resolve_weights("none"), seed=cfg.seed)
+    assert weights_checksum(fresh) != resumed.weights_sha256  # the checksum tells an untrained model apart
     # a damaged checkpoint (weights that are not the recorded ones) is refused, never evaluated
     state = json.loads((tmp_path / "checkpoints" / "state.json").read_text())
     (tmp_path / "checkpoints" / "state.json").write_text(json.dumps({**state, "weights_sha256": "0" * 64}))
@@ -210,7 +214,6 @@ def test_resume_continues_after_the_last_completed_epoch(tiny_data, reference, t
     (tmp_path / "checkpoints" / "state.json").write_text(json.dumps(state))
 
     # a checkpoint of another configuration is never continued
-    cfg = tiny_data["cfg"]
     other = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, patience=9))
     with pytest.raises(ConfigError, match="another configuration"):
         _fit(tiny_data, run_dir=tmp_path, resume=True, cfg=other)
