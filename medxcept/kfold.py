@@ -875,7 +875,8 @@ def run_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: in
         done = f"; done: {', '.join(trained)}" if trained else ""
         raise FoldsFailedError(
             f"{len(errors)} of {len(results)} fold(s) failed: "
-            + "; ".join(f"{n} ({r['error_class']}: {r['message'][:200]})" for n, r in zip(names, errors))
+            + "; ".join(f"{n} ({r['error_class']}: {' '.join(str(r['message']).split())[:200]})"
+                        for n, r in zip(names, errors))
             + f"{done}. Each failure is in <fold>/{FAILED} under {plan.path}; re-run the same command to "
             "retry only the folds not complete")
     missing = [n for n, s in fold_status(plan).items() if s != "complete"]

@@ -31,9 +31,9 @@ from medxcept.evaluate import (
     choose_threshold,
     multiclass_metrics,
 )
+from medxcept.faults import fault_point
 from medxcept.ingest import IngestResult, ingest
 from medxcept.preprocess import PreprocessCache, decode_key
-from medxcept.faults import fault_point
 from medxcept.run import COMPLETE, RunDir, code_version, data_hash, environment, package_versions
 from medxcept.splits import assign_splits, split_hash, split_table
 

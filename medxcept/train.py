@@ -427,12 +427,13 @@ def save_inference_model(model: keras.Model, path: Path) -> int:
     """Save what inference needs (architecture and weights, no optimizer state) atomically; return its size.
 
     Keras 3's ``Model.save`` has no ``include_optimizer``: a compiled model carries the
-    optimizer's moments (two more copies of every trainable weight). An uncompiled clone with the
-    same weights holds only what :func:`predict_logits` needs; it loads with
-    ``keras.models.load_model`` and predicts identically (``tests/test_faults.py``).
+    optimizer's moments (two more copies of every trainable weight). A model rebuilt from its
+    configuration (``from_config``: uncompiled; ``keras.models.clone_model`` would compile the copy
+    with the *same*, built optimizer) with the same weights holds only what :func:`predict_logits`
+    needs; it loads with ``keras.models.load_model`` and predicts identically (``tests/test_faults.py``).
     """
     path = Path(path)
-    clone = keras.models.clone_model(model)
+    clone = model.__class__.from_config(model.get_config())
     clone.set_weights(model.get_weights())
     tmp = path.with_name(f".{os.getpid()}.{path.name}")  # keeps the .keras suffix Keras requires
     try:
