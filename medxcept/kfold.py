@@ -47,7 +47,15 @@ or data raises :class:`~medxcept.errors.ConfigError` naming both hashes, so fold
 experiments are never mixed. A fold directory without a marker was interrupted: it continues from
 its last per-epoch checkpoint (:func:`medxcept.train.fit` with ``resume=True``, which refuses a
 checkpoint of another configuration or other training data), or restarts when it was killed
-before its first epoch ended.
+before its first epoch ended. A fold is run under a lock (``.<fold>.lock`` in the CV directory,
+``flock``, released by the OS when the process dies): a second process on the same fold (a
+resubmitted array job) stops with a clear message and never deletes the directory of a fold
+another process is training.
+
+Failures. A fold that raises, or whose process dies (``os._exit``, a killed Ray worker), is
+recorded in ``<fold>/failed.json`` with its error; the other folds run on. :func:`run_cv` then
+raises :class:`FoldsFailedError` naming every failed fold (the CLI: one line, exit 2), and the
+same command again runs only the folds that are not complete.
 
 Executors. Folds are independent: ``executor="local"`` runs them in this process one after the
 other, or in ``jobs`` spawned processes; ``executor="ray"`` submits each fold as a ``ray.remote``
@@ -95,6 +103,7 @@ __all__ = [
     "aggregate_cv",
     "t_interval",
     "CV_METRICS",
+    "FoldsFailedError",
 ]
 
 log = logging.getLogger(__name__)
@@ -103,7 +112,12 @@ log = logging.getLogger(__name__)
 CV_METRICS = ("roc_auc", "pr_auc", "sensitivity", "specificity", "precision", "ece", "brier")
 EXECUTORS = ("local", "ray")
 MARKER = "fold.json"
+FAILED = "failed.json"
 PLAN = "cv.json"
+
+
+class FoldsFailedError(MedxceptError):
+    """One or more folds failed (each recorded in its ``failed.json``); the others ran."""
 
 
 # ------------------------------------------------------------------------------------------ plan
@@ -179,11 +193,9 @@ def default_cv_name(cohort_name: str, cfg: RunConfig, n_folds: int, repeats: int
 
 def _write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
-    from medxcept.run import _json_default
+    from medxcept.run import _json_default, write_atomic
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -281,6 +293,7 @@ def plan_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: i
     from medxcept.cohort import public_view
     from medxcept.data import load_images
     from medxcept.pipeline import prepare_cohort, record_ingestion
+    from medxcept.preprocess import decode_key
     from medxcept.run import RunDir, data_hash
 
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
@@ -312,7 +325,8 @@ def plan_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: i
         "classes": list(spec.classes), "n_folds": k, "repeats": repeats,
         "fold_seeds": [cfg.split.seed + r for r in range(repeats)],
         "holdout_test": bool((table["cv_split"] == "test").any()),
-        "config_hash": chash, "data_hash": data_hash(table),
+        "config_hash": chash, "data_hash": data_hash(table, decode=decode_key(spec)),
+        "decode_key": decode_key(spec),
         "split_hash": _combined_split_hash(table, repeats),
         "folds": [dataclasses.asdict(t) for t in _tasks(k, repeats)],
     }
@@ -401,9 +415,27 @@ def fold_status(plan: CVPlan) -> dict[str, str]:
         if (d / MARKER).is_file():
             _check_marker(plan, t, _read_json(d / MARKER))
             out[t.name] = "complete"
+        elif (d / FAILED).is_file():
+            out[t.name] = "failed"
         else:
             out[t.name] = "interrupted" if d.exists() else "missing"
     return out
+
+
+def _fold_lock(plan_path: Path, task: FoldTask) -> Any:
+    """The fold's lock file sits in the CV directory (``.<fold>.lock``), outside the fold directory,
+    so that restarting a fold (deleting its directory) can never delete a lock another process holds."""
+    from medxcept.run import DirectoryLock
+
+    return DirectoryLock(plan_path / f".{task.name}.lock", f"{task.name} of {plan_path}")
+
+
+def _record_failure(fdir: Path, task: FoldTask, error_class: str, message: str, detail: str = "") -> None:
+    """``failed.json`` in the fold directory: why the fold failed (a re-run retries it)."""
+    fdir.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(fdir / FAILED, {"name": task.name, "fold": task.fold, "repeat": task.repeat,
+                                       "error_class": error_class, "message": message, "detail": detail[-4000:],
+                                       "failed": _dt.datetime.now().isoformat(timespec="seconds")})
 
 
 def _check_marker(plan: CVPlan, task: FoldTask, marker: dict[str, Any]) -> None:
@@ -426,10 +458,10 @@ def _load_images(plan: CVPlan) -> np.ndarray:
     from medxcept.cohort import load_cohort_spec
     from medxcept.data import load_images
     from medxcept.demo import cache_dir
-    from medxcept.pipeline import prepare_cohort
-    from medxcept.preprocess import PreprocessCache
+    from medxcept.pipeline import cohort_cache, prepare_cohort
 
-    cache = PreprocessCache(cache_dir() / "preprocessed")
+    decode = plan.info.get("decode_key")
+    cache = cohort_cache(load_cohort_spec(plan.info["cohort_file"])) if decode is None else cohort_cache(decode=decode)
     try:
         return load_images(plan.table, cache, plan.cfg.preprocess)
     except KeyError:
@@ -503,6 +535,24 @@ def run_fold(cv_dir: str | Path, task_index: int, *, images: np.ndarray | None =
         _check_marker(plan, task, _read_json(fdir / MARKER))
         log.info("%s: complete (fold.json matches configuration %s), skipped", task.name, plan.info["config_hash"])
         return {"name": task.name, "status": "skipped"}
+    # one process per fold (a resubmitted array job stops here): held until this process returns or dies
+    with _fold_lock(plan.path, task):
+        return _run_fold_locked(plan, task, images=images, save_model=save_model)
+
+
+def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
+                     save_model: bool) -> dict[str, Any]:
+    from medxcept.faults import fault_point
+
+    fdir = plan.path / task.name
+    if (fdir / MARKER).is_file():  # completed by the process that held the lock before us
+        _check_marker(plan, task, _read_json(fdir / MARKER))
+        return {"name": task.name, "status": "skipped"}
+    fault_point("fold_start", task.name)  # test hook (medxcept.faults)
+    if (fdir / FAILED).is_file():
+        log.warning("! %s failed before (%s): running it again", task.name,
+                    _read_json(fdir / FAILED).get("message", "?"))
+        (fdir / FAILED).unlink()
     resume = False
     if fdir.exists():
         state = fdir / "checkpoints" / "state.json"
@@ -519,7 +569,7 @@ def run_fold(cv_dir: str | Path, task_index: int, *, images: np.ndarray | None =
     from medxcept.pipeline import evaluate_predictions, training_verdict
     from medxcept.run import RunDir, code_version, environment, package_versions
     from medxcept.splits import split_hash, split_table
-    from medxcept.train import fit, predict_logits, set_seeds
+    from medxcept.train import fit, predict_logits, save_inference_model, set_seeds
 
     t0 = time.perf_counter()
     cfg = plan.cfg
@@ -565,9 +615,9 @@ def run_fold(cv_dir: str | Path, task_index: int, *, images: np.ndarray | None =
         holdout, ho_frame = _evaluation(ho_m, ec.patient_aggregation, ec.n_bins)
         run.write_csv("holdout_predictions.csv",
                       _prediction_frame(ho_frame, task, threshold, ec.patient_aggregation))
+    model_bytes = None
     if save_model:
-        result.model.save(run.file("model.keras"))
-    shutil.rmtree(fdir / "checkpoints", ignore_errors=True)  # complete: the final model supersedes them
+        model_bytes = save_inference_model(result.model, run.file("model.keras"))
     device = detect_device()
     fhash = split_hash(table)
     versions = {"packages": package_versions(), "code": code_version(), "environment": environment(),
@@ -589,12 +639,16 @@ def run_fold(cv_dir: str | Path, task_index: int, *, images: np.ndarray | None =
                      "seconds": result.seconds},
         "audit": report.to_dict()["summary"] | {"warnings": [f.message for f in report.warnings]},
         "device": device, "seconds": seconds,
+        "model": {"bytes": model_bytes, "weights_sha256": result.weights_sha256, "optimizer_state": False,
+                  "resumed_after_training": result.resumed_after_training},
     }
     run.write_json("metrics.json", metrics)
-    _write_json_atomic(fdir / MARKER, {
+    _write_json_atomic(fdir / MARKER, {  # the completion marker, written last
         "name": task.name, "fold": task.fold, "repeat": task.repeat,
         "config_hash": plan.info["config_hash"], "data_hash": plan.info["data_hash"], "split_hash": fhash,
+        "weights_sha256": result.weights_sha256,
         "completed": _dt.datetime.now().isoformat(timespec="seconds"), "seconds": seconds})
+    shutil.rmtree(fdir / "checkpoints", ignore_errors=True)  # complete: the final model supersedes them
     log.info("%s: done in %.0f s; out-of-fold patient AUC %s", task.name, seconds, oof["patient"].get("roc_auc"))
     return {"name": task.name, "status": "trained", "seconds": seconds}
 
@@ -612,17 +666,37 @@ def _worker(cv_dir: str, task_index: int, save_model: bool, env: dict[str, str],
         handler.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(handler)
         root.setLevel(log_level)
+    return _guarded_fold(cv_dir, task_index, images=None, save_model=save_model)
+
+
+def _guarded_fold(cv_dir: str | Path, task_index: int, *, images: np.ndarray | None,
+                  save_model: bool) -> dict[str, Any]:
+    """:func:`run_fold`, with any exception returned as a value and recorded in the fold's
+    ``failed.json`` (one failing fold must not stop the others)."""
+    import traceback
+
     try:
-        return run_fold(cv_dir, task_index, save_model=save_model)
-    except MedxceptError as exc:
-        # returned, not raised: the parent re-raises it with its own class and message
-        return {"index": task_index, "status": "error", "error_class": type(exc).__name__, "message": str(exc)}
+        return run_fold(cv_dir, task_index, images=images, save_model=save_model)
+    except Exception as exc:  # noqa: BLE001 - every failure of a fold is recorded, then reported
+        result = {"index": task_index, "status": "error", "error_class": type(exc).__name__, "message": str(exc)}
+        locked = isinstance(exc, MedxceptError) and "in use by another process" in str(exc)
+        try:
+            tasks = load_plan(cv_dir).tasks
+        except MedxceptError:
+            return result
+        if 0 <= task_index < len(tasks):
+            result["name"] = tasks[task_index].name
+            if not locked:  # a fold another process runs is not a failed fold
+                _record_failure(Path(cv_dir).resolve() / tasks[task_index].name, tasks[task_index],
+                                type(exc).__name__, str(exc), traceback.format_exc())
+        return result
 
 
 def _worker_env() -> dict[str, str]:
     from medxcept.demo import cache_dir
 
-    keep = ("KERAS_BACKEND", "NO_ALBUMENTATIONS_UPDATE", "TF_CPP_MIN_LOG_LEVEL", "MEDXCEPT_CACHE")
+    keep = ("KERAS_BACKEND", "NO_ALBUMENTATIONS_UPDATE", "TF_CPP_MIN_LOG_LEVEL", "MEDXCEPT_CACHE",
+            "MEDXCEPT_FAULT", "MEDXCEPT_FAULT_ACTION")
     env = {k: os.environ[k] for k in keep if k in os.environ}
     env.setdefault("MEDXCEPT_CACHE", str(cache_dir()))
     env.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -638,16 +712,53 @@ def _raise_worker_error(result: dict[str, Any]) -> None:
     raise cls(result["message"])
 
 
+def _crashed(plan: CVPlan, task: FoldTask, how: str) -> dict[str, Any]:
+    """A fold whose process died without reporting (killed, out of memory, ``os._exit``)."""
+    message = f"the worker process died ({how}) before the fold finished"
+    _record_failure(plan.path / task.name, task, "WorkerCrashed", message)
+    return {"index": task.index, "name": task.name, "status": "error", "error_class": "WorkerCrashed",
+            "message": message}
+
+
+def _spawned(conn: Any, cv_dir: str, task_index: int, save_model: bool, env: dict[str, str],
+             log_level: int) -> None:
+    conn.send(_worker(cv_dir, task_index, save_model, env, log_level))
+    conn.close()
+
+
 def _run_local(plan: CVPlan, todo: list[FoldTask], jobs: int, save_model: bool) -> list[dict[str, Any]]:
     if jobs <= 1:
-        return [run_fold(plan.path, t.index, images=plan.images, save_model=save_model) for t in todo]
-    import concurrent.futures as cf
+        return [_guarded_fold(plan.path, t.index, images=plan.images, save_model=save_model) for t in todo]
     import multiprocessing as mp
+    from multiprocessing.connection import wait
 
+    # one spawned process per fold (not a pool: a pool breaks for every fold when one worker dies)
+    ctx = mp.get_context("spawn")
     env, level = _worker_env(), logging.getLogger("medxcept").getEffectiveLevel()
-    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_worker, str(plan.path), t.index, save_model, env, level) for t in todo]
-        return [f.result() for f in futures]
+    pending, running, results = list(todo), {}, {}
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                t = pending.pop(0)
+                recv, send = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_spawned, args=(send, str(plan.path), t.index, save_model, env, level))
+                proc.start()
+                send.close()
+                running[proc.sentinel] = (proc, recv, t)
+            for sentinel in wait(list(running)):
+                proc, recv, t = running.pop(sentinel)
+                result = None
+                try:
+                    if recv.poll():
+                        result = recv.recv()
+                except (EOFError, OSError):
+                    result = None
+                proc.join()
+                results[t.index] = result if result is not None else _crashed(plan, t, f"exit code {proc.exitcode}")
+    finally:
+        for proc, _, _ in running.values():
+            proc.terminate()
+    return [results[t.index] for t in todo]
 
 
 def _run_ray(plan: CVPlan, todo: list[FoldTask], *, address: str | None, num_cpus: float, num_gpus: float,
@@ -671,8 +782,17 @@ def _run_ray(plan: CVPlan, todo: list[FoldTask], *, address: str | None, num_cpu
         started = True
     try:
         remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(_worker)
-        refs = [remote.remote(str(plan.path), t.index, save_model, env, level) for t in todo]
-        return list(ray.get(refs))
+        refs = {remote.remote(str(plan.path), t.index, save_model, env, level): t for t in todo}
+        results: dict[int, dict[str, Any]] = {}
+        pending = list(refs)
+        while pending:  # one fold at a time as it ends: a failing fold never stops the others
+            done, pending = ray.wait(pending, num_returns=1)
+            t = refs[done[0]]
+            try:
+                results[t.index] = ray.get(done[0])
+            except ray.exceptions.RayError as exc:  # worker killed, task cancelled, node lost ...
+                results[t.index] = _crashed(plan, t, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+        return [results[t.index] for t in todo]
     finally:
         if started:
             ray.shutdown()
@@ -749,12 +869,19 @@ def run_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: in
         results = _run_ray(plan, todo, address=ray_address, num_cpus=num_cpus, num_gpus=num_gpus,
                            save_model=save_model)
     errors = [r for r in results if r.get("status") == "error"]
-    if errors:
-        for r in errors[1:]:
-            log.error("fold task %s failed: %s", r["index"], r["message"])
-        _raise_worker_error(errors[0])
     trained = [r["name"] for r in results if r["status"] == "trained"]
     skipped += [r["name"] for r in results if r["status"] == "skipped"]
+    if errors:
+        for r in errors:
+            log.error("%s failed: %s: %s", r.get("name", f"fold task {r['index']}"), r["error_class"], r["message"])
+        names = [r.get("name", str(r["index"])) for r in errors]
+        done = f"; done: {', '.join(trained)}" if trained else ""
+        raise FoldsFailedError(
+            f"{len(errors)} of {len(results)} fold(s) failed: "
+            + "; ".join(f"{n} ({r['error_class']}: {' '.join(str(r['message']).split())[:200]})"
+                        for n, r in zip(names, errors))
+            + f"{done}. Each failure is in <fold>/{FAILED} under {plan.path}; re-run the same command to "
+            "retry only the folds not complete")
     missing = [n for n, s in fold_status(plan).items() if s != "complete"]
     report = None
     if aggregate or (aggregate is None and not missing):
@@ -902,6 +1029,7 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
 
     from medxcept.report import TEMPLATES, fmt
     from medxcept.report.figures import reliability_figure, roc_pr_figure
+    from medxcept.run import write_atomic
 
     plan = load_plan(cv_dir)
     status = fold_status(plan)
@@ -991,6 +1119,5 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
         config_yaml=(plan.path / "config.yaml").read_text(encoding="utf-8"),
         labels={"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "sensitivity": "sensitivity",
                 "specificity": "specificity", "precision": "precision (PPV)", "ece": "ECE", "brier": "Brier"})
-    out = plan.path / "cv_report.html"
-    out.write_text(html, encoding="utf-8")
+    out = write_atomic(plan.path / "cv_report.html", html)
     return {"report": out, "metrics": result, "missing": missing}

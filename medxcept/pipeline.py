@@ -7,6 +7,7 @@ composes them and writes the run directory.
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import shutil
 import time
@@ -31,9 +32,10 @@ from medxcept.evaluate import (
     choose_threshold,
     multiclass_metrics,
 )
+from medxcept.faults import fault_point
 from medxcept.ingest import IngestResult, ingest, public_exclusions
-from medxcept.preprocess import PreprocessCache
-from medxcept.run import RunDir, code_version, data_hash, environment, package_versions, reproduce_block
+from medxcept.preprocess import PreprocessCache, decode_key
+from medxcept.run import COMPLETE, RunDir, code_version, data_hash, environment, package_versions, reproduce_block
 from medxcept.splits import assign_splits, split_hash, split_table, user_split_agreement
 
 __all__ = ["run_pipeline", "evaluate_predictions", "training_verdict", "prepare_cohort"]
@@ -50,8 +52,16 @@ def _say(msg: str) -> None:
 
 def prepare_cohort(spec: CohortSpec, cfg: RunConfig) -> tuple[IngestResult, PreprocessCache]:
     """Ingest the cohort into the table and the preprocessing cache."""
-    cache = PreprocessCache(cache_dir() / "preprocessed")
+    cache = cohort_cache(spec)
     return ingest(spec, preprocess_cfg=cfg.preprocess, cache=cache), cache
+
+
+def cohort_cache(spec: CohortSpec | None = None, decode: str | None = None) -> PreprocessCache:
+    """The preprocessing cache for a cohort: one sub-folder per cohort-level decoding
+    (:func:`medxcept.preprocess.decode_key`, e.g. another DICOM window gives other pixels)."""
+    key = decode_key(spec) if decode is None else decode
+    root = cache_dir() / "preprocessed"
+    return PreprocessCache(root / key if key else root)
 
 
 #: The raw values kept in ``private/image_paths.csv`` (when the cohort has them).
@@ -87,16 +97,28 @@ def ingest_into_run(run: RunDir, spec: CohortSpec, cfg: RunConfig) -> tuple[Inge
     An ingestion error whose full text names files (label problems under ``on_label_issue: error``)
     is raised without the names; the full text is written to ``private/ingest_error.txt``.
     """
+    ing, cache = prepare_withholding_names(run, spec, cfg)
+    record_ingestion(run, ing)
+    return ing, cache
+
+
+def prepare_withholding_names(run: RunDir, spec: CohortSpec, cfg: RunConfig, *,
+                              keep_detail: bool = True) -> tuple[IngestResult, PreprocessCache]:
+    """:func:`prepare_cohort`, with a stopping ingestion error's file names kept out of the console.
+
+    The error is raised with shareable text; when ``keep_detail`` the full text (naming the files)
+    goes to ``private/ingest_error.txt`` of ``run`` (a refused ``--resume`` writes nothing).
+    """
     try:
-        ing, cache = prepare_cohort(spec, cfg)
+        return prepare_cohort(spec, cfg)
     except CohortError as exc:
         detail = getattr(exc, "private_detail", None)
         if not detail:
             raise
+        if not keep_detail:
+            raise CohortError(f"{exc}\nFile names are withheld here (logs may be shared)") from None
         where = run.write_private("ingest_error.txt", detail + "\n")
         raise CohortError(f"{exc}\nFile names are withheld here (logs may be shared); they are in {where}") from None
-    record_ingestion(run, ing)
-    return ing, cache
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -303,7 +325,7 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
     from medxcept.model import detect_device, resolve_weights
     from medxcept.preprocess import load_images
     from medxcept.report import render_report
-    from medxcept.train import fit, predict_logits_tta, set_seeds
+    from medxcept.train import check_resumable, fit, predict_logits_tta, save_inference_model, set_seeds
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -313,15 +335,16 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
              "Results are from random initialization; the report says so on its first line.")
     set_seeds(cfg.seed)
     if resume_dir is not None:
-        run = RunDir(_resumable(Path(resume_dir)))
+        run = RunDir(_resumable(Path(resume_dir))).lock()  # a second process on this run stops here
         _say(f"resuming {run.path}")
     else:
-        run = RunDir.create(cfg.out_dir, spec.name, cfg, name=run_name)
-    run.write_config(cfg, extra={"cohort_name": spec.name, "classes": list(spec.classes)})
+        run = RunDir.create(cfg.out_dir, spec.name, cfg, name=run_name).lock()
+        run.write_config(cfg, extra={"cohort_name": spec.name, "classes": list(spec.classes)})
     _say(f"run directory: {run.path}")
 
     t = time.perf_counter()
-    ing, cache = ingest_into_run(run, spec, cfg)
+    # nothing written into the run yet (but a stopping error's file names): a refused resume changes nothing
+    ing, cache = prepare_withholding_names(run, spec, cfg, keep_detail=resume_dir is None)
     timings["ingest_s"] = time.perf_counter() - t
     _say(f"cohort: {len(ing.table)} image(s) of {ing.table['patient_key'].nunique()} patient(s); "
          f"{ing.files_found} file(s) found, {ing.files_excluded} excluded (see exclusions.csv)")
@@ -333,9 +356,13 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
     images = load_images(ing.table, cache, cfg.preprocess)
     table, report = split_and_audit(ing.table, images, cfg)
     timings["audit_s"] = time.perf_counter() - t
-    run.write_json("audit.json", report.to_dict())
     if resume_dir is not None:
+        # validate everything a resume depends on before the first write
         _same_split(run.file("split.csv"), split_table(table))
+        train_y = table.loc[table["split"] == "train", "y"].to_numpy()
+        check_resumable(run.path, cfg=cfg, train_y=train_y, n_val=int((table["split"] == "val").sum()))
+    record_ingestion(run, ing)
+    run.write_json("audit.json", report.to_dict())
     run.write_csv("split.csv", split_table(table))
     run.write_csv("cohort.csv", public_view(table))
     agreement = user_split_agreement(table, cfg.split) if cfg.split.user_split is not None else None
@@ -359,7 +386,10 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
                  resume=resume_dir is not None)
     timings["train_s"] = result.seconds
     run.write_csv("history.csv", result.history)
-    result.model.save(run.file("model.keras"))
+    model_bytes = save_inference_model(result.model, run.file("model.keras"))
+    _say(f"model.keras: {model_bytes / 1e6:.1f} MB (architecture and weights of epoch {result.best_epoch}, "
+         "no optimizer state)")
+    fault_point("trained")  # test hook (medxcept.faults): killed after training, before evaluation
 
     t = time.perf_counter()
     tta = {"passes": cfg.eval.tta, "seed": cfg.seed, "policy": cfg.augment.policy, "batch_size": cfg.train.batch_size}
@@ -383,8 +413,10 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
     aug = build_augment(cfg.augment, seed=cfg.seed)
     run.write_json("augmentation.json", serialize_augment(aug))
     versions = {"packages": package_versions(), "code": code_version(), "environment": environment(),
-                "device": device, "data_hash": data_hash(table), "split_hash": split_hash(table),
-                "config_hash": config_hash(cfg)}
+                "device": device, "data_hash": data_hash(table, decode=decode_key(spec)),
+                "split_hash": split_hash(table), "config_hash": config_hash(cfg),
+                "model": {"file": "model.keras", "bytes": model_bytes, "weights_sha256": result.weights_sha256,
+                          "optimizer_state": False}}
     versions["reproduce"] = reproduce_block(cfg, data_hash=versions["data_hash"], split_hash=versions["split_hash"],
                                             device=device, user_split=agreement)
     run.write_json("versions.json", versions)
@@ -394,6 +426,8 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
                 "weights": weights.kind, "weights_description": weights.description,
                 "pretrained": weights.pretrained, "recipe": cfg.train.recipe, "image_px": cfg.preprocess.image_px,
                 "seed": cfg.seed, "tta_passes": cfg.eval.tta, "precision": result.precision,
+                "model_bytes": model_bytes, "weights_sha256": result.weights_sha256,
+                "resumed_after_training": result.resumed_after_training,
                 "n_devices": result.n_devices, "backend": device["backend"], "device": device["device"],
                 "external_validation": False},
         "cohort": {**_summary_counts(table), "files_found": ing.files_found, "files_used": ing.files_used,
@@ -423,11 +457,16 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
         timings["learning_curve_s"] = time.perf_counter() - t
         _say(f"learning curve: {full['learning_curve']['verdict']}")
     run.write_json("metrics.json", full)
-    shutil.rmtree(run.file("checkpoints"), ignore_errors=True)  # complete: model.keras supersedes them
+    fault_point("evaluated")  # test hook: killed after metrics.json, before the report
     html = render_report(run.path, metrics=full, table=table, history=result.history, predictions=predictions,
                          audit=report, versions=versions, images=images, cfg=cfg, spec=spec, frames=frames,
                          extra_figs={**figs, "cam": _cam_figure(result.model, images[parts["test"]], frames["test"],
                                                                 metrics.get("threshold"))})
+    # the completion marker, written last: until it exists the run is resumable (checkpoints kept)
+    run.write_json(COMPLETE, {"completed": _dt.datetime.now().isoformat(timespec="seconds"),
+                              "weights_sha256": result.weights_sha256, "model_bytes": model_bytes,
+                              "best_epoch": int(result.best_epoch)})
+    shutil.rmtree(run.file("checkpoints"), ignore_errors=True)  # complete: model.keras supersedes them
     _say(f"report written in {timings['total_s']:.0f} s")
     return html
 
@@ -446,8 +485,9 @@ def _cam_figure(model: Any, images: np.ndarray, test: pd.DataFrame, threshold: d
 def _resumable(path: Path) -> Path:
     if not (path / "config.yaml").is_file():
         raise ConfigError(f"cannot resume {path}: it holds no config.yaml (not a medxcept run directory)")
-    if (path / "metrics.json").is_file():
-        raise ConfigError(f"cannot resume {path}: the run is complete (metrics.json exists); start a new run")
+    legacy = (path / "report.html").is_file() and not (path / "checkpoints").exists()  # before complete.json
+    if (path / COMPLETE).is_file() or legacy:
+        raise ConfigError(f"cannot resume {path}: the run is complete ({COMPLETE} exists); start a new run")
     if not (path / "checkpoints" / "state.json").is_file():
         log.warning("! %s has no checkpoint (interrupted before its first epoch ended): training from the start",
                     path)

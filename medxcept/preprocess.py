@@ -68,6 +68,7 @@ from medxcept.errors import ConfigError, ReadError
 from medxcept.io import log_name
 
 __all__ = [
+    "decode_key",
     "load_images",
     "PREPROCESS_VERSION",
     "MODALITIES",
@@ -718,6 +719,30 @@ def to_model_range(x: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- cache
+
+
+def decode_key(spec: Any) -> str:
+    """The cohort-level options that change decoded pixels, as a cache sub-folder name.
+
+    ``modality`` (quality and preprocessing per modality) and ``window_index`` (which DICOM
+    WindowCenter/Width pair is applied) are cohort options, not :class:`PreprocessConfig`
+    fields, so :meth:`PreprocessConfig.key` does not see them; this key keeps the pixels of one
+    decoding apart from another's (``"decode-<hash8>"``); the defaults give ``""`` (no
+    sub-folder, no change to the data hash), so existing caches and hashes stay valid.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as S
+    >>> decode_key(S(modality="fundus", window_index=0))
+    ''
+    >>> decode_key(S(modality="fundus", window_index=1)) != decode_key(S(modality="gray", window_index=1))
+    True
+    """
+    opts = {"modality": str(getattr(spec, "modality", "fundus")), "window_index": int(getattr(spec, "window_index", 0))}
+    if opts == {"modality": "fundus", "window_index": 0}:
+        return ""
+    blob = json.dumps(opts, sort_keys=True, separators=(",", ":"))
+    return "decode-" + hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 
 class PreprocessCache:

@@ -9,6 +9,7 @@ and the code version (git commit when available).
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
@@ -26,7 +27,11 @@ import yaml
 from medxcept.config import RunConfig, config_hash, config_to_dict
 
 __all__ = ["RunDir", "package_versions", "code_version", "data_hash", "load_run_config", "training_determinism",
-           "reproduce_block"]
+           "reproduce_block", "write_atomic", "DirectoryLock", "COMPLETE"]
+
+#: The completion marker of a run directory, written last (after the report).
+COMPLETE = "complete.json"
+LOCK = ".lock"
 
 PACKAGES = ("medxcept", "keras", "tensorflow", "jax", "torch", "numpy", "pandas", "scikit-learn",
             "scikit-image", "scipy", "albumentations", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg",
@@ -65,7 +70,7 @@ def code_version() -> dict[str, str]:
 DATA_HASH_FIELDS = ("sha256", "frame", "label", "laterality", "source", "patient")
 
 
-def data_hash(table: pd.DataFrame) -> str:
+def data_hash(table: pd.DataFrame, decode: str | None = None) -> str:
     """Hash of the data actually used, by content: the same on any machine.
 
     One line per image, ``sha256,frame,label,laterality,source,patient``, sorted: the file's
@@ -74,6 +79,9 @@ def data_hash(table: pd.DataFrame) -> str:
     person, without naming them). No ``image_id``, pseudonym, path or raw ID enters it, so the
     pseudonym key and the data folder do not change it; a changed file, label, laterality,
     source or patient grouping does. Columns a table lacks are left empty.
+
+    ``decode``: the cohort-level decode key (:func:`medxcept.preprocess.decode_key`, e.g. the
+    DICOM window): the same files decoded differently are different data.
     """
     from medxcept.splits import content_ids
 
@@ -95,7 +103,7 @@ def data_hash(table: pd.DataFrame) -> str:
         else pd.Series(["0"] * n, index=table.index)
     lines = sorted(",".join(v) for v in zip(sha, frame, col("label"), col("laterality"), col("source"), patient,
                                             strict=True))
-    text = ",".join(DATA_HASH_FIELDS) + "\n" + "\n".join(lines) + "\n"
+    text = ",".join(DATA_HASH_FIELDS) + "\n" + "\n".join(lines) + "\n" + (f"decode={decode}\n" if decode else "")
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -143,12 +151,112 @@ def reproduce_block(cfg: RunConfig, *, data_hash: str, split_hash: str, device: 
     }
 
 
+def write_atomic(path: str | Path, data: str | bytes, *, mode: int | None = None) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    A reader (or a resumed run) sees the old file or the new one, never half of one; a crash
+    mid-write leaves the old file untouched. ``mode``: permissions set on the temporary file
+    before any byte is written (e.g. ``0o600`` for identifiers).
+    """
+    path = Path(path)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if mode is None else mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
+    return path
+
+
+class DirectoryLock:
+    """An exclusive, non-blocking ``fcntl.flock`` on a lock file: one process per run or fold.
+
+    The operating system releases it when the process ends, however it ends (``SIGKILL``
+    included), so a killed run never leaves a stale lock. ``flock`` is advisory and, on some
+    network file systems, local to one machine. Where ``fcntl`` does not exist (Windows) the lock
+    is a no-op.
+
+    Args:
+        path: the lock file (created; never deleted, so two processes always lock the same inode).
+        what: how the error names the locked thing (``"run directory reports/x"``).
+    """
+
+    def __init__(self, path: str | Path, what: str) -> None:
+        self.path, self.what = Path(path), what
+        self._fd: int | None = None
+
+    def acquire(self) -> DirectoryLock:
+        from medxcept.errors import ConfigError
+
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            holder = self.holder()
+            raise ConfigError(f"{self.what} is in use by another process{f' (pid {holder})' if holder else ''}: "
+                              "wait for it to finish, or stop it first; nothing was changed") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text().strip()
+        except OSError:
+            return ""
+
+    def is_held(self) -> bool:
+        """Whether another process holds the lock now (without taking it)."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover
+            return False
+        if self._fd is not None or not self.path.exists():
+            return False
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)  # closing releases a lock taken here
+        return False
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> DirectoryLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:40] or "cohort"
 
 
 class RunDir:
     """A run's output directory and the helpers that write into it.
+
+    Every write goes through :func:`write_atomic` (temporary file, then ``os.replace``).
 
     Args:
         path: the directory (created).
@@ -157,41 +265,60 @@ class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        self._lock: DirectoryLock | None = None
 
     @classmethod
     def create(cls, out_dir: str | Path, cohort_name: str, cfg: RunConfig, *, name: str | None = None) -> RunDir:
-        """A fresh run directory ``<out_dir>/<date>-<cohort>-<hash8>`` (suffixed if it exists)."""
+        """A fresh run directory ``<out_dir>/<date>-<cohort>-<hash8>`` (suffixed if it exists).
+
+        A ``name`` given (``--run-name``) must not be an existing non-empty directory: stale files
+        of another run would mix with this one's (use ``--resume`` to continue a run).
+        """
+        from medxcept.errors import ConfigError
+
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         base = Path(out_dir) / (name or f"{stamp}-{_slug(cohort_name)}-{config_hash(cfg)}")
+        if name is not None and base.exists() and (not base.is_dir() or any(base.iterdir())):
+            raise ConfigError(f"--run-name {name}: {base} already exists and is not empty; choose another name, "
+                              f"delete it, or continue it with --resume {base}")
         path, i = base, 1
         while path.exists() and name is None:
             i += 1
             path = base.with_name(f"{base.name}-{i}")
         return cls(path)
 
+    def lock(self) -> RunDir:
+        """Take the run's exclusive lock (``.lock``) for the life of this process, or raise
+        :class:`~medxcept.errors.ConfigError` when another process holds it."""
+        if self._lock is None:
+            self._lock = DirectoryLock(self.path / LOCK, f"run directory {self.path}").acquire()
+        return self
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
     def file(self, name: str) -> Path:
         return self.path / name
 
+    def write_text(self, name: str, text: str) -> Path:
+        return write_atomic(self.file(name), text)
+
     def write_json(self, name: str, data: Any) -> Path:
-        p = self.file(name)
-        p.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n", encoding="utf-8")
-        return p
+        return self.write_text(name, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
 
     def read_json(self, name: str) -> Any:
         return json.loads(self.file(name).read_text(encoding="utf-8"))
 
     def write_csv(self, name: str, df: pd.DataFrame) -> Path:
-        p = self.file(name)
-        df.to_csv(p, index=False)
-        return p
+        return self.write_text(name, df.to_csv(index=False))
 
     def write_config(self, cfg: RunConfig, extra: dict[str, Any] | None = None) -> Path:
         data = config_to_dict(cfg)
         if extra:
             data = {**extra, **data}
-        p = self.file("config.yaml")
-        p.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-        return p
+        return self.write_text("config.yaml", yaml.safe_dump(data, sort_keys=False))
 
     def write_private(self, name: str, data: pd.DataFrame | str) -> Path:
         """Identifiers (patient map, paths, full exclusion log): in ``private/``, never elsewhere.

@@ -51,6 +51,7 @@ from medxcept.augment import AugmentConfig, augment_batch, build_augment
 from medxcept.config import RunConfig, config_hash
 from medxcept.data import CohortDataset, sample_weights_for
 from medxcept.errors import ConfigError
+from medxcept.faults import fault_point
 from medxcept.model import (
     WeightsInfo,
     build_model,
@@ -61,7 +62,8 @@ from medxcept.model import (
     unfreeze_top_blocks,
 )
 
-__all__ = ["TrainResult", "fit", "predict_logits", "predict_logits_tta", "PatientAUC", "BestEpoch", "set_seeds"]
+__all__ = ["TrainResult", "fit", "predict_logits", "predict_logits_tta", "PatientAUC", "BestEpoch", "set_seeds",
+           "weights_checksum", "save_weights_atomic", "save_inference_model", "check_resumable"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,56 @@ log = logging.getLogger(__name__)
 def set_seeds(seed: int) -> None:
     """Seed Python, NumPy and the Keras backend."""
     keras.utils.set_random_seed(seed)
+
+
+def weights_checksum(model: keras.Model) -> str:
+    """SHA-256 of every weight of ``model`` (trainable and not, e.g. BatchNormalization statistics).
+
+    Recorded when training ends and checked when a resumed run restores the weights, so an
+    untrained (freshly built) model can never be reported as the trained one.
+    """
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
+
+
+def save_weights_atomic(model: keras.Model, path: Path) -> None:
+    """``model.save_weights(path)`` through a temporary file and ``os.replace``: a crash mid-write
+    leaves the previous file intact, never a torn one."""
+    path = Path(path)
+    tmp = path.with_name(f".{os.getpid()}.{path.name}")  # keeps the .weights.h5 suffix Keras requires
+    try:
+        model.save_weights(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _seed_variables(model: keras.Model) -> list:
+    """The random-seed state of every layer (Dropout's ``SeedGenerator``): in ``model.variables``
+    but not in ``model.weights``, so ``save_weights`` does not keep it."""
+    weights = {id(v) for v in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
+def _seed_states(model: keras.Model) -> list[list[int]]:
+    return [np.asarray(keras.ops.convert_to_numpy(v)).astype(np.int64).ravel().tolist()
+            for v in _seed_variables(model)]
+
+
+def _set_seed_states(model: keras.Model, states: list[list[int]] | None) -> None:
+    variables = _seed_variables(model)
+    if states is None:
+        log.warning("! the checkpoint holds no random-seed state (older medxcept): the resumed epochs' dropout "
+                    "draws differ from an uninterrupted run's")
+        return
+    if len(states) != len(variables):
+        raise ConfigError(f"the checkpoint holds {len(states)} random-seed state(s) but this model has "
+                          f"{len(variables)}; start a new run instead of resuming this one")
+    for v, s in zip(variables, states):
+        v.assign(np.asarray(s).astype(keras.backend.standardize_dtype(v.dtype)).reshape(tuple(v.shape)))
 
 
 @dataclass
@@ -82,6 +134,8 @@ class TrainResult:
     seconds: float = 0.0
     precision: str = "float32"
     n_devices: int = 1
+    weights_sha256: str = ""
+    resumed_after_training: bool = False
 
 
 def predict_logits(model: keras.Model, images: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
@@ -210,7 +264,7 @@ class BestEpoch(keras.callbacks.Callback):
             self._best_weights = self.model.get_weights()
             if self.checkpoint_dir is not None:
                 self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-                self.model.save_weights(self.checkpoint_dir / "best.weights.h5")
+                save_weights_atomic(self.model, self.checkpoint_dir / "best.weights.h5")
         else:
             self.wait += 1
             if self.patience is not None and self.wait >= self.patience:
@@ -255,6 +309,7 @@ class _History(keras.callbacks.Callback):
         self.rows.append(row)
         if self.checkpoint is not None:
             self.save_state(epoch + 1, finished=False)
+        fault_point("epoch_end", self.offset + epoch + 1)  # test hook (medxcept.faults)
 
 
 class _Progress(keras.callbacks.Callback):
@@ -266,8 +321,13 @@ class _Progress(keras.callbacks.Callback):
         self.bar = tqdm(total=(epochs - initial_epoch) * steps, desc=f"training ({stage.split(' (')[0]})",
                         unit="step", leave=False, dynamic_ncols=True, mininterval=2.0)
 
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch = self.offset + epoch + 1
+
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self.bar.update(1)
+        if batch == 0:
+            fault_point("epoch_batch", getattr(self, "_epoch", None))  # test hook: killed mid-epoch
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
@@ -295,14 +355,22 @@ class _Checkpoint:
         return json.loads(self.state_file.read_text())
 
     def save(self, model: keras.Model, state: dict) -> None:
+        """Weights (with the optimizer's variables) to a temporary file renamed over ``last.weights.h5``,
+        then ``state.json`` (also atomically) with the weights' checksum and the random-seed states:
+        ``state.json`` always describes a complete weights file."""
         self.path.mkdir(parents=True, exist_ok=True)
-        model.save_weights(self.path / "last.weights.h5")  # Keras 3 stores the optimizer's variables too
-        tmp = self.state_file.with_suffix(".tmp")
+        save_weights_atomic(model, self.path / "last.weights.h5")  # Keras 3 stores the optimizer's variables too
+        state = {**state, "weights_sha256": weights_checksum(model), "seed_states": _seed_states(model)}
+        tmp = self.state_file.with_name(f".state.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(state, indent=1, default=float))
         os.replace(tmp, self.state_file)  # written last: a state file means the weights file is complete
 
-    def restore(self, model: keras.Model, *, optimizer: bool = True) -> None:
-        """Load the last weights; with ``optimizer``, its state too (moments, step count, schedule)."""
+    def restore(self, model: keras.Model, state: dict, *, optimizer: bool = True) -> None:
+        """Load the last weights; with ``optimizer``, its state too (moments, step count, schedule).
+
+        The random-seed states (dropout) are restored too, so the next epochs draw what the
+        uninterrupted run drew. The loaded weights must have the checksum ``state`` recorded.
+        """
         if optimizer:
             model.optimizer.build(model.trainable_variables)  # so that load_weights fills it
         with warnings.catch_warnings(record=True) as caught:
@@ -312,6 +380,69 @@ class _Checkpoint:
         if optimizer and skipped:
             raise ConfigError(f"the optimizer state in {self.path} does not match this model ({skipped[0]}); "
                               "start a new run instead of resuming this one")
+        _set_seed_states(model, state.get("seed_states"))
+        self.verify(model, state)
+
+    def verify(self, model: keras.Model, state: dict) -> None:
+        """Refuse weights that are not the ones the checkpoint recorded (torn file, untrained model)."""
+        expected, got = state.get("weights_sha256"), weights_checksum(model)
+        if expected != got:
+            raise ConfigError(
+                f"the weights in {self.path / 'last.weights.h5'} (checksum {got[:12]}) are not the ones "
+                f"state.json recorded ({str(expected)[:12]}): the checkpoint is damaged. Start a new run; "
+                "this one cannot be completed honestly.")
+
+
+def _fingerprint(cfg: RunConfig, train_y: np.ndarray, n_val: int) -> dict:
+    """What a checkpoint must have been written with to be continued."""
+    return {"config_hash": config_hash(cfg), "n_train": int(len(train_y)), "n_val": int(n_val),
+            "train_labels": hashlib.sha256(np.asarray(train_y, dtype=np.int64).tobytes()).hexdigest()[:16]}
+
+
+def _check_fingerprint(ckpt: _Checkpoint, state: dict, fingerprint: dict) -> None:
+    if state.get("fingerprint") != fingerprint:
+        raise ConfigError(
+            f"cannot resume from {ckpt.path}: it was written with another configuration or other data "
+            f"(checkpoint {state.get('fingerprint')}, this run {fingerprint}). Start a new run instead.")
+
+
+def check_resumable(run_dir: Path, *, cfg: RunConfig, train_y: np.ndarray, n_val: int) -> dict | None:
+    """Check, before anything is written, that ``fit(resume=True)`` would accept the checkpoint in
+    ``run_dir/checkpoints``; return its state (``None`` when there is none).
+
+    Raises:
+        ConfigError: the checkpoint was written with another configuration or other data.
+    """
+    ckpt = _Checkpoint(Path(run_dir) / "checkpoints")
+    try:
+        state = ckpt.read_state()
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{ckpt.state_file} cannot be read ({exc}); start a new run") from None
+    if state is not None:
+        _check_fingerprint(ckpt, state, _fingerprint(cfg, train_y, n_val))
+    return state
+
+
+def save_inference_model(model: keras.Model, path: Path) -> int:
+    """Save what inference needs (architecture and weights, no optimizer state) atomically; return its size.
+
+    Keras 3's ``Model.save`` has no ``include_optimizer``: a compiled model carries the
+    optimizer's moments (two more copies of every trainable weight). A model rebuilt from its
+    configuration (``from_config``: uncompiled; ``keras.models.clone_model`` would compile the copy
+    with the *same*, built optimizer) with the same weights holds only what :func:`predict_logits`
+    needs; it loads with ``keras.models.load_model`` and predicts identically (``tests/test_faults.py``).
+    """
+    path = Path(path)
+    clone = model.__class__.from_config(model.get_config())
+    clone.set_weights(model.get_weights())
+    tmp = path.with_name(f".{os.getpid()}.{path.name}")  # keeps the .keras suffix Keras requires
+    try:
+        clone.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path.stat().st_size
 
 
 def _compile(model: keras.Model, optimizer: keras.optimizers.Optimizer, n_classes: int,
@@ -364,8 +495,13 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
             the uninterrupted run would have used). Without a checkpoint it starts afresh. A
             checkpoint written with another configuration or other data raises ``ConfigError``.
 
-    A resumed run reaches the same epoch count as an uninterrupted one; its numbers are close
-    but not bit-identical (dropout's random stream restarts).
+    A resumed run reaches the same epoch count as an uninterrupted one and continues with the
+    same random streams: data order (images and batches: Keras' own batch shuffling, which
+    draws from Python's global ``random``, is off) and augmentation are functions of
+    ``(seed, epoch, batch)`` and the dropout seed states are restored from the checkpoint, so its weights and losses equal
+    the uninterrupted run's up to floating-point summation order (see ``tests/test_train.py``).
+    A checkpoint whose stages had all finished is restored (best-epoch weights, checksum
+    verified) and nothing trains.
     """
     t0 = time.perf_counter()
     tc = cfg.train
@@ -390,8 +526,7 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
         keras.config.set_dtype_policy(previous_policy)
     log.info("precision %s on %d device(s)", policy, n_devices)
     ckpt = _Checkpoint(run_dir / "checkpoints") if run_dir is not None else None
-    fingerprint = {"config_hash": config_hash(cfg), "n_train": int(len(train_y)), "n_val": int(len(val_y)),
-                   "train_labels": hashlib.sha256(np.asarray(train_y, dtype=np.int64).tobytes()).hexdigest()[:16]}
+    fingerprint = _fingerprint(cfg, train_y, len(val_y))
     rows: list[dict] = []
     stages: list[dict] = []
     patient_auc = PatientAUC(val_images, val_y, val_groups, tc.batch_size)
@@ -428,10 +563,7 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
     start_stage, start_epoch, es_state = 0, 0, None
     state = ckpt.read_state() if (ckpt is not None and resume) else None
     if state is not None:
-        if state.get("fingerprint") != fingerprint:
-            raise ConfigError(
-                f"cannot resume from {ckpt.path}: it was written with another configuration or other data "
-                f"(checkpoint {state.get('fingerprint')}, this run {fingerprint}). Start a new run instead.")
+        _check_fingerprint(ckpt, state, fingerprint)
         rows.extend(state["rows"])
         stages.extend(state["stages"])
         start_stage, start_epoch, es_state = state["stage_index"], state["stage_epochs_done"], state["early_stop"]
@@ -448,9 +580,9 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
         stage.prepare()
         resuming = state is not None and index == state["stage_index"] and not state["stage_finished"]
         if resuming:
-            ckpt.restore(model)  # weights, optimizer state and learning-rate schedule position
+            ckpt.restore(model, state)  # weights, optimizer state, schedule position, dropout seeds
         elif state is not None and index == start_stage:
-            ckpt.restore(model, optimizer=False)  # the previous stage's final (best) weights
+            ckpt.restore(model, state, optimizer=False)  # the previous stage's final (best) weights
         offset = len(rows) - start_epoch if resuming else len(rows)
         train_ds.set_epoch(len(rows))
         chooser = BestEpoch(tc.patience if stage.early_stop else None,
@@ -471,8 +603,11 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
         log.info("stage %s: %d epoch(s), %d trainable parameters", stage.name, stage.epochs,
                  stages[-1]["trainable_params"])
         if initial < stage.epochs and not chooser.stopped:
+            # shuffle=False: the dataset orders each epoch itself from (seed, epoch). Keras would
+            # otherwise shuffle the batch order with Python's global `random`, whose state a resumed
+            # process cannot know, so a resumed run would see its batches in another order.
             model.fit(train_ds, validation_data=val_ds, epochs=stage.epochs, initial_epoch=initial,
-                      callbacks=callbacks, verbose=0)
+                      callbacks=callbacks, verbose=0, shuffle=False)
         else:
             callbacks[-1].on_train_end()  # close the progress bar
             chooser.set_model(model)
@@ -482,11 +617,24 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
         if ckpt is not None:
             save_state(len(rows) - offset, finished=True)  # with the best weights restored
 
+    trained_before = state is not None and not any(
+        i >= start_stage and st.epochs > 0 for i, st in enumerate(plan))
+    if trained_before:
+        # every stage finished before the interruption: nothing trains, but the model must be the
+        # trained one. The last checkpoint holds the final (best-epoch) weights; without restoring
+        # them the freshly built, untrained model would be evaluated and reported as trained.
+        last = plan[state["stage_index"]]
+        last.prepare()
+        ckpt.restore(model, state, optimizer=False)
+        best_epoch = (state.get("early_stop") or {}).get("best_epoch") if last.early_stop else None
+        log.info("resuming after training had finished: the weights of epoch %s restored from %s "
+                 "(checksum verified)", best_epoch or len(rows), ckpt.path)
     history = pd.DataFrame(rows)
     if best_epoch is None:
         best_epoch = int(history["epoch"].iloc[-1]) if len(history) else 0
     return TrainResult(model=model, history=history, best_epoch=best_epoch, stages=stages,
-                       seconds=time.perf_counter() - t0, precision=policy, n_devices=n_devices)
+                       seconds=time.perf_counter() - t0, precision=policy, n_devices=n_devices,
+                       weights_sha256=weights_checksum(model), resumed_after_training=trained_before)
 
 
 def steps_per_epoch(n_images: int, batch_size: int) -> int:

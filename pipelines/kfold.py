@@ -10,8 +10,10 @@ Every fold is a run directory of its own under ``<out-dir>/<cv-name>/``; the CV 
 parses arguments; the work is done by :mod:`medxcept.kfold` (read its docstring for what the
 out-of-fold numbers mean).
 
-Exit status: 0 on success, 2 on a problem the user can fix (the message says what to do),
-1 on a bug (with its traceback), 130 when interrupted.
+Exit status: 0 on success, 2 on a problem the user can fix (the message says what to do) or when
+folds failed (one line naming them; each fold's error is in its ``failed.json``, the other folds
+ran, and the same command again retries only the failed ones), 1 on a bug (with its traceback),
+130 when interrupted.
 """
 
 from __future__ import annotations

@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -68,35 +66,6 @@ def test_reproduce_refuses_other_options_and_incomplete_directories(tmp_path, ca
     assert "it has no versions.json (only a complete run can be reproduced)" in capsys.readouterr().err
     assert main(["--tolerance", "0.1", "--out-dir", str(tmp_path)]) == 2
     assert "--tolerance applies to --reproduce RUN_DIR only" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_interrupted_run_resumes_with_resume_and_completes(tmp_path, tiny_cohort, monkeypatch):
-    """A run killed after epoch 1 continues from its checkpoint with --resume and finishes with every epoch."""
-    import pandas as pd
-
-    from medxcept import train
-    from pipelines.retina import main
-
-    original = train._History.on_epoch_end
-
-    def killed_after_epoch_1(self, epoch, logs=None):
-        original(self, epoch, logs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train._History, "on_epoch_end", killed_after_epoch_1)
-    out = tmp_path / "reports"
-    assert main(["--cohort", str(tiny_cohort), "--out-dir", str(out), "--run-name", "r", "-q"]) == 130
-    run = out / "r"
-    assert (run / "checkpoints" / "state.json").is_file() and not (run / "metrics.json").exists()
-    monkeypatch.setattr(train._History, "on_epoch_end", original)
-
-    assert main(["--resume", str(run), "-q"]) == 0
-    history = pd.read_csv(run / "history.csv")
-    assert list(history["epoch"]) == [1, 2]  # TINY_COHORT: 1 + 1 epochs from scratch
-    assert (run / "report.html").is_file() and not (run / "checkpoints").exists()
-    res = _run("--resume", str(run))
-    assert res.returncode == 2 and "the run is complete" in res.stderr
 
 
 def test_check_subcommand_exits_2_on_a_trap_cohort_and_0_on_a_clean_one(tmp_path, session_cache):

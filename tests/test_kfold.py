@@ -420,11 +420,49 @@ def test_spawned_worker_reports_errors_with_their_class(cv):
 
 
 @pytest.mark.slow
-def test_ray_executor_gives_the_local_fold_metrics(cv, tmp_path):
+def test_failing_folds_are_recorded_and_the_cli_says_so_in_one_line(cv, tmp_path, monkeypatch, capsys):
+    """Local executor: a fold that raises and a spawned fold whose process dies (os._exit) do not stop
+    each other; each is recorded in its failed.json; the CLI exits 2 with one line naming the fold."""
+    from pipelines.kfold import main
+
+    copy = cv["dir"].parent / "faulty"
+    shutil.copytree(cv["dir"], copy)
+    for name in ("fold-1", "fold-2"):
+        shutil.rmtree(copy / name)
+    plan = kfold.load_plan(copy)
+    monkeypatch.setenv("MEDXCEPT_FAULT", "fold_start:fold-1=raise,fold_start:fold-2=exit")
+    results = kfold._run_local(plan, plan.tasks[1:], jobs=2, save_model=False)
+    assert [(r["name"], r["error_class"]) for r in results] == [("fold-1", "InjectedFault"),
+                                                                 ("fold-2", "WorkerCrashed")]
+    failed = {n: json.loads((copy / n / kfold.FAILED).read_text()) for n in ("fold-1", "fold-2")}
+    assert "injected fault at fold_start:fold-1" in failed["fold-1"]["message"]
+    assert "exit code 1" in failed["fold-2"]["message"]
+    assert kfold.fold_status(plan) == {"fold-0": "complete", "fold-1": "failed", "fold-2": "failed"}
+
+    monkeypatch.setenv("MEDXCEPT_FAULT", "fold_start:fold-1=raise")
+    rc = main(["--cohort", str(cv["cohort"]), "--folds", str(N_FOLDS), "--out-dir", str(cv["dir"].parent),
+               "--cv-name", "faulty", "--fold", "1", "-q"])
+    assert rc == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("medxcept: error:")]
+    assert len(err) == 1 and "1 of 1 fold(s) failed: fold-1 (InjectedFault" in err[0] and "failed.json" in err[0]
+    assert "Traceback" not in err[0]
+
+
+@pytest.mark.slow
+def test_ray_fold_that_raises_or_dies_leaves_the_others_to_finish(cv, tmp_path, monkeypatch):
+    """Ray: fold 1 raises, fold 2's worker process exits; fold 0 completes with the local fold's
+    numbers, both failures are recorded, the error names both, and a re-run runs only them."""
     pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'medxcept[ray]'")
-    result = kfold.run_cv(cv["cfg"], cv["spec"], n_folds=N_FOLDS, cv_dir=tmp_path / "ray-cv", only=[0],
-                          executor="ray", num_cpus=1, save_model=False)
-    assert result["trained"] == ["fold-0"] and result["missing"] == ["fold-1", "fold-2"]
+    monkeypatch.setenv("MEDXCEPT_FAULT", "fold_start:fold-1=raise,fold_start:fold-2=exit")
+    with pytest.raises(kfold.FoldsFailedError) as caught:
+        kfold.run_cv(cv["cfg"], cv["spec"], n_folds=N_FOLDS, cv_dir=tmp_path / "ray-cv", executor="ray",
+                     num_cpus=1, save_model=False)
+    msg = str(caught.value)
+    assert "2 of 3 fold(s) failed" in msg and "fold-1 (InjectedFault" in msg and "fold-2 (WorkerCrashed" in msg
+    assert "done: fold-0" in msg and "\n" not in msg
+    assert json.loads((tmp_path / "ray-cv" / "fold-2" / kfold.FAILED).read_text())["error_class"] == "WorkerCrashed"
+    plan = kfold.load_plan(tmp_path / "ray-cv")
+    assert kfold.fold_status(plan) == {"fold-0": "complete", "fold-1": "failed", "fold-2": "failed"}
     local = json.loads((cv["dir"] / "fold-0" / "metrics.json").read_text())
     remote = json.loads((tmp_path / "ray-cv" / "fold-0" / "metrics.json").read_text())
     for k in kfold.CV_METRICS:
@@ -436,3 +474,27 @@ def test_ray_executor_gives_the_local_fold_metrics(cv, tmp_path):
     # same layout whichever executor ran the fold
     assert sorted(p.name for p in (tmp_path / "ray-cv" / "fold-0").iterdir()) == \
         sorted(p.name for p in (cv["dir"] / "fold-0").iterdir())
+
+    # the same command again runs exactly the failed folds (fold 0 is complete)
+    monkeypatch.delenv("MEDXCEPT_FAULT")
+    ran = []
+    monkeypatch.setattr(kfold, "run_fold", lambda cv_dir, i, **kw: ran.append(i) or {"name": f"fold-{i}",
+                                                                                      "status": "trained"})
+    result = kfold.run_cv(cv["cfg"], cv["spec"], n_folds=N_FOLDS, cv_dir=tmp_path / "ray-cv", save_model=False)
+    assert ran == [1, 2] and result["skipped"] == ["fold-0"]
+
+
+@pytest.mark.slow
+def test_a_fold_held_by_another_process_is_neither_run_nor_deleted(cv):
+    from medxcept.run import DirectoryLock
+
+    copy = cv["dir"].parent / "held"
+    shutil.copytree(cv["dir"], copy)
+    shutil.rmtree(copy / "fold-2")
+    (copy / "fold-2").mkdir()  # another process is in its first epoch: no checkpoint yet
+    (copy / "fold-2" / "config.yaml").write_text("being written")
+    with DirectoryLock(copy / ".fold-2.lock", "x"):
+        with pytest.raises(ConfigError, match="fold-2 of .* is in use by another process"):
+            kfold.run_fold(copy, 2, save_model=False)
+    assert (copy / "fold-2" / "config.yaml").read_text() == "being written", "never deleted from under it"
+    assert not (copy / "fold-2" / kfold.FAILED).exists()

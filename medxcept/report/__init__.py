@@ -220,7 +220,9 @@ def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame
                        "balanced_accuracy"],
     }
     out = run_dir / "report.html"
-    out.write_text(env.get_template("report.html.j2").render(**context), encoding="utf-8")
+    from medxcept.run import write_atomic
+
+    write_atomic(out, env.get_template("report.html.j2").render(**context))
     return out
 
 
