@@ -67,3 +67,19 @@ def _restore_medxcept_logging():
     saved = (logger.handlers[:], logger.level, logger.propagate)
     yield
     logger.handlers[:], logger.level, logger.propagate = saved
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001 - pytest's hook signature
+    """Say which Keras backends this run exercised (issue 20: CI says that the JAX tests ran)."""
+    counts: dict[str, dict[str, int]] = {}
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for rep in terminalreporter.stats.get(outcome, []):
+            nodeid = getattr(rep, "nodeid", "")
+            if getattr(rep, "when", "call") != "call" and outcome != "error":
+                continue
+            backend = "jax (subprocess, KERAS_BACKEND=jax)" if "test_backend_jax.py" in nodeid else None
+            if backend:
+                counts.setdefault(backend, {}).setdefault(outcome, 0)
+                counts[backend][outcome] += 1
+    line = "; ".join(f"{b}: " + ", ".join(f"{n} {o}" for o, n in c.items()) for b, c in counts.items())
+    terminalreporter.write_line(f"Keras backends tested: tensorflow (in process){'; ' + line if line else ''}")
