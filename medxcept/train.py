@@ -88,10 +88,16 @@ def weights_checksum(model: keras.Model) -> str:
 def save_weights_atomic(model: keras.Model, path: Path) -> None:
     """``model.save_weights(path)`` through a temporary file and ``os.replace``: a crash mid-write
     leaves the previous file intact, never a torn one."""
+    _save_atomic(path, model.save_weights)
+
+
+def _save_atomic(path: Path, save: Callable[[Path], object]) -> None:
+    """``save(tmp)`` into a temporary file beside ``path`` (same suffix, which Keras requires),
+    then ``os.replace`` it onto ``path``; the temporary file never outlives a failure."""
     path = Path(path)
-    tmp = path.with_name(f".{os.getpid()}.{path.name}")  # keeps the .weights.h5 suffix Keras requires
+    tmp = path.with_name(f".{os.getpid()}.{path.name}")
     try:
-        model.save_weights(tmp)
+        save(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -435,13 +441,7 @@ def save_inference_model(model: keras.Model, path: Path) -> int:
     path = Path(path)
     clone = model.__class__.from_config(model.get_config())
     clone.set_weights(model.get_weights())
-    tmp = path.with_name(f".{os.getpid()}.{path.name}")  # keeps the .keras suffix Keras requires
-    try:
-        clone.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    _save_atomic(path, clone.save)
     return path.stat().st_size
 
 
