@@ -306,6 +306,22 @@ def split_and_audit(table: pd.DataFrame, images: np.ndarray, cfg: RunConfig,
 def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = None,
                  resume_dir: Path | None = None, learning_curve: tuple[float, ...] = (),
                  before_training: Any = None) -> Path:
+    """Run every stage on ``spec`` with ``cfg``; return the path of the report (:func:`_run_locked`).
+
+    The run directory's lock is released when this returns or raises, so the same process (a
+    notebook, a test, an in-process k-fold) can resume or re-open the directory afterwards.
+    """
+    held: list[RunDir] = []
+    try:
+        return _run_locked(cfg, spec, run_name=run_name, resume_dir=resume_dir, learning_curve=learning_curve,
+                           before_training=before_training, held=held)
+    finally:
+        for run in held:
+            run.unlock()
+
+
+def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resume_dir: Path | None,
+                learning_curve: tuple[float, ...], before_training: Any, held: list[RunDir]) -> Path:
     """Run every stage on ``spec`` with ``cfg``; return the path of the report.
 
     Whole-run problems (no usable image, a class without patients, missing weights, leakage
@@ -340,6 +356,7 @@ def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = Non
     else:
         run = RunDir.create(cfg.out_dir, spec.name, cfg, name=run_name).lock()
         run.write_config(cfg, extra={"cohort_name": spec.name, "classes": list(spec.classes)})
+    held.append(run)
     _say(f"run directory: {run.path}")
 
     t = time.perf_counter()

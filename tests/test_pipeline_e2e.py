@@ -55,6 +55,13 @@ def run_dir(tmp_path_factory, session_cache):
     return report.parent
 
 
+def test_the_run_lock_is_released_when_run_pipeline_returns(run_dir):
+    """flock locks are per open file: a lock kept after the run would refuse this same process."""
+    from medxcept.run import LOCK, DirectoryLock
+
+    assert (run_dir / LOCK).exists() and not DirectoryLock(run_dir / LOCK, "run").is_held()
+
+
 def test_run_directory_holds_every_artifact(run_dir):
     for name in ("report.html", "metrics.json", "config.yaml", "cohort.csv", "split.csv", "exclusions.csv",
                  "audit.json", "history.csv", "predictions.csv", "model.keras", "calibration.json",
