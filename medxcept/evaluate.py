@@ -557,7 +557,8 @@ def probabilities(logits: ArrayLike) -> np.ndarray:
     """The model's probabilities from its logits: sigmoid of (n,) logits, softmax of (n, k).
 
     The one probability transform of medxcept (uncalibrated ``prob_raw``, early stopping, the
-    learning curve).
+    learning curve). Floating inputs keep their dtype (float32 logits give float32
+    probabilities, as Keras returns them); other inputs become float64.
 
     Examples
     --------
@@ -566,7 +567,9 @@ def probabilities(logits: ArrayLike) -> np.ndarray:
     >>> probabilities(np.array([[0.0, 0.0]])).tolist()
     [[0.5, 0.5]]
     """
-    z = np.asarray(logits, dtype=np.float64)
+    z = np.asarray(logits)
+    if not np.issubdtype(z.dtype, np.floating):
+        z = z.astype(np.float64)
     if z.ndim == 1:
         return 1.0 / (1.0 + np.exp(-z))
     z = z - z.max(axis=1, keepdims=True)
