@@ -292,10 +292,18 @@ def _hash_inputs(images: Iterable[np.ndarray]) -> tuple[list[str], list[np.ndarr
     pixel_hashes: list[str] = []
     grays: list[np.ndarray] = []
     for i, img in enumerate(images):
-        arr = _as_hwc(img, i)
-        # one pass over the full image; everything else is derived from 64x64
-        # (area resampling 64 -> 32 is exactly the same as H -> 32)
-        small = np.clip(_resize(arr, _PIXEL_HASH_PX, _PIXEL_HASH_PX), 0.0, 1.0)
+        raw = np.asarray(img)
+        if raw.dtype == np.uint8 and raw.ndim == 3 and raw.shape[2] in (1, 3) and min(raw.shape[:2]) >= _PIXEL_HASH_PX:
+            # the preprocessing cache (uint8): OpenCV's area resampling, 10x faster than the float64 path
+            import cv2
+
+            small = cv2.resize(raw, (_PIXEL_HASH_PX, _PIXEL_HASH_PX), interpolation=cv2.INTER_AREA)
+            small = small.reshape(_PIXEL_HASH_PX, _PIXEL_HASH_PX, -1).astype(np.float64) / 255.0
+        else:
+            arr = _as_hwc(img, i)
+            # one pass over the full image; everything else is derived from 64x64
+            # (area resampling 64 -> 32 is exactly the same as H -> 32)
+            small = np.clip(_resize(arr, _PIXEL_HASH_PX, _PIXEL_HASH_PX), 0.0, 1.0)
         q = np.rint(small * 255.0).astype(np.uint8)
         h = hashlib.sha256(f"{q.shape}".encode())
         h.update(q.tobytes())
@@ -1232,7 +1240,7 @@ def _check_acquisition(df: pd.DataFrame, report: AuditReport) -> list[Finding]:
             "acquisition_shortcut", "warning",
             f"The label can be predicted from how the image was acquired (AUC {auc:.2f}): the model may learn "
             f"the camera, not the disease. A logistic regression on acquisition fingerprints alone (file format, "
-            f"size, JPEG settings, device), cross-validated by patient, separates the classes; strongest: "
+            f"size, JPEG settings, device, border and field-of-view geometry), cross-validated by patient, separates the classes; strongest: "
             f"Cramér's V {said}. Balance the classes within each acquisition, or report results per source.",
             1, detail)]
     return [Finding(
