@@ -135,6 +135,44 @@ def demo_lookalikes(n: int, rng: np.random.Generator) -> list[np.ndarray]:
             for k in range(n)]
 
 
+def gray_lookalikes(n: int, rng: np.random.Generator, px: int = 384) -> list[np.ndarray]:
+    """``n`` distinct chest-radiograph-like gray images sharing one layout (a stand-in for gray DICOM).
+
+    All share the frame, collimation border, lung fields, mediastinum, ribs and a burnt-in marker;
+    each has its own fine structure (a branching vascular pattern in the lungs, faint texture), and
+    every other one is heavily CLAHE'd.
+    """
+    yy, xx = np.mgrid[0:px, 0:px].astype(np.float32) / px
+    base = 0.62 - 0.30 * (np.exp(-(((xx - 0.32) / 0.14) ** 2 + ((yy - 0.5) / 0.28) ** 2))
+                          + np.exp(-(((xx - 0.68) / 0.14) ** 2 + ((yy - 0.5) / 0.28) ** 2)))
+    base += 0.25 * np.exp(-(((xx - 0.5) / 0.06) ** 2))  # mediastinum / spine
+    for k in range(8):  # ribs: the same for everyone
+        base += 0.06 * np.exp(-((yy - (0.22 + 0.07 * k + 0.08 * (xx - 0.5) ** 2 * 4)) / 0.012) ** 2) * (np.abs(xx - 0.5) > 0.08)
+    base = base.astype(np.float32)
+    frame = (xx > 0.04) & (xx < 0.96) & (yy > 0.03) & (yy < 0.97)
+    out = []
+    for k in range(n):
+        img = base.copy()
+        noise = cv2.GaussianBlur(rng.standard_normal((px, px)).astype(np.float32), (0, 0), 1.2)
+        img += 0.02 * noise / (np.abs(noise).std() + 1e-6) * 0.5
+        mask = np.zeros((px, px), np.float32)
+        for cx in (0.32, 0.68):  # a vascular tree in each lung, from the hilum
+            for _ in range(int(rng.integers(6, 10))):
+                x, y, ang = cx * px, 0.45 * px, rng.uniform(0, 2 * np.pi)
+                angs = ang + np.cumsum(rng.normal(0, 0.25, 30))
+                xs = x + px / 110 * np.cumsum(np.cos(angs))
+                ys = y + px / 110 * np.cumsum(np.sin(angs))
+                cv2.polylines(mask, [np.round(np.c_[xs, ys]).astype(np.int32)], False, 1.0, 1)
+        img += 0.12 * cv2.GaussianBlur(mask, (0, 0), 0.8)
+        img = np.clip(img, 0, 1) * frame
+        u8 = np.rint(img * 255).astype(np.uint8)
+        cv2.putText(u8, "L", (int(0.08 * px), int(0.12 * px)), cv2.FONT_HERSHEY_SIMPLEX, px / 400, 255, 2)
+        if k % 2:
+            u8 = cv2.createCLAHE(clipLimit=4.0, tileGridSize=(8, 8)).apply(u8) * frame.astype(np.uint8)
+        out.append(np.repeat(u8[..., None], 3, axis=2))
+    return out
+
+
 # ------------------------------------------------------------------ copies
 
 
@@ -301,9 +339,9 @@ def scale_cohort(n: int, px: int, seed: int, n_demo: int = 300, copy_every: int 
 # ------------------------------------------------------------------ measurement
 
 
-def _prep(imgs: list[np.ndarray], px: int) -> np.ndarray:
+def _prep(imgs: list[np.ndarray], px: int, modality: str = "fundus") -> np.ndarray:
     cfg = PreprocessConfig(image_px=px)
-    return np.stack([preprocess(a.astype(np.float32) / 255, cfg, modality="fundus") for a in imgs])
+    return np.stack([preprocess(a.astype(np.float32) / 255, cfg, modality=modality) for a in imgs])
 
 
 def _pairs(images: np.ndarray) -> tuple[set, set, dict]:
@@ -313,13 +351,14 @@ def _pairs(images: np.ndarray) -> tuple[set, set, dict]:
     return (set(zip(before["i"], before["j"], strict=True)), set(zip(after["i"], after["j"], strict=True)), fp)
 
 
-def measure_copies(originals: list[np.ndarray], px: int, rng: np.random.Generator, name: str) -> list[float]:
-    base = _prep(originals, px)
+def measure_copies(originals: list[np.ndarray], px: int, rng: np.random.Generator, name: str,
+                   modality: str = "fundus") -> list[float]:
+    base = _prep(originals, px, modality)
     k = len(originals)
     print(f"\n== copies of {k} {name} at {px} px: share found          before   after   inliers min/q05")
     allres = []
     for tname, fn in TRANSFORMS.items():
-        copies = _prep([np.ascontiguousarray(fn(a, rng)) for a in originals], px)
+        copies = _prep([np.ascontiguousarray(fn(a, rng)) for a in originals], px, modality)
         imgs = np.concatenate([base, copies])
         b, a, fp = _pairs(imgs)
         want = [(i, k + i) for i in range(k)]
@@ -332,8 +371,8 @@ def measure_copies(originals: list[np.ndarray], px: int, rng: np.random.Generato
     return allres
 
 
-def measure_lookalikes(images: list[np.ndarray], px: int, name: str) -> None:
-    imgs = _prep(images, px)
+def measure_lookalikes(images: list[np.ndarray], px: int, name: str, modality: str = "fundus") -> None:
+    imgs = _prep(images, px, modality)
     n = len(imgs)
     t0 = time.perf_counter()
     b, a, fp = _pairs(imgs)
@@ -410,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     found += measure_copies(demo_lookalikes(args.n_copies, rng), args.px, rng, "demo eyes")
     measure_lookalikes([real] + real_lookalikes(args.n_lookalikes, rng), args.px, "real-photo look-alikes")
     measure_lookalikes(demo_lookalikes(args.n_lookalikes, rng), args.px, "demo look-alikes")
+    found += measure_copies(gray_lookalikes(args.n_copies, rng), args.px, rng, "gray radiograph-like images", "gray")
+    measure_lookalikes(gray_lookalikes(args.n_lookalikes, rng), args.px, "gray radiograph-like look-alikes", "gray")
     if args.scale_sizes:
         measure_scale(args.scale_sizes, args.px, args.seed, args.cache_dir)
     print(f"\ncopies found (after), worst transform: {min(found):.0%}")

@@ -204,7 +204,7 @@ def _image_features(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     dfov = cv2.erode((x > max(_FOV_LEVEL, lo + 0.25 * (mid - lo))).astype(np.uint8), np.ones((3, 3), np.uint8))
     m = dfov.astype(np.float32)
     slow = cv2.GaussianBlur(x * m, (0, 0), _DENSE_SIGMA) / np.maximum(cv2.GaussianBlur(m, (0, 0), _DENSE_SIGMA), 1e-3)
-    fine = cv2.GaussianBlur((x - slow) * m, (0, 0), 1.0)
+    fine = (x - slow) * m  # high-pass; the band-pass's low end is applied when compared
     inside = dfov > 0
     if inside.any():
         fine = fine - np.median(fine[inside])
@@ -289,6 +289,9 @@ def candidate_pairs(
     ori = np.concatenate(orient)
     codes: list[np.ndarray] = []
     wts: list[np.ndarray] = []
+    # a bucket shared by many images holds a structure they all have (the disc rim, a rib): a stop
+    # word; "many" is relative in a small cohort
+    cap = int(np.clip(n // 4, 4, BUCKET_CAP))
     for sel in _lsh_bytes(len(allde)):
         key = np.zeros(len(allde), np.int32)
         for b in sel:
@@ -297,7 +300,7 @@ def candidate_pairs(
         ks = key[order]
         start = np.r_[0, np.nonzero(np.diff(ks))[0] + 1]
         size = np.diff(np.r_[start, len(ks)])
-        keep_b = (size >= 2) & (size <= BUCKET_CAP)
+        keep_b = (size >= 2) & (size <= cap)
         if not keep_b.any():
             continue
         # only members of small buckets, in bucket order
@@ -331,16 +334,25 @@ def candidate_pairs(
     lo, hi = (pair // 2) // n, (pair // 2) % n
     if not len(pair):
         return empty
-    # the top_k partners of each image (as i or as j), in either orientation
-    a = np.r_[lo, hi]
-    v = np.r_[votes, votes]
-    idx = np.r_[np.arange(len(lo)), np.arange(len(lo))]
+    # the top_k partners of each image (as i or as j), ranked by the pair's better orientation;
+    # each orientation of a chosen pair with at least half the better one's votes is verified
+    # (left-right symmetric pictures, radiographs above all, vote nearly as much for the mirror)
+    key = pair // 2
+    ukey, uinv = np.unique(key, return_inverse=True)
+    best = np.zeros(len(ukey))
+    np.maximum.at(best, uinv, votes)
+    ulo, uhi = ukey // n, ukey % n
+    a = np.r_[ulo, uhi]
+    v = np.r_[best, best]
+    idx = np.r_[np.arange(len(ukey)), np.arange(len(ukey))]
     order = np.lexsort((idx, -v, a))
     a_s = a[order]
     first = np.r_[0, np.nonzero(np.diff(a_s))[0] + 1]
     rank = np.arange(len(a_s)) - np.repeat(first, np.diff(np.r_[first, len(a_s)]))
-    chosen = np.unique(idx[order][rank < top_k])
-    df = pd.DataFrame({"i": lo[chosen], "j": hi[chosen], "flipped": fl[chosen], "votes": votes[chosen]})
+    chosen = np.zeros(len(ukey), bool)
+    chosen[idx[order][rank < top_k]] = True
+    keep = chosen[uinv] & (votes >= 0.5 * best[uinv])
+    df = pd.DataFrame({"i": lo[keep], "j": hi[keep], "flipped": fl[keep], "votes": votes[keep]})
     return df.sort_values(["i", "j", "flipped"], kind="stable").reset_index(drop=True)
 
 
@@ -362,24 +374,36 @@ def _decompose(m: np.ndarray, flipped: bool) -> dict[str, float]:
 def _aligned_agreement(
     cv2: Any, feat: dict[str, np.ndarray], i: int, j: int, m: np.ndarray, flipped: bool
 ) -> float:
-    """Sign agreement of the detail of ``i`` and of ``j`` warped onto ``i`` by ``m`` (NaN: little overlap)."""
+    """Sign agreement of the fine detail of ``i`` and of ``j`` warped onto ``i`` by ``m`` (NaN: little overlap).
+
+    The stored detail is high-passed only; the band-pass's low end (a Gaussian of sigma 1 px) is
+    applied after the warp, and widened on the side that is finer at ``i``'s scale (the image that
+    was enlarged lost its finest detail; the other is blurred to match), so a zoomed copy compares
+    like with like.
+    """
     a = feat["dense"][i].astype(np.float32)
     b = feat["dense"][j]
     if flipped:
         b = b[:, ::-1]
+    b = np.ascontiguousarray(b, dtype=np.float32)
     s = DENSE_PX / WORK_PX
     # pixel centres: x_dense = s * x_work + c, so the translation becomes s * t + c - A (c, c)
     c = 0.5 * s - 0.5
     ms = m.astype(np.float64).copy()
     ms[:, 2] = s * ms[:, 2] + c - ms[:, :2] @ np.array([c, c])
+    zoom = float(np.sqrt(abs(np.linalg.det(ms[:, :2]))))  # j's pixels per pixel of i
+    if zoom > 1.0:  # j is shrunk onto i: blur it first so it keeps no detail finer than i's
+        b = cv2.GaussianBlur(b, (0, 0), float(np.sqrt(zoom * zoom - 1.0)))
     inside_b = cv2.warpAffine((b != 0).astype(np.float32), ms, (DENSE_PX, DENSE_PX),
                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP) > 0.99
-    warped = cv2.warpAffine(np.ascontiguousarray(b, dtype=np.float32), ms, (DENSE_PX, DENSE_PX),
-                            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    warped = cv2.warpAffine(b, ms, (DENSE_PX, DENSE_PX), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    warped = cv2.GaussianBlur(warped, (0, 0), 1.0)
+    # j enlarged onto i: i's detail finer than j's enlarged pixels is blurred away too
+    a_f = cv2.GaussianBlur(a, (0, 0), max(1.0, 1.0 / max(zoom, 1e-3)))
     both = (a != 0) & inside_b
     if int(both.sum()) < _MIN_OVERLAP:
         return float("nan")
-    return float(2.0 * np.mean((a[both] > 0) == (warped[both] > 0)) - 1.0)
+    return float(2.0 * np.mean((a_f[both] > 0) == (warped[both] > 0)) - 1.0)
 
 
 def near_identity(t: dict[str, Any] | pd.Series) -> bool:

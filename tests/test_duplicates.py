@@ -21,7 +21,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import cv2  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from medxcept.audit import audit_cohort, fingerprints, verified_near_pairs  # noqa: E402
+from medxcept.audit import audit_cohort, fingerprints, near_duplicate_pairs, verified_near_pairs  # noqa: E402
 from medxcept.check import _duplicate_pairs_shown  # noqa: E402
 from medxcept.duplicates import MIN_INLIERS, verify_pairs  # noqa: E402
 
@@ -96,6 +96,10 @@ def test_heavy_copy_confirmed_by_one_transform_look_alikes_not(fp):
 def test_fix_merges_only_confirmed_pairs(fp, retina):
     df = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "patient_key": ["P1", "P2", "P3", "P4"],
                        "label": ["x", "x", "y", "y"]})
+    # the look-alikes are candidates of the cheap global signatures (pHash + dHash within 10 bits,
+    # left eye vs mirrored right eye): only the verification keeps them apart
+    hash_only = near_duplicate_pairs(fp, detail_threshold=None)
+    assert (2, 3) in set(zip(hash_only["i"], hash_only["j"], strict=True))
     report = audit_cohort(df, fp=fp, policy="fix")
     g = report.merge_groups
     assert g["a"] == g["b"] and len({g["a"], g["c"], g["d"]}) == 3
