@@ -124,26 +124,19 @@ def _to_u8_gray(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def _illumination_removed(cv2: Any, g: np.ndarray, px: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(detail, fov)`` at ``px x px``: the image minus its slow illumination, and the field of view.
-
-    The illumination is a Gaussian blur (sigma ``px / 40``) of the field of view, normalised by the
-    blurred mask (so the black border draws no ring), computed at a quarter of the size and
-    enlarged (it is slow by construction; this saves most of the cost).
-    """
+def _enhance(cv2: Any, g: np.ndarray, px: int, sigma: float, erode: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(detail, fov)`` at ``px x px``: the image minus its blurred field of view, and the eroded mask."""
     interp = cv2.INTER_AREA if g.shape[0] > px or g.shape[1] > px else cv2.INTER_LINEAR
     x = cv2.resize(g, (px, px), interpolation=interp).astype(np.float32)
     # the border: darker than a quarter of the way from the darkest pixels to the median
     # (a brightened copy's black border is no longer 0)
-    lo, mid = np.percentile(x[::4, ::4], [2, 50])
+    lo, mid = np.percentile(x, [2, 50])
     fov = (x > max(_FOV_LEVEL, lo + 0.25 * (mid - lo))).astype(np.uint8)
-    q = px // 4
-    m = cv2.resize(fov.astype(np.float32), (q, q), interpolation=cv2.INTER_AREA)
-    xs = cv2.resize(x * fov, (q, q), interpolation=cv2.INTER_AREA)
-    sig = px / 160.0
-    blur = cv2.GaussianBlur(xs, (0, 0), sig) / np.maximum(cv2.GaussianBlur(m, (0, 0), sig), 1e-3)
-    blur = cv2.resize(blur, (px, px), interpolation=cv2.INTER_LINEAR)
-    return (x - blur) * fov, fov
+    if erode:
+        fov = cv2.erode(fov, np.ones((erode, erode), np.uint8))
+    m = fov.astype(np.float32)
+    blur = cv2.GaussianBlur(x * m, (0, 0), sigma) / np.maximum(cv2.GaussianBlur(m, (0, 0), sigma), 1e-3)
+    return (x - blur) * m, fov
 
 
 _local = threading.local()
@@ -173,8 +166,7 @@ def _image_features(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     cv2 = _cv2()
     orb = _orb()
     g = _to_u8_gray(img)
-    d, fov = _illumination_removed(cv2, g, WORK_PX)
-    inner = cv2.erode(fov, np.ones((9, 9), np.uint8))  # the border's rim carries no keypoints
+    d, inner = _enhance(cv2, g, WORK_PX, 6.0, 9)  # the border's rim carries no keypoints
     sd = float(d[inner > 0].std()) if inner.any() else 0.0
     e = np.clip(128.0 + 40.0 * d / (sd + 1e-6), 0, 255).astype(np.uint8)
     kp, desc = orb.detectAndCompute(e, inner)
@@ -197,14 +189,8 @@ def _image_features(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
             xyf, descf = np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
         else:
             xyf = np.array([k.pt for k in mk], np.float32)
-    # band-pass detail for the aligned check: sigma 1 to 3 px at DENSE_PX (noise and resampling out)
-    interp = cv2.INTER_AREA if g.shape[0] > DENSE_PX or g.shape[1] > DENSE_PX else cv2.INTER_LINEAR
-    x = cv2.resize(g, (DENSE_PX, DENSE_PX), interpolation=interp).astype(np.float32)
-    lo, mid = np.percentile(x[::2, ::2], [2, 50])
-    dfov = cv2.erode((x > max(_FOV_LEVEL, lo + 0.25 * (mid - lo))).astype(np.uint8), np.ones((3, 3), np.uint8))
-    m = dfov.astype(np.float32)
-    slow = cv2.GaussianBlur(x * m, (0, 0), _DENSE_SIGMA) / np.maximum(cv2.GaussianBlur(m, (0, 0), _DENSE_SIGMA), 1e-3)
-    fine = (x - slow) * m  # high-pass; the band-pass's low end is applied when compared
+    dd, dfov = _enhance(cv2, g, DENSE_PX, _DENSE_SIGMA, 3)
+    fine = cv2.GaussianBlur(dd, (0, 0), 1.0)  # band-pass: sigma 1 to 3 px (pixel noise and resampling out)
     inside = dfov > 0
     if inside.any():
         fine = fine - np.median(fine[inside])
@@ -384,36 +370,24 @@ def _decompose(m: np.ndarray, flipped: bool) -> dict[str, float]:
 def _aligned_agreement(
     cv2: Any, feat: dict[str, np.ndarray], i: int, j: int, m: np.ndarray, flipped: bool
 ) -> float:
-    """Sign agreement of the fine detail of ``i`` and of ``j`` warped onto ``i`` by ``m`` (NaN: little overlap).
-
-    The stored detail is high-passed only; the band-pass's low end (a Gaussian of sigma 1 px) is
-    applied after the warp, and widened on the side that is finer at ``i``'s scale (the image that
-    was enlarged lost its finest detail; the other is blurred to match), so a zoomed copy compares
-    like with like.
-    """
+    """Sign agreement of the detail of ``i`` and of ``j`` warped onto ``i`` by ``m`` (NaN: little overlap)."""
     a = feat["dense"][i].astype(np.float32)
     b = feat["dense"][j]
     if flipped:
         b = b[:, ::-1]
-    b = np.ascontiguousarray(b, dtype=np.float32)
     s = DENSE_PX / WORK_PX
     # pixel centres: x_dense = s * x_work + c, so the translation becomes s * t + c - A (c, c)
     c = 0.5 * s - 0.5
     ms = m.astype(np.float64).copy()
     ms[:, 2] = s * ms[:, 2] + c - ms[:, :2] @ np.array([c, c])
-    zoom = float(np.sqrt(abs(np.linalg.det(ms[:, :2]))))  # j's pixels per pixel of i
-    if zoom > 1.0:  # j is shrunk onto i: blur it first so it keeps no detail finer than i's
-        b = cv2.GaussianBlur(b, (0, 0), float(np.sqrt(zoom * zoom - 1.0)))
     inside_b = cv2.warpAffine((b != 0).astype(np.float32), ms, (DENSE_PX, DENSE_PX),
                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP) > 0.99
-    warped = cv2.warpAffine(b, ms, (DENSE_PX, DENSE_PX), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-    warped = cv2.GaussianBlur(warped, (0, 0), 1.0)
-    # j enlarged onto i: i's detail finer than j's enlarged pixels is blurred away too
-    a_f = cv2.GaussianBlur(a, (0, 0), max(1.0, 1.0 / max(zoom, 1e-3)))
+    warped = cv2.warpAffine(np.ascontiguousarray(b, dtype=np.float32), ms, (DENSE_PX, DENSE_PX),
+                            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
     both = (a != 0) & inside_b
     if int(both.sum()) < _MIN_OVERLAP:
         return float("nan")
-    return float(2.0 * np.mean((a_f[both] > 0) == (warped[both] > 0)) - 1.0)
+    return float(2.0 * np.mean((a[both] > 0) == (warped[both] > 0)) - 1.0)
 
 
 def near_identity(t: dict[str, Any] | pd.Series) -> bool:
