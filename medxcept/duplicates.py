@@ -13,14 +13,18 @@ transform. So:
    albumentations) inside the eroded field of view (the black border and its rim carry no
    keypoints: every photograph of one camera has the same circle), for the image and for its
    mirror image (ORB is rotation-invariant, not mirror-invariant; a vertical flip is a mirror plus
-   a half-turn, so one mirror covers both flips). A 128-px copy of the same image is kept for the
+   a half-turn, so one mirror covers both flips). The mirror image's keypoints are the mirrored
+   keypoints (FAST, Harris and the pyramid are mirror-symmetric), so they are described there, not
+   detected again (the same descriptors for a fifth of the cost). A 128-px copy of the same image is kept for the
    aligned detail check (step 4).
 2. **Candidates** (:func:`candidate_pairs`, sub-quadratic): the binary descriptors are hashed by
-   :data:`LSH_TABLES` random 16-bit subsets; two images sharing many buckets (in either
-   orientation) are candidates: the :data:`TOP_K` best-voted partners of each image, with at least
+   :data:`LSH_TABLES` random 16-bit subsets; two images sharing many buckets (in either orientation) are
+   candidates: the :data:`TOP_K` best-voted partners of each image, with at least
    :data:`MIN_VOTES` votes (a shared bucket of ``s`` descriptors votes ``1 / (s - 1)``: rare
-   descriptors count more). Buckets holding more than :data:`BUCKET_CAP` descriptors (structures
-   every image has) are ignored, like stop words.
+   descriptors count more), each orientation of a chosen pair with at least half the votes of its
+   better one (left-right symmetric pictures, radiographs above all, vote nearly as much for the
+   mirror). Buckets holding more than :data:`BUCKET_CAP` descriptors (structures every image has)
+   are ignored, like stop words.
 3. **Geometric verification** (:func:`verify_pairs`): descriptors matched (mutual nearest
    neighbours, Hamming distance <= 64 of 256 bits), then one affine transform fitted by RANSAC
    (OpenCV ``estimateAffine2D``, tolerance :data:`RANSAC_PX` px at :data:`WORK_PX` px); the pair
@@ -88,8 +92,9 @@ RANSAC_ITERS = 2000
 RATIO = 1.0
 MAX_HAMMING = 64
 """Largest descriptor distance (bits of 256) of a putative match."""
-LSH_TABLES = 16
-"""Hash tables of the candidate search (each keys descriptors on 2 or 3 random bytes, :func:`_lsh_bytes`)."""
+LSH_TABLES = 8
+"""Hash tables of the candidate search (each keys descriptors on :data:`LSH_BITS` random bits)."""
+LSH_BITS = 16
 N_INDEX = 250
 """Strongest descriptors per image and orientation that the candidate search indexes."""
 BUCKET_CAP = 24
@@ -236,21 +241,17 @@ def keypoint_features(images: Any) -> dict[str, np.ndarray]:
             "dense": np.stack(dense) if n else np.zeros((0, DENSE_PX, DENSE_PX), np.int8)}
 
 
-def _lsh_bytes(n_desc: int) -> np.ndarray:
-    """Byte positions of each LSH table's key: 2 random bytes of the 32 (16 bits), 3 from 131,072 descriptors.
-
-    Enough bits for random descriptors to rarely share a bucket, so that the cost stays about
-    linear as the cohort grows; whole bytes, so that a key is 2 or 3 array operations.
-    """
+def _lsh_masks() -> np.ndarray:
+    """Bit positions (of the 256) of each LSH table's key: :data:`LSH_BITS` random bits."""
     rng = np.random.default_rng(20261201)  # fixed: the same buckets for every cohort
-    k = 2 if n_desc < (1 << 17) else 3
-    return np.stack([rng.choice(32, k, replace=False) for _ in range(LSH_TABLES)])
+    return np.stack([rng.choice(256, LSH_BITS, replace=False) for _ in range(LSH_TABLES)])
 
 
-def _lsh_keys(desc: np.ndarray, byte_pos: np.ndarray) -> np.ndarray:
+def _lsh_keys(desc: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """The key of each packed descriptor: its bits ``bits`` (no unpacking of the whole matrix)."""
     key = np.zeros(len(desc), np.int32)
-    for b in byte_pos:
-        key = (key << 8) | desc[:, b]
+    for k, b in enumerate(bits):
+        key |= ((desc[:, b // 8] >> (7 - b % 8)) & 1).astype(np.int32) << k
     return key
 
 
@@ -260,8 +261,7 @@ def candidate_pairs(
     """Pairs sharing many descriptor buckets: ``i < j``, ``flipped``, ``votes`` (sub-quadratic).
 
     The :data:`N_INDEX` strongest descriptors of each image (orientation 0) and of its mirror
-    image (orientation 1) are hashed by :data:`LSH_TABLES` keys of whole bytes (16 bits, or 24
-    from 131,072 descriptors on, so that buckets stay small as the cohort grows); descriptors in
+    image (orientation 1) are hashed by :data:`LSH_TABLES` keys of :data:`LSH_BITS` random bits; descriptors in
     one bucket vote for their images' pair (flipped when their orientations differ), ``1 / (s -
     1)`` for a bucket of ``s``. A bucket of more than :data:`BUCKET_CAP` descriptors (a structure
     every image has) is skipped, like a stop word. Each image keeps its ``top_k`` best-voted
@@ -286,10 +286,9 @@ def candidate_pairs(
     ori = np.concatenate(orient)
     codes: list[np.ndarray] = []
     wts: list[np.ndarray] = []
-    # a bucket shared by many images holds a structure they all have (the disc rim, a rib): a stop
-    # word; "many" is relative in a small cohort
-    cap = int(np.clip(n // 4, 4, BUCKET_CAP))
-    for sel in _lsh_bytes(len(allde)):
+    # a bucket shared by many images holds a structure they all have (the disc rim, a rib): a stop word
+    cap = BUCKET_CAP
+    for sel in _lsh_masks():
         key = _lsh_keys(allde, sel)
         packed = np.sort((key.astype(np.int64) << 32) | np.arange(len(key), dtype=np.int64))  # faster than argsort
         order = packed & 0xFFFFFFFF
@@ -311,8 +310,8 @@ def candidate_pairs(
                 break
             ia, ib = im[a], im[a + off]
             oa, ob = oi[a], oi[a + off]
-            # (0,0) plain, (0,1)/(1,0) flipped; (1,1) repeats (0,0): skipped
-            keep = (ia != ib) & ((oa == 0) | (ob == 0))
+            # (0,0) and (1,1) plain, (0,1)/(1,0) flipped: two chances each
+            keep = ia != ib
             a, ia, ib = a[keep], ia[keep], ib[keep]
             if not len(a):
                 continue
