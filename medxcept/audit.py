@@ -42,8 +42,11 @@ all of them combined; demo-generator eyes 85-100 % per transform, 65 % combined 
 share one vessel template: little individual detail survives all transforms at once). No false
 pair among 301 real-photo look-alikes nor 300 demo eyes (these reach 46 inliers on their shared
 disc and arcades, but aligned agreement at most 0.40). Not yet met: the issue's 95 % for combined
-transforms, and 20,000 images in 2 minutes (about 18 ms of CPU an image, see the benchmark's
-large-cohort table; candidates at 5,000 images miss about a quarter of the combined copies).
+transforms, and 20,000 images in 2 minutes (about 18 ms of CPU an image measured at 5,000
+images; from about 260 images on the candidate search uses longer keys,
+:func:`medxcept.duplicates._lsh_masks`, and still missed about a quarter of the combined copies
+at 5,000). Gray radiograph-like images (the benchmark's stand-in for DICOM): 85-100 % per
+transform, 100 % combined, no false pair among 300 look-alikes.
 
 Near-duplicate threshold (hash rule)
 ------------------------------------
