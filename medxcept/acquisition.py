@@ -14,9 +14,17 @@ ingestion, while the file is open, each image gets a few acquisition fingerprint
 ``acq_subsampling`` JPEG chroma subsampling (``4:4:4``, ``4:2:2``, ``4:2:0``)
 ``acq_device``      EXIF make / model / software, or DICOM Manufacturer / ManufacturerModelName
                     / StationName / InstitutionName, each hashed (``h:`` + 8 hex)
+``acq_fov``         field-of-view geometry of a fundus photograph (:func:`geometry_fingerprint`):
+                    radius relative to the frame and centre offset, bucketed (``r0.95 c+0.00+0.05``),
+                    or ``none`` (no dark surround: a pre-cropped image)
+``acq_border``      how dark the surround is (mean level outside the field of view, 8-bit, bucketed
+                    by 4: ``k0``, ``k4``; ``none`` without a surround); radiographs: the mean level
+                    of the outermost 2 % of the frame
+``acq_aspect``      frame aspect ratio ``width / height``, 2 decimals
 ==================  ===============================================================
 
-plus ``width x height`` from the table. Long strings are hashed so that institution names,
+plus ``width x height`` from the table. The geometry comes from the decoded pixels (ingestion
+computes it beside the preprocessing, :func:`geometry_fingerprint`); the others from headers. Long strings are hashed so that institution names,
 which are not patient identifiers but are site-identifying, never reach a log or a shared file
 in clear. :func:`shortcut_probe` then reports Cramér's V of each fingerprint against the label
 and the out-of-fold AUC of a logistic regression on the fingerprints alone, folds grouped by
@@ -32,9 +40,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["ACQ_COLUMNS", "SHORTCUT_AUC", "acquisition_fingerprint", "jpeg_quality", "shortcut_probe"]
+__all__ = ["ACQ_COLUMNS", "GEOMETRY_COLUMNS", "SHORTCUT_AUC", "acquisition_fingerprint", "geometry_fingerprint",
+           "jpeg_quality", "shortcut_probe"]
 
-ACQ_COLUMNS = ("acq_format", "acq_mode", "acq_jpeg_q", "acq_jpeg_qt", "acq_subsampling", "acq_device")
+GEOMETRY_COLUMNS = ("acq_fov", "acq_border", "acq_aspect")
+ACQ_COLUMNS = ("acq_format", "acq_mode", "acq_jpeg_q", "acq_jpeg_qt", "acq_subsampling", "acq_device",
+               *GEOMETRY_COLUMNS)
 SHORTCUT_AUC = 0.75
 """Out-of-fold AUC of the probe from which the audit warns that the label is predictable from acquisition."""
 
@@ -120,6 +131,59 @@ def acquisition_fingerprint(path: str | Path, kind: str = "photo") -> dict[str, 
         out.update(_dicom(p) if kind == "dicom" else _photo(p))
     except Exception:  # noqa: BLE001 - fingerprints are a courtesy: the image was already decoded
         out["acq_format"] = out["acq_format"] or f"{p.suffix.lower()}:?"
+    return out
+
+
+def geometry_fingerprint(img: np.ndarray, modality: str = "fundus") -> dict[str, str]:
+    """The border and field-of-view columns (``acq_fov``, ``acq_border``, ``acq_aspect``) of a decoded image.
+
+    Two cameras (or two collections cropped differently) differ in where their circular field of
+    view sits in the frame, how large it is and how black its surround is, whatever the eye; a
+    label that follows these is a shortcut. Buckets are coarse (radius by 0.05 of the half-side,
+    centre by 0.05, border level by 4 of 255) so that one camera's images share a value.
+
+    Parameters
+    ----------
+    img : numpy.ndarray
+        Decoded image, ``H x W [x C]``, float in [0, 1] (integer pixels are scaled by their dtype).
+    modality : {"fundus", "gray"}
+        ``gray``: no field of view (``acq_fov`` empty); the border is the outermost 2 % of the frame.
+
+    Examples
+    --------
+    >>> yy, xx = np.mgrid[0:100, 0:120]
+    >>> img = np.where(np.hypot(yy - 50, xx - 60) < 45, 0.6, 0.0)[..., None].repeat(3, axis=2)
+    >>> geometry_fingerprint(img)
+    {'acq_fov': 'r0.90 c+0.00+0.00', 'acq_border': 'k0', 'acq_aspect': '1.20'}
+    """
+    a = np.asarray(img)
+    if a.dtype.kind in "ui":
+        a = a.astype(np.float32) / float(np.iinfo(a.dtype).max)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    h, w = a.shape[:2]
+    out = {"acq_fov": "", "acq_border": "", "acq_aspect": f"{w / max(h, 1):.2f}"}
+    luma = a.mean(axis=2)
+    if modality != "fundus":
+        e = max(1, int(round(0.02 * min(h, w))))
+        rim = np.concatenate([luma[:e].ravel(), luma[-e:].ravel(), luma[:, :e].ravel(), luma[:, -e:].ravel()])
+        out["acq_border"] = f"k{int(np.mean(rim) * 255) // 4 * 4}"
+        return out
+    from medxcept.preprocess import find_fov
+
+    cy, cx, r, found = find_fov(a)
+    if not found:
+        out["acq_fov"] = out["acq_border"] = "none"
+        return out
+    half = min(h, w) / 2.0
+
+    def b(x: float) -> float:
+        return round(round(x / 0.05) * 0.05, 2) + 0.0  # + 0.0: no "-0.00"
+
+    out["acq_fov"] = f"r{b(r / half):.2f} c{b((cx - (w - 1) / 2) / half):+.2f}{b((cy - (h - 1) / 2) / half):+.2f}"
+    yy, xx = np.ogrid[0:h, 0:w]
+    outside = (yy - cy) ** 2 + (xx - cx) ** 2 > (1.05 * r) ** 2
+    out["acq_border"] = f"k{int(float(luma[outside].mean()) * 255) // 4 * 4}" if outside.any() else "none"
     return out
 
 

@@ -13,14 +13,18 @@ transform. So:
    albumentations) inside the eroded field of view (the black border and its rim carry no
    keypoints: every photograph of one camera has the same circle), for the image and for its
    mirror image (ORB is rotation-invariant, not mirror-invariant; a vertical flip is a mirror plus
-   a half-turn, so one mirror covers both flips). A 128-px copy of the same image is kept for the
+   a half-turn, so one mirror covers both flips). The mirror image's keypoints are the mirrored
+   keypoints (FAST, Harris and the pyramid are mirror-symmetric), so they are described there, not
+   detected again (the same descriptors for a fifth of the cost). A 128-px copy of the same image is kept for the
    aligned detail check (step 4).
 2. **Candidates** (:func:`candidate_pairs`, sub-quadratic): the binary descriptors are hashed by
-   :data:`LSH_TABLES` random 16-bit subsets; two images sharing many buckets (in either
-   orientation) are candidates: the :data:`TOP_K` best-voted partners of each image, with at least
+   :data:`LSH_TABLES` random 16-bit subsets; two images sharing many buckets (in either orientation) are
+   candidates: the :data:`TOP_K` best-voted partners of each image, with at least
    :data:`MIN_VOTES` votes (a shared bucket of ``s`` descriptors votes ``1 / (s - 1)``: rare
-   descriptors count more). Buckets holding more than :data:`BUCKET_CAP` descriptors (structures
-   every image has) are ignored, like stop words.
+   descriptors count more), each orientation of a chosen pair with at least half the votes of its
+   better one (left-right symmetric pictures, radiographs above all, vote nearly as much for the
+   mirror). Buckets holding more than :data:`BUCKET_CAP` descriptors (structures every image has)
+   are ignored, like stop words.
 3. **Geometric verification** (:func:`verify_pairs`): descriptors matched (mutual nearest
    neighbours, Hamming distance <= 64 of 256 bits), then one affine transform fitted by RANSAC
    (OpenCV ``estimateAffine2D``, tolerance :data:`RANSAC_PX` px at :data:`WORK_PX` px); the pair
@@ -84,10 +88,17 @@ FALLBACK_MIN_INLIERS = 8
 """Inliers, in place, that a hash + detail candidate needs when both images carry keypoints."""
 RANSAC_PX = 2.0
 """RANSAC tolerance, in pixels at :data:`WORK_PX`."""
+RANSAC_ITERS = 2000
+RATIO = 1.0
 MAX_HAMMING = 64
 """Largest descriptor distance (bits of 256) of a putative match."""
 LSH_TABLES = 8
+"""Hash tables of the candidate search (each keys descriptors on :data:`LSH_BITS` random bits)."""
 LSH_BITS = 16
+LSH_LARGE = 1 << 17
+"""Descriptors from which the candidate search uses longer keys (:func:`_lsh_masks`)."""
+N_INDEX = 250
+"""Strongest descriptors per image and orientation that the candidate search indexes."""
 BUCKET_CAP = 24
 TOP_K = 8
 MIN_VOTES = 1.0
@@ -136,6 +147,8 @@ def _enhance(cv2: Any, g: np.ndarray, px: int, sigma: float, erode: int) -> tupl
 
 
 _local = threading.local()
+LAST_STATS: dict[str, int] = {}
+"""Counts of the last :func:`geometric_pairs` call (candidates, pairs fitted, confirmed), for benchmarks."""
 
 
 def _workers(n_items: int) -> int:
@@ -160,16 +173,29 @@ def _image_features(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     cv2 = _cv2()
     orb = _orb()
     g = _to_u8_gray(img)
-    d, fov = _enhance(cv2, g, WORK_PX, 6.0, 9)
-    sd = float(d[fov > 0].std()) if fov.any() else 0.0
+    d, inner = _enhance(cv2, g, WORK_PX, 6.0, 9)  # the border's rim carries no keypoints
+    sd = float(d[inner > 0].std()) if inner.any() else 0.0
     e = np.clip(128.0 + 40.0 * d / (sd + 1e-6), 0, 255).astype(np.uint8)
-    found = []
-    for im, m in ((e, fov), (e[:, ::-1].copy(), fov[:, ::-1].copy())):
-        kp, desc = orb.detectAndCompute(im, m)
-        if desc is None or not kp:
-            found += [np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)]
+    kp, desc = orb.detectAndCompute(e, inner)
+    if desc is None or not kp:
+        empty = (np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
+        xy, desc, xyf, descf = empty[0], empty[1], empty[0], empty[1]
+    else:
+        strongest = np.argsort([-k.response for k in kp], kind="stable")
+        kp = [kp[t] for t in strongest]
+        desc = desc[strongest]
+        xy = np.array([k.pt for k in kp], np.float32)
+        # the mirror image's keypoints are the mirrored keypoints (FAST, Harris and the pyramid are
+        # mirror-symmetric; the orientation angle mirrors to 180 - angle): describe them there
+        # instead of detecting again (the same descriptors, a fifth of the cost)
+        w = WORK_PX - 1
+        mk = [cv2.KeyPoint(w - k.pt[0], k.pt[1], k.size, (180.0 - k.angle) % 360.0, k.response, k.octave,
+                           k.class_id) for k in kp]
+        mk, descf = orb.compute(np.ascontiguousarray(e[:, ::-1]), mk)
+        if descf is None or not mk:
+            xyf, descf = np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
         else:
-            found += [np.array([k.pt for k in kp], np.float32), desc]
+            xyf = np.array([k.pt for k in mk], np.float32)
     dd, dfov = _enhance(cv2, g, DENSE_PX, _DENSE_SIGMA, 3)
     fine = cv2.GaussianBlur(dd, (0, 0), 1.0)  # band-pass: sigma 1 to 3 px (pixel noise and resampling out)
     inside = dfov > 0
@@ -179,7 +205,7 @@ def _image_features(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     # int8 detail (0 = outside the field of view; inside never exactly 0)
     q = np.clip(np.rint(fine * 32), -127, 127)
     q = np.where(q == 0, np.where(fine >= 0, 1, -1), q)
-    return found[0], found[2], found[1], found[3], (q * inside).astype(np.int8)
+    return xy, xyf, desc, descf, (q * inside).astype(np.int8)
 
 
 def keypoint_features(images: Any) -> dict[str, np.ndarray]:
@@ -195,12 +221,12 @@ def keypoint_features(images: Any) -> dict[str, np.ndarray]:
     dict of str to numpy.ndarray
         ``kp_xy``, ``kp_xy_flip``: object arrays of ``(k, 2)`` float32 keypoint positions (pixels
         at :data:`WORK_PX`); ``kp_desc``, ``kp_desc_flip``: object arrays of ``(k, 32)`` uint8 ORB
-        descriptors; ``dense``: ``(n, 128, 128)`` int8 band-pass detail (0 outside the field of
-        view, never 0 inside).
+        descriptors (strongest first); ``dense``: ``(n, 128, 128)`` int8 band-pass detail (0
+        outside the field of view, never 0 inside).
     """
     images = list(images)
     with ThreadPoolExecutor(max_workers=_workers(len(images))) as pool:  # OpenCV releases the GIL
-        per_image = list(pool.map(_image_features, images))
+        per_image = list(pool.map(_image_features, images, chunksize=64))
     xy = [r[0] for r in per_image]
     xyf = [r[1] for r in per_image]
     de = [r[2] for r in per_image]
@@ -217,9 +243,27 @@ def keypoint_features(images: Any) -> dict[str, np.ndarray]:
             "dense": np.stack(dense) if n else np.zeros((0, DENSE_PX, DENSE_PX), np.int8)}
 
 
-def _lsh_masks() -> np.ndarray:
+def _lsh_masks(n_desc: int = 0) -> np.ndarray:
+    """Bit positions (of the 256) of each LSH table's key.
+
+    :data:`LSH_TABLES` keys of :data:`LSH_BITS` random bits; from :data:`LSH_LARGE` descriptors on
+    (about 260 images), twice as many keys of 24 bits: with 16 bits the buckets of a large cohort
+    fill with chance neighbours, pass :data:`BUCKET_CAP` and are skipped, and copies go unseen
+    (measured at 5,000 images: 1 of 50 planted combined copies among the candidates with 8 x 16
+    bits, 37 of 50 with 16 x 24).
+    """
     rng = np.random.default_rng(20261201)  # fixed: the same buckets for every cohort
-    return np.stack([rng.choice(256, LSH_BITS, replace=False) for _ in range(LSH_TABLES)])
+    if n_desc < LSH_LARGE:
+        return np.stack([rng.choice(256, LSH_BITS, replace=False) for _ in range(LSH_TABLES)])
+    return np.stack([rng.choice(256, 24, replace=False) for _ in range(2 * LSH_TABLES)])
+
+
+def _lsh_keys(desc: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """The key of each packed descriptor: its bits ``bits`` (no unpacking of the whole matrix)."""
+    key = np.zeros(len(desc), np.int32)
+    for k, b in enumerate(bits):
+        key |= ((desc[:, b // 8] >> (7 - b % 8)) & 1).astype(np.int32) << k
+    return key
 
 
 def candidate_pairs(
@@ -227,68 +271,95 @@ def candidate_pairs(
 ) -> pd.DataFrame:
     """Pairs sharing many descriptor buckets: ``i < j``, ``flipped``, ``votes`` (sub-quadratic).
 
-    Each descriptor of each image (orientation 0) and of each mirror image (orientation 1) is
-    hashed by :data:`LSH_TABLES` bit subsets; descriptors in one bucket vote for their images'
-    pair (flipped when their orientations differ). A bucket of more than :data:`BUCKET_CAP`
-    descriptors is skipped. Cost: ``O(N log N)`` for ``N`` descriptors, plus the votes.
+    The :data:`N_INDEX` strongest descriptors of each image (orientation 0) and of its mirror
+    image (orientation 1) are hashed by :data:`LSH_TABLES` keys of :data:`LSH_BITS` random bits; descriptors in
+    one bucket vote for their images' pair (flipped when their orientations differ), ``1 / (s -
+    1)`` for a bucket of ``s``. A bucket of more than :data:`BUCKET_CAP` descriptors (a structure
+    every image has) is skipped, like a stop word. Each image keeps its ``top_k`` best-voted
+    partners with at least ``min_votes``. Cost: one sort of the descriptors per table
+    (``O(N log N)``) plus the pairs inside small buckets (about linear).
     """
     n = len(feat["kp_desc"])
     img_ids, orient, descs = [], [], []
     for o, key in ((0, "kp_desc"), (1, "kp_desc_flip")):
         for k, d in enumerate(feat[key]):
+            d = d[:N_INDEX]
             if len(d):
                 descs.append(d)
                 img_ids.append(np.full(len(d), k, np.int64))
-                orient.append(np.full(len(d), o, np.int64))
+                orient.append(np.full(len(d), o, np.int8))
     empty = pd.DataFrame({"i": np.zeros(0, np.int64), "j": np.zeros(0, np.int64),
                           "flipped": np.zeros(0, bool), "votes": np.zeros(0, np.float64)})
     if not descs or n < 2:
         return empty
-    bits = np.unpackbits(np.concatenate(descs), axis=1)
+    allde = np.concatenate(descs)
     img = np.concatenate(img_ids)
     ori = np.concatenate(orient)
-    weights = (1 << np.arange(LSH_BITS, dtype=np.int64))
     codes: list[np.ndarray] = []
     wts: list[np.ndarray] = []
-    for sel in _lsh_masks():
-        key = bits[:, sel].astype(np.int64) @ weights
-        order = np.argsort(key, kind="stable")
-        ks, im, oi = key[order], img[order], ori[order]
+    # a bucket shared by many images holds a structure they all have (the disc rim, a rib): a stop word
+    cap = BUCKET_CAP
+    for sel in _lsh_masks(len(allde)):
+        key = _lsh_keys(allde, sel)
+        packed = np.sort((key.astype(np.int64) << 32) | np.arange(len(key), dtype=np.int64))  # faster than argsort
+        order = packed & 0xFFFFFFFF
+        ks = packed >> 32
         start = np.r_[0, np.nonzero(np.diff(ks))[0] + 1]
         size = np.diff(np.r_[start, len(ks)])
-        bsize = np.repeat(size, size)
-        big = bsize > BUCKET_CAP
-        for off in range(1, BUCKET_CAP):
-            a = np.arange(len(ks) - off)
-            same = (ks[a] == ks[a + off]) & ~big[a]
-            a = a[same]
+        keep_b = (size >= 2) & (size <= cap)
+        if not keep_b.any():
+            continue
+        # only members of small buckets, in bucket order
+        members = np.repeat(keep_b, size)
+        pos = order[members]
+        bid = np.repeat(np.arange(keep_b.sum()), size[keep_b])
+        bsz = np.repeat(size[keep_b], size[keep_b])
+        im, oi = img[pos], ori[pos]
+        for off in range(1, int(size[keep_b].max())):
+            a = np.nonzero(bid[:-off] == bid[off:])[0]
+            if not len(a):
+                break
             ia, ib = im[a], im[a + off]
+            oa, ob = oi[a], oi[a + off]
+            # (0,0) and (1,1) plain, (0,1)/(1,0) flipped: two chances each
             keep = ia != ib
             a, ia, ib = a[keep], ia[keep], ib[keep]
             if not len(a):
                 continue
-            # one orientation must be the original image: (0,0) plain, (0,1)/(1,0) flipped, (1,1) = plain
-            fl = oi[a] != oi[a + off]
+            fl = (oa[keep] != ob[keep])
             lo, hi = np.minimum(ia, ib), np.maximum(ia, ib)
             codes.append((lo * n + hi) * 2 + fl)
-            wts.append(1.0 / (bsize[a] - 1))  # a rare bucket says more (idf-like)
+            wts.append(1.0 / (bsz[a] - 1))  # a rare bucket says more (idf-like)
     if not codes:
         return empty
     pair, inv = np.unique(np.concatenate(codes), return_inverse=True)
     votes = np.bincount(inv, weights=np.concatenate(wts))
+    ok = votes >= min_votes
+    pair, votes = pair[ok], votes[ok]
     fl = (pair % 2).astype(bool)
     lo, hi = (pair // 2) // n, (pair // 2) % n
-    ok = votes >= min_votes
-    df = pd.DataFrame({"i": lo[ok], "j": hi[ok], "flipped": fl[ok], "votes": votes[ok]})
-    if df.empty:
+    if not len(pair):
         return empty
-    # the top_k partners of each image (as i or as j), in either orientation
-    both = pd.concat([df.assign(a=df["i"]), df.assign(a=df["j"])], ignore_index=True)
-    both = both.sort_values(["a", "votes", "i", "j", "flipped"], ascending=[True, False, True, True, True],
-                            kind="stable")
-    top = both.groupby("a", sort=False).head(top_k)
-    out = top.drop(columns="a").drop_duplicates(["i", "j", "flipped"])
-    return out.sort_values(["i", "j", "flipped"], kind="stable").reset_index(drop=True)
+    # the top_k partners of each image (as i or as j), ranked by the pair's better orientation;
+    # each orientation of a chosen pair with at least half the better one's votes is verified
+    # (left-right symmetric pictures, radiographs above all, vote nearly as much for the mirror)
+    key = pair // 2
+    ukey, uinv = np.unique(key, return_inverse=True)
+    best = np.zeros(len(ukey))
+    np.maximum.at(best, uinv, votes)
+    ulo, uhi = ukey // n, ukey % n
+    a = np.r_[ulo, uhi]
+    v = np.r_[best, best]
+    idx = np.r_[np.arange(len(ukey)), np.arange(len(ukey))]
+    order = np.lexsort((idx, -v, a))
+    a_s = a[order]
+    first = np.r_[0, np.nonzero(np.diff(a_s))[0] + 1]
+    rank = np.arange(len(a_s)) - np.repeat(first, np.diff(np.r_[first, len(a_s)]))
+    chosen = np.zeros(len(ukey), bool)
+    chosen[idx[order][rank < top_k]] = True
+    keep = chosen[uinv] & (votes >= 0.5 * best[uinv])
+    df = pd.DataFrame({"i": lo[keep], "j": hi[keep], "flipped": fl[keep], "votes": votes[keep]})
+    return df.sort_values(["i", "j", "flipped"], kind="stable").reset_index(drop=True)
 
 
 def _decompose(m: np.ndarray, flipped: bool) -> dict[str, float]:
@@ -343,7 +414,28 @@ def near_identity(t: dict[str, Any] | pd.Series) -> bool:
                 and abs(t["shear_rad"]) < 0.08 and np.hypot(t["shift_x"], t["shift_y"]) < 0.1)
 
 
-def _verify_one(feat: dict[str, np.ndarray], a: int, b: int, fl: bool) -> dict[str, Any]:
+def _matches(cv2: Any, da: np.ndarray, db: np.ndarray) -> list[Any]:
+    """Putative matches: mutual nearest descriptors within :data:`MAX_HAMMING` bits that pass the ratio test."""
+    if RATIO >= 1:
+        return [mm for mm in cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(da, db)
+                if mm.distance <= MAX_HAMMING]
+    bf = cv2.BFMatcher(cv2.NORM_HAMMING)
+    fwd = bf.knnMatch(da, db, k=2)
+    back = {m.queryIdx: m.trainIdx for m in bf.match(db, da)}
+    out = []
+    for pair in fwd:
+        if not pair:
+            continue
+        m = pair[0]
+        if m.distance > MAX_HAMMING or back.get(m.trainIdx) != m.queryIdx:
+            continue
+        if len(pair) > 1 and m.distance > RATIO * pair[1].distance:
+            continue
+        out.append(m)
+    return out
+
+
+def _verify_one(feat: dict[str, np.ndarray], a: int, b: int, fl: bool, least: int) -> dict[str, Any]:
     """Match, fit and check one candidate pair (see :func:`verify_pairs`)."""
     cv2 = _cv2()
     pa, da = feat["kp_xy"][a], feat["kp_desc"][a]
@@ -354,22 +446,21 @@ def _verify_one(feat: dict[str, np.ndarray], a: int, b: int, fl: bool) -> dict[s
                            "shear_rad": np.nan, "shift_x": np.nan, "shift_y": np.nan, "confirmed": False}
     if len(da) < 3 or len(db) < 3:
         return row
-    matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
-    ms = [mm for mm in matcher.match(da, db) if mm.distance <= MAX_HAMMING]
+    ms = _matches(cv2, da, db)
     row["matches"] = len(ms)
-    if len(ms) < FALLBACK_MIN_INLIERS:  # fewer matches than the least inliers any rule needs
+    if len(ms) < least:  # fewer matches than the least inliers the caller's rule needs
         return row
     src = pa[[mm.queryIdx for mm in ms]]
     dst = pb[[mm.trainIdx for mm in ms]]
     cv2.setRNGSeed(0)  # per thread: the same pair always gets the same fit
     m, inl = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX,
-                                  maxIters=2000, confidence=0.999, refineIters=10)
+                                  maxIters=RANSAC_ITERS, confidence=0.999, refineIters=10)
     if m is None:
         return row
     row["inliers"] = int(inl.sum())
     row.update({k: v for k, v in _decompose(m, fl).items() if k != "flip"})
     plausible = 0.5 <= row["scale"] <= 2.0 and abs(row["shear_rad"]) <= 0.5
-    if row["inliers"] >= FALLBACK_MIN_INLIERS and plausible:
+    if row["inliers"] >= least and plausible:
         row["aligned_agreement"] = _aligned_agreement(cv2, feat, a, b, m, fl)
     if row["inliers"] >= MIN_INLIERS and plausible:
         # a shared layout (disc, arcades, border of one camera) can line up keypoints of two
@@ -379,7 +470,9 @@ def _verify_one(feat: dict[str, np.ndarray], a: int, b: int, fl: bool) -> dict[s
     return row
 
 
-def verify_pairs(feat: dict[str, np.ndarray], i: Any, j: Any, flipped: Any) -> pd.DataFrame:
+def verify_pairs(
+    feat: dict[str, np.ndarray], i: Any, j: Any, flipped: Any, *, least: int = FALLBACK_MIN_INLIERS
+) -> pd.DataFrame:
     """Geometric verification of candidate pairs ``(i[k], j[k])`` (``j`` mirrored where ``flipped``).
 
     Returns
@@ -388,12 +481,14 @@ def verify_pairs(feat: dict[str, np.ndarray], i: Any, j: Any, flipped: Any) -> p
         One row per pair: ``i``, ``j``, ``flipped``, ``matches`` (mutual nearest descriptors),
         ``inliers`` (of one affine transform, RANSAC), ``aligned_agreement`` (see the module
         notes), the transform (``rotation_deg``, ``scale``, ``shear_rad``, ``shift_x``, ``shift_y``:
-        how ``j`` is placed relative to ``i``) and ``confirmed`` (all criteria met).
+        how ``j`` is placed relative to ``i``) and ``confirmed`` (all criteria met). A pair with
+        fewer than ``least`` matches is not fitted (inliers 0), one with fewer than ``least``
+        inliers gets no aligned agreement (NaN): the caller's rule needs no more.
     """
     args = list(zip(np.asarray(i, np.int64).tolist(), np.asarray(j, np.int64).tolist(),
                     np.asarray(flipped, bool).tolist(), strict=True))
     with ThreadPoolExecutor(max_workers=_workers(len(args))) as pool:  # OpenCV releases the GIL
-        rows = list(pool.map(lambda t: _verify_one(feat, *t), args))
+        rows = list(pool.map(lambda t: _verify_one(feat, *t, max(3, int(least))), args))
     cols = ["i", "j", "flipped", "matches", "inliers", "aligned_agreement", "rotation_deg", "scale",
             "shear_rad", "shift_x", "shift_y", "confirmed"]
     return pd.DataFrame(rows, columns=cols)
@@ -405,7 +500,10 @@ def geometric_pairs(feat: dict[str, np.ndarray]) -> pd.DataFrame:
     A pair tried in both orientations keeps its better one (confirmed first, then more inliers).
     """
     cand = candidate_pairs(feat)
-    res = verify_pairs(feat, cand["i"], cand["j"], cand["flipped"])
+    res = verify_pairs(feat, cand["i"], cand["j"], cand["flipped"], least=MIN_INLIERS)
+    LAST_STATS.clear()
+    LAST_STATS.update(candidates=len(cand), verified=int((res["matches"] >= MIN_INLIERS).sum()),
+                      confirmed=int(res["confirmed"].sum()))
     res["votes"] = cand["votes"].to_numpy()
     res = res.sort_values(["i", "j", "confirmed", "inliers"], ascending=[True, True, False, False],
                           kind="stable")

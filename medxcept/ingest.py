@@ -228,7 +228,7 @@ def _decode_guarded(task: dict[str, Any], path: Path) -> dict[str, Any]:
 
 
 def _decode_file(task: dict[str, Any]) -> dict[str, Any]:
-    from medxcept.acquisition import acquisition_fingerprint
+    from medxcept.acquisition import acquisition_fingerprint, geometry_fingerprint
     from medxcept.io.dicom import read_dicom
     from medxcept.io.images import read_image
 
@@ -257,11 +257,15 @@ def _decode_file(task: dict[str, Any]) -> dict[str, Any]:
             continue
         if cache.get(sha, frame_index, cfg) is None:
             cache.put(sha, frame_index, cfg, preprocess(arr, cfg, modality=task["modality"]))
+        try:  # border and field-of-view geometry: how the image was framed
+            geometry = geometry_fingerprint(arr, task["modality"])
+        except Exception:  # noqa: BLE001 - a courtesy fingerprint never excludes an image
+            geometry = {}
         rows.append({
             "frame": frame_index, "sha256": sha, "height": int(arr.shape[0]), "width": int(arr.shape[1]),
             "channels": int(arr.shape[2]), "quality": round(float(q["score"]), 4), "quality_flag": bool(flagged),
             "meta": {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool)) or v is None},
-            "acquisition": acquisition,
+            "acquisition": {**acquisition, **geometry},
         })
     return {"path": str(path), "rows": rows, "excluded": excluded}
 

@@ -70,3 +70,56 @@ def test_balanced_acquisition_raises_no_warning(tmp_path):
     assert report.by_kind("acquisition_shortcut") == []
     [f] = report.by_kind("acquisition_checked")
     assert f.details[0]["auc"] < SHORTCUT_AUC and max(f.details[0]["cramers_v"].values()) < 0.2
+
+
+def _source_cohort(tmp_path, differ: str) -> pd.DataFrame:
+    """16 patients x 2 photos, label = source; the two sources differ only in ``differ``.
+
+    ``quality``: JPEG re-encoded at 95 vs 60 (same extension, size, subsampling, no EXIF);
+    ``extension``: ``.jpeg`` vs ``.jpg`` (same bytes); ``size``: 64 vs 80 px; ``fov``: the field of view's
+    radius and centre in the frame (same file settings). The pixels of both are photos of the same kind.
+    """
+    from medxcept.acquisition import geometry_fingerprint
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for p in range(16):
+        src = p % 2
+        for k in range(2):
+            px = 80 if (differ == "size" and src) else 64
+            yy, xx = np.mgrid[0:px, 0:px]
+            r, cx = (0.47 * px, px / 2) if not (differ == "fov" and src) else (0.40 * px, px / 2 + 0.06 * px)
+            disc = np.hypot(yy - px / 2, xx - cx) < r
+            img = (rng.random((px, px, 3)) * 80 + 120).astype(np.uint8) * disc[..., None]
+            ext = "jpeg" if (differ == "extension" and src) else "jpg"
+            path = tmp_path / f"p{p}_{k}.{ext}"
+            Image.fromarray(img).save(path, format="JPEG", quality=60 if (differ == "quality" and src) else 95,
+                                      subsampling=2)
+            rows.append({"image_id": path.stem, "patient_key": f"P{p}", "label": ["normal", "disease"][src],
+                         "y": src, "width": px, "height": px, **acquisition_fingerprint(path),
+                         **geometry_fingerprint(np.asarray(Image.open(path)), "fundus")})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("differ,columns", [("quality", ("acq_jpeg_q", "acq_jpeg_qt")), ("extension", ("acq_format",)),
+                                            ("size", ("size",)), ("fov", ("acq_fov",))])
+def test_sources_differing_in_one_setting_are_caught(tmp_path, differ, columns):
+    df = _source_cohort(tmp_path, differ)
+    probe = shortcut_probe(df)
+    assert probe["auc"] >= SHORTCUT_AUC and min(probe["cramers_v"][c] for c in columns) > 0.9
+    others = {c: v for c, v in probe["cramers_v"].items() if c not in columns}
+    assert all(v < 0.5 for v in others.values()), others  # only the setting that differs carries the label
+
+
+def test_geometry_fingerprint_reads_the_field_of_view():
+    from medxcept.acquisition import geometry_fingerprint
+
+    yy, xx = np.mgrid[0:120, 0:160]
+    inside = np.hypot(yy - 60, xx - 96) < 50  # radius 50 of the half-side 60, centre 16 px right
+    img = np.where(inside[..., None], 0.55, 0.03).repeat(3, axis=2)
+    g = geometry_fingerprint(img)
+    assert g == {"acq_fov": "r0.85 c+0.25+0.00", "acq_border": "k4", "acq_aspect": "1.33"}
+    flat = geometry_fingerprint(np.full((50, 50, 3), 0.5))  # no surround: a pre-cropped image
+    assert flat["acq_fov"] == "none" and flat["acq_border"] == "none"
+    gray = geometry_fingerprint(np.pad(np.full((40, 40), 0.5), 5), "gray")
+    assert gray["acq_fov"] == "" and gray["acq_border"] == "k0"

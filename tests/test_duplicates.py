@@ -21,7 +21,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import cv2  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from medxcept.audit import audit_cohort, fingerprints, verified_near_pairs  # noqa: E402
+from medxcept.audit import audit_cohort, fingerprints, near_duplicate_pairs, verified_near_pairs  # noqa: E402
 from medxcept.check import _duplicate_pairs_shown  # noqa: E402
 from medxcept.duplicates import MIN_INLIERS, verify_pairs  # noqa: E402
 
@@ -96,6 +96,10 @@ def test_heavy_copy_confirmed_by_one_transform_look_alikes_not(fp):
 def test_fix_merges_only_confirmed_pairs(fp, retina):
     df = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "patient_key": ["P1", "P2", "P3", "P4"],
                        "label": ["x", "x", "y", "y"]})
+    # the look-alikes are candidates of the cheap global signatures (pHash + dHash within 10 bits,
+    # left eye vs mirrored right eye): only the verification keeps them apart
+    hash_only = near_duplicate_pairs(fp, detail_threshold=None)
+    assert (2, 3) in set(zip(hash_only["i"], hash_only["j"], strict=True))
     report = audit_cohort(df, fp=fp, policy="fix")
     g = report.merge_groups
     assert g["a"] == g["b"] and len({g["a"], g["c"], g["d"]}) == 3
@@ -127,3 +131,23 @@ def test_check_page_pairs_show_the_flagged_images(retina):
         want = Image.fromarray(img)
         want.thumbnail((128, 128))
         np.testing.assert_array_equal(got, np.asarray(want))
+
+
+@pytest.mark.parametrize("name,make,rot,scale", [
+    ("vflip, rotated 40 deg", lambda a: _warp(a, 40, 1.0, 0.0, 0.0)[::-1], 40, 1.0),
+    ("sheared 0.2, zoomed 1.25, JPEG 50", lambda a: _jpeg(np.ascontiguousarray(_warp(a, 0, 1.25, 0.2, 0.0)), 50), 0, 1.25),
+    ("resized to 512, brighter and more contrasted 20 %, shifted 15 %",
+     lambda a: np.clip((cv2.resize(_warp(a, 0, 1.0, 0.0, 0.15), (512, 512)).astype(np.float32) - 128) * 1.2 + 128 + 51,
+                       0, 255).astype(np.uint8), 0, 1.0),
+])
+def test_real_photo_copies_found_with_their_transform(retina, name, make, rot, scale):
+    copy = np.ascontiguousarray(make(retina["orig"]))
+    pairs = verified_near_pairs(fingerprints([retina["orig"], retina["look_a"], copy, retina["look_b"]]))
+    assert list(zip(pairs["i"], pairs["j"], strict=True)) == [(0, 2)], name  # the look-alikes stay apart
+    p = pairs.iloc[0]
+    assert p["method"] == "geometry" and p["inliers"] >= MIN_INLIERS
+    # the transform found is the one applied: its scale is the zoom
+    assert abs(p["scale"] / scale - 1) < 0.1, (name, p["scale"])
+    if rot:
+        turn = abs(float(p["rotation_deg"])) % 360
+        assert min(abs(turn - rot), abs(turn - (180 - rot))) < 6, (name, p["rotation_deg"])
