@@ -29,7 +29,9 @@ this benchmark makes its own pretrained weights the way ImageNet weights are mad
 
 Usage::
 
-    nice -n 5 python -m benchmarks.recipes                      # the measurement (~40 min on 2 shared cores)
+    nice -n 5 python -m benchmarks.recipes                      # the measurement (hours on 2 busy cores)
+    python -m benchmarks.recipes --summarize                    # the table again, from the finished runs
+    python -m benchmarks.recipes --bn-check                     # from scratch: BN moving averages vs recalibrated
     python -m benchmarks.recipes --quick                        # smoke run (tiny sizes, 1 seed)
     python -m benchmarks.recipes --arms default baseline --cohorts gray
 
@@ -39,7 +41,9 @@ It prints the table and writes ``recipes-<cohorts>.json`` (every run's numbers) 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import shutil
 import os
 import sys
 import time
@@ -256,6 +260,8 @@ def run_arm(cohort_yaml: Path, out: Path, *, arm: str, seed: int, px: int, weigh
     run_dir = out / name
     if (run_dir / "complete.json").is_file():
         return run_dir
+    if run_dir.exists():  # an interrupted benchmark run: start it again
+        shutil.rmtree(run_dir)
     spec = load_cohort_spec(cohort_yaml)
     cfg = load_config(cohort_defaults=spec.defaults, overrides={
         "seed": seed, "split.seed": 0, "out_dir": str(out), "preprocess.image_px": px,
@@ -276,10 +282,7 @@ def summarize(cohort: str, run_dirs: dict[str, list[Path]]) -> dict:
     """Load the runs, compare every pair of arms through medxcept.compare, print the table."""
     from medxcept.compare import compare, load_run
 
-    records = {arm: [load_run(d) for d in dirs] for arm, dirs in run_dirs.items()}
-    for arm, recs in records.items():
-        for r in recs:
-            r.group = arm
+    records = {arm: [dataclasses.replace(load_run(d), group=arm) for d in dirs] for arm, dirs in run_dirs.items()}
     lines = [f"\n== {cohort}: test set {len(next(iter(records.values()))[0].patients)} patients"]
     head = f"{'arm':9} {'patient AUC':>15} {'95% CI (per seed)':>40} {'ECE after':>15} {'AUC gap':>15} " \
            f"{'kept epoch':>10} {'train s':>12} {'collapsed':>9}"
@@ -318,6 +321,49 @@ def summarize(cohort: str, run_dirs: dict[str, list[Path]]) -> dict:
     return {"cohort": cohort, "table": table, "tests": tests}
 
 
+def bn_check(*, n: int = 121, px: int = 71, epochs: int = 8, seed: int = 0) -> None:
+    """From random initialization, are inference-mode outputs constant with BN moving averages only?
+
+    ``n`` gray images with the planted opacity (2/3 train, 1/3 validation), the default recipe's
+    from-scratch optimizer (AdamW, warm-up + cosine, label smoothing, batch 16, BN momentum 0.9).
+    After each epoch: the SD and AUC of the validation probabilities with the moving averages as
+    training left them, and after :func:`medxcept.train.recalibrate_batchnorm` (the moving averages
+    are put back afterwards, so both columns follow one training trajectory).
+    """
+    import keras
+    from sklearn.metrics import roc_auc_score
+
+    from medxcept.model import build_model, resolve_weights
+    from medxcept.train import _probs, _schedule, predict_logits, recalibrate_batchnorm
+
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.4).astype(int)
+    x = np.stack([np.repeat((paint_gray(rng, px, opacity=bool(t)) * 255)[..., None], 3, -1) for t in y])
+    x = x.astype(np.uint8)
+    tr, va = np.arange(2 * n // 3), np.arange(2 * n // 3, n)
+    keras.utils.set_random_seed(seed)
+    m = build_model(image_px=px, n_classes=2, weights=resolve_weights("none"), seed=seed)
+    steps = int(np.ceil(len(tr) / 16))
+    m.compile(optimizer=keras.optimizers.AdamW(_schedule(1e-3, steps, epochs, 1), weight_decay=1e-4),
+              loss=keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=0.05))
+    print(f"BN check: {len(tr)} training / {len(va)} validation gray images at {px} px, from scratch")
+    for e in range(epochs):
+        m.fit(x[tr], y[tr].astype("float32"), batch_size=16, epochs=1, verbose=0)
+        p = _probs(predict_logits(m, x[va]))
+        w = m.get_weights()
+        recalibrate_batchnorm(m, x[tr], batch_size=16)
+        q = _probs(predict_logits(m, x[va]))
+        m.set_weights(w)
+        print(f"  epoch {e + 1}: moving averages: SD {p.std():.1e}, AUC {roc_auc_score(y[va], p):.3f} | "
+              f"recalibrated: SD {q.std():.1e}, AUC {roc_auc_score(y[va], q):.3f}", flush=True)
+
+
+def _finished(folder: Path, arm: str) -> list[Path]:
+    """The finished run directories ``<folder>/<arm>-s<seed>``."""
+    return sorted(d for d in folder.glob(f"{arm}-s*") if d.name[len(arm) + 2:].isdigit()
+                  and (d / "complete.json").is_file())
+
+
 def _collapsed_epochs(record) -> list[int]:
     h = record.history
     if "collapsed" not in h:
@@ -342,7 +388,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="folder for the run directories (default: "
                     "$MEDXCEPT_CACHE/recipes/runs-<settings>)")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, one seed")
+    ap.add_argument("--summarize", action="store_true",
+                    help="train nothing: compare the finished runs found in --out (and --extra)")
+    ap.add_argument("--extra", action="append", default=[], metavar="NAME=DIR",
+                    help="with --summarize: also the finished runs DIR/<cohort>/<ARM>-s<seed> as arm NAME; "
+                         "NAME is an arm (more seeds of it, run elsewhere), NAME:ARM, or a new name for the "
+                         "default arm (a recipe variant run with --set and its own --out)")
+    ap.add_argument("--bn-check", action="store_true",
+                    help="only the from-scratch BatchNormalization check (bn_check: ~10 min)")
     args = ap.parse_args(argv)
+    if args.bn_check:
+        bn_check(px=args.px)
+        return 0
     if args.quick:
         args.source_images, args.source_epochs, args.seeds = 64, 1, [0]
         args.fundus_patients, args.gray_patients = 24, 30
@@ -362,6 +419,18 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else cache_dir() / "recipes" / f"runs-px{args.px}-{tag}"
     targets = cache_dir() / "recipes" / "targets"
     summaries = []
+    if args.summarize:
+        for cohort in args.cohorts:
+            dirs = {arm: _finished(out / cohort, arm) for arm in args.arms}
+            for item in args.extra:
+                name, _, folder = item.partition("=")
+                arm = name.split(":")[-1]
+                found = _finished(Path(folder) / cohort, arm if arm in ARMS else "default")
+                key = name.split(":")[0]
+                dirs[key] = sorted(dirs.get(key, []) + found, key=lambda d: d.name)
+            dirs = {k: v for k, v in dirs.items() if v}
+            summaries.append(summarize(cohort, dirs))
+        return 0
     for cohort in args.cohorts:
         if cohort == "gray":
             yaml_path = write_gray_cohort(targets / f"gray-n{args.gray_patients}", n_patients=args.gray_patients,
