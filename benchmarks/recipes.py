@@ -282,7 +282,8 @@ def summarize(cohort: str, run_dirs: dict[str, list[Path]]) -> dict:
     """Load the runs, compare every pair of arms through medxcept.compare, print the table."""
     from medxcept.compare import compare, load_run
 
-    records = {arm: [dataclasses.replace(load_run(d), group=arm) for d in dirs] for arm, dirs in run_dirs.items()}
+    records = {arm: [dataclasses.replace(load_run(d), group=arm, name=f"{arm}:{d.name}") for d in dirs]
+               for arm, dirs in run_dirs.items()}
     lines = [f"\n== {cohort}: test set {len(next(iter(records.values()))[0].patients)} patients"]
     head = f"{'arm':9} {'patient AUC':>15} {'95% CI (per seed)':>40} {'ECE after':>15} {'AUC gap':>15} " \
            f"{'kept epoch':>10} {'train s':>12} {'collapsed':>9}"
