@@ -43,8 +43,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -177,7 +177,7 @@ def source_checkpoint(*, n_images: int, epochs: int, px: int, seed: int = 0) -> 
     model.compile(optimizer=keras.optimizers.AdamW(sched, weight_decay=1e-4),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     flips = np.random.default_rng([seed, 5])
-    for e in range(epochs):  # horizontal flips keep the shape's kind
+    for _ in range(epochs):  # horizontal flips keep the shape's kind
         flip = flips.random(len(xt)) < 0.5
         xe = np.where(flip[:, None, None, None], xt[:, :, ::-1], xt)
         model.fit(xe, yt, batch_size=32, epochs=1, verbose=0, shuffle=True)
@@ -369,7 +369,7 @@ def _collapsed_epochs(record) -> list[int]:
     h = record.history
     if "collapsed" not in h:
         return []
-    return [int(e) for e, c in zip(h["epoch"], h["collapsed"]) if str(c).lower() in ("true", "1", "1.0")]
+    return [int(e) for e, c in zip(h["epoch"], h["collapsed"], strict=True) if str(c).lower() in ("true", "1", "1.0")]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -317,10 +317,10 @@ def recalibrate_batchnorm(model: keras.Model, images: np.ndarray, *, batch_size:
     initialization); frozen or inference-mode layers (pretrained weights) keep theirs. Nothing
     else changes: no weight, no optimizer state, no random-seed state (dropout is not drawn from).
     """
-    layers = [l for l in _all_layers(model) if isinstance(l, keras.layers.BatchNormalization) and l.trainable]
+    layers = [la for la in _all_layers(model) if isinstance(la, keras.layers.BatchNormalization) and la.trainable]
     if not layers or not len(images):
         return 0
-    momenta = [l.momentum for l in layers]
+    momenta = [layer.momentum for layer in layers]
     # the model without its dropout: a forward pass in training mode would draw dropout masks,
     # advancing the seed state that a resumed run must reproduce
     features = keras.Model(model.inputs, model.get_layer("gap").output) if _has_layer(model, "gap") else model
@@ -330,7 +330,7 @@ def recalibrate_batchnorm(model: keras.Model, images: np.ndarray, *, batch_size:
                 layer.momentum = k / (k + 1)
             features(keras.ops.convert_to_tensor(images[start:start + batch_size].astype("float32")), training=True)
     finally:
-        for layer, m in zip(layers, momenta):
+        for layer, m in zip(layers, momenta, strict=True):
             layer.momentum = m
     return len(layers)
 
