@@ -91,6 +91,12 @@ class TrainConfig:
         patience: early-stopping patience in epochs (validation patient-level AUC).
         workers: input-pipeline worker threads (``keras.utils.PyDataset``).
         baseline_lr, baseline_epochs: the tutorial recipe's Adam learning rate and epoch count.
+        bn_recalibration: without pretrained weights, recompute BatchNormalization's moving
+            statistics at the end of every epoch from clean training images with the epoch's final
+            weights ("precise BN"), so that inference mode matches what training saw. Without it,
+            the moving averages lag behind weights that change fast from random initialization and
+            the validation outputs can be constant (a collapse). Ignored with pretrained weights,
+            whose BN layers stay frozen.
     """
 
     recipe: str = "default"
@@ -107,6 +113,7 @@ class TrainConfig:
     workers: int = 2
     baseline_lr: float = 0.01
     baseline_epochs: int = 10
+    bn_recalibration: bool = True
 
     def __post_init__(self) -> None:
         _choice("train.recipe", self.recipe, ("default", "baseline"))

@@ -25,7 +25,16 @@ only metric, flips and small rotations only, no early stopping.
 
 Every epoch appends to the history (train and validation loss, AUC, accuracy, patient-level
 validation AUC, learning rate) and writes a checkpoint, so overfitting is visible and an
-interrupted run can resume.
+interrupted run can resume. Keras' training ``auc`` is measured on augmented images, with dropout
+on, averaged over an epoch whose weights kept changing: it is not comparable with the validation
+AUC. So every epoch also records ``train_patient_auc``, measured exactly like the validation one
+(clean images, inference mode, the same patient aggregation) on a fixed, patient-stratified
+subset of at most :data:`TRAIN_AUC_MAX_IMAGES` training images, and ``val_prob_sd`` and
+``collapsed``: a model whose validation outputs are constant (the SD of its validation
+probabilities below :data:`COLLAPSE_SD`; for several classes also: every image predicted the same
+class) has not learned anything usable in inference mode, whatever its training AUC says. Early
+stopping never keeps such an epoch when another exists, and :attr:`TrainResult.collapse` says
+which epochs collapsed.
 """
 
 from __future__ import annotations
@@ -65,9 +74,16 @@ from medxcept.model import (
 )
 
 __all__ = ["TrainResult", "fit", "predict_logits", "predict_logits_tta", "PatientAUC", "BestEpoch", "set_seeds",
-           "weights_checksum", "save_weights_atomic", "save_inference_model", "check_resumable"]
+           "weights_checksum", "save_weights_atomic", "save_inference_model", "check_resumable",
+           "TrainPatientAUC", "train_auc_subset", "is_collapsed", "collapse_summary", "TRAIN_AUC_MAX_IMAGES",
+           "COLLAPSE_SD", "recalibrate_batchnorm", "RecalibrateBN"]
 
 log = logging.getLogger(__name__)
+
+#: At most this many training images are predicted per epoch for ``train_patient_auc``.
+TRAIN_AUC_MAX_IMAGES = 128
+#: Validation probabilities with a smaller SD than this are "constant" (a collapsed epoch).
+COLLAPSE_SD = 1e-4
 
 
 def set_seeds(seed: int) -> None:
@@ -144,6 +160,9 @@ class TrainResult:
     n_devices: int = 1
     weights_sha256: str = ""
     resumed_after_training: bool = False
+    #: ``None``, or ``{"epochs": [global epoch numbers whose validation outputs were constant],
+    #: "all": every epoch collapsed, "message": a sentence in plain words}`` (:func:`collapse_summary`).
+    collapse: dict | None = None
 
 
 def predict_logits(model: keras.Model, images: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
@@ -172,9 +191,60 @@ def predict_logits_tta(model: keras.Model, images: np.ndarray, *, passes: int, s
     return total / (passes + 1)
 
 
-class PatientAUC(keras.callbacks.Callback):
-    """Adds ``val_patient_auc`` to the epoch logs (before early stopping reads it).
+def _prob_sd(prob: np.ndarray) -> float:
+    """SD of the probabilities (several classes: the mean over classes of each class's SD)."""
+    if len(prob) == 0:
+        return float("nan")
+    return float(np.std(prob)) if prob.ndim == 1 else float(np.mean(np.std(prob, axis=0)))
 
+
+def is_collapsed(prob: np.ndarray) -> bool:
+    """Whether a model's validation outputs are constant: the SD of the probabilities is below
+    :data:`COLLAPSE_SD`, or (several classes) every image gets the same most probable class.
+
+    For one sigmoid output, "every image on the same side of 0.5" is *not* a collapse: such a
+    model may still rank the images (its AUC is then meaningful) and only its threshold is off.
+    """
+    if len(prob) == 0:
+        return False
+    if _prob_sd(prob) < COLLAPSE_SD:
+        return True
+    return prob.ndim == 2 and len(np.unique(np.argmax(prob, axis=1))) == 1
+
+
+def train_auc_subset(y: np.ndarray, groups: np.ndarray, *, max_images: int = TRAIN_AUC_MAX_IMAGES,
+                     seed: int = 0) -> np.ndarray:
+    """Indices of a deterministic, patient-stratified subset of at most ``max_images`` images.
+
+    Whole patients are drawn, in a seeded random order within each class (a patient's class is
+    the max of its images'), the classes interleaved in proportion to their patient counts, until
+    the next patient would exceed ``max_images``. Every class with a patient that fits keeps at
+    least one. Returns sorted indices into ``y`` (all of them when ``len(y) <= max_images``).
+    """
+    y, groups = np.asarray(y), np.asarray(groups)
+    if len(y) <= max_images:
+        return np.arange(len(y))
+    frame = pd.DataFrame({"g": groups, "y": y, "i": np.arange(len(y))})
+    per_patient = frame.groupby("g", sort=True).agg(y=("y", "max"), n=("i", "size"))
+    rng = np.random.default_rng([seed, 4099])
+    queues, keys = [], []
+    for _, part in per_patient.groupby("y", sort=True):
+        order = part.index.to_numpy()[rng.permutation(len(part))]
+        # the k-th patient of a class of n patients sits at position (k + 0.5) / n of the interleaved list
+        keys.extend((k + 0.5) / len(order) for k in range(len(order)))
+        queues.extend(order)
+    chosen, total = [], 0
+    for key in np.asarray(queues, dtype=object)[np.argsort(keys, kind="stable")]:
+        n = int(per_patient.at[key, "n"])
+        if total + n <= max_images:
+            chosen.append(key)
+            total += n
+    return np.sort(frame.loc[frame["g"].isin(chosen), "i"].to_numpy())
+
+
+class PatientAUC(keras.callbacks.Callback):
+    """Adds ``val_patient_auc``, ``val_prob_sd`` and ``collapsed`` (1.0 or 0.0: :func:`is_collapsed`)
+    to the epoch logs, before early stopping reads them.
     ``how``: the run's ``eval.patient_aggregation`` (mean or max), so early stopping ranks epochs
     by the patient-level AUC the run reports.
     """
@@ -185,10 +255,117 @@ class PatientAUC(keras.callbacks.Callback):
         self.images, self.y, self.groups, self.batch_size, self.how = images, y, groups, batch_size, how
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logits = predict_logits(self.model, self.images, batch_size=self.batch_size)
-        auc = _patient_auc(self.groups, self.y, _probs(logits), how=self.how)
+        prob = _probs(predict_logits(self.model, self.images, batch_size=self.batch_size))
+        auc = _patient_auc(self.groups, self.y, prob, how=self.how)
         if logs is not None:
             logs["val_patient_auc"] = auc
+            logs["val_prob_sd"] = _prob_sd(prob)
+            logs["collapsed"] = float(is_collapsed(prob))
+
+
+class TrainPatientAUC(keras.callbacks.Callback):
+    """Adds ``train_patient_auc``: the patient-level AUC on clean training images, measured as the
+    validation one is (no augmentation, inference mode: no dropout, BatchNormalization's moving
+    statistics; the same patient aggregation), on :func:`train_auc_subset`."""
+
+    def __init__(self, images: np.ndarray, y: np.ndarray, groups: np.ndarray, batch_size: int, *,
+                 max_images: int = TRAIN_AUC_MAX_IMAGES, seed: int = 0, how: str = "mean") -> None:
+        super().__init__()
+        keep = train_auc_subset(y, groups, max_images=max_images, seed=seed)
+        self.images, self.y, self.groups = images[keep], np.asarray(y)[keep], np.asarray(groups)[keep]
+        self.batch_size, self.how = batch_size, how
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        prob = _probs(predict_logits(self.model, self.images, batch_size=self.batch_size))
+        if logs is not None:
+            logs["train_patient_auc"] = _patient_auc(self.groups, self.y, prob, how=self.how)
+
+
+def recalibrate_batchnorm(model: keras.Model, images: np.ndarray, *, batch_size: int) -> int:
+    """Set the moving statistics of every trainable BatchNormalization layer to the mean, over
+    batches of clean ``images``, of the batch statistics the current weights give ("precise BN",
+    Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm"); return the number of layers updated.
+
+    Each batch runs forward in training mode with the layer's momentum set to ``k / (k + 1)`` for
+    the ``k``-th batch, so the moving average becomes the plain average of the batch statistics.
+    Only BN layers that are trainable and called in training mode are touched (from random
+    initialization); frozen or inference-mode layers (pretrained weights) keep theirs. Nothing
+    else changes: no weight, no optimizer state, no random-seed state (dropout is not drawn from).
+    """
+    layers = [la for la in _all_layers(model) if isinstance(la, keras.layers.BatchNormalization) and la.trainable]
+    if not layers or not len(images):
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    # the model without its dropout: a forward pass in training mode would draw dropout masks,
+    # advancing the seed state that a resumed run must reproduce
+    features = keras.Model(model.inputs, model.get_layer("gap").output) if _has_layer(model, "gap") else model
+    try:
+        for k, start in enumerate(range(0, len(images), batch_size)):
+            for layer in layers:
+                layer.momentum = k / (k + 1)
+            features(keras.ops.convert_to_tensor(images[start:start + batch_size].astype("float32")), training=True)
+    finally:
+        for layer, m in zip(layers, momenta, strict=True):
+            layer.momentum = m
+    return len(layers)
+
+
+def _all_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    out = []
+    for sub in getattr(layer, "layers", []):
+        out.append(sub)
+        out.extend(_all_layers(sub))
+    return out
+
+
+def _has_layer(model: keras.Model, name: str) -> bool:
+    try:
+        model.get_layer(name)
+    except ValueError:
+        return False
+    return True
+
+
+class RecalibrateBN(keras.callbacks.Callback):
+    """:func:`recalibrate_batchnorm` at the end of every epoch, before anything predicts."""
+
+    def __init__(self, images: np.ndarray, batch_size: int) -> None:
+        super().__init__()
+        self.images, self.batch_size = images, batch_size
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        recalibrate_batchnorm(self.model, self.images, batch_size=self.batch_size)
+
+
+def collapse_summary(history: pd.DataFrame, best_epoch: int | None = None) -> dict | None:
+    """:attr:`TrainResult.collapse` from a history with a ``collapsed`` column (``None``: no epoch
+    collapsed, or a history written before the column existed)."""
+    if "collapsed" not in history or not len(history):
+        return None
+    flags = history["collapsed"].fillna(False).astype(bool)
+    epochs = [int(e) for e in history.loc[flags, "epoch"]]
+    if not epochs:
+        return None
+    every = len(epochs) == len(history)
+    which = _epoch_list(epochs)
+    if every:
+        message = (f"the validation outputs were constant in every epoch ({which}): the model gives every "
+                   "image the same probability in inference mode, so no epoch could be chosen and its AUC "
+                   "means nothing. This happens when BatchNormalization's moving statistics have not settled "
+                   "(typically training from random initialization on few images); train longer, or start "
+                   "from pretrained weights (--weights).")
+    else:
+        kept = f"; early stopping kept epoch {best_epoch}, which was not collapsed" if (
+            best_epoch is not None and best_epoch not in epochs) else ""
+        message = (f"the validation outputs were constant in {len(epochs)} of {len(history)} epochs ({which}): "
+                   f"those epochs were never chosen{kept}.")
+    return {"epochs": epochs, "all": every, "message": message}
+
+
+def _epoch_list(epochs: list[int]) -> str:
+    if len(epochs) > 1 and epochs == list(range(epochs[0], epochs[-1] + 1)):
+        return f"epochs {epochs[0]}-{epochs[-1]}"
+    return ("epoch " if len(epochs) == 1 else "epochs ") + ", ".join(map(str, epochs))
 
 
 class BestEpoch(keras.callbacks.Callback):
@@ -202,6 +379,11 @@ class BestEpoch(keras.callbacks.Callback):
     ``patience`` epochs without a better one; the best epoch's weights are restored at the end
     (``restore=True``) and, with a checkpoint directory, kept in ``best.weights.h5`` so a resumed
     run can restore them too.
+
+    A collapsed epoch (``collapsed`` in the logs: constant validation outputs) is never kept when
+    a non-collapsed one exists, whatever its AUC or loss; and while every epoch so far has
+    collapsed, patience does not run down (a model whose BatchNormalization statistics are still
+    settling is given its epochs).
 
     Args:
         patience: epochs without improvement before stopping; ``None`` never stops (selection only).
@@ -222,13 +404,17 @@ class BestEpoch(keras.callbacks.Callback):
         self.best_epoch: int | None = state.get("best_epoch")
         self.wait: int = state.get("wait", 0)
         self.stopped: bool = state.get("stopped", False)
+        # True while no epoch is kept or the kept one collapsed (older checkpoints: not collapsed)
+        self.best_collapsed: bool = state.get("best_collapsed", self.best_epoch is None)
         self._best_weights: list[np.ndarray] | None = None
 
     def state(self) -> dict:
         return {"best_auc": self.best_auc, "best_loss": self.best_loss, "best_epoch": self.best_epoch,
-                "wait": self.wait, "stopped": self.stopped}
+                "wait": self.wait, "stopped": self.stopped, "best_collapsed": self.best_collapsed}
 
-    def is_better(self, auc: float, loss: float) -> bool:
+    def is_better(self, auc: float, loss: float, collapsed: bool = False) -> bool:
+        if collapsed != self.best_collapsed and self.best_epoch is not None:
+            return not collapsed  # a non-collapsed epoch beats a collapsed one, never the reverse
         auc = -math.inf if auc is None or math.isnan(auc) else auc
         loss = math.inf if loss is None or math.isnan(loss) else loss
         if auc > self.best_auc + self.min_delta:
@@ -238,16 +424,18 @@ class BestEpoch(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
         auc, loss = logs.get("val_patient_auc", float("nan")), logs.get("val_loss", float("nan"))
-        if self.is_better(auc, loss):
+        collapsed = bool(logs.get("collapsed", 0.0))
+        if self.is_better(auc, loss, collapsed):
             self.best_auc = -math.inf if math.isnan(auc) else float(auc)
             self.best_loss = math.inf if math.isnan(loss) else float(loss)
             self.best_epoch = self.epoch_offset + epoch + 1
+            self.best_collapsed = collapsed
             self.wait = 0
             self._best_weights = self.model.get_weights()
             if self.checkpoint_dir is not None:
                 self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
                 save_weights_atomic(self.model, self.checkpoint_dir / "best.weights.h5")
-        else:
+        elif not self.best_collapsed:  # patience runs from the first epoch that did not collapse
             self.wait += 1
             if self.patience is not None and self.wait >= self.patience:
                 self.stopped = True
@@ -313,9 +501,11 @@ class _Progress(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
-        log.info("epoch %d (%s %d/%d): loss %.4f, val loss %.4f, val patient AUC %.3f", self.offset + epoch + 1,
-                 self.stage.split(" (")[0], epoch + 1, self.epochs, logs.get("loss", float("nan")),
-                 logs.get("val_loss", float("nan")), logs.get("val_patient_auc", float("nan")))
+        log.info("epoch %d (%s %d/%d): loss %.4f, val loss %.4f, patient AUC train %.3f / val %.3f%s",
+                 self.offset + epoch + 1, self.stage.split(" (")[0], epoch + 1, self.epochs,
+                 logs.get("loss", float("nan")), logs.get("val_loss", float("nan")),
+                 logs.get("train_patient_auc", float("nan")), logs.get("val_patient_auc", float("nan")),
+                 " (validation outputs constant)" if logs.get("collapsed") else "")
 
     def on_train_end(self, logs: dict | None = None) -> None:
         self.bar.close()
@@ -454,13 +644,15 @@ class _Stage:
 
 def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, val_y: np.ndarray,
         val_groups: np.ndarray, *, cfg: RunConfig, weights: WeightsInfo, n_classes: int,
-        run_dir: Path | None = None, resume: bool = False) -> TrainResult:
+        run_dir: Path | None = None, resume: bool = False, train_groups: np.ndarray | None = None) -> TrainResult:
     """Train a model with the configured recipe; return it with the best epoch's weights.
 
     Args:
         train_images, val_images: uint8 arrays (N, px, px, 3), preprocessed.
         train_y, val_y: integer class indices.
         val_groups: patient keys of the validation images (for patient-level AUC).
+        train_groups: patient keys of the training images, for ``train_patient_auc``; without
+            them each training image counts as its own patient.
         cfg: the resolved run configuration (``cfg.train`` holds the recipe).
         weights: from :func:`medxcept.model.resolve_weights`.
         n_classes: number of classes.
@@ -506,6 +698,9 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
     rows: list[dict] = []
     stages: list[dict] = []
     patient_auc = PatientAUC(val_images, val_y, val_groups, tc.batch_size, how=cfg.eval.patient_aggregation)
+    train_auc = TrainPatientAUC(train_images, train_y,
+                                np.arange(len(train_y)) if train_groups is None else train_groups,
+                                tc.batch_size, seed=cfg.seed, how=cfg.eval.patient_aggregation)
 
     plan: list[_Stage] = []
     if baseline:
@@ -534,6 +729,10 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
                                          weight_decay=tc.weight_decay)
             _compile(model, opt, n_classes, tc.label_smoothing)
         plan.append(_Stage("from scratch (not pretrained: whole network)", epochs, True, prep_scratch))
+    # From random initialization the BN moving averages trail weights that move fast: recompute them
+    # from clean training images after each epoch, before the model predicts or is checkpointed.
+    recalibrate = (RecalibrateBN(train_auc.images, tc.batch_size)
+                   if tc.bn_recalibration and not baseline and not weights.pretrained else None)
 
     # ---- resume: where the checkpoint left off
     start_stage, start_epoch, es_state = 0, 0, None
@@ -572,8 +771,10 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
 
         initial = start_epoch if resuming else 0
         callbacks: list[keras.callbacks.Callback] = [
-            patient_auc, chooser, _History(stage.name, rows, ckpt, offset, save_state),
+            train_auc, patient_auc, chooser, _History(stage.name, rows, ckpt, offset, save_state),
             _Progress(stage.name, stage.epochs, steps, initial, offset)]
+        if recalibrate is not None:
+            callbacks.insert(0, recalibrate)
         if not resuming:
             stages.append({"stage": stage.name, "max_epochs": stage.epochs, "trainable_params": count_trainable(model)})
         log.info("stage %s: %d epoch(s), %d trainable parameters", stage.name, stage.epochs,
@@ -590,6 +791,7 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
             chooser.on_train_end()
         if stage.early_stop:
             best_epoch = chooser.best_epoch
+        _warn_collapse(stage.name, [r for r in rows if r.get("stage") == stage.name])
         if ckpt is not None:
             save_state(len(rows) - offset, finished=True)  # with the best weights restored
 
@@ -606,11 +808,28 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
         log.info("resuming after training had finished: the weights of epoch %s restored from %s "
                  "(checksum verified)", best_epoch or len(rows), ckpt.path)
     history = pd.DataFrame(rows)
+    if "collapsed" in history:
+        history["collapsed"] = history["collapsed"].fillna(0.0).astype(bool)
     if best_epoch is None:
         best_epoch = int(history["epoch"].iloc[-1]) if len(history) else 0
     return TrainResult(model=model, history=history, best_epoch=best_epoch, stages=stages,
                        seconds=time.perf_counter() - t0, precision=policy, n_devices=n_devices,
-                       weights_sha256=weights_checksum(model), resumed_after_training=trained_before)
+                       weights_sha256=weights_checksum(model), resumed_after_training=trained_before,
+                       collapse=collapse_summary(history, best_epoch))
+
+
+def _warn_collapse(stage: str, rows: list[dict]) -> None:
+    """One warning line when epochs of ``stage`` had constant validation outputs."""
+    bad = [int(r["epoch"]) for r in rows if r.get("collapsed")]
+    if not bad:
+        return
+    if len(bad) == len(rows):
+        log.warning("! stage %s collapsed: the validation outputs were constant in every epoch (%s); the model "
+                    "predicts nothing in inference mode (BatchNormalization statistics not settled?)",
+                    stage, _epoch_list(bad))
+    else:
+        log.warning("! stage %s: the validation outputs were constant in %s; those epochs are never chosen",
+                    stage, _epoch_list(bad))
 
 
 def steps_per_epoch(n_images: int, batch_size: int) -> int:

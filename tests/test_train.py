@@ -69,6 +69,81 @@ def test_state_round_trip_continues_the_patience_count():
     assert not resumed.is_better(0.8, 0.6) and resumed.is_better(0.8, 0.4)
 
 
+def _scripted_collapse_fit(logs_per_epoch, patience):
+    """As _scripted_fit, with (val_patient_auc, val_loss, collapsed) epochs."""
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
+    chooser = BestEpoch(patience)
+    chooser.set_model(model)
+    model.stop_training = False
+    ran = 0
+    for epoch, (auc, loss, collapsed) in enumerate(logs_per_epoch):
+        model.layers[0].kernel.assign(np.full((1, 1), float(epoch + 1)))
+        chooser.on_epoch_end(epoch, {"val_patient_auc": auc, "val_loss": loss, "collapsed": float(collapsed)})
+        ran += 1
+        if model.stop_training:
+            break
+    chooser.on_train_end()
+    return chooser, float(model.layers[0].kernel.numpy()[0, 0]), ran
+
+
+def test_a_collapsed_epoch_is_never_kept_when_another_exists():
+    # constant outputs give AUC 0.5 on a perfectly balanced set, or a "lucky" tie-broken value; the
+    # collapsed epochs 1-3 have the best AUC/loss and still lose to the worse, non-collapsed epoch 4
+    logs = [(0.9, 0.69, True), (0.9, 0.69, True), (1.0, 0.60, True), (0.6, 0.80, False), (1.0, 0.1, True)]
+    chooser, restored, ran = _scripted_collapse_fit(logs, patience=2)
+    assert chooser.best_epoch == 4 and restored == 4.0
+    # patience did not run down during the collapsed start, only after epoch 4
+    assert ran == 5 and not chooser.stopped
+    # after it, a collapsed epoch counts as one without improvement
+    again, _, ran = _scripted_collapse_fit(logs + [(0.5, 0.9, False), (0.7, 0.7, False)], patience=2)
+    assert again.best_epoch == 4 and ran == 6 and again.stopped
+    later, _, ran = _scripted_collapse_fit(logs + [(0.7, 0.7, False), (0.5, 0.9, False)], patience=2)
+    assert later.best_epoch == 6 and ran == 7
+    # only collapsed epochs: the usual rule among them, and the state survives a resume
+    only, restored, _ = _scripted_collapse_fit([(0.5, 0.69, True), (0.5, 0.68, True)], patience=1)
+    assert only.best_epoch == 2 and only.best_collapsed
+    resumed = BestEpoch(1, state=json.loads(json.dumps(only.state())), epoch_offset=2)
+    assert resumed.is_better(0.1, 5.0, collapsed=False) and not resumed.is_better(0.5, 0.9, collapsed=True)
+
+
+def test_collapse_rule_and_summary():
+    from medxcept.train import COLLAPSE_SD, collapse_summary, is_collapsed
+
+    assert is_collapsed(np.full(9, 0.5)) and is_collapsed(0.5 + np.linspace(0, COLLAPSE_SD, 9))
+    assert not is_collapsed(np.linspace(0.01, 0.2, 9)), "all below 0.5 but ranked: not constant"
+    three = np.tile([0.2, 0.5, 0.3], (6, 1)) + np.linspace(0, 0.05, 6)[:, None] * [1, -1, 0]
+    assert is_collapsed(three), "every image the same class"
+    assert not is_collapsed(np.eye(3)[[0, 1, 2, 0]] * 0.8 + 0.2 / 3)
+    import pandas as pd
+
+    h = pd.DataFrame({"epoch": [1, 2, 3, 4], "collapsed": [True, True, False, False]})
+    s = collapse_summary(h, best_epoch=4)
+    assert s["epochs"] == [1, 2] and not s["all"] and "epochs 1-2" in s["message"] and "kept epoch 4" in s["message"]
+    s = collapse_summary(h.assign(collapsed=True))
+    assert s["all"] and s["epochs"] == [1, 2, 3, 4] and "BatchNormalization" in s["message"]
+    assert collapse_summary(h.assign(collapsed=False)) is None
+    assert collapse_summary(h.drop(columns="collapsed")) is None  # a history from before the column existed
+
+
+def test_train_auc_subset_is_patient_stratified_and_deterministic():
+    from medxcept.train import train_auc_subset
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(200), rng.integers(1, 4, 200))
+    y_patient = (rng.random(200) < 0.25).astype(int)
+    y = y_patient[groups]
+    keep = train_auc_subset(y, groups, max_images=128, seed=3)
+    assert 120 <= len(keep) <= 128
+    np.testing.assert_array_equal(keep, train_auc_subset(y, groups, max_images=128, seed=3))
+    picked = np.unique(groups[keep])
+    # whole patients only
+    assert all(np.sum(groups[keep] == g) == np.sum(groups == g) for g in picked)
+    # class shares of the patients within a few patients of the full set's
+    assert abs(y_patient[picked].mean() - y_patient.mean()) < 0.05
+    assert not np.array_equal(keep, train_auc_subset(y, groups, max_images=128, seed=4))
+    np.testing.assert_array_equal(train_auc_subset(y[:50], groups[:50], max_images=128), np.arange(50))
+
+
 def test_verdict_names_overfitting_when_validation_loss_rises_and_auc_falls():
     import pandas as pd
 
@@ -122,7 +197,7 @@ def _fit(data, run_dir=None, resume=False, cfg=None):
     t, tr, va = data["table"], data["tr"], data["va"]
     return fit(data["images"][tr], t["y"].to_numpy()[tr], data["images"][va], t["y"].to_numpy()[va],
                t["patient_key"].to_numpy()[va], cfg=cfg or data["cfg"], weights=resolve_weights("none"),
-               n_classes=2, run_dir=run_dir, resume=resume)
+               n_classes=2, run_dir=run_dir, resume=resume, train_groups=t["patient_key"].to_numpy()[tr])
 
 
 def _val_logits(data, result):
@@ -149,6 +224,54 @@ def test_fit_returns_the_weights_of_its_best_epoch(tiny_data, reference):
     assert auc == pytest.approx(best["val_patient_auc"], abs=1e-6)
     top = h[np.isclose(h["val_patient_auc"], h["val_patient_auc"].max(), atol=1e-6)]
     assert best["val_loss"] == pytest.approx(top["val_loss"].min())
+
+
+@pytest.mark.slow
+def test_train_patient_auc_is_the_clean_inference_mode_patient_auc(tiny_data, reference):
+    from sklearn.metrics import roc_auc_score
+
+    from medxcept.train import _probs, predict_logits
+
+    t, tr = tiny_data["table"], tiny_data["tr"]
+    assert len(tr) <= 128, "the tiny cohort's training set is predicted whole"
+    h = reference.history
+    assert {"train_patient_auc", "val_prob_sd", "collapsed"} <= set(h.columns) and h["collapsed"].dtype == bool
+    # the returned model holds the best epoch's weights: its clean predictions, averaged per patient (the
+    # patient's label is the max of its images'), give that epoch's train_patient_auc
+    p = _probs(predict_logits(reference.model, tiny_data["images"][tr], batch_size=8))
+    frame = t.iloc[tr].assign(p=p).groupby("patient_key").agg(y=("y", "max"), p=("p", "mean"))
+    best = h[h["epoch"] == reference.best_epoch].iloc[0]
+    assert best["train_patient_auc"] == pytest.approx(roc_auc_score(frame["y"], frame["p"]), abs=1e-6)
+    vp = _probs(_val_logits(tiny_data, reference))
+    assert best["val_prob_sd"] == pytest.approx(np.std(vp), rel=1e-3, abs=1e-7)
+    assert reference.collapse is None or reference.best_epoch not in reference.collapse["epochs"]
+
+
+@pytest.mark.slow
+def test_constant_outputs_are_flagged_as_a_collapse(tiny_data, monkeypatch, caplog):
+    """A head forced to a constant output (zero kernel, frozen): every epoch collapses, and fit says so."""
+    from medxcept import train
+
+    build = train.build_model
+
+    def constant_head(**kwargs):
+        model = build(**kwargs)
+        head = model.get_layer("logits")
+        head.kernel.assign(np.zeros(head.kernel.shape, dtype="float32"))
+        head.trainable = False
+        return model
+
+    monkeypatch.setattr(train, "build_model", constant_head)
+    cfg = tiny_data["cfg"]
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, head_epochs=1, finetune_epochs=1))
+    with caplog.at_level("WARNING", logger="medxcept.train"):
+        result = _fit(tiny_data, cfg=cfg)
+    h = result.history
+    assert list(h["collapsed"]) == [True, True] and (h["val_prob_sd"] < 1e-4).all()
+    assert result.collapse["all"] and result.collapse["epochs"] == [1, 2]
+    assert "constant in every epoch" in result.collapse["message"]
+    warned = [r.getMessage() for r in caplog.records if "collapsed" in r.getMessage()]
+    assert len(warned) == 1 and "epochs 1-2" in warned[0]
 
 
 @pytest.mark.slow
@@ -188,6 +311,9 @@ def test_resume_continues_after_the_last_completed_epoch(tiny_data, reference, t
     # runs with one seed (test_same_seed_gives_the_same_model), i.e. float summation order only
     np.testing.assert_allclose(h["loss"].iloc[2:], ref["loss"].iloc[2:], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(h["val_loss"], ref["val_loss"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(h["train_patient_auc"], ref["train_patient_auc"], atol=1e-6)
+    np.testing.assert_allclose(h["val_prob_sd"], ref["val_prob_sd"], rtol=1e-3, atol=1e-7)
+    assert list(h["collapsed"]) == list(ref["collapsed"])
     assert resumed.best_epoch == reference.best_epoch
     np.testing.assert_allclose(_val_logits(tiny_data, resumed), _val_logits(tiny_data, reference), atol=1e-4)
     final = json.loads((tmp_path / "checkpoints" / "state.json").read_text())
