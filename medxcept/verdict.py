@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["CASES", "CHANCE_AUC", "FIT_AUC", "OVERFIT_GAP", "MILD_GAP", "training_verdict", "chance_statement"]
+__all__ = ["CASES", "CHANCE_AUC", "FIT_AUC", "OVERFIT_GAP", "MILD_GAP", "training_verdict", "chance_statement",
+           "summary_items"]
 
 #: The verdict cases, in the order they are checked.
 CASES = ("collapsed", "did not learn", "underfitting", "overfitting", "fine")
@@ -262,3 +263,44 @@ def chance_statement(auc: float | None, ci: Any, *, level: str = "patient") -> d
     side = "above" if low > 0.5 else "below"
     return {"chance": False, "severity": None,
             "message": f"Test {level} AUC {auc:.3f} (95 % CI {low:.3f}–{high:.3f}) lies {side} chance (0.5)"}
+
+
+def summary_items(*, training: dict[str, Any] | None = None, references: dict[str, Any] | None = None,
+                  chance: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The lines of the report's summary card, in the order a reviewer must read them.
+
+    1. When the deep model is not better than the classical reference, that comes first
+       (:func:`medxcept.references.reference_sentences`; ``severity`` "warn").
+    2. "Test AUC not distinguishable from chance" (``severity`` "red") when the CI contains 0.5.
+    3. The training verdict's headline (``severity`` "warn" unless the case is "fine").
+    4. The remaining comparisons with the references ("info").
+
+    Parameters
+    ----------
+    training : :func:`training_verdict` output, or None.
+    references : :func:`medxcept.references.compare_with_references` output, or None.
+    chance : :func:`chance_statement` output, or None.
+
+    Returns
+    -------
+    list of dict
+        ``text``, ``severity`` ("red", "warn" or "info") and ``kind`` ("references", "chance",
+        "verdict").
+    """
+    from medxcept.references import reference_sentences
+
+    items: list[dict[str, Any]] = []
+    lines = reference_sentences(references) if references else []
+    rest = lines
+    if references and references.get("classical_not_better") and lines:
+        items.append({"text": lines[0], "severity": "warn", "kind": "references"})
+        rest = lines[1:]
+    if chance and chance.get("chance"):
+        items.append({"text": chance["message"] + ".", "severity": "red", "kind": "chance"})
+    if training and training.get("headline"):
+        items.append({"text": training["headline"], "kind": "verdict",
+                      "severity": "info" if training.get("case") == "fine" else "warn"})
+    if chance and chance.get("chance") is False:
+        items.append({"text": chance["message"] + ".", "severity": "info", "kind": "chance"})
+    items += [{"text": t, "severity": "info", "kind": "references"} for t in rest]
+    return items

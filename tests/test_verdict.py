@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from medxcept.verdict import CASES, chance_statement, training_verdict
+from medxcept.verdict import CASES, chance_statement, summary_items, training_verdict
 
 
 def _history(train: list[float], val: list[float], *, keras_auc: list[float] | None = None,
@@ -107,6 +107,30 @@ def test_chance_statement(ci, chance):
     assert chance_statement(0.57, (0.57, *ci))["chance"] is chance
     assert chance_statement(0.57, {"low": ci[0], "high": ci[1]})["chance"] is chance
     assert chance_statement(None, ci)["chance"] is None
+
+
+def test_summary_card_order_not_better_first_then_chance_in_red():
+    def row(label, auc, diff, ci, better):
+        return {"label": label, "auc": auc, "diff": diff, "diff_ci": ci, "delong_p": 0.2, "better": better}
+
+    refs = {"deep": {"auc": 0.57}, "classical_not_better": True, "references": {
+        "prevalence": row("prevalence (a constant)", 0.5, 0.07, [-0.1, 0.25], "no"),
+        "image_statistics": row("classical model on image statistics (...)", 0.687, -0.117, [-0.3, 0.05], "no")}}
+    training = training_verdict(_history([0.52, 0.59], [0.6, 0.55]), best_epoch=1)
+    items = summary_items(training=training, references=refs, chance=chance_statement(0.57, (0.381, 0.752)))
+    assert [i["kind"] for i in items] == ["references", "chance", "verdict", "references"]
+    assert items[0]["text"].startswith("The deep model is not better than the classical model on image statistics: "
+                                       "it ranks the test patients worse (patient AUC 0.570 vs 0.687")
+    assert items[1]["severity"] == "red" and "not distinguishable from chance" in items[1]["text"]
+    assert items[2]["text"].startswith("Did not learn") and items[2]["severity"] == "warn"
+    # a deep model better than the classical reference: the verdict leads, the comparison is information
+    refs["classical_not_better"] = False
+    refs["references"]["image_statistics"].update(diff=0.2, diff_ci=[0.05, 0.35], better="yes")
+    fine = training_verdict(_history([0.9, 0.95], [0.9, 0.93]), best_epoch=2)
+    items = summary_items(training=fine, references=refs, chance=chance_statement(0.9, (0.8, 0.97)))
+    assert [i["kind"] for i in items] == ["verdict", "chance", "references", "references"]
+    assert all(i["severity"] == "info" for i in items)
+    assert items[2]["text"].startswith("The deep model is better than the classical model on image statistics")
 
 
 # ------------------------------------------------------------------ real (tiny) training
