@@ -271,9 +271,10 @@ def _scaled_nll(log_t: float, z: np.ndarray, y: np.ndarray) -> float:
 SEPARATED_NOTE = ("the validation logits are perfectly separated: temperature scaling is not identifiable "
                   "(the likelihood keeps improving as T -> 0), so T is left at 1 (no recalibration); "
                   "calibration 'after' equals 'before'")
-SEPARATED_NOTE_MULTICLASS = ("every validation case's true class has the strictly largest logit: temperature "
-                             "scaling is not identifiable (the likelihood keeps improving as T -> 0), so T is left "
-                             "at 1 (no recalibration); calibration 'after' equals 'before'")
+SEPARATED_NOTE_MULTICLASS = ("every validation case's true class has the strictly largest logit: "
+                             "temperature scaling is not identifiable (the likelihood keeps improving as "
+                             "T -> 0), so T is left at 1 (no recalibration); calibration 'after' equals "
+                             "'before'")
 
 
 def _separated(z: np.ndarray, y: np.ndarray) -> bool:

@@ -104,8 +104,9 @@ class DemoSpec:
     label_noise: float = 0.0
 
     def __post_init__(self) -> None:
-        for name, low, high in (("min_severity", 0.0, 1.0), ("drusen_rate", 0.0, 1.0),
-                                ("pigment_sd", 0.0, 0.5), ("label_noise", 0.0, 0.5), ("p_referable", 0.0, 1.0)):
+        ranges = (("min_severity", 0.0, 1.0), ("drusen_rate", 0.0, 1.0), ("pigment_sd", 0.0, 0.5),
+                  ("label_noise", 0.0, 0.5), ("p_referable", 0.0, 1.0))
+        for name, low, high in ranges:
             value = getattr(self, name)
             if not low <= value <= high or (name == "min_severity" and value == 0.0):
                 raise ValueError(f"demo generator option {name}={value!r} is outside its range "
@@ -115,10 +116,12 @@ class DemoSpec:
     @property
     def hard(self) -> bool:
         """True when any option departs from the easy task's defaults."""
-        return (self.min_severity, self.drusen_rate, self.pigment_sd, self.label_noise) != (1.0, 0.3, 0.0, 0.0)
+        options = (self.min_severity, self.drusen_rate, self.pigment_sd, self.label_noise)
+        return options != (1.0, 0.3, 0.0, 0.0)
 
     def key(self) -> str:
-        base = f"v{GENERATOR_VERSION}-n{self.n_patients}-s{self.seed}-x{self.size_scale:g}-p{self.p_referable:g}"
+        base = (f"v{GENERATOR_VERSION}-n{self.n_patients}-s{self.seed}-x{self.size_scale:g}"
+                f"-p{self.p_referable:g}")
         if not self.hard:  # the easy task keeps its cache key (and its files)
             return base
         return (base + f"-m{self.min_severity:g}-d{self.drusen_rate:g}-g{self.pigment_sd:g}"
@@ -291,7 +294,8 @@ def _plan(spec: DemoSpec) -> list[dict]:
         severity = pigment = None
         if extra is not None:
             severity = float(extra.uniform(spec.min_severity, 1.0))
-            pigment = tuple(float(v) for v in np.clip(1.0 + spec.pigment_sd * extra.standard_normal(3), 0.6, 1.4))
+            shades = np.clip(1.0 + spec.pigment_sd * extra.standard_normal(3), 0.6, 1.4)
+            pigment = tuple(float(v) for v in shades)
         for v in range(visits):
             for eye in eyes:
                 referable = labels[eye] or (v > 0 and rng.random() < 0.2)  # may progress, never regress

@@ -53,12 +53,14 @@ __all__ = [
     "fit_references",
     "compare_with_references",
     "reference_sentences",
+    "reference_block",
 ]
 
 #: Reference names, in the order the report lists them, with their plain-words labels.
 REFERENCES: dict[str, str] = {
     "prevalence": "prevalence (a constant)",
-    "image_statistics": "classical model on image statistics (colour histograms + texture, logistic regression)",
+    "image_statistics": ("classical model on image statistics "
+                         "(colour histograms + texture, logistic regression)"),
     "acquisition": "acquisition-fingerprint model (file format, JPEG settings, device, size)",
 }
 #: The reference the summary compares first.
@@ -126,7 +128,8 @@ def image_statistics(images: np.ndarray) -> np.ndarray:
         f = _image_features(img)
         rgb = img.astype(np.float64)
         fov = rgb.max(axis=2) > _FOV_LEVEL
-        lum = (0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2])[fov if fov.any() else slice(None)]
+        lum = 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+        lum = lum[fov] if fov.any() else lum.ravel()
         extra = [fov.mean(), lum.mean() / 255, lum.std() / 255, *(np.percentile(lum, [5, 95]) / 255)]
         rows.append(np.r_[f, extra])
     return np.vstack(rows) if rows else np.zeros((0, 62))
@@ -245,8 +248,9 @@ def fit_references(
         c, how_c = _grouped_c(x_fit, y_fit, groups[fit_idx], seed)
     else:
         c, how_c = 0.1, "C = 0.1"
-    out["image_statistics"] = {"scores": _logistic(x_fit, y_fit, x_score, c), "label": REFERENCES["image_statistics"],
-                               "detail": f"{x.shape[1]} statistics inside the field of view, standardized; {how_c}"}
+    out["image_statistics"] = {
+        "scores": _logistic(x_fit, y_fit, x_score, c), "label": REFERENCES["image_statistics"],
+        "detail": f"{x.shape[1]} statistics inside the field of view, standardized; {how_c}"}
 
     acq = acquisition_features(table)
     if not acq.empty:
@@ -259,7 +263,8 @@ def fit_references(
         dummies = pd.get_dummies(acq).to_numpy(np.float64)
         out["acquisition"] = {"scores": _logistic(dummies[fit_idx], y_fit, dummies[score_idx], 1.0),
                               "label": REFERENCES["acquisition"],
-                              "detail": f"one-hot fingerprints ({', '.join(acq.columns)}), logistic regression C = 1"}
+                              "detail": f"one-hot fingerprints ({', '.join(acq.columns)}), "
+                                        "logistic regression C = 1"}
     return out
 
 
@@ -346,8 +351,8 @@ def compare_with_references(
     for name, ref in references.items():
         _, _, ref_p = agg(patient_key, y, np.asarray(ref["scores"], dtype=np.float64))
         auc, ci = auc_ci(ref_p)
-        row: dict[str, Any] = {"label": ref.get("label", name), "detail": ref.get("detail", ""), "auc": auc, "ci": ci,
-                               "diff": None if deep_auc is None or auc is None else deep_auc - auc}
+        row: dict[str, Any] = {"label": ref.get("label", name), "detail": ref.get("detail", ""), "auc": auc,
+                               "ci": ci, "diff": None if deep_auc is None or auc is None else deep_auc - auc}
         dl = delong_test(yp, deep_p, ref_p)
         row["delong_p"] = _num(dl["p_value"])
         row["notes"] = list(dl["notes"])
@@ -391,7 +396,8 @@ def reference_sentences(comparison: dict[str, Any]) -> list[str]:
         if row["better"] == "yes":
             return f"The deep model is better than the {what} ({stats})."
         if row["diff"] is not None and row["diff"] <= 0:
-            return f"The deep model is not better than the {what}: it ranks the test patients worse ({stats})."
+            return (f"The deep model is not better than the {what}: it ranks the test patients worse "
+                    f"({stats}).")
         return (f"The deep model is not better than the {what}: the difference is not distinguishable "
                 f"from 0 ({stats}).")
 
@@ -406,3 +412,43 @@ def reference_sentences(comparison: dict[str, Any]) -> list[str]:
         lines.append(f"The acquisition fingerprints alone reach a patient AUC of {acq['auc']:.3f}: the deep "
                      "model may have learned the camera or the file format rather than the disease.")
     return lines
+
+
+def reference_block(
+    table: pd.DataFrame,
+    images: np.ndarray,
+    fit_rows: ArrayLike,
+    test_rows: ArrayLike,
+    deep_scores: ArrayLike,
+    *,
+    aggregate: Aggregate | None = None,
+    how: str = "mean",
+    n_resamples: int = 1000,
+    seed: int = 0,
+    features: np.ndarray | None = None,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """References for one split (a run, a fold): fitted, compared, put in words.
+
+    The one call a workflow makes: :func:`fit_references` on ``fit_rows`` (training + validation),
+    :func:`compare_with_references` against ``deep_scores`` (the deep model's **uncalibrated** image
+    scores of ``test_rows``, in that order) and :func:`reference_sentences`.
+
+    Returns
+    -------
+    block : dict
+        JSON-ready, for ``metrics.json["references"]``: the comparison plus ``sentences``.
+    scores : pandas.DataFrame
+        One row per test image (``image_id`` when the table has it), a ``ref_<name>`` column per
+        reference: for ``predictions.csv``, so a reviewer can redo the comparison.
+    """
+    test_idx = np.asarray(test_rows, dtype=np.int64)
+    refs = fit_references(table, images, fit_rows, test_idx, seed=seed, features=features)
+    sub = table.iloc[test_idx]
+    block = compare_with_references(sub["y"].to_numpy(), deep_scores, refs, sub["patient_key"].to_numpy(),
+                                    aggregate=aggregate, how=how, n_resamples=n_resamples, seed=seed)
+    block["sentences"] = reference_sentences(block)
+    scores = pd.DataFrame({f"ref_{name}": np.asarray(ref["scores"]) for name, ref in refs.items()
+                           if np.asarray(ref["scores"]).ndim == 1})
+    if "image_id" in sub:
+        scores.insert(0, "image_id", sub["image_id"].to_numpy())
+    return block, scores

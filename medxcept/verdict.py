@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["CASES", "CHANCE_AUC", "FIT_AUC", "OVERFIT_GAP", "MILD_GAP", "training_verdict", "chance_statement",
-           "summary_items"]
+__all__ = ["CASES", "CHANCE_AUC", "FIT_AUC", "OVERFIT_GAP", "MILD_GAP", "training_verdict",
+           "chance_statement", "summary_items"]
 
 #: The verdict cases, in the order they are checked.
 CASES = ("collapsed", "did not learn", "underfitting", "overfitting", "fine")
@@ -49,9 +49,9 @@ OVERFIT_GAP = 0.10
 #: Gap above this (and at most :data:`OVERFIT_GAP`) is mentioned as mild.
 MILD_GAP = 0.03
 
-FALLBACK_NOTE = ("the history has no clean training patient AUC (train_patient_auc; an older run), so the "
-                 "training side is Keras' running AUC over augmented, class-weighted batches with dropout: it "
-                 "understates the fit and is not measured like the validation AUC")
+FALLBACK_NOTE = ("the history has no clean training patient AUC (train_patient_auc; an older run), so "
+                 "the training side is Keras' running AUC over augmented, class-weighted batches with "
+                 "dropout: it understates the fit and is not measured like the validation AUC")
 
 
 def _f(v: Any) -> float:
@@ -92,7 +92,8 @@ def _collapse_info(history: pd.DataFrame, collapse: dict | None) -> dict[str, An
     return {"epochs": epochs, "all": all_epochs, "message": message}
 
 
-def training_verdict(history: pd.DataFrame, best_epoch: int, *, collapse: dict | None = None) -> dict[str, Any]:
+def training_verdict(history: pd.DataFrame, best_epoch: int, *,
+                     collapse: dict | None = None) -> dict[str, Any]:
     """Name the training case from the per-epoch history, with the numbers behind it.
 
     Parameters
@@ -154,8 +155,9 @@ def training_verdict(history: pd.DataFrame, best_epoch: int, *, collapse: dict |
         first = int(history.loc[va.idxmax(), "epoch"])
         tied = history.loc[np.isclose(va, top, atol=1e-6), "epoch"].tolist()
         if len(tied) > 1:
-            detail.append(f"validation AUC reached its best ({top:.3f}) at epoch {first} of {n} and matched it in "
-                          f"{len(tied)} epochs; among those, epoch {best_epoch} had the lowest validation loss")
+            detail.append(f"validation AUC reached its best ({top:.3f}) at epoch {first} of {n} and "
+                          f"matched it in {len(tied)} epochs; among those, epoch {best_epoch} had the lowest "
+                          "validation loss")
         else:
             detail.append(f"validation AUC peaked at epoch {first} of {n} ({top:.3f})")
         if top >= 0.999:
@@ -165,8 +167,8 @@ def training_verdict(history: pd.DataFrame, best_epoch: int, *, collapse: dict |
         if len(after) and tcol and float(va.iloc[-1]) < top - 0.02 and float(tr.iloc[-1]) > float(
                 tr.loc[va.idxmax()]) and float(tr.iloc[-1]) - float(va.iloc[-1]) > OVERFIT_GAP:
             later_overfit = True
-            detail.append(f"after epoch {max(tied)} training AUC rose to {float(tr.iloc[-1]):.3f} while validation "
-                          f"AUC fell to {float(va.iloc[-1]):.3f}: those later epochs overfit")
+            detail.append(f"after epoch {max(tied)} training AUC rose to {float(tr.iloc[-1]):.3f} while "
+                          f"validation AUC fell to {float(va.iloc[-1]):.3f}: those later epochs overfit")
     detail.append(f"weights of epoch {best_epoch} kept")
     if coll["epochs"] and not coll["all"]:
         detail.append(f"validation outputs were constant (collapsed) in epoch(s) "
@@ -174,14 +176,14 @@ def training_verdict(history: pd.DataFrame, best_epoch: int, *, collapse: dict |
     ev["later_epochs_overfit"] = later_overfit
 
     # --- the case
-    fitted = ("clean training patient AUC" if tcol == "train_patient_auc" else "training AUC (Keras, running)")
+    fitted = "clean training patient AUC" if tcol == "train_patient_auc" else "training AUC (Keras, running)"
     if coll["all"] or (coll["epochs"] and int(best_epoch) in coll["epochs"]):
         case = "collapsed"
         sd = ev.get("val_prob_sd_at_kept")
         headline = ("Collapsed: the validation outputs were constant in "
                     + ("every epoch" if coll["all"] else f"the kept epoch {best_epoch}")
-                    + (f" (SD of the validation probabilities {sd:.1e})" if sd is not None and math.isfinite(sd)
-                       else "")
+                    + (f" (SD of the validation probabilities {sd:.1e})"
+                       if sd is not None and math.isfinite(sd) else "")
                     + "; the model gives every image the same answer, so its AUC measures nothing")
         if coll["message"]:
             headline += f". {coll['message'].rstrip('.')}"
@@ -195,15 +197,16 @@ def training_verdict(history: pd.DataFrame, best_epoch: int, *, collapse: dict |
             math.isfinite(gap) and gap > OVERFIT_GAP):
         case = "underfitting"
         rising = len(tr) > 1 and float(tr.iloc[-1]) > float(tr.iloc[:-1].max()) + 1e-9
-        headline = (f"Underfitting: the {fitted} reached only {train_best:.2f} at the kept epoch {best_epoch} "
-                    f"(validation {val_best:.2f}, gap {gap:+.2f}); the model has not fitted its training data"
+        headline = (f"Underfitting: the {fitted} reached only {train_best:.2f} at the kept epoch "
+                    f"{best_epoch} (validation {val_best:.2f}, gap {gap:+.2f}); the model has not fitted its "
+                    "training data"
                     + ("; it was still rising at the last epoch, so more epochs may help" if rising else
                        "; a higher learning rate, pretrained weights or more data may help"))
     elif math.isfinite(gap) and gap > OVERFIT_GAP:
         case = "overfitting"
-        headline = (f"Overfitting: the {fitted} is {train_best:.2f} against a validation AUC of {val_best:.2f} "
-                    f"at the kept epoch {best_epoch} (gap {gap:.2f}, above {OVERFIT_GAP:.2f}); the model fits its "
-                    "training patients better than new ones")
+        headline = (f"Overfitting: the {fitted} is {train_best:.2f} against a validation AUC of "
+                    f"{val_best:.2f} at the kept epoch {best_epoch} (gap {gap:.2f}, above "
+                    f"{OVERFIT_GAP:.2f}); the model fits its training patients better than new ones")
     else:
         case = "fine"
         if not tcol:
@@ -211,8 +214,8 @@ def training_verdict(history: pd.DataFrame, best_epoch: int, *, collapse: dict |
                         f"{best_epoch}; overfitting and underfitting cannot be told apart")
         else:
             mild = math.isfinite(gap) and gap > MILD_GAP
-            headline = (f"Fine: the {fitted} is {train_best:.2f} and the validation AUC {val_best:.2f} at the kept "
-                        f"epoch {best_epoch} (gap {gap:+.2f}"
+            headline = (f"Fine: the {fitted} is {train_best:.2f} and the validation AUC {val_best:.2f} at "
+                        f"the kept epoch {best_epoch} (gap {gap:+.2f}"
                         + (", a mild gap" if mild else "") + "); no sign of underfitting or overfitting")
     verdict = headline + ". " + "; ".join(detail) + "."
     if tnote:
@@ -262,7 +265,8 @@ def chance_statement(auc: float | None, ci: Any, *, level: str = "patient") -> d
                            f"{low:.3f}–{high:.3f} contains 0.5"}
     side = "above" if low > 0.5 else "below"
     return {"chance": False, "severity": None,
-            "message": f"Test {level} AUC {auc:.3f} (95 % CI {low:.3f}–{high:.3f}) lies {side} chance (0.5)"}
+            "message": f"Test {level} AUC {auc:.3f} (95 % CI {low:.3f}–{high:.3f}) lies {side} chance "
+                       "(0.5)"}
 
 
 def summary_items(*, training: dict[str, Any] | None = None, references: dict[str, Any] | None = None,

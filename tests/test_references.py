@@ -114,3 +114,22 @@ def test_comparison_matches_hand_computation_and_says_not_better_first(cohort, r
     perfect = compare_with_references(y, y + 0.0, refs, keys, n_resamples=300)
     assert perfect["references"]["prevalence"]["better"] == "yes"
     assert reference_sentences(perfect)[1].startswith("The deep model is better than the prevalence")
+
+
+def test_reference_block_is_json_ready_and_keeps_the_scores(cohort):
+    import json
+
+    from medxcept.references import reference_block
+
+    table, images, fit, test = cohort
+    table = table.assign(image_id=[f"img{i:03d}" for i in range(len(table))])
+    deep = table["y"].to_numpy()[test] * 0.5 + 0.25  # ranks every test patient right
+    block, scores = reference_block(table, images, fit, test, deep, how="max", n_resamples=100,
+                                    features=image_statistics(images))
+    again = json.loads(json.dumps(block))
+    assert again["deep"]["auc"] == 1.0 and again["sentences"] == reference_sentences(block)
+    assert list(scores.columns) == ["image_id", "ref_prevalence", "ref_image_statistics", "ref_acquisition"]
+    assert scores["image_id"].tolist() == table["image_id"].iloc[test].tolist()
+    _, yp, pp = aggregate_by_patient(table["patient_key"].iloc[test], table["y"].iloc[test],
+                                     scores["ref_image_statistics"], how="max")
+    assert block["references"][CLASSICAL]["auc"] == pytest.approx(roc_auc_score(yp, pp))
