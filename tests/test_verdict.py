@@ -190,7 +190,7 @@ def _train(*, seed: int, n_train: int, amplitude: float, permute: bool, big: boo
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("case", "kw"), [
-    ("did not learn", {"n_train": 100, "amplitude": 3.0, "permute": True, "big": False, "epochs": 3, "lr": 0.003}),
+    ("did not learn", {"n_train": 200, "amplitude": 3.0, "permute": True, "big": False, "epochs": 3, "lr": 0.003}),
     ("fine", {"n_train": 100, "amplitude": 3.0, "permute": False, "big": False, "epochs": 3, "lr": 0.03}),
     ("overfitting", {"n_train": 20, "amplitude": 1.5, "permute": False, "big": True, "epochs": 3, "lr": 0.003}),
 ])
