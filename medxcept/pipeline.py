@@ -18,7 +18,8 @@ from medxcept.verdict import training_verdict as _verdict
 __all__ = ["training_verdict"]
 
 
-def training_verdict(history: pd.DataFrame, best_epoch: int, *, collapse: dict | None = None) -> dict[str, Any]:
+def training_verdict(history: pd.DataFrame, best_epoch: int, *,
+                     collapse: dict | None = None) -> dict[str, Any]:
     """The training verdict of :func:`medxcept.verdict.training_verdict` (its keys include the
     former ``verdict``, ``best_epoch``, ``epochs_run``, ``train_auc_at_best``, ``val_auc_at_best``,
     ``gap_at_best``, ``overfitting_seen``, ``final_train_auc`` and ``final_val_auc``)."""

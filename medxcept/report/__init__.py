@@ -196,7 +196,8 @@ def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame
     test = frames["test"]
     figs: dict[str, str | None] = {}
     threshold = (metrics.get("threshold") or {}).get("value")
-    how = metrics.get("patient_aggregation") or getattr(getattr(cfg, "eval", None), "patient_aggregation", "mean")
+    how = (metrics.get("patient_aggregation")
+           or getattr(getattr(cfg, "eval", None), "patient_aggregation", "mean"))
     levels = {"roc_pr": "patient", "confusion": "image", "reliability": "image", "training": "patient",
               "cam": "image", "examples": "image", "learning_curve": "patient"}
     if len(classes) == 2:
@@ -218,7 +219,8 @@ def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame
     cal = metrics["calibration_test"]
     figs["reliability"] = reliability_figure(
         cal["before"]["reliability"], cal["after"]["reliability"],
-        labels=("before recalibration (image level)", f"after ({metrics['calibration_method']}, image level)"))
+        labels=("before recalibration (image level)",
+                f"after ({metrics['calibration_method']}, image level)"))
     figs["training"] = training_figure(history, metrics["training"]["best_epoch"])
     figs["examples"] = _examples(table, images, cfg, spec)
     figs.update(extra_figs or {})
@@ -228,7 +230,8 @@ def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame
         "m": metrics, "figs": figs, "classes": classes,
         "created": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "subgroups": subgroup_rows(test, threshold, how=how, n_resamples=int(metrics.get("n_bootstrap") or 0),
-                                   seed=int((metrics.get("run") or {}).get("seed") or 0)) if len(classes) == 2 else [],
+                                   seed=int((metrics.get("run") or {}).get("seed") or 0))
+        if len(classes) == 2 else [],
         "fig_levels": levels,
         "checklist": checklist(metrics), "audit": audit_dict, "versions": versions,
         "config_yaml": (run_dir / "config.yaml").read_text(encoding="utf-8"),
