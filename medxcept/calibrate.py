@@ -47,6 +47,7 @@ __all__ = [
     "reliability_table",
     "to_logits",
     "fit_temperature",
+    "temperature_fit_detail",
     "Calibrator",
     "IdentityCalibrator",
     "TemperatureScaler",
@@ -270,6 +271,58 @@ def _scaled_nll(log_t: float, z: np.ndarray, y: np.ndarray) -> float:
 SEPARATED_NOTE = ("the validation logits are perfectly separated: temperature scaling is not identifiable "
                   "(the likelihood keeps improving as T -> 0), so T is left at 1 (no recalibration); "
                   "calibration 'after' equals 'before'")
+SEPARATED_NOTE_MULTICLASS = ("every validation case's true class has the strictly largest logit: "
+                             "temperature scaling is not identifiable (the likelihood keeps improving as "
+                             "T -> 0), so T is left at 1 (no recalibration); calibration 'after' equals "
+                             "'before'")
+
+
+def _separated(z: np.ndarray, y: np.ndarray) -> bool:
+    """True when the NLL of ``z / T`` keeps falling as ``T -> 0`` (its infimum 0 is not attained).
+
+    Binary: every positive's logit above every negative's. Multiclass: in every row the true class
+    has the strictly largest logit (then each row's softmax tends to its one-hot label).
+    """
+    if z.ndim == 1:
+        return bool(0 < y.sum() < y.shape[0] and z[y == 0].max() < z[y == 1].min())
+    true = z[np.arange(z.shape[0]), y]
+    others = np.where(np.arange(z.shape[1])[None, :] == y[:, None], -np.inf, z)
+    return bool(z.shape[0] > 0 and (true > others.max(axis=1)).all())
+
+
+def temperature_fit_detail(logits: ArrayLike, y_true: ArrayLike) -> dict[str, Any]:
+    """:func:`fit_temperature` with what happened: the temperature applied and why.
+
+    Returns
+    -------
+    dict
+        ``applied`` (the temperature the calibrator uses), ``fitted`` (the minimiser found, None
+        when the fit was skipped), ``guard`` (None, ``"separated"``: not identifiable, T left at 1;
+        or ``"bound"``: the minimiser sits at a search bound, applied but meaningless) and ``note``
+        (plain words, None when nothing happened).
+    """
+    z, y = _check_logits(logits, y_true)
+    assert y is not None
+    if _separated(z, y):
+        # NLL keeps falling as T -> 0: any fitted "sharpening" is an artefact of the separation
+        # and would make test probabilities saturate (0 or 1) wherever the model is less perfect
+        return {"applied": 1.0, "fitted": None, "guard": "separated",
+                "note": SEPARATED_NOTE if z.ndim == 1 else SEPARATED_NOTE_MULTICLASS}
+    res = optimize.minimize_scalar(
+        _scaled_nll,
+        bounds=_LOG_T_BOUNDS,
+        args=(z, y),
+        method="bounded",
+        options={"xatol": 1e-7},
+    )
+    log_t = float(res.x)
+    t = math.exp(log_t)
+    if min(abs(log_t - b) for b in _LOG_T_BOUNDS) < 1e-3:
+        return {"applied": t, "fitted": t, "guard": "bound",
+                "note": f"temperature hit its search bound (T = {t:.3g}): the validation "
+                        "logits are perfectly separated, constant or unrelated to the labels, so the "
+                        "fitted scale means little"}
+    return {"applied": t, "fitted": t, "guard": None, "note": None}
 
 
 def fit_temperature(logits: ArrayLike, y_true: ArrayLike) -> float:
@@ -278,9 +331,10 @@ def fit_temperature(logits: ArrayLike, y_true: ArrayLike) -> float:
     Fit on the validation split only. The search is over ``log T`` (bounded
     scalar minimisation, T in [0.01, 100]); a result at a bound warns, because it
     means the logits carry no usable scale (constant, or unrelated to the labels).
-    Perfectly separated binary logits return ``T = 1`` with a warning
-    (:data:`SEPARATED_NOTE`): the optimum is at ``T -> 0``, which would saturate every
-    test probability.
+    Perfectly separated logits return ``T = 1`` with a warning (:data:`SEPARATED_NOTE`;
+    multiclass: every case's true class has the largest logit,
+    :data:`SEPARATED_NOTE_MULTICLASS`): the optimum is at ``T -> 0``, which would
+    saturate every test probability. :func:`temperature_fit_detail` says which happened.
 
     Parameters
     ----------
@@ -294,29 +348,10 @@ def fit_temperature(logits: ArrayLike, y_true: ArrayLike) -> float:
     float
         ``T > 1`` softens an overconfident model; ``T < 1`` sharpens.
     """
-    z, y = _check_logits(logits, y_true)
-    assert y is not None
-    if z.ndim == 1 and 0 < y.sum() < y.shape[0] and z[y == 0].max() < z[y == 1].min():
-        # NLL keeps falling as T -> 0: any fitted "sharpening" is an artefact of the separation
-        # and would make test probabilities saturate (0 or 1) wherever the model is less perfect
-        warnings.warn(SEPARATED_NOTE, stacklevel=2)
-        return 1.0
-    res = optimize.minimize_scalar(
-        _scaled_nll,
-        bounds=_LOG_T_BOUNDS,
-        args=(z, y),
-        method="bounded",
-        options={"xatol": 1e-7},
-    )
-    log_t = float(res.x)
-    if min(abs(log_t - b) for b in _LOG_T_BOUNDS) < 1e-3:
-        warnings.warn(
-            f"temperature hit its search bound (T = {math.exp(log_t):.3g}): the validation "
-            "logits are perfectly separated, constant or unrelated to the labels, so the "
-            "fitted scale means little",
-            stacklevel=2,
-        )
-    return math.exp(log_t)
+    detail = temperature_fit_detail(logits, y_true)
+    if detail["note"]:
+        warnings.warn(detail["note"], stacklevel=2)
+    return float(detail["applied"])
 
 
 def _probs(z: np.ndarray) -> np.ndarray:
@@ -435,31 +470,39 @@ class TemperatureScaler(Calibrator):
     """Divide logits by one fitted temperature (Guo et al. 2017); binary or multiclass.
 
     Keeps the ranking of cases (AUC) and the argmax (accuracy) unchanged.
-    Fitted state: ``temperature_``.
+    Fitted state: ``temperature_`` (the temperature applied), ``fitted_temperature_`` (what the
+    search found; None when the logits are separated and T is left at 1) and ``guard_`` (None,
+    "separated" or "bound", :func:`temperature_fit_detail`), all in :meth:`to_dict`.
     """
 
     name = "temperature"
 
     def _fit(self, z: np.ndarray, y: np.ndarray) -> None:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            self.temperature_ = fit_temperature(z, y)
-        self.note_ = "; ".join(str(w.message) for w in caught) or None
-        for w in caught:
-            warnings.warn(w.message, stacklevel=3)
+        detail = temperature_fit_detail(z, y)
+        self.temperature_ = float(detail["applied"])
+        self.fitted_temperature_ = detail["fitted"]
+        self.guard_ = detail["guard"]
+        self.note_ = detail["note"]
+        if self.note_:
+            warnings.warn(self.note_, stacklevel=3)
         self._binary_input = z.ndim == 1
 
     def _predict(self, z: np.ndarray) -> np.ndarray:
         return _probs(z / self.temperature_)
 
     def _state(self) -> dict[str, Any]:
+        # "temperature" is the one applied; "fitted_temperature" what the search found (None: skipped)
         return {"temperature": float(self.temperature_), "binary_input": self.binary_input_,
-                "note": getattr(self, "note_", None)}
+                "note": getattr(self, "note_", None), "applied_temperature": float(self.temperature_),
+                "fitted_temperature": getattr(self, "fitted_temperature_", self.temperature_),
+                "guard": getattr(self, "guard_", None)}
 
     def _load(self, d: dict[str, Any]) -> None:
         self.temperature_ = float(d["temperature"])
         self._binary_input = bool(d["binary_input"])
         self.note_ = d.get("note")
+        self.fitted_temperature_ = d.get("fitted_temperature", self.temperature_)
+        self.guard_ = d.get("guard")
 
 
 class PlattScaler(Calibrator):

@@ -11,6 +11,21 @@ nasal side of each eye, a darker macula, vessel arcades — and plants the class
 * ``non_referable`` eyes are clean, except for an occasional faint drusen-like spot (so the task is
   easy but not trivially separable by "any yellow pixel").
 
+That task is easy: a network trained from scratch reaches a test AUC of 1.000 with the interval
+1.000-1.000, and then nothing a report says about uncertainty, calibration or overfitting can be seen.
+Four options of :class:`DemoSpec` make it realistically hard (``cohorts/demo.yaml`` sets them; their
+defaults paint exactly the easy task above, byte for byte):
+
+* ``min_severity`` < 1: each referable patient gets a disease severity drawn uniformly from
+  ``[min_severity, 1]`` (both eyes share it, each eye a little less or more). Mild eyes carry
+  few, small, faint exudates and microaneurysms, down to one or two spots a few pixels wide at 96 px;
+* ``drusen_rate``: the share of healthy eyes with drusen-like yellow spots (up to four, some as
+  bright as a mild exudate), so "any yellow pixel" no longer separates the classes;
+* ``pigment_sd``: patient-level variation of the retinal pigmentation (fundus colour), so colour
+  statistics vary between patients more than between classes;
+* ``label_noise``: the share of eyes whose written label is the other class (grader error), so no
+  model can reach an AUC of 1 on the written labels.
+
 The cohort has patients with both eyes, some with only one, and some with a repeat visit, so that
 patient-level splitting matters. It is written as a real user's data would arrive:
 
@@ -72,15 +87,45 @@ class DemoSpec:
         seed: generator seed; the same seed always gives the same files, byte for byte.
         size_scale: multiplies every camera's canvas size (1.0 = 288-384 px wide).
         p_referable: probability that an eye is referable.
+        min_severity: lowest disease severity of a referable patient, in (0, 1]; 1 paints every
+            referable eye fully (the easy task), lower values add mild, hard-to-see cases.
+        drusen_rate: probability that a healthy eye shows drusen-like yellow spots.
+        pigment_sd: standard deviation of a patient's fundus colour (relative, per channel).
+        label_noise: probability that an eye's written label is the other class.
     """
 
     n_patients: int = 110
     seed: int = 7
     size_scale: float = 1.0
     p_referable: float = 0.4
+    min_severity: float = 1.0
+    drusen_rate: float = 0.3
+    pigment_sd: float = 0.0
+    label_noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        ranges = (("min_severity", 0.0, 1.0), ("drusen_rate", 0.0, 1.0), ("pigment_sd", 0.0, 0.5),
+                  ("label_noise", 0.0, 0.5), ("p_referable", 0.0, 1.0))
+        for name, low, high in ranges:
+            value = getattr(self, name)
+            if not low <= value <= high or (name == "min_severity" and value == 0.0):
+                raise ValueError(f"demo generator option {name}={value!r} is outside its range "
+                                 f"({'(' if name == 'min_severity' else '['}{low:g}, {high:g}]); "
+                                 "fix generator_options in the cohort file")
+
+    @property
+    def hard(self) -> bool:
+        """True when any option departs from the easy task's defaults."""
+        options = (self.min_severity, self.drusen_rate, self.pigment_sd, self.label_noise)
+        return options != (1.0, 0.3, 0.0, 0.0)
 
     def key(self) -> str:
-        return f"v{GENERATOR_VERSION}-n{self.n_patients}-s{self.seed}-x{self.size_scale:g}-p{self.p_referable:g}"
+        base = (f"v{GENERATOR_VERSION}-n{self.n_patients}-s{self.seed}-x{self.size_scale:g}"
+                f"-p{self.p_referable:g}")
+        if not self.hard:  # the easy task keeps its cache key (and its files)
+            return base
+        return (base + f"-m{self.min_severity:g}-d{self.drusen_rate:g}-g{self.pigment_sd:g}"
+                f"-l{self.label_noise:g}")
 
 
 def cache_dir() -> Path:
@@ -138,8 +183,15 @@ def _blobs(yy: np.ndarray, xx: np.ndarray, centres: np.ndarray, radii: np.ndarra
 
 
 def paint_fundus(rng: np.random.Generator, camera: Camera, *, laterality: str, referable: bool,
-                 scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, dict]:
+                 scale: float = 1.0, severity: float | None = None, drusen_rate: float = 0.3,
+                 pigment: tuple[float, float, float] | None = None,
+                 hard: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
     """Paint one synthetic fundus photograph.
+
+    ``severity`` (referable eyes, in (0, 1]; None = the easy task's full lesion load) scales the
+    number, size and contrast of the lesions; ``drusen_rate`` is the probability of drusen-like spots
+    on a healthy eye, which ``hard`` makes more numerous and brighter; ``pigment`` multiplies the
+    fundus colour per channel. The defaults paint the easy demo task (:class:`DemoSpec` defaults).
 
     Returns:
         ``(rgb, lesion_mask, geometry)``: ``rgb`` uint8 H x W x 3, ``lesion_mask`` bool H x W marking
@@ -156,6 +208,8 @@ def paint_fundus(rng: np.random.Generator, camera: Camera, *, laterality: str, r
     # Retina background: orange-red, vignetting, uneven illumination, low-frequency texture.
     brightness = rng.uniform(0.75, 1.15)
     base = np.array([0.80, 0.38, 0.17], dtype=np.float32) * np.array(camera.cast, dtype=np.float32)
+    if pigment is not None:
+        base = base * np.asarray(pigment, dtype=np.float32)
     theta = rng.uniform(0, 2 * np.pi)
     illum = 1.0 + rng.uniform(0.05, 0.25) * ((xx - cx) * np.cos(theta) + (yy - cy) * np.sin(theta)) / r
     vignette = 1.0 - 0.38 * np.clip(d, 0, 1) ** 2
@@ -180,27 +234,35 @@ def paint_fundus(rng: np.random.Generator, camera: Camera, *, laterality: str, r
     # The planted signal.
     lesion_mask = np.zeros((h, w), dtype=bool)
     if referable:
+        # severity 1 (or None) is the easy task's full load; mild eyes get few, small, faint lesions
+        sev = 1.0 if severity is None else float(severity)
         n_ex = int(rng.integers(10, 26))
+        if severity is not None:
+            n_ex = max(1, int(round(n_ex * sev ** 2)))
         ang = rng.uniform(0, 2 * np.pi, n_ex)
         rad = r * np.sqrt(rng.uniform(0.01, 0.30, n_ex))
         centres = np.stack([macula[0] + rad * np.sin(ang), macula[1] + rad * np.cos(ang)], axis=1)
-        radii = r * rng.uniform(0.018, 0.040, n_ex)
+        radii = r * rng.uniform(0.018, 0.040, n_ex) * (0.5 + 0.5 * sev)
         cov = _blobs(yy, xx, centres, radii) * fov
+        lesion_mask = cov > 0.5
+        cov = cov * (0.35 + 0.65 * sev)  # contrast: a mild exudate is faint
         ex_col = np.array([0.98, 0.90, 0.42], dtype=np.float32) * min(brightness * 1.1, 1.0)
         img = img * (1 - cov[..., None]) + ex_col * cov[..., None]
-        lesion_mask = cov > 0.5
         n_ma = int(rng.integers(4, 12))
+        if severity is not None:
+            n_ma = int(round(n_ma * sev))
         ang = rng.uniform(0, 2 * np.pi, n_ma)
         rad = r * np.sqrt(rng.uniform(0.02, 0.5, n_ma))
         centres = np.stack([macula[0] + rad * np.sin(ang), macula[1] + rad * np.cos(ang)], axis=1)
         cov = _blobs(yy, xx, centres, r * rng.uniform(0.008, 0.016, n_ma)) * fov
         img = img * (1 - cov[..., None]) + np.array([0.42, 0.05, 0.03], dtype=np.float32) * cov[..., None]
-    elif rng.random() < 0.3:  # an occasional faint drusen-like spot on a healthy eye
-        n = int(rng.integers(1, 3))
+    elif rng.random() < drusen_rate:  # an occasional faint drusen-like spot on a healthy eye
+        n = int(rng.integers(1, 5 if hard else 3))
         ang = rng.uniform(0, 2 * np.pi, n)
         rad = r * np.sqrt(rng.uniform(0.01, 0.3, n))
         centres = np.stack([macula[0] + rad * np.sin(ang), macula[1] + rad * np.cos(ang)], axis=1)
-        cov = 0.5 * _blobs(yy, xx, centres, r * rng.uniform(0.01, 0.02, n)) * fov
+        strength = rng.uniform(0.4, 0.8) if hard else 0.5  # hard: some as bright as a mild exudate
+        cov = strength * _blobs(yy, xx, centres, r * rng.uniform(0.01, 0.025 if hard else 0.02, n)) * fov
         img = img * (1 - cov[..., None]) + np.array([0.95, 0.85, 0.45], dtype=np.float32) * cov[..., None]
 
     if camera.blur_sigma > 0:
@@ -227,11 +289,23 @@ def _plan(spec: DemoSpec) -> list[dict]:
             # fellow eyes agree more often than chance, as in diabetic retinopathy
             labels[eye] = first if i == 0 else (first if rng.random() < 0.7 else not first)
         visits = 2 if rng.random() < 0.15 else 1
+        # the hard task's draws come from a generator of their own: the easy task's plan is unchanged
+        extra = np.random.default_rng([spec.seed, 17, p]) if spec.hard else None
+        severity = pigment = None
+        if extra is not None:
+            severity = float(extra.uniform(spec.min_severity, 1.0))
+            shades = np.clip(1.0 + spec.pigment_sd * extra.standard_normal(3), 0.6, 1.4)
+            pigment = tuple(float(v) for v in shades)
         for v in range(visits):
             for eye in eyes:
                 referable = labels[eye] or (v > 0 and rng.random() < 0.2)  # may progress, never regress
-                rows.append({"patient": pid, "eye": eye, "visit": v + 1, "referable": bool(referable),
-                             "camera": camera, "sex": sex, "age": age + v})
+                row = {"patient": pid, "eye": eye, "visit": v + 1, "referable": bool(referable),
+                       "camera": camera, "sex": sex, "age": age + v}
+                if extra is not None:
+                    eye_sev = float(np.clip(severity * extra.uniform(0.8, 1.2), spec.min_severity, 1.0))
+                    flip = bool(extra.random() < spec.label_noise)  # grader error: the written label only
+                    row.update(severity=eye_sev, pigment=pigment, label_referable=bool(referable) != flip)
+                rows.append(row)
     return rows
 
 
@@ -260,9 +334,11 @@ def generate_demo(root: Path, spec: DemoSpec | None = None) -> Path:
     for i, row in enumerate(tqdm(plan, desc="generating demo cohort", unit="img", leave=False)):
         rng = np.random.default_rng([spec.seed, i])
         camera = CAMERAS[row["camera"]]
+        hard = {"severity": row["severity"], "pigment": row["pigment"], "drusen_rate": spec.drusen_rate,
+                "hard": True} if spec.hard else {}
         rgb, _, _ = paint_fundus(rng, camera, laterality=row["eye"], referable=row["referable"],
-                                 scale=spec.size_scale)
-        label = CLASSES[int(row["referable"])]
+                                 scale=spec.size_scale, **hard)
+        label = CLASSES[int(row.get("label_referable", row["referable"]))]
         stem = f"{row['patient']}_v{row['visit']}_{row['eye']}"
         if camera.fmt == "dicom":
             key = (row["patient"], row["visit"])

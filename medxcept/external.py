@@ -330,4 +330,4 @@ def _run_block(run: RunDir, spec: CohortSpec, src: SourceRun, ecfg: RunConfig,
             "pretrained": bool(info.get("pretrained", weights != "none")), "recipe": src.cfg.train.recipe,
             "image_px": ecfg.preprocess.image_px, "seed": ecfg.seed, "backend": device["backend"],
             "device": device["device"], "external_validation": True, "source_run": src.id,
-            "source_cohort": src.cohort_name}
+            "source_cohort": src.cohort_name, "tta_passes": src.cfg.eval.tta}

@@ -18,19 +18,19 @@ stratified folds over the other patients with :func:`medxcept.splits.assign_fold
     cv_metrics.json  per-fold metrics, mean, SD and 95 % t-interval, pooled out-of-fold metrics
     cv_report.html   the self-contained CV report
 
-What a fold does. Fold ``i`` trains on the patients of the other folds and validates on the
-patients of fold ``i``: early stopping watches fold ``i``'s patient-level AUC, as validation does in
-a single run. Its **out-of-fold (OOF)** predictions are its predictions on fold ``i``.
+What a fold does. Fold ``i`` trains on the patients of the other folds except fold ``i + 1`` (mod
+k), which is its **inner validation split**: early stopping watches the inner split's patient-level
+AUC, as validation does in a single run. Its **out-of-fold (OOF)** predictions are its predictions on
+fold ``i``, which chose nothing.
 
-* Discrimination (ROC-AUC, PR-AUC) does not depend on calibration or threshold.
+* Discrimination (ROC-AUC, PR-AUC) is computed from the uncalibrated scores.
 * Calibration (``eval.calibration``) and the operating threshold (``eval.threshold``) are fitted on
-  the model's own predictions on its **training folds** (without augmentation), never on fold ``i``:
-  fold ``i``'s labels are not used to set the numbers reported on fold ``i``. Predictions on the
-  images a model was trained on are over-confident, so the threshold and temperature are somewhat
-  off and the OOF sensitivity / specificity / ECE are honest but pessimistic; the alternative
-  (fitting them on fold ``i``) would be optimistic.
-* One optimism remains: the early-stopping epoch was chosen on fold ``i``. With few epochs and a
-  patience of a few epochs its effect is small; it is stated in the report.
+  the inner validation split, never on fold ``i``: fold ``i``'s labels set none of the numbers
+  reported on fold ``i`` (issue 17; before, the epoch was chosen on fold ``i`` itself).
+* With 2 folds there is no fold to spare: the epoch, calibration and threshold then come from fold
+  ``i`` (optimistic), and the fold's metrics and the report say so.
+* The reference models (:mod:`medxcept.references`) are fitted on all training-fold images and
+  compared with the deep model on fold ``i`` (``metrics.json["references"]`` of each fold).
 * The hold-out test split (if any) is predicted by every fold model with the same calibration and
   threshold; the report gives its per-fold metrics and their mean.
 

@@ -168,11 +168,39 @@ def test_separated_validation_leaves_temperature_at_one_and_says_why():
     np.testing.assert_allclose(scaler.predict_proba(z), 1 / (1 + np.exp(-z)))
 
 
+def test_separated_multiclass_validation_leaves_temperature_at_one_like_binary():
+    """Issue 17: the multiclass fit had no separation guard; with every true class on top, the NLL
+    keeps falling as T -> 0 and the search ended at its bound (T = 0.01), saturating every test
+    probability."""
+    z = np.array([[3.0, 0.0, -1.0], [0.0, 2.0, 1.0], [-1.0, 0.5, 1.5], [2.0, 1.0, 0.0]])
+    y = np.array([0, 1, 2, 0])
+    assert cal._scaled_nll(np.log(0.05), z, y) < cal._scaled_nll(0.0, z, y)  # sharpening "helps": T -> 0
+    with pytest.warns(UserWarning, match="strictly largest logit"):
+        assert cal.fit_temperature(z, y) == 1.0
+    with pytest.warns(UserWarning):
+        scaler = cal.make_calibrator("temperature").fit(z, y)
+    state = scaler.to_dict()
+    assert state["temperature"] == state["applied_temperature"] == 1.0
+    assert state["fitted_temperature"] is None and state["guard"] == "separated"
+    np.testing.assert_allclose(scaler.predict_proba(z), softmax(z, axis=1))
+    # one case whose true class is not on top: identifiable again, a finite T is fitted and applied
+    y2 = np.array([0, 1, 2, 1])
+    detail = cal.temperature_fit_detail(z, y2)
+    assert detail["guard"] is None and detail["applied"] == detail["fitted"] and 0.01 < detail["applied"] < 100
+    fitted = cal.make_calibrator("temperature").fit(z, y2)
+    np.testing.assert_allclose(fitted.predict_proba(z), softmax(z / detail["applied"], axis=1))
+    again = cal.Calibrator.from_dict(json.loads(json.dumps(fitted.to_dict())))
+    assert again.to_dict()["applied_temperature"] == pytest.approx(detail["applied"])
+
+
 def test_temperature_warns_at_search_bound():
     z = np.array([-0.001, 0.001, -0.001, 0.001])  # logits unrelated to the labels: no usable scale
     with pytest.warns(UserWarning, match="search bound"):
         t = cal.fit_temperature(z, [0, 0, 1, 1])
     assert t > 50
+    with pytest.warns(UserWarning, match="search bound"):
+        state = cal.make_calibrator("temperature").fit(z, np.array([0, 0, 1, 1])).to_dict()
+    assert state["guard"] == "bound" and state["applied_temperature"] == state["fitted_temperature"] == t
 
 
 @settings(max_examples=50, deadline=None)

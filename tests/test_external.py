@@ -217,14 +217,16 @@ def test_every_usable_image_is_a_test_image_and_metrics_equal_sklearn(external):
     assert m["cohort"]["n_patients"] == cohort["patient_key"].nunique() == 16
     t = m["threshold"]["value"]
     y, p = pred["y"].to_numpy(), pred["prob"].to_numpy()
-    assert m["test_image"]["roc_auc"] == pytest.approx(roc_auc_score(y, p))
-    assert m["test_image"]["pr_auc"] == pytest.approx(average_precision_score(y, p))
+    # discrimination from the uncalibrated scores (issue 17): sigmoid(z / T) saturates to ties
+    raw = pred["prob_raw"].to_numpy()
+    assert m["test_image"]["roc_auc"] == pytest.approx(roc_auc_score(y, raw))
+    assert m["test_image"]["pr_auc"] == pytest.approx(average_precision_score(y, raw))
     tn, fp, fn, tp = confusion_matrix(y, (p >= t).astype(int), labels=[0, 1]).ravel()
     assert (m["test_image"]["tp"], m["test_image"]["fp"], m["test_image"]["tn"], m["test_image"]["fn"]) == (
         tp, fp, tn, fn)
     assert m["test_image"]["sensitivity"] == pytest.approx(tp / (tp + fn))
     assert m["test_image"]["specificity"] == pytest.approx(tn / (tn + fp))
-    pat = pred.groupby("patient_key").agg(y=("y", "max"), p=("prob", "mean"))
+    pat = pred.groupby("patient_key").agg(y=("y", "max"), p=("prob_raw", "mean"))
     assert m["test_patient"]["n"] == 16
     assert m["test_patient"]["roc_auc"] == pytest.approx(roc_auc_score(pat["y"], pat["p"]))
     # the calibrated probability is sigmoid(logit / T) with the source run's T

@@ -224,3 +224,45 @@ def test_reproduce_stops_before_training_when_the_data_changed(run_dir, tmp_path
     assert "predictions" not in rep["checks"]
     assert not (new / "model.keras").exists() and not (new / "history.csv").exists()
     assert "DIFFERENT" in captured.out  # the side-by-side table
+
+
+def test_summary_card_references_and_verdict_in_metrics_and_report(run_dir):
+    """Issue 17: the deep model next to the reference models (paired test), the verdict's case, the
+    chance statement; the report's summary card shows them."""
+    m = json.loads((run_dir / "metrics.json").read_text())
+    refs = m["references"]
+    assert set(refs["references"]) == {"prevalence", "image_statistics", "acquisition"}
+    assert refs["references"]["prevalence"]["auc"] == pytest.approx(0.5)
+    assert refs["deep"]["auc"] == pytest.approx(m["test_patient"]["roc_auc"])  # both from uncalibrated scores
+    for r in refs["references"].values():
+        assert r["delong_p"] is None or 0 <= r["delong_p"] <= 1
+    assert m["training"]["case"] in ("collapsed", "did not learn", "underfitting", "overfitting", "fine")
+    assert m["chance"]["chance"] in (True, False)
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert 'id="summary-card"' in html and 'id="references-table"' in html
+    assert [i["kind"] for i in m["summary_items"]].count("verdict") == 1
+    first = m["summary_items"][0]
+    if refs["classical_not_better"]:
+        assert first["text"].startswith("The deep model is not better than the classical model")
+    if m["chance"]["chance"]:
+        assert 'class="sev-red kind-chance"' in html and "not distinguishable from chance" in html
+    preds = pd.read_csv(run_dir / "predictions.csv")
+    assert {"ref_prevalence", "ref_image_statistics", "ref_acquisition"} <= set(preds.columns)
+
+
+def test_validation_predictions_recompute_threshold_and_temperature(run_dir):
+    """val_predictions.csv (pseudonymized, validation patients only) gives back the run's threshold
+    and temperature."""
+    from medxcept.calibrate import fit_temperature
+    from medxcept.evaluate import aggregate_by_patient, choose_threshold
+
+    val = pd.read_csv(run_dir / "val_predictions.csv")
+    split = pd.read_csv(run_dir / "split.csv")
+    cal = json.loads((run_dir / "calibration.json").read_text())
+    m = json.loads((run_dir / "metrics.json").read_text())
+    val_keys = set(pd.read_csv(run_dir / "cohort.csv").query("split == 'val'")["patient_key"])
+    assert set(val["patient_key"]) == val_keys and len(val) == int((split["split"] == "val").sum())
+    assert fit_temperature(val["logit"].to_numpy(), val["y"].to_numpy()) == pytest.approx(
+        cal["calibrator"]["temperature"], rel=1e-6)
+    _, vy, vp = aggregate_by_patient(val["patient_key"], val["y"], val["prob"], how=m["patient_aggregation"])
+    assert choose_threshold(vy, vp, method=cal["threshold"]["method"]) == pytest.approx(cal["threshold"]["value"])

@@ -27,6 +27,7 @@ from medxcept.report.figures import (
     roc_pr_figure,
     training_figure,
 )
+from medxcept.subgroups import subgroup_rows
 
 __all__ = ["render_report", "environment", "fmt", "subgroup_table", "checklist", "raw_preview"]
 
@@ -68,26 +69,11 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def subgroup_table(test: pd.DataFrame, threshold: float | None) -> list[dict[str, Any]]:
-    """Patient-level AUC, sensitivity and specificity by source, laterality, sex and age band."""
-    from medxcept.evaluate import binary_metrics
-
-    if threshold is None or "prob" not in test:
-        return []
-    frame = test.copy()
-    if "age" in frame and frame["age"].notna().any():
-        frame["age band"] = pd.cut(frame["age"], [0, 40, 50, 60, 70, 80, 200], right=False,
-                                   labels=["<40", "40-49", "50-59", "60-69", "70-79", "80+"]).astype(str)
-    rows = []
-    for col in ("source", "laterality", "sex", "age band"):
-        if col not in frame or frame[col].astype(str).replace("", np.nan).dropna().nunique() < 2:
-            continue
-        for value, g in frame.groupby(frame[col].astype(str)):
-            m = binary_metrics(g["y"].to_numpy(), g["prob"].to_numpy(), threshold=threshold)
-            rows.append({"by": col, "value": value or "(missing)", "images": len(g),
-                         "patients": g["patient_key"].nunique(), "positives": int(g["y"].sum()),
-                         "roc_auc": m["roc_auc"], "sensitivity": m["sensitivity"], "specificity": m["specificity"]})
-    return rows
+def subgroup_table(test: pd.DataFrame, threshold: float | None, *, how: str = "mean", n_resamples: int = 0,
+                   seed: int = 0) -> list[dict[str, Any]]:
+    """Patient-level AUC, sensitivity and specificity by source, laterality, sex and age band, with
+    patient-bootstrap CIs when ``n_resamples`` (:func:`medxcept.subgroups.subgroup_rows`)."""
+    return subgroup_rows(test, threshold, how=how, n_resamples=n_resamples, seed=seed)
 
 
 def checklist(metrics: dict[str, Any]) -> list[dict[str, str]]:
@@ -102,8 +88,13 @@ def checklist(metrics: dict[str, Any]) -> list[dict[str, str]]:
         {"item": "Participants: numbers, outcome events (TRIPOD+AI 20a; CLAIM 33)",
          "answer": f"{cohort['n_patients']} patients, {cohort['n_images']} images; per class "
                    f"{cohort['images_per_class']}", "status": "auto"},
-        {"item": "Data partitions at patient level (CLAIM 21; TRIPOD+AI 10)",
-         "answer": "stratified patient-level split, integrity audit before training (audit.json)", "status": "auto"},
+        ({"item": "Data partitions at patient level (CLAIM 21; TRIPOD+AI 10)",
+          "answer": "stratified patient-level split, integrity audit before training (audit.json)", "status": "auto"}
+         if not (metrics.get("audit") or {}).get("let_through") else
+         {"item": "Data partitions at patient level (CLAIM 21; TRIPOD+AI 10)",
+          "answer": f"stratified patient-level split; the audit before training found "
+                    f"{len(metrics['audit']['let_through'])} leakage finding(s) that --on-leak warn let through "
+                    "(see the banner and audit.json): the partition is NOT clean", "status": "partial"}),
         {"item": "Reference standard / ground truth (CLAIM 14-18)", "answer": author, "status": "author"},
         {"item": "Preprocessing (CLAIM 11)", "answer": f"resize to {run['image_px']} px; see config.yaml",
          "status": "auto"},
@@ -205,18 +196,31 @@ def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame
     test = frames["test"]
     figs: dict[str, str | None] = {}
     threshold = (metrics.get("threshold") or {}).get("value")
+    how = (metrics.get("patient_aggregation")
+           or getattr(getattr(cfg, "eval", None), "patient_aggregation", "mean"))
+    levels = {"roc_pr": "patient", "confusion": "image", "reliability": "image", "training": "patient",
+              "cam": "image", "examples": "image", "learning_curve": "patient"}
     if len(classes) == 2:
-        figs["roc_pr"] = roc_pr_figure(test["y"].to_numpy(), test["prob"].to_numpy(), threshold)
-        pred = (test["prob"].to_numpy() >= threshold).astype(int)
+        # the headline's unit: one score per patient; curves from the uncalibrated scores, the
+        # operating point (and the confusion matrix) from the calibrated ones at the threshold
+        from medxcept.evaluate import aggregate_by_patient
+
+        raw_col = "prob_raw" if "prob_raw" in test else "prob"
+        _, yp, pr = aggregate_by_patient(test["patient_key"], test["y"], test[raw_col], how=how)
+        _, _, pc = aggregate_by_patient(test["patient_key"], test["y"], test["prob"], how=how)
+        figs["roc_pr"] = roc_pr_figure(yp, pr, threshold, operating=pc,
+                                       title_suffix=" (patient level, uncalibrated scores)")
+        figs["confusion"] = confusion_figure(yp, (pc >= threshold).astype(int), classes)
+        levels["confusion"] = "patient"
     else:
         P = test[[f"prob_{c}" for c in classes]].to_numpy()
         figs["roc_pr"] = None
-        pred = P.argmax(axis=1)
-    figs["confusion"] = confusion_figure(test["y"].to_numpy(), pred, classes)
+        figs["confusion"] = confusion_figure(test["y"].to_numpy(), P.argmax(axis=1), classes)
     cal = metrics["calibration_test"]
     figs["reliability"] = reliability_figure(
         cal["before"]["reliability"], cal["after"]["reliability"],
-        labels=("before recalibration", f"after ({metrics['calibration_method']})"))
+        labels=("before recalibration (image level)",
+                f"after ({metrics['calibration_method']}, image level)"))
     figs["training"] = training_figure(history, metrics["training"]["best_epoch"])
     figs["examples"] = _examples(table, images, cfg, spec)
     figs.update(extra_figs or {})
@@ -225,7 +229,10 @@ def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame
     context = {
         "m": metrics, "figs": figs, "classes": classes,
         "created": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "subgroups": subgroup_table(test, threshold) if len(classes) == 2 else [],
+        "subgroups": subgroup_rows(test, threshold, how=how, n_resamples=int(metrics.get("n_bootstrap") or 0),
+                                   seed=int((metrics.get("run") or {}).get("seed") or 0))
+        if len(classes) == 2 else [],
+        "fig_levels": levels,
         "checklist": checklist(metrics), "audit": audit_dict, "versions": versions,
         "config_yaml": (run_dir / "config.yaml").read_text(encoding="utf-8"),
         "history": history.to_dict("records"),

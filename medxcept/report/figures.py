@@ -31,14 +31,19 @@ def to_data_uri(fig: plt.Figure, dpi: int = 110) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def roc_pr_figure(y: np.ndarray, p: np.ndarray, threshold: float, *, title_suffix: str = "") -> str | None:
-    """ROC and precision-recall curves with the operating point chosen on validation."""
+def roc_pr_figure(y: np.ndarray, p: np.ndarray, threshold: float, *, title_suffix: str = "",
+                  operating: np.ndarray | None = None) -> str | None:
+    """ROC and precision-recall curves with the operating point chosen on validation.
+
+    ``operating``: the scores the threshold applies to (the calibrated probabilities) when the
+    curves are drawn from other scores ``p`` (the uncalibrated ones); default ``p``.
+    """
     y = np.asarray(y)
     if len(np.unique(y)) < 2:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(9, 4))
     fpr, tpr, _ = roc_curve(y, p)
-    pred = p >= threshold
+    pred = (p if operating is None else np.asarray(operating)) >= threshold
     sens = (pred & (y == 1)).sum() / max((y == 1).sum(), 1)
     spec = (~pred & (y == 0)).sum() / max((y == 0).sum(), 1)
     ax = axes[0]

@@ -64,7 +64,14 @@ from medxcept.report import environment
 from medxcept.report.figures import reliability_figure, roc_pr_figure
 from medxcept.run import RunDir, data_hash, write_atomic
 from medxcept.splits import split_hash, split_table
-from medxcept.workflows.steps import Assessment, assess, cohort_cache, prepare_cohort, record_ingestion
+from medxcept.workflows.steps import (
+    Assessment,
+    assess,
+    cohort_cache,
+    compare_references,
+    prepare_cohort,
+    record_ingestion,
+)
 
 __all__ = ["plan_cv", "run_fold", "run_cv", "aggregate_cv", "EXECUTORS"]
 
@@ -284,28 +291,46 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
     report.raise_if_errors()
 
     parts = {s: np.flatnonzero(table["split"].to_numpy() == s) for s in ("train", "val", "test")}
+    # The epoch, the calibration and the threshold are chosen on an inner validation split of the
+    # training folds (the next fold, k >= 3), never on the held-out fold "val" that is reported.
+    inner_fold = (task.fold + 1) % plan.n_folds
+    in_inner = table["fold"].to_numpy()[parts["train"]] == inner_fold
+    if plan.n_folds >= 3 and in_inner.any() and (~in_inner).any():
+        parts["inner"], parts["fit"] = parts["train"][in_inner], parts["train"][~in_inner]
+        chosen_on = f"inner validation split of the training folds (fold {inner_fold})"
+    else:  # two folds: no fold to spare; the former behaviour, said in the fold's metrics
+        parts["inner"], parts["fit"] = parts["val"], parts["train"]
+        chosen_on = "the held-out fold itself (2 folds leave no inner validation split): optimistic"
+        log.warning("! %s: %s", task.name, chosen_on)
     tr, va, te = (table.iloc[parts[s]] for s in ("train", "val", "test"))
-    log.info("%s: training on %d image(s) of %d patient(s), validating on %d image(s) of %d patient(s)",
-             task.name, len(tr), tr["patient_key"].nunique(), len(va), va["patient_key"].nunique())
+    ft, iv = table.iloc[parts["fit"]], table.iloc[parts["inner"]]
+    log.info("%s: training on %d image(s) of %d patient(s), early stopping on %d image(s) of %d patient(s), "
+             "held out %d image(s) of %d patient(s)", task.name, len(ft), ft["patient_key"].nunique(), len(iv),
+             iv["patient_key"].nunique(), len(va), va["patient_key"].nunique())
     set_seeds(cfg.seed)
-    result = fit(images[parts["train"]], tr["y"].to_numpy(), images[parts["val"]], va["y"].to_numpy(),
-                 va["patient_key"].to_numpy(), cfg=cfg, weights=weights, n_classes=len(classes), run_dir=fdir,
+    result = fit(images[parts["fit"]], ft["y"].to_numpy(), images[parts["inner"]], iv["y"].to_numpy(),
+                 iv["patient_key"].to_numpy(), cfg=cfg, weights=weights, n_classes=len(classes), run_dir=fdir,
                  resume=resume)
     run.write_csv("history.csv", result.history)
     bs = cfg.train.batch_size
-    train_logits = predict_logits(result.model, images[parts["train"]], batch_size=bs)
+    inner_logits = predict_logits(result.model, images[parts["inner"]], batch_size=bs)
     val_logits = predict_logits(result.model, images[parts["val"]], batch_size=bs)
     ec = cfg.eval
-    # calibration and threshold from the training folds' own predictions; measured on the held-out fold
-    oof_a = assess(val=tr, test=va, val_logits=train_logits, test_logits=val_logits, cfg=cfg, classes=classes)
+    # calibration and threshold from the inner validation split; measured on the held-out fold
+    oof_a = assess(val=iv, test=va, val_logits=inner_logits, test_logits=val_logits, cfg=cfg, classes=classes)
     oof_m = oof_a.metrics
     threshold = float(oof_a.threshold)
     oof = _evaluation(oof_a, ec.patient_aggregation, ec.n_bins)
-    run.write_csv("oof_predictions.csv", _prediction_frame(oof_a.test, task, threshold, ec.patient_aggregation))
+    # the reference models on the same split: fitted on every training-fold image, scored on fold i
+    references, ref_scores = compare_references(table, images, parts["train"], parts["val"], oof_a, cfg, classes)
+    oof_frame = _prediction_frame(oof_a.test, task, threshold, ec.patient_aggregation)
+    if ref_scores is not None and "image_id" in oof_frame:
+        oof_frame = oof_frame.merge(ref_scores, on="image_id", how="left")
+    run.write_csv("oof_predictions.csv", oof_frame)
     holdout = None
     if len(te):
         test_logits = predict_logits(result.model, images[parts["test"]], batch_size=bs)
-        ho_a = assess(val=tr, test=te, val_logits=train_logits, test_logits=test_logits, cfg=cfg, classes=classes)
+        ho_a = assess(val=iv, test=te, val_logits=inner_logits, test_logits=test_logits, cfg=cfg, classes=classes)
         holdout = _evaluation(ho_a, ec.patient_aggregation, ec.n_bins)
         run.write_csv("holdout_predictions.csv",
                       _prediction_frame(ho_a.test, task, threshold, ec.patient_aggregation))
@@ -322,13 +347,14 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
         "weights": weights.kind, "weights_description": weights.description, "pretrained": weights.pretrained,
         "counts": {s: {"images": int(len(f)), "patients": int(f["patient_key"].nunique()),
                        "positive_patients": int(f.groupby("patient_key")["y"].max().sum())}
-                   for s, f in (("train", tr), ("val", va), ("test", te))},
-        "threshold": {**oof_m["threshold"], "chosen_on": "training folds (the model's own predictions)"},
+                   for s, f in (("train", ft), ("inner_val", iv), ("val", va), ("test", te))},
+        "threshold": {**oof_m["threshold"], "chosen_on": chosen_on},
+        "epoch_chosen_on": chosen_on,
         "calibration_method": ec.calibration, "calibrator": oof_m["calibrator"],
         "patient_aggregation": ec.patient_aggregation, "n_bootstrap": ec.n_bootstrap,
-        "oof": oof, "holdout": holdout,
-        "training": {**training_verdict(result.history, result.best_epoch), "stages": result.stages,
-                     "seconds": result.seconds},
+        "oof": oof, "holdout": holdout, "references": references,
+        "training": {**training_verdict(result.history, result.best_epoch, collapse=getattr(result, "collapse", None)),
+                     "stages": result.stages, "seconds": result.seconds},
         "audit": report.to_dict()["summary"] | {"warnings": [f.message for f in report.warnings]},
         "device": device, "seconds": seconds,
         "model": {"bytes": model_bytes, "weights_sha256": result.weights_sha256, "optimizer_state": False,
@@ -649,8 +675,11 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
                     "pretrained": first.get("pretrained")},
         "method": {"threshold": ec.threshold, "target_sensitivity": ec.target_sensitivity,
                    "calibration": ec.calibration, "patient_aggregation": ec.patient_aggregation,
-                   "threshold_and_calibration_fitted_on": "training folds (the model's own predictions)",
-                   "early_stopping_on": "the held-out fold (patient-level AUC)", "confidence": 0.95,
+                   "threshold_and_calibration_fitted_on": "an inner validation split of the training folds "
+                                                          "(the next fold)" if plan.n_folds >= 3 else
+                   "the held-out fold (2 folds: no inner validation split)",
+                   "early_stopping_on": "an inner validation split of the training folds (patient-level AUC)"
+                   if plan.n_folds >= 3 else "the held-out fold (patient-level AUC; 2 folds)", "confidence": 0.95,
                    "interval": "t-distribution over folds: mean ± t(0.975, n-1) · SD / √n, clipped to [0, 1]"},
         "notes": notes, "per_fold": rows, "summary": summary, "pooled_oof": pooled,
         "holdout_per_fold": holdout_rows, "holdout_summary": holdout_summary,

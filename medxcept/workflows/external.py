@@ -37,7 +37,7 @@ from medxcept.preprocess import load_images
 from medxcept.report import render_report
 from medxcept.run import RunDir, data_hash
 from medxcept.splits import split_hash, split_table
-from medxcept.train import predict_logits
+from medxcept.train import predict_logits_tta
 from medxcept.workflows.steps import assess_frozen, ingest_into_run, prediction_table, reason_counts, summary_counts
 
 __all__ = ["evaluate_run"]
@@ -123,7 +123,10 @@ def evaluate_run(run_dir: Path, spec: CohortSpec, cfg: RunConfig, run_name: str 
     run.write_csv("cohort.csv", public_view(table))
 
     t = time.perf_counter()
-    logits = predict_logits(model, images, batch_size=ecfg.train.batch_size)
+    # the source run's test-time augmentation too: its threshold and calibrator were fitted on
+    # TTA-averaged logits, so plain logits here would be measured under other conditions
+    tta = {"passes": src.cfg.eval.tta, "seed": src.cfg.seed, "policy": src.cfg.augment.policy}
+    logits = predict_logits_tta(model, images, batch_size=ecfg.train.batch_size, **tta)
     assessed = assess_frozen(table, logits, calibrator=calibrator, threshold=threshold, cfg=ecfg,
                              classes=src.classes)
     measured, test = assessed.metrics, assessed.test
@@ -145,7 +148,7 @@ def evaluate_run(run_dir: Path, spec: CohortSpec, cfg: RunConfig, run_name: str 
         "run": _run_block(run, spec, src, ecfg, device),
         "external": {
             "source_run": src.id, "source_cohort": src.cohort_name, "refitted": [],
-            "from_source_run": ["model", "preprocessing", "calibrator", "threshold",
+            "from_source_run": ["model", "preprocessing", "calibrator", "threshold", "test-time augmentation",
                                 *[f"eval.{k}" for k in SOURCE_EVAL_FIELDS]],
             "note": "every usable image of this cohort is a test image; nothing (model, temperature or other "
                     "calibrator, threshold) was fitted on it",

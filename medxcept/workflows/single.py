@@ -35,11 +35,14 @@ from medxcept.train import check_resumable, fit, predict_logits_tta, save_infere
 from medxcept.workflows.learning_curve import learning_curve_rows
 from medxcept.workflows.steps import (
     assess,
+    compare_references,
+    leaks_let_through,
     prediction_table,
     prepare_withholding_names,
     reason_counts,
     record_ingestion,
     split_and_audit,
+    summary_block,
     summary_counts,
 )
 
@@ -161,9 +164,18 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
                       classes=spec.classes)
     metrics = assessed.metrics
     timings["evaluate_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    references, ref_scores = compare_references(table, images, np.r_[parts["train"], parts["val"]], parts["test"],
+                                                assessed, cfg, spec.classes)
+    timings["references_s"] = time.perf_counter() - t
     run.write_json("calibration.json", assessed.calibration_record)
     predictions = prediction_table(assessed.test, spec.classes, cfg.eval.patient_aggregation)
+    if ref_scores is not None:
+        predictions = predictions.merge(ref_scores, on="image_id", how="left")
     run.write_csv("predictions.csv", predictions)
+    # the validation predictions (pseudonymized, like predictions.csv): a reviewer recomputes the
+    # threshold and the temperature from them; nothing of the test split is in there
+    run.write_csv("val_predictions.csv", prediction_table(assessed.val, spec.classes, cfg.eval.patient_aggregation))
 
     aug = build_augment(cfg.augment, seed=cfg.seed)
     run.write_json("augmentation.json", serialize_augment(aug))
@@ -176,6 +188,8 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
         reproduce=reproduce_block(cfg, data_hash=hashes["data_hash"], split_hash=hashes["split_hash"],
                                   device=device, user_split=agreement))
     timings["total_s"] = time.perf_counter() - t_start
+    training = {**training_verdict(result.history, result.best_epoch, collapse=getattr(result, "collapse", None)),
+                "stages": result.stages, "seconds": result.seconds}
     full = {
         "run": {"id": run.path.name, "cohort": spec.name, "description": spec.description,
                 "weights": weights.kind, "weights_description": weights.description,
@@ -191,10 +205,12 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
                    "exclusions_by_class": by_class},
         "class_balance": {"method": cfg.augment.balance,
                           **effective_class_frequencies(tr["y"].to_numpy(), cfg.augment, n_classes=spec.n_classes)},
-        "training": {**training_verdict(result.history, result.best_epoch), "stages": result.stages,
-                     "seconds": result.seconds},
+        "training": training,
         **metrics,
-        "audit": {"errors": len(report.errors), "n_findings": len(report.findings)},
+        **({"references": references} if references is not None else {}),
+        **summary_block(metrics, training, references),
+        "audit": {"errors": len(report.errors), "n_findings": len(report.findings), "policy": cfg.audit.on_leak,
+                  "let_through": leaks_let_through(report, cfg.audit.on_leak)},
         "timings": timings,
         "hashes": {k: versions[k] for k in ("data_hash", "split_hash", "config_hash")},
     }

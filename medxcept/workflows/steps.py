@@ -47,7 +47,7 @@ from medxcept.preprocess import PreprocessCache, decode_key
 from medxcept.run import RunDir
 from medxcept.splits import assign_splits
 
-__all__ = ["Assessment", "assess", "assess_frozen", "add_probabilities", "measure_test", "cohort_cache",
+__all__ = ["Assessment", "assess", "assess_frozen", "compare_references", "summary_block", "leaks_let_through", "add_probabilities", "measure_test", "cohort_cache",
            "prepare_cohort", "prepare_withholding_names", "record_ingestion", "ingest_into_run",
            "split_and_audit", "summary_counts", "reason_counts", "prediction_table", "CI_METRICS"]
 
@@ -211,6 +211,27 @@ def add_probabilities(frame: pd.DataFrame, logits: np.ndarray, calibrator: Any,
     return frame
 
 
+_RANK = ("roc_auc", "pr_auc")
+
+
+def _with_rank_metrics(metrics: dict[str, Any], y: np.ndarray, raw: np.ndarray,
+                       threshold: float | None) -> dict[str, Any]:
+    """``metrics`` (calibrated, at the threshold) with ROC-AUC and PR-AUC of the uncalibrated ``raw``."""
+    rank = binary_metrics(y, raw, threshold=0.5 if threshold is None else threshold)
+    return {**metrics, **{k: rank[k] for k in _RANK if k in rank}}
+
+
+def _split_bootstrap(y: np.ndarray, p: np.ndarray, raw: np.ndarray, groups: np.ndarray, threshold: float | None,
+                     n_resamples: int, seed: int) -> dict[str, Any]:
+    """Patient-bootstrap CIs: ranking metrics of ``raw``, threshold metrics of ``p``, on the same
+    resamples (same seed, same groups, hence the same draws)."""
+    cut = [m for m in CI_METRICS if m not in _RANK]
+    out = dict(bootstrap_ci(y, p, groups, metrics=cut, threshold=threshold, n_resamples=n_resamples, seed=seed))
+    rank = bootstrap_ci(y, raw, groups, metrics=[m for m in CI_METRICS if m in _RANK], threshold=threshold,
+                        n_resamples=n_resamples, seed=seed)
+    return {m: (rank if m in _RANK else out)[m] for m in CI_METRICS}
+
+
 def measure_test(test: pd.DataFrame, *, threshold: float | None, cfg: RunConfig,
                  classes: tuple[str, ...]) -> dict[str, Any]:
     """Test metrics of a frame from :func:`add_probabilities` at a threshold fixed beforehand.
@@ -222,17 +243,20 @@ def measure_test(test: pd.DataFrame, *, threshold: float | None, cfg: RunConfig,
     y = test["y"].to_numpy()
     out: dict[str, Any] = {}
     if len(classes) == 2:
-        p = test["prob"].to_numpy()
-        out["test_image"] = binary_metrics(y, p, threshold=threshold)
+        # discrimination (ROC-AUC, PR-AUC) from the uncalibrated scores: isotonic ties or a Platt
+        # sign flip must not change it; the threshold metrics from the calibrated probabilities
+        p, pr = test["prob"].to_numpy(), test["prob_raw"].to_numpy()
+        out["test_image"] = _with_rank_metrics(binary_metrics(y, p, threshold=threshold), y, pr, threshold)
         keys, yp, pp = aggregate_by_patient(test["patient_key"], y, p, how=ec.patient_aggregation)
-        out["test_patient"] = binary_metrics(yp, pp, threshold=threshold)
+        _, _, ppr = aggregate_by_patient(test["patient_key"], y, pr, how=ec.patient_aggregation)
+        out["test_patient"] = _with_rank_metrics(binary_metrics(yp, pp, threshold=threshold), yp, ppr, threshold)
         out["patient_aggregation"] = ec.patient_aggregation
+        out["discrimination_from"] = "uncalibrated scores (prob_raw)"
         if ec.n_bootstrap:
-            cis = bootstrap_ci(yp, pp, keys, metrics=CI_METRICS, threshold=threshold,
-                               n_resamples=ec.n_bootstrap, seed=cfg.seed)
+            cis = _split_bootstrap(yp, pp, ppr, keys, threshold, ec.n_bootstrap, cfg.seed)
             out["test_patient_ci"] = {k: v.to_dict() for k, v in cis.items()}
-            cis_img = bootstrap_ci(y, p, test["patient_key"].to_numpy(), metrics=CI_METRICS, threshold=threshold,
-                                   n_resamples=ec.n_bootstrap, seed=cfg.seed)
+            cis_img = _split_bootstrap(y, p, pr, test["patient_key"].to_numpy(), threshold, ec.n_bootstrap,
+                                       cfg.seed)
             out["test_image_ci"] = {k: v.to_dict() for k, v in cis_img.items()}
         out["n_bootstrap"] = ec.n_bootstrap
         out["calibration_test"] = {"before": _calibration_block(y, test["prob_raw"].to_numpy(), ec.n_bins),
@@ -304,12 +328,18 @@ def assess(*, val: pd.DataFrame, test: pd.DataFrame, val_logits: np.ndarray, tes
                            "calibrator": calibrator.to_dict()}
     threshold = None
     if len(classes) == 2:
-        threshold = choose_threshold(val["y"], val["prob"], method=ec.threshold, target=ec.target_sensitivity)
+        # chosen on the kind of score the headline applies it to: the validation patients' scores
+        _, vy, vp = aggregate_by_patient(val["patient_key"], val["y"], val["prob"], how=ec.patient_aggregation)
+        threshold = choose_threshold(vy, vp, method=ec.threshold, target=ec.target_sensitivity)
         out["threshold"] = {"value": float(threshold), "method": ec.threshold, "chosen_on": "validation",
+                            "level": "patient", "patient_aggregation": ec.patient_aggregation,
+                            "n_validation_patients": int(len(vy)),
                             "target_sensitivity": ec.target_sensitivity if ec.threshold == "sensitivity" else None}
     out.update(measure_test(test, threshold=threshold, cfg=cfg, classes=classes))
     if len(classes) == 2:
-        out["val_image"] = binary_metrics(val["y"].to_numpy(), val["prob"].to_numpy(), threshold=threshold)
+        out["val_image"] = _with_rank_metrics(
+            binary_metrics(val["y"].to_numpy(), val["prob"].to_numpy(), threshold=threshold),
+            val["y"].to_numpy(), val["prob_raw"].to_numpy(), threshold)
     return Assessment(metrics=out, test=test, val=val, calibrator=calibrator)
 
 
@@ -349,6 +379,52 @@ def assess_frozen(test: pd.DataFrame, logits: np.ndarray, *, calibrator: Calibra
     test = add_probabilities(test, logits, calibrator, classes)
     out.update(measure_test(test, threshold=t, cfg=cfg, classes=classes))
     return Assessment(metrics=out, test=test, val=None, calibrator=calibrator)
+
+
+def compare_references(table: pd.DataFrame, images: np.ndarray, fit_rows: np.ndarray, test_rows: np.ndarray,
+                       assessed: Assessment, cfg: RunConfig,
+                       classes: tuple[str, ...]) -> tuple[dict[str, Any] | None, pd.DataFrame | None]:
+    """The reference models (:mod:`medxcept.references`) fitted on ``fit_rows`` (positions of the
+    training + validation images in ``table`` / ``images``) and compared with the deep model's
+    uncalibrated scores on ``test_rows`` (the rows of ``assessed.test``, in its order). Binary tasks
+    only: ``(None, None)`` otherwise.
+
+    Returns the ``metrics.json["references"]`` block and the per-image reference scores (``image_id``
+    and ``ref_<name>`` columns) for ``predictions.csv``.
+    """
+    from medxcept.references import reference_block
+
+    if len(classes) != 2:
+        return None, None
+    return reference_block(table.reset_index(drop=True), images, fit_rows, test_rows,
+                           assessed.test["prob_raw"].to_numpy(), how=cfg.eval.patient_aggregation,
+                           n_resamples=cfg.eval.n_bootstrap, seed=cfg.seed)
+
+
+def summary_block(metrics: dict[str, Any], training: dict[str, Any],
+                  references: dict[str, Any] | None) -> dict[str, Any]:
+    """``chance`` (:func:`medxcept.verdict.chance_statement` of the test patient AUC) and
+    ``summary_items`` (:func:`medxcept.verdict.summary_items`) for ``metrics.json`` and the report."""
+    from medxcept.verdict import chance_statement, summary_items
+
+    auc = (metrics.get("test_patient") or {}).get("roc_auc")
+    ci = (metrics.get("test_patient_ci") or {}).get("roc_auc")
+    chance = chance_statement(auc, ci) if metrics.get("test_patient") else None
+    return {"chance": chance,
+            "summary_items": summary_items(training=training, references=references, chance=chance)}
+
+
+#: Audit finding kinds that stop a run under ``--on-leak error`` (``*_overlap`` too).
+LEAK_KINDS = ("duplicate_across_splits", "label_conflict")
+
+
+def leaks_let_through(report: AuditReport, policy: str) -> list[str]:
+    """Messages of the leakage findings that ``--on-leak warn`` turned into warnings (the report
+    shows them in a banner and the checklist does not claim a clean partition)."""
+    if policy != "warn":
+        return []
+    return [f.message for f in report.findings
+            if f.severity == "warning" and (f.kind.endswith("_overlap") or f.kind in LEAK_KINDS)]
 
 
 PREDICTION_COLUMNS = ("image_id", "patient_key", "laterality", "source", "label", "y")
