@@ -91,6 +91,9 @@ class TrainConfig:
         patience: early-stopping patience in epochs (validation patient-level AUC).
         workers: input-pipeline worker threads (``keras.utils.PyDataset``).
         baseline_lr, baseline_epochs: the tutorial recipe's Adam learning rate and epoch count.
+        ordinal_loss: for ordinal (graded) cohorts: ``"softmax"`` (plain k-class cross-entropy) or
+            ``"coral"`` (cumulative-link head and loss, :mod:`medxcept.ordinal`). Other tasks need
+            ``"softmax"``.
     """
 
     recipe: str = "default"
@@ -107,9 +110,11 @@ class TrainConfig:
     workers: int = 2
     baseline_lr: float = 0.01
     baseline_epochs: int = 10
+    ordinal_loss: str = "softmax"
 
     def __post_init__(self) -> None:
         _choice("train.recipe", self.recipe, ("default", "baseline"))
+        _choice("train.ordinal_loss", self.ordinal_loss, ("softmax", "coral"))
         for name in ("batch_size", "workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}={getattr(self, name)!r} must be >= 1")
