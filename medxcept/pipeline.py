@@ -191,11 +191,15 @@ def measure_test(test: pd.DataFrame, *, threshold: float | None, cfg: RunConfig,
 
 
 def evaluate_predictions(*, val: pd.DataFrame, test: pd.DataFrame, val_logits: np.ndarray,
-                         test_logits: np.ndarray, cfg: RunConfig, classes: tuple[str, ...]) -> dict[str, Any]:
+                         test_logits: np.ndarray, cfg: RunConfig, classes: tuple[str, ...],
+                         task: str = "nominal", endpoints: tuple = ()) -> dict[str, Any]:
     """Calibrate on validation, choose the threshold on validation, measure on test.
 
     Returns the ``metrics`` dict (the content of ``metrics.json`` minus run metadata) and adds
     ``prob_raw`` / ``prob`` columns to copies of ``val`` and ``test`` under ``"_frames"``.
+    More than two classes add ``graded`` (:func:`medxcept.graded.assess_graded`: decision rule
+    chosen on validation, patient/eye/image metrics with CIs, class-wise calibration, ``task``'s
+    derived ``endpoints`` with the binary report).
     """
     ec = cfg.eval
     calibrator = make_calibrator(ec.calibration).fit(val_logits, val["y"].to_numpy())
@@ -211,6 +215,12 @@ def evaluate_predictions(*, val: pd.DataFrame, test: pd.DataFrame, val_logits: n
     out.update(measure_test(test, threshold=threshold, cfg=cfg, classes=classes))
     if len(classes) == 2:
         out["val_image"] = binary_metrics(val["y"].to_numpy(), val["prob"].to_numpy(), threshold=threshold)
+    else:
+        from medxcept.graded import assess_graded
+
+        out["graded"] = assess_graded(val=val, test=test, classes=classes, task=task, endpoints=endpoints,
+                                      eval_cfg=ec, seed=cfg.seed)
+        out["n_bootstrap"] = ec.n_bootstrap
     out["_frames"] = {"val": val, "test": test}
     return out
 
@@ -345,6 +355,9 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
+    from medxcept.graded import check_task_config
+
+    check_task_config(spec.task, spec.n_classes, cfg.train.ordinal_loss)
     weights = resolve_weights(cfg.model.weights)  # fail before any work if weights are missing
     if not weights.pretrained:
         _say("! NOT PRETRAINED: --weights none, the model starts from random initialization. "
@@ -413,11 +426,15 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
     val_logits = predict_logits_tta(result.model, images[parts["val"]], **tta)
     test_logits = predict_logits_tta(result.model, images[parts["test"]], **tta)
     metrics = evaluate_predictions(val=va, test=te, val_logits=val_logits, test_logits=test_logits, cfg=cfg,
-                                   classes=spec.classes)
+                                   classes=spec.classes, task=spec.task, endpoints=spec.endpoints)
     timings["evaluate_s"] = time.perf_counter() - t
     frames = metrics.pop("_frames")
+    graded = metrics.get("graded")
     run.write_json("calibration.json", {"method": cfg.eval.calibration, "calibrator": metrics["calibrator"],
-                                        "threshold": metrics.get("threshold")})
+                                        "threshold": metrics.get("threshold"),
+                                        **({"decision_rule": graded["decision_rule"], "endpoint_thresholds": {
+                                            n: e["threshold"]["value"] for n, e in graded["endpoints"].items()}}
+                                           if graded else {})})
     pred_cols = ["image_id", "patient_key", "laterality", "source", "label", "y"] + [
         c for c in frames["test"].columns if c.startswith(("logit", "prob"))]
     predictions = frames["test"][pred_cols].copy()
@@ -461,6 +478,10 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
         "hashes": {k: versions[k] for k in ("data_hash", "split_hash", "config_hash")},
     }
     figs: dict[str, str | None] = {}
+    if graded:
+        from medxcept.graded import graded_figures
+
+        figs.update(graded_figures(graded, frames["test"]))
     if learning_curve:
         from medxcept.learning_curve import learning_curve_figure, learning_curve_rows, learning_curve_verdict
 
