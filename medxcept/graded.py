@@ -162,7 +162,10 @@ def assess_graded(*, val: pd.DataFrame | None, test: pd.DataFrame, classes: Sequ
     out["patient_notes"] = list(patients.notes)
     out["test_patient"] = multiclass_report(patients.y, patients.P, patients.patients, **kw)
     known = lat is not None and bool(np.isin(lat, ("L", "R")).all())
-    if known:
+    one_per_eye = known and not pd.Series(list(zip(keys, lat))).duplicated().any()
+    if one_per_eye:
+        out["eye_rule"] = "one image per eye here: the eye level equals the image level"
+    elif known:
         eyes = aggregate_units(keys, y, P, kind=task, laterality=lat, level="eye")
         out["test_eye"] = multiclass_report(eyes.y, eyes.P, eyes.patients, **kw)
         out["eye_rule"] = eyes.rule

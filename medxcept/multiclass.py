@@ -433,6 +433,7 @@ def multiclass_report(
     classes: Sequence[str],
     kind: str,
     rule: DecisionRule | None = None,
+    y_pred: ArrayLike | None = None,
     n_resamples: int = 1000,
     alpha: float = 0.05,
     seed: int = 0,
@@ -454,6 +455,9 @@ def multiclass_report(
     rule : DecisionRule, optional
         Turns ``P`` into predictions (default: argmax for nominal, cumulative 0.5 for ordinal).
         Choose it on validation (:func:`choose_decision_rule`).
+    y_pred : array-like of shape (n,), optional
+        Predicted classes made beforehand (pooled out-of-fold predictions, each fold with its own
+        rule); ``rule`` is then only described, not applied.
     n_resamples : int, default 1000
         ``0``: point estimates only; every interval is then ``None`` and ``n_bootstrap`` says 0.
     alpha : float, default 0.05
@@ -492,7 +496,9 @@ def multiclass_report(
         _check_bootstrap_args(n_resamples, alpha)
     codes = _as_group_codes(groups, y.shape[0])
     n_groups = int(codes.max()) + 1
-    pred = rule.predict(p)
+    pred = rule.predict(p) if y_pred is None else as_class_indices(y_pred, k, name="y_pred")
+    if pred.shape != y.shape:
+        raise ValueError(f"y_pred has {pred.shape[0]} values but y_true has {y.shape[0]}")
     cm = confusion_matrix(y, pred, k)
     support = np.bincount(y, minlength=k)
     present = (support > 0) & (support < y.shape[0])
@@ -585,7 +591,10 @@ def multiclass_report(
         out[m] = ci(v, boot[m])
     for m in cm_names:
         out[m] = ci(point_cm[m], boot[m])
-    out.update({"confusion_matrix": cm.tolist(), "decision_rule": rule.to_dict(), "n_bootstrap": n_resamples,
+    out.update({"confusion_matrix": cm.tolist(),
+                "decision_rule": rule.to_dict() if y_pred is None else {"kind": "given", "description": (
+                    "predictions made beforehand (each fold's own decision rule)")},
+                "n_bootstrap": n_resamples,
                 "alpha": alpha, "notes": notes})
     return out
 

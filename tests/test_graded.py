@@ -1,0 +1,117 @@
+"""The graded assessment (decision rule, patient level, endpoints, calibration) and its report section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jinja2
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import cohen_kappa_score, roc_auc_score
+
+from medxcept.cohort import parse_endpoint
+from medxcept.config import EvalConfig
+from medxcept.evaluate import choose_threshold
+from medxcept.graded import assess_graded
+from medxcept.multiclass import DecisionRule, classwise_ece
+
+CLASSES = ("none", "mild", "moderate")
+
+
+def _frame(n_patients: int, seed: int, temperature: float = 2.0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    keys = np.repeat([f"P-{seed}-{i:03d}" for i in range(n_patients)], 2)
+    lat = np.tile(["L", "R"], n_patients)
+    y = np.clip(np.repeat(rng.integers(0, 3, n_patients), 2) - rng.integers(0, 2, 2 * n_patients), 0, 2)
+    z = rng.normal(0, 1, (2 * n_patients, 3)) + 2.0 * np.eye(3)[y]
+    frame = pd.DataFrame({"patient_key": keys, "laterality": lat, "y": y})
+    for name, scale in (("prob_raw_", 1.0), ("prob_", temperature)):
+        e = np.exp(z / scale)
+        P = e / e.sum(axis=1, keepdims=True)
+        for i, c in enumerate(CLASSES):
+            frame[f"{name}{c}"] = P[:, i]
+    return frame
+
+
+@pytest.fixture(scope="module")
+def graded():
+    val, test = _frame(30, 1), _frame(40, 2)
+    endpoints = (parse_endpoint("referable", "grade >= moderate", CLASSES, "ordinal"),)
+    out = assess_graded(val=val, test=test, classes=CLASSES, task="ordinal", endpoints=endpoints,
+                        eval_cfg=EvalConfig(n_bootstrap=200), seed=0)
+    return val, test, endpoints, out
+
+
+def test_patient_level_metrics_are_the_worst_eye_by_hand(graded):
+    _, test, _, out = graded
+    rule = DecisionRule.from_dict(out["decision_rule"])
+    assert out["decision_rule"]["chosen_on"].startswith("validation")
+    P = test[[f"prob_{c}" for c in CLASSES]].to_numpy()
+    frame = test.assign(pred=rule.predict(P))
+    pat = frame.groupby("patient_key").agg(y=("y", "max"), pred=("pred", "max"))
+    r = out["test_patient"]
+    assert r["n"] == 40 and r["kappa_quadratic"]["point"] == pytest.approx(
+        cohen_kappa_score(pat["y"], pat["pred"], weights="quadratic", labels=[0, 1, 2]))
+    assert r["kappa_quadratic"]["low"] < r["kappa_quadratic"]["point"] < r["kappa_quadratic"]["high"]
+    assert out["test_image"]["n"] == 80 and "test_eye" not in out  # one image per eye: eyes = images
+    assert "worst" in out["patient_rule"]
+
+
+def test_endpoint_gets_the_binary_report_consistent_with_the_worst_eye(graded):
+    val, test, _, out = graded
+    e = out["endpoints"]["referable"]
+    assert e["positive_classes"] == ["moderate"] and e["patient_aggregation"] == "max"
+    pv = val["prob_moderate"].to_numpy()
+    assert e["threshold"]["value"] == pytest.approx(choose_threshold((val["y"] == 2).astype(int), pv))
+    pat = test.assign(pos=(test["y"] == 2).astype(int)).groupby("patient_key").agg(
+        pos=("pos", "max"), p=("prob_moderate", "max"))
+    assert e["test_patient"]["roc_auc"] == pytest.approx(roc_auc_score(pat["pos"], pat["p"]))
+    assert e["test_patient"]["n"] == 40
+    ci = e["test_patient_ci"]["sensitivity"]
+    assert ci["low"] <= e["test_patient"]["sensitivity"] <= ci["high"]
+    assert set(e["calibration_test"]) == {"before", "after"}
+
+
+def test_classwise_calibration_before_and_after(graded):
+    _, test, _, out = graded
+    y = test["y"].to_numpy()
+    for key, prefix in (("before", "prob_raw_"), ("after", "prob_")):
+        P = test[[f"{prefix}{c}" for c in CLASSES]].to_numpy()
+        assert out["calibration_test"][key]["classwise_ece"] == pytest.approx(classwise_ece(y, P)["mean"])
+    assert set(out["calibration_test"]["after"]["reliability_per_class"]) == set(CLASSES)
+
+
+def test_fixed_rule_and_thresholds_reproduce_the_test_numbers(graded):
+    _, test, endpoints, out = graded
+    fixed = {"decision_rule": out["decision_rule"],
+             "endpoint_thresholds": {"referable": out["endpoints"]["referable"]["threshold"]["value"]}}
+    again = assess_graded(val=None, test=test, classes=CLASSES, task="ordinal", endpoints=endpoints,
+                          eval_cfg=EvalConfig(n_bootstrap=200), seed=0, fixed=fixed)
+    assert again["test_patient"]["kappa_quadratic"] == out["test_patient"]["kappa_quadratic"]
+    assert again["endpoints"]["referable"]["test_patient"] == out["endpoints"]["referable"]["test_patient"]
+
+
+def test_report_section_renders_kappa_aucs_with_cis_endpoint_and_calibration(graded):
+    from medxcept.report import _ci, _performance_answer, fmt
+
+    *_, out = graded
+    templates = Path(__file__).resolve().parent.parent / "medxcept" / "report" / "templates"
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
+    env.filters["fmt"], env.filters["ci"] = fmt, _ci
+    figs = {"graded_confusion_test_patient": None, "graded_confusion_test_image": None,
+            "graded_reliability_classwise": None, "endpoint_roc_referable": None}
+    html = env.get_template("graded.html.j2").render(
+        m={"graded": out, "calibration_method": "temperature", "calibrator": {"temperature": 2.0, "note": None}},
+        figs=figs, ci_metrics=["roc_auc", "sensitivity", "specificity"])
+    kappa = out["test_patient"]["kappa_quadratic"]
+    assert "kappa_quadratic" in html and _ci(kappa) in html
+    auc = out["test_patient"]["per_class"]["mild"]["roc_auc"]
+    assert _ci(auc) in html
+    assert "Derived endpoint: referable" in html and _ci(out["endpoints"]["referable"]["test_patient_ci"]["roc_auc"]) in html
+    assert fmt(out["calibration_test"]["after"]["classwise_ece"]) in html
+    assert "200 resamples" in _performance_answer({"graded": out})
+    zero = {**out, "n_bootstrap": 0}
+    assert "no confidence intervals" in _performance_answer({"graded": zero})
+    assert "(0 resamples)" not in _performance_answer({"n_bootstrap": 0})
