@@ -230,3 +230,113 @@ def classwise_reliability_figure(before: dict[str, Any], after: dict[str, Any], 
                 ax.set_xlabel(f"predicted P({c})")
         axes[row, 0].set_ylabel("observed frequency")
     return to_data_uri(fig)
+
+
+# ------------------------------------------------------------------------- cross-validation
+
+#: Per-fold graded numbers summarized across folds (patient level).
+CV_GRADED_METRICS = ("kappa_quadratic", "mae_grade", "macro_roc_auc", "weighted_roc_auc", "macro_pr_auc",
+                     "balanced_accuracy", "accuracy")
+
+
+def fold_predictions(frame: pd.DataFrame, graded: dict[str, Any], *, repeat: int, fold: int) -> pd.DataFrame:
+    """One fold's out-of-fold predictions for pooling: ids, ``y``, ``prob_raw_<c>``, ``prob_<c>``, the
+    fold's own predicted class (``pred``, its decision rule) and per endpoint its threshold
+    (``threshold_<name>``)."""
+    classes = graded["classes"]
+    cols = [c for c in ("image_id", "patient_key", "laterality", "source", "label", "y") if c in frame.columns]
+    out = frame[cols + [f"prob_raw_{c}" for c in classes] + [f"prob_{c}" for c in classes]].copy()
+    out.insert(0, "repeat", repeat)
+    out.insert(1, "fold", fold)
+    out["pred"] = DecisionRule.from_dict(graded["decision_rule"]).predict(_probs(frame, classes, "prob_"))
+    for name, e in graded["endpoints"].items():
+        out[f"threshold_{name}"] = float(e["threshold"]["value"])
+    return out
+
+
+def _pooled_endpoint(df: pd.DataFrame, e: Any, classes: list[str], kind: str, eval_cfg: Any, seed: int
+                     ) -> dict[str, Any]:
+    pos = sorted(e.positive)
+    upper_set = kind == "ordinal" and pos == list(range(pos[0], len(classes)))
+    how = "max" if upper_set else eval_cfg.patient_aggregation
+    frame = pd.DataFrame({"unit": df["unit"], "patient": df["patient_key"].astype(str),
+                          "y": np.isin(df["y"].to_numpy(), pos).astype(np.int64),
+                          "p": endpoint_probability(_probs(df, classes, "prob_"), pos),
+                          "p_raw": endpoint_probability(_probs(df, classes, "prob_raw_"), pos),
+                          "t": df[f"threshold_{e.name}"].to_numpy()})
+    out: dict[str, Any] = {"name": e.name, "rule": e.rule, "positive_classes": [classes[i] for i in pos],
+                           "patient_aggregation": how,
+                           "threshold": {"value": float(frame["t"].median()), "method": "each fold's own",
+                                         "chosen_on": "each fold's training folds", "target_sensitivity": None},
+                           "n_bootstrap": int(eval_cfg.n_bootstrap)}
+    units = frame.groupby("unit").agg(y=("y", "max"), p=("p", how), p_raw=("p_raw", how), t=("t", "first"),
+                                      patient=("patient", "first"))
+    for level, f in (("image", frame), ("patient", units)):
+        y, p = f["y"].to_numpy(), f["p"].to_numpy()
+        pred = (p >= f["t"].to_numpy()).astype(np.float64)
+        rank = binary_metrics(y, p, threshold=0.5)
+        thr = binary_metrics(y, pred, threshold=0.5)
+        out[f"test_{level}"] = {**thr, "roc_auc": rank["roc_auc"], "pr_auc": rank["pr_auc"],
+                                "threshold": out["threshold"]["value"],
+                                "notes": [n for n in rank["notes"] if n.startswith(("roc", "pr_"))] + [
+                                    n for n in thr["notes"] if not n.startswith(("roc", "pr_"))]}
+        if eval_cfg.n_bootstrap:
+            groups = f["patient"].to_numpy()
+            cis = bootstrap_ci(y, p, groups, metrics=("roc_auc", "pr_auc"), threshold=None,
+                               n_resamples=eval_cfg.n_bootstrap, seed=seed)
+            cis.update(bootstrap_ci(y, pred, groups, metrics=[m for m in ENDPOINT_CI_METRICS if m not in cis],
+                                    threshold=0.5, n_resamples=eval_cfg.n_bootstrap, seed=seed))
+            out[f"test_{level}_ci"] = {k: v.to_dict() for k, v in cis.items()}
+    out["calibration_test"] = {"before": _binary_calibration(units["y"].to_numpy(), units["p_raw"].to_numpy(),
+                                                             eval_cfg.n_bins),
+                               "after": _binary_calibration(units["y"].to_numpy(), units["p"].to_numpy(),
+                                                            eval_cfg.n_bins)}
+    return out
+
+
+def pooled_report(frames: Sequence[pd.DataFrame], *, classes: Sequence[str], task: str, endpoints: Sequence[Any],
+                  eval_cfg: Any, seed: int) -> dict[str, Any]:
+    """Pooled out-of-fold graded metrics with patient-bootstrap CIs (frames of :func:`fold_predictions`).
+
+    Every patient is predicted once per repeat by the model that did not see them, with that fold's
+    decision rule and endpoint thresholds. Patient units are (repeat, patient); the bootstrap
+    resamples patients (with all their units). Ordinal patient grades and predictions are the
+    worst over the patient's images (the maximum of the fold's image predictions equals the fold's
+    rule applied to the aggregated probabilities); nominal predictions are the argmax of the
+    patient's mean probabilities.
+    """
+    classes = [str(c) for c in classes]
+    df = pd.concat(list(frames), ignore_index=True)
+    df["unit"] = "r" + df["repeat"].astype(str) + ":" + df["patient_key"].astype(str)
+    y, P, pred = df["y"].to_numpy(), _probs(df, classes, "prob_"), df["pred"].to_numpy()
+    groups = df["patient_key"].astype(str).to_numpy()
+    kw = {"classes": classes, "kind": task, "n_resamples": int(eval_cfg.n_bootstrap), "seed": seed}
+    out: dict[str, Any] = {"task": task, "classes": classes, "n_bootstrap": int(eval_cfg.n_bootstrap),
+                           "n_images": int(len(df)), "n_folds": int(df.groupby(["repeat", "fold"]).ngroups)}
+    out["test_image"] = multiclass_report(y, P, groups, y_pred=pred, **kw)
+    lat = df["laterality"].to_numpy() if task == "nominal" and "laterality" in df else None
+    units = aggregate_units(df["unit"].to_numpy(), y, P, kind=task, laterality=lat, level="patient")
+    unit_patient = np.array([u.split(":", 1)[1].split("|", 1)[0] for u in units.keys])
+    if task == "ordinal":
+        unit_pred = df.groupby("unit")["pred"].max().reindex(units.keys).to_numpy()
+    else:
+        unit_pred = units.P.argmax(axis=1)
+    out["test_patient"] = multiclass_report(units.y, units.P, unit_patient, y_pred=unit_pred, **kw)
+    out["patient_rule"] = units.rule
+    out["calibration_test"] = {
+        "before": calibration_report(y, _probs(df, classes, "prob_raw_"), classes=classes, n_bins=eval_cfg.n_bins),
+        "after": calibration_report(y, P, classes=classes, n_bins=eval_cfg.n_bins)}
+    out["endpoints"] = {e.name: _pooled_endpoint(df, e, classes, task, eval_cfg, seed) for e in endpoints}
+    return out
+
+
+def fold_row(graded: dict[str, Any]) -> dict[str, Any]:
+    """One fold's patient-level point estimates for the across-fold summary."""
+    r = graded["test_patient"]
+    row = {m: r[m]["point"] for m in CV_GRADED_METRICS if m in r}
+    for c, v in r["per_class"].items():
+        row[f"roc_auc_{c}"] = v["roc_auc"]["point"]
+    for name, e in graded["endpoints"].items():
+        for m in ("roc_auc", "sensitivity", "specificity"):
+            row[f"{name}_{m}"] = e["test_patient"][m]
+    return row

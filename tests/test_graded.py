@@ -115,3 +115,31 @@ def test_report_section_renders_kappa_aucs_with_cis_endpoint_and_calibration(gra
     zero = {**out, "n_bootstrap": 0}
     assert "no confidence intervals" in _performance_answer({"graded": zero})
     assert "(0 resamples)" not in _performance_answer({"n_bootstrap": 0})
+
+
+def test_pooled_out_of_fold_report_uses_each_folds_rule_and_threshold():
+    from medxcept.graded import fold_predictions, pooled_report
+
+    endpoints = (parse_endpoint("referable", "grade >= moderate", CLASSES, "ordinal"),)
+    cfg = EvalConfig(n_bootstrap=100)
+    frames = []
+    for fold in range(2):
+        val, test = _frame(25, 10 + fold, temperature=1.0 + fold), _frame(20, 20 + fold)
+        g = assess_graded(val=val, test=test, classes=CLASSES, task="ordinal", endpoints=endpoints, eval_cfg=cfg,
+                          seed=0)
+        frames.append(fold_predictions(test, g, repeat=0, fold=fold))
+    pooled = pooled_report(frames, classes=CLASSES, task="ordinal", endpoints=endpoints, eval_cfg=cfg, seed=0)
+    df = pd.concat(frames)
+    pat = df.groupby("patient_key").agg(y=("y", "max"), pred=("pred", "max"))
+    r = pooled["test_patient"]
+    assert r["n"] == 40 and r["kappa_quadratic"]["point"] == pytest.approx(
+        cohen_kappa_score(pat["y"], pat["pred"], weights="quadratic", labels=[0, 1, 2]))
+    assert r["kappa_quadratic"]["low"] is not None and r["per_class"]["mild"]["roc_auc"]["high"] is not None
+    e = pooled["endpoints"]["referable"]
+    unit = df.assign(pos=(df["y"] == 2).astype(int)).groupby("patient_key").agg(
+        pos=("pos", "max"), p=("prob_moderate", "max"), t=("threshold_referable", "first"))
+    hit = unit["p"] >= unit["t"]
+    assert e["test_patient"]["sensitivity"] == pytest.approx(hit[unit["pos"] == 1].mean())
+    assert e["test_patient"]["specificity"] == pytest.approx(1 - hit[unit["pos"] == 0].mean())
+    assert e["test_patient"]["roc_auc"] == pytest.approx(roc_auc_score(unit["pos"], unit["p"]))
+    assert e["test_patient_ci"]["sensitivity"]["low"] is not None
