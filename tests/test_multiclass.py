@@ -208,3 +208,30 @@ def test_classwise_ece_by_hand():
     # top label: confidences .7 .7 .5 .8, correct 1 1 1 1 -> bins: (.5 -> bin0 gap .5), others bin1
     assert rep["top_label_ece"] == pytest.approx((0.5 + 0.3 + 0.3 + 0.2) / 4)
     assert set(rep["reliability_per_class"]) == {"a", "b", "c"}
+
+
+def test_paired_comparison_matches_explicit_resampling():
+    from medxcept.multiclass import paired_comparison
+
+    keys, _, y, P1 = _graded(n_patients=30, seed=7)
+    _, _, _, noise = _graded(n_patients=30, seed=8)
+    P2 = 0.5 * P1 + 0.5 * noise  # a worse model on the same cases
+    B, seed = 40, 3
+    r = paired_comparison(y, P1, P2, keys, kind="ordinal", n_resamples=B, seed=seed)
+    rule = DecisionRule("cumulative", (0.5,) * (K - 1))
+    k1 = cohen_kappa_score(y, rule.predict(P1), weights="quadratic", labels=list(range(K)))
+    k2 = cohen_kappa_score(y, rule.predict(P2), weights="quadratic", labels=list(range(K)))
+    assert r["kappa_quadratic"]["diff"] == pytest.approx(k1 - k2)
+    m1 = roc_auc_score(y, P1, multi_class="ovr", average="macro")
+    m2 = roc_auc_score(y, P2, multi_class="ovr", average="macro")
+    assert r["macro_roc_auc"]["diff"] == pytest.approx(m1 - m2) and m1 > m2
+    _, codes = np.unique(keys, return_inverse=True)
+    counts = _draw_counts(np.random.default_rng(seed), B, codes.max() + 1)
+    d = []
+    for b in range(B):
+        rep = np.repeat(np.arange(len(y)), counts[b, codes])
+        if len(np.unique(y[rep])) == K:
+            d.append(roc_auc_score(y[rep], P1[rep], multi_class="ovr", average="macro")
+                     - roc_auc_score(y[rep], P2[rep], multi_class="ovr", average="macro"))
+    assert r["macro_roc_auc"]["n_used"] == len(d)
+    assert r["macro_roc_auc"]["ci"] == pytest.approx((np.percentile(d, 2.5), np.percentile(d, 97.5)))
