@@ -162,7 +162,7 @@ def assess_graded(*, val: pd.DataFrame | None, test: pd.DataFrame, classes: Sequ
     out["patient_notes"] = list(patients.notes)
     out["test_patient"] = multiclass_report(patients.y, patients.P, patients.patients, **kw)
     known = lat is not None and bool(np.isin(lat, ("L", "R")).all())
-    one_per_eye = known and not pd.Series(list(zip(keys, lat))).duplicated().any()
+    one_per_eye = known and not pd.Series(list(zip(keys, lat, strict=True))).duplicated().any()
     if one_per_eye:
         out["eye_rule"] = "one image per eye here: the eye level equals the image level"
     elif known:

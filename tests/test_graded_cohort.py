@@ -82,7 +82,7 @@ def test_graded_demo_plants_more_lesion_pixels_per_grade():
             assert rgb.dtype == np.uint8 and rgb.shape[2] == 3
             areas[g].append(int(mask.sum()))
     med = [np.median(areas[g]) for g in range(5)]
-    assert med[0] == 0 and all(b > a for a, b in zip(med, med[1:]))
+    assert med[0] == 0 and all(b > a for a, b in zip(med, med[1:], strict=False))
 
 
 def test_graded_demo_plan_has_two_eyes_and_worst_grade_structure():
