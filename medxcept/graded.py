@@ -266,7 +266,10 @@ def _pooled_endpoint(df: pd.DataFrame, e: Any, classes: list[str], kind: str, ev
                           "t": df[f"threshold_{e.name}"].to_numpy()})
     out: dict[str, Any] = {"name": e.name, "rule": e.rule, "positive_classes": [classes[i] for i in pos],
                            "patient_aggregation": how,
-                           "threshold": {"value": float(frame["t"].median()), "method": "each fold's own",
+                           "patient_aggregation_reason": (
+                               "worst eye: the maximum over their images" if upper_set else f"the {how} over their "
+                               "images") + "; sensitivity and specificity apply each fold's own threshold",
+                           "threshold": {"value": float(frame["t"].median()), "method": "median of the folds'",
                                          "chosen_on": "each fold's training folds", "target_sensitivity": None},
                            "n_bootstrap": int(eval_cfg.n_bootstrap)}
     units = frame.groupby("unit").agg(y=("y", "max"), p=("p", how), p_raw=("p_raw", how), t=("t", "first"),
@@ -323,6 +326,9 @@ def pooled_report(frames: Sequence[pd.DataFrame], *, classes: Sequence[str], tas
         unit_pred = units.P.argmax(axis=1)
     out["test_patient"] = multiclass_report(units.y, units.P, unit_patient, y_pred=unit_pred, **kw)
     out["patient_rule"] = units.rule
+    out["patient_notes"] = list(units.notes)
+    out["decision_rule"] = {"kind": "per fold", "description": "each fold's own decision rule",
+                            "chosen_on": "that fold's training folds (the model's own predictions)"}
     out["calibration_test"] = {
         "before": calibration_report(y, _probs(df, classes, "prob_raw_"), classes=classes, n_bins=eval_cfg.n_bins),
         "after": calibration_report(y, P, classes=classes, n_bins=eval_cfg.n_bins)}

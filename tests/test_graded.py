@@ -143,3 +143,32 @@ def test_pooled_out_of_fold_report_uses_each_folds_rule_and_threshold():
     assert e["test_patient"]["specificity"] == pytest.approx(1 - hit[unit["pos"] == 0].mean())
     assert e["test_patient"]["roc_auc"] == pytest.approx(roc_auc_score(unit["pos"], unit["p"]))
     assert e["test_patient_ci"]["sensitivity"]["low"] is not None
+
+
+def test_cv_graded_section_renders_pooled_kappa_and_endpoint():
+    from medxcept.graded import fold_predictions, fold_row, pooled_report
+    from medxcept.report import _ci, fmt
+
+    endpoints = (parse_endpoint("referable", "grade >= moderate", CLASSES, "ordinal"),)
+    cfg = EvalConfig(n_bootstrap=50)
+    frames, rows = [], []
+    for fold in range(2):
+        g = assess_graded(val=_frame(20, 30 + fold), test=_frame(15, 40 + fold), classes=CLASSES, task="ordinal",
+                          endpoints=endpoints, eval_cfg=cfg, seed=0)
+        frames.append(fold_predictions(_frame(15, 40 + fold), g, repeat=0, fold=fold))
+        rows.append({"name": f"fold-{fold}", "n_patients": 15, "best_epoch": 1, **fold_row(g)})
+    pooled = pooled_report(frames, classes=CLASSES, task="ordinal", endpoints=endpoints, eval_cfg=cfg, seed=0)
+    columns = [k for k in rows[0] if k not in ("name", "n_patients", "best_epoch")]
+    summary = {k: {"mean": float(np.mean([r[k] for r in rows])), "sd": None, "low": None, "high": None}
+               for k in columns}
+    templates = Path(__file__).resolve().parent.parent / "medxcept" / "report" / "templates"
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
+    env.filters["fmt"], env.filters["ci"] = fmt, _ci
+    html = env.get_template("cv_graded.html.j2").render(
+        r={"graded": {"pooled": pooled, "per_fold": rows, "columns": columns, "summary": summary},
+           "method": {"calibration": "temperature"}},
+        figs={}, ci_metrics=["roc_auc", "sensitivity"])
+    assert _ci(pooled["test_patient"]["kappa_quadratic"]) in html
+    assert "Derived endpoint: referable" in html and "each fold&#39;s own decision rule" in html
+    assert 'id="cv-graded-table"' in html and "roc_auc_mild" in html
