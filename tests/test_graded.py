@@ -166,7 +166,7 @@ def test_cv_graded_section_renders_pooled_kappa_and_endpoint():
                              undefined=jinja2.StrictUndefined)
     env.filters["fmt"], env.filters["ci"] = fmt, _ci
     html = env.get_template("cv_graded.html.j2").render(
-        r={"graded": {"pooled": pooled, "per_fold": rows, "columns": columns, "summary": summary},
+        r={"graded": {"pooled": pooled, "per_fold": rows, "columns": columns, "summary": summary, "holdout": None},
            "method": {"calibration": "temperature"}},
         figs={}, ci_metrics=["roc_auc", "sensitivity"])
     assert _ci(pooled["test_patient"]["kappa_quadratic"]) in html
