@@ -1,9 +1,12 @@
-"""The ``check`` step: ingest, split and audit a cohort without training, and show what was found.
+"""The ``check`` page: what ingestion, the split and the audit found, before any training.
+
+The workflow that produces it is :func:`medxcept.workflows.check.check_cohort`; this module
+groups the exclusions, counts files, sources and classes, and renders ``check.html``.
 
 Before anyone spends hours training, a researcher wants three answers about a new export:
 *did every file decode, and if not, which ones and why?*, *how many patients of each class
-are there, from which sources?* and *would the split leak?* :func:`check_cohort` runs exactly
-the stages that answer them — ingestion (:func:`medxcept.pipeline.prepare_cohort`), the
+are there, from which sources?* and *would the split leak?* :func:`~medxcept.workflows.check.check_cohort` runs exactly
+the stages that answer them — ingestion (:func:`medxcept.workflows.steps.prepare_cohort`), the
 patient-level split (:func:`medxcept.splits.assign_splits`; under ``audit.on_leak: fix``
 duplicates are merged first, as in a training run) and the pre-training audit
 (:func:`medxcept.audit.audit_cohort`) — and writes a run directory:
@@ -38,28 +41,19 @@ shared page).
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import numpy as np
 import pandas as pd
 
-from medxcept.audit import AuditReport, audit_cohort, fingerprints
-from medxcept.class_exclusions import exclusions_by_class
-from medxcept.cohort import CohortSpec, public_view
-from medxcept.config import RunConfig, config_hash
-from medxcept.errors import SplitError
-from medxcept.ingest import data_root, public_exclusions
-from medxcept.pipeline import ingest_into_run, split_and_audit
-from medxcept.preprocess import load_images
-from medxcept.run import RunDir, code_version, data_hash, environment, package_versions
-from medxcept.splits import split_hash, split_table
+from medxcept.class_exclusions import reason_category as _reason_category
+from medxcept.cohort import CohortSpec
+from medxcept.ingest import public_exclusions
+from medxcept.report import environment
 
-__all__ = ["check_cohort", "reason_groups", "is_skip_reason", "TEMPLATE"]
+__all__ = ["reason_groups", "is_skip_reason", "render_check_page", "TEMPLATE"]
 
 log = logging.getLogger(__name__)
 
@@ -73,22 +67,6 @@ SPLITS = ("train", "val", "test")
 def is_skip_reason(reason: str) -> bool:
     """True for the reasons of files that are not images at all (SR, DICOMDIR, presentation state)."""
     return str(reason).startswith(SKIP_PREFIX)
-
-
-def _reason_category(reason: str) -> str:
-    """The part of a reason that names the problem, without the row, file, numbers or details.
-
-    ``"row 7: label row whose file is missing: 'x.jpg' was not found..."`` ->
-    ``"label row whose file is missing"``; ``"not an image: Comprehensive SR Storage (...)"`` ->
-    ``"not an image"``; quoted values and numbers become ``…`` and ``N`` so per-file reasons
-    group together.
-    """
-    text = re.sub(r"^row \d+:\s*", "", str(reason).strip())
-    head = re.split(r":\s|;", text, maxsplit=1)[0]
-    head = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", head)
-    head = re.sub(r"\[[^\]]*\]", "[…]", head)
-    head = re.sub(r"\d[\d,.]*", "N", head)
-    return head.strip() or "unspecified"
 
 
 def _file_name(path: str) -> str:
@@ -165,24 +143,6 @@ def _file_counts(table: pd.DataFrame, exclusions: pd.DataFrame, files_found: int
     return {"found": files_found, "used": files_used, "excluded": excluded, "skipped": skipped,
             "rows_without_file": sum(1 for p in by_file if p not in used and p not in found),
             "frames_excluded": int(exclusions["path"].astype(str).str.contains("#frame").sum())}
-
-
-def _split_and_audit(table: pd.DataFrame, images: np.ndarray,
-                     cfg: RunConfig) -> tuple[pd.DataFrame, AuditReport, SplitError | None]:
-    """Split by patient (merging duplicates first under ``on_leak: fix``) and audit, as a run does.
-
-    A split that cannot be made is returned (not raised) so the page can show it; the audit
-    then runs on the unsplit table (duplicates, confounding, laterality still apply).
-    """
-    fp = fingerprints(images)
-    try:
-        table, report = split_and_audit(table, images, cfg, fp=fp)
-        return table, report, None
-    except SplitError as exc:  # no split: the audit still reports duplicates, confounding, laterality
-        report = audit_cohort(table, fp=fp, policy=cfg.audit.on_leak,
-                              hamming_threshold=cfg.audit.hamming_threshold, group_column=cfg.split.group_column,
-                              max_images_per_patient=cfg.audit.max_images_per_patient)
-        return table, report, exc
 
 
 def _count_table(table: pd.DataFrame, by: list[str], classes: list[str]) -> list[dict[str, Any]]:
@@ -283,95 +243,6 @@ def _duplicate_pairs_shown(audit: dict[str, Any], table: pd.DataFrame, images: n
     return pairs, total
 
 
-def _render(context: dict[str, Any]) -> str:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE.parent), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    return env.get_template(TEMPLATE.name).render(**context)
-
-
-def check_cohort(spec: CohortSpec, cfg: RunConfig, *, out_dir: Path, run_name: str | None = None) -> Path:
-    """Ingest, split and audit ``spec`` without training; write the run directory and ``check.html``.
-
-    Parameters
-    ----------
-    spec : CohortSpec
-        From :func:`medxcept.cohort.load_cohort_spec`.
-    cfg : RunConfig
-        The resolved configuration: ``preprocess`` (ingestion, cache), ``split`` and ``audit``
-        are used; training options are only recorded.
-    out_dir : Path
-        Parent of the run directory (``reports/`` by default in the CLI).
-    run_name : str, optional
-        Name of the run directory; default ``<date>-<cohort>-<config hash8>`` as for a training run.
-
-    Returns
-    -------
-    Path
-        ``check.html`` inside the run directory.
-
-    Raises
-    ------
-    CohortError
-        From ingestion: no usable image, a class without images, or label issues under
-        ``on_label_issue: error`` (nothing to show yet).
-    MissingDecoderError
-        A decoder plugin is not installed (an install problem, reported once).
-    SplitError
-        The split cannot be made; raised *after* the page, which shows the counts, is written.
-    """
-    run = RunDir.create(out_dir, spec.name, cfg, name=run_name)
-    run.write_config(cfg, extra={"step": "check", "cohort_name": spec.name, "classes": list(spec.classes)})
-    log.info("check run directory: %s", run.path)
-    ing, cache = ingest_into_run(run, spec, cfg)
-
-    images = load_images(ing.table, cache, cfg.preprocess)
-    table, report, split_error = _split_and_audit(ing.table, images, cfg)
-    run.write_json("audit.json", report.to_dict())
-    run.write_csv("cohort.csv", public_view(table))
-    versions: dict[str, Any] = {"packages": package_versions(), "code": code_version(),
-                                "environment": environment(), "data_hash": data_hash(table),
-                                "config_hash": config_hash(cfg)}
-    if split_error is None:
-        run.write_csv("split.csv", split_table(table))
-        versions["split_hash"] = split_hash(table)
-    run.write_json("versions.json", versions)
-
-    classes = list(spec.classes)
-    base = data_root(spec)
-    files = _file_counts(ing.table, ing.exclusions, ing.files_found, ing.files_used)
-    if files["found"] != files["used"] + files["excluded"] + files["skipped"]:
-        log.warning("files found (%d) != used + excluded + skipped (%d + %d + %d)", files["found"],
-                    files["used"], files["excluded"], files["skipped"])
-    audit = report.to_dict()
-    dup_pairs, dup_total = _duplicate_pairs_shown(audit, ing.table, images)  # images are in ingestion order
-    context = {
-        "dup_pairs": dup_pairs, "dup_pairs_total": dup_total,
-        "cohort": spec.name, "description": spec.description, "run_id": run.path.name,
-        "created": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "classes": classes,
-        "modality": spec.modality, "files": files,
-        "groups": reason_groups(ing.exclusions, names=False), "names_shown": False,
-        "by_class": exclusions_by_class(ing.table, ing.exclusions, classes),
-        "sources": _source_rows(spec, ing.table, ing.exclusions, base),
-        "by_reader": _count_table(table, ["reader", "modality", "channels"], classes),
-        "summary": _summary(table, classes),
-        "split_error": str(split_error) if split_error else None,
-        "split_cfg": {"val": cfg.split.val_fraction, "test": cfg.split.test_fraction, "seed": cfg.split.seed},
-        "audit": audit, "findings": audit["findings"],
-        "hashes": {k: v for k, v in versions.items() if k.endswith("_hash")},
-        "image_px": cfg.preprocess.image_px,
-    }
-    html = run.file("check.html")
-    # the shared page lists the pairs without pictures; the data owner's copy (with file names and
-    # the pair thumbnails, both identifying) sits next to the other identifiers
-    html.write_text(_render({**context, "dup_pairs": [{k: v for k, v in p.items() if not k.startswith("thumb_")}
-                                                      for p in dup_pairs]}), encoding="utf-8")
-    run.write_private("check.html", _render({**context, "names_shown": True,
-                                            "groups": reason_groups(ing.exclusions, hide=str(base.resolve()))}))
-    summary = audit["summary"]
-    log.info("check: %d file(s) found, %d used, %d excluded, %d skipped; %d image(s) of %d patient(s); "
-             "audit: %d error(s), %d warning(s)", files["found"], files["used"], files["excluded"],
-             files["skipped"], len(table), table["patient_key"].nunique(), summary.get("error", 0),
-             summary.get("warning", 0))
-    if split_error is not None:
-        raise SplitError(f"{split_error} (the check page shows the counts: {html})")
-    return html
+def render_check_page(context: dict[str, Any]) -> str:
+    """``check.html`` from its context (:func:`medxcept.workflows.check.check_cohort` builds it)."""
+    return environment().get_template(TEMPLATE.name).render(**context)

@@ -21,13 +21,14 @@ flagged when its p-value is below ``alpha`` divided by the number of reasons tes
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["exclusions_by_class", "by_class_markdown"]
+__all__ = ["exclusions_by_class", "by_class_markdown", "reason_category"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,22 @@ def _independence(excluded: np.ndarray, totals: np.ndarray) -> tuple[float | Non
     if table.shape[1] == 2:
         return float(stats.fisher_exact(table)[1]), "Fisher exact"
     return float(stats.chi2_contingency(table, correction=False)[1]), "chi-square"
+
+
+def reason_category(reason: str) -> str:
+    """The part of a reason that names the problem, without the row, file, numbers or details.
+
+    ``"row 7: label row whose file is missing: 'x.jpg' was not found..."`` ->
+    ``"label row whose file is missing"``; ``"not an image: Comprehensive SR Storage (...)"`` ->
+    ``"not an image"``; quoted values and numbers become ``…`` and ``N`` so per-file reasons
+    group together.
+    """
+    text = re.sub(r"^row \d+:\s*", "", str(reason).strip())
+    head = re.split(r":\s|;", text, maxsplit=1)[0]
+    head = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", head)
+    head = re.sub(r"\[[^\]]*\]", "[…]", head)
+    head = re.sub(r"\d[\d,.]*", "N", head)
+    return head.strip() or "unspecified"
 
 
 def exclusions_by_class(
@@ -102,8 +119,6 @@ def exclusions_by_class(
     >>> out["warnings"][0][:62]
     'the quality gate removed 10 % of a (10 of 100) and 1 % of b (1'
     """
-    from medxcept.check import _reason_category  # lazy: check imports this module
-
     classes = [str(c) for c in classes]
     used = table["label"].astype(str).value_counts() if len(table) else pd.Series(dtype=int)
     labels = exclusions["label"].fillna("").astype(str) if "label" in exclusions else pd.Series(
@@ -116,7 +131,7 @@ def exclusions_by_class(
     totals = used_n + np.array([int(ex_counts.get(c, 0)) for c in classes])
     rows: list[dict[str, Any]] = []
     if len(ex):
-        ex = ex.assign(_stage=ex["stage"].astype(str), _reason=ex["reason"].astype(str).map(_reason_category))
+        ex = ex.assign(_stage=ex["stage"].astype(str), _reason=ex["reason"].astype(str).map(reason_category))
         for (stage, reason), g in ex.groupby(["_stage", "_reason"], sort=False):
             per = g["_label"].value_counts()
             excluded = np.array([int(per.get(c, 0)) for c in classes])

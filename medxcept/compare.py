@@ -4,7 +4,7 @@ A single run's test AUC moves by a few hundredths when only the training seed ch
 initialization, augmentation draws, batch order). On a small cohort that run-to-run noise is often
 as large as the difference between two recipes, so "recipe B scored 0.03 higher" means little
 until it is set against the spread of each recipe over seeds. This module reads run directories
-written by :func:`medxcept.pipeline.run_pipeline` and answers: *is the difference between these
+written by :func:`medxcept.workflows.single.run_pipeline` and answers: *is the difference between these
 groups of runs larger than what a different seed alone would give?*
 
 Inputs. Each run directory must hold ``metrics.json``, ``predictions.csv``, ``history.csv``,
@@ -57,7 +57,6 @@ Neither makes the groups' *test-set* estimates generalize: they are still measur
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import itertools
 import json
@@ -72,9 +71,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
 from medxcept.errors import ConfigError
+from medxcept.evaluate import METRICS as REGISTRY
+from medxcept.evaluate import (
+    counts_metrics,
+    delong_test,
+    metric_names,
+    paired_bootstrap_auc,
+    weighted_average_precision,
+)
+from medxcept.pipeline import training_verdict
+from medxcept.report.figures import plt, to_data_uri
 
 __all__ = [
     "LARGER",
@@ -90,8 +100,9 @@ __all__ = [
     "noise_verdict",
     "paired_tests",
     "compare",
-    "write_comparison",
-    "run_comparison",
+    "comparison_json",
+    "PATIENT_METRICS",
+    "VERDICT_METRICS",
     "validation_curves_figure",
     "auc_ci_figure",
 ]
@@ -105,12 +116,13 @@ NO_PAIRS = "not tested (no seed shared by the two groups)"
 
 REQUIRED_FILES = ("metrics.json", "predictions.csv", "history.csv", "split.csv", "versions.json", "config.yaml")
 
-#: Per-run fields: key -> (label, lower is better?). The first six get a verdict.
+#: The registry's metrics compared across runs (:data:`medxcept.evaluate.METRICS`, ``compare=True``):
+#: patient level, each a per-run number and a paired verdict.
+PATIENT_METRICS = metric_names(compare=True)
+#: Per-run fields: key -> (label, lower is better?). The registry's metrics and the calibration
+#: after recalibration get a verdict (:data:`VERDICT_METRICS`).
 METRICS: dict[str, tuple[str, bool]] = {
-    "roc_auc": ("ROC-AUC (patients)", False),
-    "pr_auc": ("PR-AUC (patients)", False),
-    "sensitivity": ("sensitivity (patients)", False),
-    "specificity": ("specificity (patients)", False),
+    **{m.name: (f"{m.label} (patients)", m.lower_is_better) for m in REGISTRY if m.name in PATIENT_METRICS},
     "ece_after": ("ECE after recalibration (images)", True),
     "brier_after": ("Brier after recalibration (images)", True),
     "ece_before": ("ECE before recalibration (images)", True),
@@ -120,8 +132,9 @@ METRICS: dict[str, tuple[str, bool]] = {
     "best_epoch": ("kept epoch", False),
     "train_seconds": ("training seconds", True),
 }
-VERDICT_METRICS = ("roc_auc", "pr_auc", "sensitivity", "specificity", "ece_after", "brier_after")
-BOOTSTRAP_METRICS = VERDICT_METRICS[1:]
+VERDICT_METRICS = (*PATIENT_METRICS, "ece_after", "brier_after")
+#: ROC-AUC is tested by DeLong; every other verdict metric by the paired patient bootstrap.
+BOOTSTRAP_METRICS = tuple(m for m in VERDICT_METRICS if m != "roc_auc")
 
 
 @dataclass(frozen=True)
@@ -202,8 +215,6 @@ def _num(x: Any) -> float | None:
 
 def _gaps(history: pd.DataFrame, best_epoch: int) -> tuple[float | None, float | None, dict[str, Any]]:
     """Train - validation AUC and loss at the kept epoch (:func:`medxcept.pipeline.training_verdict`)."""
-    from medxcept.pipeline import training_verdict
-
     if history.empty:
         return None, None, {"verdict": "no training epochs ran"}
     tv = training_verdict(history, best_epoch)
@@ -281,9 +292,8 @@ def load_run(path: str | Path, *, group_by: str | None = None) -> RunRecord:
     cal = metrics.get("calibration_test") or {}
     before, after = cal.get("before") or {}, cal.get("after") or {}
     summary = {
-        "roc_auc": _num(tp.get("roc_auc")), "roc_auc_low": _num(ci.get("low")), "roc_auc_high": _num(ci.get("high")),
-        "pr_auc": _num(tp.get("pr_auc")), "sensitivity": _num(tp.get("sensitivity")),
-        "specificity": _num(tp.get("specificity")),
+        **{m: _num(tp.get(m)) for m in PATIENT_METRICS},
+        "roc_auc_low": _num(ci.get("low")), "roc_auc_high": _num(ci.get("high")),
         "ece_before": _num(before.get("ece")), "ece_after": _num(after.get("ece")),
         "brier_before": _num(before.get("brier")), "brier_after": _num(after.get("brier")),
         "auc_gap": auc_gap, "loss_gap": loss_gap, "best_epoch": best_epoch,
@@ -421,38 +431,25 @@ def _z_p(diff: float, boot: np.ndarray) -> tuple[float | None, float | None, tup
     return se, 1.0 if diff == 0 else 0.0, ci
 
 
-def _weighted_ap(w: np.ndarray, y: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """Average precision for each row of case weights ``w`` (B, n): scikit-learn's step-wise AP, ties grouped."""
-    _, inv = np.unique(-s, return_inverse=True)  # rank of each case's score, highest first
-    onehot = np.zeros((s.size, int(inv.max()) + 1))
-    onehot[np.arange(s.size), inv] = 1.0
-    tp = np.cumsum(w @ (onehot * y[:, None]), axis=1)
-    fp = np.cumsum(w @ (onehot * (1.0 - y)[:, None]), axis=1)
-    n_pos = tp[:, -1:]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
-        recall_step = np.diff(tp, axis=1, prepend=0.0) / n_pos
-        ap = (recall_step * precision).sum(axis=1)
-    ap[(n_pos[:, 0] == 0) | (fp[:, -1] == 0)] = np.nan  # one class only: undefined
-    return ap
-
-
 def _weighted_metrics(wp: np.ndarray, wi: np.ndarray, run: RunRecord) -> dict[str, np.ndarray]:
-    """PR-AUC, sensitivity, specificity (patient weights ``wp``) and ECE, Brier (image weights ``wi``)."""
+    """The registry's patient metrics but ROC-AUC (patient weights ``wp``: PR-AUC from the weighted
+    ranks, threshold metrics from weighted confusion counts) and ECE, Brier (image weights ``wi``)."""
     y, p = run.patients["y"].to_numpy(float), run.patients["prob"].to_numpy(float)
     thr = run.summary["threshold"]
     pred = (p >= thr).astype(float) if thr is not None else np.full_like(p, np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sens = (wp @ (pred * y)) / (wp @ y)
-        spec = (wp @ ((1.0 - pred) * (1.0 - y))) / (wp @ (1.0 - y))
+    tp, fp = wp @ (pred * y), wp @ (pred * (1.0 - y))
+    tn, fn = wp @ ((1.0 - pred) * (1.0 - y)), wp @ ((1.0 - pred) * y)
+    counted = [m for m in PATIENT_METRICS if m in metric_names(kinds=("counts",))]
+    out: dict[str, np.ndarray] = counts_metrics(tp, fp, tn, fn, counted)
+    if "pr_auc" in PATIENT_METRICS:
+        out["pr_auc"] = weighted_average_precision(y.astype(int), p, wp)
     yi, pi = run.images["y"].to_numpy(float), run.images["prob"].to_numpy(float)
     edges = np.linspace(0.0, 1.0, run.n_bins + 1)
     which = np.searchsorted(edges[1:-1], pi, side="left")  # calibrate.reliability_table's binning
     bins = np.zeros((pi.size, run.n_bins))
     bins[np.arange(pi.size), which] = pi - yi
     total = wi.sum(axis=1)
-    return {"pr_auc": _weighted_ap(wp, y, p), "sensitivity": sens, "specificity": spec,
-            "ece_after": np.abs(wi @ bins).sum(axis=1) / total, "brier_after": (wi @ (pi - yi) ** 2) / total}
+    return {**out, "ece_after": np.abs(wi @ bins).sum(axis=1) / total, "brier_after": (wi @ (pi - yi) ** 2) / total}
 
 
 def paired_tests(a: RunRecord, b: RunRecord, *, n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
@@ -467,8 +464,6 @@ def paired_tests(a: RunRecord, b: RunRecord, *, n_resamples: int = 1000, seed: i
         metric of :data:`VERDICT_METRICS`, ``a``, ``b``, ``diff``, ``p_value``, ``test`` and, for
         bootstrapped metrics, ``se`` and ``ci`` (95 % percentile interval of the difference).
     """
-    from medxcept.evaluate import delong_test, paired_bootstrap_auc
-
     y = a.patients["y"].to_numpy(int)
     pa, pb = a.patients["prob"].to_numpy(float), b.patients["prob"].to_numpy(float)
     dl = delong_test(y, pb, pa)
@@ -592,11 +587,6 @@ def _palette(groups: Sequence[str]) -> dict[str, str]:
 
 def validation_curves_figure(runs: Sequence[RunRecord]) -> str | None:
     """Validation patient AUC and validation loss per epoch, one line per run, coloured by group."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    from medxcept.report.figures import to_data_uri
-
     if not any(len(r.history) for r in runs):
         return None
     colour = _palette(list(dict.fromkeys(r.group for r in runs)))
@@ -627,10 +617,6 @@ def validation_curves_figure(runs: Sequence[RunRecord]) -> str | None:
 
 def auc_ci_figure(runs: Sequence[RunRecord]) -> str:
     """Each run's test ROC-AUC with its bootstrap CI, grouped and coloured by group."""
-    import matplotlib.pyplot as plt
-
-    from medxcept.report.figures import to_data_uri
-
     groups = list(dict.fromkeys(r.group for r in runs))
     colour = _palette(groups)
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(runs) + 1.2))
@@ -661,46 +647,16 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON-serializable: {type(o).__name__}")
 
 
-def write_comparison(runs: Sequence[RunRecord], result: dict[str, Any], out_dir: str | Path) -> Path:
-    """Write ``comparison.json`` and the self-contained ``comparison.html`` into ``out_dir``; return the HTML path."""
-    import jinja2
-
-    from medxcept.report import TEMPLATES, fmt
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "comparison.json").write_text(json.dumps(result, indent=2, default=_json_default) + "\n",
-                                         encoding="utf-8")
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["fmt"] = fmt
-    figs = {"curves": validation_curves_figure(runs), "test_auc": auc_ci_figure(runs)}
-    html = env.get_template("comparison.html.j2").render(
-        c=result, figs=figs, metrics=METRICS, verdict_metrics=VERDICT_METRICS, larger=LARGER,
-        colours=_palette(list(result["groups"])), created=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        not_pretrained=[r["name"] for r in result["runs"] if not r["pretrained"]], title=out.name)
-    path = out / "comparison.html"
-    path.write_text(html, encoding="utf-8")
-    return path
+def comparison_json(result: dict[str, Any]) -> str:
+    """The text of ``comparison.json``."""
+    return json.dumps(result, indent=2, default=_json_default) + "\n"
 
 
-def _slug(text: str) -> str:
+def palette(groups: Sequence[str]) -> dict[str, str]:
+    """One colour per group, in order (the page and the figures agree)."""
+    return _palette(groups)
+
+
+def slug(text: str) -> str:
+    """``text`` as a folder name."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:60] or "comparison"
-
-
-def run_comparison(run_dirs: Sequence[str | Path], *, out_dir: str | Path | None = None, name: str | None = None,
-                   group_by: str | None = None, n_resamples: int = 1000, seed: int = 0) -> Path:
-    """Load, check, compare and write: what ``python -m pipelines.compare`` does. Returns the HTML path.
-
-    The output directory is ``<out_dir>/<name>``; ``out_dir`` defaults to ``comparisons/`` beside the
-    first run, ``name`` to ``<date>-<groups joined by -vs->``.
-    """
-    if len(run_dirs) < 2:
-        raise ConfigError(f"give at least two run directories to compare; got {len(run_dirs)}")
-    runs = [load_run(p, group_by=group_by) for p in run_dirs]
-    result = compare(runs, n_resamples=n_resamples, seed=seed)
-    result["group_by"] = group_by or "train.recipe"  # metrics.json's run.recipe is config train.recipe
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = _slug(name or f"{stamp}-{'-vs-'.join(result['groups'])}")
-    base = Path(out_dir) if out_dir is not None else Path(run_dirs[0]).resolve().parent / "comparisons"
-    return write_comparison(runs, result, base / name)

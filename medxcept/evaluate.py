@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -37,7 +38,14 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from medxcept.errors import SplitError
 
 __all__ = [
+    "Metric",
+    "METRICS",
+    "metric_names",
+    "metric_labels",
     "BINARY_METRICS",
+    "probabilities",
+    "patient_auc",
+    "weighted_average_precision",
     "BootstrapCI",
     "binary_metrics",
     "multiclass_metrics",
@@ -50,18 +58,128 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Metric names understood by :func:`bootstrap_ci` (keys of :func:`binary_metrics`).
-BINARY_METRICS: tuple[str, ...] = (
-    "roc_auc",
-    "pr_auc",
-    "sensitivity",
-    "specificity",
-    "precision",
-    "npv",
-    "f1",
-    "balanced_accuracy",
-    "accuracy",
+# ---------------------------------------------------------------------- the registry
+
+
+def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a / b`` elementwise, NaN where ``b`` is 0 (the metric is undefined there)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    out = np.full(np.broadcast(a, b).shape, np.nan)
+    np.divide(a, b, out=out, where=b > 0)
+    return out
+
+
+def _mcc(tp: np.ndarray, fp: np.ndarray, tn: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    """Matthews correlation coefficient; NaN when a row or column of the confusion matrix is empty."""
+    den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return _div(tp * tn - fp * fn, den)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric, declared once: every list of metrics in medxcept is read from :data:`METRICS`.
+
+    Attributes
+    ----------
+    name : str
+        Key in ``metrics.json`` (``test_patient``, ``test_image``, a fold's ``oof.patient``).
+    label : str
+        How the reports name it.
+    kind : {"rank", "counts", "calibration"}
+        ``rank``: computed from the ranking of the probabilities (:func:`binary_metrics`, the
+        weighted rank statistics of the bootstrap); ``counts``: a function of the confusion
+        counts at the threshold (``counts``); ``calibration``: measured by
+        :mod:`medxcept.calibrate` (ECE, Brier), listed here for the summaries that read it.
+    counts : callable, optional
+        ``counts(tp, fp, tn, fn) -> value`` on float arrays (any shape; one value per resample
+        in the bootstrap), NaN where undefined. Used by :func:`binary_metrics`, the bootstrap,
+        the pooled out-of-fold metrics and the paired comparison bootstrap.
+    undefined : str
+        The note :func:`binary_metrics` writes when the value is undefined (``{threshold}`` and
+        ``{missing}`` are filled in).
+    ci : bool
+        Gets a patient-bootstrap confidence interval in a run (``test_patient_ci``) and a row in
+        the report's performance table.
+    cv : bool
+        Summarized across folds (mean, SD, t-interval, pooled) in ``cv_metrics.json`` and the
+        CV report.
+    compare : bool
+        A per-run number and a paired verdict in ``python -m pipelines.compare``.
+    lower_is_better : bool
+    bounds : (float, float)
+        The metric's range (the CV t-interval is clipped to it).
+    """
+
+    name: str
+    label: str
+    kind: Literal["rank", "counts", "calibration"]
+    counts: Callable[..., np.ndarray] | None = None
+    undefined: str = ""
+    ci: bool = False
+    cv: bool = False
+    compare: bool = False
+    lower_is_better: bool = False
+    bounds: tuple[float, float] = (0.0, 1.0)
+
+
+#: Every metric, in the order reports show them. Adding a metric is one entry here (and its test).
+METRICS: tuple[Metric, ...] = (
+    Metric("roc_auc", "ROC-AUC", "rank", ci=True, cv=True, compare=True,
+           undefined="roc_auc not defined: the test set has no {missing} case"),
+    Metric("pr_auc", "PR-AUC", "rank", ci=True, cv=True, compare=True,
+           undefined="pr_auc not defined: the test set has no {missing} case"),
+    Metric("sensitivity", "sensitivity", "counts", lambda tp, fp, tn, fn: _div(tp, tp + fn),
+           "sensitivity not defined: the test set has no positive case", ci=True, cv=True, compare=True),
+    Metric("specificity", "specificity", "counts", lambda tp, fp, tn, fn: _div(tn, tn + fp),
+           "specificity not defined: the test set has no negative case", ci=True, cv=True, compare=True),
+    Metric("precision", "precision (PPV)", "counts", lambda tp, fp, tn, fn: _div(tp, tp + fp),
+           "precision not defined: no case was predicted positive at threshold {threshold:g}", ci=True, cv=True),
+    Metric("npv", "NPV", "counts", lambda tp, fp, tn, fn: _div(tn, tn + fn),
+           "npv not defined: no case was predicted negative at threshold {threshold:g}", ci=True),
+    Metric("f1", "F1", "counts", lambda tp, fp, tn, fn: _div(2 * tp, 2 * tp + fp + fn),
+           "f1 not defined: no positive case and no positive prediction", ci=True),
+    Metric("balanced_accuracy", "balanced accuracy", "counts",
+           lambda tp, fp, tn, fn: (_div(tp, tp + fn) + _div(tn, tn + fp)) / 2.0,  # NaN if either is
+           "balanced_accuracy not defined: the test set has only one class", ci=True),
+    Metric("accuracy", "accuracy", "counts", lambda tp, fp, tn, fn: _div(tp + tn, tp + fp + tn + fn),
+           "accuracy not defined: the test set is empty"),
+    Metric("mcc", "MCC", "counts", _mcc,
+           "mcc not defined: the test set has one class, or every case was predicted in one class "
+           "at threshold {threshold:g}", ci=True, cv=True, compare=True, bounds=(-1.0, 1.0)),
+    Metric("ece", "ECE", "calibration", cv=True, lower_is_better=True),
+    Metric("brier", "Brier", "calibration", cv=True, lower_is_better=True),
 )
+_BY_NAME = {m.name: m for m in METRICS}
+
+
+def metric_names(*, ci: bool | None = None, cv: bool | None = None, compare: bool | None = None,
+                 kinds: Sequence[str] = ("rank", "counts", "calibration")) -> tuple[str, ...]:
+    """Names of the registered metrics with the given flags, in registry order.
+
+    Examples
+    --------
+    >>> metric_names(kinds=("rank",))
+    ('roc_auc', 'pr_auc')
+    """
+    return tuple(m.name for m in METRICS if m.kind in kinds and (ci is None or m.ci == ci)
+                 and (cv is None or m.cv == cv) and (compare is None or m.compare == compare))
+
+
+def metric_labels() -> dict[str, str]:
+    """``name -> label`` of every registered metric."""
+    return {m.name: m.label for m in METRICS}
+
+
+def counts_metrics(tp: ArrayLike, fp: ArrayLike, tn: ArrayLike, fn: ArrayLike,
+                   names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Every ``counts`` metric (or those in ``names``) from confusion counts; NaN where undefined."""
+    tp, fp, tn, fn = (np.asarray(v, dtype=np.float64) for v in (tp, fp, tn, fn))
+    wanted = metric_names(kinds=("counts",)) if names is None else names
+    return {n: _BY_NAME[n].counts(tp, fp, tn, fn) for n in wanted}
+
+
+#: Metric names understood by :func:`bootstrap_ci` (keys of :func:`binary_metrics`).
+BINARY_METRICS: tuple[str, ...] = metric_names(kinds=("rank", "counts"))
 _RANK_METRICS = frozenset({"roc_auc", "pr_auc"})
 
 # Upper bound on the elements of one (resamples x images) block in the bootstrap,
@@ -145,7 +263,8 @@ def binary_metrics(
     dict
         ``roc_auc``, ``pr_auc`` (average precision), ``sensitivity`` (recall),
         ``specificity``, ``precision`` (PPV), ``npv``, ``f1``,
-        ``balanced_accuracy``, ``accuracy`` (floats, or ``None`` where undefined),
+        ``balanced_accuracy``, ``accuracy``, ``mcc`` (every metric of :data:`METRICS` that is not a
+        calibration metric; floats, or ``None`` where undefined),
         the counts ``tp``, ``fp``, ``tn``, ``fn``, ``n``, ``n_pos`` (ints),
         ``threshold`` and ``notes``: a list of plain-words reasons for every
         ``None``.
@@ -155,7 +274,8 @@ def binary_metrics(
     ``pr_auc`` is also ``None`` when the test set has no negative case: average
     precision is then 1 whatever the model does, which would mislead.
     ``balanced_accuracy`` is ``None`` unless both sensitivity and specificity are
-    defined. ``f1`` is ``2 tp / (2 tp + fp + fn)``, ``None`` only when that is 0/0.
+    defined. ``f1`` is ``2 tp / (2 tp + fp + fn)``, ``None`` only when that is 0/0. ``mcc`` (Matthews)
+    is ``None`` when a row or column of the confusion matrix is empty (scikit-learn returns 0 there).
 
     Examples
     --------
@@ -181,56 +301,18 @@ def binary_metrics(
     roc_auc = pr_auc = None
     if n_pos == 0 or n_neg == 0:
         missing = "positive" if n_pos == 0 else "negative"
-        notes.append(f"roc_auc not defined: the test set has no {missing} case")
-        notes.append(f"pr_auc not defined: the test set has no {missing} case")
+        notes.extend(_BY_NAME[m].undefined.format(missing=missing) for m in ("roc_auc", "pr_auc"))
     else:
         roc_auc = float(roc_auc_score(y, p))
         pr_auc = float(average_precision_score(y, p))
 
-    sensitivity = _ratio(tp, tp + fn)
-    if sensitivity is None:
-        notes.append("sensitivity not defined: the test set has no positive case")
-    specificity = _ratio(tn, tn + fp)
-    if specificity is None:
-        notes.append("specificity not defined: the test set has no negative case")
-    precision = _ratio(tp, tp + fp)
-    if precision is None:
-        notes.append(
-            f"precision not defined: no case was predicted positive at threshold {threshold:g}"
-        )
-    npv = _ratio(tn, tn + fn)
-    if npv is None:
-        notes.append(
-            f"npv not defined: no case was predicted negative at threshold {threshold:g}"
-        )
-    f1 = _ratio(2 * tp, 2 * tp + fp + fn)
-    if f1 is None:
-        notes.append("f1 not defined: no positive case and no positive prediction")
-    balanced = None
-    if sensitivity is not None and specificity is not None:
-        balanced = (sensitivity + specificity) / 2.0
-    else:
-        notes.append("balanced_accuracy not defined: the test set has only one class")
-
-    return {
-        "roc_auc": roc_auc,
-        "pr_auc": pr_auc,
-        "sensitivity": sensitivity,
-        "specificity": specificity,
-        "precision": precision,
-        "npv": npv,
-        "f1": f1,
-        "balanced_accuracy": balanced,
-        "accuracy": (tp + tn) / n,
-        "tp": tp,
-        "fp": fp,
-        "tn": tn,
-        "fn": fn,
-        "n": n,
-        "n_pos": n_pos,
-        "threshold": threshold,
-        "notes": notes,
-    }
+    out: dict[str, Any] = {"roc_auc": roc_auc, "pr_auc": pr_auc}
+    for name, value in counts_metrics(tp, fp, tn, fn).items():
+        out[name] = None if np.isnan(value) else float(value)
+        if out[name] is None:
+            notes.append(_BY_NAME[name].undefined.format(threshold=threshold))
+    return {**out, "tp": tp, "fp": fp, "tn": tn, "fn": fn, "n": n, "n_pos": n_pos, "threshold": threshold,
+            "notes": notes}
 
 
 def _mean_defined(values: Sequence[float | None]) -> float | None:
@@ -471,6 +553,48 @@ def aggregate_by_patient(
     return keys, y_patient, p_patient
 
 
+def probabilities(logits: ArrayLike) -> np.ndarray:
+    """The model's probabilities from its logits: sigmoid of (n,) logits, softmax of (n, k).
+
+    The one probability transform of medxcept (uncalibrated ``prob_raw``, early stopping, the
+    learning curve). Floating inputs keep their dtype (float32 logits give float32
+    probabilities, as Keras returns them); other inputs become float64.
+
+    Examples
+    --------
+    >>> probabilities(np.array([0.0, 2.0])).round(3).tolist()
+    [0.5, 0.881]
+    >>> probabilities(np.array([[0.0, 0.0]])).tolist()
+    [[0.5, 0.5]]
+    """
+    z = np.asarray(logits)
+    if not np.issubdtype(z.dtype, np.floating):
+        z = z.astype(np.float64)
+    if z.ndim == 1:
+        return 1.0 / (1.0 + np.exp(-z))
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def patient_auc(
+    patient_key: ArrayLike, y_true: ArrayLike, y_prob: ArrayLike, *, how: Literal["mean", "max"] = "mean"
+) -> float:
+    """ROC-AUC of the patients (:func:`aggregate_by_patient`); NaN without both classes.
+
+    Binary ``y_prob`` of shape (n,) is aggregated by ``how``. Class probabilities (n, k) are
+    averaged per patient (whatever ``how``), renormalized, and scored one-vs-rest, macro.
+    """
+    p = np.asarray(y_prob, dtype=np.float64)
+    _, yp, pp = aggregate_by_patient(patient_key, y_true, p, how=how if p.ndim == 1 else "mean")
+    if np.unique(yp).size < 2:
+        return float("nan")
+    if p.ndim == 1:
+        return float(roc_auc_score(yp, pp))
+    pp = pp / pp.sum(axis=1, keepdims=True)
+    return float(roc_auc_score(yp, pp, multi_class="ovr", average="macro", labels=list(range(p.shape[1]))))
+
+
 # ------------------------------------------------------------------------- bootstrap
 
 
@@ -575,23 +699,20 @@ def _threshold_metrics(
 ) -> dict[str, np.ndarray]:
     """Confusion-matrix metrics per resample; ``group_cells`` is (G, 4): tp, fp, tn, fn."""
     tp, fp, tn, fn = (counts @ group_cells).T.astype(np.float64)
+    return counts_metrics(tp, fp, tn, fn, names)
 
-    def div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        out = np.full(a.shape, np.nan)
-        np.divide(a, b, out=out, where=b > 0)
-        return out
 
-    sens, spec = div(tp, tp + fn), div(tn, tn + fp)
-    table = {
-        "sensitivity": lambda: sens,
-        "specificity": lambda: spec,
-        "precision": lambda: div(tp, tp + fp),
-        "npv": lambda: div(tn, tn + fn),
-        "f1": lambda: div(2 * tp, 2 * tp + fp + fn),
-        "balanced_accuracy": lambda: (sens + spec) / 2.0,  # NaN if either is
-        "accuracy": lambda: div(tp + tn, tp + fp + tn + fn),
-    }
-    return {m: table[m]() for m in names}
+def weighted_average_precision(y_true: ArrayLike, y_score: ArrayLike, weights: np.ndarray) -> np.ndarray:
+    """Average precision for each row of case weights ``weights`` (B, n); NaN without both classes.
+
+    A row of integer weights gives exactly scikit-learn's ``average_precision_score`` on the
+    cases repeated that often (ties grouped); the patient bootstrap and the paired comparison
+    use it.
+    """
+    y = _as_binary_labels(y_true)
+    s = _as_scores(y_score, y.shape[0], "y_score", unit_interval=False)
+    pos_u, neg_u = _RankIndex(y, s, np.arange(y.shape[0])).per_value(np.atleast_2d(weights))
+    return _weighted_ap(pos_u, neg_u)
 
 
 def _draw_counts(rng: np.random.Generator, n_rows: int, n_groups: int) -> np.ndarray:

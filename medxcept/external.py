@@ -1,7 +1,8 @@
 """External validation: apply a trained run, unchanged, to another cohort.
 
 ``python -m pipelines.retina evaluate --run RUN_DIR --cohort OTHER.yaml`` calls
-:func:`evaluate_run`. An external validation answers one question: *how does the model that
+:func:`medxcept.workflows.external.evaluate_run`; this module reads and checks the source run and
+decides what comes from it. An external validation answers one question: *how does the model that
 was trained, calibrated and thresholded in RUN_DIR do on patients it has never seen, from
 another site or camera?* For the answer to mean anything, **nothing may be fitted on the new
 cohort**:
@@ -24,7 +25,7 @@ log, in ``metrics.json`` (``external.overlap``), in ``audit.json`` and in the re
 whose pseudonym also appears in the source run are counted too, as a note: pseudonyms agree
 only when both cohorts share the pseudonym salt and number patients in one ID space.
 
-The new run directory follows :func:`medxcept.pipeline.run_pipeline`'s conventions
+The new run directory follows :func:`medxcept.workflows.single.run_pipeline`'s conventions
 (``config.yaml``, ``exclusions.csv``, ``cohort.csv``, ``split.csv``, ``audit.json``,
 ``predictions.csv``, ``calibration.json`` (the source run's, as applied), ``metrics.json`` with
 ``run.external_validation: true`` and ``run.source_run``, ``versions.json``, ``report.html``).
@@ -37,34 +38,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import yaml
 
-from medxcept.audit import Finding, audit_cohort, fingerprints
-from medxcept.calibrate import Calibrator
-from medxcept.class_exclusions import exclusions_by_class
-from medxcept.cohort import CohortSpec, public_view
-from medxcept.config import RunConfig, config_hash, load_config
+from medxcept.audit import Finding
+from medxcept.cohort import CohortSpec
+from medxcept.config import RunConfig, load_config
 from medxcept.errors import ConfigError
-from medxcept.ingest import file_sha256
-from medxcept.pipeline import (
-    _reason_counts,
-    _summary_counts,
-    add_probabilities,
-    ingest_into_run,
-    measure_test,
-    training_verdict,
-)
-from medxcept.run import RunDir, code_version, data_hash, environment, package_versions
-from medxcept.splits import split_hash, split_table
+from medxcept.pipeline import training_verdict
+from medxcept.run import RunDir
 
-__all__ = ["REQUIRED_FILES", "SourceRun", "evaluate_run", "check_run_dir", "load_source_run",
-           "load_source_config", "external_config", "source_overlap", "apply_frozen"]
+__all__ = ["REQUIRED_FILES", "SourceRun", "check_run_dir", "load_source_run", "load_source_config",
+           "external_config", "source_overlap", "read_run_json"]
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +93,7 @@ def check_run_dir(run_dir: Path) -> None:
             "at the directory of a run that finished, or re-run training (an interrupted run resumes).")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_run_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -232,50 +220,6 @@ def source_overlap(table: pd.DataFrame, source_cohort: pd.DataFrame, source_id: 
     return overlap, findings
 
 
-def apply_frozen(test: pd.DataFrame, logits: np.ndarray, *, calibrator: Calibrator,
-                 threshold: dict[str, Any] | None, cfg: RunConfig,
-                 classes: tuple[str, ...]) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Metrics of ``test`` under a calibrator and threshold fitted elsewhere (nothing is refitted).
-
-    The test half of :func:`medxcept.pipeline.evaluate_predictions`, with the fitted state
-    given instead of fitted on a validation split.
-
-    Parameters
-    ----------
-    test : DataFrame
-        Cohort rows (``y``, ``patient_key``), in the order of ``logits``.
-    logits : ndarray of shape (n,) or (n, k)
-        The model's logits.
-    calibrator : Calibrator
-        Fitted (``Calibrator.from_dict`` of the source run's ``calibration.json``).
-    threshold : dict or None
-        The source run's threshold record (binary models); ``value`` is applied as is.
-    cfg : RunConfig
-        ``eval.n_bootstrap``, ``n_bins``, ``patient_aggregation`` and ``seed`` are used.
-    classes : tuple of str
-
-    Returns
-    -------
-    metrics : dict
-        Same keys as ``evaluate_predictions`` has for test (``test_image``, ``test_patient``,
-        ``test_*_ci``, ``calibration_test``, ...).
-    test : DataFrame
-        A copy of ``test`` with ``logit`` / ``prob_raw`` / ``prob`` (or per-class) columns.
-    """
-    out: dict[str, Any] = {"classes": list(classes), "calibration_method": calibrator.name,
-                           "calibrator": calibrator.to_dict()}
-    t = None
-    if len(classes) == 2:
-        if threshold is None or threshold.get("value") is None:
-            raise ConfigError("the source run's calibration.json holds no threshold for this binary model; "
-                              "the run directory is damaged, re-run training")
-        t = float(threshold["value"])
-        out["threshold"] = threshold
-    test = add_probabilities(test, logits, calibrator, classes)
-    out.update(measure_test(test, threshold=t, cfg=cfg, classes=classes))
-    return out, test
-
-
 @dataclasses.dataclass(frozen=True)
 class SourceRun:
     """What an external validation takes from the training run: read, checked, never changed."""
@@ -308,8 +252,8 @@ def load_source_run(run_dir: Path) -> SourceRun:
     """
     run_dir = Path(run_dir)
     check_run_dir(run_dir)
-    metrics = _read_json(run_dir / "metrics.json")
-    calibration = _read_json(run_dir / "calibration.json")
+    metrics = read_run_json(run_dir / "metrics.json")
+    calibration = read_run_json(run_dir / "calibration.json")
     cfg, extras = load_source_config(run_dir)
     run_id = str((metrics.get("run") or {}).get("id") or run_dir.name)
     classes = tuple(str(c) for c in (extras.get("classes") or metrics.get("classes") or ()))
@@ -376,17 +320,6 @@ def _training_block(src: SourceRun, history: pd.DataFrame) -> dict[str, Any]:
     return block
 
 
-def _prediction_table(test: pd.DataFrame, classes: tuple[str, ...], how: str) -> pd.DataFrame:
-    """``predictions.csv`` as ``run_pipeline`` writes it (pseudonymized, image and patient level)."""
-    cols = ["image_id", "patient_key", "laterality", "source", "label", "y"] + [
-        c for c in test.columns if c.startswith(("logit", "prob"))]
-    predictions = test[cols].copy()
-    if len(classes) == 2:
-        pat = predictions.groupby("patient_key").agg(patient_y=("y", "max"), patient_prob=("prob", how))
-        predictions = predictions.merge(pat, left_on="patient_key", right_index=True, how="left")
-    return predictions
-
-
 def _run_block(run: RunDir, spec: CohortSpec, src: SourceRun, ecfg: RunConfig,
                device: dict[str, str]) -> dict[str, Any]:
     info = src.info
@@ -398,134 +331,3 @@ def _run_block(run: RunDir, spec: CohortSpec, src: SourceRun, ecfg: RunConfig,
             "image_px": ecfg.preprocess.image_px, "seed": ecfg.seed, "backend": device["backend"],
             "device": device["device"], "external_validation": True, "source_run": src.id,
             "source_cohort": src.cohort_name}
-
-
-def evaluate_run(run_dir: Path, spec: CohortSpec, cfg: RunConfig, run_name: str | None = None) -> Path:
-    """Apply the trained run ``run_dir`` unchanged to cohort ``spec``; return the new report's path.
-
-    Parameters
-    ----------
-    run_dir : Path
-        A finished training run (see :data:`REQUIRED_FILES`).
-    spec : CohortSpec
-        The external cohort. Its classes must be the model's classes (any order).
-    cfg : RunConfig
-        The configuration resolved for the external cohort. Only ``out_dir``, ``seed``,
-        ``eval.n_bootstrap``, ``eval.n_bins`` and ``audit.hamming_threshold`` are used; everything
-        that shaped the model comes from the source run (:func:`external_config`), and a log line
-        says where the two differ.
-    run_name : str, optional
-        Name of the new run directory (default ``<date>-<cohort>-external-<hash8>``).
-
-    Returns
-    -------
-    Path
-        ``report.html`` of the new run directory.
-
-    Raises
-    ------
-    ConfigError
-        An incomplete source run directory (naming the missing files), a model whose classes or
-        input size do not match.
-    CohortError
-        The external cohort has no usable image, or a class without images.
-    """
-    from medxcept.data import load_images
-    from medxcept.model import detect_device
-    from medxcept.report import render_report
-    from medxcept.train import predict_logits
-
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    src = load_source_run(run_dir)
-    spec = _match_classes(spec, src)
-    ecfg, differences = external_config(src.cfg, cfg)
-    for line in differences:
-        log.warning("! configuration differs from the source run, %s: the model was trained on the source "
-                    "run's settings", line)
-    calibrator = Calibrator.from_dict(src.calibration["calibrator"])
-    threshold = src.calibration.get("threshold")
-    if threshold is not None:
-        threshold = {**threshold, "chosen_on": f"the validation split of run {src.id}", "refitted": False}
-    log.info("external validation of run %s on cohort '%s': every usable image is a test image; model, "
-             "preprocessing (%d px), %s calibration%s come from the source run and nothing is refitted",
-             src.id, spec.name, ecfg.preprocess.image_px, calibrator.name,
-             f" and threshold {threshold['value']:.4f}" if threshold else "")
-    model = _load_model(src, ecfg.preprocess.image_px)
-
-    run = RunDir.create(ecfg.out_dir, f"{spec.name}-external", ecfg, name=run_name)
-    run.write_config(ecfg, extra={"cohort_name": spec.name, "classes": list(src.classes),
-                                  "external_validation": True, "source_run": src.id})
-    log.info("run directory: %s", run.path)
-
-    t = time.perf_counter()
-    ing, cache = ingest_into_run(run, spec, ecfg)
-    timings["ingest_s"] = time.perf_counter() - t
-    table = ing.table.copy()
-    table["split"] = "test"  # external validation: every usable image is a test image
-    log.info("cohort: %d image(s) of %d patient(s); %d file(s) found, %d excluded (see exclusions.csv)",
-             len(table), table["patient_key"].nunique(), ing.files_found, ing.files_excluded)
-
-    t = time.perf_counter()
-    images = load_images(table, cache, ecfg.preprocess)
-    # Nothing is trained here, so duplicates inside the cohort are not leakage: the audit only
-    # describes the cohort (policy "warn") and never stops the run.
-    audit = audit_cohort(table, fp=fingerprints(images), policy="warn",
-                         hamming_threshold=ecfg.audit.hamming_threshold)
-    overlap, findings = source_overlap(table, pd.read_csv(src.path / "cohort.csv", dtype=str), src.id)
-    audit.findings.extend(findings)
-    timings["audit_s"] = time.perf_counter() - t
-    for f in audit.findings:
-        if f.severity in ("warning", "error"):
-            log.warning("! audit: %s", f.message)
-    run.write_json("audit.json", audit.to_dict())
-    run.write_csv("split.csv", split_table(table))
-    run.write_csv("cohort.csv", public_view(table))
-
-    t = time.perf_counter()
-    logits = predict_logits(model, images, batch_size=ecfg.train.batch_size)
-    measured, test = apply_frozen(table, logits, calibrator=calibrator, threshold=threshold, cfg=ecfg,
-                                  classes=src.classes)
-    timings["evaluate_s"] = time.perf_counter() - t
-    run.write_json("calibration.json", {**src.calibration, "source_run": src.id, "refitted": False})
-    predictions = _prediction_table(test, src.classes, ecfg.eval.patient_aggregation)
-    run.write_csv("predictions.csv", predictions)
-
-    device = detect_device()
-    src_versions = _read_json(src.path / "versions.json") if (src.path / "versions.json").is_file() else {}
-    versions = {"packages": package_versions(), "code": code_version(), "environment": environment(),
-                "device": device, "data_hash": data_hash(table), "split_hash": split_hash(table),
-                "config_hash": config_hash(ecfg),
-                "source_run": {"id": src.id, "model_sha256": file_sha256(src.path / "model.keras"),
-                               **{k: src_versions[k] for k in ("data_hash", "split_hash", "config_hash")
-                                  if k in src_versions}}}
-    run.write_json("versions.json", versions)
-    history = _source_history(src.path)
-    timings["total_s"] = time.perf_counter() - t_start
-    full = {
-        "run": _run_block(run, spec, src, ecfg, device),
-        "external": {
-            "source_run": src.id, "source_cohort": src.cohort_name, "refitted": [],
-            "from_source_run": ["model", "preprocessing", "calibrator", "threshold",
-                                *[f"eval.{k}" for k in SOURCE_EVAL_FIELDS]],
-            "note": "every usable image of this cohort is a test image; nothing (model, temperature or other "
-                    "calibrator, threshold) was fitted on it",
-            "config_differences": differences, "overlap": overlap,
-            "warnings": [f.message for f in findings if f.severity == "warning"]},
-        "cohort": {**_summary_counts(table), "files_found": ing.files_found, "files_used": ing.files_used,
-                   "files_excluded": ing.files_excluded,
-                   "exclusions_by_reason": _reason_counts(ing.exclusions),
-                   "exclusions_by_class": exclusions_by_class(ing.table, ing.exclusions, list(spec.classes))},
-        "class_balance": src.metrics.get("class_balance") or {"method": src.cfg.augment.balance},
-        "training": _training_block(src, history),
-        **measured,
-        "audit": {"errors": len(audit.errors), "n_findings": len(audit.findings)},
-        "timings": timings,
-        "hashes": {k: versions[k] for k in ("data_hash", "split_hash", "config_hash")},
-    }
-    run.write_json("metrics.json", full)
-    html = render_report(run.path, metrics=full, table=table, history=history, predictions=predictions,
-                         audit=audit, versions=versions, images=images, cfg=ecfg, spec=spec,
-                         frames={"test": test})
-    log.info("external validation report written in %.0f s", time.perf_counter() - t_start)
-    return html

@@ -76,41 +76,44 @@ import hashlib
 import json
 import logging
 import math
-import os
-import shutil
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from medxcept.config import RunConfig, config_hash, config_to_dict, load_config
+from matplotlib.ticker import MaxNLocator
+from scipy import stats
+
+from medxcept.calibrate import brier, ece, reliability_table
+from medxcept.config import RunConfig, config_hash, load_config
 from medxcept.errors import ConfigError, MedxceptError
+from medxcept.evaluate import METRICS as METRIC_REGISTRY
+from medxcept.evaluate import aggregate_by_patient, binary_metrics, counts_metrics, metric_labels, metric_names
+from medxcept.report.figures import BLUE, GREY, ORANGE, plt, to_data_uri
+from medxcept.run import DirectoryLock, _json_default, write_atomic
+from medxcept.splits import assign_folds, assign_splits, split_hash
 
 __all__ = [
     "CVPlan",
     "FoldTask",
     "default_cv_name",
-    "plan_cv",
     "load_plan",
     "fold_table",
     "fold_status",
-    "run_fold",
-    "run_cv",
-    "aggregate_cv",
     "t_interval",
+    "cv_bounds",
+    "cv_labels",
     "CV_METRICS",
     "FoldsFailedError",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Metrics summarized across folds (patient level).
-CV_METRICS = ("roc_auc", "pr_auc", "sensitivity", "specificity", "precision", "ece", "brier")
-EXECUTORS = ("local", "ray")
+#: Metrics summarized across folds (patient level): the registry's ``cv`` flag
+#: (:data:`medxcept.evaluate.METRICS`).
+CV_METRICS = metric_names(cv=True)
 MARKER = "fold.json"
 FAILED = "failed.json"
 PLAN = "cv.json"
@@ -193,8 +196,6 @@ def default_cv_name(cohort_name: str, cfg: RunConfig, n_folds: int, repeats: int
 
 def _write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
-    from medxcept.run import _json_default, write_atomic
-
     write_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
@@ -210,8 +211,6 @@ def _short(h: str) -> str:
 
 
 def _combined_split_hash(table: pd.DataFrame, repeats: int) -> str:
-    from medxcept.splits import split_hash
-
     parts = []
     for r in range(repeats):
         t = table[["image_id", "patient_key"] + [c for c in ("sha256", "frame") if c in table.columns]].copy()
@@ -224,8 +223,6 @@ def _combined_split_hash(table: pd.DataFrame, repeats: int) -> str:
 def _cv_table(table: pd.DataFrame, cfg: RunConfig, n_folds: int, repeats: int,
               merge: pd.Series | None) -> pd.DataFrame:
     """Hold-out test split (as a single run makes it) plus the fold columns of every repeat."""
-    from medxcept.splits import assign_folds, assign_splits
-
     out = table.drop(columns=[c for c in ("split", "fold") if c in table.columns])
     if cfg.split.test_fraction > 0:
         held = assign_splits(out, cfg.split, merge=merge)
@@ -251,122 +248,7 @@ def fold_table(table: pd.DataFrame, repeat: int, fold: int) -> pd.DataFrame:
 
 
 def _fold_split_hash(table: pd.DataFrame, repeat: int, fold: int) -> str:
-    from medxcept.splits import split_hash
-
     return split_hash(fold_table(table, repeat, fold))
-
-
-def plan_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: int = 1,
-            cv_dir: str | Path | None = None, cohort_file: str | Path | None = None) -> CVPlan:
-    """Ingest the cohort, assign the folds, audit them, and write (or check) the CV directory.
-
-    Parameters
-    ----------
-    cfg : RunConfig
-        The resolved configuration (``split``, ``audit``, ``train``, ``eval`` ...).
-    spec : CohortSpec
-        The cohort (:func:`medxcept.cohort.load_cohort_spec`).
-    n_folds : int, optional
-        Folds per repeat; default ``cfg.split.n_folds``. Stored in the configuration (and hash).
-    repeats : int, default 1
-        Repeated CV: repeat ``r`` assigns folds with seed ``split.seed + r``.
-    cv_dir : path, optional
-        Default ``<cfg.out_dir>/<default_cv_name(...)>``.
-    cohort_file : path, optional
-        The cohort YAML (default ``cfg.cohort``); recorded so that a fold running on a machine
-        without the preprocessing cache can ingest the cohort again.
-
-    Returns
-    -------
-    CVPlan
-        With the preprocessed images in memory.
-
-    Raises
-    ------
-    ConfigError
-        ``cv_dir`` holds a CV of another configuration, data or split (both hashes named); the
-        cohort is not binary; ``repeats < 1``.
-    SplitError, LeakageError
-        The folds cannot each hold every class; the audit found leakage under ``on_leak=error``.
-    """
-    from medxcept.audit import audit_cohort, duplicate_groups, fingerprints
-    from medxcept.cohort import public_view
-    from medxcept.data import load_images
-    from medxcept.pipeline import prepare_cohort, record_ingestion
-    from medxcept.preprocess import decode_key
-    from medxcept.run import RunDir, data_hash
-
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ConfigError(f"repeats={repeats!r} must be an integer >= 1")
-    if len(spec.classes) != 2:
-        raise ConfigError(f"cross-validation reports binary metrics; cohort {spec.name!r} has "
-                          f"{len(spec.classes)} classes {list(spec.classes)} (use pipelines.retina for it)")
-    k = int(n_folds if n_folds is not None else cfg.split.n_folds)
-    cfg = dataclasses.replace(cfg, split=dataclasses.replace(cfg.split, n_folds=k))
-    path = Path(cv_dir) if cv_dir is not None else Path(cfg.out_dir) / default_cv_name(spec.name, cfg, k, repeats)
-    path = path.resolve()
-    existing = _read_json(path / PLAN) if (path / PLAN).is_file() else None
-    chash = config_hash(cfg)
-    if existing is not None and existing.get("config_hash") != chash:
-        raise ConfigError(
-            f"{path} holds a cross-validation with configuration {existing.get('config_hash')}, but this "
-            f"command resolves to configuration {chash}: folds of different configurations are never mixed. "
-            "Use another --cv-name (or the default name), or delete that folder to start again.")
-
-    ing, cache = prepare_cohort(spec, cfg)
-    images = load_images(ing.table, cache, cfg.preprocess)
-    merge = None
-    if cfg.audit.on_leak == "fix":
-        merge = duplicate_groups(ing.table, fingerprints(images), cfg.audit.hamming_threshold)
-    table = _cv_table(ing.table, cfg, k, repeats, merge).reset_index(drop=True)
-    info = {
-        "kind": "medxcept k-fold cross-validation",
-        "cohort_name": spec.name, "cohort_file": str(Path(cohort_file or cfg.cohort).resolve()),
-        "classes": list(spec.classes), "n_folds": k, "repeats": repeats,
-        "fold_seeds": [cfg.split.seed + r for r in range(repeats)],
-        "holdout_test": bool((table["cv_split"] == "test").any()),
-        "config_hash": chash, "data_hash": data_hash(table, decode=decode_key(spec)),
-        "decode_key": decode_key(spec),
-        "split_hash": _combined_split_hash(table, repeats),
-        "folds": [dataclasses.asdict(t) for t in _tasks(k, repeats)],
-    }
-    if existing is not None:
-        for key, what in (("data_hash", "data"), ("split_hash", "split"), ("n_folds", "number of folds"),
-                          ("repeats", "number of repeats")):
-            if existing.get(key) != info[key]:
-                raise ConfigError(
-                    f"{path} holds a cross-validation with {what} {existing.get(key)}, but this command gives "
-                    f"{what} {info[key]} (configuration {chash} in both): folds of different {what}s are never "
-                    "mixed. Use another --cv-name, or delete that folder to start again.")
-    path.mkdir(parents=True, exist_ok=True)
-    run = RunDir(path)
-    if existing is None:
-        # concurrent array jobs may all get here: every file is identical and written atomically
-        cfg_text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
-        tmp = path / f".config.yaml.{os.getpid()}.tmp"
-        tmp.write_text(cfg_text, encoding="utf-8")
-        os.replace(tmp, path / "config.yaml")
-        record_ingestion(run, ing)  # shared exclusions.csv; paths and identifiers in private/
-        tmp_csv = path / f".cohort.csv.{os.getpid()}.tmp"
-        public_view(table).to_csv(tmp_csv, index=False)
-        os.replace(tmp_csv, path / "cohort.csv")
-    # the audit of the whole partition: every fold's train/val and the hold-out, before any training
-    audit_view = table.assign(split=table["cv_split"], fold=table["fold_r0"])
-    report = audit_cohort(audit_view, fp=fingerprints(images), policy=cfg.audit.on_leak,
-                          hamming_threshold=cfg.audit.hamming_threshold, group_column=cfg.split.group_column)
-    if existing is None or not (path / "audit.json").is_file():
-        _write_json_atomic(path / "audit.json", report.to_dict())  # a resumed plan leaves it as it was
-    report.raise_if_errors()
-    for f in report.findings:
-        if f.severity == "warning":
-            log.warning("! audit: %s", f.message)
-    if existing is None:
-        _write_json_atomic(path / PLAN, {**info, "created": _dt.datetime.now().isoformat(timespec="seconds")})
-    log.info("cross-validation %s: %d fold(s) x %d repeat(s) over %d patient(s)%s", path, k, repeats,
-             table.loc[table["cv_split"] == "cv", "patient_key"].nunique(),
-             f", hold-out test of {table.loc[table['cv_split'] == 'test', 'patient_key'].nunique()} patient(s)"
-             if info["holdout_test"] else "")
-    return CVPlan(path=path, cfg=cfg, info=_read_json(path / PLAN), table=public_view(table), images=images)
 
 
 def _read_cohort_csv(path: Path) -> pd.DataFrame:
@@ -425,8 +307,6 @@ def fold_status(plan: CVPlan) -> dict[str, str]:
 def _fold_lock(plan_path: Path, task: FoldTask) -> Any:
     """The fold's lock file sits in the CV directory (``.<fold>.lock``), outside the fold directory,
     so that restarting a fold (deleting its directory) can never delete a lock another process holds."""
-    from medxcept.run import DirectoryLock
-
     return DirectoryLock(plan_path / f".{task.name}.lock", f"{task.name} of {plan_path}")
 
 
@@ -451,46 +331,8 @@ def _check_marker(plan: CVPlan, task: FoldTask, marker: dict[str, Any]) -> None:
                 f"{plan.path / task.name} to re-run that fold with the current plan, or use another --cv-name.")
 
 
-# ------------------------------------------------------------------------------------------ fold
 
-
-def _load_images(plan: CVPlan) -> np.ndarray:
-    from medxcept.cohort import load_cohort_spec
-    from medxcept.data import load_images
-    from medxcept.demo import cache_dir
-    from medxcept.pipeline import cohort_cache, prepare_cohort
-
-    decode = plan.info.get("decode_key")
-    cache = cohort_cache(load_cohort_spec(plan.info["cohort_file"])) if decode is None else cohort_cache(decode=decode)
-    try:
-        return load_images(plan.table, cache, plan.cfg.preprocess)
-    except KeyError:
-        # another machine, or a cleared cache: preprocess again (fills the cache), then read it
-        log.info("preprocessed images not in the cache at %s: ingesting the cohort again", cache_dir())
-        spec = load_cohort_spec(plan.info["cohort_file"])
-        prepare_cohort(spec, plan.cfg)
-        return load_images(plan.table, cache, plan.cfg.preprocess)
-
-
-def _patient_calibration(frame: pd.DataFrame, how: str, n_bins: int) -> dict[str, float]:
-    from medxcept.calibrate import brier, ece
-    from medxcept.evaluate import aggregate_by_patient
-
-    _, yp, pp = aggregate_by_patient(frame["patient_key"], frame["y"], frame["prob"], how=how)
-    _, _, pr = aggregate_by_patient(frame["patient_key"], frame["y"], frame["prob_raw"], how=how)
-    return {"ece": ece(yp, pp, n_bins=n_bins), "brier": brier(yp, pp),
-            "ece_raw": ece(yp, pr, n_bins=n_bins), "brier_raw": brier(yp, pr)}
-
-
-def _evaluation(metrics: dict[str, Any], how: str, n_bins: int) -> tuple[dict[str, Any], pd.DataFrame]:
-    """The part of :func:`medxcept.pipeline.evaluate_predictions` that concerns its 'test' frame."""
-    frame = metrics["_frames"]["test"]
-    out = {"patient": {**metrics["test_patient"], **_patient_calibration(frame, how, n_bins)},
-           "image": metrics["test_image"], "calibration_image": metrics["calibration_test"]}
-    for key in ("test_patient_ci", "test_image_ci"):
-        if key in metrics:
-            out[key.replace("test_", "")] = metrics[key]
-    return out, frame
+# ----------------------------------------------------------------------------------- fold files
 
 
 def _prediction_frame(frame: pd.DataFrame, task: FoldTask, threshold: float, how: str) -> pd.DataFrame:
@@ -502,391 +344,6 @@ def _prediction_frame(frame: pd.DataFrame, task: FoldTask, threshold: float, how
     out["threshold"] = threshold
     pat = out.groupby("patient_key")["prob"].agg(how).rename("patient_prob")
     return out.merge(pat, left_on="patient_key", right_index=True, how="left")
-
-
-def run_fold(cv_dir: str | Path, task_index: int, *, images: np.ndarray | None = None,
-             save_model: bool = True) -> dict[str, Any]:
-    """Train and evaluate one fold into ``<cv_dir>/<fold name>/``; skip it when already complete.
-
-    Parameters
-    ----------
-    cv_dir : path
-        A directory written by :func:`plan_cv`.
-    task_index : int
-        ``repeat * n_folds + fold``.
-    images : numpy.ndarray, optional
-        The plan's preprocessed images in ``cohort.csv`` row order (read from the cache otherwise).
-    save_model : bool, default True
-        Keep ``model.keras`` in the fold directory.
-
-    Returns
-    -------
-    dict
-        ``name``, ``status`` (``"trained"`` or ``"skipped"``) and, when trained, ``seconds``.
-    """
-    plan = load_plan(cv_dir)
-    tasks = plan.tasks
-    if not 0 <= task_index < len(tasks):
-        raise ConfigError(f"fold index {task_index} is out of range: {plan.path} has {len(tasks)} fold(s) "
-                          f"(0..{len(tasks) - 1}; with repeats, index = repeat * {plan.n_folds} + fold)")
-    task = tasks[task_index]
-    fdir = plan.path / task.name
-    if (fdir / MARKER).is_file():
-        _check_marker(plan, task, _read_json(fdir / MARKER))
-        log.info("%s: complete (fold.json matches configuration %s), skipped", task.name, plan.info["config_hash"])
-        return {"name": task.name, "status": "skipped"}
-    # one process per fold (a resubmitted array job stops here): held until this process returns or dies
-    with _fold_lock(plan.path, task):
-        return _run_fold_locked(plan, task, images=images, save_model=save_model)
-
-
-def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
-                     save_model: bool) -> dict[str, Any]:
-    from medxcept.faults import fault_point
-
-    fdir = plan.path / task.name
-    if (fdir / MARKER).is_file():  # completed by the process that held the lock before us
-        _check_marker(plan, task, _read_json(fdir / MARKER))
-        return {"name": task.name, "status": "skipped"}
-    fault_point("fold_start", task.name)  # test hook (medxcept.faults)
-    if (fdir / FAILED).is_file():
-        log.warning("! %s failed before (%s): running it again", task.name,
-                    _read_json(fdir / FAILED).get("message", "?"))
-        (fdir / FAILED).unlink()
-    resume = False
-    if fdir.exists():
-        state = fdir / "checkpoints" / "state.json"
-        if state.is_file():
-            done = len(_read_json(state).get("rows", []))
-            log.warning("! %s was interrupted after epoch %d: continuing from its checkpoint", task.name, done)
-            resume = True
-        else:
-            log.warning("! %s was interrupted before its first epoch ended: restarting it", task.name)
-            shutil.rmtree(fdir)
-    # imported here: a skipped fold (above) needs neither Keras nor TensorFlow
-    from medxcept.audit import audit_cohort, fingerprints
-    from medxcept.model import detect_device, resolve_weights
-    from medxcept.pipeline import evaluate_predictions, training_verdict
-    from medxcept.run import RunDir, code_version, environment, package_versions
-    from medxcept.splits import split_hash, split_table
-    from medxcept.train import fit, predict_logits, save_inference_model, set_seeds
-
-    t0 = time.perf_counter()
-    cfg = plan.cfg
-    classes = plan.classes
-    weights = resolve_weights(cfg.model.weights)
-    if images is None:
-        images = _load_images(plan)
-    table = fold_table(plan.table, task.repeat, task.fold)
-    run = RunDir(fdir)
-    run.write_config(cfg, extra={"cohort_name": plan.info["cohort_name"], "classes": list(classes),
-                                 "cv": {"dir": plan.path.name, "fold": task.fold, "repeat": task.repeat,
-                                        "n_folds": plan.n_folds, "repeats": plan.repeats}})
-    run.write_csv("split.csv", split_table(table))
-    report = audit_cohort(table, fp=fingerprints(images), policy=cfg.audit.on_leak,
-                          hamming_threshold=cfg.audit.hamming_threshold, group_column=cfg.split.group_column)
-    run.write_json("audit.json", report.to_dict())
-    report.raise_if_errors()
-
-    parts = {s: np.flatnonzero(table["split"].to_numpy() == s) for s in ("train", "val", "test")}
-    tr, va, te = (table.iloc[parts[s]] for s in ("train", "val", "test"))
-    log.info("%s: training on %d image(s) of %d patient(s), validating on %d image(s) of %d patient(s)",
-             task.name, len(tr), tr["patient_key"].nunique(), len(va), va["patient_key"].nunique())
-    set_seeds(cfg.seed)
-    result = fit(images[parts["train"]], tr["y"].to_numpy(), images[parts["val"]], va["y"].to_numpy(),
-                 va["patient_key"].to_numpy(), cfg=cfg, weights=weights, n_classes=len(classes), run_dir=fdir,
-                 resume=resume)
-    run.write_csv("history.csv", result.history)
-    bs = cfg.train.batch_size
-    train_logits = predict_logits(result.model, images[parts["train"]], batch_size=bs)
-    val_logits = predict_logits(result.model, images[parts["val"]], batch_size=bs)
-    ec = cfg.eval
-    # calibration and threshold from the training folds' own predictions; measured on the held-out fold
-    oof_m = evaluate_predictions(val=tr, test=va, val_logits=train_logits, test_logits=val_logits, cfg=cfg,
-                                 classes=classes)
-    threshold = float(oof_m["threshold"]["value"])
-    oof, oof_frame = _evaluation(oof_m, ec.patient_aggregation, ec.n_bins)
-    run.write_csv("oof_predictions.csv", _prediction_frame(oof_frame, task, threshold, ec.patient_aggregation))
-    holdout = None
-    if len(te):
-        test_logits = predict_logits(result.model, images[parts["test"]], batch_size=bs)
-        ho_m = evaluate_predictions(val=tr, test=te, val_logits=train_logits, test_logits=test_logits, cfg=cfg,
-                                    classes=classes)
-        holdout, ho_frame = _evaluation(ho_m, ec.patient_aggregation, ec.n_bins)
-        run.write_csv("holdout_predictions.csv",
-                      _prediction_frame(ho_frame, task, threshold, ec.patient_aggregation))
-    model_bytes = None
-    if save_model:
-        model_bytes = save_inference_model(result.model, run.file("model.keras"))
-    device = detect_device()
-    fhash = split_hash(table)
-    versions = {"packages": package_versions(), "code": code_version(), "environment": environment(),
-                "device": device, "data_hash": plan.info["data_hash"], "split_hash": fhash,
-                "config_hash": plan.info["config_hash"]}
-    run.write_json("versions.json", versions)
-    seconds = time.perf_counter() - t0
-    metrics = {
-        "fold": task.fold, "repeat": task.repeat, "name": task.name,
-        "weights": weights.kind, "weights_description": weights.description, "pretrained": weights.pretrained,
-        "counts": {s: {"images": int(len(f)), "patients": int(f["patient_key"].nunique()),
-                       "positive_patients": int(f.groupby("patient_key")["y"].max().sum())}
-                   for s, f in (("train", tr), ("val", va), ("test", te))},
-        "threshold": {**oof_m["threshold"], "chosen_on": "training folds (the model's own predictions)"},
-        "calibration_method": ec.calibration, "calibrator": oof_m["calibrator"],
-        "patient_aggregation": ec.patient_aggregation, "n_bootstrap": ec.n_bootstrap,
-        "oof": oof, "holdout": holdout,
-        "training": {**training_verdict(result.history, result.best_epoch), "stages": result.stages,
-                     "seconds": result.seconds},
-        "audit": report.to_dict()["summary"] | {"warnings": [f.message for f in report.warnings]},
-        "device": device, "seconds": seconds,
-        "model": {"bytes": model_bytes, "weights_sha256": result.weights_sha256, "optimizer_state": False,
-                  "resumed_after_training": result.resumed_after_training},
-    }
-    run.write_json("metrics.json", metrics)
-    _write_json_atomic(fdir / MARKER, {  # the completion marker, written last
-        "name": task.name, "fold": task.fold, "repeat": task.repeat,
-        "config_hash": plan.info["config_hash"], "data_hash": plan.info["data_hash"], "split_hash": fhash,
-        "weights_sha256": result.weights_sha256,
-        "completed": _dt.datetime.now().isoformat(timespec="seconds"), "seconds": seconds})
-    shutil.rmtree(fdir / "checkpoints", ignore_errors=True)  # complete: the final model supersedes them
-    log.info("%s: done in %.0f s; out-of-fold patient AUC %s", task.name, seconds, oof["patient"].get("roc_auc"))
-    return {"name": task.name, "status": "trained", "seconds": seconds}
-
-
-# ------------------------------------------------------------------------------------- executors
-
-
-def _worker(cv_dir: str, task_index: int, save_model: bool, env: dict[str, str], log_level: int) -> dict[str, Any]:
-    """Entry point of a fold in another process (spawned or Ray); errors come back as values."""
-    for k, v in env.items():
-        os.environ.setdefault(k, v)
-    root = logging.getLogger("medxcept")
-    if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        root.addHandler(handler)
-        root.setLevel(log_level)
-    return _guarded_fold(cv_dir, task_index, images=None, save_model=save_model)
-
-
-def _guarded_fold(cv_dir: str | Path, task_index: int, *, images: np.ndarray | None,
-                  save_model: bool) -> dict[str, Any]:
-    """:func:`run_fold`, with any exception returned as a value and recorded in the fold's
-    ``failed.json`` (one failing fold must not stop the others)."""
-    import traceback
-
-    try:
-        return run_fold(cv_dir, task_index, images=images, save_model=save_model)
-    except Exception as exc:  # noqa: BLE001 - every failure of a fold is recorded, then reported
-        result = {"index": task_index, "status": "error", "error_class": type(exc).__name__, "message": str(exc)}
-        locked = isinstance(exc, MedxceptError) and "in use by another process" in str(exc)
-        try:
-            tasks = load_plan(cv_dir).tasks
-        except MedxceptError:
-            return result
-        if 0 <= task_index < len(tasks):
-            result["name"] = tasks[task_index].name
-            if not locked:  # a fold another process runs is not a failed fold
-                _record_failure(Path(cv_dir).resolve() / tasks[task_index].name, tasks[task_index],
-                                type(exc).__name__, str(exc), traceback.format_exc())
-        return result
-
-
-def _worker_env() -> dict[str, str]:
-    from medxcept.demo import cache_dir
-
-    keep = ("KERAS_BACKEND", "NO_ALBUMENTATIONS_UPDATE", "TF_CPP_MIN_LOG_LEVEL", "MEDXCEPT_CACHE",
-            "MEDXCEPT_FAULT", "MEDXCEPT_FAULT_ACTION")
-    env = {k: os.environ[k] for k in keep if k in os.environ}
-    env.setdefault("MEDXCEPT_CACHE", str(cache_dir()))
-    env.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    return env
-
-
-def _raise_worker_error(result: dict[str, Any]) -> None:
-    from medxcept import errors
-
-    cls = getattr(errors, result.get("error_class", ""), None)
-    if not (isinstance(cls, type) and issubclass(cls, MedxceptError)) or cls is errors.ReadError:
-        cls = MedxceptError
-    raise cls(result["message"])
-
-
-def _crashed(plan: CVPlan, task: FoldTask, how: str) -> dict[str, Any]:
-    """A fold whose process died without reporting (killed, out of memory, ``os._exit``)."""
-    message = f"the worker process died ({how}) before the fold finished"
-    _record_failure(plan.path / task.name, task, "WorkerCrashed", message)
-    return {"index": task.index, "name": task.name, "status": "error", "error_class": "WorkerCrashed",
-            "message": message}
-
-
-def _spawned(conn: Any, cv_dir: str, task_index: int, save_model: bool, env: dict[str, str],
-             log_level: int) -> None:
-    conn.send(_worker(cv_dir, task_index, save_model, env, log_level))
-    conn.close()
-
-
-def _run_local(plan: CVPlan, todo: list[FoldTask], jobs: int, save_model: bool) -> list[dict[str, Any]]:
-    if jobs <= 1:
-        return [_guarded_fold(plan.path, t.index, images=plan.images, save_model=save_model) for t in todo]
-    import multiprocessing as mp
-    from multiprocessing.connection import wait
-
-    # one spawned process per fold (not a pool: a pool breaks for every fold when one worker dies)
-    ctx = mp.get_context("spawn")
-    env, level = _worker_env(), logging.getLogger("medxcept").getEffectiveLevel()
-    pending, running, results = list(todo), {}, {}
-    try:
-        while pending or running:
-            while pending and len(running) < jobs:
-                t = pending.pop(0)
-                recv, send = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_spawned, args=(send, str(plan.path), t.index, save_model, env, level))
-                proc.start()
-                send.close()
-                running[proc.sentinel] = (proc, recv, t)
-            for sentinel in wait(list(running)):
-                proc, recv, t = running.pop(sentinel)
-                result = None
-                try:
-                    if recv.poll():
-                        result = recv.recv()
-                except (EOFError, OSError):
-                    result = None
-                proc.join()
-                results[t.index] = result if result is not None else _crashed(plan, t, f"exit code {proc.exitcode}")
-    finally:
-        for proc, _, _ in running.values():
-            proc.terminate()
-    return [results[t.index] for t in todo]
-
-
-def _run_ray(plan: CVPlan, todo: list[FoldTask], *, address: str | None, num_cpus: float, num_gpus: float,
-             save_model: bool) -> list[dict[str, Any]]:
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError("--executor ray needs Ray, which is not installed: pip install 'medxcept[ray]' "
-                          "(or use --executor local)") from None
-    env, level = _worker_env(), logging.getLogger("medxcept").getEffectiveLevel()
-    started = False
-    if not ray.is_initialized():
-        repo = str(Path(__file__).resolve().parent.parent)
-        runtime_env: dict[str, Any] = {"env_vars": dict(env)}
-        if address is None:
-            # a local cluster: let workers import this checkout even when it is not pip-installed
-            path = os.environ.get("PYTHONPATH")
-            runtime_env["env_vars"]["PYTHONPATH"] = repo + (os.pathsep + path if path else "")
-        ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=True,
-                 logging_level=logging.WARNING)
-        started = True
-    try:
-        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(_worker)
-        refs = {remote.remote(str(plan.path), t.index, save_model, env, level): t for t in todo}
-        results: dict[int, dict[str, Any]] = {}
-        pending = list(refs)
-        while pending:  # one fold at a time as it ends: a failing fold never stops the others
-            done, pending = ray.wait(pending, num_returns=1)
-            t = refs[done[0]]
-            try:
-                results[t.index] = ray.get(done[0])
-            except ray.exceptions.RayError as exc:  # worker killed, task cancelled, node lost ...
-                results[t.index] = _crashed(plan, t, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
-        return [results[t.index] for t in todo]
-    finally:
-        if started:
-            ray.shutdown()
-
-
-def run_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: int = 1,
-           cv_dir: str | Path | None = None, only: Sequence[int] | None = None, executor: str = "local",
-           jobs: int = 1, ray_address: str | None = None, num_cpus: float = 1, num_gpus: float = 0,
-           save_model: bool = True, aggregate: bool | None = None,
-           cohort_file: str | Path | None = None) -> dict[str, Any]:
-    """Plan (or resume) a cross-validation, run the folds that are not complete, and aggregate.
-
-    Parameters
-    ----------
-    cfg, spec, n_folds, repeats, cv_dir, cohort_file
-        As in :func:`plan_cv`.
-    only : sequence of int, optional
-        Task indices (``repeat * n_folds + fold``) to run; default all. An empty sequence only
-        plans (writes the CV directory, trains nothing).
-    executor : {"local", "ray"}, default "local"
-        ``local``: in this process (``jobs=1``) or ``jobs`` spawned processes. ``ray``: one
-        ``ray.remote`` task per fold, on the cluster at ``ray_address`` or a local one.
-    jobs : int, default 1
-        Concurrent folds of the local executor.
-    ray_address : str, optional
-        Address of an existing Ray cluster (``ray.init(address=...)``); default a local Ray.
-    num_cpus, num_gpus : float
-        Resources each Ray fold task requests.
-    save_model : bool, default True
-        Keep every fold's ``model.keras``.
-    aggregate : bool, optional
-        Write the CV report afterwards; default: when every fold is complete.
-
-    Returns
-    -------
-    dict
-        ``path`` (the CV directory), ``trained`` and ``skipped`` (fold names), ``missing`` (folds
-        not complete afterwards) and ``report`` (path of ``cv_report.html`` or ``None``).
-    """
-    if executor not in EXECUTORS:
-        raise ConfigError(f"executor={executor!r} is not one of {list(EXECUTORS)}")
-    if cfg.model.weights == "imagenet":
-        from medxcept.model import fetch_imagenet_weights
-
-        fetch_imagenet_weights()  # downloaded (or refused) once, before ingestion, not inside a fold
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ConfigError(f"jobs={jobs!r} must be an integer >= 1")
-    if executor == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise ConfigError("--executor ray needs Ray, which is not installed: pip install 'medxcept[ray]' "
-                              "(or use --executor local)") from None
-    plan = plan_cv(cfg, spec, n_folds=n_folds, repeats=repeats, cv_dir=cv_dir, cohort_file=cohort_file)
-    tasks = plan.tasks
-    wanted = tasks if only is None else []
-    for i in dict.fromkeys(only or []):  # each fold once, in the order given
-        if not 0 <= int(i) < len(tasks):
-            raise ConfigError(f"--fold {i} is out of range: this cross-validation has {len(tasks)} fold(s) "
-                              f"(0..{len(tasks) - 1}; with repeats, index = repeat * {plan.n_folds} + fold)")
-        wanted.append(tasks[int(i)])
-    status = fold_status(plan)  # raises on a marker of another configuration before anything trains
-    skipped = [t.name for t in wanted if status[t.name] == "complete"]
-    for name in skipped:
-        log.info("%s: complete (fold.json matches configuration %s), skipped", name, plan.info["config_hash"])
-    todo = [t for t in wanted if status[t.name] != "complete"]
-    if todo:
-        log.info("running %d fold(s) with the %s executor: %s", len(todo), executor,
-                 ", ".join(t.name for t in todo))
-    results: list[dict[str, Any]] = []
-    if todo and executor == "local":
-        results = _run_local(plan, todo, jobs, save_model)
-    elif todo:
-        results = _run_ray(plan, todo, address=ray_address, num_cpus=num_cpus, num_gpus=num_gpus,
-                           save_model=save_model)
-    errors = [r for r in results if r.get("status") == "error"]
-    trained = [r["name"] for r in results if r["status"] == "trained"]
-    skipped += [r["name"] for r in results if r["status"] == "skipped"]
-    if errors:
-        for r in errors:
-            log.error("%s failed: %s: %s", r.get("name", f"fold task {r['index']}"), r["error_class"], r["message"])
-        names = [r.get("name", str(r["index"])) for r in errors]
-        done = f"; done: {', '.join(trained)}" if trained else ""
-        raise FoldsFailedError(
-            f"{len(errors)} of {len(results)} fold(s) failed: "
-            + "; ".join(f"{n} ({r['error_class']}: {' '.join(str(r['message']).split())[:200]})"
-                        for n, r in zip(names, errors))
-            + f"{done}. Each failure is in <fold>/{FAILED} under {plan.path}; re-run the same command to "
-            "retry only the folds not complete")
-    missing = [n for n, s in fold_status(plan).items() if s != "complete"]
-    report = None
-    if aggregate or (aggregate is None and not missing):
-        report = aggregate_cv(plan.path)["report"]
-    return {"path": plan.path, "trained": trained, "skipped": skipped, "missing": missing, "report": report}
 
 
 # ------------------------------------------------------------------------------------- aggregate
@@ -916,8 +373,6 @@ def t_interval(values: Sequence[float | None], confidence: float = 0.95,
     >>> round(r["mean"], 3), round(r["sd"], 3), round(r["low"], 3), round(r["high"], 3)
     (0.8, 0.1, 0.552, 1.048)
     """
-    from scipy import stats
-
     v = np.array([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))],
                  dtype=float)
     n = int(v.size)
@@ -937,42 +392,48 @@ def t_interval(values: Sequence[float | None], confidence: float = 0.95,
 
 def _pooled(frames: list[pd.DataFrame], how: str, n_bins: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Pooled patient-level OOF metrics (each fold's own threshold) and the reliability tables."""
-    from medxcept.calibrate import brier, ece, reliability_table
-    from medxcept.evaluate import binary_metrics
-
     df = pd.concat(frames, ignore_index=True)
     # a patient is predicted once per repeat: pool (repeat, patient), never a patient across repeats
-    df["unit"] = "r" + df["repeat"].astype(str) + ":" + df["patient_key"].astype(str)
-    pat = df.groupby("unit").agg(y=("y", "max"), prob=("prob", how), prob_raw=("prob_raw", how),
-                                 threshold=("threshold", "first"))
-    y, p, pr = pat["y"].to_numpy().astype(int), pat["prob"].to_numpy(), pat["prob_raw"].to_numpy()
-    pred = p >= pat["threshold"].to_numpy()
+    unit = ("r" + df["repeat"].astype(str) + ":" + df["patient_key"].astype(str)).to_numpy()
+    keys, y, p = aggregate_by_patient(unit, df["y"].to_numpy(), df["prob"].to_numpy(), how=how)
+    _, _, pr = aggregate_by_patient(unit, df["y"].to_numpy(), df["prob_raw"].to_numpy(), how=how)
+    threshold = df.assign(unit=unit).groupby("unit")["threshold"].first().reindex(keys).to_numpy()
+    y = y.astype(int)
+    pred = p >= threshold
     tp, fp = int((pred & (y == 1)).sum()), int((pred & (y == 0)).sum())
     fn, tn = int((~pred & (y == 1)).sum()), int((~pred & (y == 0)).sum())
     rank = binary_metrics(y, p, threshold=0.5)
-
-    def ratio(a: int, b: int) -> float | None:
-        return None if b == 0 else a / b
-
-    metrics = {"roc_auc": rank["roc_auc"], "pr_auc": rank["pr_auc"], "sensitivity": ratio(tp, tp + fn),
-               "specificity": ratio(tn, tn + fp), "precision": ratio(tp, tp + fp),
-               "ece": ece(y, p, n_bins=n_bins), "brier": brier(y, p),
-               "ece_raw": ece(y, pr, n_bins=n_bins), "brier_raw": brier(y, pr),
-               "roc_auc_raw": binary_metrics(y, pr, threshold=0.5)["roc_auc"],
-               "tp": tp, "fp": fp, "tn": tn, "fn": fn, "n": int(len(y)), "n_pos": int(y.sum()),
-               "n_images": int(len(df)), "median_threshold": float(np.median(pat["threshold"])), "n_bins": n_bins}
+    counted = counts_metrics(tp, fp, tn, fn, [m for m in CV_METRICS if m in metric_names(kinds=("counts",))])
+    metrics: dict[str, Any] = {}
+    for m in CV_METRICS:
+        if m in rank and m in metric_names(kinds=("rank",)):
+            metrics[m] = rank[m]
+        elif m in counted:
+            metrics[m] = None if np.isnan(counted[m]) else float(counted[m])
+    metrics.update({"ece": ece(y, p, n_bins=n_bins), "brier": brier(y, p),
+                    "ece_raw": ece(y, pr, n_bins=n_bins), "brier_raw": brier(y, pr),
+                    "roc_auc_raw": binary_metrics(y, pr, threshold=0.5)["roc_auc"],
+                    "tp": tp, "fp": fp, "tn": tn, "fn": fn, "n": int(len(y)), "n_pos": int(y.sum()),
+                    "n_images": int(len(df)), "median_threshold": float(np.median(threshold)), "n_bins": n_bins})
     rel = {"before": reliability_table(y, pr, n_bins=n_bins).to_dict("records"),
            "after": reliability_table(y, p, n_bins=n_bins).to_dict("records"),
            "y": y, "prob": p}
     return metrics, rel
 
 
+def cv_bounds() -> dict[str, tuple[float, float]]:
+    """The range of each CV metric (its t-interval is clipped to it)."""
+    return {m.name: m.bounds for m in METRIC_REGISTRY if m.name in CV_METRICS}
+
+
+def cv_labels() -> dict[str, str]:
+    """How the CV report names each CV metric."""
+    labels = metric_labels()
+    return {m: labels[m] for m in CV_METRICS}
+
+
 def _curves_figure(histories: list[tuple[str, pd.DataFrame, int]], per_row: int = 5) -> str | None:
     """Small multiples: loss (top) and ROC-AUC (bottom) per fold, shared axes."""
-    from matplotlib.ticker import MaxNLocator
-
-    from medxcept.report.figures import BLUE, GREY, ORANGE, plt, to_data_uri
-
     histories = [h for h in histories if not h[1].empty]
     if not histories:
         return None
@@ -1010,114 +471,3 @@ def _curves_figure(histories: list[tuple[str, pd.DataFrame, int]], per_row: int 
     return to_data_uri(fig, dpi=90)
 
 
-def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
-    """Write ``cv_metrics.json`` and ``cv_report.html`` from the complete folds of ``cv_dir``.
-
-    Incomplete folds are listed (``missing``), in the report too; at least one fold must be complete.
-
-    Returns
-    -------
-    dict
-        ``report`` (path), ``metrics`` (the content of ``cv_metrics.json``), ``missing``.
-
-    Raises
-    ------
-    ConfigError
-        No fold is complete yet; a fold marker of another configuration or split.
-    """
-    import jinja2
-
-    from medxcept.report import TEMPLATES, fmt
-    from medxcept.report.figures import reliability_figure, roc_pr_figure
-    from medxcept.run import write_atomic
-
-    plan = load_plan(cv_dir)
-    status = fold_status(plan)
-    missing = [n for n, s in status.items() if s != "complete"]
-    done = [t for t in plan.tasks if status[t.name] == "complete"]
-    if not done:
-        raise ConfigError(f"no fold of {plan.path} is complete yet (missing: {', '.join(missing)}); run the folds "
-                          "first (python -m pipelines.kfold ... or --fold i)")
-    if missing:
-        log.warning("! %d of %d fold(s) not complete, left out of the CV report: %s", len(missing),
-                    len(status), ", ".join(missing))
-    ec = plan.cfg.eval
-    rows, holdout_rows, oof_frames, histories, audits, verdicts = [], [], [], [], [], []
-    first: dict[str, Any] = {}
-    for t in done:
-        d = plan.path / t.name
-        m = _read_json(d / "metrics.json")
-        first = first or m
-        row = {"name": t.name, "repeat": t.repeat, "fold": t.fold, "n_patients": m["oof"]["patient"]["n"],
-               "n_pos": m["oof"]["patient"]["n_pos"], "threshold": m["threshold"]["value"],
-               "best_epoch": m["training"]["best_epoch"], "seconds": m["seconds"],
-               **{k: m["oof"]["patient"].get(k) for k in CV_METRICS}}
-        rows.append(row)
-        if m.get("holdout"):
-            holdout_rows.append({"name": t.name, "n_patients": m["holdout"]["patient"]["n"],
-                                 **{k: m["holdout"]["patient"].get(k) for k in CV_METRICS}})
-        oof_frames.append(pd.read_csv(d / "oof_predictions.csv", dtype={"patient_key": str, "image_id": str}))
-        hist = pd.read_csv(d / "history.csv") if (d / "history.csv").stat().st_size > 1 else pd.DataFrame()
-        histories.append((t.name, hist, int(m["training"]["best_epoch"])))
-        verdicts.append({"name": t.name, "verdict": m["training"]["verdict"],
-                         "seconds": m["training"]["seconds"]})
-        audits.append({"name": t.name, **{k: m["audit"].get(k, 0) for k in ("error", "warning", "info")},
-                       "warnings": m["audit"].get("warnings", [])})
-    # every CV metric lives in [0, 1]: the interval is clipped to it
-    summary = {k: t_interval([r[k] for r in rows], bounds=(0.0, 1.0)) for k in CV_METRICS}
-    holdout_summary = ({k: t_interval([r[k] for r in holdout_rows], bounds=(0.0, 1.0)) for k in CV_METRICS}
-                       if holdout_rows else None)
-    pooled, rel = _pooled(oof_frames, ec.patient_aggregation, ec.n_bins)
-    cv_audit = _read_json(plan.path / "audit.json") if (plan.path / "audit.json").is_file() else {}
-    notes = []
-    mean_auc, pooled_auc = summary["roc_auc"]["mean"], pooled["roc_auc"]
-    if mean_auc is not None and pooled_auc is not None and mean_auc - pooled_auc > 0.05:
-        # seen on the demo: every fold 1.000, pooled 0.61 (temperature scaling cannot shift an offset)
-        notes.append(
-            f"The pooled out-of-fold ROC-AUC ({pooled_auc:.3f}) is well below the mean per-fold ROC-AUC "
-            f"({mean_auc:.3f}): each fold model ranks its own patients well, but the models put their "
-            "probabilities on different scales, so patients of different folds do not rank against each other. "
-            "The mean per-fold AUC measures discrimination; the pooled AUC also measures how interchangeable "
-            "the fold models' scores are. Pooled sensitivity and specificity use each fold's own threshold "
-            "and are not affected.")
-    result = {
-        "cv": {"dir": plan.path.name, "cohort": plan.info["cohort_name"], "n_folds": plan.n_folds,
-               "repeats": plan.repeats, "fold_seeds": plan.info["fold_seeds"], "classes": list(plan.classes),
-               "holdout_test": plan.info["holdout_test"], "complete": [t.name for t in done],
-               "missing": missing, "seed": plan.cfg.seed},
-        "hashes": {k: plan.info[k] for k in ("config_hash", "data_hash", "split_hash")},
-        "weights": {"kind": first.get("weights"), "description": first.get("weights_description"),
-                    "pretrained": first.get("pretrained")},
-        "method": {"threshold": ec.threshold, "target_sensitivity": ec.target_sensitivity,
-                   "calibration": ec.calibration, "patient_aggregation": ec.patient_aggregation,
-                   "threshold_and_calibration_fitted_on": "training folds (the model's own predictions)",
-                   "early_stopping_on": "the held-out fold (patient-level AUC)", "confidence": 0.95,
-                   "interval": "t-distribution over folds: mean ± t(0.975, n-1) · SD / √n, clipped to [0, 1]"},
-        "notes": notes, "per_fold": rows, "summary": summary, "pooled_oof": pooled,
-        "holdout_per_fold": holdout_rows, "holdout_summary": holdout_summary,
-        "audit": {"cv": cv_audit.get("summary", {}), "per_fold": audits},
-    }
-    from medxcept.run import RunDir
-
-    RunDir(plan.path).write_json("cv_metrics.json", result)
-
-    figs = {
-        "roc_pr": roc_pr_figure(rel["y"], rel["prob"], pooled["median_threshold"],
-                                title_suffix=" (pooled out-of-fold, patients)"),
-        "reliability": reliability_figure(rel["before"], rel["after"],
-                                          labels=("pooled OOF, before recalibration",
-                                                  f"pooled OOF, after ({ec.calibration}, per fold)")),
-        "curves": _curves_figure(histories),
-    }
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["fmt"] = fmt
-    html = env.get_template("cv_report.html.j2").render(
-        r=result, figs=figs, metrics=CV_METRICS, verdicts=verdicts,
-        cv_findings=cv_audit.get("findings", []),
-        created=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        config_yaml=(plan.path / "config.yaml").read_text(encoding="utf-8"),
-        labels={"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "sensitivity": "sensitivity",
-                "specificity": "specificity", "precision": "precision (PPV)", "ece": "ECE", "brier": "Brier"})
-    out = write_atomic(plan.path / "cv_report.html", html)
-    return {"report": out, "metrics": result, "missing": missing}

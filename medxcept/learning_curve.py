@@ -4,7 +4,8 @@ The same validation and test patients, the same recipe and seed; only the traini
 For each fraction ``f`` of the training **patients** (drawn stratified by patient label, so each
 class keeps its share; at least two patients per class), a model is trained and measured:
 validation patient-level AUC at its best epoch, and test patient-level AUC. The 100 % point is
-the run itself.
+the run itself. The training is done by :mod:`medxcept.workflows.learning_curve`; this module holds
+the sampling, the verdict and the figure.
 
 Reading it: if validation AUC still rises between the last two points by more than the noise of a
 validation set this size, more patients would likely help; a flat end says the model is limited by
@@ -14,19 +15,13 @@ the points are noisy: the report shows the bootstrap-free numbers and says so.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
-from typing import Any
-
 import numpy as np
 import pandas as pd
 
 from medxcept.errors import ConfigError
+from medxcept.report.figures import BLUE, GREY, ORANGE, plt, to_data_uri
 
-__all__ = ["parse_fractions", "subsample_patients", "learning_curve_rows", "learning_curve_figure",
-           "learning_curve_verdict"]
-
-log = logging.getLogger(__name__)
+__all__ = ["parse_fractions", "subsample_patients", "learning_curve_figure", "learning_curve_verdict"]
 
 
 def parse_fractions(text: str) -> tuple[float, ...]:
@@ -59,42 +54,6 @@ def subsample_patients(train: pd.DataFrame, fraction: float, *, seed: int) -> np
     return train["patient_key"].isin(keep).to_numpy()
 
 
-def learning_curve_rows(*, fractions: Sequence[float], images: np.ndarray, table: pd.DataFrame,
-                        parts: dict[str, np.ndarray], cfg: Any, weights: Any, n_classes: int,
-                        full: Any) -> pd.DataFrame:
-    """Train one model per fraction and measure it; ``full`` (a ``TrainResult``) is the 100 % point.
-
-    Returns one row per fraction (ascending, 100 % last): ``fraction, train_patients,
-    train_images, best_epoch, train_auc_at_best, val_patient_auc, test_patient_auc, seconds``.
-    Test AUC is of the uncalibrated probabilities, aggregated per patient like the run's.
-    """
-    from medxcept.pipeline import training_verdict
-    from medxcept.train import _patient_auc, _probs, fit, predict_logits
-
-    tr, va, te = (table.iloc[parts[s]] for s in ("train", "val", "test"))
-    rows = []
-    for f in [*sorted(fractions), 1.0]:
-        mask = subsample_patients(tr, f, seed=cfg.seed) if f < 1.0 else np.ones(len(tr), dtype=bool)
-        idx = parts["train"][mask]
-        if f < 1.0:
-            log.info("learning curve: %.0f %% of the training patients (%d patients, %d images)", 100 * f,
-                     tr.loc[mask, "patient_key"].nunique(), len(idx))
-            result = fit(images[idx], table["y"].to_numpy()[idx], images[parts["val"]], va["y"].to_numpy(),
-                         va["patient_key"].to_numpy(), cfg=cfg, weights=weights, n_classes=n_classes, run_dir=None)
-        else:
-            result = full
-        verdict = training_verdict(result.history, result.best_epoch)
-        prob = _probs(predict_logits(result.model, images[parts["test"]], batch_size=cfg.train.batch_size))
-        test_auc = _patient_auc(te["patient_key"].to_numpy(), te["y"].to_numpy(), prob,
-                                how=cfg.eval.patient_aggregation if prob.ndim == 1 else "mean")
-        rows.append({"fraction": f, "train_patients": int(tr.loc[mask, "patient_key"].nunique()),
-                     "train_images": int(len(idx)), "best_epoch": verdict["best_epoch"],
-                     "train_auc_at_best": verdict.get("train_auc_at_best"),
-                     "val_patient_auc": verdict.get("val_auc_at_best"), "test_patient_auc": test_auc,
-                     "seconds": round(result.seconds, 1)})
-    return pd.DataFrame(rows)
-
-
 def learning_curve_verdict(rows: pd.DataFrame, n_val_patients: int) -> str:
     """Plain words on the last step of the curve, against the noise of the validation set."""
     if len(rows) < 2 or rows["val_patient_auc"].isna().any():
@@ -117,8 +76,6 @@ def learning_curve_verdict(rows: pd.DataFrame, n_val_patients: int) -> str:
 
 def learning_curve_figure(rows: pd.DataFrame) -> str | None:
     """Validation and test patient-level AUC (and training AUC) against training patients."""
-    from medxcept.report.figures import BLUE, GREY, ORANGE, plt, to_data_uri
-
     if rows.empty:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 3.6))

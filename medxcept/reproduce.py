@@ -1,6 +1,6 @@
 """Re-run a finished run from its directory and say, side by side, whether it reproduced.
 
-``python -m pipelines.retina --reproduce RUN_DIR`` calls :func:`reproduce_run`. It reads the run's
+``python -m pipelines.retina --reproduce RUN_DIR`` calls :func:`medxcept.workflows.reproduce.reproduce_run`. It reads the run's
 saved configuration (``config.yaml``, whose ``cohort`` names the cohort file) and its
 ``versions.json``, runs the same pipeline into a new directory next to it
 (``<RUN_DIR>-reproduced``), and compares:
@@ -38,7 +38,7 @@ import pandas as pd
 
 from medxcept.errors import ConfigError, MedxceptError
 
-__all__ = ["DEFAULT_TOLERANCE", "NotReproducedError", "Reproduction", "reproduce_run", "compare_runs"]
+__all__ = ["DEFAULT_TOLERANCE", "NotReproducedError", "Reproduction", "compare_runs"]
 
 log = logging.getLogger(__name__)
 
@@ -307,77 +307,3 @@ def _cohort_path(cfg: Any, run_dir: Path) -> Path:
                " from this directory; a relative path means the directory the run was started from: run "
                "--reproduce from there"))
     return path
-
-
-def reproduce_run(run_dir: str | Path, *, tolerance: float = DEFAULT_TOLERANCE,
-                  out: Path | None = None) -> Reproduction:
-    """Re-run a finished run from its directory into a new one, and compare them.
-
-    Parameters
-    ----------
-    run_dir : path
-        A complete run directory (``config.yaml``, ``versions.json``, ``metrics.json``).
-    tolerance : float, default :data:`DEFAULT_TOLERANCE`
-        For predictions and metrics (absolute).
-    out : path, optional
-        The new run directory (default ``<run_dir>-reproduced``, numbered if it exists).
-
-    Returns
-    -------
-    Reproduction
-        Also written to ``<new run>/reproduce.json``.
-
-    Raises
-    ------
-    ConfigError
-        ``run_dir`` is not a complete run, or its cohort file is missing.
-    NotReproducedError
-        The data hash differs (raised before training), or the re-run differs beyond
-        ``tolerance``; the message is the verdict line and names ``reproduce.json``.
-    """
-    from medxcept.cohort import load_cohort_spec
-    from medxcept.pipeline import run_pipeline
-    from medxcept.run import RunDir, data_hash, load_run_config
-
-    run_dir = Path(run_dir).resolve()
-    if not (tolerance >= 0 and math.isfinite(tolerance)):
-        raise ConfigError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
-    cfg = load_run_config(run_dir)
-    for name in ("versions.json", "metrics.json", "split.csv", "audit.json", "predictions.csv"):
-        if not (run_dir / name).is_file():
-            raise ConfigError(
-                f"cannot reproduce {run_dir}: it has no {name} (only a complete run can be reproduced)")
-    versions = _read_json(run_dir / "versions.json")
-    expected = versions.get("data_hash")
-    spec = load_cohort_spec(_cohort_path(cfg, run_dir))
-    new = Path(out) if out is not None else _rerun_path(run_dir)
-    log.info("reproducing %s into %s", run_dir, new)
-
-    def check_data(path: Path, table: pd.DataFrame, report: Any) -> None:
-        got = data_hash(table)
-        if got == expected:
-            return
-        run = RunDir(path)
-        run.write_json("versions.json", {"data_hash": got, "split_hash": _split_hash(table),
-                                         "config_hash": versions.get("config_hash")})
-        rep = compare_runs(run_dir, path, tolerance=tolerance, data_only=True)
-        rep.checks["data"]["note"] = ("the cohort's files, labels or patients changed since the run; "
-                                      "stopped before training")
-        run.write_json("reproduce.json", rep.to_dict())
-        raise NotReproducedError(
-            f"not reproducible: the data changed (data hash {str(expected)[:12]} in {run_dir.name}, "
-            f"{got[:12]} now); stopped before training. See {path / 'reproduce.json'}", rep.table())
-
-    run_pipeline(cfg, spec, run_name=str(new), before_training=check_data)
-    rep = compare_runs(run_dir, new, tolerance=tolerance)
-    RunDir(new).write_json("reproduce.json", rep.to_dict())
-    if not rep.reproduced:
-        raise NotReproducedError(f"not reproduced: {rep.verdict()}. See {new / 'reproduce.json'}",
-                                 rep.table())
-    return rep
-
-
-def _split_hash(table: pd.DataFrame) -> str:
-    from medxcept.splits import split_hash
-
-    return split_hash(table)

@@ -320,6 +320,24 @@ class RunDir:
             data = {**extra, **data}
         return self.write_text("config.yaml", yaml.safe_dump(data, sort_keys=False))
 
+    def write_versions(self, *, hashes: dict[str, str], device: dict[str, str] | None = None,
+                       **extra: Any) -> dict[str, Any]:
+        """Write ``versions.json``, the run's provenance, and return it.
+
+        The one builder of ``versions.json`` for every workflow: ``packages``
+        (:func:`package_versions`), ``code`` (:func:`code_version`), ``environment``, then
+        ``device`` (when given), the ``hashes`` (``data_hash``, ``split_hash``, ``config_hash``,
+        in the caller's order) and any ``extra`` blocks (``model``, ``reproduce``, ``source_run``).
+        """
+        versions: dict[str, Any] = {"packages": package_versions(), "code": code_version(),
+                                    "environment": environment()}
+        if device is not None:
+            versions["device"] = device
+        versions.update(hashes)
+        versions.update(extra)
+        self.write_json("versions.json", versions)
+        return versions
+
     def write_private(self, name: str, data: pd.DataFrame | str) -> Path:
         """Identifiers (patient map, paths, full exclusion log): in ``private/``, never elsewhere.
 

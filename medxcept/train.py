@@ -44,13 +44,15 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
 from medxcept.augment import AugmentConfig, augment_batch, build_augment
 from medxcept.config import RunConfig, config_hash
 from medxcept.data import CohortDataset, sample_weights_for
 from medxcept.errors import ConfigError
+# the one patient aggregation and probability transform (kept under their old names here)
+from medxcept.evaluate import patient_auc as _patient_auc
+from medxcept.evaluate import probabilities as _probs
 from medxcept.faults import fault_point
 from medxcept.model import (
     WeightsInfo,
@@ -170,47 +172,21 @@ def predict_logits_tta(model: keras.Model, images: np.ndarray, *, passes: int, s
     return total / (passes + 1)
 
 
-def _probs(logits: np.ndarray) -> np.ndarray:
-    if logits.ndim == 1:
-        return 1.0 / (1.0 + np.exp(-logits))
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _patient_auc(groups: np.ndarray, y: np.ndarray, prob: np.ndarray, how: str = "mean") -> float:
-    """AUC after aggregating each patient's probabilities (``how``: mean or max; binary only for max).
-
-    The patient label is the max of its images.
-    """
-    frame = pd.DataFrame({"g": groups, "y": y})
-    if prob.ndim == 1:
-        frame["p"] = prob
-        agg = frame.groupby("g").agg(y=("y", "max"), p=("p", how))
-        if agg["y"].nunique() < 2:
-            return float("nan")
-        return float(roc_auc_score(agg["y"], agg["p"]))
-    cols = [f"p{i}" for i in range(prob.shape[1])]
-    frame[cols] = prob
-    agg = frame.groupby("g").agg({"y": "max", **{c: "mean" for c in cols}})
-    if agg["y"].nunique() < 2:
-        return float("nan")
-    p = agg[cols].to_numpy()
-    p = p / p.sum(axis=1, keepdims=True)
-    return float(roc_auc_score(agg["y"], p, multi_class="ovr", average="macro",
-                               labels=list(range(prob.shape[1]))))
-
-
 class PatientAUC(keras.callbacks.Callback):
-    """Adds ``val_patient_auc`` to the epoch logs (before early stopping reads it)."""
+    """Adds ``val_patient_auc`` to the epoch logs (before early stopping reads it).
 
-    def __init__(self, images: np.ndarray, y: np.ndarray, groups: np.ndarray, batch_size: int) -> None:
+    ``how``: the run's ``eval.patient_aggregation`` (mean or max), so early stopping ranks epochs
+    by the patient-level AUC the run reports.
+    """
+
+    def __init__(self, images: np.ndarray, y: np.ndarray, groups: np.ndarray, batch_size: int,
+                 how: str = "mean") -> None:
         super().__init__()
-        self.images, self.y, self.groups, self.batch_size = images, y, groups, batch_size
+        self.images, self.y, self.groups, self.batch_size, self.how = images, y, groups, batch_size, how
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logits = predict_logits(self.model, self.images, batch_size=self.batch_size)
-        auc = _patient_auc(self.groups, self.y, _probs(logits))
+        auc = _patient_auc(self.groups, self.y, _probs(logits), how=self.how)
         if logs is not None:
             logs["val_patient_auc"] = auc
 
@@ -532,7 +508,7 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
     fingerprint = _fingerprint(cfg, train_y, len(val_y))
     rows: list[dict] = []
     stages: list[dict] = []
-    patient_auc = PatientAUC(val_images, val_y, val_groups, tc.batch_size)
+    patient_auc = PatientAUC(val_images, val_y, val_groups, tc.batch_size, how=cfg.eval.patient_aggregation)
 
     plan: list[_Stage] = []
     if baseline:

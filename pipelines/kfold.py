@@ -82,19 +82,19 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> Path:
-    from medxcept import kfold
+    from medxcept.workflows import cv as cv_workflow
     from medxcept.cohort import load_cohort_spec
     from medxcept.config import load_config
 
     if args.aggregate:
-        return kfold.aggregate_cv(Path(args.aggregate))["report"]  # it logs the missing folds
+        return cv_workflow.aggregate_cv(Path(args.aggregate))["report"]  # it logs the missing folds
     cohort = args.cohort or str(DEFAULT_COHORT)
     spec = load_cohort_spec(cohort)
     cfg = load_config(cohort_defaults=spec.defaults, config_file=args.config, overrides=_overrides(args),
                       cohort_dir=spec.base_dir)
     cv_dir = Path(cfg.out_dir) / args.cv_name if args.cv_name else None
     only = [] if args.prepare else args.fold
-    result = kfold.run_cv(cfg, spec, n_folds=cfg.split.n_folds, repeats=args.repeats, cv_dir=cv_dir, only=only,
+    result = cv_workflow.run_cv(cfg, spec, n_folds=cfg.split.n_folds, repeats=args.repeats, cv_dir=cv_dir, only=only,
                           executor=args.executor, jobs=args.jobs, ray_address=args.ray_address,
                           num_cpus=args.num_cpus, num_gpus=args.num_gpus, save_model=not args.no_save_models,
                           cohort_file=cohort)

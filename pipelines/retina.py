@@ -3,7 +3,7 @@
 With no arguments it runs the whole pipeline on the embedded synthetic demo cohort
 (``cohorts/demo.yaml``) and prints the path of the report it wrote. Everything else is an option;
 ``--help`` explains each. This module only parses arguments: the work is done by plain functions
-in :mod:`medxcept.pipeline` that a notebook can call too.
+in :mod:`medxcept.workflows` that a notebook can call too.
 
 Exit status: 0 on success, 2 on a problem the user can fix (the message says what to do),
 1 on a bug (with its traceback).
@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _reproduce(args: argparse.Namespace) -> str:
     from medxcept.errors import ConfigError
-    from medxcept.reproduce import DEFAULT_TOLERANCE, NotReproducedError, reproduce_run
+    from medxcept.reproduce import DEFAULT_TOLERANCE, NotReproducedError
+    from medxcept.workflows.reproduce import reproduce_run
 
     given = [f"--{k.replace('_', '-')}" for k in CONFIG_OPTIONS if getattr(args, k, None) is not None]
     given += [opt for opt, on in (("--set", args.set), ("--config", args.config), ("--resume", args.resume),
@@ -107,7 +108,7 @@ def _reproduce(args: argparse.Namespace) -> str:
 def _resume(args: argparse.Namespace) -> Path:
     from medxcept.cohort import load_cohort_spec
     from medxcept.errors import ConfigError
-    from medxcept.pipeline import run_pipeline
+    from medxcept.workflows.single import run_pipeline
     from medxcept.run import load_run_config
 
     given = [f"--{k.replace('_', '-')}" for k in CONFIG_OPTIONS if getattr(args, k, None) is not None]
@@ -158,16 +159,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(cohort_defaults=spec.defaults, config_file=args.config,
                           overrides={"cohort": args.cohort, **overrides(args)}, cohort_dir=spec.base_dir)
         if args.command == "evaluate":
-            from medxcept.external import evaluate_run
+            from medxcept.workflows.external import evaluate_run
 
             return evaluate_run(Path(args.run), spec, cfg, run_name=args.run_name)
         if args.command == "check":
-            from medxcept.check import check_cohort
+            from medxcept.workflows.check import check_cohort
 
             page = check_cohort(spec, cfg, out_dir=Path(cfg.out_dir), run_name=args.run_name)
             return _check_verdict(page)
         from medxcept.learning_curve import parse_fractions
-        from medxcept.pipeline import run_pipeline
+        from medxcept.workflows.single import run_pipeline
 
         fractions = parse_fractions(args.learning_curve) if args.learning_curve else ()
         return run_pipeline(cfg, spec, run_name=args.run_name, learning_curve=fractions)

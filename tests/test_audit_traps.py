@@ -33,7 +33,7 @@ from medxcept.cohort import load_cohort_spec  # noqa: E402
 from medxcept.duplicates import MIN_INLIERS  # noqa: E402
 from medxcept.config import RunConfig, load_config  # noqa: E402
 from medxcept.errors import ConfigError, LeakageError  # noqa: E402
-from medxcept.pipeline import prepare_cohort  # noqa: E402
+from medxcept.workflows.steps import prepare_cohort  # noqa: E402
 from medxcept.splits import USER_SPLIT_REGROUP_MESSAGE, assign_splits  # noqa: E402
 from medxcept.traps import (  # noqa: E402
     JPEG_QUALITY,
@@ -309,7 +309,7 @@ def test_writer_cli_and_refusal(tmp_path, capsys):
 
 def test_check_page_pictures_the_flagged_pairs_only_in_the_private_copy(trapped, tmp_path):
     """Issue 16 x 14: the pair thumbnails are patient images: in private/check.html, never in check.html."""
-    from medxcept.check import check_cohort
+    from medxcept.workflows.check import check_cohort
 
     html = check_cohort(trapped.spec, trapped.cfg, out_dir=tmp_path, run_name="check")
     shared = html.read_text(encoding="utf-8")

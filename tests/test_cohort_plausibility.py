@@ -280,7 +280,7 @@ def test_audit_lists_implausible_patients() -> None:
 
 
 def test_check_page_names_the_class_dependent_exclusion_in_its_summary(tmp_path: Path, fundus_images) -> None:
-    from medxcept.check import check_cohort
+    from medxcept.workflows.check import check_cohort
     from medxcept.config import load_config
     from medxcept.errors import SplitError
 

@@ -121,8 +121,9 @@ def test_per_run_numbers_are_the_runs_own(big):
     m = json.loads((r.path / "metrics.json").read_text())
     row = result["runs"][0]
     assert (row["name"], row["group"], row["seed"]) == ("a-s0", "baseline", 0)
-    for k in ("roc_auc", "pr_auc", "sensitivity", "specificity"):
+    for k in ("roc_auc", "pr_auc", "sensitivity", "specificity", "mcc"):  # mcc: read from the metric registry
         assert row[k] == pytest.approx(m["test_patient"][k])
+    assert "mcc" in result["comparisons"][0]["verdicts"]
     assert row["roc_auc_low"] == pytest.approx(m["test_patient_ci"]["roc_auc"]["low"])
     assert row["ece_after"] == pytest.approx(m["calibration_test"]["after"]["ece"])
     assert row["brier_before"] == pytest.approx(m["calibration_test"]["before"]["brier"])
@@ -190,12 +191,15 @@ def test_bootstrapped_metrics_on_the_full_data_equal_the_runs_metrics(big):
 
 
 def test_weighted_metrics_equal_explicit_resamples():
-    """A resample as integer weights gives scikit-learn's AP and calibrate's ECE on the repeated rows."""
+    """A resample as integer weights gives scikit-learn's AP (:func:`medxcept.evaluate.weighted_average_precision`,
+    the one weighted AP) and calibrate's ECE on the repeated rows."""
+    from medxcept.evaluate import weighted_average_precision
+
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 40).astype(float)
     s = np.round(rng.random(40), 1)  # ties
     w = rng.multinomial(40, np.full(40, 1 / 40), size=5).astype(float)
-    ap = cmp._weighted_ap(w, y, s)
+    ap = weighted_average_precision(y, s, w)
     for row, value in zip(w, ap, strict=False):
         rep = np.repeat(np.arange(40), row.astype(int))
         assert value == pytest.approx(average_precision_score(y[rep], s[rep]))

@@ -487,3 +487,51 @@ def test_delong_and_paired_bootstrap_degenerate_cases():
     y, p, groups = _clustered(20, 3)
     pb = ev.paired_bootstrap_auc(y, p, p, groups, n_resamples=100)
     assert pb["diff"] == 0 and pb["ci"] == (0.0, 0.0) and pb["p_value"] == 1.0
+
+
+def test_mcc_is_one_registry_entry_matching_sklearn():
+    """The Matthews correlation coefficient, added as one :data:`METRICS` entry, reaches the point
+    metrics, the bootstrap and every list read from the registry (CI, CV, compare)."""
+    from sklearn.metrics import matthews_corrcoef
+
+    rng = np.random.default_rng(11)
+    for _ in range(20):
+        n = int(rng.integers(5, 60))
+        y = rng.integers(0, 2, n)
+        y[:2] = [0, 1]
+        p = np.clip(rng.normal(0.4 + 0.2 * y, 0.25), 0, 1)
+        t = float(rng.uniform(0.2, 0.8))
+        m = ev.binary_metrics(y, p, threshold=t)
+        pred = (p >= t).astype(int)
+        if pred.min() == pred.max():
+            assert m["mcc"] is None and any(note.startswith("mcc not defined") for note in m["notes"])
+        else:
+            assert m["mcc"] == pytest.approx(matthews_corrcoef(y, pred), abs=1e-12)
+    # bootstrap: per-resample MCC equals scikit-learn's on the explicitly resampled arrays
+    y, p = rng.integers(0, 2, 40), rng.uniform(0, 1, 40)
+    codes = np.repeat(np.arange(20), 2)
+    counts = ev._draw_counts(rng, 6, 20)
+    pred = p >= 0.5
+    cells = np.stack([pred & (y == 1), pred & (y == 0), ~pred & (y == 0), ~pred & (y == 1)], 1).astype(int)
+    group_cells = np.zeros((20, 4), int)
+    np.add.at(group_cells, codes, cells)
+    mcc = ev._threshold_metrics(counts, group_cells, ["mcc"])["mcc"]
+    for b in range(counts.shape[0]):
+        w = counts[b, codes]
+        assert mcc[b] == pytest.approx(matthews_corrcoef(np.repeat(y, w), np.repeat(pred, w)), abs=1e-12)
+    for names in (ev.metric_names(ci=True), ev.metric_names(cv=True), ev.metric_names(compare=True)):
+        assert "mcc" in names
+    assert "mcc" in ev.BINARY_METRICS and ev.metric_labels()["mcc"] == "MCC"
+    ci = ev.bootstrap_ci(y, p, codes, metrics=["mcc"], threshold=0.5, n_resamples=200, seed=0)["mcc"]
+    assert ci.low < ci.point < ci.high
+
+
+def test_patient_auc_uses_the_aggregation_it_is_given():
+    # patient A: one confident positive image and one low one; mean and max rank A differently
+    keys = np.array(["A", "A", "B", "C"])
+    y = np.array([1, 1, 0, 0])
+    p = np.array([0.9, 0.1, 0.6, 0.4])
+    assert ev.patient_auc(keys, y, p, how="max") == pytest.approx(1.0)
+    assert ev.patient_auc(keys, y, p, how="mean") == pytest.approx(0.5)
+    assert np.isnan(ev.patient_auc(keys, np.zeros(4, int), p))
+    np.testing.assert_allclose(ev.probabilities(np.array([[1.0, 1.0, 1.0]])), [[1 / 3] * 3])

@@ -35,7 +35,7 @@ def trained_tiny_run(base: Path) -> Path:
         # from test_report_render is a second module object, with its own ``_RUNS``)
         _RUNS["tiny"] = done
     if "tiny" not in _RUNS:
-        from medxcept.pipeline import run_pipeline
+        from medxcept.workflows.single import run_pipeline
         from tests.conftest import TINY_COHORT
 
         base.mkdir(parents=True, exist_ok=True)
@@ -67,7 +67,7 @@ def _fake_run_dir(d: Path, skip: str) -> Path:
 
 
 def test_run_dir_without_model_is_a_config_error_naming_it(tmp_path, session_cache):
-    from medxcept.external import evaluate_run
+    from medxcept.workflows.external import evaluate_run
 
     run = _fake_run_dir(tmp_path / "run", skip="model.keras")
     spec = load_cohort_spec(_cohort_file(tmp_path, 16, 11))
@@ -149,7 +149,7 @@ def test_source_overlap_counts_identical_files_and_shared_pseudonyms():
 @pytest.fixture(scope="module")
 def external(tmp_path_factory, session_cache):
     """Train once; evaluate on a new seed-11 cohort (with clashing options) and on the training cohort."""
-    from medxcept.external import evaluate_run
+    from medxcept.workflows.external import evaluate_run
 
     source = trained_tiny_run(tmp_path_factory.getbasetemp() / "tiny-source")
     d = tmp_path_factory.mktemp("external")
@@ -271,7 +271,7 @@ def test_a_new_cohort_has_no_file_overlap_but_its_own_cohort_is_flagged(external
 
 @pytest.mark.slow
 def test_source_dir_without_model_after_training_is_refused(external, tmp_path):
-    from medxcept.external import evaluate_run
+    from medxcept.workflows.external import evaluate_run
 
     copy = tmp_path / "copy"
     shutil.copytree(external["source"], copy, ignore=shutil.ignore_patterns("model.keras", "checkpoint*"))

@@ -166,7 +166,7 @@ def test_saved_model_has_no_optimizer_state_and_predicts_as_the_run_did(referenc
 
     # reloaded, it predicts the test images as the run did (predictions.csv, TTA off)
     from medxcept.cohort import load_cohort_spec
-    from medxcept.pipeline import prepare_cohort
+    from medxcept.workflows.steps import prepare_cohort
 
     cfg = load_run_config(reference)
     assert cfg.eval.tta == 0
@@ -251,7 +251,7 @@ def test_cache_key_follows_the_dicom_window(tmp_path, session_cache):
     import pandas as pd
 
     from medxcept.cohort import CohortSpec
-    from medxcept.pipeline import cohort_cache
+    from medxcept.workflows.steps import cohort_cache
     from medxcept.preprocess import decode_key
     from medxcept.run import data_hash
 

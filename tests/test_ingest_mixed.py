@@ -25,7 +25,8 @@ import pytest
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from medxcept import corpus as corpus_mod  # noqa: E402
-from medxcept.check import check_cohort, is_skip_reason, reason_groups  # noqa: E402
+from medxcept.check import is_skip_reason, reason_groups  # noqa: E402
+from medxcept.workflows.check import check_cohort  # noqa: E402
 from medxcept.cohort import load_cohort_spec  # noqa: E402
 from medxcept.config import load_config  # noqa: E402
 from medxcept.errors import CohortError, MissingDecoderError, SplitError  # noqa: E402

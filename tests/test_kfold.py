@@ -23,12 +23,13 @@ import pandas as pd
 import pytest
 import yaml
 from scipy import stats
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, matthews_corrcoef, roc_auc_score
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from medxcept import kfold  # noqa: E402
+from medxcept.workflows import cv as cv_workflow  # noqa: E402
 from medxcept.errors import ConfigError  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -190,10 +191,10 @@ def cv(tmp_path_factory):
         out["after_fold0"] = sorted(p.name for p in cv_dir.iterdir())
         fold0 = _mtimes(cv_dir / "fold-0")
         # 2. the report of the partial run
-        out["partial"] = kfold.aggregate_cv(cv_dir)
+        out["partial"] = cv_workflow.aggregate_cv(cv_dir)
         out["partial_html"] = (cv_dir / "cv_report.html").read_text()
         # 3. the full command: must skip fold 0
-        out["full"] = kfold.run_cv(cfg, spec, n_folds=N_FOLDS, save_model=False)
+        out["full"] = cv_workflow.run_cv(cfg, spec, n_folds=N_FOLDS, save_model=False)
         out["fold0_untouched"] = _mtimes(cv_dir / "fold-0") == fold0
         # 4. the same command again: nothing may train
         before = _mtimes(cv_dir)
@@ -204,7 +205,7 @@ def cv(tmp_path_factory):
         import medxcept.train
 
         mp.setattr(medxcept.train, "fit", no_training)
-        out["again"] = kfold.run_cv(cfg, spec, n_folds=N_FOLDS, save_model=False, aggregate=False)
+        out["again"] = cv_workflow.run_cv(cfg, spec, n_folds=N_FOLDS, save_model=False, aggregate=False)
         out["unchanged"] = _mtimes(cv_dir) == before
         mp.undo()
         mp.setenv("MEDXCEPT_CACHE", str(tmp / "cache"))
@@ -274,6 +275,8 @@ def test_cv_metrics_match_an_independent_computation(cv):
         assert row["sensitivity"] == pytest.approx((pred & y).sum() / y.sum())
         assert row["specificity"] == pytest.approx((~pred & ~y).sum() / (~y).sum())
         assert row["brier"] == pytest.approx(np.mean((pat["p"] - pat["y"]) ** 2))
+        if pred.nunique() == 2:  # mcc: one entry of the metric registry, summarized like the others
+            assert row["mcc"] == pytest.approx(matthews_corrcoef(y, pred))
     for k in kfold.CV_METRICS:
         vals = [r[k] for r in m["per_fold"] if r[k] is not None]
         assert m["summary"][k]["mean"] == pytest.approx(np.mean(vals))
@@ -351,10 +354,10 @@ def test_marker_of_another_configuration_is_never_mixed(cv, tmp_path):
     data["config_hash"] = "deadbeef"
     marker.write_text(json.dumps(data))
     with pytest.raises(ConfigError) as exc:
-        kfold.run_cv(cv["cfg"], cv["spec"], n_folds=N_FOLDS, cv_dir=copy, save_model=False)
+        cv_workflow.run_cv(cv["cfg"], cv["spec"], n_folds=N_FOLDS, cv_dir=copy, save_model=False)
     assert "deadbeef" in str(exc.value) and real in str(exc.value) and "fold-1" in str(exc.value)
     with pytest.raises(ConfigError, match="deadbeef"):
-        kfold.aggregate_cv(copy)
+        cv_workflow.aggregate_cv(copy)
 
 
 @pytest.mark.slow
@@ -365,7 +368,7 @@ def test_cv_directory_of_another_configuration_is_refused(cv):
 
     other = dataclasses.replace(cv["cfg"], seed=cv["cfg"].seed + 1)
     with pytest.raises(ConfigError) as exc:
-        kfold.run_cv(other, cv["spec"], n_folds=N_FOLDS, cv_dir=cv["dir"])
+        cv_workflow.run_cv(other, cv["spec"], n_folds=N_FOLDS, cv_dir=cv["dir"])
     msg = str(exc.value)
     assert config_hash(other) in msg and config_hash(cv["cfg"]) in msg
 
@@ -386,7 +389,7 @@ def test_fold_killed_mid_training_continues_from_its_checkpoint(cv, tmp_path, mo
 
     monkeypatch.setattr(medxcept.train._History, "on_epoch_end", killed_after_epoch_1)
     with pytest.raises(KeyboardInterrupt):
-        kfold.run_fold(copy, 2, save_model=False)
+        cv_workflow.run_fold(copy, 2, save_model=False)
     plan = kfold.load_plan(copy)
     assert kfold.fold_status(plan) == {"fold-0": "complete", "fold-1": "complete", "fold-2": "interrupted"}
     monkeypatch.setattr(medxcept.train._History, "on_epoch_end", original)
@@ -395,7 +398,7 @@ def test_fold_killed_mid_training_continues_from_its_checkpoint(cv, tmp_path, mo
     logger.addHandler(caplog.handler)  # whatever another test's CLI call did to propagation
     try:
         with caplog.at_level(logging.INFO, logger="medxcept"):
-            result = kfold.run_cv(cv["cfg"], cv["spec"], n_folds=N_FOLDS, cv_dir=copy, save_model=False)
+            result = cv_workflow.run_cv(cv["cfg"], cv["spec"], n_folds=N_FOLDS, cv_dir=copy, save_model=False)
     finally:
         logger.removeHandler(caplog.handler)
     assert result["trained"] == ["fold-2"] and result["skipped"] == ["fold-0", "fold-1"]
@@ -412,11 +415,11 @@ def test_fold_killed_mid_training_continues_from_its_checkpoint(cv, tmp_path, mo
 def test_spawned_worker_reports_errors_with_their_class(cv):
     plan = kfold.load_plan(cv["dir"])
     bogus = kfold.FoldTask(index=99, repeat=0, fold=99, name="fold-99")
-    results = kfold._run_local(plan, [bogus], jobs=2, save_model=False)
+    results = cv_workflow._run_local(plan, [bogus], jobs=2, save_model=False)
     assert results[0]["status"] == "error" and results[0]["error_class"] == "ConfigError"
     assert "fold index 99 is out of range" in results[0]["message"]
     with pytest.raises(ConfigError, match="out of range"):
-        kfold._raise_worker_error(results[0])
+        cv_workflow._raise_worker_error(results[0])
 
 
 @pytest.mark.slow
@@ -431,7 +434,7 @@ def test_failing_folds_are_recorded_and_the_cli_says_so_in_one_line(cv, tmp_path
         shutil.rmtree(copy / name)
     plan = kfold.load_plan(copy)
     monkeypatch.setenv("MEDXCEPT_FAULT", "fold_start:fold-1=raise,fold_start:fold-2=exit")
-    results = kfold._run_local(plan, plan.tasks[1:], jobs=2, save_model=False)
+    results = cv_workflow._run_local(plan, plan.tasks[1:], jobs=2, save_model=False)
     assert [(r["name"], r["error_class"]) for r in results] == [("fold-1", "InjectedFault"),
                                                                  ("fold-2", "WorkerCrashed")]
     failed = {n: json.loads((copy / n / kfold.FAILED).read_text()) for n in ("fold-1", "fold-2")}
@@ -455,7 +458,7 @@ def test_ray_fold_that_raises_or_dies_leaves_the_others_to_finish(cv, tmp_path, 
     pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'medxcept[ray]'")
     monkeypatch.setenv("MEDXCEPT_FAULT", "fold_start:fold-1=raise,fold_start:fold-2=exit")
     with pytest.raises(kfold.FoldsFailedError) as caught:
-        kfold.run_cv(cv["cfg"], cv["spec"], n_folds=N_FOLDS, cv_dir=tmp_path / "ray-cv", executor="ray",
+        cv_workflow.run_cv(cv["cfg"], cv["spec"], n_folds=N_FOLDS, cv_dir=tmp_path / "ray-cv", executor="ray",
                      num_cpus=1, save_model=False)
     msg = str(caught.value)
     assert "2 of 3 fold(s) failed" in msg and "fold-1 (InjectedFault" in msg and "fold-2 (WorkerCrashed" in msg
@@ -478,9 +481,9 @@ def test_ray_fold_that_raises_or_dies_leaves_the_others_to_finish(cv, tmp_path, 
     # the same command again runs exactly the failed folds (fold 0 is complete)
     monkeypatch.delenv("MEDXCEPT_FAULT")
     ran = []
-    monkeypatch.setattr(kfold, "run_fold", lambda cv_dir, i, **kw: ran.append(i) or {"name": f"fold-{i}",
+    monkeypatch.setattr(cv_workflow, "run_fold", lambda cv_dir, i, **kw: ran.append(i) or {"name": f"fold-{i}",
                                                                                       "status": "trained"})
-    result = kfold.run_cv(cv["cfg"], cv["spec"], n_folds=N_FOLDS, cv_dir=tmp_path / "ray-cv", save_model=False)
+    result = cv_workflow.run_cv(cv["cfg"], cv["spec"], n_folds=N_FOLDS, cv_dir=tmp_path / "ray-cv", save_model=False)
     assert ran == [1, 2] and result["skipped"] == ["fold-0"]
 
 
@@ -495,6 +498,6 @@ def test_a_fold_held_by_another_process_is_neither_run_nor_deleted(cv):
     (copy / "fold-2" / "config.yaml").write_text("being written")
     with DirectoryLock(copy / ".fold-2.lock", "x"):
         with pytest.raises(ConfigError, match="fold-2 of .* is in use by another process"):
-            kfold.run_fold(copy, 2, save_model=False)
+            cv_workflow.run_fold(copy, 2, save_model=False)
     assert (copy / "fold-2" / "config.yaml").read_text() == "being written", "never deleted from under it"
     assert not (copy / "fold-2" / kfold.FAILED).exists()

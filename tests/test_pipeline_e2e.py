@@ -12,7 +12,7 @@ import pytest
 
 from medxcept.cohort import load_cohort_spec
 from medxcept.config import load_config
-from medxcept.pipeline import run_pipeline
+from medxcept.workflows.single import run_pipeline
 from medxcept.report import fmt
 
 pytestmark = pytest.mark.slow
@@ -89,7 +89,7 @@ def test_report_is_self_contained_html_holding_the_metrics(run_dir):
     assert parser.external == [], "the report must not load anything from outside"
     assert len(parser.imgs) >= 4 and all(s.startswith("data:image/png;base64,") for s in parser.imgs)
     m = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("roc_auc", "sensitivity", "specificity", "precision"):
+    for key in ("roc_auc", "sensitivity", "specificity", "precision", "mcc"):  # mcc: one registry entry
         assert fmt(m["test_patient"][key]) in html, key
         assert fmt(m["test_image"][key]) in html, key
     assert fmt(m["calibration_test"]["before"]["ece"]) in html
@@ -130,6 +130,14 @@ def test_threshold_comes_from_validation_and_metrics_match_sklearn(run_dir):
     assert m["threshold"]["chosen_on"] == "validation"
     pred = pd.read_csv(run_dir / "predictions.csv")
     assert m["test_image"]["roc_auc"] == pytest.approx(roc_auc_score(pred["y"], pred["prob"]))
+    # the Matthews coefficient (one entry of medxcept.evaluate.METRICS) reached metrics.json with its CI
+    from sklearn.metrics import matthews_corrcoef
+
+    pat = pred.groupby("patient_key").agg(y=("patient_y", "first"), p=("patient_prob", "first"))
+    hard = (pat["p"] >= m["threshold"]["value"]).astype(int)
+    if hard.nunique() == 2 and pat["y"].nunique() == 2:
+        assert m["test_patient"]["mcc"] == pytest.approx(matthews_corrcoef(pat["y"], hard))
+    assert "mcc" in m["test_patient_ci"]
     hist = pd.read_csv(run_dir / "history.csv")
     assert {"loss", "val_loss", "auc", "val_patient_auc"} <= set(hist.columns)
 

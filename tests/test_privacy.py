@@ -163,14 +163,9 @@ def _report_into(run_dir: Path, spec: CohortSpec, log: io.StringIO) -> Path:
     from medxcept.audit import audit_cohort, fingerprints
     from medxcept.augment import effective_class_frequencies
     from medxcept.config import load_config
-    from medxcept.external import _prediction_table
-    from medxcept.pipeline import (
-        _reason_counts,
-        _summary_counts,
-        evaluate_predictions,
-        prepare_cohort,
-        training_verdict,
-    )
+    from medxcept.workflows.steps import prediction_table
+    from medxcept.pipeline import training_verdict
+    from medxcept.workflows.steps import assess, prepare_cohort, reason_counts, summary_counts
     from medxcept.report import render_report
     from medxcept.splits import assign_splits
 
@@ -192,25 +187,25 @@ def _report_into(run_dir: Path, spec: CohortSpec, log: io.StringIO) -> Path:
             z[np.argmax(frame["y"].to_numpy() == 1)] = -2.0  # one misranked pair keeps T finite
             return z
 
-        metrics = evaluate_predictions(val=parts["val"], test=parts["test"], val_logits=logits(parts["val"]),
+        assessed = assess(val=parts["val"], test=parts["test"], val_logits=logits(parts["val"]),
                                        test_logits=logits(parts["test"]), cfg=cfg, classes=spec.classes)
-        frames = metrics.pop("_frames")
+        metrics, frames = assessed.metrics, {"val": assessed.val, "test": assessed.test}
         history = pd.DataFrame({"epoch": [1, 2], "stage": ["scratch"] * 2, "loss": [0.7, 0.6],
                                 "val_loss": [0.7, 0.65], "auc": [0.6, 0.7], "val_patient_auc": [0.55, 0.6]})
         full = {"run": {"id": run_dir.name, "cohort": spec.name, "description": "", "weights": "none",
                         "weights_description": "random initialization", "pretrained": False, "recipe": "default",
                         "image_px": PX, "seed": 0, "backend": "none", "device": "cpu",
                         "external_validation": False},
-                "cohort": {**_summary_counts(table), "files_found": ing.files_found, "files_used": ing.files_used,
+                "cohort": {**summary_counts(table), "files_found": ing.files_found, "files_used": ing.files_used,
                            "files_excluded": ing.files_excluded,
-                           "exclusions_by_reason": _reason_counts(ing.exclusions)},
+                           "exclusions_by_reason": reason_counts(ing.exclusions)},
                 "class_balance": {"method": cfg.augment.balance, **effective_class_frequencies(
                     parts["train"]["y"].to_numpy(), cfg.augment, n_classes=spec.n_classes)},
                 "training": {**training_verdict(history, 2), "stages": [], "seconds": 1.0},
                 **metrics, "audit": {"errors": 0, "n_findings": 0}, "timings": {"total_s": 1.0},
                 "hashes": {k: versions[k] for k in ("data_hash", "split_hash", "config_hash")}}
         (run_dir / "metrics.json").write_text(json.dumps(full, default=str), encoding="utf-8")
-        _prediction_table(frames["test"], spec.classes, cfg.eval.patient_aggregation).to_csv(
+        prediction_table(frames["test"], spec.classes, cfg.eval.patient_aggregation).to_csv(
             run_dir / "predictions.csv", index=False)  # the columns run_pipeline writes
         return render_report(run_dir, metrics=full, table=table, history=history, predictions=frames["test"],
                              audit=audit_cohort(table, fp=fingerprints(images), policy="warn"),
@@ -371,7 +366,7 @@ def test_links_out_of_the_source_folder_are_not_followed(tmp_path: Path) -> None
 def test_a_stopping_label_error_withholds_file_names_from_the_console(tmp_path: Path, session_cache: Path) -> None:
     from medxcept.config import load_config
     from medxcept.errors import CohortError
-    from medxcept.pipeline import ingest_into_run
+    from medxcept.workflows.steps import ingest_into_run
     from medxcept.run import RunDir
 
     photos = tmp_path / "photos"

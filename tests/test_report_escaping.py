@@ -92,13 +92,8 @@ def build_escaping_report(d: Path) -> tuple[Path, dict]:
     from medxcept.class_exclusions import exclusions_by_class
     from medxcept.cohort import load_cohort_spec
     from medxcept.config import config_hash, load_config
-    from medxcept.pipeline import (
-        _reason_counts,
-        _summary_counts,
-        evaluate_predictions,
-        prepare_cohort,
-        training_verdict,
-    )
+    from medxcept.pipeline import training_verdict
+    from medxcept.workflows.steps import assess, prepare_cohort, reason_counts, summary_counts
     from medxcept.report import render_report
     from medxcept.run import RunDir, data_hash
     from medxcept.splits import assign_splits, split_hash
@@ -122,9 +117,9 @@ def build_escaping_report(d: Path) -> tuple[Path, dict]:
         z[np.argmax(y == 1)], z[np.argmax(y == 0)] = -2.0, 2.0  # ...but one misranked pair keeps T finite
         return z
 
-    metrics = evaluate_predictions(val=va, test=te, val_logits=logits(va), test_logits=logits(te), cfg=cfg,
+    assessed = assess(val=va, test=te, val_logits=logits(va), test_logits=logits(te), cfg=cfg,
                                    classes=spec.classes)
-    frames = metrics.pop("_frames")
+    metrics, frames = assessed.metrics, {"val": assessed.val, "test": assessed.test}
     history = pd.DataFrame({"epoch": [1, 2], "stage": ["scratch", "scratch"], "loss": [0.7, 0.6],
                             "val_loss": [0.7, 0.65], "auc": [0.6, 0.7], "val_patient_auc": [0.55, 0.6]})
     versions = {"packages": {"python": "3"}, "code": {"medxcept": "test"}, "device": {
@@ -135,9 +130,9 @@ def build_escaping_report(d: Path) -> tuple[Path, dict]:
                 "weights_description": "random initialization", "pretrained": False, "recipe": "default",
                 "image_px": cfg.preprocess.image_px, "seed": cfg.seed, "backend": "none", "device": "cpu",
                 "external_validation": False},
-        "cohort": {**_summary_counts(table), "files_found": ing.files_found, "files_used": ing.files_used,
+        "cohort": {**summary_counts(table), "files_found": ing.files_found, "files_used": ing.files_used,
                    "files_excluded": ing.files_excluded,
-                   "exclusions_by_reason": _reason_counts(ing.exclusions),
+                   "exclusions_by_reason": reason_counts(ing.exclusions),
                    "exclusions_by_class": exclusions_by_class(ing.table, ing.exclusions, list(spec.classes))},
         "class_balance": {"method": cfg.augment.balance, **effective_class_frequencies(
             tr["y"].to_numpy(), cfg.augment, n_classes=spec.n_classes)},
@@ -239,12 +234,14 @@ def _environment_calls(path: Path) -> list[ast.Call]:
         or (isinstance(n.func, ast.Name) and n.func.id == "Environment"))]
 
 
-@pytest.mark.parametrize("module", ["medxcept/report/__init__.py", "medxcept/kfold.py"])
-def test_every_jinja_environment_autoescapes(module):
-    """report.html.j2 (render_report) and cv_report.html.j2 (kfold.aggregate_cv) are autoescaped."""
-    calls = _environment_calls(ROOT / module)
-    assert calls, f"no jinja2.Environment in {module}"
-    for call in calls:
+def test_every_jinja_environment_autoescapes():
+    """One jinja2.Environment renders every page (run, CV, comparison, check): medxcept.report.environment,
+    autoescaped."""
+    found = {p.relative_to(ROOT).as_posix(): _environment_calls(p) for p in (ROOT / "medxcept").rglob("*.py")}
+    found = {m: c for m, c in found.items() if c}
+    assert list(found) == ["medxcept/report/__init__.py"] and len(found["medxcept/report/__init__.py"]) == 1, found
+    for module, calls in found.items():
+        call = calls[0]
         kw = {k.arg: k.value for k in call.keywords}
         assert "autoescape" in kw, f"{module}:{call.lineno} builds a jinja2.Environment without autoescape"
         assert isinstance(kw["autoescape"], ast.Constant) and kw["autoescape"].value is True, (

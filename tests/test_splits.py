@@ -513,7 +513,7 @@ def test_demo_split_and_folds_same_under_two_pseudonym_keys(tmp_path, session_ca
     import shutil
     from pathlib import Path
 
-    from medxcept.check import check_cohort
+    from medxcept.workflows.check import check_cohort
     from medxcept.cohort import load_cohort_spec
     from medxcept.ingest import data_root
     from medxcept.reproduce import compare_runs

@@ -97,7 +97,7 @@ def tiny_data(tmp_path_factory):
     from medxcept.cohort import load_cohort_spec
     from medxcept.config import load_config
     from medxcept.data import load_images
-    from medxcept.pipeline import prepare_cohort
+    from medxcept.workflows.steps import prepare_cohort
     from medxcept.splits import assign_splits
     from tests.conftest import TINY_COHORT
 
@@ -255,7 +255,7 @@ def test_default_recipe_learns_the_planted_signal(tmp_path_factory):
     from medxcept.cohort import load_cohort_spec
     from medxcept.config import load_config
     from medxcept.model import resolve_weights
-    from medxcept.pipeline import prepare_cohort
+    from medxcept.workflows.steps import prepare_cohort
     from medxcept.preprocess import load_images
     from medxcept.splits import assign_splits
     from medxcept.train import _patient_auc, _probs, fit, predict_logits

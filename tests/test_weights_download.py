@@ -207,7 +207,7 @@ def test_downloaded_file_is_loaded_into_the_xception_base(server, monkeypatch, t
 
 def test_kfold_fetches_the_weights_before_ingestion(server, monkeypatch, tmp_path):
     from medxcept.config import load_config
-    from medxcept.kfold import run_cv
+    from medxcept.workflows.cv import run_cv
 
     monkeypatch.setenv(mx.OFFLINE_ENV, "1")
     cfg = load_config(overrides={"model.weights": "imagenet", "out_dir": str(tmp_path / "cv")})

@@ -9,6 +9,7 @@ autoescaping; patients appear only as pseudonyms.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import html
 import math
 from pathlib import Path
@@ -18,6 +19,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
+from medxcept.evaluate import metric_names
 from medxcept.report.figures import (
     confusion_figure,
     examples_figure,
@@ -26,7 +28,7 @@ from medxcept.report.figures import (
     training_figure,
 )
 
-__all__ = ["render_report", "fmt", "subgroup_table", "checklist", "raw_preview"]
+__all__ = ["render_report", "environment", "fmt", "subgroup_table", "checklist", "raw_preview"]
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -50,6 +52,20 @@ def _ci(ci: dict[str, Any] | None) -> str:
     if not ci or ci.get("low") is None or ci.get("high") is None:
         return ""
     return f"{fmt(ci['low'])}–{fmt(ci['high'])}"
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    """The one Jinja2 environment of every page (run, CV, comparison, check).
+
+    Autoescaped (every string from the user's data is escaped), strict about undefined
+    names, with the ``fmt`` and ``ci`` filters.
+    """
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["fmt"] = fmt
+    env.filters["ci"] = _ci
+    return env
 
 
 def subgroup_table(test: pd.DataFrame, threshold: float | None) -> list[dict[str, Any]]:
@@ -207,10 +223,7 @@ def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame
     ``extra_figs``: figures made elsewhere (data URIs), e.g. ``{"cam": ...}`` for the
     class-activation gallery of :func:`medxcept.explain.cam_gallery`.
     """
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["fmt"] = fmt
-    env.filters["ci"] = _ci
+    env = environment()
     classes = list(spec.classes)
     test = frames["test"]
     figs: dict[str, str | None] = {}
@@ -239,8 +252,7 @@ def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame
         "checklist": checklist(metrics), "audit": audit_dict, "versions": versions,
         "config_yaml": (run_dir / "config.yaml").read_text(encoding="utf-8"),
         "history": history.to_dict("records"),
-        "ci_metrics": ["roc_auc", "pr_auc", "sensitivity", "specificity", "precision", "npv", "f1",
-                       "balanced_accuracy"],
+        "ci_metrics": metric_names(ci=True),
     }
     out = run_dir / "report.html"
     from medxcept.run import write_atomic

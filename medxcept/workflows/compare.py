@@ -1,0 +1,64 @@
+"""The compare workflow: load finished runs, compare them, write ``comparison.json`` and ``.html``.
+
+``python -m pipelines.compare`` calls :func:`run_comparison`. The statistics (the paired tests,
+the run-to-run noise and the verdict rule) are in :mod:`medxcept.compare`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medxcept.compare import (
+    LARGER,
+    METRICS,
+    VERDICT_METRICS,
+    RunRecord,
+    auc_ci_figure,
+    compare,
+    comparison_json,
+    load_run,
+    palette,
+    slug,
+    validation_curves_figure,
+)
+from medxcept.errors import ConfigError
+from medxcept.report import environment
+
+__all__ = ["run_comparison", "write_comparison"]
+
+
+def write_comparison(runs: Sequence[RunRecord], result: dict[str, Any], out_dir: str | Path) -> Path:
+    """Write ``comparison.json`` and the self-contained ``comparison.html`` into ``out_dir``; return the HTML path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "comparison.json").write_text(comparison_json(result), encoding="utf-8")
+    env = environment()
+    figs = {"curves": validation_curves_figure(runs), "test_auc": auc_ci_figure(runs)}
+    html = env.get_template("comparison.html.j2").render(
+        c=result, figs=figs, metrics=METRICS, verdict_metrics=VERDICT_METRICS, larger=LARGER,
+        colours=palette(list(result["groups"])), created=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        not_pretrained=[r["name"] for r in result["runs"] if not r["pretrained"]], title=out.name)
+    path = out / "comparison.html"
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+def run_comparison(run_dirs: Sequence[str | Path], *, out_dir: str | Path | None = None, name: str | None = None,
+                   group_by: str | None = None, n_resamples: int = 1000, seed: int = 0) -> Path:
+    """Load, check, compare and write: what ``python -m pipelines.compare`` does. Returns the HTML path.
+
+    The output directory is ``<out_dir>/<name>``; ``out_dir`` defaults to ``comparisons/`` beside the
+    first run, ``name`` to ``<date>-<groups joined by -vs->``.
+    """
+    if len(run_dirs) < 2:
+        raise ConfigError(f"give at least two run directories to compare; got {len(run_dirs)}")
+    runs = [load_run(p, group_by=group_by) for p in run_dirs]
+    result = compare(runs, n_resamples=n_resamples, seed=seed)
+    result["group_by"] = group_by or "train.recipe"  # metrics.json's run.recipe is config train.recipe
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = slug(name or f"{stamp}-{'-vs-'.join(result['groups'])}")
+    base = Path(out_dir) if out_dir is not None else Path(run_dirs[0]).resolve().parent / "comparisons"
+    return write_comparison(runs, result, base / name)

@@ -1,0 +1,676 @@
+"""The cross-validation workflow: plan the folds, run each fold, aggregate the CV report.
+
+``python -m pipelines.kfold`` calls :func:`run_cv`. What a fold measures and why (calibration and
+threshold from the training folds, the pooled out-of-fold estimate, resuming, failures) is in
+:mod:`medxcept.kfold`, which also holds the plan on disk (``cv.json``, fold markers, fold tables)
+and the statistics across folds; this module composes the steps and runs the folds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Sequence
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medxcept import errors
+from medxcept.audit import audit_cohort, duplicate_groups, fingerprints
+from medxcept.cohort import load_cohort_spec, public_view
+from medxcept.config import RunConfig, config_hash
+from medxcept.demo import cache_dir
+from medxcept.errors import ConfigError, MedxceptError
+from medxcept.faults import fault_point
+from medxcept.kfold import (
+    CV_METRICS,
+    FAILED,
+    MARKER,
+    PLAN,
+    CVPlan,
+    FoldsFailedError,
+    FoldTask,
+    _check_marker,
+    _combined_split_hash,
+    _curves_figure,
+    _cv_table,
+    _fold_lock,
+    _pooled,
+    _prediction_frame,
+    _read_json,
+    _record_failure,
+    _tasks,
+    _write_json_atomic,
+    cv_bounds,
+    cv_labels,
+    default_cv_name,
+    fold_status,
+    fold_table,
+    load_plan,
+    t_interval,
+)
+from medxcept.pipeline import training_verdict
+from medxcept.preprocess import decode_key, load_images
+from medxcept.report import environment
+from medxcept.report.figures import reliability_figure, roc_pr_figure
+from medxcept.run import RunDir, data_hash, write_atomic
+from medxcept.splits import split_hash, split_table
+from medxcept.workflows.steps import Assessment, assess, cohort_cache, prepare_cohort, record_ingestion
+
+__all__ = ["plan_cv", "run_fold", "run_cv", "aggregate_cv", "EXECUTORS"]
+
+log = logging.getLogger("medxcept.kfold")  # the log lines keep their logger name
+
+EXECUTORS = ("local", "ray")
+
+
+# ------------------------------------------------------------------------------------------ plan
+
+
+def plan_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: int = 1,
+            cv_dir: str | Path | None = None, cohort_file: str | Path | None = None) -> CVPlan:
+    """Ingest the cohort, assign the folds, audit them, and write (or check) the CV directory.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        The resolved configuration (``split``, ``audit``, ``train``, ``eval`` ...).
+    spec : CohortSpec
+        The cohort (:func:`medxcept.cohort.load_cohort_spec`).
+    n_folds : int, optional
+        Folds per repeat; default ``cfg.split.n_folds``. Stored in the configuration (and hash).
+    repeats : int, default 1
+        Repeated CV: repeat ``r`` assigns folds with seed ``split.seed + r``.
+    cv_dir : path, optional
+        Default ``<cfg.out_dir>/<default_cv_name(...)>``.
+    cohort_file : path, optional
+        The cohort YAML (default ``cfg.cohort``); recorded so that a fold running on a machine
+        without the preprocessing cache can ingest the cohort again.
+
+    Returns
+    -------
+    CVPlan
+        With the preprocessed images in memory.
+
+    Raises
+    ------
+    ConfigError
+        ``cv_dir`` holds a CV of another configuration, data or split (both hashes named); the
+        cohort is not binary; ``repeats < 1``.
+    SplitError, LeakageError
+        The folds cannot each hold every class; the audit found leakage under ``on_leak=error``.
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ConfigError(f"repeats={repeats!r} must be an integer >= 1")
+    if len(spec.classes) != 2:
+        raise ConfigError(f"cross-validation reports binary metrics; cohort {spec.name!r} has "
+                          f"{len(spec.classes)} classes {list(spec.classes)} (use pipelines.retina for it)")
+    k = int(n_folds if n_folds is not None else cfg.split.n_folds)
+    cfg = dataclasses.replace(cfg, split=dataclasses.replace(cfg.split, n_folds=k))
+    path = Path(cv_dir) if cv_dir is not None else Path(cfg.out_dir) / default_cv_name(spec.name, cfg, k, repeats)
+    path = path.resolve()
+    existing = _read_json(path / PLAN) if (path / PLAN).is_file() else None
+    chash = config_hash(cfg)
+    if existing is not None and existing.get("config_hash") != chash:
+        raise ConfigError(
+            f"{path} holds a cross-validation with configuration {existing.get('config_hash')}, but this "
+            f"command resolves to configuration {chash}: folds of different configurations are never mixed. "
+            "Use another --cv-name (or the default name), or delete that folder to start again.")
+
+    ing, cache = prepare_cohort(spec, cfg)
+    images = load_images(ing.table, cache, cfg.preprocess)
+    merge = None
+    if cfg.audit.on_leak == "fix":
+        merge = duplicate_groups(ing.table, fingerprints(images), cfg.audit.hamming_threshold)
+    table = _cv_table(ing.table, cfg, k, repeats, merge).reset_index(drop=True)
+    info = {
+        "kind": "medxcept k-fold cross-validation",
+        "cohort_name": spec.name, "cohort_file": str(Path(cohort_file or cfg.cohort).resolve()),
+        "classes": list(spec.classes), "n_folds": k, "repeats": repeats,
+        "fold_seeds": [cfg.split.seed + r for r in range(repeats)],
+        "holdout_test": bool((table["cv_split"] == "test").any()),
+        "config_hash": chash, "data_hash": data_hash(table, decode=decode_key(spec)),
+        "decode_key": decode_key(spec),
+        "split_hash": _combined_split_hash(table, repeats),
+        "folds": [dataclasses.asdict(t) for t in _tasks(k, repeats)],
+    }
+    if existing is not None:
+        for key, what in (("data_hash", "data"), ("split_hash", "split"), ("n_folds", "number of folds"),
+                          ("repeats", "number of repeats")):
+            if existing.get(key) != info[key]:
+                raise ConfigError(
+                    f"{path} holds a cross-validation with {what} {existing.get(key)}, but this command gives "
+                    f"{what} {info[key]} (configuration {chash} in both): folds of different {what}s are never "
+                    "mixed. Use another --cv-name, or delete that folder to start again.")
+    path.mkdir(parents=True, exist_ok=True)
+    run = RunDir(path)
+    if existing is None:
+        # concurrent array jobs may all get here: every file is identical and written atomically
+        run.write_config(cfg)
+        record_ingestion(run, ing)  # shared exclusions.csv; paths and identifiers in private/
+        run.write_csv("cohort.csv", public_view(table))
+    # the audit of the whole partition: every fold's train/val and the hold-out, before any training
+    audit_view = table.assign(split=table["cv_split"], fold=table["fold_r0"])
+    report = audit_cohort(audit_view, fp=fingerprints(images), policy=cfg.audit.on_leak,
+                          hamming_threshold=cfg.audit.hamming_threshold, group_column=cfg.split.group_column)
+    if existing is None or not (path / "audit.json").is_file():
+        _write_json_atomic(path / "audit.json", report.to_dict())  # a resumed plan leaves it as it was
+    report.raise_if_errors()
+    for f in report.findings:
+        if f.severity == "warning":
+            log.warning("! audit: %s", f.message)
+    if existing is None:
+        _write_json_atomic(path / PLAN, {**info, "created": _dt.datetime.now().isoformat(timespec="seconds")})
+    log.info("cross-validation %s: %d fold(s) x %d repeat(s) over %d patient(s)%s", path, k, repeats,
+             table.loc[table["cv_split"] == "cv", "patient_key"].nunique(),
+             f", hold-out test of {table.loc[table['cv_split'] == 'test', 'patient_key'].nunique()} patient(s)"
+             if info["holdout_test"] else "")
+    return CVPlan(path=path, cfg=cfg, info=_read_json(path / PLAN), table=public_view(table), images=images)
+
+
+
+# ------------------------------------------------------------------------------------------ fold
+
+
+def _load_images(plan: CVPlan) -> np.ndarray:
+    decode = plan.info.get("decode_key")
+    cache = cohort_cache(load_cohort_spec(plan.info["cohort_file"])) if decode is None else cohort_cache(decode=decode)
+    try:
+        return load_images(plan.table, cache, plan.cfg.preprocess)
+    except KeyError:
+        # another machine, or a cleared cache: preprocess again (fills the cache), then read it
+        log.info("preprocessed images not in the cache at %s: ingesting the cohort again", cache_dir())
+        spec = load_cohort_spec(plan.info["cohort_file"])
+        prepare_cohort(spec, plan.cfg)
+        return load_images(plan.table, cache, plan.cfg.preprocess)
+
+
+def _evaluation(assessed: Assessment, how: str, n_bins: int) -> dict[str, Any]:
+    """A fold's measurement of one frame: patient metrics with patient calibration, image metrics, CIs."""
+    m = assessed.metrics
+    out = {"patient": {**m["test_patient"], **assessed.patient_calibration(how, n_bins)},
+           "image": m["test_image"], "calibration_image": m["calibration_test"]}
+    for key in ("test_patient_ci", "test_image_ci"):
+        if key in m:
+            out[key.replace("test_", "")] = m[key]
+    return out
+
+
+def run_fold(cv_dir: str | Path, task_index: int, *, images: np.ndarray | None = None,
+             save_model: bool = True) -> dict[str, Any]:
+    """Train and evaluate one fold into ``<cv_dir>/<fold name>/``; skip it when already complete.
+
+    Parameters
+    ----------
+    cv_dir : path
+        A directory written by :func:`plan_cv`.
+    task_index : int
+        ``repeat * n_folds + fold``.
+    images : numpy.ndarray, optional
+        The plan's preprocessed images in ``cohort.csv`` row order (read from the cache otherwise).
+    save_model : bool, default True
+        Keep ``model.keras`` in the fold directory.
+
+    Returns
+    -------
+    dict
+        ``name``, ``status`` (``"trained"`` or ``"skipped"``) and, when trained, ``seconds``.
+    """
+    plan = load_plan(cv_dir)
+    tasks = plan.tasks
+    if not 0 <= task_index < len(tasks):
+        raise ConfigError(f"fold index {task_index} is out of range: {plan.path} has {len(tasks)} fold(s) "
+                          f"(0..{len(tasks) - 1}; with repeats, index = repeat * {plan.n_folds} + fold)")
+    task = tasks[task_index]
+    fdir = plan.path / task.name
+    if (fdir / MARKER).is_file():
+        _check_marker(plan, task, _read_json(fdir / MARKER))
+        log.info("%s: complete (fold.json matches configuration %s), skipped", task.name, plan.info["config_hash"])
+        return {"name": task.name, "status": "skipped"}
+    # one process per fold (a resubmitted array job stops here): held until this process returns or dies
+    with _fold_lock(plan.path, task):
+        return _run_fold_locked(plan, task, images=images, save_model=save_model)
+
+
+def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
+                     save_model: bool) -> dict[str, Any]:
+    fdir = plan.path / task.name
+    if (fdir / MARKER).is_file():  # completed by the process that held the lock before us
+        _check_marker(plan, task, _read_json(fdir / MARKER))
+        return {"name": task.name, "status": "skipped"}
+    fault_point("fold_start", task.name)  # test hook (medxcept.faults)
+    if (fdir / FAILED).is_file():
+        log.warning("! %s failed before (%s): running it again", task.name,
+                    _read_json(fdir / FAILED).get("message", "?"))
+        (fdir / FAILED).unlink()
+    resume = False
+    if fdir.exists():
+        state = fdir / "checkpoints" / "state.json"
+        if state.is_file():
+            done = len(_read_json(state).get("rows", []))
+            log.warning("! %s was interrupted after epoch %d: continuing from its checkpoint", task.name, done)
+            resume = True
+        else:
+            log.warning("! %s was interrupted before its first epoch ended: restarting it", task.name)
+            shutil.rmtree(fdir)
+    # imported here: a skipped fold (above), planning and aggregating need neither Keras nor TensorFlow
+    from medxcept.model import detect_device, resolve_weights
+    from medxcept.train import fit, predict_logits, save_inference_model, set_seeds
+
+    t0 = time.perf_counter()
+    cfg = plan.cfg
+    classes = plan.classes
+    weights = resolve_weights(cfg.model.weights)
+    if images is None:
+        images = _load_images(plan)
+    table = fold_table(plan.table, task.repeat, task.fold)
+    run = RunDir(fdir)
+    run.write_config(cfg, extra={"cohort_name": plan.info["cohort_name"], "classes": list(classes),
+                                 "cv": {"dir": plan.path.name, "fold": task.fold, "repeat": task.repeat,
+                                        "n_folds": plan.n_folds, "repeats": plan.repeats}})
+    run.write_csv("split.csv", split_table(table))
+    report = audit_cohort(table, fp=fingerprints(images), policy=cfg.audit.on_leak,
+                          hamming_threshold=cfg.audit.hamming_threshold, group_column=cfg.split.group_column)
+    run.write_json("audit.json", report.to_dict())
+    report.raise_if_errors()
+
+    parts = {s: np.flatnonzero(table["split"].to_numpy() == s) for s in ("train", "val", "test")}
+    tr, va, te = (table.iloc[parts[s]] for s in ("train", "val", "test"))
+    log.info("%s: training on %d image(s) of %d patient(s), validating on %d image(s) of %d patient(s)",
+             task.name, len(tr), tr["patient_key"].nunique(), len(va), va["patient_key"].nunique())
+    set_seeds(cfg.seed)
+    result = fit(images[parts["train"]], tr["y"].to_numpy(), images[parts["val"]], va["y"].to_numpy(),
+                 va["patient_key"].to_numpy(), cfg=cfg, weights=weights, n_classes=len(classes), run_dir=fdir,
+                 resume=resume)
+    run.write_csv("history.csv", result.history)
+    bs = cfg.train.batch_size
+    train_logits = predict_logits(result.model, images[parts["train"]], batch_size=bs)
+    val_logits = predict_logits(result.model, images[parts["val"]], batch_size=bs)
+    ec = cfg.eval
+    # calibration and threshold from the training folds' own predictions; measured on the held-out fold
+    oof_a = assess(val=tr, test=va, val_logits=train_logits, test_logits=val_logits, cfg=cfg, classes=classes)
+    oof_m = oof_a.metrics
+    threshold = float(oof_a.threshold)
+    oof = _evaluation(oof_a, ec.patient_aggregation, ec.n_bins)
+    run.write_csv("oof_predictions.csv", _prediction_frame(oof_a.test, task, threshold, ec.patient_aggregation))
+    holdout = None
+    if len(te):
+        test_logits = predict_logits(result.model, images[parts["test"]], batch_size=bs)
+        ho_a = assess(val=tr, test=te, val_logits=train_logits, test_logits=test_logits, cfg=cfg, classes=classes)
+        holdout = _evaluation(ho_a, ec.patient_aggregation, ec.n_bins)
+        run.write_csv("holdout_predictions.csv",
+                      _prediction_frame(ho_a.test, task, threshold, ec.patient_aggregation))
+    model_bytes = None
+    if save_model:
+        model_bytes = save_inference_model(result.model, run.file("model.keras"))
+    device = detect_device()
+    fhash = split_hash(table)
+    run.write_versions(device=device, hashes={"data_hash": plan.info["data_hash"], "split_hash": fhash,
+                                              "config_hash": plan.info["config_hash"]})
+    seconds = time.perf_counter() - t0
+    metrics = {
+        "fold": task.fold, "repeat": task.repeat, "name": task.name,
+        "weights": weights.kind, "weights_description": weights.description, "pretrained": weights.pretrained,
+        "counts": {s: {"images": int(len(f)), "patients": int(f["patient_key"].nunique()),
+                       "positive_patients": int(f.groupby("patient_key")["y"].max().sum())}
+                   for s, f in (("train", tr), ("val", va), ("test", te))},
+        "threshold": {**oof_m["threshold"], "chosen_on": "training folds (the model's own predictions)"},
+        "calibration_method": ec.calibration, "calibrator": oof_m["calibrator"],
+        "patient_aggregation": ec.patient_aggregation, "n_bootstrap": ec.n_bootstrap,
+        "oof": oof, "holdout": holdout,
+        "training": {**training_verdict(result.history, result.best_epoch), "stages": result.stages,
+                     "seconds": result.seconds},
+        "audit": report.to_dict()["summary"] | {"warnings": [f.message for f in report.warnings]},
+        "device": device, "seconds": seconds,
+        "model": {"bytes": model_bytes, "weights_sha256": result.weights_sha256, "optimizer_state": False,
+                  "resumed_after_training": result.resumed_after_training},
+    }
+    run.write_json("metrics.json", metrics)
+    _write_json_atomic(fdir / MARKER, {  # the completion marker, written last
+        "name": task.name, "fold": task.fold, "repeat": task.repeat,
+        "config_hash": plan.info["config_hash"], "data_hash": plan.info["data_hash"], "split_hash": fhash,
+        "weights_sha256": result.weights_sha256,
+        "completed": _dt.datetime.now().isoformat(timespec="seconds"), "seconds": seconds})
+    shutil.rmtree(fdir / "checkpoints", ignore_errors=True)  # complete: the final model supersedes them
+    log.info("%s: done in %.0f s; out-of-fold patient AUC %s", task.name, seconds, oof["patient"].get("roc_auc"))
+    return {"name": task.name, "status": "trained", "seconds": seconds}
+
+
+
+# ------------------------------------------------------------------------------------- executors
+
+
+def _worker(cv_dir: str, task_index: int, save_model: bool, env: dict[str, str], log_level: int) -> dict[str, Any]:
+    """Entry point of a fold in another process (spawned or Ray); errors come back as values."""
+    for k, v in env.items():
+        os.environ.setdefault(k, v)
+    root = logging.getLogger("medxcept")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+        root.setLevel(log_level)
+    return _guarded_fold(cv_dir, task_index, images=None, save_model=save_model)
+
+
+def _guarded_fold(cv_dir: str | Path, task_index: int, *, images: np.ndarray | None,
+                  save_model: bool) -> dict[str, Any]:
+    """:func:`run_fold`, with any exception returned as a value and recorded in the fold's
+    ``failed.json`` (one failing fold must not stop the others)."""
+    try:
+        return run_fold(cv_dir, task_index, images=images, save_model=save_model)
+    except Exception as exc:  # noqa: BLE001 - every failure of a fold is recorded, then reported
+        result = {"index": task_index, "status": "error", "error_class": type(exc).__name__, "message": str(exc)}
+        locked = isinstance(exc, MedxceptError) and "in use by another process" in str(exc)
+        try:
+            tasks = load_plan(cv_dir).tasks
+        except MedxceptError:
+            return result
+        if 0 <= task_index < len(tasks):
+            result["name"] = tasks[task_index].name
+            if not locked:  # a fold another process runs is not a failed fold
+                _record_failure(Path(cv_dir).resolve() / tasks[task_index].name, tasks[task_index],
+                                type(exc).__name__, str(exc), traceback.format_exc())
+        return result
+
+
+def _worker_env() -> dict[str, str]:
+    keep = ("KERAS_BACKEND", "NO_ALBUMENTATIONS_UPDATE", "TF_CPP_MIN_LOG_LEVEL", "MEDXCEPT_CACHE",
+            "MEDXCEPT_FAULT", "MEDXCEPT_FAULT_ACTION")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env.setdefault("MEDXCEPT_CACHE", str(cache_dir()))
+    env.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    return env
+
+
+def _raise_worker_error(result: dict[str, Any]) -> None:
+    cls = getattr(errors, result.get("error_class", ""), None)
+    if not (isinstance(cls, type) and issubclass(cls, MedxceptError)) or cls is errors.ReadError:
+        cls = MedxceptError
+    raise cls(result["message"])
+
+
+def _crashed(plan: CVPlan, task: FoldTask, how: str) -> dict[str, Any]:
+    """A fold whose process died without reporting (killed, out of memory, ``os._exit``)."""
+    message = f"the worker process died ({how}) before the fold finished"
+    _record_failure(plan.path / task.name, task, "WorkerCrashed", message)
+    return {"index": task.index, "name": task.name, "status": "error", "error_class": "WorkerCrashed",
+            "message": message}
+
+
+def _spawned(conn: Any, cv_dir: str, task_index: int, save_model: bool, env: dict[str, str],
+             log_level: int) -> None:
+    conn.send(_worker(cv_dir, task_index, save_model, env, log_level))
+    conn.close()
+
+
+def _run_local(plan: CVPlan, todo: list[FoldTask], jobs: int, save_model: bool) -> list[dict[str, Any]]:
+    if jobs <= 1:
+        return [_guarded_fold(plan.path, t.index, images=plan.images, save_model=save_model) for t in todo]
+    # one spawned process per fold (not a pool: a pool breaks for every fold when one worker dies)
+    ctx = mp.get_context("spawn")
+    env, level = _worker_env(), logging.getLogger("medxcept").getEffectiveLevel()
+    pending, running, results = list(todo), {}, {}
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                t = pending.pop(0)
+                recv, send = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_spawned, args=(send, str(plan.path), t.index, save_model, env, level))
+                proc.start()
+                send.close()
+                running[proc.sentinel] = (proc, recv, t)
+            for sentinel in wait(list(running)):
+                proc, recv, t = running.pop(sentinel)
+                result = None
+                try:
+                    if recv.poll():
+                        result = recv.recv()
+                except (EOFError, OSError):
+                    result = None
+                proc.join()
+                results[t.index] = result if result is not None else _crashed(plan, t, f"exit code {proc.exitcode}")
+    finally:
+        for proc, _, _ in running.values():
+            proc.terminate()
+    return [results[t.index] for t in todo]
+
+
+def _run_ray(plan: CVPlan, todo: list[FoldTask], *, address: str | None, num_cpus: float, num_gpus: float,
+             save_model: bool) -> list[dict[str, Any]]:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--executor ray needs Ray, which is not installed: pip install 'medxcept[ray]' "
+                          "(or use --executor local)") from None
+    env, level = _worker_env(), logging.getLogger("medxcept").getEffectiveLevel()
+    started = False
+    if not ray.is_initialized():
+        repo = str(Path(__file__).resolve().parent.parent)
+        runtime_env: dict[str, Any] = {"env_vars": dict(env)}
+        if address is None:
+            # a local cluster: let workers import this checkout even when it is not pip-installed
+            path = os.environ.get("PYTHONPATH")
+            runtime_env["env_vars"]["PYTHONPATH"] = repo + (os.pathsep + path if path else "")
+        ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=True,
+                 logging_level=logging.WARNING)
+        started = True
+    try:
+        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(_worker)
+        refs = {remote.remote(str(plan.path), t.index, save_model, env, level): t for t in todo}
+        results: dict[int, dict[str, Any]] = {}
+        pending = list(refs)
+        while pending:  # one fold at a time as it ends: a failing fold never stops the others
+            done, pending = ray.wait(pending, num_returns=1)
+            t = refs[done[0]]
+            try:
+                results[t.index] = ray.get(done[0])
+            except ray.exceptions.RayError as exc:  # worker killed, task cancelled, node lost ...
+                results[t.index] = _crashed(plan, t, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+        return [results[t.index] for t in todo]
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: int = 1,
+           cv_dir: str | Path | None = None, only: Sequence[int] | None = None, executor: str = "local",
+           jobs: int = 1, ray_address: str | None = None, num_cpus: float = 1, num_gpus: float = 0,
+           save_model: bool = True, aggregate: bool | None = None,
+           cohort_file: str | Path | None = None) -> dict[str, Any]:
+    """Plan (or resume) a cross-validation, run the folds that are not complete, and aggregate.
+
+    Parameters
+    ----------
+    cfg, spec, n_folds, repeats, cv_dir, cohort_file
+        As in :func:`plan_cv`.
+    only : sequence of int, optional
+        Task indices (``repeat * n_folds + fold``) to run; default all. An empty sequence only
+        plans (writes the CV directory, trains nothing).
+    executor : {"local", "ray"}, default "local"
+        ``local``: in this process (``jobs=1``) or ``jobs`` spawned processes. ``ray``: one
+        ``ray.remote`` task per fold, on the cluster at ``ray_address`` or a local one.
+    jobs : int, default 1
+        Concurrent folds of the local executor.
+    ray_address : str, optional
+        Address of an existing Ray cluster (``ray.init(address=...)``); default a local Ray.
+    num_cpus, num_gpus : float
+        Resources each Ray fold task requests.
+    save_model : bool, default True
+        Keep every fold's ``model.keras``.
+    aggregate : bool, optional
+        Write the CV report afterwards; default: when every fold is complete.
+
+    Returns
+    -------
+    dict
+        ``path`` (the CV directory), ``trained`` and ``skipped`` (fold names), ``missing`` (folds
+        not complete afterwards) and ``report`` (path of ``cv_report.html`` or ``None``).
+    """
+    if executor not in EXECUTORS:
+        raise ConfigError(f"executor={executor!r} is not one of {list(EXECUTORS)}")
+    if cfg.model.weights == "imagenet":
+        from medxcept.model import fetch_imagenet_weights  # here: Keras is imported only when it is needed
+
+        fetch_imagenet_weights()  # downloaded (or refused) once, before ingestion, not inside a fold
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"jobs={jobs!r} must be an integer >= 1")
+    if executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ConfigError("--executor ray needs Ray, which is not installed: pip install 'medxcept[ray]' "
+                              "(or use --executor local)") from None
+    plan = plan_cv(cfg, spec, n_folds=n_folds, repeats=repeats, cv_dir=cv_dir, cohort_file=cohort_file)
+    tasks = plan.tasks
+    wanted = tasks if only is None else []
+    for i in dict.fromkeys(only or []):  # each fold once, in the order given
+        if not 0 <= int(i) < len(tasks):
+            raise ConfigError(f"--fold {i} is out of range: this cross-validation has {len(tasks)} fold(s) "
+                              f"(0..{len(tasks) - 1}; with repeats, index = repeat * {plan.n_folds} + fold)")
+        wanted.append(tasks[int(i)])
+    status = fold_status(plan)  # raises on a marker of another configuration before anything trains
+    skipped = [t.name for t in wanted if status[t.name] == "complete"]
+    for name in skipped:
+        log.info("%s: complete (fold.json matches configuration %s), skipped", name, plan.info["config_hash"])
+    todo = [t for t in wanted if status[t.name] != "complete"]
+    if todo:
+        log.info("running %d fold(s) with the %s executor: %s", len(todo), executor,
+                 ", ".join(t.name for t in todo))
+    results: list[dict[str, Any]] = []
+    if todo and executor == "local":
+        results = _run_local(plan, todo, jobs, save_model)
+    elif todo:
+        results = _run_ray(plan, todo, address=ray_address, num_cpus=num_cpus, num_gpus=num_gpus,
+                           save_model=save_model)
+    errors = [r for r in results if r.get("status") == "error"]
+    trained = [r["name"] for r in results if r["status"] == "trained"]
+    skipped += [r["name"] for r in results if r["status"] == "skipped"]
+    if errors:
+        for r in errors:
+            log.error("%s failed: %s: %s", r.get("name", f"fold task {r['index']}"), r["error_class"], r["message"])
+        names = [r.get("name", str(r["index"])) for r in errors]
+        done = f"; done: {', '.join(trained)}" if trained else ""
+        raise FoldsFailedError(
+            f"{len(errors)} of {len(results)} fold(s) failed: "
+            + "; ".join(f"{n} ({r['error_class']}: {' '.join(str(r['message']).split())[:200]})"
+                        for n, r in zip(names, errors))
+            + f"{done}. Each failure is in <fold>/{FAILED} under {plan.path}; re-run the same command to "
+            "retry only the folds not complete")
+    missing = [n for n, s in fold_status(plan).items() if s != "complete"]
+    report = None
+    if aggregate or (aggregate is None and not missing):
+        report = aggregate_cv(plan.path)["report"]
+    return {"path": plan.path, "trained": trained, "skipped": skipped, "missing": missing, "report": report}
+
+
+
+def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
+    """Write ``cv_metrics.json`` and ``cv_report.html`` from the complete folds of ``cv_dir``.
+
+    Incomplete folds are listed (``missing``), in the report too; at least one fold must be complete.
+
+    Returns
+    -------
+    dict
+        ``report`` (path), ``metrics`` (the content of ``cv_metrics.json``), ``missing``.
+
+    Raises
+    ------
+    ConfigError
+        No fold is complete yet; a fold marker of another configuration or split.
+    """
+    plan = load_plan(cv_dir)
+    status = fold_status(plan)
+    missing = [n for n, s in status.items() if s != "complete"]
+    done = [t for t in plan.tasks if status[t.name] == "complete"]
+    if not done:
+        raise ConfigError(f"no fold of {plan.path} is complete yet (missing: {', '.join(missing)}); run the folds "
+                          "first (python -m pipelines.kfold ... or --fold i)")
+    if missing:
+        log.warning("! %d of %d fold(s) not complete, left out of the CV report: %s", len(missing),
+                    len(status), ", ".join(missing))
+    ec = plan.cfg.eval
+    rows, holdout_rows, oof_frames, histories, audits, verdicts = [], [], [], [], [], []
+    first: dict[str, Any] = {}
+    for t in done:
+        d = plan.path / t.name
+        m = _read_json(d / "metrics.json")
+        first = first or m
+        row = {"name": t.name, "repeat": t.repeat, "fold": t.fold, "n_patients": m["oof"]["patient"]["n"],
+               "n_pos": m["oof"]["patient"]["n_pos"], "threshold": m["threshold"]["value"],
+               "best_epoch": m["training"]["best_epoch"], "seconds": m["seconds"],
+               **{k: m["oof"]["patient"].get(k) for k in CV_METRICS}}
+        rows.append(row)
+        if m.get("holdout"):
+            holdout_rows.append({"name": t.name, "n_patients": m["holdout"]["patient"]["n"],
+                                 **{k: m["holdout"]["patient"].get(k) for k in CV_METRICS}})
+        oof_frames.append(pd.read_csv(d / "oof_predictions.csv", dtype={"patient_key": str, "image_id": str}))
+        hist = pd.read_csv(d / "history.csv") if (d / "history.csv").stat().st_size > 1 else pd.DataFrame()
+        histories.append((t.name, hist, int(m["training"]["best_epoch"])))
+        verdicts.append({"name": t.name, "verdict": m["training"]["verdict"],
+                         "seconds": m["training"]["seconds"]})
+        audits.append({"name": t.name, **{k: m["audit"].get(k, 0) for k in ("error", "warning", "info")},
+                       "warnings": m["audit"].get("warnings", [])})
+    # each interval is clipped to its metric's range ([0, 1]; [-1, 1] for MCC)
+    bounds = cv_bounds()
+    summary = {k: t_interval([r[k] for r in rows], bounds=bounds[k]) for k in CV_METRICS}
+    holdout_summary = ({k: t_interval([r[k] for r in holdout_rows], bounds=bounds[k]) for k in CV_METRICS}
+                       if holdout_rows else None)
+    pooled, rel = _pooled(oof_frames, ec.patient_aggregation, ec.n_bins)
+    cv_audit = _read_json(plan.path / "audit.json") if (plan.path / "audit.json").is_file() else {}
+    notes = []
+    mean_auc, pooled_auc = summary["roc_auc"]["mean"], pooled["roc_auc"]
+    if mean_auc is not None and pooled_auc is not None and mean_auc - pooled_auc > 0.05:
+        # seen on the demo: every fold 1.000, pooled 0.61 (temperature scaling cannot shift an offset)
+        notes.append(
+            f"The pooled out-of-fold ROC-AUC ({pooled_auc:.3f}) is well below the mean per-fold ROC-AUC "
+            f"({mean_auc:.3f}): each fold model ranks its own patients well, but the models put their "
+            "probabilities on different scales, so patients of different folds do not rank against each other. "
+            "The mean per-fold AUC measures discrimination; the pooled AUC also measures how interchangeable "
+            "the fold models' scores are. Pooled sensitivity and specificity use each fold's own threshold "
+            "and are not affected.")
+    result = {
+        "cv": {"dir": plan.path.name, "cohort": plan.info["cohort_name"], "n_folds": plan.n_folds,
+               "repeats": plan.repeats, "fold_seeds": plan.info["fold_seeds"], "classes": list(plan.classes),
+               "holdout_test": plan.info["holdout_test"], "complete": [t.name for t in done],
+               "missing": missing, "seed": plan.cfg.seed},
+        "hashes": {k: plan.info[k] for k in ("config_hash", "data_hash", "split_hash")},
+        "weights": {"kind": first.get("weights"), "description": first.get("weights_description"),
+                    "pretrained": first.get("pretrained")},
+        "method": {"threshold": ec.threshold, "target_sensitivity": ec.target_sensitivity,
+                   "calibration": ec.calibration, "patient_aggregation": ec.patient_aggregation,
+                   "threshold_and_calibration_fitted_on": "training folds (the model's own predictions)",
+                   "early_stopping_on": "the held-out fold (patient-level AUC)", "confidence": 0.95,
+                   "interval": "t-distribution over folds: mean ± t(0.975, n-1) · SD / √n, clipped to [0, 1]"},
+        "notes": notes, "per_fold": rows, "summary": summary, "pooled_oof": pooled,
+        "holdout_per_fold": holdout_rows, "holdout_summary": holdout_summary,
+        "audit": {"cv": cv_audit.get("summary", {}), "per_fold": audits},
+    }
+    RunDir(plan.path).write_json("cv_metrics.json", result)
+
+    figs = {
+        "roc_pr": roc_pr_figure(rel["y"], rel["prob"], pooled["median_threshold"],
+                                title_suffix=" (pooled out-of-fold, patients)"),
+        "reliability": reliability_figure(rel["before"], rel["after"],
+                                          labels=("pooled OOF, before recalibration",
+                                                  f"pooled OOF, after ({ec.calibration}, per fold)")),
+        "curves": _curves_figure(histories),
+    }
+    html = environment().get_template("cv_report.html.j2").render(
+        r=result, figs=figs, metrics=CV_METRICS, verdicts=verdicts,
+        cv_findings=cv_audit.get("findings", []),
+        created=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        config_yaml=(plan.path / "config.yaml").read_text(encoding="utf-8"),
+        labels=cv_labels())
+    out = write_atomic(plan.path / "cv_report.html", html)
+    return {"report": out, "metrics": result, "missing": missing}

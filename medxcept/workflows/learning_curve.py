@@ -1,0 +1,56 @@
+"""The learning-curve workflow: train again on fractions of the training patients.
+
+The question, the sampling (:func:`medxcept.learning_curve.subsample_patients`), the verdict and
+the figure are in :mod:`medxcept.learning_curve`; this module trains and measures the points.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medxcept.evaluate import patient_auc, probabilities
+from medxcept.learning_curve import subsample_patients
+from medxcept.pipeline import training_verdict
+from medxcept.train import fit, predict_logits
+
+__all__ = ["learning_curve_rows"]
+
+log = logging.getLogger("medxcept.learning_curve")  # the log lines keep their logger name
+
+
+def learning_curve_rows(*, fractions: Sequence[float], images: np.ndarray, table: pd.DataFrame,
+                        parts: dict[str, np.ndarray], cfg: Any, weights: Any, n_classes: int,
+                        full: Any) -> pd.DataFrame:
+    """Train one model per fraction and measure it; ``full`` (a ``TrainResult``) is the 100 % point.
+
+    Returns one row per fraction (ascending, 100 % last): ``fraction, train_patients,
+    train_images, best_epoch, train_auc_at_best, val_patient_auc, test_patient_auc, seconds``.
+    Test AUC is of the uncalibrated probabilities, aggregated per patient like the run's.
+    """
+    tr, va, te = (table.iloc[parts[s]] for s in ("train", "val", "test"))
+    rows = []
+    for f in [*sorted(fractions), 1.0]:
+        mask = subsample_patients(tr, f, seed=cfg.seed) if f < 1.0 else np.ones(len(tr), dtype=bool)
+        idx = parts["train"][mask]
+        if f < 1.0:
+            log.info("learning curve: %.0f %% of the training patients (%d patients, %d images)", 100 * f,
+                     tr.loc[mask, "patient_key"].nunique(), len(idx))
+            result = fit(images[idx], table["y"].to_numpy()[idx], images[parts["val"]], va["y"].to_numpy(),
+                         va["patient_key"].to_numpy(), cfg=cfg, weights=weights, n_classes=n_classes, run_dir=None)
+        else:
+            result = full
+        verdict = training_verdict(result.history, result.best_epoch)
+        prob = probabilities(predict_logits(result.model, images[parts["test"]], batch_size=cfg.train.batch_size))
+        test_auc = patient_auc(te["patient_key"].to_numpy(), te["y"].to_numpy(), prob,
+                               how=cfg.eval.patient_aggregation)
+        rows.append({"fraction": f, "train_patients": int(tr.loc[mask, "patient_key"].nunique()),
+                     "train_images": int(len(idx)), "best_epoch": verdict["best_epoch"],
+                     "train_auc_at_best": verdict.get("train_auc_at_best"),
+                     "val_patient_auc": verdict.get("val_auc_at_best"), "test_patient_auc": test_auc,
+                     "seconds": round(result.seconds, 1)})
+    return pd.DataFrame(rows)

@@ -1,0 +1,254 @@
+"""The single-run workflow: ingest -> split -> audit -> train -> assess -> provenance -> report.
+
+``python -m pipelines.retina run`` calls :func:`run_pipeline`; a notebook can call it too. Each
+stage is a module of its own (see the README's map) and each shared step is in
+:mod:`medxcept.workflows.steps`; this module only composes them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medxcept.augment import build_augment, effective_class_frequencies, serialize_augment
+from medxcept.class_exclusions import exclusions_by_class
+from medxcept.cohort import CohortSpec, public_view
+from medxcept.config import RunConfig, config_hash
+from medxcept.errors import CohortError, ConfigError
+from medxcept.explain import cam_gallery, class_activation_maps
+from medxcept.faults import fault_point
+from medxcept.learning_curve import learning_curve_figure, learning_curve_verdict
+from medxcept.model import detect_device, resolve_weights
+from medxcept.pipeline import training_verdict
+from medxcept.preprocess import decode_key, load_images
+from medxcept.report import render_report
+from medxcept.run import COMPLETE, RunDir, data_hash, reproduce_block
+from medxcept.splits import split_hash, split_table, user_split_agreement
+from medxcept.train import check_resumable, fit, predict_logits_tta, save_inference_model, set_seeds
+from medxcept.workflows.learning_curve import learning_curve_rows
+from medxcept.workflows.steps import (
+    assess,
+    prediction_table,
+    prepare_withholding_names,
+    reason_counts,
+    record_ingestion,
+    split_and_audit,
+    summary_counts,
+)
+
+__all__ = ["run_pipeline"]
+
+log = logging.getLogger(__name__)
+
+
+def _say(msg: str) -> None:
+    """Console line for the researcher (stderr via logging keeps stdout for the report path)."""
+    log.warning(msg) if msg.startswith("!") else log.info(msg)
+
+
+def run_pipeline(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None = None,
+                 resume_dir: Path | None = None, learning_curve: tuple[float, ...] = (),
+                 before_training: Any = None) -> Path:
+    """Run every stage on ``spec`` with ``cfg``; return the path of the report (:func:`_run_locked`).
+
+    The run directory's lock is released when this returns or raises, so the same process (a
+    notebook, a test, an in-process k-fold) can resume or re-open the directory afterwards.
+    """
+    held: list[RunDir] = []
+    try:
+        return _run_locked(cfg, spec, run_name=run_name, resume_dir=resume_dir, learning_curve=learning_curve,
+                           before_training=before_training, held=held)
+    finally:
+        for run in held:
+            run.unlock()
+
+
+def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resume_dir: Path | None,
+                learning_curve: tuple[float, ...], before_training: Any, held: list[RunDir]) -> Path:
+    """Run every stage on ``spec`` with ``cfg``; return the path of the report.
+
+    Whole-run problems (no usable image, a class without patients, missing weights, leakage
+    under ``policy=error``) raise a :class:`~medxcept.errors.MedxceptError` *before* training.
+
+    ``resume_dir``: an interrupted run directory to complete. Ingestion, split and audit are
+    redone (from the preprocessing cache, so quickly) and must give the split the run saved;
+    training continues after the last completed epoch of ``resume_dir/checkpoints``.
+
+    ``learning_curve``: fractions of the training patients (e.g. ``(0.25, 0.5, 0.75)``) to train
+    again on, after the run itself (:mod:`medxcept.learning_curve`); the report gains the curve.
+
+    ``before_training``: called as ``before_training(run_dir, table, audit_report)`` once the split
+    and the audit are written, before training (:mod:`medxcept.reproduce` stops there when the
+    data changed).
+    """
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    weights = resolve_weights(cfg.model.weights)  # fail before any work if weights are missing
+    if not weights.pretrained:
+        _say("! NOT PRETRAINED: --weights none, the model starts from random initialization. "
+             "Results are from random initialization; the report says so on its first line.")
+    set_seeds(cfg.seed)
+    if resume_dir is not None:
+        run = RunDir(_resumable(Path(resume_dir))).lock()  # a second process on this run stops here
+        _say(f"resuming {run.path}")
+    else:
+        run = RunDir.create(cfg.out_dir, spec.name, cfg, name=run_name).lock()
+        run.write_config(cfg, extra={"cohort_name": spec.name, "classes": list(spec.classes)})
+    held.append(run)
+    _say(f"run directory: {run.path}")
+
+    t = time.perf_counter()
+    # nothing written into the run yet (but a stopping error's file names): a refused resume changes nothing
+    ing, cache = prepare_withholding_names(run, spec, cfg, keep_detail=resume_dir is None)
+    timings["ingest_s"] = time.perf_counter() - t
+    _say(f"cohort: {len(ing.table)} image(s) of {ing.table['patient_key'].nunique()} patient(s); "
+         f"{ing.files_found} file(s) found, {ing.files_excluded} excluded (see exclusions.csv)")
+    by_class = exclusions_by_class(ing.table, ing.exclusions, list(spec.classes))
+    for w in by_class["warnings"]:
+        _say(f"! exclusions depend on the class: {w}")
+
+    t = time.perf_counter()
+    images = load_images(ing.table, cache, cfg.preprocess)
+    table, report = split_and_audit(ing.table, images, cfg)
+    timings["audit_s"] = time.perf_counter() - t
+    if resume_dir is not None:
+        # validate everything a resume depends on before the first write
+        _same_split(run.file("split.csv"), split_table(table))
+        train_y = table.loc[table["split"] == "train", "y"].to_numpy()
+        check_resumable(run.path, cfg=cfg, train_y=train_y, n_val=int((table["split"] == "val").sum()))
+    record_ingestion(run, ing)
+    run.write_json("audit.json", report.to_dict())
+    run.write_csv("split.csv", split_table(table))
+    run.write_csv("cohort.csv", public_view(table))
+    agreement = user_split_agreement(table, cfg.split) if cfg.split.user_split is not None else None
+    if before_training is not None:
+        before_training(run.path, table, report)
+    report.raise_if_errors()
+    for f in report.findings:
+        if f.severity == "warning":
+            _say(f"! audit: {f.message}")
+
+    parts = {s: np.flatnonzero(table["split"].to_numpy() == s) for s in ("train", "val", "test")}
+    for s, idx in parts.items():
+        if len(idx) == 0:
+            raise CohortError(f"the {s} split is empty: the cohort is too small for the requested fractions")
+    tr, va, te = (table.iloc[parts[s]] for s in ("train", "val", "test"))
+    device = detect_device()
+    _say(f"training on {len(tr)} image(s) ({device['backend']} backend, {device['device']}) at "
+         f"{cfg.preprocess.image_px} px, recipe '{cfg.train.recipe}'")
+    result = fit(images[parts["train"]], tr["y"].to_numpy(), images[parts["val"]], va["y"].to_numpy(),
+                 va["patient_key"].to_numpy(), cfg=cfg, weights=weights, n_classes=spec.n_classes, run_dir=run.path,
+                 resume=resume_dir is not None)
+    timings["train_s"] = result.seconds
+    run.write_csv("history.csv", result.history)
+    model_bytes = save_inference_model(result.model, run.file("model.keras"))
+    _say(f"model.keras: {model_bytes / 1e6:.1f} MB (architecture and weights of epoch {result.best_epoch}, "
+         "no optimizer state)")
+    fault_point("trained")  # test hook (medxcept.faults): killed after training, before evaluation
+
+    t = time.perf_counter()
+    tta = {"passes": cfg.eval.tta, "seed": cfg.seed, "policy": cfg.augment.policy, "batch_size": cfg.train.batch_size}
+    val_logits = predict_logits_tta(result.model, images[parts["val"]], **tta)
+    test_logits = predict_logits_tta(result.model, images[parts["test"]], **tta)
+    assessed = assess(val=va, test=te, val_logits=val_logits, test_logits=test_logits, cfg=cfg,
+                      classes=spec.classes)
+    metrics = assessed.metrics
+    timings["evaluate_s"] = time.perf_counter() - t
+    run.write_json("calibration.json", assessed.calibration_record)
+    predictions = prediction_table(assessed.test, spec.classes, cfg.eval.patient_aggregation)
+    run.write_csv("predictions.csv", predictions)
+
+    aug = build_augment(cfg.augment, seed=cfg.seed)
+    run.write_json("augmentation.json", serialize_augment(aug))
+    hashes = {"data_hash": data_hash(table, decode=decode_key(spec)), "split_hash": split_hash(table),
+              "config_hash": config_hash(cfg)}
+    versions = run.write_versions(
+        device=device, hashes=hashes,
+        model={"file": "model.keras", "bytes": model_bytes, "weights_sha256": result.weights_sha256,
+               "optimizer_state": False},
+        reproduce=reproduce_block(cfg, data_hash=hashes["data_hash"], split_hash=hashes["split_hash"],
+                                  device=device, user_split=agreement))
+    timings["total_s"] = time.perf_counter() - t_start
+    full = {
+        "run": {"id": run.path.name, "cohort": spec.name, "description": spec.description,
+                "weights": weights.kind, "weights_description": weights.description,
+                "pretrained": weights.pretrained, "recipe": cfg.train.recipe, "image_px": cfg.preprocess.image_px,
+                "seed": cfg.seed, "tta_passes": cfg.eval.tta, "precision": result.precision,
+                "model_bytes": model_bytes, "weights_sha256": result.weights_sha256,
+                "resumed_after_training": result.resumed_after_training,
+                "n_devices": result.n_devices, "backend": device["backend"], "device": device["device"],
+                "external_validation": False},
+        "cohort": {**summary_counts(table), "files_found": ing.files_found, "files_used": ing.files_used,
+                   "files_excluded": ing.files_excluded,
+                   "exclusions_by_reason": reason_counts(ing.exclusions),
+                   "exclusions_by_class": by_class},
+        "class_balance": {"method": cfg.augment.balance,
+                          **effective_class_frequencies(tr["y"].to_numpy(), cfg.augment, n_classes=spec.n_classes)},
+        "training": {**training_verdict(result.history, result.best_epoch), "stages": result.stages,
+                     "seconds": result.seconds},
+        **metrics,
+        "audit": {"errors": len(report.errors), "n_findings": len(report.findings)},
+        "timings": timings,
+        "hashes": {k: versions[k] for k in ("data_hash", "split_hash", "config_hash")},
+    }
+    figs: dict[str, str | None] = {}
+    if learning_curve:
+        t = time.perf_counter()
+        lc = learning_curve_rows(fractions=learning_curve, images=images, table=table, parts=parts, cfg=cfg,
+                                 weights=weights, n_classes=spec.n_classes, full=result)
+        run.write_csv("learning_curve.csv", lc)
+        full["learning_curve"] = {"rows": lc.to_dict("records"),
+                                  "verdict": learning_curve_verdict(lc, int(va["patient_key"].nunique()))}
+        figs["learning_curve"] = learning_curve_figure(lc)
+        timings["learning_curve_s"] = time.perf_counter() - t
+        _say(f"learning curve: {full['learning_curve']['verdict']}")
+    run.write_json("metrics.json", full)
+    fault_point("evaluated")  # test hook: killed after metrics.json, before the report
+    frames = {"val": assessed.val, "test": assessed.test}
+    html = render_report(run.path, metrics=full, table=table, history=result.history, predictions=predictions,
+                         audit=report, versions=versions, images=images, cfg=cfg, spec=spec, frames=frames,
+                         extra_figs={**figs, "cam": _cam_figure(result.model, images[parts["test"]], assessed.test,
+                                                                metrics.get("threshold"))})
+    # the completion marker, written last: until it exists the run is resumable (checkpoints kept)
+    run.write_json(COMPLETE, {"completed": _dt.datetime.now().isoformat(timespec="seconds"),
+                              "weights_sha256": result.weights_sha256, "model_bytes": model_bytes,
+                              "best_epoch": int(result.best_epoch)})
+    shutil.rmtree(run.file("checkpoints"), ignore_errors=True)  # complete: model.keras supersedes them
+    _say(f"report written in {timings['total_s']:.0f} s")
+    return html
+
+
+def _cam_figure(model: Any, images: np.ndarray, test: pd.DataFrame, threshold: dict | None) -> str | None:
+    """The Grad-CAM gallery of the test split (binary cohorts)."""
+    if threshold is None or "prob" not in test:
+        return None
+    cams = class_activation_maps(model, images)
+    return cam_gallery(images, cams, test["y"].to_numpy(), test["prob"].to_numpy(), float(threshold["value"]),
+                       keys=test["patient_key"].tolist())
+
+
+def _resumable(path: Path) -> Path:
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(f"cannot resume {path}: it holds no config.yaml (not a medxcept run directory)")
+    legacy = (path / "report.html").is_file() and not (path / "checkpoints").exists()  # before complete.json
+    if (path / COMPLETE).is_file() or legacy:
+        raise ConfigError(f"cannot resume {path}: the run is complete ({COMPLETE} exists); start a new run")
+    if not (path / "checkpoints" / "state.json").is_file():
+        log.warning("! %s has no checkpoint (interrupted before its first epoch ended): training from the start",
+                    path)
+    return path
+
+
+def _same_split(saved: Path, split: pd.DataFrame) -> None:
+    if not saved.is_file():
+        return
+    if saved.read_text(encoding="utf-8") != split.to_csv(index=False):  # written by RunDir.write_csv
+        raise ConfigError(f"cannot resume: the split computed now differs from {saved} (the cohort's files or "
+                          "labels changed since the run started); start a new run")

@@ -1,0 +1,374 @@
+"""The shared steps every workflow is composed of (:mod:`medxcept.workflows`).
+
+Each step is one job a workflow does on a run directory, written once:
+
+=========================  ==============================================================
+ingest into a run          :func:`ingest_into_run` (:func:`prepare_cohort`,
+                           :func:`record_ingestion`): the table, the preprocessing cache,
+                           ``exclusions.csv`` and ``private/``
+split and audit            :func:`split_and_audit`: the patient-level split, then the audit
+assess                     :func:`assess` (calibrator and threshold fitted on validation) and
+                           :func:`assess_frozen` (both given): an :class:`Assessment`
+predictions                :func:`prediction_table`: ``predictions.csv``
+summaries                  :func:`summary_counts`, :func:`reason_counts` for ``metrics.json``
+provenance                 :meth:`medxcept.run.RunDir.write_versions`
+render                     :func:`medxcept.report.render_report`
+=========================  ==============================================================
+
+Steps import stages (``medxcept.ingest``, ``medxcept.splits``, ``medxcept.audit``,
+``medxcept.evaluate``, ``medxcept.calibrate`` ...); no stage imports a step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medxcept.audit import AuditReport, audit_cohort, duplicate_groups, fingerprints
+from medxcept.calibrate import Calibrator, brier, ece, make_calibrator, mce, nll, reliability_table
+from medxcept.cohort import CohortSpec
+from medxcept.config import RunConfig
+from medxcept.demo import cache_dir
+from medxcept.errors import CohortError, ConfigError
+from medxcept.evaluate import (
+    aggregate_by_patient,
+    binary_metrics,
+    bootstrap_ci,
+    choose_threshold,
+    metric_names,
+    multiclass_metrics,
+    probabilities,
+)
+from medxcept.ingest import IngestResult, ingest, public_exclusions
+from medxcept.preprocess import PreprocessCache, decode_key
+from medxcept.run import RunDir
+from medxcept.splits import assign_splits
+
+__all__ = ["Assessment", "assess", "assess_frozen", "add_probabilities", "measure_test", "cohort_cache",
+           "prepare_cohort", "prepare_withholding_names", "record_ingestion", "ingest_into_run",
+           "split_and_audit", "summary_counts", "reason_counts", "prediction_table", "CI_METRICS"]
+
+#: Metrics with a patient-bootstrap confidence interval (the registry's ``ci`` flag).
+CI_METRICS = metric_names(ci=True)
+
+
+# ------------------------------------------------------------------------------------ ingest
+
+
+def prepare_cohort(spec: CohortSpec, cfg: RunConfig) -> tuple[IngestResult, PreprocessCache]:
+    """Ingest the cohort into the table and the preprocessing cache."""
+    cache = cohort_cache(spec)
+    return ingest(spec, preprocess_cfg=cfg.preprocess, cache=cache), cache
+
+
+def cohort_cache(spec: CohortSpec | None = None, decode: str | None = None) -> PreprocessCache:
+    """The preprocessing cache for a cohort: one sub-folder per cohort-level decoding
+    (:func:`medxcept.preprocess.decode_key`, e.g. another DICOM window gives other pixels)."""
+    key = decode_key(spec) if decode is None else decode
+    root = cache_dir() / "preprocessed"
+    return PreprocessCache(root / key if key else root)
+
+
+#: The raw values kept in ``private/image_paths.csv`` (when the cohort has them).
+PRIVATE_IMAGE_COLUMNS = ("image_id", "patient_key", "path", "frame", "study_id", "study_uid", "series_uid",
+                         "sop_uid", "acquisition_date", "age", "visit")
+
+
+def record_ingestion(run: RunDir, ing: IngestResult) -> None:
+    """Record an ingestion in ``run``: what may be shared at the root, identifiers in ``private/``.
+
+    * ``exclusions.csv``: every file not used, by keyed ``file_id`` with stage, reason (file names
+      and paths removed), source and class label when known: :func:`medxcept.ingest.public_exclusions`;
+    * ``exclusions_summary.json``: files found = used + excluded, and the rows per reason;
+    * ``private/exclusions.csv``: the same rows with full paths and unabridged reasons;
+    * ``private/patient_map.csv`` (raw patient ID -> pseudonym) and ``private/image_paths.csv``
+      (image_id -> path, frame, raw UIDs, exact date and age).
+    """
+    shared = public_exclusions(ing.exclusions)
+    run.write_csv("exclusions.csv", shared)
+    run.write_json("exclusions_summary.json", {
+        "files_found": ing.files_found, "files_used": ing.files_used, "files_excluded": ing.files_excluded,
+        "check": "files_found = files_used + files_excluded",
+        "holds": ing.files_found == ing.files_used + ing.files_excluded,
+        "exclusion_rows": len(shared), "rows_by_reason": reason_counts(ing.exclusions)})
+    run.write_private("exclusions.csv", ing.exclusions)
+    run.write_private("patient_map.csv", ing.patient_map)
+    run.write_private("image_paths.csv", ing.table[[c for c in PRIVATE_IMAGE_COLUMNS if c in ing.table]])
+
+
+def ingest_into_run(run: RunDir, spec: CohortSpec, cfg: RunConfig) -> tuple[IngestResult, PreprocessCache]:
+    """Ingest ``spec`` and record it in ``run`` (:func:`record_ingestion`).
+
+    An ingestion error whose full text names files (label problems under ``on_label_issue: error``)
+    is raised without the names; the full text is written to ``private/ingest_error.txt``.
+    """
+    ing, cache = prepare_withholding_names(run, spec, cfg)
+    record_ingestion(run, ing)
+    return ing, cache
+
+
+def prepare_withholding_names(run: RunDir, spec: CohortSpec, cfg: RunConfig, *,
+                              keep_detail: bool = True) -> tuple[IngestResult, PreprocessCache]:
+    """:func:`prepare_cohort`, with a stopping ingestion error's file names kept out of the console.
+
+    The error is raised with shareable text; when ``keep_detail`` the full text (naming the files)
+    goes to ``private/ingest_error.txt`` of ``run`` (a refused ``--resume`` writes nothing).
+    """
+    try:
+        return prepare_cohort(spec, cfg)
+    except CohortError as exc:
+        detail = getattr(exc, "private_detail", None)
+        if not detail:
+            raise
+        if not keep_detail:
+            raise CohortError(f"{exc}\nFile names are withheld here (logs may be shared)") from None
+        where = run.write_private("ingest_error.txt", detail + "\n")
+        raise CohortError(f"{exc}\nFile names are withheld here (logs may be shared); they are in {where}") from None
+
+
+
+# ---------------------------------------------------------------------------- split, audit
+
+
+def split_and_audit(table: pd.DataFrame, images: np.ndarray, cfg: RunConfig,
+                    fp: pd.DataFrame | None = None) -> tuple[pd.DataFrame, AuditReport]:
+    """Patient-level split (near-duplicates merged first under ``on_leak: fix``), then the audit.
+
+    Returns the table with ``split`` and the :class:`~medxcept.audit.AuditReport` (not yet
+    raised: the caller writes ``audit.json`` first). ``fp``: fingerprints of ``images`` if known.
+    """
+    fp = fingerprints(images) if fp is None else fp
+    merge = duplicate_groups(table, fp, cfg.audit.hamming_threshold) if cfg.audit.on_leak == "fix" else None
+    table = assign_splits(table, cfg.split, merge=merge)
+    report = audit_cohort(table, fp=fp, policy=cfg.audit.on_leak, hamming_threshold=cfg.audit.hamming_threshold,
+                          group_column=cfg.split.group_column,
+                          max_images_per_patient=cfg.audit.max_images_per_patient)
+    return table, report
+
+
+# ------------------------------------------------------------------------------- summaries
+
+
+def summary_counts(table: pd.DataFrame) -> dict[str, Any]:
+    """Images and patients, per class and per split, for ``metrics.json``'s ``cohort`` block."""
+    out: dict[str, Any] = {"n_images": int(len(table)), "n_patients": int(table["patient_key"].nunique()),
+                           "images_per_class": table["label"].value_counts().sort_index().to_dict(),
+                           "patients_per_class": table.groupby("label")["patient_key"].nunique().to_dict()}
+    if "split" in table:
+        out["per_split"] = {
+            s: {"images": int((g := table[table["split"] == s]).shape[0]), "patients": int(g["patient_key"].nunique()),
+                "images_per_class": g["label"].value_counts().sort_index().to_dict()}
+            for s in ("train", "val", "test")}
+    return out
+
+
+def reason_counts(exclusions: pd.DataFrame) -> dict[str, int]:
+    """Exclusion rows per stage and kind of reason (shareable: no file name)."""
+    if exclusions.empty:
+        return {}
+    if "path" in exclusions:  # the shareable reasons: no file name reaches metrics.json
+        exclusions = public_exclusions(exclusions)
+    # group reasons by their first clause so per-file numbers do not split one reason into many
+    # (after the label table's "row 7:" / "rows 3, 9:" prefix)
+    reason = exclusions["reason"].str.replace(r"^rows? [\d, ]+:\s*", "", regex=True)
+    key = exclusions["stage"] + ": " + reason.str.split(r"[:(]", n=1, regex=True).str[0].str.strip()
+    return key.value_counts().to_dict()
+
+
+def _calibration_block(y: np.ndarray, p: np.ndarray, n_bins: int) -> dict[str, Any]:
+    return {
+        "ece": ece(y, p, n_bins=n_bins, strategy="uniform"),
+        "ece_equal_mass": ece(y, p, n_bins=n_bins, strategy="quantile"),
+        "mce": mce(y, p, n_bins=n_bins, strategy="uniform"),
+        "brier": brier(y, p),
+        "nll": nll(y, p),
+        "n_bins": n_bins,
+        "reliability": reliability_table(y, p, n_bins=n_bins, strategy="uniform").to_dict("records"),
+    }
+
+
+
+# ------------------------------------------------------------------------------------ assess
+
+
+def add_probabilities(frame: pd.DataFrame, logits: np.ndarray, calibrator: Any,
+                      classes: tuple[str, ...]) -> pd.DataFrame:
+    """A copy of ``frame`` with ``logit``, ``prob_raw`` and calibrated ``prob`` (per class when k > 2)."""
+    frame = frame.copy()
+    raw = probabilities(logits)
+    cal = calibrator.predict_proba(logits)
+    if len(classes) == 2:
+        frame["logit"] = logits
+        frame["prob_raw"] = raw
+        frame["prob"] = cal
+        return frame
+    for i, c in enumerate(classes):
+        frame[f"prob_raw_{c}"] = raw[:, i]
+        frame[f"prob_{c}"] = cal[:, i]
+    return frame
+
+
+def measure_test(test: pd.DataFrame, *, threshold: float | None, cfg: RunConfig,
+                 classes: tuple[str, ...]) -> dict[str, Any]:
+    """Test metrics of a frame from :func:`add_probabilities` at a threshold fixed beforehand.
+
+    Image- and patient-level metrics, patient-bootstrap CIs (:data:`CI_METRICS`) and calibration
+    before/after. The same code measures a run's own test split, a fold and an external cohort.
+    """
+    ec = cfg.eval
+    y = test["y"].to_numpy()
+    out: dict[str, Any] = {}
+    if len(classes) == 2:
+        p = test["prob"].to_numpy()
+        out["test_image"] = binary_metrics(y, p, threshold=threshold)
+        keys, yp, pp = aggregate_by_patient(test["patient_key"], y, p, how=ec.patient_aggregation)
+        out["test_patient"] = binary_metrics(yp, pp, threshold=threshold)
+        out["patient_aggregation"] = ec.patient_aggregation
+        if ec.n_bootstrap:
+            cis = bootstrap_ci(yp, pp, keys, metrics=CI_METRICS, threshold=threshold,
+                               n_resamples=ec.n_bootstrap, seed=cfg.seed)
+            out["test_patient_ci"] = {k: v.to_dict() for k, v in cis.items()}
+            cis_img = bootstrap_ci(y, p, test["patient_key"].to_numpy(), metrics=CI_METRICS, threshold=threshold,
+                                   n_resamples=ec.n_bootstrap, seed=cfg.seed)
+            out["test_image_ci"] = {k: v.to_dict() for k, v in cis_img.items()}
+        out["n_bootstrap"] = ec.n_bootstrap
+        out["calibration_test"] = {"before": _calibration_block(y, test["prob_raw"].to_numpy(), ec.n_bins),
+                                   "after": _calibration_block(y, p, ec.n_bins)}
+        return out
+    P = test[[f"prob_{c}" for c in classes]].to_numpy()
+    out["test_image"] = multiclass_metrics(y, P, classes=list(classes))
+    Praw = test[[f"prob_raw_{c}" for c in classes]].to_numpy()
+    out["calibration_test"] = {"before": _calibration_block(y, Praw, ec.n_bins),
+                               "after": _calibration_block(y, P, ec.n_bins)}
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Assessment:
+    """What the ``assess`` step measured: the metrics, and the frames they were measured on.
+
+    Attributes
+    ----------
+    metrics : dict
+        The measured part of ``metrics.json``: ``classes``, ``calibration_method``,
+        ``calibrator``, ``threshold`` (binary), ``test_image``, ``test_patient``, their CIs,
+        ``calibration_test`` and, when a validation split was given, ``val_image``.
+    test : pandas.DataFrame
+        The test rows with ``logit`` / ``prob_raw`` / ``prob`` (per class when k > 2).
+    val : pandas.DataFrame or None
+        The same for the rows the calibrator and threshold were fitted on (``None`` when both
+        were given: :func:`assess_frozen`).
+    calibrator : Calibrator
+    """
+
+    metrics: dict[str, Any]
+    test: pd.DataFrame
+    val: pd.DataFrame | None
+    calibrator: Calibrator
+
+    @property
+    def threshold(self) -> float | None:
+        """The operating threshold applied (binary), or ``None``."""
+        t = self.metrics.get("threshold")
+        return None if t is None else float(t["value"])
+
+    @property
+    def calibration_record(self) -> dict[str, Any]:
+        """The content of ``calibration.json``: method, fitted calibrator, threshold."""
+        return {"method": self.metrics["calibration_method"], "calibrator": self.metrics["calibrator"],
+                "threshold": self.metrics.get("threshold")}
+
+    def patient_calibration(self, how: str, n_bins: int) -> dict[str, float]:
+        """ECE and Brier of the test patients' calibrated and raw probabilities (binary)."""
+        frame = self.test
+        _, yp, pp = aggregate_by_patient(frame["patient_key"], frame["y"], frame["prob"], how=how)
+        _, _, pr = aggregate_by_patient(frame["patient_key"], frame["y"], frame["prob_raw"], how=how)
+        return {"ece": ece(yp, pp, n_bins=n_bins), "brier": brier(yp, pp),
+                "ece_raw": ece(yp, pr, n_bins=n_bins), "brier_raw": brier(yp, pr)}
+
+
+def assess(*, val: pd.DataFrame, test: pd.DataFrame, val_logits: np.ndarray, test_logits: np.ndarray,
+           cfg: RunConfig, classes: tuple[str, ...]) -> Assessment:
+    """Calibrate on ``val``, choose the threshold on ``val``, measure on ``test``.
+
+    ``val`` is the validation split of a run, or the training folds of a cross-validation fold.
+    """
+    ec = cfg.eval
+    calibrator = make_calibrator(ec.calibration).fit(val_logits, val["y"].to_numpy())
+    val = add_probabilities(val, val_logits, calibrator, classes)
+    test = add_probabilities(test, test_logits, calibrator, classes)
+    out: dict[str, Any] = {"classes": list(classes), "calibration_method": ec.calibration,
+                           "calibrator": calibrator.to_dict()}
+    threshold = None
+    if len(classes) == 2:
+        threshold = choose_threshold(val["y"], val["prob"], method=ec.threshold, target=ec.target_sensitivity)
+        out["threshold"] = {"value": float(threshold), "method": ec.threshold, "chosen_on": "validation",
+                            "target_sensitivity": ec.target_sensitivity if ec.threshold == "sensitivity" else None}
+    out.update(measure_test(test, threshold=threshold, cfg=cfg, classes=classes))
+    if len(classes) == 2:
+        out["val_image"] = binary_metrics(val["y"].to_numpy(), val["prob"].to_numpy(), threshold=threshold)
+    return Assessment(metrics=out, test=test, val=val, calibrator=calibrator)
+
+
+def assess_frozen(test: pd.DataFrame, logits: np.ndarray, *, calibrator: Calibrator,
+                  threshold: dict[str, Any] | None, cfg: RunConfig, classes: tuple[str, ...]) -> Assessment:
+    """Measure ``test`` under a calibrator and threshold fitted elsewhere (nothing is refitted).
+
+    The test half of :func:`assess`, for external validation.
+
+    Parameters
+    ----------
+    test : DataFrame
+        Cohort rows (``y``, ``patient_key``), in the order of ``logits``.
+    logits : ndarray of shape (n,) or (n, k)
+    calibrator : Calibrator
+        Fitted (``Calibrator.from_dict`` of the source run's ``calibration.json``).
+    threshold : dict or None
+        The source run's threshold record (binary models); ``value`` is applied as is.
+    cfg : RunConfig
+        ``eval.n_bootstrap``, ``n_bins``, ``patient_aggregation`` and ``seed`` are used.
+    classes : tuple of str
+
+    Raises
+    ------
+    ConfigError
+        A binary model without a threshold record.
+    """
+    out: dict[str, Any] = {"classes": list(classes), "calibration_method": calibrator.name,
+                           "calibrator": calibrator.to_dict()}
+    t = None
+    if len(classes) == 2:
+        if threshold is None or threshold.get("value") is None:
+            raise ConfigError("the source run's calibration.json holds no threshold for this binary model; "
+                              "the run directory is damaged, re-run training")
+        t = float(threshold["value"])
+        out["threshold"] = threshold
+    test = add_probabilities(test, logits, calibrator, classes)
+    out.update(measure_test(test, threshold=t, cfg=cfg, classes=classes))
+    return Assessment(metrics=out, test=test, val=None, calibrator=calibrator)
+
+
+PREDICTION_COLUMNS = ("image_id", "patient_key", "laterality", "source", "label", "y")
+
+
+def prediction_table(test: pd.DataFrame, classes: tuple[str, ...], how: str) -> pd.DataFrame:
+    """``predictions.csv``: pseudonymized rows, logits and probabilities, and (binary) the
+    patient's label and aggregated probability (:func:`medxcept.evaluate.aggregate_by_patient`)."""
+    cols = list(PREDICTION_COLUMNS) + [c for c in test.columns if c.startswith(("logit", "prob"))]
+    predictions = test[cols].copy()
+    if len(classes) == 2:
+        predictions = predictions.merge(patient_frame(predictions, how), left_on="patient_key",
+                                        right_index=True, how="left")
+    return predictions
+
+
+def patient_frame(frame: pd.DataFrame, how: str) -> pd.DataFrame:
+    """``patient_y`` and ``patient_prob`` per ``patient_key`` (index), aggregated by ``how``."""
+    keys, yp, pp = aggregate_by_patient(frame["patient_key"].to_numpy(), frame["y"].to_numpy(),
+                                        frame["prob"].to_numpy(), how=how)
+    return pd.DataFrame({"patient_y": yp, "patient_prob": pp}, index=pd.Index(keys, name="patient_key"))
+
+
