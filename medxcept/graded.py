@@ -30,7 +30,13 @@ import numpy as np
 import pandas as pd
 
 from medxcept.calibrate import brier, ece, mce, nll, reliability_table
-from medxcept.evaluate import aggregate_by_patient, binary_metrics, bootstrap_ci, choose_threshold
+from medxcept.evaluate import (
+    aggregate_by_patient,
+    binary_metrics,
+    bootstrap_ci,
+    choose_threshold,
+    metric_names,
+)
 from medxcept.multiclass import (
     DecisionRule,
     aggregate_units,
@@ -43,9 +49,8 @@ from medxcept.multiclass import (
 __all__ = ["ENDPOINT_CI_METRICS", "assess_graded", "endpoint_report", "check_task_config", "graded_figures",
            "classwise_reliability_figure"]
 
-#: Binary metrics given a CI in each endpoint's report (the binary run's list).
-ENDPOINT_CI_METRICS = ("roc_auc", "pr_auc", "sensitivity", "specificity", "precision", "npv", "f1",
-                       "balanced_accuracy")
+#: Binary metrics given a CI in each endpoint's report: the binary run's list (the registry's ``ci`` flag).
+ENDPOINT_CI_METRICS = metric_names(ci=True)
 
 
 def check_task_config(task: str, n_classes: int, ordinal_loss: str) -> None:
@@ -269,7 +274,7 @@ def _pooled_endpoint(df: pd.DataFrame, e: Any, classes: list[str], kind: str, ev
                            "patient_aggregation_reason": (
                                "worst eye: the maximum over their images" if upper_set else f"the {how} over their "
                                "images") + "; sensitivity and specificity apply each fold's own threshold",
-                           "threshold": {"value": float(frame["t"].median()), "method": "median of the folds'",
+                           "threshold": {"value": float(frame["t"].median()), "method": "per fold",
                                          "chosen_on": "each fold's training folds", "target_sensitivity": None},
                            "n_bootstrap": int(eval_cfg.n_bootstrap)}
     units = frame.groupby("unit").agg(y=("y", "max"), p=("p", how), p_raw=("p_raw", how), t=("t", "first"),
@@ -346,3 +351,84 @@ def fold_row(graded: dict[str, Any]) -> dict[str, Any]:
         for m in ("roc_auc", "sensitivity", "specificity"):
             row[f"{name}_{m}"] = e["test_patient"][m]
     return row
+
+
+# ------------------------------------------------------------------------------- comparing runs
+
+
+def compare_graded_runs(run_dirs: Sequence[Any], *, n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Compare finished k-class runs on the same test images, patient level, paired by patient.
+
+    Each run's own numbers (kappa, macro AUC with their CIs, from ``metrics.json``) and, for every
+    pair, the paired patient-bootstrap difference of macro ROC-AUC and (ordinal) quadratic kappa
+    (:func:`medxcept.multiclass.paired_comparison`; each run's predictions with its own decision
+    rule, patients by the worst-eye rule) and of each endpoint's patient ROC-AUC
+    (:func:`medxcept.evaluate.paired_bootstrap_auc`).
+
+    Raises:
+        ConfigError: a run that is not a finished k-class run, or runs on different test images,
+            classes or tasks.
+    """
+    import json
+    from pathlib import Path
+
+    from medxcept.errors import ConfigError
+    from medxcept.evaluate import paired_bootstrap_auc
+    from medxcept.multiclass import paired_comparison
+
+    runs = []
+    for d in run_dirs:
+        path = Path(d)
+        need = [f for f in ("metrics.json", "predictions.csv", "calibration.json") if not (path / f).is_file()]
+        if need:
+            raise ConfigError(f"{path} is not a finished run directory: missing {', '.join(need)}")
+        metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+        if "graded" not in metrics:
+            raise ConfigError(f"run {path.name}: not a graded / multi-class run (classes {metrics.get('classes')}); "
+                              "compare binary runs separately")
+        cal = json.loads((path / "calibration.json").read_text(encoding="utf-8"))
+        preds = pd.read_csv(path / "predictions.csv", dtype={"image_id": str, "patient_key": str})
+        runs.append({"name": str(metrics.get("run", {}).get("id") or path.name), "metrics": metrics,
+                     "rule": DecisionRule.from_dict(cal["decision_rule"]),
+                     "preds": preds.sort_values("image_id", kind="stable").reset_index(drop=True)})
+    first = runs[0]
+    g0 = first["metrics"]["graded"]
+    classes, kind = g0["classes"], g0["task"]
+    for r in runs[1:]:
+        g = r["metrics"]["graded"]
+        if g["classes"] != classes or g["task"] != kind:
+            raise ConfigError(f"run {r['name']} has classes {g['classes']} ({g['task']}), run {first['name']} "
+                              f"{classes} ({kind}): compare runs of one cohort")
+        if r["preds"]["image_id"].tolist() != first["preds"]["image_id"].tolist():
+            raise ConfigError(f"runs {first['name']} and {r['name']} were tested on different images: compare "
+                              "runs with the same split (same split.seed and data)")
+    y = first["preds"]["y"].to_numpy()
+    keys = first["preds"]["patient_key"].to_numpy()
+    lat = first["preds"]["laterality"].to_numpy() if "laterality" in first["preds"] else None
+    per_run, units = [], []
+    for r in runs:
+        P = _probs(r["preds"], classes, "prob_")
+        agg = aggregate_units(keys, y, P, kind=kind, laterality=lat)
+        units.append((agg, r["rule"].predict(agg.P)))
+        tp = r["metrics"]["graded"]["test_patient"]
+        per_run.append({"name": r["name"], "recipe": r["metrics"].get("run", {}).get("recipe"),
+                        "decision_rule": r["rule"].to_dict()["description"],
+                        **{m: tp[m] for m in CV_GRADED_METRICS if m in tp}})
+    pairs = []
+    for i in range(len(runs)):
+        for j in range(i + 1, len(runs)):
+            (a, pa), (b, pb) = units[i], units[j]
+            entry: dict[str, Any] = {"run1": runs[i]["name"], "run2": runs[j]["name"],
+                                     **paired_comparison(a.y, a.P, b.P, a.patients, kind=kind, pred1=pa, pred2=pb,
+                                                         n_resamples=n_resamples, seed=seed)}
+            for e in g0["endpoints"].values():
+                pos = [classes.index(c) for c in e["positive_classes"]]
+                ye = np.isin(a.y, pos).astype(np.int64)
+                if 0 < ye.sum() < ye.size:
+                    entry[f"{e['name']}_roc_auc"] = paired_bootstrap_auc(
+                        ye, endpoint_probability(a.P, pos), endpoint_probability(b.P, pos), a.patients,
+                        n_resamples=n_resamples, seed=seed)
+            pairs.append(entry)
+    return {"kind": "graded", "task": kind, "classes": classes, "n_patients": int(len(units[0][0].y)),
+            "n_images": int(len(y)), "patient_rule": units[0][0].rule, "runs": per_run, "pairs": pairs,
+            "n_resamples": n_resamples, "seed": seed}

@@ -167,8 +167,50 @@ def test_cv_graded_section_renders_pooled_kappa_and_endpoint():
     env.filters["fmt"], env.filters["ci"] = fmt, _ci
     html = env.get_template("cv_graded.html.j2").render(
         r={"graded": {"pooled": pooled, "per_fold": rows, "columns": columns, "summary": summary, "holdout": None},
-           "method": {"calibration": "temperature"}},
+           "notes": [], "method": {"calibration": "temperature"}},
         figs={}, ci_metrics=["roc_auc", "sensitivity"])
     assert _ci(pooled["test_patient"]["kappa_quadratic"]) in html
     assert "Derived endpoint: referable" in html and "each fold&#39;s own decision rule" in html
     assert 'id="cv-graded-table"' in html and "roc_auc_mild" in html
+
+
+def test_compare_graded_runs_pairs_patients_with_each_runs_rule(tmp_path):
+    import json
+
+    from medxcept.graded import compare_graded_runs
+    from medxcept.multiclass import aggregate_units, paired_comparison
+
+    endpoints = (parse_endpoint("referable", "grade >= moderate", CLASSES, "ordinal"),)
+    cfg = EvalConfig(n_bootstrap=50)
+    dirs = []
+    for i, temperature in enumerate((1.0, 4.0)):
+        t = _frame(30, 50, temperature=temperature)  # same cases, another model's probabilities
+        if i:
+            t[[f"prob_{c}" for c in CLASSES]] = t[[f"prob_{c}" for c in CLASSES]].to_numpy()[::-1]
+        g = assess_graded(val=_frame(20, 60), test=t, classes=CLASSES, task="ordinal", endpoints=endpoints,
+                          eval_cfg=cfg, seed=0)
+        d = tmp_path / f"run{i}"
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps({"run": {"id": f"run{i}", "recipe": "default"}, "graded": g}))
+        (d / "calibration.json").write_text(json.dumps({"decision_rule": g["decision_rule"]}))
+        t.assign(image_id=[f"I-{k:03d}" for k in range(len(t))]).to_csv(d / "predictions.csv", index=False)
+        dirs.append(d)
+    out = compare_graded_runs(dirs, n_resamples=100, seed=0)
+    pair = out["pairs"][0]
+    assert out["runs"][0]["kappa_quadratic"]["point"] is not None and out["n_patients"] == 30
+    # the same numbers by hand: patients by the worst-eye rule, each run's own decision rule
+    frames = [pd.read_csv(d / "predictions.csv", dtype={"patient_key": str}).sort_values("image_id") for d in dirs]
+    units = [aggregate_units(f["patient_key"].to_numpy(), f["y"].to_numpy(),
+                             f[[f"prob_{c}" for c in CLASSES]].to_numpy(), kind="ordinal") for f in frames]
+    rules = [DecisionRule.from_dict(json.loads((d / "calibration.json").read_text())["decision_rule"]) for d in dirs]
+    want = paired_comparison(units[0].y, units[0].P, units[1].P, units[0].patients, kind="ordinal",
+                             pred1=rules[0].predict(units[0].P), pred2=rules[1].predict(units[1].P),
+                             n_resamples=100, seed=0)
+    assert pair["kappa_quadratic"] == want["kappa_quadratic"] and pair["macro_roc_auc"] == want["macro_roc_auc"]
+    assert pair["macro_roc_auc"]["diff"] > 0  # the reversed probabilities are worse
+    assert "referable_roc_auc" in pair
+    with pytest.raises(Exception, match="not a graded"):
+        (tmp_path / "bin").mkdir()
+        for f in ("metrics.json", "predictions.csv", "calibration.json"):
+            (tmp_path / "bin" / f).write_text("{}" if f.endswith("json") else "a\n1\n")
+        compare_graded_runs([dirs[0], tmp_path / "bin"])

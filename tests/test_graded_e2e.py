@@ -9,8 +9,8 @@ import pytest
 
 from medxcept.cohort import load_cohort_spec
 from medxcept.config import load_config
-from medxcept.pipeline import run_pipeline
 from medxcept.report import _ci
+from medxcept.workflows.single import run_pipeline
 
 pytestmark = pytest.mark.slow
 
