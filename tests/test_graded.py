@@ -214,3 +214,30 @@ def test_compare_graded_runs_pairs_patients_with_each_runs_rule(tmp_path):
         for f in ("metrics.json", "predictions.csv", "calibration.json"):
             (tmp_path / "bin" / f).write_text("{}" if f.endswith("json") else "a\n1\n")
         compare_graded_runs([dirs[0], tmp_path / "bin"])
+
+
+def test_assess_steps_record_and_reapply_the_rule_and_thresholds():
+    """A run's calibration.json holds the rule and endpoint thresholds; external validation reapplies them."""
+    from medxcept.config import RunConfig
+    from medxcept.workflows.steps import assess, assess_frozen
+
+    rng = np.random.default_rng(9)
+    endpoints = (parse_endpoint("referable", "grade >= moderate", CLASSES, "ordinal"),)
+    cfg = RunConfig(eval=EvalConfig(n_bootstrap=50))
+
+    def rows(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+        f = _frame(n, seed)[["patient_key", "laterality", "y"]]
+        return f, rng.normal(0, 1, (len(f), 3)) + 2.0 * np.eye(3)[f["y"].to_numpy()]
+
+    (val, zv), (test, zt) = rows(25, 70), rows(25, 71)
+    a = assess(val=val, test=test, val_logits=zv, test_logits=zt, cfg=cfg, classes=CLASSES, task="ordinal",
+               endpoints=endpoints)
+    record = a.calibration_record
+    assert record["decision_rule"] == a.metrics["graded"]["decision_rule"]
+    assert record["endpoint_thresholds"]["referable"] == a.metrics["graded"]["endpoints"]["referable"]["threshold"][
+        "value"]
+    b = assess_frozen(test, zt, calibrator=a.calibrator, threshold=None, cfg=cfg, classes=CLASSES, task="ordinal",
+                      endpoints=endpoints, graded=record)
+    assert b.metrics["graded"]["test_patient"]["kappa_quadratic"] == a.metrics["graded"]["test_patient"][
+        "kappa_quadratic"]
+    assert b.metrics["graded"]["endpoints"]["referable"]["threshold"]["method"] == "fixed"
