@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,9 @@ __all__ = [
     "PRIVATE_COLUMNS",
     "SourceSpec",
     "CohortSpec",
+    "Endpoint",
+    "TASKS",
+    "parse_endpoint",
     "load_cohort_spec",
 ]
 
@@ -194,6 +198,9 @@ def _year(value: Any) -> str:
 # --------------------------------------------------------------------------- cohort files
 
 SOURCE_KINDS = ("photos", "dicom", "folders")
+#: ``generator:`` values: the binary demo (:mod:`medxcept.demo`) and its graded variant
+#: (:mod:`medxcept.demo_graded`).
+GENERATORS = (None, "demo", "demo_graded")
 
 
 @dataclass(frozen=True)
@@ -233,6 +240,68 @@ class SourceSpec:
     one_patient_per_file: bool = False
 
 
+#: Task kinds a cohort can declare (``task:``): two classes are ``binary``; more are ``nominal``
+#: (unordered: several diseases) or ``ordinal`` (ordered grades, class index = grade).
+TASKS = ("binary", "nominal", "ordinal")
+
+_ENDPOINT_RULE = re.compile(r"^\s*(?:grade\s*)?(>=|>|<=|<|==)\s*(.+?)\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A binary endpoint derived from a k-class task, e.g. ``referable: grade >= 2``.
+
+    Args:
+        name: the endpoint's name (``referable``).
+        positive: indices of the classes counted positive (the rest are negative).
+        rule: the rule as declared, for the report.
+    """
+
+    name: str
+    positive: tuple[int, ...]
+    rule: str
+
+    def positive_names(self, classes: tuple[str, ...]) -> list[str]:
+        return [classes[i] for i in self.positive]
+
+
+def parse_endpoint(name: str, rule: Any, classes: tuple[str, ...], task: str, *, where: str = "cohort") -> Endpoint:
+    """Turn one ``endpoints:`` entry into an :class:`Endpoint`; errors name the entry and the value.
+
+    ``rule`` is either a list of class names (any task: ``[cataract, glaucoma]``) or, for an
+    ordinal task, a comparison with a grade: ``grade >= 2``, ``>= moderate``, ``grade > 0``,
+    ``grade == 4`` (the grade is a class name or its index in ``classes``).
+    """
+    label = f"{where}: endpoints.{name}"
+    lookup = {c.casefold(): i for i, c in enumerate(classes)}
+    if isinstance(rule, (list, tuple)):
+        unknown = [v for v in rule if str(v).strip().casefold() not in lookup]
+        if unknown:
+            raise ConfigError(f"{label}: {unknown} not among classes {list(classes)}")
+        positive = sorted({lookup[str(v).strip().casefold()] for v in rule})
+    elif isinstance(rule, str) and (m := _ENDPOINT_RULE.match(rule)):
+        if task != "ordinal":
+            raise ConfigError(f"{label}: {rule!r} compares grades, but the task is {task!r}; declare "
+                              "'task: ordinal' or list the positive classes ([a, b])")
+        op, value = m.group(1), m.group(2).strip().strip("'\"")
+        if value.casefold() in lookup:
+            grade = lookup[value.casefold()]
+        elif value.isdigit() and int(value) < len(classes):
+            grade = int(value)
+        else:
+            raise ConfigError(f"{label}: {value!r} in {rule!r} is neither a class of {list(classes)} nor a grade "
+                              f"0..{len(classes) - 1}")
+        test = {">=": grade.__le__, ">": grade.__lt__, "<=": grade.__ge__, "<": grade.__gt__, "==": grade.__eq__}[op]
+        positive = [g for g in range(len(classes)) if test(g)]
+    else:
+        raise ConfigError(f"{label}={rule!r}: write a list of positive classes ([a, b]) or, for an ordinal task, "
+                          "a rule such as 'grade >= 2'")
+    if not positive or len(positive) == len(classes):
+        raise ConfigError(f"{label}={rule!r} makes {'no' if not positive else 'every'} class positive: an endpoint "
+                          "needs both positive and negative classes")
+    return Endpoint(name=str(name), positive=tuple(positive), rule=str(rule))
+
+
 @dataclass(frozen=True)
 class CohortSpec:
     """A declarative cohort definition, loaded from ``cohorts/<name>.yaml``.
@@ -244,8 +313,10 @@ class CohortSpec:
         modality: ``fundus`` (colour photographs) or ``gray`` (radiographs).
         sources: one or more :class:`SourceSpec`.
         base_dir: the directory relative paths are resolved against.
-        generator: ``"demo"`` to generate the embedded synthetic cohort on first use.
-        generator_options: arguments of :class:`medxcept.demo.DemoSpec`.
+        generator: ``"demo"`` to generate the embedded synthetic cohort on first use
+            (``"demo_graded"``: its graded variant, :mod:`medxcept.demo_graded`).
+        generator_options: arguments of :class:`medxcept.demo.DemoSpec`
+            (:class:`medxcept.demo_graded.GradedDemoSpec`).
         on_label_issue: ``exclude`` (row/file goes to the exclusion log) or ``error`` (stop the run).
         max_pixels: images with more pixels are refused before decoding.
         frames: multi-frame DICOM policy: ``"all"`` (each frame a row) or a frame index.
@@ -256,6 +327,11 @@ class CohortSpec:
             several machines, and keep it as secret as the data.
         description: free text for the report.
         defaults: run-configuration defaults for this cohort (see :mod:`medxcept.config`).
+        task: ``binary`` (two classes), ``nominal`` (unordered classes: several diseases) or
+            ``ordinal`` (ordered grades, listed from the mildest: class index = grade). Default:
+            binary for two classes, nominal for more.
+        endpoints: binary endpoints derived from a nominal or ordinal task, each reported with the
+            full binary report, e.g. ``{referable: "grade >= 2"}`` (:func:`parse_endpoint`).
     """
 
     name: str
@@ -273,6 +349,8 @@ class CohortSpec:
     pseudonym_salt: str | None = None
     description: str = ""
     defaults: dict[str, Any] = field(default_factory=dict)
+    task: str = "binary"
+    endpoints: tuple[Endpoint, ...] = ()
 
     @property
     def n_classes(self) -> int:
@@ -324,8 +402,23 @@ def load_cohort_spec(path: str | Path) -> CohortSpec:
         sources.append(SourceSpec(**s))
     if not sources:
         raise ConfigError(f"{path}: 'sources' is empty")
-    data = {k: v for k, v in raw.items() if k not in ("classes", "sources")}
+    data = {k: v for k, v in raw.items() if k not in ("classes", "sources", "task", "endpoints")}
     data["classes"] = tuple(str(c).strip() for c in classes)
+    task = raw.get("task") or ("binary" if len(classes) == 2 else "nominal")
+    if task not in TASKS:
+        raise ConfigError(f"{path}: task={task!r} is not one of {list(TASKS)}")
+    if (task == "binary") != (len(classes) == 2):
+        raise ConfigError(f"{path}: task={task!r} with {len(classes)} classes {data['classes']}: two classes are "
+                          "'binary'; three or more are 'nominal' or 'ordinal' (ordered grades)")
+    data["task"] = task
+    endpoints = raw.get("endpoints") or {}
+    if not isinstance(endpoints, dict):
+        raise ConfigError(f"{path}: 'endpoints' must be a mapping (name: rule), got {endpoints!r}")
+    if endpoints and task == "binary":
+        raise ConfigError(f"{path}: endpoints {sorted(endpoints)} need a nominal or ordinal task; a binary task "
+                          "is its own endpoint")
+    data["endpoints"] = tuple(parse_endpoint(str(n), r, data["classes"], task, where=str(path))
+                              for n, r in endpoints.items())
     positive = raw.get("positive_class")
     if len(classes) == 2 and positive is not None and positive in data["classes"]:
         # binary models predict P(positive): the positive class is always index 1
@@ -341,6 +434,6 @@ def load_cohort_spec(path: str | Path) -> CohortSpec:
         raise ConfigError(f"{path}: positive_class={spec.positive_class!r} is not among classes {list(spec.classes)}")
     if spec.frames != "all" and not str(spec.frames).isdigit():
         raise ConfigError(f"{path}: frames={spec.frames!r} must be 'all' or a frame index")
-    if spec.generator not in (None, "demo"):
-        raise ConfigError(f"{path}: generator={spec.generator!r}: the only generator is 'demo'")
+    if spec.generator not in GENERATORS:
+        raise ConfigError(f"{path}: generator={spec.generator!r} is not one of {[g for g in GENERATORS if g]}")
     return spec

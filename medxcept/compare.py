@@ -252,7 +252,8 @@ def load_run(path: str | Path, *, group_by: str | None = None) -> RunRecord:
     name = str(metrics.get("run", {}).get("id") or path.name)
     classes = metrics.get("classes") or []
     if len(classes) != 2 or "test_patient" not in metrics:
-        raise ConfigError(f"run {name}: comparisons support binary runs only (classes: {classes})")
+        raise ConfigError(f"run {name}: this comparison is for binary runs (classes: {classes}); k-class runs are "
+                          "compared by medxcept.graded.compare_graded_runs (pipelines.compare picks it)")
     if group_by:
         try:
             group = str(_dotted(config, group_by))

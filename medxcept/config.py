@@ -97,6 +97,9 @@ class TrainConfig:
             the moving averages lag behind weights that change fast from random initialization and
             the validation outputs can be constant (a collapse). Ignored with pretrained weights,
             whose BN layers stay frozen.
+        ordinal_loss: for ordinal (graded) cohorts: ``"softmax"`` (plain k-class cross-entropy) or
+            ``"coral"`` (cumulative-link head and loss, :mod:`medxcept.ordinal`). Other tasks need
+            ``"softmax"``.
     """
 
     recipe: str = "default"
@@ -114,9 +117,11 @@ class TrainConfig:
     baseline_lr: float = 0.01
     baseline_epochs: int = 10
     bn_recalibration: bool = True
+    ordinal_loss: str = "softmax"
 
     def __post_init__(self) -> None:
         _choice("train.recipe", self.recipe, ("default", "baseline"))
+        _choice("train.ordinal_loss", self.ordinal_loss, ("softmax", "coral"))
         for name in ("batch_size", "workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}={getattr(self, name)!r} must be >= 1")

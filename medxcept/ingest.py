@@ -84,6 +84,10 @@ def data_root(spec: CohortSpec) -> Path:
         from medxcept.demo import DemoSpec, demo_root
 
         return demo_root(DemoSpec(**spec.generator_options))
+    if spec.generator == "demo_graded":
+        from medxcept.demo_graded import GradedDemoSpec, graded_demo_root
+
+        return graded_demo_root(GradedDemoSpec(**spec.generator_options))
     return Path(spec.base_dir)
 
 

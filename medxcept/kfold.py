@@ -64,8 +64,11 @@ task (``pip install 'medxcept[ray]'``); a scheduler can run ``run_cv(..., only=[
 everything it needs from the CV directory, so the directory must be on a shared file system
 when folds run on several machines.
 
-Only binary cohorts are supported for now (the CV metrics are threshold metrics of the positive
-class).
+Cohorts with more than two classes (nominal or ordinal, :mod:`medxcept.graded`): each fold chooses
+its decision rule and its endpoints' thresholds on its training folds' own predictions, like the
+binary threshold; ``cv_metrics.json`` → ``graded`` holds the per-fold patient-level kappa, grade
+error, macro / weighted / per-class AUCs and endpoint metrics with their spread, and the pooled
+out-of-fold metrics with patient-bootstrap CIs (:func:`medxcept.graded.pooled_report`).
 """
 
 from __future__ import annotations

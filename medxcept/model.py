@@ -276,7 +276,7 @@ def xception_base(model: keras.Model) -> keras.Model:
 
 def build_model(*, image_px: int, n_classes: int, dropout: float = 0.3,
                 weights: WeightsInfo | None = None, pretrained_bn_frozen: bool | None = None,
-                seed: int = 0) -> keras.Model:
+                seed: int = 0, head: str = "softmax") -> keras.Model:
     """Xception + global average pooling + dropout + dense head producing **logits**.
 
     Args:
@@ -288,6 +288,9 @@ def build_model(*, image_px: int, n_classes: int, dropout: float = 0.3,
             in inference mode (Keras' fine-tuning guide: otherwise the first fine-tuning steps
             wreck the pretrained statistics). Defaults to ``weights.pretrained``.
         seed: seed of the dropout layer.
+        head: ``"softmax"`` (the dense logits above) or, for ordered grades (``n_classes >= 3``),
+            ``"coral"``: one dense score and a :class:`medxcept.ordinal.CumulativeLogits` head whose
+            output is the class log-probabilities (``train.ordinal_loss``).
 
     Returns:
         A ``keras.Model`` named ``medxcept_xception`` whose output is logits (float32); the
@@ -297,6 +300,8 @@ def build_model(*, image_px: int, n_classes: int, dropout: float = 0.3,
         raise WeightsError(f"image_px={image_px} is below Xception's minimum input size of {MIN_PX}")
     if n_classes < 2:
         raise WeightsError(f"n_classes={n_classes}: a classifier needs at least two classes")
+    if head not in ("softmax", "coral"):
+        raise WeightsError(f"head={head!r} is not one of ['softmax', 'coral']")
     weights = weights or resolve_weights("none")
     if pretrained_bn_frozen is None:
         pretrained_bn_frozen = weights.pretrained
@@ -318,7 +323,13 @@ def build_model(*, image_px: int, n_classes: int, dropout: float = 0.3,
     x = keras.layers.Dropout(dropout, seed=seed, name="dropout")(x)
     units = 1 if n_classes == 2 else n_classes
     # float32 logits even under mixed precision: calibration and the loss need the precision
-    logits = keras.layers.Dense(units, dtype="float32", name="logits")(x)
+    if head == "coral" and n_classes > 2:
+        from medxcept.ordinal import CumulativeLogits
+
+        score = keras.layers.Dense(1, use_bias=False, dtype="float32", name="grade_score")(x)
+        logits = CumulativeLogits(n_classes, dtype="float32", name="logits")(score)
+    else:
+        logits = keras.layers.Dense(units, dtype="float32", name="logits")(x)
     model = keras.Model(inputs, logits, name="medxcept_xception")
     if weights.kind == "file":
         _load_user_weights(model, Path(weights.path))

@@ -618,7 +618,10 @@ def _compile(model: keras.Model, optimizer: keras.optimizers.Optimizer, n_classe
         metrics = [keras.metrics.AUC(from_logits=True, name="auc"),
                    keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")]
     else:
-        loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
+        from medxcept.ordinal import CumulativeLinkLoss, is_ordinal_model
+
+        loss = (CumulativeLinkLoss(label_smoothing) if is_ordinal_model(model)  # outputs: class log-probabilities
+                else keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing))
         metrics = [keras.metrics.AUC(from_logits=True, name="auc"),
                    keras.metrics.CategoricalAccuracy(name="accuracy")]
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
@@ -689,7 +692,7 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
     n_devices = data_parallel()
     try:
         model = build_model(image_px=cfg.preprocess.image_px, n_classes=n_classes, dropout=cfg.model.dropout,
-                            weights=weights, seed=cfg.seed)
+                            weights=weights, seed=cfg.seed, head=cfg.train.ordinal_loss)
     finally:
         keras.config.set_dtype_policy(previous_policy)
     log.info("precision %s on %d device(s)", policy, n_devices)

@@ -101,11 +101,9 @@ def checklist(metrics: dict[str, Any]) -> list[dict[str, str]]:
         {"item": "Model, initialization, training (TRIPOD+AI 12; CLAIM 22-25)",
          "answer": f"Xception, weights: {run['weights_description']}; recipe '{run['recipe']}'", "status": "auto"},
         {"item": "Operating threshold (TRIPOD+AI 12e)",
-         "answer": f"{t.get('method', 'n/a')} on the {t.get('chosen_on', 'validation')} split"
-                   + (f", value {fmt(t.get('value'))}" if t else ""), "status": "auto"},
+         "answer": _operating_point(metrics, t), "status": "auto"},
         {"item": "Performance with CIs, discrimination and calibration (TRIPOD+AI 23a; CLAIM 29-30)",
-         "answer": f"patient-level bootstrap CIs ({metrics.get('n_bootstrap', 0)} resamples), ECE, Brier",
-         "status": "auto"},
+         "answer": _performance_answer(metrics), "status": "auto"},
         {"item": "Subgroup / fairness analysis (TRIPOD+AI 23b)", "answer": "subgroup table (source, laterality, "
          "sex, age band where recorded)", "status": "auto"},
         {"item": "External validation (CLAIM 32)", "answer": "yes" if run.get("external_validation") else
@@ -115,6 +113,31 @@ def checklist(metrics: dict[str, Any]) -> list[dict[str, str]]:
          "hashes; data availability: " + author, "status": "partial"},
         {"item": "Ethics approval, consent (TRIPOD+AI 4)", "answer": author, "status": "author"},
     ]
+
+
+def _operating_point(metrics: dict[str, Any], t: dict[str, Any]) -> str:
+    graded = metrics.get("graded")
+    if graded:
+        rule = graded["decision_rule"]
+        text = f"decision rule: {rule['description']} (chosen on {rule['chosen_on']})"
+        for name, e in graded.get("endpoints", {}).items():
+            text += f"; endpoint {name}: threshold {fmt(e['threshold']['value'])} ({e['threshold']['method']} on " \
+                    f"{e['threshold']['chosen_on']})"
+        return text
+    return (f"{t.get('method', 'n/a')} on the {t.get('chosen_on', 'validation')} split"
+            + (f", value {fmt(t.get('value'))}" if t else ""))
+
+
+def _performance_answer(metrics: dict[str, Any]) -> str:
+    """What the run really reports: never "bootstrap CIs (0 resamples)"."""
+    graded = metrics.get("graded")
+    n = int((graded or metrics).get("n_bootstrap", 0) or 0)
+    cal = "top-label and class-wise ECE, Brier" if graded else "ECE, Brier"
+    if not n:
+        return f"point estimates only, no confidence intervals (eval.n_bootstrap is 0); {cal}"
+    what = "quadratic kappa, per-class and macro AUCs" if graded and graded.get("task") == "ordinal" else (
+        "per-class and macro AUCs" if graded else "")
+    return f"patient-level bootstrap CIs ({n} resamples){' of ' + what if what else ''}, {cal}"
 
 
 def raw_preview(raw: np.ndarray, *, modality: str, burned_in: str = "") -> tuple[np.ndarray | None, str]:

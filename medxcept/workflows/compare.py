@@ -55,6 +55,8 @@ def run_comparison(run_dirs: Sequence[str | Path], *, out_dir: str | Path | None
     """
     if len(run_dirs) < 2:
         raise ConfigError(f"give at least two run directories to compare; got {len(run_dirs)}")
+    if any(_is_graded(p) for p in run_dirs):
+        return _compare_graded(run_dirs, out_dir=out_dir, name=name, n_resamples=n_resamples, seed=seed)
     runs = [load_run(p, group_by=group_by) for p in run_dirs]
     result = compare(runs, n_resamples=n_resamples, seed=seed)
     result["group_by"] = group_by or "train.recipe"  # metrics.json's run.recipe is config train.recipe
@@ -62,3 +64,29 @@ def run_comparison(run_dirs: Sequence[str | Path], *, out_dir: str | Path | None
     name = slug(name or f"{stamp}-{'-vs-'.join(result['groups'])}")
     base = Path(out_dir) if out_dir is not None else Path(run_dirs[0]).resolve().parent / "comparisons"
     return write_comparison(runs, result, base / name)
+
+
+def _is_graded(run_dir: str | Path) -> bool:
+    path = Path(run_dir) / "metrics.json"
+    return path.is_file() and '"graded"' in path.read_text(encoding="utf-8")
+
+
+def _compare_graded(run_dirs: Sequence[str | Path], *, out_dir: str | Path | None, name: str | None,
+                    n_resamples: int, seed: int) -> Path:
+    """k-class runs: :func:`medxcept.graded.compare_graded_runs`, written as ``comparison.json`` and ``.html``."""
+    import json
+
+    from medxcept.graded import compare_graded_runs
+
+    result = compare_graded_runs(run_dirs, n_resamples=n_resamples, seed=seed)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = slug(name or f"{stamp}-graded-{len(run_dirs)}-runs")
+    base = Path(out_dir) if out_dir is not None else Path(run_dirs[0]).resolve().parent / "comparisons"
+    out = base / name
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "comparison.json").write_text(json.dumps(result, indent=2, default=float), encoding="utf-8")
+    html = environment().get_template("comparison_graded.html.j2").render(
+        c=result, title=out.name, created=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"))
+    path = out / "comparison.html"
+    path.write_text(html, encoding="utf-8")
+    return path

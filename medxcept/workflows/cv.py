@@ -26,11 +26,13 @@ import pandas as pd
 
 from medxcept import errors
 from medxcept.audit import audit_cohort, duplicate_groups, fingerprints
-from medxcept.cohort import load_cohort_spec, public_view
+from medxcept.cohort import Endpoint, load_cohort_spec, public_view
 from medxcept.config import RunConfig, config_hash
 from medxcept.demo import cache_dir
 from medxcept.errors import ConfigError, MedxceptError
+from medxcept.evaluate import metric_names
 from medxcept.faults import fault_point
+from medxcept.graded import check_task_config, fold_predictions, fold_row, graded_figures, pooled_report
 from medxcept.kfold import (
     CV_METRICS,
     FAILED,
@@ -111,16 +113,14 @@ def plan_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: i
     Raises
     ------
     ConfigError
-        ``cv_dir`` holds a CV of another configuration, data or split (both hashes named); the
-        cohort is not binary; ``repeats < 1``.
+        ``cv_dir`` holds a CV of another configuration, data or split (both hashes named); an
+        ordinal loss on a task without order; ``repeats < 1``.
     SplitError, LeakageError
         The folds cannot each hold every class; the audit found leakage under ``on_leak=error``.
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ConfigError(f"repeats={repeats!r} must be an integer >= 1")
-    if len(spec.classes) != 2:
-        raise ConfigError(f"cross-validation reports binary metrics; cohort {spec.name!r} has "
-                          f"{len(spec.classes)} classes {list(spec.classes)} (use pipelines.retina for it)")
+    check_task_config(spec.task, spec.n_classes, cfg.train.ordinal_loss)
     k = int(n_folds if n_folds is not None else cfg.split.n_folds)
     cfg = dataclasses.replace(cfg, split=dataclasses.replace(cfg.split, n_folds=k))
     path = Path(cv_dir) if cv_dir is not None else Path(cfg.out_dir) / default_cv_name(spec.name, cfg, k, repeats)
@@ -142,7 +142,9 @@ def plan_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: i
     info = {
         "kind": "medxcept k-fold cross-validation",
         "cohort_name": spec.name, "cohort_file": str(Path(cohort_file or cfg.cohort).resolve()),
-        "classes": list(spec.classes), "n_folds": k, "repeats": repeats,
+        "classes": list(spec.classes), "task": spec.task,
+        "endpoints": [{"name": e.name, "positive": list(e.positive), "rule": e.rule} for e in spec.endpoints],
+        "n_folds": k, "repeats": repeats,
         "fold_seeds": [cfg.split.seed + r for r in range(repeats)],
         "holdout_test": bool((table["cv_split"] == "test").any()),
         "config_hash": chash, "data_hash": data_hash(table, decode=decode_key(spec)),
@@ -316,24 +318,44 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
     inner_logits = predict_logits(result.model, images[parts["inner"]], batch_size=bs)
     val_logits = predict_logits(result.model, images[parts["val"]], batch_size=bs)
     ec = cfg.eval
-    # calibration and threshold from the inner validation split; measured on the held-out fold
-    oof_a = assess(val=iv, test=va, val_logits=inner_logits, test_logits=val_logits, cfg=cfg, classes=classes)
+    graded = len(classes) > 2
+    kind, endpoints = _task_of(plan)
+    # calibration and threshold (k classes: the decision rule and endpoint thresholds) from the inner
+    # validation split; measured on the held-out fold
+    oof_a = assess(val=iv, test=va, val_logits=inner_logits, test_logits=val_logits, cfg=cfg, classes=classes,
+                   task=kind, endpoints=endpoints)
     oof_m = oof_a.metrics
-    threshold = float(oof_a.threshold)
-    oof = _evaluation(oof_a, ec.patient_aggregation, ec.n_bins)
-    # the reference models on the same split: fitted on every training-fold image, scored on fold i
-    references, ref_scores = compare_references(table, images, parts["train"], parts["val"], oof_a, cfg, classes)
-    oof_frame = _prediction_frame(oof_a.test, task, threshold, ec.patient_aggregation)
-    if ref_scores is not None and "image_id" in oof_frame:
-        oof_frame = oof_frame.merge(ref_scores, on="image_id", how="left")
-    run.write_csv("oof_predictions.csv", oof_frame)
+    references = None
+    if graded:
+        oof = {"graded": oof_m["graded"]}
+        run.write_csv("oof_predictions.csv", fold_predictions(oof_a.test, oof_m["graded"], repeat=task.repeat,
+                                                              fold=task.fold))
+        threshold_record = {"decision_rule": oof_m["graded"]["decision_rule"],
+                            "endpoint_thresholds": oof_a.calibration_record["endpoint_thresholds"]}
+    else:
+        threshold = float(oof_a.threshold)
+        oof = _evaluation(oof_a, ec.patient_aggregation, ec.n_bins)
+        threshold_record = oof_m["threshold"]
+        # the reference models on the same split: fitted on every training-fold image, scored on fold i
+        references, ref_scores = compare_references(table, images, parts["train"], parts["val"], oof_a, cfg,
+                                                     classes)
+        oof_frame = _prediction_frame(oof_a.test, task, threshold, ec.patient_aggregation)
+        if ref_scores is not None and "image_id" in oof_frame:
+            oof_frame = oof_frame.merge(ref_scores, on="image_id", how="left")
+        run.write_csv("oof_predictions.csv", oof_frame)
     holdout = None
     if len(te):
         test_logits = predict_logits(result.model, images[parts["test"]], batch_size=bs)
-        ho_a = assess(val=iv, test=te, val_logits=inner_logits, test_logits=test_logits, cfg=cfg, classes=classes)
-        holdout = _evaluation(ho_a, ec.patient_aggregation, ec.n_bins)
-        run.write_csv("holdout_predictions.csv",
-                      _prediction_frame(ho_a.test, task, threshold, ec.patient_aggregation))
+        ho_a = assess(val=iv, test=te, val_logits=inner_logits, test_logits=test_logits, cfg=cfg, classes=classes,
+                      task=kind, endpoints=endpoints)
+        if graded:
+            holdout = {"graded": ho_a.metrics["graded"]}
+            run.write_csv("holdout_predictions.csv", fold_predictions(ho_a.test, ho_a.metrics["graded"],
+                                                                      repeat=task.repeat, fold=task.fold))
+        else:
+            holdout = _evaluation(ho_a, ec.patient_aggregation, ec.n_bins)
+            run.write_csv("holdout_predictions.csv",
+                          _prediction_frame(ho_a.test, task, threshold, ec.patient_aggregation))
     model_bytes = None
     if save_model:
         model_bytes = save_inference_model(result.model, run.file("model.keras"))
@@ -348,7 +370,7 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
         "counts": {s: {"images": int(len(f)), "patients": int(f["patient_key"].nunique()),
                        "positive_patients": int(f.groupby("patient_key")["y"].max().sum())}
                    for s, f in (("train", ft), ("inner_val", iv), ("val", va), ("test", te))},
-        "threshold": {**oof_m["threshold"], "chosen_on": chosen_on},
+        "threshold": {**threshold_record, "chosen_on": chosen_on},
         "epoch_chosen_on": chosen_on,
         "calibration_method": ec.calibration, "calibrator": oof_m["calibrator"],
         "patient_aggregation": ec.patient_aggregation, "n_bootstrap": ec.n_bootstrap,
@@ -367,7 +389,12 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
         "weights_sha256": result.weights_sha256,
         "completed": _dt.datetime.now().isoformat(timespec="seconds"), "seconds": seconds})
     shutil.rmtree(fdir / "checkpoints", ignore_errors=True)  # complete: the final model supersedes them
-    log.info("%s: done in %.0f s; out-of-fold patient AUC %s", task.name, seconds, oof["patient"].get("roc_auc"))
+    if graded:
+        log.info("%s: done in %.0f s; out-of-fold patient macro AUC %s", task.name, seconds,
+                 oof["graded"]["test_patient"]["macro_roc_auc"]["point"])
+    else:
+        log.info("%s: done in %.0f s; out-of-fold patient AUC %s", task.name, seconds,
+                 oof["patient"].get("roc_auc"))
     return {"name": task.name, "status": "trained", "seconds": seconds}
 
 
@@ -626,6 +653,8 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
         log.warning("! %d of %d fold(s) not complete, left out of the CV report: %s", len(missing),
                     len(status), ", ".join(missing))
     ec = plan.cfg.eval
+    if len(plan.classes) > 2:
+        return _aggregate_graded(plan, done, missing)
     rows, holdout_rows, oof_frames, histories, audits, verdicts = [], [], [], [], [], []
     first: dict[str, Any] = {}
     for t in done:
@@ -701,5 +730,91 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
         created=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         config_yaml=(plan.path / "config.yaml").read_text(encoding="utf-8"),
         labels=cv_labels())
+    out = write_atomic(plan.path / "cv_report.html", html)
+    return {"report": out, "metrics": result, "missing": missing}
+
+
+# ------------------------------------------------------------------------- graded / multi-class
+
+
+def _task_of(plan: CVPlan) -> tuple[str, tuple[Endpoint, ...]]:
+    """The cohort's task and derived endpoints as planned (``cv.json``; older plans: binary or nominal)."""
+    kind = plan.info.get("task") or ("binary" if len(plan.classes) == 2 else "nominal")
+    endpoints = tuple(Endpoint(name=e["name"], positive=tuple(e["positive"]), rule=e["rule"])
+                      for e in plan.info.get("endpoints", []))
+    return kind, endpoints
+
+
+def _aggregate_graded(plan: CVPlan, done: list[FoldTask], missing: list[str]) -> dict[str, Any]:
+    """:func:`aggregate_cv` for k classes: per-fold graded metrics, their spread, and the pooled
+    out-of-fold metrics with patient-bootstrap CIs (:func:`medxcept.graded.pooled_report`)."""
+    ec = plan.cfg.eval
+    kind, endpoints = _task_of(plan)
+    classes = list(plan.classes)
+    rows, holdout_rows, oof_frames, holdout_frames, histories, audits, verdicts = [], [], [], [], [], [], []
+    first: dict[str, Any] = {}
+    dtypes = {"patient_key": str, "image_id": str}
+    for t in done:
+        d = plan.path / t.name
+        m = _read_json(d / "metrics.json")
+        first = first or m
+        g = m["oof"]["graded"]
+        rows.append({"name": t.name, "repeat": t.repeat, "fold": t.fold, "n_patients": g["test_patient"]["n"],
+                     "best_epoch": m["training"]["best_epoch"], "seconds": m["seconds"], **fold_row(g)})
+        oof_frames.append(pd.read_csv(d / "oof_predictions.csv", dtype=dtypes))
+        if m.get("holdout"):
+            holdout_rows.append({"name": t.name, "n_patients": m["holdout"]["graded"]["test_patient"]["n"],
+                                 **fold_row(m["holdout"]["graded"])})
+            holdout_frames.append(pd.read_csv(d / "holdout_predictions.csv", dtype=dtypes))
+        hist = pd.read_csv(d / "history.csv") if (d / "history.csv").stat().st_size > 1 else pd.DataFrame()
+        histories.append((t.name, hist, int(m["training"]["best_epoch"])))
+        verdicts.append({"name": t.name, "verdict": m["training"]["verdict"], "seconds": m["training"]["seconds"]})
+        audits.append({"name": t.name, **{k: m["audit"].get(k, 0) for k in ("error", "warning", "info")},
+                       "warnings": m["audit"].get("warnings", [])})
+    columns = [k for k in rows[0] if k not in ("name", "repeat", "fold", "n_patients", "best_epoch", "seconds")]
+    bounds = {k: (-1.0, 1.0) if k == "kappa_quadratic" else (0.0, float(len(classes) - 1)) if k == "mae_grade"
+              else (0.0, 1.0) for k in columns}
+    summary = {k: t_interval([r.get(k) for r in rows], bounds=bounds[k]) for k in columns}
+    pooled = pooled_report(oof_frames, classes=classes, task=kind, endpoints=endpoints, eval_cfg=ec,
+                           seed=plan.cfg.seed)
+    holdout = None
+    if holdout_rows:
+        holdout = {"per_fold": holdout_rows,
+                   "summary": {k: t_interval([r.get(k) for r in holdout_rows], bounds=bounds[k]) for k in columns}}
+    cv_audit = _read_json(plan.path / "audit.json") if (plan.path / "audit.json").is_file() else {}
+    notes = []
+    mean_auc, pooled_auc = summary["macro_roc_auc"]["mean"], pooled["test_patient"]["macro_roc_auc"]["point"]
+    if mean_auc is not None and pooled_auc is not None and mean_auc - pooled_auc > 0.05:
+        notes.append(
+            f"The pooled out-of-fold macro ROC-AUC ({pooled_auc:.3f}) is well below the mean per-fold macro ROC-AUC "
+            f"({mean_auc:.3f}): each fold model ranks its own patients better than the pooled patients rank against "
+            "each other, because the fold models put their probabilities on different scales. The mean per-fold AUC "
+            "measures discrimination; the pooled AUC also measures how interchangeable the fold models are. Pooled "
+            "kappa, confusion matrices and endpoint sensitivity / specificity use each fold's own rule and threshold.")
+    result = {
+        "cv": {"dir": plan.path.name, "cohort": plan.info["cohort_name"], "n_folds": plan.n_folds,
+               "repeats": plan.repeats, "fold_seeds": plan.info["fold_seeds"], "classes": classes,
+               "task": kind, "holdout_test": plan.info["holdout_test"], "complete": [t.name for t in done],
+               "missing": missing, "seed": plan.cfg.seed},
+        "hashes": {k: plan.info[k] for k in ("config_hash", "data_hash", "split_hash")},
+        "weights": {"kind": first.get("weights"), "description": first.get("weights_description"),
+                    "pretrained": first.get("pretrained")},
+        "method": {"decision_rule": "ordinal: cumulative thresholds maximizing quadratic kappa" if kind == "ordinal"
+                   else "argmax", "threshold": ec.threshold, "calibration": ec.calibration,
+                   "threshold_and_calibration_fitted_on": "training folds (the model's own predictions)",
+                   "early_stopping_on": "the held-out fold (patient-level macro AUC)", "confidence": 0.95,
+                   "interval": "across folds: t-distribution, mean ± t(0.975, n-1) · SD / √n; pooled: "
+                               "patient-bootstrap percentile interval"},
+        "notes": notes, "graded": {"per_fold": rows, "columns": columns, "summary": summary, "pooled": pooled,
+                                "holdout": holdout},
+        "audit": {"cv": cv_audit.get("summary", {}), "per_fold": audits},
+    }
+    RunDir(plan.path).write_json("cv_metrics.json", result)
+    figs = {**graded_figures(pooled, pd.concat(oof_frames, ignore_index=True)), "curves": _curves_figure(histories)}
+    html = environment().get_template("cv_report.html.j2").render(
+        r=result, figs=figs, metrics=[], verdicts=verdicts, cv_findings=cv_audit.get("findings", []),
+        created=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        config_yaml=(plan.path / "config.yaml").read_text(encoding="utf-8"), labels=cv_labels(),
+        ci_metrics=metric_names(ci=True))
     out = write_atomic(plan.path / "cv_report.html", html)
     return {"report": out, "metrics": result, "missing": missing}

@@ -31,6 +31,7 @@ from medxcept.external import (
     read_run_json,
     source_overlap,
 )
+from medxcept.graded import graded_figures
 from medxcept.ingest import file_sha256
 from medxcept.model import detect_device
 from medxcept.preprocess import load_images
@@ -38,7 +39,13 @@ from medxcept.report import render_report
 from medxcept.run import RunDir, data_hash
 from medxcept.splits import split_hash, split_table
 from medxcept.train import predict_logits_tta
-from medxcept.workflows.steps import assess_frozen, ingest_into_run, prediction_table, reason_counts, summary_counts
+from medxcept.workflows.steps import (
+    assess_frozen,
+    ingest_into_run,
+    prediction_table,
+    reason_counts,
+    summary_counts,
+)
 
 __all__ = ["evaluate_run"]
 
@@ -128,7 +135,8 @@ def evaluate_run(run_dir: Path, spec: CohortSpec, cfg: RunConfig, run_name: str 
     tta = {"passes": src.cfg.eval.tta, "seed": src.cfg.seed, "policy": src.cfg.augment.policy}
     logits = predict_logits_tta(model, images, batch_size=ecfg.train.batch_size, **tta)
     assessed = assess_frozen(table, logits, calibrator=calibrator, threshold=threshold, cfg=ecfg,
-                             classes=src.classes)
+                             classes=src.classes, task=spec.task, endpoints=spec.endpoints,
+                             graded=src.calibration if len(src.classes) > 2 else None)
     measured, test = assessed.metrics, assessed.test
     timings["evaluate_s"] = time.perf_counter() - t
     run.write_json("calibration.json", {**src.calibration, "source_run": src.id, "refitted": False})
@@ -168,6 +176,7 @@ def evaluate_run(run_dir: Path, spec: CohortSpec, cfg: RunConfig, run_name: str 
     run.write_json("metrics.json", full)
     html = render_report(run.path, metrics=full, table=table, history=history, predictions=predictions,
                          audit=audit, versions=versions, images=images, cfg=ecfg, spec=spec,
-                         frames={"test": test})
+                         frames={"test": test},
+                         extra_figs=graded_figures(measured["graded"], test) if measured.get("graded") else None)
     log.info("external validation report written in %.0f s", time.perf_counter() - t_start)
     return html

@@ -24,6 +24,7 @@ from medxcept.config import RunConfig, config_hash
 from medxcept.errors import CohortError, ConfigError
 from medxcept.explain import cam_gallery, class_activation_maps
 from medxcept.faults import fault_point
+from medxcept.graded import check_task_config, graded_figures
 from medxcept.learning_curve import learning_curve_figure, learning_curve_verdict
 from medxcept.model import detect_device, resolve_weights
 from medxcept.pipeline import training_verdict
@@ -93,6 +94,7 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
     """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
+    check_task_config(spec.task, spec.n_classes, cfg.train.ordinal_loss)
     weights = resolve_weights(cfg.model.weights)  # fail before any work if weights are missing
     if not weights.pretrained:
         _say("! NOT PRETRAINED: --weights none, the model starts from random initialization. "
@@ -161,7 +163,7 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
     val_logits = predict_logits_tta(result.model, images[parts["val"]], **tta)
     test_logits = predict_logits_tta(result.model, images[parts["test"]], **tta)
     assessed = assess(val=va, test=te, val_logits=val_logits, test_logits=test_logits, cfg=cfg,
-                      classes=spec.classes)
+                      classes=spec.classes, task=spec.task, endpoints=spec.endpoints)
     metrics = assessed.metrics
     timings["evaluate_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -215,6 +217,8 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
         "hashes": {k: versions[k] for k in ("data_hash", "split_hash", "config_hash")},
     }
     figs: dict[str, str | None] = {}
+    if metrics.get("graded"):
+        figs.update(graded_figures(metrics["graded"], assessed.test))
     if learning_curve:
         t = time.perf_counter()
         lc = learning_curve_rows(fractions=learning_curve, images=images, table=table, parts=parts, cfg=cfg,

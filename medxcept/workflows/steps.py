@@ -42,6 +42,7 @@ from medxcept.evaluate import (
     multiclass_metrics,
     probabilities,
 )
+from medxcept.graded import assess_graded
 from medxcept.ingest import IngestResult, ingest, public_exclusions
 from medxcept.preprocess import PreprocessCache, decode_key
 from medxcept.run import RunDir
@@ -302,8 +303,13 @@ class Assessment:
     @property
     def calibration_record(self) -> dict[str, Any]:
         """The content of ``calibration.json``: method, fitted calibrator, threshold."""
-        return {"method": self.metrics["calibration_method"], "calibrator": self.metrics["calibrator"],
-                "threshold": self.metrics.get("threshold")}
+        record = {"method": self.metrics["calibration_method"], "calibrator": self.metrics["calibrator"],
+                  "threshold": self.metrics.get("threshold")}
+        graded = self.metrics.get("graded")
+        if graded:  # k classes: the decision rule and each endpoint's threshold, chosen on validation
+            record["decision_rule"] = graded["decision_rule"]
+            record["endpoint_thresholds"] = {n: e["threshold"]["value"] for n, e in graded["endpoints"].items()}
+        return record
 
     def patient_calibration(self, how: str, n_bins: int) -> dict[str, float]:
         """ECE and Brier of the test patients' calibrated and raw probabilities (binary)."""
@@ -315,10 +321,14 @@ class Assessment:
 
 
 def assess(*, val: pd.DataFrame, test: pd.DataFrame, val_logits: np.ndarray, test_logits: np.ndarray,
-           cfg: RunConfig, classes: tuple[str, ...]) -> Assessment:
+           cfg: RunConfig, classes: tuple[str, ...], task: str = "nominal",
+           endpoints: tuple = ()) -> Assessment:
     """Calibrate on ``val``, choose the threshold on ``val``, measure on ``test``.
 
     ``val`` is the validation split of a run, or the training folds of a cross-validation fold.
+    More than two classes add ``graded`` (:func:`medxcept.graded.assess_graded`: the decision rule
+    and each derived endpoint's threshold chosen on ``val``; ``task``: ``nominal`` or ``ordinal``;
+    ``endpoints``: the cohort's :class:`~medxcept.cohort.Endpoint` list).
     """
     ec = cfg.eval
     calibrator = make_calibrator(ec.calibration).fit(val_logits, val["y"].to_numpy())
@@ -340,11 +350,17 @@ def assess(*, val: pd.DataFrame, test: pd.DataFrame, val_logits: np.ndarray, tes
         out["val_image"] = _with_rank_metrics(
             binary_metrics(val["y"].to_numpy(), val["prob"].to_numpy(), threshold=threshold),
             val["y"].to_numpy(), val["prob_raw"].to_numpy(), threshold)
+    else:
+        out["graded"] = assess_graded(val=val, test=test, classes=classes, task=task, endpoints=endpoints,
+                                      eval_cfg=ec, seed=cfg.seed)
+        out["n_bootstrap"] = ec.n_bootstrap
     return Assessment(metrics=out, test=test, val=val, calibrator=calibrator)
 
 
 def assess_frozen(test: pd.DataFrame, logits: np.ndarray, *, calibrator: Calibrator,
-                  threshold: dict[str, Any] | None, cfg: RunConfig, classes: tuple[str, ...]) -> Assessment:
+                  threshold: dict[str, Any] | None, cfg: RunConfig, classes: tuple[str, ...],
+                  task: str = "nominal", endpoints: tuple = (), graded: dict[str, Any] | None = None
+                  ) -> Assessment:
     """Measure ``test`` under a calibrator and threshold fitted elsewhere (nothing is refitted).
 
     The test half of :func:`assess`, for external validation.
@@ -361,6 +377,10 @@ def assess_frozen(test: pd.DataFrame, logits: np.ndarray, *, calibrator: Calibra
     cfg : RunConfig
         ``eval.n_bootstrap``, ``n_bins``, ``patient_aggregation`` and ``seed`` are used.
     classes : tuple of str
+    task, endpoints : the cohort's task and derived endpoints (more than two classes).
+    graded : dict, optional
+        ``{"decision_rule": ..., "endpoint_thresholds": {name: t}}`` of the source run's
+        ``calibration.json`` (more than two classes); applied as they are.
 
     Raises
     ------
@@ -378,6 +398,10 @@ def assess_frozen(test: pd.DataFrame, logits: np.ndarray, *, calibrator: Calibra
         out["threshold"] = threshold
     test = add_probabilities(test, logits, calibrator, classes)
     out.update(measure_test(test, threshold=t, cfg=cfg, classes=classes))
+    if len(classes) > 2 and graded is not None and graded.get("decision_rule"):
+        out["graded"] = assess_graded(val=None, test=test, classes=classes, task=task, endpoints=endpoints,
+                                      eval_cfg=cfg.eval, seed=cfg.seed, fixed=graded)
+        out["n_bootstrap"] = cfg.eval.n_bootstrap
     return Assessment(metrics=out, test=test, val=None, calibrator=calibrator)
 
 

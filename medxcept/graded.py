@@ -1,0 +1,434 @@
+"""Assessing a k-class (nominal or ordinal) run: the numbers behind the report's graded sections.
+
+Given validation and test frames that already hold raw and calibrated class probabilities
+(``prob_raw_<class>``, ``prob_<class>``; calibration fitted on validation), this module
+
+1. chooses the decision rule on **validation** (:func:`medxcept.multiclass.choose_decision_rule`:
+   argmax for nominal tasks, cumulative thresholds maximizing quadratic kappa for ordinal ones);
+2. measures test at the image, patient and (when lateralities are known) eye level, every metric
+   with a patient-bootstrap CI (:func:`medxcept.multiclass.multiclass_report`); the patient of an
+   ordinal task has their worst eye's grade, probabilities aggregated consistently
+   (:func:`medxcept.multiclass.aggregate_units`);
+3. measures calibration before and after recalibration, top-label and class-wise, with
+   reliability data per class;
+4. reports each derived binary endpoint (``referable: grade >= 2``) with the full binary report:
+   its probability is the summed probability of its positive classes, its threshold is chosen on
+   validation (:func:`medxcept.evaluate.choose_threshold`), and test gets image- and patient-level
+   metrics with patient-bootstrap CIs and calibration before/after. For an ordinal endpoint
+   ``grade >= g`` the patient probability is the maximum over images (the worst-eye rule);
+   for a list of nominal classes it is ``eval.patient_aggregation``.
+
+Everything returned is JSON-ready and goes into ``metrics.json`` under ``graded``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medxcept.calibrate import brier, ece, mce, nll, reliability_table
+from medxcept.evaluate import (
+    aggregate_by_patient,
+    binary_metrics,
+    bootstrap_ci,
+    choose_threshold,
+    metric_names,
+)
+from medxcept.multiclass import (
+    DecisionRule,
+    aggregate_units,
+    calibration_report,
+    choose_decision_rule,
+    endpoint_probability,
+    multiclass_report,
+)
+
+__all__ = ["ENDPOINT_CI_METRICS", "assess_graded", "endpoint_report", "check_task_config", "graded_figures",
+           "classwise_reliability_figure"]
+
+#: Binary metrics given a CI in each endpoint's report: the binary run's list (the registry's ``ci`` flag).
+ENDPOINT_CI_METRICS = metric_names(ci=True)
+
+
+def check_task_config(task: str, n_classes: int, ordinal_loss: str) -> None:
+    """Refuse an ordinal loss on a task that has no order, before any work."""
+    from medxcept.errors import ConfigError
+
+    if ordinal_loss != "softmax" and task != "ordinal":
+        raise ConfigError(f"train.ordinal_loss={ordinal_loss!r} needs an ordinal cohort (task: ordinal, ordered "
+                          f"grades); this cohort's task is {task!r} with {n_classes} classes: use 'softmax'")
+
+
+def _probs(frame: pd.DataFrame, classes: Sequence[str], prefix: str) -> np.ndarray:
+    P = frame[[f"{prefix}{c}" for c in classes]].to_numpy(dtype=np.float64)
+    return P / P.sum(axis=1, keepdims=True)
+
+
+def _binary_calibration(y: np.ndarray, p: np.ndarray, n_bins: int) -> dict[str, Any]:
+    return {
+        "ece": ece(y, p, n_bins=n_bins, strategy="uniform"),
+        "ece_equal_mass": ece(y, p, n_bins=n_bins, strategy="quantile"),
+        "mce": mce(y, p, n_bins=n_bins, strategy="uniform"),
+        "brier": brier(y, p),
+        "nll": nll(y, p),
+        "n_bins": n_bins,
+        "reliability": reliability_table(y, p, n_bins=n_bins, strategy="uniform").to_dict("records"),
+    }
+
+
+def endpoint_report(*, name: str, rule: str, positive: Sequence[int], classes: Sequence[str], kind: str,
+                    val: pd.DataFrame | None, test: pd.DataFrame, eval_cfg: Any, seed: int,
+                    threshold: float | None = None) -> dict[str, Any]:
+    """The full binary report of one derived endpoint (see the module notes).
+
+    ``threshold``: a threshold fixed beforehand (external validation); otherwise it is chosen on
+    ``val`` with ``eval_cfg.threshold`` / ``eval_cfg.target_sensitivity``.
+    """
+    pos = sorted(int(i) for i in positive)
+    upper_set = kind == "ordinal" and pos == list(range(pos[0], len(classes)))
+    how = "max" if upper_set else eval_cfg.patient_aggregation
+    out: dict[str, Any] = {"name": name, "rule": rule, "positive_classes": [classes[i] for i in pos],
+                           "patient_aggregation": how,
+                           "patient_aggregation_reason": (
+                               "worst eye: P(patient positive) is the maximum over their images, consistent with "
+                               "the worst-grade patient label" if upper_set else
+                               f"eval.patient_aggregation ({how}); the patient is positive when any image is")}
+    if threshold is None:
+        assert val is not None, "a threshold needs the validation split"
+        pv = endpoint_probability(_probs(val, classes, "prob_"), pos)
+        yv = np.isin(val["y"].to_numpy(), pos).astype(np.int64)
+        threshold = choose_threshold(yv, pv, method=eval_cfg.threshold, target=eval_cfg.target_sensitivity)
+        out["val_image"] = binary_metrics(yv, pv, threshold=threshold)
+        out["threshold"] = {"value": float(threshold), "method": eval_cfg.threshold, "chosen_on": "validation",
+                            "target_sensitivity": (eval_cfg.target_sensitivity
+                                                   if eval_cfg.threshold == "sensitivity" else None)}
+    else:
+        out["threshold"] = {"value": float(threshold), "method": "fixed", "chosen_on": "the source run's validation",
+                            "target_sensitivity": None}
+    y = np.isin(test["y"].to_numpy(), pos).astype(np.int64)
+    p = endpoint_probability(_probs(test, classes, "prob_"), pos)
+    p_raw = endpoint_probability(_probs(test, classes, "prob_raw_"), pos)
+    keys = test["patient_key"].to_numpy()
+    out["test_image"] = binary_metrics(y, p, threshold=threshold)
+    pk, yp, pp = aggregate_by_patient(keys, y, p, how=how)
+    out["test_patient"] = binary_metrics(yp, pp, threshold=threshold)
+    n_boot = int(eval_cfg.n_bootstrap)
+    out["n_bootstrap"] = n_boot
+    if n_boot:
+        out["test_patient_ci"] = {k: v.to_dict() for k, v in bootstrap_ci(
+            yp, pp, pk, metrics=ENDPOINT_CI_METRICS, threshold=threshold, n_resamples=n_boot, seed=seed).items()}
+        out["test_image_ci"] = {k: v.to_dict() for k, v in bootstrap_ci(
+            y, p, keys, metrics=ENDPOINT_CI_METRICS, threshold=threshold, n_resamples=n_boot, seed=seed).items()}
+    out["calibration_test"] = {"before": _binary_calibration(y, p_raw, eval_cfg.n_bins),
+                               "after": _binary_calibration(y, p, eval_cfg.n_bins)}
+    return out
+
+
+def assess_graded(*, val: pd.DataFrame | None, test: pd.DataFrame, classes: Sequence[str], task: str,
+                  endpoints: Sequence[Any], eval_cfg: Any, seed: int, fixed: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """Everything the report shows for a k-class run (see the module notes).
+
+    Args:
+        val, test: frames with ``y``, ``patient_key``, ``laterality``, ``prob_raw_<c>``, ``prob_<c>``.
+        classes: class names (ordinal: mildest first).
+        task: ``"nominal"`` or ``"ordinal"``.
+        endpoints: :class:`medxcept.cohort.Endpoint` objects.
+        eval_cfg: :class:`medxcept.config.EvalConfig` (bootstrap resamples, bins, threshold method).
+        seed: bootstrap seed.
+        fixed: ``{"decision_rule": {...}, "endpoint_thresholds": {name: t}}`` chosen earlier (external
+            validation); ``None`` chooses them on ``val``.
+
+    Returns:
+        ``task``, ``decision_rule``, ``patient_rule``, ``test_image``, ``test_patient`` (and
+        ``test_eye`` when lateralities are known), ``calibration_test`` (``before``/``after``, each
+        :func:`medxcept.multiclass.calibration_report`), ``endpoints`` (name -> :func:`endpoint_report`),
+        ``n_bootstrap``.
+    """
+    classes = [str(c) for c in classes]
+    n_boot = int(eval_cfg.n_bootstrap)
+    if fixed is not None:
+        rule = DecisionRule.from_dict(fixed["decision_rule"])
+    else:
+        assert val is not None, "the decision rule is chosen on the validation split"
+        rule = choose_decision_rule(val["y"].to_numpy(), _probs(val, classes, "prob_"), kind=task)
+    y = test["y"].to_numpy()
+    P = _probs(test, classes, "prob_")
+    keys = test["patient_key"].to_numpy()
+    lat = test["laterality"].to_numpy() if "laterality" in test else None
+    kw = {"classes": classes, "kind": task, "rule": rule, "n_resamples": n_boot, "seed": seed}
+    out: dict[str, Any] = {"task": task, "classes": classes, "decision_rule": rule.to_dict(), "n_bootstrap": n_boot}
+    out["test_image"] = multiclass_report(y, P, keys, **kw)
+    patients = aggregate_units(keys, y, P, kind=task, laterality=lat, level="patient")
+    out["patient_rule"] = patients.rule
+    out["patient_notes"] = list(patients.notes)
+    out["test_patient"] = multiclass_report(patients.y, patients.P, patients.patients, **kw)
+    known = lat is not None and bool(np.isin(lat, ("L", "R")).all())
+    one_per_eye = known and not pd.Series(list(zip(keys, lat, strict=True))).duplicated().any()
+    if one_per_eye:
+        out["eye_rule"] = "one image per eye here: the eye level equals the image level"
+    elif known:
+        eyes = aggregate_units(keys, y, P, kind=task, laterality=lat, level="eye")
+        out["test_eye"] = multiclass_report(eyes.y, eyes.P, eyes.patients, **kw)
+        out["eye_rule"] = eyes.rule
+    out["calibration_test"] = {
+        "before": calibration_report(y, _probs(test, classes, "prob_raw_"), classes=classes, n_bins=eval_cfg.n_bins),
+        "after": calibration_report(y, P, classes=classes, n_bins=eval_cfg.n_bins)}
+    thresholds = (fixed or {}).get("endpoint_thresholds", {})
+    out["endpoints"] = {
+        e.name: endpoint_report(name=e.name, rule=e.rule, positive=e.positive, classes=classes, kind=task,
+                                val=val, test=test, eval_cfg=eval_cfg, seed=seed,
+                                threshold=thresholds.get(e.name) if fixed is not None else None)
+        for e in endpoints}
+    return out
+
+
+def graded_figures(graded: dict[str, Any], test: pd.DataFrame) -> dict[str, str | None]:
+    """Figures of the graded sections: confusion matrices (images, patients), class-wise
+    reliability after recalibration, and each endpoint's ROC/PR curves."""
+    from medxcept.report.figures import confusion_figure, reliability_figure, roc_pr_figure
+
+    classes = graded["classes"]
+    figs: dict[str, str | None] = {}
+    for level in ("test_image", "test_patient"):
+        cm = np.asarray(graded[level]["confusion_matrix"])
+        k = cm.shape[0]
+        yy = np.repeat(np.repeat(np.arange(k), k), cm.ravel())
+        pp = np.repeat(np.tile(np.arange(k), k), cm.ravel())
+        figs[f"graded_confusion_{level}"] = confusion_figure(yy, pp, classes) if cm.sum() else None
+    before, after = graded["calibration_test"]["before"], graded["calibration_test"]["after"]
+    figs["graded_reliability_classwise"] = classwise_reliability_figure(before, after, classes)
+    figs["graded_reliability_top_label"] = reliability_figure(
+        before["reliability_top_label"], after["reliability_top_label"],
+        labels=("top label, before recalibration", "top label, after"))
+    P = _probs(test, classes, "prob_")
+    for name, e in graded["endpoints"].items():
+        pos = [classes.index(c) for c in e["positive_classes"]]
+        y = np.isin(test["y"].to_numpy(), pos).astype(int)
+        figs[f"endpoint_roc_{name}"] = roc_pr_figure(y, endpoint_probability(P, pos), e["threshold"]["value"],
+                                                     title_suffix=f" ({name}, images)")
+    return figs
+
+
+def classwise_reliability_figure(before: dict[str, Any], after: dict[str, Any], classes: Sequence[str]) -> str:
+    """Reliability per class (``P[:, c]`` against ``y == c``): top row before recalibration, bottom row after."""
+    from medxcept.report.figures import BLUE, GREY, plt, to_data_uri
+
+    k = len(classes)
+    fig, axes = plt.subplots(2, k, figsize=(2.9 * k, 5.6), sharex=True, sharey=True, squeeze=False)
+    for row, (label, cal) in enumerate((("before", before), ("after", after))):
+        for j, c in enumerate(classes):
+            ax = axes[row, j]
+            t = pd.DataFrame(cal["reliability_per_class"][c])
+            t = t[t["count"] > 0]
+            ax.plot([0, 1], [0, 1], color=GREY, ls="--", lw=1)
+            ax.plot(t["mean_confidence"], t["observed_frequency"], marker="o", color=BLUE)
+            for _, r in t.iterrows():
+                ax.annotate(str(int(r["count"])), (r["mean_confidence"], r["observed_frequency"]),
+                            textcoords="offset points", xytext=(4, -10), fontsize=7, color=GREY)
+            ece_c = cal["classwise_ece_per_class"][c]
+            ax.set(title=f"{c} ({label}): ECE {ece_c:.3f}", xlim=(0, 1), ylim=(0, 1))
+            if row == 1:
+                ax.set_xlabel(f"predicted P({c})")
+        axes[row, 0].set_ylabel("observed frequency")
+    return to_data_uri(fig)
+
+
+# ------------------------------------------------------------------------- cross-validation
+
+#: Per-fold graded numbers summarized across folds (patient level).
+CV_GRADED_METRICS = ("kappa_quadratic", "mae_grade", "macro_roc_auc", "weighted_roc_auc", "macro_pr_auc",
+                     "balanced_accuracy", "accuracy")
+
+
+def fold_predictions(frame: pd.DataFrame, graded: dict[str, Any], *, repeat: int, fold: int) -> pd.DataFrame:
+    """One fold's out-of-fold predictions for pooling: ids, ``y``, ``prob_raw_<c>``, ``prob_<c>``, the
+    fold's own predicted class (``pred``, its decision rule) and per endpoint its threshold
+    (``threshold_<name>``)."""
+    classes = graded["classes"]
+    cols = [c for c in ("image_id", "patient_key", "laterality", "source", "label", "y") if c in frame.columns]
+    out = frame[cols + [f"prob_raw_{c}" for c in classes] + [f"prob_{c}" for c in classes]].copy()
+    out.insert(0, "repeat", repeat)
+    out.insert(1, "fold", fold)
+    out["pred"] = DecisionRule.from_dict(graded["decision_rule"]).predict(_probs(frame, classes, "prob_"))
+    for name, e in graded["endpoints"].items():
+        out[f"threshold_{name}"] = float(e["threshold"]["value"])
+    return out
+
+
+def _pooled_endpoint(df: pd.DataFrame, e: Any, classes: list[str], kind: str, eval_cfg: Any, seed: int
+                     ) -> dict[str, Any]:
+    pos = sorted(e.positive)
+    upper_set = kind == "ordinal" and pos == list(range(pos[0], len(classes)))
+    how = "max" if upper_set else eval_cfg.patient_aggregation
+    frame = pd.DataFrame({"unit": df["unit"], "patient": df["patient_key"].astype(str),
+                          "y": np.isin(df["y"].to_numpy(), pos).astype(np.int64),
+                          "p": endpoint_probability(_probs(df, classes, "prob_"), pos),
+                          "p_raw": endpoint_probability(_probs(df, classes, "prob_raw_"), pos),
+                          "t": df[f"threshold_{e.name}"].to_numpy()})
+    out: dict[str, Any] = {"name": e.name, "rule": e.rule, "positive_classes": [classes[i] for i in pos],
+                           "patient_aggregation": how,
+                           "patient_aggregation_reason": (
+                               "worst eye: the maximum over their images" if upper_set else f"the {how} over their "
+                               "images") + "; sensitivity and specificity apply each fold's own threshold",
+                           "threshold": {"value": float(frame["t"].median()), "method": "per fold",
+                                         "chosen_on": "each fold's training folds", "target_sensitivity": None},
+                           "n_bootstrap": int(eval_cfg.n_bootstrap)}
+    units = frame.groupby("unit").agg(y=("y", "max"), p=("p", how), p_raw=("p_raw", how), t=("t", "first"),
+                                      patient=("patient", "first"))
+    for level, f in (("image", frame), ("patient", units)):
+        y, p = f["y"].to_numpy(), f["p"].to_numpy()
+        pred = (p >= f["t"].to_numpy()).astype(np.float64)
+        rank = binary_metrics(y, p, threshold=0.5)
+        thr = binary_metrics(y, pred, threshold=0.5)
+        out[f"test_{level}"] = {**thr, "roc_auc": rank["roc_auc"], "pr_auc": rank["pr_auc"],
+                                "threshold": out["threshold"]["value"],
+                                "notes": [n for n in rank["notes"] if n.startswith(("roc", "pr_"))] + [
+                                    n for n in thr["notes"] if not n.startswith(("roc", "pr_"))]}
+        if eval_cfg.n_bootstrap:
+            groups = f["patient"].to_numpy()
+            cis = bootstrap_ci(y, p, groups, metrics=("roc_auc", "pr_auc"), threshold=None,
+                               n_resamples=eval_cfg.n_bootstrap, seed=seed)
+            cis.update(bootstrap_ci(y, pred, groups, metrics=[m for m in ENDPOINT_CI_METRICS if m not in cis],
+                                    threshold=0.5, n_resamples=eval_cfg.n_bootstrap, seed=seed))
+            out[f"test_{level}_ci"] = {k: v.to_dict() for k, v in cis.items()}
+    out["calibration_test"] = {"before": _binary_calibration(units["y"].to_numpy(), units["p_raw"].to_numpy(),
+                                                             eval_cfg.n_bins),
+                               "after": _binary_calibration(units["y"].to_numpy(), units["p"].to_numpy(),
+                                                            eval_cfg.n_bins)}
+    return out
+
+
+def pooled_report(frames: Sequence[pd.DataFrame], *, classes: Sequence[str], task: str, endpoints: Sequence[Any],
+                  eval_cfg: Any, seed: int) -> dict[str, Any]:
+    """Pooled out-of-fold graded metrics with patient-bootstrap CIs (frames of :func:`fold_predictions`).
+
+    Every patient is predicted once per repeat by the model that did not see them, with that fold's
+    decision rule and endpoint thresholds. Patient units are (repeat, patient); the bootstrap
+    resamples patients (with all their units). Ordinal patient grades and predictions are the
+    worst over the patient's images (the maximum of the fold's image predictions equals the fold's
+    rule applied to the aggregated probabilities); nominal predictions are the argmax of the
+    patient's mean probabilities.
+    """
+    classes = [str(c) for c in classes]
+    df = pd.concat(list(frames), ignore_index=True)
+    df["unit"] = "r" + df["repeat"].astype(str) + ":" + df["patient_key"].astype(str)
+    y, P, pred = df["y"].to_numpy(), _probs(df, classes, "prob_"), df["pred"].to_numpy()
+    groups = df["patient_key"].astype(str).to_numpy()
+    kw = {"classes": classes, "kind": task, "n_resamples": int(eval_cfg.n_bootstrap), "seed": seed}
+    out: dict[str, Any] = {"task": task, "classes": classes, "n_bootstrap": int(eval_cfg.n_bootstrap),
+                           "n_images": int(len(df)), "n_folds": int(df.groupby(["repeat", "fold"]).ngroups)}
+    out["test_image"] = multiclass_report(y, P, groups, y_pred=pred, **kw)
+    lat = df["laterality"].to_numpy() if task == "nominal" and "laterality" in df else None
+    units = aggregate_units(df["unit"].to_numpy(), y, P, kind=task, laterality=lat, level="patient")
+    unit_patient = np.array([u.split(":", 1)[1].split("|", 1)[0] for u in units.keys])
+    if task == "ordinal":
+        unit_pred = df.groupby("unit")["pred"].max().reindex(units.keys).to_numpy()
+    else:
+        unit_pred = units.P.argmax(axis=1)
+    out["test_patient"] = multiclass_report(units.y, units.P, unit_patient, y_pred=unit_pred, **kw)
+    out["patient_rule"] = units.rule
+    out["patient_notes"] = list(units.notes)
+    out["decision_rule"] = {"kind": "per fold", "description": "each fold's own decision rule",
+                            "chosen_on": "that fold's training folds (the model's own predictions)"}
+    out["calibration_test"] = {
+        "before": calibration_report(y, _probs(df, classes, "prob_raw_"), classes=classes, n_bins=eval_cfg.n_bins),
+        "after": calibration_report(y, P, classes=classes, n_bins=eval_cfg.n_bins)}
+    out["endpoints"] = {e.name: _pooled_endpoint(df, e, classes, task, eval_cfg, seed) for e in endpoints}
+    return out
+
+
+def fold_row(graded: dict[str, Any]) -> dict[str, Any]:
+    """One fold's patient-level point estimates for the across-fold summary."""
+    r = graded["test_patient"]
+    row = {m: r[m]["point"] for m in CV_GRADED_METRICS if m in r}
+    for c, v in r["per_class"].items():
+        row[f"roc_auc_{c}"] = v["roc_auc"]["point"]
+    for name, e in graded["endpoints"].items():
+        for m in ("roc_auc", "sensitivity", "specificity"):
+            row[f"{name}_{m}"] = e["test_patient"][m]
+    return row
+
+
+# ------------------------------------------------------------------------------- comparing runs
+
+
+def compare_graded_runs(run_dirs: Sequence[Any], *, n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Compare finished k-class runs on the same test images, patient level, paired by patient.
+
+    Each run's own numbers (kappa, macro AUC with their CIs, from ``metrics.json``) and, for every
+    pair, the paired patient-bootstrap difference of macro ROC-AUC and (ordinal) quadratic kappa
+    (:func:`medxcept.multiclass.paired_comparison`; each run's predictions with its own decision
+    rule, patients by the worst-eye rule) and of each endpoint's patient ROC-AUC
+    (:func:`medxcept.evaluate.paired_bootstrap_auc`).
+
+    Raises:
+        ConfigError: a run that is not a finished k-class run, or runs on different test images,
+            classes or tasks.
+    """
+    import json
+    from pathlib import Path
+
+    from medxcept.errors import ConfigError
+    from medxcept.evaluate import paired_bootstrap_auc
+    from medxcept.multiclass import paired_comparison
+
+    runs = []
+    for d in run_dirs:
+        path = Path(d)
+        need = [f for f in ("metrics.json", "predictions.csv", "calibration.json") if not (path / f).is_file()]
+        if need:
+            raise ConfigError(f"{path} is not a finished run directory: missing {', '.join(need)}")
+        metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+        if "graded" not in metrics:
+            raise ConfigError(f"run {path.name}: not a graded / multi-class run (classes {metrics.get('classes')}); "
+                              "compare binary runs separately")
+        cal = json.loads((path / "calibration.json").read_text(encoding="utf-8"))
+        preds = pd.read_csv(path / "predictions.csv", dtype={"image_id": str, "patient_key": str})
+        runs.append({"name": str(metrics.get("run", {}).get("id") or path.name), "metrics": metrics,
+                     "rule": DecisionRule.from_dict(cal["decision_rule"]),
+                     "preds": preds.sort_values("image_id", kind="stable").reset_index(drop=True)})
+    first = runs[0]
+    g0 = first["metrics"]["graded"]
+    classes, kind = g0["classes"], g0["task"]
+    for r in runs[1:]:
+        g = r["metrics"]["graded"]
+        if g["classes"] != classes or g["task"] != kind:
+            raise ConfigError(f"run {r['name']} has classes {g['classes']} ({g['task']}), run {first['name']} "
+                              f"{classes} ({kind}): compare runs of one cohort")
+        if r["preds"]["image_id"].tolist() != first["preds"]["image_id"].tolist():
+            raise ConfigError(f"runs {first['name']} and {r['name']} were tested on different images: compare "
+                              "runs with the same split (same split.seed and data)")
+    y = first["preds"]["y"].to_numpy()
+    keys = first["preds"]["patient_key"].to_numpy()
+    lat = first["preds"]["laterality"].to_numpy() if "laterality" in first["preds"] else None
+    per_run, units = [], []
+    for r in runs:
+        P = _probs(r["preds"], classes, "prob_")
+        agg = aggregate_units(keys, y, P, kind=kind, laterality=lat)
+        units.append((agg, r["rule"].predict(agg.P)))
+        tp = r["metrics"]["graded"]["test_patient"]
+        per_run.append({"name": r["name"], "recipe": r["metrics"].get("run", {}).get("recipe"),
+                        "decision_rule": r["rule"].to_dict()["description"],
+                        **{m: tp[m] for m in CV_GRADED_METRICS if m in tp}})
+    pairs = []
+    for i in range(len(runs)):
+        for j in range(i + 1, len(runs)):
+            (a, pa), (b, pb) = units[i], units[j]
+            entry: dict[str, Any] = {"run1": runs[i]["name"], "run2": runs[j]["name"],
+                                     **paired_comparison(a.y, a.P, b.P, a.patients, kind=kind, pred1=pa, pred2=pb,
+                                                         n_resamples=n_resamples, seed=seed)}
+            for e in g0["endpoints"].values():
+                pos = [classes.index(c) for c in e["positive_classes"]]
+                ye = np.isin(a.y, pos).astype(np.int64)
+                if 0 < ye.sum() < ye.size:
+                    entry[f"{e['name']}_roc_auc"] = paired_bootstrap_auc(
+                        ye, endpoint_probability(a.P, pos), endpoint_probability(b.P, pos), a.patients,
+                        n_resamples=n_resamples, seed=seed)
+            pairs.append(entry)
+    return {"kind": "graded", "task": kind, "classes": classes, "n_patients": int(len(units[0][0].y)),
+            "n_images": int(len(y)), "patient_rule": units[0][0].rule, "runs": per_run, "pairs": pairs,
+            "n_resamples": n_resamples, "seed": seed}
