@@ -312,7 +312,7 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
     set_seeds(cfg.seed)
     result = fit(images[parts["fit"]], ft["y"].to_numpy(), images[parts["inner"]], iv["y"].to_numpy(),
                  iv["patient_key"].to_numpy(), cfg=cfg, weights=weights, n_classes=len(classes), run_dir=fdir,
-                 resume=resume)
+                 resume=resume, train_groups=ft["patient_key"].to_numpy())
     run.write_csv("history.csv", result.history)
     bs = cfg.train.batch_size
     inner_logits = predict_logits(result.model, images[parts["inner"]], batch_size=bs)

@@ -41,7 +41,8 @@ def learning_curve_rows(*, fractions: Sequence[float], images: np.ndarray, table
             log.info("learning curve: %.0f %% of the training patients (%d patients, %d images)", 100 * f,
                      tr.loc[mask, "patient_key"].nunique(), len(idx))
             result = fit(images[idx], table["y"].to_numpy()[idx], images[parts["val"]], va["y"].to_numpy(),
-                         va["patient_key"].to_numpy(), cfg=cfg, weights=weights, n_classes=n_classes, run_dir=None)
+                         va["patient_key"].to_numpy(), cfg=cfg, weights=weights, n_classes=n_classes, run_dir=None,
+                         train_groups=table["patient_key"].to_numpy()[idx])
         else:
             result = full
         verdict = training_verdict(result.history, result.best_epoch)

@@ -150,7 +150,7 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
          f"{cfg.preprocess.image_px} px, recipe '{cfg.train.recipe}'")
     result = fit(images[parts["train"]], tr["y"].to_numpy(), images[parts["val"]], va["y"].to_numpy(),
                  va["patient_key"].to_numpy(), cfg=cfg, weights=weights, n_classes=spec.n_classes, run_dir=run.path,
-                 resume=resume_dir is not None)
+                 resume=resume_dir is not None, train_groups=tr["patient_key"].to_numpy())
     timings["train_s"] = result.seconds
     run.write_csv("history.csv", result.history)
     model_bytes = save_inference_model(result.model, run.file("model.keras"))
