@@ -35,10 +35,12 @@ from medxcept.train import check_resumable, fit, predict_logits_tta, save_infere
 from medxcept.workflows.learning_curve import learning_curve_rows
 from medxcept.workflows.steps import (
     assess,
+    materialize,
     prediction_table,
     prepare_withholding_names,
     reason_counts,
     record_ingestion,
+    report_examples,
     split_and_audit,
     summary_counts,
 )
@@ -90,6 +92,7 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
     """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
+    spec = materialize(spec)  # a generated cohort is written before anything else
     weights = resolve_weights(cfg.model.weights)  # fail before any work if weights are missing
     if not weights.pretrained:
         _say("! NOT PRETRAINED: --weights none, the model starts from random initialization. "
@@ -215,7 +218,8 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
     html = render_report(run.path, metrics=full, table=table, history=result.history, predictions=predictions,
                          audit=report, versions=versions, images=images, cfg=cfg, spec=spec, frames=frames,
                          extra_figs={**figs, "cam": _cam_figure(result.model, images[parts["test"]], assessed.test,
-                                                                metrics.get("threshold"))})
+                                                                metrics.get("threshold"))},
+                         examples=report_examples(table, images, cfg, spec))
     # the completion marker, written last: until it exists the run is resumable (checkpoints kept)
     run.write_json(COMPLETE, {"completed": _dt.datetime.now().isoformat(timespec="seconds"),
                               "weights_sha256": result.weights_sha256, "model_bytes": model_bytes,
