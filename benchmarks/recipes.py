@@ -253,7 +253,7 @@ def run_arm(cohort_yaml: Path, out: Path, *, arm: str, seed: int, px: int, weigh
     """One finished run directory (reused when it is already complete)."""
     from medxcept.cohort import load_cohort_spec
     from medxcept.config import load_config
-    from medxcept.pipeline import run_pipeline
+    from medxcept.workflows.single import run_pipeline
 
     recipe, pretrained, arm_overrides = ARMS[arm]
     name = f"{arm}-s{seed}"

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +60,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 STRENGTHS = ("none", "light", "default", "strong")
-POLICIES = ("fundus", "radiograph")
 BALANCES = ("weights", "sampling", "none")
 MAX_TTA = 64
 
@@ -142,6 +142,40 @@ def _affine(m: dict[str, Any], p: float) -> A.Affine:
     )
 
 
+def _fundus(strength: str) -> list[A.BasicTransform | A.BaseCompose]:
+    """Colour fundus photographs: flips both ways, any rotation, exposure and colour jitter."""
+    m = _FUNDUS[strength]
+    return [
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
+        _affine(m, p=0.9),
+        A.RandomBrightnessContrast(brightness_limit=m["bc"], contrast_limit=m["bc"], p=0.5),
+        A.RandomGamma(gamma_limit=m["gamma"], p=0.3),
+        A.HueSaturationValue(hue_shift_limit=m["hue"], sat_shift_limit=m["sat"], val_shift_limit=0, p=0.3),
+        *_blur_noise(m["p_blur_noise"]),
+    ]
+
+
+def _radiograph(strength: str) -> list[A.BasicTransform | A.BaseCompose]:
+    """Gray radiograph-like images: horizontal flip only, small rotations, no colour jitter."""
+    m = _RADIOGRAPH[strength]
+    return [
+        A.HorizontalFlip(p=0.5),
+        _affine(m, p=0.7),
+        A.RandomBrightnessContrast(brightness_limit=m["bc"], contrast_limit=m["bc"], p=0.5),
+        A.RandomGamma(gamma_limit=m["gamma"], p=0.3),
+        *_blur_noise(m["p_blur_noise"]),
+    ]
+
+
+#: Augmentation policies by name (``augment.policy``): strength -> the transforms, in order.
+#: A new kind of image is one entry here (and its strengths table).
+POLICIES: dict[str, Callable[[str], list[A.BasicTransform | A.BaseCompose]]] = {
+    "fundus": _fundus,
+    "radiograph": _radiograph,
+}
+
+
 def build_augment(cfg: AugmentConfig, *, seed: int) -> A.Compose | None:
     """Build the training augmentation pipeline.
 
@@ -172,27 +206,7 @@ def build_augment(cfg: AugmentConfig, *, seed: int) -> A.Compose | None:
     """
     if cfg.strength == "none":
         return None
-    transforms: list[A.BasicTransform | A.BaseCompose]
-    if cfg.policy == "fundus":
-        m = _FUNDUS[cfg.strength]
-        transforms = [
-            A.HorizontalFlip(p=0.5),
-            A.VerticalFlip(p=0.5),
-            _affine(m, p=0.9),
-            A.RandomBrightnessContrast(brightness_limit=m["bc"], contrast_limit=m["bc"], p=0.5),
-            A.RandomGamma(gamma_limit=m["gamma"], p=0.3),
-            A.HueSaturationValue(hue_shift_limit=m["hue"], sat_shift_limit=m["sat"], val_shift_limit=0, p=0.3),
-            *_blur_noise(m["p_blur_noise"]),
-        ]
-    else:
-        m = _RADIOGRAPH[cfg.strength]
-        transforms = [
-            A.HorizontalFlip(p=0.5),
-            _affine(m, p=0.7),
-            A.RandomBrightnessContrast(brightness_limit=m["bc"], contrast_limit=m["bc"], p=0.5),
-            A.RandomGamma(gamma_limit=m["gamma"], p=0.3),
-            *_blur_noise(m["p_blur_noise"]),
-        ]
+    transforms = POLICIES[cfg.policy](cfg.strength)
     aug = A.Compose(transforms, p=1.0, seed=int(seed))
     _reseed(aug, int(seed))
     return aug

@@ -281,7 +281,7 @@ def _match_classes(spec: CohortSpec, src: SourceRun) -> CohortSpec:
 
 def _load_model(src: SourceRun, image_px: int) -> Any:
     """``model.keras`` without recompiling, checked against the run's input size and classes."""
-    import keras
+    import keras  # here: reading a source run's files does not load Keras, only loading its model does
 
     path = src.path / "model.keras"
     try:

@@ -33,6 +33,7 @@ import os
 import re
 import secrets
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -43,14 +44,25 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from medxcept.cohort import CohortSpec, SourceSpec, keyed_id, pseudonymize, validate_cohort
+from medxcept.acquisition import acquisition_fingerprint, geometry_fingerprint
+from medxcept.cohort import SOURCE_KINDS, CohortSpec, SourceSpec, keyed_id, pseudonymize, validate_cohort
 from medxcept.errors import CohortError, ConfigError, MissingDecoderError, ReadError
 from medxcept.io import file_label, walk_files
-from medxcept.io.labels import match_files, normalize_laterality, parse_filename, read_label_table
+from medxcept.io.dicom import read_dicom, read_dicom_header
+from medxcept.io.images import read_image
+from medxcept.io.labels import (
+    labels_from_folders,
+    match_files,
+    normalize_laterality,
+    parse_filename,
+    read_label_table,
+)
+from medxcept.paths import cache_dir
 from medxcept.preprocess import PreprocessCache, PreprocessConfig, apply_quality_policy, preprocess, quality
 
 __all__ = ["IngestResult", "ingest", "data_root", "EXCLUSION_COLUMNS", "PUBLIC_EXCLUSION_COLUMNS",
-           "pseudonym_salt", "file_sha256", "public_exclusions", "shareable_reason"]
+           "pseudonym_salt", "file_sha256", "public_exclusions", "shareable_reason", "SOURCE_READERS",
+           "SourceReader", "FILE_READERS", "read_frames"]
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +91,20 @@ class IngestResult:
 
 
 def data_root(spec: CohortSpec) -> Path:
-    """The folder the sources' relative paths start from (generating the demo data if needed)."""
-    if spec.generator == "demo":
-        from medxcept.demo import DemoSpec, demo_root
+    """The folder the sources' relative paths start from.
 
-        return demo_root(DemoSpec(**spec.generator_options))
-    if spec.generator == "demo_graded":
-        from medxcept.demo_graded import GradedDemoSpec, graded_demo_root
+    Ingestion reads files; it never generates them. A generated cohort (``generator: demo``) is
+    written first by the workflow (:func:`medxcept.workflows.steps.materialize`), which returns the
+    spec with ``base_dir`` set to the generated folder.
 
-        return graded_demo_root(GradedDemoSpec(**spec.generator_options))
+    Raises
+    ------
+    ConfigError
+        ``spec`` is a generated cohort not materialized yet.
+    """
+    if spec.generator:
+        raise ConfigError(f"cohort '{spec.name}' is generated (generator: {spec.generator}) and not written yet: "
+                          "call medxcept.workflows.steps.materialize(spec) first (the pipelines do)")
     return Path(spec.base_dir)
 
 
@@ -99,13 +116,13 @@ def pseudonym_salt(spec: CohortSpec) -> str:
     is then used), so a concurrent process can never read it empty. An empty or short key file
     (an empty key would mean unsalted, enumerable hashes) is refused.
 
-    Raises:
-        ConfigError: the key file is shorter than 32 characters.
+    Raises
+    ------
+    ConfigError
+        The key file is shorter than 32 characters.
     """
     if spec.pseudonym_salt:
         return spec.pseudonym_salt
-    from medxcept.demo import cache_dir
-
     key = cache_dir() / "pseudonym.key"
     if not key.exists():
         key.parent.mkdir(parents=True, exist_ok=True)
@@ -231,24 +248,70 @@ def _decode_guarded(task: dict[str, Any], path: Path) -> dict[str, Any]:
                                                  "reason": f"unexpected decoder error: {type(exc).__name__}: {exc}"}]}
 
 
-def _decode_file(task: dict[str, Any]) -> dict[str, Any]:
-    from medxcept.acquisition import acquisition_fingerprint, geometry_fingerprint
-    from medxcept.io.dicom import read_dicom
-    from medxcept.io.images import read_image
+def _read_dicom_frames(path: Path, *, frames: str | int = "all", window_index: int = 0,
+                       max_pixels: int | None = None) -> tuple[list[int], list[np.ndarray], dict[str, Any]]:
+    frame = None if frames == "all" else int(frames)
+    limit = {} if max_pixels is None else {"max_pixels": max_pixels}  # None: the reader's own limit
+    pixels, meta = read_dicom(path, frame=frame, window_index=window_index, **limit)
+    return (list(range(pixels.shape[0])) if frame is None else [frame]), list(pixels), meta
 
+
+def _read_photo_frames(path: Path, *, frames: str | int = "all", window_index: int = 0,
+                       max_pixels: int | None = None) -> tuple[list[int], list[np.ndarray], dict[str, Any]]:
+    arr, meta = read_image(path, **({} if max_pixels is None else {"max_pixels": max_pixels}))
+    return [0], [arr], meta
+
+
+#: File readers by name (the cohort table's ``reader`` column): ``path -> (frame indices, frames, meta)``.
+FILE_READERS: dict[str, Callable[..., tuple[list[int], list[np.ndarray], dict[str, Any]]]] = {
+    "dicom": _read_dicom_frames,
+    "photo": _read_photo_frames,
+}
+
+
+@dataclass(frozen=True)
+class SourceReader:
+    """How ingestion treats one kind of source (a cohort file's ``sources[].kind``).
+
+    Attributes
+    ----------
+    reader : str
+        The file reader of :data:`FILE_READERS` that decodes its files.
+    labels : {"table", "folders"}
+        A label table matched to the files, or one folder per class.
+    headers : bool
+        The files carry patient and eye in their headers (DICOM): a label table that contradicts
+        them is an issue, and non-image objects beside the images (SR, DICOMDIR, presentation
+        states) are skipped rather than reported as unlabelled.
+    """
+
+    reader: str
+    labels: str = "table"
+    headers: bool = False
+
+
+#: Source kinds, each declared once; :data:`medxcept.cohort.SOURCE_KINDS` names the same kinds.
+SOURCE_READERS: dict[str, SourceReader] = {
+    "photos": SourceReader("photo"),
+    "dicom": SourceReader("dicom", headers=True),
+    "folders": SourceReader("photo", labels="folders"),
+}
+assert set(SOURCE_READERS) == set(SOURCE_KINDS), "every source kind of medxcept.cohort needs a reader here"
+
+
+def read_frames(reader: str, path: str | os.PathLike[str], *, frames: str | int = "all", window_index: int = 0,
+                max_pixels: int | None = None) -> tuple[list[int], list[np.ndarray], dict[str, Any]]:
+    """Decode ``path`` with the file reader ``reader``: its frame indices, the frames, the metadata."""
+    return FILE_READERS[reader](Path(path), frames=frames, window_index=window_index, max_pixels=max_pixels)
+
+
+def _decode_file(task: dict[str, Any]) -> dict[str, Any]:
     path = Path(task["path"])
     cfg: PreprocessConfig = task["preprocess"]
     cache = PreprocessCache(task["cache_root"])
     sha = file_sha256(path)
-    if task["kind"] == "dicom":
-        frame = None if task["frames"] == "all" else int(task["frames"])
-        pixels, meta = read_dicom(path, frame=frame, window_index=task["window_index"],
-                                  max_pixels=task["max_pixels"])
-        frames = list(range(pixels.shape[0])) if frame is None else [frame]
-        arrays = list(pixels)
-    else:
-        arr, meta = read_image(path, max_pixels=task["max_pixels"])
-        frames, arrays = [0], [arr]
+    frames, arrays, meta = read_frames(task["kind"], path, frames=task["frames"], window_index=task["window_index"],
+                                       max_pixels=task["max_pixels"])
     rows, excluded = [], []
     acquisition = acquisition_fingerprint(path, task["kind"])  # headers only: how the image was made
     for frame_index, arr in zip(frames, arrays, strict=False):
@@ -304,9 +367,7 @@ def _label_rows(spec: CohortSpec, source: SourceSpec, root: Path, files: list[Pa
     extra = dict(source.columns)
     if source.visit_column:
         extra[source.visit_column] = "visit"
-    if source.kind == "folders":
-        from medxcept.io.labels import labels_from_folders
-
+    if SOURCE_READERS[source.kind].labels == "folders":
         labelled = labels_from_folders(root, list(spec.classes))
         table_issues: list = list(labelled.attrs.get("issues", []))
         match_issues: list = []
@@ -322,7 +383,7 @@ def _label_rows(spec: CohortSpec, source: SourceSpec, root: Path, files: list[Pa
             # an identical repeat: the file keeps its (same) label; a warning, never a stopping issue
             log.warning("%s", shareable_reason(issue.message))
             continue
-        if source.kind == "dicom" and getattr(issue, "kind", "") == "unlabelled_file":
+        if SOURCE_READERS[source.kind].headers and getattr(issue, "kind", "") == "unlabelled_file":
             # a DICOMDIR, SR or presentation state beside the images is normal in an export, not a
             # labelling mistake: skip it as "not an image" (and do not stop an on_label_issue=error run)
             skip = _not_an_image(Path(target))
@@ -337,8 +398,6 @@ def _label_rows(spec: CohortSpec, source: SourceSpec, root: Path, files: list[Pa
 
 def _not_an_image(path: Path) -> str | None:
     """The DICOM reader's "not an image: ..." reason for ``path``, or None (an image, or unreadable)."""
-    from medxcept.io.dicom import read_dicom_header
-
     try:
         with file_label("an unlabelled file"):  # a log line must not name it
             read_dicom_header(path)
@@ -350,7 +409,7 @@ def _not_an_image(path: Path) -> str | None:
 
 
 def _resolve(spec: CohortSpec, rel: str | None) -> Path:
-    base = data_root(spec) if spec.generator else Path(spec.base_dir)
+    base = data_root(spec)
     return (base / rel) if rel is not None else base
 
 
@@ -358,16 +417,25 @@ def ingest(spec: CohortSpec, *, preprocess_cfg: PreprocessConfig, cache: Preproc
            workers: int | None = None) -> IngestResult:
     """Turn a cohort definition into a validated cohort table and an exclusion log.
 
-    Args:
-        spec: from :func:`medxcept.cohort.load_cohort_spec`.
-        preprocess_cfg: preprocessing applied (once) to every decoded image.
-        cache: where preprocessed images are stored for training and evaluation.
-        workers: decoder processes (default: the number of CPU cores).
+    Parameters
+    ----------
+    spec : CohortSpec
+        From :func:`medxcept.cohort.load_cohort_spec` (a generated cohort materialized first:
+        :func:`medxcept.workflows.steps.materialize`).
+    preprocess_cfg : PreprocessConfig
+        Preprocessing applied (once) to every decoded image.
+    cache : PreprocessCache
+        Where preprocessed images are stored for training and evaluation.
+    workers : int, optional
+        Decoder processes (default: the number of CPU cores).
 
-    Raises:
-        CohortError: no usable image, a declared class without images, or label issues under
-            ``on_label_issue: error`` (all of them listed in one message).
-        MissingDecoderError: a decoder plugin is not installed (an install problem).
+    Raises
+    ------
+    CohortError
+        No usable image, a declared class without images, or label issues under
+        ``on_label_issue: error`` (all of them listed in one message).
+    MissingDecoderError
+        A decoder plugin is not installed (an install problem).
     """
     workers = workers or os.cpu_count() or 1
     salt = pseudonym_salt(spec)
@@ -414,7 +482,7 @@ def ingest(spec: CohortSpec, *, preprocess_cfg: PreprocessConfig, cache: Preproc
         exc.private_detail = message(label_issues)
         raise exc
 
-    tasks = [{"path": str(c["path"]), "kind": "dicom" if c["_source"].kind == "dicom" else "photo",
+    tasks = [{"path": str(c["path"]), "kind": SOURCE_READERS[c["_source"].kind].reader,
               "preprocess": preprocess_cfg, "cache_root": str(cache.root), "modality": spec.modality,
               "frames": spec.frames, "window_index": spec.window_index, "max_pixels": spec.max_pixels,
               "file_id": _file_id(Path(c["path"]), c["_source"].name, roots[c["_source"].name], salt)}
@@ -608,7 +676,7 @@ def _cohort_row(spec: CohortSpec, source: SourceSpec, cand: dict, r: dict, salt:
         "age": _age(_first(cand.get("age"), meta.get("age"))),
         "acquisition_date": str(meta.get("acquisition_date") or ""),
         "visit": str(visit or ""), "source_name": source.name,
-        "reader": "dicom" if source.kind == "dicom" else "photo",
+        "reader": SOURCE_READERS[source.kind].reader,
         **r.get("acquisition", {}),  # acq_* columns (medxcept.acquisition)
     }
 
@@ -619,7 +687,7 @@ def _header_disagreement(source: SourceSpec, cand: dict, meta: dict) -> str | No
     Names the row and the columns; patient identifiers are never written (shared logs), laterality
     values (L/R) are.
     """
-    if source.kind != "dicom":
+    if not SOURCE_READERS[source.kind].headers:
         return None
     row = cand.get("row")
     where = f"row {int(row)}" if row is not None and not (isinstance(row, float) and np.isnan(row)) else "label row"

@@ -1,10 +1,14 @@
-"""Patient-level k-fold cross-validation: resumable, one sub-run per fold, one CV report.
+"""Patient-level k-fold cross-validation: the plan on disk, the folds' tables and markers, the statistics.
+
+The workflow (planning, running and aggregating the folds) is :mod:`medxcept.workflows.cv`, the fold
+executors :mod:`medxcept.workflows.executors`; this module holds what they share, and explains
+what the numbers mean.
 
 On a cohort of a few dozen patients a single train/validation/test split gives a number whose
 uncertainty is larger than most of the differences a study cares about. Cross-validation trains
 ``k`` models, each evaluated on patients it never saw, and reports the spread across folds.
 
-Layout. ``plan_cv`` ingests the cohort once, keeps the hold-out test split of
+Layout. ``plan_cv`` (:mod:`medxcept.workflows.cv`) ingests the cohort once, keeps the hold-out test split of
 :func:`medxcept.splits.assign_splits` (the same one ``pipelines.retina`` would use with the same
 configuration) out of every fold when ``split.test_fraction > 0``, and assigns patient-level,
 stratified folds over the other patients with :func:`medxcept.splits.assign_folds` (seed
@@ -53,16 +57,16 @@ resubmitted array job) stops with a clear message and never deletes the director
 another process is training.
 
 Failures. A fold that raises, or whose process dies (``os._exit``, a killed Ray worker), is
-recorded in ``<fold>/failed.json`` with its error; the other folds run on. :func:`run_cv` then
-raises :class:`FoldsFailedError` naming every failed fold (the CLI: one line, exit 2), and the
-same command again runs only the folds that are not complete.
+recorded in ``<fold>/failed.json`` with its error; the other folds run on.
+:func:`~medxcept.workflows.cv.run_cv` then raises :class:`FoldsFailedError` naming every failed fold
+(the CLI: one line, exit 2), and the same command again runs only the folds that are not complete.
 
-Executors. Folds are independent: ``executor="local"`` runs them in this process one after the
-other, or in ``jobs`` spawned processes; ``executor="ray"`` submits each fold as a ``ray.remote``
-task (``pip install 'medxcept[ray]'``); a scheduler can run ``run_cv(..., only=[i])`` per job
-(see ``pipelines/slurm/kfold.sbatch``). Every executor writes the same layout, and a fold reads
-everything it needs from the CV directory, so the directory must be on a shared file system
-when folds run on several machines.
+Executors (:mod:`medxcept.workflows.executors`, by name). Folds are independent: ``local`` runs them
+in this process one after the other (or in ``jobs`` spawned processes), ``processes`` in ``jobs``
+spawned processes, ``ray`` as one ``ray.remote`` task per fold (``pip install 'medxcept[ray]'``); a
+scheduler can run ``run_cv(..., only=[i])`` per job (see ``pipelines/slurm/kfold.sbatch``). Every
+executor writes the same layout, and a fold reads everything it needs from the CV directory, so the
+directory must be on a shared file system when folds run on several machines.
 
 Cohorts with more than two classes (nominal or ordinal, :mod:`medxcept.graded`): each fold chooses
 its decision rule and its endpoints' thresholds on its training folds' own predictions, like the

@@ -8,6 +8,7 @@ and the code version (git commit when available).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import errno
 import hashlib
@@ -21,10 +22,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
-from medxcept.config import RunConfig, config_hash, config_to_dict
+from medxcept import __version__
+from medxcept.config import RunConfig, _build, config_hash, config_to_dict
+from medxcept.errors import ConfigError
+from medxcept.splits import content_ids
 
 __all__ = ["RunDir", "package_versions", "code_version", "data_hash", "load_run_config", "training_determinism",
            "reproduce_block", "write_atomic", "DirectoryLock", "COMPLETE"]
@@ -51,8 +56,6 @@ def package_versions() -> dict[str, str]:
 
 def code_version() -> dict[str, str]:
     """medxcept's version and, when run from a git checkout, the commit and whether it is dirty."""
-    from medxcept import __version__
-
     out = {"medxcept": __version__}
     root = Path(__file__).resolve().parent.parent
     try:
@@ -83,8 +86,6 @@ def data_hash(table: pd.DataFrame, decode: str | None = None) -> str:
     ``decode``: the cohort-level decode key (:func:`medxcept.preprocess.decode_key`, e.g. the
     DICOM window): the same files decoded differently are different data.
     """
-    from medxcept.splits import content_ids
-
     ids = content_ids(table)
     n = len(table)
 
@@ -183,9 +184,12 @@ class DirectoryLock:
     network file systems, local to one machine. Where ``fcntl`` does not exist (Windows) the lock
     is a no-op.
 
-    Args:
-        path: the lock file (created; never deleted, so two processes always lock the same inode).
-        what: how the error names the locked thing (``"run directory reports/x"``).
+    Parameters
+    ----------
+    path : str or Path
+        The lock file (created; never deleted, so two processes always lock the same inode).
+    what : str
+        How the error names the locked thing (``"run directory reports/x"``).
     """
 
     def __init__(self, path: str | Path, what: str) -> None:
@@ -193,10 +197,8 @@ class DirectoryLock:
         self._fd: int | None = None
 
     def acquire(self) -> DirectoryLock:
-        from medxcept.errors import ConfigError
-
         try:
-            import fcntl
+            import fcntl  # POSIX only: where it does not exist (Windows) the lock is a no-op
         except ImportError:  # pragma: no cover - Windows
             return self
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -223,7 +225,7 @@ class DirectoryLock:
     def is_held(self) -> bool:
         """Whether another process holds the lock now (without taking it)."""
         try:
-            import fcntl
+            import fcntl  # POSIX only (see acquire)
         except ImportError:  # pragma: no cover
             return False
         if self._fd is not None or not self.path.exists():
@@ -258,8 +260,10 @@ class RunDir:
 
     Every write goes through :func:`write_atomic` (temporary file, then ``os.replace``).
 
-    Args:
-        path: the directory (created).
+    Parameters
+    ----------
+    path : Path
+        The directory (created).
     """
 
     def __init__(self, path: Path) -> None:
@@ -274,8 +278,6 @@ class RunDir:
         A ``name`` given (``--run-name``) must not be an existing non-empty directory: stale files
         of another run would mix with this one's (use ``--resume`` to continue a run).
         """
-        from medxcept.errors import ConfigError
-
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         base = Path(out_dir) / (name or f"{stamp}-{_slug(cohort_name)}-{config_hash(cfg)}")
         if name is not None and base.exists() and (not base.is_dir() or any(base.iterdir())):
@@ -382,11 +384,6 @@ def _write_owner_only(path: Path, text: str) -> None:
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
     """The resolved configuration a run saved in ``config.yaml`` (its descriptive extras dropped)."""
-    import dataclasses
-
-    from medxcept.config import _build
-    from medxcept.errors import ConfigError
-
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{path} not found: {run_dir} is not a medxcept run directory")
@@ -396,8 +393,6 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
 
 
 def _json_default(o: Any) -> Any:
-    import numpy as np
-
     if isinstance(o, (np.integer,)):
         return int(o)
     if isinstance(o, (np.floating,)):

@@ -14,6 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from medxcept.errors import ConfigError, MedxceptError
+
+#: The embedded synthetic demo cohort: every pipeline's default ``--cohort``.
+DEFAULT_COHORT = Path(__file__).resolve().parent.parent / "cohorts" / "demo.yaml"
+
 # option attribute -> configuration key (dotted) that it overrides
 CONFIG_OPTIONS = {"out_dir": "out_dir", "seed": "seed", "weights": "model.weights", "recipe": "train.recipe",
                   "image_px": "preprocess.image_px", "batch_size": "train.batch_size",
@@ -35,8 +42,19 @@ def add_training_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--batch-size", type=int, help="images per training step")
     g.add_argument("--head-epochs", type=int, help="stage 1 epochs (frozen base)")
     g.add_argument("--finetune-epochs", type=int, help="stage 2 epochs (top blocks unfrozen), maximum")
+    add_leak_option(g)
+
+
+def add_leak_option(g: argparse._ArgumentGroup) -> None:
+    """``--on-leak``: what a cross-split duplicate or patient overlap does."""
     g.add_argument("--on-leak", choices=["error", "warn", "fix"],
                    help="what a cross-split duplicate or patient overlap does: stop (default), warn, or regroup")
+
+
+def add_cohort_option(g: argparse._ArgumentGroup, *, default: str | None = str(DEFAULT_COHORT)) -> None:
+    """``--cohort``: the cohort definition (YAML); default the embedded demo cohort."""
+    g.add_argument("--cohort", default=default,
+                   help="cohort definition (YAML); default: the embedded synthetic demo cohort")
 
 
 def add_output_options(g: argparse._ArgumentGroup) -> None:
@@ -52,10 +70,6 @@ def add_output_options(g: argparse._ArgumentGroup) -> None:
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The configuration overrides given by options and ``--set KEY=VALUE``."""
-    import yaml
-
-    from medxcept.errors import ConfigError
-
     if getattr(args, "offline", False):
         # not a configuration field (it changes no result): it holds for this process and its workers
         # (medxcept.model.OFFLINE_ENV, not imported here: that would load Keras to parse options)
@@ -88,8 +102,6 @@ def configure_logging(args: argparse.Namespace) -> None:
 
 def run_main(work: Callable[[], Path | str], *, interrupted: str = "interrupted") -> int:
     """Run ``work`` and print its result; a user-fixable problem is one line on stderr and exit 2."""
-    from medxcept.errors import MedxceptError
-
     try:
         out = work()
     except MedxceptError as exc:

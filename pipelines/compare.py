@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> Path:
-    from medxcept.workflows.compare import run_comparison
+    from medxcept.workflows.compare import run_comparison  # here: --help answers without loading the stages
 
     return run_comparison(args.runs, out_dir=args.out, name=args.name, group_by=args.group_by,
                           n_resamples=args.n_bootstrap, seed=args.seed)

@@ -7,8 +7,8 @@
 Every fold is a run directory of its own under ``<out-dir>/<cv-name>/``; the CV report
 (``cv_report.html``, ``cv_metrics.json``) is written when every fold is complete, or on demand with
 ``--aggregate``. Re-running the same command resumes: complete folds are skipped. This module only
-parses arguments; the work is done by :mod:`medxcept.kfold` (read its docstring for what the
-out-of-fold numbers mean).
+parses arguments; the work is done by :mod:`medxcept.workflows.cv` (read :mod:`medxcept.kfold`'s docstring for
+what the out-of-fold numbers mean).
 
 Exit status: 0 on success, 2 on a problem the user can fix (the message says what to do) or when
 folds failed (one line naming them; each fold's error is in its ``failed.json``, the other folds
@@ -25,12 +25,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines._cli import add_output_options, add_training_options, configure_logging, overrides, run_main
+from pipelines._cli import (
+    DEFAULT_COHORT,
+    add_cohort_option,
+    add_output_options,
+    add_training_options,
+    configure_logging,
+    overrides,
+    run_main,
+)
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-DEFAULT_COHORT = Path(__file__).resolve().parent.parent / "cohorts" / "demo.yaml"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status 2 means a problem with the input or options, explained in one line. With "
                "repeats, fold indices run from 0 to repeats * folds - 1 (index = repeat * folds + fold).")
     g = parser.add_argument_group("cohort and output")
-    g.add_argument("--cohort", default=None,
-                   help="cohort definition (YAML); default: the embedded synthetic demo cohort")
+    add_cohort_option(g, default=None)  # None: the demo, and --aggregate needs no cohort
     g.add_argument("--cv-name", help="name of the CV directory (default: <cohort>-cv<k>[x<repeats>]-<config "
                    "hash>, so the same command finds and resumes it)")
     add_output_options(g)
@@ -60,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write the CV report of the complete folds of CV_DIR and list the missing ones")
     cv.add_argument("--no-save-models", action="store_true", help="do not keep each fold's model.keras")
     ex = parser.add_argument_group("executor")
-    ex.add_argument("--executor", choices=["local", "ray"], default="local",
-                    help="local: this machine (default); ray: one ray.remote task per fold "
-                         "(pip install 'medxcept[ray]')")
+    ex.add_argument("--executor", choices=["local", "processes", "ray"], default="local",
+                    help="local: this machine (default; --jobs > 1: spawned processes); processes: --jobs "
+                         "spawned processes; ray: one ray.remote task per fold (pip install 'medxcept[ray]')")
     ex.add_argument("--jobs", type=int, default=1,
                     help="local executor: folds run at once in separate processes (default 1, in-process)")
     ex.add_argument("--ray-address", help="address of an existing Ray cluster (default: start a local one)")
@@ -82,9 +87,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> Path:
-    from medxcept.workflows import cv as cv_workflow
+    # imported here, not at the top: --help and option errors answer without loading the stages
     from medxcept.cohort import load_cohort_spec
     from medxcept.config import load_config
+    from medxcept.workflows import cv as cv_workflow
 
     if args.aggregate:
         return cv_workflow.aggregate_cv(Path(args.aggregate))["report"]  # it logs the missing folds
@@ -94,10 +100,11 @@ def _run(args: argparse.Namespace) -> Path:
                       cohort_dir=spec.base_dir)
     cv_dir = Path(cfg.out_dir) / args.cv_name if args.cv_name else None
     only = [] if args.prepare else args.fold
-    result = cv_workflow.run_cv(cfg, spec, n_folds=cfg.split.n_folds, repeats=args.repeats, cv_dir=cv_dir, only=only,
-                          executor=args.executor, jobs=args.jobs, ray_address=args.ray_address,
-                          num_cpus=args.num_cpus, num_gpus=args.num_gpus, save_model=not args.no_save_models,
-                          cohort_file=cohort)
+    options = ({"address": args.ray_address, "num_cpus": args.num_cpus, "num_gpus": args.num_gpus}
+               if args.executor == "ray" else None)
+    result = cv_workflow.run_cv(cfg, spec, n_folds=cfg.split.n_folds, repeats=args.repeats, cv_dir=cv_dir,
+                                only=only, executor=args.executor, jobs=args.jobs, executor_options=options,
+                                save_model=not args.no_save_models, cohort_file=cohort)
     log = logging.getLogger("medxcept")
     log.info("trained: %s; skipped (complete): %s", ", ".join(result["trained"]) or "none",
              ", ".join(result["skipped"]) or "none")

@@ -12,12 +12,17 @@ Exit status: 0 on success, 2 on a problem the user can fix (the message says wha
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from pipelines._cli import (
     CONFIG_OPTIONS,
+    DEFAULT_COHORT,
+    add_cohort_option,
+    add_leak_option,
     add_output_options,
     add_training_options,
     configure_logging,
@@ -28,14 +33,21 @@ from pipelines._cli import (
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-DEFAULT_COHORT = Path(__file__).resolve().parent.parent / "cohorts" / "demo.yaml"
+# light modules only at the top: the workflows that load Keras are imported by the commands that train
+from medxcept.cohort import load_cohort_spec  # noqa: E402
+from medxcept.config import load_config  # noqa: E402
+from medxcept.errors import ConfigError, LeakageError  # noqa: E402
+from medxcept.learning_curve import parse_fractions  # noqa: E402
+from medxcept.reproduce import DEFAULT_TOLERANCE, NotReproducedError  # noqa: E402
+from medxcept.run import load_run_config  # noqa: E402
+from medxcept.workflows.check import check_cohort  # noqa: E402
+
 SUBCOMMANDS = ("run", "evaluate", "check")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cohort and output")
-    g.add_argument("--cohort", default=str(DEFAULT_COHORT),
-                   help="cohort definition (YAML); default: the embedded synthetic demo cohort")
+    add_cohort_option(g)
     g.add_argument("--run-name", help="name of the run directory (default: <date>-<cohort>-<config hash>)")
     add_output_options(g)
 
@@ -78,15 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
                         description="check a cohort before training: ingestion with its exclusion log, the "
                                     "patient-level split and the integrity audit, in check.html")
     _add_common(ck)
-    ck.add_argument("--on-leak", choices=["error", "warn", "fix"],
-                    help="what a cross-split duplicate or patient overlap does (default: error)")
+    add_leak_option(ck)
+    run.set_defaults(func=_cmd_run)
+    ev.set_defaults(func=_cmd_evaluate)
+    ck.set_defaults(func=_cmd_check)
     return parser
 
 
 def _reproduce(args: argparse.Namespace) -> str:
-    from medxcept.errors import ConfigError
-    from medxcept.reproduce import DEFAULT_TOLERANCE, NotReproducedError
-    from medxcept.workflows.reproduce import reproduce_run
+    from medxcept.workflows.reproduce import reproduce_run  # loads Keras: only for a command that trains
 
     given = [f"--{k.replace('_', '-')}" for k in CONFIG_OPTIONS if getattr(args, k, None) is not None]
     given += [opt for opt, on in (("--set", args.set), ("--config", args.config), ("--resume", args.resume),
@@ -106,10 +118,7 @@ def _reproduce(args: argparse.Namespace) -> str:
 
 
 def _resume(args: argparse.Namespace) -> Path:
-    from medxcept.cohort import load_cohort_spec
-    from medxcept.errors import ConfigError
-    from medxcept.workflows.single import run_pipeline
-    from medxcept.run import load_run_config
+    from medxcept.workflows.single import run_pipeline  # loads Keras: only for a command that trains
 
     given = [f"--{k.replace('_', '-')}" for k in CONFIG_OPTIONS if getattr(args, k, None) is not None]
     given += ["--set"] if args.set else []
@@ -125,15 +134,48 @@ def _resume(args: argparse.Namespace) -> Path:
 
 def _check_verdict(page: Path) -> Path:
     """A check whose audit found errors exits 2 (after writing its page), so a script can stop on it."""
-    import json
-
-    from medxcept.errors import LeakageError
-
     audit = json.loads((page.parent / "audit.json").read_text(encoding="utf-8"))
     errors = int(audit.get("summary", {}).get("error", 0))
     if errors:
         raise LeakageError(f"the audit found {errors} error(s) that would stop a training run: read {page}")
     return page
+
+
+def _config(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The cohort and the configuration resolved from the cohort's defaults, ``--config`` and options."""
+    spec = load_cohort_spec(args.cohort)
+    cfg = load_config(cohort_defaults=spec.defaults, config_file=args.config,
+                      overrides={"cohort": args.cohort, **overrides(args)}, cohort_dir=spec.base_dir)
+    return spec, cfg
+
+
+def _cmd_run(args: argparse.Namespace) -> Path | str:
+    """``run``: train and evaluate (:func:`medxcept.workflows.single.run_pipeline`)."""
+    if args.reproduce:
+        return _reproduce(args)
+    if args.tolerance is not None:
+        raise ConfigError("--tolerance applies to --reproduce RUN_DIR only")
+    if args.resume:
+        return _resume(args)
+    from medxcept.workflows.single import run_pipeline  # loads Keras: only for a command that trains
+
+    spec, cfg = _config(args)
+    fractions = parse_fractions(args.learning_curve) if args.learning_curve else ()
+    return run_pipeline(cfg, spec, run_name=args.run_name, learning_curve=fractions)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> Path:
+    """``evaluate``: external validation (:func:`medxcept.workflows.external.evaluate_run`)."""
+    from medxcept.workflows.external import evaluate_run  # loads Keras: only for this command
+
+    spec, cfg = _config(args)
+    return evaluate_run(Path(args.run), spec, cfg, run_name=args.run_name)
+
+
+def _cmd_check(args: argparse.Namespace) -> Path:
+    """``check``: ingest, split and audit (:func:`medxcept.workflows.check.check_cohort`)."""
+    spec, cfg = _config(args)
+    return _check_verdict(check_cohort(spec, cfg, out_dir=Path(cfg.out_dir), run_name=args.run_name))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,38 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         argv.insert(0, "run")  # 'run' is the default; its --help lists every option
     args = build_parser().parse_args(argv)
     configure_logging(args)
-
-    def work() -> Path | str:
-        from medxcept.cohort import load_cohort_spec
-        from medxcept.config import load_config
-
-        if args.command == "run" and args.reproduce:
-            return _reproduce(args)
-        if args.command == "run" and args.tolerance is not None:
-            from medxcept.errors import ConfigError
-
-            raise ConfigError("--tolerance applies to --reproduce RUN_DIR only")
-        if args.command == "run" and args.resume:
-            return _resume(args)
-        spec = load_cohort_spec(args.cohort)
-        cfg = load_config(cohort_defaults=spec.defaults, config_file=args.config,
-                          overrides={"cohort": args.cohort, **overrides(args)}, cohort_dir=spec.base_dir)
-        if args.command == "evaluate":
-            from medxcept.workflows.external import evaluate_run
-
-            return evaluate_run(Path(args.run), spec, cfg, run_name=args.run_name)
-        if args.command == "check":
-            from medxcept.workflows.check import check_cohort
-
-            page = check_cohort(spec, cfg, out_dir=Path(cfg.out_dir), run_name=args.run_name)
-            return _check_verdict(page)
-        from medxcept.learning_curve import parse_fractions
-        from medxcept.workflows.single import run_pipeline
-
-        fractions = parse_fractions(args.learning_curve) if args.learning_curve else ()
-        return run_pipeline(cfg, spec, run_name=args.run_name, learning_curve=fractions)
-
-    return run_main(work)
+    return run_main(lambda: args.func(args))
 
 
 if __name__ == "__main__":

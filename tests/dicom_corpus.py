@@ -1,12 +1,12 @@
 """Builders of small DICOM test files with known pixels (importable by any test).
 
-The builders live in :mod:`medxcept.corpus` (the mixed ingestion corpus uses them at run
+The builders live in :mod:`medxcept.testing.corpus` (the mixed ingestion corpus uses them at run
 time); this module re-exports them so tests keep writing ``corpus.write_gray(...)``.
 """
 
 from __future__ import annotations
 
-from medxcept.corpus import (  # noqa: F401 - re-exported for the tests
+from medxcept.testing.corpus import (  # noqa: F401 - re-exported for the tests
     _TRANSFER,
     COMPREHENSIVE_SR,
     CT_IMAGE,

@@ -149,3 +149,23 @@ def test_the_checks_would_fail_on_a_cycle_and_an_upward_import(tmp_path):
     assert find_cycles(g) == [["medxcept.a", "medxcept.b"]]
     assert "medxcept.workflows.run" in g["medxcept.c"]
     assert "medxcept.a" in g["medxcept.workflows.run"]
+
+
+def test_the_report_renders_what_it_is_given(graph):
+    """The report neither reads image files nor augments: the workflow computes the previews."""
+    for module in ("medxcept.report", "medxcept.report.figures"):
+        reading = {d for d in graph[module] if d.startswith(("medxcept.io", "medxcept.ingest", "medxcept.augment"))}
+        assert not reading, f"{module} imports {sorted(reading)}"
+
+
+def test_ingestion_does_not_import_the_demo_generator(graph):
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for d in graph.get(todo.pop(), ()):
+                if d not in seen:
+                    seen.add(d)
+                    todo.append(d)
+        return seen
+
+    assert "medxcept.demo" not in reach("medxcept.ingest")

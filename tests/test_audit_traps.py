@@ -1,4 +1,4 @@
-"""The trap cohort (medxcept.traps) through ingestion, the user's split and the audit.
+"""The trap cohort (medxcept.testing.traps) through ingestion, the user's split and the audit.
 
 Each planted trap must be found, with its severity and count, and nothing else; the clean twin
 must raise no error and no warning. The stages run as in ``medxcept.pipeline.run_pipeline``:
@@ -35,7 +35,7 @@ from medxcept.config import RunConfig, load_config  # noqa: E402
 from medxcept.errors import ConfigError, LeakageError  # noqa: E402
 from medxcept.workflows.steps import prepare_cohort  # noqa: E402
 from medxcept.splits import USER_SPLIT_REGROUP_MESSAGE, assign_splits  # noqa: E402
-from medxcept.traps import (  # noqa: E402
+from medxcept.testing.traps import (  # noqa: E402
     JPEG_QUALITY,
     RESCALE_FACTOR,
     TRAP_NAMES,

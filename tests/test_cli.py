@@ -70,7 +70,7 @@ def test_reproduce_refuses_other_options_and_incomplete_directories(tmp_path, ca
 
 def test_check_subcommand_exits_2_on_a_trap_cohort_and_0_on_a_clean_one(tmp_path, session_cache):
     """`check` ingests, splits and audits without training; planted leakage makes it fail loudly."""
-    from medxcept.traps import write_trap_cohort
+    from medxcept.testing.traps import write_trap_cohort
 
     traps, clean = tmp_path / "traps", tmp_path / "clean"
     write_trap_cohort(traps, seed=0, size_scale=0.5)

@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from medxcept import corpus as corpus_mod
+from medxcept.testing import corpus as corpus_mod
 from medxcept.audit import audit_cohort, check_patient_plausibility
 from medxcept.class_exclusions import by_class_markdown, exclusions_by_class
 from medxcept.cohort import load_cohort_spec

@@ -1,6 +1,6 @@
 """Ingestion of the mixed DICOM + photograph corpus (issue #4), case by case, and the check step.
 
-The corpus (:func:`medxcept.corpus.write_mixed_corpus`) is written and ingested once per
+The corpus (:func:`medxcept.testing.corpus.write_mixed_corpus`) is written and ingested once per
 module. Every case of its table is checked against what ingestion did: decoded cases are rows
 of the cohort table whose pixels, decoded again by the same reader, match the values planted
 when the file was written (hand-computed windows, MONOCHROME1 stored inverted, EXIF-rotated
@@ -24,7 +24,7 @@ import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from medxcept import corpus as corpus_mod  # noqa: E402
+from medxcept.testing import corpus as corpus_mod  # noqa: E402
 from medxcept.check import is_skip_reason, reason_groups  # noqa: E402
 from medxcept.workflows.check import check_cohort  # noqa: E402
 from medxcept.cohort import load_cohort_spec  # noqa: E402

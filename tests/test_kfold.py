@@ -30,6 +30,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from medxcept import kfold  # noqa: E402
 from medxcept.workflows import cv as cv_workflow  # noqa: E402
+from medxcept.workflows.executors import (  # noqa: E402
+    EXECUTORS,
+    LocalExecutor,
+    ProcessExecutor,
+    make_executor,
+)
 from medxcept.errors import ConfigError  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -411,11 +417,30 @@ def test_fold_killed_mid_training_continues_from_its_checkpoint(cv, tmp_path, mo
     assert not (copy / "fold-2" / "checkpoints").exists()
 
 
+def _processes(plan, todo):
+    """The ``processes`` executor (two spawned workers) on ``todo``."""
+    runner = make_executor("local", 2)
+    assert isinstance(runner, ProcessExecutor)
+    return runner.run(plan, todo, save_model=False, in_process=cv_workflow._guarded_fold, worker=cv_workflow._worker)
+
+
+def test_executors_by_name():
+    assert set(EXECUTORS) >= {"local", "processes", "ray"}
+    assert isinstance(make_executor("local"), LocalExecutor)
+    assert make_executor("processes", 3) == ProcessExecutor(3)
+    with pytest.raises(ConfigError, match="is not one of"):
+        make_executor("slurm")
+    with pytest.raises(ConfigError, match="jobs=0"):
+        make_executor("local", 0)
+    with pytest.raises(ConfigError, match="executor 'processes'"):
+        make_executor("processes", options={"address": "x"})
+
+
 @pytest.mark.slow
 def test_spawned_worker_reports_errors_with_their_class(cv):
     plan = kfold.load_plan(cv["dir"])
     bogus = kfold.FoldTask(index=99, repeat=0, fold=99, name="fold-99")
-    results = cv_workflow._run_local(plan, [bogus], jobs=2, save_model=False)
+    results = _processes(plan, [bogus])
     assert results[0]["status"] == "error" and results[0]["error_class"] == "ConfigError"
     assert "fold index 99 is out of range" in results[0]["message"]
     with pytest.raises(ConfigError, match="out of range"):
@@ -434,7 +459,7 @@ def test_failing_folds_are_recorded_and_the_cli_says_so_in_one_line(cv, tmp_path
         shutil.rmtree(copy / name)
     plan = kfold.load_plan(copy)
     monkeypatch.setenv("MEDXCEPT_FAULT", "fold_start:fold-1=raise,fold_start:fold-2=exit")
-    results = cv_workflow._run_local(plan, plan.tasks[1:], jobs=2, save_model=False)
+    results = _processes(plan, plan.tasks[1:])
     assert [(r["name"], r["error_class"]) for r in results] == [("fold-1", "InjectedFault"),
                                                                  ("fold-2", "WorkerCrashed")]
     failed = {n: json.loads((copy / n / kfold.FAILED).read_text()) for n in ("fold-1", "fold-2")}
@@ -459,7 +484,7 @@ def test_ray_fold_that_raises_or_dies_leaves_the_others_to_finish(cv, tmp_path, 
     monkeypatch.setenv("MEDXCEPT_FAULT", "fold_start:fold-1=raise,fold_start:fold-2=exit")
     with pytest.raises(kfold.FoldsFailedError) as caught:
         cv_workflow.run_cv(cv["cfg"], cv["spec"], n_folds=N_FOLDS, cv_dir=tmp_path / "ray-cv", executor="ray",
-                     num_cpus=1, save_model=False)
+                           executor_options={"num_cpus": 1}, save_model=False)
     msg = str(caught.value)
     assert "2 of 3 fold(s) failed" in msg and "fold-1 (InjectedFault" in msg and "fold-2 (WorkerCrashed" in msg
     assert "done: fold-0" in msg and "\n" not in msg

@@ -206,10 +206,11 @@ def test_reproduce_reruns_the_run_and_finds_the_same_split_audit_and_predictions
 def test_reproduce_stops_before_training_when_the_data_changed(run_dir, tmp_path, monkeypatch, capsys):
     """The run's cohort file now finds other data (one label changed): exit 2 with one line, no training."""
     from medxcept.ingest import data_root
+    from medxcept.workflows.steps import materialize
     from pipelines.retina import main
 
     monkeypatch.setenv("MEDXCEPT_CACHE", str(tmp_path / "cache"))  # the demo generated afresh, then edited
-    root = data_root(load_cohort_spec(run_dir.parent.parent / "tiny.yaml"))
+    root = data_root(materialize(load_cohort_spec(run_dir.parent.parent / "tiny.yaml")))
     labels = pd.read_csv(root / "photos" / "labels.csv", dtype=str)
     labels.loc[0, "label"] = "referable" if labels.loc[0, "label"] == "non_referable" else "non_referable"
     labels.to_csv(root / "photos" / "labels.csv", index=False)

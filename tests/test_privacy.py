@@ -77,7 +77,7 @@ def _fundus(i: int, positive: bool) -> np.ndarray:
 
 def build_cohort(base: Path) -> dict[str, list[str]]:
     """Write the cohort under ``base``; return the identifiers that must stay private, by kind."""
-    from medxcept.io.dicom import write_ophthalmic_photo
+    from medxcept.io.dicom_writer import write_ophthalmic_photo
 
     secrets: dict[str, list[str]] = {k: [] for k in ("ids", "names", "files", "folders", "digits", "uids", "dates")}
     outside = base.parent / f"{base.name}-outside"
@@ -165,7 +165,7 @@ def _report_into(run_dir: Path, spec: CohortSpec, log: io.StringIO) -> Path:
     from medxcept.config import load_config
     from medxcept.workflows.steps import prediction_table
     from medxcept.pipeline import training_verdict
-    from medxcept.workflows.steps import assess, prepare_cohort, reason_counts, summary_counts
+    from medxcept.workflows.steps import assess, prepare_cohort, reason_counts, report_examples, summary_counts
     from medxcept.report import render_report
     from medxcept.splits import assign_splits
 
@@ -210,7 +210,8 @@ def _report_into(run_dir: Path, spec: CohortSpec, log: io.StringIO) -> Path:
         return render_report(run_dir, metrics=full, table=table, history=history, predictions=frames["test"],
                              audit=audit_cohort(table, fp=fingerprints(images), policy="warn"),
                              versions={**versions, "device": {"backend": "none", "device": "cpu", "detail": ""}},
-                             images=images, cfg=cfg, spec=spec, frames=frames)
+                             images=images, cfg=cfg, spec=spec, frames=frames,
+                             examples=report_examples(table, images, cfg, spec))
     finally:
         logger.removeHandler(handler)
 

@@ -93,7 +93,7 @@ def build_escaping_report(d: Path) -> tuple[Path, dict]:
     from medxcept.cohort import load_cohort_spec
     from medxcept.config import config_hash, load_config
     from medxcept.pipeline import training_verdict
-    from medxcept.workflows.steps import assess, prepare_cohort, reason_counts, summary_counts
+    from medxcept.workflows.steps import assess, prepare_cohort, reason_counts, report_examples, summary_counts
     from medxcept.report import render_report
     from medxcept.run import RunDir, data_hash
     from medxcept.splits import assign_splits, split_hash
@@ -144,7 +144,8 @@ def build_escaping_report(d: Path) -> tuple[Path, dict]:
         "hashes": {k: versions[k] for k in ("data_hash", "split_hash", "config_hash")},
     }
     report = render_report(run.path, metrics=full, table=table, history=history, predictions=frames["test"],
-                           audit=audit, versions=versions, images=images, cfg=cfg, spec=spec, frames=frames)
+                           audit=audit, versions=versions, images=images, cfg=cfg, spec=spec, frames=frames,
+                             examples=report_examples(table, images, cfg, spec))
     return report, {"spec": spec, "table": table, "exclusions": ing.exclusions, "metrics": full}
 
 

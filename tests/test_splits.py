@@ -516,6 +516,7 @@ def test_demo_split_and_folds_same_under_two_pseudonym_keys(tmp_path, session_ca
     from medxcept.workflows.check import check_cohort
     from medxcept.cohort import load_cohort_spec
     from medxcept.ingest import data_root
+    from medxcept.workflows.steps import materialize
     from medxcept.reproduce import compare_runs
 
     repo = Path(__file__).resolve().parent.parent
@@ -528,7 +529,7 @@ def test_demo_split_and_folds_same_under_two_pseudonym_keys(tmp_path, session_ca
         monkeypatch.setenv("MEDXCEPT_CACHE", str(tmp_path / f"cache-{name}"))
         if name == "b":  # the same files (the generator is deterministic), in another folder
             shutil.copytree(first_root, tmp_path / "cache-b" / first_root.relative_to(tmp_path / "cache-a"))
-        first_root = data_root(spec)
+        first_root = data_root(materialize(spec))
         runs.append(check_cohort(spec, cfg, out_dir=tmp_path / "reports", run_name=name).parent)
 
     def by_patient(run: Path) -> tuple[pd.DataFrame, pd.Series]:

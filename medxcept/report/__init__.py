@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from medxcept.evaluate import metric_names
+from medxcept.preprocess import _as_float_image, _disc_mask, _square_window, find_fov
 from medxcept.report.figures import (
     confusion_figure,
     examples_figure,
@@ -27,6 +28,7 @@ from medxcept.report.figures import (
     roc_pr_figure,
     training_figure,
 )
+from medxcept.run import write_atomic
 from medxcept.subgroups import subgroup_rows
 
 __all__ = ["render_report", "environment", "fmt", "subgroup_table", "checklist", "raw_preview"]
@@ -157,8 +159,6 @@ def raw_preview(raw: np.ndarray, *, modality: str, burned_in: str = "") -> tuple
     burned_in : str
         The DICOM ``BurnedInAnnotation`` value ("" for photographs).
     """
-    from medxcept.preprocess import _as_float_image, _disc_mask, _square_window, find_fov
-
     if str(burned_in).strip().upper() == "YES":
         return None, "raw: not shown (BurnedInAnnotation)"
     if modality != "fundus":
@@ -174,45 +174,18 @@ def raw_preview(raw: np.ndarray, *, modality: str, burned_in: str = "") -> tuple
     return np.clip(out, 0.0, 1.0).astype(np.float32), "raw, outside field of view masked"
 
 
-def _examples(table: pd.DataFrame, images: np.ndarray, cfg: Any, spec: Any, n_per_class: int = 2) -> str | None:
-    """Raw (masked, :func:`raw_preview`) vs preprocessed vs augmented examples, per class, from training."""
-    from medxcept.augment import augment_batch, build_augment
-    from medxcept.errors import ReadError
-    from medxcept.io import file_label
-    from medxcept.io.dicom import read_dicom
-    from medxcept.io.images import read_image
-
-    aug = build_augment(cfg.augment, seed=cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    rows = []
-    train = table.index[table["split"] == "train"] if "split" in table else table.index
-    for label in spec.classes:
-        idx = [i for i in train if table.at[i, "label"] == label][:n_per_class]
-        for i in idx:
-            r = table.loc[i]
-            try:
-                with file_label(str(r["image_id"])):  # a reader's warning names the image id, not the file
-                    if r["reader"] == "dicom":
-                        pixels, meta = read_dicom(r["path"], frame=int(r["frame"]))
-                        raw = pixels[0]
-                    else:
-                        raw, meta = read_image(r["path"])
-            except (ReadError, OSError, ValueError):
-                continue
-            shown, title = raw_preview(raw, modality=spec.modality, burned_in=meta.get("burned_in_annotation", ""))
-            pre = images[table.index.get_loc(i)]
-            augs = list(augment_batch(aug, np.repeat(pre[None], 2, axis=0), rng=rng)) if aug is not None else []
-            rows.append((f"{label}", (title, shown), pre, augs))
-    return examples_figure(rows) if rows else None
-
-
 def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame, history: pd.DataFrame,
                   predictions: pd.DataFrame, audit: Any, versions: dict[str, Any], images: np.ndarray, cfg: Any,
-                  spec: Any, frames: dict[str, pd.DataFrame], extra_figs: dict[str, str | None] | None = None) -> Path:
+                  spec: Any, frames: dict[str, pd.DataFrame], extra_figs: dict[str, str | None] | None = None,
+                  examples: list[tuple[Any, ...]] | None = None) -> Path:
     """Write ``report.html`` into ``run_dir`` and return its path.
 
+    The report renders what it is given; it reads no image file and augments nothing.
+
     ``extra_figs``: figures made elsewhere (data URIs), e.g. ``{"cam": ...}`` for the
-    class-activation gallery of :func:`medxcept.explain.cam_gallery`.
+    class-activation gallery of :func:`medxcept.explain.cam_gallery`. ``examples``: the rows of
+    :func:`~medxcept.report.figures.examples_figure` (raw preview, preprocessed, augmented per
+    class), made by :func:`medxcept.workflows.steps.report_examples`; ``None``: no example panel.
     """
     env = environment()
     classes = list(spec.classes)
@@ -245,7 +218,7 @@ def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame
         labels=("before recalibration (image level)",
                 f"after ({metrics['calibration_method']}, image level)"))
     figs["training"] = training_figure(history, metrics["training"]["best_epoch"])
-    figs["examples"] = _examples(table, images, cfg, spec)
+    figs["examples"] = examples_figure(examples) if examples else None
     figs.update(extra_figs or {})
     figs.setdefault("cam", None)
     audit_dict = audit.to_dict() if hasattr(audit, "to_dict") else audit
@@ -262,8 +235,6 @@ def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame
         "ci_metrics": metric_names(ci=True),
     }
     out = run_dir / "report.html"
-    from medxcept.run import write_atomic
-
     write_atomic(out, env.get_template("report.html.j2").render(**context))
     return out
 

@@ -30,7 +30,7 @@ from medxcept.ingest import data_root
 from medxcept.preprocess import load_images
 from medxcept.run import RunDir, data_hash
 from medxcept.splits import split_hash, split_table
-from medxcept.workflows.steps import ingest_into_run, split_and_audit
+from medxcept.workflows.steps import ingest_into_run, materialize, split_and_audit
 
 __all__ = ["check_cohort"]
 
@@ -85,6 +85,7 @@ def check_cohort(spec: CohortSpec, cfg: RunConfig, *, out_dir: Path, run_name: s
     SplitError
         The split cannot be made; raised *after* the page, which shows the counts, is written.
     """
+    spec = materialize(spec)
     run = RunDir.create(out_dir, spec.name, cfg, name=run_name)
     run.write_config(cfg, extra={"step": "check", "cohort_name": spec.name, "classes": list(spec.classes)})
     log.info("check run directory: %s", run.path)

@@ -11,13 +11,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import logging
-import multiprocessing as mp
 import os
 import shutil
 import time
 import traceback
-from collections.abc import Sequence
-from multiprocessing.connection import wait
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,6 @@ from medxcept import errors
 from medxcept.audit import audit_cohort, duplicate_groups, fingerprints
 from medxcept.cohort import Endpoint, load_cohort_spec, public_view
 from medxcept.config import RunConfig, config_hash
-from medxcept.demo import cache_dir
 from medxcept.errors import ConfigError, MedxceptError
 from medxcept.evaluate import metric_names
 from medxcept.faults import fault_point
@@ -60,12 +57,14 @@ from medxcept.kfold import (
     load_plan,
     t_interval,
 )
+from medxcept.paths import cache_dir
 from medxcept.pipeline import training_verdict
 from medxcept.preprocess import decode_key, load_images
 from medxcept.report import environment
 from medxcept.report.figures import reliability_figure, roc_pr_figure
 from medxcept.run import RunDir, data_hash, write_atomic
 from medxcept.splits import split_hash, split_table
+from medxcept.workflows.executors import Executor, make_executor
 from medxcept.workflows.steps import (
     Assessment,
     assess,
@@ -75,11 +74,9 @@ from medxcept.workflows.steps import (
     record_ingestion,
 )
 
-__all__ = ["plan_cv", "run_fold", "run_cv", "aggregate_cv", "EXECUTORS"]
+__all__ = ["plan_cv", "run_fold", "run_cv", "aggregate_cv"]
 
 log = logging.getLogger("medxcept.kfold")  # the log lines keep their logger name
-
-EXECUTORS = ("local", "ray")
 
 
 # ------------------------------------------------------------------------------------------ plan
@@ -399,7 +396,7 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
 
 
 
-# ------------------------------------------------------------------------------------- executors
+# ------------------------------------------------------------------------------- fold entry points
 
 
 def _worker(cv_dir: str, task_index: int, save_model: bool, env: dict[str, str], log_level: int) -> dict[str, Any]:
@@ -436,15 +433,6 @@ def _guarded_fold(cv_dir: str | Path, task_index: int, *, images: np.ndarray | N
         return result
 
 
-def _worker_env() -> dict[str, str]:
-    keep = ("KERAS_BACKEND", "NO_ALBUMENTATIONS_UPDATE", "TF_CPP_MIN_LOG_LEVEL", "MEDXCEPT_CACHE",
-            "MEDXCEPT_FAULT", "MEDXCEPT_FAULT_ACTION")
-    env = {k: os.environ[k] for k in keep if k in os.environ}
-    env.setdefault("MEDXCEPT_CACHE", str(cache_dir()))
-    env.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    return env
-
-
 def _raise_worker_error(result: dict[str, Any]) -> None:
     cls = getattr(errors, result.get("error_class", ""), None)
     if not (isinstance(cls, type) and issubclass(cls, MedxceptError)) or cls is errors.ReadError:
@@ -452,92 +440,9 @@ def _raise_worker_error(result: dict[str, Any]) -> None:
     raise cls(result["message"])
 
 
-def _crashed(plan: CVPlan, task: FoldTask, how: str) -> dict[str, Any]:
-    """A fold whose process died without reporting (killed, out of memory, ``os._exit``)."""
-    message = f"the worker process died ({how}) before the fold finished"
-    _record_failure(plan.path / task.name, task, "WorkerCrashed", message)
-    return {"index": task.index, "name": task.name, "status": "error", "error_class": "WorkerCrashed",
-            "message": message}
-
-
-def _spawned(conn: Any, cv_dir: str, task_index: int, save_model: bool, env: dict[str, str],
-             log_level: int) -> None:
-    conn.send(_worker(cv_dir, task_index, save_model, env, log_level))
-    conn.close()
-
-
-def _run_local(plan: CVPlan, todo: list[FoldTask], jobs: int, save_model: bool) -> list[dict[str, Any]]:
-    if jobs <= 1:
-        return [_guarded_fold(plan.path, t.index, images=plan.images, save_model=save_model) for t in todo]
-    # one spawned process per fold (not a pool: a pool breaks for every fold when one worker dies)
-    ctx = mp.get_context("spawn")
-    env, level = _worker_env(), logging.getLogger("medxcept").getEffectiveLevel()
-    pending, running, results = list(todo), {}, {}
-    try:
-        while pending or running:
-            while pending and len(running) < jobs:
-                t = pending.pop(0)
-                recv, send = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_spawned, args=(send, str(plan.path), t.index, save_model, env, level))
-                proc.start()
-                send.close()
-                running[proc.sentinel] = (proc, recv, t)
-            for sentinel in wait(list(running)):
-                proc, recv, t = running.pop(sentinel)
-                result = None
-                try:
-                    if recv.poll():
-                        result = recv.recv()
-                except (EOFError, OSError):
-                    result = None
-                proc.join()
-                results[t.index] = result if result is not None else _crashed(plan, t, f"exit code {proc.exitcode}")
-    finally:
-        for proc, _, _ in running.values():
-            proc.terminate()
-    return [results[t.index] for t in todo]
-
-
-def _run_ray(plan: CVPlan, todo: list[FoldTask], *, address: str | None, num_cpus: float, num_gpus: float,
-             save_model: bool) -> list[dict[str, Any]]:
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError("--executor ray needs Ray, which is not installed: pip install 'medxcept[ray]' "
-                          "(or use --executor local)") from None
-    env, level = _worker_env(), logging.getLogger("medxcept").getEffectiveLevel()
-    started = False
-    if not ray.is_initialized():
-        repo = str(Path(__file__).resolve().parent.parent)
-        runtime_env: dict[str, Any] = {"env_vars": dict(env)}
-        if address is None:
-            # a local cluster: let workers import this checkout even when it is not pip-installed
-            path = os.environ.get("PYTHONPATH")
-            runtime_env["env_vars"]["PYTHONPATH"] = repo + (os.pathsep + path if path else "")
-        ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=True,
-                 logging_level=logging.WARNING)
-        started = True
-    try:
-        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(_worker)
-        refs = {remote.remote(str(plan.path), t.index, save_model, env, level): t for t in todo}
-        results: dict[int, dict[str, Any]] = {}
-        pending = list(refs)
-        while pending:  # one fold at a time as it ends: a failing fold never stops the others
-            done, pending = ray.wait(pending, num_returns=1)
-            t = refs[done[0]]
-            try:
-                results[t.index] = ray.get(done[0])
-            except ray.exceptions.RayError as exc:  # worker killed, task cancelled, node lost ...
-                results[t.index] = _crashed(plan, t, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
-        return [results[t.index] for t in todo]
-    finally:
-        if started:
-            ray.shutdown()
-
-
 def run_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: int = 1,
-           cv_dir: str | Path | None = None, only: Sequence[int] | None = None, executor: str = "local",
-           jobs: int = 1, ray_address: str | None = None, num_cpus: float = 1, num_gpus: float = 0,
+           cv_dir: str | Path | None = None, only: Sequence[int] | None = None,
+           executor: str | Executor = "local", jobs: int = 1, executor_options: Mapping[str, Any] | None = None,
            save_model: bool = True, aggregate: bool | None = None,
            cohort_file: str | Path | None = None) -> dict[str, Any]:
     """Plan (or resume) a cross-validation, run the folds that are not complete, and aggregate.
@@ -549,15 +454,15 @@ def run_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: in
     only : sequence of int, optional
         Task indices (``repeat * n_folds + fold``) to run; default all. An empty sequence only
         plans (writes the CV directory, trains nothing).
-    executor : {"local", "ray"}, default "local"
-        ``local``: in this process (``jobs=1``) or ``jobs`` spawned processes. ``ray``: one
-        ``ray.remote`` task per fold, on the cluster at ``ray_address`` or a local one.
+    executor : str or Executor, default "local"
+        A name of :data:`medxcept.workflows.executors.EXECUTORS` (``local``: in this process, or
+        ``jobs`` spawned processes; ``processes``; ``ray``: one ``ray.remote`` task per fold), or
+        an executor object.
     jobs : int, default 1
-        Concurrent folds of the local executor.
-    ray_address : str, optional
-        Address of an existing Ray cluster (``ray.init(address=...)``); default a local Ray.
-    num_cpus, num_gpus : float
-        Resources each Ray fold task requests.
+        Concurrent folds of the ``local`` / ``processes`` executors.
+    executor_options : mapping, optional
+        Options of the named executor, e.g. ``{"address": ..., "num_cpus": 1, "num_gpus": 0}``
+        for ``ray``.
     save_model : bool, default True
         Keep every fold's ``model.keras``.
     aggregate : bool, optional
@@ -569,20 +474,12 @@ def run_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: in
         ``path`` (the CV directory), ``trained`` and ``skipped`` (fold names), ``missing`` (folds
         not complete afterwards) and ``report`` (path of ``cv_report.html`` or ``None``).
     """
-    if executor not in EXECUTORS:
-        raise ConfigError(f"executor={executor!r} is not one of {list(EXECUTORS)}")
+    # made (and Ray checked) before anything is ingested or trained
+    runner = make_executor(executor, jobs, executor_options) if isinstance(executor, str) else executor
     if cfg.model.weights == "imagenet":
         from medxcept.model import fetch_imagenet_weights  # here: Keras is imported only when it is needed
 
         fetch_imagenet_weights()  # downloaded (or refused) once, before ingestion, not inside a fold
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ConfigError(f"jobs={jobs!r} must be an integer >= 1")
-    if executor == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise ConfigError("--executor ray needs Ray, which is not installed: pip install 'medxcept[ray]' "
-                              "(or use --executor local)") from None
     plan = plan_cv(cfg, spec, n_folds=n_folds, repeats=repeats, cv_dir=cv_dir, cohort_file=cohort_file)
     tasks = plan.tasks
     wanted = tasks if only is None else []
@@ -597,14 +494,12 @@ def run_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: in
         log.info("%s: complete (fold.json matches configuration %s), skipped", name, plan.info["config_hash"])
     todo = [t for t in wanted if status[t.name] != "complete"]
     if todo:
-        log.info("running %d fold(s) with the %s executor: %s", len(todo), executor,
+        log.info("running %d fold(s) with the %s executor: %s", len(todo),
+                 executor if isinstance(executor, str) else type(executor).__name__,
                  ", ".join(t.name for t in todo))
     results: list[dict[str, Any]] = []
-    if todo and executor == "local":
-        results = _run_local(plan, todo, jobs, save_model)
-    elif todo:
-        results = _run_ray(plan, todo, address=ray_address, num_cpus=num_cpus, num_gpus=num_gpus,
-                           save_model=save_model)
+    if todo:
+        results = runner.run(plan, todo, save_model=save_model, in_process=_guarded_fold, worker=_worker)
     errors = [r for r in results if r.get("status") == "error"]
     trained = [r["name"] for r in results if r["status"] == "trained"]
     skipped += [r["name"] for r in results if r["status"] == "skipped"]

@@ -42,8 +42,10 @@ from medxcept.train import predict_logits_tta
 from medxcept.workflows.steps import (
     assess_frozen,
     ingest_into_run,
+    materialize,
     prediction_table,
     reason_counts,
+    report_examples,
     summary_counts,
 )
 
@@ -85,7 +87,7 @@ def evaluate_run(run_dir: Path, spec: CohortSpec, cfg: RunConfig, run_name: str 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     src = load_source_run(run_dir)
-    spec = _match_classes(spec, src)
+    spec = materialize(_match_classes(spec, src))
     ecfg, differences = external_config(src.cfg, cfg)
     for line in differences:
         log.warning("! configuration differs from the source run, %s: the model was trained on the source "
@@ -176,7 +178,7 @@ def evaluate_run(run_dir: Path, spec: CohortSpec, cfg: RunConfig, run_name: str 
     run.write_json("metrics.json", full)
     html = render_report(run.path, metrics=full, table=table, history=history, predictions=predictions,
                          audit=audit, versions=versions, images=images, cfg=ecfg, spec=spec,
-                         frames={"test": test},
+                         frames={"test": test}, examples=report_examples(table, images, ecfg, spec),
                          extra_figs=graded_figures(measured["graded"], test) if measured.get("graded") else None)
     log.info("external validation report written in %.0f s", time.perf_counter() - t_start)
     return html

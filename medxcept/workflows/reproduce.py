@@ -78,8 +78,8 @@ def reproduce_run(run_dir: str | Path, *, tolerance: float = DEFAULT_TOLERANCE,
         if got == expected:
             return
         run = RunDir(path)
-        run.write_json("versions.json", {"data_hash": got, "split_hash": split_hash(table),
-                                         "config_hash": versions.get("config_hash")})
+        run.write_versions(hashes={"data_hash": got, "split_hash": split_hash(table),
+                                   "config_hash": versions.get("config_hash")})
         rep = compare_runs(run_dir, path, tolerance=tolerance, data_only=True)
         rep.checks["data"]["note"] = ("the cohort's files, labels or patients changed since the run; "
                                       "stopped before training")

@@ -38,10 +38,12 @@ from medxcept.workflows.steps import (
     assess,
     compare_references,
     leaks_let_through,
+    materialize,
     prediction_table,
     prepare_withholding_names,
     reason_counts,
     record_ingestion,
+    report_examples,
     split_and_audit,
     summary_block,
     summary_counts,
@@ -94,6 +96,7 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
     """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
+    spec = materialize(spec)  # a generated cohort is written before anything else
     check_task_config(spec.task, spec.n_classes, cfg.train.ordinal_loss)
     weights = resolve_weights(cfg.model.weights)  # fail before any work if weights are missing
     if not weights.pretrained:
@@ -235,7 +238,8 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
     html = render_report(run.path, metrics=full, table=table, history=result.history, predictions=predictions,
                          audit=report, versions=versions, images=images, cfg=cfg, spec=spec, frames=frames,
                          extra_figs={**figs, "cam": _cam_figure(result.model, images[parts["test"]], assessed.test,
-                                                                metrics.get("threshold"))})
+                                                                metrics.get("threshold"))},
+                         examples=report_examples(table, images, cfg, spec))
     # the completion marker, written last: until it exists the run is resumable (checkpoints kept)
     run.write_json(COMPLETE, {"completed": _dt.datetime.now().isoformat(timespec="seconds"),
                               "weights_sha256": result.weights_sha256, "model_bytes": model_bytes,

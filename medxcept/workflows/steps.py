@@ -28,11 +28,13 @@ import numpy as np
 import pandas as pd
 
 from medxcept.audit import AuditReport, audit_cohort, duplicate_groups, fingerprints
+from medxcept.augment import augment_batch, build_augment
 from medxcept.calibrate import Calibrator, brier, ece, make_calibrator, mce, nll, reliability_table
 from medxcept.cohort import CohortSpec
 from medxcept.config import RunConfig
-from medxcept.demo import cache_dir
-from medxcept.errors import CohortError, ConfigError
+from medxcept.demo import DemoSpec, demo_root
+from medxcept.demo_graded import GradedDemoSpec, graded_demo_root
+from medxcept.errors import CohortError, ConfigError, ReadError
 from medxcept.evaluate import (
     aggregate_by_patient,
     binary_metrics,
@@ -43,14 +45,19 @@ from medxcept.evaluate import (
     probabilities,
 )
 from medxcept.graded import assess_graded
-from medxcept.ingest import IngestResult, ingest, public_exclusions
+from medxcept.ingest import IngestResult, ingest, public_exclusions, read_frames
+from medxcept.io import file_label
+from medxcept.paths import cache_dir
 from medxcept.preprocess import PreprocessCache, decode_key
+from medxcept.report import raw_preview
 from medxcept.run import RunDir
 from medxcept.splits import assign_splits
 
-__all__ = ["Assessment", "assess", "assess_frozen", "compare_references", "summary_block", "leaks_let_through", "add_probabilities", "measure_test", "cohort_cache",
+__all__ = ["GENERATORS", "materialize", "Assessment", "assess", "assess_frozen", "compare_references",
+           "summary_block", "leaks_let_through", "add_probabilities", "measure_test", "cohort_cache",
            "prepare_cohort", "prepare_withholding_names", "record_ingestion", "ingest_into_run",
-           "split_and_audit", "summary_counts", "reason_counts", "prediction_table", "CI_METRICS"]
+           "split_and_audit", "summary_counts", "reason_counts", "prediction_table", "report_examples",
+           "CI_METRICS"]
 
 #: Metrics with a patient-bootstrap confidence interval (the registry's ``ci`` flag).
 CI_METRICS = metric_names(ci=True)
@@ -58,9 +65,29 @@ CI_METRICS = metric_names(ci=True)
 
 # ------------------------------------------------------------------------------------ ingest
 
+#: Cohort generators by name (a cohort file's ``generator:``): options -> the folder written.
+#: Ingestion only reads files; a workflow writes a generated cohort first (:func:`materialize`).
+GENERATORS: dict[str, Any] = {
+    "demo": lambda options: demo_root(DemoSpec(**options)),
+    "demo_graded": lambda options: graded_demo_root(GradedDemoSpec(**options)),
+}
+
+
+def materialize(spec: CohortSpec) -> CohortSpec:
+    """``spec`` ready for ingestion: a generated cohort is written (once, into the cache) and
+    returned with ``base_dir`` set to its folder; any other cohort is returned as it is."""
+    if not spec.generator:
+        return spec
+    if spec.generator not in GENERATORS:
+        raise ConfigError(f"cohort '{spec.name}': generator {spec.generator!r} is not one of {sorted(GENERATORS)}")
+    root = GENERATORS[spec.generator](dict(spec.generator_options))
+    return dataclasses.replace(spec, base_dir=str(root), generator=None)
+
 
 def prepare_cohort(spec: CohortSpec, cfg: RunConfig) -> tuple[IngestResult, PreprocessCache]:
-    """Ingest the cohort into the table and the preprocessing cache."""
+    """Ingest the cohort (written first when generated: :func:`materialize`) into the table and the
+    preprocessing cache."""
+    spec = materialize(spec)
     cache = cohort_cache(spec)
     return ingest(spec, preprocess_cfg=cfg.preprocess, cache=cache), cache
 
@@ -449,6 +476,37 @@ def leaks_let_through(report: AuditReport, policy: str) -> list[str]:
         return []
     return [f.message for f in report.findings
             if f.severity == "warning" and (f.kind.endswith("_overlap") or f.kind in LEAK_KINDS)]
+
+
+# ------------------------------------------------------------------------------------ render
+
+
+def report_examples(table: pd.DataFrame, images: np.ndarray, cfg: RunConfig, spec: CohortSpec,
+                    n_per_class: int = 2) -> list[tuple[Any, ...]]:
+    """The report's example panel: per class, training images raw (masked: :func:`~medxcept.report.raw_preview`),
+    preprocessed and augmented twice; rows for :func:`medxcept.report.figures.examples_figure`.
+
+    Files are read again here (the raw view), through the reader that ingested them.
+    """
+    aug = build_augment(cfg.augment, seed=cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    rows = []
+    train = table.index[table["split"] == "train"] if "split" in table else table.index
+    for label in spec.classes:
+        idx = [i for i in train if table.at[i, "label"] == label][:n_per_class]
+        for i in idx:
+            r = table.loc[i]
+            try:
+                with file_label(str(r["image_id"])):  # a reader's warning names the image id, not the file
+                    _, frames, meta = read_frames(r["reader"], r["path"], frames=int(r["frame"]))
+            except (ReadError, OSError, ValueError):
+                continue
+            shown, title = raw_preview(frames[0], modality=spec.modality,
+                                       burned_in=meta.get("burned_in_annotation", ""))
+            pre = images[table.index.get_loc(i)]
+            augs = list(augment_batch(aug, np.repeat(pre[None], 2, axis=0), rng=rng)) if aug is not None else []
+            rows.append((f"{label}", (title, shown), pre, augs))
+    return rows
 
 
 PREDICTION_COLUMNS = ("image_id", "patient_key", "laterality", "source", "label", "y")

@@ -25,8 +25,8 @@ cohort file, and returns the table of cases with the outcome each should have. I
 proof that ingestion does what it says: ``tests/test_ingest_mixed.py`` ingests it and checks
 every case, and a researcher can see the same thing with::
 
-    python -m medxcept.corpus OUT_DIR            # writes the corpus, prints the cohort file
-    python -m medxcept.corpus OUT_DIR --ingest   # ... and prints case | expected | actual
+    python -m medxcept.testing.corpus OUT_DIR            # writes the corpus, prints the cohort file
+    python -m medxcept.testing.corpus OUT_DIR --ingest   # ... and prints case | expected | actual
 
 then ``python -m pipelines.retina check --cohort OUT_DIR/cohort.yaml`` for the check report.
 The images are small synthetic textures and fundus-like discs (the *abnormal* class carries a
@@ -58,7 +58,7 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import get_encoder
 from pydicom.sequence import Sequence
 
-from medxcept.io.dicom import write_ophthalmic_photo
+from medxcept.io.dicom_writer import write_ophthalmic_photo
 
 __all__ = [
     "SECONDARY_CAPTURE",
@@ -544,7 +544,7 @@ LOSSY = 0.04  # ... for JPEG / lossy JPEG 2000 cases
 EXPECTED_FILE = "expected_pixels.npz"
 
 COHORT_YAML = """\
-# Mixed DICOM + photograph corpus written by medxcept.corpus.write_mixed_corpus (seed {seed}).
+# Mixed DICOM + photograph corpus written by medxcept.testing.corpus.write_mixed_corpus (seed {seed}).
 # Every case of issue #4: see cases.csv for the outcome each file should have.
 name: mixed-corpus
 description: >-
@@ -766,7 +766,7 @@ def _dicom_cases(w: _Writer) -> None:
     lab = w.next_label()
     s = gray(lab == "abnormal")
     p = write_jpeg_lossless(d / "jpeg_lossless_sv1.dcm", s, precision=12, **ident())
-    w.add("JPEG lossless (process 14, SV1)", p, "decoded", "encoded by medxcept.corpus.encode_jpeg_lossless",
+    w.add("JPEG lossless (process 14, SV1)", p, "decoded", "encoded by medxcept.testing.corpus.encode_jpeg_lossless",
           label=lab, truth=_gray_truth(s), tolerance=LOSSLESS)
 
     lab = w.next_label()
@@ -1264,13 +1264,13 @@ def outcomes_markdown(outcomes: pd.DataFrame, *, width: int = 160, files: bool =
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m medxcept.corpus OUT_DIR [--seed N] [--ingest]``: write the corpus, print the cohort file.
+    """``python -m medxcept.testing.corpus OUT_DIR [--seed N] [--ingest]``: write the corpus, print the cohort file.
 
     ``--ingest`` also ingests it (71 px, a preprocessing cache in ``OUT_DIR/.cache``) and prints
     the markdown table of expected and actual outcomes. Exit status 0 when every case behaves
     as expected, 1 otherwise.
     """
-    parser = argparse.ArgumentParser(prog="python -m medxcept.corpus", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m medxcept.testing.corpus", description=main.__doc__)
     parser.add_argument("out_dir", type=Path, help="folder to write the corpus into (created)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic pixels (default 0)")
     parser.add_argument("--ingest", action="store_true", help="ingest it and print case | expected | actual")

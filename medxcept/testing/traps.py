@@ -30,7 +30,7 @@ canvas size, so a camera is also an image size), written as the demo writes its 
 (JPEG quality 92 or PNG, with PIL). Patients are named ``TRAP-001`` ...; the cohort file sets a
 fixed ``pseudonym_salt`` so that the patient keys returned here are the ones ingestion computes.
 
-Command line: ``python -m medxcept.traps OUT_DIR [--clean]`` writes the cohort and prints the path
+Command line: ``python -m medxcept.testing.traps OUT_DIR [--clean]`` writes the cohort and prints the path
 of its ``cohort.yaml``.
 """
 
@@ -327,9 +327,9 @@ defaults:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m medxcept.traps OUT_DIR [--clean]``: write the cohort, print its ``cohort.yaml``."""
+    """``python -m medxcept.testing.traps OUT_DIR [--clean]``: write the cohort, print its ``cohort.yaml``."""
     parser = argparse.ArgumentParser(
-        prog="python -m medxcept.traps",
+        prog="python -m medxcept.testing.traps",
         description="Write a small synthetic fundus cohort with every leakage trap planted at a known place "
                     "(or, with --clean, without any), to show what the integrity audit finds.")
     parser.add_argument("out_dir", help="folder to write (empty, or an earlier trap cohort)")

@@ -1,0 +1,10 @@
+"""Fixtures and generators for tests and benchmarks: never imported by production code.
+
+* :mod:`medxcept.testing.corpus`: the mixed ingestion corpus (every DICOM / photograph case, with
+  the expected outcome and pixels; includes a JPEG-lossless encoder), ``python -m
+  medxcept.testing.corpus OUT_DIR [--ingest]``;
+* :mod:`medxcept.testing.traps`: a cohort with every leakage trap planted, ``python -m
+  medxcept.testing.traps OUT_DIR [--clean]``.
+
+``tests/test_architecture.py`` fails if a module outside this package imports it.
+"""
