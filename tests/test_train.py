@@ -153,13 +153,16 @@ def test_verdict_names_overfitting_when_validation_loss_rises_and_auc_falls():
                       "loss": [0.6, 0.4, 0.25, 0.1, 0.05], "val_patient_auc": [0.7, 0.82, 0.80, 0.74, 0.70],
                       "val_loss": [0.6, 0.5, 0.55, 0.7, 0.9]})
     v = training_verdict(h, 2)
-    assert v["overfitting_seen"] and v["best_epoch"] == 2
-    assert "validation loss was lowest at epoch 2 and rose by 0.400" in v["verdict"]
-    assert "validation AUC fell: they overfit" in v["verdict"]
+    # the kept epoch (2) is not overfit, the later ones are, and the verdict says both
+    assert v["overfitting_seen"] and v["best_epoch"] == 2 and v["case"] == "fine"
+    assert v["evidence"]["later_epochs_overfit"]
+    assert "after epoch 2 training AUC rose to 1.000 while validation AUC fell to 0.700" in v["verdict"]
+    assert "those later epochs overfit" in v["verdict"]
     assert v["gap_at_best"] == pytest.approx(0.85 - 0.82)
     calm = training_verdict(h.assign(val_patient_auc=[0.7, 0.8, 0.9, 0.95, 0.97],
                                      val_loss=[0.6, 0.5, 0.4, 0.3, 0.25], auc=[0.7, 0.8, 0.9, 0.95, 0.98]), 5)
-    assert not calm["overfitting_seen"] and "no sign of overfitting" in calm["verdict"]
+    assert not calm["overfitting_seen"] and not calm["evidence"]["later_epochs_overfit"]
+    assert "later epochs overfit" not in calm["verdict"]
 
 
 # ---------------------------------------------------------------------- fit on a tiny cohort
