@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["ACQ_COLUMNS", "GEOMETRY_COLUMNS", "SHORTCUT_AUC", "acquisition_fingerprint", "geometry_fingerprint",
+__all__ = ["ACQ_COLUMNS", "GEOMETRY_COLUMNS", "SHORTCUT_AUC", "acquisition_fingerprint", "cramers_v", "geometry_fingerprint",
            "jpeg_quality", "shortcut_probe"]
 
 GEOMETRY_COLUMNS = ("acq_fov", "acq_border", "acq_aspect")
@@ -54,6 +54,39 @@ _STD_LUMA = np.array([
     16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
     14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
     49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], dtype=np.float64)
+
+
+def cramers_v(table: pd.DataFrame | np.ndarray, *, bias_correction: bool = True) -> float:
+    """Cramér's V of a contingency table (0 = independent, 1 = one determines the other).
+
+    Parameters
+    ----------
+    table : array-like of shape (r, c)
+        Counts.
+    bias_correction : bool, default True
+        Bergsma's (2013) correction, which removes the upward bias of V in small
+        samples (independent 2 x 3 tables of 30 images average V ~ 0.25 uncorrected).
+
+    Returns
+    -------
+    float
+        V in [0, 1]; 0.0 when the table has a single row or column.
+    """
+    obs = np.asarray(table, dtype=np.float64)
+    obs = obs[obs.sum(axis=1) > 0][:, obs.sum(axis=0) > 0]
+    n = obs.sum()
+    r, c = obs.shape if obs.ndim == 2 else (0, 0)
+    if r < 2 or c < 2 or n <= 1:
+        return 0.0
+    expected = np.outer(obs.sum(axis=1), obs.sum(axis=0)) / n
+    phi2 = float(((obs - expected) ** 2 / expected).sum() / n)
+    if not bias_correction:
+        return float(np.sqrt(phi2 / (min(r, c) - 1)))
+    phi2c = max(0.0, phi2 - (r - 1) * (c - 1) / (n - 1))
+    rc = r - (r - 1) ** 2 / (n - 1)
+    cc = c - (c - 1) ** 2 / (n - 1)
+    denom = min(rc - 1, cc - 1)
+    return float(np.sqrt(phi2c / denom)) if denom > 0 else 0.0
 
 
 def _h(value: Any) -> str:
@@ -226,7 +259,6 @@ def shortcut_probe(df: pd.DataFrame, *, n_splits: int = 5, seed: int = 0) -> dic
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedGroupKFold
 
-    from medxcept.audit import cramers_v
 
     cols = [c for c in ACQ_COLUMNS if c in df.columns]
     feats = pd.DataFrame({c: df[c].fillna("").astype(str) for c in cols})

@@ -153,7 +153,9 @@ class RunRecord:
         The per-run numbers (keys of :data:`METRICS`, plus ``roc_auc_low`` / ``roc_auc_high``,
         ``epochs_run``, ``verdict``, ``pretrained``, ``threshold``).
     patients : pandas.DataFrame
-        One row per test patient, sorted by ``patient_key``: ``patient_key``, ``y``, ``prob``.
+        One row per test patient, sorted by ``patient_key``: ``patient_key``, ``y``, ``prob`` and
+        ``score`` (the uncalibrated score discrimination is compared on; ``prob`` for runs written
+        before ``patient_prob_raw`` existed).
     images : pandas.DataFrame
         One row per test image, sorted by ``image_id``: ``image_id``, ``patient_key``, ``y``, ``prob``.
     history : pandas.DataFrame
@@ -280,9 +282,14 @@ def load_run(path: str | Path, *, group_by: str | None = None) -> RunRecord:
     if not split_hash:
         raise ConfigError(f"run {name}: no split_hash in versions.json or metrics.json")
     test_hash = hashlib.sha256("\n".join(test_ids).encode("utf-8")).hexdigest()
-    images = preds[["image_id", "patient_key", "y", "prob"]].sort_values("image_id", kind="stable")
+    # discrimination (DeLong, AUC and PR-AUC differences) from the uncalibrated scores when the run
+    # wrote them: isotonic ties or a Platt sign flip must not change a ranking comparison
+    preds["score"] = preds["prob_raw"] if "prob_raw" in preds else preds["prob"]
+    preds["patient_score"] = preds["patient_prob_raw"] if "patient_prob_raw" in preds else preds["patient_prob"]
+    images = preds[["image_id", "patient_key", "y", "prob", "score"]].sort_values("image_id", kind="stable")
     patients = (preds.groupby("patient_key", sort=True)
-                .agg(y=("patient_y", "first"), prob=("patient_prob", "first")).reset_index())
+                .agg(y=("patient_y", "first"), prob=("patient_prob", "first"),
+                     score=("patient_score", "first")).reset_index())
 
     history = pd.read_csv(path / "history.csv")
     training = metrics.get("training", {})
@@ -432,6 +439,11 @@ def _z_p(diff: float, boot: np.ndarray) -> tuple[float | None, float | None, tup
     return se, 1.0 if diff == 0 else 0.0, ci
 
 
+def _scores(patients: pd.DataFrame) -> np.ndarray:
+    """The patients' uncalibrated scores (``score``), or ``prob`` where a record has none."""
+    return patients["score" if "score" in patients else "prob"].to_numpy(float)
+
+
 def _weighted_metrics(wp: np.ndarray, wi: np.ndarray, run: RunRecord) -> dict[str, np.ndarray]:
     """The registry's patient metrics but ROC-AUC (patient weights ``wp``: PR-AUC from the weighted
     ranks, threshold metrics from weighted confusion counts) and ECE, Brier (image weights ``wi``)."""
@@ -443,7 +455,7 @@ def _weighted_metrics(wp: np.ndarray, wi: np.ndarray, run: RunRecord) -> dict[st
     counted = [m for m in PATIENT_METRICS if m in metric_names(kinds=("counts",))]
     out: dict[str, np.ndarray] = counts_metrics(tp, fp, tn, fn, counted)
     if "pr_auc" in PATIENT_METRICS:
-        out["pr_auc"] = weighted_average_precision(y.astype(int), p, wp)
+        out["pr_auc"] = weighted_average_precision(y.astype(int), _scores(run.patients), wp)
     yi, pi = run.images["y"].to_numpy(float), run.images["prob"].to_numpy(float)
     edges = np.linspace(0.0, 1.0, run.n_bins + 1)
     which = np.searchsorted(edges[1:-1], pi, side="left")  # calibrate.reliability_table's binning
@@ -459,14 +471,14 @@ def paired_tests(a: RunRecord, b: RunRecord, *, n_resamples: int = 1000, seed: i
     Returns
     -------
     dict
-        ``delong`` (:func:`medxcept.evaluate.delong_test` on the patient probabilities, with
+        ``delong`` (:func:`medxcept.evaluate.delong_test` on the patients' uncalibrated scores, with
         ``diff`` = AUC(b) - AUC(a)), ``paired_bootstrap_auc``
         (:func:`medxcept.evaluate.paired_bootstrap_auc`, same orientation), and ``metrics``: per
         metric of :data:`VERDICT_METRICS`, ``a``, ``b``, ``diff``, ``p_value``, ``test`` and, for
         bootstrapped metrics, ``se`` and ``ci`` (95 % percentile interval of the difference).
     """
     y = a.patients["y"].to_numpy(int)
-    pa, pb = a.patients["prob"].to_numpy(float), b.patients["prob"].to_numpy(float)
+    pa, pb = _scores(a.patients), _scores(b.patients)
     dl = delong_test(y, pb, pa)
     pbs = paired_bootstrap_auc(y, pb, pa, n_resamples=n_resamples, seed=seed) if 0 < y.sum() < y.size else None
     out: dict[str, Any] = {"seed": a.seed, "run_a": a.name, "run_b": b.name, "delong": dl,

@@ -177,6 +177,29 @@ def test_delong_and_paired_bootstrap_match_the_evaluate_functions(big):
         assert pair["paired_bootstrap_auc"]["p_value"] == pytest.approx(boot["p_value"])
 
 
+def test_discrimination_is_compared_on_uncalibrated_scores(tmp_path):
+    """Two runs with the same uncalibrated scores, one of them recalibrated by a Platt fit whose
+    slope came out negative (its calibrated probabilities rank the patients backwards): their AUCs
+    must compare equal, as they do on the scores a run writes as ``prob_raw``."""
+    a = write_run(tmp_path, "a-s0", recipe="baseline", seed=0, signal=1.5, noise_seed=7)
+    b = write_run(tmp_path, "b-s0", recipe="default", seed=0, signal=1.5, noise_seed=7)
+    for path, flip in ((a, False), (b, True)):
+        preds = pd.read_csv(path / "predictions.csv")
+        pat = preds.groupby("patient_key")["prob_raw"].mean().rename("patient_prob_raw")
+        preds = preds.drop(columns=[c for c in ("patient_prob_raw",) if c in preds]).merge(
+            pat, left_on="patient_key", right_index=True)
+        if flip:
+            preds["prob"], preds["patient_prob"] = 1 - preds["prob"], 1 - preds["patient_prob"]
+        preds.to_csv(path / "predictions.csv", index=False)
+    ra, rb = cmp.load_run(a), cmp.load_run(b)
+    pair = cmp.paired_tests(ra, rb, n_resamples=N_BOOT, seed=0)
+    assert pair["delong"]["diff"] == pytest.approx(0.0, abs=1e-12)
+    assert pair["metrics"]["pr_auc"]["diff"] == pytest.approx(0.0, abs=1e-12)
+    # on the calibrated probabilities the flipped run would look like the mirror image of the other
+    y = ra.patients["y"].to_numpy()
+    assert delong_test(y, rb.patients["prob"], ra.patients["prob"])["diff"] < -0.5
+
+
 def test_bootstrapped_metrics_on_the_full_data_equal_the_runs_metrics(big):
     runs, _ = big
     a, b = runs[0], runs[3]

@@ -524,9 +524,16 @@ def prediction_table(test: pd.DataFrame, classes: tuple[str, ...], how: str) -> 
 
 
 def patient_frame(frame: pd.DataFrame, how: str) -> pd.DataFrame:
-    """``patient_y`` and ``patient_prob`` per ``patient_key`` (index), aggregated by ``how``."""
+    """``patient_y`` and ``patient_prob`` per ``patient_key`` (index), aggregated by ``how``; also
+    ``patient_prob_raw`` (the uncalibrated score, what discrimination is measured on) when
+    ``frame`` has ``prob_raw``."""
     keys, yp, pp = aggregate_by_patient(frame["patient_key"].to_numpy(), frame["y"].to_numpy(),
                                         frame["prob"].to_numpy(), how=how)
-    return pd.DataFrame({"patient_y": yp, "patient_prob": pp}, index=pd.Index(keys, name="patient_key"))
+    out = pd.DataFrame({"patient_y": yp, "patient_prob": pp}, index=pd.Index(keys, name="patient_key"))
+    if "prob_raw" in frame:
+        raw_keys, _, pr = aggregate_by_patient(frame["patient_key"].to_numpy(), frame["y"].to_numpy(),
+                                               frame["prob_raw"].to_numpy(), how=how)
+        out["patient_prob_raw"] = pd.Series(pr, index=pd.Index(raw_keys, name="patient_key"))
+    return out
 
 
