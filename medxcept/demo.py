@@ -50,7 +50,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["DemoSpec", "CAMERAS", "paint_fundus", "generate_demo", "demo_root", "cache_dir"]
+from medxcept.paths import cache_dir
+
+__all__ = ["DemoSpec", "CAMERAS", "paint_fundus", "generate_demo", "demo_root", "cache_dir",
+           "start_cohort", "save_photo", "finish_cohort"]
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +129,6 @@ class DemoSpec:
             return base
         return (base + f"-m{self.min_severity:g}-d{self.drusen_rate:g}-g{self.pigment_sd:g}"
                 f"-l{self.label_noise:g}")
-
-
-def cache_dir() -> Path:
-    """Where generated data and preprocessing caches live (``$MEDXCEPT_CACHE`` or ``~/.cache/medxcept``)."""
-    return Path(os.environ.get("MEDXCEPT_CACHE", Path.home() / ".cache" / "medxcept")).expanduser()
 
 
 def demo_root(spec: DemoSpec | None = None) -> Path:
@@ -315,7 +313,6 @@ def generate_demo(root: Path, spec: DemoSpec | None = None) -> Path:
     Generation happens in a temporary sibling directory that is renamed when complete, so an
     interrupted generation never leaves a half-written cohort that later runs would trust.
     """
-    from PIL import Image
     from tqdm.auto import tqdm
 
     from medxcept.io.dicom import write_ophthalmic_photo
@@ -324,10 +321,7 @@ def generate_demo(root: Path, spec: DemoSpec | None = None) -> Path:
     root = Path(root)
     if (root / "COMPLETE").exists():
         return root
-    tmp = root.with_name(root.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "photos").mkdir(parents=True)
-    (tmp / "dicom").mkdir(parents=True)
+    tmp = start_cohort(root, ("photos", "dicom"))
     plan = _plan(spec)
     photo_rows, dicom_rows = [], []
     study_uids: dict[tuple[str, int], str] = {}
@@ -354,25 +348,46 @@ def generate_demo(root: Path, spec: DemoSpec | None = None) -> Path:
             )
             dicom_rows.append({"file": name, "label": label})
         else:
-            ext = "jpg" if camera.fmt == "jpeg" else "png"
-            img = Image.fromarray(rgb)
-            if ext == "jpg":
-                img.save(tmp / "photos" / f"{stem}.{ext}", quality=92)
-            else:
-                img.save(tmp / "photos" / f"{stem}.{ext}")
-            photo_rows.append({"file": f"{stem}.{ext}", "patient": row["patient"], "eye": row["eye"],
+            photo_rows.append({"file": save_photo(rgb, tmp / "photos", stem, camera), "patient": row["patient"], "eye": row["eye"],
                                "visit": row["visit"], "label": label, "camera": camera.name,
                                "sex": row["sex"], "age": row["age"]})
-    for sub, rows in (("photos", photo_rows), ("dicom", dicom_rows)):
+    finish_cohort(tmp, root, spec.key(), {"photos": photo_rows, "dicom": dicom_rows})
+    log.info("demo cohort written to %s (%d images)", root, len(plan))
+    return root
+
+
+def start_cohort(root: Path, subfolders: tuple[str, ...]) -> Path:
+    """A fresh temporary sibling of ``root`` with ``subfolders``, where a generator writes its cohort."""
+    tmp = root.with_name(root.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for sub in subfolders:
+        (tmp / sub).mkdir(parents=True)
+    return tmp
+
+
+def save_photo(rgb: np.ndarray, folder: Path, stem: str, camera: Camera) -> str:
+    """Save ``rgb`` as the camera's photo format (JPEG quality 92, or PNG) and return the file name."""
+    from PIL import Image
+
+    ext = "jpg" if camera.fmt == "jpeg" else "png"
+    options = {"quality": 92} if ext == "jpg" else {}
+    Image.fromarray(rgb).save(folder / f"{stem}.{ext}", **options)
+    return f"{stem}.{ext}"
+
+
+def finish_cohort(tmp: Path, root: Path, key: str, tables: dict[str, list[dict]]) -> None:
+    """Write each subfolder's ``labels.csv``, mark ``tmp`` complete and rename it to ``root`` atomically.
+
+    When another process finished the same cohort first, its copy is kept and ``tmp`` is removed.
+    """
+    for sub, rows in tables.items():
         with open(tmp / sub / "labels.csv", "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-    (tmp / "COMPLETE").write_text(spec.key() + "\n")
+    (tmp / "COMPLETE").write_text(key + "\n")
     root.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(tmp, root)
     except OSError:  # another process finished first: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("demo cohort written to %s (%d images)", root, len(plan))
-    return root

@@ -22,17 +22,14 @@ of ``cohorts/example_grades_csv.yaml``. Generation is deterministic for the spec
 
 from __future__ import annotations
 
-import csv
 import logging
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from medxcept.demo import CAMERAS, _blobs, cache_dir, paint_fundus
+from medxcept.demo import CAMERAS, _blobs, cache_dir, finish_cohort, paint_fundus, save_photo, start_cohort
 
 __all__ = ["GRADE_NAMES", "GradedDemoSpec", "paint_graded", "generate_graded_demo", "graded_demo_root"]
 
@@ -158,37 +155,19 @@ def _plan(spec: GradedDemoSpec) -> list[dict]:
 
 def generate_graded_demo(root: Path, spec: GradedDemoSpec | None = None) -> Path:
     """Write the graded demo under ``root`` unless a complete copy is there (atomic, like the demo)."""
-    from PIL import Image
-
     spec = spec or GradedDemoSpec()
     root = Path(root)
     if (root / "COMPLETE").exists():
         return root
-    tmp = root.with_name(root.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "photos").mkdir(parents=True)
+    tmp = start_cohort(root, ("photos",))
     rows = []
     for i, row in enumerate(_plan(spec)):
         rng = np.random.default_rng([spec.seed, i])
         rgb, _ = paint_graded(rng, row["camera"], laterality=row["eye"], grade=row["grade"], scale=spec.size_scale)
         camera = CAMERAS[row["camera"]]
-        ext = "jpg" if camera.fmt == "jpeg" else "png"
-        name = f"{row['patient']}_{row['eye']}.{ext}"
-        if ext == "jpg":
-            Image.fromarray(rgb).save(tmp / "photos" / name, quality=92)
-        else:
-            Image.fromarray(rgb).save(tmp / "photos" / name)
+        name = save_photo(rgb, tmp / "photos", f"{row['patient']}_{row['eye']}", camera)
         rows.append({"file": name, "patient": row["patient"], "eye": row["eye"],
                      "grade": spec.classes[row["grade"]], "camera": camera.name})
-    with open(tmp / "photos" / "labels.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (tmp / "COMPLETE").write_text(spec.key() + "\n")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, root)
-    except OSError:  # another process finished first: keep theirs
-        shutil.rmtree(tmp, ignore_errors=True)
+    finish_cohort(tmp, root, spec.key(), {"photos": rows})
     log.info("graded demo cohort written to %s (%d images)", root, len(rows))
     return root
