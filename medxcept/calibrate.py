@@ -45,6 +45,7 @@ __all__ = [
     "brier",
     "nll",
     "reliability_table",
+    "calibration_summary",
     "to_logits",
     "fit_temperature",
     "temperature_fit_detail",
@@ -244,6 +245,23 @@ def nll(y_true: ArrayLike, y_prob: ArrayLike) -> float:
     else:
         q = np.clip(p[np.arange(p.shape[0]), y], eps, 1.0)
     return float(-np.mean(np.log(q)))
+
+
+def calibration_summary(y_true: ArrayLike, y_prob: ArrayLike, n_bins: int) -> dict[str, Any]:
+    """ECE (equal-width and equal-mass bins), MCE, Brier, NLL and the reliability table of ``y_prob``.
+
+    The block ``metrics.json`` stores as ``calibration_test.before`` / ``.after`` for binary tasks and
+    for each derived endpoint of a graded task.
+    """
+    return {
+        "ece": ece(y_true, y_prob, n_bins=n_bins, strategy="uniform"),
+        "ece_equal_mass": ece(y_true, y_prob, n_bins=n_bins, strategy="quantile"),
+        "mce": mce(y_true, y_prob, n_bins=n_bins, strategy="uniform"),
+        "brier": brier(y_true, y_prob),
+        "nll": nll(y_true, y_prob),
+        "n_bins": n_bins,
+        "reliability": reliability_table(y_true, y_prob, n_bins=n_bins, strategy="uniform").to_dict("records"),
+    }
 
 
 def to_logits(y_prob: ArrayLike, *, eps: float = 1e-7) -> np.ndarray:

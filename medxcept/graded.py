@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medxcept.calibrate import brier, ece, mce, nll, reliability_table
+from medxcept.calibrate import calibration_summary
 from medxcept.evaluate import (
     aggregate_by_patient,
     binary_metrics,
@@ -65,18 +65,6 @@ def check_task_config(task: str, n_classes: int, ordinal_loss: str) -> None:
 def _probs(frame: pd.DataFrame, classes: Sequence[str], prefix: str) -> np.ndarray:
     P = frame[[f"{prefix}{c}" for c in classes]].to_numpy(dtype=np.float64)
     return P / P.sum(axis=1, keepdims=True)
-
-
-def _binary_calibration(y: np.ndarray, p: np.ndarray, n_bins: int) -> dict[str, Any]:
-    return {
-        "ece": ece(y, p, n_bins=n_bins, strategy="uniform"),
-        "ece_equal_mass": ece(y, p, n_bins=n_bins, strategy="quantile"),
-        "mce": mce(y, p, n_bins=n_bins, strategy="uniform"),
-        "brier": brier(y, p),
-        "nll": nll(y, p),
-        "n_bins": n_bins,
-        "reliability": reliability_table(y, p, n_bins=n_bins, strategy="uniform").to_dict("records"),
-    }
 
 
 def endpoint_report(*, name: str, rule: str, positive: Sequence[int], classes: Sequence[str], kind: str,
@@ -122,8 +110,8 @@ def endpoint_report(*, name: str, rule: str, positive: Sequence[int], classes: S
             yp, pp, pk, metrics=ENDPOINT_CI_METRICS, threshold=threshold, n_resamples=n_boot, seed=seed).items()}
         out["test_image_ci"] = {k: v.to_dict() for k, v in bootstrap_ci(
             y, p, keys, metrics=ENDPOINT_CI_METRICS, threshold=threshold, n_resamples=n_boot, seed=seed).items()}
-    out["calibration_test"] = {"before": _binary_calibration(y, p_raw, eval_cfg.n_bins),
-                               "after": _binary_calibration(y, p, eval_cfg.n_bins)}
+    out["calibration_test"] = {"before": calibration_summary(y, p_raw, eval_cfg.n_bins),
+                               "after": calibration_summary(y, p, eval_cfg.n_bins)}
     return out
 
 
@@ -295,9 +283,9 @@ def _pooled_endpoint(df: pd.DataFrame, e: Any, classes: list[str], kind: str, ev
             cis.update(bootstrap_ci(y, pred, groups, metrics=[m for m in ENDPOINT_CI_METRICS if m not in cis],
                                     threshold=0.5, n_resamples=eval_cfg.n_bootstrap, seed=seed))
             out[f"test_{level}_ci"] = {k: v.to_dict() for k, v in cis.items()}
-    out["calibration_test"] = {"before": _binary_calibration(units["y"].to_numpy(), units["p_raw"].to_numpy(),
+    out["calibration_test"] = {"before": calibration_summary(units["y"].to_numpy(), units["p_raw"].to_numpy(),
                                                              eval_cfg.n_bins),
-                               "after": _binary_calibration(units["y"].to_numpy(), units["p"].to_numpy(),
+                               "after": calibration_summary(units["y"].to_numpy(), units["p"].to_numpy(),
                                                             eval_cfg.n_bins)}
     return out
 

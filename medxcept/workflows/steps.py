@@ -29,7 +29,7 @@ import pandas as pd
 
 from medxcept.audit import AuditReport, audit_cohort, duplicate_groups, fingerprints
 from medxcept.augment import augment_batch, build_augment
-from medxcept.calibrate import Calibrator, brier, ece, make_calibrator, mce, nll, reliability_table
+from medxcept.calibrate import Calibrator, brier, calibration_summary, ece, make_calibrator
 from medxcept.cohort import CohortSpec
 from medxcept.config import RunConfig
 from medxcept.demo import DemoSpec, demo_root
@@ -206,18 +206,6 @@ def reason_counts(exclusions: pd.DataFrame) -> dict[str, int]:
     return key.value_counts().to_dict()
 
 
-def _calibration_block(y: np.ndarray, p: np.ndarray, n_bins: int) -> dict[str, Any]:
-    return {
-        "ece": ece(y, p, n_bins=n_bins, strategy="uniform"),
-        "ece_equal_mass": ece(y, p, n_bins=n_bins, strategy="quantile"),
-        "mce": mce(y, p, n_bins=n_bins, strategy="uniform"),
-        "brier": brier(y, p),
-        "nll": nll(y, p),
-        "n_bins": n_bins,
-        "reliability": reliability_table(y, p, n_bins=n_bins, strategy="uniform").to_dict("records"),
-    }
-
-
 
 # ------------------------------------------------------------------------------------ assess
 
@@ -287,14 +275,14 @@ def measure_test(test: pd.DataFrame, *, threshold: float | None, cfg: RunConfig,
                                        cfg.seed)
             out["test_image_ci"] = {k: v.to_dict() for k, v in cis_img.items()}
         out["n_bootstrap"] = ec.n_bootstrap
-        out["calibration_test"] = {"before": _calibration_block(y, test["prob_raw"].to_numpy(), ec.n_bins),
-                                   "after": _calibration_block(y, p, ec.n_bins)}
+        out["calibration_test"] = {"before": calibration_summary(y, test["prob_raw"].to_numpy(), ec.n_bins),
+                                   "after": calibration_summary(y, p, ec.n_bins)}
         return out
     P = test[[f"prob_{c}" for c in classes]].to_numpy()
     out["test_image"] = multiclass_metrics(y, P, classes=list(classes))
     Praw = test[[f"prob_raw_{c}" for c in classes]].to_numpy()
-    out["calibration_test"] = {"before": _calibration_block(y, Praw, ec.n_bins),
-                               "after": _calibration_block(y, P, ec.n_bins)}
+    out["calibration_test"] = {"before": calibration_summary(y, Praw, ec.n_bins),
+                               "after": calibration_summary(y, P, ec.n_bins)}
     return out
 
 
