@@ -63,7 +63,7 @@ REQUIRED_FILES = ("model.keras", "config.yaml", "calibration.json", "cohort.csv"
 SOURCE_SECTIONS = ("preprocess", "model", "train", "augment", "split")
 #: Evaluation options that were part of fitting (the threshold rule, the calibrator, the
 #: patient aggregation the threshold was meant for): the source run's too.
-SOURCE_EVAL_FIELDS = ("threshold", "target_sensitivity", "calibration", "patient_aggregation")
+SOURCE_EVAL_FIELDS = ("threshold", "target_sensitivity", "calibration", "patient_aggregation", "unit")
 
 _MAX_DETAILS = 100
 
@@ -124,7 +124,12 @@ def load_source_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
         raise ConfigError(f"{path}: expected a mapping of options")
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     extras = {k: v for k, v in data.items() if k not in fields}
-    cfg = load_config(cohort_defaults={k: v for k, v in data.items() if k in fields})
+    saved = {k: v for k, v in data.items() if k in fields}
+    ev = saved.get("eval")
+    if isinstance(ev, dict) and "unit" not in ev:
+        # runs made before eval.unit existed measured (and chose their threshold) per patient
+        saved["eval"] = {**ev, "unit": "patient"}
+    cfg = load_config(cohort_defaults=saved)
     return cfg, extras
 
 

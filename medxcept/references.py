@@ -43,7 +43,15 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from medxcept.acquisition import ACQ_COLUMNS
-from medxcept.evaluate import aggregate_by_patient, bootstrap_ci, delong_test, paired_bootstrap_auc
+from medxcept.evaluate import (
+    aggregate_by_patient,
+    bootstrap_ci,
+    delong_test,
+    paired_bootstrap_auc,
+    unit_keys,
+    unit_patients,
+    unit_visits,
+)
 
 __all__ = [
     "REFERENCES",
@@ -292,7 +300,7 @@ def compare_with_references(
     patient_key: ArrayLike,
     *,
     aggregate: Aggregate | None = None,
-    how: str = "mean",
+    how: str = "max",
     n_resamples: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -307,7 +315,10 @@ def compare_with_references(
     references : dict
         :func:`fit_references` output for the same images.
     patient_key : array-like of shape (n,)
-        The unit the headline is reported on (patient, or visit/study).
+        The unit the headline is reported on: patient keys, or unit keys
+        (:func:`medxcept.evaluate.unit_keys`: patient and visit). The bootstrap resamples the
+        patients of the units (:func:`medxcept.evaluate.unit_patients`): all visits of a patient
+        together.
     aggregate : callable or None
         ``aggregate(keys, y, scores) -> (keys, y_patient, score_patient)``, the run's patient
         aggregation; None uses :func:`medxcept.evaluate.aggregate_by_patient` with ``how``.
@@ -342,10 +353,12 @@ def compare_with_references(
             from scipy.special import expit
 
             p = expit(p)
-        ci = bootstrap_ci(yp, p, np.arange(len(yp)), metrics=("roc_auc",), threshold=None,
+        ci = bootstrap_ci(yp, p, clusters, metrics=("roc_auc",), threshold=None,
                           n_resamples=n_resamples, seed=seed)["roc_auc"]
         return _num(ci.point), [_num(ci.low), _num(ci.high)]
 
+    clusters = unit_patients(keys)
+    out["n_units"], out["n_patients"] = int(len(keys)), int(len(set(clusters)))
     deep_auc, deep_ci = auc_ci(deep_p)
     out["deep"] = {"auc": deep_auc, "ci": deep_ci}
     for name, ref in references.items():
@@ -357,7 +370,7 @@ def compare_with_references(
         row["delong_p"] = _num(dl["p_value"])
         row["notes"] = list(dl["notes"])
         if n_resamples:
-            pb = paired_bootstrap_auc(yp, deep_p, ref_p, None, n_resamples=n_resamples, seed=seed)
+            pb = paired_bootstrap_auc(yp, deep_p, ref_p, clusters, n_resamples=n_resamples, seed=seed)
             row["diff_ci"] = None if pb["ci"] is None else [float(pb["ci"][0]), float(pb["ci"][1])]
             row["diff_p_bootstrap"] = _num(pb["p_value"])
         else:
@@ -422,7 +435,8 @@ def reference_block(
     deep_scores: ArrayLike,
     *,
     aggregate: Aggregate | None = None,
-    how: str = "mean",
+    how: str = "max",
+    unit: str = "patient",
     n_resamples: int = 1000,
     seed: int = 0,
     features: np.ndarray | None = None,
@@ -431,7 +445,8 @@ def reference_block(
 
     The one call a workflow makes: :func:`fit_references` on ``fit_rows`` (training + validation),
     :func:`compare_with_references` against ``deep_scores`` (the deep model's **uncalibrated** image
-    scores of ``test_rows``, in that order) and :func:`reference_sentences`.
+    scores of ``test_rows``, in that order) and :func:`reference_sentences`. ``unit``: the run's
+    ``eval.unit`` (``"visit"``: one score per patient and visit when the table has ``study_id``).
 
     Returns
     -------
@@ -444,7 +459,8 @@ def reference_block(
     test_idx = np.asarray(test_rows, dtype=np.int64)
     refs = fit_references(table, images, fit_rows, test_idx, seed=seed, features=features)
     sub = table.iloc[test_idx]
-    block = compare_with_references(sub["y"].to_numpy(), deep_scores, refs, sub["patient_key"].to_numpy(),
+    keys = unit_keys(sub["patient_key"], unit_visits(sub, unit))
+    block = compare_with_references(sub["y"].to_numpy(), deep_scores, refs, keys,
                                     aggregate=aggregate, how=how, n_resamples=n_resamples, seed=seed)
     block["sentences"] = reference_sentences(block)
     scores = pd.DataFrame({f"ref_{name}": np.asarray(ref["scores"]) for name, ref in refs.items()

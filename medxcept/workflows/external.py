@@ -142,7 +142,7 @@ def evaluate_run(run_dir: Path, spec: CohortSpec, cfg: RunConfig, run_name: str 
     measured, test = assessed.metrics, assessed.test
     timings["evaluate_s"] = time.perf_counter() - t
     run.write_json("calibration.json", {**src.calibration, "source_run": src.id, "refitted": False})
-    predictions = prediction_table(test, src.classes, ecfg.eval.patient_aggregation)
+    predictions = prediction_table(test, src.classes, ecfg.eval.patient_aggregation, ecfg.eval.unit)
     run.write_csv("predictions.csv", predictions)
 
     device = detect_device()
