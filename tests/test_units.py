@@ -73,7 +73,7 @@ def test_visits_are_units_and_patients_are_bootstrap_clusters():
     hand-rolled cluster bootstrap that draws patients with the same generator and takes all their
     visits (each drawn once per draw)."""
     t = _visits()
-    n_boot, seed = 400, 5
+    n_boot, seed = 200, 5
     cfg = load_config(overrides={"eval.n_bootstrap": n_boot, "seed": seed})
     m = measure_test(t, threshold=0.5, cfg=cfg, classes=("n", "p"))
     units = unit_keys(t["patient_key"], t["study_id"])
@@ -158,3 +158,16 @@ def test_cv_pools_references_on_the_same_units():
     assert block["references"]["prevalence"]["auc"] == pytest.approx(0.5)
     assert pooled_references([f.drop(columns=["ref_prevalence", "ref_image_statistics", "ref_acquisition"])
                               for f in frames], "max") is None
+
+
+def test_calibration_card_says_when_recalibration_made_it_worse():
+    """Calibrated probabilities pulled across the middle on test raise the ECE (0.2 -> 0.55): the
+    calibration block says so in words (the report's calibration card and section show it)."""
+    t = _visits()
+    good = t.assign(prob_raw=np.where(t["y"] == 1, 0.8, 0.2), prob=np.where(t["y"] == 1, 0.8, 0.2))
+    bad = good.assign(prob=np.where(t["y"] == 1, 0.45, 0.55))  # the calibrator pulled everything to the middle
+    cfg = _cfg(n_bootstrap=0)
+    change = measure_test(bad, threshold=0.5, cfg=cfg, classes=("n", "p"))["calibration_test"]["change"]
+    assert change["worse"] is True and change["sentence"].startswith("Recalibration made the test calibration worse")
+    same = measure_test(good, threshold=0.5, cfg=cfg, classes=("n", "p"))["calibration_test"]
+    assert same["change"]["worse"] is False and same["after"]["ece"] == pytest.approx(same["before"]["ece"])

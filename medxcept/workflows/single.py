@@ -174,7 +174,8 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
     timings["evaluate_s"] = time.perf_counter() - t
     t = time.perf_counter()
     references, ref_scores = compare_references(table, images, np.r_[parts["train"], parts["val"]], parts["test"],
-                                                assessed, cfg, spec.classes)
+                                                assessed, cfg, spec.classes,
+                                                save_models=run.file("references.joblib"))
     timings["references_s"] = time.perf_counter() - t
     run.write_json("calibration.json", assessed.calibration_record)
     predictions = prediction_table(assessed.test, spec.classes, cfg.eval.patient_aggregation, cfg.eval.unit)

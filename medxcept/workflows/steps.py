@@ -295,13 +295,32 @@ def measure_test(test: pd.DataFrame, *, threshold: float | None, cfg: RunConfig,
         out["n_bootstrap"] = ec.n_bootstrap
         out["calibration_test"] = {"before": _calibration_block(y, test["prob_raw"].to_numpy(), ec.n_bins),
                                    "after": _calibration_block(y, p, ec.n_bins)}
+        out["calibration_test"]["change"] = calibration_change(out["calibration_test"], ec.calibration)
         return out
     P = test[[f"prob_{c}" for c in classes]].to_numpy()
     out["test_image"] = multiclass_metrics(y, P, classes=list(classes))
     Praw = test[[f"prob_raw_{c}" for c in classes]].to_numpy()
     out["calibration_test"] = {"before": _calibration_block(y, Praw, ec.n_bins),
                                "after": _calibration_block(y, P, ec.n_bins)}
+    out["calibration_test"]["change"] = calibration_change(out["calibration_test"], ec.calibration)
     return out
+
+
+def calibration_change(cal: dict[str, Any], method: str) -> dict[str, Any]:
+    """Whether recalibration helped on test, in plain words: ``worse`` (bool: the test ECE rose),
+    ``sentence``. A calibrator fitted on a few validation patients can make the test calibration
+    worse; the report then says so instead of showing a repair."""
+    before, after = cal["before"]["ece"], cal["after"]["ece"]
+    if method == "none" or before is None or after is None:
+        return {"worse": False, "sentence": ""}
+    if after > before:
+        return {"worse": True, "sentence": (
+            f"Recalibration made the test calibration worse: ECE {before:.3f} before, {after:.3f} after "
+            f"({method} fitted on the validation split; Brier {cal['before']['brier']:.3f} → "
+            f"{cal['after']['brier']:.3f}). The fitted calibrator does not carry over to the test images: "
+            "a validation split this small cannot estimate it well. Do not read the calibrated "
+            "probabilities as risks.")}
+    return {"worse": False, "sentence": f"Recalibration lowered the test ECE from {before:.3f} to {after:.3f}."}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -443,15 +462,16 @@ def assess_frozen(test: pd.DataFrame, logits: np.ndarray, *, calibrator: Calibra
 
 
 def compare_references(table: pd.DataFrame, images: np.ndarray, fit_rows: np.ndarray, test_rows: np.ndarray,
-                       assessed: Assessment, cfg: RunConfig,
-                       classes: tuple[str, ...]) -> tuple[dict[str, Any] | None, pd.DataFrame | None]:
+                       assessed: Assessment, cfg: RunConfig, classes: tuple[str, ...],
+                       save_models: Any = None) -> tuple[dict[str, Any] | None, pd.DataFrame | None]:
     """The reference models (:mod:`medxcept.references`) fitted on ``fit_rows`` (positions of the
     training + validation images in ``table`` / ``images``) and compared with the deep model's
     uncalibrated scores on ``test_rows`` (the rows of ``assessed.test``, in its order). Binary tasks
     only: ``(None, None)`` otherwise.
 
     Returns the ``metrics.json["references"]`` block and the per-image reference scores (``image_id``
-    and ``ref_<name>`` columns) for ``predictions.csv``.
+    and ``ref_<name>`` columns) for ``predictions.csv``. ``save_models``: where to keep the fitted
+    models (``references.joblib`` of a run: external validation applies them).
     """
     from medxcept.references import reference_block
 
@@ -459,7 +479,8 @@ def compare_references(table: pd.DataFrame, images: np.ndarray, fit_rows: np.nda
         return None, None
     return reference_block(table.reset_index(drop=True), images, fit_rows, test_rows,
                            assessed.test["prob_raw"].to_numpy(), how=cfg.eval.patient_aggregation,
-                           unit=cfg.eval.unit, n_resamples=cfg.eval.n_bootstrap, seed=cfg.seed)
+                           unit=cfg.eval.unit, n_resamples=cfg.eval.n_bootstrap, seed=cfg.seed,
+                           save_models=save_models)
 
 
 def summary_block(metrics: dict[str, Any], training: dict[str, Any],
