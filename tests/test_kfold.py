@@ -274,7 +274,8 @@ def test_cv_metrics_match_an_independent_computation(cv):
     for i, row in enumerate(m["per_fold"]):
         f = pd.read_csv(d / f"fold-{i}" / "oof_predictions.csv", dtype={"patient_key": str})
         frames.append(f)
-        pat = f.groupby("patient_key").agg(y=("y", "max"), p=("prob", "mean"), t=("threshold", "first"))
+        how = m["method"]["patient_aggregation"]  # per unit (patient, or patient's visit), the run's rule
+        pat = f.groupby("unit_key").agg(y=("y", "max"), p=("prob", how), t=("threshold", "first"))
         assert row["roc_auc"] == pytest.approx(roc_auc_score(pat["y"], pat["p"]))
         assert row["pr_auc"] == pytest.approx(average_precision_score(pat["y"], pat["p"]))
         pred, y = pat["p"] >= pat["t"], pat["y"] == 1
@@ -287,7 +288,7 @@ def test_cv_metrics_match_an_independent_computation(cv):
         vals = [r[k] for r in m["per_fold"] if r[k] is not None]
         assert m["summary"][k]["mean"] == pytest.approx(np.mean(vals))
         assert m["summary"][k]["sd"] == pytest.approx(np.std(vals, ddof=1))
-    pooled = pd.concat(frames).groupby("patient_key").agg(y=("y", "max"), p=("prob", "mean"))
+    pooled = pd.concat(frames).groupby("unit_key").agg(y=("y", "max"), p=("prob", how))
     assert m["pooled_oof"]["roc_auc"] == pytest.approx(roc_auc_score(pooled["y"], pooled["p"]))
     assert m["pooled_oof"]["n"] == len(pooled)
 
