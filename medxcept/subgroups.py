@@ -89,5 +89,8 @@ def subgroup_rows(test: pd.DataFrame, threshold: float | None, *, how: str = "ma
                 for m, ci in {**ci_rank, **ci_cut}.items():
                     if row[m] is not None and _none(ci.low) is not None:
                         row[f"{m}_ci"] = [_none(ci.low), _none(ci.high)]
+                    # resamples in which the metric is undefined (no positive / negative patient drawn):
+                    # the interval is conditional on the others; a large share means a tiny subgroup
+                    row[f"{m}_dropped"] = int(ci.n_dropped)
             rows.append(row)
     return rows

@@ -291,6 +291,14 @@ def test_cv_metrics_match_an_independent_computation(cv):
     pooled = pd.concat(frames).groupby("unit_key").agg(y=("y", "max"), p=("prob", how))
     assert m["pooled_oof"]["roc_auc"] == pytest.approx(roc_auc_score(pooled["y"], pooled["p"]))
     assert m["pooled_oof"]["n"] == len(pooled)
+    # the references pooled over the folds on the same units, next to the deep model's pooled AUC
+    refs = m["pooled_references"]
+    assert refs["deep"]["auc"] == pytest.approx(m["pooled_oof"]["roc_auc"])
+    cls = pd.concat(frames).groupby("unit_key")["ref_image_statistics"].max().loc[pooled.index]
+    assert refs["references"]["image_statistics"]["auc"] == pytest.approx(roc_auc_score(pooled["y"], cls))
+    assert refs["references"]["image_statistics"]["delong_p"] is not None and refs["sentences"]
+    html = (d / "cv_report.html").read_text(encoding="utf-8")
+    assert 'id="cv-references"' in html and refs["sentences"][0].split(":")[0] in html
 
 
 class _Cells(HTMLParser):

@@ -171,3 +171,25 @@ def test_calibration_card_says_when_recalibration_made_it_worse():
     assert change["worse"] is True and change["sentence"].startswith("Recalibration made the test calibration worse")
     same = measure_test(good, threshold=0.5, cfg=cfg, classes=("n", "p"))["calibration_test"]
     assert same["change"]["worse"] is False and same["after"]["ece"] == pytest.approx(same["before"]["ece"])
+
+
+def test_dropped_resamples_are_named_by_their_subgroup_row(caplog):
+    """A subgroup with one negative patient among eight: about (7/8)^8 = 34 % of its resamples draw
+    no negative, so its specificity interval drops them. The log line names the table row, and the
+    row carries the count (the demo's "318 of 1000 resamples dropped" came from such a row)."""
+    import logging
+
+    from medxcept.subgroups import subgroup_rows
+
+    rows = []
+    for i in range(8):
+        y = int(i > 0)  # one negative patient
+        for eye, src in (("L", "cam A"), ("R", "cam B")):
+            rows.append({"patient_key": f"P{i}", "laterality": eye, "source": src, "y": y, "prob": 0.3 + 0.5 * y})
+    t = pd.DataFrame(rows).assign(prob_raw=lambda f: f["prob"])
+    with caplog.at_level(logging.INFO, logger="medxcept"):
+        out = subgroup_rows(t, 0.5, how="max", n_resamples=1000, seed=0)
+    row = next(r for r in out if r["by"] == "laterality" and r["value"] == "L")
+    assert 250 < row["specificity_dropped"] < 430  # binomial around 344
+    assert any("subgroup table row laterality = L" in m and "no negative drawn" in m and
+               f"{row['specificity_dropped']} of 1000" in m for m in caplog.messages)
