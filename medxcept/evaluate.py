@@ -906,7 +906,9 @@ def bootstrap_ci(
         out[m] = _percentile_ci(point_all[m], np.concatenate(values[m]), alpha)
         if out[m].n_dropped:
             n_pos, n_neg = int(np.unique(codes[y == 1]).size), int(np.unique(codes[y == 0]).size)
-            logger.info(
+            # a table row (context) is summarized by its caller in one line; the detail is debug
+            logger.log(
+                logging.DEBUG if context else logging.INFO,
                 "bootstrap %s%s (%d resampled group(s): %d with a positive, %d with a negative): %d of %d "
                 "resamples dropped (metric undefined in them: no %s drawn)",
                 m, f" of {context}" if context else "", n_groups, n_pos, n_neg, out[m].n_dropped, n_resamples,

@@ -13,6 +13,7 @@ records them and they take at least two values.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,8 @@ import pandas as pd
 from medxcept.evaluate import aggregate_by_patient, binary_metrics, bootstrap_ci, unit_patients, unit_visits
 
 __all__ = ["SUBGROUP_COLUMNS", "subgroup_rows"]
+
+log = logging.getLogger(__name__)
 
 #: Columns whose values define subgroups (``age band`` is derived from ``age``).
 SUBGROUP_COLUMNS = ("source", "laterality", "sex", "age band")
@@ -63,6 +66,7 @@ def subgroup_rows(test: pd.DataFrame, threshold: float | None, *, how: str = "ma
         frame["age band"] = pd.cut(frame["age"], _AGE_BANDS[0], right=False, labels=_AGE_BANDS[1]).astype(str)
     raw_col = "prob_raw" if "prob_raw" in frame else "prob"
     rows: list[dict[str, Any]] = []
+    dropped: list[tuple[int, str]] = []
     for col in SUBGROUP_COLUMNS:
         if col not in frame or frame[col].astype(str).replace("", np.nan).dropna().nunique() < 2:
             continue
@@ -92,5 +96,13 @@ def subgroup_rows(test: pd.DataFrame, threshold: float | None, *, how: str = "ma
                     # resamples in which the metric is undefined (no positive / negative patient drawn):
                     # the interval is conditional on the others; a large share means a tiny subgroup
                     row[f"{m}_dropped"] = int(ci.n_dropped)
+                    if ci.n_dropped:
+                        dropped.append((int(ci.n_dropped), f"{col} = {row['value']} ({m})"))
             rows.append(row)
+    if dropped:
+        worst = max(dropped)
+        log.info("subgroup table: in %d row(s) some of the %d bootstrap resamples drew no positive or no negative "
+                 "patient and were left out of that row's interval (most: %d, row %s); the counts are in the "
+                 "report's subgroup table", len({d[1].rsplit(' (', 1)[0] for d in dropped}), n_resamples, worst[0],
+                 worst[1])
     return rows

@@ -187,9 +187,12 @@ def test_dropped_resamples_are_named_by_their_subgroup_row(caplog):
         for eye, src in (("L", "cam A"), ("R", "cam B")):
             rows.append({"patient_key": f"P{i}", "laterality": eye, "source": src, "y": y, "prob": 0.3 + 0.5 * y})
     t = pd.DataFrame(rows).assign(prob_raw=lambda f: f["prob"])
-    with caplog.at_level(logging.INFO, logger="medxcept"):
+    with caplog.at_level(logging.DEBUG, logger="medxcept"):
         out = subgroup_rows(t, 0.5, how="max", n_resamples=1000, seed=0)
     row = next(r for r in out if r["by"] == "laterality" and r["value"] == "L")
     assert 250 < row["specificity_dropped"] < 430  # binomial around 344
+    # the detail (debug) names the row and the cause; the console gets one summary line
     assert any("subgroup table row laterality = L" in m and "no negative drawn" in m and
                f"{row['specificity_dropped']} of 1000" in m for m in caplog.messages)
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(info) == 1 and info[0].startswith("subgroup table: in 4 row(s)")

@@ -399,7 +399,8 @@ def assess(*, val: pd.DataFrame, test: pd.DataFrame, val_logits: np.ndarray, tes
         out["threshold"] = {"value": float(threshold), "method": ec.threshold, "chosen_on": "validation",
                             "level": "patient", "patient_aggregation": ec.patient_aggregation,
                             "unit": unit_record(val, ec)["unit"],
-                            "n_validation_patients": int(len(vy)),
+                            "n_validation_patients": int(val["patient_key"].nunique()),
+                            "n_validation_units": int(len(vy)),
                             "target_sensitivity": ec.target_sensitivity if ec.threshold == "sensitivity" else None}
     out.update(measure_test(test, threshold=threshold, cfg=cfg, classes=classes))
     if len(classes) == 2:
@@ -550,7 +551,7 @@ def unit_record(frame: pd.DataFrame, ec: Any) -> dict[str, Any]:
     visit = unit_visits(frame, ec.unit)
     keys = unit_keys(frame["patient_key"], visit)
     unit = "visit" if visit is not None else "patient"
-    what = "each patient's visit (study)" if unit == "visit" else "each patient"
+    what = "patient visit (study)" if unit == "visit" else "patient"
     score = "the maximum" if ec.patient_aggregation == "max" else "the mean"
     return {"unit": unit, "patient_aggregation": ec.patient_aggregation,
             "rule": f"one score per {what}: {score} of its images' probabilities; its label is positive when "
