@@ -332,6 +332,12 @@ class CohortSpec:
             binary for two classes, nominal for more.
         endpoints: binary endpoints derived from a nominal or ordinal task, each reported with the
             full binary report, e.g. ``{referable: "grade >= 2"}`` (:func:`parse_endpoint`).
+        label_rule: how the label of a patient (or of a patient's visit) relates to its images'
+            labels (:data:`LABEL_RULES`): ``any_image`` (default: positive when any image is, e.g.
+            "any eye positive"; the unit's score is the maximum of its images') or ``per_patient``
+            (one label given to the patient and copied onto every image; the score is the mean).
+            It sets the default of ``eval.patient_aggregation``; a cohort's ``defaults:`` may not
+            contradict it.
     """
 
     name: str
@@ -351,10 +357,33 @@ class CohortSpec:
     defaults: dict[str, Any] = field(default_factory=dict)
     task: str = "binary"
     endpoints: tuple[Endpoint, ...] = ()
+    label_rule: str = "any_image"
 
     @property
     def n_classes(self) -> int:
         return len(self.classes)
+
+
+#: A cohort's ``label_rule`` -> the patient aggregation (``eval.patient_aggregation``) that matches it.
+LABEL_RULES: dict[str, str] = {"any_image": "max", "per_patient": "mean"}
+
+
+def _label_rule_defaults(path: Path, rule: str, defaults: Any) -> dict[str, Any]:
+    """The cohort's ``defaults:`` with ``eval.patient_aggregation`` set from ``label_rule``."""
+    if rule not in LABEL_RULES:
+        raise ConfigError(f"{path}: label_rule={rule!r} is not one of {list(LABEL_RULES)} (any_image: a patient "
+                          "is positive when any image is; per_patient: one label copied onto every image)")
+    if defaults is not None and not isinstance(defaults, dict):
+        raise ConfigError(f"{path}: 'defaults' must be a mapping of configuration sections, got {defaults!r}")
+    defaults = dict(defaults or {})
+    ev = dict(defaults.get("eval") or {})
+    stated = ev.get("patient_aggregation")
+    if stated is not None and stated != LABEL_RULES[rule]:
+        raise ConfigError(f"{path}: defaults eval.patient_aggregation={stated!r} contradicts label_rule={rule!r} "
+                          f"(which scores a patient by the {LABEL_RULES[rule]} of their images); change one of them")
+    ev["patient_aggregation"] = LABEL_RULES[rule]
+    defaults["eval"] = ev
+    return defaults
 
 
 def load_cohort_spec(path: str | Path) -> CohortSpec:
@@ -425,6 +454,8 @@ def load_cohort_spec(path: str | Path) -> CohortSpec:
         data["classes"] = tuple(sorted(data["classes"], key=lambda c: c == positive))
     data["sources"] = tuple(sources)
     data["base_dir"] = str(path.resolve().parent)
+    data["label_rule"] = str(raw.get("label_rule") or "any_image")
+    data["defaults"] = _label_rule_defaults(path, data["label_rule"], raw.get("defaults"))
     spec = CohortSpec(**data)
     if spec.modality not in ("fundus", "gray"):
         raise ConfigError(f"{path}: modality={spec.modality!r} is not one of ['fundus', 'gray']")

@@ -153,9 +153,11 @@ class RunRecord:
         The per-run numbers (keys of :data:`METRICS`, plus ``roc_auc_low`` / ``roc_auc_high``,
         ``epochs_run``, ``verdict``, ``pretrained``, ``threshold``).
     patients : pandas.DataFrame
-        One row per test patient, sorted by ``patient_key``: ``patient_key``, ``y``, ``prob`` and
+        One row per test evaluation unit (the run's ``unit_key``: a patient, or a patient's visit;
+        runs without it: a patient), sorted: ``patient_key`` (the unit key), ``y``, ``prob``,
         ``score`` (the uncalibrated score discrimination is compared on; ``prob`` for runs written
-        before ``patient_prob_raw`` existed).
+        before ``patient_prob_raw`` existed) and ``cluster`` (the unit's patient, which the paired
+        bootstrap resamples).
     images : pandas.DataFrame
         One row per test image, sorted by ``image_id``: ``image_id``, ``patient_key``, ``y``, ``prob``.
     history : pandas.DataFrame
@@ -287,9 +289,13 @@ def load_run(path: str | Path, *, group_by: str | None = None) -> RunRecord:
     preds["score"] = preds["prob_raw"] if "prob_raw" in preds else preds["prob"]
     preds["patient_score"] = preds["patient_prob_raw"] if "patient_prob_raw" in preds else preds["patient_prob"]
     images = preds[["image_id", "patient_key", "y", "prob", "score"]].sort_values("image_id", kind="stable")
-    patients = (preds.groupby("patient_key", sort=True)
+    # one row per evaluation unit (the run's: a patient, or a patient's visit: ``unit_key``), with its
+    # patient as ``cluster`` (what the bootstrap resamples); runs without ``unit_key``: patients
+    unit = "unit_key" if "unit_key" in preds else "patient_key"
+    patients = (preds.groupby(unit, sort=True)
                 .agg(y=("patient_y", "first"), prob=("patient_prob", "first"),
-                     score=("patient_score", "first")).reset_index())
+                     score=("patient_score", "first"), cluster=("patient_key", "first")).reset_index()
+                .rename(columns={unit: "patient_key"}))
 
     history = pd.read_csv(path / "history.csv")
     training = metrics.get("training", {})
@@ -480,19 +486,26 @@ def paired_tests(a: RunRecord, b: RunRecord, *, n_resamples: int = 1000, seed: i
     y = a.patients["y"].to_numpy(int)
     pa, pb = _scores(a.patients), _scores(b.patients)
     dl = delong_test(y, pb, pa)
-    pbs = paired_bootstrap_auc(y, pb, pa, n_resamples=n_resamples, seed=seed) if 0 < y.sum() < y.size else None
+    groups = (a.patients["cluster"] if "cluster" in a.patients else a.patients["patient_key"]).to_numpy()
+    pbs = (paired_bootstrap_auc(y, pb, pa, groups, n_resamples=n_resamples, seed=seed)
+           if 0 < y.sum() < y.size else None)
     out: dict[str, Any] = {"seed": a.seed, "run_a": a.name, "run_b": b.name, "delong": dl,
                            "paired_bootstrap_auc": pbs, "metrics": {}}
     out["metrics"]["roc_auc"] = {"a": dl["auc2"], "b": dl["auc1"], "diff": dl["diff"], "p_value": dl["p_value"],
                                  "test": "DeLong"}
     # one set of resamples of the patients, shared by both runs and every metric
-    n_pat = y.size
+    # (the patients: all the visits of a patient, when the unit is the visit, go together)
+    clusters = a.patients["cluster"] if "cluster" in a.patients else a.patients["patient_key"]
+    categories = pd.Index(sorted(set(clusters)))
+    unit_codes = pd.Categorical(clusters, categories=categories).codes
+    codes = pd.Categorical(a.images["patient_key"], categories=categories).codes
+    n_pat = len(categories)
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(n_pat, np.full(n_pat, 1.0 / n_pat), size=int(n_resamples)).astype(float)
-    codes = pd.Categorical(a.images["patient_key"], categories=a.patients["patient_key"]).codes
-    ones_p, ones_i = np.ones((1, n_pat)), np.ones((1, codes.size))
+    ones_p, ones_i = np.ones((1, unit_codes.size)), np.ones((1, codes.size))
     full_a, full_b = _weighted_metrics(ones_p, ones_i, a), _weighted_metrics(ones_p, ones_i, b)
-    boot_a, boot_b = _weighted_metrics(counts, counts[:, codes], a), _weighted_metrics(counts, counts[:, codes], b)
+    wu, wi = counts[:, unit_codes], counts[:, codes]
+    boot_a, boot_b = _weighted_metrics(wu, wi, a), _weighted_metrics(wu, wi, b)
     for m in BOOTSTRAP_METRICS:
         va, vb = float(full_a[m][0]), float(full_b[m][0])
         diff = vb - va

@@ -147,7 +147,18 @@ class EvalConfig:
         target_sensitivity: for ``threshold="sensitivity"`` (e.g. 0.90 for screening).
         calibration: recalibration fitted on validation: ``"temperature"``, ``"platt"``,
             ``"isotonic"`` or ``"none"``.
-        patient_aggregation: how a patient's image probabilities combine: ``"mean"`` or ``"max"``.
+        patient_aggregation: how the images' probabilities of an evaluation unit (a patient, or a
+            patient's visit: ``unit``) combine into its score: ``"max"`` (default) or ``"mean"``.
+            The unit's label is always the maximum of its images' labels ("any image positive"),
+            which ``"max"`` matches; ``"mean"`` fits labels given to the patient and copied onto
+            every image. A cohort states which it has (``label_rule``), which sets this default.
+            Early stopping, the threshold, the headline, the references, k-fold pooling, external
+            validation and ``pipelines.compare`` all use it.
+        unit: the evaluation unit: ``"visit"`` (default: one unit per patient and visit, i.e. per
+            study, when the cohort records one in ``study_id`` (DICOM StudyInstanceUID, a label
+            table's visit column); per patient otherwise) or ``"patient"`` (all visits together).
+            Bootstrap intervals resample patients either way (all visits of a patient together),
+            and splits are by patient.
         n_bootstrap: patient-level bootstrap resamples for 95 % confidence intervals.
         n_bins: calibration bins (ECE, reliability diagram).
         tta: test-time augmentation passes: ``0`` (default) predicts each image once; ``n > 0``
@@ -159,7 +170,8 @@ class EvalConfig:
     threshold: str = "youden"
     target_sensitivity: float = 0.9
     calibration: str = "temperature"
-    patient_aggregation: str = "mean"
+    patient_aggregation: str = "max"
+    unit: str = "visit"
     n_bootstrap: int = 1000
     n_bins: int = 10
     tta: int = 0
@@ -168,6 +180,7 @@ class EvalConfig:
         _choice("eval.threshold", self.threshold, ("youden", "sensitivity"))
         _choice("eval.calibration", self.calibration, ("temperature", "platt", "isotonic", "none"))
         _choice("eval.patient_aggregation", self.patient_aggregation, ("mean", "max"))
+        _choice("eval.unit", self.unit, ("visit", "patient"))
         if not 0.0 < self.target_sensitivity < 1.0:
             raise ConfigError(f"eval.target_sensitivity={self.target_sensitivity!r} must be in (0, 1)")
         if self.tta < 0:

@@ -51,6 +51,9 @@ __all__ = [
     "multiclass_metrics",
     "choose_threshold",
     "aggregate_by_patient",
+    "unit_keys",
+    "unit_patients",
+    "unit_visits",
     "bootstrap_ci",
     "delong_test",
     "paired_bootstrap_auc",
@@ -494,14 +497,65 @@ def _below(p: np.ndarray, chosen: float) -> float:
     return chosen if lower.size == 0 else float((chosen + lower.max()) / 2)
 
 
+#: Joins a patient key and a visit (study) key into an evaluation unit's key (:func:`unit_keys`).
+UNIT_SEPARATOR = " @ "
+
+
+def unit_keys(patient_key: ArrayLike, visit: ArrayLike | None = None) -> np.ndarray:
+    """The evaluation unit of each image: its patient, or its (patient, visit) when ``visit`` is given.
+
+    A visit is a study (DICOM StudyInstanceUID, a label table's ``visit`` column: the cohort
+    table's ``study_id``). An image with an empty visit belongs to its patient's unit without visit.
+
+    Examples
+    --------
+    >>> unit_keys(["P1", "P1", "P2"], ["S1", "S2", ""]).tolist()
+    ['P1 @ S1', 'P1 @ S2', 'P2']
+    """
+    pk = np.asarray(patient_key).astype(str)
+    if visit is None:
+        return pk
+    v = np.array(["" if x is None or str(x) in ("", "nan", "None") else str(x)
+                  for x in np.asarray(visit, dtype=object).ravel()], dtype=object)
+    if v.shape != pk.shape:
+        raise ValueError(f"visit must have one entry per image; got shapes {v.shape} and {pk.shape}")
+    return np.array([p if not x else f"{p}{UNIT_SEPARATOR}{x}" for p, x in zip(pk, v, strict=True)], dtype=object)
+
+
+def unit_visits(frame: Any, unit: str) -> np.ndarray | None:
+    """The visit key of each row of ``frame`` (its ``study_id`` column) when the evaluation unit is
+    the visit (``eval.unit = "visit"``) and the cohort records one; else None (units are patients).
+    """
+    if unit == "visit" and "study_id" in frame:
+        v = np.asarray(frame["study_id"], dtype=object)
+        if any(x is not None and str(x) not in ("", "nan", "None") for x in v):
+            return v
+    return None
+
+
+def unit_patients(keys: ArrayLike) -> np.ndarray:
+    """The patient of each unit key (:func:`unit_keys`): the cluster a bootstrap resamples.
+
+    >>> unit_patients(["P1 @ S1", "P1 @ S2", "P2"]).tolist()
+    ['P1', 'P1', 'P2']
+    """
+    return np.array([str(k).split(UNIT_SEPARATOR, 1)[0] for k in np.asarray(keys).ravel()], dtype=object)
+
+
 def aggregate_by_patient(
     patient_key: ArrayLike,
     y_true: ArrayLike,
     y_prob: ArrayLike,
     *,
-    how: Literal["mean", "max"] = "mean",
+    how: Literal["mean", "max"] = "max",
+    visit: ArrayLike | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One label and one prediction per patient.
+    """One label and one prediction per evaluation unit: a patient, or a patient's visit.
+
+    The unit's label is the maximum of its images' labels ("any image positive": a patient with
+    one diseased eye is a diseased patient); its score follows ``how``. ``"max"`` matches that
+    label (the unit is as suspicious as its most suspicious image); ``"mean"`` fits labels given
+    to the patient and copied onto every image (several views of one finding).
 
     Parameters
     ----------
@@ -512,20 +566,23 @@ def aggregate_by_patient(
         severity (the cohort's class list).
     y_prob : array-like of shape (n,) or (n, k)
         Predicted probabilities of each image.
-    how : {"mean", "max"}, default "mean"
+    how : {"mean", "max"}, default "max"
         How image probabilities combine. ``"max"`` on (n, k) takes each column's
         maximum, so rows no longer sum to 1.
+    visit : array-like of shape (n,) or None
+        Visit (study) key of each image: the unit is then (patient, visit) (:func:`unit_keys`),
+        and ``keys`` are unit keys; :func:`unit_patients` gives each unit's patient, which a
+        bootstrap resamples (all visits of a patient together).
 
     Returns
     -------
     keys : ndarray of shape (m,)
-        Sorted patient keys.
+        Sorted unit keys (patient keys without ``visit``).
     y_true_patient : ndarray of shape (m,)
-        The maximum label over the patient's images: a patient with one diseased
-        image (one eye) is a diseased patient, at the most severe grade seen.
+        The maximum label over the unit's images, at the most severe grade seen.
     y_prob_patient : ndarray of shape (m,) or (m, k)
     """
-    keys_raw = np.asarray(patient_key)
+    keys_raw = unit_keys(patient_key, visit) if visit is not None else np.asarray(patient_key)
     y = np.asarray(y_true)
     p = np.asarray(y_prob, dtype=np.float64)
     n = keys_raw.shape[0]
@@ -578,15 +635,17 @@ def probabilities(logits: ArrayLike) -> np.ndarray:
 
 
 def patient_auc(
-    patient_key: ArrayLike, y_true: ArrayLike, y_prob: ArrayLike, *, how: Literal["mean", "max"] = "mean"
+    patient_key: ArrayLike, y_true: ArrayLike, y_prob: ArrayLike, *, how: Literal["mean", "max"] = "max",
+    visit: ArrayLike | None = None,
 ) -> float:
-    """ROC-AUC of the patients (:func:`aggregate_by_patient`); NaN without both classes.
+    """ROC-AUC of the patients (or of their visits: ``visit``; :func:`aggregate_by_patient`); NaN
+    without both classes.
 
     Binary ``y_prob`` of shape (n,) is aggregated by ``how``. Class probabilities (n, k) are
     averaged per patient (whatever ``how``), renormalized, and scored one-vs-rest, macro.
     """
     p = np.asarray(y_prob, dtype=np.float64)
-    _, yp, pp = aggregate_by_patient(patient_key, y_true, p, how=how if p.ndim == 1 else "mean")
+    _, yp, pp = aggregate_by_patient(patient_key, y_true, p, how=how if p.ndim == 1 else "mean", visit=visit)
     if np.unique(yp).size < 2:
         return float("nan")
     if p.ndim == 1:
@@ -744,6 +803,17 @@ def _check_bootstrap_args(n_resamples: int, alpha: float) -> None:
         raise ValueError(f"alpha must be in (0, 1); got {alpha}")
 
 
+def _undefined_because(metric: str) -> str:
+    """Why ``metric`` can be undefined in a resample, in words."""
+    if metric in ("sensitivity",):
+        return "positive"
+    if metric in ("specificity",):
+        return "negative"
+    if metric in _RANK_METRICS:
+        return "positive or no negative"
+    return "case it needs"
+
+
 def bootstrap_ci(
     y_true: ArrayLike,
     y_prob: ArrayLike,
@@ -754,6 +824,7 @@ def bootstrap_ci(
     n_resamples: int = 1000,
     alpha: float = 0.05,
     seed: int = 0,
+    context: str | None = None,
 ) -> dict[str, BootstrapCI]:
     """Percentile bootstrap confidence intervals, resampling patients.
 
@@ -778,6 +849,9 @@ def bootstrap_ci(
         The interval covers ``1 - alpha``.
     seed : int, default 0
         Seed of the resampling generator; same inputs and seed, same intervals.
+    context : str or None
+        What is resampled (e.g. ``"subgroup laterality = L"``), named in the log line that counts
+        resamples dropped because the metric was undefined in them.
 
     Returns
     -------
@@ -831,9 +905,14 @@ def bootstrap_ci(
     for m in metrics:
         out[m] = _percentile_ci(point_all[m], np.concatenate(values[m]), alpha)
         if out[m].n_dropped:
-            logger.info(
-                "bootstrap %s: %d of %d resamples dropped (metric undefined in them)",
-                m, out[m].n_dropped, n_resamples,
+            n_pos, n_neg = int(np.unique(codes[y == 1]).size), int(np.unique(codes[y == 0]).size)
+            # a table row (context) is summarized by its caller in one line; the detail is debug
+            logger.log(
+                logging.DEBUG if context else logging.INFO,
+                "bootstrap %s%s (%d resampled group(s): %d with a positive, %d with a negative): %d of %d "
+                "resamples dropped (metric undefined in them: no %s drawn)",
+                m, f" of {context}" if context else "", n_groups, n_pos, n_neg, out[m].n_dropped, n_resamples,
+                _undefined_because(m),
             )
     return out
 

@@ -31,6 +31,14 @@ The new run directory follows :func:`medxcept.workflows.single.run_pipeline`'s c
 ``run.external_validation: true`` and ``run.source_run``, ``versions.json``, ``report.html``).
 It holds no model and no ``history.csv``: both belong to the source run, which the report names;
 the training section of the report shows the source run's history.
+
+The report carries a run's summary card: the chance statement of the external patient AUC, the
+source run's reference models (``references.joblib``: the prevalence, the image-statistics and
+the acquisition models fitted on its training + validation images, with their feature spec)
+applied unchanged to the external images and compared with the deep model on the external
+patients (paired bootstrap CI, DeLong p; :func:`external_references`), the source run's training
+verdict, and the transfer line (:func:`transfer_line`). A source run made before the models were
+saved gets no comparison, and the card says so.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -48,11 +57,18 @@ from medxcept.audit import Finding
 from medxcept.cohort import CohortSpec
 from medxcept.config import RunConfig, load_config
 from medxcept.errors import ConfigError
+from medxcept.evaluate import unit_keys, unit_visits
 from medxcept.pipeline import training_verdict
+from medxcept.references import (
+    compare_with_references,
+    load_reference_models,
+    reference_sentences,
+    score_reference_models,
+)
 from medxcept.run import RunDir
 
 __all__ = ["REQUIRED_FILES", "SourceRun", "check_run_dir", "load_source_run", "load_source_config",
-           "external_config", "source_overlap", "read_run_json"]
+           "external_config", "source_overlap", "read_run_json", "external_references", "transfer_line"]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +79,7 @@ REQUIRED_FILES = ("model.keras", "config.yaml", "calibration.json", "cohort.csv"
 SOURCE_SECTIONS = ("preprocess", "model", "train", "augment", "split")
 #: Evaluation options that were part of fitting (the threshold rule, the calibrator, the
 #: patient aggregation the threshold was meant for): the source run's too.
-SOURCE_EVAL_FIELDS = ("threshold", "target_sensitivity", "calibration", "patient_aggregation")
+SOURCE_EVAL_FIELDS = ("threshold", "target_sensitivity", "calibration", "patient_aggregation", "unit")
 
 _MAX_DETAILS = 100
 
@@ -124,7 +140,12 @@ def load_source_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
         raise ConfigError(f"{path}: expected a mapping of options")
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     extras = {k: v for k, v in data.items() if k not in fields}
-    cfg = load_config(cohort_defaults={k: v for k, v in data.items() if k in fields})
+    saved = {k: v for k, v in data.items() if k in fields}
+    ev = saved.get("eval")
+    if isinstance(ev, dict) and "unit" not in ev:
+        # runs made before eval.unit existed measured (and chose their threshold) per patient
+        saved["eval"] = {**ev, "unit": "patient"}
+    cfg = load_config(cohort_defaults=saved)
     return cfg, extras
 
 
@@ -316,8 +337,55 @@ def _training_block(src: SourceRun, history: pd.DataFrame) -> dict[str, Any]:
     block.setdefault("seconds", 0.0)
     block.setdefault("epochs_run", int(history["epoch"].max()) if "epoch" in history else 0)
     block["verdict"] = f"training of the source run {src.id} (nothing was trained here): {block['verdict']}"
+    if block.get("headline"):
+        block["headline"] = f"Training of the source run (nothing was trained here): {block['headline']}"
     block["source_run"] = src.id
     return block
+
+
+def external_references(src: SourceRun, test: pd.DataFrame, images: np.ndarray, ecfg: RunConfig
+                        ) -> tuple[dict[str, Any], pd.DataFrame | None]:
+    """The source run's reference models (``references.joblib``, fitted on its training + validation
+    images) applied unchanged to the external images, and compared with the deep model's
+    uncalibrated scores on the external units (patients or visits), like a run's references.
+
+    Returns the ``metrics.json["references"]`` block (with ``sentences``; for a source run without
+    saved models: no comparison, and a note that says so) and the per-image ``ref_*`` scores for
+    ``predictions.csv`` (None without models).
+    """
+    payload, why = load_reference_models(src.path / "references.joblib")
+    if payload is not None and int(payload.get("image_px", 0)) != int(images.shape[1]):
+        payload, why = None, (f"the source run's reference models were fitted at {payload.get('image_px')} px, "
+                              f"these images are {images.shape[1]} px: not applied")
+    if payload is None:
+        block: dict[str, Any] = {"deep": {"auc": None, "ci": None}, "references": {}, "classical_not_better": None,
+                                 "notes": [f"{why}."], "level": "patient", "from_source_run": False}
+        block["sentences"] = reference_sentences(block)
+        return block, None
+    refs = score_reference_models(payload, test.reset_index(drop=True), images)
+    ec = ecfg.eval
+    keys = unit_keys(test["patient_key"], unit_visits(test, ec.unit))
+    block = compare_with_references(test["y"].to_numpy(), test["prob_raw"].to_numpy(), refs, keys,
+                                    how=ec.patient_aggregation, n_resamples=ec.n_bootstrap, seed=ecfg.seed)
+    block["from_source_run"] = True
+    block["sentences"] = reference_sentences(block)
+    scores = pd.DataFrame({f"ref_{n}": np.asarray(r["scores"]) for n, r in refs.items()
+                           if np.asarray(r["scores"]).ndim == 1})
+    scores.insert(0, "image_id", test["image_id"].to_numpy())
+    return block, scores
+
+
+def transfer_line(src: SourceRun, measured: dict[str, Any]) -> str | None:
+    """One sentence: the external patient AUC next to the source run's own test AUC."""
+    here = (measured.get("test_patient") or {}).get("roc_auc")
+    there = (src.metrics.get("test_patient") or {}).get("roc_auc")
+    if here is None or there is None:
+        return None
+    ci = ((src.metrics.get("test_patient_ci") or {}).get("roc_auc") or {})
+    ci_txt = f" (95 % CI {ci['low']:.3f}-{ci['high']:.3f})" if ci.get("low") is not None else ""
+    change = "lower" if here < there else "higher" if here > there else "the same"
+    return (f"Transfer: patient ROC-AUC {here:.3f} on this cohort vs {there:.3f}{ci_txt} on the source run's own "
+            f"test patients ({change}; difference {here - there:+.3f}).")
 
 
 def _run_block(run: RunDir, spec: CohortSpec, src: SourceRun, ecfg: RunConfig,

@@ -89,7 +89,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
@@ -97,7 +96,16 @@ from medxcept.calibrate import brier, ece, reliability_table
 from medxcept.config import RunConfig, config_hash, load_config
 from medxcept.errors import ConfigError, MedxceptError
 from medxcept.evaluate import METRICS as METRIC_REGISTRY
-from medxcept.evaluate import aggregate_by_patient, binary_metrics, counts_metrics, metric_labels, metric_names
+from medxcept.evaluate import (
+    aggregate_by_patient,
+    binary_metrics,
+    counts_metrics,
+    metric_labels,
+    metric_names,
+    unit_keys,
+    unit_visits,
+)
+from medxcept.references import REFERENCES, compare_with_references, reference_sentences
 from medxcept.report.figures import BLUE, GREY, ORANGE, plt, to_data_uri
 from medxcept.run import DirectoryLock, _json_default, write_atomic
 from medxcept.splits import assign_folds, assign_splits, split_hash
@@ -114,6 +122,7 @@ __all__ = [
     "cv_labels",
     "CV_METRICS",
     "FoldsFailedError",
+    "pooled_references",
 ]
 
 log = logging.getLogger(__name__)
@@ -342,15 +351,26 @@ def _check_marker(plan: CVPlan, task: FoldTask, marker: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------------- fold files
 
 
-def _prediction_frame(frame: pd.DataFrame, task: FoldTask, threshold: float, how: str) -> pd.DataFrame:
-    cols = [c for c in ("image_id", "patient_key", "laterality", "source", "label", "y", "logit", "prob_raw",
-                        "prob") if c in frame.columns]
+def _prediction_frame(frame: pd.DataFrame, task: FoldTask, threshold: float, how: str,
+                      unit: str = "visit") -> pd.DataFrame:
+    """A fold's prediction rows, with each image's evaluation unit (``unit_key``: the patient, or
+    patient and visit) and the unit's aggregated probability (``patient_prob``)."""
+    frame = frame.assign(unit_key=unit_keys(frame["patient_key"], unit_visits(frame, unit)))
+    cols = [c for c in ("image_id", "patient_key", "study_id", "unit_key", "laterality", "source", "label", "y",
+                        "logit", "prob_raw", "prob") if c in frame.columns]
     out = frame[cols].copy()
     out.insert(0, "repeat", task.repeat)
     out.insert(1, "fold", task.fold)
     out["threshold"] = threshold
-    pat = out.groupby("patient_key")["prob"].agg(how).rename("patient_prob")
-    return out.merge(pat, left_on="patient_key", right_index=True, how="left")
+    pat = out.groupby("unit_key")["prob"].agg(how).rename("patient_prob")
+    return out.merge(pat, left_on="unit_key", right_index=True, how="left")
+
+
+def _pooled_units(df: pd.DataFrame) -> np.ndarray:
+    """The pooled evaluation unit of each row: (repeat, unit), never a unit across repeats. Older
+    fold files without ``unit_key``: (repeat, patient)."""
+    key = df["unit_key"] if "unit_key" in df else df["patient_key"]
+    return ("r" + df["repeat"].astype(str) + ":" + key.astype(str)).to_numpy()
 
 
 # ------------------------------------------------------------------------------------- aggregate
@@ -400,8 +420,8 @@ def t_interval(values: Sequence[float | None], confidence: float = 0.95,
 def _pooled(frames: list[pd.DataFrame], how: str, n_bins: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Pooled patient-level OOF metrics (each fold's own threshold) and the reliability tables."""
     df = pd.concat(frames, ignore_index=True)
-    # a patient is predicted once per repeat: pool (repeat, patient), never a patient across repeats
-    unit = ("r" + df["repeat"].astype(str) + ":" + df["patient_key"].astype(str)).to_numpy()
+    # a patient is predicted once per repeat: pool (repeat, unit), never a patient across repeats
+    unit = _pooled_units(df)
     keys, y, p = aggregate_by_patient(unit, df["y"].to_numpy(), df["prob"].to_numpy(), how=how)
     _, _, pr = aggregate_by_patient(unit, df["y"].to_numpy(), df["prob_raw"].to_numpy(), how=how)
     threshold = df.assign(unit=unit).groupby("unit")["threshold"].first().reindex(keys).to_numpy()
@@ -426,6 +446,33 @@ def _pooled(frames: list[pd.DataFrame], how: str, n_bins: int) -> tuple[dict[str
            "after": reliability_table(y, p, n_bins=n_bins).to_dict("records"),
            "y": y, "prob": p}
     return metrics, rel
+
+
+def pooled_references(frames: list[pd.DataFrame], how: str, *, n_resamples: int = 1000,
+                      seed: int = 0) -> dict[str, Any] | None:
+    """The reference models pooled over the folds, next to the deep model's pooled out-of-fold AUC.
+
+    Each fold fitted the references on its training folds and scored its held-out fold
+    (``ref_<name>`` columns of ``oof_predictions.csv``); pooling every fold's held-out units gives
+    each reference's pooled out-of-fold AUC, compared with the deep model's pooled scores (``prob``,
+    what the pooled ROC-AUC of the CV report is measured on) by
+    :func:`medxcept.references.compare_with_references`: paired difference with a bootstrap CI
+    resampling patients (per repeat), DeLong p, and the sentences, the classical model first.
+
+    Returns None when the fold files have no reference scores (folds run before references existed).
+    """
+    df = pd.concat(frames, ignore_index=True)
+    names = [n for n in REFERENCES if f"ref_{n}" in df]
+    if not names or df[[f"ref_{n}" for n in names]].isna().any().any():
+        return None
+    refs = {n: {"scores": df[f"ref_{n}"].to_numpy(np.float64), "label": REFERENCES[n],
+                "detail": "fitted in each fold on its training folds, scored on its held-out fold"} for n in names}
+    # unit keys carry the repeat; their patient part ("r0:P-…") is the bootstrap cluster
+    block = compare_with_references(df["y"].to_numpy(), df["prob"].to_numpy(np.float64), refs, _pooled_units(df),
+                                    how=how, n_resamples=n_resamples, seed=seed)
+    block["deep_scores"] = "pooled out-of-fold probabilities (prob), as the pooled ROC-AUC"
+    block["sentences"] = reference_sentences(block)
+    return block
 
 
 def cv_bounds() -> dict[str, tuple[float, float]]:

@@ -34,8 +34,10 @@ macro one-vs-rest AUC without paired tests (see ``notes``).
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,7 +45,15 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from medxcept.acquisition import ACQ_COLUMNS
-from medxcept.evaluate import aggregate_by_patient, bootstrap_ci, delong_test, paired_bootstrap_auc
+from medxcept.evaluate import (
+    aggregate_by_patient,
+    bootstrap_ci,
+    delong_test,
+    paired_bootstrap_auc,
+    unit_keys,
+    unit_patients,
+    unit_visits,
+)
 
 __all__ = [
     "REFERENCES",
@@ -54,6 +64,10 @@ __all__ = [
     "compare_with_references",
     "reference_sentences",
     "reference_block",
+    "save_reference_models",
+    "load_reference_models",
+    "score_reference_models",
+    "FEATURE_SPEC",
 ]
 
 #: Reference names, in the order the report lists them, with their plain-words labels.
@@ -179,18 +193,25 @@ def _grouped_c(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int) -> t
     return best, f"C = {best:g}, chosen by {k}-fold patient-grouped cross-validation on training + validation"
 
 
-def _logistic(x_fit: np.ndarray, y_fit: np.ndarray, x_score: np.ndarray, c: float) -> np.ndarray:
+def _fit_logistic(x_fit: np.ndarray, y_fit: np.ndarray, c: float) -> Any:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    multi = len(np.unique(y_fit)) > 2
     model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence chatter on tiny sets; the AUC says what it is worth
         model.fit(x_fit, y_fit)
-    proba = model.predict_proba(x_score)
-    return proba if multi else proba[:, 1]
+    return model
+
+
+def _predict(model: Any, x: np.ndarray) -> np.ndarray:
+    proba = model.predict_proba(x)
+    return proba if proba.shape[1] > 2 else proba[:, 1]
+
+
+def _logistic(x_fit: np.ndarray, y_fit: np.ndarray, x_score: np.ndarray, c: float) -> np.ndarray:
+    return _predict(_fit_logistic(x_fit, y_fit, c), x_score)
 
 
 def fit_references(
@@ -239,7 +260,8 @@ def fit_references(
     const = np.tile(share, (len(score_idx), 1)) if n_classes > 2 else np.full(len(score_idx), share[1])
     out["prevalence"] = {"scores": const, "label": REFERENCES["prevalence"],
                          "detail": f"positive share of the training + validation images: {share[-1]:.3f}"
-                         if n_classes == 2 else "class shares of the training + validation images"}
+                         if n_classes == 2 else "class shares of the training + validation images",
+                         "model": {"kind": "constant", "share": share.tolist()}}
 
     x = image_statistics(images[np.r_[fit_idx, score_idx]]) if features is None else np.asarray(features)[
         np.r_[fit_idx, score_idx]]
@@ -248,9 +270,11 @@ def fit_references(
         c, how_c = _grouped_c(x_fit, y_fit, groups[fit_idx], seed)
     else:
         c, how_c = 0.1, "C = 0.1"
+    stats_model = _fit_logistic(x_fit, y_fit, c)
     out["image_statistics"] = {
-        "scores": _logistic(x_fit, y_fit, x_score, c), "label": REFERENCES["image_statistics"],
-        "detail": f"{x.shape[1]} statistics inside the field of view, standardized; {how_c}"}
+        "scores": _predict(stats_model, x_score), "label": REFERENCES["image_statistics"],
+        "detail": f"{x.shape[1]} statistics inside the field of view, standardized; {how_c}",
+        "model": {"kind": "image_statistics", "estimator": stats_model, "n_features": int(x.shape[1])}}
 
     acq = acquisition_features(table)
     if not acq.empty:
@@ -258,13 +282,95 @@ def fit_references(
     if acq.empty:
         out["acquisition"] = {"scores": const.copy(), "label": REFERENCES["acquisition"],
                               "detail": "no acquisition fingerprint varies among the training + validation "
-                                        "images: the model is the constant prevalence"}
+                                        "images: the model is the constant prevalence",
+                              "model": {"kind": "constant", "share": share.tolist()}}
     else:
-        dummies = pd.get_dummies(acq).to_numpy(np.float64)
-        out["acquisition"] = {"scores": _logistic(dummies[fit_idx], y_fit, dummies[score_idx], 1.0),
+        frame = pd.get_dummies(acq)
+        dummies = frame.to_numpy(np.float64)
+        acq_model = _fit_logistic(dummies[fit_idx], y_fit, 1.0)
+        out["acquisition"] = {"scores": _predict(acq_model, dummies[score_idx]),
                               "label": REFERENCES["acquisition"],
                               "detail": f"one-hot fingerprints ({', '.join(acq.columns)}), "
-                                        "logistic regression C = 1"}
+                                        "logistic regression C = 1",
+                              "model": {"kind": "acquisition", "estimator": acq_model, "columns": list(acq.columns),
+                                        "dummy_columns": [str(c) for c in frame.columns]}}
+    return out
+
+
+#: Version of the saved reference models' layout (:func:`save_reference_models`).
+MODELS_VERSION = 1
+#: How the saved image-statistics model's inputs are computed: a loaded model is refused when the
+#: code computing them changed (:func:`load_reference_models`).
+FEATURE_SPEC: dict[str, Any] = {"function": "medxcept.references.image_statistics", "n_features": 62,
+                                "fov_level": _FOV_LEVEL, "hist_bins": _HIST_BINS,
+                                "lbp": [_LBP_POINTS, _LBP_RADIUS], "glcm_levels": _GLCM_LEVELS}
+
+
+def save_reference_models(path: str | Path, references: dict[str, dict[str, Any]], *,
+                          image_px: int) -> Path:
+    """Write the fitted references of :func:`fit_references` (their ``model`` entries) to ``path``
+    (joblib), with the feature spec and the image size they were fitted at, so an external
+    validation scores its images with the same models (:func:`score_reference_models`).
+
+    The file holds scikit-learn estimators and the acquisition reference's one-hot column names
+    (fingerprint values such as the file format or hashed device strings, as in ``cohort.csv``);
+    no identifier. Written atomically.
+    """
+    import joblib
+
+    payload = {"version": MODELS_VERSION, "feature_spec": dict(FEATURE_SPEC), "image_px": int(image_px),
+               "models": {n: {"label": r["label"], "detail": r["detail"], **r["model"]}
+                          for n, r in references.items() if "model" in r}}
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    joblib.dump(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_reference_models(path: str | Path) -> tuple[dict[str, Any] | None, str | None]:
+    """The saved references of a run (:func:`save_reference_models`), or ``(None, why)``: a run made
+    before they were saved, or with another feature spec."""
+    import joblib
+
+    path = Path(path)
+    if not path.is_file():
+        return None, (f"the source run has no saved reference models ({path.name}; runs made before they were "
+                      "saved): no reference comparison on these patients")
+    payload = joblib.load(path)
+    if payload.get("version") != MODELS_VERSION or payload.get("feature_spec") != FEATURE_SPEC:
+        return None, ("the source run's reference models were saved with another feature spec or layout: "
+                      "not applied here")
+    return payload, None
+
+
+def score_reference_models(payload: dict[str, Any], table: pd.DataFrame, images: np.ndarray,
+                           features: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
+    """Score ``images`` (rows of ``table``) with saved reference models: the input of
+    :func:`compare_with_references`, like :func:`fit_references`' output. Nothing is refitted:
+    an acquisition fingerprint value the source run never saw gets no one-hot column (all zero)."""
+    out: dict[str, dict[str, Any]] = {}
+    n = len(table)
+    x = None
+    for name, m in payload["models"].items():
+        if m["kind"] == "constant":
+            share = np.asarray(m["share"], dtype=np.float64)
+            scores = np.tile(share, (n, 1)) if share.size > 2 else np.full(n, share[-1])
+        elif m["kind"] == "image_statistics":
+            x = (image_statistics(images) if features is None else np.asarray(features)) if x is None else x
+            scores = _predict(m["estimator"], x)
+        else:
+            acq = acquisition_features(table)
+            for c in m["columns"]:
+                if c not in acq:
+                    acq[c] = ""
+            dummies = pd.get_dummies(acq[m["columns"]]).reindex(columns=m["dummy_columns"], fill_value=0)
+            unseen = int((dummies.to_numpy().sum(axis=1) < len(m["columns"])).sum())
+            scores = _predict(m["estimator"], dummies.to_numpy(np.float64))
+            m = {**m, "detail": m["detail"] + (f"; {unseen} image(s) with a fingerprint value the source run never "
+                                               "saw (no column: scored as the rest of the model says)"
+                                               if unseen else "")}
+        out[name] = {"scores": scores, "label": m["label"], "detail": m["detail"] + " (fitted on the source run)"}
     return out
 
 
@@ -292,7 +398,7 @@ def compare_with_references(
     patient_key: ArrayLike,
     *,
     aggregate: Aggregate | None = None,
-    how: str = "mean",
+    how: str = "max",
     n_resamples: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -307,7 +413,10 @@ def compare_with_references(
     references : dict
         :func:`fit_references` output for the same images.
     patient_key : array-like of shape (n,)
-        The unit the headline is reported on (patient, or visit/study).
+        The unit the headline is reported on: patient keys, or unit keys
+        (:func:`medxcept.evaluate.unit_keys`: patient and visit). The bootstrap resamples the
+        patients of the units (:func:`medxcept.evaluate.unit_patients`): all visits of a patient
+        together.
     aggregate : callable or None
         ``aggregate(keys, y, scores) -> (keys, y_patient, score_patient)``, the run's patient
         aggregation; None uses :func:`medxcept.evaluate.aggregate_by_patient` with ``how``.
@@ -342,10 +451,12 @@ def compare_with_references(
             from scipy.special import expit
 
             p = expit(p)
-        ci = bootstrap_ci(yp, p, np.arange(len(yp)), metrics=("roc_auc",), threshold=None,
+        ci = bootstrap_ci(yp, p, clusters, metrics=("roc_auc",), threshold=None,
                           n_resamples=n_resamples, seed=seed)["roc_auc"]
         return _num(ci.point), [_num(ci.low), _num(ci.high)]
 
+    clusters = unit_patients(keys)
+    out["n_units"], out["n_patients"] = int(len(keys)), int(len(set(clusters)))
     deep_auc, deep_ci = auc_ci(deep_p)
     out["deep"] = {"auc": deep_auc, "ci": deep_ci}
     for name, ref in references.items():
@@ -357,7 +468,7 @@ def compare_with_references(
         row["delong_p"] = _num(dl["p_value"])
         row["notes"] = list(dl["notes"])
         if n_resamples:
-            pb = paired_bootstrap_auc(yp, deep_p, ref_p, None, n_resamples=n_resamples, seed=seed)
+            pb = paired_bootstrap_auc(yp, deep_p, ref_p, clusters, n_resamples=n_resamples, seed=seed)
             row["diff_ci"] = None if pb["ci"] is None else [float(pb["ci"][0]), float(pb["ci"][1])]
             row["diff_p_bootstrap"] = _num(pb["p_value"])
         else:
@@ -422,16 +533,21 @@ def reference_block(
     deep_scores: ArrayLike,
     *,
     aggregate: Aggregate | None = None,
-    how: str = "mean",
+    how: str = "max",
+    unit: str = "patient",
     n_resamples: int = 1000,
     seed: int = 0,
     features: np.ndarray | None = None,
+    save_models: str | Path | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """References for one split (a run, a fold): fitted, compared, put in words.
 
     The one call a workflow makes: :func:`fit_references` on ``fit_rows`` (training + validation),
     :func:`compare_with_references` against ``deep_scores`` (the deep model's **uncalibrated** image
-    scores of ``test_rows``, in that order) and :func:`reference_sentences`.
+    scores of ``test_rows``, in that order) and :func:`reference_sentences`. ``unit``: the run's
+    ``eval.unit`` (``"visit"``: one score per patient and visit when the table has ``study_id``).
+    ``save_models``: a path where the fitted models are written (:func:`save_reference_models`), for
+    external validation of the run.
 
     Returns
     -------
@@ -443,8 +559,11 @@ def reference_block(
     """
     test_idx = np.asarray(test_rows, dtype=np.int64)
     refs = fit_references(table, images, fit_rows, test_idx, seed=seed, features=features)
+    if save_models is not None:
+        save_reference_models(save_models, refs, image_px=int(np.asarray(images).shape[1]))
     sub = table.iloc[test_idx]
-    block = compare_with_references(sub["y"].to_numpy(), deep_scores, refs, sub["patient_key"].to_numpy(),
+    keys = unit_keys(sub["patient_key"], unit_visits(sub, unit))
+    block = compare_with_references(sub["y"].to_numpy(), deep_scores, refs, keys,
                                     aggregate=aggregate, how=how, n_resamples=n_resamples, seed=seed)
     block["sentences"] = reference_sentences(block)
     scores = pd.DataFrame({f"ref_{name}": np.asarray(ref["scores"]) for name, ref in refs.items()

@@ -13,14 +13,17 @@ records them and they take at least two values.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from medxcept.evaluate import aggregate_by_patient, binary_metrics, bootstrap_ci
+from medxcept.evaluate import aggregate_by_patient, binary_metrics, bootstrap_ci, unit_patients, unit_visits
 
 __all__ = ["SUBGROUP_COLUMNS", "subgroup_rows"]
+
+log = logging.getLogger(__name__)
 
 #: Columns whose values define subgroups (``age band`` is derived from ``age``).
 SUBGROUP_COLUMNS = ("source", "laterality", "sex", "age band")
@@ -31,8 +34,8 @@ def _none(v: Any) -> float | None:
     return None if v is None or not np.isfinite(v) else float(v)
 
 
-def subgroup_rows(test: pd.DataFrame, threshold: float | None, *, how: str = "mean", n_resamples: int = 1000,
-                  seed: int = 0) -> list[dict[str, Any]]:
+def subgroup_rows(test: pd.DataFrame, threshold: float | None, *, how: str = "max", n_resamples: int = 1000,
+                  seed: int = 0, unit: str = "patient") -> list[dict[str, Any]]:
     """Patient-level ROC-AUC, sensitivity and specificity per subgroup, each with its patient-bootstrap CI.
 
     Parameters
@@ -44,6 +47,9 @@ def subgroup_rows(test: pd.DataFrame, threshold: float | None, *, how: str = "me
         The run's threshold (applied to the calibrated patient probabilities); None: no rows.
     how : {"mean", "max"}
         The run's patient aggregation.
+    unit : {"patient", "visit"}
+        The run's evaluation unit (``eval.unit``): with "visit", one score per patient and visit
+        (``study_id``); the bootstrap still resamples patients.
     n_resamples, seed :
         The patient bootstrap; 0 resamples gives rows without intervals.
 
@@ -60,12 +66,14 @@ def subgroup_rows(test: pd.DataFrame, threshold: float | None, *, how: str = "me
         frame["age band"] = pd.cut(frame["age"], _AGE_BANDS[0], right=False, labels=_AGE_BANDS[1]).astype(str)
     raw_col = "prob_raw" if "prob_raw" in frame else "prob"
     rows: list[dict[str, Any]] = []
+    dropped: list[tuple[int, str]] = []
     for col in SUBGROUP_COLUMNS:
         if col not in frame or frame[col].astype(str).replace("", np.nan).dropna().nunique() < 2:
             continue
         for value, g in frame.groupby(frame[col].astype(str)):
-            keys, yp, pp = aggregate_by_patient(g["patient_key"].astype(str), g["y"], g["prob"], how=how)
-            _, _, pr = aggregate_by_patient(g["patient_key"].astype(str), g["y"], g[raw_col], how=how)
+            visit = unit_visits(g, unit)
+            keys, yp, pp = aggregate_by_patient(g["patient_key"].astype(str), g["y"], g["prob"], how=how, visit=visit)
+            _, _, pr = aggregate_by_patient(g["patient_key"].astype(str), g["y"], g[raw_col], how=how, visit=visit)
             cut = binary_metrics(yp, pp, threshold=threshold)
             rank = binary_metrics(yp, pr, threshold=threshold)
             row: dict[str, Any] = {"by": col, "value": value or "(missing)", "level": "patient",
@@ -75,13 +83,26 @@ def subgroup_rows(test: pd.DataFrame, threshold: float | None, *, how: str = "me
             for m in ("roc_auc", "sensitivity", "specificity"):
                 row[f"{m}_ci"] = None
             if n_resamples and len(keys) >= 2:
-                groups = np.arange(len(keys))
+                groups = unit_patients(keys)
+                what = f"subgroup table row {col} = {value or '(missing)'}"
                 ci_rank = bootstrap_ci(yp, pr, groups, metrics=("roc_auc",), threshold=None,
-                                       n_resamples=n_resamples, seed=seed) if rank["roc_auc"] is not None else {}
+                                       n_resamples=n_resamples, seed=seed, context=what) \
+                    if rank["roc_auc"] is not None else {}
                 ci_cut = bootstrap_ci(yp, pp, groups, metrics=("sensitivity", "specificity"), threshold=threshold,
-                                      n_resamples=n_resamples, seed=seed)
+                                      n_resamples=n_resamples, seed=seed, context=what)
                 for m, ci in {**ci_rank, **ci_cut}.items():
                     if row[m] is not None and _none(ci.low) is not None:
                         row[f"{m}_ci"] = [_none(ci.low), _none(ci.high)]
+                    # resamples in which the metric is undefined (no positive / negative patient drawn):
+                    # the interval is conditional on the others; a large share means a tiny subgroup
+                    row[f"{m}_dropped"] = int(ci.n_dropped)
+                    if ci.n_dropped:
+                        dropped.append((int(ci.n_dropped), f"{col} = {row['value']} ({m})"))
             rows.append(row)
+    if dropped:
+        worst = max(dropped)
+        log.info("subgroup table: in %d row(s) some of the %d bootstrap resamples drew no positive or no negative "
+                 "patient and were left out of that row's interval (most: %d, row %s); the counts are in the "
+                 "report's subgroup table", len({d[1].rsplit(' (', 1)[0] for d in dropped}), n_resamples, worst[0],
+                 worst[1])
     return rows

@@ -50,7 +50,8 @@ def test_discrimination_comes_from_uncalibrated_scores(planted):
     """Isotonic calibration ties scores (a step function): the reported AUC and PR-AUC are those of
     the raw scores, point and interval alike; sensitivity uses the calibrated probabilities."""
     val, vz, test, tz = planted
-    a = assess(val=val, test=test, val_logits=vz, test_logits=tz, cfg=_cfg(calibration="isotonic"),
+    # per-patient labels (both images share it): the mean rule, stated
+    a = assess(val=val, test=test, val_logits=vz, test_logits=tz, cfg=_cfg(calibration="isotonic", patient_aggregation="mean"),
                classes=("neg", "pos"))
     t = a.test
     _, yp, raw = aggregate_by_patient(t["patient_key"], t["y"], t["prob_raw"], how="mean")

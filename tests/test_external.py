@@ -226,9 +226,22 @@ def test_every_usable_image_is_a_test_image_and_metrics_equal_sklearn(external):
         tp, fp, tn, fn)
     assert m["test_image"]["sensitivity"] == pytest.approx(tp / (tp + fn))
     assert m["test_image"]["specificity"] == pytest.approx(tn / (tn + fp))
-    pat = pred.groupby("patient_key").agg(y=("y", "max"), p=("prob_raw", "mean"))
-    assert m["test_patient"]["n"] == 16
+    # one unit per patient's visit (the demo records visits), scored by the source run's rule (max)
+    how = m["patient_aggregation"]
+    assert how == "max" and m["evaluation_unit"]["unit"] == "visit"
+    pat = pred.groupby("unit_key").agg(y=("y", "max"), p=("prob_raw", how))
+    assert m["test_patient"]["n"] == len(pat) and m["evaluation_unit"]["n_patients"] == 16
     assert m["test_patient"]["roc_auc"] == pytest.approx(roc_auc_score(pat["y"], pat["p"]))
+    # the source run's reference models, applied unchanged, compared on the same units
+    ref = m["references"]
+    assert ref["from_source_run"] is True and (external["source"] / "references.joblib").is_file()
+    assert ref["deep"]["auc"] == pytest.approx(m["test_patient"]["roc_auc"])
+    cls = pred.groupby("unit_key")["ref_image_statistics"].max().loc[pat.index]
+    assert ref["references"]["image_statistics"]["auc"] == pytest.approx(roc_auc_score(pat["y"], cls))
+    assert ref["references"]["image_statistics"]["delong_p"] is not None
+    kinds = [i["kind"] for i in m["summary_items"]]
+    assert "verdict" in kinds and "transfer" in kinds and m["chance"] is not None
+    assert m["training"]["headline"].startswith("Training of the source run")
     # the calibrated probability is sigmoid(logit / T) with the source run's T
     temp = m["calibrator"]["temperature"]
     assert np.allclose(p, 1.0 / (1.0 + np.exp(-pred["logit"].to_numpy() / temp)), atol=1e-6)
@@ -248,6 +261,7 @@ def test_new_run_directory_follows_the_run_conventions(external):
     assert v["source_run"]["id"] == m["run"]["source_run"] and len(v["source_run"]["model_sha256"]) == 64
     html = (d / "report.html").read_text(encoding="utf-8")
     assert 'id="external-validation"' in html and m["run"]["source_run"] in html
+    assert 'id="summary-card"' in html and 'id="references-table"' in html  # a run's summary card
     assert "nothing refitted" in html
     raw_ids = set(pd.read_csv(d / "private" / "patient_map.csv")["patient_id"])
     for name in ("report.html", "metrics.json", "cohort.csv", "predictions.csv", "audit.json"):

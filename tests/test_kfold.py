@@ -274,7 +274,8 @@ def test_cv_metrics_match_an_independent_computation(cv):
     for i, row in enumerate(m["per_fold"]):
         f = pd.read_csv(d / f"fold-{i}" / "oof_predictions.csv", dtype={"patient_key": str})
         frames.append(f)
-        pat = f.groupby("patient_key").agg(y=("y", "max"), p=("prob", "mean"), t=("threshold", "first"))
+        how = m["method"]["patient_aggregation"]  # per unit (patient, or patient's visit), the run's rule
+        pat = f.groupby("unit_key").agg(y=("y", "max"), p=("prob", how), t=("threshold", "first"))
         assert row["roc_auc"] == pytest.approx(roc_auc_score(pat["y"], pat["p"]))
         assert row["pr_auc"] == pytest.approx(average_precision_score(pat["y"], pat["p"]))
         pred, y = pat["p"] >= pat["t"], pat["y"] == 1
@@ -287,9 +288,17 @@ def test_cv_metrics_match_an_independent_computation(cv):
         vals = [r[k] for r in m["per_fold"] if r[k] is not None]
         assert m["summary"][k]["mean"] == pytest.approx(np.mean(vals))
         assert m["summary"][k]["sd"] == pytest.approx(np.std(vals, ddof=1))
-    pooled = pd.concat(frames).groupby("patient_key").agg(y=("y", "max"), p=("prob", "mean"))
+    pooled = pd.concat(frames).groupby("unit_key").agg(y=("y", "max"), p=("prob", how))
     assert m["pooled_oof"]["roc_auc"] == pytest.approx(roc_auc_score(pooled["y"], pooled["p"]))
     assert m["pooled_oof"]["n"] == len(pooled)
+    # the references pooled over the folds on the same units, next to the deep model's pooled AUC
+    refs = m["pooled_references"]
+    assert refs["deep"]["auc"] == pytest.approx(m["pooled_oof"]["roc_auc"])
+    cls = pd.concat(frames).groupby("unit_key")["ref_image_statistics"].max().loc[pooled.index]
+    assert refs["references"]["image_statistics"]["auc"] == pytest.approx(roc_auc_score(pooled["y"], cls))
+    assert refs["references"]["image_statistics"]["delong_p"] is not None and refs["sentences"]
+    html = (d / "cv_report.html").read_text(encoding="utf-8")
+    assert 'id="cv-references"' in html and refs["sentences"][0].split(":")[0] in html
 
 
 class _Cells(HTMLParser):

@@ -133,7 +133,7 @@ def test_threshold_comes_from_validation_and_metrics_match_sklearn(run_dir):
     # the Matthews coefficient (one entry of medxcept.evaluate.METRICS) reached metrics.json with its CI
     from sklearn.metrics import matthews_corrcoef
 
-    pat = pred.groupby("patient_key").agg(y=("patient_y", "first"), p=("patient_prob", "first"))
+    pat = pred.groupby("unit_key").agg(y=("patient_y", "first"), p=("patient_prob", "first"))
     hard = (pat["p"] >= m["threshold"]["value"]).astype(int)
     if hard.nunique() == 2 and pat["y"].nunique() == 2:
         assert m["test_patient"]["mcc"] == pytest.approx(matthews_corrcoef(pat["y"], hard))
@@ -265,5 +265,6 @@ def test_validation_predictions_recompute_threshold_and_temperature(run_dir):
     assert set(val["patient_key"]) == val_keys and len(val) == int((split["split"] == "val").sum())
     assert fit_temperature(val["logit"].to_numpy(), val["y"].to_numpy()) == pytest.approx(
         cal["calibrator"]["temperature"], rel=1e-6)
-    _, vy, vp = aggregate_by_patient(val["patient_key"], val["y"], val["prob"], how=m["patient_aggregation"])
+    # the run's units (patient, or patient's visit: unit_key) and rule
+    _, vy, vp = aggregate_by_patient(val["unit_key"], val["y"], val["prob"], how=m["patient_aggregation"])
     assert choose_threshold(vy, vp, method=cal["threshold"]["method"]) == pytest.approx(cal["threshold"]["value"])

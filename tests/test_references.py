@@ -133,3 +133,27 @@ def test_reference_block_is_json_ready_and_keeps_the_scores(cohort):
     _, yp, pp = aggregate_by_patient(table["patient_key"].iloc[test], table["y"].iloc[test],
                                      scores["ref_image_statistics"], how="max")
     assert block["references"][CLASSICAL]["auc"] == pytest.approx(roc_auc_score(yp, pp))
+
+
+def test_saved_models_score_like_the_fitted_ones_and_a_run_without_them_says_so(cohort, refs, tmp_path):
+    """The models an external validation applies (``references.joblib``) give the scores the run
+    computed; a source run without the file (made before they were saved) gets a note, no numbers."""
+    from types import SimpleNamespace
+
+    from medxcept.config import load_config
+    from medxcept.external import external_references
+    from medxcept.references import load_reference_models, save_reference_models, score_reference_models
+
+    table, images, fit, test = cohort
+    path = save_reference_models(tmp_path / "references.joblib", refs, image_px=images.shape[1])
+    payload, why = load_reference_models(path)
+    assert why is None and payload["image_px"] == images.shape[1]
+    again = score_reference_models(payload, table.iloc[test].reset_index(drop=True), images[test])
+    for name in REFERENCES:
+        np.testing.assert_allclose(again[name]["scores"], refs[name]["scores"], rtol=1e-12, atol=1e-12)
+    frame = table.iloc[test].reset_index(drop=True).assign(image_id=[f"i{i}" for i in range(len(test))],
+                                                            prob_raw=np.linspace(0, 1, len(test)))
+    block, scores = external_references(SimpleNamespace(path=tmp_path / "old-run"), frame, images[test],
+                                        load_config())
+    assert scores is None and block["deep"]["auc"] is None
+    assert "no saved reference models" in block["sentences"][0]

@@ -242,7 +242,8 @@ def test_train_patient_auc_is_the_clean_inference_mode_patient_auc(tiny_data, re
     # the returned model holds the best epoch's weights: its clean predictions, averaged per patient (the
     # patient's label is the max of its images'), give that epoch's train_patient_auc
     p = _probs(predict_logits(reference.model, tiny_data["images"][tr], batch_size=8))
-    frame = t.iloc[tr].assign(p=p).groupby("patient_key").agg(y=("y", "max"), p=("p", "mean"))
+    how = tiny_data["cfg"].eval.patient_aggregation  # the run's rule (max: "any image positive")
+    frame = t.iloc[tr].assign(p=p).groupby("patient_key").agg(y=("y", "max"), p=("p", how))
     best = h[h["epoch"] == reference.best_epoch].iloc[0]
     assert best["train_patient_auc"] == pytest.approx(roc_auc_score(frame["y"], frame["p"]), abs=1e-6)
     vp = _probs(_val_logits(tiny_data, reference))

@@ -71,11 +71,11 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def subgroup_table(test: pd.DataFrame, threshold: float | None, *, how: str = "mean", n_resamples: int = 0,
-                   seed: int = 0) -> list[dict[str, Any]]:
+def subgroup_table(test: pd.DataFrame, threshold: float | None, *, how: str = "max", n_resamples: int = 0,
+                   seed: int = 0, unit: str = "patient") -> list[dict[str, Any]]:
     """Patient-level AUC, sensitivity and specificity by source, laterality, sex and age band, with
     patient-bootstrap CIs when ``n_resamples`` (:func:`medxcept.subgroups.subgroup_rows`)."""
-    return subgroup_rows(test, threshold, how=how, n_resamples=n_resamples, seed=seed)
+    return subgroup_rows(test, threshold, how=how, n_resamples=n_resamples, seed=seed, unit=unit)
 
 
 def checklist(metrics: dict[str, Any]) -> list[dict[str, str]]:
@@ -193,17 +193,20 @@ def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame
     figs: dict[str, str | None] = {}
     threshold = (metrics.get("threshold") or {}).get("value")
     how = (metrics.get("patient_aggregation")
-           or getattr(getattr(cfg, "eval", None), "patient_aggregation", "mean"))
+           or getattr(getattr(cfg, "eval", None), "patient_aggregation", "max"))
+    # the headline's unit: "visit" (patient and visit) when the run measured per visit
+    unit = (metrics.get("evaluation_unit") or {}).get("unit", "patient")
     levels = {"roc_pr": "patient", "confusion": "image", "reliability": "image", "training": "patient",
               "cam": "image", "examples": "image", "learning_curve": "patient"}
     if len(classes) == 2:
         # the headline's unit: one score per patient; curves from the uncalibrated scores, the
         # operating point (and the confusion matrix) from the calibrated ones at the threshold
-        from medxcept.evaluate import aggregate_by_patient
+        from medxcept.evaluate import aggregate_by_patient, unit_visits
 
         raw_col = "prob_raw" if "prob_raw" in test else "prob"
-        _, yp, pr = aggregate_by_patient(test["patient_key"], test["y"], test[raw_col], how=how)
-        _, _, pc = aggregate_by_patient(test["patient_key"], test["y"], test["prob"], how=how)
+        visit = unit_visits(test, unit)
+        _, yp, pr = aggregate_by_patient(test["patient_key"], test["y"], test[raw_col], how=how, visit=visit)
+        _, _, pc = aggregate_by_patient(test["patient_key"], test["y"], test["prob"], how=how, visit=visit)
         figs["roc_pr"] = roc_pr_figure(yp, pr, threshold, operating=pc,
                                        title_suffix=" (patient level, uncalibrated scores)")
         figs["confusion"] = confusion_figure(yp, (pc >= threshold).astype(int), classes)
@@ -226,7 +229,7 @@ def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame
         "m": metrics, "figs": figs, "classes": classes,
         "created": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "subgroups": subgroup_rows(test, threshold, how=how, n_resamples=int(metrics.get("n_bootstrap") or 0),
-                                   seed=int((metrics.get("run") or {}).get("seed") or 0))
+                                   seed=int((metrics.get("run") or {}).get("seed") or 0), unit=unit)
         if len(classes) == 2 else [],
         "fig_levels": levels,
         "checklist": checklist(metrics), "audit": audit_dict, "versions": versions,

@@ -27,7 +27,7 @@ from medxcept.audit import audit_cohort, duplicate_groups, fingerprints
 from medxcept.cohort import Endpoint, load_cohort_spec, public_view
 from medxcept.config import RunConfig, config_hash
 from medxcept.errors import ConfigError, MedxceptError
-from medxcept.evaluate import metric_names
+from medxcept.evaluate import metric_names, unit_keys, unit_visits
 from medxcept.faults import fault_point
 from medxcept.graded import check_task_config, fold_predictions, fold_row, graded_figures, pooled_report
 from medxcept.kfold import (
@@ -55,6 +55,7 @@ from medxcept.kfold import (
     fold_status,
     fold_table,
     load_plan,
+    pooled_references,
     t_interval,
 )
 from medxcept.paths import cache_dir
@@ -200,10 +201,10 @@ def _load_images(plan: CVPlan) -> np.ndarray:
         return load_images(plan.table, cache, plan.cfg.preprocess)
 
 
-def _evaluation(assessed: Assessment, how: str, n_bins: int) -> dict[str, Any]:
+def _evaluation(assessed: Assessment, how: str, n_bins: int, unit: str = "visit") -> dict[str, Any]:
     """A fold's measurement of one frame: patient metrics with patient calibration, image metrics, CIs."""
     m = assessed.metrics
-    out = {"patient": {**m["test_patient"], **assessed.patient_calibration(how, n_bins)},
+    out = {"patient": {**m["test_patient"], **assessed.patient_calibration(how, n_bins, unit)},
            "image": m["test_image"], "calibration_image": m["calibration_test"]}
     for key in ("test_patient_ci", "test_image_ci"):
         if key in m:
@@ -307,9 +308,11 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
              "held out %d image(s) of %d patient(s)", task.name, len(ft), ft["patient_key"].nunique(), len(iv),
              iv["patient_key"].nunique(), len(va), va["patient_key"].nunique())
     set_seeds(cfg.seed)
+    # early stopping on the report's units (patient or visit) and aggregation rule
     result = fit(images[parts["fit"]], ft["y"].to_numpy(), images[parts["inner"]], iv["y"].to_numpy(),
-                 iv["patient_key"].to_numpy(), cfg=cfg, weights=weights, n_classes=len(classes), run_dir=fdir,
-                 resume=resume, train_groups=ft["patient_key"].to_numpy())
+                 unit_keys(iv["patient_key"], unit_visits(iv, cfg.eval.unit)), cfg=cfg, weights=weights,
+                 n_classes=len(classes), run_dir=fdir, resume=resume,
+                 train_groups=unit_keys(ft["patient_key"], unit_visits(ft, cfg.eval.unit)))
     run.write_csv("history.csv", result.history)
     bs = cfg.train.batch_size
     inner_logits = predict_logits(result.model, images[parts["inner"]], batch_size=bs)
@@ -331,12 +334,12 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
                             "endpoint_thresholds": oof_a.calibration_record["endpoint_thresholds"]}
     else:
         threshold = float(oof_a.threshold)
-        oof = _evaluation(oof_a, ec.patient_aggregation, ec.n_bins)
+        oof = _evaluation(oof_a, ec.patient_aggregation, ec.n_bins, ec.unit)
         threshold_record = oof_m["threshold"]
         # the reference models on the same split: fitted on every training-fold image, scored on fold i
         references, ref_scores = compare_references(table, images, parts["train"], parts["val"], oof_a, cfg,
                                                      classes)
-        oof_frame = _prediction_frame(oof_a.test, task, threshold, ec.patient_aggregation)
+        oof_frame = _prediction_frame(oof_a.test, task, threshold, ec.patient_aggregation, ec.unit)
         if ref_scores is not None and "image_id" in oof_frame:
             oof_frame = oof_frame.merge(ref_scores, on="image_id", how="left")
         run.write_csv("oof_predictions.csv", oof_frame)
@@ -350,9 +353,9 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
             run.write_csv("holdout_predictions.csv", fold_predictions(ho_a.test, ho_a.metrics["graded"],
                                                                       repeat=task.repeat, fold=task.fold))
         else:
-            holdout = _evaluation(ho_a, ec.patient_aggregation, ec.n_bins)
+            holdout = _evaluation(ho_a, ec.patient_aggregation, ec.n_bins, ec.unit)
             run.write_csv("holdout_predictions.csv",
-                          _prediction_frame(ho_a.test, task, threshold, ec.patient_aggregation))
+                          _prediction_frame(ho_a.test, task, threshold, ec.patient_aggregation, ec.unit))
     model_bytes = None
     if save_model:
         model_bytes = save_inference_model(result.model, run.file("model.keras"))
@@ -370,7 +373,7 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
         "threshold": {**threshold_record, "chosen_on": chosen_on},
         "epoch_chosen_on": chosen_on,
         "calibration_method": ec.calibration, "calibrator": oof_m["calibrator"],
-        "patient_aggregation": ec.patient_aggregation, "n_bootstrap": ec.n_bootstrap,
+        "patient_aggregation": ec.patient_aggregation, "unit": ec.unit, "n_bootstrap": ec.n_bootstrap,
         "oof": oof, "holdout": holdout, "references": references,
         "training": {**training_verdict(result.history, result.best_epoch, collapse=getattr(result, "collapse", None)),
                      "stages": result.stages, "seconds": result.seconds},
@@ -577,6 +580,8 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
     holdout_summary = ({k: t_interval([r[k] for r in holdout_rows], bounds=bounds[k]) for k in CV_METRICS}
                        if holdout_rows else None)
     pooled, rel = _pooled(oof_frames, ec.patient_aggregation, ec.n_bins)
+    pooled_refs = pooled_references(oof_frames, ec.patient_aggregation, n_resamples=ec.n_bootstrap,
+                                    seed=plan.cfg.seed)
     cv_audit = _read_json(plan.path / "audit.json") if (plan.path / "audit.json").is_file() else {}
     notes = []
     mean_auc, pooled_auc = summary["roc_auc"]["mean"], pooled["roc_auc"]
@@ -599,6 +604,8 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
                     "pretrained": first.get("pretrained")},
         "method": {"threshold": ec.threshold, "target_sensitivity": ec.target_sensitivity,
                    "calibration": ec.calibration, "patient_aggregation": ec.patient_aggregation,
+                   "unit": "each patient's visit (study) when the cohort records one, else the patient"
+                   if ec.unit == "visit" else "the patient (all visits together)",
                    "threshold_and_calibration_fitted_on": "an inner validation split of the training folds "
                                                           "(the next fold)" if plan.n_folds >= 3 else
                    "the held-out fold (2 folds: no inner validation split)",
@@ -606,6 +613,7 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
                    if plan.n_folds >= 3 else "the held-out fold (patient-level AUC; 2 folds)", "confidence": 0.95,
                    "interval": "t-distribution over folds: mean ± t(0.975, n-1) · SD / √n, clipped to [0, 1]"},
         "notes": notes, "per_fold": rows, "summary": summary, "pooled_oof": pooled,
+        "pooled_references": pooled_refs,
         "holdout_per_fold": holdout_rows, "holdout_summary": holdout_summary,
         "audit": {"cv": cv_audit.get("summary", {}), "per_fold": audits},
     }

@@ -27,9 +27,11 @@ from medxcept.external import (
     _source_history,
     _training_block,
     external_config,
+    external_references,
     load_source_run,
     read_run_json,
     source_overlap,
+    transfer_line,
 )
 from medxcept.graded import graded_figures
 from medxcept.ingest import file_sha256
@@ -46,6 +48,7 @@ from medxcept.workflows.steps import (
     prediction_table,
     reason_counts,
     report_examples,
+    summary_block,
     summary_counts,
 )
 
@@ -142,7 +145,15 @@ def evaluate_run(run_dir: Path, spec: CohortSpec, cfg: RunConfig, run_name: str 
     measured, test = assessed.metrics, assessed.test
     timings["evaluate_s"] = time.perf_counter() - t
     run.write_json("calibration.json", {**src.calibration, "source_run": src.id, "refitted": False})
-    predictions = prediction_table(test, src.classes, ecfg.eval.patient_aggregation)
+    predictions = prediction_table(test, src.classes, ecfg.eval.patient_aggregation, ecfg.eval.unit)
+    references = None
+    if len(src.classes) == 2:
+        t = time.perf_counter()
+        # the source run's reference models, applied unchanged to these images, on these patients
+        references, ref_scores = external_references(src, test, images, ecfg)
+        if ref_scores is not None:
+            predictions = predictions.merge(ref_scores, on="image_id", how="left")
+        timings["references_s"] = time.perf_counter() - t
     run.write_csv("predictions.csv", predictions)
 
     device = detect_device()
@@ -153,6 +164,11 @@ def evaluate_run(run_dir: Path, spec: CohortSpec, cfg: RunConfig, run_name: str 
         source_run={"id": src.id, "model_sha256": file_sha256(src.path / "model.keras"),
                     **{k: src_versions[k] for k in ("data_hash", "split_hash", "config_hash") if k in src_versions}})
     history = _source_history(src.path)
+    training = _training_block(src, history)
+    summary = summary_block(measured, training, references) if len(src.classes) == 2 else {}
+    line = transfer_line(src, measured)
+    if line and summary.get("summary_items") is not None:
+        summary["summary_items"].append({"text": line, "severity": "info", "kind": "transfer"})
     timings["total_s"] = time.perf_counter() - t_start
     full = {
         "run": _run_block(run, spec, src, ecfg, device),
@@ -169,8 +185,10 @@ def evaluate_run(run_dir: Path, spec: CohortSpec, cfg: RunConfig, run_name: str 
                    "exclusions_by_reason": reason_counts(ing.exclusions),
                    "exclusions_by_class": exclusions_by_class(ing.table, ing.exclusions, list(spec.classes))},
         "class_balance": src.metrics.get("class_balance") or {"method": src.cfg.augment.balance},
-        "training": _training_block(src, history),
+        "training": training,
         **measured,
+        **({"references": references} if references is not None else {}),
+        **summary,
         "audit": {"errors": len(audit.errors), "n_findings": len(audit.findings)},
         "timings": timings,
         "hashes": {k: versions[k] for k in ("data_hash", "split_hash", "config_hash")},

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medxcept.evaluate import patient_auc, probabilities
+from medxcept.evaluate import patient_auc, probabilities, unit_keys, unit_visits
 from medxcept.learning_curve import subsample_patients
 from medxcept.pipeline import training_verdict
 from medxcept.train import fit, predict_logits
@@ -41,14 +41,16 @@ def learning_curve_rows(*, fractions: Sequence[float], images: np.ndarray, table
             log.info("learning curve: %.0f %% of the training patients (%d patients, %d images)", 100 * f,
                      tr.loc[mask, "patient_key"].nunique(), len(idx))
             result = fit(images[idx], table["y"].to_numpy()[idx], images[parts["val"]], va["y"].to_numpy(),
-                         va["patient_key"].to_numpy(), cfg=cfg, weights=weights, n_classes=n_classes, run_dir=None,
-                         train_groups=table["patient_key"].to_numpy()[idx])
+                         unit_keys(va["patient_key"], unit_visits(va, cfg.eval.unit)), cfg=cfg, weights=weights,
+                         n_classes=n_classes, run_dir=None,
+                         train_groups=unit_keys(table["patient_key"].iloc[idx],
+                                                unit_visits(table.iloc[idx], cfg.eval.unit)))
         else:
             result = full
         verdict = training_verdict(result.history, result.best_epoch)
         prob = probabilities(predict_logits(result.model, images[parts["test"]], batch_size=cfg.train.batch_size))
         test_auc = patient_auc(te["patient_key"].to_numpy(), te["y"].to_numpy(), prob,
-                               how=cfg.eval.patient_aggregation)
+                               how=cfg.eval.patient_aggregation, visit=unit_visits(te, cfg.eval.unit))
         rows.append({"fraction": f, "train_patients": int(tr.loc[mask, "patient_key"].nunique()),
                      "train_images": int(len(idx)), "best_epoch": verdict["best_epoch"],
                      "train_auc_at_best": verdict.get("train_auc_at_best"),

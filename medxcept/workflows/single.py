@@ -22,6 +22,7 @@ from medxcept.class_exclusions import exclusions_by_class
 from medxcept.cohort import CohortSpec, public_view
 from medxcept.config import RunConfig, config_hash
 from medxcept.errors import CohortError, ConfigError
+from medxcept.evaluate import unit_keys, unit_visits
 from medxcept.explain import cam_gallery, class_activation_maps
 from medxcept.faults import fault_point
 from medxcept.graded import check_task_config, graded_figures
@@ -151,9 +152,11 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
     device = detect_device()
     _say(f"training on {len(tr)} image(s) ({device['backend']} backend, {device['device']}) at "
          f"{cfg.preprocess.image_px} px, recipe '{cfg.train.recipe}'")
+    # early stopping ranks epochs on the report's units (patient or visit) and aggregation rule
     result = fit(images[parts["train"]], tr["y"].to_numpy(), images[parts["val"]], va["y"].to_numpy(),
-                 va["patient_key"].to_numpy(), cfg=cfg, weights=weights, n_classes=spec.n_classes, run_dir=run.path,
-                 resume=resume_dir is not None, train_groups=tr["patient_key"].to_numpy())
+                 unit_keys(va["patient_key"], unit_visits(va, cfg.eval.unit)), cfg=cfg, weights=weights,
+                 n_classes=spec.n_classes, run_dir=run.path, resume=resume_dir is not None,
+                 train_groups=unit_keys(tr["patient_key"], unit_visits(tr, cfg.eval.unit)))
     timings["train_s"] = result.seconds
     run.write_csv("history.csv", result.history)
     model_bytes = save_inference_model(result.model, run.file("model.keras"))
@@ -171,16 +174,18 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
     timings["evaluate_s"] = time.perf_counter() - t
     t = time.perf_counter()
     references, ref_scores = compare_references(table, images, np.r_[parts["train"], parts["val"]], parts["test"],
-                                                assessed, cfg, spec.classes)
+                                                assessed, cfg, spec.classes,
+                                                save_models=run.file("references.joblib"))
     timings["references_s"] = time.perf_counter() - t
     run.write_json("calibration.json", assessed.calibration_record)
-    predictions = prediction_table(assessed.test, spec.classes, cfg.eval.patient_aggregation)
+    predictions = prediction_table(assessed.test, spec.classes, cfg.eval.patient_aggregation, cfg.eval.unit)
     if ref_scores is not None:
         predictions = predictions.merge(ref_scores, on="image_id", how="left")
     run.write_csv("predictions.csv", predictions)
     # the validation predictions (pseudonymized, like predictions.csv): a reviewer recomputes the
     # threshold and the temperature from them; nothing of the test split is in there
-    run.write_csv("val_predictions.csv", prediction_table(assessed.val, spec.classes, cfg.eval.patient_aggregation))
+    run.write_csv("val_predictions.csv", prediction_table(assessed.val, spec.classes, cfg.eval.patient_aggregation,
+                                                           cfg.eval.unit))
 
     aug = build_augment(cfg.augment, seed=cfg.seed)
     run.write_json("augmentation.json", serialize_augment(aug))

@@ -43,6 +43,9 @@ from medxcept.evaluate import (
     metric_names,
     multiclass_metrics,
     probabilities,
+    unit_keys,
+    unit_patients,
+    unit_visits,
 )
 from medxcept.graded import assess_graded
 from medxcept.ingest import IngestResult, ingest, public_exclusions, read_frames
@@ -54,7 +57,7 @@ from medxcept.run import RunDir
 from medxcept.splits import assign_splits
 
 __all__ = ["GENERATORS", "materialize", "Assessment", "assess", "assess_frozen", "compare_references",
-           "summary_block", "leaks_let_through", "add_probabilities", "measure_test", "cohort_cache",
+           "summary_block", "unit_record", "leaks_let_through", "add_probabilities", "measure_test", "cohort_cache",
            "prepare_cohort", "prepare_withholding_names", "record_ingestion", "ingest_into_run",
            "split_and_audit", "summary_counts", "reason_counts", "prediction_table", "report_examples",
            "CI_METRICS"]
@@ -263,13 +266,16 @@ def measure_test(test: pd.DataFrame, *, threshold: float | None, cfg: RunConfig,
         # sign flip must not change it; the threshold metrics from the calibrated probabilities
         p, pr = test["prob"].to_numpy(), test["prob_raw"].to_numpy()
         out["test_image"] = _with_rank_metrics(binary_metrics(y, p, threshold=threshold), y, pr, threshold)
-        keys, yp, pp = aggregate_by_patient(test["patient_key"], y, p, how=ec.patient_aggregation)
-        _, _, ppr = aggregate_by_patient(test["patient_key"], y, pr, how=ec.patient_aggregation)
+        visit = unit_visits(test, ec.unit)
+        keys, yp, pp = aggregate_by_patient(test["patient_key"], y, p, how=ec.patient_aggregation, visit=visit)
+        _, _, ppr = aggregate_by_patient(test["patient_key"], y, pr, how=ec.patient_aggregation, visit=visit)
         out["test_patient"] = _with_rank_metrics(binary_metrics(yp, pp, threshold=threshold), yp, ppr, threshold)
         out["patient_aggregation"] = ec.patient_aggregation
+        out["evaluation_unit"] = unit_record(test, ec)
         out["discrimination_from"] = "uncalibrated scores (prob_raw)"
         if ec.n_bootstrap:
-            cis = _split_bootstrap(yp, pp, ppr, keys, threshold, ec.n_bootstrap, cfg.seed)
+            # one row per unit (patient or visit); the bootstrap resamples patients (all their visits)
+            cis = _split_bootstrap(yp, pp, ppr, unit_patients(keys), threshold, ec.n_bootstrap, cfg.seed)
             out["test_patient_ci"] = {k: v.to_dict() for k, v in cis.items()}
             cis_img = _split_bootstrap(y, p, pr, test["patient_key"].to_numpy(), threshold, ec.n_bootstrap,
                                        cfg.seed)
@@ -277,13 +283,32 @@ def measure_test(test: pd.DataFrame, *, threshold: float | None, cfg: RunConfig,
         out["n_bootstrap"] = ec.n_bootstrap
         out["calibration_test"] = {"before": calibration_summary(y, test["prob_raw"].to_numpy(), ec.n_bins),
                                    "after": calibration_summary(y, p, ec.n_bins)}
+        out["calibration_test"]["change"] = calibration_change(out["calibration_test"], ec.calibration)
         return out
     P = test[[f"prob_{c}" for c in classes]].to_numpy()
     out["test_image"] = multiclass_metrics(y, P, classes=list(classes))
     Praw = test[[f"prob_raw_{c}" for c in classes]].to_numpy()
     out["calibration_test"] = {"before": calibration_summary(y, Praw, ec.n_bins),
                                "after": calibration_summary(y, P, ec.n_bins)}
+    out["calibration_test"]["change"] = calibration_change(out["calibration_test"], ec.calibration)
     return out
+
+
+def calibration_change(cal: dict[str, Any], method: str) -> dict[str, Any]:
+    """Whether recalibration helped on test, in plain words: ``worse`` (bool: the test ECE rose),
+    ``sentence``. A calibrator fitted on a few validation patients can make the test calibration
+    worse; the report then says so instead of showing a repair."""
+    before, after = cal["before"]["ece"], cal["after"]["ece"]
+    if method == "none" or before is None or after is None:
+        return {"worse": False, "sentence": ""}
+    if after > before:
+        return {"worse": True, "sentence": (
+            f"Recalibration made the test calibration worse: ECE {before:.3f} before, {after:.3f} after "
+            f"({method} fitted on the validation split; Brier {cal['before']['brier']:.3f} → "
+            f"{cal['after']['brier']:.3f}). The fitted calibrator does not carry over to the test images: "
+            "a validation split this small cannot estimate it well. Do not read the calibrated "
+            "probabilities as risks.")}
+    return {"worse": False, "sentence": f"Recalibration lowered the test ECE from {before:.3f} to {after:.3f}."}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,11 +351,13 @@ class Assessment:
             record["endpoint_thresholds"] = {n: e["threshold"]["value"] for n, e in graded["endpoints"].items()}
         return record
 
-    def patient_calibration(self, how: str, n_bins: int) -> dict[str, float]:
-        """ECE and Brier of the test patients' calibrated and raw probabilities (binary)."""
+    def patient_calibration(self, how: str, n_bins: int, unit: str = "visit") -> dict[str, float]:
+        """ECE and Brier of the test units' (patients', or visits') calibrated and raw probabilities
+        (binary)."""
         frame = self.test
-        _, yp, pp = aggregate_by_patient(frame["patient_key"], frame["y"], frame["prob"], how=how)
-        _, _, pr = aggregate_by_patient(frame["patient_key"], frame["y"], frame["prob_raw"], how=how)
+        visit = unit_visits(frame, unit)
+        _, yp, pp = aggregate_by_patient(frame["patient_key"], frame["y"], frame["prob"], how=how, visit=visit)
+        _, _, pr = aggregate_by_patient(frame["patient_key"], frame["y"], frame["prob_raw"], how=how, visit=visit)
         return {"ece": ece(yp, pp, n_bins=n_bins), "brier": brier(yp, pp),
                 "ece_raw": ece(yp, pr, n_bins=n_bins), "brier_raw": brier(yp, pr)}
 
@@ -354,11 +381,14 @@ def assess(*, val: pd.DataFrame, test: pd.DataFrame, val_logits: np.ndarray, tes
     threshold = None
     if len(classes) == 2:
         # chosen on the kind of score the headline applies it to: the validation patients' scores
-        _, vy, vp = aggregate_by_patient(val["patient_key"], val["y"], val["prob"], how=ec.patient_aggregation)
+        _, vy, vp = aggregate_by_patient(val["patient_key"], val["y"], val["prob"], how=ec.patient_aggregation,
+                                         visit=unit_visits(val, ec.unit))
         threshold = choose_threshold(vy, vp, method=ec.threshold, target=ec.target_sensitivity)
         out["threshold"] = {"value": float(threshold), "method": ec.threshold, "chosen_on": "validation",
                             "level": "patient", "patient_aggregation": ec.patient_aggregation,
-                            "n_validation_patients": int(len(vy)),
+                            "unit": unit_record(val, ec)["unit"],
+                            "n_validation_patients": int(val["patient_key"].nunique()),
+                            "n_validation_units": int(len(vy)),
                             "target_sensitivity": ec.target_sensitivity if ec.threshold == "sensitivity" else None}
     out.update(measure_test(test, threshold=threshold, cfg=cfg, classes=classes))
     if len(classes) == 2:
@@ -421,15 +451,16 @@ def assess_frozen(test: pd.DataFrame, logits: np.ndarray, *, calibrator: Calibra
 
 
 def compare_references(table: pd.DataFrame, images: np.ndarray, fit_rows: np.ndarray, test_rows: np.ndarray,
-                       assessed: Assessment, cfg: RunConfig,
-                       classes: tuple[str, ...]) -> tuple[dict[str, Any] | None, pd.DataFrame | None]:
+                       assessed: Assessment, cfg: RunConfig, classes: tuple[str, ...],
+                       save_models: Any = None) -> tuple[dict[str, Any] | None, pd.DataFrame | None]:
     """The reference models (:mod:`medxcept.references`) fitted on ``fit_rows`` (positions of the
     training + validation images in ``table`` / ``images``) and compared with the deep model's
     uncalibrated scores on ``test_rows`` (the rows of ``assessed.test``, in its order). Binary tasks
     only: ``(None, None)`` otherwise.
 
     Returns the ``metrics.json["references"]`` block and the per-image reference scores (``image_id``
-    and ``ref_<name>`` columns) for ``predictions.csv``.
+    and ``ref_<name>`` columns) for ``predictions.csv``. ``save_models``: where to keep the fitted
+    models (``references.joblib`` of a run: external validation applies them).
     """
     from medxcept.references import reference_block
 
@@ -437,7 +468,8 @@ def compare_references(table: pd.DataFrame, images: np.ndarray, fit_rows: np.nda
         return None, None
     return reference_block(table.reset_index(drop=True), images, fit_rows, test_rows,
                            assessed.test["prob_raw"].to_numpy(), how=cfg.eval.patient_aggregation,
-                           n_resamples=cfg.eval.n_bootstrap, seed=cfg.seed)
+                           unit=cfg.eval.unit, n_resamples=cfg.eval.n_bootstrap, seed=cfg.seed,
+                           save_models=save_models)
 
 
 def summary_block(metrics: dict[str, Any], training: dict[str, Any],
@@ -497,31 +529,50 @@ def report_examples(table: pd.DataFrame, images: np.ndarray, cfg: RunConfig, spe
     return rows
 
 
-PREDICTION_COLUMNS = ("image_id", "patient_key", "laterality", "source", "label", "y")
+PREDICTION_COLUMNS = ("image_id", "patient_key", "study_id", "unit_key", "laterality", "source", "label", "y")
 
 
-def prediction_table(test: pd.DataFrame, classes: tuple[str, ...], how: str) -> pd.DataFrame:
-    """``predictions.csv``: pseudonymized rows, logits and probabilities, and (binary) the
-    patient's label and aggregated probability (:func:`medxcept.evaluate.aggregate_by_patient`)."""
-    cols = list(PREDICTION_COLUMNS) + [c for c in test.columns if c.startswith(("logit", "prob"))]
+def unit_record(frame: pd.DataFrame, ec: Any) -> dict[str, Any]:
+    """What a unit of evaluation is in ``frame`` under ``ec`` (``eval``): ``unit`` ("visit" when the
+    rows carry visits and ``eval.unit`` is "visit", else "patient"), ``rule`` in words, ``n_units``
+    and ``n_patients``."""
+    visit = unit_visits(frame, ec.unit)
+    keys = unit_keys(frame["patient_key"], visit)
+    unit = "visit" if visit is not None else "patient"
+    what = "patient visit (study)" if unit == "visit" else "patient"
+    score = "the maximum" if ec.patient_aggregation == "max" else "the mean"
+    return {"unit": unit, "patient_aggregation": ec.patient_aggregation,
+            "rule": f"one score per {what}: {score} of its images' probabilities; its label is positive when "
+                    "any of its images is; bootstrap intervals resample patients",
+            "n_units": int(len(set(keys))), "n_patients": int(frame["patient_key"].nunique())}
+
+
+def prediction_table(test: pd.DataFrame, classes: tuple[str, ...], how: str, unit: str = "visit") -> pd.DataFrame:
+    """``predictions.csv``: pseudonymized rows, logits and probabilities, each image's evaluation unit
+    (``unit_key``: the patient, or patient and visit) and (binary) the unit's label and aggregated
+    probability (:func:`medxcept.evaluate.aggregate_by_patient`), as ``patient_*`` columns."""
+    test = test.copy()
+    test["unit_key"] = unit_keys(test["patient_key"], unit_visits(test, unit))
+    cols = [c for c in PREDICTION_COLUMNS if c in test] + [c for c in test.columns if c.startswith(("logit", "prob"))]
     predictions = test[cols].copy()
     if len(classes) == 2:
-        predictions = predictions.merge(patient_frame(predictions, how), left_on="patient_key",
+        predictions = predictions.merge(patient_frame(predictions, how), left_on="unit_key",
                                         right_index=True, how="left")
     return predictions
 
 
 def patient_frame(frame: pd.DataFrame, how: str) -> pd.DataFrame:
-    """``patient_y`` and ``patient_prob`` per ``patient_key`` (index), aggregated by ``how``; also
-    ``patient_prob_raw`` (the uncalibrated score, what discrimination is measured on) when
-    ``frame`` has ``prob_raw``."""
-    keys, yp, pp = aggregate_by_patient(frame["patient_key"].to_numpy(), frame["y"].to_numpy(),
+    """``patient_y`` and ``patient_prob`` per evaluation unit (index ``unit_key``, or ``patient_key``
+    when ``frame`` has no ``unit_key``), aggregated by ``how``; also ``patient_prob_raw`` (the
+    uncalibrated score, what discrimination is measured on) when ``frame`` has ``prob_raw``."""
+    key = "unit_key" if "unit_key" in frame else "patient_key"
+    keys, yp, pp = aggregate_by_patient(frame[key].to_numpy(), frame["y"].to_numpy(),
                                         frame["prob"].to_numpy(), how=how)
-    out = pd.DataFrame({"patient_y": yp, "patient_prob": pp}, index=pd.Index(keys, name="patient_key"))
+    out = pd.DataFrame({"patient_y": yp, "patient_prob": pp}, index=pd.Index(keys, name=key))
     if "prob_raw" in frame:
-        raw_keys, _, pr = aggregate_by_patient(frame["patient_key"].to_numpy(), frame["y"].to_numpy(),
+        raw_keys, _, pr = aggregate_by_patient(frame[key].to_numpy(), frame["y"].to_numpy(),
                                                frame["prob_raw"].to_numpy(), how=how)
-        out["patient_prob_raw"] = pd.Series(pr, index=pd.Index(raw_keys, name="patient_key"))
+        out["patient_prob_raw"] = pd.Series(pr, index=pd.Index(raw_keys, name=key))
     return out
 
 
