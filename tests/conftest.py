@@ -59,6 +59,40 @@ def tiny_cohort(tmp_path: Path, session_cache: Path) -> Path:
     return path
 
 
+def finished_tiny_run(basetemp: Path) -> Path:
+    """The run directory of one finished TINY_COHORT run (24 patients, seed 3, defaults of the cohort
+    file, learning curve at 50 %), trained once per pytest session and shared by every test that
+    only needs "a finished run" (test_pipeline_e2e, test_external, test_report_render, test_faults'
+    uninterrupted reference): each full run costs about a minute of CI time.
+
+    Layout: ``basetemp/tiny-run/tiny.yaml`` (the cohort file) and ``basetemp/tiny-run/reports/tiny``.
+    Tests must not write into the run directory itself (copy it first); siblings in ``reports/``
+    (``--reproduce`` writes ``tiny-reproduced*``) are fine. A second import of a test module (as
+    ``tests.x`` and as ``x``) finds the finished run by its ``complete.json``.
+    """
+    base = Path(basetemp) / "tiny-run"
+    done = base / "reports" / "tiny"
+    if not (done / "complete.json").is_file():
+        from medxcept.cohort import load_cohort_spec
+        from medxcept.config import load_config
+        from medxcept.workflows.single import run_pipeline
+
+        base.mkdir(parents=True, exist_ok=True)
+        cohort = base / "tiny.yaml"
+        cohort.write_text(TINY_COHORT.format(n_patients=24, seed=3), encoding="utf-8")
+        spec = load_cohort_spec(cohort)
+        cfg = load_config(cohort_defaults=spec.defaults,
+                          overrides={"out_dir": str(base / "reports"), "cohort": str(cohort)})
+        assert run_pipeline(cfg, spec, run_name="tiny", learning_curve=(0.5,)).parent == done
+    return done
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> Path:
+    """:func:`finished_tiny_run`: a finished tiny run shared by the whole session (read-only)."""
+    return finished_tiny_run(tmp_path_factory.getbasetemp())
+
+
 @pytest.fixture(autouse=True)
 def _restore_medxcept_logging():
     """A CLI ``main()`` called in-process configures the ``medxcept`` logger (own handler, no

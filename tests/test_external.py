@@ -1,7 +1,7 @@
 """External validation (``pipelines.retina evaluate``): a trained run applied unchanged to another cohort.
 
-The slow tests train TINY_COHORT once (:func:`trained_tiny_run`, shared with
-``test_report_render.py`` within one pytest process), then evaluate it on a second tiny cohort
+The slow tests use the session's one trained TINY_COHORT run (:func:`trained_tiny_run`, shared with
+``test_report_render.py``, ``test_pipeline_e2e.py`` and ``test_faults.py``), then evaluate it on a second tiny cohort
 generated with another seed, and on its own cohort (which must be reported as overlapping).
 """
 
@@ -20,31 +20,16 @@ from medxcept.cohort import load_cohort_spec
 from medxcept.config import load_config
 from medxcept.errors import ConfigError
 
-_RUNS: dict[str, Path] = {}
-
 
 def trained_tiny_run(base: Path) -> Path:
-    """The run directory of TINY_COHORT (24 patients, seed 3) trained once per pytest process.
-
-    ``base`` is where the run is written the first time (a session temp folder); later calls
-    return the same directory whatever ``base`` is.
+    """The run directory of TINY_COHORT (24 patients, seed 3) trained once per pytest session:
+    :func:`tests.conftest.finished_tiny_run`, shared with ``test_pipeline_e2e.py``,
+    ``test_faults.py`` and ``test_report_render.py``. ``base`` is a folder in the session's base
+    temp directory (its parent is where the shared run lives).
     """
-    done = base / "reports" / "tiny-source"
-    if "tiny" not in _RUNS and (done / "complete.json").is_file():
-        # trained earlier in this session by another import of this module (``tests.test_external``
-        # from test_report_render is a second module object, with its own ``_RUNS``)
-        _RUNS["tiny"] = done
-    if "tiny" not in _RUNS:
-        from medxcept.workflows.single import run_pipeline
-        from tests.conftest import TINY_COHORT
+    from tests.conftest import finished_tiny_run
 
-        base.mkdir(parents=True, exist_ok=True)
-        cohort = base / "tiny.yaml"
-        cohort.write_text(TINY_COHORT.format(n_patients=24, seed=3), encoding="utf-8")
-        spec = load_cohort_spec(cohort)
-        cfg = load_config(cohort_defaults=spec.defaults, overrides={"out_dir": str(base / "reports")})
-        _RUNS["tiny"] = run_pipeline(cfg, spec, run_name="tiny-source").parent
-    return _RUNS["tiny"]
+    return finished_tiny_run(Path(base).parent)
 
 
 def _cohort_file(d: Path, n_patients: int, seed: int) -> Path:

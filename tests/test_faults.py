@@ -52,30 +52,17 @@ def _rows(run: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory, session_cache):
-    from tests.conftest import TINY_COHORT
-
-    d = tmp_path_factory.mktemp("faults")
-    path = d / "tiny.yaml"
-    path.write_text(TINY_COHORT.format(n_patients=24, seed=3), encoding="utf-8")
-    return {"file": path, "out": d / "reports"}
+def reference(tiny_run):
+    """The uninterrupted run: the session's finished tiny run (tests/conftest.py, made in this process;
+    the killed ones are subprocesses). Its learning curve is computed after predictions.csv and the
+    test metrics, so it changes nothing compared here."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
-def reference(cohort):
-    """The uninterrupted run (in this process: the killed ones are subprocesses)."""
-    import logging
-
-    from pipelines.retina import main
-
-    logger = logging.getLogger("medxcept")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    try:
-        assert main(["--cohort", str(cohort["file"]), "--out-dir", str(cohort["out"]), "--run-name", "reference",
-                     "-q"]) == 0
-    finally:
-        logger.handlers[:], logger.level, logger.propagate = saved
-    return cohort["out"] / "reference"
+def cohort(reference, tmp_path_factory):
+    """The reference run's own cohort file; the killed run goes to another folder."""
+    return {"file": reference.parent.parent / "tiny.yaml", "out": tmp_path_factory.mktemp("faults") / "reports"}
 
 
 @pytest.mark.slow

@@ -11,8 +11,6 @@ import pandas as pd
 import pytest
 
 from medxcept.cohort import load_cohort_spec
-from medxcept.config import load_config
-from medxcept.workflows.single import run_pipeline
 from medxcept.report import fmt
 
 pytestmark = pytest.mark.slow
@@ -43,16 +41,9 @@ class _Collect(HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, session_cache):
-    from tests.conftest import TINY_COHORT
-
-    d = tmp_path_factory.mktemp("e2e")
-    cohort = d / "tiny.yaml"
-    cohort.write_text(TINY_COHORT.format(n_patients=24, seed=3), encoding="utf-8")
-    spec = load_cohort_spec(cohort)
-    cfg = load_config(cohort_defaults=spec.defaults, overrides={"out_dir": str(d / "reports"), "cohort": str(cohort)})
-    report = run_pipeline(cfg, spec, run_name="tiny", learning_curve=(0.5,))
-    return report.parent
+def run_dir(tiny_run):
+    """The session's finished tiny run (tests/conftest.py: both readers, learning curve at 50 %)."""
+    return tiny_run
 
 
 def test_the_run_lock_is_released_when_run_pipeline_returns(run_dir):
