@@ -150,6 +150,9 @@ def _enhance(cv2: Any, g: np.ndarray, px: int, sigma: float, erode: int) -> tupl
 _local = threading.local()
 LAST_STATS: dict[str, int] = {}
 """Counts of the last :func:`geometric_pairs` call (candidates, pairs fitted, confirmed), for benchmarks."""
+LAST_CANDIDATES: dict[str, pd.DataFrame] = {}
+"""``"pairs"``: the candidate pairs (``i``, ``j``, ``flipped``) of the last :func:`geometric_pairs` call,
+for benchmarks (candidate recall of planted copies)."""
 
 
 def _workers(n_items: int) -> int:
@@ -515,6 +518,7 @@ def geometric_pairs(feat: dict[str, np.ndarray]) -> pd.DataFrame:
     cand = candidate_pairs(feat)
     res = verify_pairs(feat, cand["i"], cand["j"], cand["flipped"], least=MIN_INLIERS)
     LAST_STATS.clear()
+    LAST_CANDIDATES["pairs"] = cand[["i", "j", "flipped"]]
     LAST_STATS.update(candidates=len(cand), verified=int((res["matches"] >= MIN_INLIERS).sum()),
                       confirmed=int(res["confirmed"].sum()))
     res["votes"] = cand["votes"].to_numpy()
