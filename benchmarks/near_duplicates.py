@@ -355,7 +355,8 @@ def measure_copies(originals: list[np.ndarray], px: int, rng: np.random.Generato
                    modality: str = "fundus") -> list[float]:
     base = _prep(originals, px, modality)
     k = len(originals)
-    print(f"\n== copies of {k} {name} at {px} px: share found          before   after   inliers min/q05")
+    print(f"\n== copies of {k} {name} at {px} px: share found          before   after   inliers min/q05"
+          "   missed: not a candidate / candidate failing verification (of which verifiable)")
     allres = []
     for tname, fn in TRANSFORMS.items():
         copies = _prep([np.ascontiguousarray(fn(a, rng)) for a in originals], px, modality)
@@ -366,8 +367,15 @@ def measure_copies(originals: list[np.ndarray], px: int, rng: np.random.Generato
         v = duplicates.verify_pairs(fp, np.arange(k), np.arange(k) + k, np.zeros(k, bool))
         vf = duplicates.verify_pairs(fp, np.arange(k), np.arange(k) + k, np.ones(k, bool))
         inl = np.maximum(v["inliers"].to_numpy(), vf["inliers"].to_numpy())
+        verifiable = v["confirmed"].to_numpy(bool) | vf["confirmed"].to_numpy(bool)
+        cand = duplicates.LAST_CANDIDATES.get("pairs")
+        cs = set(zip(cand["i"].tolist(), cand["j"].tolist(), strict=True)) if cand is not None else set()
+        missed = [t for t, w in enumerate(want) if w not in a]
+        not_cand = [t for t in missed if want[t] not in cs]
+        not_cand_ok = sum(bool(verifiable[t]) for t in not_cand)
         allres.append(ra)
-        print(f"  {tname:<46}{rb:>7.0%}{ra:>8.0%}   {inl.min():>4d} / {np.quantile(inl, 0.05):>5.1f}")
+        print(f"  {tname:<46}{rb:>7.0%}{ra:>8.0%}   {inl.min():>4d} / {np.quantile(inl, 0.05):>5.1f}"
+              f"   {len(not_cand):>3} ({not_cand_ok} verifiable) / {len(missed) - len(not_cand):>3}")
     return allres
 
 
@@ -432,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale-sizes", type=int, nargs="*", default=[2500, 5000, 10000, 20000],
                         help="prefix sizes of the large cohort (timed; empty: skip)")
     parser.add_argument("--scale-only", action="store_true", help="only the large-cohort measurement")
-    parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")),
+    parser.add_argument("--cache-dir", type=Path,
+                        default=Path(os.environ.get("MEDXCEPT_CACHE", os.environ.get("TMPDIR", "/tmp"))),
                         help="where the large cohort's images are kept between runs (~3 GB at 20,000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a smoke run with a few images")

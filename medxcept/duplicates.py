@@ -100,6 +100,7 @@ LSH_LARGE = 1 << 17
 N_INDEX = 250
 """Strongest descriptors per image and orientation that the candidate search indexes."""
 BUCKET_CAP = 24
+_SIZE_BITS = 5  # bits of a vote code holding its bucket's size (<= BUCKET_CAP < 32)
 TOP_K = 8
 MIN_VOTES = 1.0
 DENSE_PX = 128
@@ -149,6 +150,9 @@ def _enhance(cv2: Any, g: np.ndarray, px: int, sigma: float, erode: int) -> tupl
 _local = threading.local()
 LAST_STATS: dict[str, int] = {}
 """Counts of the last :func:`geometric_pairs` call (candidates, pairs fitted, confirmed), for benchmarks."""
+LAST_CANDIDATES: dict[str, pd.DataFrame] = {}
+"""``"pairs"``: the candidate pairs (``i``, ``j``, ``flipped``) of the last :func:`geometric_pairs` call,
+for benchmarks (candidate recall of planted copies)."""
 
 
 def _workers(n_items: int) -> int:
@@ -259,10 +263,19 @@ def _lsh_masks(n_desc: int = 0) -> np.ndarray:
 
 
 def _lsh_keys(desc: np.ndarray, bits: np.ndarray) -> np.ndarray:
-    """The key of each packed descriptor: its bits ``bits`` (no unpacking of the whole matrix)."""
+    """The key of each packed descriptor: its bits ``bits`` (no unpacking of the whole matrix).
+
+    Key bit ``k`` is descriptor bit ``bits[k]``; one table look-up per descriptor byte that holds
+    any of them (each byte value -> its bits' share of the key), not one pass per bit.
+    """
+    bits = np.asarray(bits, dtype=np.int64)
     key = np.zeros(len(desc), np.int32)
-    for k, b in enumerate(bits):
-        key |= ((desc[:, b // 8] >> (7 - b % 8)) & 1).astype(np.int32) << k
+    values = np.arange(256, dtype=np.int32)
+    for byte in np.unique(bits // 8):
+        lut = np.zeros(256, np.int32)
+        for k in np.nonzero(bits // 8 == byte)[0]:
+            lut |= ((values >> (7 - int(bits[k]) % 8)) & 1) << int(k)
+        key |= lut[desc[:, byte]]
     return key
 
 
@@ -296,7 +309,6 @@ def candidate_pairs(
     img = np.concatenate(img_ids)
     ori = np.concatenate(orient)
     codes: list[np.ndarray] = []
-    wts: list[np.ndarray] = []
     # a bucket shared by many images holds a structure they all have (the disc rim, a rib): a stop word
     cap = BUCKET_CAP
     for sel in _lsh_masks(len(allde)):
@@ -328,12 +340,16 @@ def candidate_pairs(
                 continue
             fl = (oa[keep] != ob[keep])
             lo, hi = np.minimum(ia, ib), np.maximum(ia, ib)
-            codes.append((lo * n + hi) * 2 + fl)
-            wts.append(1.0 / (bsz[a] - 1))  # a rare bucket says more (idf-like)
+            # the bucket's size rides in the low bits (a rare bucket says more, idf-like: 1 / (s - 1));
+            # one sort of the codes, not an argsort
+            codes.append((((lo * n + hi) * 2 + fl) << _SIZE_BITS) | bsz[a])
     if not codes:
         return empty
-    pair, inv = np.unique(np.concatenate(codes), return_inverse=True)
-    votes = np.bincount(inv, weights=np.concatenate(wts))
+    packed = np.sort(np.concatenate(codes))
+    code = packed >> _SIZE_BITS
+    start = np.r_[0, np.nonzero(np.diff(code))[0] + 1]
+    pair = code[start]
+    votes = np.add.reduceat(1.0 / ((packed & ((1 << _SIZE_BITS) - 1)) - 1), start)
     ok = votes >= min_votes
     pair, votes = pair[ok], votes[ok]
     fl = (pair % 2).astype(bool)
@@ -502,6 +518,7 @@ def geometric_pairs(feat: dict[str, np.ndarray]) -> pd.DataFrame:
     cand = candidate_pairs(feat)
     res = verify_pairs(feat, cand["i"], cand["j"], cand["flipped"], least=MIN_INLIERS)
     LAST_STATS.clear()
+    LAST_CANDIDATES["pairs"] = cand[["i", "j", "flipped"]]
     LAST_STATS.update(candidates=len(cand), verified=int((res["matches"] >= MIN_INLIERS).sum()),
                       confirmed=int(res["confirmed"].sum()))
     res["votes"] = cand["votes"].to_numpy()

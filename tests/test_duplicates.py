@@ -21,6 +21,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import cv2  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from medxcept import duplicates  # noqa: E402
 from medxcept.audit import audit_cohort, fingerprints, near_duplicate_pairs, verified_near_pairs  # noqa: E402
 from medxcept.check import _duplicate_pairs_shown  # noqa: E402
 from medxcept.duplicates import MIN_INLIERS, verify_pairs  # noqa: E402
@@ -151,3 +152,33 @@ def test_real_photo_copies_found_with_their_transform(retina, name, make, rot, s
     if rot:
         turn = abs(float(p["rotation_deg"])) % 360
         assert min(abs(turn - rot), abs(turn - (180 - rot))) < 6, (name, p["rotation_deg"])
+
+
+def test_candidate_votes_match_a_naive_count():
+    """LSH keys are the chosen descriptor bits; a pair's votes sum 1 / (s - 1) over the shared small buckets."""
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 256, (40, 32), dtype=np.uint8)
+    desc = [base[rng.choice(40, 30, replace=False)] for _ in range(6)]  # images sharing descriptors
+    feat = {"kp_desc": np.empty(6, object), "kp_desc_flip": np.empty(6, object)}
+    feat["kp_desc"][:] = desc
+    feat["kp_desc_flip"][:] = [np.zeros((0, 32), np.uint8)] * 6
+    masks = duplicates._lsh_masks(0)
+    allde = np.concatenate(desc)
+    img = np.repeat(np.arange(6), 30)
+    bits = np.unpackbits(allde, axis=1)  # most significant bit first, as the keys read them
+    want: dict[tuple[int, int], float] = {}
+    for sel in masks:
+        key = bits[:, sel] @ (1 << np.arange(len(sel)))
+        np.testing.assert_array_equal(duplicates._lsh_keys(allde, sel), key)
+        for k in np.unique(key):
+            members = np.nonzero(key == k)[0]
+            if not 2 <= len(members) <= duplicates.BUCKET_CAP:
+                continue
+            for a in range(len(members)):
+                for b in range(a + 1, len(members)):
+                    ia, ib = sorted((int(img[members[a]]), int(img[members[b]])))
+                    if ia != ib:
+                        want[(ia, ib)] = want.get((ia, ib), 0.0) + 1.0 / (len(members) - 1)
+    got = duplicates.candidate_pairs(feat, top_k=10**6, min_votes=0.0)
+    assert len(want) > 5
+    assert dict(zip(zip(got["i"], got["j"], strict=True), got["votes"], strict=True)) == pytest.approx(want)
