@@ -32,7 +32,7 @@ this benchmark makes its own pretrained weights the way ImageNet weights are mad
 
 Usage::
 
-    nice -n 5 python -m benchmarks.recipes                      # the measurement (hours on 2 busy cores)
+    nice -n 10 python -m benchmarks.recipes                     # the measurement (hours on 2 busy cores)
     python -m benchmarks.recipes --summarize                    # the table again, from the finished runs
     python -m benchmarks.recipes --bn-check                     # from scratch: BN moving averages vs recalibrated
     python -m benchmarks.recipes --quick                        # smoke run (tiny sizes, 1 seed)
