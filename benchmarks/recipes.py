@@ -16,8 +16,11 @@ this benchmark makes its own pretrained weights the way ImageNet weights are mad
 2. **Targets.** Two small cohorts the source never saw, written as files and run through the whole
    pipeline (``medxcept.pipeline.run_pipeline``: ingestion, patient-level split, audit,
    preprocessing, training, calibration, evaluation): ``fundus`` is the demo generator's
-   referable-exudate finding (colour photographs, both eyes, repeat visits), ``gray`` a gray
-   radiograph-like image with a planted soft opacity (one or two images per patient).
+   referable-exudate finding (colour photographs, both eyes, repeat visits) with the demo's hard
+   settings of ``cohorts/demo.yaml`` (mild cases with few faint lesions, drusen on healthy eyes,
+   patient-level pigmentation, 3 % label noise: with the default settings every arm scored AUC
+   ~1.0, which cannot tell recipes apart), ``gray`` a gray radiograph-like image with a planted soft
+   opacity (one or two images per patient).
 3. **Arms**, same split (``split.seed=0``), training seeds 0, 1, 2 each:
    ``default`` (the limited-data recipe with ``--weights <source checkpoint>``), ``baseline``
    (``--recipe baseline`` with the same weights) and ``scratch`` (the default recipe with
@@ -29,7 +32,7 @@ this benchmark makes its own pretrained weights the way ImageNet weights are mad
 
 Usage::
 
-    nice -n 5 python -m benchmarks.recipes                      # the measurement (hours on 2 busy cores)
+    nice -n 10 python -m benchmarks.recipes                     # the measurement (hours on 2 busy cores)
     python -m benchmarks.recipes --summarize                    # the table again, from the finished runs
     python -m benchmarks.recipes --bn-check                     # from scratch: BN moving averages vs recalibrated
     python -m benchmarks.recipes --quick                        # smoke run (tiny sizes, 1 seed)
@@ -229,9 +232,11 @@ def write_fundus_cohort(root: Path, *, n_patients: int, seed: int) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     demo_yaml = (Path(__file__).resolve().parents[1] / "cohorts" / "demo.yaml").read_text()
     text = demo_yaml.split("\ndefaults:")[0].replace("name: demo", "name: bench-fundus", 1)
-    text = text.replace("generator_options: {n_patients: 110, seed: 7}",
-                        f"generator_options: {{n_patients: {n_patients}, seed: {seed}, size_scale: 0.5}}")
-    assert f"n_patients: {n_patients}" in text, "cohorts/demo.yaml changed: update write_fundus_cohort"
+    # the demo's hard options (mild cases, drusen, pigmentation, label noise) stay as the demo sets them
+    text = text.replace("generator_options: {n_patients: 110, seed: 7,",
+                        f"generator_options: {{n_patients: {n_patients}, seed: {seed}, size_scale: 0.5,", 1)
+    assert f"n_patients: {n_patients}" in text and "min_severity" in text, \
+        "cohorts/demo.yaml changed: update write_fundus_cohort"
     (root / "cohort.yaml").write_text(text + "\n")
     return root / "cohort.yaml"
 
@@ -279,28 +284,42 @@ def _fmt(values: list[float | None], digits: int = 3) -> str:
 
 
 def summarize(cohort: str, run_dirs: dict[str, list[Path]]) -> dict:
-    """Load the runs, compare every pair of arms through medxcept.compare, print the table."""
+    """Load the runs, compare every pair of arms through medxcept.compare, print the table.
+
+    The gap is the training verdict's (:func:`medxcept.verdict.training_verdict`): clean training
+    patient AUC - validation patient AUC at the kept epoch (Keras' running AUC for runs without
+    ``train_patient_auc``). ``cases`` counts the verdict's case per run (fine, underfitting, ...).
+    """
+    from collections import Counter
+
     from medxcept.compare import compare, load_run
+    from medxcept.verdict import training_verdict
 
     records = {arm: [dataclasses.replace(load_run(d), group=arm, name=f"{arm}:{d.name}") for d in dirs]
                for arm, dirs in run_dirs.items()}
-    lines = [f"\n== {cohort}: test set {len(next(iter(records.values()))[0].patients)} patients"]
-    head = f"{'arm':9} {'patient AUC':>15} {'95% CI (per seed)':>40} {'ECE after':>15} {'AUC gap':>15} " \
-           f"{'kept epoch':>10} {'train s':>12} {'collapsed':>9}"
-    lines.append(head)
-    table = {}
+    n_test = len(next(iter(records.values()))[0].patients)
+    lines = [f"\n== {cohort}: test set {n_test} patients"]
+    w = max(9, *(len(a) for a in records))
+    lines.append(f"{'arm':{w}} {'patient AUC':>15} {'95% CI (per seed)':>40} {'ECE after':>15} {'AUC gap':>15} "
+                 f"{'kept epoch':>10} {'train s':>12} {'collapsed':>9}  verdicts")
+    table, markdown = {}, []
     for arm, recs in records.items():
         s = [r.summary for r in recs]
         cis = " ".join(f"[{x['roc_auc_low']:.2f},{x['roc_auc_high']:.2f}]" for x in s
                        if x["roc_auc_low"] is not None)
         collapsed = sum(bool(_collapsed_epochs(r)) for r in recs)
+        cases = Counter(training_verdict(r.history, r.summary["best_epoch"])["case"] for r in recs)
+        case_text = ", ".join(f"{k} {v}" for k, v in sorted(cases.items()))
         row = {k: [x[k] for x in s] for k in ("roc_auc", "ece_after", "auc_gap", "best_epoch", "train_seconds")}
-        row["collapsed_runs"] = collapsed
-        row["ci"] = [(x["roc_auc_low"], x["roc_auc_high"]) for x in s]
+        row.update(collapsed_runs=collapsed, cases=dict(cases), seeds=[r.seed for r in recs],
+                   ci=[(x["roc_auc_low"], x["roc_auc_high"]) for x in s])
         table[arm] = row
-        lines.append(f"{arm:9} {_fmt(row['roc_auc']):>15} {cis:>40} {_fmt(row['ece_after']):>15} "
+        lines.append(f"{arm:{w}} {_fmt(row['roc_auc']):>15} {cis:>40} {_fmt(row['ece_after']):>15} "
                      f"{_fmt(row['auc_gap']):>15} {_fmt(row['best_epoch'], 1):>10} "
-                     f"{_fmt(row['train_seconds'], 0):>12} {collapsed:>5}/{len(recs)}")
+                     f"{_fmt(row['train_seconds'], 0):>12} {collapsed:>5}/{len(recs)}  {case_text}")
+        markdown.append(f"| {cohort} ({n_test}) | {arm} | {len(recs)} | {_fmt(row['roc_auc'])} | "
+                        f"{_fmt(row['ece_after'])} | {_fmt(row['auc_gap'], 2)} | {_fmt(row['train_seconds'], 0)} | "
+                        f"{collapsed}/{len(recs)} | {case_text} |")
     result = compare([r for recs in records.values() for r in recs], n_resamples=300)
     tests = []
     for c in result["comparisons"]:
@@ -313,13 +332,13 @@ def summarize(cohort: str, run_dirs: dict[str, list[Path]]) -> dict:
             if len(seeds) > 1 and np.std(d) > 0 else None
         delong = [p["delong"]["p_value"] for p in c["pairs"]]
         v = c["verdicts"]["roc_auc"]
-        tests.append({"a": a, "b": b, "diff_per_seed": d, "delong_p_per_seed": delong, "paired_t_p": t_p,
-                      "verdict": v["verdict"] if "verdict" in v else v.get("sentence")})
+        tests.append({"a": a, "b": b, "seeds": seeds, "diff_per_seed": d, "delong_p_per_seed": delong,
+                      "paired_t_p": t_p, "verdict": v["verdict"] if "verdict" in v else v.get("sentence")})
         lines.append(f"  {b} - {a}: AUC diff per seed {', '.join(f'{x:+.3f}' for x in d)}; DeLong p "
                      f"{', '.join('n/a' if p is None else f'{p:.3f}' for p in delong)}; paired t over seeds p "
                      f"{'n/a' if t_p is None else f'{t_p:.3f}'}; {v.get('sentence', '')}")
     print("\n".join(lines), flush=True)
-    return {"cohort": cohort, "table": table, "tests": tests}
+    return {"cohort": cohort, "table": table, "tests": tests, "markdown": markdown}
 
 
 def bn_check(*, n: int = 121, px: int = 71, epochs: int = 8, seed: int = 0) -> None:
@@ -370,6 +389,12 @@ def _collapsed_epochs(record) -> list[int]:
     if "collapsed" not in h:
         return []
     return [int(e) for e, c in zip(h["epoch"], h["collapsed"], strict=True) if str(c).lower() in ("true", "1", "1.0")]
+
+
+def _print_markdown(summaries: list[dict]) -> None:
+    print("\n| cohort (test patients) | arm | seeds | patient AUC | ECE after | AUC gap | train s | collapsed | "
+          "verdicts |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n".join(row for s in summaries for row in s["markdown"]), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -431,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
                 dirs[key] = sorted(dirs.get(key, []) + found, key=lambda d: d.name)
             dirs = {k: v for k, v in dirs.items() if v}
             summaries.append(summarize(cohort, dirs))
+        _print_markdown(summaries)
         return 0
     for cohort in args.cohorts:
         if cohort == "gray":
@@ -447,7 +473,9 @@ def main(argv: list[str] | None = None) -> int:
                             overrides=overrides)
                 dirs.setdefault(arm, []).append(d)
                 print(f"  {cohort} {arm} seed {seed}: {time.perf_counter() - t:.0f} s wall", flush=True)
-        summaries.append(summarize(cohort, dirs))
+        if sum(map(len, dirs.values())) > 1:  # one run (e.g. one seed of one arm): nothing to compare yet
+            summaries.append(summarize(cohort, dirs))
+    _print_markdown(summaries)
     wall = time.perf_counter() - t0
     print(f"\ntotal wall time {wall / 60:.1f} min on {os.cpu_count()} CPU core(s)", flush=True)
     out.mkdir(parents=True, exist_ok=True)

@@ -349,7 +349,7 @@ def collapse_summary(history: pd.DataFrame, best_epoch: int | None = None) -> di
     every = len(epochs) == len(history)
     which = _epoch_list(epochs)
     if every:
-        message = (f"the validation outputs were constant in every epoch ({which}): the model gives every "
+        message = (f"The validation outputs were constant in every epoch ({which}): the model gives every "
                    "image the same probability in inference mode, so no epoch could be chosen and its AUC "
                    "means nothing. This happens when BatchNormalization's moving statistics have not settled "
                    "(typically training from random initialization on few images); train longer, or start "
@@ -357,7 +357,7 @@ def collapse_summary(history: pd.DataFrame, best_epoch: int | None = None) -> di
     else:
         kept = f"; early stopping kept epoch {best_epoch}, which was not collapsed" if (
             best_epoch is not None and best_epoch not in epochs) else ""
-        message = (f"the validation outputs were constant in {len(epochs)} of {len(history)} epochs ({which}): "
+        message = (f"The validation outputs were constant in {len(epochs)} of {len(history)} epochs ({which}): "
                    f"those epochs were never chosen{kept}.")
     return {"epochs": epochs, "all": every, "message": message}
 
