@@ -348,18 +348,20 @@ def collapse_summary(history: pd.DataFrame, best_epoch: int | None = None) -> di
         return None
     every = len(epochs) == len(history)
     which = _epoch_list(epochs)
+    advice = None
     if every:
+        advice = ("This happens when BatchNormalization's moving statistics have not settled (typically "
+                  "training from random initialization on few images); train longer, or start from "
+                  "pretrained weights (--weights).")
         message = (f"The validation outputs were constant in every epoch ({which}): the model gives every "
                    "image the same probability in inference mode, so no epoch could be chosen and its AUC "
-                   "means nothing. This happens when BatchNormalization's moving statistics have not settled "
-                   "(typically training from random initialization on few images); train longer, or start "
-                   "from pretrained weights (--weights).")
+                   f"means nothing. {advice}")
     else:
         kept = f"; early stopping kept epoch {best_epoch}, which was not collapsed" if (
             best_epoch is not None and best_epoch not in epochs) else ""
         message = (f"The validation outputs were constant in {len(epochs)} of {len(history)} epochs ({which}): "
                    f"those epochs were never chosen{kept}.")
-    return {"epochs": epochs, "all": every, "message": message}
+    return {"epochs": epochs, "all": every, "message": message, "advice": advice}
 
 
 def _epoch_list(epochs: list[int]) -> str:

@@ -80,16 +80,16 @@ def _train_column(history: pd.DataFrame) -> tuple[str | None, str | None]:
 def _collapse_info(history: pd.DataFrame, collapse: dict | None) -> dict[str, Any]:
     epochs: list[int] = []
     all_epochs = False
-    message = None
+    message = advice = None
     if collapse:
         epochs = [int(e) for e in collapse.get("epochs", [])]
         all_epochs = bool(collapse.get("all", False))
-        message = collapse.get("message")
+        message, advice = collapse.get("message"), collapse.get("advice")
     elif "collapsed" in history and len(history):
         flags = history["collapsed"].astype(str).str.lower().isin(("true", "1", "1.0"))
         epochs = [int(e) for e in history.loc[flags, "epoch"]]
         all_epochs = bool(flags.all())
-    return {"epochs": epochs, "all": all_epochs, "message": message}
+    return {"epochs": epochs, "all": all_epochs, "message": message, "advice": advice}
 
 
 def training_verdict(history: pd.DataFrame, best_epoch: int, *,
@@ -185,8 +185,10 @@ def training_verdict(history: pd.DataFrame, best_epoch: int, *,
                     + (f" (SD of the validation probabilities {sd:.1e})"
                        if sd is not None and math.isfinite(sd) else "")
                     + "; the model gives every image the same answer, so its AUC measures nothing")
-        if coll["message"]:
-            headline += f". {coll['message'].rstrip('.')}"
+        # the collapse message restates the headline; only its cause and remedy are added
+        extra = coll.get("advice") or coll["message"]
+        if extra:
+            headline += f". {extra.rstrip('.')}"
     elif tcol and math.isfinite(ev["train_auc_max"]) and ev["train_auc_max"] < CHANCE_AUC:
         case = "did not learn"
         headline = (f"Did not learn: the {fitted} stayed between {ev['train_auc_min']:.2f} and "
