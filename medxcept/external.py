@@ -65,7 +65,7 @@ from medxcept.references import (
     reference_sentences,
     score_reference_models,
 )
-from medxcept.run import RunDir
+from medxcept.run import RunDir, legacy_defaults
 
 __all__ = ["REQUIRED_FILES", "SourceRun", "check_run_dir", "load_source_run", "load_source_config",
            "external_config", "source_overlap", "read_run_json", "external_references", "transfer_line"]
@@ -141,11 +141,7 @@ def load_source_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     extras = {k: v for k, v in data.items() if k not in fields}
     saved = {k: v for k, v in data.items() if k in fields}
-    ev = saved.get("eval")
-    if isinstance(ev, dict) and "unit" not in ev:
-        # runs made before eval.unit existed measured (and chose their threshold) per patient
-        saved["eval"] = {**ev, "unit": "patient"}
-    cfg = load_config(cohort_defaults=saved)
+    cfg = load_config(cohort_defaults=legacy_defaults(saved))
     return cfg, extras
 
 

@@ -31,7 +31,7 @@ from medxcept.config import RunConfig, _build, config_hash, config_to_dict
 from medxcept.errors import ConfigError
 from medxcept.splits import content_ids
 
-__all__ = ["RunDir", "package_versions", "code_version", "data_hash", "load_run_config", "training_determinism",
+__all__ = ["RunDir", "package_versions", "code_version", "data_hash", "load_run_config", "legacy_defaults", "training_determinism",
            "reproduce_block", "write_atomic", "DirectoryLock", "COMPLETE"]
 
 #: The completion marker of a run directory, written last (after the report).
@@ -389,7 +389,20 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
         raise ConfigError(f"{path} not found: {run_dir} is not a medxcept run directory")
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     known = {f.name for f in dataclasses.fields(RunConfig)}
-    return _build(RunConfig, {k: v for k, v in data.items() if k in known}, "")
+    return _build(RunConfig, legacy_defaults({k: v for k, v in data.items() if k in known}), "")
+
+
+def legacy_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """Fill options a run saved before they existed with the behaviour that run actually had.
+
+    Runs made before ``eval.unit`` existed were measured per patient (and chose their threshold so);
+    before ``eval.patient_aggregation`` existed, by the mean of the images. Without this, resuming
+    or reproducing such a run would silently apply today's defaults (per visit, maximum).
+    """
+    ev = saved.get("eval")
+    if isinstance(ev, dict):
+        saved = {**saved, "eval": {"unit": "patient", "patient_aggregation": "mean", **ev}}
+    return saved
 
 
 def _json_default(o: Any) -> Any:

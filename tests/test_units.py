@@ -196,3 +196,24 @@ def test_dropped_resamples_are_named_by_their_subgroup_row(caplog):
                f"{row['specificity_dropped']} of 1000" in m for m in caplog.messages)
     info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert len(info) == 1 and info[0].startswith("subgroup table: in 4 row(s)")
+
+
+def test_a_run_saved_before_units_existed_keeps_its_patient_mean_rule(tmp_path):
+    """Resuming or reproducing an older run must not apply today's defaults (per visit, maximum)."""
+    import dataclasses
+
+    import yaml
+
+    from medxcept.run import load_run_config
+
+    data = dataclasses.asdict(load_config())
+    assert (data["eval"]["unit"], data["eval"]["patient_aggregation"]) == ("visit", "max")
+    del data["eval"]["unit"], data["eval"]["patient_aggregation"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+    old = load_run_config(tmp_path)
+    assert (old.eval.unit, old.eval.patient_aggregation) == ("patient", "mean")
+    # a run that saved its choices keeps them
+    data["eval"].update(unit="visit", patient_aggregation="max")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+    new = load_run_config(tmp_path)
+    assert (new.eval.unit, new.eval.patient_aggregation) == ("visit", "max")
