@@ -639,6 +639,30 @@ def _schedule(peak_lr: float, steps_per_epoch: int, epochs: int, warmup_epochs: 
         peak_lr * 0.1, total, alpha=0.01, warmup_target=peak_lr, warmup_steps=warmup)
 
 
+def _adamw(schedule: object, weight_decay: float) -> keras.optimizers.AdamW:
+    """AdamW whose weight decay reads the scheduled learning rate once per step, not once per variable.
+
+    Keras' ``_apply_weight_decay`` evaluates ``self.learning_rate`` (the whole warm-up/cosine
+    schedule, with its conditional) for every decayed variable: ~300 copies in Xception's traced train
+    step, about a sixth of a small fit's CPU time on the TensorFlow backend. The update is the same
+    (``v <- v - v * wd * lr``); the override lives on the instance, so checkpoints and saved models
+    still name a plain AdamW.
+    """
+    opt = keras.optimizers.AdamW(schedule, weight_decay=weight_decay)
+
+    def apply_weight_decay(variables: list) -> None:
+        if opt.weight_decay is None:
+            return
+        lr = opt.learning_rate
+        for variable in variables:
+            if opt._use_weight_decay(variable):
+                wd = keras.ops.cast(opt.weight_decay, variable.dtype)
+                variable.assign(variable - variable * wd * keras.ops.cast(lr, variable.dtype))
+
+    opt._apply_weight_decay = apply_weight_decay
+    return opt
+
+
 @dataclass
 class _Stage:
     name: str
@@ -720,8 +744,7 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
 
         def prep_finetune() -> None:
             unfreeze_top_blocks(model, tc.unfreeze_blocks, keep_bn_frozen=True)
-            opt = keras.optimizers.AdamW(_schedule(tc.finetune_lr, steps, tc.finetune_epochs, tc.warmup_epochs),
-                                         weight_decay=tc.weight_decay)
+            opt = _adamw(_schedule(tc.finetune_lr, steps, tc.finetune_epochs, tc.warmup_epochs), tc.weight_decay)
             _compile(model, opt, n_classes, tc.label_smoothing)  # recompile: trainable flags changed
         plan.append(_Stage("1: head (base frozen)", tc.head_epochs, False, prep_head))
         plan.append(_Stage(f"2: top {tc.unfreeze_blocks} block(s) unfrozen", tc.finetune_epochs, True,
@@ -730,8 +753,7 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
         epochs = tc.head_epochs + tc.finetune_epochs
 
         def prep_scratch() -> None:
-            opt = keras.optimizers.AdamW(_schedule(tc.head_lr, steps, epochs, tc.warmup_epochs),
-                                         weight_decay=tc.weight_decay)
+            opt = _adamw(_schedule(tc.head_lr, steps, epochs, tc.warmup_epochs), tc.weight_decay)
             _compile(model, opt, n_classes, tc.label_smoothing)
         plan.append(_Stage("from scratch (not pretrained: whole network)", epochs, True, prep_scratch))
     # From random initialization the BN moving averages trail weights that move fast: recompute them
