@@ -149,7 +149,9 @@ def _dicom(path: Path) -> dict[str, str]:
     return {"acq_format": f"{path.suffix.lower() or '(none)'}:DICOM",
             "acq_mode": f"bits={ds.get('BitsStored', '?')} {ds.get('PhotometricInterpretation', '')}".strip(),
             "acq_jpeg_q": "",
-            "acq_jpeg_qt": str(ds.file_meta.get("TransferSyntaxUID", "")) if "file_meta" in ds else "",
+            # the transfer syntax (JPEG baseline, lossless, uncompressed...) is the DICOM analogue of the
+            # JPEG tables; file_meta is an attribute of the dataset, not an element ("in ds" would not find it)
+            "acq_jpeg_qt": str((getattr(ds, "file_meta", None) or {}).get("TransferSyntaxUID", "") or ""),
             "acq_subsampling": "", "acq_device": _h(dev) if dev.replace("|", "").strip() else ""}
 
 

@@ -123,3 +123,21 @@ def test_geometry_fingerprint_reads_the_field_of_view():
     assert flat["acq_fov"] == "none" and flat["acq_border"] == "none"
     gray = geometry_fingerprint(np.pad(np.full((40, 40), 0.5), 5), "gray")
     assert gray["acq_fov"] == "" and gray["acq_border"] == "k0"
+
+
+def test_dicom_fingerprint_reads_the_transfer_syntax_without_a_warning(tmp_path, recwarn):
+    """The transfer syntax lives in the file meta information, which pydicom keeps as an attribute:
+    the fingerprint must read it (and not ask ``"file_meta" in ds``, which pydicom warns about and
+    answers False)."""
+    from medxcept.io.dicom_writer import write_ophthalmic_photo
+
+    rgb = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+    prints = {}
+    for transfer in ("jpeg_baseline", "explicit"):
+        path = tmp_path / f"{transfer}.dcm"
+        write_ophthalmic_photo(path, rgb, patient_id="P1", laterality="L", manufacturer="Acme", model="X1",
+                               transfer=transfer)
+        prints[transfer] = acquisition_fingerprint(path, kind="dicom")
+    assert prints["jpeg_baseline"]["acq_jpeg_qt"] == "1.2.840.10008.1.2.4.50"
+    assert prints["explicit"]["acq_jpeg_qt"] == "1.2.840.10008.1.2.1"
+    assert not [w for w in recwarn if "operator" in str(w.message)]
