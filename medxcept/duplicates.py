@@ -72,12 +72,12 @@ __all__ = [
     "n_keypoints",
 ]
 
-WORK_PX = 256
-"""Side of the square image keypoints are found on (larger images are shrunk, smaller ones enlarged)."""
-N_KEYPOINTS = 250
-N_LEVELS = 4
-"""ORB pyramid levels (scale factor 1.3 each)."""
-"""ORB keypoints kept per image and orientation (the strongest by Harris response)."""
+WORK_PX = 128
+"""Side of the square image keypoints are found on (larger images are shrunk, smaller ones enlarged).
+
+SIFT doubles it internally for its first octave, so fine vessels of a 224-px image still count."""
+N_KEYPOINTS = 300
+"""SIFT keypoints kept per image (the strongest by contrast); fundus photographs give about 170 at 128 px."""
 MIN_KEYPOINTS = 30
 """Fewer keypoints than this: the image is judged by the former hash + detail rule."""
 MIN_INLIERS = 15
@@ -86,19 +86,16 @@ MIN_ALIGNED_AGREEMENT = 0.46
 """Sign agreement of the fine detail after alignment (in [-1, 1]) needed to call a pair a copy."""
 FALLBACK_MIN_INLIERS = 8
 """Inliers, in place, that a hash + detail candidate needs when both images carry keypoints."""
-RANSAC_PX = 2.0
+RANSAC_PX = 1.5
 """RANSAC tolerance, in pixels at :data:`WORK_PX`."""
 RANSAC_ITERS = 2000
-RATIO = 1.0
-MAX_HAMMING = 64
-"""Largest descriptor distance (bits of 256) of a putative match."""
-LSH_TABLES = 8
-"""Hash tables of the candidate search (each keys descriptors on :data:`LSH_BITS` random bits)."""
-LSH_BITS = 16
-LSH_LARGE = 1 << 17
-"""Descriptors from which the candidate search uses longer keys (:func:`_lsh_masks`)."""
-N_INDEX = 250
-"""Strongest descriptors per image and orientation that the candidate search indexes."""
+RATIO = 0.85
+"""Lowe's ratio test: a match is kept when its nearest descriptor is this much closer than the second."""
+LSH_TABLES = 16
+"""Hash tables of the candidate search (each keys the binarized descriptors on :data:`LSH_BITS` random bits)."""
+LSH_BITS = 24
+CODE_BITS = 128
+"""Bits of a binarized descriptor (each SIFT bin above the descriptor's mean)."""
 BUCKET_CAP = 24
 _SIZE_BITS = 5  # bits of a vote code holding its bucket's size (<= BUCKET_CAP < 32)
 TOP_K = 8
@@ -107,6 +104,9 @@ DENSE_PX = 128
 _DENSE_SIGMA = 3.0
 _FOV_LEVEL = 8  # uint8 level below which a pixel is border, not image
 _MIN_OVERLAP = 400  # pixels (at DENSE_PX) inside both images needed for the detail check
+# SIFT's descriptor is 4 x 4 cells x 8 orientation bins; a mirrored patch (keypoint mirrored, angle
+# 180 - a) reverses the cells along one axis and the orientation bins (measured on OpenCV's layout)
+_MIRROR = (np.arange(128).reshape(4, 4, 8)[::-1][:, :, (-np.arange(8)) % 8]).ravel()
 
 
 def _cv2() -> Any:
@@ -164,42 +164,39 @@ def _workers(n_items: int) -> int:
     return max(1, min(cores, n_items))
 
 
-def _orb() -> Any:
-    """One ORB detector per thread (OpenCV detectors are not thread-safe)."""
-    if not hasattr(_local, "orb"):
-        _local.orb = _cv2().ORB_create(nfeatures=N_KEYPOINTS, scaleFactor=1.3, nlevels=N_LEVELS,
-                                       edgeThreshold=19, patchSize=19, fastThreshold=5)
-    return _local.orb
+def _sift() -> Any:
+    """One SIFT detector per thread (OpenCV detectors are not thread-safe)."""
+    if not hasattr(_local, "sift"):
+        _local.sift = _cv2().SIFT_create(N_KEYPOINTS)
+    return _local.sift
 
 
-def _image_features(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Keypoints and descriptors of one image and of its mirror, and its int8 band-pass detail."""
+def _codes(desc: np.ndarray) -> np.ndarray:
+    """Binarized descriptors, packed: bit ``k`` says whether bin ``k`` lies above the descriptor's mean."""
+    if not len(desc):
+        return np.zeros((0, CODE_BITS // 8), np.uint8)
+    return np.packbits(desc > desc.mean(axis=1, keepdims=True, dtype=np.float32), axis=1)
+
+
+def mirror_descriptors(desc: np.ndarray) -> np.ndarray:
+    """The SIFT descriptors the mirror image has at the mirrored keypoints (a permutation of the bins)."""
+    return desc[:, _MIRROR]
+
+
+def _image_features(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Keypoints and uint8 SIFT descriptors of one image, and its int8 band-pass detail."""
     cv2 = _cv2()
-    orb = _orb()
     g = _to_u8_gray(img)
-    d, inner = _enhance(cv2, g, WORK_PX, 6.0, 9)  # the border's rim carries no keypoints
+    d, inner = _enhance(cv2, g, WORK_PX, 3.0, 5)  # the border's rim carries no keypoints
     sd = float(d[inner > 0].std()) if inner.any() else 0.0
     e = np.clip(128.0 + 40.0 * d / (sd + 1e-6), 0, 255).astype(np.uint8)
-    kp, desc = orb.detectAndCompute(e, inner)
+    kp, desc = _sift().detectAndCompute(e, inner)
     if desc is None or not kp:
-        empty = (np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
-        xy, desc, xyf, descf = empty[0], empty[1], empty[0], empty[1]
+        xy, desc = np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8)
     else:
-        strongest = np.argsort([-k.response for k in kp], kind="stable")
-        kp = [kp[t] for t in strongest]
-        desc = desc[strongest]
-        xy = np.array([k.pt for k in kp], np.float32)
-        # the mirror image's keypoints are the mirrored keypoints (FAST, Harris and the pyramid are
-        # mirror-symmetric; the orientation angle mirrors to 180 - angle): describe them there
-        # instead of detecting again (the same descriptors, a fifth of the cost)
-        w = WORK_PX - 1
-        mk = [cv2.KeyPoint(w - k.pt[0], k.pt[1], k.size, (180.0 - k.angle) % 360.0, k.response, k.octave,
-                           k.class_id) for k in kp]
-        mk, descf = orb.compute(np.ascontiguousarray(e[:, ::-1]), mk)
-        if descf is None or not mk:
-            xyf, descf = np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
-        else:
-            xyf = np.array([k.pt for k in mk], np.float32)
+        strongest = np.argsort([-k.response for k in kp], kind="stable")[:N_KEYPOINTS]
+        xy = np.array([kp[t].pt for t in strongest], np.float32).reshape(-1, 2)
+        desc = np.clip(desc[strongest], 0, 255).astype(np.uint8)  # SIFT's bins are whole numbers <= 255
     dd, dfov = _enhance(cv2, g, DENSE_PX, _DENSE_SIGMA, 3)
     fine = cv2.GaussianBlur(dd, (0, 0), 1.0)  # band-pass: sigma 1 to 3 px (pixel noise and resampling out)
     inside = dfov > 0
@@ -209,11 +206,11 @@ def _image_features(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     # int8 detail (0 = outside the field of view; inside never exactly 0)
     q = np.clip(np.rint(fine * 32), -127, 127)
     q = np.where(q == 0, np.where(fine >= 0, 1, -1), q)
-    return xy, xyf, desc, descf, (q * inside).astype(np.int8)
+    return xy, desc, _codes(desc), (q * inside).astype(np.int8)
 
 
 def keypoint_features(images: Any) -> dict[str, np.ndarray]:
-    """ORB keypoints of each image and of its mirror, and the detail thumbnail for the aligned check.
+    """SIFT keypoints of each image (and where they fall in its mirror), and the detail thumbnail.
 
     Parameters
     ----------
@@ -224,42 +221,35 @@ def keypoint_features(images: Any) -> dict[str, np.ndarray]:
     -------
     dict of str to numpy.ndarray
         ``kp_xy``, ``kp_xy_flip``: object arrays of ``(k, 2)`` float32 keypoint positions (pixels
-        at :data:`WORK_PX`); ``kp_desc``, ``kp_desc_flip``: object arrays of ``(k, 32)`` uint8 ORB
-        descriptors (strongest first); ``dense``: ``(n, 128, 128)`` int8 band-pass detail (0
-        outside the field of view, never 0 inside).
+        at :data:`WORK_PX`) in the image and in its mirror image; ``kp_desc``: object array of
+        ``(k, 128)`` uint8 SIFT descriptors (strongest first; the mirror image's are
+        :func:`mirror_descriptors` of them); ``kp_code``, ``kp_code_flip``: the binarized
+        descriptors of the image and of its mirror, ``(k, 16)`` uint8, for the candidate search;
+        ``dense``: ``(n, 128, 128)`` int8 band-pass detail (0 outside the field of view, never 0
+        inside).
     """
     images = list(images)
     with ThreadPoolExecutor(max_workers=_workers(len(images))) as pool:  # OpenCV releases the GIL
         per_image = list(pool.map(_image_features, images, chunksize=64))
-    xy = [r[0] for r in per_image]
-    xyf = [r[1] for r in per_image]
-    de = [r[2] for r in per_image]
-    def_ = [r[3] for r in per_image]
-    dense = [r[4] for r in per_image]
-    n = len(xy)
+    n = len(per_image)
 
     def obj(v: list[np.ndarray]) -> np.ndarray:
         out = np.empty(n, dtype=object)
         out[:] = v
         return out
 
-    return {"kp_xy": obj(xy), "kp_xy_flip": obj(xyf), "kp_desc": obj(de), "kp_desc_flip": obj(def_),
-            "dense": np.stack(dense) if n else np.zeros((0, DENSE_PX, DENSE_PX), np.int8)}
+    xy = [r[0] for r in per_image]
+    w = WORK_PX - 1
+    return {"kp_xy": obj(xy), "kp_xy_flip": obj([np.c_[w - p[:, 0], p[:, 1]].astype(np.float32) for p in xy]),
+            "kp_desc": obj([r[1] for r in per_image]), "kp_code": obj([r[2] for r in per_image]),
+            "kp_code_flip": obj([_codes(mirror_descriptors(r[1])) for r in per_image]),
+            "dense": np.stack([r[3] for r in per_image]) if n else np.zeros((0, DENSE_PX, DENSE_PX), np.int8)}
 
 
-def _lsh_masks(n_desc: int = 0) -> np.ndarray:
-    """Bit positions (of the 256) of each LSH table's key.
-
-    :data:`LSH_TABLES` keys of :data:`LSH_BITS` random bits; from :data:`LSH_LARGE` descriptors on
-    (about 260 images), twice as many keys of 24 bits: with 16 bits the buckets of a large cohort
-    fill with chance neighbours, pass :data:`BUCKET_CAP` and are skipped, and copies go unseen
-    (measured at 5,000 images: 1 of 50 planted combined copies among the candidates with 8 x 16
-    bits, 37 of 50 with 16 x 24).
-    """
+def _lsh_masks() -> np.ndarray:
+    """Bit positions (of the :data:`CODE_BITS`) of each LSH table's key: :data:`LSH_TABLES` x :data:`LSH_BITS`."""
     rng = np.random.default_rng(20261201)  # fixed: the same buckets for every cohort
-    if n_desc < LSH_LARGE:
-        return np.stack([rng.choice(256, LSH_BITS, replace=False) for _ in range(LSH_TABLES)])
-    return np.stack([rng.choice(256, 24, replace=False) for _ in range(2 * LSH_TABLES)])
+    return np.stack([rng.choice(CODE_BITS, LSH_BITS, replace=False) for _ in range(LSH_TABLES)])
 
 
 def _lsh_keys(desc: np.ndarray, bits: np.ndarray) -> np.ndarray:
@@ -284,19 +274,18 @@ def candidate_pairs(
 ) -> pd.DataFrame:
     """Pairs sharing many descriptor buckets: ``i < j``, ``flipped``, ``votes`` (sub-quadratic).
 
-    The :data:`N_INDEX` strongest descriptors of each image (orientation 0) and of its mirror
-    image (orientation 1) are hashed by :data:`LSH_TABLES` keys of :data:`LSH_BITS` random bits; descriptors in
-    one bucket vote for their images' pair (flipped when their orientations differ), ``1 / (s -
-    1)`` for a bucket of ``s``. A bucket of more than :data:`BUCKET_CAP` descriptors (a structure
-    every image has) is skipped, like a stop word. Each image keeps its ``top_k`` best-voted
-    partners with at least ``min_votes``. Cost: one sort of the descriptors per table
-    (``O(N log N)``) plus the pairs inside small buckets (about linear).
+    The binarized descriptors of each image (orientation 0) and of its mirror image (orientation
+    1) are hashed by :data:`LSH_TABLES` keys of :data:`LSH_BITS` random bits; descriptors in one
+    bucket vote for their images' pair (flipped when their orientations differ), ``1 / (s - 1)``
+    for a bucket of ``s``. A bucket of more than :data:`BUCKET_CAP` descriptors (a structure every
+    image has) is skipped, like a stop word. Each image keeps its ``top_k`` best-voted partners
+    with at least ``min_votes``. Cost: one sort of the descriptors per table (``O(N log N)``) plus
+    the pairs inside small buckets (about linear).
     """
-    n = len(feat["kp_desc"])
+    n = len(feat["kp_code"])
     img_ids, orient, descs = [], [], []
-    for o, key in ((0, "kp_desc"), (1, "kp_desc_flip")):
+    for o, key in ((0, "kp_code"), (1, "kp_code_flip")):
         for k, d in enumerate(feat[key]):
-            d = d[:N_INDEX]
             if len(d):
                 descs.append(d)
                 img_ids.append(np.full(len(d), k, np.int64))
@@ -311,7 +300,7 @@ def candidate_pairs(
     codes: list[np.ndarray] = []
     # a bucket shared by many images holds a structure they all have (the disc rim, a rib): a stop word
     cap = BUCKET_CAP
-    for sel in _lsh_masks(len(allde)):
+    for sel in _lsh_masks():
         key = _lsh_keys(allde, sel)
         packed = np.sort((key.astype(np.int64) << 32) | np.arange(len(key), dtype=np.int64))  # faster than argsort
         order = packed & 0xFFFFFFFF
@@ -431,32 +420,18 @@ def near_identity(t: dict[str, Any] | pd.Series) -> bool:
 
 
 def _matches(cv2: Any, da: np.ndarray, db: np.ndarray) -> list[Any]:
-    """Putative matches: mutual nearest descriptors within :data:`MAX_HAMMING` bits that pass the ratio test."""
-    if RATIO >= 1:
-        return [mm for mm in cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(da, db)
-                if mm.distance <= MAX_HAMMING]
-    bf = cv2.BFMatcher(cv2.NORM_HAMMING)
-    fwd = bf.knnMatch(da, db, k=2)
-    back = {m.queryIdx: m.trainIdx for m in bf.match(db, da)}
-    out = []
-    for pair in fwd:
-        if not pair:
-            continue
-        m = pair[0]
-        if m.distance > MAX_HAMMING or back.get(m.trainIdx) != m.queryIdx:
-            continue
-        if len(pair) > 1 and m.distance > RATIO * pair[1].distance:
-            continue
-        out.append(m)
-    return out
+    """Putative matches: nearest descriptors (L2) that pass Lowe's ratio test (:data:`RATIO`)."""
+    knn = cv2.BFMatcher(cv2.NORM_L2).knnMatch(da.astype(np.float32), db.astype(np.float32), k=2)
+    return [m[0] for m in knn if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
 
 
 def _verify_one(feat: dict[str, np.ndarray], a: int, b: int, fl: bool, least: int) -> dict[str, Any]:
     """Match, fit and check one candidate pair (see :func:`verify_pairs`)."""
     cv2 = _cv2()
     pa, da = feat["kp_xy"][a], feat["kp_desc"][a]
-    side = "_flip" if fl else ""
-    pb, db = feat["kp_xy" + side][b], feat["kp_desc" + side][b]
+    pb, db = feat["kp_xy_flip" if fl else "kp_xy"][b], feat["kp_desc"][b]
+    if fl:
+        db = mirror_descriptors(db)
     row: dict[str, Any] = {"i": a, "j": b, "flipped": fl, "matches": 0, "inliers": 0,
                            "aligned_agreement": np.nan, "rotation_deg": np.nan, "scale": np.nan,
                            "shear_rad": np.nan, "shift_x": np.nan, "shift_y": np.nan, "confirmed": False}
