@@ -78,12 +78,21 @@ WORK_PX = 128
 SIFT doubles it internally for its first octave, so fine vessels of a 224-px image still count."""
 N_KEYPOINTS = 300
 """SIFT keypoints kept per image (the strongest by contrast); fundus photographs give about 170 at 128 px."""
+SIFT_CONTRAST = 0.01
+"""SIFT's contrast threshold (OpenCV's default is 0.04): smooth pictures (the demo's painted eyes) keep
+about 100 keypoints instead of 20-40; textured photographs reach the :data:`N_KEYPOINTS` cap either way."""
 MIN_KEYPOINTS = 30
 """Fewer keypoints than this: the image is judged by the former hash + detail rule."""
 MIN_INLIERS = 15
 """Matches consistent with one affine transform needed to call a pair a copy."""
 MIN_ALIGNED_AGREEMENT = 0.46
 """Sign agreement of the fine detail after alignment (in [-1, 1]) needed to call a pair a copy."""
+MIN_AGREEMENT_MARGIN = 0.15
+"""How much more a pair's aligned agreement must be than the cohort's layout agreement (:func:`_layout_agreement`)."""
+MIN_STRUCTURE_AGREEMENT = 0.5
+"""Sign agreement, after alignment, over the strongest quarter of either image's detail, needed to call a pair a copy."""
+N_LAYOUT_REFS = 16
+"""Images of the cohort the layout agreement is measured on."""
 FALLBACK_MIN_INLIERS = 8
 """Inliers, in place, that a hash + detail candidate needs when both images carry keypoints."""
 RANSAC_PX = 1.5
@@ -167,7 +176,7 @@ def _workers(n_items: int) -> int:
 def _sift() -> Any:
     """One SIFT detector per thread (OpenCV detectors are not thread-safe)."""
     if not hasattr(_local, "sift"):
-        _local.sift = _cv2().SIFT_create(N_KEYPOINTS)
+        _local.sift = _cv2().SIFT_create(N_KEYPOINTS, 3, SIFT_CONTRAST)
     return _local.sift
 
 
@@ -384,8 +393,12 @@ def _decompose(m: np.ndarray, flipped: bool) -> dict[str, float]:
 
 def _aligned_agreement(
     cv2: Any, feat: dict[str, np.ndarray], i: int, j: int, m: np.ndarray, flipped: bool
-) -> float:
-    """Sign agreement of the detail of ``i`` and of ``j`` warped onto ``i`` by ``m`` (NaN: little overlap)."""
+) -> tuple[float, float]:
+    """Sign agreement of the detail of ``i`` and of ``j`` warped onto ``i`` by ``m`` (NaN: little overlap).
+
+    Returns the agreement over all pixels inside both images and over the strongest quarter of
+    either image's detail (its structures), each as ``2 * share_agreeing - 1``.
+    """
     a = feat["dense"][i].astype(np.float32)
     b = feat["dense"][j]
     if flipped:
@@ -401,8 +414,13 @@ def _aligned_agreement(
                             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
     both = (a != 0) & inside_b
     if int(both.sum()) < _MIN_OVERLAP:
-        return float("nan")
-    return float(2.0 * np.mean((a[both] > 0) == (warped[both] > 0)) - 1.0)
+        return float("nan"), float("nan")
+    aa, ww = a[both], warped[both]
+    agree = (aa > 0) == (ww > 0)
+    # the strongest quarter of either image's detail: its own structures (vessels, lesions), where a
+    # look-alike on the same background has its own different ones
+    strong = (np.abs(aa) >= np.percentile(np.abs(aa), 75)) | (np.abs(ww) >= np.percentile(np.abs(ww), 75))
+    return float(2.0 * np.mean(agree) - 1.0), float(2.0 * np.mean(agree[strong]) - 1.0)
 
 
 def near_identity(t: dict[str, Any] | pd.Series) -> bool:
@@ -419,30 +437,49 @@ def near_identity(t: dict[str, Any] | pd.Series) -> bool:
                 and abs(t["shear_rad"]) < 0.08 and np.hypot(t["shift_x"], t["shift_y"]) < 0.1)
 
 
-def _matches(cv2: Any, da: np.ndarray, db: np.ndarray) -> list[Any]:
-    """Putative matches: nearest descriptors (L2) that pass Lowe's ratio test (:data:`RATIO`)."""
-    knn = cv2.BFMatcher(cv2.NORM_L2).knnMatch(da.astype(np.float32), db.astype(np.float32), k=2)
-    return [m[0] for m in knn if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
+def _ratio_matches(da: np.ndarray, blocks: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Lowe-ratio matches of the descriptors ``da`` against each descriptor set in ``blocks``.
+
+    For each block: ``(query, train)`` index arrays of the descriptors of ``da`` whose nearest
+    neighbour (L2) in the block is closer than :data:`RATIO` times the second nearest. One matrix
+    product against all blocks at once (the candidates of one image), not one matcher per pair.
+    """
+    out: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.int64), np.zeros(0, np.int64))] * len(blocks)
+    use = [k for k, blk in enumerate(blocks) if len(blk) >= 2]
+    if len(da) == 0 or not use:
+        return out
+    sizes = np.array([len(blocks[k]) for k in use])
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    a = da.astype(np.float32)
+    b = np.concatenate([blocks[k] for k in use]).astype(np.float32)
+    d2 = (a * a).sum(axis=1)[:, None] + (b * b).sum(axis=1)[None, :] - 2.0 * (a @ b.T)
+    seg = np.repeat(np.arange(len(use)), sizes)
+    m1 = np.minimum.reduceat(d2, starts, axis=1)
+    is_min = d2 == m1[:, seg]
+    m2 = np.minimum.reduceat(np.where(is_min, np.inf, d2), starts, axis=1)
+    m2 = np.where(np.add.reduceat(is_min, starts, axis=1) >= 2, m1, m2)  # a tie is no match
+    ok = np.maximum(m1, 0.0) < (RATIO * RATIO) * m2  # squared distances: d1 < RATIO * d2
+    for c, k in enumerate(use):
+        q = np.nonzero(ok[:, c])[0]
+        if len(q):
+            s0 = starts[c]
+            out[k] = (q, np.argmin(d2[q, s0:s0 + sizes[c]], axis=1))
+    return out
 
 
-def _verify_one(feat: dict[str, np.ndarray], a: int, b: int, fl: bool, least: int) -> dict[str, Any]:
-    """Match, fit and check one candidate pair (see :func:`verify_pairs`)."""
+def _verify_one(feat: dict[str, np.ndarray], a: int, b: int, fl: bool, least: int,
+                match: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+    """Fit and check one candidate pair from its descriptor matches (see :func:`verify_pairs`)."""
     cv2 = _cv2()
-    pa, da = feat["kp_xy"][a], feat["kp_desc"][a]
-    pb, db = feat["kp_xy_flip" if fl else "kp_xy"][b], feat["kp_desc"][b]
-    if fl:
-        db = mirror_descriptors(db)
-    row: dict[str, Any] = {"i": a, "j": b, "flipped": fl, "matches": 0, "inliers": 0,
-                           "aligned_agreement": np.nan, "rotation_deg": np.nan, "scale": np.nan,
+    q, t = match
+    row: dict[str, Any] = {"i": a, "j": b, "flipped": fl, "matches": len(q), "inliers": 0,
+                           "aligned_agreement": np.nan, "structure_agreement": np.nan,
+                           "layout_agreement": np.nan, "rotation_deg": np.nan, "scale": np.nan,
                            "shear_rad": np.nan, "shift_x": np.nan, "shift_y": np.nan, "confirmed": False}
-    if len(da) < 3 or len(db) < 3:
+    if len(q) < least:  # fewer matches than the least inliers the caller's rule needs
         return row
-    ms = _matches(cv2, da, db)
-    row["matches"] = len(ms)
-    if len(ms) < least:  # fewer matches than the least inliers the caller's rule needs
-        return row
-    src = pa[[mm.queryIdx for mm in ms]]
-    dst = pb[[mm.trainIdx for mm in ms]]
+    src = feat["kp_xy"][a][q]
+    dst = feat["kp_xy_flip" if fl else "kp_xy"][b][t]
     cv2.setRNGSeed(0)  # per thread: the same pair always gets the same fit
     m, inl = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX,
                                   maxIters=RANSAC_ITERS, confidence=0.999, refineIters=10)
@@ -452,13 +489,34 @@ def _verify_one(feat: dict[str, np.ndarray], a: int, b: int, fl: bool, least: in
     row.update({k: v for k, v in _decompose(m, fl).items() if k != "flip"})
     plausible = 0.5 <= row["scale"] <= 2.0 and abs(row["shear_rad"]) <= 0.5
     if row["inliers"] >= least and plausible:
-        row["aligned_agreement"] = _aligned_agreement(cv2, feat, a, b, m, fl)
+        row["aligned_agreement"], row["structure_agreement"] = _aligned_agreement(cv2, feat, a, b, m, fl)
     if row["inliers"] >= MIN_INLIERS and plausible:
-        # a shared layout (disc, arcades, border of one camera) can line up keypoints of two
-        # different eyes under a near-identity, mirror or slightly sheared transform: the fine
-        # detail must agree too once aligned
-        row["confirmed"] = bool(row["aligned_agreement"] >= MIN_ALIGNED_AGREEMENT)
+        # a shared layout (disc, arcades, border, dust of one camera; ribs and markers of one
+        # radiograph protocol) can line up keypoints of two different images under a near-identity,
+        # mirror or slightly sheared transform: the fine detail must agree too once aligned, and
+        # clearly more than other images of the cohort agree with ``a`` under the same transform
+        row["layout_agreement"] = _layout_agreement(cv2, feat, a, b, m, fl)
+        # and on the image's own strongest structures (two eyes drawn on one background agree
+        # everywhere but on their vessels)
+        row["confirmed"] = bool(row["aligned_agreement"] >= MIN_ALIGNED_AGREEMENT
+                                and row["aligned_agreement"] - row["layout_agreement"] >= MIN_AGREEMENT_MARGIN
+                                and row["structure_agreement"] >= MIN_STRUCTURE_AGREEMENT)
     return row
+
+
+def _layout_agreement(cv2: Any, feat: dict[str, np.ndarray], a: int, b: int, m: np.ndarray, fl: bool) -> float:
+    """What the cohort's shared layout alone gives: the aligned agreement of ``a`` with other images under ``m``.
+
+    The 75th percentile over up to :data:`N_LAYOUT_REFS` images spread evenly over the cohort
+    (neither ``a`` nor ``b``), each warped onto ``a`` by the pair's transform: a camera or protocol
+    shared by a quarter of the cohort shows here; a few copies of ``a`` among them do not. 0
+    when the cohort has no other image with detail to compare.
+    """
+    n = len(feat["dense"])
+    refs = [r for r in np.unique(np.linspace(0, n - 1, N_LAYOUT_REFS + 2).round().astype(int)) if r not in (a, b)]
+    vals = [_aligned_agreement(cv2, feat, a, int(r), m, fl)[0] for r in refs[:N_LAYOUT_REFS]]
+    vals = [v for v in vals if np.isfinite(v)]
+    return float(np.percentile(vals, 75)) if vals else 0.0
 
 
 def verify_pairs(
@@ -466,22 +524,42 @@ def verify_pairs(
 ) -> pd.DataFrame:
     """Geometric verification of candidate pairs ``(i[k], j[k])`` (``j`` mirrored where ``flipped``).
 
+    The descriptors of ``i`` are matched (Lowe's ratio test, :data:`RATIO`) against those of all
+    its candidates at once; a pair with at least ``least`` matches gets one affine transform
+    fitted by RANSAC, and one with at least ``least`` inliers and a plausible transform (scale
+    0.5-2, shear below 0.5) its aligned detail agreement.
+
     Returns
     -------
     pandas.DataFrame
-        One row per pair: ``i``, ``j``, ``flipped``, ``matches`` (mutual nearest descriptors),
-        ``inliers`` (of one affine transform, RANSAC), ``aligned_agreement`` (see the module
-        notes), the transform (``rotation_deg``, ``scale``, ``shear_rad``, ``shift_x``, ``shift_y``:
-        how ``j`` is placed relative to ``i``) and ``confirmed`` (all criteria met). A pair with
-        fewer than ``least`` matches is not fitted (inliers 0), one with fewer than ``least``
-        inliers gets no aligned agreement (NaN): the caller's rule needs no more.
+        One row per pair, in the order given: ``i``, ``j``, ``flipped``, ``matches`` (ratio-test
+        matches), ``inliers`` (of one affine transform, RANSAC), ``aligned_agreement`` (see the
+        module notes), the transform (``rotation_deg``, ``scale``, ``shear_rad``, ``shift_x``,
+        ``shift_y``: how ``j`` is placed relative to ``i``) and ``confirmed`` (all criteria met).
+        A pair with fewer than ``least`` matches is not fitted (inliers 0), one with fewer than
+        ``least`` inliers gets no aligned agreement (NaN): the caller's rule needs no more.
     """
-    args = list(zip(np.asarray(i, np.int64).tolist(), np.asarray(j, np.int64).tolist(),
-                    np.asarray(flipped, bool).tolist(), strict=True))
-    with ThreadPoolExecutor(max_workers=_workers(len(args))) as pool:  # OpenCV releases the GIL
-        rows = list(pool.map(lambda t: _verify_one(feat, *t, max(3, int(least))), args))
-    cols = ["i", "j", "flipped", "matches", "inliers", "aligned_agreement", "rotation_deg", "scale",
-            "shear_rad", "shift_x", "shift_y", "confirmed"]
+    ii = np.asarray(i, np.int64).ravel()
+    jj = np.asarray(j, np.int64).ravel()
+    ff = np.asarray(flipped, bool).ravel()
+    if not (len(ii) == len(jj) == len(ff)):
+        raise ValueError(f"verify_pairs: i, j and flipped have lengths {len(ii)}, {len(jj)}, {len(ff)}")
+    least = max(3, int(least))
+    groups = pd.Series(np.arange(len(ii))).groupby(ii, sort=False).indices  # the pairs of each image i
+
+    def run(members: np.ndarray) -> list[tuple[int, dict[str, Any]]]:
+        a = int(ii[members[0]])
+        blocks = [mirror_descriptors(feat["kp_desc"][jj[k]]) if ff[k] else feat["kp_desc"][jj[k]] for k in members]
+        matches = _ratio_matches(feat["kp_desc"][a], blocks)
+        return [(int(k), _verify_one(feat, a, int(jj[k]), bool(ff[k]), least, mt))
+                for k, mt in zip(members, matches, strict=True)]
+
+    with ThreadPoolExecutor(max_workers=_workers(len(groups))) as pool:  # numpy and OpenCV release the GIL
+        done = [r for part in pool.map(run, list(groups.values())) for r in part]
+    rows = [r for _, r in sorted(done, key=lambda t: t[0])]
+    cols = ["i", "j", "flipped", "matches", "inliers", "aligned_agreement", "structure_agreement", "layout_agreement",
+            "rotation_deg",
+            "scale", "shear_rad", "shift_x", "shift_y", "confirmed"]
     return pd.DataFrame(rows, columns=cols)
 
 

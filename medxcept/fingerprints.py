@@ -97,6 +97,7 @@ from scipy.sparse.csgraph import connected_components
 from medxcept.duplicates import (
     FALLBACK_MIN_INLIERS,
     MIN_KEYPOINTS,
+    MIN_STRUCTURE_AGREEMENT,
     geometric_pairs,
     keypoint_features,
     n_keypoints,
@@ -602,6 +603,8 @@ def verified_near_pairs(
         v = verify_pairs(fp, i_old[k], j_old[k], old["flipped"].to_numpy(bool)[k])
         ok = (v["inliers"].to_numpy() >= FALLBACK_MIN_INLIERS) & np.array(
             [near_identity(r) if r["inliers"] >= 3 else False for _, r in v.iterrows()], dtype=bool)
+        # ... and, aligned, the images' own strongest structures agree (not just a shared background)
+        ok &= v["structure_agreement"].to_numpy(np.float64) >= MIN_STRUCTURE_AGREEMENT
         strong[k[~ok]] = False
     old = old[(~rich) | strong].assign(method="detail")
     geo = geometric_pairs(fp)
