@@ -56,6 +56,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 __all__ = [
     "WORK_PX",
@@ -76,8 +77,8 @@ WORK_PX = 128
 """Side of the square image keypoints are found on (larger images are shrunk, smaller ones enlarged).
 
 SIFT doubles it internally for its first octave, so fine vessels of a 224-px image still count."""
-N_KEYPOINTS = 300
-"""SIFT keypoints kept per image (the strongest by contrast); fundus photographs give about 170 at 128 px."""
+N_KEYPOINTS = 150
+"""SIFT keypoints kept per image (the strongest by contrast; SIFT describes only these)."""
 SIFT_CONTRAST = 0.01
 """SIFT's contrast threshold (OpenCV's default is 0.04): smooth pictures (the demo's painted eyes) keep
 about 100 keypoints instead of 20-40; textured photographs reach the :data:`N_KEYPOINTS` cap either way."""
@@ -105,9 +106,9 @@ LSH_TABLES = 16
 LSH_BITS = 24
 CODE_BITS = 128
 """Bits of a binarized descriptor (each SIFT bin above the descriptor's mean)."""
-BUCKET_CAP = 24
+BUCKET_CAP = 8
 _SIZE_BITS = 5  # bits of a vote code holding its bucket's size (<= BUCKET_CAP < 32)
-TOP_K = 8
+TOP_K = 4
 MIN_VOTES = 1.0
 DENSE_PX = 128
 _DENSE_SIGMA = 3.0
@@ -196,7 +197,7 @@ def _image_features(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     """Keypoints and uint8 SIFT descriptors of one image, and its int8 band-pass detail."""
     cv2 = _cv2()
     g = _to_u8_gray(img)
-    d, inner = _enhance(cv2, g, WORK_PX, 3.0, 5)  # the border's rim carries no keypoints
+    d, inner = _enhance(cv2, g, WORK_PX, _DENSE_SIGMA, 5)  # the border's rim carries no keypoints
     sd = float(d[inner > 0].std()) if inner.any() else 0.0
     e = np.clip(128.0 + 40.0 * d / (sd + 1e-6), 0, 255).astype(np.uint8)
     kp, desc = _sift().detectAndCompute(e, inner)
@@ -206,7 +207,8 @@ def _image_features(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
         strongest = np.argsort([-k.response for k in kp], kind="stable")[:N_KEYPOINTS]
         xy = np.array([kp[t].pt for t in strongest], np.float32).reshape(-1, 2)
         desc = np.clip(desc[strongest], 0, 255).astype(np.uint8)  # SIFT's bins are whole numbers <= 255
-    dd, dfov = _enhance(cv2, g, DENSE_PX, _DENSE_SIGMA, 3)
+    # the detail thumbnail: the same high-pass at DENSE_PX (= WORK_PX: computed once), band-passed
+    dd, dfov = (d, inner) if DENSE_PX == WORK_PX else _enhance(cv2, g, DENSE_PX, _DENSE_SIGMA, 5)
     fine = cv2.GaussianBlur(dd, (0, 0), 1.0)  # band-pass: sigma 1 to 3 px (pixel noise and resampling out)
     inside = dfov > 0
     if inside.any():
@@ -306,10 +308,12 @@ def candidate_pairs(
     allde = np.concatenate(descs)
     img = np.concatenate(img_ids)
     ori = np.concatenate(orient)
-    codes: list[np.ndarray] = []
     # a bucket shared by many images holds a structure they all have (the disc rim, a rib): a stop word
     cap = BUCKET_CAP
-    for sel in _lsh_masks():
+
+    def table(sel: np.ndarray) -> list[np.ndarray]:
+        """The vote codes of one hash table: pair, orientation and bucket size of each collision."""
+        out: list[np.ndarray] = []
         key = _lsh_keys(allde, sel)
         packed = np.sort((key.astype(np.int64) << 32) | np.arange(len(key), dtype=np.int64))  # faster than argsort
         order = packed & 0xFFFFFFFF
@@ -318,7 +322,7 @@ def candidate_pairs(
         size = np.diff(np.r_[start, len(ks)])
         keep_b = (size >= 2) & (size <= cap)
         if not keep_b.any():
-            continue
+            return out
         # only members of small buckets, in bucket order
         members = np.repeat(keep_b, size)
         pos = order[members]
@@ -340,7 +344,12 @@ def candidate_pairs(
             lo, hi = np.minimum(ia, ib), np.maximum(ia, ib)
             # the bucket's size rides in the low bits (a rare bucket says more, idf-like: 1 / (s - 1));
             # one sort of the codes, not an argsort
-            codes.append((((lo * n + hi) * 2 + fl) << _SIZE_BITS) | bsz[a])
+            out.append((((lo * n + hi) * 2 + fl) << _SIZE_BITS) | bsz[a])
+        return out
+
+    masks = _lsh_masks()
+    with ThreadPoolExecutor(max_workers=_workers(len(masks))) as pool:  # numpy's sorts release the GIL
+        codes = [c for part in pool.map(table, masks) for c in part]
     if not codes:
         return empty
     packed = np.sort(np.concatenate(codes))
@@ -554,7 +563,9 @@ def verify_pairs(
         return [(int(k), _verify_one(feat, a, int(jj[k]), bool(ff[k]), least, mt))
                 for k, mt in zip(members, matches, strict=True)]
 
-    with ThreadPoolExecutor(max_workers=_workers(len(groups))) as pool:  # numpy and OpenCV release the GIL
+    # one BLAS thread per worker: OpenBLAS' own threads inside each worker would spin against each other
+    with threadpool_limits(1, user_api="blas"), \
+            ThreadPoolExecutor(max_workers=_workers(len(groups))) as pool:  # numpy and OpenCV release the GIL
         done = [r for part in pool.map(run, list(groups.values())) for r in part]
     rows = [r for _, r in sorted(done, key=lambda t: t[0])]
     cols = ["i", "j", "flipped", "matches", "inliers", "aligned_agreement", "structure_agreement", "layout_agreement",
