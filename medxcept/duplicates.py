@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -129,6 +130,8 @@ def _cv2() -> Any:
 def _to_u8_gray(img: np.ndarray) -> np.ndarray:
     """Luma of a colour image, or the gray image, as uint8."""
     a = np.asarray(img)
+    if a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3:  # the preprocessing cache: OpenCV's luma
+        return _cv2().cvtColor(np.ascontiguousarray(a), _cv2().COLOR_RGB2GRAY)
     if a.ndim == 3 and a.shape[2] >= 3:
         # luma, not the green channel alone: a darkened, contrast-stretched copy can clip green to 0
         a = a[:, :, 0] * 0.299 + a[:, :, 1] * 0.587 + a[:, :, 2] * 0.114
@@ -158,8 +161,9 @@ def _enhance(cv2: Any, g: np.ndarray, px: int, sigma: float, erode: int) -> tupl
 
 
 _local = threading.local()
-LAST_STATS: dict[str, int] = {}
-"""Counts of the last :func:`geometric_pairs` call (candidates, pairs fitted, confirmed), for benchmarks."""
+LAST_STATS: dict[str, float] = {}
+"""Counts of the last :func:`geometric_pairs` call (candidates, pairs fitted, confirmed) and wall seconds of
+the last :func:`keypoint_features`, candidate search and verification, for benchmarks."""
 LAST_CANDIDATES: dict[str, pd.DataFrame] = {}
 """``"pairs"``: the candidate pairs (``i``, ``j``, ``flipped``) of the last :func:`geometric_pairs` call,
 for benchmarks (candidate recall of planted copies)."""
@@ -204,9 +208,9 @@ def _image_features(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     if desc is None or not kp:
         xy, desc = np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8)
     else:
-        strongest = np.argsort([-k.response for k in kp], kind="stable")[:N_KEYPOINTS]
-        xy = np.array([kp[t].pt for t in strongest], np.float32).reshape(-1, 2)
-        desc = np.clip(desc[strongest], 0, 255).astype(np.uint8)  # SIFT's bins are whole numbers <= 255
+        # SIFT keeps the N_KEYPOINTS strongest; their order does not matter (all are indexed and matched)
+        xy = cv2.KeyPoint_convert(kp).astype(np.float32).reshape(-1, 2)
+        desc = np.clip(desc, 0, 255).astype(np.uint8)  # SIFT's bins are whole numbers <= 255
     # the detail thumbnail: the same high-pass at DENSE_PX (= WORK_PX: computed once), band-passed
     dd, dfov = (d, inner) if DENSE_PX == WORK_PX else _enhance(cv2, g, DENSE_PX, _DENSE_SIGMA, 5)
     fine = cv2.GaussianBlur(dd, (0, 0), 1.0)  # band-pass: sigma 1 to 3 px (pixel noise and resampling out)
@@ -240,8 +244,10 @@ def keypoint_features(images: Any) -> dict[str, np.ndarray]:
         inside).
     """
     images = list(images)
+    t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=_workers(len(images))) as pool:  # OpenCV releases the GIL
-        per_image = list(pool.map(_image_features, images, chunksize=64))
+        per_image = list(pool.map(_image_features, images))
+    LAST_STATS["keypoint_s"] = time.perf_counter() - t0
     n = len(per_image)
 
     def obj(v: list[np.ndarray]) -> np.ndarray:
@@ -257,10 +263,22 @@ def keypoint_features(images: Any) -> dict[str, np.ndarray]:
             "dense": np.stack([r[3] for r in per_image]) if n else np.zeros((0, DENSE_PX, DENSE_PX), np.int8)}
 
 
-def _lsh_masks() -> np.ndarray:
-    """Bit positions (of the :data:`CODE_BITS`) of each LSH table's key: :data:`LSH_TABLES` x :data:`LSH_BITS`."""
-    rng = np.random.default_rng(20261201)  # fixed: the same buckets for every cohort
-    return np.stack([rng.choice(CODE_BITS, LSH_BITS, replace=False) for _ in range(LSH_TABLES)])
+def _lsh_bits(n_codes: int) -> int:
+    """Key length for ``n_codes`` indexed descriptors: :data:`LSH_BITS`, one more bit per doubling past 2**21.
+
+    Chance neighbours fill the buckets of a large cohort past :data:`BUCKET_CAP`, and full buckets
+    are skipped; longer keys keep the buckets as sparse as at ~7,000 images. Measured at 20,000
+    images (6 million descriptors): 24 bits found 190 of 200 planted combined copies among the
+    candidates, 26 bits 199 (``benchmarks/audit_bench.py``).
+    """
+    return min(31, LSH_BITS + max(0, int(round(np.log2(max(n_codes, 1) / 2**21)))))
+
+
+def _lsh_masks(n_codes: int = 0) -> np.ndarray:
+    """Bit positions (of the :data:`CODE_BITS`) of each LSH table's key: :data:`LSH_TABLES` x :func:`_lsh_bits`."""
+    rng = np.random.default_rng(20261201)  # fixed: the same buckets for every cohort of a size
+    bits = _lsh_bits(n_codes)
+    return np.stack([rng.choice(CODE_BITS, bits, replace=False) for _ in range(LSH_TABLES)])
 
 
 def _lsh_keys(desc: np.ndarray, bits: np.ndarray) -> np.ndarray:
@@ -347,7 +365,7 @@ def candidate_pairs(
             out.append((((lo * n + hi) * 2 + fl) << _SIZE_BITS) | bsz[a])
         return out
 
-    masks = _lsh_masks()
+    masks = _lsh_masks(len(allde))
     with ThreadPoolExecutor(max_workers=_workers(len(masks))) as pool:  # numpy's sorts release the GIL
         codes = [c for part in pool.map(table, masks) for c in part]
     if not codes:
@@ -579,12 +597,14 @@ def geometric_pairs(feat: dict[str, np.ndarray]) -> pd.DataFrame:
 
     A pair tried in both orientations keeps its better one (confirmed first, then more inliers).
     """
+    t0 = time.perf_counter()
     cand = candidate_pairs(feat)
+    t1 = time.perf_counter()
     res = verify_pairs(feat, cand["i"], cand["j"], cand["flipped"], least=MIN_INLIERS)
-    LAST_STATS.clear()
     LAST_CANDIDATES["pairs"] = cand[["i", "j", "flipped"]]
     LAST_STATS.update(candidates=len(cand), verified=int((res["matches"] >= MIN_INLIERS).sum()),
-                      confirmed=int(res["confirmed"].sum()))
+                      confirmed=int(res["confirmed"].sum()), candidate_s=t1 - t0,
+                      verify_s=time.perf_counter() - t1)
     res["votes"] = cand["votes"].to_numpy()
     res = res.sort_values(["i", "j", "confirmed", "inliers"], ascending=[True, True, False, False],
                           kind="stable")

@@ -175,6 +175,8 @@ def test_candidate_votes_match_a_naive_count():
     feat["kp_code_flip"][:] = [np.zeros((0, duplicates.CODE_BITS // 8), np.uint8)] * 6
     masks = duplicates._lsh_masks()
     assert masks.shape == (duplicates.LSH_TABLES, duplicates.LSH_BITS) and masks.max() < duplicates.CODE_BITS
+    # large cohorts get longer keys: one bit per doubling of the descriptors past 2**21 (20,000 images: 26)
+    assert [duplicates._lsh_bits(n) for n in (0, 2**21, 2**22, 6_000_000)] == [24, 24, 25, 26]
     allde = np.concatenate(list(feat["kp_code"]))
     img = np.repeat(np.arange(6), 30)
     bits = np.unpackbits(allde, axis=1).astype(np.int64)  # most significant bit first, as the keys read them
