@@ -39,7 +39,6 @@ from medxcept.acquisition import ACQ_COLUMNS, SHORTCUT_AUC, cramers_v, shortcut_
 from medxcept.errors import ConfigError, LeakageError
 from medxcept.fingerprints import (
     DEFAULT_HAMMING_THRESHOLD,
-    DETAIL_FALLBACK_THRESHOLD,
     DETAIL_PX,
     DETAIL_THRESHOLD,
     canonical_rows,
@@ -58,7 +57,6 @@ from medxcept.fingerprints import (
 __all__ = [
     "DEFAULT_HAMMING_THRESHOLD",
     "DETAIL_THRESHOLD",
-    "DETAIL_FALLBACK_THRESHOLD",
     "DETAIL_PX",
     "POLICIES",
     "Finding",

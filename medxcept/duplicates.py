@@ -65,8 +65,6 @@ __all__ = [
     "MIN_KEYPOINTS",
     "MIN_INLIERS",
     "MIN_ALIGNED_AGREEMENT",
-    "FALLBACK_MIN_INLIERS",
-    "near_identity",
     "keypoint_features",
     "candidate_pairs",
     "verify_pairs",
@@ -80,6 +78,8 @@ WORK_PX = 128
 SIFT doubles it internally for its first octave, so fine vessels of a 224-px image still count."""
 N_KEYPOINTS = 150
 """SIFT keypoints kept per image (the strongest by contrast; SIFT describes only these)."""
+SIFT_LAYERS = 3
+"""Scales per octave of SIFT's pyramid (Lowe's 3)."""
 SIFT_CONTRAST = 0.01
 """SIFT's contrast threshold (OpenCV's default is 0.04): smooth pictures (the demo's painted eyes) keep
 about 100 keypoints instead of 20-40; textured photographs reach the :data:`N_KEYPOINTS` cap either way."""
@@ -95,8 +95,6 @@ MIN_STRUCTURE_AGREEMENT = 0.5
 """Sign agreement, after alignment, over the strongest quarter of either image's detail, needed to call a pair a copy."""
 N_LAYOUT_REFS = 16
 """Images of the cohort the layout agreement is measured on."""
-FALLBACK_MIN_INLIERS = 8
-"""Inliers, in place, that a hash + detail candidate needs when both images carry keypoints."""
 RANSAC_PX = 1.5
 """RANSAC tolerance, in pixels at :data:`WORK_PX`."""
 RANSAC_ITERS = 2000
@@ -181,7 +179,7 @@ def _workers(n_items: int) -> int:
 def _sift() -> Any:
     """One SIFT detector per thread (OpenCV detectors are not thread-safe)."""
     if not hasattr(_local, "sift"):
-        _local.sift = _cv2().SIFT_create(N_KEYPOINTS, 3, SIFT_CONTRAST)
+        _local.sift = _cv2().SIFT_create(N_KEYPOINTS, SIFT_LAYERS, SIFT_CONTRAST)
     return _local.sift
 
 
@@ -450,20 +448,6 @@ def _aligned_agreement(
     return float(2.0 * np.mean(agree) - 1.0), float(2.0 * np.mean(agree[strong]) - 1.0)
 
 
-def near_identity(t: dict[str, Any] | pd.Series) -> bool:
-    """True when a transform leaves the layout in place.
-
-    Within 8 deg of no turn or of a half-turn, 15 % scale, 0.08 shear, 0.1 of the side shift (with or
-    without a mirror): where two eyes of one camera can sit.
-
-    The half-turn counts because a fundus layout is nearly symmetric top-bottom: a right eye turned
-    by 180 deg puts its disc, arcades and border where a left eye's are.
-    """
-    rot = abs(float(t["rotation_deg"])) % 360
-    return bool(min(rot, abs(180 - rot), 360 - rot) < 8 and abs(t["scale"] - 1) < 0.15
-                and abs(t["shear_rad"]) < 0.08 and np.hypot(t["shift_x"], t["shift_y"]) < 0.1)
-
-
 def _ratio_matches(da: np.ndarray, blocks: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Lowe-ratio matches of the descriptors ``da`` against each descriptor set in ``blocks``.
 
@@ -547,7 +531,7 @@ def _layout_agreement(cv2: Any, feat: dict[str, np.ndarray], a: int, b: int, m: 
 
 
 def verify_pairs(
-    feat: dict[str, np.ndarray], i: Any, j: Any, flipped: Any, *, least: int = FALLBACK_MIN_INLIERS
+    feat: dict[str, np.ndarray], i: Any, j: Any, flipped: Any, *, least: int = MIN_INLIERS
 ) -> pd.DataFrame:
     """Geometric verification of candidate pairs ``(i[k], j[k])`` (``j`` mirrored where ``flipped``).
 

@@ -87,6 +87,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -95,14 +96,10 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from medxcept.duplicates import (
-    FALLBACK_MIN_INLIERS,
     MIN_KEYPOINTS,
-    MIN_STRUCTURE_AGREEMENT,
     geometric_pairs,
     keypoint_features,
     n_keypoints,
-    near_identity,
-    verify_pairs,
 )
 from medxcept.errors import ConfigError
 from medxcept.splits import content_ids
@@ -110,7 +107,6 @@ from medxcept.splits import content_ids
 __all__ = [
     "DEFAULT_HAMMING_THRESHOLD",
     "DETAIL_THRESHOLD",
-    "DETAIL_FALLBACK_THRESHOLD",
     "DETAIL_PX",
     "fingerprints",
     "hamming",
@@ -144,17 +140,6 @@ in the orientation the hashes matched. Measured on the demo cohort preprocessed 
 in brackets), ``benchmarks/near_duplicates.py``: distinct hash candidates at most 0.35 (0.36);
 copies at least 0.65 (0.67) after JPEG quality 75, 0.57 (0.58) after quality 60, 0.67 (0.71)
 after 0.8-1.1x rescaling, 1.0 when mirrored. 0.46 sits in the middle of the gap.
-"""
-
-DETAIL_FALLBACK_THRESHOLD = 0.55
-"""Detail similarity from which a hash candidate is a copy without geometric confirmation.
-
-Between images that both carry keypoints, a hash candidate that the geometry did not confirm
-is still a copy when its fine detail agrees this much in place (un-rotated copies of smooth
-pictures, whose keypoints do not all repeat after re-compression) *and* at least
-:data:`medxcept.duplicates.FALLBACK_MIN_INLIERS` keypoints agree on a transform that leaves the
-image in place; a candidate without detail to compare (NaN) is not. Demo look-alikes reach at
-most 0.36; copies re-compressed at quality 60 at least 0.57 (:data:`DETAIL_THRESHOLD`).
 """
 
 DETAIL_PX = 64
@@ -362,12 +347,27 @@ def fingerprints(images: Iterable[np.ndarray], *, keypoints: bool = True) -> dic
     """
     if not isinstance(images, (np.ndarray, Sequence)):
         images = list(images)  # read twice: hashes, then keypoints
+    if not keypoints:
+        return _hashes(images)
+    # the hashes in one thread while the keypoints take the cores: they fill the gaps the keypoint
+    # workers leave (Python between OpenCV calls); a bad image is reported by the hashes' check
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        hashes = pool.submit(_hashes, images)
+        try:
+            kp = keypoint_features(images)
+        except Exception:
+            hashes.result()  # the ConfigError naming the image, when that is the cause
+            raise
+        return {**kp, **hashes.result()}
+
+
+def _hashes(images: Sequence[np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+    """Pixel hash, pHash, dHash and detail bit-maps of each image (see :func:`fingerprints`)."""
     pixel_hashes, grays = _hash_inputs(images)
     n = len(pixel_hashes)
-    kp = keypoint_features(images) if keypoints else {}
     if n == 0:
         empty = np.zeros(0, dtype=np.uint64)
-        return {**kp, 
+        return {
             "pixel_hash": np.zeros(0, dtype=object),
             "phash": empty,
             "phash_flip": empty.copy(),
@@ -377,11 +377,11 @@ def fingerprints(images: Iterable[np.ndarray], *, keypoints: bool = True) -> dic
             "detail_flip": np.zeros((0, 2, DETAIL_PX), dtype=np.uint64),
         }
     g = np.stack(grays)
-    t = np.stack([_resize(x, _THUMB_PX, _THUMB_PX) for x in grays])
-    s = np.stack([_resize(x, 8, 9) for x in grays])
+    # area resampling of all 64 x 64 thumbnails at once (the same sums as one image at a time)
+    t = _area_rows(_area_rows(g.transpose(1, 0, 2), _THUMB_PX).transpose(2, 1, 0), _THUMB_PX).transpose(1, 2, 0)
+    s = _area_rows(_area_rows(g.transpose(1, 0, 2), 8).transpose(2, 1, 0), 9).transpose(1, 2, 0)
     detail, detail_flip = _detail_bitmaps(g)
     return {
-        **kp,
         "pixel_hash": np.array(pixel_hashes, dtype=object),
         "phash": _phash(t),
         "phash_flip": _phash(t[:, :, ::-1]),
@@ -589,24 +589,17 @@ def verified_near_pairs(
         shifts as a share of the side; NaN for ``method="detail"``).
     """
     cols = ["i", "j", "phash_distance", "dhash_distance", "flipped", "detail_similarity"] + _GEOMETRY_COLS
-    old = near_duplicate_pairs(fp, hamming_threshold)
     if "kp_desc" not in fp:
-        return old.assign(method="detail").reindex(columns=cols)
+        return near_duplicate_pairs(fp, hamming_threshold).assign(method="detail").reindex(columns=cols)
     poor = n_keypoints(fp) < MIN_KEYPOINTS
-    i_old, j_old = old["i"].to_numpy(np.int64), old["j"].to_numpy(np.int64)
-    # with keypoints on both sides, the former rule is kept only where the detail agrees strongly
-    # (un-rotated copies of smooth pictures whose keypoints do not repeat); never on hashes alone
-    strong = old["detail_similarity"].to_numpy(np.float64) >= DETAIL_FALLBACK_THRESHOLD
-    rich = ~poor[i_old] & ~poor[j_old]
-    if (strong & rich).any():  # ... and some keypoints agree in place
-        k = np.nonzero(strong & rich)[0]
-        v = verify_pairs(fp, i_old[k], j_old[k], old["flipped"].to_numpy(bool)[k])
-        ok = (v["inliers"].to_numpy() >= FALLBACK_MIN_INLIERS) & np.array(
-            [near_identity(r) if r["inliers"] >= 3 else False for _, r in v.iterrows()], dtype=bool)
-        # ... and, aligned, the images' own strongest structures agree (not just a shared background)
-        ok &= v["structure_agreement"].to_numpy(np.float64) >= MIN_STRUCTURE_AGREEMENT
-        strong[k[~ok]] = False
-    old = old[(~rich) | strong].assign(method="detail")
+    # the former rule decides only pairs with a structureless image (and costs nothing when there is
+    # none: on 20,000 look-alikes its detail check of every hash candidate took 16 s)
+    if poor.any():
+        old = near_duplicate_pairs(fp, hamming_threshold)
+        i_old, j_old = old["i"].to_numpy(np.int64), old["j"].to_numpy(np.int64)
+        old = old[poor[i_old] | poor[j_old]].assign(method="detail")
+    else:
+        old = pd.DataFrame()
     geo = geometric_pairs(fp)
     geo = geo[geo["confirmed"].to_numpy(bool)]
     if len(geo):
@@ -621,7 +614,8 @@ def verified_near_pairs(
     geo = geo.assign(method="geometry", phash_distance=hamming(ph[gi], other_p).astype(np.int64),
                      dhash_distance=hamming(dh[gi], other_d).astype(np.int64), detail_similarity=np.nan)
     # a pair confirmed both ways keeps its geometric evidence (transform, inliers)
-    out = pd.concat([geo.reindex(columns=cols), old.reindex(columns=cols)], ignore_index=True)
+    parts = [geo.reindex(columns=cols)] + ([old.reindex(columns=cols)] if len(old) else [])
+    out = pd.concat(parts, ignore_index=True)
     out = out.sort_values(["i", "j"], kind="stable").drop_duplicates(["i", "j"])
     return out.reset_index(drop=True)
 
