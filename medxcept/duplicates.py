@@ -7,41 +7,54 @@ What a copy always shares with its original, and a different eye never does, is 
 hundreds of fine structures (vessel branchings and crossings, lesions) related by *one* geometric
 transform. So:
 
-1. **Features** (:func:`keypoint_features`): the green channel (gray for radiographs) at
-   :data:`WORK_PX` px, with its slow illumination removed (minus a Gaussian blur of the field of
-   view), so vessels stand out; up to :data:`N_KEYPOINTS` ORB keypoints (OpenCV, a dependency of
-   albumentations) inside the eroded field of view (the black border and its rim carry no
-   keypoints: every photograph of one camera has the same circle), for the image and for its
-   mirror image (ORB is rotation-invariant, not mirror-invariant; a vertical flip is a mirror plus
-   a half-turn, so one mirror covers both flips). The mirror image's keypoints are the mirrored
-   keypoints (FAST, Harris and the pyramid are mirror-symmetric), so they are described there, not
-   detected again (the same descriptors for a fifth of the cost). A 128-px copy of the same image is kept for the
-   aligned detail check (step 4).
-2. **Candidates** (:func:`candidate_pairs`, sub-quadratic): the binary descriptors are hashed by
-   :data:`LSH_TABLES` random 16-bit subsets; two images sharing many buckets (in either orientation) are
-   candidates: the :data:`TOP_K` best-voted partners of each image, with at least
-   :data:`MIN_VOTES` votes (a shared bucket of ``s`` descriptors votes ``1 / (s - 1)``: rare
-   descriptors count more), each orientation of a chosen pair with at least half the votes of its
-   better one (left-right symmetric pictures, radiographs above all, vote nearly as much for the
-   mirror). Buckets holding more than :data:`BUCKET_CAP` descriptors (structures every image has)
-   are ignored, like stop words.
-3. **Geometric verification** (:func:`verify_pairs`): descriptors matched (mutual nearest
-   neighbours, Hamming distance <= 64 of 256 bits), then one affine transform fitted by RANSAC
-   (OpenCV ``estimateAffine2D``, tolerance :data:`RANSAC_PX` px at :data:`WORK_PX` px); the pair
-   must have at least :data:`MIN_INLIERS` inliers and a plausible transform (scale within 0.5-2,
-   shear below 0.5).
+1. **Features** (:func:`keypoint_features`): the luma (gray for radiographs) at :data:`WORK_PX`
+   px, with its slow illumination removed (minus a Gaussian blur of the field of view), so vessels
+   and texture stand out; up to :data:`N_KEYPOINTS` SIFT keypoints (OpenCV, a dependency of
+   albumentations; contrast threshold :data:`SIFT_CONTRAST`, so smooth pictures keep enough)
+   inside the eroded field of view (the black border and its rim carry no keypoints: every
+   photograph of one camera has the same circle). SIFT is rotation- and scale-invariant, not
+   mirror-invariant; a vertical flip is a mirror plus a half-turn, so the mirror image covers both
+   flips, and its descriptors are not computed again: mirroring a patch reverses SIFT's 4 x 4 cells
+   along one axis and its orientation bins, a fixed permutation (:func:`mirror_descriptors`). Why
+   SIFT and not ORB (the first version): on 20,000 look-alikes with 200 planted copies under all
+   transforms combined, ORB (250 keypoints at 256 px) could confirm 86 % of the copies even when
+   handed the right pair, and its candidate search proposed 52 %; SIFT confirms every one of the
+   200, and look-alike pairs stay at most 14 inliers (``benchmarks/audit_bench.py``). The same
+   high-pass, band-passed, is kept as the detail thumbnail for step 4.
+2. **Candidates** (:func:`candidate_pairs`, sub-quadratic): each descriptor is binarized (each of
+   its 128 bins above the descriptor's mean or not) and hashed by :data:`LSH_TABLES` random subsets
+   of :func:`_lsh_bits` bits (24, one more per doubling of the cohort's descriptors past 2**21);
+   two images sharing many buckets (in either orientation) are candidates: the :data:`TOP_K`
+   best-voted partners of each image, with at least :data:`MIN_VOTES` votes (a shared bucket of
+   ``s`` descriptors votes ``1 / (s - 1)``: rare descriptors count more), each orientation of a
+   chosen pair with at least half the votes of its better one (left-right symmetric pictures,
+   radiographs above all, vote nearly as much for the mirror). Buckets holding more than
+   :data:`BUCKET_CAP` descriptors (structures every image has) are ignored, like stop words.
+3. **Geometric verification** (:func:`verify_pairs`): descriptors matched (nearest neighbour in
+   L2 passing Lowe's ratio test, :data:`RATIO`; one matrix product per image against all its
+   candidates), then one affine transform fitted by RANSAC (OpenCV ``estimateAffine2D``,
+   tolerance :data:`RANSAC_PX` px at :data:`WORK_PX` px); the pair must have at least
+   :data:`MIN_INLIERS` inliers and a plausible transform (scale within 0.5-2, shear below 0.5).
 4. **Aligned detail**: the candidate is warped onto the other image with that transform
    (bilinear, at 128 px) and the sign of its fine detail (a band-pass: Gaussian blur of sigma 1
    minus one of sigma :data:`_DENSE_SIGMA`) compared pixel by pixel inside both fields of view, as
-   ``2 * share_agreeing - 1``. Two eyes of one camera share their layout (disc, arcades, border)
-   and RANSAC can line up their keypoints with a near-identity, mirror, half-turn or slightly
-   sheared transform; a copy agrees widely once aligned, a look-alike only on the layout. It must
-   reach :data:`MIN_ALIGNED_AGREEMENT`.
+   ``2 * share_agreeing - 1``. Two images of one camera or protocol share their layout (disc,
+   arcades, border, dust; ribs, markers) and RANSAC can line up their keypoints with a
+   near-identity, mirror, half-turn or slightly sheared transform; a copy agrees widely once
+   aligned, a look-alike only on the layout. Three conditions, each for a measured trap: the
+   agreement reaches :data:`MIN_ALIGNED_AGREEMENT` (demo eyes drawn from one vessel template reach
+   0.38); it exceeds the cohort's own layout agreement (other images warped by the same transform,
+   :func:`_layout_agreement`) by :data:`MIN_AGREEMENT_MARGIN` (radiograph-like images sharing ribs
+   and a marker agree 0.61 in place; copies exceed their layout by 0.25 or more); and it reaches
+   :data:`MIN_STRUCTURE_AGREEMENT` on the strongest quarter of either image's detail (two eyes drawn
+   on one pixel-identical background agree 0.52 overall but 0.21 on their own vessels; copies 0.74
+   or more).
 
 Images with fewer than :data:`MIN_KEYPOINTS` keypoints (flat or smooth pictures without
 structure) cannot be verified by geometry; pairs involving them keep the former rule (pHash and
 dHash within the Hamming threshold, and the sign of the fine detail agreeing,
-:func:`medxcept.audit.near_duplicate_pairs`), and are marked ``method="detail"``.
+:func:`medxcept.audit.near_duplicate_pairs`), and are marked ``method="detail"``. Pairs of images
+that both carry keypoints are decided by geometry alone, never by hashes.
 
 The thresholds come from ``benchmarks/near_duplicates.py`` (copies vs look-alikes, real and
 synthetic photographs); see its output in the module notes of :mod:`medxcept.audit`.
