@@ -218,3 +218,30 @@ def test_mirrored_descriptors_are_the_mirror_images_descriptors(retina):
     assert np.median(err) < np.median(unpermuted) / 4
     nearest = np.argmin(((permuted[:, None, :] - mdesc[None]) ** 2).sum(-1), axis=1)
     assert np.mean(nearest == np.arange(len(kp))) > 0.9
+
+
+def test_images_sharing_a_layout_are_not_copies_their_copy_is():
+    """One picture with each image's own faint texture (one protocol: ribs, marker, frame): keypoints line
+    up in place and the strongest structures agree, but no more than the cohort's shared layout gives;
+    a JPEG copy of one of them agrees far more than that."""
+    from skimage import data
+
+    base = cv2.resize(data.camera(), (256, 256), interpolation=cv2.INTER_AREA).astype(np.float32)
+    rng = np.random.default_rng(0)
+    imgs = []
+    for _ in range(8):
+        tex = cv2.GaussianBlur(rng.standard_normal((256, 256)).astype(np.float32), (0, 0), 1.2)
+        imgs.append(np.clip(base + 3 * tex / tex.std(), 0, 255).astype(np.uint8))
+    imgs.append(_jpeg(np.repeat(imgs[0][..., None], 3, axis=2), 70)[:, :, 0])
+    fp = fingerprints(imgs)
+    pairs = verified_near_pairs(fp)
+    assert list(zip(pairs["i"], pairs["j"], strict=True)) == [(0, 8)]
+    looks = verify_pairs(fp, [0, 1, 2], [1, 2, 3], [False] * 3)
+    assert not looks["confirmed"].any()
+    # what stops them is the layout: enough inliers and shared structures, agreement at the layout's level
+    stopped = looks[(looks["inliers"] >= MIN_INLIERS)
+                    & (looks["structure_agreement"] >= duplicates.MIN_STRUCTURE_AGREEMENT)]
+    assert len(stopped) >= 2
+    assert ((stopped["aligned_agreement"] - stopped["layout_agreement"]) < duplicates.MIN_AGREEMENT_MARGIN).all()
+    copy = verify_pairs(fp, [0], [8], [False]).iloc[0]
+    assert copy["confirmed"] and copy["aligned_agreement"] - copy["layout_agreement"] > 0.3
