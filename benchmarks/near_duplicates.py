@@ -23,7 +23,8 @@ fitted growth exponent.
 
 Usage::
 
-    python benchmarks/near_duplicates.py                    # full run (~10 min on 2 shared cores)
+    python benchmarks/near_duplicates.py --scale-sizes      # copies and look-alikes (~5 min on 2 cores)
+    python benchmarks/near_duplicates.py                    # ... and the large cohort (20 min more the first time)
     python benchmarks/near_duplicates.py --quick            # smoke run (a few images)
 """
 
