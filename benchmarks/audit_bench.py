@@ -1,7 +1,7 @@
 """How long does the integrity audit take on 1,000 to 20,000 decoded images, and what does it find?
 
 The real audit path, timed end to end on images: :func:`medxcept.audit.fingerprints` (pixel hash,
-pHash/dHash, detail bit-maps, ORB keypoints of each image and its mirror) and
+pHash/dHash, detail bit-maps, SIFT keypoints of each image and its mirror) and
 :func:`medxcept.audit.audit_cohort` (exact and pixel-identical copies, the near-duplicate candidate
 search, geometric verification, groups, leakage and confounding checks). The cohort is
 ``benchmarks/near_duplicates.py``'s large stress set (:func:`near_duplicates.scale_cohort`):

@@ -33,7 +33,8 @@ audit on 20,000 decoded 224-px look-alikes with 1 % planted combined copies, 2 i
 1,000 / 5,000 / 20,000 images in 7.4 / 32 / 141 s wall (a third run at 20,000: 135 s; 114 s with 15
 inliers required instead of 10), 10-12 ms of CPU an image (CPU ~ n^1.00; keypoints 80-93 s, candidate
 search 19-22 s, verification 13-22 s at 20,000); 198 of 200 planted copies found, no false pair. The
-issue's 2 minutes for 20,000 images is not met: SIFT alone takes about 90 s of it. The ORB engine before: 52 % of the copies at 20,000, 467 CPU s.
+issue's 2 minutes for 20,000 images is not met: SIFT alone takes about 90 s of it. The ORB engine
+before: 52 % of the copies at 20,000, 467 CPU s.
 
 Near-duplicate threshold (hash rule)
 ------------------------------------
