@@ -43,7 +43,7 @@ transform. So:
    near-identity, mirror, half-turn or slightly sheared transform; a copy agrees widely once
    aligned, a look-alike only on the layout. Three conditions, each for a measured trap: the
    agreement reaches :data:`MIN_ALIGNED_AGREEMENT` (demo eyes drawn from one vessel template reach
-   0.38); it exceeds the cohort's own layout agreement (other images warped by the same transform,
+   0.41); it exceeds the cohort's own layout agreement (other images warped by the same transform,
    :func:`_layout_agreement`) by :data:`MIN_AGREEMENT_MARGIN` (radiograph-like images sharing ribs
    and a marker agree 0.61 in place; copies exceed their layout by 0.25 or more); and it reaches
    :data:`MIN_STRUCTURE_AGREEMENT` on the strongest quarter of either image's detail (two eyes drawn
@@ -126,7 +126,7 @@ BUCKET_CAP = 8
 _SIZE_BITS = 5  # bits of a vote code holding its bucket's size (<= BUCKET_CAP < 32)
 TOP_K = 4
 MIN_VOTES = 1.0
-DENSE_PX = 128
+DENSE_PX = WORK_PX  # the detail thumbnail is the keypoint image's high-pass, band-passed
 _DENSE_SIGMA = 3.0
 _FOV_LEVEL = 8  # uint8 level below which a pixel is border, not image
 _MIN_OVERLAP = 400  # pixels (at DENSE_PX) inside both images needed for the detail check
@@ -226,10 +226,9 @@ def _image_features(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
         # SIFT keeps the N_KEYPOINTS strongest; their order does not matter (all are indexed and matched)
         xy = cv2.KeyPoint_convert(kp).astype(np.float32).reshape(-1, 2)
         desc = np.clip(desc, 0, 255).astype(np.uint8)  # SIFT's bins are whole numbers <= 255
-    # the detail thumbnail: the same high-pass at DENSE_PX (= WORK_PX: computed once), band-passed
-    dd, dfov = (d, inner) if DENSE_PX == WORK_PX else _enhance(cv2, g, DENSE_PX, _DENSE_SIGMA, 5)
-    fine = cv2.GaussianBlur(dd, (0, 0), 1.0)  # band-pass: sigma 1 to 3 px (pixel noise and resampling out)
-    inside = dfov > 0
+    # the detail thumbnail: the same high-pass, band-passed
+    fine = cv2.GaussianBlur(d, (0, 0), 1.0)  # band-pass: sigma 1 to 3 px (pixel noise and resampling out)
+    inside = inner > 0
     if inside.any():
         fine = fine - np.median(fine[inside])
         fine = fine / (np.abs(fine[inside]).mean() + 1e-6)
@@ -252,7 +251,7 @@ def keypoint_features(images: Any) -> dict[str, np.ndarray]:
     dict of str to numpy.ndarray
         ``kp_xy``, ``kp_xy_flip``: object arrays of ``(k, 2)`` float32 keypoint positions (pixels
         at :data:`WORK_PX`) in the image and in its mirror image; ``kp_desc``: object array of
-        ``(k, 128)`` uint8 SIFT descriptors (strongest first; the mirror image's are
+        ``(k, 128)`` uint8 SIFT descriptors (the strongest :data:`N_KEYPOINTS`; the mirror image's are
         :func:`mirror_descriptors` of them); ``kp_code``, ``kp_code_flip``: the binarized
         descriptors of the image and of its mirror, ``(k, 16)`` uint8, for the candidate search;
         ``dense``: ``(n, 128, 128)`` int8 band-pass detail (0 outside the field of view, never 0
@@ -319,7 +318,7 @@ def candidate_pairs(
     """Pairs sharing many descriptor buckets: ``i < j``, ``flipped``, ``votes`` (sub-quadratic).
 
     The binarized descriptors of each image (orientation 0) and of its mirror image (orientation
-    1) are hashed by :data:`LSH_TABLES` keys of :data:`LSH_BITS` random bits; descriptors in one
+    1) are hashed by :data:`LSH_TABLES` keys of :func:`_lsh_bits` random bits; descriptors in one
     bucket vote for their images' pair (flipped when their orientations differ), ``1 / (s - 1)``
     for a bucket of ``s``. A bucket of more than :data:`BUCKET_CAP` descriptors (a structure every
     image has) is skipped, like a stop word. Each image keeps its ``top_k`` best-voted partners
@@ -434,12 +433,12 @@ def _decompose(m: np.ndarray, flipped: bool) -> dict[str, float]:
 
 
 def _aligned_agreement(
-    cv2: Any, feat: dict[str, np.ndarray], i: int, j: int, m: np.ndarray, flipped: bool
+    cv2: Any, feat: dict[str, np.ndarray], i: int, j: int, m: np.ndarray, flipped: bool, structure: bool = True
 ) -> tuple[float, float]:
     """Sign agreement of the detail of ``i`` and of ``j`` warped onto ``i`` by ``m`` (NaN: little overlap).
 
     Returns the agreement over all pixels inside both images and over the strongest quarter of
-    either image's detail (its structures), each as ``2 * share_agreeing - 1``.
+    either image's detail (its structures; NaN unless ``structure``), each as ``2 * share_agreeing - 1``.
     """
     a = feat["dense"][i].astype(np.float32)
     b = feat["dense"][j]
@@ -459,6 +458,8 @@ def _aligned_agreement(
         return float("nan"), float("nan")
     aa, ww = a[both], warped[both]
     agree = (aa > 0) == (ww > 0)
+    if not structure:
+        return float(2.0 * np.mean(agree) - 1.0), float("nan")
     # the strongest quarter of either image's detail: its own structures (vessels, lesions), where a
     # look-alike on the same background has its own different ones
     strong = (np.abs(aa) >= np.percentile(np.abs(aa), 75)) | (np.abs(ww) >= np.percentile(np.abs(ww), 75))
@@ -542,7 +543,7 @@ def _layout_agreement(cv2: Any, feat: dict[str, np.ndarray], a: int, b: int, m: 
     """
     n = len(feat["dense"])
     refs = [r for r in np.unique(np.linspace(0, n - 1, N_LAYOUT_REFS + 2).round().astype(int)) if r not in (a, b)]
-    vals = [_aligned_agreement(cv2, feat, a, int(r), m, fl)[0] for r in refs[:N_LAYOUT_REFS]]
+    vals = [_aligned_agreement(cv2, feat, a, int(r), m, fl, structure=False)[0] for r in refs[:N_LAYOUT_REFS]]
     vals = [v for v in vals if np.isfinite(v)]
     return float(np.percentile(vals, 75)) if vals else 0.0
 

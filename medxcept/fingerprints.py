@@ -588,14 +588,6 @@ def verified_near_pairs(
     if "kp_desc" not in fp:
         return near_duplicate_pairs(fp, hamming_threshold).assign(method="detail").reindex(columns=cols)
     poor = n_keypoints(fp) < MIN_KEYPOINTS
-    # the former rule decides only pairs with a structureless image (and costs nothing when there is
-    # none: on 20,000 look-alikes its detail check of every hash candidate took 16 s)
-    if poor.any():
-        old = near_duplicate_pairs(fp, hamming_threshold)
-        i_old, j_old = old["i"].to_numpy(np.int64), old["j"].to_numpy(np.int64)
-        old = old[poor[i_old] | poor[j_old]].assign(method="detail")
-    else:
-        old = pd.DataFrame()
     geo = geometric_pairs(fp)
     geo = geo[geo["confirmed"].to_numpy(bool)]
     if len(geo):
@@ -610,7 +602,13 @@ def verified_near_pairs(
     geo = geo.assign(method="geometry", phash_distance=hamming(ph[gi], other_p).astype(np.int64),
                      dhash_distance=hamming(dh[gi], other_d).astype(np.int64), detail_similarity=np.nan)
     # a pair confirmed both ways keeps its geometric evidence (transform, inliers)
-    parts = [geo.reindex(columns=cols)] + ([old.reindex(columns=cols)] if len(old) else [])
+    parts = [geo.reindex(columns=cols)]
+    # the former rule decides only pairs with a structureless image (and costs nothing when there is
+    # none: on 20,000 look-alikes its detail check of every hash candidate took 16 s)
+    if poor.any():
+        old = near_duplicate_pairs(fp, hamming_threshold)
+        old = old[poor[old["i"].to_numpy(np.int64)] | poor[old["j"].to_numpy(np.int64)]]
+        parts.append(old.assign(method="detail").reindex(columns=cols))
     out = pd.concat(parts, ignore_index=True)
     out = out.sort_values(["i", "j"], kind="stable").drop_duplicates(["i", "j"])
     return out.reset_index(drop=True)
