@@ -10,7 +10,8 @@ transform. So:
 1. **Features** (:func:`keypoint_features`): the luma (gray for radiographs) at :data:`WORK_PX`
    px, with its slow illumination removed (minus a Gaussian blur of the field of view), so vessels
    and texture stand out; up to :data:`N_KEYPOINTS` SIFT keypoints (OpenCV, a dependency of
-   albumentations; contrast threshold :data:`SIFT_CONTRAST`, so smooth pictures keep enough)
+   albumentations; on that image shrunk to :data:`SIFT_PX` px, positions mapped back; contrast
+   threshold :data:`SIFT_CONTRAST`, so smooth pictures keep enough)
    inside the eroded field of view (the black border and its rim carry no keypoints: every
    photograph of one camera has the same circle). SIFT is rotation- and scale-invariant, not
    mirror-invariant; a vertical flip is a mirror plus a half-turn, so the mirror image covers both
@@ -24,8 +25,9 @@ transform. So:
 2. **Candidates** (:func:`candidate_pairs`, sub-quadratic): each descriptor is binarized (each of
    its 128 bins above the descriptor's mean or not) and hashed by :data:`LSH_TABLES` random subsets
    of :func:`_lsh_bits` bits (24, one more per doubling of the cohort's descriptors past 2**21);
-   two images sharing many buckets (in either orientation) are candidates: the :data:`TOP_K`
-   best-voted partners of each image, with at least :data:`MIN_VOTES` votes (a shared bucket of
+   two images sharing many buckets (in either orientation) are candidates: the best-voted
+   partners of each image (as many as :data:`PAIR_BUDGET` allows: every voting partner in a
+   cohort of up to 90 images, :data:`TOP_K` from 2,048 on), with at least :data:`MIN_VOTES` votes (a shared bucket of
    ``s`` descriptors votes ``1 / (s - 1)``: rare descriptors count more), each orientation of a
    chosen pair with at least half the votes of its better one (left-right symmetric pictures,
    radiographs above all, vote nearly as much for the mirror). Buckets holding more than
@@ -74,6 +76,7 @@ from threadpoolctl import threadpool_limits
 
 __all__ = [
     "WORK_PX",
+    "SIFT_PX",
     "N_KEYPOINTS",
     "MIN_KEYPOINTS",
     "MIN_INLIERS",
@@ -83,12 +86,20 @@ __all__ = [
     "verify_pairs",
     "geometric_pairs",
     "n_keypoints",
+    "partners_per_image",
 ]
 
 WORK_PX = 128
 """Side of the square image keypoints are found on (larger images are shrunk, smaller ones enlarged).
 
 SIFT doubles it internally for its first octave, so fine vessels of a 224-px image still count."""
+SIFT_PX = 112
+"""Side of the image SIFT runs on (the :data:`WORK_PX` high-pass, shrunk; positions are mapped back).
+
+SIFT's cost is its first octave, the image doubled: at 112 px it takes 70 % of the time it takes at
+128 px. Measured on the 200 planted copies (all transforms combined) of ``benchmarks/audit_bench.py``,
+handed as pairs: 200 confirmed at 128 and at 112 px (fewest inliers 18 and 16), 198 at 96 px
+(fewest 8); ``benchmarks/near_duplicates.py`` finds the same copies at 112 as at 128 px."""
 N_KEYPOINTS = 150
 """SIFT keypoints kept per image (the strongest by contrast; SIFT describes only these)."""
 SIFT_LAYERS = 3
@@ -125,6 +136,14 @@ CODE_BITS = 128
 BUCKET_CAP = 8
 _SIZE_BITS = 5  # bits of a vote code holding its bucket's size (<= BUCKET_CAP < 32)
 TOP_K = 4
+PAIR_BUDGET = 8192
+"""Candidate pairs a small cohort can afford to verify: each image keeps ``PAIR_BUDGET // n`` partners
+(:func:`partners_per_image`), never fewer than :data:`TOP_K`. Verifying a pair costs about 0.3 ms of
+CPU, about a twentieth of one image's keypoints: up to 90 images every pair sharing a bucket is
+verified, at 240 (the demo) 34 partners, from 2,048 images on :data:`TOP_K`. Copies whose descriptors
+an augmentation degraded vote less than look-alikes of one template (the demo generator's eyes share
+one vessel tree): among 40 demo eyes, 4 of 20 copies under all transforms combined ranked 9th to 35th
+among their original's partners (``benchmarks/near_duplicates.py``); only verification tells them apart."""
 MIN_VOTES = 1.0
 DENSE_PX = WORK_PX  # the detail thumbnail is the keypoint image's high-pass, band-passed
 _DENSE_SIGMA = 3.0
@@ -160,13 +179,27 @@ def _to_u8_gray(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+def _percentiles_u8(u: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    """``np.percentile(u, qs)`` (linear interpolation) of uint8 pixels, from their histogram (no sort)."""
+    c = np.cumsum(np.bincount(u.ravel(), minlength=256))
+    n = int(c[-1])
+    out = []
+    for q in qs:
+        r = q / 100.0 * (n - 1)
+        k = int(np.floor(r))
+        lo, hi = np.searchsorted(c, [k, min(k + 1, n - 1)], side="right")
+        out.append(float(lo + (hi - lo) * (r - k)))
+    return out
+
+
 def _enhance(cv2: Any, g: np.ndarray, px: int, sigma: float, erode: int) -> tuple[np.ndarray, np.ndarray]:
     """``(detail, fov)`` at ``px x px``: the image minus its blurred field of view, and the eroded mask."""
     interp = cv2.INTER_AREA if g.shape[0] > px or g.shape[1] > px else cv2.INTER_LINEAR
-    x = cv2.resize(g, (px, px), interpolation=interp).astype(np.float32)
+    u = cv2.resize(g, (px, px), interpolation=interp)
+    x = u.astype(np.float32)
     # the border: darker than a quarter of the way from the darkest pixels to the median
     # (a brightened copy's black border is no longer 0)
-    lo, mid = np.percentile(x, [2, 50])
+    lo, mid = _percentiles_u8(u, (2, 50))
     fov = (x > max(_FOV_LEVEL, lo + 0.25 * (mid - lo))).astype(np.uint8)
     if erode:
         fov = cv2.erode(fov, np.ones((erode, erode), np.uint8))
@@ -219,12 +252,15 @@ def _image_features(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     d, inner = _enhance(cv2, g, WORK_PX, _DENSE_SIGMA, 5)  # the border's rim carries no keypoints
     sd = float(d[inner > 0].std()) if inner.any() else 0.0
     e = np.clip(128.0 + 40.0 * d / (sd + 1e-6), 0, 255).astype(np.uint8)
-    kp, desc = _sift().detectAndCompute(e, inner)
+    if SIFT_PX != WORK_PX:
+        e = cv2.resize(e, (SIFT_PX, SIFT_PX), interpolation=cv2.INTER_AREA)
+    kp, desc = _sift().detectAndCompute(e, cv2.resize(inner, e.shape[::-1], interpolation=cv2.INTER_NEAREST))
     if desc is None or not kp:
         xy, desc = np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8)
     else:
         # SIFT keeps the N_KEYPOINTS strongest; their order does not matter (all are indexed and matched)
         xy = cv2.KeyPoint_convert(kp).astype(np.float32).reshape(-1, 2)
+        xy = (xy + 0.5) * (WORK_PX / SIFT_PX) - 0.5  # pixel centres: SIFT_PX -> WORK_PX
         desc = np.clip(desc, 0, 255).astype(np.uint8)  # SIFT's bins are whole numbers <= 255
     # the detail thumbnail: the same high-pass, band-passed
     fine = cv2.GaussianBlur(d, (0, 0), 1.0)  # band-pass: sigma 1 to 3 px (pixel noise and resampling out)
@@ -312,8 +348,13 @@ def _lsh_keys(desc: np.ndarray, bits: np.ndarray) -> np.ndarray:
     return key
 
 
+def partners_per_image(n: int) -> int:
+    """Best-voted partners each image keeps among ``n`` images: :data:`PAIR_BUDGET` shared, at least :data:`TOP_K`."""
+    return int(max(TOP_K, min(max(n - 1, 0), PAIR_BUDGET // max(n, 1))))
+
+
 def candidate_pairs(
-    feat: dict[str, np.ndarray], *, top_k: int = TOP_K, min_votes: float = MIN_VOTES
+    feat: dict[str, np.ndarray], *, top_k: int | None = None, min_votes: float = MIN_VOTES
 ) -> pd.DataFrame:
     """Pairs sharing many descriptor buckets: ``i < j``, ``flipped``, ``votes`` (sub-quadratic).
 
@@ -322,10 +363,12 @@ def candidate_pairs(
     bucket vote for their images' pair (flipped when their orientations differ), ``1 / (s - 1)``
     for a bucket of ``s``. A bucket of more than :data:`BUCKET_CAP` descriptors (a structure every
     image has) is skipped, like a stop word. Each image keeps its ``top_k`` best-voted partners
+    (default :func:`partners_per_image`)
     with at least ``min_votes``. Cost: one sort of the descriptors per table (``O(N log N)``) plus
     the pairs inside small buckets (about linear).
     """
     n = len(feat["kp_code"])
+    top_k = partners_per_image(n) if top_k is None else top_k
     img_ids, orient, descs = [], [], []
     for o, key in ((0, "kp_code"), (1, "kp_code_flip")):
         for k, d in enumerate(feat[key]):
@@ -343,7 +386,7 @@ def candidate_pairs(
     # a bucket shared by many images holds a structure they all have (the disc rim, a rib): a stop word
     cap = BUCKET_CAP
 
-    def table(sel: np.ndarray) -> list[np.ndarray]:
+    def table(sel: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """The vote codes of one hash table: pair, orientation and bucket size of each collision."""
         out: list[np.ndarray] = []
         key = _lsh_keys(allde, sel)
@@ -376,21 +419,29 @@ def candidate_pairs(
             lo, hi = np.minimum(ia, ib), np.maximum(ia, ib)
             # the bucket's size rides in the low bits (a rare bucket says more, idf-like: 1 / (s - 1));
             # one sort of the codes, not an argsort
-            out.append((((lo * n + hi) * 2 + fl) << _SIZE_BITS) | bsz[a])
+            code = (((lo * n + hi) * 2 + fl) << _SIZE_BITS) | bsz[a]
+            odd = (hi & 1).astype(bool)  # two halves by the pair, summed apart (in two threads)
+            out.append((code[~odd], code[odd]))
         return out
+
+    def summed(codes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The pairs among ``codes`` with at least ``min_votes`` votes, and their votes."""
+        if not codes:
+            return np.zeros(0, np.int64), np.zeros(0)
+        packed = np.sort(np.concatenate(codes))
+        code = packed >> _SIZE_BITS
+        start = np.r_[0, np.nonzero(np.diff(code))[0] + 1]
+        votes = np.add.reduceat(1.0 / ((packed & ((1 << _SIZE_BITS) - 1)) - 1), start)
+        ok = votes >= min_votes
+        return code[start][ok], votes[ok]
 
     masks = _lsh_masks(len(allde))
     with ThreadPoolExecutor(max_workers=_workers(len(masks))) as pool:  # numpy's sorts release the GIL
-        codes = [c for part in pool.map(table, masks) for c in part]
-    if not codes:
-        return empty
-    packed = np.sort(np.concatenate(codes))
-    code = packed >> _SIZE_BITS
-    start = np.r_[0, np.nonzero(np.diff(code))[0] + 1]
-    pair = code[start]
-    votes = np.add.reduceat(1.0 / ((packed & ((1 << _SIZE_BITS) - 1)) - 1), start)
-    ok = votes >= min_votes
-    pair, votes = pair[ok], votes[ok]
+        parts = [c for part in pool.map(table, masks) for c in part]
+        halves = list(pool.map(summed, [[c[h] for c in parts if len(c[h])] for h in (0, 1)]))
+    del parts
+    pair = np.concatenate([h[0] for h in halves])
+    votes = np.concatenate([h[1] for h in halves])
     fl = (pair % 2).astype(bool)
     lo, hi = (pair // 2) // n, (pair // 2) % n
     if not len(pair):
@@ -470,29 +521,38 @@ def _ratio_matches(da: np.ndarray, blocks: list[np.ndarray]) -> list[tuple[np.nd
     """Lowe-ratio matches of the descriptors ``da`` against each descriptor set in ``blocks``.
 
     For each block: ``(query, train)`` index arrays of the descriptors of ``da`` whose nearest
-    neighbour (L2) in the block is closer than :data:`RATIO` times the second nearest. One matrix
-    product against all blocks at once (the candidates of one image), not one matcher per pair.
+    neighbour (L2) in the block is closer than :data:`RATIO` times the second nearest (a tie is no
+    match). One matrix product against all blocks at once (the candidates of one image), not one
+    matcher per pair; the blocks are padded to one width, so that both nearest neighbours come
+    from two reductions along one axis.
     """
     out: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.int64), np.zeros(0, np.int64))] * len(blocks)
     use = [k for k, blk in enumerate(blocks) if len(blk) >= 2]
     if len(da) == 0 or not use:
         return out
-    sizes = np.array([len(blocks[k]) for k in use])
-    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    width = max(len(blocks[k]) for k in use)
+    b = np.zeros((len(use), width, da.shape[1]), np.float32)
+    bb = np.full((len(use), width), np.inf, np.float32)  # padding: never a neighbour
+    for c, k in enumerate(use):
+        blk = blocks[k].astype(np.float32)
+        b[c, :len(blk)] = blk
+        bb[c, :len(blk)] = np.einsum("ij,ij->i", blk, blk)
     a = da.astype(np.float32)
-    b = np.concatenate([blocks[k] for k in use]).astype(np.float32)
-    d2 = (a * a).sum(axis=1)[:, None] + (b * b).sum(axis=1)[None, :] - 2.0 * (a @ b.T)
-    seg = np.repeat(np.arange(len(use)), sizes)
-    m1 = np.minimum.reduceat(d2, starts, axis=1)
-    is_min = d2 == m1[:, seg]
-    m2 = np.minimum.reduceat(np.where(is_min, np.inf, d2), starts, axis=1)
-    m2 = np.where(np.add.reduceat(is_min, starts, axis=1) >= 2, m1, m2)  # a tie is no match
-    ok = np.maximum(m1, 0.0) < (RATIO * RATIO) * m2  # squared distances: d1 < RATIO * d2
+    # squared distance minus |a|^2 (the same for one query row): |b|^2 - 2 a.b
+    d = a @ b.reshape(-1, b.shape[2]).T
+    d *= -2.0
+    d += bb.reshape(1, -1)
+    d = d.reshape(len(a), len(use), width)
+    nn = d.argmin(axis=2)[..., None]
+    m1 = np.take_along_axis(d, nn, axis=2)[..., 0]
+    np.put_along_axis(d, nn, np.inf, axis=2)
+    m2 = d.min(axis=2)
+    aa = np.einsum("ij,ij->i", a, a)[:, None]
+    ok = np.maximum(m1 + aa, 0.0) < (RATIO * RATIO) * (m2 + aa)  # squared distances: d1 < RATIO * d2
     for c, k in enumerate(use):
         q = np.nonzero(ok[:, c])[0]
         if len(q):
-            s0 = starts[c]
-            out[k] = (q, np.argmin(d2[q, s0:s0 + sizes[c]], axis=1))
+            out[k] = (q, nn[q, c, 0])
     return out
 
 
@@ -519,7 +579,8 @@ def _verify_one(feat: dict[str, np.ndarray], a: int, b: int, fl: bool, least: in
     plausible = 0.5 <= row["scale"] <= 2.0 and abs(row["shear_rad"]) <= 0.5
     if row["inliers"] >= least and plausible:
         row["aligned_agreement"], row["structure_agreement"] = _aligned_agreement(cv2, feat, a, b, m, fl)
-    if row["inliers"] >= MIN_INLIERS and plausible:
+    if (row["inliers"] >= MIN_INLIERS and plausible and row["aligned_agreement"] >= MIN_ALIGNED_AGREEMENT
+            and row["structure_agreement"] >= MIN_STRUCTURE_AGREEMENT):
         # a shared layout (disc, arcades, border, dust of one camera; ribs and markers of one
         # radiograph protocol) can line up keypoints of two different images under a near-identity,
         # mirror or slightly sheared transform: the fine detail must agree too once aligned, and
@@ -527,9 +588,8 @@ def _verify_one(feat: dict[str, np.ndarray], a: int, b: int, fl: bool, least: in
         row["layout_agreement"] = _layout_agreement(cv2, feat, a, b, m, fl)
         # and on the image's own strongest structures (two eyes drawn on one background agree
         # everywhere but on their vessels)
-        row["confirmed"] = bool(row["aligned_agreement"] >= MIN_ALIGNED_AGREEMENT
-                                and row["aligned_agreement"] - row["layout_agreement"] >= MIN_AGREEMENT_MARGIN
-                                and row["structure_agreement"] >= MIN_STRUCTURE_AGREEMENT)
+        # (the layout figure costs 16 warps: only for a pair the other two conditions would confirm)
+        row["confirmed"] = bool(row["aligned_agreement"] - row["layout_agreement"] >= MIN_AGREEMENT_MARGIN)
     return row
 
 

@@ -236,12 +236,62 @@ def test_images_sharing_a_layout_are_not_copies_their_copy_is():
     fp = fingerprints(imgs)
     pairs = verified_near_pairs(fp)
     assert list(zip(pairs["i"], pairs["j"], strict=True)) == [(0, 8)]
-    looks = verify_pairs(fp, [0, 1, 2], [1, 2, 3], [False] * 3)
+    li, lj = np.triu_indices(8, 1)
+    looks = verify_pairs(fp, li, lj, np.zeros(len(li), bool))
     assert not looks["confirmed"].any()
-    # what stops them is the layout: enough inliers and shared structures, agreement at the layout's level
+    # what stops them is the layout: enough inliers, aligned agreement and shared structures, but
+    # agreement at the layout's level (the layout figure is computed only for such pairs)
     stopped = looks[(looks["inliers"] >= MIN_INLIERS)
+                    & (looks["aligned_agreement"] >= duplicates.MIN_ALIGNED_AGREEMENT)
                     & (looks["structure_agreement"] >= duplicates.MIN_STRUCTURE_AGREEMENT)]
     assert len(stopped) >= 2
     assert ((stopped["aligned_agreement"] - stopped["layout_agreement"]) < duplicates.MIN_AGREEMENT_MARGIN).all()
     copy = verify_pairs(fp, [0], [8], [False]).iloc[0]
     assert copy["confirmed"] and copy["aligned_agreement"] - copy["layout_agreement"] > 0.3
+
+
+def test_ratio_matches_agree_with_a_brute_force_ratio_test():
+    """One padded matrix product per image gives, for each block, Lowe's ratio test pair by pair (ties: no match)."""
+    rng = np.random.default_rng(5)
+    da = rng.integers(0, 120, (60, 128)).astype(np.uint8)
+    blocks = []
+    for size in (150, 37, 1, 0, 90, 2):
+        blk = rng.integers(0, 120, (size, 128)).astype(np.uint8)
+        k = min(size, 25)
+        blk[:k] = np.clip(da[:k].astype(int) + rng.integers(-6, 7, (k, 128)), 0, 255)  # near copies
+        blocks.append(blk)
+    blocks[4][40] = blocks[4][41] = da[59]  # a tie: two equally near neighbours
+    got = duplicates._ratio_matches(da, blocks)
+    for blk, (q, t) in zip(blocks, got, strict=True):
+        want = set()
+        if len(blk) >= 2:
+            d = ((da[:, None, :].astype(np.float64) - blk[None].astype(np.float64)) ** 2).sum(-1)
+            order = np.sort(d, axis=1)
+            for r in range(len(da)):
+                if order[r, 0] < duplicates.RATIO ** 2 * order[r, 1]:
+                    want.add((r, int(np.argmin(d[r]))))
+        assert set(zip(q.tolist(), t.tolist(), strict=True)) == want
+    assert 59 not in got[4][0] and len(got[0][0]) >= 20 and len(got[2][0]) == len(got[3][0]) == 0
+
+
+def test_small_cohorts_verify_every_pair_that_shares_a_bucket():
+    """The verification budget: a small cohort keeps all voting partners, a large one its best TOP_K."""
+    assert duplicates.partners_per_image(40) == 39
+    assert duplicates.partners_per_image(240) == duplicates.PAIR_BUDGET // 240 > duplicates.TOP_K
+    assert duplicates.partners_per_image(20_000) == duplicates.TOP_K
+    rng = np.random.default_rng(4)
+    base = rng.integers(0, 256, (40, duplicates.CODE_BITS // 8), dtype=np.uint8)
+    feat = {"kp_code": np.empty(12, object), "kp_code_flip": np.empty(12, object)}
+    feat["kp_code"][:] = [base[rng.choice(40, 30, replace=False)] for _ in range(12)]
+    feat["kp_code_flip"][:] = [np.zeros((0, duplicates.CODE_BITS // 8), np.uint8)] * 12
+    every = duplicates.candidate_pairs(feat, top_k=10**6)
+    assert len(every) > 12 * duplicates.TOP_K // 2 + 5  # more voting pairs than TOP_K partners would keep
+    pd.testing.assert_frame_equal(duplicates.candidate_pairs(feat), every)
+    assert len(duplicates.candidate_pairs(feat, top_k=duplicates.TOP_K)) < len(every)
+
+
+def test_percentiles_from_the_histogram_are_numpys():
+    rng = np.random.default_rng(6)
+    for n in (1, 2, 7, 1000, 16384):
+        u = np.minimum(rng.poisson(rng.uniform(1, 200), n), 255).astype(np.uint8)
+        assert duplicates._percentiles_u8(u, (2, 50, 97.5)) == pytest.approx(np.percentile(u, [2, 50, 97.5]), abs=1e-9)
