@@ -575,6 +575,8 @@ def _verify_one(feat: dict[str, np.ndarray], a: int, b: int, fl: bool, least: in
     if m is None:
         return row
     row["inliers"] = int(inl.sum())
+    if row["inliers"] < least:  # the caller's rule needs no more (most look-alike candidates end here)
+        return row
     row.update({k: v for k, v in _decompose(m, fl).items() if k != "flip"})
     plausible = 0.5 <= row["scale"] <= 2.0 and abs(row["shear_rad"]) <= 0.5
     if row["inliers"] >= least and plausible:
@@ -626,7 +628,9 @@ def verify_pairs(
         module notes), the transform (``rotation_deg``, ``scale``, ``shear_rad``, ``shift_x``,
         ``shift_y``: how ``j`` is placed relative to ``i``) and ``confirmed`` (all criteria met).
         A pair with fewer than ``least`` matches is not fitted (inliers 0), one with fewer than
-        ``least`` inliers gets no aligned agreement (NaN): the caller's rule needs no more.
+        ``least`` inliers gets no transform and no aligned agreement (NaN), and the layout
+        agreement is computed only for a pair whose other conditions hold: the caller's rule needs
+        no more.
     """
     ii = np.asarray(i, np.int64).ravel()
     jj = np.asarray(j, np.int64).ravel()
