@@ -18,12 +18,14 @@ agreement, :func:`medxcept.audit.near_duplicate_pairs`); ``after`` = the current
 (:func:`medxcept.audit.verified_near_pairs`: keypoints + one affine transform + aligned detail).
 It prints, for each: the share of copies found per transform, the false pairs among distinct images
 (and per 10,000 images), the inlier distributions of copies vs look-alike candidates (the margins
-of :data:`medxcept.duplicates.MIN_INLIERS`), and the audit time at several cohort sizes with the
-fitted growth exponent.
+of :data:`medxcept.duplicates.MIN_INLIERS`), combined copies hidden among 300 look-alikes of their
+kind (the candidate search must single them out: in the 40-image cohorts every voting pair is
+verified, :data:`medxcept.duplicates.PAIR_BUDGET`), and the audit time at several cohort sizes with
+the fitted growth exponent.
 
 Usage::
 
-    python benchmarks/near_duplicates.py --scale-sizes      # copies and look-alikes (~5 min on 2 cores)
+    python benchmarks/near_duplicates.py --scale-sizes      # copies and look-alikes (~7 min on 2 cores)
     python benchmarks/near_duplicates.py                    # ... and the large cohort (20 min more the first time)
     python benchmarks/near_duplicates.py --quick            # smoke run (a few images)
 """
