@@ -245,8 +245,9 @@ def mirror_descriptors(desc: np.ndarray) -> np.ndarray:
     return desc[:, _MIRROR]
 
 
-def _image_features(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Keypoints and uint8 SIFT descriptors of one image, and its int8 band-pass detail."""
+def _image_features(img: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Keypoints, uint8 SIFT descriptors and their binarized codes (and the mirror image's) of one image,
+    and its int8 band-pass detail."""
     cv2 = _cv2()
     g = _to_u8_gray(img)
     d, inner = _enhance(cv2, g, WORK_PX, _DENSE_SIGMA, 5)  # the border's rim carries no keypoints
@@ -271,7 +272,7 @@ def _image_features(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     # int8 detail (0 = outside the field of view; inside never exactly 0)
     q = np.clip(np.rint(fine * 32), -127, 127)
     q = np.where(q == 0, np.where(fine >= 0, 1, -1), q)
-    return xy, desc, _codes(desc), (q * inside).astype(np.int8)
+    return xy, desc, _codes(desc), _codes(mirror_descriptors(desc)), (q * inside).astype(np.int8)
 
 
 def keypoint_features(images: Any) -> dict[str, np.ndarray]:
@@ -309,8 +310,8 @@ def keypoint_features(images: Any) -> dict[str, np.ndarray]:
     w = WORK_PX - 1
     return {"kp_xy": obj(xy), "kp_xy_flip": obj([np.c_[w - p[:, 0], p[:, 1]].astype(np.float32) for p in xy]),
             "kp_desc": obj([r[1] for r in per_image]), "kp_code": obj([r[2] for r in per_image]),
-            "kp_code_flip": obj([_codes(mirror_descriptors(r[1])) for r in per_image]),
-            "dense": np.stack([r[3] for r in per_image]) if n else np.zeros((0, DENSE_PX, DENSE_PX), np.int8)}
+            "kp_code_flip": obj([r[3] for r in per_image]),
+            "dense": np.stack([r[4] for r in per_image]) if n else np.zeros((0, DENSE_PX, DENSE_PX), np.int8)}
 
 
 def _lsh_bits(n_codes: int) -> int:
@@ -424,16 +425,23 @@ def candidate_pairs(
             out.append((code[~odd], code[odd]))
         return out
 
-    def summed(codes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """The pairs among ``codes`` with at least ``min_votes`` votes, and their votes."""
+    def summed(codes: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+        """Pairs among ``codes`` with at least ``min_votes`` votes: ``(pair, votes, unordered pair, its
+        best orientation's votes, index of each pair's unordered pair)``, sorted by pair."""
         if not codes:
-            return np.zeros(0, np.int64), np.zeros(0)
+            return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
         packed = np.sort(np.concatenate(codes))
         code = packed >> _SIZE_BITS
         start = np.r_[0, np.nonzero(np.diff(code))[0] + 1]
         votes = np.add.reduceat(1.0 / ((packed & ((1 << _SIZE_BITS) - 1)) - 1), start)
         ok = votes >= min_votes
-        return code[start][ok], votes[ok]
+        pair, votes = code[start][ok], votes[ok]
+        if not len(pair):
+            return pair, votes, np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
+        key = pair // 2  # sorted: both orientations of a pair are neighbours
+        run = np.r_[0, np.nonzero(np.diff(key))[0] + 1]
+        inverse = np.repeat(np.arange(len(run)), np.diff(np.r_[run, len(key)]))
+        return pair, votes, key[run], np.maximum.reduceat(votes, run), inverse
 
     masks = _lsh_masks(len(allde))
     with ThreadPoolExecutor(max_workers=_workers(len(masks))) as pool:  # numpy's sorts release the GIL
@@ -449,15 +457,14 @@ def candidate_pairs(
     # the top_k partners of each image (as i or as j), ranked by the pair's better orientation;
     # each orientation of a chosen pair with at least half the better one's votes is verified
     # (left-right symmetric pictures, radiographs above all, vote nearly as much for the mirror)
-    key = pair // 2
-    ukey, uinv = np.unique(key, return_inverse=True)
-    best = np.zeros(len(ukey))
-    np.maximum.at(best, uinv, votes)
+    ukey = np.concatenate([h[2] for h in halves])  # the halves hold different pairs (odd or even j)
+    best = np.concatenate([h[3] for h in halves])
+    uinv = np.concatenate([halves[0][4], halves[1][4] + len(halves[0][2])])
     ulo, uhi = ukey // n, ukey % n
     a = np.r_[ulo, uhi]
     v = np.r_[best, best]
     idx = np.r_[np.arange(len(ukey)), np.arange(len(ukey))]
-    order = np.lexsort((idx, -v, a))
+    order = np.lexsort((np.r_[ukey, ukey], -v, a))  # ties: the lower pair first
     a_s = a[order]
     first = np.r_[0, np.nonzero(np.diff(a_s))[0] + 1]
     rank = np.arange(len(a_s)) - np.repeat(first, np.diff(np.r_[first, len(a_s)]))
