@@ -92,12 +92,13 @@ __all__ = [
 WORK_PX = 128
 """Side of the square image keypoints are found on (larger images are shrunk, smaller ones enlarged).
 
-SIFT doubles it internally for its first octave, so fine vessels of a 224-px image still count."""
+The detail thumbnail and keypoint positions are at this size; SIFT runs on it shrunk to :data:`SIFT_PX`
+and doubles that internally for its first octave, so fine vessels of a 224-px image still count."""
 SIFT_PX = 112
 """Side of the image SIFT runs on (the :data:`WORK_PX` high-pass, shrunk; positions are mapped back).
 
-SIFT's cost is its first octave, the image doubled: at 112 px it takes 70 % of the time it takes at
-128 px. Measured on the 200 planted copies (all transforms combined) of ``benchmarks/audit_bench.py``,
+SIFT's cost is its first octave (the image doubled) and its descriptors: at 112 px the keypoint
+stage took 3.7 ms an image against 4.5 ms at 128 px (400 images, 2 threads). Measured on the 200 planted copies (all transforms combined) of ``benchmarks/audit_bench.py``,
 handed as pairs: 200 confirmed at 128 and at 112 px (fewest inliers 18 and 16), 198 at 96 px
 (fewest 8); ``benchmarks/near_duplicates.py`` finds the same copies at 112 as at 128 px."""
 N_KEYPOINTS = 150
@@ -138,8 +139,8 @@ _SIZE_BITS = 5  # bits of a vote code holding its bucket's size (<= BUCKET_CAP <
 TOP_K = 4
 PAIR_BUDGET = 8192
 """Candidate pairs a small cohort can afford to verify: each image keeps ``PAIR_BUDGET // n`` partners
-(:func:`partners_per_image`), never fewer than :data:`TOP_K`. Verifying a pair costs about 0.3 ms of
-CPU, about a twentieth of one image's keypoints: up to 90 images every pair sharing a bucket is
+(:func:`partners_per_image`), never fewer than :data:`TOP_K`. Verifying a pair costs about 0.35 ms of
+CPU (20,000 images: 54,128 pairs), a twentieth of one image's keypoints (7-9 ms): up to 90 images every pair sharing a bucket is
 verified, at 240 (the demo) 34 partners, from 2,048 images on :data:`TOP_K`. Copies whose descriptors
 an augmentation degraded vote less than look-alikes of one template (the demo generator's eyes share
 one vessel tree): among 40 demo eyes, 4 of 20 copies under all transforms combined ranked 9th to 35th
@@ -388,8 +389,8 @@ def candidate_pairs(
     cap = BUCKET_CAP
 
     def table(sel: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """The vote codes of one hash table: pair, orientation and bucket size of each collision."""
-        out: list[np.ndarray] = []
+        """The vote codes of one hash table (pair, orientation and bucket size of each collision), in two halves."""
+        out: list[tuple[np.ndarray, np.ndarray]] = []
         key = _lsh_keys(allde, sel)
         packed = np.sort((key.astype(np.int64) << 32) | np.arange(len(key), dtype=np.int64))  # faster than argsort
         order = packed & 0xFFFFFFFF
@@ -586,18 +587,17 @@ def _verify_one(feat: dict[str, np.ndarray], a: int, b: int, fl: bool, least: in
         return row
     row.update({k: v for k, v in _decompose(m, fl).items() if k != "flip"})
     plausible = 0.5 <= row["scale"] <= 2.0 and abs(row["shear_rad"]) <= 0.5
-    if row["inliers"] >= least and plausible:
+    if plausible:
         row["aligned_agreement"], row["structure_agreement"] = _aligned_agreement(cv2, feat, a, b, m, fl)
+    # a shared layout (disc, arcades, border, dust of one camera; ribs and markers of one radiograph
+    # protocol) can line up keypoints of two different images under a near-identity, mirror or
+    # slightly sheared transform: the fine detail must agree too once aligned, on the image's own
+    # strongest structures too (two eyes drawn on one background agree everywhere but on their
+    # vessels), and clearly more than other images of the cohort agree with ``a`` under the same
+    # transform (that figure costs 16 warps: only for a pair the other conditions confirm)
     if (row["inliers"] >= MIN_INLIERS and plausible and row["aligned_agreement"] >= MIN_ALIGNED_AGREEMENT
             and row["structure_agreement"] >= MIN_STRUCTURE_AGREEMENT):
-        # a shared layout (disc, arcades, border, dust of one camera; ribs and markers of one
-        # radiograph protocol) can line up keypoints of two different images under a near-identity,
-        # mirror or slightly sheared transform: the fine detail must agree too once aligned, and
-        # clearly more than other images of the cohort agree with ``a`` under the same transform
         row["layout_agreement"] = _layout_agreement(cv2, feat, a, b, m, fl)
-        # and on the image's own strongest structures (two eyes drawn on one background agree
-        # everywhere but on their vessels)
-        # (the layout figure costs 16 warps: only for a pair the other two conditions would confirm)
         row["confirmed"] = bool(row["aligned_agreement"] - row["layout_agreement"] >= MIN_AGREEMENT_MARGIN)
     return row
 
