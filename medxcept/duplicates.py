@@ -165,12 +165,14 @@ def _cv2() -> Any:
 def _to_u8_gray(img: np.ndarray) -> np.ndarray:
     """Luma of a colour image, or the gray image, as uint8."""
     a = np.asarray(img)
-    if a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3:  # the preprocessing cache: OpenCV's luma
-        return _cv2().cvtColor(np.ascontiguousarray(a), _cv2().COLOR_RGB2GRAY)
+    dtype = a.dtype
+    if dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3:  # the preprocessing cache: OpenCV's luma
+        cv2 = _cv2()
+        return cv2.cvtColor(np.ascontiguousarray(a), cv2.COLOR_RGB2GRAY)
     if a.ndim == 3 and a.shape[2] >= 3:
         # luma, not the green channel alone: a darkened, contrast-stretched copy can clip green to 0
         a = a[:, :, 0] * 0.299 + a[:, :, 1] * 0.587 + a[:, :, 2] * 0.114
-        a = a if np.asarray(img).dtype.kind == "f" else a.astype(np.asarray(img).dtype)
+        a = a if dtype.kind == "f" else a.astype(dtype)
     elif a.ndim == 3:
         a = a[:, :, 0]
     if a.dtype.kind == "f":
@@ -254,9 +256,11 @@ def _image_features(img: np.ndarray) -> tuple[np.ndarray, ...]:
     d, inner = _enhance(cv2, g, WORK_PX, _DENSE_SIGMA, 5)  # the border's rim carries no keypoints
     sd = float(d[inner > 0].std()) if inner.any() else 0.0
     e = np.clip(128.0 + 40.0 * d / (sd + 1e-6), 0, 255).astype(np.uint8)
+    mask = inner
     if SIFT_PX != WORK_PX:
         e = cv2.resize(e, (SIFT_PX, SIFT_PX), interpolation=cv2.INTER_AREA)
-    kp, desc = _sift().detectAndCompute(e, cv2.resize(inner, e.shape[::-1], interpolation=cv2.INTER_NEAREST))
+        mask = cv2.resize(inner, (SIFT_PX, SIFT_PX), interpolation=cv2.INTER_NEAREST)
+    kp, desc = _sift().detectAndCompute(e, mask)
     if desc is None or not kp:
         xy, desc = np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8)
     else:
@@ -426,23 +430,16 @@ def candidate_pairs(
             out.append((code[~odd], code[odd]))
         return out
 
-    def summed(codes: list[np.ndarray]) -> tuple[np.ndarray, ...]:
-        """Pairs among ``codes`` with at least ``min_votes`` votes: ``(pair, votes, unordered pair, its
-        best orientation's votes, index of each pair's unordered pair)``, sorted by pair."""
+    def summed(codes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The pairs among ``codes`` with at least ``min_votes`` votes, sorted, and their votes."""
         if not codes:
-            return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
+            return np.zeros(0, np.int64), np.zeros(0)
         packed = np.sort(np.concatenate(codes))
         code = packed >> _SIZE_BITS
         start = np.r_[0, np.nonzero(np.diff(code))[0] + 1]
         votes = np.add.reduceat(1.0 / ((packed & ((1 << _SIZE_BITS) - 1)) - 1), start)
         ok = votes >= min_votes
-        pair, votes = code[start][ok], votes[ok]
-        if not len(pair):
-            return pair, votes, np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
-        key = pair // 2  # sorted: both orientations of a pair are neighbours
-        run = np.r_[0, np.nonzero(np.diff(key))[0] + 1]
-        inverse = np.repeat(np.arange(len(run)), np.diff(np.r_[run, len(key)]))
-        return pair, votes, key[run], np.maximum.reduceat(votes, run), inverse
+        return code[start][ok], votes[ok]
 
     masks = _lsh_masks(len(allde))
     with ThreadPoolExecutor(max_workers=_workers(len(masks))) as pool:  # numpy's sorts release the GIL
@@ -451,16 +448,17 @@ def candidate_pairs(
     del parts
     pair = np.concatenate([h[0] for h in halves])
     votes = np.concatenate([h[1] for h in halves])
-    fl = (pair % 2).astype(bool)
-    lo, hi = (pair // 2) // n, (pair // 2) % n
     if not len(pair):
         return empty
+    fl = (pair % 2).astype(bool)
+    lo, hi = (pair // 2) // n, (pair // 2) % n
     # the top_k partners of each image (as i or as j), ranked by the pair's better orientation;
     # each orientation of a chosen pair with at least half the better one's votes is verified
     # (left-right symmetric pictures, radiographs above all, vote nearly as much for the mirror)
-    ukey = np.concatenate([h[2] for h in halves])  # the halves hold different pairs (odd or even j)
-    best = np.concatenate([h[3] for h in halves])
-    uinv = np.concatenate([halves[0][4], halves[1][4] + len(halves[0][2])])
+    key = pair // 2  # sorted within each half, and the halves hold different pairs: equal keys are neighbours
+    run = np.r_[0, np.nonzero(np.diff(key))[0] + 1]
+    ukey, best = key[run], np.maximum.reduceat(votes, run)
+    uinv = np.repeat(np.arange(len(run)), np.diff(np.r_[run, len(key)]))
     ulo, uhi = ukey // n, ukey % n
     a = np.r_[ulo, uhi]
     v = np.r_[best, best]
@@ -660,8 +658,7 @@ def verify_pairs(
         done = [r for part in pool.map(run, list(groups.values())) for r in part]
     rows = [r for _, r in sorted(done, key=lambda t: t[0])]
     cols = ["i", "j", "flipped", "matches", "inliers", "aligned_agreement", "structure_agreement", "layout_agreement",
-            "rotation_deg",
-            "scale", "shear_rad", "shift_x", "shift_y", "confirmed"]
+            "rotation_deg", "scale", "shear_rad", "shift_x", "shift_y", "confirmed"]
     return pd.DataFrame(rows, columns=cols)
 
 

@@ -190,6 +190,11 @@ def _resize(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return _area_rows(_area_rows(img, out_h).swapaxes(0, 1), out_w).swapaxes(0, 1)
 
 
+def _resize_stack(g: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Area-resample a stack of ``n x H x W`` images to ``n x out_h x out_w`` (float64), all at once."""
+    return _area_rows(_area_rows(g.transpose(1, 0, 2), out_h).transpose(2, 1, 0), out_w).transpose(1, 2, 0)
+
+
 def _as_hwc(img: np.ndarray, index: int) -> np.ndarray:
     arr = np.asarray(img)
     if arr.dtype.kind in "ui":  # integer pixels (uint8 cache, 16-bit files) -> [0, 1]
@@ -377,8 +382,8 @@ def _hashes(images: Sequence[np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
         }
     g = np.stack(grays)
     # area resampling of all 64 x 64 thumbnails at once (the same sums as one image at a time)
-    t = _area_rows(_area_rows(g.transpose(1, 0, 2), _THUMB_PX).transpose(2, 1, 0), _THUMB_PX).transpose(1, 2, 0)
-    s = _area_rows(_area_rows(g.transpose(1, 0, 2), 8).transpose(2, 1, 0), 9).transpose(1, 2, 0)
+    t = _resize_stack(g, _THUMB_PX, _THUMB_PX)
+    s = _resize_stack(g, 8, 9)
     detail, detail_flip = _detail_bitmaps(g)
     return {
         "pixel_hash": np.array(pixel_hashes, dtype=object),
