@@ -14,7 +14,7 @@ this benchmark makes its own pretrained weights the way ImageNet weights are mad
    The Xception base's weights are saved to ``$MEDXCEPT_CACHE/recipes/`` (outside the
    repository), built on first use and reused (the file name holds the sizes and the seed).
 2. **Targets.** Two small cohorts the source never saw, written as files and run through the whole
-   pipeline (``medxcept.pipeline.run_pipeline``: ingestion, patient-level split, audit,
+   pipeline (``medxcept.workflows.single.run_pipeline``: ingestion, patient-level split, audit,
    preprocessing, training, calibration, evaluation): ``fundus`` is the demo generator's
    referable-exudate finding (colour photographs, both eyes, repeat visits) with the demo's hard
    settings of ``cohorts/demo.yaml`` (mild cases with few faint lesions, drusen on healthy eyes,

@@ -83,7 +83,7 @@ from medxcept.evaluate import (
     paired_bootstrap_auc,
     weighted_average_precision,
 )
-from medxcept.pipeline import training_verdict
+from medxcept.verdict import training_verdict
 from medxcept.report.figures import plt, to_data_uri
 
 __all__ = [
@@ -218,7 +218,7 @@ def _num(x: Any) -> float | None:
 
 
 def _gaps(history: pd.DataFrame, best_epoch: int) -> tuple[float | None, float | None, dict[str, Any]]:
-    """Train - validation AUC and loss at the kept epoch (:func:`medxcept.pipeline.training_verdict`)."""
+    """Train - validation AUC and loss at the kept epoch (:func:`medxcept.verdict.training_verdict`)."""
     if history.empty:
         return None, None, {"verdict": "no training epochs ran"}
     tv = training_verdict(history, best_epoch)

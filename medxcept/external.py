@@ -58,7 +58,7 @@ from medxcept.cohort import CohortSpec
 from medxcept.config import RunConfig, load_config
 from medxcept.errors import ConfigError
 from medxcept.evaluate import unit_keys, unit_visits
-from medxcept.pipeline import training_verdict
+from medxcept.verdict import training_verdict
 from medxcept.references import (
     compare_with_references,
     load_reference_models,

@@ -477,7 +477,7 @@ def ingest(spec: CohortSpec, *, preprocess_cfg: PreprocessConfig, cache: Preproc
                     "\nFix the label table or set on_label_issue: exclude to leave these files out.")
 
         # the console (a cluster .out file) gets the problems without file names; the full text goes
-        # to private/ingest_error.txt (medxcept.pipeline.ingest_into_run) or exc.private_detail
+        # to private/ingest_error.txt (medxcept.workflows.steps.ingest_into_run) or exc.private_detail
         exc = CohortError(message([shareable_reason(m) for m in label_issues]))
         exc.private_detail = message(label_issues)
         raise exc

@@ -1,7 +1,7 @@
 """The trap cohort (medxcept.testing.traps) through ingestion, the user's split and the audit.
 
 Each planted trap must be found, with its severity and count, and nothing else; the clean twin
-must raise no error and no warning. The stages run as in ``medxcept.pipeline.run_pipeline``:
+must raise no error and no warning. The stages run as in ``medxcept.workflows.single.run_pipeline``:
 ``prepare_cohort`` -> preprocessed images -> ``fingerprints`` -> ``assign_splits`` (here: the
 user's ``split.csv``) -> ``audit_cohort``. The images are read from the preprocessing cache as
 ``medxcept.data.load_images`` does, without importing Keras (that module defines the PyDataset).

@@ -1,6 +1,6 @@
 """Tests of medxcept.compare and pipelines.compare on fake run directories (no training).
 
-Each fake run is written the way :func:`medxcept.pipeline.run_pipeline` writes one: predictions
+Each fake run is written the way :func:`medxcept.workflows.single.run_pipeline` writes one: predictions
 with known probabilities, and a ``metrics.json`` computed from them with the project's own metric
 functions, so the comparison's numbers can be checked against numpy, scikit-learn and
 :mod:`medxcept.evaluate`.

@@ -164,7 +164,7 @@ def _report_into(run_dir: Path, spec: CohortSpec, log: io.StringIO) -> Path:
     from medxcept.augment import effective_class_frequencies
     from medxcept.config import load_config
     from medxcept.workflows.steps import prediction_table
-    from medxcept.pipeline import training_verdict
+    from medxcept.verdict import training_verdict
     from medxcept.workflows.steps import assess, prepare_cohort, reason_counts, report_examples, summary_counts
     from medxcept.report import render_report
     from medxcept.splits import assign_splits

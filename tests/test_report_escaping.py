@@ -92,7 +92,7 @@ def build_escaping_report(d: Path) -> tuple[Path, dict]:
     from medxcept.class_exclusions import exclusions_by_class
     from medxcept.cohort import load_cohort_spec
     from medxcept.config import config_hash, load_config
-    from medxcept.pipeline import training_verdict
+    from medxcept.verdict import training_verdict
     from medxcept.workflows.steps import assess, prepare_cohort, reason_counts, report_examples, summary_counts
     from medxcept.report import render_report
     from medxcept.run import RunDir, data_hash

@@ -147,7 +147,7 @@ def test_train_auc_subset_is_patient_stratified_and_deterministic():
 def test_verdict_names_overfitting_when_validation_loss_rises_and_auc_falls():
     import pandas as pd
 
-    from medxcept.pipeline import training_verdict
+    from medxcept.verdict import training_verdict
 
     h = pd.DataFrame({"epoch": [1, 2, 3, 4, 5], "auc": [0.7, 0.85, 0.95, 0.99, 1.0],
                       "loss": [0.6, 0.4, 0.25, 0.1, 0.05], "val_patient_auc": [0.7, 0.82, 0.80, 0.74, 0.70],

@@ -59,7 +59,7 @@ from medxcept.kfold import (
     t_interval,
 )
 from medxcept.paths import cache_dir
-from medxcept.pipeline import training_verdict
+from medxcept.verdict import training_verdict
 from medxcept.preprocess import decode_key, load_images
 from medxcept.report import environment
 from medxcept.report.figures import reliability_figure, roc_pr_figure

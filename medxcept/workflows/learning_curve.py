@@ -15,7 +15,7 @@ import pandas as pd
 
 from medxcept.evaluate import patient_auc, probabilities, unit_keys, unit_visits
 from medxcept.learning_curve import subsample_patients
-from medxcept.pipeline import training_verdict
+from medxcept.verdict import training_verdict
 from medxcept.train import fit, predict_logits
 
 __all__ = ["learning_curve_rows"]

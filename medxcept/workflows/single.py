@@ -28,7 +28,7 @@ from medxcept.faults import fault_point
 from medxcept.graded import check_task_config, graded_figures
 from medxcept.learning_curve import learning_curve_figure, learning_curve_verdict
 from medxcept.model import detect_device, resolve_weights
-from medxcept.pipeline import training_verdict
+from medxcept.verdict import training_verdict
 from medxcept.preprocess import decode_key, load_images
 from medxcept.report import render_report
 from medxcept.run import COMPLETE, RunDir, data_hash, reproduce_block
