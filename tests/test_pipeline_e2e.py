@@ -218,6 +218,29 @@ def test_reproduce_stops_before_training_when_the_data_changed(run_dir, tmp_path
     assert "DIFFERENT" in captured.out  # the side-by-side table
 
 
+def _delong_p(y, a, b):
+    """Two-sided DeLong p for AUC(a) - AUC(b) on the same cases (DeLong et al. 1988, placement values)."""
+    import math
+
+    import numpy as np
+
+    pos, neg = y == 1, y == 0
+    m, n = int(pos.sum()), int(neg.sum())
+
+    def placements(s):
+        x, z = s[pos][:, None], s[neg][None, :]
+        psi = (x > z) + 0.5 * (x == z)
+        return psi.mean(axis=1), psi.mean(axis=0), psi.mean()
+
+    va, wa, auc_a = placements(a)
+    vb, wb, auc_b = placements(b)
+    s10, s01 = np.cov(np.vstack([va, vb])), np.cov(np.vstack([wa, wb]))
+    var = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / m + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / n
+    if not var > 1e-15:  # no spread: the difference is certain (p 0), or there is none (p 1)
+        return 1.0 if auc_a == auc_b else 0.0
+    return math.erfc(abs(auc_a - auc_b) / math.sqrt(var) / math.sqrt(2))
+
+
 def test_summary_card_references_and_verdict_in_metrics_and_report(run_dir):
     """Issue 17: the deep model next to the reference models (paired test), the verdict's case, the
     chance statement; the report's summary card shows them."""
@@ -226,10 +249,17 @@ def test_summary_card_references_and_verdict_in_metrics_and_report(run_dir):
     assert set(refs["references"]) == {"prevalence", "image_statistics", "acquisition"}
     assert refs["references"]["prevalence"]["auc"] == pytest.approx(0.5)
     assert refs["deep"]["auc"] == pytest.approx(m["test_patient"]["roc_auc"])  # both from uncalibrated scores
-    for r in refs["references"].values():
-        assert r["delong_p"] is None or 0 <= r["delong_p"] <= 1
+    # DeLong p of each reference against the deep model, recomputed here from predictions.csv with the
+    # textbook O(m n) placement values (an implementation independent of evaluate.delong_test)
+    preds = pd.read_csv(run_dir / "predictions.csv")
+    assert m["patient_aggregation"] == "max"
+    units = preds.groupby("unit_key").agg("max", numeric_only=True)
+    for name, r in refs["references"].items():
+        expected = _delong_p(units["y"].to_numpy(), units["prob_raw"].to_numpy(), units[f"ref_{name}"].to_numpy())
+        assert r["delong_p"] == pytest.approx(expected, rel=1e-6, abs=1e-12), name
     assert m["training"]["case"] in ("collapsed", "did not learn", "underfitting", "overfitting", "fine")
-    assert m["chance"]["chance"] in (True, False)
+    ci = m["test_patient_ci"]["roc_auc"]
+    assert m["chance"]["chance"] is bool(ci["low"] <= 0.5 <= ci["high"])
     html = (run_dir / "report.html").read_text(encoding="utf-8")
     assert 'id="summary-card"' in html and 'id="references-table"' in html
     assert [i["kind"] for i in m["summary_items"]].count("verdict") == 1
@@ -238,7 +268,6 @@ def test_summary_card_references_and_verdict_in_metrics_and_report(run_dir):
         assert first["text"].startswith("The deep model is not better than the classical model")
     if m["chance"]["chance"]:
         assert 'class="sev-red kind-chance"' in html and "not distinguishable from chance" in html
-    preds = pd.read_csv(run_dir / "predictions.csv")
     assert {"ref_prevalence", "ref_image_statistics", "ref_acquisition"} <= set(preds.columns)
 
 
