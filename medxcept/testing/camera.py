@@ -90,5 +90,5 @@ def write_camera_fundus(path: str | Path, width: int, height: int, *, seed: int,
     exif[0x010F] = "Synthetic Optics"
     exif[0x0110] = f"Fundus {width}x{height}"
     path = Path(path)
-    Image.fromarray(rgb).save(path, quality=quality, subsampling=2, exif=exif)
+    Image.fromarray(rgb).save(path, format="JPEG", quality=quality, subsampling=2, exif=exif)
     return path
