@@ -92,3 +92,43 @@ def write_camera_fundus(path: str | Path, width: int, height: int, *, seed: int,
     path = Path(path)
     Image.fromarray(rgb).save(path, format="JPEG", quality=quality, subsampling=2, exif=exif)
     return path
+
+
+def reference_preprocess(img: np.ndarray, image_px: int = 299) -> np.ndarray:
+    """The straightforward full-resolution computation the reduced-size ingestion is checked against.
+
+    What :func:`medxcept.preprocess.preprocess` did for a fundus photograph up to
+    ``PREPROCESS_VERSION`` 1, with default options: the field of view found on the whole decoded
+    image, its bounding square cut at full resolution, resized with scikit-image's Gaussian
+    anti-aliasing (bilinear), masked outside the circle, rounded to uint8.
+
+    Parameters
+    ----------
+    img : ndarray
+        The fully decoded image, float ``H x W x 3`` in ``[0, 1]``.
+    image_px : int, default 299
+
+    Returns
+    -------
+    ndarray
+        uint8 ``image_px x image_px x 3``.
+    """
+    from skimage import transform
+
+    from medxcept.preprocess import _disc_mask, _square_window, find_fov
+
+    def resize(a: np.ndarray) -> np.ndarray:
+        out = transform.resize(a, (image_px, image_px) + a.shape[2:], order=1, mode="constant", cval=0.0,
+                               anti_aliasing=True, preserve_range=True)
+        return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+    cy, cx, r, found = find_fov(img)
+    if not found:
+        raise ValueError("reference_preprocess expects a photograph with a field of view")
+    sq, valid, qcy, qcx = _square_window(img, cy, cx, r)
+    s = image_px / sq.shape[0]
+    out = resize(sq)
+    valid_px = resize(valid[:, :, None])[:, :, 0] > 0.5
+    fov = _disc_mask((image_px, image_px), (qcy + 0.5) * s - 0.5, (qcx + 0.5) * s - 0.5, max(r * s - 1.0, 1.0))
+    out = out * (fov & valid_px)[:, :, None]
+    return np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
