@@ -37,6 +37,31 @@ def _run(args: list[str], timeout: int) -> str:
     return proc.stdout
 
 
+# --------------------------------------------------------------------------- ingest_bench
+
+
+def test_ingest_bench_times_real_ingestion_against_the_decode_floor(tmp_path, monkeypatch, capsys):
+    import medxcept.testing.camera as camera
+
+    ib = _load("ingest_bench")
+    monkeypatch.setattr(camera, "CAMERA_SIZES", ((1280, 960, 1.05), (1024, 960, 0.95)))  # small: a quick run
+    out = ib.main(["--n-files", "2", "--workers", "0", "--files-dir", str(tmp_path / "files"),
+                   "--json", str(tmp_path / "r.json")])
+    stdout = capsys.readouterr().out
+    assert "2 camera-size JPEGs (1024x960, 1280x960; quality 92" in stdout
+    assert sorted(p.name for p in (tmp_path / "files").iterdir()) == [
+        "v1_q92_1024x960_001.jpg", "v1_q92_1280x960_000.jpg"]
+    floor, serial = out["rows"]
+    assert floor["path"].startswith("Pillow") and serial["path"] == "medxcept ingest, 1 process"
+    assert floor["ratio_to_floor"] == 1.0 and serial["files"] == 2
+    # the printed ratio is the time per file over the floor's, both from this run
+    assert serial["ratio_to_floor"] == pytest.approx(serial["s_per_file_wall"] / floor["s_per_file_wall"], rel=0.02)
+    m = re.search(rf"^medxcept ingest, 1 process\s+{NUM}\s+{NUM}\s+{NUM}\s+{NUM}$", stdout, flags=re.M)
+    assert m and float(m.group(4)) == pytest.approx(serial["ratio_to_floor"], abs=0.051), stdout
+    assert json.loads((tmp_path / "r.json").read_text()) == out
+    assert "target: 0.35 s per file on 2 cores" in stdout
+
+
 # --------------------------------------------------------------------------- input_pipeline
 
 
