@@ -10,10 +10,10 @@ which decodes a camera JPEG at 1/4 scale and resizes with an area filter.
 Tolerance, per image, in uint8 levels: mean absolute difference below 1.5, 99th percentile at most
 8, at most 48 two pixels or more inside the rim; pixels on the rim itself may fall in or out of the
 mask (a sub-pixel shift of the circle), at most 0.5 % of the field of view. Measured on camera-size
-files: mean 0.5-1.0, 99th percentile 3-6, rim 0.1-0.2 %; the largest differences (6-33) are single
+files: mean 0.5-1.0, 99th percentile 3-6, rim 0.1-0.25 %; the largest differences (6-43) are single
 pixels on the sharpest colour edges (a vessel crossing the optic disc's rim): at 1/4 scale libjpeg
 decodes the 4:2:0 chroma at 1/8 of the stored resolution. The same area filter applied to the full
-decode stays within 15 of the reference there.
+decode stays within 16 of the reference there.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def test_camera_jpeg_ingested_at_quarter_scale_like_the_full_resolution_referenc
     assert row["quality"] == pytest.approx(q_full["score"], abs=0.02)
     assert q_small["brightness"] == pytest.approx(q_full["brightness"], abs=0.003)
     assert q_small["contrast"] == pytest.approx(q_full["contrast"], rel=0.03)
-    assert 0.75 < q_small["sharpness"] / q_full["sharpness"] < 1.33  # measured: 0.87-0.91
+    assert 0.75 < q_small["sharpness"] / q_full["sharpness"] < 1.33  # measured: 0.87-0.93
     assert {k: row["acquisition"][k] for k in GEOMETRY_COLUMNS} == geometry_fingerprint(full)
 
 
