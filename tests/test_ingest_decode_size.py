@@ -104,6 +104,13 @@ def test_small_field_of_view_in_a_large_frame_is_decoded_finer(tmp_path):
     assert row2["meta"]["reduce"] == 2
     full2, _ = read_image(p2)
     _assert_within_tolerance(_compare(new2, reference_preprocess(full2)))
+    # a disc cut by chords at the top and bottom (wider than the sensor), as on 12-megapixel cameras
+    p3 = write_camera_fundus(tmp_path / "chords.jpg", 2144, 1424, seed=5, fov_frac=1.06)
+    new3, row3 = _ingest_one(p3, tmp_path / "cache")
+    assert row3["meta"]["reduce"] == 2 and row3["acquisition"]["acq_aspect"] == "1.51"
+    full3, _ = read_image(p3)
+    _assert_within_tolerance(_compare(new3, reference_preprocess(full3)))
+    assert {k: row3["acquisition"][k] for k in GEOMETRY_COLUMNS} == geometry_fingerprint(full3)
 
 
 @pytest.mark.parametrize("camera", CAMERAS, ids=lambda c: c.name.split()[0])
