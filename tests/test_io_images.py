@@ -528,3 +528,14 @@ def test_min_side_validated_and_bombs_still_refused_before_decoding(tmp_path):
     p = write_png(tmp_path / "bomb.png", None, width=100_000, height=100_000, bit_depth=8, colour_type=2)
     with pytest.raises(ReadError, match="decompression bomb"):
         read_image(p, min_side=299)
+
+
+def test_jpeg_that_cannot_be_dct_scaled_is_box_averaged_after_decoding(tmp_path, monkeypatch):
+    a = _smooth_rgb(240, 360)
+    p = tmp_path / "x.jpg"
+    Image.fromarray(a).save(p, quality=95)
+    full, _ = read_image(p)
+    monkeypatch.setattr(images, "_draft", lambda im, factor: 1)  # as when Pillow's draft() declines
+    img, meta = read_image(p, min_side=80)  # factor 3
+    assert meta["reduce"] == 3 and img.shape == (80, 120, 3)
+    np.testing.assert_allclose(img, _block_mean(full, 3), atol=1.0 / 255 + 1e-6)

@@ -293,9 +293,10 @@ def read_image(
                 array = _decode_deep_colour(path, im, orientation, factor)
                 transposed = orientation in range(2, 9)
             else:
-                if fmt == "JPEG" and factor > 1:
-                    factor = _draft(im, factor)
-                array, transposed = _decode_pillow(path, im, factor)
+                drafted = fmt == "JPEG" and factor > 1 and (scale := _draft(im, factor)) > 1
+                if drafted:
+                    factor = scale  # else (a JPEG libjpeg cannot scale): box-averaged after decoding
+                array, transposed = _decode_pillow(path, im, factor, drafted=drafted)
         except Image.DecompressionBombError as exc:
             raise ReadError(path, f"image refused as a possible decompression bomb: {exc}", _STAGE) from exc
         except _DECODE_ERRORS as exc:
@@ -447,22 +448,23 @@ def _draft(im: Image.Image, factor: int) -> int:
         return 1
     width, height = im.size
     res = im.draft(None, (width // scale, height // scale))
-    if res is None:  # a JPEG Pillow cannot draft (e.g. already configured): full size
+    if res is None:  # a JPEG Pillow cannot scale (several tiles): the caller box-averages after decoding
         return 1
     _, box = res
     return max(1, int(round(width / box[2])))
 
 
-def _decode_pillow(path: Path, im: Image.Image, factor: int = 1) -> tuple[np.ndarray, bool]:
+def _decode_pillow(
+    path: Path, im: Image.Image, factor: int = 1, *, drafted: bool = False
+) -> tuple[np.ndarray, bool]:
     """Decode through Pillow: EXIF transpose, then convert the mode to float RGB.
 
-    ``factor``: the image was already drafted by this factor (JPEG: ``im.size`` is the
-    reduced size), or, for any other format, is reduced by it on its integer pixels here.
+    ``factor``: reduce by it on the integer pixels after decoding, unless ``drafted`` (a
+    JPEG whose DCT scaling by ``factor`` was set up: ``im.size`` is already the reduced size).
     """
     im.load()  # raises OSError on truncated data (LOAD_TRUNCATED_IMAGES is False)
     transposed = _orientation(im.getexif()) in range(2, 9)
     oriented = ImageOps.exif_transpose(im)
-    drafted = im.format == "JPEG" and factor > 1
     return _to_rgb_float(path, oriented, 1 if drafted else factor), transposed
 
 
