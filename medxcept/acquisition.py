@@ -169,7 +169,9 @@ def acquisition_fingerprint(path: str | Path, kind: str = "photo") -> dict[str, 
     return out
 
 
-def geometry_fingerprint(img: np.ndarray, modality: str = "fundus") -> dict[str, str]:
+def geometry_fingerprint(img: np.ndarray, modality: str = "fundus", *,
+                         fov: tuple[float, float, float, bool] | None = None,
+                         stored_size: tuple[int, int] | None = None) -> dict[str, str]:
     """The border and field-of-view columns (``acq_fov``, ``acq_border``, ``acq_aspect``) of a decoded image.
 
     Two cameras (or two collections cropped differently) differ in where their circular field of
@@ -183,6 +185,12 @@ def geometry_fingerprint(img: np.ndarray, modality: str = "fundus") -> dict[str,
         Decoded image, ``H x W [x C]``, float in [0, 1] (integer pixels are scaled by their dtype).
     modality : {"fundus", "gray"}
         ``gray``: no field of view (``acq_fov`` empty); the border is the outermost 2 % of the frame.
+    fov : tuple, optional
+        :func:`medxcept.preprocess.find_fov`'s result for this same image, when the caller has it.
+    stored_size : (height, width), optional
+        The size of the stored image when ``img`` was decoded at a reduced size (the aspect ratio
+        is taken from it, so it does not depend on the decoder's rounding); the other columns are
+        relative to the frame and need no correction.
 
     Examples
     --------
@@ -197,7 +205,8 @@ def geometry_fingerprint(img: np.ndarray, modality: str = "fundus") -> dict[str,
     if a.ndim == 2:
         a = a[:, :, None]
     h, w = a.shape[:2]
-    out = {"acq_fov": "", "acq_border": "", "acq_aspect": f"{w / max(h, 1):.2f}"}
+    sh, sw = stored_size if stored_size is not None else (h, w)
+    out = {"acq_fov": "", "acq_border": "", "acq_aspect": f"{sw / max(sh, 1):.2f}"}
     luma = a.mean(axis=2)
     if modality != "fundus":
         e = max(1, int(round(0.02 * min(h, w))))
@@ -206,7 +215,7 @@ def geometry_fingerprint(img: np.ndarray, modality: str = "fundus") -> dict[str,
         return out
     from medxcept.preprocess import find_fov
 
-    cy, cx, r, found = find_fov(a)
+    cy, cx, r, found = find_fov(a) if fov is None else fov
     if not found:
         out["acq_fov"] = out["acq_border"] = "none"
         return out

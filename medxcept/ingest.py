@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import multiprocessing as mp
 import os
 import re
@@ -58,7 +59,15 @@ from medxcept.io.labels import (
     read_label_table,
 )
 from medxcept.paths import cache_dir
-from medxcept.preprocess import PreprocessCache, PreprocessConfig, apply_quality_policy, preprocess, quality
+from medxcept.preprocess import (
+    PreprocessCache,
+    PreprocessConfig,
+    apply_quality_policy,
+    decode_min_side,
+    find_fov,
+    preprocess,
+    quality,
+)
 
 __all__ = ["IngestResult", "ingest", "data_root", "EXCLUSION_COLUMNS", "PUBLIC_EXCLUSION_COLUMNS",
            "pseudonym_salt", "file_sha256", "public_exclusions", "shareable_reason", "SOURCE_READERS",
@@ -249,7 +258,9 @@ def _decode_guarded(task: dict[str, Any], path: Path) -> dict[str, Any]:
 
 
 def _read_dicom_frames(path: Path, *, frames: str | int = "all", window_index: int = 0,
-                       max_pixels: int | None = None) -> tuple[list[int], list[np.ndarray], dict[str, Any]]:
+                       max_pixels: int | None = None,
+                       min_side: int | None = None) -> tuple[list[int], list[np.ndarray], dict[str, Any]]:
+    # min_side is not used: DICOM frames are decoded at their stored size
     frame = None if frames == "all" else int(frames)
     limit = {} if max_pixels is None else {"max_pixels": max_pixels}  # None: the reader's own limit
     pixels, meta = read_dicom(path, frame=frame, window_index=window_index, **limit)
@@ -257,12 +268,16 @@ def _read_dicom_frames(path: Path, *, frames: str | int = "all", window_index: i
 
 
 def _read_photo_frames(path: Path, *, frames: str | int = "all", window_index: int = 0,
-                       max_pixels: int | None = None) -> tuple[list[int], list[np.ndarray], dict[str, Any]]:
-    arr, meta = read_image(path, **({} if max_pixels is None else {"max_pixels": max_pixels}))
+                       max_pixels: int | None = None,
+                       min_side: int | None = None) -> tuple[list[int], list[np.ndarray], dict[str, Any]]:
+    arr, meta = read_image(path, min_side=min_side, **({} if max_pixels is None else {"max_pixels": max_pixels}))
     return [0], [arr], meta
 
 
 #: File readers by name (the cohort table's ``reader`` column): ``path -> (frame indices, frames, meta)``.
+#: ``min_side``: the reader may decode a reduced image whose shorter side keeps at least that many
+#: pixels (:func:`medxcept.io.images.read_image`); it reports ``stored_width``/``stored_height`` and
+#: ``reduce`` in the metadata when it did, and may ignore the option (DICOM does).
 FILE_READERS: dict[str, Callable[..., tuple[list[int], list[np.ndarray], dict[str, Any]]]] = {
     "dicom": _read_dicom_frames,
     "photo": _read_photo_frames,
@@ -300,36 +315,73 @@ assert set(SOURCE_READERS) == set(SOURCE_KINDS), "every source kind of medxcept.
 
 
 def read_frames(reader: str, path: str | os.PathLike[str], *, frames: str | int = "all", window_index: int = 0,
-                max_pixels: int | None = None) -> tuple[list[int], list[np.ndarray], dict[str, Any]]:
-    """Decode ``path`` with the file reader ``reader``: its frame indices, the frames, the metadata."""
-    return FILE_READERS[reader](Path(path), frames=frames, window_index=window_index, max_pixels=max_pixels)
+                max_pixels: int | None = None,
+                min_side: int | None = None) -> tuple[list[int], list[np.ndarray], dict[str, Any]]:
+    """Decode ``path`` with the file reader ``reader``: its frame indices, the frames, the metadata.
+
+    ``min_side``: decode a reduced image whose shorter side keeps at least that many pixels, where
+    the reader can (a camera JPEG: libjpeg's DCT scaling); ``None``: the stored size.
+    """
+    return FILE_READERS[reader](Path(path), frames=frames, window_index=window_index, max_pixels=max_pixels,
+                                min_side=min_side)
+
+
+Fov = tuple[float, float, float, bool]
+
+
+def _read_at_need(task: dict[str, Any], path: Path) -> tuple[list[int], list[np.ndarray], dict[str, Any],
+                                                             list[Fov | None]]:
+    """Decode a file no larger than preprocessing needs; the frames and their fields of view.
+
+    The decoder is asked for :func:`~medxcept.preprocess.decode_min_side` pixels on the shorter side,
+    a first guess of the field of view's diameter. When the field of view found turns out narrower
+    than that (a small disc in a large frame), the file is decoded again, finer, so the cropped
+    field of view still keeps the pixels the output needs. Fields of view are found once here, on
+    the decoded frames, for the quality score, the preprocessing and the geometry fingerprint.
+    """
+    need = decode_min_side(task["preprocess"])
+    fundus = task["modality"] == "fundus"
+
+    def read(min_side: int) -> tuple[list[int], list[np.ndarray], dict[str, Any], list[Fov | None]]:
+        frames, arrays, meta = read_frames(task["kind"], path, frames=task["frames"],
+                                           window_index=task["window_index"], max_pixels=task["max_pixels"],
+                                           min_side=min_side)
+        return frames, arrays, meta, [find_fov(a) if fundus else None for a in arrays]
+
+    frames, arrays, meta, fovs = read(need)
+    reduce = int(meta.get("reduce", 1))
+    fov = fovs[0] if len(fovs) == 1 else None
+    if reduce > 1 and fov is not None and fov[3] and 2.0 * fov[2] < need:
+        stored_min = min(int(meta["stored_width"]), int(meta["stored_height"]))
+        frames, arrays, meta, fovs = read(math.ceil(need * stored_min / (2.0 * fov[2] * reduce)))
+    return frames, arrays, meta, fovs
 
 
 def _decode_file(task: dict[str, Any]) -> dict[str, Any]:
     path = Path(task["path"])
     cfg: PreprocessConfig = task["preprocess"]
     cache = PreprocessCache(task["cache_root"])
-    sha = file_sha256(path)
-    frames, arrays, meta = read_frames(task["kind"], path, frames=task["frames"], window_index=task["window_index"],
-                                       max_pixels=task["max_pixels"])
+    sha = file_sha256(path)  # of the file's bytes: the decoded size does not change it
+    frames, arrays, meta, fovs = _read_at_need(task, path)
     rows, excluded = [], []
     acquisition = acquisition_fingerprint(path, task["kind"])  # headers only: how the image was made
-    for frame_index, arr in zip(frames, arrays, strict=False):
+    for frame_index, arr, fov in zip(frames, arrays, fovs, strict=False):
         where = f"{path}#frame{frame_index}" if len(frames) > 1 else str(path)
+        height, width = int(meta.get("stored_height", arr.shape[0])), int(meta.get("stored_width", arr.shape[1]))
         try:
-            q = quality(arr, modality=task["modality"])
+            q = quality(arr, modality=task["modality"], fov=fov, reduce=int(meta.get("reduce", 1)))
             flagged = apply_quality_policy(q, cfg, path=where)
         except ReadError as exc:
             excluded.append({"path": where, "stage": exc.stage, "reason": exc.reason})
             continue
         if cache.get(sha, frame_index, cfg) is None:
-            cache.put(sha, frame_index, cfg, preprocess(arr, cfg, modality=task["modality"]))
+            cache.put(sha, frame_index, cfg, preprocess(arr, cfg, modality=task["modality"], fov=fov))
         try:  # border and field-of-view geometry: how the image was framed
-            geometry = geometry_fingerprint(arr, task["modality"])
+            geometry = geometry_fingerprint(arr, task["modality"], fov=fov, stored_size=(height, width))
         except Exception:  # noqa: BLE001 - a courtesy fingerprint never excludes an image
             geometry = {}
         rows.append({
-            "frame": frame_index, "sha256": sha, "height": int(arr.shape[0]), "width": int(arr.shape[1]),
+            "frame": frame_index, "sha256": sha, "height": height, "width": width,
             "channels": int(arr.shape[2]), "quality": round(float(q["score"]), 4), "quality_flag": bool(flagged),
             "meta": {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool)) or v is None},
             "acquisition": {**acquisition, **geometry},

@@ -15,8 +15,11 @@ Fundus photographs (``modality="fundus"``), in order, each step for a reason:
    the camera, and no resolution is spent on black surround.
 3. **Pad to a square with black.** Discs clipped by the frame at top and bottom (a
    common camera format) keep their shape instead of being stretched.
-4. **Resize with anti-aliasing** to ``image_px`` (299 for Xception): without the
-   low-pass filter, fine vessels alias into moiré when shrinking a 3000-px photograph.
+4. **Resize with an area filter** to ``image_px`` (299 for Xception): each output pixel
+   is the average of the input pixels it covers (OpenCV's ``INTER_AREA``), so fine
+   vessels do not alias into moiré when shrinking a large photograph. A camera-size
+   JPEG arrives already reduced by the decoder (:func:`decode_min_side`), so this
+   step never works on a 12-megapixel float image.
 5. **Optional illumination normalisation** (``illumination="ben_graham"``): subtract a
    large Gaussian blur (sigma ``image_px / 30``) and re-centre on mid-grey, as in Ben
    Graham's winning Kaggle diabetic-retinopathy entry. It removes the slow
@@ -58,6 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
 from scipy import ndimage
@@ -69,6 +73,8 @@ from medxcept.io import log_name
 
 __all__ = [
     "decode_key",
+    "decode_min_side",
+    "DECODE_MARGIN",
     "load_images",
     "PREPROCESS_VERSION",
     "MODALITIES",
@@ -85,7 +91,8 @@ logger = logging.getLogger(__name__)
 
 #: Bumped whenever the pixel output of :func:`preprocess` changes for the same config;
 #: it is part of :meth:`PreprocessConfig.key`, so old cache entries are never reused.
-PREPROCESS_VERSION = 1
+#: 2: area-filter resize (was scikit-image's Gaussian anti-aliasing + bilinear).
+PREPROCESS_VERSION = 2
 
 MODALITIES = ("fundus", "gray")
 ILLUMINATIONS = ("none", "ben_graham")
@@ -101,6 +108,10 @@ MIN_CONTRAST = 0.01  # std of luminance inside the FOV
 MIN_SHARPNESS = 0.1  # variance of the Laplacian of the brightness-normalised 256-px image (x1e3)
 QUALITY_PX = 256  # fixed size on which sharpness is measured, so it is comparable across sizes
 _FOV_WORK_PX = 512  # find_fov works on a copy no larger than this (speed; the circle is large)
+#: A photograph is decoded with at least this many times the pixels the outputs need across its
+#: field of view (:func:`decode_min_side`): 2 keeps the area filter's last step a real
+#: reduction, so the output matches a full-resolution computation (tests/test_preprocess.py).
+DECODE_MARGIN = 2
 
 
 @dataclass(frozen=True)
@@ -196,6 +207,27 @@ class PreprocessConfig:
         fields["version"] = PREPROCESS_VERSION
         blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def decode_min_side(cfg: PreprocessConfig) -> int:
+    """The pixels a decoded photograph must keep across its field of view (or its shorter side).
+
+    Preprocessing crops the field of view's bounding square (the whole frame when none is
+    found) and resizes it to ``image_px``; :func:`quality` measures sharpness on a
+    ``QUALITY_PX`` version of the same square. A decoder may therefore reduce a large
+    photograph as long as the field of view keeps ``DECODE_MARGIN`` times the larger of the two
+    across: :func:`medxcept.io.images.read_image` takes it as ``min_side`` (the shorter side
+    is a first guess of the diameter; ingestion decodes again, finer, when the field of view
+    turns out smaller).
+
+    Examples
+    --------
+    >>> decode_min_side(PreprocessConfig(image_px=299))
+    598
+    >>> decode_min_side(PreprocessConfig(image_px=96))
+    512
+    """
+    return DECODE_MARGIN * max(int(cfg.image_px), QUALITY_PX)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -428,11 +460,38 @@ def _square_window(
 
 
 def _resize(a: np.ndarray, px: int) -> np.ndarray:
-    """Anti-aliased resize to px x px (no-op when already that size)."""
+    """Area-filter resize of an ``H x W x C`` image to ``px x px`` (no-op when already that size).
+
+    OpenCV's ``INTER_AREA``: shrinking, each output pixel is the area-weighted mean of the
+    input pixels it covers (the anti-aliasing low-pass and the resampling in one pass, in
+    milliseconds); enlarging, it interpolates bilinearly. uint8 input gives uint8 output.
+    """
+    if a.shape[0] == px and a.shape[1] == px:
+        return a if a.dtype == np.uint8 else a.astype(np.float32, copy=False)
+    src = np.ascontiguousarray(a if a.dtype == np.uint8 else a.astype(np.float32, copy=False))
+    out = cv2.resize(src, (px, px), interpolation=cv2.INTER_AREA).reshape((px, px) + a.shape[2:])
+    return out if out.dtype == np.uint8 else np.clip(out, 0.0, 1.0)
+
+
+def _resize_gaussian(a: np.ndarray, px: int, *, reduce: int = 1) -> np.ndarray:
+    """scikit-image's resize with Gaussian anti-aliasing (the sharpness measure is calibrated on it).
+
+    ``reduce``: ``a`` was decoded at ``1 / reduce`` of the stored size. The blur is then the one
+    scikit-image would apply to the stored image, ``(factor - 1) / 2`` stored pixels, expressed in
+    ``a``'s pixels, less the variance of the decoder's own averaging (a box one pixel of ``a``
+    wide: 1/12), so a reduced decode measures about the sharpness of a full one.
+    """
     if a.shape[0] == px and a.shape[1] == px:
         return a.astype(np.float32, copy=False)
     shape = (px, px) + a.shape[2:]
-    out = transform.resize(a, shape, order=1, mode="constant", cval=0.0, anti_aliasing=True, preserve_range=True)
+    sigma = None
+    if reduce > 1:
+        factors = np.array(a.shape[:2], dtype=np.float64) / px
+        sig = np.maximum(0.0, (factors * reduce - 1.0) / 2.0) / reduce
+        sig = np.sqrt(np.maximum(0.0, sig**2 - 1.0 / 12.0))
+        sigma = tuple(sig) + (0.0,) * (a.ndim - 2)
+    out = transform.resize(a, shape, order=1, mode="constant", cval=0.0, anti_aliasing=True,
+                           anti_aliasing_sigma=sigma, preserve_range=True)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
@@ -464,7 +523,13 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- preprocess
 
 
-def preprocess(img: np.ndarray, cfg: PreprocessConfig, *, modality: str) -> np.ndarray:
+def preprocess(
+    img: np.ndarray,
+    cfg: PreprocessConfig,
+    *,
+    modality: str,
+    fov: tuple[float, float, float, bool] | None = None,
+) -> np.ndarray:
     """Preprocess one decoded image for the model.
 
     Parameters
@@ -477,6 +542,10 @@ def preprocess(img: np.ndarray, cfg: PreprocessConfig, *, modality: str) -> np.n
         "fundus": FOV crop -> pad to square -> resize -> optional Ben Graham and
         CLAHE -> mask outside the FOV. "gray": optional percentile clip, optional
         CLAHE, pad to square, resize, replicate to three channels.
+    fov : tuple, optional
+        Fundus: :func:`find_fov`'s result for this same image, when the caller has it
+        (ingestion finds it once for the quality score, the preprocessing and the
+        geometry fingerprint); found again when omitted.
 
     Returns
     -------
@@ -496,15 +565,17 @@ def preprocess(img: np.ndarray, cfg: PreprocessConfig, *, modality: str) -> np.n
     a = _as_float_image(img)
     px = int(cfg.image_px)
     if modality == "fundus":
-        return _preprocess_fundus(a, cfg, px)
+        return _preprocess_fundus(a, cfg, px, fov)
     return _preprocess_gray(a, cfg, px)
 
 
-def _preprocess_fundus(a: np.ndarray, cfg: PreprocessConfig, px: int) -> np.ndarray:
+def _preprocess_fundus(
+    a: np.ndarray, cfg: PreprocessConfig, px: int, fov_found: tuple[float, float, float, bool] | None = None
+) -> np.ndarray:
     if a.shape[2] == 1:
         a = np.repeat(a, 3, axis=2)
     h, w = a.shape[:2]
-    cy, cx, r, found = find_fov(a)
+    cy, cx, r, found = find_fov(a) if fov_found is None else fov_found
     if not found:
         logger.debug("no field of view found; image used uncropped and unmasked")
     if cfg.fov_crop and found:
@@ -557,7 +628,9 @@ def _ramp_up(value: float, threshold: float) -> float:
     return float(np.clip(0.5 * value / threshold, 0.0, 1.0))
 
 
-def quality(img: np.ndarray, *, modality: str) -> dict[str, Any]:
+def quality(
+    img: np.ndarray, *, modality: str, fov: tuple[float, float, float, bool] | None = None, reduce: int = 1
+) -> dict[str, Any]:
     """Measure whether an image is usable at all (not a grading of image quality).
 
     Parameters
@@ -566,6 +639,14 @@ def quality(img: np.ndarray, *, modality: str) -> dict[str, Any]:
         Decoded float ``H x W x C`` in ``[0, 1]`` (uint8 accepted).
     modality : {"fundus", "gray"}
         For fundus the measures are taken inside the field of view.
+    fov : tuple, optional
+        Fundus: :func:`find_fov`'s result for this same image, when the caller has it;
+        found again when omitted.
+    reduce : int, default 1
+        The image was decoded at ``1 / reduce`` of its stored size
+        (:func:`medxcept.io.images.read_image`'s ``meta["reduce"]``). Sharpness is then
+        measured as on the stored image: the 256-px version gets the anti-aliasing blur a
+        full-size decode would have got, less what the decoder's reduction already did.
 
     Returns
     -------
@@ -595,7 +676,7 @@ def quality(img: np.ndarray, *, modality: str) -> dict[str, Any]:
     lum = _luminance(a)
     reasons: list[str] = []
     if modality == "fundus":
-        cy, cx, r, found = find_fov(a)
+        cy, cx, r, found = find_fov(a) if fov is None else fov
     else:
         cy, cx, r, found = (h - 1) / 2.0, (w - 1) / 2.0, max(h, w) / 2.0, True
     if modality == "fundus" and found:
@@ -610,13 +691,13 @@ def quality(img: np.ndarray, *, modality: str) -> dict[str, Any]:
     brightness = float(vals.mean()) if vals.size else 0.0
     contrast = float(vals.std()) if vals.size else 0.0
 
-    small = _resize(sq, QUALITY_PX)[:, :, 0].astype(np.float64)
+    small = _resize_gaussian(sq, QUALITY_PX, reduce=reduce)[:, :, 0].astype(np.float64)
     s = QUALITY_PX / side
     if modality == "fundus" and found:
         sreg = _disc_mask((QUALITY_PX, QUALITY_PX), (qcy + 0.5) * s - 0.5, (qcx + 0.5) * s - 0.5, r * s)
     else:
         sreg = np.ones((QUALITY_PX, QUALITY_PX), dtype=bool)
-    sreg = sreg & (_resize(valid[:, :, None], QUALITY_PX)[:, :, 0] > 0.5)
+    sreg = sreg & (_resize_gaussian(valid[:, :, None], QUALITY_PX)[:, :, 0] > 0.5)
     sreg = ndimage.binary_erosion(sreg, iterations=6)
     if sreg.sum() >= 100 and brightness > 1e-4:
         norm = small / max(float(small[sreg].mean()), 1e-3)

@@ -37,6 +37,33 @@ def _run(args: list[str], timeout: int) -> str:
     return proc.stdout
 
 
+# --------------------------------------------------------------------------- ingest_bench
+
+
+def test_ingest_bench_times_real_ingestion_against_the_decode_floor(tmp_path, monkeypatch, capsys):
+    import medxcept.testing.camera as camera
+
+    ib = _load("ingest_bench")
+    monkeypatch.setattr(camera, "CAMERA_SIZES", ((1280, 1200, 1.05), (1600, 1200, 1.0)))  # small: a quick run
+    out = ib.main(["--n-files", "2", "--workers", "0", "--files-dir", str(tmp_path / "files"),
+                   "--json", str(tmp_path / "r.json")])
+    stdout = capsys.readouterr().out
+    assert "2 camera-size JPEGs (1280x1200, 1600x1200; quality 92" in stdout
+    assert sorted(p.name for p in (tmp_path / "files").iterdir()) == [
+        "v1_q92_1280x1200_000.jpg", "v1_q92_1600x1200_001.jpg"]
+    floor, serial = out["rows"]
+    assert floor["path"].startswith("Pillow") and serial["path"] == "medxcept ingest, 1 process"
+    assert floor["ratio_to_floor"] == 1.0 and serial["files"] == 2
+    # the printed ratio is the time per file over the floor's, both from this run
+    assert serial["ratio_to_floor"] == pytest.approx(serial["s_per_file_wall"] / floor["s_per_file_wall"], rel=0.02)
+    m = re.search(rf"^medxcept ingest, 1 process\s+{NUM}\s+{NUM}\s+{NUM}\s+{NUM}$", stdout, flags=re.M)
+    assert m and float(m.group(4)) == pytest.approx(serial["ratio_to_floor"], abs=0.051), stdout
+    assert json.loads((tmp_path / "r.json").read_text()) == out
+    assert "target: 0.35 s per file on 2 cores" in stdout
+    # 1200 // 598 = 2, and the field of view (1200-1260 px across) keeps 598 px at 1/2
+    assert out["decoded_at"] == "1/2" and "files decoded at 1/2 of their stored size" in stdout
+
+
 # --------------------------------------------------------------------------- input_pipeline
 
 

@@ -71,7 +71,8 @@ def test_png_8bit_exact_values(tmp_path):
     assert img.dtype == np.float32 and img.shape == (1, 2, 3)
     np.testing.assert_allclose(img, a / 255.0, atol=1e-7)
     assert meta == {"format": "PNG", "mode": "RGB", "width": 2, "height": 1, "bit_depth": 8,
-                    "exif_transposed": False, "source": "", "n_frames": 1}
+                    "exif_transposed": False, "source": "", "n_frames": 1,
+                    "stored_width": 2, "stored_height": 1, "reduce": 1}
 
 
 def test_png_16bit_grey_scaled_by_65535(tmp_path):
@@ -395,3 +396,146 @@ def test_corrupt_png_and_truncated_tiff_bmp_refused(tmp_path):
         p.write_bytes(buf.getvalue()[:500])
         with pytest.raises(ReadError, match=f"truncated {fmt} file"):
             read_image(p)
+
+
+# ----------------------------------------------------------------------------- decoding at a reduced size
+
+
+def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
+    """Mean of each f x f block (the sizes divide exactly in these tests)."""
+    h, w = a.shape[:2]
+    return a.reshape(h // f, f, w // f, f, *a.shape[2:]).mean(axis=(1, 3))
+
+
+def _smooth_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth colour picture with structure on every scale above a few pixels (JPEG-friendly)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    a = np.stack([0.5 + 0.4 * np.sin(6 * xx + 2 * k + 9 * yy * (k + 1)) for k in range(3)], axis=2)
+    a += 0.05 * rng.standard_normal((h // 8, w // 8, 3)).repeat(8, 0).repeat(8, 1)
+    return np.clip(a * 255, 0, 255).astype(np.uint8)
+
+
+def test_jpeg_min_side_decodes_by_dct_scaling_close_to_block_means(tmp_path):
+    a = _smooth_rgb(960, 1280)
+    p = tmp_path / "camera.jpg"
+    Image.fromarray(a).save(p, quality=95)
+    full, fmeta = read_image(p)
+    img, meta = read_image(p, min_side=200)  # 960 // 200 = 4: DCT scaling by 4
+    assert meta["reduce"] == 4 and img.shape == (240, 320, 3) and img.dtype == np.float32
+    assert (meta["width"], meta["height"]) == (320, 240)
+    assert (meta["stored_width"], meta["stored_height"]) == (1280, 960) == (fmeta["width"], fmeta["height"])
+    # the reduced decode is about the 4 x 4 means of the full decode (measured: 1.3 levels on
+    # average, 9 at most, no bias) and of the pixels written (0.9 and 6)
+    diff = (img - _block_mean(full, 4)) * 255
+    assert np.abs(diff).mean() < 2.0 and np.abs(diff).max() < 16 and abs(diff.mean()) < 0.1
+    assert (np.abs(img * 255 - _block_mean(a.astype(np.float64), 4))).mean() < 1.5
+    # the largest power of two not above the factor (DCT scaling offers 1/2, 1/4, 1/8 only)
+    assert read_image(p, min_side=170)[1]["reduce"] == 4  # factor 5
+    assert read_image(p, min_side=100)[1]["reduce"] == 8  # factor 9
+    assert read_image(p, min_side=480)[1]["reduce"] == 2
+    for too_big in (481, 960, 5000):  # factor 1: decoded at full size
+        img, meta = read_image(p, min_side=too_big)
+        assert meta["reduce"] == 1 and img.shape == full.shape
+        np.testing.assert_array_equal(img, full)
+
+
+def test_jpeg_min_side_keeps_exif_orientation(tmp_path):
+    p = tmp_path / "o6.jpg"
+    big = np.zeros((320, 480, 3), np.uint8)
+    big[:160, :160] = 255  # white block in the stored top-left corner
+    Image.fromarray(big).save(p, quality=95, exif=exif_bytes(orientation=6))
+    img, meta = read_image(p, min_side=80)  # 320 // 80 = 4
+    assert meta["reduce"] == 4 and meta["exif_transposed"] is True
+    assert img.shape == (120, 80, 3)  # stored 480 x 320 reduced to 120 x 80, then rotated
+    assert (meta["stored_width"], meta["stored_height"]) == (320, 480)
+    assert img[:40, 40:].mean() > 0.95 and img[:40, :40].mean() < 0.05 and img[40:].mean() < 0.05
+
+
+def test_png_min_side_box_averages_8_bit_pixels_exactly(tmp_path):
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    p = tmp_path / "x.png"
+    Image.fromarray(a).save(p)
+    img, meta = read_image(p, min_side=30)  # factor 3, any integer for a lossless format
+    assert meta["reduce"] == 3 and img.shape == (30, 40, 3)
+    # within one level: Pillow's reduce rounds its fixed-point mean down at times
+    np.testing.assert_allclose(img * 255, _block_mean(a.astype(np.float64), 3), atol=1.0 + 1e-4)
+
+
+def test_png_16bit_grey_and_colour_reduced_on_16_bits(tmp_path):
+    rng = np.random.default_rng(2)
+    g = rng.integers(0, 65536, (40, 60), dtype=np.uint16)
+    p = tmp_path / "g16.png"
+    Image.fromarray(g).save(p)
+    img, meta = read_image(p, min_side=10)  # factor 4
+    assert meta["reduce"] == 4 and meta["bit_depth"] == 16 and img.shape == (10, 15, 3)
+    expected = _block_mean(g.astype(np.float64), 4) / 65535
+    np.testing.assert_allclose(img[:, :, 0], expected, atol=1.0 / 65535)  # not 1/255: 16 bits kept
+    c = rng.integers(0, 65536, (40, 60, 3), dtype=np.uint16)
+    p = write_png(tmp_path / "c16.png", c, bit_depth=16, colour_type=2)
+    img, meta = read_image(p, min_side=20)  # factor 2
+    assert meta["reduce"] == 2 and img.shape == (20, 30, 3)
+    np.testing.assert_allclose(img, _block_mean(c.astype(np.float64), 2) / 65535, atol=1.0 / 65535)
+
+
+def test_alpha_reduced_premultiplied_then_composited_on_black(tmp_path):
+    a = np.zeros((4, 4, 4), np.uint8)
+    a[..., :3] = [200, 100, 50]
+    a[:, :2, 3] = 255  # left half opaque, right half transparent (its hidden colour must not show)
+    a[:, 2:, :3] = 255
+    p = tmp_path / "a.png"
+    Image.fromarray(a, "RGBA").save(p)
+    full, _ = read_image(p)
+    img, meta = read_image(p, min_side=2)  # factor 2
+    assert meta["reduce"] == 2
+    np.testing.assert_allclose(img, _block_mean(full, 2), atol=1.5 / 255)
+    np.testing.assert_allclose(img[0, 1], [0, 0, 0], atol=1e-6)
+    c = np.zeros((4, 4, 4), np.uint16)
+    c[..., :3] = [40000, 20000, 1000]
+    c[:, :2, 3] = 65535
+    c[:, 2:, :3] = 65535
+    p16 = write_png(tmp_path / "a16.png", c, bit_depth=16, colour_type=6)
+    full16, _ = read_image(p16)
+    img16, meta16 = read_image(p16, min_side=2)
+    assert meta16["reduce"] == 2
+    np.testing.assert_allclose(img16, _block_mean(full16, 2), atol=2.0 / 65535)
+
+
+def test_palette_bilevel_cmyk_reduced_like_their_rgb(tmp_path):
+    rng = np.random.default_rng(3)
+    rgb = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    for name, im in (("p.png", rgb.convert("P")), ("b.png", rgb.convert("1")), ("c.tif", rgb.convert("CMYK"))):
+        im.save(tmp_path / name)
+        full, _ = read_image(tmp_path / name)
+        img, meta = read_image(tmp_path / name, min_side=16)
+        assert meta["reduce"] == 4, name
+        np.testing.assert_allclose(img, _block_mean(full, 4), atol=1.0 / 255 + 1e-6, err_msg=name)
+    cmyk = Image.fromarray(_smooth_rgb(256, 256)).convert("CMYK")
+    cmyk.save(tmp_path / "c.jpg", quality=95)
+    full, _ = read_image(tmp_path / "c.jpg")
+    img, meta = read_image(tmp_path / "c.jpg", min_side=64)
+    assert meta["reduce"] == 4 and meta["mode"] == "CMYK" and img.shape == (64, 64, 3)
+    assert (np.abs(img - _block_mean(full, 4)) * 255).mean() < 1.5
+
+
+def test_min_side_validated_and_bombs_still_refused_before_decoding(tmp_path):
+    ok = tmp_path / "ok.png"
+    Image.new("RGB", (8, 8)).save(ok)
+    for bad in (0, -3, True, 2.5, "64"):
+        with pytest.raises(ConfigError, match="min_side"):
+            read_image(ok, min_side=bad)
+    p = write_png(tmp_path / "bomb.png", None, width=100_000, height=100_000, bit_depth=8, colour_type=2)
+    with pytest.raises(ReadError, match="decompression bomb"):
+        read_image(p, min_side=299)
+
+
+def test_jpeg_that_cannot_be_dct_scaled_is_box_averaged_after_decoding(tmp_path, monkeypatch):
+    a = _smooth_rgb(240, 360)
+    p = tmp_path / "x.jpg"
+    Image.fromarray(a).save(p, quality=95)
+    full, _ = read_image(p)
+    monkeypatch.setattr(images, "_draft", lambda im, factor: 1)  # as when Pillow's draft() declines
+    img, meta = read_image(p, min_side=80)  # factor 3
+    assert meta["reduce"] == 3 and img.shape == (80, 120, 3)
+    np.testing.assert_allclose(img, _block_mean(full, 3), atol=1.0 / 255 + 1e-6)

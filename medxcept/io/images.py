@@ -34,6 +34,14 @@ Decisions
   brightest region of the image.)
 * **Greyscale is replicated to three channels**: a photograph reader always
   returns RGB; radiograph-like images come through the DICOM reader.
+* **Decoded at the size the caller needs** (``min_side``). A 12-megapixel camera
+  photograph preprocessed to 299 px needs a few hundred pixels across its field of
+  view, not 4288: a JPEG is then decoded with libjpeg's DCT scaling at 1/2, 1/4 or
+  1/8 of its size (Pillow's ``draft``; 1/4 decodes 16 times fewer pixels and is
+  several times faster than a full decode), and any other format is reduced by an
+  integer factor, by box averaging on its integer (8- or 16-bit) pixels, before any
+  float copy is made. The float image is never made at full resolution when the
+  caller does not need it.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
@@ -145,7 +154,9 @@ def _sniff_bytes(head: bytes) -> str | None:
     return None
 
 
-def read_image(path: str | Path, *, max_pixels: int = 100_000_000) -> tuple[np.ndarray, dict[str, Any]]:
+def read_image(
+    path: str | Path, *, max_pixels: int = 100_000_000, min_side: int | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode a photograph into a float32 ``H x W x 3`` RGB array in ``[0, 1]``.
 
     Parameters
@@ -159,6 +170,12 @@ def read_image(path: str | Path, *, max_pixels: int = 100_000_000) -> tuple[np.n
         camera stays well under the default. Pillow's own hard limit
         (``2 * PIL.Image.MAX_IMAGE_PIXELS``, about 179 megapixels by default) still
         applies on top of this one.
+    min_side : int, optional
+        Decode a reduced image whose shorter side is still at least ``min_side``
+        pixels: the stored size divided by the largest integer factor that allows it
+        (a JPEG by libjpeg's DCT scaling, so only 1, 2, 4 or 8; other formats by box
+        averaging of the decoded integer pixels, any factor). ``None`` (default), or a
+        ``min_side`` at least the stored shorter side, decodes at full size.
 
     Returns
     -------
@@ -175,7 +192,10 @@ def read_image(path: str | Path, *, max_pixels: int = 100_000_000) -> tuple[np.n
         as stored: 1, 8 or 16), ``exif_transposed`` (True when an EXIF orientation
         other than 1 was applied), ``source`` (EXIF ``Make`` and ``Model`` joined
         and stripped, ``""`` when absent) and ``n_frames`` (pages in the file; only
-        the first is read).
+        the first is read), ``stored_width``, ``stored_height`` (the size of the stored
+        image after EXIF orientation, whatever ``min_side`` did) and ``reduce`` (the
+        factor applied: 1 at full size; the returned image is
+        ``ceil(stored / reduce)`` pixels on each side).
 
     Raises
     ------
@@ -206,6 +226,8 @@ def read_image(path: str | Path, *, max_pixels: int = 100_000_000) -> tuple[np.n
     """
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
         raise ConfigError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    if min_side is not None and (isinstance(min_side, bool) or not isinstance(min_side, int) or min_side <= 0):
+        raise ConfigError(f"min_side must be a positive integer or None, got {min_side!r}")
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise ConfigError(
             "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set by other code); with it Pillow pads "
@@ -266,11 +288,15 @@ def read_image(path: str | Path, *, max_pixels: int = 100_000_000) -> tuple[np.n
             source = _source(exif)
             mode = im.mode
             bit_depth = _bit_depth(im, path, head)
+            factor = 1 if min_side is None else max(1, min(width, height) // min_side)
             if _is_deep_colour(head, fmt, im):
-                array = _decode_deep_colour(path, im, orientation)
+                array = _decode_deep_colour(path, im, orientation, factor)
                 transposed = orientation in range(2, 9)
             else:
-                array, transposed = _decode_pillow(path, im)
+                drafted = fmt == "JPEG" and factor > 1 and (scale := _draft(im, factor)) > 1
+                if drafted:
+                    factor = scale  # else (a JPEG libjpeg cannot scale): box-averaged after decoding
+                array, transposed = _decode_pillow(path, im, factor, drafted=drafted)
         except Image.DecompressionBombError as exc:
             raise ReadError(path, f"image refused as a possible decompression bomb: {exc}", _STAGE) from exc
         except _DECODE_ERRORS as exc:
@@ -285,6 +311,9 @@ def read_image(path: str | Path, *, max_pixels: int = 100_000_000) -> tuple[np.n
         "exif_transposed": bool(transposed),
         "source": source,
         "n_frames": n_frames,
+        "stored_width": int(height if transposed and orientation >= 5 else width),
+        "stored_height": int(width if transposed and orientation >= 5 else height),
+        "reduce": int(factor),
     }
     if path.suffix and _extension_disagrees(path.suffix, fmt):
         logger.info("%s: extension %r but content is %s; read as %s", log_name(path), path.suffix, fmt, fmt)
@@ -408,30 +437,68 @@ def _is_deep_colour(head: bytes, fmt: str, im: Image.Image) -> bool:
     return False
 
 
-def _decode_pillow(path: Path, im: Image.Image) -> tuple[np.ndarray, bool]:
-    """Decode through Pillow: EXIF transpose, then convert the mode to float RGB."""
+def _draft(im: Image.Image, factor: int) -> int:
+    """Ask libjpeg for DCT scaling by the largest of 8, 4, 2 not above ``factor``; return the one applied.
+
+    Must be called before the pixels are loaded. The scaled image is ``ceil(stored / s)``
+    pixels on each side, and its pixel ``i`` covers stored pixels ``[i * s, (i + 1) * s)``.
+    """
+    scale = next(s for s in (8, 4, 2, 1) if s <= factor)
+    if scale == 1:
+        return 1
+    width, height = im.size
+    res = im.draft(None, (width // scale, height // scale))
+    if res is None:  # a JPEG Pillow cannot scale (several tiles): the caller box-averages after decoding
+        return 1
+    _, box = res
+    return max(1, int(round(width / box[2])))
+
+
+def _decode_pillow(
+    path: Path, im: Image.Image, factor: int = 1, *, drafted: bool = False
+) -> tuple[np.ndarray, bool]:
+    """Decode through Pillow: EXIF transpose, then convert the mode to float RGB.
+
+    ``factor``: reduce by it on the integer pixels after decoding, unless ``drafted`` (a
+    JPEG whose DCT scaling by ``factor`` was set up: ``im.size`` is already the reduced size).
+    """
     im.load()  # raises OSError on truncated data (LOAD_TRUNCATED_IMAGES is False)
     transposed = _orientation(im.getexif()) in range(2, 9)
     oriented = ImageOps.exif_transpose(im)
-    return _to_rgb_float(path, oriented), transposed
+    return _to_rgb_float(path, oriented, 1 if drafted else factor), transposed
 
 
-def _to_rgb_float(path: Path, im: Image.Image) -> np.ndarray:
+def _reduce_u8(im: Image.Image, factor: int) -> Image.Image:
+    """Box-average an 8-bit Pillow image by ``factor`` (premultiplied for LA/RGBA)."""
+    return im.reduce(factor) if factor > 1 else im
+
+
+def _reduce_array(a: np.ndarray, factor: int) -> np.ndarray:
+    """Area-average an integer H x W [x C] array to ``ceil(H / factor) x ceil(W / factor)``."""
+    if factor <= 1:
+        return a
+    h, w = a.shape[:2]
+    out = cv2.resize(np.ascontiguousarray(a), (-(-w // factor), -(-h // factor)), interpolation=cv2.INTER_AREA)
+    return out.reshape(out.shape[:2] + a.shape[2:])
+
+
+def _to_rgb_float(path: Path, im: Image.Image, factor: int = 1) -> np.ndarray:
     mode = im.mode
     if mode.startswith("I;16"):
-        grey = np.asarray(im).astype(np.float32) / np.float32(65535.0)
-        return _grey_to_rgb(grey)
+        raw = np.asarray(im)
+        grey = _reduce_array(raw.astype(raw.dtype.newbyteorder("=")), factor).astype(np.float32)
+        return _grey_to_rgb(grey / np.float32(65535.0))
     if mode == "1":
-        grey = np.asarray(im.convert("L"), dtype=np.float32) / np.float32(255.0)
+        grey = np.asarray(_reduce_u8(im.convert("L"), factor), dtype=np.float32) / np.float32(255.0)
         return _grey_to_rgb(grey)
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         mode in ("P", "L", "RGB") and "transparency" in im.info
     )
     if has_alpha:
-        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / np.float32(255.0)
+        rgba = np.asarray(_reduce_u8(im.convert("RGBA"), factor), dtype=np.float32) / np.float32(255.0)
         return _composite_on_black(rgba)
     if mode == "L":
-        return _grey_to_rgb(np.asarray(im, dtype=np.float32) / np.float32(255.0))
+        return _grey_to_rgb(np.asarray(_reduce_u8(im, factor), dtype=np.float32) / np.float32(255.0))
     try:
         rgb = im.convert("RGB")
     except ValueError as exc:
@@ -440,7 +507,7 @@ def _to_rgb_float(path: Path, im: Image.Image) -> np.ndarray:
             f"unsupported colour mode {mode!r}: cannot convert to RGB; export the image as RGB PNG",
             _STAGE,
         ) from exc
-    return np.asarray(rgb, dtype=np.float32) / np.float32(255.0)
+    return np.asarray(_reduce_u8(rgb, factor), dtype=np.float32) / np.float32(255.0)
 
 
 def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
@@ -474,17 +541,8 @@ def _apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def _decode_deep_colour(path: Path, im: Image.Image, orientation: int) -> np.ndarray:
-    """16-bit colour PNG/TIFF via OpenCV (Pillow would drop the low 8 bits)."""
-    try:
-        import cv2
-    except ImportError:
-        logger.warning(
-            "%s: 16-bit colour image read at 8-bit precision because OpenCV (cv2) is not installed",
-            log_name(path),
-        )
-        array, _ = _decode_pillow(path, im)
-        return array
+def _decode_deep_colour(path: Path, im: Image.Image, orientation: int, factor: int = 1) -> np.ndarray:
+    """16-bit colour PNG/TIFF via OpenCV (Pillow would drop the low 8 bits); reduced on uint16."""
     data = np.fromfile(path, dtype=np.uint8)  # imdecode: works with non-ASCII paths everywhere
     # IMREAD_UNCHANGED keeps 16 bits and alpha and does not apply EXIF orientation (we do).
     raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
@@ -493,6 +551,16 @@ def _decode_deep_colour(path: Path, im: Image.Image, orientation: int) -> np.nda
             path, "corrupt or truncated 16-bit colour image: the decoder returned no pixels", _STAGE
         )
     scale = np.float32(65535.0 if raw.dtype == np.uint16 else 255.0)
+    if factor > 1 and raw.ndim == 3 and raw.shape[2] in (2, 4):
+        # premultiply before averaging, as Pillow's reduce does for RGBA: a transparent
+        # neighbour must not bleed its hidden colour into the average
+        alpha = raw[:, :, -1:].astype(np.float32) / scale
+        pre = np.concatenate([raw[:, :, :-1].astype(np.float32) * alpha, raw[:, :, -1:].astype(np.float32)], axis=2)
+        pre = _reduce_array(pre, factor)
+        a = np.maximum(pre[:, :, -1:] / scale, np.float32(1e-12))
+        raw = np.concatenate([pre[:, :, :-1] / a, pre[:, :, -1:]], axis=2)
+    else:
+        raw = _reduce_array(raw, factor)
     pixels = raw.astype(np.float32) / scale
     if pixels.ndim == 2:
         rgb = _grey_to_rgb(pixels)

@@ -4,7 +4,9 @@
   the expected outcome and pixels; includes a JPEG-lossless encoder), ``python -m
   medxcept.testing.corpus OUT_DIR [--ingest]``;
 * :mod:`medxcept.testing.traps`: a cohort with every leakage trap planted, ``python -m
-  medxcept.testing.traps OUT_DIR [--clean]``.
+  medxcept.testing.traps OUT_DIR [--clean]``;
+* :mod:`medxcept.testing.camera`: camera-size fundus JPEGs (4288 x 2848, 3410 x 2848) and the
+  full-resolution reference preprocessing that reduced-size ingestion is checked against.
 
 ``tests/test_architecture.py`` fails if a module outside this package imports it.
 """
