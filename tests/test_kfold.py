@@ -359,6 +359,89 @@ def cv(tmp_path_factory):
         yield out
 
 
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory):
+    """The tiny cohort planned with --prepare (ingested, folds and inner splits made; nothing trained)."""
+    from pipelines.kfold import main
+
+    tmp = tmp_path_factory.mktemp("kfold-plan")
+    logger = logging.getLogger("medxcept")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDXCEPT_CACHE", str(tmp / "cache"))
+        cohort = _write_tiny_cohort(tmp / "tiny.yaml")
+        try:
+            rc = main(["--cohort", str(cohort), "--folds", str(N_FOLDS), "--out-dir", str(tmp / "reports"),
+                       "--cv-name", "planned", "--prepare", "-q"])
+        finally:
+            logger.handlers[:], logger.level, logger.propagate = saved
+        assert rc == 0
+        yield {"dir": tmp / "reports" / "planned", "cohort": cohort, "tmp": tmp}
+
+
+def test_plan_records_each_folds_inner_split_and_sizes(planned):
+    from medxcept.splits import split_hash
+
+    d = planned["dir"]
+    info = json.loads((d / "cv.json").read_text())
+    assert info["inner_validation"]["fraction"] == 0.2  # split.val_fraction, the default
+    assert info["inner_validation"]["fraction_from"] == "split.val_fraction"
+    table = pd.read_csv(d / "cohort.csv", dtype={"patient_key": str})
+    cv_pat = table[table["cv_split"] == "cv"]
+    plan = kfold.load_plan(d)
+    for i, rec in enumerate(info["folds"]):
+        c = rec["counts"]
+        held = cv_pat[cv_pat["fold_r0"] == i]
+        rest = cv_pat[cv_pat["fold_r0"] != i]
+        # sizes against the fold columns of cohort.csv, computed here without the code under test
+        assert c["held_out"] == {"patients": held["patient_key"].nunique(), "images": len(held),
+                                 "positive_patients": int((held.groupby("patient_key")["y"].max() > 0).sum())}
+        assert c["train"]["patients"] + c["inner_val"]["patients"] == rest["patient_key"].nunique()
+        assert c["train"]["images"] + c["inner_val"]["images"] == len(rest)
+        assert c["test"]["patients"] == table.loc[table["cv_split"] == "test", "patient_key"].nunique()
+        assert 1 <= c["inner_val"]["patients"] < c["train"]["patients"]
+        assert rec["inner_seed"] == kfold.inner_seed(plan.cfg.split.seed, 0, i)
+        # the fold runner makes the same split again from the plan alone (what its marker is checked against)
+        again = kfold.fold_split(plan.table, plan.cfg.split, 0, i, fraction=0.2)
+        assert split_hash(again) == rec["split_hash"]
+        assert kfold.fold_counts(again) == c
+
+
+def test_a_plan_made_before_inner_splits_is_refused_in_one_line(planned, tmp_path, capsys, restore_logging):
+    from pipelines.kfold import main
+
+    old = tmp_path / "reports" / "old"
+    shutil.copytree(planned["dir"], old)
+    info = json.loads((old / "cv.json").read_text())
+    del info["inner_validation"]  # what cv.json looked like before issue 36
+    (old / "cv.json").write_text(json.dumps(info))
+    with pytest.raises(ConfigError, match="planned before k-fold inner validation splits"):
+        cv_workflow.run_fold(old, 0)
+    assert not (old / "fold-0").exists()  # nothing was trained or written
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDXCEPT_CACHE", str(planned["tmp"] / "cache"))
+        rc = main(["--cohort", str(planned["cohort"]), "--folds", str(N_FOLDS), "--out-dir", str(tmp_path / "reports"),
+                   "--cv-name", "old", "--fold", "0", "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "planned before k-fold inner validation splits" in err[0]
+    assert "--aggregate" in err[0] and "--cv-name" in err[0]
+
+
+def test_where_choices_were_made_is_said_as_planned():
+    from medxcept.config import RunConfig
+
+    info = {"n_folds": 2, "inner_validation": {"fraction": 0.2, "fraction_from": "split.val_fraction"}}
+    plan = kfold.CVPlan(path=Path("."), cfg=RunConfig(), info=info, table=pd.DataFrame())
+    new = cv_workflow._where_chosen(plan, graded=False)
+    assert "inner validation split: 20 % of the patients" in new["threshold_and_calibration_fitted_on"]
+    assert "never the held-out fold" in new["early_stopping_on"]
+    del info["inner_validation"]  # a 2-fold plan made before issue 36: its folds chose on fold i
+    old = cv_workflow._where_chosen(plan, graded=True)
+    assert "held-out fold itself" in old["threshold_and_calibration_fitted_on"] and old["inner_validation"] is None
+    info["n_folds"] = 3
+    assert "the next fold" in cv_workflow._where_chosen(plan, graded=False)["early_stopping_on"]
+
+
 @pytest.mark.slow
 def test_single_fold_then_partial_aggregate_lists_missing_folds(cv):
     assert "fold-0" in cv["after_fold0"] and "fold-1" not in cv["after_fold0"]
@@ -404,6 +487,16 @@ def test_folds_partition_patients_and_keep_the_holdout_out(cv):
         assert set(split.loc[split["split"] == "test", "patient_key"]) == holdout
         val = set(split.loc[split["split"] == "val", "patient_key"])
         assert val == set(oof.loc[oof["fold"] == i, "patient_key"])
+        # the inner validation split: training-fold patients only, its sizes as planned and as reported
+        inner = split[split["split"] == "inner_val"]
+        assert set(inner["patient_key"]) and not set(inner["patient_key"]) & (val | holdout)
+        planned = json.loads((d / "cv.json").read_text())["folds"][i]["counts"]
+        metrics = json.loads((d / f"fold-{i}" / "metrics.json").read_text())["counts"]
+        reported = json.loads((d / "cv_metrics.json").read_text())["per_fold"][i]["counts"]
+        for part, name in (("train", "train"), ("inner_val", "inner_val"), ("val", "held_out")):
+            rows = split[split["split"] == part]
+            assert planned[name]["patients"] == rows["patient_key"].nunique() == reported[name]["patients"]
+            assert planned[name]["images"] == len(rows) == metrics[name]["images"] == reported[name]["images"]
 
 
 @pytest.mark.slow
@@ -493,6 +586,12 @@ def test_report_shows_the_numbers_of_cv_metrics_json(cv):
         for row in m["holdout_per_fold"]:
             assert cells[("holdout-table", row["name"], k)] == fmt(row[k])
     assert checked == N_FOLDS * len(kfold.CV_METRICS)
+    for row in m["per_fold"]:  # the fold sizes: patients (images) trained, inner-validated, held out
+        c = row["counts"]
+        for part in ("train", "inner_val", "held_out"):
+            assert f'data-count="{part}">{c[part]["patients"]} ({c[part]["images"]})</td>' in html
+    assert "20 % of the patients of its training folds" in m["method"]["threshold_and_calibration_fitted_on"]
+    assert 'id="fold-sizes"' in html and "except 20 % of them" in html
     assert 'id="missing-folds"' not in html
     assert "NOT PRETRAINED" in html  # weights: none in the tiny cohort
     assert html.count("data:image/png;base64,") == 3  # pooled ROC/PR, reliability, training curves
