@@ -342,7 +342,17 @@ def load_config(*, cohort_defaults: dict | None = None, config_file: str | Path 
     return cfg
 
 
+#: Fields added after configurations were stored whose unset value (None) is fully given by other
+#: fields: left out of the hash while None, so that older configurations (and the run and CV
+#: directories named after them) keep their hash.
+_HASHED_WHEN_SET = (("split", "inner_val_fraction"),)
+
+
 def config_hash(cfg: RunConfig) -> str:
     """Short stable hash of a resolved configuration."""
-    blob = json.dumps(config_to_dict(cfg), sort_keys=True).encode()
+    data = config_to_dict(cfg)
+    for section, name in _HASHED_WHEN_SET:
+        if data[section].get(name) is None:
+            data[section].pop(name, None)
+    blob = json.dumps(data, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:8]

@@ -18,7 +18,9 @@ Given validation and test frames that already hold raw and calibrated class prob
    ``grade >= g`` the patient probability is the maximum over images (the worst-eye rule);
    for a list of nominal classes it is ``eval.patient_aggregation``.
 
-Everything returned is JSON-ready and goes into ``metrics.json`` under ``graded``.
+Everything returned is JSON-ready and goes into ``metrics.json`` under ``graded``. In k-fold
+cross-validation, "validation" is each fold's inner validation split (a share of its training
+folds' patients, :func:`medxcept.kfold.fold_split`) and "test" its held-out fold.
 """
 
 from __future__ import annotations
@@ -263,7 +265,7 @@ def _pooled_endpoint(df: pd.DataFrame, e: Any, classes: list[str], kind: str, ev
                                "worst eye: the maximum over their images" if upper_set else f"the {how} over their "
                                "images") + "; sensitivity and specificity apply each fold's own threshold",
                            "threshold": {"value": float(frame["t"].median()), "method": "per fold",
-                                         "chosen_on": "each fold's training folds", "target_sensitivity": None},
+                                         "chosen_on": "each fold's inner validation split", "target_sensitivity": None},
                            "n_bootstrap": int(eval_cfg.n_bootstrap)}
     units = frame.groupby("unit").agg(y=("y", "max"), p=("p", how), p_raw=("p_raw", how), t=("t", "first"),
                                       patient=("patient", "first"))
@@ -295,7 +297,8 @@ def pooled_report(frames: Sequence[pd.DataFrame], *, classes: Sequence[str], tas
     """Pooled out-of-fold graded metrics with patient-bootstrap CIs (frames of :func:`fold_predictions`).
 
     Every patient is predicted once per repeat by the model that did not see them, with that fold's
-    decision rule and endpoint thresholds. Patient units are (repeat, patient); the bootstrap
+    decision rule and endpoint thresholds (chosen on the fold's inner validation split, a share of its
+    training folds' patients: :func:`medxcept.kfold.fold_split`). Patient units are (repeat, patient); the bootstrap
     resamples patients (with all their units). Ordinal patient grades and predictions are the
     worst over the patient's images (the maximum of the fold's image predictions equals the fold's
     rule applied to the aggregated probabilities); nominal predictions are the argmax of the
@@ -321,7 +324,7 @@ def pooled_report(frames: Sequence[pd.DataFrame], *, classes: Sequence[str], tas
     out["patient_rule"] = units.rule
     out["patient_notes"] = list(units.notes)
     out["decision_rule"] = {"kind": "per fold", "description": "each fold's own decision rule",
-                            "chosen_on": "that fold's training folds (the model's own predictions)"}
+                            "chosen_on": "that fold's inner validation split (never its held-out fold)"}
     out["calibration_test"] = {
         "before": calibration_report(y, _probs(df, classes, "prob_raw_"), classes=classes, n_bins=eval_cfg.n_bins),
         "after": calibration_report(y, P, classes=classes, n_bins=eval_cfg.n_bins)}

@@ -14,25 +14,34 @@ configuration) out of every fold when ``split.test_fraction > 0``, and assigns p
 stratified folds over the other patients with :func:`medxcept.splits.assign_folds` (seed
 ``split.seed + r`` for repeat ``r``). It writes ``<out_dir>/<cv-name>/``::
 
-    cv.json          plan: folds, repeats, classes, config / data / split hashes
+    cv.json          plan: folds, repeats, classes, config / data / split hashes, the inner
+                     validation rule and, per fold, its inner seed, split hash and the
+                     patients / images trained, inner-validated and held out
     config.yaml      the resolved RunConfig (the same for every fold)
     cohort.csv       the public cohort table with ``cv_split`` (cv | test) and ``fold_r<r>``
     audit.json       the integrity audit of the whole CV partition (before any training)
     fold-0/ ...      one run directory per fold (``r0-fold-0/`` ... with repeats)
-    cv_metrics.json  per-fold metrics, mean, SD and 95 % t-interval, pooled out-of-fold metrics
+    cv_metrics.json  per-fold metrics and sizes, mean, SD and 95 % t-interval, pooled out-of-fold metrics
     cv_report.html   the self-contained CV report
 
-What a fold does. Fold ``i`` trains on the patients of the other folds except fold ``i + 1`` (mod
-k), which is its **inner validation split**: early stopping watches the inner split's patient-level
-AUC, as validation does in a single run. Its **out-of-fold (OOF)** predictions are its predictions on
-fold ``i``, which chose nothing.
+What a fold does. Fold ``i`` sets aside a share of its training folds' patients as its **inner
+validation split** (:func:`fold_split`): ``split.inner_val_fraction``, by default
+``split.val_fraction`` (0.2: with 3 folds a fold trains on 80 % of the patients outside fold ``i``),
+made by :func:`medxcept.splits.assign_splits` exactly as the single run's validation split is
+(patient-grouped, stratified on the patient label, every class on both sides), with seed
+:func:`inner_seed` (``split.seed + repeat + 1000 * (fold + 1)``), so it is the same on every
+machine and every resume. It trains on the rest of the training folds; early stopping watches the
+inner split's patient-level AUC, as validation does in a single run. Its **out-of-fold (OOF)**
+predictions are its predictions on fold ``i``, which chose nothing. No patient is in two of
+train / inner validation / held-out fold / hold-out test: :func:`check_fold_disjoint` checks it
+when the plan is made and again before a fold trains, and the fold's audit checks it too.
 
 * Discrimination (ROC-AUC, PR-AUC) is computed from the uncalibrated scores.
 * Calibration (``eval.calibration``) and the operating threshold (``eval.threshold``) are fitted on
   the inner validation split, never on fold ``i``: fold ``i``'s labels set none of the numbers
-  reported on fold ``i`` (issue 17; before, the epoch was chosen on fold ``i`` itself).
-* With 2 folds there is no fold to spare: the epoch, calibration and threshold then come from fold
-  ``i`` (optimistic), and the fold's metrics and the report say so.
+  reported on fold ``i``, with any number of folds, 2 included (issue 17 moved the epoch off fold
+  ``i``; issue 36 replaced the whole "next fold" inner split, which trained a 3-fold model on a
+  third of the data and left 2 folds choosing on fold ``i``).
 * The reference models (:mod:`medxcept.references`) are fitted on all training-fold images and
   compared with the deep model on fold ``i`` (``metrics.json["references"]`` of each fold).
 * The hold-out test split (if any) is predicted by every fold model with the same calibration and
@@ -46,7 +55,11 @@ share training patients, so they are not independent and that interval is too na
 it, each fold's own threshold) is given next to it.
 
 Resuming. Each fold writes ``fold.json`` last, holding the configuration hash and the fold's split
-hash. A re-run skips every fold whose marker matches; a marker from another configuration, split
+hash (train / inner validation / held-out / test, as recorded in ``cv.json``). A CV planned before
+inner validation splits (``cv.json`` without ``inner_validation``) is not resumed: planning or
+running a fold of it stops with one line (:func:`require_inner_split`); its complete folds can
+still be aggregated, and its report then says where those folds chose (the next fold; with 2
+folds the held-out fold itself). A re-run skips every fold whose marker matches; a marker from another configuration, split
 or data raises :class:`~medxcept.errors.ConfigError` naming both hashes, so folds of different
 experiments are never mixed. A fold directory without a marker was interrupted: it continues from
 its last per-epoch checkpoint (:func:`medxcept.train.fit` with ``resume=True``, which refuses a
@@ -69,8 +82,8 @@ executor writes the same layout, and a fold reads everything it needs from the C
 directory must be on a shared file system when folds run on several machines.
 
 Cohorts with more than two classes (nominal or ordinal, :mod:`medxcept.graded`): each fold chooses
-its decision rule and its endpoints' thresholds on its training folds' own predictions, like the
-binary threshold; ``cv_metrics.json`` → ``graded`` holds the per-fold patient-level kappa, grade
+its decision rule and its endpoints' thresholds on its inner validation split, like the binary
+threshold; ``cv_metrics.json`` → ``graded`` holds the per-fold patient-level kappa, grade
 error, macro / weighted / per-class AUCs and endpoint metrics with their spread, and the pooled
 out-of-fold metrics with patient-bootstrap CIs (:func:`medxcept.graded.pooled_report`).
 """
@@ -83,6 +96,7 @@ import hashlib
 import json
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -94,7 +108,7 @@ from scipy import stats
 
 from medxcept.calibrate import brier, ece, reliability_table
 from medxcept.config import RunConfig, config_hash, load_config
-from medxcept.errors import ConfigError, MedxceptError
+from medxcept.errors import ConfigError, MedxceptError, SplitError
 from medxcept.evaluate import METRICS as METRIC_REGISTRY
 from medxcept.evaluate import (
     aggregate_by_patient,
@@ -108,7 +122,7 @@ from medxcept.evaluate import (
 from medxcept.references import REFERENCES, compare_with_references, reference_sentences
 from medxcept.report.figures import BLUE, GREY, ORANGE, plt, to_data_uri
 from medxcept.run import DirectoryLock, _json_default, write_atomic
-from medxcept.splits import assign_folds, assign_splits, split_hash
+from medxcept.splits import SplitConfig, assign_folds, assign_splits, split_hash
 
 __all__ = [
     "CVPlan",
@@ -116,6 +130,12 @@ __all__ = [
     "default_cv_name",
     "load_plan",
     "fold_table",
+    "fold_split",
+    "fold_counts",
+    "check_fold_disjoint",
+    "inner_fraction",
+    "inner_seed",
+    "require_inner_split",
     "fold_status",
     "t_interval",
     "cv_bounds",
@@ -133,6 +153,10 @@ CV_METRICS = metric_names(cv=True)
 MARKER = "fold.json"
 FAILED = "failed.json"
 PLAN = "cv.json"
+#: The ``split`` value of a fold's inner validation rows in its fold table (:func:`fold_split`).
+INNER = "inner_val"
+#: A fold table's parts, in the order the report names them, and what each is called there.
+FOLD_PARTS = {"train": "train", INNER: "inner_val", "val": "held_out", "test": "test"}
 
 
 class FoldsFailedError(MedxceptError):
@@ -264,7 +288,153 @@ def fold_table(table: pd.DataFrame, repeat: int, fold: int) -> pd.DataFrame:
 
 
 def _fold_split_hash(table: pd.DataFrame, repeat: int, fold: int) -> str:
+    """The split hash of a fold planned before inner validation splits (``cv.json`` without
+    ``inner_validation``): train / held-out fold / test only."""
     return split_hash(fold_table(table, repeat, fold))
+
+
+def inner_fraction(split_cfg: SplitConfig) -> float:
+    """The share of the training folds' patients that each fold keeps as its inner validation split.
+
+    ``split.inner_val_fraction``, or ``split.val_fraction`` (the single run's validation share)
+    when that is unset.
+
+    Raises
+    ------
+    ConfigError
+        Both are 0 / unset: a fold would have nowhere to choose its epoch, calibration and threshold.
+    """
+    f = split_cfg.inner_val_fraction if split_cfg.inner_val_fraction is not None else split_cfg.val_fraction
+    if not f:
+        raise ConfigError("cross-validation chooses each fold's epoch, calibration and threshold on an inner "
+                          "validation split of its training folds, but split.inner_val_fraction is unset and "
+                          "split.val_fraction is 0: set one, e.g. --set split.inner_val_fraction=0.2")
+    return float(f)
+
+
+def inner_seed(split_seed: int, repeat: int, fold: int) -> int:
+    """Seed of the inner validation split of fold ``fold`` of repeat ``repeat``:
+    ``split.seed + repeat + 1000 * (fold + 1)`` (the repeat's fold seed is ``split.seed + repeat``)."""
+    return int(split_seed) + int(repeat) + 1000 * (int(fold) + 1)
+
+
+def fold_split(table: pd.DataFrame, split_cfg: SplitConfig, repeat: int, fold: int, *, fraction: float,
+               merge: pd.Series | None = None) -> pd.DataFrame:
+    """The cohort as fold ``fold`` of repeat ``repeat`` sees it, with its inner validation split.
+
+    :func:`fold_table`, then a share ``fraction`` of the training folds' patients becomes the
+    fold's inner validation split (``split == "inner_val"``): chosen by
+    :func:`medxcept.splits.assign_splits`, the function that makes the single run's validation
+    split, so it is patient-grouped (``split.group_column``, and ``merge``: the audit's duplicate
+    groups under ``audit.on_leak: fix``), stratified on the patient label, holds every class on
+    both sides, and is a function of the data and the seed :func:`inner_seed` only.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The plan's cohort table (``cv_split``, ``fold_r<repeat>``, ``patient_key``, ``y``/``label``).
+    split_cfg : SplitConfig
+        ``seed``, ``group_column`` and ``patient_label`` are used; fractions and ``user_split`` are not.
+    repeat, fold : int
+        Which fold.
+    fraction : float
+        :func:`inner_fraction` of the configuration.
+    merge : pandas.Series, optional
+        Duplicate groups per ``image_id`` (:func:`medxcept.audit.duplicate_groups`), kept on one side.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy of ``table`` with ``split`` (``train`` | ``inner_val`` | ``val``: the held-out fold
+        | ``test``) and ``fold``.
+
+    Raises
+    ------
+    SplitError
+        The training folds hold too few patients of a class for both sides.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"image_id": [f"i{k}" for k in range(60)],
+    ...                   "patient_key": [f"P-{k:02d}" for k in range(60)],
+    ...                   "y": [k % 2 for k in range(60)], "cv_split": "cv",
+    ...                   "fold_r0": [k // 2 % 3 for k in range(60)]})
+    >>> f = fold_split(t, SplitConfig(), 0, 0, fraction=0.2)
+    >>> f.drop_duplicates("patient_key")["split"].value_counts().sort_index().to_dict()
+    {'inner_val': 8, 'train': 32, 'val': 20}
+    """
+    out = fold_table(table, repeat, fold)
+    train = np.flatnonzero(out["split"].to_numpy() == "train")
+    cfg = dataclasses.replace(split_cfg, test_fraction=0.0, val_fraction=float(fraction), user_split=None,
+                              inner_val_fraction=None, seed=inner_seed(split_cfg.seed, repeat, fold))
+    split_log = logging.getLogger("medxcept.splits")
+    level = split_log.level
+    split_log.setLevel(logging.WARNING)  # its "split N patients into train/val" line would name the wrong split
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a thin inner split is said by plan_cv, in its own words
+            inner = assign_splits(out.iloc[train], cfg, merge=merge)
+    except SplitError as exc:
+        raise SplitError(f"fold {fold} of repeat {repeat}: its training folds cannot give an inner validation split "
+                         f"of {fraction:g} of their patients with every class on both sides. {exc}") from None
+    finally:
+        split_log.setLevel(level)
+    split = out["split"].to_numpy().astype(object)
+    split[train[inner["split"].to_numpy() == "val"]] = INNER
+    return out.assign(split=split)
+
+
+def fold_counts(table: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Patients, images and positive patients (any class above the first) of each part of a fold table.
+
+    Keys: ``train``, ``inner_val``, ``held_out`` (the fold's own patients) and ``test`` (the hold-out).
+    """
+    out = {}
+    for part, key in FOLD_PARTS.items():
+        f = table[table["split"].to_numpy() == part]
+        pos = int((f.groupby("patient_key")["y"].max() > 0).sum()) if len(f) else 0
+        out[key] = {"patients": int(f["patient_key"].nunique()), "images": int(len(f)), "positive_patients": pos}
+    return out
+
+
+def check_fold_disjoint(table: pd.DataFrame, name: str) -> None:
+    """Raise unless every patient of a fold table is in exactly one of its parts.
+
+    Raises
+    ------
+    SplitError
+        A patient is in two of train / inner validation / held-out fold / hold-out test.
+    """
+    n = table.groupby(table["patient_key"].astype(str))["split"].nunique()
+    if (n > 1).any():
+        raise SplitError(f"{name}: {int((n > 1).sum())} patient(s) are in two of train / inner validation / "
+                         "held-out fold / hold-out test: the fold must not run (please report this as a bug)")
+
+
+def require_inner_split(info: dict[str, Any], path: Path) -> None:
+    """Refuse to run folds of a plan made before inner validation splits (``cv.json`` without
+    ``inner_validation``), whose folds chose on a whole fold (with 2 folds, the held-out fold).
+
+    Raises
+    ------
+    ConfigError
+        One line: what the plan is, and what to do (aggregate it, or start it again).
+    """
+    if "inner_validation" not in info:
+        raise ConfigError(
+            f"{path} was planned before k-fold inner validation splits were sized by split.inner_val_fraction "
+            "(its cv.json records no inner_validation; its folds chose the epoch, calibration and threshold on a "
+            "whole fold, with 2 folds on the held-out fold itself): this version does not resume it. Its complete "
+            f"folds can still be aggregated (--aggregate {path}); to run it with the new inner split, delete the "
+            "folder or use another --cv-name.")
+
+
+def _planned_fold_hash(plan: CVPlan, task: FoldTask) -> str:
+    """A fold's split hash as planned: recorded in ``cv.json`` (with its inner validation split), or, for a
+    plan made before inner validation splits, the train / held-out / test hash computed as then."""
+    if "inner_validation" in plan.info:
+        return str(plan.info["folds"][task.index]["split_hash"])
+    return _fold_split_hash(plan.table, task.repeat, task.fold)
 
 
 def _read_cohort_csv(path: Path) -> pd.DataFrame:
@@ -337,7 +507,7 @@ def _record_failure(fdir: Path, task: FoldTask, error_class: str, message: str, 
 def _check_marker(plan: CVPlan, task: FoldTask, marker: dict[str, Any]) -> None:
     where = plan.path / task.name / MARKER
     expected = {"config_hash": plan.info["config_hash"], "data_hash": plan.info["data_hash"],
-                "split_hash": _fold_split_hash(plan.table, task.repeat, task.fold)}
+                "split_hash": _planned_fold_hash(plan, task)}
     for key, value in expected.items():
         if marker.get(key) != value:
             what = key.replace("_hash", "")

@@ -100,6 +100,14 @@ class SplitConfig:
         Share of patients for validation (early stopping, calibration), in [0, 1).
     n_folds : int, default 5
         Cross-validation folds over the non-test patients (>= 2).
+    inner_val_fraction : float, optional
+        Cross-validation only: the share of each fold's *training-fold patients* set aside as
+        its inner validation split (early stopping, calibration, threshold, decision rule), in
+        (0, 1). Patient-grouped and stratified exactly like the single run's validation split
+        (:func:`assign_splits`). Default (None): ``val_fraction``; a cross-validation with
+        ``val_fraction`` 0 and no ``inner_val_fraction`` is refused. Left out of the
+        configuration hash while None (it is then fully given by ``val_fraction``), so
+        configurations written before the field existed keep their hash.
     seed : int, default 0
         Seed of the group shuffle; same seed, same data, same split, on any machine (groups
         are ordered by content before the shuffle, never by their pseudonyms).
@@ -149,6 +157,7 @@ class SplitConfig:
     group_column: str | None = None
     patient_label: str = "max"
     user_split: str | None = None
+    inner_val_fraction: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("test_fraction", "val_fraction"):
@@ -164,6 +173,12 @@ class SplitConfig:
             raise ConfigError(f"split.n_folds must be an integer >= 2, got {self.n_folds!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise ConfigError(f"split.seed must be a non-negative integer, got {self.seed!r}")
+        v = self.inner_val_fraction
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v < 1.0):
+            raise ConfigError(
+                f"split.inner_val_fraction must be a number in (0, 1) (a share of the training folds' patients) "
+                f"or unset (= split.val_fraction), got {v!r}"
+            )
         if self.group_column is not None and (not isinstance(self.group_column, str) or not self.group_column):
             raise ConfigError(f"split.group_column must be a column name or None, got {self.group_column!r}")
         if self.patient_label not in PATIENT_LABEL_RULES:

@@ -53,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "hash>, so the same command finds and resumes it)")
     add_output_options(g)
     cv = parser.add_argument_group("cross-validation")
-    cv.add_argument("--folds", type=int, help="number of folds (default: split.n_folds, 5)")
+    cv.add_argument("--folds", type=int, help="number of folds (default: split.n_folds, 5); each fold chooses its "
+                    "epoch, calibration and threshold on an inner validation split of its training folds' patients, "
+                    "of share split.inner_val_fraction (default split.val_fraction, 0.2; e.g. --set "
+                    "split.inner_val_fraction=0.25)")
     cv.add_argument("--repeats", type=int, default=1, help="repeated CV: fold seeds split.seed + r (default 1)")
     cv.add_argument("--fold", type=int, action="append", metavar="I",
                     help="run only fold I (repeatable), e.g. --fold $SLURM_ARRAY_TASK_ID; no report is written "

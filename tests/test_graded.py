@@ -156,9 +156,11 @@ def test_cv_graded_section_renders_pooled_kappa_and_endpoint():
         g = assess_graded(val=_frame(20, 30 + fold), test=_frame(15, 40 + fold), classes=CLASSES, task="ordinal",
                           endpoints=endpoints, eval_cfg=cfg, seed=0)
         frames.append(fold_predictions(_frame(15, 40 + fold), g, repeat=0, fold=fold))
-        rows.append({"name": f"fold-{fold}", "n_patients": 15, "best_epoch": 1, **fold_row(g)})
+        counts = {"train": {"patients": 40 + fold, "images": 80}, "inner_val": {"patients": 10, "images": 21},
+                  "held_out": {"patients": 15, "images": 30}}
+        rows.append({"name": f"fold-{fold}", "n_patients": 15, "best_epoch": 1, "counts": counts, **fold_row(g)})
     pooled = pooled_report(frames, classes=CLASSES, task="ordinal", endpoints=endpoints, eval_cfg=cfg, seed=0)
-    columns = [k for k in rows[0] if k not in ("name", "n_patients", "best_epoch")]
+    columns = [k for k in rows[0] if k not in ("name", "n_patients", "best_epoch", "counts")]
     summary = {k: {"mean": float(np.mean([r[k] for r in rows])), "sd": None, "low": None, "high": None}
                for k in columns}
     templates = Path(__file__).resolve().parent.parent / "medxcept" / "report" / "templates"
@@ -167,11 +169,16 @@ def test_cv_graded_section_renders_pooled_kappa_and_endpoint():
     env.filters["fmt"], env.filters["ci"] = fmt, _ci
     html = env.get_template("cv_graded.html.j2").render(
         r={"graded": {"pooled": pooled, "per_fold": rows, "columns": columns, "summary": summary, "holdout": None},
-           "notes": [], "method": {"calibration": "temperature"}},
+           "notes": [], "method": {"calibration": "temperature", "inner_validation_sentence": "Fold i trained",
+                                   "threshold_and_calibration_fitted_on": "each fold's inner validation split"}},
         figs={}, ci_metrics=["roc_auc", "sensitivity"])
     assert _ci(pooled["test_patient"]["kappa_quadratic"]) in html
     assert "Derived endpoint: referable" in html and "each fold&#39;s own decision rule" in html
     assert 'id="cv-graded-table"' in html and "roc_auc_mild" in html
+    # each fold's sizes: trained / inner validation / held out, patients (images)
+    assert '<td class="num" data-count="train">41 (80)</td>' in html
+    assert '<td class="num" data-count="inner_val">10 (21)</td>' in html
+    assert 'chosen on each fold&#39;s inner validation split' in html
 
 
 def test_compare_graded_runs_pairs_patients_with_each_runs_rule(tmp_path):

@@ -110,6 +110,146 @@ def test_pooled_oof_keeps_repeats_apart():
     assert m["roc_auc"] == pytest.approx(roc_auc_score([1, 0, 1, 0], [0.9, 0.2, 0.1, 0.6]))
 
 
+# ------------------------------------------------------------- inner validation split (issue 36)
+
+
+def _random_cohort(n_per_class: list[int], images: list[int], mixed: list[bool]) -> pd.DataFrame:
+    """One row per image; patient p has ``images[p]`` images of its class; a ``mixed`` patient
+    also has one image of class 0 (a patient label by the most severe class, as in the splits)."""
+    rows, p = [], 0
+    names = ["normal", "mild", "severe"]
+    for c, n in enumerate(n_per_class):
+        for _ in range(n):
+            ys = [c] * images[p % len(images)] + ([0] if c > 0 and mixed[p % len(mixed)] else [])
+            for j, y in enumerate(ys):
+                rows.append({"image_id": f"i{p:03d}-{j}", "patient_key": f"P-{p:03d}", "label": names[y], "y": y,
+                             "sha256": f"{p:03d}{j:02d}".ljust(64, "0")})
+            p += 1
+    return pd.DataFrame(rows)
+
+
+def _inner_cases():
+    from hypothesis import strategies as st
+
+    return st.fixed_dictionaries({
+        "k": st.integers(2, 5), "repeats": st.integers(1, 3), "n_classes": st.integers(2, 3),
+        "extra": st.lists(st.integers(0, 25), min_size=3, max_size=3),
+        "images": st.lists(st.integers(1, 3), min_size=1, max_size=7),
+        "mixed": st.lists(st.booleans(), min_size=1, max_size=5),
+        "fraction": st.sampled_from([0.1, 0.2, 0.25, 0.3, 0.45]),
+        "test_fraction": st.sampled_from([0.0, 0.2]), "seed": st.integers(0, 50)})
+
+
+def _check_inner_case(case) -> None:
+    from medxcept.config import RunConfig
+    from medxcept.splits import SplitConfig
+
+    k, f = case["k"], case["fraction"]
+    # enough patients per class for k folds and a two-sided inner split of every fold's training folds
+    n_per_class = [3 * k + 2 + e for e in case["extra"][:case["n_classes"]]]
+    df = _random_cohort(n_per_class, case["images"], case["mixed"])
+    split = SplitConfig(test_fraction=case["test_fraction"], n_folds=k, seed=case["seed"])
+    table = kfold._cv_table(df, RunConfig(split=split), k, case["repeats"], None)
+    classes = set(df["y"])
+    for r in range(case["repeats"]):
+        for i in range(k):
+            ft = kfold.fold_split(table, split, r, i, fraction=f)
+            part = {s: set(ft.loc[ft["split"] == s, "patient_key"]) for s in ("train", "inner_val", "val", "test")}
+            # no patient in two of train / inner validation / held-out fold / hold-out test, none lost
+            names = list(part)
+            for a in range(4):
+                for b in range(a + 1, 4):
+                    assert not part[names[a]] & part[names[b]], (r, i, names[a], names[b])
+            assert set().union(*part.values()) == set(df["patient_key"])
+            folds = table[f"fold_r{r}"]
+            assert part["val"] == set(table.loc[folds == i, "patient_key"])
+            assert part["test"] == set(table.loc[table["cv_split"] == "test", "patient_key"])
+            assert part["train"] | part["inner_val"] == set(table.loc[(folds >= 0) & (folds != i), "patient_key"])
+            # every class on both sides of the inner split (AUC, calibration and threshold are defined)
+            for s in ("train", "inner_val"):
+                assert set(ft.loc[ft["split"] == s, "y"]) == classes, (r, i, s)
+            # its size: the stated share of the training folds' patients, up to one patient per class
+            # (per-class rounding, and the coverage of every class on both sides)
+            n_train_folds = len(part["train"]) + len(part["inner_val"])
+            assert abs(len(part["inner_val"]) - f * n_train_folds) <= case["n_classes"] + 1, (r, i)
+            kfold.check_fold_disjoint(ft, f"r{r} fold {i}")  # the fold runner's own check agrees
+            # deterministic per fold and repeat: the same call gives the same split
+            assert kfold.fold_split(table, split, r, i, fraction=f)["split"].tolist() == ft["split"].tolist()
+
+
+def test_inner_validation_split_is_patient_disjoint_in_every_repeat():
+    from hypothesis import HealthCheck, given, settings
+
+    @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(_inner_cases())
+    def prop(case):
+        _check_inner_case(case)
+
+    prop()
+
+
+def test_fold_runner_check_catches_a_patient_on_two_sides():
+    from medxcept.errors import SplitError
+    from medxcept.splits import SplitConfig
+
+    df = _random_cohort([10, 10], [2], [False])
+    table = df.assign(cv_split="cv", fold_r0=[int(p[-3:]) % 3 for p in df["patient_key"]])
+    ft = kfold.fold_split(table, SplitConfig(), 0, 1, fraction=0.25)
+    kfold.check_fold_disjoint(ft, "fold-1")
+    inner_patient = ft.loc[ft["split"] == "inner_val", "patient_key"].iloc[0]
+    rows = np.flatnonzero((ft["patient_key"] == inner_patient).to_numpy())
+    assert len(rows) == 2  # two images: move one of them to the training side
+    bad = ft.copy()
+    bad.iloc[rows[0], bad.columns.get_loc("split")] = "train"
+    with pytest.raises(SplitError, match="fold-1: 1 patient"):
+        kfold.check_fold_disjoint(bad, "fold-1")
+
+
+def test_inner_split_counts_are_the_stated_share_of_the_training_folds():
+    from medxcept.splits import SplitConfig
+
+    # 90 patients, 2 classes (45 each), 3 folds of 30: 60 training-fold patients, 20 % = 12 inner
+    df = _random_cohort([45, 45], [1, 2, 3], [False])
+    table = df.assign(cv_split="cv", fold_r0=[int(p[-3:]) // 2 % 3 for p in df["patient_key"]])
+    for i in range(3):
+        c = kfold.fold_counts(kfold.fold_split(table, SplitConfig(val_fraction=0.2), 0, i, fraction=0.2))
+        assert c["held_out"]["patients"] == 30 and c["test"]["patients"] == 0
+        assert c["inner_val"]["patients"] == 12 and c["train"]["patients"] == 48  # 80 % of 60 train
+        assert c["inner_val"]["positive_patients"] == 6  # stratified: half of each class
+        held = table[table["fold_r0"] == i]
+        assert c["held_out"]["images"] == len(held)
+        assert c["train"]["images"] + c["inner_val"]["images"] == len(table) - len(held)
+
+
+def test_inner_fraction_defaults_to_the_single_runs_validation_share():
+    from medxcept.splits import SplitConfig
+
+    assert kfold.inner_fraction(SplitConfig(val_fraction=0.15)) == 0.15
+    assert kfold.inner_fraction(SplitConfig(val_fraction=0.15, inner_val_fraction=0.3)) == 0.3
+    assert kfold.inner_fraction(SplitConfig(val_fraction=0.0, inner_val_fraction=0.1)) == 0.1
+    with pytest.raises(ConfigError, match="split.inner_val_fraction is unset and split.val_fraction is 0"):
+        kfold.inner_fraction(SplitConfig(val_fraction=0.0))
+    # the seeds differ per fold and per repeat
+    seeds = {kfold.inner_seed(7, r, i) for r in range(10) for i in range(10)}
+    assert len(seeds) == 100
+
+
+def test_config_hash_unchanged_by_an_unset_inner_fraction():
+    import hashlib
+
+    from medxcept.config import RunConfig, config_hash, config_to_dict, load_config
+    from medxcept.splits import SplitConfig
+
+    cfg = RunConfig()
+    # a configuration written before the field existed: the same dict without it, hashed as then
+    old = config_to_dict(cfg)
+    del old["split"]["inner_val_fraction"]
+    assert config_hash(cfg) == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:8]
+    set_ = RunConfig(split=SplitConfig(inner_val_fraction=0.25))
+    assert config_hash(set_) != config_hash(cfg)
+    assert load_config(overrides={"split.inner_val_fraction": 0.25}) == set_  # --set parses the value as YAML
+
+
 @pytest.fixture
 def restore_logging():
     """The CLI configures the 'medxcept' logger (own handler, no propagation): undo that afterwards."""
@@ -219,6 +359,89 @@ def cv(tmp_path_factory):
         yield out
 
 
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory):
+    """The tiny cohort planned with --prepare (ingested, folds and inner splits made; nothing trained)."""
+    from pipelines.kfold import main
+
+    tmp = tmp_path_factory.mktemp("kfold-plan")
+    logger = logging.getLogger("medxcept")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDXCEPT_CACHE", str(tmp / "cache"))
+        cohort = _write_tiny_cohort(tmp / "tiny.yaml")
+        try:
+            rc = main(["--cohort", str(cohort), "--folds", str(N_FOLDS), "--out-dir", str(tmp / "reports"),
+                       "--cv-name", "planned", "--prepare", "-q"])
+        finally:
+            logger.handlers[:], logger.level, logger.propagate = saved
+        assert rc == 0
+        yield {"dir": tmp / "reports" / "planned", "cohort": cohort, "tmp": tmp}
+
+
+def test_plan_records_each_folds_inner_split_and_sizes(planned):
+    from medxcept.splits import split_hash
+
+    d = planned["dir"]
+    info = json.loads((d / "cv.json").read_text())
+    assert info["inner_validation"]["fraction"] == 0.2  # split.val_fraction, the default
+    assert info["inner_validation"]["fraction_from"] == "split.val_fraction"
+    table = pd.read_csv(d / "cohort.csv", dtype={"patient_key": str})
+    cv_pat = table[table["cv_split"] == "cv"]
+    plan = kfold.load_plan(d)
+    for i, rec in enumerate(info["folds"]):
+        c = rec["counts"]
+        held = cv_pat[cv_pat["fold_r0"] == i]
+        rest = cv_pat[cv_pat["fold_r0"] != i]
+        # sizes against the fold columns of cohort.csv, computed here without the code under test
+        assert c["held_out"] == {"patients": held["patient_key"].nunique(), "images": len(held),
+                                 "positive_patients": int((held.groupby("patient_key")["y"].max() > 0).sum())}
+        assert c["train"]["patients"] + c["inner_val"]["patients"] == rest["patient_key"].nunique()
+        assert c["train"]["images"] + c["inner_val"]["images"] == len(rest)
+        assert c["test"]["patients"] == table.loc[table["cv_split"] == "test", "patient_key"].nunique()
+        assert 1 <= c["inner_val"]["patients"] < c["train"]["patients"]
+        assert rec["inner_seed"] == kfold.inner_seed(plan.cfg.split.seed, 0, i)
+        # the fold runner makes the same split again from the plan alone (what its marker is checked against)
+        again = kfold.fold_split(plan.table, plan.cfg.split, 0, i, fraction=0.2)
+        assert split_hash(again) == rec["split_hash"]
+        assert kfold.fold_counts(again) == c
+
+
+def test_a_plan_made_before_inner_splits_is_refused_in_one_line(planned, tmp_path, capsys, restore_logging):
+    from pipelines.kfold import main
+
+    old = tmp_path / "reports" / "old"
+    shutil.copytree(planned["dir"], old)
+    info = json.loads((old / "cv.json").read_text())
+    del info["inner_validation"]  # what cv.json looked like before issue 36
+    (old / "cv.json").write_text(json.dumps(info))
+    with pytest.raises(ConfigError, match="planned before k-fold inner validation splits"):
+        cv_workflow.run_fold(old, 0)
+    assert not (old / "fold-0").exists()  # nothing was trained or written
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDXCEPT_CACHE", str(planned["tmp"] / "cache"))
+        rc = main(["--cohort", str(planned["cohort"]), "--folds", str(N_FOLDS), "--out-dir", str(tmp_path / "reports"),
+                   "--cv-name", "old", "--fold", "0", "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "planned before k-fold inner validation splits" in err[0]
+    assert "--aggregate" in err[0] and "--cv-name" in err[0]
+
+
+def test_where_choices_were_made_is_said_as_planned():
+    from medxcept.config import RunConfig
+
+    info = {"n_folds": 2, "inner_validation": {"fraction": 0.2, "fraction_from": "split.val_fraction"}}
+    plan = kfold.CVPlan(path=Path("."), cfg=RunConfig(), info=info, table=pd.DataFrame())
+    new = cv_workflow._where_chosen(plan, graded=False)
+    assert "inner validation split: 20 % of the patients" in new["threshold_and_calibration_fitted_on"]
+    assert "never the held-out fold" in new["early_stopping_on"]
+    del info["inner_validation"]  # a 2-fold plan made before issue 36: its folds chose on fold i
+    old = cv_workflow._where_chosen(plan, graded=True)
+    assert "held-out fold itself" in old["threshold_and_calibration_fitted_on"] and old["inner_validation"] is None
+    info["n_folds"] = 3
+    assert "the next fold" in cv_workflow._where_chosen(plan, graded=False)["early_stopping_on"]
+
+
 @pytest.mark.slow
 def test_single_fold_then_partial_aggregate_lists_missing_folds(cv):
     assert "fold-0" in cv["after_fold0"] and "fold-1" not in cv["after_fold0"]
@@ -264,6 +487,16 @@ def test_folds_partition_patients_and_keep_the_holdout_out(cv):
         assert set(split.loc[split["split"] == "test", "patient_key"]) == holdout
         val = set(split.loc[split["split"] == "val", "patient_key"])
         assert val == set(oof.loc[oof["fold"] == i, "patient_key"])
+        # the inner validation split: training-fold patients only, its sizes as planned and as reported
+        inner = split[split["split"] == "inner_val"]
+        assert set(inner["patient_key"]) and not set(inner["patient_key"]) & (val | holdout)
+        planned = json.loads((d / "cv.json").read_text())["folds"][i]["counts"]
+        metrics = json.loads((d / f"fold-{i}" / "metrics.json").read_text())["counts"]
+        reported = json.loads((d / "cv_metrics.json").read_text())["per_fold"][i]["counts"]
+        for part, name in (("train", "train"), ("inner_val", "inner_val"), ("val", "held_out")):
+            rows = split[split["split"] == part]
+            assert planned[name]["patients"] == rows["patient_key"].nunique() == reported[name]["patients"]
+            assert planned[name]["images"] == len(rows) == metrics[name]["images"] == reported[name]["images"]
 
 
 @pytest.mark.slow
@@ -353,6 +586,12 @@ def test_report_shows_the_numbers_of_cv_metrics_json(cv):
         for row in m["holdout_per_fold"]:
             assert cells[("holdout-table", row["name"], k)] == fmt(row[k])
     assert checked == N_FOLDS * len(kfold.CV_METRICS)
+    for row in m["per_fold"]:  # the fold sizes: patients (images) trained, inner-validated, held out
+        c = row["counts"]
+        for part in ("train", "inner_val", "held_out"):
+            assert f'data-count="{part}">{c[part]["patients"]} ({c[part]["images"]})</td>' in html
+    assert "20 % of the patients of its training folds" in m["method"]["threshold_and_calibration_fitted_on"]
+    assert 'id="fold-sizes"' in html and "except 20 % of them" in html
     assert 'id="missing-folds"' not in html
     assert "NOT PRETRAINED" in html  # weights: none in the tiny cohort
     assert html.count("data:image/png;base64,") == 3  # pooled ROC/PR, reliability, training curves

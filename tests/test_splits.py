@@ -86,6 +86,9 @@ def assert_folds_valid(out: pd.DataFrame, k: int) -> None:
         ({"patient_label": "min"}, "patient_label"),
         ({"user_split": ""}, "user_split"),
         ({"user_split": 3}, "user_split"),
+        ({"inner_val_fraction": 0.0}, "inner_val_fraction"),
+        ({"inner_val_fraction": 1.0}, "inner_val_fraction"),
+        ({"inner_val_fraction": True}, "inner_val_fraction"),
     ],
 )
 def test_config_errors_name_field_and_value(kwargs, field):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
 import logging
 import os
 import shutil
@@ -33,6 +34,7 @@ from medxcept.graded import check_task_config, fold_predictions, fold_row, grade
 from medxcept.kfold import (
     CV_METRICS,
     FAILED,
+    INNER,
     MARKER,
     PLAN,
     CVPlan,
@@ -49,13 +51,18 @@ from medxcept.kfold import (
     _record_failure,
     _tasks,
     _write_json_atomic,
+    check_fold_disjoint,
     cv_bounds,
     cv_labels,
     default_cv_name,
+    fold_counts,
+    fold_split,
     fold_status,
-    fold_table,
+    inner_fraction,
+    inner_seed,
     load_plan,
     pooled_references,
+    require_inner_split,
     t_interval,
 )
 from medxcept.paths import cache_dir
@@ -119,11 +126,14 @@ def plan_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: i
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ConfigError(f"repeats={repeats!r} must be an integer >= 1")
     check_task_config(spec.task, spec.n_classes, cfg.train.ordinal_loss)
+    inner_fraction(cfg.split)  # refused before anything is ingested when there is no inner split to make
     k = int(n_folds if n_folds is not None else cfg.split.n_folds)
     cfg = dataclasses.replace(cfg, split=dataclasses.replace(cfg.split, n_folds=k))
     path = Path(cv_dir) if cv_dir is not None else Path(cfg.out_dir) / default_cv_name(spec.name, cfg, k, repeats)
     path = path.resolve()
     existing = _read_json(path / PLAN) if (path / PLAN).is_file() else None
+    if existing is not None:
+        require_inner_split(existing, path)
     chash = config_hash(cfg)
     if existing is not None and existing.get("config_hash") != chash:
         raise ConfigError(
@@ -137,6 +147,7 @@ def plan_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: i
     if cfg.audit.on_leak == "fix":
         merge = duplicate_groups(ing.table, fingerprints(images), cfg.audit.hamming_threshold)
     table = _cv_table(ing.table, cfg, k, repeats, merge).reset_index(drop=True)
+    folds = _plan_folds(table, cfg, k, repeats, merge)
     info = {
         "kind": "medxcept k-fold cross-validation",
         "cohort_name": spec.name, "cohort_file": str(Path(cohort_file or cfg.cohort).resolve()),
@@ -147,8 +158,17 @@ def plan_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: i
         "holdout_test": bool((table["cv_split"] == "test").any()),
         "config_hash": chash, "data_hash": data_hash(table, decode=decode_key(spec)),
         "decode_key": decode_key(spec),
-        "split_hash": _combined_split_hash(table, repeats),
-        "folds": [dataclasses.asdict(t) for t in _tasks(k, repeats)],
+        "split_hash": hashlib.sha256("|".join([_combined_split_hash(table, repeats)]
+                                              + [f["split_hash"] for f in folds]).encode()).hexdigest(),
+        "inner_validation": {
+            "fraction": inner_fraction(cfg.split),
+            "fraction_from": "split.inner_val_fraction" if cfg.split.inner_val_fraction is not None
+            else "split.val_fraction",
+            "of": "the patients of each fold's training folds",
+            "made_by": "medxcept.splits.assign_splits, as the single run's validation split: patient-grouped, "
+                       "stratified on the patient label, every class on both sides",
+            "seed": "split.seed + repeat + 1000 * (fold + 1)"},
+        "folds": folds,
     }
     if existing is not None:
         for key, what in (("data_hash", "data"), ("split_hash", "split"), ("n_folds", "number of folds"),
@@ -183,6 +203,27 @@ def plan_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: i
              if info["holdout_test"] else "")
     return CVPlan(path=path, cfg=cfg, info=_read_json(path / PLAN), table=public_view(table), images=images)
 
+
+
+def _plan_folds(table: pd.DataFrame, cfg: RunConfig, n_folds: int, repeats: int,
+                merge: pd.Series | None) -> list[dict[str, Any]]:
+    """Every fold's record for ``cv.json``: its task, inner validation seed, split hash (train /
+    inner validation / held-out fold / hold-out test) and the patients and images of each part."""
+    fraction = inner_fraction(cfg.split)
+    out = []
+    for t in _tasks(n_folds, repeats):
+        ft = fold_split(table, cfg.split, t.repeat, t.fold, fraction=fraction, merge=merge)
+        check_fold_disjoint(ft, t.name)
+        counts = fold_counts(ft)
+        inner = ft[ft["split"] == INNER]
+        per_class = inner.groupby("patient_key")["y"].max().value_counts()
+        if (per_class == 1).any():
+            log.warning("! %s: the inner validation split (%d patient(s)) holds a single patient of a class; the "
+                        "epoch, calibration and threshold of that fold rest on one person (raise "
+                        "split.inner_val_fraction, or use fewer folds)", t.name, counts["inner_val"]["patients"])
+        out.append({**dataclasses.asdict(t), "inner_seed": inner_seed(cfg.split.seed, t.repeat, t.fold),
+                    "split_hash": split_hash(ft), "counts": counts})
+    return out
 
 
 # ------------------------------------------------------------------------------------------ fold
@@ -233,6 +274,7 @@ def run_fold(cv_dir: str | Path, task_index: int, *, images: np.ndarray | None =
         ``name``, ``status`` (``"trained"`` or ``"skipped"``) and, when trained, ``seconds``.
     """
     plan = load_plan(cv_dir)
+    require_inner_split(plan.info, plan.path)
     tasks = plan.tasks
     if not 0 <= task_index < len(tasks):
         raise ConfigError(f"fold index {task_index} is out of range: {plan.path} has {len(tasks)} fold(s) "
@@ -279,34 +321,42 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
     weights = resolve_weights(cfg.model.weights)
     if images is None:
         images = _load_images(plan)
-    table = fold_table(plan.table, task.repeat, task.fold)
+    # The epoch, the calibration and the threshold (k classes: the decision rule) are chosen on the
+    # fold's inner validation split, a share of its training folds' patients made as the single run's
+    # validation split; never on the held-out fold "val" that is reported.
+    fraction = inner_fraction(cfg.split)
+    fp = fingerprints(images)
+    merge = duplicate_groups(plan.table, fp, cfg.audit.hamming_threshold) if cfg.audit.on_leak == "fix" else None
+    table = fold_split(plan.table, cfg.split, task.repeat, task.fold, fraction=fraction, merge=merge)
+    check_fold_disjoint(table, task.name)  # cheap, and the fold must never train if it fails
+    if split_hash(table) != plan.info["folds"][task.index]["split_hash"]:
+        raise ConfigError(f"{task.name}: the inner validation split made now differs from the one planned in "
+                          f"{plan.path / PLAN} (another version of medxcept?): delete {plan.path} or use another "
+                          "--cv-name to plan it again")
+    seed = inner_seed(cfg.split.seed, task.repeat, task.fold)
+    chosen_on = (f"the fold's inner validation split: {fraction:g} of its training folds' patients "
+                 f"(patient-grouped, stratified, seed {seed}), never the held-out fold")
     run = RunDir(fdir)
     run.write_config(cfg, extra={"cohort_name": plan.info["cohort_name"], "classes": list(classes),
                                  "cv": {"dir": plan.path.name, "fold": task.fold, "repeat": task.repeat,
-                                        "n_folds": plan.n_folds, "repeats": plan.repeats}})
+                                        "n_folds": plan.n_folds, "repeats": plan.repeats,
+                                        "inner_val_fraction": fraction, "inner_seed": seed}})
     run.write_csv("split.csv", split_table(table))
-    report = audit_cohort(table, fp=fingerprints(images), policy=cfg.audit.on_leak,
+    report = audit_cohort(table, fp=fp, policy=cfg.audit.on_leak,
                           hamming_threshold=cfg.audit.hamming_threshold, group_column=cfg.split.group_column)
     run.write_json("audit.json", report.to_dict())
     report.raise_if_errors()
 
-    parts = {s: np.flatnonzero(table["split"].to_numpy() == s) for s in ("train", "val", "test")}
-    # The epoch, the calibration and the threshold are chosen on an inner validation split of the
-    # training folds (the next fold, k >= 3), never on the held-out fold "val" that is reported.
-    inner_fold = (task.fold + 1) % plan.n_folds
-    in_inner = table["fold"].to_numpy()[parts["train"]] == inner_fold
-    if plan.n_folds >= 3 and in_inner.any() and (~in_inner).any():
-        parts["inner"], parts["fit"] = parts["train"][in_inner], parts["train"][~in_inner]
-        chosen_on = f"inner validation split of the training folds (fold {inner_fold})"
-    else:  # two folds: no fold to spare; the former behaviour, said in the fold's metrics
-        parts["inner"], parts["fit"] = parts["val"], parts["train"]
-        chosen_on = "the held-out fold itself (2 folds leave no inner validation split): optimistic"
-        log.warning("! %s: %s", task.name, chosen_on)
-    tr, va, te = (table.iloc[parts[s]] for s in ("train", "val", "test"))
+    parts = {s: np.flatnonzero(table["split"].to_numpy() == s) for s in ("train", INNER, "val", "test")}
+    parts["fit"], parts["inner"] = parts["train"], parts[INNER]
+    parts["train_folds"] = np.sort(np.concatenate([parts["train"], parts[INNER]]))  # every training-fold row
+    counts = fold_counts(table)
+    va, te = (table.iloc[parts[s]] for s in ("val", "test"))
     ft, iv = table.iloc[parts["fit"]], table.iloc[parts["inner"]]
-    log.info("%s: training on %d image(s) of %d patient(s), early stopping on %d image(s) of %d patient(s), "
-             "held out %d image(s) of %d patient(s)", task.name, len(ft), ft["patient_key"].nunique(), len(iv),
-             iv["patient_key"].nunique(), len(va), va["patient_key"].nunique())
+    log.info("%s: training on %d image(s) of %d patient(s), inner validation (epoch, calibration, threshold) on "
+             "%d image(s) of %d patient(s), held out %d image(s) of %d patient(s)", task.name,
+             counts["train"]["images"], counts["train"]["patients"], counts["inner_val"]["images"],
+             counts["inner_val"]["patients"], counts["held_out"]["images"], counts["held_out"]["patients"])
     set_seeds(cfg.seed)
     # early stopping on the report's units (patient or visit) and aggregation rule
     result = fit(images[parts["fit"]], ft["y"].to_numpy(), images[parts["inner"]], iv["y"].to_numpy(),
@@ -337,7 +387,7 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
         oof = _evaluation(oof_a, ec.patient_aggregation, ec.n_bins, ec.unit)
         threshold_record = oof_m["threshold"]
         # the reference models on the same split: fitted on every training-fold image, scored on fold i
-        references, ref_scores = compare_references(table, images, parts["train"], parts["val"], oof_a, cfg,
+        references, ref_scores = compare_references(table, images, parts["train_folds"], parts["val"], oof_a, cfg,
                                                      classes)
         oof_frame = _prediction_frame(oof_a.test, task, threshold, ec.patient_aggregation, ec.unit)
         if ref_scores is not None and "image_id" in oof_frame:
@@ -367,9 +417,7 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
     metrics = {
         "fold": task.fold, "repeat": task.repeat, "name": task.name,
         "weights": weights.kind, "weights_description": weights.description, "pretrained": weights.pretrained,
-        "counts": {s: {"images": int(len(f)), "patients": int(f["patient_key"].nunique()),
-                       "positive_patients": int(f.groupby("patient_key")["y"].max().sum())}
-                   for s, f in (("train", ft), ("inner_val", iv), ("val", va), ("test", te))},
+        "counts": counts,
         "threshold": {**threshold_record, "chosen_on": chosen_on},
         "epoch_chosen_on": chosen_on,
         "calibration_method": ec.calibration, "calibrator": oof_m["calibrator"],
@@ -525,6 +573,45 @@ def run_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: in
 
 
 
+def _fold_counts_of(m: dict[str, Any]) -> dict[str, dict[str, int]] | None:
+    """A fold's patients and images per part (``metrics.json`` ``counts``); folds of older plans
+    called the held-out fold ``val``; None when the fold recorded no counts."""
+    c = m.get("counts")
+    if not c:
+        return None
+    return {key: c[key] for key in ("train", "inner_val", "held_out", "test") if key in c} | (
+        {"held_out": c["val"]} if "val" in c and "held_out" not in c else {})
+
+
+def _where_chosen(plan: CVPlan, graded: bool) -> dict[str, Any]:
+    """The sentences of ``cv_metrics.json`` → ``method`` that say where a fold's choices were made."""
+    inner = plan.info.get("inner_validation")
+    what = "patient-level macro AUC" if graded else "patient-level AUC"
+    if inner is not None:
+        share = f"{100 * inner['fraction']:g} %"
+        where = (f"each fold's inner validation split: {share} of the patients of its training "
+                 f"folds ({inner['fraction_from']}), patient-grouped and stratified like the single run's "
+                 "validation split, seeded per fold and repeat; never the held-out fold")
+        return {"inner_validation": inner, "inner_validation_sentence": (
+                    f"Fold i's model trained on the other folds' patients except {share} of them, "
+                    "kept aside as its inner validation split (patient-grouped and stratified like the single "
+                    "run's validation split)"),
+                "threshold_and_calibration_fitted_on": where,
+                "early_stopping_on": f"{where} ({what})"}
+    # planned before inner validation splits (cv.json without inner_validation): what those folds did
+    if plan.n_folds >= 3:
+        where = "an inner validation split of the training folds (the next fold, a whole fold)"
+        return {"inner_validation": None, "inner_validation_sentence": (
+                    "Fold i's model trained on the other folds' patients except one whole fold, kept aside as "
+                    "its inner validation split (planned before split.inner_val_fraction)"),
+                "threshold_and_calibration_fitted_on": where, "early_stopping_on": f"{where} ({what})"}
+    where = "the held-out fold itself (2 folds, planned before split.inner_val_fraction): optimistic"
+    return {"inner_validation": None, "inner_validation_sentence": (
+                "Fold i's model trained on the other fold's patients and chose its epoch, calibration and "
+                "threshold on fold i itself (planned before split.inner_val_fraction)"),
+            "threshold_and_calibration_fitted_on": where, "early_stopping_on": f"{where} ({what})"}
+
+
 def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
     """Write ``cv_metrics.json`` and ``cv_report.html`` from the complete folds of ``cv_dir``.
 
@@ -561,7 +648,7 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
         first = first or m
         row = {"name": t.name, "repeat": t.repeat, "fold": t.fold, "n_patients": m["oof"]["patient"]["n"],
                "n_pos": m["oof"]["patient"]["n_pos"], "threshold": m["threshold"]["value"],
-               "best_epoch": m["training"]["best_epoch"], "seconds": m["seconds"],
+               "best_epoch": m["training"]["best_epoch"], "seconds": m["seconds"], "counts": _fold_counts_of(m),
                **{k: m["oof"]["patient"].get(k) for k in CV_METRICS}}
         rows.append(row)
         if m.get("holdout"):
@@ -606,11 +693,7 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
                    "calibration": ec.calibration, "patient_aggregation": ec.patient_aggregation,
                    "unit": "each patient's visit (study) when the cohort records one, else the patient"
                    if ec.unit == "visit" else "the patient (all visits together)",
-                   "threshold_and_calibration_fitted_on": "an inner validation split of the training folds "
-                                                          "(the next fold)" if plan.n_folds >= 3 else
-                   "the held-out fold (2 folds: no inner validation split)",
-                   "early_stopping_on": "an inner validation split of the training folds (patient-level AUC)"
-                   if plan.n_folds >= 3 else "the held-out fold (patient-level AUC; 2 folds)", "confidence": 0.95,
+                   **_where_chosen(plan, graded=False), "confidence": 0.95,
                    "interval": "t-distribution over folds: mean ± t(0.975, n-1) · SD / √n, clipped to [0, 1]"},
         "notes": notes, "per_fold": rows, "summary": summary, "pooled_oof": pooled,
         "pooled_references": pooled_refs,
@@ -663,7 +746,8 @@ def _aggregate_graded(plan: CVPlan, done: list[FoldTask], missing: list[str]) ->
         first = first or m
         g = m["oof"]["graded"]
         rows.append({"name": t.name, "repeat": t.repeat, "fold": t.fold, "n_patients": g["test_patient"]["n"],
-                     "best_epoch": m["training"]["best_epoch"], "seconds": m["seconds"], **fold_row(g)})
+                     "best_epoch": m["training"]["best_epoch"], "seconds": m["seconds"],
+                     "counts": _fold_counts_of(m), **fold_row(g)})
         oof_frames.append(pd.read_csv(d / "oof_predictions.csv", dtype=dtypes))
         if m.get("holdout"):
             holdout_rows.append({"name": t.name, "n_patients": m["holdout"]["graded"]["test_patient"]["n"],
@@ -674,7 +758,8 @@ def _aggregate_graded(plan: CVPlan, done: list[FoldTask], missing: list[str]) ->
         verdicts.append({"name": t.name, "verdict": m["training"]["verdict"], "seconds": m["training"]["seconds"]})
         audits.append({"name": t.name, **{k: m["audit"].get(k, 0) for k in ("error", "warning", "info")},
                        "warnings": m["audit"].get("warnings", [])})
-    columns = [k for k in rows[0] if k not in ("name", "repeat", "fold", "n_patients", "best_epoch", "seconds")]
+    columns = [k for k in rows[0]
+               if k not in ("name", "repeat", "fold", "n_patients", "best_epoch", "seconds", "counts")]
     bounds = {k: (-1.0, 1.0) if k == "kappa_quadratic" else (0.0, float(len(classes) - 1)) if k == "mae_grade"
               else (0.0, 1.0) for k in columns}
     summary = {k: t_interval([r.get(k) for r in rows], bounds=bounds[k]) for k in columns}
@@ -704,8 +789,7 @@ def _aggregate_graded(plan: CVPlan, done: list[FoldTask], missing: list[str]) ->
                     "pretrained": first.get("pretrained")},
         "method": {"decision_rule": "ordinal: cumulative thresholds maximizing quadratic kappa" if kind == "ordinal"
                    else "argmax", "threshold": ec.threshold, "calibration": ec.calibration,
-                   "threshold_and_calibration_fitted_on": "training folds (the model's own predictions)",
-                   "early_stopping_on": "the held-out fold (patient-level macro AUC)", "confidence": 0.95,
+                   **_where_chosen(plan, graded=True), "confidence": 0.95,
                    "interval": "across folds: t-distribution, mean ± t(0.975, n-1) · SD / √n; pooled: "
                                "patient-bootstrap percentile interval"},
         "notes": notes, "graded": {"per_fold": rows, "columns": columns, "summary": summary, "pooled": pooled,
