@@ -313,7 +313,8 @@ def _decode_file(task: dict[str, Any]) -> dict[str, Any]:
     frames, arrays, meta = read_frames(task["kind"], path, frames=task["frames"], window_index=task["window_index"],
                                        max_pixels=task["max_pixels"])
     rows, excluded = [], []
-    acquisition = acquisition_fingerprint(path, task["kind"])  # headers only: how the image was made
+    # headers only: how the image was made (the device keyed, as every id)
+    acquisition = acquisition_fingerprint(path, task["kind"], key=task["salt"])
     for frame_index, arr in zip(frames, arrays, strict=False):
         where = f"{path}#frame{frame_index}" if len(frames) > 1 else str(path)
         try:
@@ -485,6 +486,7 @@ def ingest(spec: CohortSpec, *, preprocess_cfg: PreprocessConfig, cache: Preproc
     tasks = [{"path": str(c["path"]), "kind": SOURCE_READERS[c["_source"].kind].reader,
               "preprocess": preprocess_cfg, "cache_root": str(cache.root), "modality": spec.modality,
               "frames": spec.frames, "window_index": spec.window_index, "max_pixels": spec.max_pixels,
+              "salt": salt,  # keys the device fingerprint (acquisition.acquisition_fingerprint)
               "file_id": _file_id(Path(c["path"]), c["_source"].name, roots[c["_source"].name], salt)}
              for c in candidates]
     results = _run_tasks(tasks, workers)
