@@ -65,7 +65,7 @@ from medxcept.references import (
     reference_sentences,
     score_reference_models,
 )
-from medxcept.run import RunDir, legacy_defaults
+from medxcept.run import RunDir, legacy_defaults, restore_config_paths
 
 __all__ = ["REQUIRED_FILES", "SourceRun", "check_run_dir", "load_source_run", "load_source_config",
            "external_config", "source_overlap", "read_run_json", "external_references", "transfer_line"]
@@ -138,6 +138,7 @@ def load_source_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
                           "re-run training") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of options")
+    data = restore_config_paths(data, run_dir, strict=False)  # paths kept in private/ (issue 33)
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     extras = {k: v for k, v in data.items() if k not in fields}
     saved = {k: v for k, v in data.items() if k in fields}

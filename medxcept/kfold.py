@@ -93,7 +93,7 @@ from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
 from medxcept.calibrate import brier, ece, reliability_table
-from medxcept.config import RunConfig, config_hash, load_config
+from medxcept.config import RunConfig, config_hash
 from medxcept.errors import ConfigError, MedxceptError
 from medxcept.evaluate import METRICS as METRIC_REGISTRY
 from medxcept.evaluate import (
@@ -107,7 +107,7 @@ from medxcept.evaluate import (
 )
 from medxcept.references import REFERENCES, compare_with_references, reference_sentences
 from medxcept.report.figures import BLUE, GREY, ORANGE, plt, to_data_uri
-from medxcept.run import DirectoryLock, _json_default, write_atomic
+from medxcept.run import DirectoryLock, _json_default, load_run_config, write_atomic
 from medxcept.splits import assign_folds, assign_splits, split_hash
 
 __all__ = [
@@ -133,6 +133,8 @@ CV_METRICS = metric_names(cv=True)
 MARKER = "fold.json"
 FAILED = "failed.json"
 PLAN = "cv.json"
+PLAN_PATHS = "plan_paths.json"
+"""In the plan's ``private/``: the cohort file's absolute path (kept out of the shareable ``cv.json``)."""
 
 
 class FoldsFailedError(MedxceptError):
@@ -291,7 +293,9 @@ def load_plan(cv_dir: str | Path) -> CVPlan:
         raise ConfigError(f"{path} is not a cross-validation directory (no {PLAN}); run "
                           "`python -m pipelines.kfold --cohort ...` first")
     info = _read_json(path / PLAN)
-    cfg = load_config(config_file=path / "config.yaml")
+    if "cohort_file" not in info and (path / "private" / PLAN_PATHS).is_file():
+        info = {**info, **_read_json(path / "private" / PLAN_PATHS)}  # plans of issue 33 on
+    cfg = load_run_config(path)
     if config_hash(cfg) != info["config_hash"]:
         raise ConfigError(f"{path / 'config.yaml'} resolves to configuration {config_hash(cfg)}, but {PLAN} "
                           f"records {info['config_hash']}: the file was edited; restore it or start a new CV")
