@@ -346,12 +346,13 @@ class RunDir:
         self.write_json("versions.json", versions)
         return versions
 
-    def write_private(self, name: str, data: pd.DataFrame | str) -> Path:
+    def write_private(self, name: str, data: pd.DataFrame | str | bytes) -> Path:
         """Identifiers (patient map, paths, full exclusion log): in ``private/``, never elsewhere.
 
         The folder is created owner-only (0700) and each file is created 0600 from the start
         (``os.open`` with the mode, then an atomic rename), so no other user can read it even
-        for a moment; a warning file lies beside them. ``data``: a table (CSV) or text.
+        for a moment; a warning file lies beside them. ``data``: a table (CSV), text or bytes
+        (image fingerprints).
         """
         priv = self.path / "private"
         priv.mkdir(mode=0o700, exist_ok=True)
@@ -362,7 +363,7 @@ class RunDir:
         readme = priv / "README.txt"
         if not readme.exists():
             _write_owner_only(readme, PRIVATE_README)
-        text = data if isinstance(data, str) else data.to_csv(index=False)
+        text = data if isinstance(data, (str, bytes)) else data.to_csv(index=False)
         p = priv / name
         _write_owner_only(p, text)
         return p
@@ -374,14 +375,18 @@ PRIVATE_README = (
     "to a publication. Everything outside this folder is meant to be shareable.\n")
 
 
-def _write_owner_only(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a 0600 temporary file and an atomic rename."""
+def _write_owner_only(path: Path, text: str | bytes) -> None:
+    """Write ``text`` (or bytes) to ``path`` through a 0600 temporary file and an atomic rename."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)  # a leftover of a crashed writer may have other permissions
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+        if isinstance(text, bytes):
+            with os.fdopen(fd, "wb") as fb:
+                fb.write(text)
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+                fh.write(text)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
