@@ -15,7 +15,8 @@ DICOM header                   PatientName (``FAM^GIV``), OtherPatientIDs (``OPI
                                AccessionNumber (``ACC``), InstitutionName (``INST``),
                                StationName (``STN``), DeviceSerialNumber (``DSN``),
                                ReferringPhysicianName (``REF``), Study/Series/SOP/FrameOfReference
-                               UIDs, study/series/acquisition dates and times, birth date, age
+                               UIDs, study/series/acquisition dates and times, birth date, age;
+                               half the files end with 64 bytes of padding (the reader notes it)
 pixels                         ``BURN`` written in magenta (:data:`BURN_RGB`) outside the field of
                                view, in DICOM and photographs alike
 EXIF                           BodySerialNumber (``SER``), DateTimeOriginal and DateTime
@@ -199,6 +200,8 @@ def write_canary_cohort(base: str | Path, *, tag: str = "A", n_patients: int = 1
         ds.SeriesDate = study_date
         ds.StudyTime = ds.SeriesTime = ds.ContentTime = study_time
         ds.AcquisitionDateTime = study_date + study_time
+        if p % 2 == 0:  # trailing bytes after the last frame: the reader notes them (naming the file)
+            ds.PixelData = ds.PixelData + bytes(64)
         ds.save_as(path, enforce_file_format=True)
         hashed.append(" | ".join(["Acme", "FC-1", ds.StationName, ds.InstitutionName]))
         dicom_rows.append({"file": f"{folder}/{fname}", "label": "abnormal" if abnormal else "normal"})
@@ -261,7 +264,7 @@ _HEX_TOKEN = re.compile(r"(?<![0-9a-f])[0-9a-f]{8,}")
 
 # absolute paths: a POSIX path two folders deep from a usual root, a home folder, a Windows drive
 _ABS_PATH = re.compile(r"(?<![\w.:/-])(?:/(?:tmp|home|root|Users|data|work|mnt|media|srv|var|opt|scratch|nfs|"
-                       r"private|run|net)/[\w.@~-]+|~/[\w.-]+|[A-Za-z]:\\\\?[\w.-]+\\)")
+                       r"private|run|net)/[\w.@~-]+|~/[\w.-]{2,}/|[A-Za-z]:\\\\?[\w.-]+\\)")
 
 
 def scan_text(text: str, cohort: CanaryCohort, where: str, *, paths: tuple[str, ...] = ()) -> list[str]:
