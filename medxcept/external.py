@@ -280,7 +280,7 @@ def _small(img: np.ndarray, px: int = _THUMB_PX) -> np.ndarray:
 
 
 def keep_source_fingerprints(run: RunDir, table: pd.DataFrame, images: np.ndarray,
-                             fp: dict[str, np.ndarray]) -> Any:
+                             fp: dict[str, np.ndarray]) -> Path:
     """Keep the audit's fingerprints of the training and validation images in ``private/``.
 
     Parameters
@@ -381,16 +381,16 @@ def near_copies(source: dict[str, Any], table: pd.DataFrame, fp: dict[str, np.nd
 
 
 def _pair_detail(row: Any) -> dict[str, Any]:
-    out = {"image_id": str(row.image_id), "source_image_id": str(row.source_image_id),
+    out: dict[str, Any] = {"image_id": str(row.image_id), "source_image_id": str(row.source_image_id),
            "source_split": str(row.source_split), "match": str(row.match)}
     if isinstance(row.method, str):
         out["method"] = row.method
     if row.inliers == row.inliers and row.inliers is not None:  # not NaN
         out["inliers"] = int(row.inliers)
-        out["transform"] = {k: round(float(getattr(row, k)), 3) for k in
-                            ("rotation_deg", "scale", "shear_rad", "shift_x", "shift_y")
-                            if getattr(row, k) == getattr(row, k)}
-        out["transform"]["flip"] = bool(row.flipped)
+        transform: dict[str, Any] = {k: round(float(getattr(row, k)), 3) for k in
+                                     ("rotation_deg", "scale", "shear_rad", "shift_x", "shift_y")
+                                     if getattr(row, k) == getattr(row, k)}
+        out["transform"] = {**transform, "flip": bool(row.flipped)}
     return out
 
 

@@ -156,7 +156,7 @@ def evaluate_run(run_dir: Path, spec: CohortSpec, cfg: RunConfig, run_name: str 
     run.write_json("audit.json", audit.to_dict())
     run.write_csv("split.csv", split_table(table))
     run.write_csv("cohort.csv", public_view(table))
-    if pairs is not None and len(pairs):
+    if pairs is not None and len(pairs) and source_fp is not None:
         run.write_private("external_copies.html", copies_page(
             pairs, source_fp, table, images, run_id=run.path.name, source_id=src.id, finding=copy_findings[0]))
         if copy_findings[0].severity == "error":
