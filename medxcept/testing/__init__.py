@@ -4,7 +4,11 @@
   the expected outcome and pixels; includes a JPEG-lossless encoder), ``python -m
   medxcept.testing.corpus OUT_DIR [--ingest]``;
 * :mod:`medxcept.testing.traps`: a cohort with every leakage trap planted, ``python -m
-  medxcept.testing.traps OUT_DIR [--clean]``.
+  medxcept.testing.traps OUT_DIR [--clean]``;
+* :mod:`medxcept.testing.canary`: a cohort with a unique marker in every identifying field, and the
+  scanner of everything outside ``private/`` (``tests/test_canary.py``);
+* :mod:`medxcept.testing.copies`: altered copies (crop, resize, JPEG) of a run's training images as an
+  "external" cohort (``tests/test_external.py``, ``benchmarks/external_copies.py``).
 
 ``tests/test_architecture.py`` fails if a module outside this package imports it.
 """
