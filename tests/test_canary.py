@@ -6,7 +6,7 @@ AccessionNumber, InstitutionName, StationName, DeviceSerialNumber, ReferringPhys
 dates, times, birth date and age, magenta text burned into the pixels outside the field of view, EXIF
 serial number and dates. Every workflow then runs on it through its CLI at the default log level:
 ``check``, a run killed after its first epoch and ``--resume``-d, ``--reproduce``, ``evaluate`` on a
-second canary cohort, ``pipelines.kfold`` (2 folds) and ``pipelines.compare``. The console and every
+second canary cohort, ``pipelines.kfold`` (2 folds), a second training seed and ``pipelines.compare``. The console and every
 file outside ``private/`` are scanned (:func:`medxcept.testing.canary.scan_outputs`): no marker, no
 unkeyed MD5/SHA-1/SHA-256 prefix of a marker or a device string, no absolute path, no embedded
 image showing the burned-in colour, and no file the scanner cannot read.
@@ -78,9 +78,13 @@ def canary(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> Sim
     cli("evaluate", retina_main, ["evaluate", "--run", str(run), "--cohort", str(b.cohort_file), "--out-dir",
                                   str(out), "--run-name", "external"])
     cli("kfold", kfold_main, ["--cohort", str(a.cohort_file), "--folds", "2", "--out-dir", str(out),
-                              "--cv-name", "cv", *TRAIN])
+                              "--cv-name", "cv", "--no-save-models", *TRAIN])
+    # compare pairs runs by seed: a second training seed on the same split (1 epoch is enough here)
+    cli("run (seed 1)", retina_main,
+        ["run", "--cohort", str(a.cohort_file), "--out-dir", str(out), "--run-name", "run2", *TRAIN,
+         "--set", "train.baseline_epochs=1", "--seed", "1", "--set", "split.seed=0"])
     reproduced = sorted(p for p in out.iterdir() if p.name.startswith("run1-reproduced"))
-    cli("compare", compare_main, [str(run), *map(str, reproduced[:1]), "--out", str(out / "comparisons"),
+    cli("compare", compare_main, [str(run), str(out / "run2"), "--out", str(out / "comparisons"),
                                   "--name", "cmp", "--n-bootstrap", "50"])
     return SimpleNamespace(a=a, b=b, markers=_both(a, b), out=out, base=base, console=console.getvalue(),
                            codes=codes, run=run, reproduced=reproduced)
@@ -88,8 +92,8 @@ def canary(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> Sim
 
 def test_every_workflow_ran(canary: SimpleNamespace) -> None:
     assert canary.codes == {"check": 0, "run (killed after epoch 1)": "killed", "--resume": 0, "--reproduce": 0,
-                            "evaluate": 0, "kfold": 0, "compare": 0}, canary.console[-3000:]
-    for d in ("check", "run1", "external", "cv", "comparisons/cmp"):
+                            "evaluate": 0, "kfold": 0, "run (seed 1)": 0, "compare": 0}, canary.console[-3000:]
+    for d in ("check", "run1", "run2", "external", "cv", "comparisons/cmp"):
         assert (canary.out / d).is_dir(), d
     assert canary.reproduced and (canary.run / "complete.json").is_file()
 
