@@ -362,7 +362,7 @@ def test_own_cohort_is_paired_image_by_image_with_the_training_images(external):
 def test_evaluate_refuses_altered_copies_of_training_images_under_on_leak_error(external, tmp_path, capsys):
     """Issue 33 "done when", on the session's tiny run: 10 of its training images cropped by 5 %, resized
     and re-encoded as JPEG 70, plus 10 new demo eyes. --on-leak error: exit 2 naming the confirmed pairs
-    (each a copy with its own original; at 71 px at least 8 of the 10), nothing predicted; --on-leak warn:
+    (only copied originals; at 71 px at least 8 of the 10), nothing predicted; --on-leak warn:
     the evaluation runs, with the warning. (benchmarks/external_copies.py
     measures the same on the full demo cohort: 30 + 30.)"""
     from medxcept.demo import CAMERAS, paint_fundus
