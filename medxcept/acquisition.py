@@ -13,7 +13,9 @@ ingestion, while the file is open, each image gets a few acquisition fingerprint
 ``acq_jpeg_qt``     hash of the quantization tables (encoder + settings signature)
 ``acq_subsampling`` JPEG chroma subsampling (``4:4:4``, ``4:2:2``, ``4:2:0``)
 ``acq_device``      EXIF make / model / software, or DICOM Manufacturer / ManufacturerModelName
-                    / StationName / InstitutionName, each hashed (``h:`` + 8 hex)
+                    / StationName / InstitutionName, hashed with the pseudonym key (``h:`` + 8 hex
+                    of an HMAC): equal devices agree within a cohort and across the runs of one
+                    key, and a guessed station or hospital name cannot be confirmed without it
 ``acq_fov``         field-of-view geometry of a fundus photograph (:func:`geometry_fingerprint`):
                     radius relative to the frame and centre offset, bucketed (``r0.95 c+0.00+0.05``),
                     or ``none`` (no dark surround: a pre-cropped image)
@@ -24,9 +26,10 @@ ingestion, while the file is open, each image gets a few acquisition fingerprint
 ==================  ===============================================================
 
 plus ``width x height`` from the table. The geometry comes from the decoded pixels (ingestion
-computes it beside the preprocessing, :func:`geometry_fingerprint`); the others from headers. Long strings are hashed so that institution names,
-which are not patient identifiers but are site-identifying, never reach a log or a shared file
-in clear. :func:`shortcut_probe` then reports Cramér's V of each fingerprint against the label
+computes it beside the preprocessing, :func:`geometry_fingerprint`); the others from headers. Device strings are hashed
+with the pseudonym key so that institution and station names, which are not patient identifiers
+but are site-identifying, never reach a log or a shared file in clear nor as a hash anyone can
+recompute from a guess. :func:`shortcut_probe` then reports Cramér's V of each fingerprint against the label
 and the out-of-fold AUC of a logistic regression on the fingerprints alone, folds grouped by
 patient (``StratifiedGroupKFold``).
 """
@@ -34,6 +37,7 @@ patient (``StratifiedGroupKFold``).
 from __future__ import annotations
 
 import hashlib
+import hmac
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +94,17 @@ def cramers_v(table: pd.DataFrame | np.ndarray, *, bias_correction: bool = True)
 
 
 def _h(value: Any) -> str:
-    """``h:`` + 8 hex digits of a string's sha256 (empty stays empty)."""
+    """``h:`` + 8 hex digits of a string's sha256 (empty stays empty): for encoder settings only."""
     s = str(value or "").strip()
     return "h:" + hashlib.sha256(s.encode()).hexdigest()[:8] if s else ""
+
+
+def _keyed(value: str, key: str) -> str:
+    """``h:`` + 8 hex of HMAC-SHA256(``key``, device string): site-identifying strings are keyed."""
+    if not value.replace("|", "").strip():
+        return ""
+    msg = f"medxcept-device\x00{value.strip()}".encode()
+    return "h:" + hmac.new(key.encode(), msg, hashlib.sha256).hexdigest()[:8]
 
 
 def jpeg_quality(luma_table: Any) -> int:
@@ -113,7 +125,7 @@ def jpeg_quality(luma_table: Any) -> int:
     return best
 
 
-def _photo(path: Path) -> dict[str, str]:
+def _photo(path: Path, key: str) -> dict[str, str]:
     from PIL import Image
 
     out: dict[str, str] = {}
@@ -134,13 +146,13 @@ def _photo(path: Path) -> dict[str, str]:
         try:
             exif = im.getexif()
             dev = " | ".join(str(exif.get(t, "")) for t in (271, 272, 305))  # Make, Model, Software
-            out["acq_device"] = _h(dev) if dev.replace("|", "").strip() else ""
+            out["acq_device"] = _keyed(dev, key)
         except Exception:  # noqa: BLE001 - unreadable EXIF: no device fingerprint
             pass
     return out
 
 
-def _dicom(path: Path) -> dict[str, str]:
+def _dicom(path: Path, key: str) -> dict[str, str]:
     import pydicom
 
     ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
@@ -152,18 +164,29 @@ def _dicom(path: Path) -> dict[str, str]:
             # the transfer syntax (JPEG baseline, lossless, uncompressed...) is the DICOM analogue of the
             # JPEG tables; file_meta is an attribute of the dataset, not an element ("in ds" would not find it)
             "acq_jpeg_qt": str((getattr(ds, "file_meta", None) or {}).get("TransferSyntaxUID", "") or ""),
-            "acq_subsampling": "", "acq_device": _h(dev) if dev.replace("|", "").strip() else ""}
+            "acq_subsampling": "", "acq_device": _keyed(dev, key)}
 
 
-def acquisition_fingerprint(path: str | Path, kind: str = "photo") -> dict[str, str]:
+def acquisition_fingerprint(path: str | Path, kind: str = "photo", *, key: str) -> dict[str, str]:
     """The ``acq_*`` columns of one file (empty strings where a fingerprint does not apply).
 
     Reads headers only; never raises for an odd file (the missing fingerprints stay empty).
+
+    Parameters
+    ----------
+    path : str or Path
+        The image file.
+    kind : {"photo", "dicom"}
+        Which headers to read.
+    key : str
+        The pseudonym key (:func:`medxcept.ingest.pseudonym_salt`): ``acq_device`` is keyed with it.
     """
+    if not key:
+        raise ValueError("acquisition_fingerprint: an empty key would give unkeyed, guessable device hashes")
     p = Path(path)
     out = dict.fromkeys(ACQ_COLUMNS, "")
     try:
-        out.update(_dicom(p) if kind == "dicom" else _photo(p))
+        out.update(_dicom(p, key) if kind == "dicom" else _photo(p, key))
     except Exception:  # noqa: BLE001 - fingerprints are a courtesy: the image was already decoded
         out["acq_format"] = out["acq_format"] or f"{p.suffix.lower()}:?"
     return out

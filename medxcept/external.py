@@ -19,11 +19,26 @@ cohort**:
 Only reporting choices come from the new configuration: the output folder, the bootstrap seed
 and resample count, and the number of calibration bins.
 
-An "external" cohort that contains files of the training run is not external. Files with the
-same sha256 as an image of ``RUN_DIR/cohort.csv`` (any split) are reported as a warning in the
-log, in ``metrics.json`` (``external.overlap``), in ``audit.json`` and in the report. Patients
-whose pseudonym also appears in the source run are counted too, as a note: pseudonyms agree
-only when both cohorts share the pseudonym salt and number patients in one ID space.
+An "external" cohort that contains images of the training run is not external, and public
+collections are full of re-encoded, resized and re-cropped copies of each other's images. So a
+training run keeps, in ``private/fingerprints.joblib`` (:func:`keep_source_fingerprints`; derived
+from patient images, so private), the fingerprints its integrity audit computed for its training
+and validation images, with small thumbnails. The external cohort is fingerprinted with the same
+preprocessing and the audit's pair verification runs across the two sets
+(:func:`near_copies`: the candidate search and geometric verification of
+:func:`medxcept.fingerprints.duplicate_pairs` on the union, cross-set pairs kept). Confirmed
+pairs (byte-identical, same pixels, or near copies) are an error under the run's ``--on-leak
+error`` (the run stops before predicting) and a warning under ``warn``/``fix``
+(:func:`near_copy_findings`); they are listed with thumbnails in ``private/external_copies.html``
+and by keyed image ids in ``audit.json`` and ``metrics.json`` (``external.near_copies``). A source
+run saved without fingerprints (made before this check) is named in the log and in the findings,
+and only the byte check below runs.
+
+Files with the same sha256 as an image of ``RUN_DIR/cohort.csv`` (any split, test included) are
+reported as a warning in the log, in ``metrics.json`` (``external.overlap``), in ``audit.json`` and
+in the report. Patients whose pseudonym also appears in the source run are a warning too:
+pseudonyms agree only when both cohorts share the pseudonym salt and number patients in one ID
+space, and then they are the same people.
 
 The new run directory follows :func:`medxcept.workflows.single.run_pipeline`'s conventions
 (``config.yaml``, ``exclusions.csv``, ``cohort.csv``, ``split.csv``, ``audit.json``,
@@ -44,6 +59,7 @@ saved gets no comparison, and the card says so.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 from pathlib import Path
@@ -54,21 +70,26 @@ import pandas as pd
 import yaml
 
 from medxcept.audit import Finding
+from medxcept.check import _thumb
+from medxcept.fingerprints import duplicate_pairs
 from medxcept.cohort import CohortSpec
 from medxcept.config import RunConfig, load_config
 from medxcept.errors import ConfigError
 from medxcept.evaluate import unit_keys, unit_visits
 from medxcept.verdict import training_verdict
+from medxcept.report import environment
 from medxcept.references import (
     compare_with_references,
     load_reference_models,
     reference_sentences,
     score_reference_models,
 )
-from medxcept.run import RunDir, legacy_defaults
+from medxcept.run import RunDir, legacy_defaults, restore_config_paths
 
 __all__ = ["REQUIRED_FILES", "SourceRun", "check_run_dir", "load_source_run", "load_source_config",
-           "external_config", "source_overlap", "read_run_json", "external_references", "transfer_line"]
+           "external_config", "source_overlap", "read_run_json", "external_references", "transfer_line",
+           "SOURCE_FINGERPRINTS", "keep_source_fingerprints", "load_source_fingerprints", "near_copies",
+           "near_copy_findings", "copies_page"]
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +159,7 @@ def load_source_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
                           "re-run training") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of options")
+    data = restore_config_paths(data, run_dir, strict=False)  # paths kept in private/ (issue 33)
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     extras = {k: v for k, v in data.items() if k not in fields}
     saved = {k: v for k, v in data.items() if k in fields}
@@ -229,12 +251,198 @@ def source_overlap(table: pd.DataFrame, source_cohort: pd.DataFrame, source_id: 
         overlap["patients_same_key"] = len(keys)
         if keys:
             findings.append(Finding(
-                "external_patient_keys", "info",
+                "external_patient_keys", "warning",
                 f"{len(keys)} patient pseudonym(s) of this cohort also appear in the source run {source_id}. "
                 "Pseudonyms agree when both cohorts share the pseudonym salt and the same raw patient ID: "
                 "the same people, unless the two cohorts number patients independently (then a coincidence).",
                 len(keys), [{"patient_key": k} for k in keys[:_MAX_DETAILS]]))
     return overlap, findings
+
+
+# ------------------------------------------------------------------ near copies of training images
+
+#: In a training run's ``private/``: fingerprints of its training and validation images.
+SOURCE_FINGERPRINTS = "fingerprints.joblib"
+_FP_FORMAT = 1
+_THUMB_PX = 64
+
+
+def _small(img: np.ndarray, px: int = _THUMB_PX) -> np.ndarray:
+    """A ``px``-pixel uint8 thumbnail (for the private page of pairs)."""
+    from PIL import Image
+
+    a = np.asarray(img)
+    if a.dtype != np.uint8:
+        a = np.rint(np.clip(a, 0, 1) * 255).astype(np.uint8)
+    im = Image.fromarray(a[:, :, 0] if a.ndim == 3 and a.shape[2] == 1 else a)
+    im.thumbnail((px, px))
+    return np.asarray(im)
+
+
+def keep_source_fingerprints(run: RunDir, table: pd.DataFrame, images: np.ndarray,
+                             fp: dict[str, np.ndarray]) -> Path:
+    """Keep the audit's fingerprints of the training and validation images in ``private/``.
+
+    Parameters
+    ----------
+    run : RunDir
+        The training run.
+    table : pandas.DataFrame
+        The split cohort table (``split``, ``image_id``, ``sha256``), rows aligned with ``images``.
+    images : numpy.ndarray
+        The preprocessed images the fingerprints were computed from (thumbnails are kept).
+    fp : dict
+        :func:`medxcept.fingerprints.fingerprints` of ``images``.
+
+    Returns
+    -------
+    Path
+        ``private/fingerprints.joblib``.
+    """
+    import joblib
+
+    sel = np.flatnonzero(table["split"].astype(str).isin(("train", "val")).to_numpy())
+    rows = table.iloc[sel]
+    store = {
+        "format": _FP_FORMAT,
+        "image_id": rows["image_id"].astype(str).tolist(),
+        "split": rows["split"].astype(str).tolist(),
+        "sha256": rows["sha256"].astype(str).tolist() if "sha256" in rows else [""] * len(rows),
+        "frame": rows["frame"].astype(str).tolist() if "frame" in rows else ["0"] * len(rows),
+        "fp": {k: np.asarray(v)[sel] for k, v in fp.items()},
+        "thumbs": [_small(images[i]) for i in sel],
+    }
+    buf = io.BytesIO()
+    joblib.dump(store, buf, compress=3)
+    return run.write_private(SOURCE_FINGERPRINTS, buf.getvalue())
+
+
+def load_source_fingerprints(run_dir: Path) -> dict[str, Any] | None:
+    """The fingerprints :func:`keep_source_fingerprints` kept, or None when the run has none."""
+    import joblib
+
+    path = Path(run_dir) / "private" / SOURCE_FINGERPRINTS
+    if not path.is_file():
+        return None
+    store = joblib.load(path)  # the run's own private file, written by keep_source_fingerprints
+    return store if isinstance(store, dict) and store.get("format") == _FP_FORMAT else None
+
+
+def near_copies(source: dict[str, Any], table: pd.DataFrame, fp: dict[str, np.ndarray],
+                hamming_threshold: int) -> pd.DataFrame:
+    """Confirmed pairs (source training/validation image, image of ``table``).
+
+    The audit's pair search (:func:`medxcept.fingerprints.duplicate_pairs`: the same file, the
+    same pixels, or a near copy found by the candidate search and confirmed by geometry) runs on
+    the two sets together; the pairs that join one image of each are kept.
+
+    Parameters
+    ----------
+    source : dict
+        :func:`load_source_fingerprints` of the source run.
+    table : pandas.DataFrame
+        The external cohort (``image_id``, ``sha256``), rows aligned with ``fp``.
+    fp : dict
+        :func:`medxcept.fingerprints.fingerprints` of the external images, preprocessed as the
+        source run's were.
+    hamming_threshold : int
+        The audit's hash threshold (for images without structure).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per pair: ``source_pos``, ``pos`` (row positions), ``source_image_id``,
+        ``source_split``, ``image_id``, ``match`` (``sha256``, ``pixel``, ``near``), ``method``,
+        ``inliers`` and the transform columns of :func:`medxcept.fingerprints.verified_near_pairs`.
+
+    Raises
+    ------
+    ValueError
+        The two sets of fingerprints were computed by different versions (other arrays).
+    """
+    n_s = len(source["image_id"])
+    if set(source["fp"]) != set(fp):
+        raise ValueError(f"fingerprint arrays differ: {sorted(set(source['fp']) ^ set(fp))}")
+    try:
+        union = {k: np.concatenate([np.asarray(source["fp"][k]), np.asarray(fp[k])]) for k in fp}
+    except ValueError as exc:
+        raise ValueError(f"fingerprint arrays of other shapes ({exc})") from None
+    frame = table["frame"].astype(str).tolist() if "frame" in table else ["0"] * len(table)
+    both = pd.DataFrame({"sha256": list(source["sha256"]) + table["sha256"].astype(str).tolist(),
+                         "frame": list(source["frame"]) + frame})
+    pairs = duplicate_pairs(both, union, int(hamming_threshold))
+    cross = pairs[(pairs["i"].to_numpy() < n_s) & (pairs["j"].to_numpy() >= n_s)].copy()
+    cross["source_pos"] = cross["i"].astype(np.int64)
+    cross["pos"] = cross["j"].astype(np.int64) - n_s
+    cross["source_image_id"] = [source["image_id"][i] for i in cross["source_pos"]]
+    cross["source_split"] = [source["split"][i] for i in cross["source_pos"]]
+    cross["image_id"] = table["image_id"].astype(str).to_numpy()[cross["pos"].to_numpy()] if len(cross) else []
+    return cross.drop(columns=["i", "j"]).reset_index(drop=True)
+
+
+def _pair_detail(row: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"image_id": str(row.image_id), "source_image_id": str(row.source_image_id),
+           "source_split": str(row.source_split), "match": str(row.match)}
+    if isinstance(row.method, str):
+        out["method"] = row.method
+    if row.inliers == row.inliers and row.inliers is not None:  # not NaN
+        out["inliers"] = int(row.inliers)
+        transform: dict[str, Any] = {k: round(float(getattr(row, k)), 3) for k in
+                                     ("rotation_deg", "scale", "shear_rad", "shift_x", "shift_y")
+                                     if getattr(row, k) == getattr(row, k)}
+        out["transform"] = {**transform, "flip": bool(row.flipped)}
+    return out
+
+
+def near_copy_findings(pairs: pd.DataFrame | None, n_images: int, source_id: str, policy: str
+                       ) -> tuple[dict[str, Any], list[Finding]]:
+    """The ``external.near_copies`` block and the finding for the pairs :func:`near_copies` confirmed.
+
+    Parameters
+    ----------
+    pairs : pandas.DataFrame or None
+        :func:`near_copies`; None when the source run kept no fingerprints (then an ``info``
+        finding says that only byte-identical files were compared).
+    n_images : int
+        Images of the external cohort.
+    source_id : str
+        The source run's id.
+    policy : {"error", "warn", "fix"}
+        The run's ``audit.on_leak``: ``error`` makes confirmed pairs an error, else a warning.
+
+    Returns
+    -------
+    block : dict
+        ``checked``, ``confirmed_pairs``, ``images``, ``by_source_split``, ``by_match``, ``pairs``
+        (keyed ids, at most 100).
+    findings : list of Finding
+        ``external_near_copies`` (error or warning) when any pair, or
+        ``external_near_copies_not_checked`` (info) without source fingerprints.
+    """
+    if pairs is None:
+        return {"checked": False}, [Finding(
+            "external_near_copies_not_checked", "info",
+            f"The source run {source_id} kept no fingerprints of its training images (a run made before "
+            "they were kept, or without its private/ folder): only byte-identical files were compared, "
+            "not re-encoded, resized or cropped copies. Re-run training to check them.")]
+    block: dict[str, Any] = {"checked": True, "confirmed_pairs": int(len(pairs)),
+                             "images": int(pairs["image_id"].nunique()) if len(pairs) else 0,
+                             "by_source_split": {str(k): int(v) for k, v in
+                                                 pairs["source_split"].value_counts().sort_index().items()},
+                             "by_match": {str(k): int(v) for k, v in pairs["match"].value_counts().sort_index().items()},
+                             "pairs": [_pair_detail(r) for r in pairs.head(_MAX_DETAILS).itertuples()]}
+    if not len(pairs):
+        return block, []
+    severity = "error" if policy == "error" else "warning"
+    what = (f"{block['images']} of {n_images} image(s) of this cohort are copies of training or validation "
+            f"images of the source run {source_id}: {len(pairs)} confirmed pair(s) "
+            f"({', '.join(f'{v} {k}' for k, v in block['by_match'].items())}; near = re-encoded, resized, "
+            "cropped or otherwise transformed, confirmed by geometry). For them this is not an external "
+            "validation. The pairs, with thumbnails, are in private/external_copies.html; remove those "
+            "images from the cohort")
+    what += (", or re-run with --on-leak warn to evaluate anyway (the report will say so)." if severity == "error"
+             else f" (--on-leak {policy}: evaluated anyway, at your own risk).")
+    return block, [Finding("external_near_copies", severity, what, int(len(pairs)), block["pairs"])]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -395,3 +603,20 @@ def _run_block(run: RunDir, spec: CohortSpec, src: SourceRun, ecfg: RunConfig,
             "image_px": ecfg.preprocess.image_px, "seed": ecfg.seed, "backend": device["backend"],
             "device": device["device"], "external_validation": True, "source_run": src.id,
             "source_cohort": src.cohort_name, "tta_passes": src.cfg.eval.tta}
+
+
+def copies_page(pairs: pd.DataFrame, source: dict[str, Any], table: pd.DataFrame, images: np.ndarray, *,
+                run_id: str, source_id: str, finding: Finding, max_pairs: int = 200) -> str:
+    """``private/external_copies.html``: each confirmed pair side by side (thumbnails, file path).
+
+    Patient images and file names: for ``private/`` only. ``table`` must hold ``path``.
+    """
+    shown = []
+    paths = table["path"].astype(str).to_numpy() if "path" in table else np.full(len(table), "")
+    for row in pairs.head(max_pairs).itertuples():
+        shown.append({**_pair_detail(row), "path": paths[row.pos],
+                      "thumb_source": _thumb(source["thumbs"][row.source_pos], px=_THUMB_PX * 2),
+                      "thumb": _thumb(images[row.pos], px=_THUMB_PX * 2)})
+    return environment().get_template("external_copies.html.j2").render(
+        pairs=shown, total=len(pairs), run_id=run_id, source_id=source_id, message=finding.message,
+        severity=finding.severity)

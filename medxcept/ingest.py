@@ -364,7 +364,8 @@ def _decode_file(task: dict[str, Any]) -> dict[str, Any]:
     sha = file_sha256(path)  # of the file's bytes: the decoded size does not change it
     frames, arrays, meta, fovs = _read_at_need(task, path)
     rows, excluded = [], []
-    acquisition = acquisition_fingerprint(path, task["kind"])  # headers only: how the image was made
+    # headers only: how the image was made (the device keyed, as every id)
+    acquisition = acquisition_fingerprint(path, task["kind"], key=task["salt"])
     for frame_index, arr, fov in zip(frames, arrays, fovs, strict=False):
         where = f"{path}#frame{frame_index}" if len(frames) > 1 else str(path)
         height, width = int(meta.get("stored_height", arr.shape[0])), int(meta.get("stored_width", arr.shape[1]))
@@ -537,6 +538,7 @@ def ingest(spec: CohortSpec, *, preprocess_cfg: PreprocessConfig, cache: Preproc
     tasks = [{"path": str(c["path"]), "kind": SOURCE_READERS[c["_source"].kind].reader,
               "preprocess": preprocess_cfg, "cache_root": str(cache.root), "modality": spec.modality,
               "frames": spec.frames, "window_index": spec.window_index, "max_pixels": spec.max_pixels,
+              "salt": salt,  # keys the device fingerprint (acquisition.acquisition_fingerprint)
               "file_id": _file_id(Path(c["path"]), c["_source"].name, roots[c["_source"].name], salt)}
              for c in candidates]
     results = _run_tasks(tasks, workers)

@@ -121,7 +121,7 @@ from medxcept.evaluate import (
 )
 from medxcept.references import REFERENCES, compare_with_references, reference_sentences
 from medxcept.report.figures import BLUE, GREY, ORANGE, plt, to_data_uri
-from medxcept.run import DirectoryLock, _json_default, write_atomic
+from medxcept.run import DirectoryLock, _json_default, load_run_config, write_atomic
 from medxcept.splits import SplitConfig, assign_folds, assign_splits, split_hash
 
 __all__ = [
@@ -157,6 +157,8 @@ PLAN = "cv.json"
 INNER = "inner_val"
 #: A fold table's parts, in the order the report names them, and what each is called there.
 FOLD_PARTS = {"train": "train", INNER: "inner_val", "val": "held_out", "test": "test"}
+PLAN_PATHS = "plan_paths.json"
+"""In the plan's ``private/``: the cohort file's absolute path (kept out of the shareable ``cv.json``)."""
 
 
 class FoldsFailedError(MedxceptError):
@@ -461,7 +463,9 @@ def load_plan(cv_dir: str | Path) -> CVPlan:
         raise ConfigError(f"{path} is not a cross-validation directory (no {PLAN}); run "
                           "`python -m pipelines.kfold --cohort ...` first")
     info = _read_json(path / PLAN)
-    cfg = load_config(config_file=path / "config.yaml")
+    if "cohort_file" not in info and (path / "private" / PLAN_PATHS).is_file():
+        info = {**info, **_read_json(path / "private" / PLAN_PATHS)}  # plans of issue 33 on
+    cfg = load_run_config(path)
     if config_hash(cfg) != info["config_hash"]:
         raise ConfigError(f"{path / 'config.yaml'} resolves to configuration {config_hash(cfg)}, but {PLAN} "
                           f"records {info['config_hash']}: the file was edited; restore it or start a new CV")

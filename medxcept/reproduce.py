@@ -103,7 +103,8 @@ class Reproduction:
         return "\n".join(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]}" for r in rows)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"original": self.original, "rerun": self.rerun, "tolerance": self.tolerance,
+        """``reproduce.json``: the two runs by directory name (siblings), never by absolute path."""
+        return {"original": Path(self.original).name, "rerun": Path(self.rerun).name, "tolerance": self.tolerance,
                 "reproduced": self.reproduced, "verdict": self.verdict(), "checks": self.checks}
 
 

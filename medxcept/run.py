@@ -29,10 +29,11 @@ import yaml
 from medxcept import __version__
 from medxcept.config import RunConfig, _build, config_hash, config_to_dict
 from medxcept.errors import ConfigError
-from medxcept.splits import content_ids
+from medxcept.splits import content_ids, is_split_file
 
 __all__ = ["RunDir", "package_versions", "code_version", "data_hash", "load_run_config", "legacy_defaults", "training_determinism",
-           "reproduce_block", "write_atomic", "DirectoryLock", "COMPLETE"]
+           "reproduce_block", "write_atomic", "DirectoryLock", "COMPLETE",
+           "PRIVATE_PATH", "split_config_paths", "restore_config_paths"]
 
 #: The completion marker of a run directory, written last (after the report).
 COMPLETE = "complete.json"
@@ -317,7 +318,12 @@ class RunDir:
         return self.write_text(name, df.to_csv(index=False))
 
     def write_config(self, cfg: RunConfig, extra: dict[str, Any] | None = None) -> Path:
-        data = config_to_dict(cfg)
+        """``config.yaml``, shareable: a path option that could name a folder of patient files
+        (:func:`split_config_paths`) is replaced by :data:`PRIVATE_PATH` and kept in
+        ``private/config_paths.json``, from which :func:`load_run_config` restores it."""
+        data, paths = split_config_paths(config_to_dict(cfg))
+        if paths:
+            self.write_private(CONFIG_PATHS, json.dumps(paths, indent=2) + "\n")
         if extra:
             data = {**extra, **data}
         return self.write_text("config.yaml", yaml.safe_dump(data, sort_keys=False))
@@ -340,12 +346,13 @@ class RunDir:
         self.write_json("versions.json", versions)
         return versions
 
-    def write_private(self, name: str, data: pd.DataFrame | str) -> Path:
+    def write_private(self, name: str, data: pd.DataFrame | str | bytes) -> Path:
         """Identifiers (patient map, paths, full exclusion log): in ``private/``, never elsewhere.
 
         The folder is created owner-only (0700) and each file is created 0600 from the start
         (``os.open`` with the mode, then an atomic rename), so no other user can read it even
-        for a moment; a warning file lies beside them. ``data``: a table (CSV) or text.
+        for a moment; a warning file lies beside them. ``data``: a table (CSV), text or bytes
+        (image fingerprints).
         """
         priv = self.path / "private"
         priv.mkdir(mode=0o700, exist_ok=True)
@@ -356,7 +363,7 @@ class RunDir:
         readme = priv / "README.txt"
         if not readme.exists():
             _write_owner_only(readme, PRIVATE_README)
-        text = data if isinstance(data, str) else data.to_csv(index=False)
+        text = data if isinstance(data, (str, bytes)) else data.to_csv(index=False)
         p = priv / name
         _write_owner_only(p, text)
         return p
@@ -368,26 +375,118 @@ PRIVATE_README = (
     "to a publication. Everything outside this folder is meant to be shareable.\n")
 
 
-def _write_owner_only(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a 0600 temporary file and an atomic rename."""
+def _write_owner_only(path: Path, text: str | bytes) -> None:
+    """Write ``text`` (or bytes) to ``path`` through a 0600 temporary file and an atomic rename."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)  # a leftover of a crashed writer may have other permissions
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+        if isinstance(text, bytes):
+            with os.fdopen(fd, "wb") as fb:
+                fb.write(text)
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+                fh.write(text)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
+#: The value ``config.yaml`` shows for a path option kept in ``private/config_paths.json``.
+PRIVATE_PATH = "(in private/config_paths.json)"
+CONFIG_PATHS = "config_paths.json"
+#: Path options of :class:`RunConfig` (dotted): the cohort file, the output folder, a split file.
+PATH_OPTIONS = ("cohort", "out_dir", "split.user_split")
+
+
+def _shareable_path(value: str) -> bool:
+    """A relative path inside the working directory (``cohorts/demo.yaml``, ``reports``) may be shown;
+    an absolute path, ``~`` or ``..`` reveals where the data lives, and goes to ``private/``."""
+    p = Path(value)
+    return not (p.is_absolute() or value.startswith("~") or ".." in p.parts)
+
+
+def split_config_paths(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """A saved configuration's shareable copy and the path options taken out of it.
+
+    Parameters
+    ----------
+    data : dict
+        :func:`medxcept.config.config_to_dict` of a :class:`RunConfig`.
+
+    Returns
+    -------
+    (dict, dict)
+        The configuration with each path option of :data:`PATH_OPTIONS` that is not a plain
+        relative path replaced by :data:`PRIVATE_PATH`, and ``{dotted option: value}`` of those.
+
+    Examples
+    --------
+    >>> split_config_paths({"cohort": "/data/smith/c.yaml", "out_dir": "reports", "split": {"user_split": None}})
+    ({'cohort': '(in private/config_paths.json)', 'out_dir': 'reports', 'split': {'user_split': None}}, \
+{'cohort': '/data/smith/c.yaml'})
+    """
+    out = json.loads(json.dumps(data))
+    taken: dict[str, str] = {}
+    for dotted in PATH_OPTIONS:
+        *parents, leaf = dotted.split(".")
+        node = out
+        for k in parents:
+            node = node.get(k) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or not isinstance(node.get(leaf), str):
+            continue
+        value = node[leaf]
+        if dotted == "split.user_split" and not is_split_file(value):
+            continue  # a column name, not a file
+        if not _shareable_path(value):
+            taken[dotted] = value
+            node[leaf] = PRIVATE_PATH
+    return out, taken
+
+
+def restore_config_paths(data: dict[str, Any], run_dir: str | Path, *, strict: bool = True) -> dict[str, Any]:
+    """Put back the path options :func:`split_config_paths` moved to ``private/config_paths.json``.
+
+    ``strict=False`` leaves :data:`PRIVATE_PATH` where ``private/`` is missing (a reader that
+    needs no path: an external validation reads the model's options only).
+
+    Raises
+    ------
+    ConfigError
+        ``strict`` and an option is kept in a ``private/config_paths.json`` that is missing.
+    """
+    run_dir = Path(run_dir)
+    out = json.loads(json.dumps(data))
+    private = run_dir / "private" / CONFIG_PATHS
+    paths: dict[str, str] | None = None
+    for dotted in PATH_OPTIONS:
+        *parents, leaf = dotted.split(".")
+        node = out
+        for k in parents:
+            node = node.get(k) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or node.get(leaf) != PRIVATE_PATH:
+            continue
+        if paths is None:
+            if not private.is_file():
+                if not strict:
+                    return out
+                raise ConfigError(
+                    f"{run_dir / 'config.yaml'}: option '{dotted}' is kept in {private}, which is missing "
+                    "(a run directory copied without its private/ folder): copy private/ back, or give the "
+                    "option again on the command line")
+            paths = json.loads(private.read_text(encoding="utf-8"))
+        node[leaf] = paths[dotted]
+    return out
+
+
 def load_run_config(run_dir: str | Path) -> RunConfig:
-    """The resolved configuration a run saved in ``config.yaml`` (its descriptive extras dropped)."""
+    """The resolved configuration a run saved in ``config.yaml`` (its descriptive extras dropped;
+    path options kept in ``private/`` put back)."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{path} not found: {run_dir} is not a medxcept run directory")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = restore_config_paths(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, run_dir)
     known = {f.name for f in dataclasses.fields(RunConfig)}
     return _build(RunConfig, legacy_defaults({k: v for k, v in data.items() if k in known}), "")
 

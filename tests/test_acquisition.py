@@ -11,6 +11,7 @@ from medxcept.acquisition import SHORTCUT_AUC, acquisition_fingerprint, jpeg_qua
 from medxcept.audit import audit_cohort
 
 WARNING = "the model may learn the camera, not the disease"
+KEY = "test-key-0123456789abcdef0123456789abcdef"
 
 
 def _save(path, rng, *, quality: int, subsampling: int, make: str) -> None:
@@ -31,7 +32,7 @@ def _cohort(tmp_path, *, confounded: bool) -> pd.DataFrame:
             path = tmp_path / f"p{p}_{k}.{'jpeg' if a else 'jpg'}"
             _save(path, rng, quality=95 if a else 75, subsampling=0 if a else 2, make="Camera A" if a else "Camera B")
             rows.append({"image_id": path.stem, "patient_key": f"P{p}", "label": label, "y": int(label == "disease"),
-                         "width": 24, "height": 24, **acquisition_fingerprint(path)})
+                         "width": 24, "height": 24, **acquisition_fingerprint(path, key=KEY)})
     return pd.DataFrame(rows)
 
 
@@ -39,7 +40,7 @@ def test_fingerprints_read_the_jpeg_settings(tmp_path):
     rng = np.random.default_rng(1)
     _save(tmp_path / "a.jpeg", rng, quality=95, subsampling=0, make="Camera A")
     _save(tmp_path / "b.jpg", rng, quality=75, subsampling=2, make="Camera B")
-    a, b = acquisition_fingerprint(tmp_path / "a.jpeg"), acquisition_fingerprint(tmp_path / "b.jpg")
+    a, b = (acquisition_fingerprint(tmp_path / n, key=KEY) for n in ("a.jpeg", "b.jpg"))
     assert (a["acq_format"], a["acq_jpeg_q"], a["acq_subsampling"]) == (".jpeg:JPEG", "95", "4:4:4")
     assert (b["acq_format"], b["acq_jpeg_q"], b["acq_subsampling"]) == (".jpg:JPEG", "75", "4:2:0")
     assert a["acq_device"].startswith("h:") and a["acq_device"] != b["acq_device"]
@@ -96,7 +97,7 @@ def _source_cohort(tmp_path, differ: str) -> pd.DataFrame:
             Image.fromarray(img).save(path, format="JPEG", quality=60 if (differ == "quality" and src) else 95,
                                       subsampling=2)
             rows.append({"image_id": path.stem, "patient_key": f"P{p}", "label": ["normal", "disease"][src],
-                         "y": src, "width": px, "height": px, **acquisition_fingerprint(path),
+                         "y": src, "width": px, "height": px, **acquisition_fingerprint(path, key=KEY),
                          **geometry_fingerprint(np.asarray(Image.open(path)), "fundus")})
     return pd.DataFrame(rows)
 
@@ -137,7 +138,33 @@ def test_dicom_fingerprint_reads_the_transfer_syntax_without_a_warning(tmp_path,
         path = tmp_path / f"{transfer}.dcm"
         write_ophthalmic_photo(path, rgb, patient_id="P1", laterality="L", manufacturer="Acme", model="X1",
                                transfer=transfer)
-        prints[transfer] = acquisition_fingerprint(path, kind="dicom")
+        prints[transfer] = acquisition_fingerprint(path, kind="dicom", key=KEY)
     assert prints["jpeg_baseline"]["acq_jpeg_qt"] == "1.2.840.10008.1.2.4.50"
     assert prints["explicit"]["acq_jpeg_qt"] == "1.2.840.10008.1.2.1"
     assert not [w for w in recwarn if "operator" in str(w.message)]
+
+
+def test_device_fingerprint_is_keyed(tmp_path):
+    """Issue 33: ``acq_device`` was sha256(device string)[:8], which anyone can recompute from a guessed
+    station or hospital name. It is an HMAC with the pseudonym key: equal devices agree under one key,
+    the value changes with the key, and the plain hash of the device string appears nowhere."""
+    import hashlib
+
+    from medxcept.io.dicom_writer import write_ophthalmic_photo
+
+    rgb = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+    for name in ("a", "b"):
+        write_ophthalmic_photo(tmp_path / f"{name}.dcm", rgb, patient_id="P1", laterality="L",
+                               manufacturer="Acme", model="X1", transfer="explicit")
+    a1, b1 = (acquisition_fingerprint(tmp_path / f"{n}.dcm", kind="dicom", key=KEY)["acq_device"] for n in "ab")
+    a2 = acquisition_fingerprint(tmp_path / "a.dcm", kind="dicom", key=KEY[::-1])["acq_device"]
+    assert a1 == b1 and a1.startswith("h:") and len(a1) == 10  # the audit can still compare devices
+    assert a2 != a1
+    import pydicom
+
+    ds = pydicom.dcmread(tmp_path / "a.dcm", stop_before_pixels=True)
+    dev = " | ".join(str(ds.get(k, "") or "") for k in
+                     ("Manufacturer", "ManufacturerModelName", "StationName", "InstitutionName"))
+    assert hashlib.sha256(dev.encode()).hexdigest()[:8] not in a1
+    with pytest.raises(ValueError, match="empty key"):
+        acquisition_fingerprint(tmp_path / "a.dcm", kind="dicom", key="")

@@ -123,9 +123,69 @@ def test_source_overlap_counts_identical_files_and_shared_pseudonyms():
     kinds = {f.kind: f for f in findings}
     assert kinds["external_overlap"].severity == "warning" and kinds["external_overlap"].count == 2
     assert "run-x" in kinds["external_overlap"].message
-    assert kinds["external_patient_keys"].severity == "info"
+    # issue 33: shared pseudonyms are a warning, with the sentence that says when they mean the same people
+    assert kinds["external_patient_keys"].severity == "warning"
+    assert "the same people, unless the two cohorts number patients independently" in \
+        kinds["external_patient_keys"].message
     clean, none = source_overlap(table, source.iloc[[2]], "run-x")
     assert clean["images_same_sha256"] == 0 and clean["patients_same_key"] == 0 and none == []
+
+
+def _preprocessed(rgbs: list[np.ndarray], px: int = 96) -> np.ndarray:
+    from medxcept.preprocess import PreprocessConfig, preprocess
+
+    cfg = PreprocessConfig(image_px=px)
+    return np.stack([preprocess(np.asarray(a, np.float32) / 255.0, cfg, modality="fundus") for a in rgbs])
+
+
+def _decoded_jpeg(data: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def test_near_copies_pairs_altered_copies_with_their_originals_only(tmp_path):
+    """Issue 33: copies of training images (cropped 5 %, resized x1.35, JPEG 70) are paired with their own
+    originals across the two sets; new images of the same generator are not; the finding is an error
+    under --on-leak error and a warning under warn; no fingerprints: an info finding (byte check only)."""
+    from medxcept.demo import CAMERAS, paint_fundus
+    from medxcept.external import keep_source_fingerprints, load_source_fingerprints, near_copies, \
+        near_copy_findings
+    from medxcept.fingerprints import fingerprints
+    from medxcept.run import RunDir
+    from medxcept.testing.copies import altered_copy
+
+    eyes = [paint_fundus(np.random.default_rng([5, k]), CAMERAS[k % 2], laterality="LR"[k % 2],
+                         referable=k % 3 == 0, scale=0.6)[0] for k in range(22)]
+    src_images = _preprocessed(eyes[:12])
+    table = pd.DataFrame({"image_id": [f"I-{k:02d}" for k in range(12)], "sha256": [f"s{k}" for k in range(12)],
+                          "frame": 0, "split": ["train"] * 8 + ["val"] * 2 + ["test"] * 2})
+    run = RunDir(tmp_path / "run")
+    keep_source_fingerprints(run, table, src_images, fingerprints(src_images))
+    source = load_source_fingerprints(run.path)
+    assert source["image_id"] == [f"I-{k:02d}" for k in range(10)]  # training and validation only
+    copied = [1, 4, 9, 10]  # 10 is a test image: the model never trained on it, not a copy to report
+    ext = [_decoded_jpeg(altered_copy(eyes[k])) for k in copied] + eyes[12:]
+    ext_images = _preprocessed(ext)
+    ext_table = pd.DataFrame({"image_id": [f"E-{k:02d}" for k in range(len(ext))],
+                              "sha256": [f"e{k}" for k in range(len(ext))], "frame": 0})
+    pairs = near_copies(source, ext_table, fingerprints(ext_images), 10)
+    assert sorted(zip(pairs["image_id"], pairs["source_image_id"])) == [("E-00", "I-01"), ("E-01", "I-04"),
+                                                                       ("E-02", "I-09")]
+    assert set(pairs["match"]) == {"near"} and (pairs["inliers"] > 0).all()
+    block, findings = near_copy_findings(pairs, len(ext), "run-x", "error")
+    assert block["confirmed_pairs"] == 3 and block["by_source_split"] == {"train": 2, "val": 1}
+    assert [f.severity for f in findings] == ["error"] and "3 confirmed pair(s)" in findings[0].message
+    assert {d["image_id"] for d in findings[0].details} == {"E-00", "E-01", "E-02"}
+    _, warned = near_copy_findings(pairs, len(ext), "run-x", "warn")
+    assert [f.severity for f in warned] == ["warning"] and "evaluated anyway" in warned[0].message
+    clean = near_copies(source, ext_table.iloc[4:], fingerprints(ext_images[4:]), 10)
+    assert len(clean) == 0 and near_copy_findings(clean, 10, "run-x", "error")[1] == []
+    block, none = near_copy_findings(None, 10, "run-x", "error")
+    assert block == {"checked": False} and none[0].severity == "info"
+    assert "only byte-identical files were compared" in none[0].message
 
 
 # ------------------------------------------------------------------ slow: one trained model
@@ -280,3 +340,60 @@ def test_source_dir_without_model_after_training_is_refused(external, tmp_path):
     cfg = load_config(cohort_defaults=spec.defaults, overrides={"out_dir": str(tmp_path / "out")})
     with pytest.raises(ConfigError, match=r"missing model\.keras\. "):
         evaluate_run(copy, spec, cfg)
+
+
+@pytest.mark.slow
+def test_own_cohort_is_paired_image_by_image_with_the_training_images(external):
+    """The training cohort evaluated on itself: every training and validation image is a confirmed pair
+    (byte-identical), a warning under the tiny cohort's on_leak: warn, with the thumbnails page in private/."""
+    own = _json(external["own"] / "metrics.json")["external"]["overlap"]["near_copies"]
+    src = pd.read_csv(external["source"] / "cohort.csv")
+    n_fit = int(src["split"].isin(["train", "val"]).sum())
+    assert own["checked"] is True and own["confirmed_pairs"] >= n_fit and own["images"] >= n_fit
+    kinds = {f["kind"]: f for f in _json(external["own"] / "audit.json")["findings"]}
+    assert kinds["external_near_copies"]["severity"] == "warning"
+    page = (external["own"] / "private" / "external_copies.html").read_text(encoding="utf-8")
+    assert page.count("data:image/png;base64,") >= 2 * min(n_fit, 200)
+    new = _json(external["new"] / "metrics.json")["external"]["overlap"]["near_copies"]
+    assert new == {**new, "checked": True, "confirmed_pairs": 0}
+
+
+@pytest.mark.slow
+def test_evaluate_refuses_altered_copies_of_training_images_under_on_leak_error(external, tmp_path, capsys):
+    """Issue 33 "done when", on the session's tiny run: 10 of its training images cropped by 5 %, resized
+    and re-encoded as JPEG 70, plus 10 new demo eyes. --on-leak error: exit 2 naming the confirmed pairs
+    (only copied originals; at 71 px at least 8 of the 10), nothing predicted; --on-leak warn:
+    the evaluation runs, with the warning. (benchmarks/external_copies.py
+    measures the same on the full demo cohort: 30 + 30.)"""
+    from medxcept.demo import CAMERAS, paint_fundus
+    from medxcept.testing.copies import training_images, write_copy_cohort
+    from pipelines.retina import main
+
+    source = external["source"]
+    classes = tuple(_json(source / "metrics.json")["classes"])
+    copies = training_images(source, 10, seed=1)
+    new = [(paint_fundus(np.random.default_rng([999, k]), CAMERAS[k % 2], laterality="L", referable=k % 2 == 1,
+                         scale=0.5)[0], classes[k % 2]) for k in range(10)]
+    cohort = write_copy_cohort(tmp_path / "copies", copies=[(a, lab) for _, a, lab in copies], new=new,
+                               classes=classes)
+    out = tmp_path / "out"
+    rc = main(["evaluate", "--run", str(source), "--cohort", str(cohort), "--out-dir", str(out),
+               "--run-name", "refused", "--on-leak", "error", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "external validation refused: " in err
+    assert not (out / "refused" / "predictions.csv").exists()
+    audit = _json(out / "refused" / "audit.json")
+    finding = next(f for f in audit["findings"] if f["kind"] == "external_near_copies")
+    n = finding["count"]
+    # the tiny run works at 71 px on half-size eyes (the demo benchmark, 96 px: 30 of 30); never a new image
+    assert finding["severity"] == "error" and 8 <= n <= 10 and f"{n} confirmed pair(s)" in err
+    assert {d["source_image_id"] for d in finding["details"]} <= {i for i, _, _ in copies}
+    assert all(d["image_id"] for d in finding["details"])
+    assert (out / "refused" / "private" / "external_copies.html").is_file()
+    rc = main(["evaluate", "--run", str(source), "--cohort", str(cohort), "--out-dir", str(out),
+               "--run-name", "warned", "--on-leak", "warn", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 0 and f"{n} confirmed pair(s)" in err and "evaluated anyway" in err
+    m = _json(out / "warned" / "metrics.json")["external"]
+    assert m["overlap"]["near_copies"]["confirmed_pairs"] == n
+    assert any(f"{n} confirmed pair(s)" in w for w in m["warnings"])

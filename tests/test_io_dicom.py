@@ -605,6 +605,19 @@ def test_rows_columns_inconsistent_with_data(tmp_path: Path) -> None:
     assert read_dicom(padded)[0].shape == (1, 3, 3, 1)  # 9 bytes + 1 pad byte is fine
 
 
+def test_trailing_padding_log_names_the_keyed_label(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # issue 33: the padding note named the file itself ("PATIENT_SMITH_12345_OD.dcm: ...") at INFO
+    from medxcept.io import file_label
+
+    px = np.zeros((10, 10), dtype=np.uint16)
+    long = corpus.write_gray(tmp_path / "SMITH_12345_OD.dcm", px, raw_bytes=bytes(240))
+    with caplog.at_level("INFO", logger="medxcept"), file_label("F-0123456789"):
+        read_dicom(long)
+    lines = [r.getMessage() for r in caplog.records if "trailing padding" in r.getMessage()]
+    assert lines == ["F-0123456789: 40 byte(s) of trailing padding after the last frame ignored"]
+    assert "SMITH" not in caplog.text
+
+
 def test_huge_declared_dimensions_refused_before_decoding(tmp_path: Path) -> None:
     ds = corpus.image_dataset(rows=60000, columns=60000, bits_allocated=8)
     ds.PixelData = bytes(16)

@@ -774,3 +774,38 @@ def test_a_fold_held_by_another_process_is_neither_run_nor_deleted(cv):
             cv_workflow.run_fold(copy, 2, save_model=False)
     assert (copy / "fold-2" / "config.yaml").read_text() == "being written", "never deleted from under it"
     assert not (copy / "fold-2" / kfold.FAILED).exists()
+
+
+def test_the_plan_audit_covers_every_repeat():
+    """Issue 33: the plan audited repeat 0 only. Two patients' byte-identical images share fold 0 in
+    repeat 0 but fall in folds 0 and 1 in repeat 1: the audit must name the repeat-1 leak."""
+    from medxcept.config import RunConfig
+
+    rows = []
+    for p in range(8):
+        for k in range(2):
+            rows.append({"image_id": f"I-{p}{k}", "patient_key": f"P-{p}", "label": ["normal", "abnormal"][p % 2],
+                         "y": p % 2, "sha256": f"{p}{k}" * 8, "cv_split": "cv",
+                         "fold_r0": p % 2 if p > 1 else 0, "fold_r1": p % 2})
+    table = pd.DataFrame(rows)
+    table.loc[table["image_id"] == "I-10", "sha256"] = table.loc[table["image_id"] == "I-00", "sha256"].iloc[0]
+    cfg = RunConfig()
+    only_r0 = cv_workflow.audit_every_repeat(table, 1, fp=None, cfg=cfg)
+    assert not [f for f in only_r0.findings if f.kind == "duplicate_across_splits"]
+    both = cv_workflow.audit_every_repeat(table, 2, fp=None, cfg=cfg)
+    leaks = [f for f in both.findings if f.kind == "duplicate_across_splits"]
+    assert len(leaks) == 1 and leaks[0].severity == "error" and leaks[0].message.startswith("repeat 1: ")
+    assert leaks[0].count == 1 and leaks[0].details[0]["repeat"] == 1
+    with pytest.raises(Exception, match="duplicate across splits: 1"):
+        both.raise_if_errors()
+
+
+@pytest.mark.slow
+def test_cv_json_holds_no_path(cv):
+    """Issue 33: the plan kept the cohort file's absolute path in the shareable cv.json; it is in private/."""
+    text = (cv["dir"] / "cv.json").read_text()
+    assert str(cv["tmp"]) not in text and "cohort_file" not in json.loads(text)
+    private = json.loads((cv["dir"] / "private" / kfold.PLAN_PATHS).read_text())
+    assert private["cohort_file"] == str(Path(cv["cohort"]).resolve())
+    assert kfold.load_plan(cv["dir"]).info["cohort_file"] == private["cohort_file"]
+    assert str(cv["tmp"]) not in (cv["dir"] / "config.yaml").read_text()

@@ -384,3 +384,53 @@ def test_a_stopping_label_error_withholds_file_names_from_the_console(tmp_path: 
         ingest_into_run(run, load_cohort_spec(tmp_path / "c.yaml"), load_config(overrides={"preprocess.image_px": PX}))
     assert "MRN31415926" not in str(err.value) and "private" in str(err.value)
     assert "Stray_MRN31415926.png" in (run.path / "private" / "ingest_error.txt").read_text(encoding="utf-8")
+
+
+def test_config_yaml_keeps_paths_in_private(tmp_path: Path) -> None:
+    """Issue 33: config.yaml held the absolute cohort path (and a resolved split.user_split file).
+    Such paths go to private/config_paths.json and come back when the run's configuration is read."""
+    import yaml
+
+    from medxcept.config import RunConfig, config_hash, load_config
+    from medxcept.run import PRIVATE_PATH, RunDir, load_run_config
+
+    base = tmp_path / "Qorbanova_MRN48151620"
+    cfg = load_config(overrides={"cohort": str(base / "cohort.yaml"), "out_dir": str(tmp_path / "reports"),
+                                 "split.user_split": "split.csv"}, cohort_dir=base)
+    assert cfg.split.user_split == str(base / "split.csv")  # resolved against the cohort's folder
+    run = RunDir(tmp_path / "run")
+    run.write_config(cfg, extra={"cohort_name": "c"})
+    shared = (run.path / "config.yaml").read_text()
+    assert "Qorbanova" not in shared and str(tmp_path) not in shared
+    saved = yaml.safe_load(shared)
+    assert saved["cohort"] == saved["out_dir"] == saved["split"]["user_split"] == PRIVATE_PATH
+    assert load_run_config(run.path) == cfg and config_hash(load_run_config(run.path)) == config_hash(cfg)
+    # relative paths inside the working directory stay readable; a column name is no path
+    plain = RunConfig(cohort="cohorts/demo.yaml", out_dir="reports")
+    run2 = RunDir(tmp_path / "run2")
+    run2.write_config(plain)
+    assert yaml.safe_load((run2.path / "config.yaml").read_text())["cohort"] == "cohorts/demo.yaml"
+    assert not (run2.path / "private").exists()
+    # a run copied without private/ says what is missing
+    import shutil
+
+    shutil.rmtree(run.path / "private")
+    with pytest.raises(ConfigError, match="option 'cohort' is kept in"):
+        load_run_config(run.path)
+
+
+def test_workflows_write_shared_files_atomically() -> None:
+    """Issue 33: compare and check wrote with plain write_text; every workflow writes through
+    medxcept.run.write_atomic (or RunDir, which uses it), so a reader never sees half a file."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "medxcept" / "workflows"
+    plain = []
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
+                    "write_text", "write_bytes", "to_csv", "savefig") and not (
+                    isinstance(node.func.value, ast.Name) and node.func.value.id in ("run", "self")) and (
+                    node.func.attr != "to_csv" or node.args or any(k.arg == "path_or_buf" for k in node.keywords)):
+                plain.append(f"{path.name}:{node.lineno} .{node.func.attr}(")
+    assert not plain, plain

@@ -512,7 +512,7 @@ def _check_pixel_length(path: Path, ds: Dataset, ts: dcm_uid.UID, n_frames: int)
             f"a truncated file)",
         )
     if actual > expected + 1:  # one pad byte to an even length is the norm
-        logger.info("%s: %d byte(s) of trailing padding after the last frame ignored", path.name,
+        logger.info("%s: %d byte(s) of trailing padding after the last frame ignored", log_name(path),
                     actual - expected)
 
 

@@ -7,6 +7,10 @@
   medxcept.testing.traps OUT_DIR [--clean]``;
 * :mod:`medxcept.testing.camera`: camera-size fundus JPEGs (4288 x 2848, 3410 x 2848) and the
   full-resolution reference preprocessing that reduced-size ingestion is checked against.
+* :mod:`medxcept.testing.canary`: a cohort with a unique marker in every identifying field, and the
+  scanner of everything outside ``private/`` (``tests/test_canary.py``);
+* :mod:`medxcept.testing.copies`: altered copies (crop, resize, JPEG) of a run's training images as an
+  "external" cohort (``tests/test_external.py``, ``benchmarks/external_copies.py``).
 
 ``tests/test_architecture.py`` fails if a module outside this package imports it.
 """

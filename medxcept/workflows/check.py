@@ -125,11 +125,10 @@ def check_cohort(spec: CohortSpec, cfg: RunConfig, *, out_dir: Path, run_name: s
         "hashes": {k: v for k, v in versions.items() if k.endswith("_hash")},
         "image_px": cfg.preprocess.image_px,
     }
-    html = run.file("check.html")
     # the shared page lists the pairs without pictures; the data owner's copy (with file names and
     # the pair thumbnails, both identifying) sits next to the other identifiers
-    html.write_text(render_check_page({**context, "dup_pairs": [{k: v for k, v in p.items() if not k.startswith("thumb_")}
-                                                      for p in dup_pairs]}), encoding="utf-8")
+    html = run.write_text("check.html", render_check_page(
+        {**context, "dup_pairs": [{k: v for k, v in p.items() if not k.startswith("thumb_")} for p in dup_pairs]}))
     run.write_private("check.html", render_check_page({**context, "names_shown": True,
                                             "groups": reason_groups(ing.exclusions, hide=str(base.resolve()))}))
     summary = audit["summary"]

@@ -26,6 +26,7 @@ from medxcept.compare import (
 )
 from medxcept.errors import ConfigError
 from medxcept.report import environment
+from medxcept.run import write_atomic
 
 __all__ = ["run_comparison", "write_comparison"]
 
@@ -34,16 +35,14 @@ def write_comparison(runs: Sequence[RunRecord], result: dict[str, Any], out_dir:
     """Write ``comparison.json`` and the self-contained ``comparison.html`` into ``out_dir``; return the HTML path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "comparison.json").write_text(comparison_json(result), encoding="utf-8")
+    write_atomic(out / "comparison.json", comparison_json(result))
     env = environment()
     figs = {"curves": validation_curves_figure(runs), "test_auc": auc_ci_figure(runs)}
     html = env.get_template("comparison.html.j2").render(
         c=result, figs=figs, metrics=METRICS, verdict_metrics=VERDICT_METRICS, larger=LARGER,
         colours=palette(list(result["groups"])), created=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         not_pretrained=[r["name"] for r in result["runs"] if not r["pretrained"]], title=out.name)
-    path = out / "comparison.html"
-    path.write_text(html, encoding="utf-8")
-    return path
+    return write_atomic(out / "comparison.html", html)
 
 
 def run_comparison(run_dirs: Sequence[str | Path], *, out_dir: str | Path | None = None, name: str | None = None,
@@ -84,9 +83,7 @@ def _compare_graded(run_dirs: Sequence[str | Path], *, out_dir: str | Path | Non
     base = Path(out_dir) if out_dir is not None else Path(run_dirs[0]).resolve().parent / "comparisons"
     out = base / name
     out.mkdir(parents=True, exist_ok=True)
-    (out / "comparison.json").write_text(json.dumps(result, indent=2, default=float), encoding="utf-8")
+    write_atomic(out / "comparison.json", json.dumps(result, indent=2, default=float))
     html = environment().get_template("comparison_graded.html.j2").render(
         c=result, title=out.name, created=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"))
-    path = out / "comparison.html"
-    path.write_text(html, encoding="utf-8")
-    return path
+    return write_atomic(out / "comparison.html", html)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -24,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from medxcept import errors
-from medxcept.audit import audit_cohort, duplicate_groups, fingerprints
+from medxcept.audit import AuditReport, Finding, audit_cohort, duplicate_groups, fingerprints
 from medxcept.cohort import Endpoint, load_cohort_spec, public_view
 from medxcept.config import RunConfig, config_hash
 from medxcept.errors import ConfigError, MedxceptError
@@ -37,6 +38,7 @@ from medxcept.kfold import (
     INNER,
     MARKER,
     PLAN,
+    PLAN_PATHS,
     CVPlan,
     FoldsFailedError,
     FoldTask,
@@ -150,7 +152,7 @@ def plan_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: i
     folds = _plan_folds(table, cfg, k, repeats, merge)
     info = {
         "kind": "medxcept k-fold cross-validation",
-        "cohort_name": spec.name, "cohort_file": str(Path(cohort_file or cfg.cohort).resolve()),
+        "cohort_name": spec.name,
         "classes": list(spec.classes), "task": spec.task,
         "endpoints": [{"name": e.name, "positive": list(e.positive), "rule": e.rule} for e in spec.endpoints],
         "n_folds": k, "repeats": repeats,
@@ -183,12 +185,12 @@ def plan_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: i
     if existing is None:
         # concurrent array jobs may all get here: every file is identical and written atomically
         run.write_config(cfg)
+        # the cohort file's path names where the data lives: private/, read back by load_plan
+        run.write_private(PLAN_PATHS, json.dumps({"cohort_file": str(Path(cohort_file or cfg.cohort).resolve())}))
         record_ingestion(run, ing)  # shared exclusions.csv; paths and identifiers in private/
         run.write_csv("cohort.csv", public_view(table))
     # the audit of the whole partition: every fold's train/val and the hold-out, before any training
-    audit_view = table.assign(split=table["cv_split"], fold=table["fold_r0"])
-    report = audit_cohort(audit_view, fp=fingerprints(images), policy=cfg.audit.on_leak,
-                          hamming_threshold=cfg.audit.hamming_threshold, group_column=cfg.split.group_column)
+    report = audit_every_repeat(table, repeats, fp=fingerprints(images), cfg=cfg)
     if existing is None or not (path / "audit.json").is_file():
         _write_json_atomic(path / "audit.json", report.to_dict())  # a resumed plan leaves it as it was
     report.raise_if_errors()
@@ -224,6 +226,42 @@ def _plan_folds(table: pd.DataFrame, cfg: RunConfig, n_folds: int, repeats: int,
         out.append({**dataclasses.asdict(t), "inner_seed": inner_seed(cfg.split.seed, t.repeat, t.fold),
                     "split_hash": split_hash(ft), "counts": counts})
     return out
+def audit_every_repeat(table: pd.DataFrame, repeats: int, *, fp: dict[str, np.ndarray] | None,
+                       cfg: RunConfig) -> AuditReport:
+    """The integrity audit of every repeat's partition (``fold_r0``, ``fold_r1``, ...), as one report.
+
+    Repeat 0's findings come first, as they are; a later repeat adds each error or warning that
+    repeat 0 does not have (same kind, severity and count), its message starting ``repeat r:``
+    and its details naming the repeat. Without this a duplicate pair kept in one fold by repeat 0
+    but split by a later repeat surfaced only mid-run, as a failed fold (issue 33).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The plan's table: ``cv_split`` and ``fold_r<r>`` for ``r < repeats``.
+    repeats : int
+        Number of repeats.
+    fp : dict, optional
+        Fingerprints of the images, in row order.
+    cfg : RunConfig
+        ``audit.on_leak``, ``audit.hamming_threshold`` and ``split.group_column`` are used.
+
+    Returns
+    -------
+    AuditReport
+    """
+    reports = [audit_cohort(table.assign(split=table["cv_split"], fold=table[f"fold_r{r}"]), fp=fp,
+                            policy=cfg.audit.on_leak, hamming_threshold=cfg.audit.hamming_threshold,
+                            group_column=cfg.split.group_column) for r in range(repeats)]
+    report = reports[0]
+    seen = {(f.kind, f.severity, f.count) for f in report.findings}
+    for r, other in enumerate(reports[1:], start=1):
+        for f in other.findings:
+            if f.severity == "info" or (f.kind, f.severity, f.count) in seen:
+                continue
+            report.findings.append(Finding(f.kind, f.severity, f"repeat {r}: {f.message}", f.count,
+                                           [{"repeat": r, **d} for d in f.details]))
+    return report
 
 
 # ------------------------------------------------------------------------------------------ fold

@@ -19,6 +19,7 @@ from medxcept.calibrate import Calibrator
 from medxcept.class_exclusions import exclusions_by_class
 from medxcept.cohort import CohortSpec, public_view
 from medxcept.config import RunConfig, config_hash
+from medxcept.errors import LeakageError
 from medxcept.external import (
     SOURCE_EVAL_FIELDS,
     _load_model,
@@ -26,9 +27,13 @@ from medxcept.external import (
     _run_block,
     _source_history,
     _training_block,
+    copies_page,
     external_config,
     external_references,
+    load_source_fingerprints,
     load_source_run,
+    near_copies,
+    near_copy_findings,
     read_run_json,
     source_overlap,
     transfer_line,
@@ -120,11 +125,29 @@ def evaluate_run(run_dir: Path, spec: CohortSpec, cfg: RunConfig, run_name: str 
 
     t = time.perf_counter()
     images = load_images(table, cache, ecfg.preprocess)
+    fp = fingerprints(images)
     # Nothing is trained here, so duplicates inside the cohort are not leakage: the audit only
     # describes the cohort (policy "warn") and never stops the run.
-    audit = audit_cohort(table, fp=fingerprints(images), policy="warn",
-                         hamming_threshold=ecfg.audit.hamming_threshold)
+    audit = audit_cohort(table, fp=fp, policy="warn", hamming_threshold=ecfg.audit.hamming_threshold)
     overlap, findings = source_overlap(table, pd.read_csv(src.path / "cohort.csv", dtype=str), src.id)
+    # copies of the training images, re-encoded, resized or cropped: the audit's pair verification
+    # across the source run's training + validation fingerprints and these images
+    source_fp = load_source_fingerprints(src.path)
+    pairs = None
+    if source_fp is None:
+        log.warning("! the source run %s kept no fingerprints of its training images: only byte-identical "
+                    "copies are looked for in this cohort", src.id)
+    else:
+        try:
+            pairs = near_copies(source_fp, table, fp, ecfg.audit.hamming_threshold)
+        except ValueError as exc:
+            log.warning("! the source run %s kept fingerprints of another medxcept version (%s): only "
+                        "byte-identical copies are looked for in this cohort", src.id, exc)
+    copies, copy_findings = near_copy_findings(pairs, len(table), src.id, ecfg.audit.on_leak)
+    overlap["near_copies"] = copies
+    if pairs is not None:
+        overlap["checked"].append("near-duplicate fingerprints (training and validation images)")
+    findings += copy_findings
     audit.findings.extend(findings)
     timings["audit_s"] = time.perf_counter() - t
     for f in audit.findings:
@@ -133,6 +156,11 @@ def evaluate_run(run_dir: Path, spec: CohortSpec, cfg: RunConfig, run_name: str 
     run.write_json("audit.json", audit.to_dict())
     run.write_csv("split.csv", split_table(table))
     run.write_csv("cohort.csv", public_view(table))
+    if pairs is not None and len(pairs) and source_fp is not None:
+        run.write_private("external_copies.html", copies_page(
+            pairs, source_fp, table, images, run_id=run.path.name, source_id=src.id, finding=copy_findings[0]))
+        if copy_findings[0].severity == "error":
+            raise LeakageError(f"external validation refused: {copy_findings[0].message}")
 
     t = time.perf_counter()
     # the source run's test-time augmentation too: its threshold and calibrator were fitted on

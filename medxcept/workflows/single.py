@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medxcept.audit import fingerprints
 from medxcept.augment import build_augment, effective_class_frequencies, serialize_augment
 from medxcept.class_exclusions import exclusions_by_class
 from medxcept.cohort import CohortSpec, public_view
@@ -24,6 +25,7 @@ from medxcept.config import RunConfig, config_hash
 from medxcept.errors import CohortError, ConfigError
 from medxcept.evaluate import unit_keys, unit_visits
 from medxcept.explain import cam_gallery, class_activation_maps
+from medxcept.external import keep_source_fingerprints
 from medxcept.faults import fault_point
 from medxcept.graded import check_task_config, graded_figures
 from medxcept.learning_curve import learning_curve_figure, learning_curve_verdict
@@ -125,7 +127,8 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
 
     t = time.perf_counter()
     images = load_images(ing.table, cache, cfg.preprocess)
-    table, report = split_and_audit(ing.table, images, cfg)
+    fp = fingerprints(images)
+    table, report = split_and_audit(ing.table, images, cfg, fp=fp)
     timings["audit_s"] = time.perf_counter() - t
     if resume_dir is not None:
         # validate everything a resume depends on before the first write
@@ -133,6 +136,8 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
         train_y = table.loc[table["split"] == "train", "y"].to_numpy()
         check_resumable(run.path, cfg=cfg, train_y=train_y, n_val=int((table["split"] == "val").sum()))
     record_ingestion(run, ing)
+    # private: what an external validation compares its images with (copies of training images)
+    keep_source_fingerprints(run, table, images, fp)
     run.write_json("audit.json", report.to_dict())
     run.write_csv("split.csv", split_table(table))
     run.write_csv("cohort.csv", public_view(table))
