@@ -36,7 +36,8 @@ from medxcept.testing.camera import reference_preprocess, write_camera_fundus
 def _ingest_one(path: Path, cache_root: Path, image_px: int = 299) -> tuple[np.ndarray, dict[str, Any]]:
     cfg = PreprocessConfig(image_px=image_px)
     task = {"path": str(path), "kind": "photo", "preprocess": cfg, "cache_root": str(cache_root),
-            "modality": "fundus", "frames": "all", "window_index": 0, "max_pixels": None, "file_id": "F-test"}
+            "modality": "fundus", "frames": "all", "window_index": 0, "max_pixels": None, "file_id": "F-test",
+            "salt": "test-salt"}
     res = _decode_task(task)
     assert res.get("rows"), res
     row = res["rows"][0]
