@@ -286,14 +286,16 @@ def operating_thresholds(y_val: ArrayLike, p_val: ArrayLike,
     -------
     list of dict
         ``fixed``, ``target``, ``threshold``, ``val_sensitivity``, ``val_specificity``, ``n_val``;
-        ``threshold`` is ``None`` when validation lacks a class.
+        ``threshold`` is ``None``, with a ``note``, when validation lacks a class or when no threshold
+        but "refer none" reaches the target.
     """
     y = _as_binary_labels(y_val, "y_val")
     p = _as_scores(p_val, y.shape[0], "p_val")
     rows: list[dict[str, Any]] = []
     if y.min() == y.max():
         return [{"fixed": f, "target": s, "threshold": None, "val_sensitivity": None, "val_specificity": None,
-                 "n_val": int(y.size)} for f, s in targets]
+                 "n_val": int(y.size), "note": "not defined: the validation units lack a class"}
+                for f, s in targets]
     fpr, tpr, thr = roc_curve(y, p, drop_intermediate=False)
     spec = 1.0 - fpr
     for fixed, target in targets:
@@ -302,6 +304,12 @@ def operating_thresholds(y_val: ArrayLike, p_val: ArrayLike,
                              f"got {(fixed, target)}")
         held, free = (spec, tpr) if fixed == "specificity" else (tpr, spec)
         ok = np.flatnonzero((held >= target - 1e-12) & np.isfinite(thr))
+        if ok.size == 0:  # only "refer none" reaches it (too few validation negatives, or a tie at the top)
+            rows.append({"fixed": fixed, "target": float(target), "threshold": None, "val_sensitivity": None,
+                         "val_specificity": None, "n_val": int(y.size),
+                         "note": f"no threshold reaches {fixed} >= {target:g} on the {int(y.size)} validation "
+                                 "units except referring none"})
+            continue
         i = int(ok[np.argmax(free[ok])])  # argmax: the first, i.e. the highest threshold among ties
         rows.append({"fixed": fixed, "target": float(target), "threshold": _below(p, float(thr[i])),
                      "val_sensitivity": float(tpr[i]), "val_specificity": float(spec[i]), "n_val": int(y.size)})

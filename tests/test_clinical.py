@@ -237,3 +237,13 @@ def test_operating_points_are_chosen_on_validation_never_on_test():
     before = [r["sensitivity"]["point"] for r in clinical["operating_points"]]
     after = [r["sensitivity"]["point"] for r in b.metrics["clinical"]["operating_points"]]
     assert before != after
+
+
+def test_an_unreachable_operating_point_is_not_defined_rather_than_invented():
+    # 4 validation negatives, the top score a negative: specificity >= 0.90 only by referring none
+    y = np.array([0, 1, 0, 1, 0, 1, 0])
+    p = np.array([0.95, 0.9, 0.6, 0.7, 0.2, 0.5, 0.1])
+    rows = {(r["fixed"], r["target"]): r for r in cl.operating_thresholds(y, p)}
+    r = rows[("specificity", 0.90)]
+    assert r["threshold"] is None and "refer" in r["note"]
+    assert rows[("sensitivity", 0.90)]["threshold"] == pytest.approx((0.5 + 0.2) / 2)
