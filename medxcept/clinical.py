@@ -67,6 +67,7 @@ __all__ = [
     "auc_standard_error",
     "slope_standard_error",
     "sample_size",
+    "decision_thresholds",
     "clinical_reading",
 ]
 
@@ -338,22 +339,28 @@ def ppv_npv_at_prevalence(sensitivity: ArrayLike, specificity: ArrayLike,
 
 def operating_point_table(y_true: ArrayLike, y_prob: ArrayLike, chosen: Sequence[dict[str, Any]],
                           weights: np.ndarray | None, *, prevalence: float | None = None,
-                          alpha: float = 0.05) -> list[dict[str, Any]]:
+                          alpha: float = 0.05, per_unit: Sequence[np.ndarray] | None = None) -> list[dict[str, Any]]:
     """Each validation-chosen operating point (:func:`operating_thresholds`) measured on test.
 
     Sensitivity, specificity, PPV and NPV at the cohort's prevalence, and (``prevalence``) PPV and NPV
     restated at that prevalence; each a ``{point, low, high, n_used, n_dropped}`` patient-bootstrap
-    interval from the draw counts ``weights`` (B, n) (``None``: no interval).
+    interval from the draw counts ``weights`` (B, n) (``None``: no interval). ``per_unit``: for pooled
+    out-of-fold units, one threshold per unit for each row of ``chosen`` (its fold's; NaN: that fold
+    reached the target only by referring none, and its units count as not referred).
     """
     y = _as_binary_labels(y_true)
     p = _as_scores(y_prob, y.shape[0])
     rows = []
-    for op in chosen:
+    for i, op in enumerate(chosen):
         row = dict(op)
-        if op.get("threshold") is None:
+        if per_unit is None and op.get("threshold") is None:
             rows.append(row)
             continue
-        pred = p >= float(op["threshold"])
+        t = np.full(y.shape, float(op["threshold"])) if per_unit is None else np.asarray(per_unit[i], dtype=float)
+        if np.isnan(t).all():
+            rows.append(row)
+            continue
+        pred = np.where(np.isnan(t), False, p >= np.nan_to_num(t, nan=np.inf))
         cells = np.stack([pred & (y == 1), pred & (y == 0), ~pred & (y == 0), ~pred & (y == 1)], axis=1)
         cells = cells.astype(np.float64)
         point = {k: v[0] for k, v in _rates(cells.sum(axis=0)[None, :], prevalence).items()}
@@ -542,8 +549,18 @@ def _nan_to_none(a: np.ndarray) -> list[float | None]:
     return [None if not np.isfinite(v) else float(v) for v in a]
 
 
+def decision_thresholds(low: float, high: float) -> np.ndarray:
+    """The decision curve's threshold probabilities: ``low`` to ``high`` in steps of 0.01.
+
+    >>> decision_thresholds(0.05, 0.1).tolist()
+    [0.05, 0.06, 0.07, 0.08, 0.09, 0.1]
+    """
+    return np.round(np.arange(round(low * 100), round(high * 100) + 1) / 100.0, 2)
+
+
 def clinical_reading(y_true: ArrayLike, y_prob: ArrayLike, y_prob_raw: ArrayLike, groups: ArrayLike, *,
                      operating: Sequence[dict[str, Any]] | None, thresholds: ArrayLike,
+                     operating_per_unit: Sequence[np.ndarray] | None = None,
                      prevalence: float | None = None, n_resamples: int = 1000, n_band: int = 200,
                      seed: int = 0, alpha: float = 0.05, unit: str = "unit",
                      auc_ci: Sequence[float | None] | None = None) -> dict[str, Any]:
@@ -559,6 +576,8 @@ def clinical_reading(y_true: ArrayLike, y_prob: ArrayLike, y_prob_raw: ArrayLike
         The patient of each unit: the cluster the bootstrap resamples.
     operating : list of dict or None
         Operating points chosen on validation (:func:`operating_thresholds`), applied to ``y_prob``.
+    operating_per_unit : list of arrays, optional
+        Pooled out-of-fold units: each operating point's threshold per unit (its fold's).
     thresholds : array-like
         Threshold probabilities of the decision curve.
     prevalence : float or None
@@ -587,7 +606,8 @@ def clinical_reading(y_true: ArrayLike, y_prob: ArrayLike, y_prob_raw: ArrayLike
     calibration = {"before": _calibration_block(y, pr, weights, alpha, grid, band),
                    "after": _calibration_block(y, p, weights, alpha, grid, band)}
     dca = {"before": decision_curve(y, pr, t, weights, alpha), "after": decision_curve(y, p, t, weights, alpha)}
-    ops = operating_point_table(y, p, operating or [], weights, prevalence=prevalence, alpha=alpha)
+    ops = operating_point_table(y, p, operating or [], weights, prevalence=prevalence, alpha=alpha,
+                                per_unit=operating_per_unit)
     auc = None
     if 0 < y.sum() < y.size:
         auc = float(roc_auc_score(y, pr))

@@ -247,3 +247,28 @@ def test_an_unreachable_operating_point_is_not_defined_rather_than_invented():
     r = rows[("specificity", 0.90)]
     assert r["threshold"] is None and "refer" in r["note"]
     assert rows[("sensitivity", 0.90)]["threshold"] == pytest.approx((0.5 + 0.2) / 2)
+
+
+def test_pooled_out_of_fold_operating_points_apply_each_folds_threshold():
+    from medxcept.config import EvalConfig
+    from medxcept.kfold import pooled_clinical
+
+    # fold 0 chose 0.5 for every operating point, fold 1 chose 0.3 (and reached specificity 95 % only by
+    # referring none: its units then count as not referred)
+    f0 = pd.DataFrame({"repeat": 0, "fold": 0, "patient_key": ["P-a", "P-b", "P-f"], "y": [1, 0, 1],
+                       "prob": [0.8, 0.45, 0.35], "prob_raw": [0.9, 0.4, 0.3], "threshold": 0.5})
+    f1 = pd.DataFrame({"repeat": 0, "fold": 1, "patient_key": ["P-c", "P-d", "P-e"], "y": [1, 0, 0],
+                       "prob": [0.4, 0.35, 0.1], "prob_raw": [0.6, 0.3, 0.2], "threshold": 0.3})
+    ops0 = [{"fixed": f, "target": t, "threshold": 0.5} for f, t in cl.OPERATING_TARGETS]
+    ops1 = [{"fixed": f, "target": t, "threshold": None if (f, t) == ("specificity", 0.95) else 0.3}
+            for f, t in cl.OPERATING_TARGETS]
+    out = pooled_clinical([f0, f1], [ops0, ops1], EvalConfig(n_bootstrap=50, patient_aggregation="max"))
+    assert out["n_units"] == 6 and out["n_events"] == 3
+    rows = {(r["fixed"], r["target"]): r for r in out["operating_points"]}
+    # referred: P-a (0.8 >= 0.5), P-c (0.4 >= 0.3), P-d (0.35 >= 0.3); not P-b (0.45 < 0.5), P-f (0.35 < 0.5)
+    r = rows[("specificity", 0.90)]
+    assert r["per_fold_thresholds"] == [0.5, 0.3]
+    assert r["sensitivity"]["point"] == pytest.approx(2 / 3) and r["specificity"]["point"] == pytest.approx(2 / 3)
+    # fold 1 refers none at specificity 95 %: P-a only
+    r = rows[("specificity", 0.95)]
+    assert r["sensitivity"]["point"] == pytest.approx(1 / 3) and r["specificity"]["point"] == 1.0

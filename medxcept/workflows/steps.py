@@ -30,7 +30,7 @@ import pandas as pd
 from medxcept.audit import AuditReport, audit_cohort, duplicate_groups, fingerprints
 from medxcept.augment import augment_batch, build_augment
 from medxcept.calibrate import Calibrator, brier, calibration_summary, ece, make_calibrator
-from medxcept.clinical import clinical_reading, operating_thresholds
+from medxcept.clinical import clinical_reading, decision_thresholds, operating_thresholds
 from medxcept.cohort import CohortSpec
 from medxcept.config import RunConfig
 from medxcept.demo import DemoSpec, demo_root
@@ -61,7 +61,7 @@ __all__ = ["GENERATORS", "materialize", "Assessment", "assess", "assess_frozen",
            "summary_block", "unit_record", "leaks_let_through", "add_probabilities", "measure_test", "cohort_cache",
            "prepare_cohort", "prepare_withholding_names", "record_ingestion", "ingest_into_run",
            "split_and_audit", "summary_counts", "reason_counts", "prediction_table", "report_examples",
-           "CI_METRICS", "clinical_block", "decision_grid"]
+           "CI_METRICS", "clinical_block"]
 
 #: Metrics with a patient-bootstrap confidence interval (the registry's ``ci`` flag).
 CI_METRICS = metric_names(ci=True)
@@ -301,18 +301,12 @@ def measure_test(test: pd.DataFrame, *, threshold: float | None, cfg: RunConfig,
     return out
 
 
-def decision_grid(ec: Any) -> np.ndarray:
-    """The decision curve's threshold probabilities: ``eval.decision_thresholds`` in steps of 0.01."""
-    low, high = ec.decision_thresholds
-    return np.round(np.arange(round(low * 100), round(high * 100) + 1) / 100.0, 2)
-
-
 def clinical_block(y: np.ndarray, p: np.ndarray, p_raw: np.ndarray, groups: np.ndarray, *,
                    operating: list[dict[str, Any]] | None, ec: Any, seed: int, unit: str,
                    auc_ci: tuple[float | None, float | None] | None = None) -> dict[str, Any]:
     """``metrics.json["clinical"]``: :func:`medxcept.clinical.clinical_reading` of one set of test units
     (``y``, calibrated ``p``, uncalibrated ``p_raw``, each unit's patient ``groups``) under ``eval``."""
-    out = clinical_reading(y, p, p_raw, groups, operating=operating, thresholds=decision_grid(ec),
+    out = clinical_reading(y, p, p_raw, groups, operating=operating, thresholds=decision_thresholds(*ec.decision_thresholds),
                            prevalence=ec.prevalence, n_resamples=ec.n_bootstrap, seed=seed, unit=unit,
                            auc_ci=auc_ci)
     if not operating:
