@@ -272,3 +272,42 @@ def test_pooled_out_of_fold_operating_points_apply_each_folds_threshold():
     # fold 1 refers none at specificity 95 %: P-a only
     r = rows[("specificity", 0.95)]
     assert r["sensitivity"]["point"] == pytest.approx(1 / 3) and r["specificity"]["point"] == 1.0
+
+
+def test_each_graded_endpoint_gets_its_clinical_reading():
+    import jinja2
+
+    from medxcept.cohort import parse_endpoint
+    from medxcept.config import EvalConfig
+    from medxcept.graded import assess_graded
+    from medxcept.report import _ci, fmt
+    from medxcept.report.figures import clinical_figure
+    from tests.test_graded import CLASSES
+    from tests.test_graded import _frame as graded_frame
+
+    val, test = graded_frame(30, 1), graded_frame(40, 2)
+    endpoints = (parse_endpoint("referable", "grade >= moderate", CLASSES, "ordinal"),)
+    out = assess_graded(val=val, test=test, classes=CLASSES, task="ordinal", endpoints=endpoints,
+                        eval_cfg=EvalConfig(n_bootstrap=100), seed=0)
+    e = out["endpoints"]["referable"]
+    # worst eye: the patient's P(moderate) is the maximum over their images, on validation and test alike
+    vpat = val.assign(pos=(val["y"] == 2).astype(int)).groupby("patient_key").agg(pos=("pos", "max"),
+                                                                                   p=("prob_moderate", "max"))
+    for r in e["operating_points"]:
+        assert r["threshold"] == pytest.approx(_by_roc_curve(vpat["pos"].to_numpy(), vpat["p"].to_numpy(),
+                                                             r["fixed"], r["target"])[0])
+    tpat = test.assign(pos=(test["y"] == 2).astype(int)).groupby("patient_key").agg(
+        pos=("pos", "max"), p=("prob_moderate", "max"))
+    clin = e["clinical"]
+    assert clin["n_units"] == 40
+    assert clin["calibration"]["after"]["slope"]["point"] == pytest.approx(
+        cl.calibration_intercept_slope(tpat["pos"], tpat["p"])["slope"])
+    templates = cl.__file__.replace("clinical.py", "report/templates")
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
+    env.filters["fmt"], env.filters["ci"] = fmt, _ci
+    html = env.get_template("graded.html.j2").render(
+        m={"graded": out, "calibration_method": "temperature", "calibrator": {"temperature": 2.0, "note": None}},
+        figs={"endpoint_clinical_referable": clinical_figure(clin)}, ci_metrics=["roc_auc"])
+    assert 'id="clinical-1"' in html and "Clinical reading: referable" in html
+    assert _ci(clin["calibration"]["after"]["slope"]) in html and 'id="clinical-1-figure"' in html

@@ -141,7 +141,7 @@ def test_the_clinical_reading_figure_is_drawn_where_the_page_puts_it(rendered):
     from PIL import Image
 
     html = rendered["html"]
-    assert 'id="clinical"' in html and "Clinical reading" in html and 'id="sample-size-sentence"' in html
+    assert 'id="clinical"' in html and "Clinical reading" in html and 'id="clinical-sample-size-sentence"' in html
     uri = re.search(r'<img src="data:image/png;base64,([^"]+)" id="clinical-figure"', html).group(1)
     figure = Image.open(io.BytesIO(base64.b64decode(uri))).convert("L")
     shot = np.asarray(Image.open(rendered["tall"]["png"]).convert("L")).astype(np.float64)
