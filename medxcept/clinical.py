@@ -120,6 +120,7 @@ def calibration_intercept_slope(y_true: ArrayLike, y_prob: ArrayLike) -> dict[st
     binomial = sm.families.Binomial()
     with warnings.catch_warnings():
         warnings.simplefilter("error", PerfectSeparationWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)  # exp overflow of saturated logits inside the IRLS
         try:
             citl = sm.GLM(y, np.ones((y.size, 1)), family=binomial, offset=z).fit()
             out["intercept"], out["intercept_se"] = float(citl.params[0]), float(citl.bse[0])
@@ -206,7 +207,9 @@ def smoothed_calibration(y_true: ArrayLike, y_prob: ArrayLike, grid: ArrayLike, 
     g = np.asarray(grid, dtype=np.float64)
     if np.ptp(p) == 0:
         return np.full(g.shape, np.nan)
-    est = lowess(y, p, frac=frac, it=0, xvals=g)
+    with warnings.catch_warnings():  # a neighbourhood of identical predictions has no slope: NaN there
+        warnings.simplefilter("ignore", RuntimeWarning)
+        est = lowess(y, p, frac=frac, it=0, xvals=g)
     est = np.clip(est, 0.0, 1.0)
     est[(g < p.min()) | (g > p.max())] = np.nan
     return est
