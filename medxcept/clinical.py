@@ -443,7 +443,7 @@ def _units_for(half_width: float, se_of_n: Any, n_now: int) -> int | None:
 
 
 def sample_size(*, n: int, n_events: int, auc: float | None, logits: ArrayLike,
-                achieved_auc: Sequence[float | None] | None = None,
+                slope: float | None = None, achieved_auc: Sequence[float | None] | None = None,
                 achieved_slope: Sequence[float | None] | None = None, unit: str = "unit") -> dict[str, Any]:
     """Is the test set big enough? Expected 95 % CI half-widths of the AUC and of the calibration slope
     for ``n`` units with ``n_events`` events, the units Riley et al.'s targets need at this prevalence,
@@ -457,6 +457,8 @@ def sample_size(*, n: int, n_events: int, auc: float | None, logits: ArrayLike,
         The AUC the precision is computed for (the observed test AUC).
     logits : array-like
         The test units' linear predictors (logits of the calibrated probabilities).
+    slope : float or None
+        The calibration slope obtained (named in the sentence with its interval).
     achieved_auc, achieved_slope : (low, high) or None
         The patient-bootstrap intervals obtained.
     unit : str
@@ -500,13 +502,15 @@ def sample_size(*, n: int, n_events: int, auc: float | None, logits: ArrayLike,
             parts.append(f"about {out['slope_units_needed']} {unit}s ({out['slope_events_needed']} with the "
                          f"condition) to know the calibration slope within ±{SLOPE_HALF_WIDTH_TARGET:.2f}; here ±"
                          f"{out['slope_expected_half_width']:.2f} is expected")
-        ach = [f"{what} ±{v:.2f}" for what, v in (("AUC", out["auc_achieved_half_width"]),
-                                                   ("slope", out["slope_achieved_half_width"])) if v is not None]
+        ranges = [f"{what} {point:.2f} as anywhere from {ci[0]:.2f} to {ci[1]:.2f}"
+                  for what, point, ci in (("the AUC of", auc, achieved_auc), ("the calibration slope of",
+                                                                             slope, achieved_slope))
+                  if point is not None and ci and ci[0] is not None and ci[1] is not None]
         out["sentence"] = (f"This test set ({units}) is too small to support a precise claim about "
                            f"{' or '.join(short)}: Riley et al.'s criteria for a validation study ask for "
                            + "; and ".join(parts) + "."
-                           + (f" The bootstrap intervals obtained are {', '.join(ach)}." if ach else "")
-                           + " Read the summary's numbers as the ranges their intervals give, not as points.")
+                           + (f" Read {' and '.join(ranges)} (the patient-bootstrap intervals), not as points."
+                              if ranges else " Read the summary's numbers as ranges, not as points."))
     elif out["auc_units_needed"] is None and out["slope_units_needed"] is None:
         out["sentence"] = f"The precision this test set ({units}) can give is not defined (one class, or constant predictions)."
     else:
@@ -615,7 +619,7 @@ def clinical_reading(y_true: ArrayLike, y_prob: ArrayLike, y_prob_raw: ArrayLike
     if 0 < y.sum() < y.size:
         auc = float(roc_auc_score(y, pr))
     slope_ci = calibration["after"]["slope"]
-    size = sample_size(n=int(y.size), n_events=int(y.sum()), auc=auc, logits=to_logits(p),
+    size = sample_size(n=int(y.size), n_events=int(y.sum()), auc=auc, logits=to_logits(p), slope=slope_ci["point"],
                        achieved_auc=auc_ci, achieved_slope=(slope_ci["low"], slope_ci["high"]), unit=unit)
     return {"calibration": calibration, "decision_curve": dca, "operating_points": ops, "sample_size": size,
             "prevalence": float(y.mean()), "clinic_prevalence": prevalence, "n_units": int(y.size),

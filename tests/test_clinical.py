@@ -198,6 +198,7 @@ def test_sample_size_sentence_says_when_the_test_set_is_too_small():
     assert 1.96 * cl.auc_standard_error(0.85, need, 8 / 24) <= 0.05 < 1.96 * cl.auc_standard_error(0.85, need - 1,
                                                                                                     8 / 24)
     assert small["auc_achieved_half_width"] == pytest.approx(0.175)
+    assert "AUC of 0.85 as anywhere from 0.65 to 1.00" in small["sentence"]
     big = cl.sample_size(n=5000, n_events=1500, auc=0.85, logits=rng.normal(-1, 1.5, 5000))
     assert not big["too_small"] and "meets" in big["sentence"]
 
