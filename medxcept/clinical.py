@@ -454,7 +454,8 @@ def sample_size(*, n: int, n_events: int, auc: float | None, logits: ArrayLike,
     n, n_events : int
         Test units and positive units.
     auc : float or None
-        The AUC the precision is computed for (the observed test AUC).
+        The AUC the precision is computed for (the observed test AUC; clipped to [0.01, 0.99], as an AUC
+        of 1 would give a zero-width interval).
     logits : array-like
         The test units' linear predictors (logits of the calibrated probabilities).
     slope : float or None
@@ -470,13 +471,15 @@ def sample_size(*, n: int, n_events: int, auc: float | None, logits: ArrayLike,
                            "slope_target_half_width": SLOPE_HALF_WIDTH_TARGET,
                            "reference": "Riley et al., Stat Med 2021;40:4230-51 (validation of a binary-outcome "
                                         "prediction model); BMJ 2024;384:e074821"}
-    auc_ok = auc is not None and 0 < phi < 1 and 0.5 <= auc < 1
-    se_auc = auc_standard_error(auc, n, phi) if auc_ok else math.nan  # type: ignore[arg-type]
+    # an AUC of 1 (or 0) would claim a zero-width interval: the precision is computed at 0.99 at most
+    c = None if auc is None or not 0 < phi < 1 else min(max(float(auc), 0.01), 0.99)
+    out["auc_assumed"] = c
+    se_auc = auc_standard_error(c, n, phi) if c is not None else math.nan
     se_slope = slope_standard_error(logits, n)
     out["auc_expected_half_width"] = _Z * se_auc if math.isfinite(se_auc) else None
     out["slope_expected_half_width"] = _Z * se_slope if math.isfinite(se_slope) else None
-    out["auc_units_needed"] = (_units_for(AUC_HALF_WIDTH_TARGET, lambda m: auc_standard_error(auc, m, phi), n)
-                               if auc_ok else None)
+    out["auc_units_needed"] = (_units_for(AUC_HALF_WIDTH_TARGET, lambda m: auc_standard_error(c, m, phi), n)
+                               if c is not None else None)
     out["slope_units_needed"] = _units_for(SLOPE_HALF_WIDTH_TARGET, lambda m: slope_standard_error(logits, m), n)
     out["auc_events_needed"] = (None if out["auc_units_needed"] is None
                                 else math.ceil(out["auc_units_needed"] * phi))
