@@ -312,3 +312,22 @@ def test_each_graded_endpoint_gets_its_clinical_reading():
         figs={"endpoint_clinical_referable": clinical_figure(clin)}, ci_metrics=["roc_auc"])
     assert 'id="clinical-1"' in html and "Clinical reading: referable" in html
     assert _ci(clin["calibration"]["after"]["slope"]) in html and 'id="clinical-1-figure"' in html
+
+
+def test_checklist_rows_are_filled_from_the_clinical_reading():
+    from medxcept.report import _ci, _clinical_rows
+
+    z, y, groups = _units(300, 9)
+    r = cl.clinical_reading(y, expit(z), expit(2 * z), groups, operating=None,
+                            thresholds=cl.decision_thresholds(0.05, 0.5), n_resamples=100, n_band=10, seed=0,
+                            unit="visit")
+    r["calibration_method"] = "temperature"
+    rows = {row["item"].split(":")[0]: row for row in _clinical_rows(r)}
+    assert set(rows) == {"Calibration", "Clinical utility", "Study size"}
+    cal = rows["Calibration"]["answer"]
+    for key in ("before", "after"):
+        assert _ci(r["calibration"][key]["slope"]) in cal and _ci(r["calibration"][key]["intercept"]) in cal
+    useful = r["decision_curve"]["after"]["useful_range"]
+    assert f"{useful[0]:.2f}–{useful[1]:.2f}" in rows["Clinical utility"]["answer"]
+    assert rows["Study size"]["answer"] == r["sample_size"]["sentence"]
+    assert _clinical_rows(None) == []
