@@ -475,12 +475,13 @@ def sample_size(*, n: int, n_events: int, auc: float | None, logits: ArrayLike,
     c = None if auc is None or not 0 < phi < 1 else min(max(float(auc), 0.01), 0.99)
     out["auc_assumed"] = c
     se_auc = auc_standard_error(c, n, phi) if c is not None else math.nan
-    se_slope = slope_standard_error(logits, n)
+    se_slope = slope_standard_error(logits, n) if 0 < phi < 1 else math.nan
     out["auc_expected_half_width"] = _Z * se_auc if math.isfinite(se_auc) else None
     out["slope_expected_half_width"] = _Z * se_slope if math.isfinite(se_slope) else None
     out["auc_units_needed"] = (_units_for(AUC_HALF_WIDTH_TARGET, lambda m: auc_standard_error(c, m, phi), n)
                                if c is not None else None)
-    out["slope_units_needed"] = _units_for(SLOPE_HALF_WIDTH_TARGET, lambda m: slope_standard_error(logits, m), n)
+    out["slope_units_needed"] = (_units_for(SLOPE_HALF_WIDTH_TARGET, lambda m: slope_standard_error(logits, m), n)
+                                 if 0 < phi < 1 else None)
     out["auc_events_needed"] = (None if out["auc_units_needed"] is None
                                 else math.ceil(out["auc_units_needed"] * phi))
     out["slope_events_needed"] = (None if out["slope_units_needed"] is None
