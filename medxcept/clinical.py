@@ -254,23 +254,41 @@ def decision_curve(y_true: ArrayLike, y_prob: ArrayLike, thresholds: ArrayLike,
                    weights: np.ndarray | None = None, alpha: float = 0.05) -> dict[str, Any]:
     """Net benefit of the model, of referring all and of referring none over ``thresholds``, with the
     prevalence it holds for; with ``weights`` (bootstrap draws) a percentile band for the model and
-    for the model's gain over the better default (``max(refer all, refer none)``)."""
+    for the model's gain over the better default (``max(refer all, refer none)``).
+
+    ``useful_ranges``: the runs of thresholds where the model beats both defaults (``useful_range``:
+    from the first to the last of them); ``clearly_useful_ranges``: where the gain's interval excludes 0.
+    """
     y = _as_binary_labels(y_true).astype(np.float64)
     t = np.asarray(thresholds, dtype=np.float64)
     model, all_ = net_benefit(y, y_prob, t), _treat_all(y, t)
     out: dict[str, Any] = {"thresholds": t.tolist(), "prevalence": float(y.mean()), "n": int(y.size),
                            "model": model.tolist(), "refer_all": all_.tolist(), "refer_none": [0.0] * t.size}
     gain = model - np.maximum(all_, 0.0)
-    useful = t[gain > 1e-12]
-    out["useful_range"] = [float(useful.min()), float(useful.max())] if useful.size else None
+    out["useful_ranges"] = _runs(t, gain > 1e-12)
+    out["useful_range"] = ([out["useful_ranges"][0][0], out["useful_ranges"][-1][1]]
+                           if out["useful_ranges"] else None)
     if weights is not None:
         boot = net_benefit(y, y_prob, t, weights)
         boot_gain = boot - np.maximum(_treat_all(y, t, weights), 0.0)
         low, high = np.nanpercentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
         glow, ghigh = np.nanpercentile(boot_gain, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
         out.update(model_low=low.tolist(), model_high=high.tolist(), gain=gain.tolist(),
-                   gain_low=glow.tolist(), gain_high=ghigh.tolist())
+                   gain_low=glow.tolist(), gain_high=ghigh.tolist(),
+                   # where the gain's interval excludes 0: the model is better than both defaults there
+                   clearly_useful_ranges=_runs(t, glow > 0))
     return out
+
+
+def _runs(t: np.ndarray, mask: np.ndarray) -> list[list[float]]:
+    """Contiguous runs of ``t`` where ``mask`` holds, as ``[first, last]`` pairs."""
+    runs: list[list[float]] = []
+    for i in np.flatnonzero(mask):
+        if runs and i > 0 and mask[i - 1]:
+            runs[-1][1] = float(t[i])
+        else:
+            runs.append([float(t[i]), float(t[i])])
+    return runs
 
 
 # -------------------------------------------------------------------------- operating points

@@ -132,6 +132,10 @@ def _operating_point(metrics: dict[str, Any], t: dict[str, Any]) -> str:
             + (f", value {fmt(t.get('value'))}" if t else ""))
 
 
+def _runs(runs: list[list[float]]) -> str:
+    return ", ".join(fmt(a, 2) if a == b else f"{fmt(a, 2)}–{fmt(b, 2)}" for a, b in runs)
+
+
 def _clinical_rows(clin: dict[str, Any] | None) -> list[dict[str, str]]:
     """The checklist rows for calibration, clinical utility and study size, filled from the clinical
     reading (:func:`medxcept.clinical.clinical_reading`); ``[]`` without one (k classes: see each endpoint)."""
@@ -144,7 +148,8 @@ def _clinical_rows(clin: dict[str, Any] | None) -> list[dict[str, str]]:
     cb, ca = clin["calibration"]["before"], clin["calibration"]["after"]
     unit = clin.get("unit", "unit")
     dca = clin["decision_curve"]["after"]
-    useful = dca.get("useful_range")
+    useful = dca.get("useful_ranges") or []
+    clear = dca.get("clearly_useful_ranges")
     ss = clin["sample_size"]
     return [
         {"item": "Calibration: intercept, slope, calibration plot (TRIPOD+AI 12g, 23a; CLAIM 29)",
@@ -156,7 +161,9 @@ def _clinical_rows(clin: dict[str, Any] | None) -> list[dict[str, str]]:
          "answer": f"net benefit vs refer all / refer none over thresholds {fmt(clin['threshold_range'][0], 2)}–"
                    f"{fmt(clin['threshold_range'][1], 2)}, at the test prevalence {fmt(dca['prevalence'], 2)}; the "
                    "recalibrated model beats both "
-                   + (f"for thresholds {fmt(useful[0], 2)}–{fmt(useful[1], 2)}" if useful else "at no threshold")
+                   + (f"at thresholds {_runs(useful)}" if useful else "at no threshold")
+                   + ("" if clear is None else f" (95 % interval of the advantage excluding 0: "
+                      f"{_runs(clear) if clear else 'at no threshold'})")
                    + "; sensitivity / specificity at fixed specificity / sensitivity (thresholds from validation)",
          "status": "auto"},
         {"item": "Study size: precision of the test set (TRIPOD+AI 8; CLAIM 19)",
