@@ -165,6 +165,11 @@ class EvalConfig:
             averages the logits of the image and ``n`` augmented copies ("light" policy:
             flips, small rotations and shifts), for validation (calibration, threshold) and test
             alike, so the threshold is chosen on the same kind of prediction it is applied to.
+        prevalence: the prevalence of the condition where the model would be used (e.g. ``0.05``), when
+            the cohort's is not the clinic's (a case-control cohort): the "Clinical reading" restates
+            PPV and NPV of its operating points at it. ``None`` (default): the cohort's own.
+        decision_thresholds: ``(lowest, highest)`` threshold probability of the decision curve (net
+            benefit, drawn in steps of 0.01), within (0, 1).
     """
 
     threshold: str = "youden"
@@ -175,6 +180,8 @@ class EvalConfig:
     n_bootstrap: int = 1000
     n_bins: int = 10
     tta: int = 0
+    prevalence: float | None = None
+    decision_thresholds: tuple[float, float] = (0.05, 0.50)
 
     def __post_init__(self) -> None:
         _choice("eval.threshold", self.threshold, ("youden", "sensitivity"))
@@ -187,6 +194,13 @@ class EvalConfig:
             raise ConfigError(f"eval.tta={self.tta} must be >= 0 (0 = no test-time augmentation)")
         if self.n_bootstrap < 0 or self.n_bins < 2:
             raise ConfigError("eval.n_bootstrap must be >= 0 and eval.n_bins >= 2")
+        if self.prevalence is not None and not 0.0 < self.prevalence < 1.0:
+            raise ConfigError(f"eval.prevalence={self.prevalence!r} must be in (0, 1), e.g. 0.05 for 5 %, "
+                              "or left unset to use the cohort's")
+        low_high = tuple(self.decision_thresholds)
+        if len(low_high) != 2 or not 0.0 < low_high[0] < low_high[1] < 1.0:
+            raise ConfigError(f"eval.decision_thresholds={list(self.decision_thresholds)!r} must be "
+                              "[lowest, highest] with 0 < lowest < highest < 1, e.g. [0.05, 0.5]")
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,8 @@ __all__ = [
     "unit_patients",
     "unit_visits",
     "bootstrap_ci",
+    "cluster_resample_weights",
+    "percentile_ci",
     "delong_test",
     "paired_bootstrap_auc",
 ]
@@ -794,6 +796,45 @@ def _percentile_ci(
         return BootstrapCI(point, None, None, 0, n_drop)
     low, high = np.percentile(ok, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return BootstrapCI(point, float(low), float(high), int(ok.size), n_drop)
+
+
+def percentile_ci(point: float | None, values: ArrayLike, alpha: float = 0.05) -> BootstrapCI:
+    """Percentile interval of bootstrap ``values`` (NaN values, where the statistic was undefined in a
+    resample, are dropped and counted), as :func:`bootstrap_ci` gives it."""
+    return _percentile_ci(point, np.asarray(values, dtype=np.float64), alpha)
+
+
+def cluster_resample_weights(groups: ArrayLike, n_resamples: int, seed: int = 0) -> np.ndarray:
+    """The patient-cluster bootstrap of :func:`bootstrap_ci` as case weights, for statistics it does not list.
+
+    Row ``b`` holds how often each case is drawn in resample ``b``: its patient (``groups``) drawn with
+    replacement, with all the patient's cases. Same ``groups``, ``n_resamples`` and ``seed``, same draws
+    as :func:`bootstrap_ci` (one generator, blocks drawn in the same order).
+
+    Returns
+    -------
+    ndarray of shape (n_resamples, n)
+        Integer draw counts per case (float64).
+
+    Examples
+    --------
+    >>> w = cluster_resample_weights(["a", "a", "b"], 4, seed=1)
+    >>> w.shape, bool((w[:, 0] == w[:, 1]).all()), (w[:, 0] + w[:, 2]).tolist()  # 2 patients drawn
+    ((4, 3), True, [2.0, 2.0, 2.0, 2.0])
+    """
+    _check_bootstrap_args(n_resamples, 0.05)
+    n = int(np.asarray(groups).shape[0])
+    codes = _as_group_codes(groups, n)
+    n_groups = int(codes.max()) + 1
+    rng = np.random.default_rng(seed)
+    rows = _block_rows(n, n_resamples)
+    out: list[np.ndarray] = []
+    done = 0
+    while done < n_resamples:
+        b = min(rows, n_resamples - done)
+        out.append(_draw_counts(rng, b, n_groups)[:, codes].astype(np.float64))
+        done += b
+    return np.concatenate(out)
 
 
 def _check_bootstrap_args(n_resamples: int, alpha: float) -> None:

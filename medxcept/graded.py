@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from medxcept.calibrate import calibration_summary
+from medxcept.clinical import clinical_reading, decision_thresholds, operating_thresholds
 from medxcept.evaluate import (
     aggregate_by_patient,
     binary_metrics,
@@ -78,6 +79,7 @@ def endpoint_report(*, name: str, rule: str, positive: Sequence[int], classes: S
     ``val`` with ``eval_cfg.threshold`` / ``eval_cfg.target_sensitivity``.
     """
     pos = sorted(int(i) for i in positive)
+    operating: list[dict[str, Any]] | None = None
     upper_set = kind == "ordinal" and pos == list(range(pos[0], len(classes)))
     how = "max" if upper_set else eval_cfg.patient_aggregation
     out: dict[str, Any] = {"name": name, "rule": rule, "positive_classes": [classes[i] for i in pos],
@@ -92,6 +94,9 @@ def endpoint_report(*, name: str, rule: str, positive: Sequence[int], classes: S
         yv = np.isin(val["y"].to_numpy(), pos).astype(np.int64)
         threshold = choose_threshold(yv, pv, method=eval_cfg.threshold, target=eval_cfg.target_sensitivity)
         out["val_image"] = binary_metrics(yv, pv, threshold=threshold)
+        # the clinical reading's operating points: on the validation patients, as its headline is read
+        _, vyp, vpp = aggregate_by_patient(val["patient_key"].to_numpy(), yv, pv, how=how)
+        operating = operating_thresholds(vyp, vpp)
         out["threshold"] = {"value": float(threshold), "method": eval_cfg.threshold, "chosen_on": "validation",
                             "target_sensitivity": (eval_cfg.target_sensitivity
                                                    if eval_cfg.threshold == "sensitivity" else None)}
@@ -114,6 +119,18 @@ def endpoint_report(*, name: str, rule: str, positive: Sequence[int], classes: S
             y, p, keys, metrics=ENDPOINT_CI_METRICS, threshold=threshold, n_resamples=n_boot, seed=seed).items()}
     out["calibration_test"] = {"before": calibration_summary(y, p_raw, eval_cfg.n_bins),
                                "after": calibration_summary(y, p, eval_cfg.n_bins)}
+    if np.unique(yp).size == 2:
+        _, _, ppr = aggregate_by_patient(keys, y, p_raw, how=how)
+        auc_ci = (out.get("test_patient_ci") or {}).get("roc_auc")
+        out["operating_points"] = operating
+        out["clinical"] = clinical_reading(
+            yp, pp, ppr, pk, operating=operating, thresholds=decision_thresholds(*eval_cfg.decision_thresholds),
+            prevalence=eval_cfg.prevalence, n_resamples=n_boot, seed=seed, unit="patient",
+            auc_ci=None if auc_ci is None else (auc_ci["low"], auc_ci["high"]))
+        out["clinical"]["calibration_method"] = eval_cfg.calibration
+        if operating is None:
+            out["clinical"]["operating_note"] = ("no operating points: they are chosen on the validation patients, "
+                                                 "and the source run recorded none for this endpoint")
     return out
 
 
@@ -179,7 +196,7 @@ def assess_graded(*, val: pd.DataFrame | None, test: pd.DataFrame, classes: Sequ
 def graded_figures(graded: dict[str, Any], test: pd.DataFrame) -> dict[str, str | None]:
     """Figures of the graded sections: confusion matrices (images, patients), class-wise
     reliability after recalibration, and each endpoint's ROC/PR curves."""
-    from medxcept.report.figures import confusion_figure, reliability_figure, roc_pr_figure
+    from medxcept.report.figures import clinical_figure, confusion_figure, reliability_figure, roc_pr_figure
 
     classes = graded["classes"]
     figs: dict[str, str | None] = {}
@@ -200,6 +217,8 @@ def graded_figures(graded: dict[str, Any], test: pd.DataFrame) -> dict[str, str 
         y = np.isin(test["y"].to_numpy(), pos).astype(int)
         figs[f"endpoint_roc_{name}"] = roc_pr_figure(y, endpoint_probability(P, pos), e["threshold"]["value"],
                                                      title_suffix=f" ({name}, images)")
+        if e.get("clinical"):
+            figs[f"endpoint_clinical_{name}"] = clinical_figure(e["clinical"], title_suffix=f" ({name}, patients)")
     return figs
 
 

@@ -107,6 +107,7 @@ from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
 from medxcept.calibrate import brier, ece, reliability_table
+from medxcept.clinical import OPERATING_TARGETS, clinical_reading, decision_thresholds
 from medxcept.config import RunConfig, config_hash, load_config
 from medxcept.errors import ConfigError, MedxceptError, SplitError
 from medxcept.evaluate import METRICS as METRIC_REGISTRY
@@ -117,6 +118,7 @@ from medxcept.evaluate import (
     metric_labels,
     metric_names,
     unit_keys,
+    unit_patients,
     unit_visits,
 )
 from medxcept.references import REFERENCES, compare_with_references, reference_sentences
@@ -143,6 +145,7 @@ __all__ = [
     "CV_METRICS",
     "FoldsFailedError",
     "pooled_references",
+    "pooled_clinical",
 ]
 
 log = logging.getLogger(__name__)
@@ -620,6 +623,39 @@ def _pooled(frames: list[pd.DataFrame], how: str, n_bins: int) -> tuple[dict[str
            "after": reliability_table(y, p, n_bins=n_bins).to_dict("records"),
            "y": y, "prob": p}
     return metrics, rel
+
+
+def pooled_clinical(frames: list[pd.DataFrame], fold_operating: list[list[dict[str, Any]] | None], eval_cfg: Any,
+                    *, seed: int = 0) -> dict[str, Any] | None:
+    """The clinical reading (:func:`medxcept.clinical.clinical_reading`) of the pooled out-of-fold units.
+
+    Each fold's units keep that fold's recalibration and, for the operating points, that fold's thresholds
+    chosen on its inner validation split (``fold_operating[i]``: the ``operating_points`` of frame ``i``'s
+    fold); a unit is predicted once per repeat, and the bootstrap resamples (repeat, patient).
+    ``None`` when a fold file lacks the uncalibrated scores or the pooled units have one class.
+    """
+    df = pd.concat([f.assign(_frame=i) for i, f in enumerate(frames)], ignore_index=True)
+    if "prob_raw" not in df or df["y"].nunique() < 2:
+        return None
+    unit = _pooled_units(df)
+    how = eval_cfg.patient_aggregation
+    keys, y, p = aggregate_by_patient(unit, df["y"].to_numpy(), df["prob"].to_numpy(), how=how)
+    _, _, pr = aggregate_by_patient(unit, df["y"].to_numpy(), df["prob_raw"].to_numpy(), how=how)
+    frame_of = df.assign(unit=unit).groupby("unit")["_frame"].first().reindex(keys).to_numpy()
+    operating, per_unit = [], []
+    for i, (fixed, target) in enumerate(OPERATING_TARGETS):
+        per_fold = [None if not ops or i >= len(ops) else ops[i].get("threshold") for ops in fold_operating]
+        operating.append({"fixed": fixed, "target": target, "threshold": None, "val_sensitivity": None,
+                          "val_specificity": None, "per_fold_thresholds": per_fold,
+                          "note": "each fold's own threshold, chosen on its inner validation split"})
+        per_unit.append(np.array([np.nan if per_fold[f] is None else per_fold[f] for f in frame_of], dtype=float))
+    visits = any(" @ " in str(k) for k in keys)
+    out = clinical_reading(y.astype(int), p, pr, unit_patients(keys), operating=operating,
+                           operating_per_unit=per_unit, thresholds=decision_thresholds(*eval_cfg.decision_thresholds),
+                           prevalence=eval_cfg.prevalence, n_resamples=eval_cfg.n_bootstrap, seed=seed,
+                           unit="visit" if visits else "patient")
+    out["calibration_method"] = eval_cfg.calibration
+    return out
 
 
 def pooled_references(frames: list[pd.DataFrame], how: str, *, n_resamples: int = 1000,

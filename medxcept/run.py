@@ -41,7 +41,7 @@ LOCK = ".lock"
 
 PACKAGES = ("medxcept", "keras", "tensorflow", "jax", "torch", "numpy", "pandas", "scikit-learn",
             "scikit-image", "scipy", "albumentations", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg",
-            "pylibjpeg-openjpeg", "pylibjpeg-rle", "pillow", "matplotlib", "jinja2")
+            "pylibjpeg-openjpeg", "pylibjpeg-rle", "pillow", "matplotlib", "jinja2", "statsmodels")
 
 
 def package_versions() -> dict[str, str]:

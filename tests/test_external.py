@@ -397,3 +397,17 @@ def test_evaluate_refuses_altered_copies_of_training_images_under_on_leak_error(
     m = _json(out / "warned" / "metrics.json")["external"]
     assert m["overlap"]["near_copies"]["confirmed_pairs"] == n
     assert any(f"{n} confirmed pair(s)" in w for w in m["warnings"])
+
+
+@pytest.mark.slow
+def test_the_clinical_reading_applies_the_source_runs_operating_points(external):
+    """Issue 34: the external cohort gets the same "Clinical reading", its operating points the source
+    run's validation-chosen thresholds (nothing chosen on the external cohort)."""
+    cal = _json(external["source"] / "calibration.json")
+    m = _json(external["new"] / "metrics.json")
+    chosen = cal["threshold"]["operating_points"]
+    assert len(chosen) == 4
+    assert [r["threshold"] for r in m["clinical"]["operating_points"]] == [r["threshold"] for r in chosen]
+    assert m["clinical"]["n_units"] == m["test_patient"]["n"]
+    html = (external["new"] / "report.html").read_text(encoding="utf-8")
+    assert 'id="clinical"' in html and "the external cohort's units" in html and 'id="clinical-figure"' in html

@@ -594,7 +594,8 @@ def test_report_shows_the_numbers_of_cv_metrics_json(cv):
     assert 'id="fold-sizes"' in html and "except 20 % of them" in html
     assert 'id="missing-folds"' not in html
     assert "NOT PRETRAINED" in html  # weights: none in the tiny cohort
-    assert html.count("data:image/png;base64,") == 3  # pooled ROC/PR, reliability, training curves
+    assert html.count("data:image/png;base64,") == 4  # pooled ROC/PR, reliability, clinical reading, training curves
+    assert m["pooled_clinical"]["n_units"] == m["pooled_oof"]["n"] and 'id="clinical-figure"' in html
     assert "<script" not in html and "http://" not in html and "https://" not in html
 
 

@@ -33,16 +33,17 @@ pytestmark = [
 BANNER_RGB = (0xB3, 0x26, 0x1E)  # .banner background in report.html.j2 (NOT PRETRAINED)
 
 
-def chromium(page: Path, work: Path, *, mode: str, timeout: float = 180) -> dict:
-    """Run headless Chromium offline on ``page``; ``mode`` is ``"screenshot"`` or ``"dump-dom"``.
+def chromium(page: Path, work: Path, *, mode: str, timeout: float = 180, height: int = 4000) -> dict:
+    """Run headless Chromium offline on ``page``; ``mode`` is ``"screenshot"`` or ``"dump-dom"``
+    (``height``: of the window, in pixels: the screenshot's height).
 
     Returns ``{"stdout", "png", "netlog"}``.
     """
     work.mkdir(parents=True, exist_ok=True)
-    png, netlog = work / f"{mode}.png", work / f"{mode}-net.json"
+    png, netlog = work / f"{mode}-{height}.png", work / f"{mode}-{height}-net.json"
     args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={work / f'profile-{mode}'}", "--window-size=1280,4000",
+            f"--user-data-dir={work / f'profile-{mode}'}", f"--window-size=1280,{height}",
             "--host-resolver-rules=MAP * ~NOTFOUND", f"--log-net-log={netlog}"]
     args += [f"--screenshot={png}"] if mode == "screenshot" else ["--dump-dom"]
     proc = subprocess.run([*args, page.resolve().as_uri()], capture_output=True, text=True, timeout=timeout)
@@ -100,7 +101,11 @@ def rendered(tmp_path_factory, session_cache):
     report = run / "report.html"
     work = tmp_path_factory.mktemp("chromium")
     return {"report": report, "html": report.read_text(encoding="utf-8"),
-            "shot": chromium(report, work, mode="screenshot"), "dom": chromium(report, work, mode="dump-dom")}
+            "shot": chromium(report, work, mode="screenshot"), "dom": chromium(report, work, mode="dump-dom"),
+            "tall": chromium(report, work, mode="screenshot", height=TALL)}
+
+
+TALL = 24_000  # px: a window tall enough to hold the whole report (its sections below the first 4000 px)
 
 
 @pytest.mark.slow
@@ -124,6 +129,42 @@ def test_screenshot_is_a_rendered_page_with_the_red_banner_near_the_top(rendered
     red = (np.abs(top - np.array(BANNER_RGB)).sum(axis=2) <= 6).sum()
     assert red > 20_000, f"{red} banner-red pixels in the top 700 px: the NOT PRETRAINED banner is missing"
     assert (np.abs(rgb[700:].astype(int) - np.array(BANNER_RGB)).sum(axis=2) <= 6).sum() < red
+
+
+@pytest.mark.slow
+def test_the_clinical_reading_figure_is_drawn_where_the_page_puts_it(rendered):
+    """The decision curve / smoothed calibration figure, decoded from the HTML, is found pixel for pixel
+    (up to the browser's rescaling) in the screenshot of the whole page, inside the Clinical reading."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    html = rendered["html"]
+    assert 'id="clinical"' in html and "Clinical reading" in html and 'id="clinical-sample-size-sentence"' in html
+    uri = re.search(r'<img src="data:image/png;base64,([^"]+)" id="clinical-figure"', html).group(1)
+    figure = Image.open(io.BytesIO(base64.b64decode(uri))).convert("L")
+    shot = np.asarray(Image.open(rendered["tall"]["png"]).convert("L")).astype(np.float64)
+    assert shot.shape[0] == TALL and (shot[-50:] == shot[-1, 0]).all(), "the page is taller than the window"
+    # the white section boxes give the content column: the figure is drawn at its width (or its own)
+    white = shot == 255
+    row = int(np.argmax(white.sum(axis=1)))
+    cols = np.flatnonzero(white[row])
+    left, width = int(cols.min()) + 20, int(cols.max() - cols.min() + 1) - 40
+    shown_w = min(figure.width, width)
+    shown = np.asarray(figure.resize((shown_w, round(figure.height * shown_w / figure.width)),
+                                     Image.Resampling.BILINEAR)).astype(np.float64)
+    # locate it by its row profile, then compare the pixels there
+    strip = shot[:, left:left + shown_w]
+    prof, fig_prof = strip.mean(axis=1), shown.mean(axis=1)
+    h = shown.shape[0]
+    costs = np.array([np.abs(prof[y:y + h] - fig_prof).mean() for y in range(0, shot.shape[0] - h)])
+    y = int(np.argmin(costs))
+    diff = np.abs(strip[y:y + h] - shown).mean()
+    assert diff < 12, f"the figure is not visible where expected (mean difference {diff:.1f} grey levels at y={y})"
+    # ... and it lies below the Calibration section and above Subgroups / Reproducibility
+    assert (shot[y:y + h] < 200).mean() > 0.02  # ink: axes, curves, text
+    assert html.index('id="calibration"') < html.index('id="clinical-figure"') < html.index('id="reproducibility"')
 
 
 @pytest.mark.slow

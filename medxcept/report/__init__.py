@@ -22,6 +22,7 @@ import pandas as pd
 from medxcept.evaluate import metric_names
 from medxcept.preprocess import _as_float_image, _disc_mask, _square_window, find_fov
 from medxcept.report.figures import (
+    clinical_figure,
     confusion_figure,
     examples_figure,
     reliability_figure,
@@ -106,6 +107,7 @@ def checklist(metrics: dict[str, Any]) -> list[dict[str, str]]:
          "answer": _operating_point(metrics, t), "status": "auto"},
         {"item": "Performance with CIs, discrimination and calibration (TRIPOD+AI 23a; CLAIM 29-30)",
          "answer": _performance_answer(metrics), "status": "auto"},
+        *_clinical_rows(metrics.get("clinical")),
         {"item": "Subgroup / fairness analysis (TRIPOD+AI 23b)", "answer": "subgroup table (source, laterality, "
          "sex, age band where recorded)", "status": "auto"},
         {"item": "External validation (CLAIM 32)", "answer": "yes" if run.get("external_validation") else
@@ -128,6 +130,45 @@ def _operating_point(metrics: dict[str, Any], t: dict[str, Any]) -> str:
         return text
     return (f"{t.get('method', 'n/a')} on the {t.get('chosen_on', 'validation')} split"
             + (f", value {fmt(t.get('value'))}" if t else ""))
+
+
+def _runs(runs: list[list[float]]) -> str:
+    return ", ".join(fmt(a, 2) if a == b else f"{fmt(a, 2)}–{fmt(b, 2)}" for a, b in runs)
+
+
+def _clinical_rows(clin: dict[str, Any] | None) -> list[dict[str, str]]:
+    """The checklist rows for calibration, clinical utility and study size, filled from the clinical
+    reading (:func:`medxcept.clinical.clinical_reading`); ``[]`` without one (k classes: see each endpoint)."""
+    if not clin:
+        return []
+
+    def est(d: dict[str, Any]) -> str:
+        return fmt(d.get("point"), 2) + (f" (95 % CI {_ci(d)})" if _ci(d) else "")
+
+    cb, ca = clin["calibration"]["before"], clin["calibration"]["after"]
+    unit = clin.get("unit", "unit")
+    dca = clin["decision_curve"]["after"]
+    useful = dca.get("useful_ranges") or []
+    clear = dca.get("clearly_useful_ranges")
+    ss = clin["sample_size"]
+    return [
+        {"item": "Calibration: intercept, slope, calibration plot (TRIPOD+AI 12g, 23a; CLAIM 29)",
+         "answer": f"{unit} level, patient-bootstrap CIs: calibration-in-the-large {est(cb['intercept'])} before "
+                   f"and {est(ca['intercept'])} after recalibration ({clin.get('calibration_method', '')}); "
+                   f"slope {est(cb['slope'])} before and {est(ca['slope'])} after; smoothed (LOWESS) calibration "
+                   "curve with 95 % band (Clinical reading)", "status": "auto"},
+        {"item": "Clinical utility: decision curve analysis (TRIPOD+AI 12g, 23a)",
+         "answer": f"net benefit vs refer all / refer none over thresholds {fmt(clin['threshold_range'][0], 2)}–"
+                   f"{fmt(clin['threshold_range'][1], 2)}, at the test prevalence {fmt(dca['prevalence'], 2)}; the "
+                   "recalibrated model beats both "
+                   + (f"at thresholds {_runs(useful)}" if useful else "at no threshold")
+                   + ("" if clear is None else f" (95 % interval of the advantage excluding 0: "
+                      f"{_runs(clear) if clear else 'at no threshold'})")
+                   + "; sensitivity / specificity at fixed specificity / sensitivity (thresholds from validation)",
+         "status": "auto"},
+        {"item": "Study size: precision of the test set (TRIPOD+AI 8; CLAIM 19)",
+         "answer": ss["sentence"], "status": "partial" if ss.get("too_small") else "auto"},
+    ]
 
 
 def _performance_answer(metrics: dict[str, Any]) -> str:
@@ -220,6 +261,9 @@ def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame
         cal["before"]["reliability"], cal["after"]["reliability"],
         labels=("before recalibration (image level)",
                 f"after ({metrics['calibration_method']}, image level)"))
+    if metrics.get("clinical"):
+        figs["clinical"] = clinical_figure(metrics["clinical"], title_suffix=f" ({unit}s)")
+        levels["clinical"] = unit
     figs["training"] = training_figure(history, metrics["training"]["best_epoch"])
     figs["examples"] = examples_figure(examples) if examples else None
     figs.update(extra_figs or {})

@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 __all__ = ["to_data_uri", "roc_pr_figure", "reliability_figure", "training_figure", "confusion_figure",
-           "examples_figure", "image_grid_figure"]
+           "examples_figure", "image_grid_figure", "clinical_figure"]
 
 BLUE, ORANGE, GREY = "#1f5fa8", "#d9822b", "#888888"
 
@@ -162,3 +162,48 @@ def examples_figure(examples: list[tuple[str, tuple[str, np.ndarray | None], np.
         cells += [(f"augmented #{i + 1}", a) for i, a in enumerate(augs)]
         rows.append((title, cells))
     return image_grid_figure(rows)
+
+
+def _arr(values: list[float | None] | None) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in (values or [])], dtype=float)
+
+
+def clinical_figure(clinical: dict[str, Any], *, title_suffix: str = "") -> str | None:
+    """The clinical reading's two panels (:func:`medxcept.clinical.clinical_reading`): the smoothed
+    calibration curve with its patient-bootstrap band, before and after recalibration; and the decision
+    curve (net benefit of the model before and after, of referring all and none), the model's band after."""
+    cal, dca = clinical.get("calibration"), clinical.get("decision_curve")
+    if not cal or not dca:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    ax = axes[0]
+    ax.plot([0, 1], [0, 1], color=GREY, ls="--", lw=1, label="ideal")
+    for key, color, label in (("before", ORANGE, "before recalibration"), ("after", BLUE, "after")):
+        sm = cal[key]["smoothed"]
+        grid, obs = np.asarray(sm["grid"], dtype=float), _arr(sm["observed"])
+        slope = cal[key]["slope"]["point"]
+        text = f"{label} (slope {slope:.2f})" if slope is not None else label
+        ax.plot(grid, obs, color=color, lw=2, label=text)
+        if sm.get("low") is not None:
+            ax.fill_between(grid, _arr(sm["low"]), _arr(sm["high"]), color=color, alpha=0.15, lw=0)
+    ax.set(xlabel="predicted probability", ylabel="observed frequency (LOWESS)",
+           title=f"Smoothed calibration{title_suffix}", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="upper left", fontsize=8)
+    ax = axes[1]
+    t = np.asarray(dca["after"]["thresholds"], dtype=float)
+    ax.axhline(0.0, color="black", lw=1, label="refer none")
+    ax.plot(t, dca["after"]["refer_all"], color=GREY, lw=1.5, ls="--", label="refer all")
+    ax.plot(t, dca["before"]["model"], color=ORANGE, lw=1.5, label="model, before recalibration")
+    ax.plot(t, dca["after"]["model"], color=BLUE, lw=2, label="model, after")
+    if dca["after"].get("model_low") is not None:
+        ax.fill_between(t, _arr(dca["after"]["model_low"]), _arr(dca["after"]["model_high"]), color=BLUE,
+                        alpha=0.15, lw=0)
+    prev = dca["after"]["prevalence"]
+    top = max(prev, float(np.nanmax(_arr(dca["after"].get("model_high")) if dca["after"].get("model_high")
+                                    else np.asarray(dca["after"]["model"]))))
+    ax.set(xlabel="threshold probability", ylabel="net benefit",
+           title=f"Decision curve (prevalence {prev:.2f}){title_suffix}", xlim=(t.min(), t.max()),
+           ylim=(-0.05, max(0.05, top * 1.1)))
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    return to_data_uri(fig)

@@ -63,6 +63,7 @@ from medxcept.kfold import (
     inner_fraction,
     inner_seed,
     load_plan,
+    pooled_clinical,
     pooled_references,
     require_inner_split,
     t_interval,
@@ -71,7 +72,7 @@ from medxcept.paths import cache_dir
 from medxcept.verdict import training_verdict
 from medxcept.preprocess import decode_key, load_images
 from medxcept.report import environment
-from medxcept.report.figures import reliability_figure, roc_pr_figure
+from medxcept.report.figures import clinical_figure, reliability_figure, roc_pr_figure
 from medxcept.run import RunDir, data_hash, write_atomic
 from medxcept.splits import split_hash, split_table
 from medxcept.workflows.executors import Executor, make_executor
@@ -679,6 +680,7 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
     if len(plan.classes) > 2:
         return _aggregate_graded(plan, done, missing)
     rows, holdout_rows, oof_frames, histories, audits, verdicts = [], [], [], [], [], []
+    fold_operating: list[Any] = []
     first: dict[str, Any] = {}
     for t in done:
         d = plan.path / t.name
@@ -693,6 +695,7 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
             holdout_rows.append({"name": t.name, "n_patients": m["holdout"]["patient"]["n"],
                                  **{k: m["holdout"]["patient"].get(k) for k in CV_METRICS}})
         oof_frames.append(pd.read_csv(d / "oof_predictions.csv", dtype={"patient_key": str, "image_id": str}))
+        fold_operating.append(m["threshold"].get("operating_points"))  # chosen on the fold's inner validation
         hist = pd.read_csv(d / "history.csv") if (d / "history.csv").stat().st_size > 1 else pd.DataFrame()
         histories.append((t.name, hist, int(m["training"]["best_epoch"])))
         verdicts.append({"name": t.name, "verdict": m["training"]["verdict"],
@@ -735,6 +738,7 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
                    "interval": "t-distribution over folds: mean ± t(0.975, n-1) · SD / √n, clipped to [0, 1]"},
         "notes": notes, "per_fold": rows, "summary": summary, "pooled_oof": pooled,
         "pooled_references": pooled_refs,
+        "pooled_clinical": pooled_clinical(oof_frames, fold_operating, ec, seed=plan.cfg.seed),
         "holdout_per_fold": holdout_rows, "holdout_summary": holdout_summary,
         "audit": {"cv": cv_audit.get("summary", {}), "per_fold": audits},
     }
@@ -747,6 +751,8 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
                                           labels=("pooled OOF, before recalibration",
                                                   f"pooled OOF, after ({ec.calibration}, per fold)")),
         "curves": _curves_figure(histories),
+        "clinical": clinical_figure(result["pooled_clinical"], title_suffix=" (pooled out-of-fold)")
+        if result["pooled_clinical"] else None,
     }
     html = environment().get_template("cv_report.html.j2").render(
         r=result, figs=figs, metrics=CV_METRICS, verdicts=verdicts,

@@ -30,6 +30,7 @@ import pandas as pd
 from medxcept.audit import AuditReport, audit_cohort, duplicate_groups, fingerprints
 from medxcept.augment import augment_batch, build_augment
 from medxcept.calibrate import Calibrator, brier, calibration_summary, ece, make_calibrator
+from medxcept.clinical import clinical_reading, decision_thresholds, operating_thresholds
 from medxcept.cohort import CohortSpec
 from medxcept.config import RunConfig
 from medxcept.demo import DemoSpec, demo_root
@@ -60,7 +61,7 @@ __all__ = ["GENERATORS", "materialize", "Assessment", "assess", "assess_frozen",
            "summary_block", "unit_record", "leaks_let_through", "add_probabilities", "measure_test", "cohort_cache",
            "prepare_cohort", "prepare_withholding_names", "record_ingestion", "ingest_into_run",
            "split_and_audit", "summary_counts", "reason_counts", "prediction_table", "report_examples",
-           "CI_METRICS"]
+           "CI_METRICS", "clinical_block"]
 
 #: Metrics with a patient-bootstrap confidence interval (the registry's ``ci`` flag).
 CI_METRICS = metric_names(ci=True)
@@ -252,11 +253,13 @@ def _split_bootstrap(y: np.ndarray, p: np.ndarray, raw: np.ndarray, groups: np.n
 
 
 def measure_test(test: pd.DataFrame, *, threshold: float | None, cfg: RunConfig,
-                 classes: tuple[str, ...]) -> dict[str, Any]:
+                 classes: tuple[str, ...], operating: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Test metrics of a frame from :func:`add_probabilities` at a threshold fixed beforehand.
 
-    Image- and patient-level metrics, patient-bootstrap CIs (:data:`CI_METRICS`) and calibration
-    before/after. The same code measures a run's own test split, a fold and an external cohort.
+    Image- and patient-level metrics, patient-bootstrap CIs (:data:`CI_METRICS`), calibration
+    before/after and (binary) the clinical reading (:func:`clinical_block`; ``operating``: the
+    operating points chosen on validation). The same code measures a run's own test split, a fold
+    and an external cohort.
     """
     ec = cfg.eval
     y = test["y"].to_numpy()
@@ -284,6 +287,10 @@ def measure_test(test: pd.DataFrame, *, threshold: float | None, cfg: RunConfig,
         out["calibration_test"] = {"before": calibration_summary(y, test["prob_raw"].to_numpy(), ec.n_bins),
                                    "after": calibration_summary(y, p, ec.n_bins)}
         out["calibration_test"]["change"] = calibration_change(out["calibration_test"], ec.calibration)
+        auc_ci = (out.get("test_patient_ci") or {}).get("roc_auc")
+        out["clinical"] = clinical_block(yp, pp, ppr, unit_patients(keys), operating=operating, ec=ec,
+                                         seed=cfg.seed, unit=out["evaluation_unit"]["unit"],
+                                         auc_ci=None if auc_ci is None else (auc_ci["low"], auc_ci["high"]))
         return out
     P = test[[f"prob_{c}" for c in classes]].to_numpy()
     out["test_image"] = multiclass_metrics(y, P, classes=list(classes))
@@ -291,6 +298,21 @@ def measure_test(test: pd.DataFrame, *, threshold: float | None, cfg: RunConfig,
     out["calibration_test"] = {"before": calibration_summary(y, Praw, ec.n_bins),
                                "after": calibration_summary(y, P, ec.n_bins)}
     out["calibration_test"]["change"] = calibration_change(out["calibration_test"], ec.calibration)
+    return out
+
+
+def clinical_block(y: np.ndarray, p: np.ndarray, p_raw: np.ndarray, groups: np.ndarray, *,
+                   operating: list[dict[str, Any]] | None, ec: Any, seed: int, unit: str,
+                   auc_ci: tuple[float | None, float | None] | None = None) -> dict[str, Any]:
+    """``metrics.json["clinical"]``: :func:`medxcept.clinical.clinical_reading` of one set of test units
+    (``y``, calibrated ``p``, uncalibrated ``p_raw``, each unit's patient ``groups``) under ``eval``."""
+    out = clinical_reading(y, p, p_raw, groups, operating=operating, thresholds=decision_thresholds(*ec.decision_thresholds),
+                           prevalence=ec.prevalence, n_resamples=ec.n_bootstrap, seed=seed, unit=unit,
+                           auc_ci=auc_ci)
+    if not operating:
+        out["operating_note"] = ("no operating points: they are chosen on validation units, and none were "
+                                 "recorded for this model (a run made before they were)")
+    out["calibration_method"] = ec.calibration
     return out
 
 
@@ -389,8 +411,11 @@ def assess(*, val: pd.DataFrame, test: pd.DataFrame, val_logits: np.ndarray, tes
                             "unit": unit_record(val, ec)["unit"],
                             "n_validation_patients": int(val["patient_key"].nunique()),
                             "n_validation_units": int(len(vy)),
-                            "target_sensitivity": ec.target_sensitivity if ec.threshold == "sensitivity" else None}
-    out.update(measure_test(test, threshold=threshold, cfg=cfg, classes=classes))
+                            "target_sensitivity": ec.target_sensitivity if ec.threshold == "sensitivity" else None,
+                            # the clinical reading's fixed-specificity / -sensitivity points, also chosen here
+                            "operating_points": operating_thresholds(vy, vp)}
+    out.update(measure_test(test, threshold=threshold, cfg=cfg, classes=classes,
+                            operating=out["threshold"]["operating_points"] if threshold is not None else None))
     if len(classes) == 2:
         out["val_image"] = _with_rank_metrics(
             binary_metrics(val["y"].to_numpy(), val["prob"].to_numpy(), threshold=threshold),
@@ -442,7 +467,8 @@ def assess_frozen(test: pd.DataFrame, logits: np.ndarray, *, calibrator: Calibra
         t = float(threshold["value"])
         out["threshold"] = threshold
     test = add_probabilities(test, logits, calibrator, classes)
-    out.update(measure_test(test, threshold=t, cfg=cfg, classes=classes))
+    out.update(measure_test(test, threshold=t, cfg=cfg, classes=classes,
+                            operating=(threshold or {}).get("operating_points")))
     if len(classes) > 2 and graded is not None and graded.get("decision_rule"):
         out["graded"] = assess_graded(val=None, test=test, classes=classes, task=task, endpoints=endpoints,
                                       eval_cfg=cfg.eval, seed=cfg.seed, fixed=graded)
