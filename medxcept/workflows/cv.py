@@ -373,7 +373,7 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
                           f"{plan.path / PLAN} (another version of medxcept?): delete {plan.path} or use another "
                           "--cv-name to plan it again")
     seed = inner_seed(cfg.split.seed, task.repeat, task.fold)
-    chosen_on = (f"the fold's inner validation split: {fraction:g} of its training folds' patients "
+    chosen_on = (f"the fold's inner validation split: {100 * fraction:g} % of its training folds' patients "
                  f"(patient-grouped, stratified, seed {seed}), never the held-out fold")
     run = RunDir(fdir)
     run.write_config(cfg, extra={"cohort_name": plan.info["cohort_name"], "classes": list(classes),
