@@ -102,10 +102,10 @@ def rendered(tmp_path_factory, session_cache):
     work = tmp_path_factory.mktemp("chromium")
     return {"report": report, "html": report.read_text(encoding="utf-8"),
             "shot": chromium(report, work, mode="screenshot"), "dom": chromium(report, work, mode="dump-dom"),
-            "tall": chromium(report, work, mode="screenshot", height=TALL)}
+            "tall": chromium(report, work, mode="screenshot", height=TALL, timeout=600)}
 
 
-TALL = 24_000  # px: a window tall enough to hold the whole report (its sections below the first 4000 px)
+TALL = 16_000  # px: a window tall enough to hold the whole report (about 12,000 px; the sections below 4000 px)
 
 
 @pytest.mark.slow
