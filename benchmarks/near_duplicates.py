@@ -44,6 +44,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -456,6 +457,94 @@ def measure_scale(sizes: list[int], px: int, seed: int, folder: Path) -> None:
               f"{walls[-1] * 1000 / max(sizes):.1f} s (target: 20,000 in <= 120 s on 2 cores)")
 
 
+def screening_cohort(n_eyes: int, px: int, seed: int, n_copies: int,
+                     folder: Path) -> tuple[np.ndarray, pd.DataFrame, list[tuple[int, int]]]:
+    """``n_eyes`` screening-style photographs of ``n_eyes // 2`` people (both eyes), then ``n_copies`` copies.
+
+    Each eye is drawn by :mod:`medxcept.testing.screening` (its own vessel tree; the camera's chords,
+    vignette and dim exposures; 400-px JPEG), decoded and preprocessed as the pipeline does (``px``);
+    the copies (all transforms combined, :func:`_combo`, on the decoded photograph) of evenly spread
+    originals follow, each under a patient of its own. Returns the images (a uint8 memory map,
+    cached under ``folder``), the cohort table (``image_id``, ``patient_key``, ``laterality``,
+    ``label``, ``split``, ``sha256``) and the planted ``(original, copy)`` pairs.
+    """
+    from medxcept.testing.screening import screening_eye, screening_people
+
+    rows = screening_people(n_eyes // 2, seed)
+    src = np.linspace(0, len(rows) - 1, n_copies).round().astype(int) if n_copies else np.zeros(0, int)
+    n = len(rows) + len(src)
+    path = folder / f"medxcept-screening-{n_eyes}-{n_copies}-{px}-{seed}.npy"
+    if not path.exists():
+        mm = np.lib.format.open_memmap(str(path) + ".part", mode="w+", dtype=np.uint8, shape=(n, px, px, 3))
+        raw_src: dict[int, np.ndarray] = {}
+        copied = set(src.tolist())
+        for k, r in enumerate(rows):
+            raw = screening_eye(int(r["person_seed"]), str(r["eye"]), camera=r["camera"])
+            if k in copied:
+                raw_src[k] = raw
+            mm[k] = _prep([raw], px)[0]
+        for c, s in enumerate(src):
+            mm[len(rows) + c] = _prep([_combo(raw_src[int(s)], np.random.default_rng([seed, 99, c]))], px)[0]
+        mm.flush()
+        del mm
+        os.replace(str(path) + ".part", path)
+    rng = np.random.default_rng([seed, 5])
+    person = [int(r["person"]) for r in rows] + [10**6 + c for c in range(len(src))]
+    df = pd.DataFrame({
+        "image_id": [f"img{i:06d}" for i in range(n)],
+        "frame": 0,
+        "patient_key": [f"P-{p:08x}" for p in person],
+        "laterality": [str(r["eye"]) for r in rows] + [str(rows[int(s)]["eye"]) for s in src],
+        "label": "normal",
+        "y": 0,
+        "split": rng.choice(["train", "val", "test"], n, p=[0.7, 0.15, 0.15]),
+        "sha256": [f"{i:064x}" for i in range(n)],
+    })
+    planted = [(int(s), len(rows) + c) for c, s in enumerate(src)]
+    return np.load(path, mmap_mode="r"), df, planted
+
+
+def measure_screening(sizes: list[int], px: int, seed: int, folder: Path) -> None:
+    """Screening-style look-alikes (:func:`screening_cohort`): the audit's pairs, found copies, false pairs.
+
+    The pair list is the audit's own (:func:`medxcept.audit.duplicate_pairs` on the cohort table, as
+    :func:`medxcept.audit.audit_cohort` and :func:`medxcept.audit.duplicate_groups` use it).
+    """
+    from medxcept.audit import duplicate_pairs
+
+    print(f"\n== screening-style look-alikes (medxcept.testing.screening: both eyes of each person, circle cut by "
+          f"chords, vignette, dim exposures, 400-px JPEG) at {px} px, combined copies planted among them")
+    print(f"  load average {os.getloadavg()[0]:.1f}")
+    print(f"  {'eyes':>6} {'copies found':>13} {'false pairs':>12} {'by rule (detail/geometry)':>26} "
+          f"{'left-right pairs':>17} {'largest hub':>12} {'<30 keypoints':>14} {'wall s':>7} {'CPU s':>7}")
+    for n_eyes in sizes:
+        n_copies = max(20, n_eyes // 50)
+        images, df, planted = screening_cohort(n_eyes, px, seed, n_copies, folder)
+        imgs = np.asarray(images)
+        c0, w0 = time.process_time(), time.perf_counter()
+        fp = fingerprints(imgs)
+        pairs = duplicate_pairs(df, fp, 10)
+        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+        near = pairs[pairs["match"] == "near"]
+        got = set(zip(near["i"].tolist(), near["j"].tolist(), strict=True))
+        want = set(planted)
+        pk = df["patient_key"].to_numpy()
+        lat = df["laterality"].to_numpy()
+        src_of = {b: a for a, b in planted}
+        root = np.array([src_of.get(k, k) for k in range(len(df))])
+        false = [(a, b) for a, b in got if root[a] != root[b] and pk[root[a]] != pk[root[b]]]
+        lr = [(a, b) for a, b in got if root[a] != root[b] and pk[root[a]] == pk[root[b]]
+              and lat[root[a]] != lat[root[b]]]
+        fset = set(false)
+        by_rule = near[[(a, b) in fset for a, b in zip(near["i"], near["j"], strict=True)]]["method"].value_counts()
+        deg = pd.Series([x for p in false for x in p]).value_counts()
+        poor = int((duplicates.n_keypoints(fp) < duplicates.MIN_KEYPOINTS).sum())
+        print(f"  {n_eyes:>6} {len(want & got):>6}/{len(want):<6} {len(false):>12} "
+              f"{int(by_rule.get('detail', 0)):>13}/{int(by_rule.get('geometry', 0)):<12} {len(lr):>17} "
+              f"{int(deg.iloc[0]) if len(deg) else 0:>12} {poor:>14} {wall:>7.1f} {cpu:>7.1f}", flush=True)
+        del fp, imgs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--px", type=int, default=224, help="preprocessing size (model input)")
@@ -469,9 +558,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the large cohort's images are kept between runs (~3 GB at 20,000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a smoke run with a few images")
+    parser.add_argument("--screening", type=int, nargs="*", default=[300, 3000],
+                        help="screening-style look-alike cohorts: different eyes (empty: skip)")
+    parser.add_argument("--screening-only", action="store_true", help="only the screening-style look-alikes")
+    parser.add_argument("--screening-px", type=int, default=299,
+                        help="preprocessing size of the screening set (the check's default)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.n_copies, args.n_lookalikes, args.scale_sizes = 3, 12, [200, 400]
+        args.n_copies, args.n_lookalikes, args.scale_sizes, args.screening = 3, 12, [200, 400], [40]
+    if args.screening_only:
+        measure_screening(args.screening, args.screening_px, args.seed, args.cache_dir)
+        return 0
     if args.scale_only:
         measure_scale(args.scale_sizes, args.px, args.seed, args.cache_dir)
         return 0
@@ -492,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
                                   args.px, rng2, "demo eyes"),
              measure_copies_among(gray_lookalikes(args.n_copies, rng2), gray_lookalikes(args.n_lookalikes, rng2),
                                   args.px, rng2, "gray radiograph-like images", "gray")]
+    if args.screening:
+        measure_screening(args.screening, args.screening_px, args.seed, args.cache_dir)
     if args.scale_sizes:
         measure_scale(args.scale_sizes, args.px, args.seed, args.cache_dir)
     print(f"\ncopies found (after), worst transform: {min(found):.0%}; combined, among look-alikes: {min(among):.0%}")
