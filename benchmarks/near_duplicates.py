@@ -38,6 +38,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -457,8 +458,20 @@ def measure_scale(sizes: list[int], px: int, seed: int, folder: Path) -> None:
               f"{walls[-1] * 1000 / max(sizes):.1f} s (target: 20,000 in <= 120 s on 2 cores)")
 
 
-def screening_cohort(n_eyes: int, px: int, seed: int, n_copies: int,
-                     folder: Path) -> tuple[np.ndarray, pd.DataFrame, list[tuple[int, int]]]:
+def _screening_item(job: tuple) -> tuple[np.ndarray, np.ndarray | None]:
+    """One screening eye preprocessed, and its combined copy (``job[3]``: the copy's number, or None)."""
+    from medxcept.testing.screening import screening_eye
+
+    r, px, seed, c = job
+    raw = screening_eye(int(r["person_seed"]), str(r["eye"]), camera=r["camera"])
+    eye = _prep([raw], px)[0]
+    if c is None:
+        return eye, None
+    return eye, _prep([_combo(raw, np.random.default_rng([seed, 99, c]))], px)[0]
+
+
+def screening_cohort(n_eyes: int, px: int, seed: int, n_copies: int, folder: Path,
+                     workers: int = 1) -> tuple[np.ndarray, pd.DataFrame, list[tuple[int, int]]]:
     """``n_eyes`` screening-style photographs of ``n_eyes // 2`` people (both eyes), then ``n_copies`` copies.
 
     Each eye is drawn by :mod:`medxcept.testing.screening` (its own vessel tree; the camera's chords,
@@ -468,7 +481,7 @@ def screening_cohort(n_eyes: int, px: int, seed: int, n_copies: int,
     cached under ``folder``), the cohort table (``image_id``, ``patient_key``, ``laterality``,
     ``label``, ``split``, ``sha256``) and the planted ``(original, copy)`` pairs.
     """
-    from medxcept.testing.screening import screening_eye, screening_people
+    from medxcept.testing.screening import screening_people
 
     rows = screening_people(n_eyes // 2, seed)
     src = np.linspace(0, len(rows) - 1, n_copies).round().astype(int) if n_copies else np.zeros(0, int)
@@ -476,15 +489,13 @@ def screening_cohort(n_eyes: int, px: int, seed: int, n_copies: int,
     path = folder / f"medxcept-screening-{n_eyes}-{n_copies}-{px}-{seed}.npy"
     if not path.exists():
         mm = np.lib.format.open_memmap(str(path) + ".part", mode="w+", dtype=np.uint8, shape=(n, px, px, 3))
-        raw_src: dict[int, np.ndarray] = {}
-        copied = set(src.tolist())
-        for k, r in enumerate(rows):
-            raw = screening_eye(int(r["person_seed"]), str(r["eye"]), camera=r["camera"])
-            if k in copied:
-                raw_src[k] = raw
-            mm[k] = _prep([raw], px)[0]
-        for c, s in enumerate(src):
-            mm[len(rows) + c] = _prep([_combo(raw_src[int(s)], np.random.default_rng([seed, 99, c]))], px)[0]
+        copy_of = {int(s): c for c, s in enumerate(src)}
+        jobs = [(r, px, seed, copy_of.get(k)) for k, r in enumerate(rows)]
+        with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+            for k, (eye, copy) in enumerate(pool.map(_screening_item, jobs, chunksize=8)):
+                mm[k] = eye
+                if copy is not None:
+                    mm[len(rows) + copy_of[k]] = copy
         mm.flush()
         del mm
         os.replace(str(path) + ".part", path)
