@@ -216,6 +216,27 @@ def _combo(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return _jpeg(a, int(rng.integers(50, 96)))
 
 
+def _combo_exposure(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """:func:`_combo` with brightness and contrast relative to the photograph's exposure.
+
+    :func:`_combo` shifts brightness by up to 20 % of the full range (51 grey levels): a dim
+    screening photograph (its retina at 10-40 of 255) then comes out black or washed-out grey, no
+    longer a copy of anything. Here brightness is a gain of +-20 % and contrast is stretched +-20 %
+    about the field of view's mean; the geometry, flips, resize and JPEG are :func:`_combo`'s.
+    """
+    a = _warp(a, rng.uniform(-45, 45), tuple(rng.uniform(-0.2, 0.2, 2)), rng.uniform(0.8, 1.25), rng.uniform(-0.2, 0.2))
+    if rng.random() < 0.5:
+        a = a[:, ::-1]
+    if rng.random() < 0.3:
+        a = a[::-1]
+    a = _resize(np.ascontiguousarray(a), int(rng.integers(224, 513)))
+    x = a.astype(np.float32)
+    fov = a.max(axis=2) > 5
+    m = float(x[fov].mean()) if fov.any() else 0.0
+    x = ((x * (1 + rng.uniform(-0.2, 0.2)) - m) * (1 + rng.uniform(-0.2, 0.2)) + m) * fov[..., None]
+    return _jpeg(np.clip(x, 0, 255).astype(np.uint8), int(rng.integers(50, 96)))
+
+
 TRANSFORMS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
     "rotate +-45": lambda a, r: _warp(a, rot=r.choice([-1, 1]) * r.uniform(20, 45)),
     "shift 20%": lambda a, r: _warp(a, shift=tuple(r.choice([-1, 1], 2) * r.uniform(0.1, 0.2, 2))),
@@ -470,16 +491,26 @@ def _screening_item(job: tuple) -> tuple[np.ndarray, np.ndarray | None]:
     return eye, _prep([_combo(raw, np.random.default_rng([seed, 99, c]))], px)[0]
 
 
+def _screening_exposure_copy(job: tuple) -> np.ndarray:
+    """The exposure-relative combined copy (:func:`_combo_exposure`) of one screening eye, preprocessed."""
+    from medxcept.testing.screening import screening_eye
+
+    r, px, seed, c = job
+    raw = screening_eye(int(r["person_seed"]), str(r["eye"]), camera=r["camera"])
+    return _prep([_combo_exposure(raw, np.random.default_rng([seed, 98, c]))], px)[0]
+
+
 def screening_cohort(n_eyes: int, px: int, seed: int, n_copies: int, folder: Path,
-                     workers: int = 1) -> tuple[np.ndarray, pd.DataFrame, list[tuple[int, int]]]:
-    """``n_eyes`` screening-style photographs of ``n_eyes // 2`` people (both eyes), then ``n_copies`` copies.
+                     workers: int = 1) -> tuple[np.ndarray, pd.DataFrame, list[tuple[int, int, str]]]:
+    """``n_eyes`` screening-style photographs of ``n_eyes // 2`` people (both eyes), then ``2 * n_copies`` copies.
 
     Each eye is drawn by :mod:`medxcept.testing.screening` (its own vessel tree; the camera's chords,
     vignette and dim exposures; 400-px JPEG), decoded and preprocessed as the pipeline does (``px``);
-    the copies (all transforms combined, :func:`_combo`, on the decoded photograph) of evenly spread
-    originals follow, each under a patient of its own. Returns the images (a uint8 memory map,
-    cached under ``folder``), the cohort table (``image_id``, ``patient_key``, ``laterality``,
-    ``label``, ``split``, ``sha256``) and the planted ``(original, copy)`` pairs.
+    then copies of ``n_copies`` evenly spread originals under all transforms combined (on the decoded
+    photograph), each under a patient of its own: first with :func:`_combo` (as every other set here),
+    then with :func:`_combo_exposure` (brightness and contrast relative to the exposure). Returns
+    the images (uint8, cached under ``folder``), the cohort table (``image_id``, ``patient_key``,
+    ``laterality``, ``label``, ``split``, ``sha256``) and the planted ``(original, copy, kind)``.
     """
     from medxcept.testing.screening import screening_people
 
@@ -499,6 +530,16 @@ def screening_cohort(n_eyes: int, px: int, seed: int, n_copies: int, folder: Pat
         mm.flush()
         del mm
         os.replace(str(path) + ".part", path)
+    path_exp = folder / f"medxcept-screening-{n_eyes}-{n_copies}-{px}-{seed}-exposure.npy"
+    if not path_exp.exists():
+        jobs = [(rows[int(s)], px, seed, c) for c, s in enumerate(src)]
+        with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+            exp = np.stack(list(pool.map(_screening_exposure_copy, jobs)))
+        np.save(str(path_exp) + ".part.npy", exp)
+        os.replace(str(path_exp) + ".part.npy", path_exp)
+    images = np.concatenate([np.load(path, mmap_mode="r"), np.load(path_exp)])
+    src = np.r_[src, src]
+    n = len(images)
     rng = np.random.default_rng([seed, 5])
     person = [int(r["person"]) for r in rows] + [10**6 + c for c in range(len(src))]
     df = pd.DataFrame({
@@ -511,11 +552,13 @@ def screening_cohort(n_eyes: int, px: int, seed: int, n_copies: int, folder: Pat
         "split": rng.choice(["train", "val", "test"], n, p=[0.7, 0.15, 0.15]),
         "sha256": [f"{i:064x}" for i in range(n)],
     })
-    planted = [(int(s), len(rows) + c) for c, s in enumerate(src)]
-    return np.load(path, mmap_mode="r"), df, planted
+    half = len(src) // 2
+    planted = [(int(s), len(rows) + c, "combined" if c < half else "combined, exposure-relative")
+               for c, s in enumerate(src)]
+    return images, df, planted
 
 
-def measure_screening(sizes: list[int], px: int, seed: int, folder: Path) -> None:
+def measure_screening(sizes: list[int], px: int, seed: int, folder: Path, workers: int = 1) -> None:
     """Screening-style look-alikes (:func:`screening_cohort`): the audit's pairs, found copies, false pairs.
 
     The pair list is the audit's own (:func:`medxcept.audit.duplicate_pairs` on the cohort table, as
@@ -526,11 +569,13 @@ def measure_screening(sizes: list[int], px: int, seed: int, folder: Path) -> Non
     print(f"\n== screening-style look-alikes (medxcept.testing.screening: both eyes of each person, circle cut by "
           f"chords, vignette, dim exposures, 400-px JPEG) at {px} px, combined copies planted among them")
     print(f"  load average {os.getloadavg()[0]:.1f}")
-    print(f"  {'eyes':>6} {'copies found':>13} {'false pairs':>12} {'by rule (detail/geometry)':>26} "
-          f"{'left-right pairs':>17} {'largest hub':>12} {'<30 keypoints':>14} {'wall s':>7} {'CPU s':>7}")
+    print(f"  {'eyes':>6} {'found: combined':>16} {'exposure-rel.':>14} {'false pairs':>12} "
+          f"{'by rule (detail/geometry)':>26} {'left-right pairs':>17} {'largest hub':>12} {'<30 keypoints':>14} "
+          f"{'wall s':>7} {'CPU s':>7}")
     for n_eyes in sizes:
         n_copies = max(20, n_eyes // 50)
-        images, df, planted = screening_cohort(n_eyes, px, seed, n_copies, folder)
+        images, df, planted3 = screening_cohort(n_eyes, px, seed, n_copies, folder, workers)
+        planted = [(a, b) for a, b, _ in planted3]
         imgs = np.asarray(images)
         c0, w0 = time.process_time(), time.perf_counter()
         fp = fingerprints(imgs)
@@ -538,7 +583,8 @@ def measure_screening(sizes: list[int], px: int, seed: int, folder: Path) -> Non
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
         near = pairs[pairs["match"] == "near"]
         got = set(zip(near["i"].tolist(), near["j"].tolist(), strict=True))
-        want = set(planted)
+        found = {kind: (sum((a, b) in got for a, b, k in planted3 if k == kind),
+                        sum(k == kind for _, _, k in planted3)) for kind in ("combined", "combined, exposure-relative")}
         pk = df["patient_key"].to_numpy()
         lat = df["laterality"].to_numpy()
         src_of = {b: a for a, b in planted}
@@ -550,7 +596,8 @@ def measure_screening(sizes: list[int], px: int, seed: int, folder: Path) -> Non
         by_rule = near[[(a, b) in fset for a, b in zip(near["i"], near["j"], strict=True)]]["method"].value_counts()
         deg = pd.Series([x for p in false for x in p]).value_counts()
         poor = int((duplicates.n_keypoints(fp) < duplicates.MIN_KEYPOINTS).sum())
-        print(f"  {n_eyes:>6} {len(want & got):>6}/{len(want):<6} {len(false):>12} "
+        fc, fe = found["combined"], found["combined, exposure-relative"]
+        print(f"  {n_eyes:>6} {fc[0]:>9}/{fc[1]:<6} {fe[0]:>7}/{fe[1]:<6} {len(false):>12} "
               f"{int(by_rule.get('detail', 0)):>13}/{int(by_rule.get('geometry', 0)):<12} {len(lr):>17} "
               f"{int(deg.iloc[0]) if len(deg) else 0:>12} {poor:>14} {wall:>7.1f} {cpu:>7.1f}", flush=True)
         del fp, imgs
@@ -574,11 +621,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--screening-only", action="store_true", help="only the screening-style look-alikes")
     parser.add_argument("--screening-px", type=int, default=299,
                         help="preprocessing size of the screening set (the check's default)")
+    parser.add_argument("--workers", type=int, default=1, help="processes drawing the screening set (once)")
     args = parser.parse_args(argv)
     if args.quick:
         args.n_copies, args.n_lookalikes, args.scale_sizes, args.screening = 3, 12, [200, 400], [40]
     if args.screening_only:
-        measure_screening(args.screening, args.screening_px, args.seed, args.cache_dir)
+        measure_screening(args.screening, args.screening_px, args.seed, args.cache_dir, args.workers)
         return 0
     if args.scale_only:
         measure_scale(args.scale_sizes, args.px, args.seed, args.cache_dir)
@@ -601,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
              measure_copies_among(gray_lookalikes(args.n_copies, rng2), gray_lookalikes(args.n_lookalikes, rng2),
                                   args.px, rng2, "gray radiograph-like images", "gray")]
     if args.screening:
-        measure_screening(args.screening, args.screening_px, args.seed, args.cache_dir)
+        measure_screening(args.screening, args.screening_px, args.seed, args.cache_dir, args.workers)
     if args.scale_sizes:
         measure_scale(args.scale_sizes, args.px, args.seed, args.cache_dir)
     print(f"\ncopies found (after), worst transform: {min(found):.0%}; combined, among look-alikes: {min(among):.0%}")
