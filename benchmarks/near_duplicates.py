@@ -562,10 +562,13 @@ def measure_screening(sizes: list[int], px: int, seed: int, folder: Path, worker
     """Screening-style look-alikes (:func:`screening_cohort`): the audit's pairs, found copies, false pairs.
 
     The pair list is the audit's own (:func:`medxcept.audit.duplicate_pairs` on the cohort table, as
-    :func:`medxcept.audit.audit_cohort` and :func:`medxcept.audit.duplicate_groups` use it).
+    :func:`medxcept.audit.audit_cohort` and :func:`medxcept.audit.duplicate_groups` use it). Columns:
+    planted copies found (``_combo``; exposure-relative ``_combo_exposure``), false pairs (different
+    people, copies counted as their original), of them by the hash rule (``detail``) and by geometry,
+    pairs of one person's left and right eye reported, the most people one false pair partner is
+    paired with (a hub), images under ``MIN_KEYPOINTS`` keypoints, wall and CPU seconds of the
+    fingerprints and the pair list.
     """
-    from medxcept.audit import duplicate_pairs
-
     print(f"\n== screening-style look-alikes (medxcept.testing.screening: both eyes of each person, circle cut by "
           f"chords, vignette, dim exposures, 400-px JPEG) at {px} px, combined copies planted among them")
     print(f"  load average {os.getloadavg()[0]:.1f}")
@@ -575,32 +578,38 @@ def measure_screening(sizes: list[int], px: int, seed: int, folder: Path, worker
     for n_eyes in sizes:
         n_copies = max(20, n_eyes // 50)
         images, df, planted3 = screening_cohort(n_eyes, px, seed, n_copies, folder, workers)
-        planted = [(a, b) for a, b, _ in planted3]
-        imgs = np.asarray(images)
-        c0, w0 = time.process_time(), time.perf_counter()
-        fp = fingerprints(imgs)
-        pairs = duplicate_pairs(df, fp, 10)
-        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-        near = pairs[pairs["match"] == "near"]
-        got = set(zip(near["i"].tolist(), near["j"].tolist(), strict=True))
-        found = {kind: (sum((a, b) in got for a, b, k in planted3 if k == kind),
-                        sum(k == kind for _, _, k in planted3)) for kind in ("combined", "combined, exposure-relative")}
-        pk = df["patient_key"].to_numpy()
-        lat = df["laterality"].to_numpy()
-        src_of = {b: a for a, b in planted}
-        root = np.array([src_of.get(k, k) for k in range(len(df))])
-        false = [(a, b) for a, b in got if root[a] != root[b] and pk[root[a]] != pk[root[b]]]
-        lr = [(a, b) for a, b in got if root[a] != root[b] and pk[root[a]] == pk[root[b]]
-              and lat[root[a]] != lat[root[b]]]
-        fset = set(false)
-        by_rule = near[[(a, b) in fset for a, b in zip(near["i"], near["j"], strict=True)]]["method"].value_counts()
-        deg = pd.Series([x for p in false for x in p]).value_counts()
-        poor = int((duplicates.n_keypoints(fp) < duplicates.MIN_KEYPOINTS).sum())
-        fc, fe = found["combined"], found["combined, exposure-relative"]
-        print(f"  {n_eyes:>6} {fc[0]:>9}/{fc[1]:<6} {fe[0]:>7}/{fe[1]:<6} {len(false):>12} "
-              f"{int(by_rule.get('detail', 0)):>13}/{int(by_rule.get('geometry', 0)):<12} {len(lr):>17} "
-              f"{int(deg.iloc[0]) if len(deg) else 0:>12} {poor:>14} {wall:>7.1f} {cpu:>7.1f}", flush=True)
-        del fp, imgs
+        screening_row(n_eyes, images, df, planted3)
+
+
+def screening_row(n_eyes: int, images: np.ndarray, df: pd.DataFrame, planted3: list[tuple[int, int, str]]) -> None:
+    """One line of :func:`measure_screening`: the audit's pair list on one screening cohort, counted."""
+    from medxcept.audit import duplicate_pairs
+
+    planted = [(a, b) for a, b, _ in planted3]
+    imgs = np.asarray(images)
+    c0, w0 = time.process_time(), time.perf_counter()
+    fp = fingerprints(imgs)
+    pairs = duplicate_pairs(df, fp, 10)
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    near = pairs[pairs["match"] == "near"]
+    got = set(zip(near["i"].tolist(), near["j"].tolist(), strict=True))
+    found = {kind: (sum((a, b) in got for a, b, k in planted3 if k == kind),
+                    sum(k == kind for _, _, k in planted3)) for kind in ("combined", "combined, exposure-relative")}
+    pk = df["patient_key"].to_numpy()
+    lat = df["laterality"].to_numpy()
+    src_of = {b: a for a, b in planted}
+    root = np.array([src_of.get(k, k) for k in range(len(df))])
+    false = [(a, b) for a, b in got if root[a] != root[b] and pk[root[a]] != pk[root[b]]]
+    lr = [(a, b) for a, b in got if root[a] != root[b] and pk[root[a]] == pk[root[b]]
+          and lat[root[a]] != lat[root[b]]]
+    fset = set(false)
+    by_rule = near[[(a, b) in fset for a, b in zip(near["i"], near["j"], strict=True)]]["method"].value_counts()
+    deg = pd.Series([x for p in false for x in p]).value_counts()
+    poor = int((duplicates.n_keypoints(fp) < duplicates.MIN_KEYPOINTS).sum())
+    fc, fe = found["combined"], found["combined, exposure-relative"]
+    print(f"  {n_eyes:>6} {fc[0]:>9}/{fc[1]:<6} {fe[0]:>7}/{fe[1]:<6} {len(false):>12} "
+          f"{int(by_rule.get('detail', 0)):>13}/{int(by_rule.get('geometry', 0)):<12} {len(lr):>17} "
+          f"{int(deg.iloc[0]) if len(deg) else 0:>12} {poor:>14} {wall:>7.1f} {cpu:>7.1f}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

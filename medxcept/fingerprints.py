@@ -170,7 +170,7 @@ Images judged by the hash rule (no keypoints to fit) are the least structured; w
 detail share with each other is mostly what every photograph of the camera shares (the circle, the
 chords, the vignette, the bright disc on one side). So a candidate ``(i, j)`` must agree more than
 ``i`` agrees with the cohort in general: its similarity minus the 75th percentile of ``i``'s
-similarity with up to :data:`N_LAYOUT_REFS` images spread over the cohort (in the same orientation)
+similarity with about :data:`N_LAYOUT_REFS` images spread over the cohort (in the same orientation)
 must reach this margin (the same rule as the keypoint engine's :data:`medxcept.duplicates.MIN_AGREEMENT_MARGIN`)."""
 N_LAYOUT_REFS = 16
 
@@ -622,10 +622,9 @@ def near_duplicate_pairs(
 def _layout_similarity(fp: dict[str, np.ndarray], i: np.ndarray, j: np.ndarray, flipped: bool) -> np.ndarray:
     """What the cohort's shared layout alone gives each pair: ``i``'s detail similarity with other images.
 
-    The 75th percentile of :func:`detail_similarity` of ``i`` with :data:`N_LAYOUT_REFS` images (two more,
-    less ``i`` and ``j``)
-    spread evenly over the cohort (neither ``i`` nor ``j``), in the pair's orientation; 0 where the
-    cohort has no other image with detail to compare. A few copies of ``i`` among them do not
+    The 75th percentile of :func:`detail_similarity` of ``i`` with the images at ``N_LAYOUT_REFS + 2``
+    positions spread evenly over the cohort, less ``i`` and ``j`` (:data:`N_LAYOUT_REFS` or more), in
+    the pair's orientation; 0 where the cohort has no other image with detail to compare. A few copies of ``i`` among them do not
     show; a camera shared by a quarter of the cohort does.
     """
     n = len(np.asarray(fp["phash"]))
