@@ -16,8 +16,8 @@ from scipy.stats.contingency import association
 
 from medxcept.audit import (
     DEFAULT_HAMMING_THRESHOLD,
-    DETAIL_THRESHOLD,
     DETAIL_PX,
+    DETAIL_THRESHOLD,
     AuditReport,
     Finding,
     audit_cohort,

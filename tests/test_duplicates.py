@@ -317,15 +317,15 @@ def test_screening_eyes_have_their_own_trees_and_the_cameras_frame():
     the fellow eye mirror-like but not a mirror copy, the disc on the eye's side, chords and a dark ring."""
     from medxcept.testing.screening import screening_eye
 
-    r, l = screening_eye(1, "R"), screening_eye(1, "L")
+    r, left = screening_eye(1, "R"), screening_eye(1, "L")
     again = screening_eye(1, "R", photo_seed=5)  # the same retina, another exposure, blur and JPEG
     other = screening_eye(11, "R")
     assert r.shape == (400, 400, 3) and r.dtype == np.uint8
     assert _iou(_vessel_map(r), _vessel_map(again)) > 0.6  # measured 0.74-0.87
     assert _iou(_vessel_map(r), _vessel_map(other)) < 0.2  # 0.05-0.09
-    assert _iou(_vessel_map(r), _vessel_map(np.ascontiguousarray(l[:, ::-1]))) < 0.2  # 0.05-0.08
+    assert _iou(_vessel_map(r), _vessel_map(np.ascontiguousarray(left[:, ::-1]))) < 0.2  # 0.05-0.08
     disc_x = [np.unravel_index(cv2.GaussianBlur(a.mean(axis=2).astype(np.float32), (0, 0), 8).argmax(), (400, 400))[1]
-              for a in (r, l)]
+              for a in (r, left)]
     assert disc_x[0] > 250 and disc_x[1] < 150  # right eye: disc on the right; left eye: on the left
     assert r[:20].max() <= 8 and r[40, 200].max() > 20  # the circle cut by a chord at 0.08 of the side
     yy, xx = np.mgrid[0:400, 0:400]
