@@ -100,8 +100,8 @@ def _person(seed: int) -> _Person:
     angles = [-1.25 + r.normal(0, 0.12), -1.05 + r.normal(0, 0.12),
               1.25 + r.normal(0, 0.12), 1.05 + r.normal(0, 0.12),
               np.pi - 0.5 + r.normal(0, 0.2), np.pi + 0.45 + r.normal(0, 0.2), np.pi + r.normal(0, 0.3)]
-    return _Person(tuple(float(a) for a in angles), float(r.normal(0, 0.025)), float(r.normal(0, 0.02)),
-                   tuple(float(c) for c in r.uniform(0.85, 1.15, 3)))
+    cr, cg, cb = (float(c) for c in r.uniform(0.85, 1.15, 3))
+    return _Person(tuple(float(a) for a in angles), float(r.normal(0, 0.025)), float(r.normal(0, 0.02)), (cr, cg, cb))
 
 
 def _tree(r: np.random.Generator, s: int, disc: np.ndarray, person: _Person) -> tuple[np.ndarray, np.ndarray]:
