@@ -38,12 +38,14 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -212,6 +214,27 @@ def _combo(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     a = _resize(np.ascontiguousarray(a), int(rng.integers(224, 513)))
     a = _bc(a, rng.uniform(-0.2, 0.2), rng.uniform(-0.2, 0.2))
     return _jpeg(a, int(rng.integers(50, 96)))
+
+
+def _combo_exposure(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """:func:`_combo` with brightness and contrast relative to the photograph's exposure.
+
+    :func:`_combo` shifts brightness by up to 20 % of the full range (51 grey levels): a dim
+    screening photograph (its retina at 10-40 of 255) then comes out black or washed-out grey, no
+    longer a copy of anything. Here brightness is a gain of +-20 % and contrast is stretched +-20 %
+    about the field of view's mean; the geometry, flips, resize and JPEG are :func:`_combo`'s.
+    """
+    a = _warp(a, rng.uniform(-45, 45), tuple(rng.uniform(-0.2, 0.2, 2)), rng.uniform(0.8, 1.25), rng.uniform(-0.2, 0.2))
+    if rng.random() < 0.5:
+        a = a[:, ::-1]
+    if rng.random() < 0.3:
+        a = a[::-1]
+    a = _resize(np.ascontiguousarray(a), int(rng.integers(224, 513)))
+    x = a.astype(np.float32)
+    fov = a.max(axis=2) > 5
+    m = float(x[fov].mean()) if fov.any() else 0.0
+    x = ((x * (1 + rng.uniform(-0.2, 0.2)) - m) * (1 + rng.uniform(-0.2, 0.2)) + m) * fov[..., None]
+    return _jpeg(np.clip(x, 0, 255).astype(np.uint8), int(rng.integers(50, 96)))
 
 
 TRANSFORMS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
@@ -456,6 +479,139 @@ def measure_scale(sizes: list[int], px: int, seed: int, folder: Path) -> None:
               f"{walls[-1] * 1000 / max(sizes):.1f} s (target: 20,000 in <= 120 s on 2 cores)")
 
 
+def _screening_item(job: tuple) -> tuple[np.ndarray, np.ndarray | None]:
+    """One screening eye preprocessed, and its combined copy (``job[3]``: the copy's number, or None)."""
+    from medxcept.testing.screening import screening_eye
+
+    r, px, seed, c = job
+    raw = screening_eye(int(r["person_seed"]), str(r["eye"]), camera=r["camera"])
+    eye = _prep([raw], px)[0]
+    if c is None:
+        return eye, None
+    return eye, _prep([_combo(raw, np.random.default_rng([seed, 99, c]))], px)[0]
+
+
+def _screening_exposure_copy(job: tuple) -> np.ndarray:
+    """The exposure-relative combined copy (:func:`_combo_exposure`) of one screening eye, preprocessed."""
+    from medxcept.testing.screening import screening_eye
+
+    r, px, seed, c = job
+    raw = screening_eye(int(r["person_seed"]), str(r["eye"]), camera=r["camera"])
+    return _prep([_combo_exposure(raw, np.random.default_rng([seed, 98, c]))], px)[0]
+
+
+def screening_cohort(n_eyes: int, px: int, seed: int, n_copies: int, folder: Path,
+                     workers: int = 1) -> tuple[np.ndarray, pd.DataFrame, list[tuple[int, int, str]]]:
+    """``n_eyes`` screening-style photographs of ``n_eyes // 2`` people (both eyes), then ``2 * n_copies`` copies.
+
+    Each eye is drawn by :mod:`medxcept.testing.screening` (its own vessel tree; the camera's chords,
+    vignette and dim exposures; 400-px JPEG), decoded and preprocessed as the pipeline does (``px``);
+    then copies of ``n_copies`` evenly spread originals under all transforms combined (on the decoded
+    photograph), each under a patient of its own: first with :func:`_combo` (as every other set here),
+    then with :func:`_combo_exposure` (brightness and contrast relative to the exposure). Returns
+    the images (uint8, cached under ``folder``), the cohort table (``image_id``, ``patient_key``,
+    ``laterality``, ``label``, ``split``, ``sha256``) and the planted ``(original, copy, kind)``.
+    """
+    from medxcept.testing.screening import screening_people
+
+    rows = screening_people(n_eyes // 2, seed)
+    src = np.linspace(0, len(rows) - 1, n_copies).round().astype(int) if n_copies else np.zeros(0, int)
+    n = len(rows) + len(src)
+    path = folder / f"medxcept-screening-{n_eyes}-{n_copies}-{px}-{seed}.npy"
+    if not path.exists():
+        mm = np.lib.format.open_memmap(str(path) + ".part", mode="w+", dtype=np.uint8, shape=(n, px, px, 3))
+        copy_of = {int(s): c for c, s in enumerate(src)}
+        jobs = [(r, px, seed, copy_of.get(k)) for k, r in enumerate(rows)]
+        with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+            for k, (eye, copy) in enumerate(pool.map(_screening_item, jobs, chunksize=8)):
+                mm[k] = eye
+                if copy is not None:
+                    mm[len(rows) + copy_of[k]] = copy
+        mm.flush()
+        del mm
+        os.replace(str(path) + ".part", path)
+    path_exp = folder / f"medxcept-screening-{n_eyes}-{n_copies}-{px}-{seed}-exposure.npy"
+    if not path_exp.exists():
+        jobs = [(rows[int(s)], px, seed, c) for c, s in enumerate(src)]
+        with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+            exp = np.stack(list(pool.map(_screening_exposure_copy, jobs)))
+        np.save(str(path_exp) + ".part.npy", exp)
+        os.replace(str(path_exp) + ".part.npy", path_exp)
+    images = np.concatenate([np.load(path, mmap_mode="r"), np.load(path_exp)])
+    src = np.r_[src, src]
+    n = len(images)
+    rng = np.random.default_rng([seed, 5])
+    person = [int(r["person"]) for r in rows] + [10**6 + c for c in range(len(src))]
+    df = pd.DataFrame({
+        "image_id": [f"img{i:06d}" for i in range(n)],
+        "frame": 0,
+        "patient_key": [f"P-{p:08x}" for p in person],
+        "laterality": [str(r["eye"]) for r in rows] + [str(rows[int(s)]["eye"]) for s in src],
+        "label": "normal",
+        "y": 0,
+        "split": rng.choice(["train", "val", "test"], n, p=[0.7, 0.15, 0.15]),
+        "sha256": [f"{i:064x}" for i in range(n)],
+    })
+    half = len(src) // 2
+    planted = [(int(s), len(rows) + c, "combined" if c < half else "combined, exposure-relative")
+               for c, s in enumerate(src)]
+    return images, df, planted
+
+
+def measure_screening(sizes: list[int], px: int, seed: int, folder: Path, workers: int = 1) -> None:
+    """Screening-style look-alikes (:func:`screening_cohort`): the audit's pairs, found copies, false pairs.
+
+    The pair list is the audit's own (:func:`medxcept.audit.duplicate_pairs` on the cohort table, as
+    :func:`medxcept.audit.audit_cohort` and :func:`medxcept.audit.duplicate_groups` use it). Columns:
+    planted copies found (``_combo``; exposure-relative ``_combo_exposure``), false pairs (different
+    people, copies counted as their original), of them by the hash rule (``detail``) and by geometry,
+    pairs of one person's left and right eye reported, the most people one false pair partner is
+    paired with (a hub), images under ``MIN_KEYPOINTS`` keypoints, wall and CPU seconds of the
+    fingerprints and the pair list.
+    """
+    print(f"\n== screening-style look-alikes (medxcept.testing.screening: both eyes of each person, circle cut by "
+          f"chords, vignette, dim exposures, 400-px JPEG) at {px} px, combined copies planted among them")
+    print(f"  load average {os.getloadavg()[0]:.1f}")
+    print(f"  {'eyes':>6} {'found: combined':>16} {'exposure-rel.':>14} {'false pairs':>12} "
+          f"{'by rule (detail/geometry)':>26} {'left-right pairs':>17} {'largest hub':>12} {'<30 keypoints':>14} "
+          f"{'wall s':>7} {'CPU s':>7}")
+    for n_eyes in sizes:
+        n_copies = max(20, n_eyes // 50)
+        images, df, planted3 = screening_cohort(n_eyes, px, seed, n_copies, folder, workers)
+        screening_row(n_eyes, images, df, planted3)
+
+
+def screening_row(n_eyes: int, images: np.ndarray, df: pd.DataFrame, planted3: list[tuple[int, int, str]]) -> None:
+    """One line of :func:`measure_screening`: the audit's pair list on one screening cohort, counted."""
+    from medxcept.audit import duplicate_pairs
+
+    planted = [(a, b) for a, b, _ in planted3]
+    imgs = np.asarray(images)
+    c0, w0 = time.process_time(), time.perf_counter()
+    fp = fingerprints(imgs)
+    pairs = duplicate_pairs(df, fp, 10)
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    near = pairs[pairs["match"] == "near"]
+    got = set(zip(near["i"].tolist(), near["j"].tolist(), strict=True))
+    found = {kind: (sum((a, b) in got for a, b, k in planted3 if k == kind),
+                    sum(k == kind for _, _, k in planted3)) for kind in ("combined", "combined, exposure-relative")}
+    pk = df["patient_key"].to_numpy()
+    lat = df["laterality"].to_numpy()
+    src_of = {b: a for a, b in planted}
+    root = np.array([src_of.get(k, k) for k in range(len(df))])
+    false = [(a, b) for a, b in got if root[a] != root[b] and pk[root[a]] != pk[root[b]]]
+    lr = [(a, b) for a, b in got if root[a] != root[b] and pk[root[a]] == pk[root[b]]
+          and lat[root[a]] != lat[root[b]]]
+    fset = set(false)
+    by_rule = near[[(a, b) in fset for a, b in zip(near["i"], near["j"], strict=True)]]["method"].value_counts()
+    deg = pd.Series([x for p in false for x in p]).value_counts()
+    poor = int((duplicates.n_keypoints(fp) < duplicates.MIN_KEYPOINTS).sum())
+    fc, fe = found["combined"], found["combined, exposure-relative"]
+    print(f"  {n_eyes:>6} {fc[0]:>9}/{fc[1]:<6} {fe[0]:>7}/{fe[1]:<6} {len(false):>12} "
+          f"{int(by_rule.get('detail', 0)):>13}/{int(by_rule.get('geometry', 0)):<12} {len(lr):>17} "
+          f"{int(deg.iloc[0]) if len(deg) else 0:>12} {poor:>14} {wall:>7.1f} {cpu:>7.1f}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--px", type=int, default=224, help="preprocessing size (model input)")
@@ -469,9 +625,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the large cohort's images are kept between runs (~3 GB at 20,000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a smoke run with a few images")
+    parser.add_argument("--screening", type=int, nargs="*", default=[300, 3000],
+                        help="screening-style look-alike cohorts: different eyes (empty: skip)")
+    parser.add_argument("--screening-only", action="store_true", help="only the screening-style look-alikes")
+    parser.add_argument("--screening-px", type=int, default=299,
+                        help="preprocessing size of the screening set (the check's default)")
+    parser.add_argument("--workers", type=int, default=1, help="processes drawing the screening set (once)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.n_copies, args.n_lookalikes, args.scale_sizes = 3, 12, [200, 400]
+        args.n_copies, args.n_lookalikes, args.scale_sizes, args.screening = 3, 12, [200, 400], [40]
+    if args.screening_only:
+        measure_screening(args.screening, args.screening_px, args.seed, args.cache_dir, args.workers)
+        return 0
     if args.scale_only:
         measure_scale(args.scale_sizes, args.px, args.seed, args.cache_dir)
         return 0
@@ -492,6 +657,8 @@ def main(argv: list[str] | None = None) -> int:
                                   args.px, rng2, "demo eyes"),
              measure_copies_among(gray_lookalikes(args.n_copies, rng2), gray_lookalikes(args.n_lookalikes, rng2),
                                   args.px, rng2, "gray radiograph-like images", "gray")]
+    if args.screening:
+        measure_screening(args.screening, args.screening_px, args.seed, args.cache_dir, args.workers)
     if args.scale_sizes:
         measure_scale(args.scale_sizes, args.px, args.seed, args.cache_dir)
     print(f"\ncopies found (after), worst transform: {min(found):.0%}; combined, among look-alikes: {min(among):.0%}")

@@ -148,7 +148,15 @@ among their original's partners (``benchmarks/near_duplicates.py``); only verifi
 MIN_VOTES = 1.0
 DENSE_PX = WORK_PX  # the detail thumbnail is the keypoint image's high-pass, band-passed
 _DENSE_SIGMA = 3.0
-_FOV_LEVEL = 8  # uint8 level below which a pixel is border, not image
+_FOV_LEVEL = 8  # uint8 level below which a pixel is border, not image (a dim image: half its median, see _enhance)
+DARK_LEVEL = 64
+"""A luma image whose 99th percentile is below this is dim: it is rebuilt from the colour channels in
+floating point and stretched (its 99th percentile to 128) before keypoints are sought.
+
+Screening photographs are often dim (no pupil dilation): on 300 screening-style eyes
+(:mod:`medxcept.testing.screening`, a third with the retina at 10-40 of 255) the uint8 luma of the
+darkest kept a few grey levels, their field of view fell below :data:`_FOV_LEVEL`, and they had fewer
+than :data:`MIN_KEYPOINTS` keypoints, so the hash rule judged them (``benchmarks/near_duplicates.py``)."""
 _MIN_OVERLAP = 400  # pixels (at DENSE_PX) inside both images needed for the detail check
 # SIFT's descriptor is 4 x 4 cells x 8 orientation bins; a mirrored patch (keypoint mirrored, angle
 # 180 - a) reverses the cells along one axis and the orientation bins (measured on OpenCV's layout)
@@ -202,8 +210,10 @@ def _enhance(cv2: Any, g: np.ndarray, px: int, sigma: float, erode: int) -> tupl
     x = u.astype(np.float32)
     # the border: darker than a quarter of the way from the darkest pixels to the median
     # (a brightened copy's black border is no longer 0)
+    # (a brightened copy's black border is no longer 0); a dim image's retina can lie below
+    # _FOV_LEVEL itself: the floor is then half-way from the darkest pixels to the median
     lo, mid = _percentiles_u8(u, (2, 50))
-    fov = (x > max(_FOV_LEVEL, lo + 0.25 * (mid - lo))).astype(np.uint8)
+    fov = (x > max(lo + 0.25 * (mid - lo), min(_FOV_LEVEL, lo + 0.5 * (mid - lo)))).astype(np.uint8)
     if erode:
         fov = cv2.erode(fov, np.ones((erode, erode), np.uint8))
     m = fov.astype(np.float32)
@@ -248,11 +258,30 @@ def mirror_descriptors(desc: np.ndarray) -> np.ndarray:
     return desc[:, _MIRROR]
 
 
+def _lift_dim(img: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """``g`` (the uint8 luma of ``img``), or for a dim image (:data:`DARK_LEVEL`) its luma in floating point,
+    stretched so that its 99th percentile is 128: the few grey levels of a dark photograph's uint8
+    luma become the finer ones its three channels hold together."""
+    p99 = _percentiles_u8(g, (99,))[0]
+    if p99 >= DARK_LEVEL:
+        return g
+    a = np.asarray(img)
+    if a.ndim == 3 and a.shape[2] >= 3:
+        x = a[:, :, 0] * 0.299 + a[:, :, 1] * 0.587 + a[:, :, 2] * 0.114
+        if a.dtype.kind == "f":
+            x = x * 255.0
+        elif a.dtype != np.uint8:
+            x = x * (255.0 / float(np.iinfo(a.dtype).max))
+    else:
+        x = g.astype(np.float32)
+    return np.ascontiguousarray(np.clip(np.rint(x * (128.0 / max(p99, 1.0))), 0, 255).astype(np.uint8))
+
+
 def _image_features(img: np.ndarray) -> tuple[np.ndarray, ...]:
     """Keypoints, uint8 SIFT descriptors and their binarized codes (and the mirror image's) of one image,
     and its int8 band-pass detail."""
     cv2 = _cv2()
-    g = _to_u8_gray(img)
+    g = _lift_dim(img, _to_u8_gray(img))
     d, inner = _enhance(cv2, g, WORK_PX, _DENSE_SIGMA, 5)  # the border's rim carries no keypoints
     sd = float(d[inner > 0].std()) if inner.any() else 0.0
     e = np.clip(128.0 + 40.0 * d / (sd + 1e-6), 0, 255).astype(np.uint8)

@@ -16,8 +16,8 @@ from scipy.stats.contingency import association
 
 from medxcept.audit import (
     DEFAULT_HAMMING_THRESHOLD,
-    DETAIL_THRESHOLD,
     DETAIL_PX,
+    DETAIL_THRESHOLD,
     AuditReport,
     Finding,
     audit_cohort,
@@ -30,6 +30,7 @@ from medxcept.audit import (
 )
 from medxcept.demo import CAMERAS, DemoSpec, _plan, paint_fundus
 from medxcept.errors import ConfigError, LeakageError
+from medxcept.fingerprints import _FOV_ERODE
 from medxcept.preprocess import PreprocessConfig, preprocess
 from medxcept.splits import SplitConfig, assign_folds, assign_splits
 
@@ -419,10 +420,11 @@ def test_detail_bitmaps_shape_mirror_and_surround():
     np.testing.assert_array_equal(fp["detail_flip"][0], det[1])
     above, area = _bits(det[0, 0]), _bits(det[0, 1])
     np.testing.assert_array_equal(_bits(fp["detail_flip"][0, 0]), above[:, ::-1])
-    # 20/80 of 64 columns = 16 black, then 2 eroded (as is the frame): the area is the rest
+    # 20/80 of 64 columns = 16 black, then _FOV_ERODE (5) eroded (as is the frame): the area is the rest
+    e = _FOV_ERODE
     want = np.zeros((64, 64), bool)
-    want[2:-2, 18:-2] = True
-    assert (area <= want).all() and area[2:-2, 18:-2].mean() > 0.95  # less the blobs' own near-black
+    want[e:-e, 16 + e:-e] = True
+    assert (area <= want).all() and area[e:-e, 16 + e:-e].mean() > 0.95  # less the blobs' own near-black
     assert not above[~area].any() and 0.45 < above[area].mean() < 0.55  # above the median: half
     s = detail_similarity(fp, [0, 0], [1, 1], [False, True])
     assert s[1] == 1.0 and abs(s[0]) < 0.3

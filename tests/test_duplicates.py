@@ -295,3 +295,119 @@ def test_percentiles_from_the_histogram_are_numpys():
     for n in (1, 2, 7, 1000, 16384):
         u = np.minimum(rng.poisson(rng.uniform(1, 200), n), 255).astype(np.uint8)
         assert duplicates._percentiles_u8(u, (2, 50, 97.5)) == pytest.approx(np.percentile(u, [2, 50, 97.5]), abs=1e-9)
+
+
+# ------------------------------------------------------------------ screening-style look-alikes (issue 35)
+
+
+def _vessel_map(rgb: np.ndarray) -> np.ndarray:
+    """The darkest tenth of the green channel's black-hat (vessels), inside the eroded field of view."""
+    g = rgb[:, :, 1].astype(np.float32)
+    bh = cv2.morphologyEx(g, cv2.MORPH_BLACKHAT, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9)))
+    fov = cv2.erode((rgb.max(axis=2) > 5).astype(np.uint8), np.ones((25, 25), np.uint8)) > 0
+    return (bh > np.percentile(bh[fov], 90)) & fov
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def test_screening_eyes_have_their_own_trees_and_the_cameras_frame():
+    """Pixels of the generator: each eye its own vessel tree (another photograph of the same eye shares it),
+    the fellow eye mirror-like but not a mirror copy, the disc on the eye's side, chords and a dark ring."""
+    from medxcept.testing.screening import screening_eye
+
+    r, left = screening_eye(1, "R"), screening_eye(1, "L")
+    again = screening_eye(1, "R", photo_seed=5)  # the same retina, another exposure, blur and JPEG
+    other = screening_eye(11, "R")
+    assert r.shape == (400, 400, 3) and r.dtype == np.uint8
+    assert _iou(_vessel_map(r), _vessel_map(again)) > 0.6  # measured 0.74-0.87
+    assert _iou(_vessel_map(r), _vessel_map(other)) < 0.2  # 0.05-0.09
+    assert _iou(_vessel_map(r), _vessel_map(np.ascontiguousarray(left[:, ::-1]))) < 0.2  # 0.05-0.08
+    disc_x = [np.unravel_index(cv2.GaussianBlur(a.mean(axis=2).astype(np.float32), (0, 0), 8).argmax(), (400, 400))[1]
+              for a in (r, left)]
+    assert disc_x[0] > 250 and disc_x[1] < 150  # right eye: disc on the right; left eye: on the left
+    assert r[:20].max() <= 8 and r[40, 200].max() > 20  # the circle cut by a chord at 0.08 of the side
+    yy, xx = np.mgrid[0:400, 0:400]
+    rho = np.hypot(xx - 199.5, yy - 199.5) / (0.49 * 400)
+    lum = r.mean(axis=2)
+    assert lum[(rho > 0.9) & (rho < 0.97)].mean() < 0.6 * lum[rho < 0.5].mean()  # the vignette ring: 0.45-0.48
+
+
+def _screening_prep(rgb: np.ndarray, px: int = 224) -> np.ndarray:
+    from medxcept.preprocess import PreprocessConfig, preprocess
+
+    return preprocess(rgb.astype(np.float32) / 255, PreprocessConfig(image_px=px), modality="fundus")
+
+
+@pytest.fixture(scope="module")
+def screening() -> dict[str, object]:
+    """Both eyes of 4 people, dim (as many screening photographs are), and a combined copy of the first eye."""
+    import dataclasses
+
+    from medxcept.testing.screening import CAMERAS, screening_eye
+
+    dim = dataclasses.replace(CAMERAS[0], exposure=(0.12, 0.2))  # the retina at 10-25 of 255
+    raw = [screening_eye(p, e, camera=dim) for p in range(4) for e in "RL"]
+    # rotated, zoomed, shifted, mirrored, re-compressed (harsher copies of such smooth, dim eyes can keep
+    # too few keypoints in common: benchmarks/near_duplicates.py measures how many)
+    copy = _jpeg(np.ascontiguousarray(_warp(raw[0], 20, 1.1, 0.0, 0.05)[:, ::-1]), 75)
+    imgs = [_screening_prep(a) for a in raw + [copy]]
+    df = pd.DataFrame({"image_id": [f"img{k:02d}" for k in range(9)], "frame": 0,
+                       "patient_key": [f"P{k // 2}" for k in range(8)] + ["P9"],
+                       "laterality": list("RL" * 4) + ["R"], "label": "normal", "y": 0, "split": "train",
+                       "sha256": [f"{k:064x}" for k in range(9)]})
+    return {"imgs": imgs, "df": df, "fp": fingerprints(imgs)}
+
+
+def test_dim_screening_eyes_keep_keypoints_and_only_the_copy_is_paired(screening):
+    """Dim photographs keep their keypoints (their luma is stretched from the colour channels), so geometry
+    judges them; different people's eyes and one person's two eyes are not paired, the combined copy is."""
+    fp, df = screening["fp"], screening["df"]
+    assert (duplicates.n_keypoints(fp) >= duplicates.MIN_KEYPOINTS).all()
+    pairs = verified_near_pairs(fp)
+    assert list(zip(pairs["i"], pairs["j"], pairs["method"], strict=True)) == [(0, 8, "geometry")]
+    report = audit_cohort(df, fp=fp, policy="warn")
+    assert [(f.kind, f.count) for f in report.findings if f.kind.startswith("duplicate")] == [
+        ("duplicate_across_patients", 1)]
+
+
+def test_left_and_right_eye_of_one_patient_are_not_duplicates(screening):
+    """A mirrored, re-compressed copy of a right eye is a near-duplicate (flipped) of it; filed as the same
+    patient's *left* eye it is reported no more (two eyes), as the same eye or another patient's it is."""
+    from medxcept.fingerprints import duplicate_pairs
+
+    imgs = screening["imgs"]
+    mirror = _screening_prep(_jpeg(np.ascontiguousarray(imgs[2][:, ::-1]), 80))
+    fp = fingerprints([imgs[2], imgs[4], mirror])
+    base = pd.DataFrame({"image_id": ["a", "b", "c"], "frame": 0, "sha256": ["1" * 64, "2" * 64, "3" * 64]})
+
+    def near(patients: list[str], eyes: list[str]) -> list[tuple[int, int]]:
+        p = duplicate_pairs(base.assign(patient_key=patients, laterality=eyes), fp, 10)
+        return list(zip(p["i"], p["j"], strict=True))
+
+    assert near(["P1", "P2", "P1"], ["R", "R", "L"]) == []  # one patient's left and right eye
+    assert near(["P1", "P2", "P1"], ["R", "R", "R"]) == [(0, 2)]  # the same eye twice: a repeat or copy
+    assert near(["P1", "P2", "P3"], ["R", "R", "L"]) == [(0, 2)]  # another patient's: reported
+    assert near(["P1", "P2", "P1"], ["R", "R", "NA"]) == [(0, 2)]  # laterality unknown: reported
+
+
+def test_hub_pairs_drop_a_generic_star_and_keep_a_copy_group():
+    """Hand-made pair graphs: a photograph 'matching' 4 people whose photographs do not match each other is
+    generic (its 4 pairs dropped); an original with 4 copies under 4 patients, all matching each other,
+    is a copy group (kept); a photograph matching 2 people is too small a star to judge (kept)."""
+    from medxcept.fingerprints import HUB_PATIENTS, _hub_pairs
+
+    assert HUB_PATIENTS == 3
+    pat = np.array([f"P{k}" for k in range(20)])
+    star = [(0, 1), (0, 2), (0, 3), (0, 4)]
+    group = [(a, b) for a in range(10, 15) for b in range(a + 1, 15)]
+    small = [(16, 17), (16, 18)]
+    pairs = star + group + small + [(1, 2)]  # two of the star's partners match each other (still generic)
+    i, j = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    drop = _hub_pairs(pat, i, j)
+    assert [p for p, d in zip(pairs, drop, strict=True) if d] == star
+    # one patient's images count once: the star under two patients only is not a hub
+    pat2 = pat.copy()
+    pat2[[1, 2, 3, 4]] = ["P1", "P1", "P2", "P2"]
+    assert not _hub_pairs(pat2, i, j)[:4].any()

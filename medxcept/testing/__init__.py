@@ -11,6 +11,9 @@
   scanner of everything outside ``private/`` (``tests/test_canary.py``);
 * :mod:`medxcept.testing.copies`: altered copies (crop, resize, JPEG) of a run's training images as an
   "external" cohort (``tests/test_external.py``, ``benchmarks/external_copies.py``).
+* :mod:`medxcept.testing.screening`: screening-style photographs of many different people (each eye
+  its own vessel tree, both eyes of each person; the camera's chords, vignette, dim exposures, 400-px
+  JPEG), the look-alikes of the near-duplicate benchmark.
 
 ``tests/test_architecture.py`` fails if a module outside this package imports it.
 """
