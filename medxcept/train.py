@@ -76,7 +76,8 @@ from medxcept.model import (
 __all__ = ["TrainResult", "fit", "predict_logits", "predict_logits_tta", "PatientAUC", "BestEpoch", "set_seeds",
            "weights_checksum", "save_weights_atomic", "save_inference_model", "check_resumable",
            "TrainPatientAUC", "train_auc_subset", "is_collapsed", "collapse_summary", "TRAIN_AUC_MAX_IMAGES",
-           "COLLAPSE_SD", "recalibrate_batchnorm", "RecalibrateBN", "EpochEvaluation", "inference_batch_size"]
+           "COLLAPSE_SD", "recalibrate_batchnorm", "RecalibrateBN", "EpochEvaluation", "inference_batch_size",
+           "recalibrate_and_predict"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,9 @@ log = logging.getLogger(__name__)
 TRAIN_AUC_MAX_IMAGES = 128
 #: Pixels per inference batch (:func:`inference_batch_size`): 64 images at 96 px.
 INFERENCE_PIXELS = 64 * 96 * 96
+#: Precise BN runs as one batch (:func:`recalibrate_and_predict`) up to this many pixels: the
+#: 128-image subset at up to 128 px; larger images are recalibrated in training-size batches.
+RECALIBRATE_PIXELS = 128 * 128 * 128
 #: Validation probabilities with a smaller SD than this are "constant" (a collapsed epoch).
 COLLAPSE_SD = 1e-4
 
@@ -305,8 +309,12 @@ class EpochEvaluation(keras.callbacks.Callback):
       ``train_patient_auc`` (:class:`TrainPatientAUC`'s).
 
     Each image is predicted once per epoch instead of the validation images twice. With
-    ``recalibrate``, :func:`recalibrate_batchnorm` runs first on the clean training subset ("precise
-    BN", training mode), so that every figure sees the recalibrated statistics, as before.
+    ``recalibrate`` ("precise BN", from random initialization) the clean training subset's one pass
+    is the training-mode pass of :func:`recalibrate_and_predict`, which sets BatchNormalization's
+    moving statistics and gives the subset's inference-mode logits at once (up to
+    :data:`RECALIBRATE_PIXELS`; above it, :func:`recalibrate_batchnorm` in batches and then the
+    prediction); the validation images are predicted after it, so every figure sees the
+    recalibrated statistics, as the checkpointed model holds them.
     """
 
     def __init__(self, val_images: np.ndarray, val_y: np.ndarray, val_groups: np.ndarray,
@@ -340,10 +348,19 @@ class EpochEvaluation(keras.callbacks.Callback):
         return dict(sorted(logs.items()))
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        train = None
         if self.recalibrate:
-            recalibrate_batchnorm(self.model, self.train_images, batch_size=self.bn_batch)
-        logits = self.model.predict(self.images, batch_size=self.infer_batch, verbose=0)
-        val, train = logits[:self.n_val], logits[self.n_val:]
+            px = int(self.train_images.shape[1]) if self.train_images.ndim == 4 else 0
+            if len(self.train_images) * px * px <= RECALIBRATE_PIXELS:  # one pass: statistics and logits
+                train = recalibrate_and_predict(self.model, self.train_images)
+            if train is None:  # too large for one batch: batches, then the subset is predicted below
+                recalibrate_batchnorm(self.model, self.train_images, batch_size=self.bn_batch)
+        if train is None:
+            logits = self.model.predict(self.images, batch_size=self.infer_batch, verbose=0)
+            val, train = logits[:self.n_val], logits[self.n_val:]
+        else:
+            val = self.model.predict(self.images[:self.n_val], batch_size=self.infer_batch, verbose=0)
+            logits = val
         new = self.validation_logs(val)
         squeeze = (lambda a: a[:, 0]) if logits.shape[-1] == 1 else (lambda a: a)
         prob = _probs(squeeze(val))
@@ -388,6 +405,38 @@ def recalibrate_batchnorm(model: keras.Model, images: np.ndarray, *, batch_size:
         for layer, m in zip(layers, momenta, strict=True):
             layer.momentum = m
     return len(layers)
+
+
+def recalibrate_and_predict(model: keras.Model, images: np.ndarray) -> np.ndarray | None:
+    """:func:`recalibrate_batchnorm` over ``images`` taken as **one** batch, returning the logits that
+    inference mode gives for those images afterwards, from the same forward pass.
+
+    With a single batch the recalibrated moving statistics *are* that batch's statistics, so the
+    training-mode pass that sets them normalizes every layer exactly as inference mode does once
+    they are set; only the head after global pooling is left, which runs without its dropout (as
+    in inference). One pass instead of two over the clean training subset. Returns ``None`` (and
+    changes nothing) when the model has no ``gap`` layer or no trainable BatchNormalization layer.
+    The statistics are the subset's own (its variance is the pooled one, not the mean of per-batch
+    variances). The caller bounds the batch's size (:data:`RECALIBRATE_PIXELS`).
+    """
+    layers = [la for la in _all_layers(model) if isinstance(la, keras.layers.BatchNormalization) and la.trainable]
+    if not layers or not len(images) or not _has_layer(model, "gap"):
+        return None
+    gap = model.get_layer("gap")
+    head = model.layers[model.layers.index(gap) + 1:]
+    features = keras.Model(model.inputs, gap.output)  # no dropout: no seed state is drawn from
+    momenta = [layer.momentum for layer in layers]
+    try:
+        for layer in layers:
+            layer.momentum = 0.0  # moving statistics := this batch's
+        x = features(keras.ops.convert_to_tensor(images.astype("float32")), training=True)
+    finally:
+        for layer, m in zip(layers, momenta, strict=True):
+            layer.momentum = m
+    for layer in head:
+        if not isinstance(layer, keras.layers.Dropout):
+            x = layer(x)
+    return np.asarray(keras.ops.convert_to_numpy(x))
 
 
 def _all_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
@@ -471,13 +520,19 @@ class BestEpoch(keras.callbacks.Callback):
         patience: epochs without improvement before stopping; ``None`` never stops (selection only).
         min_delta: AUC differences up to this are ties.
         checkpoint_dir: where ``best.weights.h5`` is written, or ``None``.
+        deferred_write: leave writing ``best.weights.h5`` to the per-epoch checkpoint, which
+            hard-links it to the ``last.weights.h5`` it has just written for the same weights
+            (:meth:`_Checkpoint.save`), instead of writing the same 250 MB twice; ``pending_best``
+            says when it must.
         state: the ``state()`` of an interrupted run, to resume its bookkeeping.
         epoch_offset: epochs completed in earlier stages (for the reported global epoch number).
     """
 
     def __init__(self, patience: int | None, *, min_delta: float = 1e-6, checkpoint_dir: Path | None = None,
-                 state: dict | None = None, epoch_offset: int = 0, restore: bool = True) -> None:
+                 state: dict | None = None, epoch_offset: int = 0, restore: bool = True,
+                 deferred_write: bool = False) -> None:
         super().__init__()
+        self.deferred_write, self.pending_best = deferred_write, False
         self.patience, self.min_delta, self.checkpoint_dir = patience, min_delta, checkpoint_dir
         self.epoch_offset, self.restore = epoch_offset, restore
         state = state or {}
@@ -514,7 +569,9 @@ class BestEpoch(keras.callbacks.Callback):
             self.best_collapsed = collapsed
             self.wait = 0
             self._best_weights = self.model.get_weights()
-            if self.checkpoint_dir is not None:
+            if self.checkpoint_dir is not None and self.deferred_write:
+                self.pending_best = True
+            elif self.checkpoint_dir is not None:
                 self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
                 save_weights_atomic(self.model, self.checkpoint_dir / "best.weights.h5")
         elif not self.best_collapsed:  # patience runs from the first epoch that did not collapse
@@ -608,12 +665,24 @@ class _Checkpoint:
             return None
         return json.loads(self.state_file.read_text())
 
-    def save(self, model: keras.Model, state: dict) -> None:
+    def save(self, model: keras.Model, state: dict, *, best: bool = False) -> None:
         """Weights (with the optimizer's variables) to a temporary file renamed over ``last.weights.h5``,
         then ``state.json`` (also atomically) with the weights' checksum and the random-seed states:
-        ``state.json`` always describes a complete weights file."""
+        ``state.json`` always describes a complete weights file. With ``best``, ``best.weights.h5``
+        becomes a hard link to that same file (the same weights, written once; a later
+        ``last.weights.h5`` replaces the name, not the linked file), before ``state.json`` names the
+        epoch as the best one."""
         self.path.mkdir(parents=True, exist_ok=True)
         save_weights_atomic(model, self.path / "last.weights.h5")  # Keras 3 stores the optimizer's variables too
+        if best:
+            tmp = self.path / f".best.{os.getpid()}.h5"
+            try:
+                os.link(self.path / "last.weights.h5", tmp)
+            except OSError:  # no hard links on this file system: a copy
+                import shutil
+
+                shutil.copyfile(self.path / "last.weights.h5", tmp)
+            os.replace(tmp, self.path / "best.weights.h5")
         state = {**state, "weights_sha256": weights_checksum(model), "seed_states": _seed_states(model)}
         tmp = self.state_file.with_name(f".state.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(state, indent=1, default=float))
@@ -873,12 +942,14 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
         train_ds.set_epoch(len(rows))
         chooser = BestEpoch(tc.patience if stage.early_stop else None,
                             checkpoint_dir=ckpt.path if (ckpt and stage.early_stop) else None,
-                            state=es_state if resuming else None, epoch_offset=offset, restore=stage.early_stop)
+                            state=es_state if resuming else None, epoch_offset=offset, restore=stage.early_stop,
+                            deferred_write=True)
 
         def save_state(done: int, *, finished: bool, _i: int = index, _c: BestEpoch = chooser) -> None:
             ckpt.save(model, {"fingerprint": fingerprint, "stage_index": _i, "stage_epochs_done": done,
                               "stage_finished": finished, "early_stop": _c.state(), "rows": rows,
-                              "stages": stages})
+                              "stages": stages}, best=_c.pending_best)
+            _c.pending_best = False
 
         initial = start_epoch if resuming else 0
         callbacks: list[keras.callbacks.Callback] = [

@@ -431,11 +431,12 @@ def _small_model(n_classes: int, seed: int = 0) -> keras.Model:
     return keras.Model(inputs, out)
 
 
-@pytest.mark.parametrize("n_classes", [2, 3])
-def test_epoch_evaluation_gives_what_keras_validation_gave_from_one_pass(n_classes):
+@pytest.mark.parametrize("n_classes,recalibrate", [(2, False), (3, False), (2, True)])
+def test_epoch_evaluation_gives_what_keras_validation_gave_from_one_pass(n_classes, recalibrate):
     """val_loss, val_auc and val_accuracy from the single inference pass equal Keras' own
     ``validation_data`` figures (Model.evaluate over the same images, in batches of another size);
-    the patient AUCs are sklearn's on per-patient means; every image is predicted once per epoch."""
+    the patient AUCs are sklearn's on per-patient means; every image is predicted once per epoch
+    (with precise BN, the training subset's pass is the recalibration's own)."""
     from sklearn.metrics import roc_auc_score
 
     from medxcept.data import CohortDataset
@@ -450,7 +451,7 @@ def test_epoch_evaluation_gives_what_keras_validation_gave_from_one_pass(n_class
     model = _small_model(n_classes)
     _compile(model, _adamw(_schedule(1e-2, 3, 2, 1), 1e-4), n_classes, 0.1)  # label smoothing too
     ev = EpochEvaluation(x[va], y[va], groups[va], x[tr], y[tr], groups[tr], n_classes=n_classes,
-                         batch_size=8, max_images=20, seed=1)
+                         batch_size=8, max_images=20, seed=1, recalibrate=recalibrate)
     seen = []
     predict = model.predict
 
@@ -461,7 +462,8 @@ def test_epoch_evaluation_gives_what_keras_validation_gave_from_one_pass(n_class
     model.predict = counting_predict
     train_ds = CohortDataset(x[tr], y[tr], n_classes=n_classes, batch_size=8, shuffle=True)
     history = model.fit(train_ds, epochs=2, callbacks=[ev], verbose=0, shuffle=False)
-    assert seen == [30 + 20, 30 + 20], "each validation and training-subset image once per epoch, in one call"
+    expected = [30, 30] if recalibrate else [30 + 20, 30 + 20]
+    assert seen == expected, "each validation and training-subset image once per epoch, in one call"
     assert set(history.history) >= {"val_loss", "val_auc", "val_accuracy", "val_patient_auc", "train_patient_auc"}
 
     logs = {}
@@ -479,3 +481,33 @@ def test_epoch_evaluation_gives_what_keras_validation_gave_from_one_pass(n_class
         t = np.array([y[va][groups[va] == g].max() for g in np.unique(groups[va])])
         assert logs["val_patient_auc"] == pytest.approx(roc_auc_score(t, p), abs=1e-9)
         assert logs["val_prob_sd"] == pytest.approx(np.std(prob), rel=1e-5)
+        sub = _probs(np.squeeze(model.predict(ev.train_images, verbose=0), -1))
+        p = np.array([sub[ev.train_groups == g].mean() for g in np.unique(ev.train_groups)])
+        t = np.array([ev.train_y[ev.train_groups == g].max() for g in np.unique(ev.train_groups)])
+        assert logs["train_patient_auc"] == pytest.approx(roc_auc_score(t, p), abs=1e-9)
+
+
+def test_recalibrate_and_predict_sets_batch_statistics_and_gives_inference_logits():
+    """One training-mode pass: the first BN layer's moving mean and variance become the batch's own
+    (computed by hand from the convolution's output), and the returned logits are what inference mode
+    (Model.predict, dropout off) gives afterwards; the dropout seed state is not drawn from."""
+    from medxcept.train import _seed_states, recalibrate_and_predict
+
+    inputs = keras.Input((24, 24, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = keras.layers.BatchNormalization(momentum=0.9)(keras.layers.Conv2D(4, 3, strides=2, name="conv")(x))
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(keras.layers.ReLU()(x))
+    x = keras.layers.Dropout(0.5, seed=1, name="dropout")(x)
+    model = keras.Model(inputs, keras.layers.Dense(1, name="logits")(x))
+    images = np.random.default_rng(3).integers(0, 256, size=(20, 24, 24, 3), dtype=np.uint8)
+    seeds = _seed_states(model)
+    logits = recalibrate_and_predict(model, images)
+    conv = keras.Model(model.inputs, model.get_layer("conv").output).predict(images, verbose=0)
+    bn = next(la for la in model.layers if isinstance(la, keras.layers.BatchNormalization))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), conv.mean(axis=(0, 1, 2)), rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), conv.var(axis=(0, 1, 2)), rtol=1e-3,
+                               atol=1e-5)
+    assert bn.momentum == 0.9, "the layer's momentum is put back"
+    np.testing.assert_allclose(logits, model.predict(images, verbose=0), rtol=1e-4, atol=1e-5)
+    assert _seed_states(model) == seeds
