@@ -28,6 +28,7 @@ Usage::
     python -m benchmarks.train_throughput --px 299 --n-train 48 --n-val 16 --epochs 2
     python -m benchmarks.train_throughput --compare-threads default,auto,1
     python -m benchmarks.train_throughput --demo                # also time `python -m pipelines.retina`
+    python -m benchmarks.train_throughput --bn-check            # the demo with and without precise BN
 """
 
 from __future__ import annotations
@@ -348,6 +349,61 @@ def demo(args: argparse.Namespace) -> None:
           f"timings {timings}")
 
 
+def bn_check() -> None:
+    """Does precise BN (``train.bn_recalibration``) change the demo's results? One training trajectory,
+    both answers per epoch.
+
+    Runs the demo pipeline with :class:`medxcept.train.EpochEvaluation` wrapped: at each epoch's end,
+    before it recalibrates, the validation images are predicted with the moving statistics as
+    training left them (the run without precise BN) and those statistics are kept; at the next
+    epoch's start they are put back, so that trajectory continues as it would have without
+    recalibration. Precise BN does not change the training steps (BatchNormalization uses batch
+    statistics in training mode) and its result does not depend on the statistics it overwrites, so
+    the history's own figures are the run with it. Prints val patient AUC and val prob SD per epoch.
+    """
+    import keras
+
+    import medxcept.train as mtrain
+
+    rows: list[dict] = []
+    kept: dict = {}
+    original = mtrain.EpochEvaluation.on_epoch_end
+
+    def moving(model):
+        return [v for v in model.non_trainable_weights if "moving" in v.path]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if kept.get("values") is not None:
+            for v, value in zip(moving(self.model), kept["values"], strict=True):
+                v.assign(value)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logits = self.model.predict(self.images[:self.n_val], batch_size=self.infer_batch, verbose=0)
+        prob = mtrain._probs(logits[:, 0] if logits.shape[-1] == 1 else logits)
+        kept["values"] = [keras.ops.convert_to_numpy(v).copy() for v in moving(self.model)]
+        without = {"auc": mtrain._patient_auc(self.val_groups, self.val_y, prob, how=self.how),
+                   "sd": mtrain._prob_sd(prob), "collapsed": mtrain.is_collapsed(prob)}
+        original(self, epoch, logs)
+        rows.append({"without": without, "with": {"auc": logs["val_patient_auc"], "sd": logs["val_prob_sd"],
+                                                  "collapsed": bool(logs["collapsed"])}})
+        print(f"epoch {len(rows)}: without precise BN: val patient AUC {without['auc']:.3f}, val prob SD "
+              f"{without['sd']:.2e}{' (collapsed)' if without['collapsed'] else ''} | with: AUC "
+              f"{logs['val_patient_auc']:.3f}, SD {logs['val_prob_sd']:.2e}"
+              f"{' (collapsed)' if logs['collapsed'] else ''}", flush=True)
+
+    mtrain.EpochEvaluation.on_epoch_begin = on_epoch_begin
+    mtrain.EpochEvaluation.on_epoch_end = on_epoch_end
+    from pipelines.retina import main as retina
+
+    with tempfile.TemporaryDirectory() as d:
+        sys.argv = ["retina", "--out-dir", d]
+        try:
+            retina()
+        except SystemExit:
+            pass
+    print(json.dumps(rows))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--px", type=int, default=96)
@@ -358,12 +414,16 @@ def main() -> None:
     p.add_argument("--threads", default="auto", help="auto (medxcept.threads), default (the backend's), or N")
     p.add_argument("--compare-threads", metavar="S1,S2", help="e.g. default,auto,1: (a) and (c) per setting")
     p.add_argument("--demo", action="store_true", help="also time the demo pipeline (minutes)")
+    p.add_argument("--bn-check", action="store_true", help="the demo with and without precise BN, per epoch")
     p.add_argument("--only-steps", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--only-plain", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.compare_threads:
         compare_threads(args)
+        return
+    if args.bn_check:
+        bn_check()
         return
     print(f"load average at start: {os.getloadavg()}")
     r = measure(args)
