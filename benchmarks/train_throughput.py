@@ -349,7 +349,7 @@ def demo(args: argparse.Namespace) -> None:
           f"timings {timings}")
 
 
-def bn_check() -> None:
+def bn_check(out_dir: str | None = None) -> None:
     """Does precise BN (``train.bn_recalibration``) change the demo's results? One training trajectory,
     both answers per epoch.
 
@@ -396,7 +396,7 @@ def bn_check() -> None:
     from pipelines.retina import main as retina
 
     with tempfile.TemporaryDirectory() as d:
-        sys.argv = ["retina", "--out-dir", d]
+        sys.argv = ["retina", "--out-dir", out_dir or d]  # --out-dir keeps the run (its report and metrics)
         try:
             retina()
         except SystemExit:
@@ -415,6 +415,7 @@ def main() -> None:
     p.add_argument("--compare-threads", metavar="S1,S2", help="e.g. default,auto,1: (a) and (c) per setting")
     p.add_argument("--demo", action="store_true", help="also time the demo pipeline (minutes)")
     p.add_argument("--bn-check", action="store_true", help="the demo with and without precise BN, per epoch")
+    p.add_argument("--out-dir", help="with --bn-check: keep the demo's run directory here")
     p.add_argument("--only-steps", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--only-plain", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
@@ -423,7 +424,7 @@ def main() -> None:
         compare_threads(args)
         return
     if args.bn_check:
-        bn_check()
+        bn_check(args.out_dir)
         return
     print(f"load average at start: {os.getloadavg()}")
     r = measure(args)
