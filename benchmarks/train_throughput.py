@@ -239,7 +239,7 @@ def measure(args: argparse.Namespace) -> dict:
             return out
 
         # (c) plain model.fit epoch: the product's dataset (augmentation, workers), nothing else
-        from medxcept.augment import AugmentConfig, build_augment
+        from medxcept.augment import build_augment
 
         cfg = load_config(overrides={"preprocess.image_px": px, "train.batch_size": batch})
         ds = CohortDataset(train_x, train_y, n_classes=2, batch_size=batch, augment=build_augment(cfg.augment, seed=0),
