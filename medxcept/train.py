@@ -85,9 +85,11 @@ log = logging.getLogger(__name__)
 TRAIN_AUC_MAX_IMAGES = 128
 #: Pixels per inference batch (:func:`inference_batch_size`): 64 images at 96 px.
 INFERENCE_PIXELS = 64 * 96 * 96
-#: Precise BN runs as one batch (:func:`recalibrate_and_predict`) up to this many pixels: the
-#: 128-image subset at up to 128 px; larger images are recalibrated in training-size batches.
-RECALIBRATE_PIXELS = 128 * 128 * 128
+#: Precise BN runs as one batch (:func:`recalibrate_and_predict`) up to this many pixels (32 images
+#: at 96 px); a larger subset is recalibrated in training-size batches and then predicted. Measured
+#: peak memory at 96 px (Xception, from scratch): batched recalibration of 128 images 1.32 GB; one
+#: batch of 32 images 1.67 GB; one batch of 128 images 3.85 GB, too much for a laptop.
+RECALIBRATE_PIXELS = 32 * 96 * 96
 #: Validation probabilities with a smaller SD than this are "constant" (a collapsed epoch).
 COLLAPSE_SD = 1e-4
 
