@@ -431,16 +431,20 @@ def _small_model(n_classes: int, seed: int = 0) -> keras.Model:
     return keras.Model(inputs, out)
 
 
-@pytest.mark.parametrize("n_classes,recalibrate", [(2, False), (3, False), (2, True)])
-def test_epoch_evaluation_gives_what_keras_validation_gave_from_one_pass(n_classes, recalibrate):
+@pytest.mark.parametrize("n_classes,recalibrate", [(2, False), (3, False), (2, True), (2, "batched")])
+def test_epoch_evaluation_gives_what_keras_validation_gave_from_one_pass(n_classes, recalibrate, monkeypatch):
     """val_loss, val_auc and val_accuracy from the single inference pass equal Keras' own
     ``validation_data`` figures (Model.evaluate over the same images, in batches of another size);
     the patient AUCs are sklearn's on per-patient means; every image is predicted once per epoch
     (with precise BN, the training subset's pass is the recalibration's own)."""
     from sklearn.metrics import roc_auc_score
 
+    from medxcept import train
     from medxcept.data import CohortDataset
     from medxcept.train import EpochEvaluation, _adamw, _compile, _probs, _schedule
+
+    if recalibrate == "batched":  # a subset above RECALIBRATE_PIXELS: batched precise BN, then one predict
+        monkeypatch.setattr(train, "RECALIBRATE_PIXELS", 0)
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(70, 24, 24, 3), dtype=np.uint8)
@@ -451,7 +455,7 @@ def test_epoch_evaluation_gives_what_keras_validation_gave_from_one_pass(n_class
     model = _small_model(n_classes)
     _compile(model, _adamw(_schedule(1e-2, 3, 2, 1), 1e-4), n_classes, 0.1)  # label smoothing too
     ev = EpochEvaluation(x[va], y[va], groups[va], x[tr], y[tr], groups[tr], n_classes=n_classes,
-                         batch_size=8, max_images=20, seed=1, recalibrate=recalibrate)
+                         batch_size=8, max_images=20, seed=1, recalibrate=bool(recalibrate))
     seen = []
     predict = model.predict
 
@@ -462,7 +466,7 @@ def test_epoch_evaluation_gives_what_keras_validation_gave_from_one_pass(n_class
     model.predict = counting_predict
     train_ds = CohortDataset(x[tr], y[tr], n_classes=n_classes, batch_size=8, shuffle=True)
     history = model.fit(train_ds, epochs=2, callbacks=[ev], verbose=0, shuffle=False)
-    expected = [30, 30] if recalibrate else [30 + 20, 30 + 20]
+    expected = [30, 30] if recalibrate is True else [30 + 20, 30 + 20]
     assert seen == expected, "each validation and training-subset image once per epoch, in one call"
     assert set(history.history) >= {"val_loss", "val_auc", "val_accuracy", "val_patient_auc", "train_patient_auc"}
 
