@@ -76,12 +76,20 @@ from medxcept.model import (
 __all__ = ["TrainResult", "fit", "predict_logits", "predict_logits_tta", "PatientAUC", "BestEpoch", "set_seeds",
            "weights_checksum", "save_weights_atomic", "save_inference_model", "check_resumable",
            "TrainPatientAUC", "train_auc_subset", "is_collapsed", "collapse_summary", "TRAIN_AUC_MAX_IMAGES",
-           "COLLAPSE_SD", "recalibrate_batchnorm", "RecalibrateBN"]
+           "COLLAPSE_SD", "recalibrate_batchnorm", "RecalibrateBN", "EpochEvaluation", "inference_batch_size",
+           "recalibrate_and_predict"]
 
 log = logging.getLogger(__name__)
 
 #: At most this many training images are predicted per epoch for ``train_patient_auc``.
 TRAIN_AUC_MAX_IMAGES = 128
+#: Pixels per inference batch (:func:`inference_batch_size`): 64 images at 96 px.
+INFERENCE_PIXELS = 64 * 96 * 96
+#: Precise BN runs as one batch (:func:`recalibrate_and_predict`) up to this many pixels (32 images
+#: at 96 px); a larger subset is recalibrated in training-size batches and then predicted. Measured
+#: peak memory at 96 px (Xception, from scratch): batched recalibration of 128 images 1.32 GB; one
+#: batch of 32 images 1.67 GB; one batch of 128 images 3.85 GB, too much for a laptop.
+RECALIBRATE_PIXELS = 32 * 96 * 96
 #: Validation probabilities with a smaller SD than this are "constant" (a collapsed epoch).
 COLLAPSE_SD = 1e-4
 
@@ -281,6 +289,97 @@ class TrainPatientAUC(keras.callbacks.Callback):
             logs["train_patient_auc"] = _patient_auc(self.groups, self.y, prob, how=self.how)
 
 
+def inference_batch_size(image_px: int, train_batch: int) -> int:
+    """Images per inference batch: about :data:`INFERENCE_PIXELS` pixels (64 images at 96 px, 6 at
+    299 px), never fewer than the training batch. Inference keeps no activations for a backward pass,
+    so a larger batch than training's fits, and fewer, larger calls cost less per image on a CPU
+    (``benchmarks/train_throughput.py``)."""
+    return max(int(train_batch), int(INFERENCE_PIXELS // (image_px * image_px)))
+
+
+class EpochEvaluation(keras.callbacks.Callback):
+    """Everything medxcept measures at the end of an epoch, from **one** inference pass.
+
+    The validation images and the clean training subset (:func:`train_auc_subset`) are predicted
+    together, once, in inference mode, with the model's traced predict function (traced once per
+    compiled stage, reused every epoch); from those logits come:
+
+    * ``val_loss``, ``val_auc``, ``val_accuracy``: what Keras' ``validation_data`` pass computed
+      (the compiled loss and metrics over every validation image; ``tests/test_train.py`` checks
+      ``val_loss`` against ``Model.evaluate``), which ``fit`` therefore no longer runs;
+    * ``val_patient_auc``, ``val_prob_sd``, ``collapsed`` (:class:`PatientAUC`'s) and
+      ``train_patient_auc`` (:class:`TrainPatientAUC`'s).
+
+    Each image is predicted once per epoch instead of the validation images twice. With
+    ``recalibrate`` ("precise BN", from random initialization) the clean training subset's one pass
+    is the training-mode pass of :func:`recalibrate_and_predict`, which sets BatchNormalization's
+    moving statistics and gives the subset's inference-mode logits at once (up to
+    :data:`RECALIBRATE_PIXELS`; above it, :func:`recalibrate_batchnorm` in batches and then the
+    prediction); the validation images are predicted after it, so every figure sees the
+    recalibrated statistics, as the checkpointed model holds them.
+    """
+
+    def __init__(self, val_images: np.ndarray, val_y: np.ndarray, val_groups: np.ndarray,
+                 train_images: np.ndarray, train_y: np.ndarray, train_groups: np.ndarray, *, n_classes: int,
+                 batch_size: int, how: str = "mean", recalibrate: bool = False, seed: int = 0,
+                 max_images: int = TRAIN_AUC_MAX_IMAGES) -> None:
+        super().__init__()
+        keep = train_auc_subset(train_y, train_groups, max_images=max_images, seed=seed)
+        self.train_images = train_images[keep]
+        self.train_y, self.train_groups = np.asarray(train_y)[keep], np.asarray(train_groups)[keep]
+        self.val_y, self.val_groups = np.asarray(val_y), np.asarray(val_groups)
+        self.n_val, self.n_classes, self.how = len(val_images), n_classes, how
+        self.images = np.concatenate([val_images, self.train_images])  # one predict call per epoch
+        self.batch_size = batch_size
+        self.recalibrate, self.bn_batch = recalibrate, batch_size
+        self.infer_batch = inference_batch_size(int(val_images.shape[1]), batch_size) if len(val_images) else batch_size
+
+    def validation_logs(self, logits: np.ndarray) -> dict[str, float]:
+        """``val_loss`` and ``val_<metric>`` from the validation logits, as ``Model.evaluate`` gives them:
+        the compiled loss averaged over every image (plus regularization), the compiled metrics over all."""
+        if not self.n_val:
+            return {}
+        y = _targets(self.val_y, self.n_classes)
+        out = keras.ops.convert_to_tensor(logits)
+        loss = float(keras.ops.convert_to_numpy(self.model.loss(keras.ops.convert_to_tensor(y), out)))
+        loss += sum(float(keras.ops.convert_to_numpy(x)) for x in self.model.losses)
+        logs = {"val_loss": loss}
+        for metric in _metrics(self.model, self.n_classes):
+            metric.update_state(y, out)
+            logs[f"val_{metric.name}"] = float(keras.ops.convert_to_numpy(metric.result()))
+        return dict(sorted(logs.items()))
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        train = None
+        if self.recalibrate:
+            px = int(self.train_images.shape[1]) if self.train_images.ndim == 4 else 0
+            if len(self.train_images) * px * px <= RECALIBRATE_PIXELS:  # one pass: statistics and logits
+                train = recalibrate_and_predict(self.model, self.train_images)
+            if train is None:  # too large for one batch: batches, then the subset is predicted below
+                recalibrate_batchnorm(self.model, self.train_images, batch_size=self.bn_batch)
+        if train is None:
+            logits = self.model.predict(self.images, batch_size=self.infer_batch, verbose=0)
+            val, train = logits[:self.n_val], logits[self.n_val:]
+        else:
+            val = self.model.predict(self.images[:self.n_val], batch_size=self.infer_batch, verbose=0)
+            logits = val
+        new = self.validation_logs(val)
+        squeeze = (lambda a: a[:, 0]) if logits.shape[-1] == 1 else (lambda a: a)
+        prob = _probs(squeeze(val))
+        new["train_patient_auc"] = _patient_auc(self.train_groups, self.train_y, _probs(squeeze(train)), how=self.how)
+        new["val_patient_auc"] = _patient_auc(self.val_groups, self.val_y, prob, how=self.how)
+        new["val_prob_sd"] = _prob_sd(prob)
+        new["collapsed"] = float(is_collapsed(prob))
+        if logs is not None:
+            logs.update(new)
+
+
+def _targets(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Targets shaped as :meth:`medxcept.data.CohortDataset.targets` gives them to the loss."""
+    y = np.asarray(y, dtype=np.int64)
+    return y.astype(np.float32)[:, None] if n_classes == 2 else np.eye(n_classes, dtype=np.float32)[y]
+
+
 def recalibrate_batchnorm(model: keras.Model, images: np.ndarray, *, batch_size: int) -> int:
     """Set the moving statistics of every trainable BatchNormalization layer to the mean, over
     batches of clean ``images``, of the batch statistics the current weights give ("precise BN",
@@ -308,6 +407,38 @@ def recalibrate_batchnorm(model: keras.Model, images: np.ndarray, *, batch_size:
         for layer, m in zip(layers, momenta, strict=True):
             layer.momentum = m
     return len(layers)
+
+
+def recalibrate_and_predict(model: keras.Model, images: np.ndarray) -> np.ndarray | None:
+    """:func:`recalibrate_batchnorm` over ``images`` taken as **one** batch, returning the logits that
+    inference mode gives for those images afterwards, from the same forward pass.
+
+    With a single batch the recalibrated moving statistics *are* that batch's statistics, so the
+    training-mode pass that sets them normalizes every layer exactly as inference mode does once
+    they are set; only the head after global pooling is left, which runs without its dropout (as
+    in inference). One pass instead of two over the clean training subset. Returns ``None`` (and
+    changes nothing) when the model has no ``gap`` layer or no trainable BatchNormalization layer.
+    The statistics are the subset's own (its variance is the pooled one, not the mean of per-batch
+    variances). The caller bounds the batch's size (:data:`RECALIBRATE_PIXELS`).
+    """
+    layers = [la for la in _all_layers(model) if isinstance(la, keras.layers.BatchNormalization) and la.trainable]
+    if not layers or not len(images) or not _has_layer(model, "gap"):
+        return None
+    gap = model.get_layer("gap")
+    head = model.layers[model.layers.index(gap) + 1:]
+    features = keras.Model(model.inputs, gap.output)  # no dropout: no seed state is drawn from
+    momenta = [layer.momentum for layer in layers]
+    try:
+        for layer in layers:
+            layer.momentum = 0.0  # moving statistics := this batch's
+        x = features(keras.ops.convert_to_tensor(images.astype("float32")), training=True)
+    finally:
+        for layer, m in zip(layers, momenta, strict=True):
+            layer.momentum = m
+    for layer in head:
+        if not isinstance(layer, keras.layers.Dropout):
+            x = layer(x)
+    return np.asarray(keras.ops.convert_to_numpy(x))
 
 
 def _all_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
@@ -391,13 +522,19 @@ class BestEpoch(keras.callbacks.Callback):
         patience: epochs without improvement before stopping; ``None`` never stops (selection only).
         min_delta: AUC differences up to this are ties.
         checkpoint_dir: where ``best.weights.h5`` is written, or ``None``.
+        deferred_write: leave writing ``best.weights.h5`` to the per-epoch checkpoint, which
+            hard-links it to the ``last.weights.h5`` it has just written for the same weights
+            (:meth:`_Checkpoint.save`), instead of writing the same 250 MB twice; ``pending_best``
+            says when it must.
         state: the ``state()`` of an interrupted run, to resume its bookkeeping.
         epoch_offset: epochs completed in earlier stages (for the reported global epoch number).
     """
 
     def __init__(self, patience: int | None, *, min_delta: float = 1e-6, checkpoint_dir: Path | None = None,
-                 state: dict | None = None, epoch_offset: int = 0, restore: bool = True) -> None:
+                 state: dict | None = None, epoch_offset: int = 0, restore: bool = True,
+                 deferred_write: bool = False) -> None:
         super().__init__()
+        self.deferred_write, self.pending_best = deferred_write, False
         self.patience, self.min_delta, self.checkpoint_dir = patience, min_delta, checkpoint_dir
         self.epoch_offset, self.restore = epoch_offset, restore
         state = state or {}
@@ -434,7 +571,9 @@ class BestEpoch(keras.callbacks.Callback):
             self.best_collapsed = collapsed
             self.wait = 0
             self._best_weights = self.model.get_weights()
-            if self.checkpoint_dir is not None:
+            if self.checkpoint_dir is not None and self.deferred_write:
+                self.pending_best = True
+            elif self.checkpoint_dir is not None:
                 self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
                 save_weights_atomic(self.model, self.checkpoint_dir / "best.weights.h5")
         elif not self.best_collapsed:  # patience runs from the first epoch that did not collapse
@@ -528,12 +667,24 @@ class _Checkpoint:
             return None
         return json.loads(self.state_file.read_text())
 
-    def save(self, model: keras.Model, state: dict) -> None:
+    def save(self, model: keras.Model, state: dict, *, best: bool = False) -> None:
         """Weights (with the optimizer's variables) to a temporary file renamed over ``last.weights.h5``,
         then ``state.json`` (also atomically) with the weights' checksum and the random-seed states:
-        ``state.json`` always describes a complete weights file."""
+        ``state.json`` always describes a complete weights file. With ``best``, ``best.weights.h5``
+        becomes a hard link to that same file (the same weights, written once; a later
+        ``last.weights.h5`` replaces the name, not the linked file), before ``state.json`` names the
+        epoch as the best one."""
         self.path.mkdir(parents=True, exist_ok=True)
         save_weights_atomic(model, self.path / "last.weights.h5")  # Keras 3 stores the optimizer's variables too
+        if best:
+            tmp = self.path / f".best.{os.getpid()}.h5"
+            try:
+                os.link(self.path / "last.weights.h5", tmp)
+            except OSError:  # no hard links on this file system: a copy
+                import shutil
+
+                shutil.copyfile(self.path / "last.weights.h5", tmp)
+            os.replace(tmp, self.path / "best.weights.h5")
         state = {**state, "weights_sha256": weights_checksum(model), "seed_states": _seed_states(model)}
         tmp = self.state_file.with_name(f".state.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(state, indent=1, default=float))
@@ -617,16 +768,21 @@ def _compile(model: keras.Model, optimizer: keras.optimizers.Optimizer, n_classe
              label_smoothing: float) -> None:
     if n_classes == 2:
         loss = keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=label_smoothing)
-        metrics = [keras.metrics.AUC(from_logits=True, name="auc"),
-                   keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")]
     else:
         from medxcept.ordinal import CumulativeLinkLoss, is_ordinal_model
 
         loss = (CumulativeLinkLoss(label_smoothing) if is_ordinal_model(model)  # outputs: class log-probabilities
                 else keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing))
-        metrics = [keras.metrics.AUC(from_logits=True, name="auc"),
-                   keras.metrics.CategoricalAccuracy(name="accuracy")]
-    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    model.compile(optimizer=optimizer, loss=loss, metrics=_metrics(model, n_classes))
+
+
+def _metrics(model: keras.Model, n_classes: int) -> list[keras.metrics.Metric]:
+    """Fresh instances of the compiled metrics (training logs ``auc``, ``accuracy``; :class:`EpochEvaluation`
+    computes their ``val_`` twins from its single inference pass)."""
+    if n_classes == 2:
+        return [keras.metrics.AUC(from_logits=True, name="auc"),
+                keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")]
+    return [keras.metrics.AUC(from_logits=True, name="auc"), keras.metrics.CategoricalAccuracy(name="accuracy")]
 
 
 def _schedule(peak_lr: float, steps_per_epoch: int, epochs: int, warmup_epochs: int) -> object:
@@ -710,7 +866,6 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
         train_images, train_y, n_classes=n_classes, batch_size=tc.batch_size, augment=augment,
         shuffle=True, balance=aug_cfg.balance, sample_weights=sample_weights_for(train_y, n_classes, aug_cfg),
         seed=cfg.seed, workers=tc.workers, use_multiprocessing=False)
-    val_ds = CohortDataset(val_images, val_y, n_classes=n_classes, batch_size=tc.batch_size, workers=1)
     steps = len(train_ds)
     previous_policy = keras.config.dtype_policy().name
     policy = precision_policy(cfg.model.mixed_precision)
@@ -726,10 +881,6 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
     fingerprint = _fingerprint(cfg, train_y, len(val_y))
     rows: list[dict] = []
     stages: list[dict] = []
-    patient_auc = PatientAUC(val_images, val_y, val_groups, tc.batch_size, how=cfg.eval.patient_aggregation)
-    train_auc = TrainPatientAUC(train_images, train_y,
-                                np.arange(len(train_y)) if train_groups is None else train_groups,
-                                tc.batch_size, seed=cfg.seed, how=cfg.eval.patient_aggregation)
 
     plan: list[_Stage] = []
     if baseline:
@@ -756,10 +907,14 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
             opt = _adamw(_schedule(tc.head_lr, steps, epochs, tc.warmup_epochs), tc.weight_decay)
             _compile(model, opt, n_classes, tc.label_smoothing)
         plan.append(_Stage("from scratch (not pretrained: whole network)", epochs, True, prep_scratch))
-    # From random initialization the BN moving averages trail weights that move fast: recompute them
-    # from clean training images after each epoch, before the model predicts or is checkpointed.
-    recalibrate = (RecalibrateBN(train_auc.images, tc.batch_size)
-                   if tc.bn_recalibration and not baseline and not weights.pretrained else None)
+    # One inference pass per epoch serves every figure. From random initialization the BN moving
+    # averages trail weights that move fast: with train.bn_recalibration they are recomputed from
+    # clean training images first, before the model predicts or is checkpointed.
+    evaluation = EpochEvaluation(
+        val_images, val_y, val_groups, train_images, train_y,
+        np.arange(len(train_y)) if train_groups is None else train_groups, n_classes=n_classes,
+        batch_size=tc.batch_size, how=cfg.eval.patient_aggregation, seed=cfg.seed,
+        recalibrate=tc.bn_recalibration and not baseline and not weights.pretrained)
 
     # ---- resume: where the checkpoint left off
     start_stage, start_epoch, es_state = 0, 0, None
@@ -789,19 +944,19 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
         train_ds.set_epoch(len(rows))
         chooser = BestEpoch(tc.patience if stage.early_stop else None,
                             checkpoint_dir=ckpt.path if (ckpt and stage.early_stop) else None,
-                            state=es_state if resuming else None, epoch_offset=offset, restore=stage.early_stop)
+                            state=es_state if resuming else None, epoch_offset=offset, restore=stage.early_stop,
+                            deferred_write=True)
 
         def save_state(done: int, *, finished: bool, _i: int = index, _c: BestEpoch = chooser) -> None:
             ckpt.save(model, {"fingerprint": fingerprint, "stage_index": _i, "stage_epochs_done": done,
                               "stage_finished": finished, "early_stop": _c.state(), "rows": rows,
-                              "stages": stages})
+                              "stages": stages}, best=_c.pending_best)
+            _c.pending_best = False
 
         initial = start_epoch if resuming else 0
         callbacks: list[keras.callbacks.Callback] = [
-            train_auc, patient_auc, chooser, _History(stage.name, rows, ckpt, offset, save_state),
+            evaluation, chooser, _History(stage.name, rows, ckpt, offset, save_state),
             _Progress(stage.name, stage.epochs, steps, initial, offset)]
-        if recalibrate is not None:
-            callbacks.insert(0, recalibrate)
         if not resuming:
             stages.append({"stage": stage.name, "max_epochs": stage.epochs, "trainable_params": count_trainable(model)})
         log.info("stage %s: %d epoch(s), %d trainable parameters", stage.name, stage.epochs,
@@ -810,7 +965,9 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
             # shuffle=False: the dataset orders each epoch itself from (seed, epoch). Keras would
             # otherwise shuffle the batch order with Python's global `random`, whose state a resumed
             # process cannot know, so a resumed run would see its batches in another order.
-            model.fit(train_ds, validation_data=val_ds, epochs=stage.epochs, initial_epoch=initial,
+            # no validation_data: EpochEvaluation computes val_loss and the validation metrics from
+            # the one inference pass that also gives the patient AUCs (each image predicted once)
+            model.fit(train_ds, epochs=stage.epochs, initial_epoch=initial,
                       callbacks=callbacks, verbose=0, shuffle=False)
         else:
             callbacks[-1].on_train_end()  # close the progress bar

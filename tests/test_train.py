@@ -413,3 +413,105 @@ def test_default_recipe_learns_the_planted_signal(tmp_path_factory):
     auc = _patient_auc(g[te], y[te], _probs(predict_logits(result.model, images[te])))
     assert auc > 0.7, f"test patient AUC {auc:.3f}: the planted lesions were not learned"
     assert result.history["loss"].iloc[-1] < result.history["loss"].iloc[0]
+
+
+# ---------------------------------------------------------------- per-epoch evaluation (small network)
+
+
+def _small_model(n_classes: int, seed: int = 0) -> keras.Model:
+    """A little conv net with BatchNormalization, an L2-regularized head and logits, as build_model's."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((24, 24, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = keras.layers.Conv2D(4, 3, strides=2)(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(keras.layers.ReLU()(x))
+    out = keras.layers.Dense(1 if n_classes == 2 else n_classes, name="logits",
+                             kernel_regularizer=keras.regularizers.L2(0.01))(x)
+    return keras.Model(inputs, out)
+
+
+@pytest.mark.parametrize("n_classes,recalibrate", [(2, False), (3, False), (2, True), (2, "batched")])
+def test_epoch_evaluation_gives_what_keras_validation_gave_from_one_pass(n_classes, recalibrate, monkeypatch):
+    """val_loss, val_auc and val_accuracy from the single inference pass equal Keras' own
+    ``validation_data`` figures (Model.evaluate over the same images, in batches of another size);
+    the patient AUCs are sklearn's on per-patient means; every image is predicted once per epoch
+    (with precise BN, the training subset's pass is the recalibration's own)."""
+    from sklearn.metrics import roc_auc_score
+
+    from medxcept import train
+    from medxcept.data import CohortDataset
+    from medxcept.train import EpochEvaluation, _adamw, _compile, _probs, _schedule
+
+    if recalibrate == "batched":  # a subset above RECALIBRATE_PIXELS: batched precise BN, then one predict
+        monkeypatch.setattr(train, "RECALIBRATE_PIXELS", 0)
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(70, 24, 24, 3), dtype=np.uint8)
+    y = rng.integers(0, n_classes, size=70)
+    x[y >= 1, :8, :8, 0] = 250  # something to learn, so the figures are not trivial
+    groups = np.arange(70) // 2
+    tr, va = np.arange(0, 40), np.arange(40, 70)
+    model = _small_model(n_classes)
+    _compile(model, _adamw(_schedule(1e-2, 3, 2, 1), 1e-4), n_classes, 0.1)  # label smoothing too
+    ev = EpochEvaluation(x[va], y[va], groups[va], x[tr], y[tr], groups[tr], n_classes=n_classes,
+                         batch_size=8, max_images=20, seed=1, recalibrate=bool(recalibrate))
+    seen = []
+    predict = model.predict
+
+    def counting_predict(images, **kwargs):
+        seen.append(len(images))
+        return predict(images, **kwargs)
+
+    model.predict = counting_predict
+    train_ds = CohortDataset(x[tr], y[tr], n_classes=n_classes, batch_size=8, shuffle=True)
+    history = model.fit(train_ds, epochs=2, callbacks=[ev], verbose=0, shuffle=False)
+    expected = [30, 30] if recalibrate is True else [30 + 20, 30 + 20]
+    assert seen == expected, "each validation and training-subset image once per epoch, in one call"
+    assert set(history.history) >= {"val_loss", "val_auc", "val_accuracy", "val_patient_auc", "train_patient_auc"}
+
+    logs = {}
+    ev.on_epoch_end(1, logs)
+    keras_logs = model.evaluate(CohortDataset(x[va], y[va], n_classes=n_classes, batch_size=7), verbose=0,
+                                return_dict=True)
+    assert logs["val_loss"] == pytest.approx(keras_logs["loss"], rel=1e-5, abs=1e-6)
+    assert logs["val_auc"] == pytest.approx(keras_logs["auc"], abs=1e-5)
+    assert logs["val_accuracy"] == pytest.approx(keras_logs["accuracy"], abs=1e-6)
+    assert any(float(keras.ops.convert_to_numpy(v)) > 0 for v in model.losses), "regularization is in the loss"
+
+    prob = _probs(np.squeeze(model.predict(x[va], verbose=0), -1) if n_classes == 2 else model.predict(x[va]))
+    if n_classes == 2:  # the default aggregation: the mean of a patient's images, against its max label
+        p = np.array([prob[groups[va] == g].mean() for g in np.unique(groups[va])])
+        t = np.array([y[va][groups[va] == g].max() for g in np.unique(groups[va])])
+        assert logs["val_patient_auc"] == pytest.approx(roc_auc_score(t, p), abs=1e-9)
+        assert logs["val_prob_sd"] == pytest.approx(np.std(prob), rel=1e-5)
+        sub = _probs(np.squeeze(model.predict(ev.train_images, verbose=0), -1))
+        p = np.array([sub[ev.train_groups == g].mean() for g in np.unique(ev.train_groups)])
+        t = np.array([ev.train_y[ev.train_groups == g].max() for g in np.unique(ev.train_groups)])
+        assert logs["train_patient_auc"] == pytest.approx(roc_auc_score(t, p), abs=1e-9)
+
+
+def test_recalibrate_and_predict_sets_batch_statistics_and_gives_inference_logits():
+    """One training-mode pass: the first BN layer's moving mean and variance become the batch's own
+    (computed by hand from the convolution's output), and the returned logits are what inference mode
+    (Model.predict, dropout off) gives afterwards; the dropout seed state is not drawn from."""
+    from medxcept.train import _seed_states, recalibrate_and_predict
+
+    inputs = keras.Input((24, 24, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = keras.layers.BatchNormalization(momentum=0.9)(keras.layers.Conv2D(4, 3, strides=2, name="conv")(x))
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(keras.layers.ReLU()(x))
+    x = keras.layers.Dropout(0.5, seed=1, name="dropout")(x)
+    model = keras.Model(inputs, keras.layers.Dense(1, name="logits")(x))
+    images = np.random.default_rng(3).integers(0, 256, size=(20, 24, 24, 3), dtype=np.uint8)
+    seeds = _seed_states(model)
+    logits = recalibrate_and_predict(model, images)
+    conv = keras.Model(model.inputs, model.get_layer("conv").output).predict(images, verbose=0)
+    bn = next(la for la in model.layers if isinstance(la, keras.layers.BatchNormalization))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), conv.mean(axis=(0, 1, 2)), rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), conv.var(axis=(0, 1, 2)), rtol=1e-3,
+                               atol=1e-5)
+    assert bn.momentum == 0.9, "the layer's momentum is put back"
+    np.testing.assert_allclose(logits, model.predict(images, verbose=0), rtol=1e-4, atol=1e-5)
+    assert _seed_states(model) == seeds
