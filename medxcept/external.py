@@ -53,6 +53,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from medxcept import testnet
 from medxcept.audit import Finding
 from medxcept.cohort import CohortSpec
 from medxcept.config import RunConfig, load_config
@@ -305,6 +306,9 @@ def _load_model(src: SourceRun, image_px: int) -> Any:
         model = keras.saving.load_model(path, compile=False)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot be loaded as a Keras model ({exc}); re-run training") from None
+    if model.name == testnet.MODEL_NAME and not testnet.active():
+        raise ConfigError(f"{path} is the tiny test network of the test suite ({testnet.ENV}), not Xception: "
+                          "its predictions mean nothing; evaluate a run trained without that variable")
     in_px = model.input_shape[1]
     if in_px is not None and int(in_px) != image_px:
         raise ConfigError(f"{path} takes {in_px} px images but the run's config.yaml says "
