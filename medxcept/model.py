@@ -302,10 +302,10 @@ def tiny_xception(input_shape: tuple[int, int, int]) -> keras.Model:
     w = _TINY_WIDTHS
     layers = keras.layers
 
-    def conv_bn(x: keras.KerasTensor, name: str, filters: int, *, strides: int = 1, act: bool = True) -> keras.KerasTensor:
+    def conv_bn(x: keras.KerasTensor, name: str, filters: int, *, strides: int = 1) -> keras.KerasTensor:
         x = layers.Conv2D(filters, (3, 3), strides=strides, use_bias=False, name=name)(x)
         x = layers.BatchNormalization(name=f"{name}_bn")(x)
-        return layers.Activation("relu", name=f"{name}_act")(x) if act else x
+        return layers.Activation("relu", name=f"{name}_act")(x)
 
     def sep_bn(x: keras.KerasTensor, name: str, filters: int) -> keras.KerasTensor:
         x = layers.SeparableConv2D(filters, (3, 3), padding="same", use_bias=False, name=name)(x)
