@@ -69,6 +69,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from medxcept import testnet
 from medxcept.audit import Finding
 from medxcept.check import _thumb
 from medxcept.fingerprints import duplicate_pairs
@@ -513,6 +514,9 @@ def _load_model(src: SourceRun, image_px: int) -> Any:
         model = keras.saving.load_model(path, compile=False)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot be loaded as a Keras model ({exc}); re-run training") from None
+    if model.name == testnet.MODEL_NAME and not testnet.active():
+        raise ConfigError(f"{path} is the tiny test network of the test suite ({testnet.ENV}), not Xception: "
+                          "its predictions mean nothing; evaluate a run trained without that variable")
     in_px = model.input_shape[1]
     if in_px is not None and int(in_px) != image_px:
         raise ConfigError(f"{path} takes {in_px} px images but the run's config.yaml says "

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import keras
 
+from medxcept import testnet
 from medxcept.errors import WeightsError
 from medxcept.preprocess import to_model_range
 
@@ -48,6 +49,7 @@ __all__ = [
     "resolve_weights",
     "build_model",
     "xception_base",
+    "tiny_xception",
     "layer_blocks",
     "freeze_base",
     "unfreeze_top_blocks",
@@ -274,6 +276,78 @@ def xception_base(model: keras.Model) -> keras.Model:
     return model.get_layer(BASE_NAME)
 
 
+#: Channels of the tiny test network (:mod:`medxcept.testnet`), by Xception layer; Xception's own
+#: are 32, 64, 128, 256, 728, 728, 728/1024, 1536, 2048.
+_TINY_WIDTHS = {"block1_conv1": 8, "block1_conv2": 16, "block2": 16, "block3": 32, "block4": 48, "middle": 48,
+                "block13_sepconv1": 48, "block13_sepconv2": 64, "block14_sepconv1": 96, "block14_sepconv2": 128}
+#: Middle-flow blocks of the tiny network (Xception has eight, ``block5``-``block12``).
+_TINY_MIDDLE_BLOCKS = 1
+
+
+def tiny_xception(input_shape: tuple[int, int, int]) -> keras.Model:
+    """A narrow, shallow network with Xception's structure and layer names (the test hook's network).
+
+    The layers of ``keras.applications.Xception(include_top=False)`` in the same order and with
+    the same names and strides (so :func:`layer_blocks`, :func:`unfreeze_top_blocks` and Grad-CAM
+    see the same thing, and the last feature map is 3 x 3 at 71 px), with the channel counts of
+    :data:`_TINY_WIDTHS` and one middle-flow block (``block5``) instead of eight; the exit flow keeps
+    its numbers, ``block13`` and ``block14``. Used only when :mod:`medxcept.testnet` is active.
+
+    Args:
+        input_shape: ``(height, width, 3)``.
+
+    Returns:
+        A ``keras.Model`` (not yet named: :func:`build_model` names it ``xception``).
+    """
+    w = _TINY_WIDTHS
+    layers = keras.layers
+
+    def conv_bn(x: keras.KerasTensor, name: str, filters: int, *, strides: int = 1) -> keras.KerasTensor:
+        x = layers.Conv2D(filters, (3, 3), strides=strides, use_bias=False, name=name)(x)
+        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        return layers.Activation("relu", name=f"{name}_act")(x)
+
+    def sep_bn(x: keras.KerasTensor, name: str, filters: int) -> keras.KerasTensor:
+        x = layers.SeparableConv2D(filters, (3, 3), padding="same", use_bias=False, name=name)(x)
+        return layers.BatchNormalization(name=f"{name}_bn")(x)
+
+    def residual(x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
+        # unnamed, created just before the block it bypasses, as in Keras' Xception
+        r = layers.Conv2D(filters, (1, 1), strides=(2, 2), padding="same", use_bias=False)(x)
+        return layers.BatchNormalization()(r)
+
+    inputs = keras.Input(input_shape)
+    x = conv_bn(inputs, "block1_conv1", w["block1_conv1"], strides=2)
+    x = conv_bn(x, "block1_conv2", w["block1_conv2"])
+    for i in (2, 3, 4):  # entry flow
+        f = w[f"block{i}"]
+        r = residual(x, f)
+        if i > 2:
+            x = layers.Activation("relu", name=f"block{i}_sepconv1_act")(x)
+        x = sep_bn(x, f"block{i}_sepconv1", f)
+        x = layers.Activation("relu", name=f"block{i}_sepconv2_act")(x)
+        x = sep_bn(x, f"block{i}_sepconv2", f)
+        x = layers.MaxPooling2D((3, 3), strides=(2, 2), padding="same", name=f"block{i}_pool")(x)
+        x = layers.add([x, r])
+    for i in range(5, 5 + _TINY_MIDDLE_BLOCKS):  # middle flow
+        r = x
+        for k in (1, 2, 3):
+            x = layers.Activation("relu", name=f"block{i}_sepconv{k}_act")(x)
+            x = sep_bn(x, f"block{i}_sepconv{k}", w["middle"])
+        x = layers.add([x, r])
+    r = residual(x, w["block13_sepconv2"])  # exit flow
+    x = layers.Activation("relu", name="block13_sepconv1_act")(x)
+    x = sep_bn(x, "block13_sepconv1", w["block13_sepconv1"])
+    x = layers.Activation("relu", name="block13_sepconv2_act")(x)
+    x = sep_bn(x, "block13_sepconv2", w["block13_sepconv2"])
+    x = layers.MaxPooling2D((3, 3), strides=(2, 2), padding="same", name="block13_pool")(x)
+    x = layers.add([x, r])
+    for k in (1, 2):
+        x = sep_bn(x, f"block14_sepconv{k}", w[f"block14_sepconv{k}"])
+        x = layers.Activation("relu", name=f"block14_sepconv{k}_act")(x)
+    return keras.Model(inputs, x)
+
+
 def build_model(*, image_px: int, n_classes: int, dropout: float = 0.3,
                 weights: WeightsInfo | None = None, pretrained_bn_frozen: bool | None = None,
                 seed: int = 0, head: str = "softmax") -> keras.Model:
@@ -295,6 +369,10 @@ def build_model(*, image_px: int, n_classes: int, dropout: float = 0.3,
     Returns:
         A ``keras.Model`` named ``medxcept_xception`` whose output is logits (float32); the
         probabilities are ``sigmoid``/``softmax`` of them, after calibration.
+
+    Under the test hook ``MEDXCEPT_TEST_NETWORK=tiny`` (:mod:`medxcept.testnet`, set by the test
+    suite only) the base is :func:`tiny_xception` instead, still named ``xception``, and the model
+    ``medxcept_tiny_test_network``; ImageNet weights are refused.
     """
     if image_px < MIN_PX:
         raise WeightsError(f"image_px={image_px} is below Xception's minimum input size of {MIN_PX}")
@@ -305,7 +383,15 @@ def build_model(*, image_px: int, n_classes: int, dropout: float = 0.3,
     weights = weights or resolve_weights("none")
     if pretrained_bn_frozen is None:
         pretrained_bn_frozen = weights.pretrained
-    base = keras.applications.Xception(include_top=False, weights=None, input_shape=(image_px, image_px, 3))
+    tiny = testnet.active()
+    if tiny and weights.kind == "imagenet":
+        raise WeightsError(f"the tiny test network ({testnet.ENV}={testnet.TINY}) cannot take Xception's ImageNet "
+                           f"weights; unset {testnet.ENV} to train the real Xception")
+    if tiny:
+        log.warning("! %s", testnet.DESCRIPTION)
+        base = tiny_xception((image_px, image_px, 3))
+    else:
+        base = keras.applications.Xception(include_top=False, weights=None, input_shape=(image_px, image_px, 3))
     base.name = BASE_NAME
     if weights.kind == "imagenet":
         base.load_weights(weights.path)
@@ -330,7 +416,7 @@ def build_model(*, image_px: int, n_classes: int, dropout: float = 0.3,
         logits = CumulativeLogits(n_classes, dtype="float32", name="logits")(score)
     else:
         logits = keras.layers.Dense(units, dtype="float32", name="logits")(x)
-    model = keras.Model(inputs, logits, name="medxcept_xception")
+    model = keras.Model(inputs, logits, name=testnet.MODEL_NAME if tiny else "medxcept_xception")
     if weights.kind == "file":
         _load_user_weights(model, Path(weights.path))
     return model

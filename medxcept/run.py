@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from medxcept import __version__
+from medxcept import __version__, testnet
 from medxcept.config import RunConfig, _build, config_hash, config_to_dict
 from medxcept.errors import ConfigError
 from medxcept.splits import content_ids, is_split_file
@@ -521,5 +521,7 @@ def _json_default(o: Any) -> Any:
 
 
 def environment() -> dict[str, Any]:
-    """Interpreter and platform, for ``versions.json``."""
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine()}
+    """Interpreter and platform, for ``versions.json`` (and ``test_network`` under the test hook of
+    :mod:`medxcept.testnet`, so that a run on the tiny test network can never pass for a real one)."""
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
+            **testnet.provenance()}

@@ -1,15 +1,31 @@
-"""Shared fixtures: a tiny demo cohort file and an isolated cache per test session."""
+"""Shared fixtures: a tiny demo cohort file, an isolated cache per test session, and the tiny network.
+
+**The tiny test network.** Most tests check plumbing (resume, faults, external validation,
+reproduce, k-fold, the JAX backend, the report), not Xception. For them the suite sets the test
+hook ``MEDXCEPT_TEST_NETWORK=tiny`` (:mod:`medxcept.testnet`) for itself and for every subprocess
+it starts: ``build_model`` then builds an Xception-shaped network with the same layer names,
+blocks and freezing logic, 8-256 channels and one middle block, which traces and trains in a
+fraction of Xception's time. Tests marked ``xception`` (and fixtures inside
+:func:`real_xception`) run the real Xception: the ones that check that it learns, its block
+structure, ImageNet weights and Grad-CAM on it. ``MEDXCEPT_TEST_NETWORK= python -m pytest``
+(set, empty) runs every test on the real Xception.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from medxcept import testnet
+
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault(testnet.ENV, testnet.TINY)  # before any test or subprocess builds a model
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,6 +57,31 @@ defaults:
   eval: {{n_bootstrap: 50}}
   audit: {{on_leak: warn}}
 """
+
+
+@contextlib.contextmanager
+def real_xception() -> Iterator[None]:
+    """Within this block ``build_model`` builds the real Xception (for module-scoped fixtures; a
+    test marked ``xception`` gets the same for its whole duration)."""
+    saved = os.environ.get(testnet.ENV)
+    os.environ[testnet.ENV] = ""
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[testnet.ENV]
+        else:
+            os.environ[testnet.ENV] = saved
+
+
+@pytest.fixture(autouse=True)
+def _network_of_the_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The real Xception for tests marked ``xception``; the tiny test network for the others."""
+    if request.node.get_closest_marker("xception") is None:
+        yield
+        return
+    with real_xception():
+        yield
 
 
 @pytest.fixture(scope="session")

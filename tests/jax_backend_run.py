@@ -7,7 +7,8 @@ PyTorch, no TensorFlow): anything in the JAX path that reaches for ``tf.*`` fail
 
 Steps (each records what the tests assert):
 
-1. a from-scratch fit of Xception at 71 px on 32 training images with a planted lesion signal,
+1. a from-scratch fit of the model of ``build_model`` at 71 px (the suite's tiny Xception-shaped test
+   network, :mod:`medxcept.testnet`, inherited from the test process) on 32 training images with a planted lesion signal,
    interrupted after its first epoch and resumed from the checkpoint (``medxcept.train.fit``:
    ``CohortDataset``, augmentation, ``BestEpoch`` early stopping, per-epoch checkpoints);
 2. prediction and test-time augmentation of the trained model; its weights saved for TensorFlow;
@@ -129,6 +130,7 @@ def main(out: Path) -> None:
                        weights=weights, n_classes=2, run_dir=run_dir, resume=True)
     lap("fit_resumed", t0)
     model = result.model
+    res["model_name"] = model.name
     res["history"] = result.history.to_dict(orient="list")
     res["stages"] = result.stages
     res["best_epoch"] = result.best_epoch

@@ -77,7 +77,10 @@ def _split(jax_run, name):
 
 
 def test_jax_run_used_jax_on_cpu_without_tensorflow(jax_run):
+    from medxcept import testnet
+
     assert jax_run["backend"] == "jax"
+    assert jax_run["model_name"] == (testnet.MODEL_NAME if testnet.active() else "medxcept_xception")
     assert jax_run["device"] == {"backend": "jax", "device": "cpu", "detail": ""}
     assert jax_run["tensorflow_imported"] is False, "the JAX path must run where TensorFlow is not installed"
 
@@ -162,7 +165,8 @@ def test_same_weights_give_the_same_logits_in_tensorflow(jax_run, tf_model):
 
 
 def test_same_weights_give_the_same_feature_maps_in_tensorflow(jax_run):
-    """Xception's last feature map (3 x 3 x 2048 at 71 px), in inference and in training mode.
+    """The network's last feature map (3 x 3 x K at 71 px: K = 2048 for Xception, 128 for the suite's
+    tiny test network), in inference and in training mode.
 
     Training mode (BN on the batch's statistics) is what varies from image to image after two
     epochs from scratch; it changes BN's moving statistics, so it runs on a model of its own.
@@ -182,7 +186,7 @@ def test_same_weights_give_the_same_feature_maps_in_tensorflow(jax_run):
     tf_train = keras.ops.convert_to_numpy(features(x4, training=True))
     for tf_f, name in ((tf_inf, "features"), (tf_train, "features_training")):
         jax_f = np.load(jax_run["dir"] / f"{name}.npy")
-        assert jax_f.shape == tf_f.shape == (4, 3, 3, 2048)
+        assert jax_f.shape == tf_f.shape == (4, 3, 3, features.output.shape[-1])
         np.testing.assert_allclose(tf_f, jax_f, rtol=0, atol=1e-4 * np.abs(jax_f).max(), err_msg=name)
     jax_train = np.load(jax_run["dir"] / "features_training.npy")
     assert np.std(jax_train, axis=0).mean() > 0.05 * np.abs(jax_train).mean(), "features must differ by image"

@@ -160,9 +160,11 @@ def test_rejects_models_without_a_gap_linear_head():
 @pytest.fixture(scope="module")
 def xception_71():
     from medxcept.model import build_model
+    from tests.conftest import real_xception
 
     keras.utils.set_random_seed(0)
-    return build_model(image_px=71, n_classes=2)
+    with real_xception():
+        return build_model(image_px=71, n_classes=2)
 
 
 def test_xception_cam_equals_grad_cam(xception_71):

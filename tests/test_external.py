@@ -412,3 +412,20 @@ def test_the_clinical_reading_applies_the_source_runs_operating_points(external)
     html = (external["new"] / "report.html").read_text(encoding="utf-8")
     # the section names what it reads (autoescaped: the apostrophe is an entity)
     assert 'id="clinical"' in html and "the external cohort&#39;s units" in html and 'id="clinical-figure"' in html
+
+
+@pytest.mark.slow
+def test_a_run_of_the_tiny_test_network_is_refused_outside_the_test_suite(external, tmp_path, monkeypatch):
+    """The suite's runs use the tiny test network (tests/conftest.py): versions.json says so, and
+    without the test hook its model is refused before anything is written."""
+    from medxcept import testnet
+    from medxcept.workflows.external import evaluate_run
+
+    assert _json(external["source"] / "versions.json")["environment"]["test_network"] == testnet.DESCRIPTION
+    assert _json(external["new"] / "versions.json")["environment"]["test_network"] == testnet.DESCRIPTION
+    monkeypatch.setenv(testnet.ENV, "")
+    spec = load_cohort_spec(_cohort_file(tmp_path, 16, 11))
+    cfg = load_config(cohort_defaults=spec.defaults, overrides={"out_dir": str(tmp_path / "out")})
+    with pytest.raises(ConfigError, match=r"model\.keras is the tiny test network .*MEDXCEPT_TEST_NETWORK"):
+        evaluate_run(external["source"], spec, cfg)
+    assert not (tmp_path / "out").exists()

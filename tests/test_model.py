@@ -1,4 +1,5 @@
-"""The model: Xception blocks addressed by name, staged unfreezing, explicit weights."""
+"""The model: Xception blocks addressed by name, staged unfreezing, explicit weights, and the suite's
+tiny test network (same builder, same layer names and block logic; :mod:`medxcept.testnet`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from medxcept.errors import WeightsError  # noqa: E402
+from medxcept import testnet  # noqa: E402
+from medxcept.errors import ConfigError, WeightsError  # noqa: E402
 from medxcept.model import (  # noqa: E402
     IMAGENET_FILE,
     build_model,
@@ -19,11 +21,26 @@ from medxcept.model import (  # noqa: E402
     xception_base,
 )
 from medxcept.preprocess import to_model_range  # noqa: E402
+from tests.conftest import real_xception  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def model():
+    """The real Xception (the block tests are about Keras' Xception itself)."""
+    with real_xception():
+        return build_model(image_px=71, n_classes=2, weights=resolve_weights("none"))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The suite's tiny test network, built by the same ``build_model``."""
+    assert testnet.active(), "tests/conftest.py sets MEDXCEPT_TEST_NETWORK=tiny"
     return build_model(image_px=71, n_classes=2, weights=resolve_weights("none"))
+
+
+def _layer_kinds(base):
+    """Layer names in network order, the unnamed ones (residual convolutions, BN, adds) by class."""
+    return [layer.name if layer.name.startswith("block") else type(layer).__name__ for layer in base.layers]
 
 
 def test_every_xception_layer_has_a_block_and_blocks_are_ordered(model):
@@ -95,6 +112,7 @@ def test_user_weights_of_the_wrong_shape_fail_clearly(tmp_path):
         build_model(image_px=71, n_classes=2, weights=resolve_weights(str(path)))
 
 
+@pytest.mark.xception
 def test_user_weights_round_trip(tmp_path, model):
     path = tmp_path / "mine.weights.h5"
     model.save_weights(path)
@@ -123,3 +141,57 @@ def test_precision_policy_is_bf16_on_gpu_float32_on_cpu_and_logits_stay_float32(
     assert conv.compute_dtype == "bfloat16" and conv.variable_dtype == "float32"
     assert model.get_layer("logits").compute_dtype == "float32"  # calibration needs full-precision logits
     assert keras.backend.standardize_dtype(model.output.dtype) == "float32"
+
+
+# --------------------------------------------------------------------- the tiny test network
+
+
+def test_tiny_network_is_xception_without_middle_blocks_6_to_12(model, tiny):
+    """Layer for layer (names, unnamed residual layers, order) Keras' Xception minus blocks 6-12."""
+    real = _layer_kinds(xception_base(model))
+    first = real.index("block6_sepconv1_act")
+    last = max(i for i, name in enumerate(real) if name.startswith("block12_"))
+    assert real[last + 1] == "Add", "block 12 ends with its residual add"
+    assert _layer_kinds(xception_base(tiny)) == real[:first] + real[last + 2:]
+    assert tiny.name == testnet.MODEL_NAME and model.name == "medxcept_xception"
+    assert xception_base(tiny).output.shape[1:3] == xception_base(model).output.shape[1:3] == (3, 3)
+    assert tiny.count_params() < model.count_params() / 100
+
+
+def test_tiny_network_blocks_and_stage2_as_xception(tiny):
+    blocks = layer_blocks(xception_base(tiny))
+    nums = [b for _, b in blocks]
+    assert set(nums) == {1, 2, 3, 4, 5, 13, 14} and nums == sorted(nums)
+    freeze_base(tiny)
+    width = xception_base(tiny).output.shape[-1]
+    assert count_trainable(tiny) == width + 1
+    opened = unfreeze_top_blocks(tiny, 2, keep_bn_frozen=True)
+    assert opened and all(n.startswith(("block13", "block14")) or n.startswith("conv2d") for n in opened)
+    for layer, block in blocks:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            assert not layer.trainable, layer.name
+        elif layer.weights:
+            assert layer.trainable == (block >= 13), layer.name
+    freeze_base(tiny)
+
+
+def test_tiny_network_takes_no_imagenet_weights_and_its_weights_never_load_into_xception(tmp_path, tiny,
+                                                                                        monkeypatch):
+    fake = resolve_weights("none").__class__("imagenet", str(tmp_path / "x.h5"), True, "ImageNet")
+    with pytest.raises(WeightsError, match="tiny test network.*ImageNet"):
+        build_model(image_px=71, n_classes=2, weights=fake)
+    path = tmp_path / "tiny.weights.h5"
+    tiny.save_weights(path)
+    monkeypatch.setenv(testnet.ENV, "")
+    with pytest.raises(WeightsError, match="does not fit this model"):
+        build_model(image_px=71, n_classes=2, weights=resolve_weights(str(path)))
+
+
+def test_test_network_variable_is_tiny_or_unset(monkeypatch):
+    monkeypatch.setenv(testnet.ENV, "")
+    assert not testnet.active() and testnet.provenance() == {}
+    monkeypatch.setenv(testnet.ENV, "small")
+    with pytest.raises(ConfigError, match="MEDXCEPT_TEST_NETWORK='small'"):
+        build_model(image_px=71, n_classes=2)
+    monkeypatch.setenv(testnet.ENV, "tiny")
+    assert testnet.provenance() == {"test_network": testnet.DESCRIPTION}

@@ -61,6 +61,10 @@ def test_run_directory_holds_every_artifact(run_dir):
     versions = json.loads((run_dir / "versions.json").read_text())
     assert len(versions["split_hash"]) == 64 and len(versions["data_hash"]) == 64
     assert versions["packages"]["keras"]
+    # the suite trains its tiny test network (tests/conftest.py), and the run's provenance says so
+    from medxcept import testnet
+
+    assert versions["environment"].get("test_network") == (testnet.DESCRIPTION if testnet.active() else None)
 
 
 def test_no_patient_in_two_splits_and_both_readers_used(run_dir):

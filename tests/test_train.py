@@ -375,8 +375,12 @@ def test_tta_averages_the_logits_of_seeded_augmented_copies():
 
 
 @pytest.mark.slow
+@pytest.mark.xception
 def test_default_recipe_learns_the_planted_signal(tmp_path_factory):
     """60 synthetic patients at 71 px, 5 epochs from scratch: test AUC clearly above chance.
+
+    The real Xception (marker ``xception``), not the suite's tiny test network: this is the test
+    that Xception itself learns under the default recipe.
 
     (The 24-patient fixture above is too small to learn from random initialization in a few
     epochs, which is the point of the learning-curve mode.) Five epochs, not eight (CI time: each

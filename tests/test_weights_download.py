@@ -185,6 +185,7 @@ def test_cli_refuses_before_any_work_offline_and_on_a_corrupt_download(server, m
     assert len(server.requests) == 1, "--offline made no request; the plain run made one"
 
 
+@pytest.mark.xception
 def test_downloaded_file_is_loaded_into_the_xception_base(server, monkeypatch, tmp_path):
     """A real 'notop' file (Keras' legacy HDF5 layout, random values) goes through download and load."""
     import h5py
