@@ -85,7 +85,7 @@ def _tasks(paths: list[Path], cache_root: Path, image_px: int, repeat: int = 1) 
     cfg = PreprocessConfig(image_px=image_px)
     return [{"path": str(p), "kind": "photo", "preprocess": cfg, "cache_root": str(cache_root / f"r{k}"),
              "modality": "fundus", "frames": "all", "window_index": 0, "max_pixels": None,
-             "file_id": f"F-bench{i:04d}"} for k in range(repeat) for i, p in enumerate(paths)]
+             "file_id": f"F-bench{i:04d}", "salt": "benchmark"} for k in range(repeat) for i, p in enumerate(paths)]
 
 
 def _children_cpu() -> float:
