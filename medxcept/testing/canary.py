@@ -277,7 +277,10 @@ def scan_text(text: str, cohort: CanaryCohort, where: str, *, paths: tuple[str, 
     found = []
     for kind, values in cohort.markers.items():
         for m in values:
-            if m.lower() in low:
+            if re.fullmatch(r"[\d.:-]+", m):  # a date, time or UID: not inside a longer number (0.0201603120...)
+                if re.search(r"(?<![\d.])" + re.escape(m) + r"(?!\d)", text):
+                    found.append(f"{where}: marker {kind} {m!r}")
+            elif m.lower() in low:
                 found.append(f"{where}: marker {kind} {m!r}")
     digests = {d: m for m in [v for values in cohort.markers.values() for v in values] + list(cohort.hashed)
                for d in _digests(m)}
