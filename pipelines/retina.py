@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "unchanged to another cohort and write the same report")
     _add_common(ev)
     ev.add_argument("--run", required=True, help="the run directory of the trained model")
+    add_leak_option(ev)  # confirmed copies of the source run's training images: stop (default), or warn
     ck = sub.add_parser("check", help="ingest, split and audit a cohort; no training",
                         description="check a cohort before training: ingestion with its exclusion log, the "
                                     "patient-level split and the integrity audit, in check.html")

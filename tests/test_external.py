@@ -382,7 +382,7 @@ def test_evaluate_refuses_altered_copies_of_training_images_under_on_leak_error(
                                classes=classes)
     out = tmp_path / "out"
     rc = main(["evaluate", "--run", str(source), "--cohort", str(cohort), "--out-dir", str(out),
-               "--run-name", "refused", "--set", "audit.on_leak=error", "-q"])
+               "--run-name", "refused", "--on-leak", "error", "-q"])
     err = capsys.readouterr().err
     assert rc == 2 and "external validation refused: " in err
     assert not (out / "refused" / "predictions.csv").exists()
