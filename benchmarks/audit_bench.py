@@ -1,8 +1,8 @@
 """How long does the integrity audit take on 1,000 to 20,000 decoded images, and what does it find?
 
-The real audit path, timed end to end on images: :func:`medxcept.audit.fingerprints` (pixel hash,
+The real audit path, timed end to end on images: :func:`medxcept.integrity.audit.fingerprints` (pixel hash,
 pHash/dHash, detail bit-maps, SIFT keypoints of each image and its mirror) and
-:func:`medxcept.audit.audit_cohort` (exact and pixel-identical copies, the near-duplicate candidate
+:func:`medxcept.integrity.audit.audit_cohort` (exact and pixel-identical copies, the near-duplicate candidate
 search, geometric verification, groups, leakage and confounding checks). The cohort is
 ``benchmarks/near_duplicates.py``'s large stress set (:func:`near_duplicates.scale_cohort`):
 preprocessed 224-px real-photo look-alikes (the same real background, colour, disc, arcades,
@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from near_duplicates import scale_cohort  # noqa: E402
 
-from medxcept import duplicates  # noqa: E402
-from medxcept.audit import audit_cohort, fingerprints  # noqa: E402
+from medxcept.integrity import duplicates  # noqa: E402
+from medxcept.integrity.audit import audit_cohort, fingerprints  # noqa: E402
 
 
 def cohort_table(n: int, seed: int = 0) -> pd.DataFrame:

@@ -5,7 +5,7 @@ training run does (the fingerprints a run keeps in ``private/fingerprints.joblib
 cohort is made of 30 of its training images, each cropped by 5 %, resized (x1.35) and re-encoded
 as JPEG quality 70 (:func:`medxcept.testing.copies.altered_copy`), plus 30 new images of the demo
 generator with another seed. The external cohort is ingested and fingerprinted with the source's
-preprocessing, and :func:`medxcept.external.near_copies` runs the audit's pair verification across
+preprocessing, and :func:`medxcept.evaluation.external.near_copies` runs the audit's pair verification across
 the two sets. Printed: confirmed pairs, how many of the 30 copies were found (and whether each was
 paired with its own original), false pairs among the 30 new images, the finding under
 ``--on-leak error`` and ``warn``, the same for the cohort without the copies, and the times.
@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from medxcept.cohort import load_cohort_spec
+from medxcept.cohort.table import load_cohort_spec
 from medxcept.config import load_config
-from medxcept.external import keep_source_fingerprints, load_source_fingerprints, near_copies, near_copy_findings
-from medxcept.fingerprints import fingerprints
-from medxcept.ingest import read_frames
-from medxcept.preprocess import load_images
+from medxcept.evaluation.external import keep_source_fingerprints, load_source_fingerprints, near_copies, near_copy_findings
+from medxcept.integrity.fingerprints import fingerprints
+from medxcept.cohort.ingest import read_frames
+from medxcept.images.preprocess import load_images
 from medxcept.run import RunDir
 from medxcept.testing.copies import write_copy_cohort
 from medxcept.workflows.steps import materialize, prepare_cohort, split_and_audit

@@ -2,15 +2,15 @@
 
 Three paths, same image size and batch, warm-up steps excluded:
 
-(a) **medxcept's model**: :func:`medxcept.model.build_model` (random initialization), compiled
-    like :mod:`medxcept.train` (binary cross-entropy from logits with label smoothing, AdamW,
+(a) **medxcept's model**: :func:`medxcept.models.network.build_model` (random initialization), compiled
+    like :mod:`medxcept.models.train` (binary cross-entropy from logits with label smoothing, AdamW,
     AUC and accuracy metrics) with ``jit_compile=True`` (``--jit``), trained with ``model.fit`` on a
     ``PyDataset`` that returns the same pre-made uint8 batch every step: the model alone.
-(b) **medxcept's full path**: a :class:`~medxcept.data.CohortDataset` over an in-memory uint8
-    array of synthetic fundus photographs (painted by :func:`medxcept.demo.paint_fundus`,
-    preprocessed by :func:`medxcept.preprocess.preprocess`) with the default fundus
+(b) **medxcept's full path**: a :class:`~medxcept.images.dataset.CohortDataset` over an in-memory uint8
+    array of synthetic fundus photographs (painted by :func:`medxcept.cohort.demo.paint_fundus`,
+    preprocessed by :func:`medxcept.images.preprocess.preprocess`) with the default fundus
     augmentation and ``workers`` threads, the same model. Inference goes through a
-    ``CohortDataset`` without augmentation, as :func:`medxcept.train.predict_logits` does.
+    ``CohortDataset`` without augmentation, as :func:`medxcept.models.train.predict_logits` does.
 (c) **timm** ``legacy_xception`` in PyTorch (``torch.autocast`` bf16, channels_last, optional
     ``torch.compile``), run in a subprocess so the two frameworks never share GPU memory;
     skipped when torch or timm does not import.
@@ -64,10 +64,10 @@ def fundus_pool(n: int, px: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarr
     """``n`` synthetic fundus photographs preprocessed to uint8 ``px x px x 3``, and labels.
 
     Painted at a canvas size near ``px`` (the demo cameras are 288-384 px wide at scale 1), then
-    FOV-cropped and resized by :func:`medxcept.preprocess.preprocess` like a real ingestion.
+    FOV-cropped and resized by :func:`medxcept.images.preprocess.preprocess` like a real ingestion.
     """
-    from medxcept.demo import CAMERAS, paint_fundus
-    from medxcept.preprocess import PreprocessConfig, preprocess
+    from medxcept.cohort.demo import CAMERAS, paint_fundus
+    from medxcept.images.preprocess import PreprocessConfig, preprocess
 
     cfg = PreprocessConfig(image_px=px)
     scale = min(max(px / 300.0, 0.3), 1.0)
@@ -85,8 +85,8 @@ def fundus_pool(n: int, px: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarr
 
 
 def maybe_data_parallel() -> int:
-    """medxcept's own multi-GPU hook (:func:`medxcept.model.data_parallel`), as training uses it."""
-    from medxcept.model import data_parallel
+    """medxcept's own multi-GPU hook (:func:`medxcept.models.network.data_parallel`), as training uses it."""
+    from medxcept.models.network import data_parallel
 
     return data_parallel()
 
@@ -95,7 +95,7 @@ def maybe_data_parallel() -> int:
 
 
 def gpu_visible() -> bool:
-    from medxcept.model import detect_device
+    from medxcept.models.network import detect_device
 
     return detect_device()["device"] == "gpu"
 
@@ -182,9 +182,9 @@ def run_keras(args: argparse.Namespace) -> dict[str, Any]:
     """Measure paths (a) and (b); return their results and the setup."""
     import keras
 
-    from medxcept.augment import AugmentConfig, build_augment
-    from medxcept.data import CohortDataset
-    from medxcept.model import build_model, detect_device, resolve_weights
+    from medxcept.images.augment import AugmentConfig, build_augment
+    from medxcept.images.dataset import CohortDataset
+    from medxcept.models.network import build_model, detect_device, resolve_weights
 
     class ConstantBatches(keras.utils.PyDataset):
         """The same pre-made batch ``n`` times: the model alone, no input pipeline."""
@@ -265,7 +265,7 @@ def run_keras(args: argparse.Namespace) -> dict[str, Any]:
     # compiled step even on CPU, and not what anyone trains with): auto compiles there always.
     jit = args.jit == "on" or (args.jit == "auto" and (gpu or keras.backend.backend() == "jax"))
     model = build_model(image_px=args.px, n_classes=2, weights=resolve_weights("none"))
-    # As medxcept.train compiles it (label smoothing 0.1, AdamW), plus XLA.
+    # As medxcept.models.train compiles it (label smoothing 0.1, AdamW), plus XLA.
     model.compile(
         optimizer=keras.optimizers.AdamW(1e-4, weight_decay=1e-4),
         loss=keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=0.1),

@@ -9,12 +9,12 @@ take hours to ingest. This benchmark writes camera-size fundus photographs
 * **floor**: Pillow's plain full decode of each file (``Image.open(p).load()``), the least any
   ingestion that looks at every pixel must spend;
 * **ingest, 1 process**: medxcept's real per-file ingestion step
-  (:func:`medxcept.ingest._decode_task`: sha256 of the bytes, decode, quality score, field of
-  view, preprocessing into a fresh :class:`~medxcept.preprocess.PreprocessCache`, acquisition
+  (:func:`medxcept.cohort.ingest._decode_task`: sha256 of the bytes, decode, quality score, field of
+  view, preprocessing into a fresh :class:`~medxcept.images.preprocess.PreprocessCache`, acquisition
   and geometry fingerprints), file after file in this process, after one untimed warm-up file
   (imports and lazy loaders are paid once per process, not per file);
 * **ingest, N workers**: the same step in a spawn process pool of ``--workers`` processes, as
-  :func:`medxcept.ingest.ingest` runs it, every file ``--repeat`` times (separate caches, so never
+  :func:`medxcept.cohort.ingest.ingest` runs it, every file ``--repeat`` times (separate caches, so never
   a cache hit); the pool's start-up and the workers' imports are included.
 
 Each line gives seconds per file (wall and CPU: on a shared machine CPU seconds are the steadier
@@ -80,7 +80,7 @@ def write_files(root: Path, n_files: int, *, quality: int = 92) -> list[Path]:
 
 def _tasks(paths: list[Path], cache_root: Path, image_px: int, repeat: int = 1) -> list[dict[str, Any]]:
     """One ingestion task per file (``repeat`` times, each into a cache folder of its own: never a hit)."""
-    from medxcept.preprocess import PreprocessConfig
+    from medxcept.images.preprocess import PreprocessConfig
 
     cfg = PreprocessConfig(image_px=image_px)
     return [{"path": str(p), "kind": "photo", "preprocess": cfg, "cache_root": str(cache_root / f"r{k}"),
@@ -106,7 +106,7 @@ def time_floor(paths: list[Path]) -> dict[str, float]:
 
 def time_ingest_serial(paths: list[Path], image_px: int, profile: int = 0) -> tuple[dict[str, float], str]:
     """medxcept's per-file ingestion step, file after file in this process (optionally profiled)."""
-    from medxcept.ingest import _decode_task
+    from medxcept.cohort.ingest import _decode_task
 
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as d:
         _decode_task(_tasks(paths[:1], Path(d) / "warm-up", image_px)[0])  # imports, lazy loaders: not per file
@@ -133,13 +133,13 @@ def time_ingest_serial(paths: list[Path], image_px: int, profile: int = 0) -> tu
 
 
 def time_ingest_pool(paths: list[Path], image_px: int, workers: int, repeat: int = 1) -> dict[str, float]:
-    """The same step in a spawn process pool, as :func:`medxcept.ingest.ingest` runs it.
+    """The same step in a spawn process pool, as :func:`medxcept.cohort.ingest.ingest` runs it.
 
     Includes the pool's start-up (spawned workers import medxcept), as a real ingestion does; every
     file is ingested ``repeat`` times (into separate caches) so that start-up weighs as in a cohort
     of more than a handful of files.
     """
-    from medxcept.ingest import _decode_task
+    from medxcept.cohort.ingest import _decode_task
 
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as d:
         tasks = _tasks(paths, Path(d), image_px, repeat)

@@ -5,9 +5,9 @@ One run, the same JPEG files, the same output size and the same machine, for eac
 
 (a) **medxcept**: every file is hashed, decoded, quality-checked and preprocessed *once*
     (FOV crop, resize with anti-aliasing, mask) into the on-disk
-    :class:`~medxcept.preprocess.PreprocessCache` (reported separately as the "one-time
-    preprocessing cost"), stacked into memory with :func:`medxcept.data.load_images`, then
-    every epoch the batches of :class:`~medxcept.data.CohortDataset` with the default fundus
+    :class:`~medxcept.images.preprocess.PreprocessCache` (reported separately as the "one-time
+    preprocessing cost"), stacked into memory with :func:`medxcept.images.dataset.load_images`, then
+    every epoch the batches of :class:`~medxcept.images.dataset.CohortDataset` with the default fundus
     augmentation (``build_augment(AugmentConfig(), seed=0)``: flips, one affine warp, colour
     jitter, rare blur/noise) are built by calling ``ds[i]`` for every batch. Measured on one
     thread (the per-core rate), and again through Keras' own ``PyDataset`` adapter with
@@ -18,7 +18,7 @@ One run, the same JPEG files, the same output size and the same machine, for eac
     bilinear like (a)'s warp; ``--tutorial-aug keras`` uses ``RandomFlip``/``RandomRotation``
     layers called eagerly per image instead).
 
-The source photographs are painted by :func:`medxcept.demo.paint_fundus` at the demo cameras'
+The source photographs are painted by :func:`medxcept.cohort.demo.paint_fundus` at the demo cameras'
 sizes (288-384 px wide) and saved as JPEG. Real fundus cameras write 2000-4000 px photographs,
 so the tutorial path's per-epoch decode is *understated* here: the comparison is conservative
 for medxcept.
@@ -69,7 +69,7 @@ def write_sources(root: Path, n_images: int, *, seed: int = 0, scale: float = 1.
     """
     from PIL import Image
 
-    from medxcept.demo import CAMERAS, paint_fundus
+    from medxcept.cohort.demo import CAMERAS, paint_fundus
 
     root.mkdir(parents=True, exist_ok=True)
     paths, labels = [], []
@@ -98,7 +98,7 @@ def fill_cache(paths: list[Path], cache: Any, cfg: Any) -> tuple[list[str], floa
     Returns the hashes and the seconds it took.
     """
     from medxcept.io.images import read_image
-    from medxcept.preprocess import preprocess, quality
+    from medxcept.images.preprocess import preprocess, quality
 
     t0 = time.perf_counter()
     shas = []
@@ -228,9 +228,9 @@ def bench_size(paths: list[Path], y: np.ndarray, px: int, cache_root: Path, *, b
     """All measurements for one output size; returns a dict of results."""
     import pandas as pd
 
-    from medxcept.augment import AugmentConfig, build_augment
-    from medxcept.data import CohortDataset, load_images
-    from medxcept.preprocess import PreprocessCache, PreprocessConfig
+    from medxcept.images.augment import AugmentConfig, build_augment
+    from medxcept.images.dataset import CohortDataset, load_images
+    from medxcept.images.preprocess import PreprocessCache, PreprocessConfig
 
     cfg = PreprocessConfig(image_px=px)
     cache = PreprocessCache(cache_root)

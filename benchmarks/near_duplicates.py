@@ -14,13 +14,13 @@ A measurement on a stress set built here (no data outside the repository):
 
 Every image goes through the pipeline's preprocessing (FOV crop, ``--px``), then the audit's pair
 search. ``before`` = the former rule (pHash/dHash candidates verified by in-place detail
-agreement, :func:`medxcept.audit.near_duplicate_pairs`); ``after`` = the current audit
-(:func:`medxcept.audit.verified_near_pairs`: keypoints + one affine transform + aligned detail).
+agreement, :func:`medxcept.integrity.audit.near_duplicate_pairs`); ``after`` = the current audit
+(:func:`medxcept.integrity.audit.verified_near_pairs`: keypoints + one affine transform + aligned detail).
 It prints, for each: the share of copies found per transform, the false pairs among distinct images
 (and per 10,000 images), the inlier distributions of copies vs look-alike candidates (the margins
-of :data:`medxcept.duplicates.MIN_INLIERS`), combined copies hidden among 300 look-alikes of their
+of :data:`medxcept.integrity.duplicates.MIN_INLIERS`), combined copies hidden among 300 look-alikes of their
 kind (the candidate search must single them out: in the 40-image cohorts every voting pair is
-verified, :data:`medxcept.duplicates.PAIR_BUDGET`), and the audit time at several cohort sizes with
+verified, :data:`medxcept.integrity.duplicates.PAIR_BUDGET`), and the audit time at several cohort sizes with
 the fitted growth exponent.
 
 Usage::
@@ -50,11 +50,11 @@ from PIL import Image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medxcept import duplicates  # noqa: E402
-from medxcept.audit import fingerprints, near_duplicate_pairs, verified_near_pairs  # noqa: E402
+from medxcept.integrity import duplicates  # noqa: E402
+from medxcept.integrity.audit import fingerprints, near_duplicate_pairs, verified_near_pairs  # noqa: E402
 from medxcept.config import PreprocessConfig  # noqa: E402
-from medxcept.demo import CAMERAS, paint_fundus  # noqa: E402
-from medxcept.preprocess import preprocess  # noqa: E402
+from medxcept.cohort.demo import CAMERAS, paint_fundus  # noqa: E402
+from medxcept.images.preprocess import preprocess  # noqa: E402
 
 # ------------------------------------------------------------------ the stress set
 
@@ -561,8 +561,8 @@ def screening_cohort(n_eyes: int, px: int, seed: int, n_copies: int, folder: Pat
 def measure_screening(sizes: list[int], px: int, seed: int, folder: Path, workers: int = 1) -> None:
     """Screening-style look-alikes (:func:`screening_cohort`): the audit's pairs, found copies, false pairs.
 
-    The pair list is the audit's own (:func:`medxcept.audit.duplicate_pairs` on the cohort table, as
-    :func:`medxcept.audit.audit_cohort` and :func:`medxcept.audit.duplicate_groups` use it). Columns:
+    The pair list is the audit's own (:func:`medxcept.integrity.audit.duplicate_pairs` on the cohort table, as
+    :func:`medxcept.integrity.audit.audit_cohort` and :func:`medxcept.integrity.audit.duplicate_groups` use it). Columns:
     planted copies found (``_combo``; exposure-relative ``_combo_exposure``), false pairs (different
     people, copies counted as their original), of them by the hash rule (``detail``) and by geometry,
     pairs of one person's left and right eye reported, the most people one false pair partner is
@@ -583,7 +583,7 @@ def measure_screening(sizes: list[int], px: int, seed: int, folder: Path, worker
 
 def screening_row(n_eyes: int, images: np.ndarray, df: pd.DataFrame, planted3: list[tuple[int, int, str]]) -> None:
     """One line of :func:`measure_screening`: the audit's pair list on one screening cohort, counted."""
-    from medxcept.audit import duplicate_pairs
+    from medxcept.integrity.audit import duplicate_pairs
 
     planted = [(a, b) for a, b, _ in planted3]
     imgs = np.asarray(images)

@@ -25,7 +25,7 @@ this benchmark makes its own pretrained weights the way ImageNet weights are mad
    ``default`` (the limited-data recipe with ``--weights <source checkpoint>``), ``baseline``
    (``--recipe baseline`` with the same weights) and ``scratch`` (the default recipe with
    ``--weights none``).
-4. **Comparison** through :mod:`medxcept.compare` (the code behind ``python -m pipelines.compare``):
+4. **Comparison** through :mod:`medxcept.evaluation.compare` (the code behind ``python -m pipelines.compare``):
    patient-level test AUC with its bootstrap CI, ECE after recalibration, the train - validation
    AUC gap at the kept epoch, training seconds; mean ± SD over seeds; per seed pair DeLong's test,
    and a paired t-test over the seeds' AUCs; the module's noise verdict.
@@ -60,7 +60,7 @@ from scipy import ndimage, stats  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medxcept.demo import CAMERAS, cache_dir, paint_fundus  # noqa: E402
+from medxcept.cohort.demo import CAMERAS, cache_dir, paint_fundus  # noqa: E402
 
 SHAPES = ("ring", "square", "cross", "triangle")
 SOURCE_VERSION = 1
@@ -163,8 +163,8 @@ def source_checkpoint(*, n_images: int, epochs: int, px: int, seed: int = 0) -> 
         return path, json.loads(info_path.read_text())
     import keras
 
-    from medxcept.model import build_model, resolve_weights, xception_base
-    from medxcept.train import set_seeds
+    from medxcept.models.network import build_model, resolve_weights, xception_base
+    from medxcept.models.train import set_seeds
 
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -256,7 +256,7 @@ ARMS = {  # arm -> (recipe, pretrained?, configuration overrides)
 def run_arm(cohort_yaml: Path, out: Path, *, arm: str, seed: int, px: int, weights: Path,
             overrides: dict) -> Path:
     """One finished run directory (reused when it is already complete)."""
-    from medxcept.cohort import load_cohort_spec
+    from medxcept.cohort.table import load_cohort_spec
     from medxcept.config import load_config
     from medxcept.workflows.single import run_pipeline
 
@@ -284,16 +284,16 @@ def _fmt(values: list[float | None], digits: int = 3) -> str:
 
 
 def summarize(cohort: str, run_dirs: dict[str, list[Path]]) -> dict:
-    """Load the runs, compare every pair of arms through medxcept.compare, print the table.
+    """Load the runs, compare every pair of arms through medxcept.evaluation.compare, print the table.
 
-    The gap is the training verdict's (:func:`medxcept.verdict.training_verdict`): clean training
+    The gap is the training verdict's (:func:`medxcept.evaluation.verdict.training_verdict`): clean training
     patient AUC - validation patient AUC at the kept epoch (Keras' running AUC for runs without
     ``train_patient_auc``). ``cases`` counts the verdict's case per run (fine, underfitting, ...).
     """
     from collections import Counter
 
-    from medxcept.compare import compare, load_run
-    from medxcept.verdict import training_verdict
+    from medxcept.evaluation.compare import compare, load_run
+    from medxcept.evaluation.verdict import training_verdict
 
     records = {arm: [dataclasses.replace(load_run(d), group=arm, name=f"{arm}:{d.name}") for d in dirs]
                for arm, dirs in run_dirs.items()}
@@ -347,14 +347,14 @@ def bn_check(*, n: int = 121, px: int = 71, epochs: int = 8, seed: int = 0) -> N
     ``n`` gray images with the planted opacity (2/3 train, 1/3 validation), the default recipe's
     from-scratch optimizer (AdamW, warm-up + cosine, label smoothing, batch 16, BN momentum 0.9).
     After each epoch: the SD and AUC of the validation probabilities with the moving averages as
-    training left them, and after :func:`medxcept.train.recalibrate_batchnorm` (the moving averages
+    training left them, and after :func:`medxcept.models.train.recalibrate_batchnorm` (the moving averages
     are put back afterwards, so both columns follow one training trajectory).
     """
     import keras
     from sklearn.metrics import roc_auc_score
 
-    from medxcept.model import build_model, resolve_weights
-    from medxcept.train import _probs, _schedule, predict_logits, recalibrate_batchnorm
+    from medxcept.models.network import build_model, resolve_weights
+    from medxcept.models.train import _probs, _schedule, predict_logits, recalibrate_batchnorm
 
     rng = np.random.default_rng(seed)
     y = (rng.random(n) < 0.4).astype(int)

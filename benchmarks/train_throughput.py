@@ -1,14 +1,14 @@
 """Training throughput on the CPU: medxcept's epoch against a plain ``model.fit`` epoch, in one process.
 
-Three measurements on the same Xception (:func:`medxcept.model.build_model`, random
-initialization, compiled as :mod:`medxcept.train` compiles it), the same batch and image size:
+Three measurements on the same Xception (:func:`medxcept.models.network.build_model`, random
+initialization, compiled as :mod:`medxcept.models.train` compiles it), the same batch and image size:
 
 (a) **train step alone**: ``model.fit`` on a ``PyDataset`` that returns one pre-made uint8 batch
     every step (no augmentation, no validation, no callbacks): the network's forward and backward.
-(b) **medxcept's epoch**: :func:`medxcept.train.fit` itself (from scratch, as the demo trains), with
+(b) **medxcept's epoch**: :func:`medxcept.models.train.fit` itself (from scratch, as the demo trains), with
     its per-epoch evaluation: validation loss, validation and clean-training patient AUC, the
     collapse check, precise BN (``train.bn_recalibration``), best-epoch choice and checkpoints.
-(c) **plain ``model.fit`` epoch**: the same :class:`~medxcept.data.CohortDataset` (same augmentation,
+(c) **plain ``model.fit`` epoch**: the same :class:`~medxcept.images.dataset.CohortDataset` (same augmentation,
     same workers) and ``model.fit`` with no validation and no callbacks: what an epoch costs
     without medxcept's evaluation.
 
@@ -169,8 +169,8 @@ def _instrument(timer: _EpochTimer):
 
 
 def _compiled_model(px: int):
-    from medxcept.model import build_model
-    from medxcept.train import _adamw, _compile, _schedule
+    from medxcept.models.network import build_model
+    from medxcept.models.train import _adamw, _compile, _schedule
 
     model = build_model(image_px=px, n_classes=2, dropout=0.3, seed=0)
     _compile(model, _adamw(_schedule(1e-3, 10, 10, 1), 1e-4), 2, 0.05)
@@ -201,10 +201,10 @@ def measure(args: argparse.Namespace) -> dict:
 
     keras_import = time.perf_counter() - t_import
     t_import = time.perf_counter()
-    import medxcept.train as mtrain
+    import medxcept.models.train as mtrain
     from medxcept.config import load_config
-    from medxcept.data import CohortDataset
-    from medxcept.model import resolve_weights
+    from medxcept.images.dataset import CohortDataset
+    from medxcept.models.network import resolve_weights
 
     medxcept_import = time.perf_counter() - t_import
     px, batch = args.px, args.batch
@@ -239,7 +239,7 @@ def measure(args: argparse.Namespace) -> dict:
             return out
 
         # (c) plain model.fit epoch: the product's dataset (augmentation, workers), nothing else
-        from medxcept.augment import build_augment
+        from medxcept.images.augment import build_augment
 
         cfg = load_config(overrides={"preprocess.image_px": px, "train.batch_size": batch})
         ds = CohortDataset(train_x, train_y, n_classes=2, batch_size=batch, augment=build_augment(cfg.augment, seed=0),
@@ -280,7 +280,7 @@ def _share(d: dict, user: str = "user", sys_: str = "sys") -> float:
 def report(r: dict) -> None:
     print(f"\nbackend {r['backend']}, {r['px']} px, batch {r['batch']}, {r['n_train']} train / {r['n_val']} val "
           f"images ({r['steps']} steps), threads {r['setting']}: {r['threads']}")
-    print(f"import: keras {r['import_keras_s']:.1f} s, medxcept.train {r['import_medxcept_train_s']:.1f} s")
+    print(f"import: keras {r['import_keras_s']:.1f} s, medxcept.models.train {r['import_medxcept_train_s']:.1f} s")
     print(f"{'':34s}{'wall s':>8s}{'img/s':>8s}{'user s':>8s}{'sys s':>8s}{'sys/user':>9s}{'1st epoch s':>12s}")
 
     def row(name: str, d: dict, ips: float) -> None:
@@ -355,7 +355,7 @@ def bn_check(out_dir: str | None = None) -> None:
     """Does precise BN (``train.bn_recalibration``) change the demo's results? One training trajectory,
     both answers per epoch.
 
-    Runs the demo pipeline with :class:`medxcept.train.EpochEvaluation` wrapped: at each epoch's end,
+    Runs the demo pipeline with :class:`medxcept.models.train.EpochEvaluation` wrapped: at each epoch's end,
     before it recalibrates, the validation images are predicted with the moving statistics as
     training left them (the run without precise BN) and those statistics are kept; at the next
     epoch's start they are put back, so that trajectory continues as it would have without
@@ -365,7 +365,7 @@ def bn_check(out_dir: str | None = None) -> None:
     """
     import keras
 
-    import medxcept.train as mtrain
+    import medxcept.models.train as mtrain
 
     rows: list[dict] = []
     kept: dict = {}

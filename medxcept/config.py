@@ -4,8 +4,8 @@ Precedence (lowest to highest): the dataclass defaults, the cohort file's ``defa
 a ``--config run.yaml`` file, then command-line flags. The resolved configuration is written to
 every run directory as ``config.yaml``; :func:`config_hash` identifies it.
 
-Stage configs that belong to one module live there (``SplitConfig`` in :mod:`medxcept.splits`,
-``PreprocessConfig`` in :mod:`medxcept.preprocess`, ``AugmentConfig`` in :mod:`medxcept.augment`)
+Stage configs that belong to one module live there (``SplitConfig`` in :mod:`medxcept.integrity.splits`,
+``PreprocessConfig`` in :mod:`medxcept.images.preprocess`, ``AugmentConfig`` in :mod:`medxcept.images.augment`)
 and are re-exported here; the model, training and evaluation configs are defined here.
 """
 
@@ -21,10 +21,10 @@ from typing import Any
 
 import yaml
 
-from medxcept.augment import AugmentConfig
+from medxcept.images.augment import AugmentConfig
 from medxcept.errors import ConfigError
-from medxcept.preprocess import PreprocessConfig
-from medxcept.splits import SplitConfig, resolve_user_split
+from medxcept.images.preprocess import PreprocessConfig
+from medxcept.integrity.splits import SplitConfig, resolve_user_split
 
 __all__ = [
     "ModelConfig",
@@ -98,7 +98,7 @@ class TrainConfig:
             the validation outputs can be constant (a collapse). Ignored with pretrained weights,
             whose BN layers stay frozen.
         ordinal_loss: for ordinal (graded) cohorts: ``"softmax"`` (plain k-class cross-entropy) or
-            ``"coral"`` (cumulative-link head and loss, :mod:`medxcept.ordinal`). Other tasks need
+            ``"coral"`` (cumulative-link head and loss, :mod:`medxcept.models.ordinal`). Other tasks need
             ``"softmax"``.
     """
 
@@ -205,7 +205,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class AuditConfig:
-    """The pre-training integrity audit (see :mod:`medxcept.audit`).
+    """The pre-training integrity audit (see :mod:`medxcept.integrity.audit`).
 
     Args:
         on_leak: ``"error"`` (default: cross-split duplicates and patient overlap stop the run
@@ -333,7 +333,7 @@ def load_config(*, cohort_defaults: dict | None = None, config_file: str | Path 
 
     ``cohort_dir`` is the cohort file's folder (``CohortSpec.base_dir``): a relative
     ``split.user_split`` file, wherever it was set, is resolved against it, as source roots
-    are (:func:`medxcept.splits.resolve_user_split`). Without it a relative path means the
+    are (:func:`medxcept.integrity.splits.resolve_user_split`). Without it a relative path means the
     working directory.
     """
     data: dict[str, Any] = {}

@@ -14,6 +14,6 @@ __all__ = ["cache_dir"]
 def cache_dir() -> Path:
     """Where generated data and preprocessing caches live (``$MEDXCEPT_CACHE`` or ``~/.cache/medxcept``).
 
-    The demo generators re-export it (``medxcept.demo.cache_dir``), so generation and ingestion agree.
+    The demo generators re-export it (``medxcept.cohort.demo.cache_dir``), so generation and ingestion agree.
     """
     return Path(os.environ.get("MEDXCEPT_CACHE", Path.home() / ".cache" / "medxcept")).expanduser()

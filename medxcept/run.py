@@ -26,10 +26,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from medxcept import __version__, testnet
+from medxcept import __version__
+from medxcept.models import testnet
 from medxcept.config import RunConfig, _build, config_hash, config_to_dict
 from medxcept.errors import ConfigError
-from medxcept.splits import content_ids, is_split_file
+from medxcept.integrity.splits import content_ids, is_split_file
 
 __all__ = ["RunDir", "package_versions", "code_version", "data_hash", "load_run_config", "legacy_defaults", "training_determinism",
            "reproduce_block", "write_atomic", "DirectoryLock", "COMPLETE",
@@ -84,7 +85,7 @@ def data_hash(table: pd.DataFrame, decode: str | None = None) -> str:
     pseudonym key and the data folder do not change it; a changed file, label, laterality,
     source or patient grouping does. Columns a table lacks are left empty.
 
-    ``decode``: the cohort-level decode key (:func:`medxcept.preprocess.decode_key`, e.g. the
+    ``decode``: the cohort-level decode key (:func:`medxcept.images.preprocess.decode_key`, e.g. the
     DICOM window): the same files decoded differently are different data.
     """
     ids = content_ids(table)
@@ -522,6 +523,6 @@ def _json_default(o: Any) -> Any:
 
 def environment() -> dict[str, Any]:
     """Interpreter and platform, for ``versions.json`` (and ``test_network`` under the test hook of
-    :mod:`medxcept.testnet`, so that a run on the tiny test network can never pass for a real one)."""
+    :mod:`medxcept.models.testnet`, so that a run on the tiny test network can never pass for a real one)."""
     return {"python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
             **testnet.provenance()}

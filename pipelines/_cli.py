@@ -72,7 +72,7 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The configuration overrides given by options and ``--set KEY=VALUE``."""
     if getattr(args, "offline", False):
         # not a configuration field (it changes no result): it holds for this process and its workers
-        # (medxcept.model.OFFLINE_ENV, not imported here: that would load Keras to parse options)
+        # (medxcept.models.network.OFFLINE_ENV, not imported here: that would load Keras to parse options)
         os.environ["MEDXCEPT_OFFLINE"] = "1"
     out: dict[str, Any] = {}
     for attr, key in CONFIG_OPTIONS.items():

@@ -7,7 +7,7 @@ Writes ``comparison.html`` (self-contained) and ``comparison.json`` into
 ``<out>/<name>/`` (default ``comparisons/<date>-<groups>/`` beside the first run) and prints the
 HTML path. Runs are grouped by recipe (or ``--group-by KEY`` of their ``config.yaml``) and paired by
 seed; every run must have the same test set. The verdict rule ("larger than run-to-run noise" or
-not) is stated in :mod:`medxcept.compare`, which does the work.
+not) is stated in :mod:`medxcept.evaluation.compare`, which does the work.
 
 Exit status: 0 on success, 2 on a problem the user can fix (the message says what to do),
 1 on a bug (with its traceback).

@@ -7,7 +7,7 @@
 Every fold is a run directory of its own under ``<out-dir>/<cv-name>/``; the CV report
 (``cv_report.html``, ``cv_metrics.json``) is written when every fold is complete, or on demand with
 ``--aggregate``. Re-running the same command resumes: complete folds are skipped. This module only
-parses arguments; the work is done by :mod:`medxcept.workflows.cv` (read :mod:`medxcept.kfold`'s docstring for
+parses arguments; the work is done by :mod:`medxcept.workflows.cv` (read :mod:`medxcept.evaluation.kfold`'s docstring for
 what the out-of-fold numbers mean).
 
 Exit status: 0 on success, 2 on a problem the user can fix (the message says what to do) or when
@@ -91,7 +91,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run(args: argparse.Namespace) -> Path:
     # imported here, not at the top: --help and option errors answer without loading the stages
-    from medxcept.cohort import load_cohort_spec
+    from medxcept.cohort.table import load_cohort_spec
     from medxcept.config import load_config
     from medxcept.workflows import cv as cv_workflow
 

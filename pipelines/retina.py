@@ -34,11 +34,11 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # light modules only at the top: the workflows that load Keras are imported by the commands that train
-from medxcept.cohort import load_cohort_spec  # noqa: E402
+from medxcept.cohort.table import load_cohort_spec  # noqa: E402
 from medxcept.config import load_config  # noqa: E402
 from medxcept.errors import ConfigError, LeakageError  # noqa: E402
-from medxcept.learning_curve import parse_fractions  # noqa: E402
-from medxcept.reproduce import DEFAULT_TOLERANCE, NotReproducedError  # noqa: E402
+from medxcept.evaluation.learning_curve import parse_fractions  # noqa: E402
+from medxcept.evaluation.reproduce import DEFAULT_TOLERANCE, NotReproducedError  # noqa: E402
 from medxcept.run import load_run_config  # noqa: E402
 from medxcept.workflows.check import check_cohort  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 **The tiny test network.** Most tests check plumbing (resume, faults, external validation,
 reproduce, k-fold, the JAX backend, the report), not Xception. For them the suite sets the test
-hook ``MEDXCEPT_TEST_NETWORK=tiny`` (:mod:`medxcept.testnet`) for itself and for every subprocess
+hook ``MEDXCEPT_TEST_NETWORK=tiny`` (:mod:`medxcept.models.testnet`) for itself and for every subprocess
 it starts: ``build_model`` then builds an Xception-shaped network with the same layer names,
 blocks and freezing logic, 8-256 channels and one middle block, which traces and trains in a
 fraction of Xception's time. Tests marked ``xception`` (and fixtures inside
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from medxcept import testnet
+from medxcept.models import testnet
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -114,7 +114,7 @@ def finished_tiny_run(basetemp: Path) -> Path:
     base = Path(basetemp) / "tiny-run"
     done = base / "reports" / "tiny"
     if not (done / "complete.json").is_file():
-        from medxcept.cohort import load_cohort_spec
+        from medxcept.cohort.table import load_cohort_spec
         from medxcept.config import load_config
         from medxcept.workflows.single import run_pipeline
 

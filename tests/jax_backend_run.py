@@ -8,12 +8,12 @@ PyTorch, no TensorFlow): anything in the JAX path that reaches for ``tf.*`` fail
 Steps (each records what the tests assert):
 
 1. a from-scratch fit of the model of ``build_model`` at 71 px (the suite's tiny Xception-shaped test
-   network, :mod:`medxcept.testnet`, inherited from the test process) on 32 training images with a planted lesion signal,
-   interrupted after its first epoch and resumed from the checkpoint (``medxcept.train.fit``:
+   network, :mod:`medxcept.models.testnet`, inherited from the test process) on 32 training images with a planted lesion signal,
+   interrupted after its first epoch and resumed from the checkpoint (``medxcept.models.train.fit``:
    ``CohortDataset``, augmentation, ``BestEpoch`` early stopping, per-epoch checkpoints);
 2. prediction and test-time augmentation of the trained model; its weights saved for TensorFlow;
 3. temperature scaling of the validation logits;
-4. class-activation maps (:mod:`medxcept.explain`);
+4. class-activation maps (:mod:`medxcept.models.explain`);
 5. the mixed-precision policy and ``data_parallel()`` on one CPU device;
 6. ``benchmarks/gpu_xception.py --smoke --skip-timm`` in this same process.
 """
@@ -83,12 +83,12 @@ def main(out: Path) -> None:
     import keras
     import numpy as np
 
-    from medxcept import train
-    from medxcept.augment import AugmentConfig, augment_batch, build_augment
-    from medxcept.calibrate import fit_temperature
+    from medxcept.models import train
+    from medxcept.images.augment import AugmentConfig, augment_batch, build_augment
+    from medxcept.evaluation.calibrate import fit_temperature
     from medxcept.config import load_config
-    from medxcept.explain import class_activation_maps
-    from medxcept.model import build_model, data_parallel, detect_device, precision_policy, resolve_weights
+    from medxcept.models.explain import class_activation_maps
+    from medxcept.models.network import build_model, data_parallel, detect_device, precision_policy, resolve_weights
 
     res: dict = {"backend": keras.backend.backend()}
     lap("import", t_start)
@@ -173,7 +173,7 @@ def main(out: Path) -> None:
                                  batch_size=4)
     np.save(out / "cams.npy", cams)
     # the last feature map itself (varies with the image even where the logits hardly do)
-    from medxcept.explain import _head
+    from medxcept.models.explain import _head
 
     # and in training mode (BN on batch statistics): after two epochs from scratch BN's moving
     # statistics are unsettled and inference-mode features hardly differ between images, while

@@ -1,4 +1,4 @@
-"""Acquisition fingerprints and the shortcut probe (medxcept.acquisition, audit finding ``acquisition_shortcut``)."""
+"""Acquisition fingerprints and the shortcut probe (medxcept.integrity.acquisition, audit finding ``acquisition_shortcut``)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from medxcept.acquisition import SHORTCUT_AUC, acquisition_fingerprint, jpeg_quality, shortcut_probe
-from medxcept.audit import audit_cohort
+from medxcept.integrity.acquisition import SHORTCUT_AUC, acquisition_fingerprint, jpeg_quality, shortcut_probe
+from medxcept.integrity.audit import audit_cohort
 
 WARNING = "the model may learn the camera, not the disease"
 KEY = "test-key-0123456789abcdef0123456789abcdef"
@@ -80,7 +80,7 @@ def _source_cohort(tmp_path, differ: str) -> pd.DataFrame:
     ``extension``: ``.jpeg`` vs ``.jpg`` (same bytes); ``size``: 64 vs 80 px; ``fov``: the field of view's
     radius and centre in the frame (same file settings). The pixels of both are photos of the same kind.
     """
-    from medxcept.acquisition import geometry_fingerprint
+    from medxcept.integrity.acquisition import geometry_fingerprint
 
     rng = np.random.default_rng(3)
     rows = []
@@ -113,7 +113,7 @@ def test_sources_differing_in_one_setting_are_caught(tmp_path, differ, columns):
 
 
 def test_geometry_fingerprint_reads_the_field_of_view():
-    from medxcept.acquisition import geometry_fingerprint
+    from medxcept.integrity.acquisition import geometry_fingerprint
 
     yy, xx = np.mgrid[0:120, 0:160]
     inside = np.hypot(yy - 60, xx - 96) < 50  # radius 50 of the half-side 60, centre 16 px right

@@ -111,9 +111,9 @@ def graph() -> dict[str, set[str]]:
 
 
 def test_the_graph_sees_known_imports(graph):
-    assert "medxcept.evaluate" in graph["medxcept.workflows.steps"]
+    assert "medxcept.evaluation.metrics" in graph["medxcept.workflows.steps"]
     assert "medxcept.workflows.steps" in graph["medxcept.workflows.single"]
-    assert "medxcept.io.dicom" in graph["medxcept.ingest"]
+    assert "medxcept.io.dicom" in graph["medxcept.cohort.ingest"]
 
 
 def test_no_import_cycle(graph):
@@ -154,7 +154,7 @@ def test_the_checks_would_fail_on_a_cycle_and_an_upward_import(tmp_path):
 def test_the_report_renders_what_it_is_given(graph):
     """The report neither reads image files nor augments: the workflow computes the previews."""
     for module in ("medxcept.report", "medxcept.report.figures"):
-        reading = {d for d in graph[module] if d.startswith(("medxcept.io", "medxcept.ingest", "medxcept.augment"))}
+        reading = {d for d in graph[module] if d.startswith(("medxcept.io", "medxcept.cohort.ingest", "medxcept.images.augment"))}
         assert not reading, f"{module} imports {sorted(reading)}"
 
 
@@ -168,4 +168,4 @@ def test_ingestion_does_not_import_the_demo_generator(graph):
                     todo.append(d)
         return seen
 
-    assert "medxcept.demo" not in reach("medxcept.ingest")
+    assert "medxcept.cohort.demo" not in reach("medxcept.cohort.ingest")

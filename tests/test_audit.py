@@ -1,4 +1,4 @@
-"""Tests of medxcept.audit: planted leakage is found, a clean cohort raises no alarm."""
+"""Tests of medxcept.integrity.audit: planted leakage is found, a clean cohort raises no alarm."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from PIL import Image
 from scipy import ndimage
 from scipy.stats.contingency import association
 
-from medxcept.audit import (
+from medxcept.integrity.audit import (
     DEFAULT_HAMMING_THRESHOLD,
     DETAIL_PX,
     DETAIL_THRESHOLD,
@@ -28,11 +28,11 @@ from medxcept.audit import (
     hamming,
     near_duplicate_pairs,
 )
-from medxcept.demo import CAMERAS, DemoSpec, _plan, paint_fundus
+from medxcept.cohort.demo import CAMERAS, DemoSpec, _plan, paint_fundus
 from medxcept.errors import ConfigError, LeakageError
-from medxcept.fingerprints import _FOV_ERODE
-from medxcept.preprocess import PreprocessConfig, preprocess
-from medxcept.splits import SplitConfig, assign_folds, assign_splits
+from medxcept.integrity.fingerprints import _FOV_ERODE
+from medxcept.images.preprocess import PreprocessConfig, preprocess
+from medxcept.integrity.splits import SplitConfig, assign_folds, assign_splits
 
 # ------------------------------------------------------------------ synthetic images
 

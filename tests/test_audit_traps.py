@@ -4,7 +4,7 @@ Each planted trap must be found, with its severity and count, and nothing else; 
 must raise no error and no warning. The stages run as in ``medxcept.workflows.single.run_pipeline``:
 ``prepare_cohort`` -> preprocessed images -> ``fingerprints`` -> ``assign_splits`` (here: the
 user's ``split.csv``) -> ``audit_cohort``. The images are read from the preprocessing cache as
-``medxcept.data.load_images`` does, without importing Keras (that module defines the PyDataset).
+``medxcept.images.dataset.load_images`` does, without importing Keras (that module defines the PyDataset).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from medxcept.audit import (  # noqa: E402
+from medxcept.integrity.audit import (  # noqa: E402
     DETAIL_THRESHOLD,
     AuditReport,
     audit_cohort,
@@ -29,12 +29,12 @@ from medxcept.audit import (  # noqa: E402
     near_duplicate_pairs,
     verified_near_pairs,
 )
-from medxcept.cohort import load_cohort_spec  # noqa: E402
-from medxcept.duplicates import MIN_INLIERS  # noqa: E402
+from medxcept.cohort.table import load_cohort_spec  # noqa: E402
+from medxcept.integrity.duplicates import MIN_INLIERS  # noqa: E402
 from medxcept.config import RunConfig, load_config  # noqa: E402
 from medxcept.errors import ConfigError, LeakageError  # noqa: E402
 from medxcept.workflows.steps import prepare_cohort  # noqa: E402
-from medxcept.splits import USER_SPLIT_REGROUP_MESSAGE, assign_splits  # noqa: E402
+from medxcept.integrity.splits import USER_SPLIT_REGROUP_MESSAGE, assign_splits  # noqa: E402
 from medxcept.testing.traps import (  # noqa: E402
     JPEG_QUALITY,
     RESCALE_FACTOR,
@@ -51,7 +51,7 @@ slow = pytest.mark.slow
 
 
 def _load_images(table: pd.DataFrame, cache, cfg: RunConfig) -> np.ndarray:
-    """``medxcept.data.load_images`` without the Keras import."""
+    """``medxcept.images.dataset.load_images`` without the Keras import."""
     return np.stack([cache.get(sha, int(frame), cfg.preprocess) for sha, frame in zip(table["sha256"], table["frame"], strict=False)])
 
 

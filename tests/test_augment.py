@@ -1,4 +1,4 @@
-"""Tests for medxcept.augment: real pixels through albumentations, balancing vs scikit-learn."""
+"""Tests for medxcept.images.augment: real pixels through albumentations, balancing vs scikit-learn."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
 from sklearn.utils.class_weight import compute_class_weight  # noqa: E402
 
-from medxcept.augment import (  # noqa: E402
+from medxcept.images.augment import (  # noqa: E402
     AugmentConfig,
     augment_batch,
     balanced_epoch_indices,

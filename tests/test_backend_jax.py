@@ -62,7 +62,7 @@ def tf_model(jax_run):
 
     if keras.backend.backend() != "tensorflow":
         pytest.skip(f"the comparison runs under TensorFlow; this process uses {keras.backend.backend()}")
-    from medxcept.model import build_model, resolve_weights
+    from medxcept.models.network import build_model, resolve_weights
 
     return build_model(image_px=71, n_classes=2, weights=resolve_weights(str(jax_run["dir"] / "model.weights.h5")))
 
@@ -77,7 +77,7 @@ def _split(jax_run, name):
 
 
 def test_jax_run_used_jax_on_cpu_without_tensorflow(jax_run):
-    from medxcept import testnet
+    from medxcept.models import testnet
 
     assert jax_run["backend"] == "jax"
     assert jax_run["model_name"] == (testnet.MODEL_NAME if testnet.active() else "medxcept_xception")
@@ -87,7 +87,7 @@ def test_jax_run_used_jax_on_cpu_without_tensorflow(jax_run):
 
 def test_jax_fit_resumes_after_an_interrupt_with_schedule_and_history_intact(jax_run):
     from medxcept.config import load_config
-    from medxcept.train import _schedule
+    from medxcept.models.train import _schedule
     from tests.jax_backend_run import CRASH_AFTER, EPOCHS
 
     assert jax_run["interrupted"] and len(jax_run["rows_at_interrupt"]) == CRASH_AFTER
@@ -155,7 +155,7 @@ def test_gpu_xception_smoke_under_jax(jax_run):
 
 
 def test_same_weights_give_the_same_logits_in_tensorflow(jax_run, tf_model):
-    from medxcept.train import predict_logits
+    from medxcept.models.train import predict_logits
 
     for name in ("val", "test"):
         images, _ = _split(jax_run, name)
@@ -173,8 +173,8 @@ def test_same_weights_give_the_same_feature_maps_in_tensorflow(jax_run):
     """
     import keras
 
-    from medxcept.explain import _head
-    from medxcept.model import build_model, resolve_weights
+    from medxcept.models.explain import _head
+    from medxcept.models.network import build_model, resolve_weights
 
     if keras.backend.backend() != "tensorflow":
         pytest.skip(f"the comparison runs under TensorFlow; this process uses {keras.backend.backend()}")
@@ -193,7 +193,7 @@ def test_same_weights_give_the_same_feature_maps_in_tensorflow(jax_run):
 
 
 def test_same_weights_give_the_same_class_activation_maps_in_tensorflow(jax_run, tf_model):
-    from medxcept.explain import class_activation_maps
+    from medxcept.models.explain import class_activation_maps
 
     images, _ = _split(jax_run, "test")
     jax_cams = np.load(jax_run["dir"] / "cams.npy")
@@ -208,8 +208,8 @@ def test_same_weights_give_the_same_class_activation_maps_in_tensorflow(jax_run,
 def test_temperature_fitted_on_jax_logits_equals_tensorflow(jax_run, tf_model):
     import warnings
 
-    from medxcept.calibrate import fit_temperature
-    from medxcept.train import predict_logits
+    from medxcept.evaluation.calibrate import fit_temperature
+    from medxcept.models.train import predict_logits
 
     images, y = _split(jax_run, "val")
     with warnings.catch_warnings():

@@ -1,4 +1,4 @@
-"""Tests for medxcept.calibrate: hand-computed bins, scikit-learn as oracle, planted temperatures."""
+"""Tests for medxcept.evaluation.calibrate: hand-computed bins, scikit-learn as oracle, planted temperatures."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
-from medxcept import calibrate as cal
+from medxcept.evaluation import calibrate as cal
 from medxcept.errors import ConfigError
 
 # --------------------------------------------------------------------------- fixtures

@@ -1,4 +1,4 @@
-"""Tests for medxcept.clinical: net benefit by hand and against dcurves, calibration intercept and slope
+"""Tests for medxcept.evaluation.clinical: net benefit by hand and against dcurves, calibration intercept and slope
 against statsmodels and on planted (mis)calibration, operating points against roc_curve on validation,
 the sample-size formulas against simulation, and the clinical reading wired into ``assess``."""
 
@@ -11,9 +11,9 @@ import statsmodels.api as sm
 from scipy.special import expit
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from medxcept import clinical as cl
+from medxcept.evaluation import clinical as cl
 from medxcept.config import load_config
-from medxcept.evaluate import aggregate_by_patient, cluster_resample_weights
+from medxcept.evaluation.metrics import aggregate_by_patient, cluster_resample_weights
 from medxcept.workflows.steps import assess
 
 # Ten patients, one unit each, scores in descending order.
@@ -257,7 +257,7 @@ def test_an_unreachable_operating_point_is_not_defined_rather_than_invented():
 
 def test_pooled_out_of_fold_operating_points_apply_each_folds_threshold():
     from medxcept.config import EvalConfig
-    from medxcept.kfold import pooled_clinical
+    from medxcept.evaluation.kfold import pooled_clinical
 
     # fold 0 chose 0.5 for every operating point, fold 1 chose 0.3 (and reached specificity 95 % only by
     # referring none: its units then count as not referred)
@@ -283,9 +283,9 @@ def test_pooled_out_of_fold_operating_points_apply_each_folds_threshold():
 def test_each_graded_endpoint_gets_its_clinical_reading():
     import jinja2
 
-    from medxcept.cohort import parse_endpoint
+    from medxcept.cohort.table import parse_endpoint
     from medxcept.config import EvalConfig
-    from medxcept.graded import assess_graded
+    from medxcept.evaluation.graded import assess_graded
     from medxcept.report import _ci, fmt
     from medxcept.report.figures import clinical_figure
     from tests.test_graded import CLASSES

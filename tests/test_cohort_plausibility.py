@@ -1,7 +1,7 @@
 """Issue 18: cohort building without silent bias or silent error.
 
 * exclusions counted per class, with a test of independence and a warning when they depend on the
-  class (:mod:`medxcept.class_exclusions`), on hand-made logs and on a real ingestion whose quality
+  class (:mod:`medxcept.cohort.class_exclusions`), on hand-made logs and on a real ingestion whose quality
   gate removes one class;
 * a file-name pattern whose eye field is not a laterality: a whole-run error naming the pattern and
   an example when most names fail;
@@ -27,13 +27,13 @@ from PIL import Image
 from scipy import stats
 
 from medxcept.testing import corpus as corpus_mod
-from medxcept.audit import audit_cohort, check_patient_plausibility
-from medxcept.class_exclusions import by_class_markdown, exclusions_by_class
-from medxcept.cohort import load_cohort_spec
+from medxcept.integrity.audit import audit_cohort, check_patient_plausibility
+from medxcept.cohort.class_exclusions import by_class_markdown, exclusions_by_class
+from medxcept.cohort.table import load_cohort_spec
 from medxcept.config import AuditConfig
 from medxcept.errors import CohortError, ConfigError
-from medxcept.ingest import ingest
-from medxcept.preprocess import PreprocessCache, PreprocessConfig
+from medxcept.cohort.ingest import ingest
+from medxcept.images.preprocess import PreprocessCache, PreprocessConfig
 
 PX = 71
 TEMPLATES = Path(__file__).resolve().parent.parent / "medxcept" / "report" / "templates"
@@ -162,7 +162,7 @@ def test_ingestion_records_the_class_of_quality_exclusions_and_warns(tmp_path: P
     quality = res.exclusions[res.exclusions["stage"] == "quality"]
     assert sorted(Path(p).name for p in quality["path"]) == [f"C{k:02d}_{'LR'[k % 2]}.png" for k in range(5)]
     assert set(quality["label"]) == {"cataract"}
-    with caplog.at_level(logging.WARNING, logger="medxcept.class_exclusions"):
+    with caplog.at_level(logging.WARNING, logger="medxcept.cohort.class_exclusions"):
         out = exclusions_by_class(res.table, res.exclusions, list(spec.classes))
     (row,) = out["rows"]
     assert row["excluded"] == [0, 5] and row["p"] == pytest.approx(stats.fisher_exact([[0, 5], [8, 3]])[1])
@@ -189,7 +189,7 @@ def test_pattern_that_does_not_describe_the_names_stops_the_run(tmp_path: Path, 
     assert "filename_pattern '{patient}_{eye}.*'" in msg and "'Cataract_000.png' -> eye '000'" in msg
     assert "one_patient_per_file: true" in msg and "2 distinct value(s) for 12 files" in msg
     # "both eyes" / "unknown" values are a laterality NA, not a wrong pattern
-    from medxcept.ingest import _eye_problem
+    from medxcept.cohort.ingest import _eye_problem
 
     assert _eye_problem({"patient": "P1", "eye": "OU"}, "{patient}_{eye}.*") is None
     assert _eye_problem({"patient": "P1", "eye": "od"}, "{patient}_{eye}.*") is None
@@ -225,7 +225,7 @@ GOOD_ROWS = ["im0.dcm,normal,HDR-0,L", "im1.dcm,abnormal,HDR-1,", "im2.dcm,norma
 def test_identical_repeated_rows_warn_even_under_on_label_issue_error(tmp_path: Path,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     spec = load_cohort_spec(_dicom_table_cohort(tmp_path, GOOD_ROWS + [GOOD_ROWS[1]], "error"))
-    with caplog.at_level(logging.WARNING, logger="medxcept.ingest"):
+    with caplog.at_level(logging.WARNING, logger="medxcept.cohort.ingest"):
         res = ingest(spec, preprocess_cfg=PreprocessConfig(image_px=PX), cache=PreprocessCache(tmp_path / "c"),
                      workers=1)
     assert len(res.table) == 4 and res.exclusions.empty

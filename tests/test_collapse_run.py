@@ -12,7 +12,7 @@ import json
 import pandas as pd
 import pytest
 
-from medxcept.cohort import load_cohort_spec
+from medxcept.cohort.table import load_cohort_spec
 from medxcept.config import load_config
 from medxcept.workflows.single import run_pipeline
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_collapsed_run_is_named_in_metrics_and_report(tmp_path, session_cache, monkeypatch):
-    from medxcept import train
+    from medxcept.models import train
     from tests.conftest import TINY_COHORT
 
     def constant_head(*, image_px, n_classes, seed, **_):

@@ -1,9 +1,9 @@
-"""Tests of medxcept.compare and pipelines.compare on fake run directories (no training).
+"""Tests of medxcept.evaluation.compare and pipelines.compare on fake run directories (no training).
 
 Each fake run is written the way :func:`medxcept.workflows.single.run_pipeline` writes one: predictions
 with known probabilities, and a ``metrics.json`` computed from them with the project's own metric
 functions, so the comparison's numbers can be checked against numpy, scikit-learn and
-:mod:`medxcept.evaluate`.
+:mod:`medxcept.evaluation.metrics`.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from sklearn.metrics import average_precision_score
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from medxcept import compare as cmp  # noqa: E402
-from medxcept.calibrate import brier, ece  # noqa: E402
+from medxcept.evaluation import compare as cmp  # noqa: E402
+from medxcept.evaluation.calibrate import brier, ece  # noqa: E402
 from medxcept.errors import ConfigError  # noqa: E402
-from medxcept.evaluate import binary_metrics, bootstrap_ci, delong_test, paired_bootstrap_auc  # noqa: E402
+from medxcept.evaluation.metrics import binary_metrics, bootstrap_ci, delong_test, paired_bootstrap_auc  # noqa: E402
 
 N_PATIENTS = 60
 N_BOOT = 200
@@ -214,9 +214,9 @@ def test_bootstrapped_metrics_on_the_full_data_equal_the_runs_metrics(big):
 
 
 def test_weighted_metrics_equal_explicit_resamples():
-    """A resample as integer weights gives scikit-learn's AP (:func:`medxcept.evaluate.weighted_average_precision`,
+    """A resample as integer weights gives scikit-learn's AP (:func:`medxcept.evaluation.metrics.weighted_average_precision`,
     the one weighted AP) and calibrate's ECE on the repeated rows."""
-    from medxcept.evaluate import weighted_average_precision
+    from medxcept.evaluation.metrics import weighted_average_precision
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 40).astype(float)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from medxcept.cohort import load_cohort_spec
+from medxcept.cohort.table import load_cohort_spec
 from medxcept.config import RunConfig, config_hash, load_config
 from medxcept.errors import ConfigError
 

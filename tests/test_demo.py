@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from medxcept.demo import CAMERAS, DemoSpec, generate_demo, paint_fundus
+from medxcept.cohort.demo import CAMERAS, DemoSpec, generate_demo, paint_fundus
 from medxcept.io.dicom import read_dicom, read_dicom_header
 from medxcept.io.images import read_image
 
@@ -119,7 +119,7 @@ def test_mild_eyes_carry_fewer_fainter_lesions():
 
 
 def test_hard_plan_label_noise_and_shared_patient_severity():
-    from medxcept.demo import _plan
+    from medxcept.cohort.demo import _plan
 
     spec = DemoSpec(n_patients=400, seed=2, min_severity=0.35, drusen_rate=0.5, pigment_sd=0.06, label_noise=0.1)
     rows = pd.DataFrame(_plan(spec))

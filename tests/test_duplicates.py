@@ -1,4 +1,4 @@
-"""Near-duplicates decided by geometry (medxcept.duplicates), on a real fundus photograph.
+"""Near-duplicates decided by geometry (medxcept.integrity.duplicates), on a real fundus photograph.
 
 ``skimage.data.retina`` is a real photograph: a rotated, sheared, zoomed, mirrored and
 re-compressed copy of it must be confirmed with its transform; eyes that share its camera,
@@ -21,10 +21,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import cv2  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from medxcept import duplicates  # noqa: E402
-from medxcept.audit import audit_cohort, fingerprints, near_duplicate_pairs, verified_near_pairs  # noqa: E402
-from medxcept.check import _duplicate_pairs_shown  # noqa: E402
-from medxcept.duplicates import MIN_INLIERS, verify_pairs  # noqa: E402
+from medxcept.integrity import duplicates  # noqa: E402
+from medxcept.integrity.audit import audit_cohort, fingerprints, near_duplicate_pairs, verified_near_pairs  # noqa: E402
+from medxcept.integrity.check import _duplicate_pairs_shown  # noqa: E402
+from medxcept.integrity.duplicates import MIN_INLIERS, verify_pairs  # noqa: E402
 
 PX = 256
 
@@ -335,7 +335,7 @@ def test_screening_eyes_have_their_own_trees_and_the_cameras_frame():
 
 
 def _screening_prep(rgb: np.ndarray, px: int = 224) -> np.ndarray:
-    from medxcept.preprocess import PreprocessConfig, preprocess
+    from medxcept.images.preprocess import PreprocessConfig, preprocess
 
     return preprocess(rgb.astype(np.float32) / 255, PreprocessConfig(image_px=px), modality="fundus")
 
@@ -375,7 +375,7 @@ def test_dim_screening_eyes_keep_keypoints_and_only_the_copy_is_paired(screening
 def test_left_and_right_eye_of_one_patient_are_not_duplicates(screening):
     """A mirrored, re-compressed copy of a right eye is a near-duplicate (flipped) of it; filed as the same
     patient's *left* eye it is reported no more (two eyes), as the same eye or another patient's it is."""
-    from medxcept.fingerprints import duplicate_pairs
+    from medxcept.integrity.fingerprints import duplicate_pairs
 
     imgs = screening["imgs"]
     mirror = _screening_prep(_jpeg(np.ascontiguousarray(imgs[2][:, ::-1]), 80))
@@ -396,7 +396,7 @@ def test_hub_pairs_drop_a_generic_star_and_keep_a_copy_group():
     """Hand-made pair graphs: a photograph 'matching' 4 people whose photographs do not match each other is
     generic (its 4 pairs dropped); an original with 4 copies under 4 patients, all matching each other,
     is a copy group (kept); a photograph matching 2 people is too small a star to judge (kept)."""
-    from medxcept.fingerprints import HUB_PATIENTS, _hub_pairs
+    from medxcept.integrity.fingerprints import HUB_PATIENTS, _hub_pairs
 
     assert HUB_PATIENTS == 3
     pat = np.array([f"P{k}" for k in range(20)])

@@ -1,4 +1,4 @@
-"""Tests for medxcept.evaluate: scikit-learn as oracle, hand computations, published values."""
+"""Tests for medxcept.evaluation.metrics: scikit-learn as oracle, hand computations, published values."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from medxcept import evaluate as ev
+from medxcept.evaluation import metrics as ev
 from medxcept.errors import SplitError
 
 # --------------------------------------------------------------------------- fixtures

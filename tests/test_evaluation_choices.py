@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from medxcept.config import load_config
-from medxcept.evaluate import aggregate_by_patient, choose_threshold
+from medxcept.evaluation.metrics import aggregate_by_patient, choose_threshold
 from medxcept.workflows.steps import assess
 
 
@@ -88,7 +88,7 @@ def test_training_never_sees_the_test_labels(tiny_cohort, tmp_path, monkeypatch)
     """The epoch is chosen inside train.fit, whose inputs are the training and validation splits
     only: a run whose test labels are permuted hands fit exactly the same arrays."""
     import medxcept.workflows.single as single
-    from medxcept.cohort import load_cohort_spec
+    from medxcept.cohort.table import load_cohort_spec
 
     seen: list[tuple] = []
 
@@ -99,8 +99,8 @@ def test_training_never_sees_the_test_labels(tiny_cohort, tmp_path, monkeypatch)
         seen.append((x_train.tobytes(), y_train.tolist(), x_val.tobytes(), y_val.tolist(), list(groups_val)))
         raise _Stop
 
-    from medxcept.audit import AuditReport
-    from medxcept.splits import assign_splits
+    from medxcept.integrity.audit import AuditReport
+    from medxcept.integrity.splits import assign_splits
 
     def permuting_split(table, images, cfg, *a, **kw):
         # the split as the run makes it; the audit (which reads no label to set anything fit sees)

@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 keras = pytest.importorskip("keras")
 
 from medxcept.errors import ConfigError  # noqa: E402
-from medxcept.explain import cam_gallery, class_activation_maps, gallery_cells  # noqa: E402
+from medxcept.models.explain import cam_gallery, class_activation_maps, gallery_cells  # noqa: E402
 
 PX = 32
 
@@ -159,7 +159,7 @@ def test_rejects_models_without_a_gap_linear_head():
 
 @pytest.fixture(scope="module")
 def xception_71():
-    from medxcept.model import build_model
+    from medxcept.models.network import build_model
     from tests.conftest import real_xception
 
     keras.utils.set_random_seed(0)

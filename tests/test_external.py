@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medxcept.cohort import load_cohort_spec
+from medxcept.cohort.table import load_cohort_spec
 from medxcept.config import load_config
 from medxcept.errors import ConfigError
 
@@ -84,14 +84,14 @@ def test_cli_evaluate_of_an_incomplete_run_exits_2_naming_every_missing_file(tmp
 
 
 def test_missing_run_dir_is_a_config_error(tmp_path):
-    from medxcept.external import check_run_dir
+    from medxcept.evaluation.external import check_run_dir
 
     with pytest.raises(ConfigError, match="run directory not found"):
         check_run_dir(tmp_path / "nope")
 
 
 def test_external_config_keeps_the_model_defining_sections_of_the_source_run():
-    from medxcept.external import external_config
+    from medxcept.evaluation.external import external_config
 
     src = load_config(overrides={"preprocess.image_px": 71, "eval.calibration": "temperature", "seed": 1,
                                  "eval.n_bootstrap": 50})
@@ -110,7 +110,7 @@ def test_external_config_keeps_the_model_defining_sections_of_the_source_run():
 
 
 def test_source_overlap_counts_identical_files_and_shared_pseudonyms():
-    from medxcept.external import source_overlap
+    from medxcept.evaluation.external import source_overlap
 
     table = pd.DataFrame({"image_id": ["a", "b", "c"], "sha256": ["h1", "h2", "h3"],
                           "patient_key": ["P-1", "P-2", "P-3"]})
@@ -132,7 +132,7 @@ def test_source_overlap_counts_identical_files_and_shared_pseudonyms():
 
 
 def _preprocessed(rgbs: list[np.ndarray], px: int = 96) -> np.ndarray:
-    from medxcept.preprocess import PreprocessConfig, preprocess
+    from medxcept.images.preprocess import PreprocessConfig, preprocess
 
     cfg = PreprocessConfig(image_px=px)
     return np.stack([preprocess(np.asarray(a, np.float32) / 255.0, cfg, modality="fundus") for a in rgbs])
@@ -150,10 +150,10 @@ def test_near_copies_pairs_altered_copies_with_their_originals_only(tmp_path):
     """Issue 33: copies of training images (cropped 5 %, resized x1.35, JPEG 70) are paired with their own
     originals across the two sets; new images of the same generator are not; the finding is an error
     under --on-leak error and a warning under warn; no fingerprints: an info finding (byte check only)."""
-    from medxcept.demo import CAMERAS, paint_fundus
-    from medxcept.external import keep_source_fingerprints, load_source_fingerprints, near_copies, \
+    from medxcept.cohort.demo import CAMERAS, paint_fundus
+    from medxcept.evaluation.external import keep_source_fingerprints, load_source_fingerprints, near_copies, \
         near_copy_findings
-    from medxcept.fingerprints import fingerprints
+    from medxcept.integrity.fingerprints import fingerprints
     from medxcept.run import RunDir
     from medxcept.testing.copies import altered_copy
 
@@ -369,7 +369,7 @@ def test_evaluate_refuses_altered_copies_of_training_images_under_on_leak_error(
     (only copied originals; at 71 px at least 8 of the 10), nothing predicted; --on-leak warn:
     the evaluation runs, with the warning. (benchmarks/external_copies.py
     measures the same on the full demo cohort: 30 + 30.)"""
-    from medxcept.demo import CAMERAS, paint_fundus
+    from medxcept.cohort.demo import CAMERAS, paint_fundus
     from medxcept.testing.copies import training_images, write_copy_cohort
     from pipelines.retina import main
 
@@ -422,7 +422,7 @@ def test_the_clinical_reading_applies_the_source_runs_operating_points(external)
 def test_a_run_of_the_tiny_test_network_is_refused_outside_the_test_suite(external, tmp_path, monkeypatch):
     """The suite's runs use the tiny test network (tests/conftest.py): versions.json says so, and
     without the test hook its model is refused before anything is written."""
-    from medxcept import testnet
+    from medxcept.models import testnet
     from medxcept.workflows.external import evaluate_run
 
     assert _json(external["source"] / "versions.json")["environment"]["test_network"] == testnet.DESCRIPTION
@@ -437,7 +437,7 @@ def test_a_run_of_the_tiny_test_network_is_refused_outside_the_test_suite(extern
 
 def test_copies_page_shows_byte_identical_and_geometric_pairs():
     """The private page renders a byte-identical pair (no method, no transform) beside a geometric one."""
-    from medxcept.external import copies_page, near_copy_findings
+    from medxcept.evaluation.external import copies_page, near_copy_findings
 
     nan = np.nan
     pairs = pd.DataFrame({"image_id": ["E1", "E2"], "source_image_id": ["I1", "I2"], "source_split": ["train", "val"],

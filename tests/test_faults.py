@@ -136,9 +136,9 @@ def test_run_killed_at_every_phase_resumes_to_the_uninterrupted_predictions(coho
 def test_saved_model_has_no_optimizer_state_and_predicts_as_the_run_did(reference):
     import keras
 
-    from medxcept.preprocess import load_images
+    from medxcept.images.preprocess import load_images
     from medxcept.run import load_run_config
-    from medxcept.train import predict_logits
+    from medxcept.models.train import predict_logits
 
     path = reference / "model.keras"
     model = keras.models.load_model(path)
@@ -162,7 +162,7 @@ def test_saved_model_has_no_optimizer_state_and_predicts_as_the_run_did(referenc
     assert json.loads((reference / "versions.json").read_text())["model"]["bytes"] == size
 
     # reloaded, it predicts the test images as the run did (predictions.csv, TTA off)
-    from medxcept.cohort import load_cohort_spec
+    from medxcept.cohort.table import load_cohort_spec
     from medxcept.workflows.steps import prepare_cohort
 
     cfg = load_run_config(reference)
@@ -247,9 +247,9 @@ def test_cache_key_follows_the_dicom_window(tmp_path, session_cache):
 
     import pandas as pd
 
-    from medxcept.cohort import CohortSpec
+    from medxcept.cohort.table import CohortSpec
     from medxcept.workflows.steps import cohort_cache
-    from medxcept.preprocess import decode_key
+    from medxcept.images.preprocess import decode_key
     from medxcept.run import data_hash
 
     spec = CohortSpec(name="x", classes=("a", "b"), sources=(), base_dir=str(tmp_path))

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
-from medxcept.cohort import parse_endpoint
+from medxcept.cohort.table import parse_endpoint
 from medxcept.config import EvalConfig
-from medxcept.evaluate import choose_threshold
-from medxcept.graded import assess_graded
-from medxcept.multiclass import DecisionRule, classwise_ece
+from medxcept.evaluation.metrics import choose_threshold
+from medxcept.evaluation.graded import assess_graded
+from medxcept.evaluation.multiclass import DecisionRule, classwise_ece
 
 CLASSES = ("none", "mild", "moderate")
 
@@ -118,7 +118,7 @@ def test_report_section_renders_kappa_aucs_with_cis_endpoint_and_calibration(gra
 
 
 def test_pooled_out_of_fold_report_uses_each_folds_rule_and_threshold():
-    from medxcept.graded import fold_predictions, pooled_report
+    from medxcept.evaluation.graded import fold_predictions, pooled_report
 
     endpoints = (parse_endpoint("referable", "grade >= moderate", CLASSES, "ordinal"),)
     cfg = EvalConfig(n_bootstrap=100)
@@ -146,7 +146,7 @@ def test_pooled_out_of_fold_report_uses_each_folds_rule_and_threshold():
 
 
 def test_cv_graded_section_renders_pooled_kappa_and_endpoint():
-    from medxcept.graded import fold_predictions, fold_row, pooled_report
+    from medxcept.evaluation.graded import fold_predictions, fold_row, pooled_report
     from medxcept.report import _ci, fmt
 
     endpoints = (parse_endpoint("referable", "grade >= moderate", CLASSES, "ordinal"),)
@@ -184,8 +184,8 @@ def test_cv_graded_section_renders_pooled_kappa_and_endpoint():
 def test_compare_graded_runs_pairs_patients_with_each_runs_rule(tmp_path):
     import json
 
-    from medxcept.graded import compare_graded_runs
-    from medxcept.multiclass import aggregate_units, paired_comparison
+    from medxcept.evaluation.graded import compare_graded_runs
+    from medxcept.evaluation.multiclass import aggregate_units, paired_comparison
 
     endpoints = (parse_endpoint("referable", "grade >= moderate", CLASSES, "ordinal"),)
     cfg = EvalConfig(n_bootstrap=50)

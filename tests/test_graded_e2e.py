@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from medxcept.cohort import load_cohort_spec
+from medxcept.cohort.table import load_cohort_spec
 from medxcept.config import load_config
 from medxcept.report import _ci
 from medxcept.workflows.single import run_pipeline

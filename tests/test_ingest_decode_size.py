@@ -4,7 +4,7 @@ full-resolution computation within a stated tolerance.
 The reference (:func:`medxcept.testing.camera.reference_preprocess`) is the straightforward way,
 what medxcept did up to ``PREPROCESS_VERSION`` 1: decode every pixel, find the field of view on the
 full image, cut its square at full resolution, resize with scikit-image's Gaussian anti-aliasing,
-mask. The path under test is the real per-file ingestion step (:func:`medxcept.ingest._decode_task`),
+mask. The path under test is the real per-file ingestion step (:func:`medxcept.cohort.ingest._decode_task`),
 which decodes a camera JPEG at 1/4 scale and resizes with an area filter.
 
 Tolerance, per image, in uint8 levels: mean absolute difference below 1.5, 99th percentile at most
@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from medxcept.acquisition import GEOMETRY_COLUMNS, geometry_fingerprint
-from medxcept.demo import CAMERAS, paint_fundus
-from medxcept.ingest import _decode_task
+from medxcept.integrity.acquisition import GEOMETRY_COLUMNS, geometry_fingerprint
+from medxcept.cohort.demo import CAMERAS, paint_fundus
+from medxcept.cohort.ingest import _decode_task
 from medxcept.io.images import read_image
-from medxcept.preprocess import PreprocessCache, PreprocessConfig, decode_min_side, preprocess, quality
+from medxcept.images.preprocess import PreprocessCache, PreprocessConfig, decode_min_side, preprocess, quality
 from medxcept.testing.camera import reference_preprocess, write_camera_fundus
 
 

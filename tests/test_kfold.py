@@ -1,4 +1,4 @@
-"""Tests of medxcept.kfold and pipelines.kfold: resumable patient-level k-fold cross-validation.
+"""Tests of medxcept.evaluation.kfold and pipelines.kfold: resumable patient-level k-fold cross-validation.
 
 The quick tests check the arithmetic (t-interval, pooled out-of-fold metrics, fold tables) against
 hand computations and scikit-learn. The slow ones train a tiny 3-fold CV once (module fixture) on
@@ -28,7 +28,7 @@ from sklearn.metrics import average_precision_score, matthews_corrcoef, roc_auc_
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from medxcept import kfold  # noqa: E402
+from medxcept.evaluation import kfold  # noqa: E402
 from medxcept.workflows import cv as cv_workflow  # noqa: E402
 from medxcept.workflows.executors import (  # noqa: E402
     EXECUTORS,
@@ -142,7 +142,7 @@ def _inner_cases():
 
 def _check_inner_case(case) -> None:
     from medxcept.config import RunConfig
-    from medxcept.splits import SplitConfig
+    from medxcept.integrity.splits import SplitConfig
 
     k, f = case["k"], case["fraction"]
     # enough patients per class for k folds and a two-sided inner split of every fold's training folds
@@ -190,7 +190,7 @@ def test_inner_validation_split_is_patient_disjoint_in_every_repeat():
 
 def test_fold_runner_check_catches_a_patient_on_two_sides():
     from medxcept.errors import SplitError
-    from medxcept.splits import SplitConfig
+    from medxcept.integrity.splits import SplitConfig
 
     df = _random_cohort([10, 10], [2], [False])
     table = df.assign(cv_split="cv", fold_r0=[int(p[-3:]) % 3 for p in df["patient_key"]])
@@ -206,7 +206,7 @@ def test_fold_runner_check_catches_a_patient_on_two_sides():
 
 
 def test_inner_split_counts_are_the_stated_share_of_the_training_folds():
-    from medxcept.splits import SplitConfig
+    from medxcept.integrity.splits import SplitConfig
 
     # 90 patients, 2 classes (45 each), 3 folds of 30: 60 training-fold patients, 20 % = 12 inner
     df = _random_cohort([45, 45], [1, 2, 3], [False])
@@ -222,7 +222,7 @@ def test_inner_split_counts_are_the_stated_share_of_the_training_folds():
 
 
 def test_inner_fraction_defaults_to_the_single_runs_validation_share():
-    from medxcept.splits import SplitConfig
+    from medxcept.integrity.splits import SplitConfig
 
     assert kfold.inner_fraction(SplitConfig(val_fraction=0.15)) == 0.15
     assert kfold.inner_fraction(SplitConfig(val_fraction=0.15, inner_val_fraction=0.3)) == 0.3
@@ -238,7 +238,7 @@ def test_config_hash_unchanged_by_an_unset_inner_fraction():
     import hashlib
 
     from medxcept.config import RunConfig, config_hash, config_to_dict, load_config
-    from medxcept.splits import SplitConfig
+    from medxcept.integrity.splits import SplitConfig
 
     cfg = RunConfig()
     # a configuration written before the field existed: the same dict without it, hashed as then
@@ -299,7 +299,7 @@ def _write_tiny_cohort(path: Path) -> Path:
 
 
 def _cfg(cohort: Path, out: Path):
-    from medxcept.cohort import load_cohort_spec
+    from medxcept.cohort.table import load_cohort_spec
     from medxcept.config import load_config
 
     spec = load_cohort_spec(cohort)
@@ -348,9 +348,9 @@ def cv(tmp_path_factory):
         def no_training(*args, **kwargs):
             raise AssertionError("a complete fold was trained again")
 
-        import medxcept.train
+        import medxcept.models.train
 
-        mp.setattr(medxcept.train, "fit", no_training)
+        mp.setattr(medxcept.models.train, "fit", no_training)
         out["again"] = cv_workflow.run_cv(cfg, spec, n_folds=N_FOLDS, save_model=False, aggregate=False)
         out["unchanged"] = _mtimes(cv_dir) == before
         mp.undo()
@@ -380,7 +380,7 @@ def planned(tmp_path_factory):
 
 
 def test_plan_records_each_folds_inner_split_and_sizes(planned):
-    from medxcept.splits import split_hash
+    from medxcept.integrity.splits import split_hash
 
     d = planned["dir"]
     info = json.loads((d / "cv.json").read_text())
@@ -636,20 +636,20 @@ def test_fold_killed_mid_training_continues_from_its_checkpoint(cv, tmp_path, mo
     shutil.copytree(cv["dir"], copy)
     shutil.rmtree(copy / "fold-2")
     fold1 = _mtimes(copy / "fold-1")
-    import medxcept.train
+    import medxcept.models.train
 
-    original = medxcept.train._History.on_epoch_end
+    original = medxcept.models.train._History.on_epoch_end
 
     def killed_after_epoch_1(self, epoch, logs=None):
         original(self, epoch, logs)
         raise KeyboardInterrupt  # the process dies right after epoch 1's checkpoint
 
-    monkeypatch.setattr(medxcept.train._History, "on_epoch_end", killed_after_epoch_1)
+    monkeypatch.setattr(medxcept.models.train._History, "on_epoch_end", killed_after_epoch_1)
     with pytest.raises(KeyboardInterrupt):
         cv_workflow.run_fold(copy, 2, save_model=False)
     plan = kfold.load_plan(copy)
     assert kfold.fold_status(plan) == {"fold-0": "complete", "fold-1": "complete", "fold-2": "interrupted"}
-    monkeypatch.setattr(medxcept.train._History, "on_epoch_end", original)
+    monkeypatch.setattr(medxcept.models.train._History, "on_epoch_end", original)
 
     logger = logging.getLogger("medxcept")
     logger.addHandler(caplog.handler)  # whatever another test's CLI call did to propagation

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from medxcept.errors import ConfigError
-from medxcept.learning_curve import learning_curve_verdict, parse_fractions, subsample_patients
+from medxcept.evaluation.learning_curve import learning_curve_verdict, parse_fractions, subsample_patients
 
 
 def _train_table(n_pos: int, n_neg: int) -> pd.DataFrame:

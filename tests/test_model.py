@@ -1,5 +1,5 @@
 """The model: Xception blocks addressed by name, staged unfreezing, explicit weights, and the suite's
-tiny test network (same builder, same layer names and block logic; :mod:`medxcept.testnet`)."""
+tiny test network (same builder, same layer names and block logic; :mod:`medxcept.models.testnet`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from medxcept import testnet  # noqa: E402
+from medxcept.models import testnet  # noqa: E402
 from medxcept.errors import ConfigError, WeightsError  # noqa: E402
-from medxcept.model import (  # noqa: E402
+from medxcept.models.network import (  # noqa: E402
     IMAGENET_FILE,
     build_model,
     count_trainable,
@@ -20,7 +20,7 @@ from medxcept.model import (  # noqa: E402
     unfreeze_top_blocks,
     xception_base,
 )
-from medxcept.preprocess import to_model_range  # noqa: E402
+from medxcept.images.preprocess import to_model_range  # noqa: E402
 from tests.conftest import real_xception  # noqa: E402
 
 
@@ -126,7 +126,7 @@ def test_user_weights_round_trip(tmp_path, model):
 def test_precision_policy_is_bf16_on_gpu_float32_on_cpu_and_logits_stay_float32():
     import keras
 
-    from medxcept.model import build_model, precision_policy
+    from medxcept.models.network import build_model, precision_policy
 
     assert precision_policy("auto", {"device": "cpu"}) == "float32"
     assert precision_policy("auto", {"device": "gpu"}) == "mixed_bfloat16"

@@ -15,8 +15,8 @@ from sklearn.metrics import (
 )
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from medxcept.evaluate import _draw_counts
-from medxcept.multiclass import (
+from medxcept.evaluation.metrics import _draw_counts
+from medxcept.evaluation.multiclass import (
     DecisionRule,
     aggregate_units,
     calibration_report,
@@ -211,7 +211,7 @@ def test_classwise_ece_by_hand():
 
 
 def test_paired_comparison_matches_explicit_resampling():
-    from medxcept.multiclass import paired_comparison
+    from medxcept.evaluation.multiclass import paired_comparison
 
     keys, _, y, P1 = _graded(n_patients=30, seed=7)
     _, _, _, noise = _graded(n_patients=30, seed=8)

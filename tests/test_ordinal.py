@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from medxcept.multiclass import DecisionRule, cumulative_probs, quadratic_kappa
-from medxcept.ordinal import CumulativeLinkLoss, CumulativeLogits, is_ordinal_model
+from medxcept.evaluation.multiclass import DecisionRule, cumulative_probs, quadratic_kappa
+from medxcept.models.ordinal import CumulativeLinkLoss, CumulativeLogits, is_ordinal_model
 
 K = 4
 
@@ -73,7 +73,7 @@ def test_head_learns_grades_and_survives_saving(tmp_path):
 
 def test_build_model_rejects_an_unknown_head():
     from medxcept.errors import WeightsError
-    from medxcept.model import build_model
+    from medxcept.models.network import build_model
 
     with pytest.raises(WeightsError, match="head='ordinal'"):
         build_model(image_px=71, n_classes=3, head="ordinal")

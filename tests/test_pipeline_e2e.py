@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from medxcept.cohort import load_cohort_spec
+from medxcept.cohort.table import load_cohort_spec
 from medxcept.report import fmt
 
 pytestmark = pytest.mark.slow
@@ -62,7 +62,7 @@ def test_run_directory_holds_every_artifact(run_dir):
     assert len(versions["split_hash"]) == 64 and len(versions["data_hash"]) == 64
     assert versions["packages"]["keras"]
     # the suite trains its tiny test network (tests/conftest.py), and the run's provenance says so
-    from medxcept import testnet
+    from medxcept.models import testnet
 
     assert versions["environment"].get("test_network") == (testnet.DESCRIPTION if testnet.active() else None)
 
@@ -125,7 +125,7 @@ def test_threshold_comes_from_validation_and_metrics_match_sklearn(run_dir):
     assert m["threshold"]["chosen_on"] == "validation"
     pred = pd.read_csv(run_dir / "predictions.csv")
     assert m["test_image"]["roc_auc"] == pytest.approx(roc_auc_score(pred["y"], pred["prob"]))
-    # the Matthews coefficient (one entry of medxcept.evaluate.METRICS) reached metrics.json with its CI
+    # the Matthews coefficient (one entry of medxcept.evaluation.metrics.METRICS) reached metrics.json with its CI
     from sklearn.metrics import matthews_corrcoef
 
     pat = pred.groupby("unit_key").agg(y=("patient_y", "first"), p=("patient_prob", "first"))
@@ -200,7 +200,7 @@ def test_reproduce_reruns_the_run_and_finds_the_same_split_audit_and_predictions
 
 def test_reproduce_stops_before_training_when_the_data_changed(run_dir, tmp_path, monkeypatch, capsys):
     """The run's cohort file now finds other data (one label changed): exit 2 with one line, no training."""
-    from medxcept.ingest import data_root
+    from medxcept.cohort.ingest import data_root
     from medxcept.workflows.steps import materialize
     from pipelines.retina import main
 
@@ -278,8 +278,8 @@ def test_summary_card_references_and_verdict_in_metrics_and_report(run_dir):
 def test_validation_predictions_recompute_threshold_and_temperature(run_dir):
     """val_predictions.csv (pseudonymized, validation patients only) gives back the run's threshold
     and temperature."""
-    from medxcept.calibrate import fit_temperature
-    from medxcept.evaluate import aggregate_by_patient, choose_threshold
+    from medxcept.evaluation.calibrate import fit_temperature
+    from medxcept.evaluation.metrics import aggregate_by_patient, choose_threshold
 
     val = pd.read_csv(run_dir / "val_predictions.csv")
     split = pd.read_csv(run_dir / "split.csv")

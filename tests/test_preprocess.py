@@ -1,4 +1,4 @@
-"""Tests for medxcept.preprocess on real pixels: synthetic fundus discs with known geometry."""
+"""Tests for medxcept.images.preprocess on real pixels: synthetic fundus discs with known geometry."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from medxcept.errors import ConfigError, ReadError
-from medxcept.preprocess import (
+from medxcept.images.preprocess import (
     PreprocessCache,
     PreprocessConfig,
     apply_quality_policy,

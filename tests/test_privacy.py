@@ -34,7 +34,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from medxcept.cohort import CohortSpec, age_band, keyed_id, load_cohort_spec, public_view
+from medxcept.cohort.table import CohortSpec, age_band, keyed_id, load_cohort_spec, public_view
 from medxcept.errors import ConfigError
 
 PX = 71
@@ -68,7 +68,7 @@ defaults:
 
 
 def _fundus(i: int, positive: bool) -> np.ndarray:
-    from medxcept.demo import CAMERAS, paint_fundus
+    from medxcept.cohort.demo import CAMERAS, paint_fundus
 
     rng = np.random.default_rng(100 + i)
     rgb, _, _ = paint_fundus(rng, CAMERAS[0], laterality="R", referable=positive, scale=0.3)
@@ -160,14 +160,14 @@ def build_cohort(base: Path) -> dict[str, list[str]]:
 
 def _report_into(run_dir: Path, spec: CohortSpec, log: io.StringIO) -> Path:
     """Render report.html into the check's run directory as run_pipeline does, from planted logits."""
-    from medxcept.audit import audit_cohort, fingerprints
-    from medxcept.augment import effective_class_frequencies
+    from medxcept.integrity.audit import audit_cohort, fingerprints
+    from medxcept.images.augment import effective_class_frequencies
     from medxcept.config import load_config
     from medxcept.workflows.steps import prediction_table
-    from medxcept.verdict import training_verdict
+    from medxcept.evaluation.verdict import training_verdict
     from medxcept.workflows.steps import assess, prepare_cohort, reason_counts, report_examples, summary_counts
     from medxcept.report import render_report
-    from medxcept.splits import assign_splits
+    from medxcept.integrity.splits import assign_splits
 
     handler = logging.StreamHandler(log)
     logger = logging.getLogger("medxcept")
@@ -318,7 +318,7 @@ def test_keyed_ids_depend_on_the_key_and_the_domain() -> None:
 
 
 def test_pseudonym_key_is_created_whole_and_a_short_key_is_refused(tmp_path: Path, monkeypatch) -> None:
-    from medxcept.ingest import pseudonym_salt
+    from medxcept.cohort.ingest import pseudonym_salt
 
     monkeypatch.setenv("MEDXCEPT_CACHE", str(tmp_path))
     spec = CohortSpec(name="k", classes=("a", "b"), sources=(), base_dir=str(tmp_path))

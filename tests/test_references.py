@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from medxcept.evaluate import aggregate_by_patient, delong_test
-from medxcept.references import (
+from medxcept.evaluation.metrics import aggregate_by_patient, delong_test
+from medxcept.evaluation.references import (
     CLASSICAL,
     REFERENCES,
     compare_with_references,
@@ -119,7 +119,7 @@ def test_comparison_matches_hand_computation_and_says_not_better_first(cohort, r
 def test_reference_block_is_json_ready_and_keeps_the_scores(cohort):
     import json
 
-    from medxcept.references import reference_block
+    from medxcept.evaluation.references import reference_block
 
     table, images, fit, test = cohort
     table = table.assign(image_id=[f"img{i:03d}" for i in range(len(table))])
@@ -141,8 +141,8 @@ def test_saved_models_score_like_the_fitted_ones_and_a_run_without_them_says_so(
     from types import SimpleNamespace
 
     from medxcept.config import load_config
-    from medxcept.external import external_references
-    from medxcept.references import load_reference_models, save_reference_models, score_reference_models
+    from medxcept.evaluation.external import external_references
+    from medxcept.evaluation.references import load_reference_models, save_reference_models, score_reference_models
 
     table, images, fit, test = cohort
     path = save_reference_models(tmp_path / "references.joblib", refs, image_px=images.shape[1])

@@ -57,7 +57,7 @@ def _yaml_str(s: str) -> str:
 
 def write_escaping_cohort(d: Path, n_patients: int = 28) -> Path:
     """Photos of ``n_patients`` synthetic patients (one image each) with hostile names and labels."""
-    from medxcept.demo import CAMERAS, paint_fundus
+    from medxcept.cohort.demo import CAMERAS, paint_fundus
 
     photos = d / "photos"
     photos.mkdir(parents=True)
@@ -87,16 +87,16 @@ def build_escaping_report(d: Path) -> tuple[Path, dict]:
 
     Returns the report path and what went into it (``spec``, ``table``, ``exclusions``, ``metrics``).
     """
-    from medxcept.audit import audit_cohort, fingerprints
-    from medxcept.augment import effective_class_frequencies
-    from medxcept.class_exclusions import exclusions_by_class
-    from medxcept.cohort import load_cohort_spec
+    from medxcept.integrity.audit import audit_cohort, fingerprints
+    from medxcept.images.augment import effective_class_frequencies
+    from medxcept.cohort.class_exclusions import exclusions_by_class
+    from medxcept.cohort.table import load_cohort_spec
     from medxcept.config import config_hash, load_config
-    from medxcept.verdict import training_verdict
+    from medxcept.evaluation.verdict import training_verdict
     from medxcept.workflows.steps import assess, prepare_cohort, reason_counts, report_examples, summary_counts
     from medxcept.report import render_report
     from medxcept.run import RunDir, data_hash
-    from medxcept.splits import assign_splits, split_hash
+    from medxcept.integrity.splits import assign_splits, split_hash
 
     spec = load_cohort_spec(write_escaping_cohort(d))
     cfg = load_config(cohort_defaults=spec.defaults, overrides={"out_dir": str(d / "reports")})

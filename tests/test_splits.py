@@ -1,4 +1,4 @@
-"""Tests of medxcept.splits: patient-level, stratified, feasible-or-SplitError."""
+"""Tests of medxcept.integrity.splits: patient-level, stratified, feasible-or-SplitError."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medxcept.audit import audit_cohort
+from medxcept.integrity.audit import audit_cohort
 from medxcept.config import load_config
 from medxcept.errors import ConfigError, SplitError
-from medxcept.splits import (
+from medxcept.integrity.splits import (
     USER_SPLIT_REGROUP_MESSAGE,
     SplitConfig,
     assign_folds,
@@ -475,7 +475,7 @@ def test_split_and_folds_independent_of_pseudonyms_and_image_ids():
 def test_user_split_agreement_says_whether_the_seed_gives_the_same_split(tmp_path, caplog):
     import logging
 
-    from medxcept.splits import user_split_agreement
+    from medxcept.integrity.splits import user_split_agreement
 
     df = _with_content(simple_cohort((12, 10), images=2, seed=2), "here")
     cfg = SplitConfig(seed=3)
@@ -485,7 +485,7 @@ def test_user_split_agreement_says_whether_the_seed_gives_the_same_split(tmp_pat
     by_content = there.set_index("sha256")["split"]
     pd.DataFrame({"image_id": df["image_id"], "split": df["sha256"].map(by_content)}).to_csv(path, index=False)
     user_cfg = SplitConfig(seed=3, user_split=str(path))
-    with caplog.at_level(logging.INFO, logger="medxcept.splits"):
+    with caplog.at_level(logging.INFO, logger="medxcept.integrity.splits"):
         got = user_split_agreement(assign_splits(df, user_cfg), user_cfg)
     assert got["equals_seeded_split"] is True and got["n_images_differ"] == 0
     assert got["user_split_hash"] == got["seeded_split_hash"] == split_hash(there)
@@ -497,7 +497,7 @@ def test_user_split_agreement_says_whether_the_seed_gives_the_same_split(tmp_pat
     rows = table["image_id"].map(pk) == first
     table.loc[rows, "split"] = table.loc[rows, "split"].map({"train": "test", "val": "train", "test": "train"})
     table.to_csv(path, index=False)
-    with caplog.at_level(logging.INFO, logger="medxcept.splits"):
+    with caplog.at_level(logging.INFO, logger="medxcept.integrity.splits"):
         got = user_split_agreement(assign_splits(df, user_cfg), user_cfg)
     assert got["equals_seeded_split"] is False and got["user_split_hash"] != got["seeded_split_hash"]
     assert got["n_images_differ"] == int(rows.sum()) and got["n_patients_differ"] == 1
@@ -517,10 +517,10 @@ def test_demo_split_and_folds_same_under_two_pseudonym_keys(tmp_path, session_ca
     from pathlib import Path
 
     from medxcept.workflows.check import check_cohort
-    from medxcept.cohort import load_cohort_spec
-    from medxcept.ingest import data_root
+    from medxcept.cohort.table import load_cohort_spec
+    from medxcept.cohort.ingest import data_root
     from medxcept.workflows.steps import materialize
-    from medxcept.reproduce import compare_runs
+    from medxcept.evaluation.reproduce import compare_runs
 
     repo = Path(__file__).resolve().parent.parent
     spec = load_cohort_spec(repo / "cohorts" / "demo.yaml")

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from medxcept.subgroups import subgroup_rows
+from medxcept.evaluation.subgroups import subgroup_rows
 
 
 @pytest.fixture(scope="module")

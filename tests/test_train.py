@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from medxcept.errors import ConfigError
-from medxcept.train import BestEpoch
+from medxcept.models.train import BestEpoch
 
 # ---------------------------------------------------------------- best epoch (no Xception needed)
 
@@ -107,7 +107,7 @@ def test_a_collapsed_epoch_is_never_kept_when_another_exists():
 
 
 def test_collapse_rule_and_summary():
-    from medxcept.train import COLLAPSE_SD, collapse_summary, is_collapsed
+    from medxcept.models.train import COLLAPSE_SD, collapse_summary, is_collapsed
 
     assert is_collapsed(np.full(9, 0.5)) and is_collapsed(0.5 + np.linspace(0, COLLAPSE_SD, 9))
     assert not is_collapsed(np.linspace(0.01, 0.2, 9)), "all below 0.5 but ranked: not constant"
@@ -126,7 +126,7 @@ def test_collapse_rule_and_summary():
 
 
 def test_train_auc_subset_is_patient_stratified_and_deterministic():
-    from medxcept.train import train_auc_subset
+    from medxcept.models.train import train_auc_subset
 
     rng = np.random.default_rng(0)
     groups = np.repeat(np.arange(200), rng.integers(1, 4, 200))
@@ -147,7 +147,7 @@ def test_train_auc_subset_is_patient_stratified_and_deterministic():
 def test_verdict_names_overfitting_when_validation_loss_rises_and_auc_falls():
     import pandas as pd
 
-    from medxcept.verdict import training_verdict
+    from medxcept.evaluation.verdict import training_verdict
 
     h = pd.DataFrame({"epoch": [1, 2, 3, 4, 5], "auc": [0.7, 0.85, 0.95, 0.99, 1.0],
                       "loss": [0.6, 0.4, 0.25, 0.1, 0.05], "val_patient_auc": [0.7, 0.82, 0.80, 0.74, 0.70],
@@ -172,11 +172,11 @@ def test_verdict_names_overfitting_when_validation_loss_rises_and_auc_falls():
 def tiny_data(tmp_path_factory):
     import os
 
-    from medxcept.cohort import load_cohort_spec
+    from medxcept.cohort.table import load_cohort_spec
     from medxcept.config import load_config
-    from medxcept.data import load_images
+    from medxcept.images.dataset import load_images
     from medxcept.workflows.steps import prepare_cohort
-    from medxcept.splits import assign_splits
+    from medxcept.integrity.splits import assign_splits
     from tests.conftest import TINY_COHORT
 
     d = tmp_path_factory.mktemp("train")
@@ -194,8 +194,8 @@ def tiny_data(tmp_path_factory):
 
 
 def _fit(data, run_dir=None, resume=False, cfg=None):
-    from medxcept.model import resolve_weights
-    from medxcept.train import fit
+    from medxcept.models.network import resolve_weights
+    from medxcept.models.train import fit
 
     t, tr, va = data["table"], data["tr"], data["va"]
     return fit(data["images"][tr], t["y"].to_numpy()[tr], data["images"][va], t["y"].to_numpy()[va],
@@ -204,7 +204,7 @@ def _fit(data, run_dir=None, resume=False, cfg=None):
 
 
 def _val_logits(data, result):
-    from medxcept.train import predict_logits
+    from medxcept.models.train import predict_logits
 
     return predict_logits(result.model, data["images"][data["va"]], batch_size=8)
 
@@ -216,7 +216,7 @@ def reference(tiny_data):
 
 @pytest.mark.slow
 def test_fit_returns_the_weights_of_its_best_epoch(tiny_data, reference):
-    from medxcept.train import _patient_auc, _probs
+    from medxcept.models.train import _patient_auc, _probs
 
     h = reference.history
     assert list(h["epoch"]) == [1, 2, 3, 4]
@@ -233,7 +233,7 @@ def test_fit_returns_the_weights_of_its_best_epoch(tiny_data, reference):
 def test_train_patient_auc_is_the_clean_inference_mode_patient_auc(tiny_data, reference):
     from sklearn.metrics import roc_auc_score
 
-    from medxcept.train import _probs, predict_logits
+    from medxcept.models.train import _probs, predict_logits
 
     t, tr = tiny_data["table"], tiny_data["tr"]
     assert len(tr) <= 128, "the tiny cohort's training set is predicted whole"
@@ -254,7 +254,7 @@ def test_train_patient_auc_is_the_clean_inference_mode_patient_auc(tiny_data, re
 @pytest.mark.slow
 def test_constant_outputs_are_flagged_as_a_collapse(tiny_data, monkeypatch, caplog):
     """A head forced to a constant output (zero kernel, frozen): every epoch collapses, and fit says so."""
-    from medxcept import train
+    from medxcept.models import train
 
     build = train.build_model
 
@@ -268,7 +268,7 @@ def test_constant_outputs_are_flagged_as_a_collapse(tiny_data, monkeypatch, capl
     monkeypatch.setattr(train, "build_model", constant_head)
     cfg = tiny_data["cfg"]
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, head_epochs=1, finetune_epochs=1))
-    with caplog.at_level("WARNING", logger="medxcept.train"):
+    with caplog.at_level("WARNING", logger="medxcept.models.train"):
         result = _fit(tiny_data, cfg=cfg)
     h = result.history
     assert list(h["collapsed"]) == [True, True] and (h["val_prob_sd"] < 1e-4).all()
@@ -287,7 +287,7 @@ def test_same_seed_gives_the_same_model(tiny_data, reference):
 
 @pytest.mark.slow
 def test_resume_continues_after_the_last_completed_epoch(tiny_data, reference, tmp_path, monkeypatch):
-    from medxcept import train
+    from medxcept.models import train
 
     original = train._History.on_epoch_end
 
@@ -329,8 +329,8 @@ def test_resume_continues_after_the_last_completed_epoch(tiny_data, reference, t
     assert again.resumed_after_training and again.weights_sha256 == resumed.weights_sha256
     assert again.best_epoch == resumed.best_epoch
     np.testing.assert_allclose(_val_logits(tiny_data, again), _val_logits(tiny_data, resumed), atol=1e-6)
-    from medxcept.model import build_model, resolve_weights
-    from medxcept.train import weights_checksum
+    from medxcept.models.network import build_model, resolve_weights
+    from medxcept.models.train import weights_checksum
 
     cfg = tiny_data["cfg"]
     fresh = build_model(image_px=cfg.preprocess.image_px, n_classes=2, dropout=cfg.model.dropout,
@@ -350,8 +350,8 @@ def test_resume_continues_after_the_last_completed_epoch(tiny_data, reference, t
 
 
 def test_tta_averages_the_logits_of_seeded_augmented_copies():
-    from medxcept.augment import AugmentConfig, augment_batch, build_augment
-    from medxcept.train import predict_logits, predict_logits_tta
+    from medxcept.images.augment import AugmentConfig, augment_batch, build_augment
+    from medxcept.models.train import predict_logits, predict_logits_tta
 
     keras.utils.set_random_seed(0)
     # a model that is not flip-invariant: the logit is a weighted sum of the left half's red channel
@@ -389,13 +389,13 @@ def test_default_recipe_learns_the_planted_signal(tmp_path_factory):
     patient AUC 1.0 on 12 test patients, so the 0.7 bar (unchanged) is far from the learned
     result and far above chance.
     """
-    from medxcept.cohort import load_cohort_spec
+    from medxcept.cohort.table import load_cohort_spec
     from medxcept.config import load_config
-    from medxcept.model import resolve_weights
+    from medxcept.models.network import resolve_weights
     from medxcept.workflows.steps import prepare_cohort
-    from medxcept.preprocess import load_images
-    from medxcept.splits import assign_splits
-    from medxcept.train import _patient_auc, _probs, fit, predict_logits
+    from medxcept.images.preprocess import load_images
+    from medxcept.integrity.splits import assign_splits
+    from medxcept.models.train import _patient_auc, _probs, fit, predict_logits
     from tests.conftest import TINY_COHORT
 
     d = tmp_path_factory.mktemp("learns")
@@ -443,9 +443,9 @@ def test_epoch_evaluation_gives_what_keras_validation_gave_from_one_pass(n_class
     (with precise BN, the training subset's pass is the recalibration's own)."""
     from sklearn.metrics import roc_auc_score
 
-    from medxcept import train
-    from medxcept.data import CohortDataset
-    from medxcept.train import EpochEvaluation, _adamw, _compile, _probs, _schedule
+    from medxcept.models import train
+    from medxcept.images.dataset import CohortDataset
+    from medxcept.models.train import EpochEvaluation, _adamw, _compile, _probs, _schedule
 
     if recalibrate == "batched":  # a subset above RECALIBRATE_PIXELS: batched precise BN, then one predict
         monkeypatch.setattr(train, "RECALIBRATE_PIXELS", 0)
@@ -499,7 +499,7 @@ def test_recalibrate_and_predict_sets_batch_statistics_and_gives_inference_logit
     """One training-mode pass: the first BN layer's moving mean and variance become the batch's own
     (computed by hand from the convolution's output), and the returned logits are what inference mode
     (Model.predict, dropout off) gives afterwards; the dropout seed state is not drawn from."""
-    from medxcept.train import _seed_states, recalibrate_and_predict
+    from medxcept.models.train import _seed_states, recalibrate_and_predict
 
     inputs = keras.Input((24, 24, 3))
     x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from medxcept.cohort import load_cohort_spec
+from medxcept.cohort.table import load_cohort_spec
 from medxcept.config import load_config
 from medxcept.errors import ConfigError
-from medxcept.evaluate import aggregate_by_patient, unit_keys, unit_patients
-from medxcept.kfold import pooled_references
+from medxcept.evaluation.metrics import aggregate_by_patient, unit_keys, unit_patients
+from medxcept.evaluation.kfold import pooled_references
 from medxcept.workflows.steps import measure_test, prediction_table
 
 
@@ -179,7 +179,7 @@ def test_dropped_resamples_are_named_by_their_subgroup_row(caplog):
     row carries the count (the demo's "318 of 1000 resamples dropped" came from such a row)."""
     import logging
 
-    from medxcept.subgroups import subgroup_rows
+    from medxcept.evaluation.subgroups import subgroup_rows
 
     rows = []
     for i in range(8):

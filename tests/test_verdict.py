@@ -1,6 +1,6 @@
 """The training verdict names each case with its numbers (issue 17): planted on synthetic histories,
 and on real (tiny) Keras training whose per-epoch training and validation patient AUCs are measured
-as :mod:`medxcept.train` measures them (clean images, inference mode, patients aggregated)."""
+as :mod:`medxcept.models.train` measures them (clean images, inference mode, patients aggregated)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from medxcept.verdict import CASES, chance_statement, summary_items, training_verdict
+from medxcept.evaluation.verdict import CASES, chance_statement, summary_items, training_verdict
 
 
 def _history(train: list[float], val: list[float], *, keras_auc: list[float] | None = None,
@@ -45,7 +45,7 @@ def test_collapse_is_named_first_with_its_message():
     assert "constant in every epoch" in v["headline"] and "1.0e-06" in v["headline"]
     assert "every validation output was 0.31" in v["headline"]
     # train's own collapse record: its remedy is added once, the restated "constant" sentence is not
-    from medxcept.train import collapse_summary
+    from medxcept.models.train import collapse_summary
     v3 = training_verdict(h, best_epoch=1, collapse=collapse_summary(h))
     assert v3["headline"].count("constant in every epoch") == 1
     assert "--weights" in v3["headline"]
@@ -158,7 +158,7 @@ def _tiny_cohort(rng: np.random.Generator, n_patients: int, amplitude: float) ->
 
 
 def _patient_auc(model, x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
-    from medxcept.evaluate import aggregate_by_patient
+    from medxcept.evaluation.metrics import aggregate_by_patient
 
     p = model.predict(x, verbose=0, batch_size=256)[:, 0]  # inference mode: no dropout
     _, yp, pp = aggregate_by_patient(groups, y, p, how="mean")
@@ -168,7 +168,7 @@ def _patient_auc(model, x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> flo
 def _train(*, seed: int, n_train: int, amplitude: float, permute: bool, big: bool, epochs: int,
            lr: float) -> tuple[pd.DataFrame, int]:
     """Real Keras training; the history carries train_patient_auc and val_patient_auc per epoch, and
-    the kept epoch is the best validation patient AUC, as medxcept.train keeps it."""
+    the kept epoch is the best validation patient AUC, as medxcept.models.train keeps it."""
     import keras
 
     rng = np.random.default_rng(seed)

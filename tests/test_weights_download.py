@@ -2,7 +2,7 @@
 
 Never the internet: a local HTTP server on 127.0.0.1 (port 0, a thread of this process) stands in for
 the published URL (``MEDXCEPT_WEIGHTS_URL``) and records every request; each test sets the expected
-MD5 (``medxcept.model.IMAGENET_MD5``) to that of the file it serves. One test serves a real Xception
+MD5 (``medxcept.models.network.IMAGENET_MD5``) to that of the file it serves. One test serves a real Xception
 'notop' weights file in Keras' legacy HDF5 layout (random values, built here) and checks that
 ``build_model`` loads exactly those values, so download -> cache -> load is the code path users run.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medxcept import model as mx
+from medxcept.models import network as mx
 from medxcept.errors import WeightsError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,7 +1,7 @@
 """Writing DICOM: the Ophthalmic Photography files of the demo cohort and of the test corpora.
 
 Kept apart from the reader (:mod:`medxcept.io.dicom`), which never writes. The demo generator
-(:mod:`medxcept.demo`) and the test fixtures (:mod:`medxcept.testing`) use it.
+(:mod:`medxcept.cohort.demo`) and the test fixtures (:mod:`medxcept.testing`) use it.
 """
 
 from __future__ import annotations

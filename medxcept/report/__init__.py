@@ -19,8 +19,8 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from medxcept.evaluate import metric_names
-from medxcept.preprocess import _as_float_image, _disc_mask, _square_window, find_fov
+from medxcept.evaluation.metrics import metric_names
+from medxcept.images.preprocess import _as_float_image, _disc_mask, _square_window, find_fov
 from medxcept.report.figures import (
     clinical_figure,
     confusion_figure,
@@ -30,7 +30,7 @@ from medxcept.report.figures import (
     training_figure,
 )
 from medxcept.run import write_atomic
-from medxcept.subgroups import subgroup_rows
+from medxcept.evaluation.subgroups import subgroup_rows
 
 __all__ = ["render_report", "environment", "fmt", "subgroup_table", "checklist", "raw_preview"]
 
@@ -75,7 +75,7 @@ def environment() -> jinja2.Environment:
 def subgroup_table(test: pd.DataFrame, threshold: float | None, *, how: str = "max", n_resamples: int = 0,
                    seed: int = 0, unit: str = "patient") -> list[dict[str, Any]]:
     """Patient-level AUC, sensitivity and specificity by source, laterality, sex and age band, with
-    patient-bootstrap CIs when ``n_resamples`` (:func:`medxcept.subgroups.subgroup_rows`)."""
+    patient-bootstrap CIs when ``n_resamples`` (:func:`medxcept.evaluation.subgroups.subgroup_rows`)."""
     return subgroup_rows(test, threshold, how=how, n_resamples=n_resamples, seed=seed, unit=unit)
 
 
@@ -138,7 +138,7 @@ def _runs(runs: list[list[float]]) -> str:
 
 def _clinical_rows(clin: dict[str, Any] | None) -> list[dict[str, str]]:
     """The checklist rows for calibration, clinical utility and study size, filled from the clinical
-    reading (:func:`medxcept.clinical.clinical_reading`); ``[]`` without one (k classes: see each endpoint)."""
+    reading (:func:`medxcept.evaluation.clinical.clinical_reading`); ``[]`` without one (k classes: see each endpoint)."""
     if not clin:
         return []
 
@@ -224,7 +224,7 @@ def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame
     The report renders what it is given; it reads no image file and augments nothing.
 
     ``extra_figs``: figures made elsewhere (data URIs), e.g. ``{"cam": ...}`` for the
-    class-activation gallery of :func:`medxcept.explain.cam_gallery`. ``examples``: the rows of
+    class-activation gallery of :func:`medxcept.models.explain.cam_gallery`. ``examples``: the rows of
     :func:`~medxcept.report.figures.examples_figure` (raw preview, preprocessed, augmented per
     class), made by :func:`medxcept.workflows.steps.report_examples`; ``None``: no example panel.
     """
@@ -242,7 +242,7 @@ def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame
     if len(classes) == 2:
         # the headline's unit: one score per patient; curves from the uncalibrated scores, the
         # operating point (and the confusion matrix) from the calibrated ones at the threshold
-        from medxcept.evaluate import aggregate_by_patient, unit_visits
+        from medxcept.evaluation.metrics import aggregate_by_patient, unit_visits
 
         raw_col = "prob_raw" if "prob_raw" in test else "prob"
         visit = unit_visits(test, unit)

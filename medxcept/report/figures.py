@@ -169,7 +169,7 @@ def _arr(values: list[float | None] | None) -> np.ndarray:
 
 
 def clinical_figure(clinical: dict[str, Any], *, title_suffix: str = "") -> str | None:
-    """The clinical reading's two panels (:func:`medxcept.clinical.clinical_reading`): the smoothed
+    """The clinical reading's two panels (:func:`medxcept.evaluation.clinical.clinical_reading`): the smoothed
     calibration curve with its patient-bootstrap band, before and after recalibration; and the decision
     curve (net benefit of the model before and after, of referring all and none), the model's band after."""
     cal, dca = clinical.get("calibration"), clinical.get("decision_curve")

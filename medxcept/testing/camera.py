@@ -2,7 +2,7 @@
 
 Real fundus cameras write 10-12 megapixel JPEGs (3410 x 2848, 4288 x 2848, ...) at quality
 90-95; the demo cohort's photographs are 288-384 px. :func:`camera_fundus` paints an eye
-with :func:`medxcept.demo.paint_fundus` at a quarter of the camera's size (painting 12
+with :func:`medxcept.cohort.demo.paint_fundus` at a quarter of the camera's size (painting 12
 megapixels directly takes half a minute), enlarges it, and then adds at full resolution what
 makes a camera file a camera file: a sharp field-of-view edge (a circle, cut by flat chords
 at the top and bottom when it is wider than the sensor), a darker ring inside that edge,
@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from medxcept.demo import Camera, paint_fundus
+from medxcept.cohort.demo import Camera, paint_fundus
 
 __all__ = ["CAMERA_SIZES", "camera_fundus", "write_camera_fundus"]
 
@@ -42,7 +42,7 @@ def camera_fundus(width: int, height: int, *, seed: int, fov_frac: float = 1.0,
         Radius of the field of view as a fraction of ``height / 2``; above 1 the circle is cut
         by the top and bottom of the frame.
     referable : bool, default False
-        Paint lesions (exudates, haemorrhages) as :func:`~medxcept.demo.paint_fundus` does.
+        Paint lesions (exudates, haemorrhages) as :func:`~medxcept.cohort.demo.paint_fundus` does.
 
     Returns
     -------
@@ -97,7 +97,7 @@ def write_camera_fundus(path: str | Path, width: int, height: int, *, seed: int,
 def reference_preprocess(img: np.ndarray, image_px: int = 299) -> np.ndarray:
     """The straightforward full-resolution computation the reduced-size ingestion is checked against.
 
-    What :func:`medxcept.preprocess.preprocess` did for a fundus photograph up to
+    What :func:`medxcept.images.preprocess.preprocess` did for a fundus photograph up to
     ``PREPROCESS_VERSION`` 1, with default options: the field of view found on the whole decoded
     image, its bounding square cut at full resolution, resized with scikit-image's Gaussian
     anti-aliasing (bilinear), masked outside the circle, rounded to uint8.
@@ -115,7 +115,7 @@ def reference_preprocess(img: np.ndarray, image_px: int = 299) -> np.ndarray:
     """
     from skimage import transform
 
-    from medxcept.preprocess import _disc_mask, _square_window, find_fov
+    from medxcept.images.preprocess import _disc_mask, _square_window, find_fov
 
     def resize(a: np.ndarray) -> np.ndarray:
         out = transform.resize(a, (image_px, image_px) + a.shape[2:], order=1, mode="constant", cval=0.0,

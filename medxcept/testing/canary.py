@@ -23,7 +23,7 @@ EXIF                           BodySerialNumber (``SER``), DateTimeOriginal and 
 =============================  ===================================================================
 
 Device strings that medxcept hashes (the ``acq_device`` fingerprint of
-:mod:`medxcept.acquisition`) are returned as :attr:`CanaryCohort.hashed`: they may appear only keyed.
+:mod:`medxcept.integrity.acquisition`) are returned as :attr:`CanaryCohort.hashed`: they may appear only keyed.
 
 :func:`scan_outputs` then reads every file under a folder, outside ``private/``, by its type
 (text, JSON, CSV, YAML, HTML with each embedded image decoded, PNG/JPEG with their text chunks and
@@ -142,7 +142,7 @@ def write_canary_cohort(base: str | Path, *, tag: str = "A", n_patients: int = 1
     """
     from PIL import Image
 
-    from medxcept.demo import Camera, paint_fundus
+    from medxcept.cohort.demo import Camera, paint_fundus
     from medxcept.io.dicom_writer import write_ophthalmic_photo
 
     if not re.fullmatch(r"[A-Z]", tag):

@@ -59,7 +59,7 @@ def training_images(run_dir: str | Path, n: int, *, seed: int = 0) -> list[tuple
     Reads the run's ``cohort.csv`` (split) and ``private/image_paths.csv`` (files), then decodes the
     files with medxcept's readers, so DICOM images come back as pixels too.
     """
-    from medxcept.ingest import read_frames
+    from medxcept.cohort.ingest import read_frames
 
     run_dir = Path(run_dir)
     cohort = pd.read_csv(run_dir / "cohort.csv", dtype=str, keep_default_na=False)

@@ -1187,7 +1187,7 @@ def case_outcomes(cases: pd.DataFrame, root: Path, table: pd.DataFrame, exclusio
         The corpus folder (``cases["file"]`` is relative to it).
     table, exclusions : pandas.DataFrame
         The cohort table (needs ``path``: the in-memory table, not the public view) and the
-        exclusion log of :func:`medxcept.ingest.ingest`.
+        exclusion log of :func:`medxcept.cohort.ingest.ingest`.
     check_pixels : bool, default True
         Decode every used case again with the reader ingestion used (corpus options: window 0,
         ``max_pixels`` 4,000,000) and compare it with ``expected_pixels.npz``: a decoded case is
@@ -1282,9 +1282,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(f"{cohort}\n")
     if not args.ingest:
         return 0
-    from medxcept.cohort import load_cohort_spec
-    from medxcept.ingest import ingest
-    from medxcept.preprocess import PreprocessCache, PreprocessConfig
+    from medxcept.cohort.table import load_cohort_spec
+    from medxcept.cohort.ingest import ingest
+    from medxcept.images.preprocess import PreprocessCache, PreprocessConfig
 
     spec = load_cohort_spec(cohort)
     result = ingest(spec, preprocess_cfg=PreprocessConfig(image_px=71),

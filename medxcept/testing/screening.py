@@ -1,6 +1,6 @@
 """Screening-style fundus photographs of many different people: look-alikes that are not copies.
 
-Why: every eye of the demo generator (:mod:`medxcept.demo`) is painted on one vessel template,
+Why: every eye of the demo generator (:mod:`medxcept.cohort.demo`) is painted on one vessel template,
 so "different people" in tests and benchmarks were either near-copies or nothing like the real
 look-alikes that trip a near-duplicate audit. Public diabetic-retinopathy collections and many
 screening programmes export every photograph the same way, and that shared *frame* is what a

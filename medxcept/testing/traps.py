@@ -25,7 +25,7 @@ With ``clean=True`` the same generator writes the cohort without any trap: camer
 the class, every patient in one split, both eyes known, no copies. The audit must then report no
 error and no warning.
 
-The pixels come from :func:`medxcept.demo.paint_fundus` and the demo's cameras (each keeps its
+The pixels come from :func:`medxcept.cohort.demo.paint_fundus` and the demo's cameras (each keeps its
 canvas size, so a camera is also an image size), written as the demo writes its photographs
 (JPEG quality 92 or PNG, with PIL). Patients are named ``TRAP-001`` ...; the cohort file sets a
 fixed ``pseudonym_salt`` so that the patient keys returned here are the ones ingestion computes.
@@ -48,8 +48,8 @@ from typing import Any
 
 import numpy as np
 
-from medxcept.cohort import pseudonymize
-from medxcept.demo import CAMERAS, CLASSES, Camera, paint_fundus
+from medxcept.cohort.table import pseudonymize
+from medxcept.cohort.demo import CAMERAS, CLASSES, Camera, paint_fundus
 from medxcept.errors import ConfigError
 
 __all__ = [

@@ -1,6 +1,6 @@
 """Workflows: what a command does, composed from the stages below.
 
-The package is the top layer of medxcept. Stage modules (``medxcept.cohort``, ``io/``,
+The package is the top layer of medxcept. Stage modules (``medxcept.cohort.table``, ``io/``,
 ``ingest``, ``splits``, ``audit``, ``preprocess``, ``augment``, ``data``, ``model``, ``train``,
 ``evaluate``, ``calibrate``, ``report`` ...) each do one job and never import a workflow; each
 workflow here is a short composition of the shared steps in :mod:`medxcept.workflows.steps`

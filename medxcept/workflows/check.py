@@ -1,6 +1,6 @@
 """The check workflow: ingest, split and audit a cohort without training; write ``check.html``.
 
-What the page shows and why is in :mod:`medxcept.check`; this module composes the steps.
+What the page shows and why is in :mod:`medxcept.integrity.check`; this module composes the steps.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medxcept.audit import AuditReport, audit_cohort, fingerprints
-from medxcept.check import (
+from medxcept.integrity.audit import AuditReport, audit_cohort, fingerprints
+from medxcept.integrity.check import (
     _count_table,
     _duplicate_pairs_shown,
     _file_counts,
@@ -22,19 +22,19 @@ from medxcept.check import (
     reason_groups,
     render_check_page,
 )
-from medxcept.class_exclusions import exclusions_by_class
-from medxcept.cohort import CohortSpec, public_view
+from medxcept.cohort.class_exclusions import exclusions_by_class
+from medxcept.cohort.table import CohortSpec, public_view
 from medxcept.config import RunConfig, config_hash
 from medxcept.errors import SplitError
-from medxcept.ingest import data_root
-from medxcept.preprocess import load_images
+from medxcept.cohort.ingest import data_root
+from medxcept.images.preprocess import load_images
 from medxcept.run import RunDir, data_hash
-from medxcept.splits import split_hash, split_table
+from medxcept.integrity.splits import split_hash, split_table
 from medxcept.workflows.steps import ingest_into_run, materialize, split_and_audit
 
 __all__ = ["check_cohort"]
 
-log = logging.getLogger("medxcept.check")  # the log lines keep their logger name
+log = logging.getLogger("medxcept.integrity.check")  # the log lines keep their logger name
 
 
 def _split_and_audit(table: pd.DataFrame, images: np.ndarray,
@@ -61,7 +61,7 @@ def check_cohort(spec: CohortSpec, cfg: RunConfig, *, out_dir: Path, run_name: s
     Parameters
     ----------
     spec : CohortSpec
-        From :func:`medxcept.cohort.load_cohort_spec`.
+        From :func:`medxcept.cohort.table.load_cohort_spec`.
     cfg : RunConfig
         The resolved configuration: ``preprocess`` (ingestion, cache), ``split`` and ``audit``
         are used; training options are only recorded.

@@ -1,7 +1,7 @@
 """The compare workflow: load finished runs, compare them, write ``comparison.json`` and ``.html``.
 
 ``python -m pipelines.compare`` calls :func:`run_comparison`. The statistics (the paired tests,
-the run-to-run noise and the verdict rule) are in :mod:`medxcept.compare`.
+the run-to-run noise and the verdict rule) are in :mod:`medxcept.evaluation.compare`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medxcept.compare import (
+from medxcept.evaluation.compare import (
     LARGER,
     METRICS,
     VERDICT_METRICS,
@@ -72,10 +72,10 @@ def _is_graded(run_dir: str | Path) -> bool:
 
 def _compare_graded(run_dirs: Sequence[str | Path], *, out_dir: str | Path | None, name: str | None,
                     n_resamples: int, seed: int) -> Path:
-    """k-class runs: :func:`medxcept.graded.compare_graded_runs`, written as ``comparison.json`` and ``.html``."""
+    """k-class runs: :func:`medxcept.evaluation.graded.compare_graded_runs`, written as ``comparison.json`` and ``.html``."""
     import json
 
-    from medxcept.graded import compare_graded_runs
+    from medxcept.evaluation.graded import compare_graded_runs
 
     result = compare_graded_runs(run_dirs, n_resamples=n_resamples, seed=seed)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -2,7 +2,7 @@
 
 ``python -m pipelines.kfold`` calls :func:`run_cv`. What a fold measures and why (calibration and
 threshold from the training folds, the pooled out-of-fold estimate, resuming, failures) is in
-:mod:`medxcept.kfold`, which also holds the plan on disk (``cv.json``, fold markers, fold tables)
+:mod:`medxcept.evaluation.kfold`, which also holds the plan on disk (``cv.json``, fold markers, fold tables)
 and the statistics across folds; this module composes the steps and runs the folds.
 """
 
@@ -25,14 +25,14 @@ import numpy as np
 import pandas as pd
 
 from medxcept import errors
-from medxcept.audit import AuditReport, Finding, audit_cohort, duplicate_groups, fingerprints
-from medxcept.cohort import Endpoint, load_cohort_spec, public_view
+from medxcept.integrity.audit import AuditReport, Finding, audit_cohort, duplicate_groups, fingerprints
+from medxcept.cohort.table import Endpoint, load_cohort_spec, public_view
 from medxcept.config import RunConfig, config_hash
 from medxcept.errors import ConfigError, MedxceptError
-from medxcept.evaluate import metric_names, unit_keys, unit_visits
+from medxcept.evaluation.metrics import metric_names, unit_keys, unit_visits
 from medxcept.faults import fault_point
-from medxcept.graded import check_task_config, fold_predictions, fold_row, graded_figures, pooled_report
-from medxcept.kfold import (
+from medxcept.evaluation.graded import check_task_config, fold_predictions, fold_row, graded_figures, pooled_report
+from medxcept.evaluation.kfold import (
     CV_METRICS,
     FAILED,
     INNER,
@@ -69,12 +69,12 @@ from medxcept.kfold import (
     t_interval,
 )
 from medxcept.paths import cache_dir
-from medxcept.verdict import training_verdict
-from medxcept.preprocess import decode_key, load_images
+from medxcept.evaluation.verdict import training_verdict
+from medxcept.images.preprocess import decode_key, load_images
 from medxcept.report import environment
 from medxcept.report.figures import clinical_figure, reliability_figure, roc_pr_figure
 from medxcept.run import RunDir, data_hash, write_atomic
-from medxcept.splits import split_hash, split_table
+from medxcept.integrity.splits import split_hash, split_table
 from medxcept.workflows.executors import Executor, make_executor
 from medxcept.workflows.steps import (
     Assessment,
@@ -87,7 +87,7 @@ from medxcept.workflows.steps import (
 
 __all__ = ["plan_cv", "run_fold", "run_cv", "aggregate_cv"]
 
-log = logging.getLogger("medxcept.kfold")  # the log lines keep their logger name
+log = logging.getLogger("medxcept.evaluation.kfold")  # the log lines keep their logger name
 
 
 # ------------------------------------------------------------------------------------------ plan
@@ -102,7 +102,7 @@ def plan_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: i
     cfg : RunConfig
         The resolved configuration (``split``, ``audit``, ``train``, ``eval`` ...).
     spec : CohortSpec
-        The cohort (:func:`medxcept.cohort.load_cohort_spec`).
+        The cohort (:func:`medxcept.cohort.table.load_cohort_spec`).
     n_folds : int, optional
         Folds per repeat; default ``cfg.split.n_folds``. Stored in the configuration (and hash).
     repeats : int, default 1
@@ -168,7 +168,7 @@ def plan_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: i
             "fraction_from": "split.inner_val_fraction" if cfg.split.inner_val_fraction is not None
             else "split.val_fraction",
             "of": "the patients of each fold's training folds",
-            "made_by": "medxcept.splits.assign_splits, as the single run's validation split: patient-grouped, "
+            "made_by": "medxcept.integrity.splits.assign_splits, as the single run's validation split: patient-grouped, "
                        "stratified on the patient label, every class on both sides",
             "seed": "split.seed + repeat + 1000 * (fold + 1)"},
         "folds": folds,
@@ -351,8 +351,8 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
             log.warning("! %s was interrupted before its first epoch ended: restarting it", task.name)
             shutil.rmtree(fdir)
     # imported here: a skipped fold (above), planning and aggregating need neither Keras nor TensorFlow
-    from medxcept.model import detect_device, resolve_weights
-    from medxcept.train import fit, predict_logits, save_inference_model, set_seeds
+    from medxcept.models.network import detect_device, resolve_weights
+    from medxcept.models.train import fit, predict_logits, save_inference_model, set_seeds
 
     t0 = time.perf_counter()
     cfg = plan.cfg
@@ -567,7 +567,7 @@ def run_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: in
     # made (and Ray checked) before anything is ingested or trained
     runner = make_executor(executor, jobs, executor_options) if isinstance(executor, str) else executor
     if cfg.model.weights == "imagenet":
-        from medxcept.model import fetch_imagenet_weights  # here: Keras is imported only when it is needed
+        from medxcept.models.network import fetch_imagenet_weights  # here: Keras is imported only when it is needed
 
         fetch_imagenet_weights()  # downloaded (or refused) once, before ingestion, not inside a fold
     plan = plan_cv(cfg, spec, n_folds=n_folds, repeats=repeats, cv_dir=cv_dir, cohort_file=cohort_file)
@@ -777,7 +777,7 @@ def _task_of(plan: CVPlan) -> tuple[str, tuple[Endpoint, ...]]:
 
 def _aggregate_graded(plan: CVPlan, done: list[FoldTask], missing: list[str]) -> dict[str, Any]:
     """:func:`aggregate_cv` for k classes: per-fold graded metrics, their spread, and the pooled
-    out-of-fold metrics with patient-bootstrap CIs (:func:`medxcept.graded.pooled_report`)."""
+    out-of-fold metrics with patient-bootstrap CIs (:func:`medxcept.evaluation.graded.pooled_report`)."""
     ec = plan.cfg.eval
     kind, endpoints = _task_of(plan)
     classes = list(plan.classes)

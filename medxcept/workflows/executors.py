@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from medxcept.errors import ConfigError
-from medxcept.kfold import CVPlan, FoldTask, _record_failure
+from medxcept.evaluation.kfold import CVPlan, FoldTask, _record_failure
 from medxcept.paths import cache_dir
 
 __all__ = ["Executor", "LocalExecutor", "ProcessExecutor", "RayExecutor", "EXECUTORS", "make_executor",

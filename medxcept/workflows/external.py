@@ -2,8 +2,8 @@
 
 ``python -m pipelines.retina evaluate --run RUN_DIR --cohort OTHER.yaml`` calls
 :func:`evaluate_run`. What is taken from the source run and why nothing is refitted is in
-:mod:`medxcept.external` (the source-run reader, :func:`~medxcept.external.external_config`,
-:func:`~medxcept.external.source_overlap`); this module composes the steps.
+:mod:`medxcept.evaluation.external` (the source-run reader, :func:`~medxcept.evaluation.external.external_config`,
+:func:`~medxcept.evaluation.external.source_overlap`); this module composes the steps.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from medxcept.audit import audit_cohort, fingerprints
-from medxcept.calibrate import Calibrator
-from medxcept.class_exclusions import exclusions_by_class
-from medxcept.cohort import CohortSpec, public_view
+from medxcept.integrity.audit import audit_cohort, fingerprints
+from medxcept.evaluation.calibrate import Calibrator
+from medxcept.cohort.class_exclusions import exclusions_by_class
+from medxcept.cohort.table import CohortSpec, public_view
 from medxcept.config import RunConfig, config_hash
 from medxcept.errors import LeakageError
-from medxcept.external import (
+from medxcept.evaluation.external import (
     SOURCE_EVAL_FIELDS,
     _load_model,
     _match_classes,
@@ -38,14 +38,14 @@ from medxcept.external import (
     source_overlap,
     transfer_line,
 )
-from medxcept.graded import graded_figures
-from medxcept.ingest import file_sha256
-from medxcept.model import detect_device
-from medxcept.preprocess import load_images
+from medxcept.evaluation.graded import graded_figures
+from medxcept.cohort.ingest import file_sha256
+from medxcept.models.network import detect_device
+from medxcept.images.preprocess import load_images
 from medxcept.report import render_report
 from medxcept.run import RunDir, data_hash
-from medxcept.splits import split_hash, split_table
-from medxcept.train import predict_logits_tta
+from medxcept.integrity.splits import split_hash, split_table
+from medxcept.models.train import predict_logits_tta
 from medxcept.workflows.steps import (
     assess_frozen,
     ingest_into_run,
@@ -59,7 +59,7 @@ from medxcept.workflows.steps import (
 
 __all__ = ["evaluate_run"]
 
-log = logging.getLogger("medxcept.external")  # the log lines keep their logger name
+log = logging.getLogger("medxcept.evaluation.external")  # the log lines keep their logger name
 
 
 def evaluate_run(run_dir: Path, spec: CohortSpec, cfg: RunConfig, run_name: str | None = None) -> Path:

@@ -1,7 +1,7 @@
 """The learning-curve workflow: train again on fractions of the training patients.
 
-The question, the sampling (:func:`medxcept.learning_curve.subsample_patients`), the verdict and
-the figure are in :mod:`medxcept.learning_curve`; this module trains and measures the points.
+The question, the sampling (:func:`medxcept.evaluation.learning_curve.subsample_patients`), the verdict and
+the figure are in :mod:`medxcept.evaluation.learning_curve`; this module trains and measures the points.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medxcept.evaluate import patient_auc, probabilities, unit_keys, unit_visits
-from medxcept.learning_curve import subsample_patients
-from medxcept.verdict import training_verdict
-from medxcept.train import fit, predict_logits
+from medxcept.evaluation.metrics import patient_auc, probabilities, unit_keys, unit_visits
+from medxcept.evaluation.learning_curve import subsample_patients
+from medxcept.evaluation.verdict import training_verdict
+from medxcept.models.train import fit, predict_logits
 
 __all__ = ["learning_curve_rows"]
 
-log = logging.getLogger("medxcept.learning_curve")  # the log lines keep their logger name
+log = logging.getLogger("medxcept.evaluation.learning_curve")  # the log lines keep their logger name
 
 
 def learning_curve_rows(*, fractions: Sequence[float], images: np.ndarray, table: pd.DataFrame,

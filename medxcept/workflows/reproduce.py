@@ -1,7 +1,7 @@
 """The reproduce workflow: re-run a finished run from its directory and compare the two.
 
 ``python -m pipelines.retina --reproduce RUN_DIR`` calls :func:`reproduce_run`. What is compared,
-with which tolerance, and the verdict are in :mod:`medxcept.reproduce`.
+with which tolerance, and the verdict are in :mod:`medxcept.evaluation.reproduce`.
 """
 
 from __future__ import annotations
@@ -13,24 +13,24 @@ from typing import Any
 
 import pandas as pd
 
-from medxcept.cohort import load_cohort_spec
+from medxcept.cohort.table import load_cohort_spec
 from medxcept.errors import ConfigError
-from medxcept.reproduce import (
+from medxcept.evaluation.reproduce import (
     DEFAULT_TOLERANCE,
     NotReproducedError,
     Reproduction,
     compare_runs,
 )
-from medxcept.reproduce import _cohort_path as cohort_path
-from medxcept.reproduce import _read_json as read_json
-from medxcept.reproduce import _rerun_path as rerun_path
+from medxcept.evaluation.reproduce import _cohort_path as cohort_path
+from medxcept.evaluation.reproduce import _read_json as read_json
+from medxcept.evaluation.reproduce import _rerun_path as rerun_path
 from medxcept.run import RunDir, data_hash, load_run_config
-from medxcept.splits import split_hash
+from medxcept.integrity.splits import split_hash
 from medxcept.workflows.single import run_pipeline
 
 __all__ = ["reproduce_run"]
 
-log = logging.getLogger("medxcept.reproduce")  # the log lines keep their logger name
+log = logging.getLogger("medxcept.evaluation.reproduce")  # the log lines keep their logger name
 
 
 def reproduce_run(run_dir: str | Path, *, tolerance: float = DEFAULT_TOLERANCE,

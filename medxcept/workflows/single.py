@@ -17,25 +17,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medxcept.audit import fingerprints
-from medxcept.augment import build_augment, effective_class_frequencies, serialize_augment
-from medxcept.class_exclusions import exclusions_by_class
-from medxcept.cohort import CohortSpec, public_view
+from medxcept.integrity.audit import fingerprints
+from medxcept.images.augment import build_augment, effective_class_frequencies, serialize_augment
+from medxcept.cohort.class_exclusions import exclusions_by_class
+from medxcept.cohort.table import CohortSpec, public_view
 from medxcept.config import RunConfig, config_hash
 from medxcept.errors import CohortError, ConfigError
-from medxcept.evaluate import unit_keys, unit_visits
-from medxcept.explain import cam_gallery, class_activation_maps
-from medxcept.external import keep_source_fingerprints
+from medxcept.evaluation.metrics import unit_keys, unit_visits
+from medxcept.models.explain import cam_gallery, class_activation_maps
+from medxcept.evaluation.external import keep_source_fingerprints
 from medxcept.faults import fault_point
-from medxcept.graded import check_task_config, graded_figures
-from medxcept.learning_curve import learning_curve_figure, learning_curve_verdict
-from medxcept.model import detect_device, resolve_weights
-from medxcept.verdict import training_verdict
-from medxcept.preprocess import decode_key, load_images
+from medxcept.evaluation.graded import check_task_config, graded_figures
+from medxcept.evaluation.learning_curve import learning_curve_figure, learning_curve_verdict
+from medxcept.models.network import detect_device, resolve_weights
+from medxcept.evaluation.verdict import training_verdict
+from medxcept.images.preprocess import decode_key, load_images
 from medxcept.report import render_report
 from medxcept.run import COMPLETE, RunDir, data_hash, reproduce_block
-from medxcept.splits import split_hash, split_table, user_split_agreement
-from medxcept.train import check_resumable, fit, predict_logits_tta, save_inference_model, set_seeds
+from medxcept.integrity.splits import split_hash, split_table, user_split_agreement
+from medxcept.models.train import check_resumable, fit, predict_logits_tta, save_inference_model, set_seeds
 from medxcept.workflows.learning_curve import learning_curve_rows
 from medxcept.workflows.steps import (
     assess,
@@ -91,10 +91,10 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
     training continues after the last completed epoch of ``resume_dir/checkpoints``.
 
     ``learning_curve``: fractions of the training patients (e.g. ``(0.25, 0.5, 0.75)``) to train
-    again on, after the run itself (:mod:`medxcept.learning_curve`); the report gains the curve.
+    again on, after the run itself (:mod:`medxcept.evaluation.learning_curve`); the report gains the curve.
 
     ``before_training``: called as ``before_training(run_dir, table, audit_report)`` once the split
-    and the audit are written, before training (:mod:`medxcept.reproduce` stops there when the
+    and the audit are written, before training (:mod:`medxcept.evaluation.reproduce` stops there when the
     data changed).
     """
     t_start = time.perf_counter()

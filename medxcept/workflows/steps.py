@@ -15,8 +15,8 @@ provenance                 :meth:`medxcept.run.RunDir.write_versions`
 render                     :func:`medxcept.report.render_report`
 =========================  ==============================================================
 
-Steps import stages (``medxcept.ingest``, ``medxcept.splits``, ``medxcept.audit``,
-``medxcept.evaluate``, ``medxcept.calibrate`` ...); no stage imports a step.
+Steps import stages (``medxcept.cohort.ingest``, ``medxcept.integrity.splits``, ``medxcept.integrity.audit``,
+``medxcept.evaluation.metrics``, ``medxcept.evaluation.calibrate`` ...); no stage imports a step.
 """
 
 from __future__ import annotations
@@ -27,16 +27,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medxcept.audit import AuditReport, audit_cohort, duplicate_groups, fingerprints
-from medxcept.augment import augment_batch, build_augment
-from medxcept.calibrate import Calibrator, brier, calibration_summary, ece, make_calibrator
-from medxcept.clinical import clinical_reading, decision_thresholds, operating_thresholds
-from medxcept.cohort import CohortSpec
+from medxcept.integrity.audit import AuditReport, audit_cohort, duplicate_groups, fingerprints
+from medxcept.images.augment import augment_batch, build_augment
+from medxcept.evaluation.calibrate import Calibrator, brier, calibration_summary, ece, make_calibrator
+from medxcept.evaluation.clinical import clinical_reading, decision_thresholds, operating_thresholds
+from medxcept.cohort.table import CohortSpec
 from medxcept.config import RunConfig
-from medxcept.demo import DemoSpec, demo_root
-from medxcept.demo_graded import GradedDemoSpec, graded_demo_root
+from medxcept.cohort.demo import DemoSpec, demo_root
+from medxcept.cohort.demo_graded import GradedDemoSpec, graded_demo_root
 from medxcept.errors import CohortError, ConfigError, ReadError
-from medxcept.evaluate import (
+from medxcept.evaluation.metrics import (
     aggregate_by_patient,
     binary_metrics,
     bootstrap_ci,
@@ -48,14 +48,14 @@ from medxcept.evaluate import (
     unit_patients,
     unit_visits,
 )
-from medxcept.graded import assess_graded
-from medxcept.ingest import IngestResult, ingest, public_exclusions, read_frames
+from medxcept.evaluation.graded import assess_graded
+from medxcept.cohort.ingest import IngestResult, ingest, public_exclusions, read_frames
 from medxcept.io import file_label
 from medxcept.paths import cache_dir
-from medxcept.preprocess import PreprocessCache, decode_key
+from medxcept.images.preprocess import PreprocessCache, decode_key
 from medxcept.report import raw_preview
 from medxcept.run import RunDir
-from medxcept.splits import assign_splits
+from medxcept.integrity.splits import assign_splits
 
 __all__ = ["GENERATORS", "materialize", "Assessment", "assess", "assess_frozen", "compare_references",
            "summary_block", "unit_record", "leaks_let_through", "add_probabilities", "measure_test", "cohort_cache",
@@ -98,7 +98,7 @@ def prepare_cohort(spec: CohortSpec, cfg: RunConfig) -> tuple[IngestResult, Prep
 
 def cohort_cache(spec: CohortSpec | None = None, decode: str | None = None) -> PreprocessCache:
     """The preprocessing cache for a cohort: one sub-folder per cohort-level decoding
-    (:func:`medxcept.preprocess.decode_key`, e.g. another DICOM window gives other pixels)."""
+    (:func:`medxcept.images.preprocess.decode_key`, e.g. another DICOM window gives other pixels)."""
     key = decode_key(spec) if decode is None else decode
     root = cache_dir() / "preprocessed"
     return PreprocessCache(root / key if key else root)
@@ -113,7 +113,7 @@ def record_ingestion(run: RunDir, ing: IngestResult) -> None:
     """Record an ingestion in ``run``: what may be shared at the root, identifiers in ``private/``.
 
     * ``exclusions.csv``: every file not used, by keyed ``file_id`` with stage, reason (file names
-      and paths removed), source and class label when known: :func:`medxcept.ingest.public_exclusions`;
+      and paths removed), source and class label when known: :func:`medxcept.cohort.ingest.public_exclusions`;
     * ``exclusions_summary.json``: files found = used + excluded, and the rows per reason;
     * ``private/exclusions.csv``: the same rows with full paths and unabridged reasons;
     * ``private/patient_map.csv`` (raw patient ID -> pseudonym) and ``private/image_paths.csv``
@@ -169,7 +169,7 @@ def split_and_audit(table: pd.DataFrame, images: np.ndarray, cfg: RunConfig,
                     fp: pd.DataFrame | None = None) -> tuple[pd.DataFrame, AuditReport]:
     """Patient-level split (near-duplicates merged first under ``on_leak: fix``), then the audit.
 
-    Returns the table with ``split`` and the :class:`~medxcept.audit.AuditReport` (not yet
+    Returns the table with ``split`` and the :class:`~medxcept.integrity.audit.AuditReport` (not yet
     raised: the caller writes ``audit.json`` first). ``fp``: fingerprints of ``images`` if known.
     """
     fp = fingerprints(images) if fp is None else fp
@@ -304,7 +304,7 @@ def measure_test(test: pd.DataFrame, *, threshold: float | None, cfg: RunConfig,
 def clinical_block(y: np.ndarray, p: np.ndarray, p_raw: np.ndarray, groups: np.ndarray, *,
                    operating: list[dict[str, Any]] | None, ec: Any, seed: int, unit: str,
                    auc_ci: tuple[float | None, float | None] | None = None) -> dict[str, Any]:
-    """``metrics.json["clinical"]``: :func:`medxcept.clinical.clinical_reading` of one set of test units
+    """``metrics.json["clinical"]``: :func:`medxcept.evaluation.clinical.clinical_reading` of one set of test units
     (``y``, calibrated ``p``, uncalibrated ``p_raw``, each unit's patient ``groups``) under ``eval``."""
     out = clinical_reading(y, p, p_raw, groups, operating=operating, thresholds=decision_thresholds(*ec.decision_thresholds),
                            prevalence=ec.prevalence, n_resamples=ec.n_bootstrap, seed=seed, unit=unit,
@@ -390,9 +390,9 @@ def assess(*, val: pd.DataFrame, test: pd.DataFrame, val_logits: np.ndarray, tes
     """Calibrate on ``val``, choose the threshold on ``val``, measure on ``test``.
 
     ``val`` is the validation split of a run, or the training folds of a cross-validation fold.
-    More than two classes add ``graded`` (:func:`medxcept.graded.assess_graded`: the decision rule
+    More than two classes add ``graded`` (:func:`medxcept.evaluation.graded.assess_graded`: the decision rule
     and each derived endpoint's threshold chosen on ``val``; ``task``: ``nominal`` or ``ordinal``;
-    ``endpoints``: the cohort's :class:`~medxcept.cohort.Endpoint` list).
+    ``endpoints``: the cohort's :class:`~medxcept.cohort.table.Endpoint` list).
     """
     ec = cfg.eval
     calibrator = make_calibrator(ec.calibration).fit(val_logits, val["y"].to_numpy())
@@ -479,7 +479,7 @@ def assess_frozen(test: pd.DataFrame, logits: np.ndarray, *, calibrator: Calibra
 def compare_references(table: pd.DataFrame, images: np.ndarray, fit_rows: np.ndarray, test_rows: np.ndarray,
                        assessed: Assessment, cfg: RunConfig, classes: tuple[str, ...],
                        save_models: Any = None) -> tuple[dict[str, Any] | None, pd.DataFrame | None]:
-    """The reference models (:mod:`medxcept.references`) fitted on ``fit_rows`` (positions of the
+    """The reference models (:mod:`medxcept.evaluation.references`) fitted on ``fit_rows`` (positions of the
     training + validation images in ``table`` / ``images``) and compared with the deep model's
     uncalibrated scores on ``test_rows`` (the rows of ``assessed.test``, in its order). Binary tasks
     only: ``(None, None)`` otherwise.
@@ -488,7 +488,7 @@ def compare_references(table: pd.DataFrame, images: np.ndarray, fit_rows: np.nda
     and ``ref_<name>`` columns) for ``predictions.csv``. ``save_models``: where to keep the fitted
     models (``references.joblib`` of a run: external validation applies them).
     """
-    from medxcept.references import reference_block
+    from medxcept.evaluation.references import reference_block
 
     if len(classes) != 2:
         return None, None
@@ -500,9 +500,9 @@ def compare_references(table: pd.DataFrame, images: np.ndarray, fit_rows: np.nda
 
 def summary_block(metrics: dict[str, Any], training: dict[str, Any],
                   references: dict[str, Any] | None) -> dict[str, Any]:
-    """``chance`` (:func:`medxcept.verdict.chance_statement` of the test patient AUC) and
-    ``summary_items`` (:func:`medxcept.verdict.summary_items`) for ``metrics.json`` and the report."""
-    from medxcept.verdict import chance_statement, summary_items
+    """``chance`` (:func:`medxcept.evaluation.verdict.chance_statement` of the test patient AUC) and
+    ``summary_items`` (:func:`medxcept.evaluation.verdict.summary_items`) for ``metrics.json`` and the report."""
+    from medxcept.evaluation.verdict import chance_statement, summary_items
 
     auc = (metrics.get("test_patient") or {}).get("roc_auc")
     ci = (metrics.get("test_patient_ci") or {}).get("roc_auc")
@@ -576,7 +576,7 @@ def unit_record(frame: pd.DataFrame, ec: Any) -> dict[str, Any]:
 def prediction_table(test: pd.DataFrame, classes: tuple[str, ...], how: str, unit: str = "visit") -> pd.DataFrame:
     """``predictions.csv``: pseudonymized rows, logits and probabilities, each image's evaluation unit
     (``unit_key``: the patient, or patient and visit) and (binary) the unit's label and aggregated
-    probability (:func:`medxcept.evaluate.aggregate_by_patient`), as ``patient_*`` columns."""
+    probability (:func:`medxcept.evaluation.metrics.aggregate_by_patient`), as ``patient_*`` columns."""
     test = test.copy()
     test["unit_key"] = unit_keys(test["patient_key"], unit_visits(test, unit))
     cols = [c for c in PREDICTION_COLUMNS if c in test] + [c for c in test.columns if c.startswith(("logit", "prob"))]

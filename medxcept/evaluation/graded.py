@@ -3,24 +3,24 @@
 Given validation and test frames that already hold raw and calibrated class probabilities
 (``prob_raw_<class>``, ``prob_<class>``; calibration fitted on validation), this module
 
-1. chooses the decision rule on **validation** (:func:`medxcept.multiclass.choose_decision_rule`:
+1. chooses the decision rule on **validation** (:func:`medxcept.evaluation.multiclass.choose_decision_rule`:
    argmax for nominal tasks, cumulative thresholds maximizing quadratic kappa for ordinal ones);
 2. measures test at the image, patient and (when lateralities are known) eye level, every metric
-   with a patient-bootstrap CI (:func:`medxcept.multiclass.multiclass_report`); the patient of an
+   with a patient-bootstrap CI (:func:`medxcept.evaluation.multiclass.multiclass_report`); the patient of an
    ordinal task has their worst eye's grade, probabilities aggregated consistently
-   (:func:`medxcept.multiclass.aggregate_units`);
+   (:func:`medxcept.evaluation.multiclass.aggregate_units`);
 3. measures calibration before and after recalibration, top-label and class-wise, with
    reliability data per class;
 4. reports each derived binary endpoint (``referable: grade >= 2``) with the full binary report:
    its probability is the summed probability of its positive classes, its threshold is chosen on
-   validation (:func:`medxcept.evaluate.choose_threshold`), and test gets image- and patient-level
+   validation (:func:`medxcept.evaluation.metrics.choose_threshold`), and test gets image- and patient-level
    metrics with patient-bootstrap CIs and calibration before/after. For an ordinal endpoint
    ``grade >= g`` the patient probability is the maximum over images (the worst-eye rule);
    for a list of nominal classes it is ``eval.patient_aggregation``.
 
 Everything returned is JSON-ready and goes into ``metrics.json`` under ``graded``. In k-fold
 cross-validation, "validation" is each fold's inner validation split (a share of its training
-folds' patients, :func:`medxcept.kfold.fold_split`) and "test" its held-out fold.
+folds' patients, :func:`medxcept.evaluation.kfold.fold_split`) and "test" its held-out fold.
 """
 
 from __future__ import annotations
@@ -31,16 +31,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medxcept.calibrate import calibration_summary
-from medxcept.clinical import clinical_reading, decision_thresholds, operating_thresholds
-from medxcept.evaluate import (
+from medxcept.evaluation.calibrate import calibration_summary
+from medxcept.evaluation.clinical import clinical_reading, decision_thresholds, operating_thresholds
+from medxcept.evaluation.metrics import (
     aggregate_by_patient,
     binary_metrics,
     bootstrap_ci,
     choose_threshold,
     metric_names,
 )
-from medxcept.multiclass import (
+from medxcept.evaluation.multiclass import (
     DecisionRule,
     aggregate_units,
     calibration_report,
@@ -143,7 +143,7 @@ def assess_graded(*, val: pd.DataFrame | None, test: pd.DataFrame, classes: Sequ
         val, test: frames with ``y``, ``patient_key``, ``laterality``, ``prob_raw_<c>``, ``prob_<c>``.
         classes: class names (ordinal: mildest first).
         task: ``"nominal"`` or ``"ordinal"``.
-        endpoints: :class:`medxcept.cohort.Endpoint` objects.
+        endpoints: :class:`medxcept.cohort.table.Endpoint` objects.
         eval_cfg: :class:`medxcept.config.EvalConfig` (bootstrap resamples, bins, threshold method).
         seed: bootstrap seed.
         fixed: ``{"decision_rule": {...}, "endpoint_thresholds": {name: t}}`` chosen earlier (external
@@ -152,7 +152,7 @@ def assess_graded(*, val: pd.DataFrame | None, test: pd.DataFrame, classes: Sequ
     Returns:
         ``task``, ``decision_rule``, ``patient_rule``, ``test_image``, ``test_patient`` (and
         ``test_eye`` when lateralities are known), ``calibration_test`` (``before``/``after``, each
-        :func:`medxcept.multiclass.calibration_report`), ``endpoints`` (name -> :func:`endpoint_report`),
+        :func:`medxcept.evaluation.multiclass.calibration_report`), ``endpoints`` (name -> :func:`endpoint_report`),
         ``n_bootstrap``.
     """
     classes = [str(c) for c in classes]
@@ -317,7 +317,7 @@ def pooled_report(frames: Sequence[pd.DataFrame], *, classes: Sequence[str], tas
 
     Every patient is predicted once per repeat by the model that did not see them, with that fold's
     decision rule and endpoint thresholds (chosen on the fold's inner validation split, a share of its
-    training folds' patients: :func:`medxcept.kfold.fold_split`). Patient units are (repeat, patient); the bootstrap
+    training folds' patients: :func:`medxcept.evaluation.kfold.fold_split`). Patient units are (repeat, patient); the bootstrap
     resamples patients (with all their units). Ordinal patient grades and predictions are the
     worst over the patient's images (the maximum of the fold's image predictions equals the fold's
     rule applied to the aggregated probabilities); nominal predictions are the argmax of the
@@ -371,9 +371,9 @@ def compare_graded_runs(run_dirs: Sequence[Any], *, n_resamples: int = 1000, see
 
     Each run's own numbers (kappa, macro AUC with their CIs, from ``metrics.json``) and, for every
     pair, the paired patient-bootstrap difference of macro ROC-AUC and (ordinal) quadratic kappa
-    (:func:`medxcept.multiclass.paired_comparison`; each run's predictions with its own decision
+    (:func:`medxcept.evaluation.multiclass.paired_comparison`; each run's predictions with its own decision
     rule, patients by the worst-eye rule) and of each endpoint's patient ROC-AUC
-    (:func:`medxcept.evaluate.paired_bootstrap_auc`).
+    (:func:`medxcept.evaluation.metrics.paired_bootstrap_auc`).
 
     Raises:
         ConfigError: a run that is not a finished k-class run, or runs on different test images,
@@ -383,8 +383,8 @@ def compare_graded_runs(run_dirs: Sequence[Any], *, n_resamples: int = 1000, see
     from pathlib import Path
 
     from medxcept.errors import ConfigError
-    from medxcept.evaluate import paired_bootstrap_auc
-    from medxcept.multiclass import paired_comparison
+    from medxcept.evaluation.metrics import paired_bootstrap_auc
+    from medxcept.evaluation.multiclass import paired_comparison
 
     runs = []
     for d in run_dirs:

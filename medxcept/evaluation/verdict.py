@@ -4,7 +4,7 @@ A reviewer reads the verdict before any number, so it must name the case that ha
 numbers behind it. The cases, checked in this order (the first that applies is the verdict):
 
 ``collapsed``
-    The validation outputs were constant in every epoch (:attr:`medxcept.train.TrainResult.collapse`,
+    The validation outputs were constant in every epoch (:attr:`medxcept.models.train.TrainResult.collapse`,
     or the history's ``collapsed`` column): the model gives every image the same answer.
 ``did not learn``
     The training metric never left chance: the best clean training patient AUC over all epochs is
@@ -18,7 +18,7 @@ numbers behind it. The cases, checked in this order (the first that applies is t
 ``fine``
     None of the above: training and validation agree and the training data is fitted.
 
-**The training metric** is ``train_patient_auc`` (:mod:`medxcept.train`): patient-level AUC on clean,
+**The training metric** is ``train_patient_auc`` (:mod:`medxcept.models.train`): patient-level AUC on clean,
 unaugmented training images in inference mode (no dropout), aggregated like the validation one, so
 the two are comparable. Histories of older runs lack it; the verdict then falls back to Keras'
 running ``auc`` over augmented, class-weighted batches and says so (``train_metric_note``).
@@ -105,7 +105,7 @@ def training_verdict(history: pd.DataFrame, best_epoch: int, *,
     best_epoch : int
         The epoch whose weights were kept.
     collapse : dict or None
-        :attr:`medxcept.train.TrainResult.collapse` (``epochs``, ``all``, ``message``); None reads
+        :attr:`medxcept.models.train.TrainResult.collapse` (``epochs``, ``all``, ``message``); None reads
         the history's ``collapsed`` column if any.
 
     Returns
@@ -276,7 +276,7 @@ def summary_items(*, training: dict[str, Any] | None = None, references: dict[st
     """The lines of the report's summary card, in the order a reviewer must read them.
 
     1. When the deep model is not better than the classical reference, that comes first
-       (:func:`medxcept.references.reference_sentences`; ``severity`` "warn").
+       (:func:`medxcept.evaluation.references.reference_sentences`; ``severity`` "warn").
     2. "Test AUC not distinguishable from chance" (``severity`` "red") when the CI contains 0.5.
     3. The training verdict's headline (``severity`` "warn" unless the case is "fine").
     4. The remaining comparisons with the references ("info").
@@ -284,7 +284,7 @@ def summary_items(*, training: dict[str, Any] | None = None, references: dict[st
     Parameters
     ----------
     training : :func:`training_verdict` output, or None.
-    references : :func:`medxcept.references.compare_with_references` output, or None.
+    references : :func:`medxcept.evaluation.references.compare_with_references` output, or None.
     chance : :func:`chance_statement` output, or None.
 
     Returns
@@ -293,7 +293,7 @@ def summary_items(*, training: dict[str, Any] | None = None, references: dict[st
         ``text``, ``severity`` ("red", "warn" or "info") and ``kind`` ("references", "chance",
         "verdict").
     """
-    from medxcept.references import reference_sentences
+    from medxcept.evaluation.references import reference_sentences
 
     items: list[dict[str, Any]] = []
     lines = reference_sentences(references) if references else []

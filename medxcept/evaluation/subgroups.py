@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medxcept.evaluate import aggregate_by_patient, binary_metrics, bootstrap_ci, unit_patients, unit_visits
+from medxcept.evaluation.metrics import aggregate_by_patient, binary_metrics, bootstrap_ci, unit_patients, unit_visits
 
 __all__ = ["SUBGROUP_COLUMNS", "subgroup_rows"]
 

@@ -7,7 +7,7 @@ not diagnosis. Every function here splits **groups**, never images:
 * a group is a patient (``patient_key``), merged with every patient that shares a value
   of an optional extra column (``group_column``: a family, a site) and with every
   image the audit found duplicated (``merge=``, from
-  :func:`medxcept.audit.duplicate_groups`); the merging is a connected-components
+  :func:`medxcept.integrity.audit.duplicate_groups`); the merging is a connected-components
   (union-find) pass over these keys;
 * a group's class is the *patient label*: its most severe class (highest ``y``) by
   default, since a patient with one diseased eye is a diseased patient.
@@ -128,7 +128,7 @@ class SplitConfig:
         :func:`resolve_user_split`, which :func:`medxcept.config.load_config` applies when
         given ``cohort_dir``. With a user split, ``test_fraction``, ``val_fraction`` and
         ``seed`` are ignored and nothing is re-split: the split is **audited**
-        (:func:`medxcept.audit.audit_cohort`), and a patient in two splits is an error under
+        (:func:`medxcept.integrity.audit.audit_cohort`), and a patient in two splits is an error under
         ``audit.on_leak: error``. ``audit.on_leak: fix`` is refused (a user-supplied split
         is audited, never re-grouped). A training run also says (log line, ``versions.json``
         ``reproduce.user_split``, report) whether the supplied split equals the split ``seed``
@@ -146,7 +146,7 @@ class SplitConfig:
     that works today for every source kind. A split column of a label table would be
     mapped into the cohort table with the source's ``columns: {split: split}`` and then
     named here (``user_split: split``); this needs ingestion to carry such mapped columns
-    into the table, which :mod:`medxcept.ingest` does only for ``source``, ``sex``, ``age``
+    into the table, which :mod:`medxcept.cohort.ingest` does only for ``source``, ``sex``, ``age``
     and ``visit`` at present.
     """
 
@@ -209,7 +209,7 @@ def group_keys(
     group_column : str, optional
         Extra column whose equal values must stay together (missing values join nothing).
     merge : pandas.Series, optional
-        Group id per ``image_id`` (:func:`medxcept.audit.duplicate_groups`): images with
+        Group id per ``image_id`` (:func:`medxcept.integrity.audit.duplicate_groups`): images with
         the same id, and so their patients, are joined.
 
     Returns
@@ -598,7 +598,7 @@ def assign_splits(df: pd.DataFrame, cfg: SplitConfig, *, merge: pd.Series | None
     cfg : SplitConfig
         Fractions (of patients), seed, extra group column, patient-label rule.
     merge : pandas.Series, optional
-        Duplicate groups per ``image_id`` (:func:`medxcept.audit.duplicate_groups`),
+        Duplicate groups per ``image_id`` (:func:`medxcept.integrity.audit.duplicate_groups`),
         kept together in one split.
 
     Returns
@@ -803,7 +803,7 @@ def resolve_user_split(cfg: SplitConfig, base_dir: str | Path | None) -> SplitCo
     cfg : SplitConfig
         The split options as configured.
     base_dir : str or pathlib.Path or None
-        The cohort file's folder (:attr:`medxcept.cohort.CohortSpec.base_dir`); ``None``
+        The cohort file's folder (:attr:`medxcept.cohort.table.CohortSpec.base_dir`); ``None``
         leaves ``cfg`` unchanged (a relative path then means the working directory).
 
     Returns
@@ -859,7 +859,7 @@ def read_user_split(df: pd.DataFrame, path_or_column: str | Path) -> pd.DataFram
     -------
     pandas.DataFrame
         A copy of ``df`` with ``split`` (and ``fold``). The split is *not* trusted:
-        audit it (:func:`medxcept.audit.audit_cohort`) like any other.
+        audit it (:func:`medxcept.integrity.audit.audit_cohort`) like any other.
 
     Raises
     ------

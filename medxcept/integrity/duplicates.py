@@ -55,11 +55,11 @@ transform. So:
 Images with fewer than :data:`MIN_KEYPOINTS` keypoints (flat or smooth pictures without
 structure) cannot be verified by geometry; pairs involving them keep the former rule (pHash and
 dHash within the Hamming threshold, and the sign of the fine detail agreeing,
-:func:`medxcept.audit.near_duplicate_pairs`), and are marked ``method="detail"``. Pairs of images
+:func:`medxcept.integrity.audit.near_duplicate_pairs`), and are marked ``method="detail"``. Pairs of images
 that both carry keypoints are decided by geometry alone, never by hashes.
 
 The thresholds come from ``benchmarks/near_duplicates.py`` (copies vs look-alikes, real and
-synthetic photographs); see its output in the module notes of :mod:`medxcept.audit`.
+synthetic photographs); see its output in the module notes of :mod:`medxcept.integrity.audit`.
 """
 
 from __future__ import annotations

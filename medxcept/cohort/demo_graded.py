@@ -1,8 +1,8 @@
 """The graded demo cohort: synthetic fundus photographs with planted lesions whose extent grows with the grade.
 
-The binary demo (:mod:`medxcept.demo`) plants one kind of signal; diabetic-retinopathy grading is
+The binary demo (:mod:`medxcept.cohort.demo`) plants one kind of signal; diabetic-retinopathy grading is
 ordinal, so this variant paints each eye at a grade ``0..k-1`` (ICDR-like names, 3 to 5 grades)
-with lesions of increasing extent, on the same simulated fundus (:func:`medxcept.demo.paint_fundus`,
+with lesions of increasing extent, on the same simulated fundus (:func:`medxcept.cohort.demo.paint_fundus`,
 drawn as a healthy eye first):
 
 * grade 0 (``none``): nothing planted (an occasional faint drusen-like spot, as in the binary demo);
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from medxcept.demo import CAMERAS, _blobs, cache_dir, finish_cohort, paint_fundus, save_photo, start_cohort
+from medxcept.cohort.demo import CAMERAS, _blobs, cache_dir, finish_cohort, paint_fundus, save_photo, start_cohort
 
 __all__ = ["GRADE_NAMES", "GradedDemoSpec", "paint_graded", "generate_graded_demo", "graded_demo_root"]
 

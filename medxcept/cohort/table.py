@@ -29,7 +29,7 @@ sha256        str      hash of the file's bytes
 
 Optional columns kept when present: ``sex``, ``age``, ``acquisition_date``,
 ``study_uid``, ``series_uid``, ``sop_uid``, ``visit``, ``group`` (an extra grouping key for
-splits), ``split`` / ``fold`` (added by :mod:`medxcept.splits`).
+splits), ``split`` / ``fold`` (added by :mod:`medxcept.integrity.splits`).
 
 What may be shared (:func:`public_view`): raw identifiers (``patient_id``, ``path``, the UIDs,
 ``visit``) are dropped, ``acquisition_date`` is coarsened to its year and ``age`` to a 5-year band
@@ -198,8 +198,8 @@ def _year(value: Any) -> str:
 # --------------------------------------------------------------------------- cohort files
 
 SOURCE_KINDS = ("photos", "dicom", "folders")
-#: ``generator:`` values: the binary demo (:mod:`medxcept.demo`) and its graded variant
-#: (:mod:`medxcept.demo_graded`).
+#: ``generator:`` values: the binary demo (:mod:`medxcept.cohort.demo`) and its graded variant
+#: (:mod:`medxcept.cohort.demo_graded`).
 GENERATORS = (None, "demo", "demo_graded")
 
 
@@ -314,9 +314,9 @@ class CohortSpec:
         sources: one or more :class:`SourceSpec`.
         base_dir: the directory relative paths are resolved against.
         generator: ``"demo"`` to generate the embedded synthetic cohort on first use
-            (``"demo_graded"``: its graded variant, :mod:`medxcept.demo_graded`).
-        generator_options: arguments of :class:`medxcept.demo.DemoSpec`
-            (:class:`medxcept.demo_graded.GradedDemoSpec`).
+            (``"demo_graded"``: its graded variant, :mod:`medxcept.cohort.demo_graded`).
+        generator_options: arguments of :class:`medxcept.cohort.demo.DemoSpec`
+            (:class:`medxcept.cohort.demo_graded.GradedDemoSpec`).
         on_label_issue: ``exclude`` (row/file goes to the exclusion log) or ``error`` (stop the run).
         max_pixels: images with more pixels are refused before decoding.
         frames: multi-frame DICOM policy: ``"all"`` (each frame a row) or a frame index.

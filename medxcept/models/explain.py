@@ -1,6 +1,6 @@
 """Class-activation maps: where in the image the model's evidence for a class lies.
 
-The classifier of :mod:`medxcept.model` ends in Xception's last feature map ``A`` (``h x w x K``),
+The classifier of :mod:`medxcept.models.network` ends in Xception's last feature map ``A`` (``h x w x K``),
 global average pooling, dropout (the identity at inference) and a dense layer producing logits::
 
     logit_c = sum_k W[k, c] * mean_{i,j} A[i, j, k] + b_c
@@ -55,7 +55,7 @@ def _head(model: Any) -> tuple[Any, Any]:
     if gap_i is None:
         raise ConfigError(f"class_activation_maps: model {model.name!r} has no GlobalAveragePooling2D layer; "
                           "CAM needs a 'feature map -> global average pooling -> dense' head "
-                          "(medxcept.model.build_model)")
+                          "(medxcept.models.network.build_model)")
     after = layers[gap_i + 1:]
     dense = [layer for layer in after if isinstance(layer, keras.layers.Dense)]
     others = [layer.name for layer in after if not isinstance(layer, (keras.layers.Dense, keras.layers.Dropout))]
@@ -100,7 +100,7 @@ def class_activation_maps(model: Any, images_uint8: ArrayLike, class_index: int 
     Parameters
     ----------
     model : keras.Model
-        A model built by :func:`medxcept.model.build_model` (or any functional model whose last
+        A model built by :func:`medxcept.models.network.build_model` (or any functional model whose last
         GlobalAveragePooling2D is followed only by dropout and one linear Dense layer).
     images_uint8 : array-like of shape (N, H, W, 3)
         Pixels in the range the model takes ([0, 255], as cached by preprocessing).

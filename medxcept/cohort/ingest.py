@@ -9,8 +9,8 @@ For every source of the cohort this module
    when the cohort says ``on_label_issue: error``);
 3. decodes each labelled file in a process pool (DICOM with :mod:`medxcept.io.dicom`, photographs
    with :mod:`medxcept.io.images`), measures its quality, preprocesses it and stores the result in
-   the :class:`~medxcept.preprocess.PreprocessCache` — one decode per file per configuration;
-4. returns the cohort table (schema in :mod:`medxcept.cohort`) and the exclusion log.
+   the :class:`~medxcept.images.preprocess.PreprocessCache` — one decode per file per configuration;
+4. returns the cohort table (schema in :mod:`medxcept.cohort.table`) and the exclusion log.
 
 Nothing is dropped silently: ``files found = files used + files excluded`` is checked at the end
 and any difference is an error. A file that fails for any reason becomes an exclusion row with its
@@ -45,8 +45,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from medxcept.acquisition import acquisition_fingerprint, geometry_fingerprint
-from medxcept.cohort import SOURCE_KINDS, CohortSpec, SourceSpec, keyed_id, pseudonymize, validate_cohort
+from medxcept.integrity.acquisition import acquisition_fingerprint, geometry_fingerprint
+from medxcept.cohort.table import SOURCE_KINDS, CohortSpec, SourceSpec, keyed_id, pseudonymize, validate_cohort
 from medxcept.errors import CohortError, ConfigError, MissingDecoderError, ReadError
 from medxcept.io import file_label, walk_files
 from medxcept.io.dicom import read_dicom, read_dicom_header
@@ -59,7 +59,7 @@ from medxcept.io.labels import (
     read_label_table,
 )
 from medxcept.paths import cache_dir
-from medxcept.preprocess import (
+from medxcept.images.preprocess import (
     PreprocessCache,
     PreprocessConfig,
     apply_quality_policy,
@@ -305,13 +305,13 @@ class SourceReader:
     headers: bool = False
 
 
-#: Source kinds, each declared once; :data:`medxcept.cohort.SOURCE_KINDS` names the same kinds.
+#: Source kinds, each declared once; :data:`medxcept.cohort.table.SOURCE_KINDS` names the same kinds.
 SOURCE_READERS: dict[str, SourceReader] = {
     "photos": SourceReader("photo"),
     "dicom": SourceReader("dicom", headers=True),
     "folders": SourceReader("photo", labels="folders"),
 }
-assert set(SOURCE_READERS) == set(SOURCE_KINDS), "every source kind of medxcept.cohort needs a reader here"
+assert set(SOURCE_READERS) == set(SOURCE_KINDS), "every source kind of medxcept.cohort.table needs a reader here"
 
 
 def read_frames(reader: str, path: str | os.PathLike[str], *, frames: str | int = "all", window_index: int = 0,
@@ -333,7 +333,7 @@ def _read_at_need(task: dict[str, Any], path: Path) -> tuple[list[int], list[np.
                                                              list[Fov | None]]:
     """Decode a file no larger than preprocessing needs; the frames and their fields of view.
 
-    The decoder is asked for :func:`~medxcept.preprocess.decode_min_side` pixels on the shorter side,
+    The decoder is asked for :func:`~medxcept.images.preprocess.decode_min_side` pixels on the shorter side,
     a first guess of the field of view's diameter. When the field of view found turns out narrower
     than that (a small disc in a large frame), the file is decoded again, finer, so the cropped
     field of view still keeps the pixels the output needs. Fields of view are found once here, on
@@ -473,7 +473,7 @@ def ingest(spec: CohortSpec, *, preprocess_cfg: PreprocessConfig, cache: Preproc
     Parameters
     ----------
     spec : CohortSpec
-        From :func:`medxcept.cohort.load_cohort_spec` (a generated cohort materialized first:
+        From :func:`medxcept.cohort.table.load_cohort_spec` (a generated cohort materialized first:
         :func:`medxcept.workflows.steps.materialize`).
     preprocess_cfg : PreprocessConfig
         Preprocessing applied (once) to every decoded image.
@@ -731,7 +731,7 @@ def _cohort_row(spec: CohortSpec, source: SourceSpec, cand: dict, r: dict, salt:
         "acquisition_date": str(meta.get("acquisition_date") or ""),
         "visit": str(visit or ""), "source_name": source.name,
         "reader": SOURCE_READERS[source.kind].reader,
-        **r.get("acquisition", {}),  # acq_* columns (medxcept.acquisition)
+        **r.get("acquisition", {}),  # acq_* columns (medxcept.integrity.acquisition)
     }
 
 

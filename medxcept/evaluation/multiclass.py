@@ -1,7 +1,7 @@
 """Graded and multi-class tasks: patient level, decision rules, metrics with patient-bootstrap CIs.
 
 Pure functions on labels and class probabilities (nothing reads files or models), the k-class
-counterpart of :mod:`medxcept.evaluate`. Two kinds of task (:data:`KINDS`):
+counterpart of :mod:`medxcept.evaluation.metrics`. Two kinds of task (:data:`KINDS`):
 
 * **nominal**: unordered classes (normal / cataract / glaucoma / DR);
 * **ordinal**: ordered grades (ICDR 0-4); class index = grade.
@@ -33,10 +33,10 @@ quadratic-weighted kappa (:func:`choose_decision_rule`) and applied unchanged to
 (support-)weighted ROC-AUC, macro PR-AUC, balanced accuracy, accuracy, the confusion matrix, and for
 ordinal tasks quadratic-weighted Cohen's kappa and the mean absolute grade error, each with a
 percentile bootstrap CI resampling patients. The bootstrap is vectorized as in
-:func:`medxcept.evaluate.bootstrap_ci`: a resample is a vector of draw counts per patient, rank
+:func:`medxcept.evaluation.metrics.bootstrap_ci`: a resample is a vector of draw counts per patient, rank
 metrics come from weighted rank statistics, confusion-matrix metrics from per-patient cell counts.
 
-**Calibration**: top-label ECE (:func:`medxcept.calibrate.ece` on (n, k)), class-wise ECE (the mean
+**Calibration**: top-label ECE (:func:`medxcept.evaluation.calibrate.ece` on (n, k)), class-wise ECE (the mean
 over classes of the binary ECE of ``P[:, c]`` against ``y == c``; Kull et al. 2019) and the
 reliability data of both (:func:`calibration_report`).
 """
@@ -51,8 +51,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from medxcept.calibrate import brier, ece, mce, nll, reliability_table
-from medxcept.evaluate import (
+from medxcept.evaluation.calibrate import brier, ece, mce, nll, reliability_table
+from medxcept.evaluation.metrics import (
     BootstrapCI,
     _as_group_codes,
     _block_rows,

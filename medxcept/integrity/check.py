@@ -7,9 +7,9 @@ Before anyone spends hours training, a researcher wants three answers about a ne
 *did every file decode, and if not, which ones and why?*, *how many patients of each class
 are there, from which sources?* and *would the split leak?* :func:`~medxcept.workflows.check.check_cohort` runs exactly
 the stages that answer them — ingestion (:func:`medxcept.workflows.steps.prepare_cohort`), the
-patient-level split (:func:`medxcept.splits.assign_splits`; under ``audit.on_leak: fix``
+patient-level split (:func:`medxcept.integrity.splits.assign_splits`; under ``audit.on_leak: fix``
 duplicates are merged first, as in a training run) and the pre-training audit
-(:func:`medxcept.audit.audit_cohort`) — and writes a run directory:
+(:func:`medxcept.integrity.audit.audit_cohort`) — and writes a run directory:
 
 ==================  =====================================================================
 ``check.html``      self-contained page: files found / used / excluded / skipped, the
@@ -48,9 +48,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medxcept.class_exclusions import reason_category as _reason_category
-from medxcept.cohort import CohortSpec
-from medxcept.ingest import public_exclusions
+from medxcept.cohort.class_exclusions import reason_category as _reason_category
+from medxcept.cohort.table import CohortSpec
+from medxcept.cohort.ingest import public_exclusions
 from medxcept.report import environment
 
 __all__ = ["reason_groups", "is_skip_reason", "render_check_page", "TEMPLATE"]
@@ -83,13 +83,13 @@ def reason_groups(exclusions: pd.DataFrame, *, hide: str | None = None,
     Parameters
     ----------
     exclusions : pandas.DataFrame
-        ``path``, ``stage``, ``reason`` (:data:`medxcept.ingest.EXCLUSION_COLUMNS`).
+        ``path``, ``stage``, ``reason`` (:data:`medxcept.cohort.ingest.EXCLUSION_COLUMNS`).
     hide : str, optional
         A folder whose path is replaced by ``…`` inside reasons (a label issue names the
         image folder; the page shows names, not paths).
     names : bool, default True
         False: files are shown by their keyed ``file_id`` and reasons without file names
-        (:func:`medxcept.ingest.shareable_reason`), for the shareable page.
+        (:func:`medxcept.cohort.ingest.shareable_reason`), for the shareable page.
 
     Returns
     -------

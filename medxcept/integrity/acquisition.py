@@ -179,7 +179,7 @@ def acquisition_fingerprint(path: str | Path, kind: str = "photo", *, key: str) 
     kind : {"photo", "dicom"}
         Which headers to read.
     key : str
-        The pseudonym key (:func:`medxcept.ingest.pseudonym_salt`): ``acq_device`` is keyed with it.
+        The pseudonym key (:func:`medxcept.cohort.ingest.pseudonym_salt`): ``acq_device`` is keyed with it.
     """
     if not key:
         raise ValueError("acquisition_fingerprint: an empty key would give unkeyed, guessable device hashes")
@@ -209,7 +209,7 @@ def geometry_fingerprint(img: np.ndarray, modality: str = "fundus", *,
     modality : {"fundus", "gray"}
         ``gray``: no field of view (``acq_fov`` empty); the border is the outermost 2 % of the frame.
     fov : tuple, optional
-        :func:`medxcept.preprocess.find_fov`'s result for this same image, when the caller has it.
+        :func:`medxcept.images.preprocess.find_fov`'s result for this same image, when the caller has it.
     stored_size : (height, width), optional
         The size of the stored image when ``img`` was decoded at a reduced size (the aspect ratio
         is taken from it, so it does not depend on the decoder's rounding); the other columns are
@@ -236,7 +236,7 @@ def geometry_fingerprint(img: np.ndarray, modality: str = "fundus", *,
         rim = np.concatenate([luma[:e].ravel(), luma[-e:].ravel(), luma[:, :e].ravel(), luma[:, -e:].ravel()])
         out["acq_border"] = f"k{int(np.mean(rim) * 255) // 4 * 4}"
         return out
-    from medxcept.preprocess import find_fov
+    from medxcept.images.preprocess import find_fov
 
     cy, cx, r, found = find_fov(a) if fov is None else fov
     if not found:
@@ -265,7 +265,7 @@ def _content_groups(df: pd.DataFrame) -> np.ndarray:
     the per-machine pseudonym: the probe's folds, and so its AUC, are the same on any machine."""
     import hashlib
 
-    from medxcept.splits import content_ids
+    from medxcept.integrity.splits import content_ids
 
     keys = df["patient_key"].astype(str).to_numpy()
     ids = content_ids(df).astype(str).to_numpy()

@@ -30,15 +30,15 @@ Per group: mean, SD (ddof=1; the **run-to-run SD**), minimum and maximum over th
 Paired comparisons. For every pair of groups (A = the group met first on the command line, B the
 other), runs are matched by seed, and each seed pair is tested on the same test patients:
 
-* ROC-AUC: DeLong's test (:func:`medxcept.evaluate.delong_test`) and the paired bootstrap
-  (:func:`medxcept.evaluate.paired_bootstrap_auc`) on the patient-level probabilities;
+* ROC-AUC: DeLong's test (:func:`medxcept.evaluation.metrics.delong_test`) and the paired bootstrap
+  (:func:`medxcept.evaluation.metrics.paired_bootstrap_auc`) on the patient-level probabilities;
 * PR-AUC, sensitivity, specificity: a paired bootstrap over patients (both runs scored on the same
   resamples, each at its own threshold);
 * ECE and Brier after recalibration: the same paired bootstrap, resampling patients with all
   their images (ECE with the run's uniform bins).
 
 Bootstrap p-values are two-sided normal ones, ``2 * (1 - Phi(|diff| / SD of the resampled
-differences))``, as in :func:`~medxcept.evaluate.paired_bootstrap_auc`.
+differences))``, as in :func:`~medxcept.evaluation.metrics.paired_bootstrap_auc`.
 
 **The verdict rule**, per metric. Let ``d`` be the mean of B's runs minus the mean of A's runs and
 ``s`` the pooled run-to-run SD, ``s^2 = sum_g (n_g - 1) s_g^2 / sum_g (n_g - 1)`` over the two
@@ -75,15 +75,15 @@ from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
 from medxcept.errors import ConfigError
-from medxcept.evaluate import METRICS as REGISTRY
-from medxcept.evaluate import (
+from medxcept.evaluation.metrics import METRICS as REGISTRY
+from medxcept.evaluation.metrics import (
     counts_metrics,
     delong_test,
     metric_names,
     paired_bootstrap_auc,
     weighted_average_precision,
 )
-from medxcept.verdict import training_verdict
+from medxcept.evaluation.verdict import training_verdict
 from medxcept.report.figures import plt, to_data_uri
 
 __all__ = [
@@ -116,7 +116,7 @@ NO_PAIRS = "not tested (no seed shared by the two groups)"
 
 REQUIRED_FILES = ("metrics.json", "predictions.csv", "history.csv", "split.csv", "versions.json", "config.yaml")
 
-#: The registry's metrics compared across runs (:data:`medxcept.evaluate.METRICS`, ``compare=True``):
+#: The registry's metrics compared across runs (:data:`medxcept.evaluation.metrics.METRICS`, ``compare=True``):
 #: patient level, each a per-run number and a paired verdict.
 PATIENT_METRICS = metric_names(compare=True)
 #: Per-run fields: key -> (label, lower is better?). The registry's metrics and the calibration
@@ -218,7 +218,7 @@ def _num(x: Any) -> float | None:
 
 
 def _gaps(history: pd.DataFrame, best_epoch: int) -> tuple[float | None, float | None, dict[str, Any]]:
-    """Train - validation AUC and loss at the kept epoch (:func:`medxcept.verdict.training_verdict`)."""
+    """Train - validation AUC and loss at the kept epoch (:func:`medxcept.evaluation.verdict.training_verdict`)."""
     if history.empty:
         return None, None, {"verdict": "no training epochs ran"}
     tv = training_verdict(history, best_epoch)
@@ -257,7 +257,7 @@ def load_run(path: str | Path, *, group_by: str | None = None) -> RunRecord:
     classes = metrics.get("classes") or []
     if len(classes) != 2 or "test_patient" not in metrics:
         raise ConfigError(f"run {name}: this comparison is for binary runs (classes: {classes}); k-class runs are "
-                          "compared by medxcept.graded.compare_graded_runs (pipelines.compare picks it)")
+                          "compared by medxcept.evaluation.graded.compare_graded_runs (pipelines.compare picks it)")
     if group_by:
         try:
             group = str(_dotted(config, group_by))
@@ -477,9 +477,9 @@ def paired_tests(a: RunRecord, b: RunRecord, *, n_resamples: int = 1000, seed: i
     Returns
     -------
     dict
-        ``delong`` (:func:`medxcept.evaluate.delong_test` on the patients' uncalibrated scores, with
+        ``delong`` (:func:`medxcept.evaluation.metrics.delong_test` on the patients' uncalibrated scores, with
         ``diff`` = AUC(b) - AUC(a)), ``paired_bootstrap_auc``
-        (:func:`medxcept.evaluate.paired_bootstrap_auc`, same orientation), and ``metrics``: per
+        (:func:`medxcept.evaluation.metrics.paired_bootstrap_auc`, same orientation), and ``metrics``: per
         metric of :data:`VERDICT_METRICS`, ``a``, ``b``, ``diff``, ``p_value``, ``test`` and, for
         bootstrapped metrics, ``se`` and ``ci`` (95 % percentile interval of the difference).
     """

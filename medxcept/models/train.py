@@ -55,15 +55,15 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from medxcept.augment import AugmentConfig, augment_batch, build_augment
+from medxcept.images.augment import AugmentConfig, augment_batch, build_augment
 from medxcept.config import RunConfig, config_hash
-from medxcept.data import CohortDataset, sample_weights_for
+from medxcept.images.dataset import CohortDataset, sample_weights_for
 from medxcept.errors import ConfigError
 # the one patient aggregation and probability transform (kept under their old names here)
-from medxcept.evaluate import patient_auc as _patient_auc
-from medxcept.evaluate import probabilities as _probs
+from medxcept.evaluation.metrics import patient_auc as _patient_auc
+from medxcept.evaluation.metrics import probabilities as _probs
 from medxcept.faults import fault_point
-from medxcept.model import (
+from medxcept.models.network import (
     WeightsInfo,
     build_model,
     count_trainable,
@@ -375,7 +375,7 @@ class EpochEvaluation(keras.callbacks.Callback):
 
 
 def _targets(y: np.ndarray, n_classes: int) -> np.ndarray:
-    """Targets shaped as :meth:`medxcept.data.CohortDataset.targets` gives them to the loss."""
+    """Targets shaped as :meth:`medxcept.images.dataset.CohortDataset.targets` gives them to the loss."""
     y = np.asarray(y, dtype=np.int64)
     return y.astype(np.float32)[:, None] if n_classes == 2 else np.eye(n_classes, dtype=np.float32)[y]
 
@@ -769,7 +769,7 @@ def _compile(model: keras.Model, optimizer: keras.optimizers.Optimizer, n_classe
     if n_classes == 2:
         loss = keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=label_smoothing)
     else:
-        from medxcept.ordinal import CumulativeLinkLoss, is_ordinal_model
+        from medxcept.models.ordinal import CumulativeLinkLoss, is_ordinal_model
 
         loss = (CumulativeLinkLoss(label_smoothing) if is_ordinal_model(model)  # outputs: class log-probabilities
                 else keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing))
@@ -839,7 +839,7 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
         train_groups: patient keys of the training images, for ``train_patient_auc``; without
             them each training image counts as its own patient.
         cfg: the resolved run configuration (``cfg.train`` holds the recipe).
-        weights: from :func:`medxcept.model.resolve_weights`.
+        weights: from :func:`medxcept.models.network.resolve_weights`.
         n_classes: number of classes.
         run_dir: where checkpoints go (``run_dir/checkpoints``); ``None`` disables them.
         resume: continue from the checkpoint in ``run_dir/checkpoints`` after its last completed

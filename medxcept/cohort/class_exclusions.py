@@ -89,7 +89,7 @@ def exclusions_by_class(
     table : pandas.DataFrame
         The cohort table (needs ``label``): the items used.
     exclusions : pandas.DataFrame
-        The exclusion log (``stage``, ``reason``, ``label``; :data:`medxcept.ingest.EXCLUSION_COLUMNS`).
+        The exclusion log (``stage``, ``reason``, ``label``; :data:`medxcept.cohort.ingest.EXCLUSION_COLUMNS`).
         Rows whose ``label`` is not a declared class (unknown, empty, or no column) are not counted.
     classes : list of str
         Declared classes, in order.

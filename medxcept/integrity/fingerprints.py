@@ -2,18 +2,18 @@
 
 :func:`fingerprints` computes, per image, the file-independent pixel hash, the 64-bit pHash and
 dHash (and those of the mirror image), the detail bit-maps and the SIFT keypoints
-(:mod:`medxcept.duplicates`); :func:`verified_near_pairs` and :func:`near_duplicate_pairs` find
+(:mod:`medxcept.integrity.duplicates`); :func:`verified_near_pairs` and :func:`near_duplicate_pairs` find
 the pairs; :func:`duplicate_groups` joins them into groups. The checks that turn pairs into
-findings are in :mod:`medxcept.audit`.
+findings are in :mod:`medxcept.integrity.audit`.
 
 Near-duplicates are decided by geometry
 ---------------------------------------
-Images with structure (at least :data:`medxcept.duplicates.MIN_KEYPOINTS` SIFT keypoints: every
+Images with structure (at least :data:`medxcept.integrity.duplicates.MIN_KEYPOINTS` SIFT keypoints: every
 photograph and radiograph) are paired by :func:`verified_near_pairs`: candidates from shared
 keypoint-descriptor buckets (sub-quadratic), each verified by one affine transform fitted by RANSAC
-to matched keypoints (at least :data:`medxcept.duplicates.MIN_INLIERS` inliers) and by the fine
+to matched keypoints (at least :data:`medxcept.integrity.duplicates.MIN_INLIERS` inliers) and by the fine
 detail agreeing once aligned, more than the cohort's shared layout explains and on the images' own
-strongest structures (:mod:`medxcept.duplicates`). The transform (rotation, scale, shear, shift,
+strongest structures (:mod:`medxcept.integrity.duplicates`). The transform (rotation, scale, shear, shift,
 flip) and the inlier count of each pair are in the findings. This finds rotated, shifted, zoomed,
 sheared, flipped, rescaled and re-compressed copies, and rejects different eyes that share the
 camera, colour, disc position and border. The hash rule below decides only pairs involving a
@@ -26,7 +26,7 @@ shift 20 %, zoom 0.8-1.25, shear 0.2, h/v flip, resize 224-512 px, JPEG 50, brig
 vertical flip and combined); gray radiograph-like images (the stand-in for DICOM) 100 % under each
 and combined; the demo generator's smooth painted eyes 95-100 % under each and 95 % combined. In
 those 40-image cohorts every pair sharing a descriptor bucket is verified
-(:data:`medxcept.duplicates.PAIR_BUDGET`); hidden among 300 look-alikes of their kind (340 images,
+(:data:`medxcept.integrity.duplicates.PAIR_BUDGET`); hidden among 300 look-alikes of their kind (340 images,
 24 partners verified per image), combined copies are found 100 % (real-photo eyes), 90 % (demo eyes,
 which share one vessel template, so look-alikes outvote 2 of the copies in the candidate search) and
 100 % (radiograph-like). No false pair among 301 real-photo look-alikes, 300 demo eyes (aligned
@@ -47,11 +47,11 @@ dim photographs. Measured on 300 such eyes of 150 people (:mod:`medxcept.testing
 eyes each, 299 px as ``check`` ingests them, 20 + 20 combined copies planted;
 ``benchmarks/near_duplicates.py --screening-only``): the engine before gave **18 false pairs, all
 from the hash rule** (the ``detail`` method), with one photograph paired to 5 people, because 17 dim
-photographs (retina at 10-25 of 255) had fewer than :data:`medxcept.duplicates.MIN_KEYPOINTS`
+photographs (retina at 10-25 of 255) had fewer than :data:`medxcept.integrity.duplicates.MIN_KEYPOINTS`
 keypoints (their uint8 luma kept a few grey levels, and the field of view fell under the keypoint
 engine's absolute level 8), and the hash rule then compared what all of them share: hashes of the
 frame, and detail signs along the frame's rim (2 px eroded of a vignette ring 4-5 px wide at 64 px).
-Now: dim images are lifted (:data:`medxcept.duplicates.DARK_LEVEL`), the field-of-view level is
+Now: dim images are lifted (:data:`medxcept.integrity.duplicates.DARK_LEVEL`), the field-of-view level is
 relative, the hash rule drops a :data:`_FOV_ERODE`-px band and must beat the cohort's layout by
 :data:`DETAIL_LAYOUT_MARGIN`, hubs are checked (:func:`_hub_pairs`) and one patient's left and
 right eye are not paired (:func:`duplicate_pairs`): 0 false pairs, 2 images left under 30
@@ -117,14 +117,14 @@ import scipy.fft
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from medxcept.duplicates import (
+from medxcept.integrity.duplicates import (
     MIN_KEYPOINTS,
     geometric_pairs,
     keypoint_features,
     n_keypoints,
 )
 from medxcept.errors import ConfigError
-from medxcept.splits import content_ids
+from medxcept.integrity.splits import content_ids
 
 __all__ = [
     "DEFAULT_HAMMING_THRESHOLD",
@@ -144,7 +144,7 @@ __all__ = [
     "input_order_groups",
 ]
 
-logger = logging.getLogger("medxcept.audit")  # the log lines keep their logger name
+logger = logging.getLogger("medxcept.integrity.audit")  # the log lines keep their logger name
 
 DEFAULT_HAMMING_THRESHOLD = 10
 """Bits (out of 64) within which two pHashes *and* dHashes mark a near-duplicate."""
@@ -173,7 +173,7 @@ detail share with each other is mostly what every photograph of the camera share
 chords, the vignette, the bright disc on one side). So a candidate ``(i, j)`` must agree more than
 ``i`` agrees with the cohort in general: its similarity minus the 75th percentile of ``i``'s
 similarity with about :data:`N_LAYOUT_REFS` images spread over the cohort (in the same orientation)
-must reach this margin (the same rule as the keypoint engine's :data:`medxcept.duplicates.MIN_AGREEMENT_MARGIN`)."""
+must reach this margin (the same rule as the keypoint engine's :data:`medxcept.integrity.duplicates.MIN_AGREEMENT_MARGIN`)."""
 N_LAYOUT_REFS = 16
 
 DETAIL_PX = 64
@@ -377,7 +377,7 @@ def fingerprints(images: Iterable[np.ndarray], *, keypoints: bool = True) -> dic
         ``kp_xy``, ``kp_xy_flip``, ``kp_desc``, ``kp_desc_flip``, ``dense``
             Keypoints on the vessel tree of the image and of its mirror, and the sign of its
             fine detail, for the geometric verification of near-duplicates
-            (:func:`medxcept.duplicates.keypoint_features`); absent with ``keypoints=False``.
+            (:func:`medxcept.integrity.duplicates.keypoint_features`); absent with ``keypoints=False``.
 
     Notes
     -----
@@ -468,7 +468,7 @@ def check_fingerprints(fp: dict[str, np.ndarray], n: int) -> None:
     need = ("pixel_hash", "phash", "phash_flip", "dhash", "dhash_flip")
     missing = [k for k in need if k not in fp]
     if missing:
-        raise ConfigError(f"fingerprints dict lacks {missing}; build it with medxcept.audit.fingerprints()")
+        raise ConfigError(f"fingerprints dict lacks {missing}; build it with medxcept.integrity.audit.fingerprints()")
     bad = {k: len(fp[k]) for k in need if len(fp[k]) != n}
     if bad:
         raise ConfigError(
@@ -652,8 +652,8 @@ def verified_near_pairs(
 ) -> pd.DataFrame:
     """Near-duplicate pairs, each confirmed by geometry (or, for structureless images, by detail).
 
-    Pairs of images that both carry at least :data:`medxcept.duplicates.MIN_KEYPOINTS` keypoints
-    are found and decided by :func:`medxcept.duplicates.geometric_pairs` (one affine transform
+    Pairs of images that both carry at least :data:`medxcept.integrity.duplicates.MIN_KEYPOINTS` keypoints
+    are found and decided by :func:`medxcept.integrity.duplicates.geometric_pairs` (one affine transform
     with enough consistent keypoint matches, and the fine detail agreeing once aligned):
     ``method="geometry"``, with the transform and inlier count. A pair involving an image with
     fewer keypoints (a flat or smooth picture) is decided by :func:`near_duplicate_pairs` (hashes
@@ -835,7 +835,7 @@ def duplicate_groups(
 ) -> pd.Series:
     """Group id of every image, where exact and near duplicates share one group.
 
-    Pass the result to :func:`medxcept.splits.assign_splits` (``merge=``) so that every
+    Pass the result to :func:`medxcept.integrity.splits.assign_splits` (``merge=``) so that every
     copy of an image, and every patient holding one, lands in the same split.
 
     Parameters

@@ -22,7 +22,7 @@ Every finding names patients by ``patient_key`` (the pseudonym) and images by
 ``image_id``; the raw ``patient_id`` never leaves memory.
 
 The image-fingerprint engine (hashes, detail bit-maps, the pair search and its verification)
-is :mod:`medxcept.fingerprints`; this module holds the checks.
+is :mod:`medxcept.integrity.fingerprints`; this module holds the checks.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medxcept.acquisition import ACQ_COLUMNS, SHORTCUT_AUC, cramers_v, shortcut_probe
+from medxcept.integrity.acquisition import ACQ_COLUMNS, SHORTCUT_AUC, cramers_v, shortcut_probe
 from medxcept.errors import ConfigError, LeakageError
-from medxcept.fingerprints import (
+from medxcept.integrity.fingerprints import (
     DEFAULT_HAMMING_THRESHOLD,
     DETAIL_PX,
     DETAIL_THRESHOLD,
@@ -169,7 +169,7 @@ class AuditReport:
         Near-duplicate threshold used.
     merge_groups : pandas.Series or None
         Under ``policy="fix"``: :func:`duplicate_groups`, to pass to
-        :func:`medxcept.splits.assign_splits` as ``merge=`` before splitting again.
+        :func:`medxcept.integrity.splits.assign_splits` as ``merge=`` before splitting again.
     """
 
     findings: list[Finding] = field(default_factory=list)
@@ -433,7 +433,7 @@ def _check_balance(df: pd.DataFrame, report: AuditReport, max_details: int) -> l
             "n_patients": pk.groupby(lab).nunique().reindex(labels).fillna(0).astype(int),
         }
     )
-    if "y" in df.columns:  # patient label = most severe (highest y), as in medxcept.splits
+    if "y" in df.columns:  # patient label = most severe (highest y), as in medxcept.integrity.splits
         y = pd.to_numeric(df["y"], errors="coerce")
         top = y.groupby(pk).transform("max")
         pl = lab[y == top].groupby(pk[y == top]).first()
@@ -706,7 +706,7 @@ def audit_cohort(
     Parameters
     ----------
     df : pandas.DataFrame
-        Cohort table (:mod:`medxcept.cohort`) with ``split`` and/or ``fold`` when it has
+        Cohort table (:mod:`medxcept.cohort.table`) with ``split`` and/or ``fold`` when it has
         been split. Required columns: ``image_id``, ``patient_key``, ``label``; the
         checks that need other columns (``sha256``, ``source``, ``width``/``height``,
         ``laterality``, ``study_id``, ``y``) are skipped without them.

@@ -1,7 +1,7 @@
 """Training-time augmentation and class balancing.
 
 Augmentation uses albumentations (2.0.8) on the uint8 images that
-:func:`medxcept.preprocess.preprocess` produces, *before* :func:`~medxcept.preprocess.to_model_range`.
+:func:`medxcept.images.preprocess.preprocess` produces, *before* :func:`~medxcept.images.preprocess.to_model_range`.
 Policies keep lesion evidence intact: no heavy blur, no cutout over the disc, no
 elastic warps (they move and erase microaneurysms and exudates, the very evidence a
 retinal grade rests on). Geometric transforms come first and fill with black, then

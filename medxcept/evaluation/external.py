@@ -26,7 +26,7 @@ from patient images, so private), the fingerprints its integrity audit computed 
 and validation images, with small thumbnails. The external cohort is fingerprinted with the same
 preprocessing and the audit's pair verification runs across the two sets
 (:func:`near_copies`: the candidate search and geometric verification of
-:func:`medxcept.fingerprints.duplicate_pairs` on the union, cross-set pairs kept). Confirmed
+:func:`medxcept.integrity.fingerprints.duplicate_pairs` on the union, cross-set pairs kept). Confirmed
 pairs (byte-identical, same pixels, or near copies) are an error under the run's ``--on-leak
 error`` (the run stops before predicting) and a warning under ``warn``/``fix``
 (:func:`near_copy_findings`); they are listed with thumbnails in ``private/external_copies.html``
@@ -69,17 +69,17 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from medxcept import testnet
-from medxcept.audit import Finding
-from medxcept.check import _thumb
-from medxcept.fingerprints import duplicate_pairs
-from medxcept.cohort import CohortSpec
+from medxcept.models import testnet
+from medxcept.integrity.audit import Finding
+from medxcept.integrity.check import _thumb
+from medxcept.integrity.fingerprints import duplicate_pairs
+from medxcept.cohort.table import CohortSpec
 from medxcept.config import RunConfig, load_config
 from medxcept.errors import ConfigError
-from medxcept.evaluate import unit_keys, unit_visits
-from medxcept.verdict import training_verdict
+from medxcept.evaluation.metrics import unit_keys, unit_visits
+from medxcept.evaluation.verdict import training_verdict
 from medxcept.report import environment
-from medxcept.references import (
+from medxcept.evaluation.references import (
     compare_with_references,
     load_reference_models,
     reference_sentences,
@@ -293,7 +293,7 @@ def keep_source_fingerprints(run: RunDir, table: pd.DataFrame, images: np.ndarra
     images : numpy.ndarray
         The preprocessed images the fingerprints were computed from (thumbnails are kept).
     fp : dict
-        :func:`medxcept.fingerprints.fingerprints` of ``images``.
+        :func:`medxcept.integrity.fingerprints.fingerprints` of ``images``.
 
     Returns
     -------
@@ -333,7 +333,7 @@ def near_copies(source: dict[str, Any], table: pd.DataFrame, fp: dict[str, np.nd
                 hamming_threshold: int) -> pd.DataFrame:
     """Confirmed pairs (source training/validation image, image of ``table``).
 
-    The audit's pair search (:func:`medxcept.fingerprints.duplicate_pairs`: the same file, the
+    The audit's pair search (:func:`medxcept.integrity.fingerprints.duplicate_pairs`: the same file, the
     same pixels, or a near copy found by the candidate search and confirmed by geometry) runs on
     the two sets together; the pairs that join one image of each are kept.
 
@@ -344,7 +344,7 @@ def near_copies(source: dict[str, Any], table: pd.DataFrame, fp: dict[str, np.nd
     table : pandas.DataFrame
         The external cohort (``image_id``, ``sha256``), rows aligned with ``fp``.
     fp : dict
-        :func:`medxcept.fingerprints.fingerprints` of the external images, preprocessed as the
+        :func:`medxcept.integrity.fingerprints.fingerprints` of the external images, preprocessed as the
         source run's were.
     hamming_threshold : int
         The audit's hash threshold (for images without structure).
@@ -354,7 +354,7 @@ def near_copies(source: dict[str, Any], table: pd.DataFrame, fp: dict[str, np.nd
     pandas.DataFrame
         One row per pair: ``source_pos``, ``pos`` (row positions), ``source_image_id``,
         ``source_split``, ``image_id``, ``match`` (``sha256``, ``pixel``, ``near``), ``method``,
-        ``inliers`` and the transform columns of :func:`medxcept.fingerprints.verified_near_pairs`.
+        ``inliers`` and the transform columns of :func:`medxcept.integrity.fingerprints.verified_near_pairs`.
 
     Raises
     ------

@@ -17,14 +17,14 @@ from (the validation split also chose its epoch, threshold and calibration) and 
     co-occurrence (GLCM) texture of the luminance (scikit-image). Its regularization strength is
     chosen by patient-grouped cross-validation on the training + validation images only.
 ``acquisition``
-    The audit's acquisition-fingerprint model (:mod:`medxcept.acquisition`): a logistic regression
+    The audit's acquisition-fingerprint model (:mod:`medxcept.integrity.acquisition`): a logistic regression
     on the one-hot ``acq_*`` fingerprints (format, pixel mode, JPEG settings, device) and the
     image size. When it does as well as the deep model, the model may have learned the camera.
 
 Image scores are combined into patient scores by the same aggregation as the deep model's
 (``aggregate``), and :func:`compare_with_references` puts the deep model's patient-level AUC next to
 each reference with the paired difference, its patient-bootstrap CI
-(:func:`medxcept.evaluate.paired_bootstrap_auc`) and DeLong's p (:func:`medxcept.evaluate.delong_test`).
+(:func:`medxcept.evaluation.metrics.paired_bootstrap_auc`) and DeLong's p (:func:`medxcept.evaluation.metrics.delong_test`).
 :func:`reference_sentences` turns that into plain words, the classical comparison first.
 
 Binary tasks only: for more than two classes :func:`fit_references` returns the references'
@@ -44,8 +44,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from medxcept.acquisition import ACQ_COLUMNS
-from medxcept.evaluate import (
+from medxcept.integrity.acquisition import ACQ_COLUMNS
+from medxcept.evaluation.metrics import (
     aggregate_by_patient,
     bootstrap_ci,
     delong_test,
@@ -152,7 +152,7 @@ def image_statistics(images: np.ndarray) -> np.ndarray:
 def acquisition_features(table: pd.DataFrame) -> pd.DataFrame:
     """The acquisition fingerprints of each image as strings (``acq_*`` columns and ``size``).
 
-    The same fingerprints the audit's shortcut probe uses (:mod:`medxcept.acquisition`); columns
+    The same fingerprints the audit's shortcut probe uses (:mod:`medxcept.integrity.acquisition`); columns
     absent from ``table`` are skipped.
     """
     cols = [c for c in ACQ_COLUMNS if c in table.columns]
@@ -301,7 +301,7 @@ def fit_references(
 MODELS_VERSION = 1
 #: How the saved image-statistics model's inputs are computed: a loaded model is refused when the
 #: code computing them changed (:func:`load_reference_models`).
-FEATURE_SPEC: dict[str, Any] = {"function": "medxcept.references.image_statistics", "n_features": 62,
+FEATURE_SPEC: dict[str, Any] = {"function": "medxcept.evaluation.references.image_statistics", "n_features": 62,
                                 "fov_level": _FOV_LEVEL, "hist_bins": _HIST_BINS,
                                 "lbp": [_LBP_POINTS, _LBP_RADIUS], "glcm_levels": _GLCM_LEVELS}
 
@@ -414,12 +414,12 @@ def compare_with_references(
         :func:`fit_references` output for the same images.
     patient_key : array-like of shape (n,)
         The unit the headline is reported on: patient keys, or unit keys
-        (:func:`medxcept.evaluate.unit_keys`: patient and visit). The bootstrap resamples the
-        patients of the units (:func:`medxcept.evaluate.unit_patients`): all visits of a patient
+        (:func:`medxcept.evaluation.metrics.unit_keys`: patient and visit). The bootstrap resamples the
+        patients of the units (:func:`medxcept.evaluation.metrics.unit_patients`): all visits of a patient
         together.
     aggregate : callable or None
         ``aggregate(keys, y, scores) -> (keys, y_patient, score_patient)``, the run's patient
-        aggregation; None uses :func:`medxcept.evaluate.aggregate_by_patient` with ``how``.
+        aggregation; None uses :func:`medxcept.evaluation.metrics.aggregate_by_patient` with ``how``.
     n_resamples, seed :
         The patient bootstrap (0 resamples: no CIs, DeLong only).
 

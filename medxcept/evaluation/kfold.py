@@ -9,9 +9,9 @@ uncertainty is larger than most of the differences a study cares about. Cross-va
 ``k`` models, each evaluated on patients it never saw, and reports the spread across folds.
 
 Layout. ``plan_cv`` (:mod:`medxcept.workflows.cv`) ingests the cohort once, keeps the hold-out test split of
-:func:`medxcept.splits.assign_splits` (the same one ``pipelines.retina`` would use with the same
+:func:`medxcept.integrity.splits.assign_splits` (the same one ``pipelines.retina`` would use with the same
 configuration) out of every fold when ``split.test_fraction > 0``, and assigns patient-level,
-stratified folds over the other patients with :func:`medxcept.splits.assign_folds` (seed
+stratified folds over the other patients with :func:`medxcept.integrity.splits.assign_folds` (seed
 ``split.seed + r`` for repeat ``r``). It writes ``<out_dir>/<cv-name>/``::
 
     cv.json          plan: folds, repeats, classes, config / data / split hashes, the inner
@@ -27,7 +27,7 @@ stratified folds over the other patients with :func:`medxcept.splits.assign_fold
 What a fold does. Fold ``i`` sets aside a share of its training folds' patients as its **inner
 validation split** (:func:`fold_split`): ``split.inner_val_fraction``, by default
 ``split.val_fraction`` (0.2: with 3 folds a fold trains on 80 % of the patients outside fold ``i``),
-made by :func:`medxcept.splits.assign_splits` exactly as the single run's validation split is
+made by :func:`medxcept.integrity.splits.assign_splits` exactly as the single run's validation split is
 (patient-grouped, stratified on the patient label, every class on both sides), with seed
 :func:`inner_seed` (``split.seed + repeat + 1000 * (fold + 1)``), so it is the same on every
 machine and every resume. It trains on the rest of the training folds; early stopping watches the
@@ -42,7 +42,7 @@ when the plan is made and again before a fold trains, and the fold's audit check
   reported on fold ``i``, with any number of folds, 2 included (issue 17 moved the epoch off fold
   ``i``; issue 36 replaced the whole "next fold" inner split, which trained a 3-fold model on a
   third of the data and left 2 folds choosing on fold ``i``).
-* The reference models (:mod:`medxcept.references`) are fitted on all training-fold images and
+* The reference models (:mod:`medxcept.evaluation.references`) are fitted on all training-fold images and
   compared with the deep model on fold ``i`` (``metrics.json["references"]`` of each fold).
 * The hold-out test split (if any) is predicted by every fold model with the same calibration and
   threshold; the report gives its per-fold metrics and their mean.
@@ -62,7 +62,7 @@ still be aggregated, and its report then says where those folds chose (the next 
 folds the held-out fold itself). A re-run skips every fold whose marker matches; a marker from another configuration, split
 or data raises :class:`~medxcept.errors.ConfigError` naming both hashes, so folds of different
 experiments are never mixed. A fold directory without a marker was interrupted: it continues from
-its last per-epoch checkpoint (:func:`medxcept.train.fit` with ``resume=True``, which refuses a
+its last per-epoch checkpoint (:func:`medxcept.models.train.fit` with ``resume=True``, which refuses a
 checkpoint of another configuration or other training data), or restarts when it was killed
 before its first epoch ended. A fold is run under a lock (``.<fold>.lock`` in the CV directory,
 ``flock``, released by the OS when the process dies): a second process on the same fold (a
@@ -81,11 +81,11 @@ scheduler can run ``run_cv(..., only=[i])`` per job (see ``pipelines/slurm/kfold
 executor writes the same layout, and a fold reads everything it needs from the CV directory, so the
 directory must be on a shared file system when folds run on several machines.
 
-Cohorts with more than two classes (nominal or ordinal, :mod:`medxcept.graded`): each fold chooses
+Cohorts with more than two classes (nominal or ordinal, :mod:`medxcept.evaluation.graded`): each fold chooses
 its decision rule and its endpoints' thresholds on its inner validation split, like the binary
 threshold; ``cv_metrics.json`` → ``graded`` holds the per-fold patient-level kappa, grade
 error, macro / weighted / per-class AUCs and endpoint metrics with their spread, and the pooled
-out-of-fold metrics with patient-bootstrap CIs (:func:`medxcept.graded.pooled_report`).
+out-of-fold metrics with patient-bootstrap CIs (:func:`medxcept.evaluation.graded.pooled_report`).
 """
 
 from __future__ import annotations
@@ -106,12 +106,12 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
-from medxcept.calibrate import brier, ece, reliability_table
-from medxcept.clinical import OPERATING_TARGETS, clinical_reading, decision_thresholds
+from medxcept.evaluation.calibrate import brier, ece, reliability_table
+from medxcept.evaluation.clinical import OPERATING_TARGETS, clinical_reading, decision_thresholds
 from medxcept.config import RunConfig, config_hash, load_config
 from medxcept.errors import ConfigError, MedxceptError, SplitError
-from medxcept.evaluate import METRICS as METRIC_REGISTRY
-from medxcept.evaluate import (
+from medxcept.evaluation.metrics import METRICS as METRIC_REGISTRY
+from medxcept.evaluation.metrics import (
     aggregate_by_patient,
     binary_metrics,
     counts_metrics,
@@ -121,10 +121,10 @@ from medxcept.evaluate import (
     unit_patients,
     unit_visits,
 )
-from medxcept.references import REFERENCES, compare_with_references, reference_sentences
+from medxcept.evaluation.references import REFERENCES, compare_with_references, reference_sentences
 from medxcept.report.figures import BLUE, GREY, ORANGE, plt, to_data_uri
 from medxcept.run import DirectoryLock, _json_default, load_run_config, write_atomic
-from medxcept.splits import SplitConfig, assign_folds, assign_splits, split_hash
+from medxcept.integrity.splits import SplitConfig, assign_folds, assign_splits, split_hash
 
 __all__ = [
     "CVPlan",
@@ -151,7 +151,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Metrics summarized across folds (patient level): the registry's ``cv`` flag
-#: (:data:`medxcept.evaluate.METRICS`).
+#: (:data:`medxcept.evaluation.metrics.METRICS`).
 CV_METRICS = metric_names(cv=True)
 MARKER = "fold.json"
 FAILED = "failed.json"
@@ -329,7 +329,7 @@ def fold_split(table: pd.DataFrame, split_cfg: SplitConfig, repeat: int, fold: i
 
     :func:`fold_table`, then a share ``fraction`` of the training folds' patients becomes the
     fold's inner validation split (``split == "inner_val"``): chosen by
-    :func:`medxcept.splits.assign_splits`, the function that makes the single run's validation
+    :func:`medxcept.integrity.splits.assign_splits`, the function that makes the single run's validation
     split, so it is patient-grouped (``split.group_column``, and ``merge``: the audit's duplicate
     groups under ``audit.on_leak: fix``), stratified on the patient label, holds every class on
     both sides, and is a function of the data and the seed :func:`inner_seed` only.
@@ -345,7 +345,7 @@ def fold_split(table: pd.DataFrame, split_cfg: SplitConfig, repeat: int, fold: i
     fraction : float
         :func:`inner_fraction` of the configuration.
     merge : pandas.Series, optional
-        Duplicate groups per ``image_id`` (:func:`medxcept.audit.duplicate_groups`), kept on one side.
+        Duplicate groups per ``image_id`` (:func:`medxcept.integrity.audit.duplicate_groups`), kept on one side.
 
     Returns
     -------
@@ -372,7 +372,7 @@ def fold_split(table: pd.DataFrame, split_cfg: SplitConfig, repeat: int, fold: i
     train = np.flatnonzero(out["split"].to_numpy() == "train")
     cfg = dataclasses.replace(split_cfg, test_fraction=0.0, val_fraction=float(fraction), user_split=None,
                               inner_val_fraction=None, seed=inner_seed(split_cfg.seed, repeat, fold))
-    split_log = logging.getLogger("medxcept.splits")
+    split_log = logging.getLogger("medxcept.integrity.splits")
     level = split_log.level
     split_log.setLevel(logging.WARNING)  # its "split N patients into train/val" line would name the wrong split
     try:
@@ -627,7 +627,7 @@ def _pooled(frames: list[pd.DataFrame], how: str, n_bins: int) -> tuple[dict[str
 
 def pooled_clinical(frames: list[pd.DataFrame], fold_operating: list[list[dict[str, Any]] | None], eval_cfg: Any,
                     *, seed: int = 0) -> dict[str, Any] | None:
-    """The clinical reading (:func:`medxcept.clinical.clinical_reading`) of the pooled out-of-fold units.
+    """The clinical reading (:func:`medxcept.evaluation.clinical.clinical_reading`) of the pooled out-of-fold units.
 
     Each fold's units keep that fold's recalibration and, for the operating points, that fold's thresholds
     chosen on its inner validation split (``fold_operating[i]``: the ``operating_points`` of frame ``i``'s
@@ -666,7 +666,7 @@ def pooled_references(frames: list[pd.DataFrame], how: str, *, n_resamples: int 
     (``ref_<name>`` columns of ``oof_predictions.csv``); pooling every fold's held-out units gives
     each reference's pooled out-of-fold AUC, compared with the deep model's pooled scores (``prob``,
     what the pooled ROC-AUC of the CV report is measured on) by
-    :func:`medxcept.references.compare_with_references`: paired difference with a bootstrap CI
+    :func:`medxcept.evaluation.references.compare_with_references`: paired difference with a bootstrap CI
     resampling patients (per repeat), DeLong p, and the sentences, the classical model first.
 
     Returns None when the fold files have no reference scores (folds run before references existed).

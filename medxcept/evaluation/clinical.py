@@ -2,7 +2,7 @@
 and whether the test set is big enough to say any of it.
 
 Pure functions on unit-level labels and probabilities (one row per patient or visit,
-:func:`medxcept.evaluate.aggregate_by_patient`); they return numbers, the report draws them.
+:func:`medxcept.evaluation.metrics.aggregate_by_patient`); they return numbers, the report draws them.
 
 * **Calibration intercept and slope** (Van Calster et al., BMC Medicine 2019;17:230): the
   calibration-in-the-large ``a`` of ``logit P(y=1) = a + logit(p)`` (the slope fixed at 1, the
@@ -24,7 +24,7 @@ Pure functions on unit-level labels and probabilities (one row per patient or vi
   units needed for Riley's targets (AUC within ±0.05, slope within ±0.10): :func:`sample_size`.
 
 Bootstrap intervals resample patients with all their units, through the project's one cluster
-bootstrap (:func:`medxcept.evaluate.cluster_resample_weights`).
+bootstrap (:func:`medxcept.evaluation.metrics.cluster_resample_weights`).
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from statsmodels.nonparametric.smoothers_lowess import lowess
 from statsmodels.tools.sm_exceptions import PerfectSeparationWarning
 
-from medxcept.calibrate import to_logits
-from medxcept.evaluate import (
+from medxcept.evaluation.calibrate import to_logits
+from medxcept.evaluation.metrics import (
     _as_binary_labels,
     _as_scores,
     _below,
@@ -301,7 +301,7 @@ def operating_thresholds(y_val: ArrayLike, p_val: ArrayLike,
     Read off ``sklearn.metrics.roc_curve`` of the validation units: for ``("specificity", s)`` the ROC
     point with the highest sensitivity among those with specificity ``>= s``; for
     ``("sensitivity", s)`` the one with the highest specificity among those with sensitivity ``>= s``
-    (ties: the higher threshold). As with :func:`medxcept.evaluate.choose_threshold`, the threshold
+    (ties: the higher threshold). As with :func:`medxcept.evaluation.metrics.choose_threshold`, the threshold
     applied is the midpoint between that point's score and the next lower validation score.
 
     Returns

@@ -3,7 +3,7 @@
 Xception (Chollet, 2017, "Xception: Deep Learning with Depthwise Separable Convolutions") expects
 inputs in [-1, 1] of at least 71 x 71 pixels. The model built here takes **uint8-range pixels**
 ([0, 255], any float or integer dtype) and maps them to [-1, 1] with a ``Rescaling`` layer whose
-constants come from :mod:`medxcept.preprocess` — so a saved model takes the same cached pixels
+constants come from :mod:`medxcept.images.preprocess` — so a saved model takes the same cached pixels
 that training saw, and the mapping lives in exactly one place.
 
 Only Keras 3 APIs are used (``keras.ops``, layers, ``keras.config``): the same code runs under
@@ -33,9 +33,9 @@ from pathlib import Path
 
 import keras
 
-from medxcept import testnet
+from medxcept.models import testnet
 from medxcept.errors import WeightsError
-from medxcept.preprocess import to_model_range
+from medxcept.images.preprocess import to_model_range
 
 __all__ = [
     "IMAGENET_FILE",
@@ -276,7 +276,7 @@ def xception_base(model: keras.Model) -> keras.Model:
     return model.get_layer(BASE_NAME)
 
 
-#: Channels of the tiny test network (:mod:`medxcept.testnet`), by Xception layer; Xception's own
+#: Channels of the tiny test network (:mod:`medxcept.models.testnet`), by Xception layer; Xception's own
 #: are 32, 64, 128, 256, 728, 728, 728/1024, 1536, 2048.
 _TINY_WIDTHS = {"block1_conv1": 8, "block1_conv2": 16, "block2": 16, "block3": 32, "block4": 48, "middle": 48,
                 "block13_sepconv1": 48, "block13_sepconv2": 64, "block14_sepconv1": 96, "block14_sepconv2": 128}
@@ -291,7 +291,7 @@ def tiny_xception(input_shape: tuple[int, int, int]) -> keras.Model:
     the same names and strides (so :func:`layer_blocks`, :func:`unfreeze_top_blocks` and Grad-CAM
     see the same thing, and the last feature map is 3 x 3 at 71 px), with the channel counts of
     :data:`_TINY_WIDTHS` and one middle-flow block (``block5``) instead of eight; the exit flow keeps
-    its numbers, ``block13`` and ``block14``. Used only when :mod:`medxcept.testnet` is active.
+    its numbers, ``block13`` and ``block14``. Used only when :mod:`medxcept.models.testnet` is active.
 
     Args:
         input_shape: ``(height, width, 3)``.
@@ -363,14 +363,14 @@ def build_model(*, image_px: int, n_classes: int, dropout: float = 0.3,
             wreck the pretrained statistics). Defaults to ``weights.pretrained``.
         seed: seed of the dropout layer.
         head: ``"softmax"`` (the dense logits above) or, for ordered grades (``n_classes >= 3``),
-            ``"coral"``: one dense score and a :class:`medxcept.ordinal.CumulativeLogits` head whose
+            ``"coral"``: one dense score and a :class:`medxcept.models.ordinal.CumulativeLogits` head whose
             output is the class log-probabilities (``train.ordinal_loss``).
 
     Returns:
         A ``keras.Model`` named ``medxcept_xception`` whose output is logits (float32); the
         probabilities are ``sigmoid``/``softmax`` of them, after calibration.
 
-    Under the test hook ``MEDXCEPT_TEST_NETWORK=tiny`` (:mod:`medxcept.testnet`, set by the test
+    Under the test hook ``MEDXCEPT_TEST_NETWORK=tiny`` (:mod:`medxcept.models.testnet`, set by the test
     suite only) the base is :func:`tiny_xception` instead, still named ``xception``, and the model
     ``medxcept_tiny_test_network``; ImageNet weights are refused.
     """
@@ -410,7 +410,7 @@ def build_model(*, image_px: int, n_classes: int, dropout: float = 0.3,
     units = 1 if n_classes == 2 else n_classes
     # float32 logits even under mixed precision: calibration and the loss need the precision
     if head == "coral" and n_classes > 2:
-        from medxcept.ordinal import CumulativeLogits
+        from medxcept.models.ordinal import CumulativeLogits
 
         score = keras.layers.Dense(1, use_bias=False, dtype="float32", name="grade_score")(x)
         logits = CumulativeLogits(n_classes, dtype="float32", name="logits")(score)

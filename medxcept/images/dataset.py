@@ -1,7 +1,7 @@
 """The input pipeline: preprocessed images in memory, augmented per batch, fed by a ``PyDataset``.
 
 ``keras.utils.PyDataset`` works under every Keras backend (no ``tf.data`` in the training path).
-Images arrive already preprocessed (uint8, model size, from :class:`medxcept.preprocess.PreprocessCache`),
+Images arrive already preprocessed (uint8, model size, from :class:`medxcept.images.preprocess.PreprocessCache`),
 so a batch costs one fancy-index into an in-memory array plus augmentation: decoding and resizing
 happened once, at ingestion, not every epoch.
 
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from medxcept.augment import AugmentConfig, augment_batch, balanced_epoch_indices, class_weights
-from medxcept.preprocess import load_images  # noqa: F401  (re-exported: it used to live here)
+from medxcept.images.augment import AugmentConfig, augment_batch, balanced_epoch_indices, class_weights
+from medxcept.images.preprocess import load_images  # noqa: F401  (re-exported: it used to live here)
 
 __all__ = ["CohortDataset", "load_images", "sample_weights_for"]
 

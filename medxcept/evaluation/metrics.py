@@ -94,7 +94,7 @@ class Metric:
         ``rank``: computed from the ranking of the probabilities (:func:`binary_metrics`, the
         weighted rank statistics of the bootstrap); ``counts``: a function of the confusion
         counts at the threshold (``counts``); ``calibration``: measured by
-        :mod:`medxcept.calibrate` (ECE, Brier), listed here for the summaries that read it.
+        :mod:`medxcept.evaluation.calibrate` (ECE, Brier), listed here for the summaries that read it.
     counts : callable, optional
         ``counts(tp, fp, tn, fn) -> value`` on float arrays (any shape; one value per resample
         in the bootstrap), NaN where undefined. Used by :func:`binary_metrics`, the bootstrap,

@@ -1,6 +1,6 @@
 """Test hook: a tiny Xception-shaped network in place of Xception, so the test suite's plumbing is fast.
 
-``MEDXCEPT_TEST_NETWORK=tiny`` makes :func:`medxcept.model.build_model` build a network with
+``MEDXCEPT_TEST_NETWORK=tiny`` makes :func:`medxcept.models.network.build_model` build a network with
 Xception's structure and layer names (entry flow ``block1``-``block4``, one middle-flow block
 ``block5``, exit flow ``block13``-``block14``; the unnamed residual 1 x 1 convolutions in the same
 places) but 8 to 256 channels instead of 32 to 2048 and one middle block instead of eight. Block
@@ -12,12 +12,12 @@ It is a test fixture, not a user option: no command-line flag or configuration k
 The variable is unset in normal use; nothing here changes anything unless it is set. When it is,
 the run says so wherever it could be mistaken for a real one: ``versions.json``
 (``environment.test_network``), a warning in the log, and the model's name
-(:data:`MODEL_NAME`), which :mod:`medxcept.external` refuses to evaluate without the variable.
+(:data:`MODEL_NAME`), which :mod:`medxcept.evaluation.external` refuses to evaluate without the variable.
 Its weights have other shapes than Xception's, so they never load into Xception, and it refuses
 ImageNet weights.
 
 This module only reads the variable (no Keras import); the network is built by
-:func:`medxcept.model.tiny_xception`.
+:func:`medxcept.models.network.tiny_xception`.
 """
 
 from __future__ import annotations

@@ -138,7 +138,7 @@ class PreprocessConfig:
         What :func:`apply_quality_policy` does with an image whose score is below
         ``min_quality``: exclude it (an ``exclusions.csv`` row), keep it but flag it,
         or skip the check. Exclusions and flags are counted per class in ``check.html``
-        and the report (:mod:`medxcept.class_exclusions`), with a warning when the gate
+        and the report (:mod:`medxcept.cohort.class_exclusions`), with a warning when the gate
         removes one class more than the others (README, "Design choices").
     min_quality : float, default 0.5
         Threshold on :func:`quality`'s ``score`` in ``[0, 1]``. 0.5 means every measure

@@ -1,0 +1,1 @@
+"""Turning predictions into numbers: metrics and intervals, calibration, references, subgroups, graded and clinical readings, k-fold pooling, external validation, comparison, reproduction, the learning curve."""

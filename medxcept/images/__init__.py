@@ -1,0 +1,1 @@
+"""Images into the network: preprocessing (decode, crop, normalize, cache), augmentation and class balancing, the Keras input pipeline."""
