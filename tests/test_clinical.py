@@ -4,6 +4,8 @@ the sample-size formulas against simulation, and the clinical reading wired into
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ import statsmodels.api as sm
 from scipy.special import expit
 from sklearn.metrics import roc_auc_score, roc_curve
 
+import medxcept.report as report_pkg
 from medxcept.evaluation import clinical as cl
 from medxcept.config import load_config
 from medxcept.evaluation.metrics import aggregate_by_patient, cluster_resample_weights
@@ -308,7 +311,7 @@ def test_each_graded_endpoint_gets_its_clinical_reading():
     assert clin["n_units"] == 40
     assert clin["calibration"]["after"]["slope"]["point"] == pytest.approx(
         cl.calibration_intercept_slope(tpat["pos"], tpat["p"])["slope"])
-    templates = cl.__file__.replace("clinical.py", "report/templates")
+    templates = str(Path(report_pkg.__file__).parent / "templates")
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates), autoescape=True,
                              undefined=jinja2.StrictUndefined)
     env.filters["fmt"], env.filters["ci"] = fmt, _ci
