@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,7 +291,7 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
             raise ConfigError(f"{name}={value!r} is not a valid {hint.__name__}") from None
     if origin in (tuple, list) and isinstance(value, (list, tuple)):
         return tuple(value) if origin is tuple else list(value)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin is typing.Union or origin is types.UnionType:  # Optional[X] and X | None alike
         for arg in args:
             if arg is type(None):
                 continue
