@@ -286,8 +286,11 @@ def load_run(path: str | Path, *, group_by: str | None = None) -> RunRecord:
     test_hash = hashlib.sha256("\n".join(test_ids).encode("utf-8")).hexdigest()
     # discrimination (DeLong, AUC and PR-AUC differences) from the uncalibrated scores when the run
     # wrote them: isotonic ties or a Platt sign flip must not change a ranking comparison
-    preds["score"] = preds["prob_raw"] if "prob_raw" in preds else preds["prob"]
-    preds["patient_score"] = preds["patient_prob_raw"] if "patient_prob_raw" in preds else preds["patient_prob"]
+    # wrote them, on the logit scale when it did (probabilities of confident cases saturate and tie)
+    score = next(c for c in ("logit", "prob_raw", "prob") if c in preds)
+    preds["score"] = preds[score].astype(np.float64)
+    patient_score = next(c for c in ("patient_logit", "patient_prob_raw", "patient_prob") if c in preds)
+    preds["patient_score"] = preds[patient_score].astype(np.float64)
     images = preds[["image_id", "patient_key", "y", "prob", "score"]].sort_values("image_id", kind="stable")
     # one row per evaluation unit (the run's: a patient, or a patient's visit: ``unit_key``), with its
     # patient as ``cluster`` (what the bootstrap resamples); runs without ``unit_key``: patients
