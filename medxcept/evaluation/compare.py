@@ -133,7 +133,8 @@ METRICS: dict[str, tuple[str, bool]] = {
     "train_seconds": ("training seconds", True),
 }
 VERDICT_METRICS = (*PATIENT_METRICS, "ece_after", "brier_after")
-#: ROC-AUC is tested by DeLong; every other verdict metric by the paired patient bootstrap.
+#: ROC-AUC is tested by DeLong (by the paired patient bootstrap when a patient has several units, which
+#: DeLong would treat as independent); every other verdict metric by the paired patient bootstrap.
 BOOTSTRAP_METRICS = tuple(m for m in VERDICT_METRICS if m != "roc_auc")
 
 
@@ -494,8 +495,14 @@ def paired_tests(a: RunRecord, b: RunRecord, *, n_resamples: int = 1000, seed: i
            if 0 < y.sum() < y.size else None)
     out: dict[str, Any] = {"seed": a.seed, "run_a": a.name, "run_b": b.name, "delong": dl,
                            "paired_bootstrap_auc": pbs, "metrics": {}}
-    out["metrics"]["roc_auc"] = {"a": dl["auc2"], "b": dl["auc1"], "diff": dl["diff"], "p_value": dl["p_value"],
-                                 "test": "DeLong"}
+    # DeLong treats units as independent: several units (visits) of one patient take the
+    # patient-cluster bootstrap's p instead, and ``test`` says which one the verdict used
+    several = pbs is not None and len(set(groups)) < len(groups)
+    out["metrics"]["roc_auc"] = {"a": dl["auc2"], "b": dl["auc1"], "diff": dl["diff"],
+                                 "p_value": pbs["p_value"] if several else dl["p_value"],
+                                 "test": "patient-cluster bootstrap" if several else "DeLong",
+                                 "delong_p": dl["p_value"],
+                                 "bootstrap_p": None if pbs is None else pbs["p_value"]}
     # one set of resamples of the patients, shared by both runs and every metric
     # (the patients: all the visits of a patient, when the unit is the visit, go together)
     clusters = a.patients["cluster"] if "cluster" in a.patients else a.patients["patient_key"]

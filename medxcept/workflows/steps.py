@@ -270,17 +270,20 @@ def measure_test(test: pd.DataFrame, *, threshold: float | None, cfg: RunConfig,
         # sign flip must not change it; the threshold metrics from the calibrated probabilities
         p, pr = test["prob"].to_numpy(), test["prob_raw"].to_numpy()
         # ranked on the logits (logit of the unit's aggregated probability): probabilities saturate
-        z = test["logit"].to_numpy(np.float64)
+        # (frames without logits: the uncalibrated probabilities)
+        logit = "logit" in test
+        z = test["logit" if logit else "prob_raw"].to_numpy(np.float64)
         out["test_image"] = _with_rank_metrics(binary_metrics(y, p, threshold=threshold), y, z, threshold)
         visit = unit_visits(test, ec.unit)
         keys, yp, pp = aggregate_by_patient(test["patient_key"], y, p, how=ec.patient_aggregation, visit=visit)
         _, _, ppr = aggregate_by_patient(test["patient_key"], y, pr, how=ec.patient_aggregation, visit=visit)
         _, _, pz = aggregate_by_patient(test["patient_key"], y, z, how=ec.patient_aggregation, visit=visit,
-                                        scale="logit")
+                                        scale="logit" if logit else "probability")
         out["test_patient"] = _with_rank_metrics(binary_metrics(yp, pp, threshold=threshold), yp, pz, threshold)
         out["patient_aggregation"] = ec.patient_aggregation
         out["evaluation_unit"] = unit_record(test, ec)
-        out["discrimination_from"] = "uncalibrated logits (logit of each unit's aggregated probability)"
+        out["discrimination_from"] = ("uncalibrated logits (logit of each unit's aggregated probability)" if logit
+                                      else "uncalibrated scores (prob_raw)")
         if ec.n_bootstrap:
             # one row per unit (patient or visit); the bootstrap resamples patients (all their visits)
             cis = _split_bootstrap(yp, pp, pz, unit_patients(keys), threshold, ec.n_bootstrap, cfg.seed)
