@@ -438,6 +438,7 @@ def multiclass_report(
     n_resamples: int = 1000,
     alpha: float = 0.05,
     seed: int = 0,
+    P_rank: ArrayLike | None = None,
 ) -> dict[str, Any]:
     """Every k-class metric with a percentile bootstrap CI, resampling patients.
 
@@ -463,6 +464,10 @@ def multiclass_report(
         ``0``: point estimates only; every interval is then ``None`` and ``n_bootstrap`` says 0.
     alpha : float, default 0.05
     seed : int, default 0
+    P_rank : array-like of shape (n, k), optional
+        The scores the per-class (one-vs-rest) ROC-AUC and PR-AUC and their means rank: the
+        **uncalibrated** probabilities (multi-class temperature scaling changes one-vs-rest
+        rankings). Default ``P``.
 
     Returns
     -------
@@ -510,11 +515,17 @@ def multiclass_report(
 
     cm_names = ["balanced_accuracy", "accuracy"] + (["kappa_quadratic", "mae_grade"] if kind == "ordinal" else [])
     point_cm = {m: float(v[0]) for m, v in _cm_metrics(cm[None], cm_names, present).items()}
+    if P_rank is None:
+        p_rank = p
+    else:
+        p_rank = np.asarray(P_rank, dtype=np.float64)
+        if p_rank.shape != p.shape or not np.isfinite(p_rank).all():
+            raise ValueError(f"P_rank must be finite, of the shape of P {p.shape}; got {p_rank.shape}")
     point_rank = {}
     indexes = {}
     for c in np.flatnonzero(present):
         yc = (y == c).astype(np.int64)
-        idx = _RankIndex(yc, p[:, c], codes)
+        idx = _RankIndex(yc, p_rank[:, c], codes)
         indexes[c] = idx
         ones = np.ones((1, n_groups), dtype=np.int64)
         pos_u, neg_u = idx.per_value(ones)
