@@ -293,3 +293,27 @@ def test_assess_steps_record_and_reapply_the_rule_and_thresholds():
     assert b.metrics["graded"]["test_patient"]["kappa_quadratic"] == a.metrics["graded"]["test_patient"][
         "kappa_quadratic"]
     assert b.metrics["graded"]["endpoints"]["referable"]["threshold"]["method"] == "fixed"
+
+
+def test_graded_evaluation_honours_the_visit_unit():
+    """``eval.unit = visit``: patients with two visits give two units each; the bootstrap still
+    resamples patients, and the endpoint's threshold is chosen on validation visits."""
+    from medxcept.evaluation.metrics import unit_keys
+
+    val, test = _frame(30, 1), _frame(40, 2)
+    for f in (val, test):  # patients with an even index came twice: their right eye is a second visit
+        second = (f["laterality"] == "R") & (f["patient_key"].str[-1].astype(int) % 2 == 0)
+        f["study_id"] = np.where(second, "S2", "S1")
+    endpoints = (parse_endpoint("referable", "grade >= moderate", CLASSES, "ordinal"),)
+    out = assess_graded(val=val, test=test, classes=CLASSES, task="ordinal", endpoints=endpoints,
+                        eval_cfg=EvalConfig(n_bootstrap=50, unit="visit"), seed=0)
+    n_units = len(set(unit_keys(test["patient_key"], test["study_id"])))
+    assert out["evaluation_unit"] == "visit" and n_units > 40
+    assert out["test_patient"]["n"] == n_units and out["test_patient"]["n_patients"] == 40
+    e = out["endpoints"]["referable"]
+    assert e["test_patient"]["n"] == n_units and e["threshold"]["level"] == "visit"
+    vk = unit_keys(val["patient_key"], val["study_id"])
+    vpat = val.assign(u=vk, pos=(val["y"] == 2).astype(int)).groupby("u").agg(pos=("pos", "max"),
+                                                                              p=("prob_moderate", "max"))
+    assert e["threshold"]["value"] == pytest.approx(choose_threshold(vpat["pos"], vpat["p"]))
+    assert e["threshold"]["n_validation_units"] == len(vpat)
