@@ -263,10 +263,14 @@ def graded_figures(graded: dict[str, Any], test: pd.DataFrame) -> dict[str, str 
         before["reliability_top_label"], after["reliability_top_label"],
         labels=("top label, before recalibration", "top label, after"))
     P = _probs(test, classes, "prob_")
+    raw = all(f"prob_raw_{c}" in test for c in classes)
+    P_raw = _probs(test, classes, "prob_raw_") if raw else P
     for name, e in graded["endpoints"].items():
         pos = [classes.index(c) for c in e["positive_classes"]]
         y = np.isin(test["y"].to_numpy(), pos).astype(int)
-        figs[f"endpoint_roc_{name}"] = roc_pr_figure(y, endpoint_probability(P, pos), e["threshold"]["value"],
+        # curves from the uncalibrated scores (what the AUC ranks), the operating point from the calibrated
+        figs[f"endpoint_roc_{name}"] = roc_pr_figure(y, endpoint_probability(P_raw, pos), e["threshold"]["value"],
+                                                     operating=endpoint_probability(P, pos),
                                                      title_suffix=f" ({name}, images)")
         if e.get("clinical"):
             figs[f"endpoint_clinical_{name}"] = clinical_figure(e["clinical"], title_suffix=f" ({name}, patients)")
