@@ -239,10 +239,10 @@ def test_paired_comparison_matches_explicit_resampling():
 
 def test_early_stopping_auc_is_the_graded_evaluations_patient_macro_auc():
     """Issue 30: graded early stopping ranked epochs by mean probabilities per patient with the highest
-    class as label; with the task's kind, ``patient_auc`` is the evaluation's patient macro ROC-AUC
+    class as label; ``unit_macro_auc`` (what it now ranks by) is the evaluation's patient macro ROC-AUC
     (ordinal: worst eye), which it must equal exactly."""
     from medxcept.evaluation.metrics import patient_auc
-    from medxcept.evaluation.multiclass import aggregate_units, multiclass_report
+    from medxcept.evaluation.multiclass import aggregate_units, multiclass_report, unit_macro_auc
 
     rng = np.random.default_rng(11)
     n = 40
@@ -254,5 +254,6 @@ def test_early_stopping_auc_is_the_graded_evaluations_patient_macro_auc():
         units = aggregate_units(keys, y, P, kind=kind, laterality=None)
         want = multiclass_report(units.y, units.P, None, classes=["a", "b", "c"], kind=kind,
                                  n_resamples=0)["macro_roc_auc"]["point"]
-        assert patient_auc(keys, y, P, kind=kind) == pytest.approx(want, abs=1e-12)
-    assert patient_auc(keys, y, P) != pytest.approx(patient_auc(keys, y, P, kind="ordinal"), abs=1e-4)
+        assert unit_macro_auc(keys, y, P, kind=kind) == pytest.approx(want, abs=1e-12)
+    # the former early-stopping rule (mean probabilities, highest class as label) is another number
+    assert patient_auc(keys, y, P) != pytest.approx(unit_macro_auc(keys, y, P, kind="ordinal"), abs=1e-4)

@@ -727,27 +727,17 @@ def ranking_scores(logits: ArrayLike) -> np.ndarray:
 
 def patient_auc(
     patient_key: ArrayLike, y_true: ArrayLike, y_prob: ArrayLike, *, how: Literal["mean", "max"] = "max",
-    visit: ArrayLike | None = None, kind: str | None = None,
+    visit: ArrayLike | None = None,
 ) -> float:
     """ROC-AUC of the patients (or of their visits: ``visit``; :func:`aggregate_by_patient`); NaN
     without both classes.
 
-    Binary ``y_prob`` of shape (n,) is aggregated by ``how``. Class probabilities (n, k) with
-    ``kind`` (``"nominal"`` or ``"ordinal"``, the cohort's task) are aggregated as the graded
-    evaluation does (:func:`medxcept.evaluation.multiclass.aggregate_units`: worst eye for ordinal
-    tasks) and scored by its macro ROC-AUC (the mean one-vs-rest AUC over the classes present), so
-    early stopping ranks epochs by the number the report states. Without ``kind`` (older callers)
-    they are averaged per patient, renormalized, and scored one-vs-rest, macro.
+    Binary ``y_prob`` of shape (n,) is aggregated by ``how``. Class probabilities (n, k) are
+    averaged per patient (whatever ``how``), renormalized, and scored one-vs-rest, macro; the
+    graded evaluation's own rule (worst eye for ordinal tasks) is
+    :func:`medxcept.evaluation.multiclass.unit_macro_auc`.
     """
     p = np.asarray(y_prob, dtype=np.float64)
-    if p.ndim == 2 and kind is not None:
-        from medxcept.evaluation.multiclass import aggregate_units
-
-        keys = unit_keys(patient_key, visit) if visit is not None else np.asarray(patient_key)
-        units = aggregate_units(keys, y_true, p / p.sum(axis=1, keepdims=True), kind=kind)
-        aucs = [float(roc_auc_score(units.y == c, units.P[:, c])) for c in range(p.shape[1])
-                if 0 < int((units.y == c).sum()) < units.y.shape[0]]
-        return float(np.mean(aucs)) if aucs else float("nan")
     _, yp, pp = aggregate_by_patient(patient_key, y_true, p, how=how if p.ndim == 1 else "mean", visit=visit)
     if np.unique(yp).size < 2:
         return float("nan")

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
+from sklearn.metrics import roc_auc_score
 
 from medxcept.evaluation.calibrate import brier, ece, mce, nll, reliability_table
 from medxcept.evaluation.metrics import (
@@ -62,10 +63,12 @@ from medxcept.evaluation.metrics import (
     _RankIndex,
     _weighted_ap,
     _weighted_auc,
+    unit_keys,
 )
 
 __all__ = [
     "KINDS",
+    "unit_macro_auc",
     "Aggregated",
     "DecisionRule",
     "as_class_indices",
@@ -252,6 +255,21 @@ def aggregate_units(
                 "images disagree is split)")
     return Aggregated(keys=units, patients=patients, y=y_u.astype(np.int64), P=p_u, level=level, rule=rule,
                       notes=tuple(notes))
+
+
+def unit_macro_auc(patient_key: ArrayLike, y_true: ArrayLike, P: ArrayLike, *, kind: str,
+                   visit: ArrayLike | None = None) -> float:
+    """The graded evaluation's patient (or visit) macro ROC-AUC, as a point: units by
+    :func:`aggregate_units` (worst eye for ordinal tasks), then the mean one-vs-rest AUC over the
+    classes present, as :func:`multiclass_report`'s ``macro_roc_auc``. NaN without two classes.
+    Early stopping ranks epochs by it, so it picks the epoch by the number the report states.
+    """
+    p = np.asarray(P, dtype=np.float64)
+    keys = unit_keys(patient_key, visit) if visit is not None else np.asarray(patient_key)
+    units = aggregate_units(keys, y_true, p / p.sum(axis=1, keepdims=True), kind=kind)
+    aucs = [float(roc_auc_score(units.y == c, units.P[:, c])) for c in range(p.shape[1])
+            if 0 < int((units.y == c).sum()) < units.y.shape[0]]
+    return float(np.mean(aucs)) if aucs else float("nan")
 
 
 # ------------------------------------------------------------------------ decision rules

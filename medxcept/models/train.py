@@ -60,7 +60,8 @@ from medxcept.config import RunConfig, config_hash
 from medxcept.images.dataset import CohortDataset, sample_weights_for
 from medxcept.errors import ConfigError
 # the one patient aggregation and probability transform (kept under their old names here)
-from medxcept.evaluation.metrics import patient_auc as _patient_auc
+from medxcept.evaluation.metrics import patient_auc
+from medxcept.evaluation.multiclass import unit_macro_auc
 from medxcept.evaluation.metrics import probabilities as _probs
 from medxcept.faults import fault_point
 from medxcept.models.network import (
@@ -248,6 +249,14 @@ def train_auc_subset(y: np.ndarray, groups: np.ndarray, *, max_images: int = TRA
             chosen.append(key)
             total += n
     return np.sort(frame.loc[frame["g"].isin(chosen), "i"].to_numpy())
+
+
+def _patient_auc(groups: np.ndarray, y: np.ndarray, prob: np.ndarray, *, how: str, kind: str | None = None) -> float:
+    """The unit AUC early stopping ranks epochs by: binary, :func:`patient_auc`; k classes with the
+    task's ``kind``, the graded evaluation's macro AUC (:func:`unit_macro_auc`)."""
+    if kind is not None and np.asarray(prob).ndim == 2:
+        return unit_macro_auc(groups, y, prob, kind=kind)
+    return patient_auc(groups, y, prob, how=how)  # type: ignore[arg-type]
 
 
 class PatientAUC(keras.callbacks.Callback):
