@@ -308,7 +308,7 @@ def test_each_graded_endpoint_gets_its_clinical_reading():
     assert clin["n_units"] == 40
     assert clin["calibration"]["after"]["slope"]["point"] == pytest.approx(
         cl.calibration_intercept_slope(tpat["pos"], tpat["p"])["slope"])
-    templates = cl.__file__.replace("clinical.py", "report/templates")
+    templates = cl.__file__.replace("evaluation/clinical.py", "report/templates")
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates), autoescape=True,
                              undefined=jinja2.StrictUndefined)
     env.filters["fmt"], env.filters["ci"] = fmt, _ci
