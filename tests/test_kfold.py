@@ -580,8 +580,9 @@ def test_cv_metrics_match_an_independent_computation(cv):
         vals = [r[k] for r in m["per_fold"] if r[k] is not None]
         assert m["summary"][k]["mean"] == pytest.approx(np.mean(vals))
         assert m["summary"][k]["sd"] == pytest.approx(np.std(vals, ddof=1))
-    pooled = pd.concat(frames).groupby("unit_key").agg(y=("y", "max"), p=("prob", how))
-    assert m["pooled_oof"]["roc_auc"] == pytest.approx(roc_auc_score(pooled["y"], pooled["p"]))
+    pooled = pd.concat(frames).groupby("unit_key").agg(y=("y", "max"), p=("prob", how), raw=("prob_raw", how))
+    # pooled ranking from each fold's uncalibrated scores, never its calibrated prob (issue 30)
+    assert m["pooled_oof"]["roc_auc"] == pytest.approx(roc_auc_score(pooled["y"], pooled["raw"]))
     assert m["pooled_oof"]["n"] == len(pooled)
     # the references pooled over the folds on the same units, next to the deep model's pooled AUC
     refs = m["pooled_references"]
