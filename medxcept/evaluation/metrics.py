@@ -302,7 +302,6 @@ def binary_metrics(
     fn = int(np.sum(~pred & pos))
     tn = int(np.sum(~pred & ~pos))
     n, n_pos = int(y.shape[0]), tp + fn
-    n_neg = n - n_pos
     notes: list[str] = []
 
     rank = _ranking(y, p)
