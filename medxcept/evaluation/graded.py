@@ -3,8 +3,11 @@
 Given validation and test frames that already hold raw and calibrated class probabilities
 (``prob_raw_<class>``, ``prob_<class>``; calibration fitted on validation), this module
 
-1. chooses the decision rule on **validation** (:func:`medxcept.evaluation.multiclass.choose_decision_rule`:
-   argmax for nominal tasks, cumulative thresholds maximizing quadratic kappa for ordinal ones);
+1. chooses the decision rule on the **validation units** (patients, worst eye for ordinal tasks, or
+   visits under ``eval.unit = visit``: the level the headline reads it at;
+   :func:`medxcept.evaluation.multiclass.choose_decision_rule`: argmax for nominal tasks, cumulative
+   thresholds maximizing quadratic kappa for ordinal ones); ROC-AUC and PR-AUC rank the uncalibrated
+   probabilities (``prob_raw_<class>``: temperature scaling changes one-vs-rest rankings);
 2. measures test at the image, patient and (when lateralities are known) eye level, every metric
    with a patient-bootstrap CI (:func:`medxcept.evaluation.multiclass.multiclass_report`); the patient of an
    ordinal task has their worst eye's grade, probabilities aggregated consistently
@@ -13,7 +16,7 @@ Given validation and test frames that already hold raw and calibrated class prob
    reliability data per class;
 4. reports each derived binary endpoint (``referable: grade >= 2``) with the full binary report:
    its probability is the summed probability of its positive classes, its threshold is chosen on
-   validation (:func:`medxcept.evaluation.metrics.choose_threshold`), and test gets image- and patient-level
+   the validation units' scores (:func:`medxcept.evaluation.metrics.choose_threshold`), and test gets image- and patient-level
    metrics with patient-bootstrap CIs and calibration before/after. For an ordinal endpoint
    ``grade >= g`` the patient probability is the maximum over images (the worst-eye rule);
    for a list of nominal classes it is ``eval.patient_aggregation``.

@@ -688,10 +688,11 @@ def pooled_references(frames: list[pd.DataFrame], how: str, *, n_resamples: int 
 
     Each fold fitted the references on its training folds and scored its held-out fold
     (``ref_<name>`` columns of ``oof_predictions.csv``); pooling every fold's held-out units gives
-    each reference's pooled out-of-fold AUC, compared with the deep model's pooled scores (``prob``,
-    what the pooled ROC-AUC of the CV report is measured on) by
+    each reference's pooled out-of-fold AUC, compared with the deep model's pooled uncalibrated scores
+    (each fold's ``logit``, else ``prob_raw``: what the pooled ROC-AUC of the CV report ranks) by
     :func:`medxcept.evaluation.references.compare_with_references`: paired difference with a bootstrap CI
-    resampling patients (per repeat), DeLong p, and the sentences, the classical model first.
+    resampling patients (one cluster per patient across repeats), DeLong p, the p it states
+    (``test_used``) and the sentences, the classical model first.
 
     Returns None when the fold files have no reference scores (folds run before references existed).
     """
