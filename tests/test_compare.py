@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -367,3 +367,40 @@ def test_cli_exit_status_2_on_mismatched_test_sets(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("medxcept: error:") and "c" * 12 in err and "Traceback" not in err
     assert main([str(a)]) == 2
+
+
+def test_compare_ranks_logits_up_to_40(tmp_path):
+    """Runs whose logits reach 40 (float32 sigmoid: all 1.0): compare's DeLong and paired bootstrap
+    rank the patients' maximum logits, as the run's prediction table writes them (``patient_logit``),
+    and the verdict's p-values are those."""
+    from medxcept.workflows.steps import prediction_table
+
+    dirs = []
+    for name, noise in (("a-s0", 7), ("b-s0", 8)):
+        path = write_run(tmp_path, name, recipe=name[0], seed=0, signal=1.0, noise_seed=noise)
+        preds = pd.read_csv(path / "predictions.csv")
+        rng = np.random.default_rng(noise)
+        z = np.clip(28.0 + 5.0 * preds["y"] + rng.normal(0, 5.0, len(preds)), 17, 40).astype(np.float32)
+        frame = preds[["image_id", "patient_key", "laterality", "y", "label", "source"]].assign(
+            logit=z, prob_raw=(1 / (1 + np.exp(-z))).astype(np.float32), prob=1 / (1 + np.exp(-z / 8.0)))
+        prediction_table(frame, ("n", "p"), "max", "patient").to_csv(path / "predictions.csv", index=False)
+        dirs.append(path)
+    ra, rb = cmp.load_run(dirs[0]), cmp.load_run(dirs[1])
+    pat = {}
+    for r, path in ((ra, dirs[0]), (rb, dirs[1])):
+        p = pd.read_csv(path / "predictions.csv")
+        assert (p["prob_raw"] == 1.0).all()  # saturated: ranking them gives 0.5
+        pat[r.name] = p.groupby("patient_key").agg(y=("y", "max"), z=("logit", "max"))
+    y = pat["a-s0"]["y"].to_numpy()
+    dl = delong_test(y, pat["b-s0"]["z"], pat["a-s0"]["z"])
+    res = cmp.paired_tests(ra, rb, n_resamples=N_BOOT, seed=0)
+    assert res["metrics"]["roc_auc"]["test"] == "DeLong"
+    assert res["metrics"]["roc_auc"]["diff"] == pytest.approx(dl["diff"], abs=1e-12)
+    assert res["metrics"]["roc_auc"]["p_value"] == pytest.approx(dl["p_value"], rel=1e-9)
+    assert roc_auc_score(y, pat["a-s0"]["z"]) > 0.75  # the logits rank; the saturated scores tie
+    boot = paired_bootstrap_auc(y, pat["b-s0"]["z"], pat["a-s0"]["z"], pat["a-s0"].index.to_numpy(),
+                                n_resamples=N_BOOT, seed=0)
+    assert res["paired_bootstrap_auc"]["diff"] == pytest.approx(boot["diff"], abs=1e-12)
+    verdict = cmp.compare([ra, rb], n_resamples=N_BOOT, seed=0)
+    roc = verdict["comparisons"][0]["verdicts"]["roc_auc"]
+    assert roc["test"] == "DeLong" and roc["n_significant"] == int(dl["p_value"] < 0.05)

@@ -58,15 +58,56 @@ def test_patient_level_metrics_are_the_worst_eye_by_hand(graded):
     assert "worst" in out["patient_rule"]
 
 
+def test_decision_rule_is_chosen_on_validation_patients(graded):
+    """The ordinal rule is tuned on the validation patients (worst eye), the level the headline reads."""
+    from medxcept.evaluation.multiclass import aggregate_units, choose_decision_rule
+
+    val, _, _, out = graded
+    units = aggregate_units(val["patient_key"].to_numpy(), val["y"].to_numpy(),
+                            val[[f"prob_{c}" for c in CLASSES]].to_numpy(), kind="ordinal",
+                            laterality=val["laterality"].to_numpy())
+    want = choose_decision_rule(units.y, units.P, kind="ordinal").thresholds
+    assert out["decision_rule"]["thresholds"] == pytest.approx(list(want), abs=1e-12)
+    # chosen on the images instead, the first threshold is another one (issue 30: 0.603 against 0.738)
+    image = choose_decision_rule(val["y"].to_numpy(), val[[f"prob_{c}" for c in CLASSES]].to_numpy(), kind="ordinal")
+    assert out["decision_rule"]["thresholds"][0] == pytest.approx(0.738, abs=1e-3)
+    assert image.thresholds[0] == pytest.approx(0.603, abs=1e-3)
+
+
+def test_graded_aucs_rank_the_uncalibrated_probabilities(graded):
+    """Per-class, macro and endpoint AUCs come from ``prob_raw_*``; temperature scaling of the
+    calibrated ``prob_*`` (here 2.0) changes one-vs-rest rankings."""
+    from sklearn.metrics import roc_auc_score as auc
+
+    _, test, _, out = graded
+    y = test["y"].to_numpy()
+    raw = test[[f"prob_raw_{c}" for c in CLASSES]].to_numpy()
+    cal = test[[f"prob_{c}" for c in CLASSES]].to_numpy()
+    per_class = [auc(y == i, raw[:, i]) for i in range(3)]
+    assert out["test_image"]["macro_roc_auc"]["point"] == pytest.approx(np.mean(per_class), abs=1e-12)
+    for i, c in enumerate(CLASSES):
+        assert out["test_image"]["per_class"][c]["roc_auc"]["point"] == pytest.approx(per_class[i], abs=1e-12)
+    assert np.mean([auc(y == i, cal[:, i]) for i in range(3)]) != pytest.approx(np.mean(per_class), abs=1e-6)
+
+
 def test_endpoint_gets_the_binary_report_consistent_with_the_worst_eye(graded):
     val, test, _, out = graded
     e = out["endpoints"]["referable"]
     assert e["positive_classes"] == ["moderate"] and e["patient_aggregation"] == "max"
-    pv = val["prob_moderate"].to_numpy()
-    assert e["threshold"]["value"] == pytest.approx(choose_threshold((val["y"] == 2).astype(int), pv))
-    pat = test.assign(pos=(test["y"] == 2).astype(int)).groupby("patient_key").agg(
+    # the threshold is chosen on the validation patients' worst-eye scores, the kind of score it
+    # is applied to (issue 30)
+    vpat = val.assign(pos=(val["y"] == 2).astype(int)).groupby("patient_key").agg(
         pos=("pos", "max"), p=("prob_moderate", "max"))
-    assert e["test_patient"]["roc_auc"] == pytest.approx(roc_auc_score(pat["pos"], pat["p"]))
+    t = choose_threshold(vpat["pos"], vpat["p"])
+    assert e["threshold"]["value"] == pytest.approx(t)
+    assert e["threshold"]["level"] == "patient" and e["threshold"]["n_validation_units"] == 30
+    pat = test.assign(pos=(test["y"] == 2).astype(int)).groupby("patient_key").agg(
+        pos=("pos", "max"), p=("prob_moderate", "max"), raw=("prob_raw_moderate", "max"))
+    # the AUC ranks the uncalibrated probabilities; sensitivity / specificity apply t to the calibrated
+    assert e["test_patient"]["roc_auc"] == pytest.approx(roc_auc_score(pat["pos"], pat["raw"]))
+    pos, called = pat["pos"].to_numpy() == 1, pat["p"].to_numpy() >= t
+    assert e["test_patient"]["sensitivity"] == pytest.approx(called[pos].mean())
+    assert e["test_patient"]["specificity"] == pytest.approx((~called[~pos]).mean())
     assert e["test_patient"]["n"] == 40
     ci = e["test_patient_ci"]["sensitivity"]
     assert ci["low"] <= e["test_patient"]["sensitivity"] <= ci["high"]
@@ -192,8 +233,9 @@ def test_compare_graded_runs_pairs_patients_with_each_runs_rule(tmp_path):
     dirs = []
     for i, temperature in enumerate((1.0, 4.0)):
         t = _frame(30, 50, temperature=temperature)  # same cases, another model's probabilities
-        if i:
-            t[[f"prob_{c}" for c in CLASSES]] = t[[f"prob_{c}" for c in CLASSES]].to_numpy()[::-1]
+        if i:  # another, worse model: its raw and calibrated probabilities
+            for prefix in ("prob_", "prob_raw_"):
+                t[[f"{prefix}{c}" for c in CLASSES]] = t[[f"{prefix}{c}" for c in CLASSES]].to_numpy()[::-1]
         g = assess_graded(val=_frame(20, 60), test=t, classes=CLASSES, task="ordinal", endpoints=endpoints,
                           eval_cfg=cfg, seed=0)
         d = tmp_path / f"run{i}"
@@ -209,8 +251,11 @@ def test_compare_graded_runs_pairs_patients_with_each_runs_rule(tmp_path):
     frames = [pd.read_csv(d / "predictions.csv", dtype={"patient_key": str}).sort_values("image_id") for d in dirs]
     units = [aggregate_units(f["patient_key"].to_numpy(), f["y"].to_numpy(),
                              f[[f"prob_{c}" for c in CLASSES]].to_numpy(), kind="ordinal") for f in frames]
+    raw = [aggregate_units(f["patient_key"].to_numpy(), f["y"].to_numpy(),
+                           f[[f"prob_raw_{c}" for c in CLASSES]].to_numpy(), kind="ordinal") for f in frames]
     rules = [DecisionRule.from_dict(json.loads((d / "calibration.json").read_text())["decision_rule"]) for d in dirs]
-    want = paired_comparison(units[0].y, units[0].P, units[1].P, units[0].patients, kind="ordinal",
+    # AUCs rank the uncalibrated probabilities; predictions apply each run's rule to the calibrated
+    want = paired_comparison(raw[0].y, raw[0].P, raw[1].P, raw[0].patients, kind="ordinal",
                              pred1=rules[0].predict(units[0].P), pred2=rules[1].predict(units[1].P),
                              n_resamples=100, seed=0)
     assert pair["kappa_quadratic"] == want["kappa_quadratic"] and pair["macro_roc_auc"] == want["macro_roc_auc"]
@@ -248,3 +293,27 @@ def test_assess_steps_record_and_reapply_the_rule_and_thresholds():
     assert b.metrics["graded"]["test_patient"]["kappa_quadratic"] == a.metrics["graded"]["test_patient"][
         "kappa_quadratic"]
     assert b.metrics["graded"]["endpoints"]["referable"]["threshold"]["method"] == "fixed"
+
+
+def test_graded_evaluation_honours_the_visit_unit():
+    """``eval.unit = visit``: patients with two visits give two units each; the bootstrap still
+    resamples patients, and the endpoint's threshold is chosen on validation visits."""
+    from medxcept.evaluation.metrics import unit_keys
+
+    val, test = _frame(30, 1), _frame(40, 2)
+    for f in (val, test):  # patients with an even index came twice: their right eye is a second visit
+        second = (f["laterality"] == "R") & (f["patient_key"].str[-1].astype(int) % 2 == 0)
+        f["study_id"] = np.where(second, "S2", "S1")
+    endpoints = (parse_endpoint("referable", "grade >= moderate", CLASSES, "ordinal"),)
+    out = assess_graded(val=val, test=test, classes=CLASSES, task="ordinal", endpoints=endpoints,
+                        eval_cfg=EvalConfig(n_bootstrap=50, unit="visit"), seed=0)
+    n_units = len(set(unit_keys(test["patient_key"], test["study_id"])))
+    assert out["evaluation_unit"] == "visit" and n_units > 40
+    assert out["test_patient"]["n"] == n_units and out["test_patient"]["n_patients"] == 40
+    e = out["endpoints"]["referable"]
+    assert e["test_patient"]["n"] == n_units and e["threshold"]["level"] == "visit"
+    vk = unit_keys(val["patient_key"], val["study_id"])
+    vpat = val.assign(u=vk, pos=(val["y"] == 2).astype(int)).groupby("u").agg(pos=("pos", "max"),
+                                                                              p=("prob_moderate", "max"))
+    assert e["threshold"]["value"] == pytest.approx(choose_threshold(vpat["pos"], vpat["p"]))
+    assert e["threshold"]["n_validation_units"] == len(vpat)

@@ -92,8 +92,11 @@ def test_pooled_oof_uses_each_folds_threshold_and_patient_means():
     m, rel = kfold._pooled([f0, f1], "mean", 10)
     y = np.array([1, 0, 1, 0, 0])  # P-a P-b P-c P-d P-e
     p = np.array([0.8, 0.45, 0.4, 0.35, 0.1])
-    assert m["roc_auc"] == pytest.approx(roc_auc_score(y, p))
-    assert m["pr_auc"] == pytest.approx(average_precision_score(y, p))
+    raw = np.array([0.9, 0.4, 0.4, 0.3, 0.2])  # the uncalibrated scores, ranked (issue 30)
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(y, raw)) == pytest.approx(11 / 12)
+    assert m["pr_auc"] == pytest.approx(average_precision_score(y, raw))
+    assert m["roc_auc_calibrated"] == pytest.approx(roc_auc_score(y, p)) == pytest.approx(5 / 6)
+    assert m["ranked_on"] == "uncalibrated probabilities (prob_raw)"
     # predicted positive: P-a (0.8 >= 0.5), P-c (0.4 >= 0.3), P-d (0.35 >= 0.3); P-b 0.45 < 0.5
     assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (2, 1, 2, 0)
     assert m["sensitivity"] == 1.0 and m["specificity"] == pytest.approx(2 / 3)
@@ -108,6 +111,60 @@ def test_pooled_oof_keeps_repeats_apart():
     m, _ = kfold._pooled([a, b], "mean", 10)
     assert m["n"] == 4  # each patient once per repeat, never averaged across repeats
     assert m["roc_auc"] == pytest.approx(roc_auc_score([1, 0, 1, 0], [0.9, 0.2, 0.1, 0.6]))
+
+
+def _oof_folds(repeat: int = 0, seed: int = 0) -> list[pd.DataFrame]:
+    """Two folds of 20 patients, two images each, logits carrying the label; references too."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for fold in range(2):
+        keys = np.repeat([f"P-{fold}{i:02d}" for i in range(20)], 2)
+        y = np.repeat(np.arange(20) % 2, 2)
+        z = 1.2 * y + rng.normal(0, 1, len(y))
+        frames.append(pd.DataFrame({"repeat": repeat, "fold": fold, "patient_key": keys, "y": y, "logit": z,
+                                    "prob_raw": 1 / (1 + np.exp(-z)), "prob": 1 / (1 + np.exp(-z / 2)),
+                                    "threshold": 0.5, "ref_prevalence": 0.5,
+                                    "ref_image_statistics": np.clip(0.3 * y + rng.uniform(0, 0.7, len(y)), 0, 1),
+                                    "ref_acquisition": rng.uniform(0, 1, len(y))}))
+    return frames
+
+
+def test_repeating_the_same_folds_does_not_narrow_pooled_intervals():
+    """Repeat 1 predicts every patient exactly as repeat 0 did: no new information. The pooled
+    bootstrap clusters on the patient (not repeat:patient), so the intervals stay as they are; with
+    one cluster per repeat and patient they would narrow by about 1/sqrt(2)."""
+    from medxcept.config import load_config
+
+    once = _oof_folds()
+    twice = once + [f.assign(repeat=1) for f in once]
+    a = kfold.pooled_references(once, "max", n_resamples=300, seed=0)
+    b = kfold.pooled_references(twice, "max", n_resamples=300, seed=0)
+    assert b["n_units"] == 2 * a["n_units"] and b["n_patients"] == a["n_patients"] == 40
+    width = lambda ci: ci[1] - ci[0]  # noqa: E731
+    assert width(b["deep"]["ci"]) == pytest.approx(width(a["deep"]["ci"]), abs=1e-12)
+    row_a, row_b = a["references"]["image_statistics"], b["references"]["image_statistics"]
+    assert width(row_b["diff_ci"]) == pytest.approx(width(row_a["diff_ci"]), abs=1e-12)
+    # several units per patient: the stated p is the patient bootstrap's, and the record says so
+    assert row_a["test_used"] == "DeLong" and row_b["test_used"] == "patient-cluster bootstrap"
+    assert row_b["p_value"] == row_b["diff_p_bootstrap"]
+    ec = load_config(overrides={"eval.n_bootstrap": 300}).eval
+    ca = kfold.pooled_clinical(once, [None, None], ec)["calibration"]["after"]["slope"]
+    cb = kfold.pooled_clinical(twice, [None] * 4, ec)["calibration"]["after"]["slope"]
+    assert cb["high"] - cb["low"] == pytest.approx(ca["high"] - ca["low"], rel=1e-9)
+
+
+def test_pooled_oof_ranks_each_folds_logits():
+    """The pooled ROC-AUC ranks the folds' uncalibrated logits (each unit: the maximum), not the
+    calibrated ``prob``, whose per-fold temperatures reorder units across folds."""
+    frames = _oof_folds()
+    frames[1]["prob"] = 1 / (1 + np.exp(-(frames[1]["logit"] - 2.0)))  # fold 1's calibrator shifts its units
+    m, _ = kfold._pooled(frames, "max", 10)
+    df = pd.concat(frames)
+    pat = df.groupby("patient_key").agg(y=("y", "max"), z=("logit", "max"), p=("prob", "max"))
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(pat["y"], pat["z"]), abs=1e-12)
+    assert m["roc_auc_calibrated"] == pytest.approx(roc_auc_score(pat["y"], pat["p"]), abs=1e-12)
+    assert m["roc_auc"] != pytest.approx(m["roc_auc_calibrated"])
+    assert m["ranked_on"].startswith("uncalibrated logits")
 
 
 # ------------------------------------------------------------- inner validation split (issue 36)
@@ -523,8 +580,9 @@ def test_cv_metrics_match_an_independent_computation(cv):
         vals = [r[k] for r in m["per_fold"] if r[k] is not None]
         assert m["summary"][k]["mean"] == pytest.approx(np.mean(vals))
         assert m["summary"][k]["sd"] == pytest.approx(np.std(vals, ddof=1))
-    pooled = pd.concat(frames).groupby("unit_key").agg(y=("y", "max"), p=("prob", how))
-    assert m["pooled_oof"]["roc_auc"] == pytest.approx(roc_auc_score(pooled["y"], pooled["p"]))
+    pooled = pd.concat(frames).groupby("unit_key").agg(y=("y", "max"), p=("prob", how), raw=("prob_raw", how))
+    # pooled ranking from each fold's uncalibrated scores, never its calibrated prob (issue 30)
+    assert m["pooled_oof"]["roc_auc"] == pytest.approx(roc_auc_score(pooled["y"], pooled["raw"]))
     assert m["pooled_oof"]["n"] == len(pooled)
     # the references pooled over the folds on the same units, next to the deep model's pooled AUC
     refs = m["pooled_references"]

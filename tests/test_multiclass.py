@@ -235,3 +235,25 @@ def test_paired_comparison_matches_explicit_resampling():
                      - roc_auc_score(y[rep], P2[rep], multi_class="ovr", average="macro"))
     assert r["macro_roc_auc"]["n_used"] == len(d)
     assert r["macro_roc_auc"]["ci"] == pytest.approx((np.percentile(d, 2.5), np.percentile(d, 97.5)))
+
+
+def test_early_stopping_auc_is_the_graded_evaluations_patient_macro_auc():
+    """Issue 30: graded early stopping ranked epochs by mean probabilities per patient with the highest
+    class as label; ``unit_macro_auc`` (what it now ranks by) is the evaluation's patient macro ROC-AUC
+    (ordinal: worst eye), which it must equal exactly."""
+    from medxcept.evaluation.metrics import patient_auc
+    from medxcept.evaluation.multiclass import aggregate_units, multiclass_report, unit_macro_auc
+
+    rng = np.random.default_rng(11)
+    n = 40
+    keys = np.repeat([f"P{i:02d}" for i in range(n)], 2)
+    y = np.clip(np.repeat(rng.integers(0, 3, n), 2) - rng.integers(0, 2, 2 * n), 0, 2)
+    z = rng.normal(0, 1.2, (2 * n, 3)) + 1.5 * np.eye(3)[y]
+    P = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    for kind in ("ordinal", "nominal"):
+        units = aggregate_units(keys, y, P, kind=kind, laterality=None)
+        want = multiclass_report(units.y, units.P, None, classes=["a", "b", "c"], kind=kind,
+                                 n_resamples=0)["macro_roc_auc"]["point"]
+        assert unit_macro_auc(keys, y, P, kind=kind) == pytest.approx(want, abs=1e-12)
+    # the former early-stopping rule (mean probabilities, highest class as label) is another number
+    assert patient_auc(keys, y, P) != pytest.approx(unit_macro_auc(keys, y, P, kind="ordinal"), abs=1e-4)

@@ -270,3 +270,16 @@ def test_cv_report_template_escapes_under_the_kfold_environment():
     out = env.from_string(title).render(r={"cv": {"cohort": SCRIPT, "dir": BOLD}})
     assert "<script>" not in out and "&lt;script&gt;alert(1)&lt;/script&gt;" in out
     assert "&lt;b&gt;&amp;&#34;&#39;" in out
+
+
+def test_confusion_heading_and_training_verdict_state_their_level(escaped):
+    """Issue 30: the binary confusion matrix is drawn for patients, so its heading says patients (it
+    said "images" over a "patient level" caption); the training verdict says its gap's validation
+    AUC is the epoch selected for being best."""
+    import html as html_lib
+
+    text = html_lib.unescape(escaped["html"])
+    assert "<h3>Confusion matrix (patients)</h3>" in text and "Confusion matrix (images)" not in text
+    assert "Confusion matrix at the patient level." in text
+    note = escaped["metrics"]["training"]["gap_note"]
+    assert note and note in text

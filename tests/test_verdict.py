@@ -215,3 +215,33 @@ def test_verdict_on_real_training(case, kw):
     else:  # 20 patients memorized by 130 k parameters: training fitted, validation far behind
         assert ev["train_auc_at_kept"] > 0.95 and ev["gap_at_kept"] > 0.1
     assert set(CASES) >= {v["case"]}
+
+
+def test_the_gap_says_its_validation_auc_was_selected_for_being_best():
+    """Early stopping kept epoch 3 for its validation AUC (the best of 4): the verdict records that
+    the gap uses this selected value and ends with the sentence that says so; a kept epoch that is
+    not the best (ties broken by loss elsewhere) gets no such sentence."""
+    h = _history([0.90, 0.95, 0.96, 0.97], [0.80, 0.85, 0.93, 0.90])
+    v = training_verdict(h, best_epoch=3)
+    assert v["gap_validation_selected"] is True and v["gap_at_best"] == pytest.approx(0.96 - 0.93)
+    assert v["gap_note"].startswith("The gap uses the validation AUC of epoch 3, the epoch kept for having the "
+                                    "best validation AUC of 4")
+    assert v["gap_note"] in v["verdict"]
+    w = training_verdict(h, best_epoch=4)
+    assert w["gap_validation_selected"] is False and w["gap_note"] is None
+
+
+def test_training_figure_plots_what_the_verdict_states():
+    """The figure's ROC-AUC panel and gap bars are the clean training patient AUC and its gap, the
+    numbers of the verdict beside it, not Keras' running image AUC (issue 30: 0.63 plotted, 0.90 stated)."""
+    from medxcept.report.figures import training_auc_curves
+
+    h = _history([0.85, 0.90, 0.92], [0.90, 0.97, 0.95], keras_auc=[0.55, 0.63, 0.64])
+    v = training_verdict(h, best_epoch=2)
+    c = training_auc_curves(h)
+    kept = int(np.flatnonzero(h["epoch"] == 2)[0])
+    assert c["train_label"] == "train (patients, clean)"
+    assert c["train"].iloc[kept] == pytest.approx(v["train_auc_at_best"]) == pytest.approx(0.90)
+    assert c["gap"].iloc[kept] == pytest.approx(v["gap_at_best"]) == pytest.approx(-0.07)
+    old = training_auc_curves(h.drop(columns=["train_patient_auc"]))
+    assert old["train_label"] == "train (images, running)" and old["train"].iloc[kept] == pytest.approx(0.63)

@@ -133,7 +133,8 @@ METRICS: dict[str, tuple[str, bool]] = {
     "train_seconds": ("training seconds", True),
 }
 VERDICT_METRICS = (*PATIENT_METRICS, "ece_after", "brier_after")
-#: ROC-AUC is tested by DeLong; every other verdict metric by the paired patient bootstrap.
+#: ROC-AUC is tested by DeLong (by the paired patient bootstrap when a patient has several units, which
+#: DeLong would treat as independent); every other verdict metric by the paired patient bootstrap.
 BOOTSTRAP_METRICS = tuple(m for m in VERDICT_METRICS if m != "roc_auc")
 
 
@@ -286,8 +287,11 @@ def load_run(path: str | Path, *, group_by: str | None = None) -> RunRecord:
     test_hash = hashlib.sha256("\n".join(test_ids).encode("utf-8")).hexdigest()
     # discrimination (DeLong, AUC and PR-AUC differences) from the uncalibrated scores when the run
     # wrote them: isotonic ties or a Platt sign flip must not change a ranking comparison
-    preds["score"] = preds["prob_raw"] if "prob_raw" in preds else preds["prob"]
-    preds["patient_score"] = preds["patient_prob_raw"] if "patient_prob_raw" in preds else preds["patient_prob"]
+    # wrote them, on the logit scale when it did (probabilities of confident cases saturate and tie)
+    score = next(c for c in ("logit", "prob_raw", "prob") if c in preds)
+    preds["score"] = preds[score].astype(np.float64)
+    patient_score = next(c for c in ("patient_logit", "patient_prob_raw", "patient_prob") if c in preds)
+    preds["patient_score"] = preds[patient_score].astype(np.float64)
     images = preds[["image_id", "patient_key", "y", "prob", "score"]].sort_values("image_id", kind="stable")
     # one row per evaluation unit (the run's: a patient, or a patient's visit: ``unit_key``), with its
     # patient as ``cluster`` (what the bootstrap resamples); runs without ``unit_key``: patients
@@ -491,8 +495,14 @@ def paired_tests(a: RunRecord, b: RunRecord, *, n_resamples: int = 1000, seed: i
            if 0 < y.sum() < y.size else None)
     out: dict[str, Any] = {"seed": a.seed, "run_a": a.name, "run_b": b.name, "delong": dl,
                            "paired_bootstrap_auc": pbs, "metrics": {}}
-    out["metrics"]["roc_auc"] = {"a": dl["auc2"], "b": dl["auc1"], "diff": dl["diff"], "p_value": dl["p_value"],
-                                 "test": "DeLong"}
+    # DeLong treats units as independent: several units (visits) of one patient take the
+    # patient-cluster bootstrap's p instead, and ``test`` says which one the verdict used
+    several = pbs is not None and len(set(groups)) < len(groups)
+    out["metrics"]["roc_auc"] = {"a": dl["auc2"], "b": dl["auc1"], "diff": dl["diff"],
+                                 "p_value": pbs["p_value"] if several else dl["p_value"],
+                                 "test": "patient-cluster bootstrap" if several else "DeLong",
+                                 "delong_p": dl["p_value"],
+                                 "bootstrap_p": None if pbs is None else pbs["p_value"]}
     # one set of resamples of the patients, shared by both runs and every metric
     # (the patients: all the visits of a patient, when the unit is the visit, go together)
     clusters = a.patients["cluster"] if "cluster" in a.patients else a.patients["patient_key"]

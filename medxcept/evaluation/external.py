@@ -573,8 +573,9 @@ def external_references(src: SourceRun, test: pd.DataFrame, images: np.ndarray, 
     refs = score_reference_models(payload, test.reset_index(drop=True), images)
     ec = ecfg.eval
     keys = unit_keys(test["patient_key"], unit_visits(test, ec.unit))
-    block = compare_with_references(test["y"].to_numpy(), test["prob_raw"].to_numpy(), refs, keys,
-                                    how=ec.patient_aggregation, n_resamples=ec.n_bootstrap, seed=ecfg.seed)
+    block = compare_with_references(test["y"].to_numpy(), test["logit"].to_numpy(np.float64), refs, keys,
+                                    how=ec.patient_aggregation, n_resamples=ec.n_bootstrap, seed=ecfg.seed,
+                                    scale="logit")
     block["from_source_run"] = True
     block["sentences"] = reference_sentences(block)
     scores = pd.DataFrame({f"ref_{n}": np.asarray(r["scores"]) for n, r in refs.items()

@@ -3,8 +3,11 @@
 Given validation and test frames that already hold raw and calibrated class probabilities
 (``prob_raw_<class>``, ``prob_<class>``; calibration fitted on validation), this module
 
-1. chooses the decision rule on **validation** (:func:`medxcept.evaluation.multiclass.choose_decision_rule`:
-   argmax for nominal tasks, cumulative thresholds maximizing quadratic kappa for ordinal ones);
+1. chooses the decision rule on the **validation units** (patients, worst eye for ordinal tasks, or
+   visits under ``eval.unit = visit``: the level the headline reads it at;
+   :func:`medxcept.evaluation.multiclass.choose_decision_rule`: argmax for nominal tasks, cumulative
+   thresholds maximizing quadratic kappa for ordinal ones); ROC-AUC and PR-AUC rank the uncalibrated
+   probabilities (``prob_raw_<class>``: temperature scaling changes one-vs-rest rankings);
 2. measures test at the image, patient and (when lateralities are known) eye level, every metric
    with a patient-bootstrap CI (:func:`medxcept.evaluation.multiclass.multiclass_report`); the patient of an
    ordinal task has their worst eye's grade, probabilities aggregated consistently
@@ -13,7 +16,7 @@ Given validation and test frames that already hold raw and calibrated class prob
    reliability data per class;
 4. reports each derived binary endpoint (``referable: grade >= 2``) with the full binary report:
    its probability is the summed probability of its positive classes, its threshold is chosen on
-   validation (:func:`medxcept.evaluation.metrics.choose_threshold`), and test gets image- and patient-level
+   the validation units' scores (:func:`medxcept.evaluation.metrics.choose_threshold`), and test gets image- and patient-level
    metrics with patient-bootstrap CIs and calibration before/after. For an ordinal endpoint
    ``grade >= g`` the patient probability is the maximum over images (the worst-eye rule);
    for a list of nominal classes it is ``eval.patient_aggregation``.
@@ -39,6 +42,10 @@ from medxcept.evaluation.metrics import (
     bootstrap_ci,
     choose_threshold,
     metric_names,
+    ranking_metrics,
+    unit_keys,
+    unit_patients,
+    unit_visits,
 )
 from medxcept.evaluation.multiclass import (
     DecisionRule,
@@ -70,6 +77,34 @@ def _probs(frame: pd.DataFrame, classes: Sequence[str], prefix: str) -> np.ndarr
     return P / P.sum(axis=1, keepdims=True)
 
 
+def _unit_keys(frame: pd.DataFrame, eval_cfg: Any) -> np.ndarray:
+    """Each row's evaluation unit (``eval.unit``: the patient, or the patient's visit), as the
+    binary path's (:func:`medxcept.evaluation.metrics.unit_visits`)."""
+    return np.asarray(unit_keys(frame["patient_key"].astype(str),
+                                unit_visits(frame, getattr(eval_cfg, "unit", "patient"))), dtype=str)
+
+
+_RANK = ("roc_auc", "pr_auc")
+
+
+def _endpoint_ci(y: np.ndarray, p: np.ndarray, p_raw: np.ndarray, groups: np.ndarray, threshold: float,
+                 n_boot: int, seed: int) -> dict[str, Any]:
+    """Patient-bootstrap CIs: ranking metrics of the uncalibrated ``p_raw``, threshold metrics of
+    ``p``, on the same resamples (same groups and seed)."""
+    cut = [m for m in ENDPOINT_CI_METRICS if m not in _RANK]
+    out = dict(bootstrap_ci(y, p, groups, metrics=cut, threshold=threshold, n_resamples=n_boot, seed=seed))
+    out.update(bootstrap_ci(y, p_raw, groups, metrics=[m for m in ENDPOINT_CI_METRICS if m in _RANK],
+                            threshold=None, n_resamples=n_boot, seed=seed))
+    return {m: out[m].to_dict() for m in ENDPOINT_CI_METRICS}
+
+
+def _with_rank(metrics: dict[str, Any], y: np.ndarray, p_raw: np.ndarray) -> dict[str, Any]:
+    """``metrics`` (calibrated, at the threshold) with ROC-AUC and PR-AUC of the uncalibrated ``p_raw``."""
+    rank = ranking_metrics(y, p_raw)
+    notes = [n for n in metrics["notes"] if not n.startswith(_RANK)] + rank["notes"]
+    return {**metrics, "roc_auc": rank["roc_auc"], "pr_auc": rank["pr_auc"], "notes": notes}
+
+
 def endpoint_report(*, name: str, rule: str, positive: Sequence[int], classes: Sequence[str], kind: str,
                     val: pd.DataFrame | None, test: pd.DataFrame, eval_cfg: Any, seed: int,
                     threshold: float | None = None) -> dict[str, Any]:
@@ -88,16 +123,19 @@ def endpoint_report(*, name: str, rule: str, positive: Sequence[int], classes: S
                                "worst eye: P(patient positive) is the maximum over their images, consistent with "
                                "the worst-grade patient label" if upper_set else
                                f"eval.patient_aggregation ({how}); the patient is positive when any image is")}
+    unit = "visit" if any(" @ " in k for k in _unit_keys(test, eval_cfg)) else "patient"
     if threshold is None:
         assert val is not None, "a threshold needs the validation split"
         pv = endpoint_probability(_probs(val, classes, "prob_"), pos)
         yv = np.isin(val["y"].to_numpy(), pos).astype(np.int64)
-        threshold = choose_threshold(yv, pv, method=eval_cfg.threshold, target=eval_cfg.target_sensitivity)
+        # chosen on the kind of score the headline applies it to: the validation units' (as the
+        # binary path); so are the clinical reading's operating points
+        _, vyp, vpp = aggregate_by_patient(_unit_keys(val, eval_cfg), yv, pv, how=how)
+        threshold = choose_threshold(vyp, vpp, method=eval_cfg.threshold, target=eval_cfg.target_sensitivity)
         out["val_image"] = binary_metrics(yv, pv, threshold=threshold)
-        # the clinical reading's operating points: on the validation patients, as its headline is read
-        _, vyp, vpp = aggregate_by_patient(val["patient_key"].to_numpy(), yv, pv, how=how)
         operating = operating_thresholds(vyp, vpp)
         out["threshold"] = {"value": float(threshold), "method": eval_cfg.threshold, "chosen_on": "validation",
+                            "level": unit, "patient_aggregation": how, "n_validation_units": int(len(vyp)),
                             "target_sensitivity": (eval_cfg.target_sensitivity
                                                    if eval_cfg.threshold == "sensitivity" else None)}
     else:
@@ -107,25 +145,28 @@ def endpoint_report(*, name: str, rule: str, positive: Sequence[int], classes: S
     p = endpoint_probability(_probs(test, classes, "prob_"), pos)
     p_raw = endpoint_probability(_probs(test, classes, "prob_raw_"), pos)
     keys = test["patient_key"].to_numpy()
-    out["test_image"] = binary_metrics(y, p, threshold=threshold)
-    pk, yp, pp = aggregate_by_patient(keys, y, p, how=how)
-    out["test_patient"] = binary_metrics(yp, pp, threshold=threshold)
+    ukeys = _unit_keys(test, eval_cfg)
+    # ROC-AUC and PR-AUC rank the uncalibrated probabilities; the threshold metrics use the calibrated
+    out["test_image"] = _with_rank(binary_metrics(y, p, threshold=threshold), y, p_raw)
+    pk, yp, pp = aggregate_by_patient(ukeys, y, p, how=how)
+    _, _, ppr = aggregate_by_patient(ukeys, y, p_raw, how=how)
+    out["test_patient"] = _with_rank(binary_metrics(yp, pp, threshold=threshold), yp, ppr)
+    out["evaluation_unit"] = unit
+    out["discrimination_from"] = "uncalibrated probabilities (prob_raw_<class>)"
+    groups = unit_patients(pk)
     n_boot = int(eval_cfg.n_bootstrap)
     out["n_bootstrap"] = n_boot
     if n_boot:
-        out["test_patient_ci"] = {k: v.to_dict() for k, v in bootstrap_ci(
-            yp, pp, pk, metrics=ENDPOINT_CI_METRICS, threshold=threshold, n_resamples=n_boot, seed=seed).items()}
-        out["test_image_ci"] = {k: v.to_dict() for k, v in bootstrap_ci(
-            y, p, keys, metrics=ENDPOINT_CI_METRICS, threshold=threshold, n_resamples=n_boot, seed=seed).items()}
+        out["test_patient_ci"] = _endpoint_ci(yp, pp, ppr, groups, threshold, n_boot, seed)
+        out["test_image_ci"] = _endpoint_ci(y, p, p_raw, keys, threshold, n_boot, seed)
     out["calibration_test"] = {"before": calibration_summary(y, p_raw, eval_cfg.n_bins),
                                "after": calibration_summary(y, p, eval_cfg.n_bins)}
     if np.unique(yp).size == 2:
-        _, _, ppr = aggregate_by_patient(keys, y, p_raw, how=how)
         auc_ci = (out.get("test_patient_ci") or {}).get("roc_auc")
         out["operating_points"] = operating
         out["clinical"] = clinical_reading(
-            yp, pp, ppr, pk, operating=operating, thresholds=decision_thresholds(*eval_cfg.decision_thresholds),
-            prevalence=eval_cfg.prevalence, n_resamples=n_boot, seed=seed, unit="patient",
+            yp, pp, ppr, groups, operating=operating, thresholds=decision_thresholds(*eval_cfg.decision_thresholds),
+            prevalence=eval_cfg.prevalence, n_resamples=n_boot, seed=seed, unit=unit,
             auc_ci=None if auc_ci is None else (auc_ci["low"], auc_ci["high"]))
         out["clinical"]["calibration_method"] = eval_cfg.calibration
         if operating is None:
@@ -161,25 +202,38 @@ def assess_graded(*, val: pd.DataFrame | None, test: pd.DataFrame, classes: Sequ
         rule = DecisionRule.from_dict(fixed["decision_rule"])
     else:
         assert val is not None, "the decision rule is chosen on the validation split"
-        rule = choose_decision_rule(val["y"].to_numpy(), _probs(val, classes, "prob_"), kind=task)
+        # on the validation units (worst eye for ordinal tasks), the level the headline reads it at
+        vlat = val["laterality"].to_numpy() if "laterality" in val else None
+        vunits = aggregate_units(_unit_keys(val, eval_cfg), val["y"].to_numpy(), _probs(val, classes, "prob_"),
+                                 kind=task, laterality=vlat, level="patient")
+        rule = choose_decision_rule(vunits.y, vunits.P, kind=task)
     y = test["y"].to_numpy()
     P = _probs(test, classes, "prob_")
+    P_raw = _probs(test, classes, "prob_raw_")  # what the AUCs rank: uncalibrated
     keys = test["patient_key"].to_numpy()
+    ukeys = _unit_keys(test, eval_cfg)
     lat = test["laterality"].to_numpy() if "laterality" in test else None
     kw = {"classes": classes, "kind": task, "rule": rule, "n_resamples": n_boot, "seed": seed}
-    out: dict[str, Any] = {"task": task, "classes": classes, "decision_rule": rule.to_dict(), "n_bootstrap": n_boot}
-    out["test_image"] = multiclass_report(y, P, keys, **kw)
-    patients = aggregate_units(keys, y, P, kind=task, laterality=lat, level="patient")
+    out: dict[str, Any] = {"task": task, "classes": classes, "decision_rule": rule.to_dict(), "n_bootstrap": n_boot,
+                           "decision_rule_level": "validation units (patients, worst eye when ordinal; or visits: "
+                                                  "eval.unit)" if fixed is None else "fixed by the source run",
+                           "discrimination_from": "uncalibrated probabilities (prob_raw_<class>)"}
+    out["test_image"] = multiclass_report(y, P, keys, P_rank=P_raw, **kw)
+    patients = aggregate_units(ukeys, y, P, kind=task, laterality=lat, level="patient")
+    patients_raw = aggregate_units(ukeys, y, P_raw, kind=task, laterality=lat, level="patient")
     out["patient_rule"] = patients.rule
     out["patient_notes"] = list(patients.notes)
-    out["test_patient"] = multiclass_report(patients.y, patients.P, patients.patients, **kw)
+    out["evaluation_unit"] = "visit" if any(" @ " in k for k in ukeys) else "patient"
+    out["test_patient"] = multiclass_report(patients.y, patients.P, unit_patients(patients.patients),
+                                            P_rank=patients_raw.P, **kw)
     known = lat is not None and bool(np.isin(lat, ("L", "R")).all())
     one_per_eye = known and not pd.Series(list(zip(keys, lat, strict=True))).duplicated().any()
     if one_per_eye:
         out["eye_rule"] = "one image per eye here: the eye level equals the image level"
     elif known:
         eyes = aggregate_units(keys, y, P, kind=task, laterality=lat, level="eye")
-        out["test_eye"] = multiclass_report(eyes.y, eyes.P, eyes.patients, **kw)
+        eyes_raw = aggregate_units(keys, y, P_raw, kind=task, laterality=lat, level="eye")
+        out["test_eye"] = multiclass_report(eyes.y, eyes.P, eyes.patients, P_rank=eyes_raw.P, **kw)
         out["eye_rule"] = eyes.rule
     out["calibration_test"] = {
         "before": calibration_report(y, _probs(test, classes, "prob_raw_"), classes=classes, n_bins=eval_cfg.n_bins),
@@ -212,10 +266,14 @@ def graded_figures(graded: dict[str, Any], test: pd.DataFrame) -> dict[str, str 
         before["reliability_top_label"], after["reliability_top_label"],
         labels=("top label, before recalibration", "top label, after"))
     P = _probs(test, classes, "prob_")
+    raw = all(f"prob_raw_{c}" in test for c in classes)
+    P_raw = _probs(test, classes, "prob_raw_") if raw else P
     for name, e in graded["endpoints"].items():
         pos = [classes.index(c) for c in e["positive_classes"]]
         y = np.isin(test["y"].to_numpy(), pos).astype(int)
-        figs[f"endpoint_roc_{name}"] = roc_pr_figure(y, endpoint_probability(P, pos), e["threshold"]["value"],
+        # curves from the uncalibrated scores (what the AUC ranks), the operating point from the calibrated
+        figs[f"endpoint_roc_{name}"] = roc_pr_figure(y, endpoint_probability(P_raw, pos), e["threshold"]["value"],
+                                                     operating=endpoint_probability(P, pos),
                                                      title_suffix=f" ({name}, images)")
         if e.get("clinical"):
             figs[f"endpoint_clinical_{name}"] = clinical_figure(e["clinical"], title_suffix=f" ({name}, patients)")
@@ -289,9 +347,9 @@ def _pooled_endpoint(df: pd.DataFrame, e: Any, classes: list[str], kind: str, ev
     units = frame.groupby("unit").agg(y=("y", "max"), p=("p", how), p_raw=("p_raw", how), t=("t", "first"),
                                       patient=("patient", "first"))
     for level, f in (("image", frame), ("patient", units)):
-        y, p = f["y"].to_numpy(), f["p"].to_numpy()
+        y, p, p_raw = f["y"].to_numpy(), f["p"].to_numpy(), f["p_raw"].to_numpy()
         pred = (p >= f["t"].to_numpy()).astype(np.float64)
-        rank = binary_metrics(y, p, threshold=0.5)
+        rank = ranking_metrics(y, p_raw)  # each fold's uncalibrated scores, never its calibrated ones
         thr = binary_metrics(y, pred, threshold=0.5)
         out[f"test_{level}"] = {**thr, "roc_auc": rank["roc_auc"], "pr_auc": rank["pr_auc"],
                                 "threshold": out["threshold"]["value"],
@@ -299,7 +357,7 @@ def _pooled_endpoint(df: pd.DataFrame, e: Any, classes: list[str], kind: str, ev
                                     n for n in thr["notes"] if not n.startswith(("roc", "pr_"))]}
         if eval_cfg.n_bootstrap:
             groups = f["patient"].to_numpy()
-            cis = bootstrap_ci(y, p, groups, metrics=("roc_auc", "pr_auc"), threshold=None,
+            cis = bootstrap_ci(y, p_raw, groups, metrics=("roc_auc", "pr_auc"), threshold=None,
                                n_resamples=eval_cfg.n_bootstrap, seed=seed)
             cis.update(bootstrap_ci(y, pred, groups, metrics=[m for m in ENDPOINT_CI_METRICS if m not in cis],
                                     threshold=0.5, n_resamples=eval_cfg.n_bootstrap, seed=seed))
@@ -331,7 +389,8 @@ def pooled_report(frames: Sequence[pd.DataFrame], *, classes: Sequence[str], tas
     kw = {"classes": classes, "kind": task, "n_resamples": int(eval_cfg.n_bootstrap), "seed": seed}
     out: dict[str, Any] = {"task": task, "classes": classes, "n_bootstrap": int(eval_cfg.n_bootstrap),
                            "n_images": int(len(df)), "n_folds": int(df.groupby(["repeat", "fold"]).ngroups)}
-    out["test_image"] = multiclass_report(y, P, groups, y_pred=pred, **kw)
+    P_raw = _probs(df, classes, "prob_raw_")  # what the AUCs rank: each fold's uncalibrated scores
+    out["test_image"] = multiclass_report(y, P, groups, y_pred=pred, P_rank=P_raw, **kw)
     lat = df["laterality"].to_numpy() if task == "nominal" and "laterality" in df else None
     units = aggregate_units(df["unit"].to_numpy(), y, P, kind=task, laterality=lat, level="patient")
     unit_patient = np.array([u.split(":", 1)[1].split("|", 1)[0] for u in units.keys])
@@ -339,7 +398,9 @@ def pooled_report(frames: Sequence[pd.DataFrame], *, classes: Sequence[str], tas
         unit_pred = df.groupby("unit")["pred"].max().reindex(units.keys).to_numpy()
     else:
         unit_pred = units.P.argmax(axis=1)
-    out["test_patient"] = multiclass_report(units.y, units.P, unit_patient, y_pred=unit_pred, **kw)
+    units_raw = aggregate_units(df["unit"].to_numpy(), y, P_raw, kind=task, laterality=lat, level="patient")
+    out["test_patient"] = multiclass_report(units.y, units.P, unit_patient, y_pred=unit_pred, P_rank=units_raw.P,
+                                            **kw)
     out["patient_rule"] = units.rule
     out["patient_notes"] = list(units.notes)
     out["decision_rule"] = {"kind": "per fold", "description": "each fold's own decision rule",
@@ -419,7 +480,10 @@ def compare_graded_runs(run_dirs: Sequence[Any], *, n_resamples: int = 1000, see
     for r in runs:
         P = _probs(r["preds"], classes, "prob_")
         agg = aggregate_units(keys, y, P, kind=kind, laterality=lat)
-        units.append((agg, r["rule"].predict(agg.P)))
+        pred = r["rule"].predict(agg.P)
+        if all(f"prob_raw_{c}" in r["preds"] for c in classes):  # AUCs rank the uncalibrated scores
+            agg = aggregate_units(keys, y, _probs(r["preds"], classes, "prob_raw_"), kind=kind, laterality=lat)
+        units.append((agg, pred))
         tp = r["metrics"]["graded"]["test_patient"]
         per_run.append({"name": r["name"], "recipe": r["metrics"].get("run", {}).get("recipe"),
                         "decision_rule": r["rule"].to_dict()["description"],

@@ -103,6 +103,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
@@ -117,6 +118,7 @@ from medxcept.evaluation.metrics import (
     counts_metrics,
     metric_labels,
     metric_names,
+    ranking_metrics,
     unit_keys,
     unit_patients,
     unit_visits,
@@ -550,6 +552,25 @@ def _pooled_units(df: pd.DataFrame) -> np.ndarray:
     return ("r" + df["repeat"].astype(str) + ":" + key.astype(str)).to_numpy()
 
 
+def _pooled_patients(units: ArrayLike) -> np.ndarray:
+    """The patient of each pooled unit (:func:`_pooled_units`), repeat prefix removed: the cluster a
+    pooled bootstrap resamples. A patient predicted in every repeat is one cluster, not one per
+    repeat: repeating the same folds adds no new patients, so it must not narrow an interval."""
+    return np.array([str(p).split(":", 1)[1] for p in unit_patients(units)], dtype=object)
+
+
+def _pooled_rank(df: pd.DataFrame, unit: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """Each pooled unit's uncalibrated ranking score: the logit of its aggregated probability (fold
+    files with ``logit``), else its aggregated ``prob_raw``; never the calibrated ``prob`` (isotonic
+    ties units, and each fold's calibrator maps scores differently)."""
+    if "logit" in df and df["logit"].notna().all():
+        keys, _, z = aggregate_by_patient(unit, df["y"].to_numpy(), df["logit"].to_numpy(np.float64), how=how,
+                                          scale="logit")
+        return keys, z, "uncalibrated logits (logit of each unit's aggregated probability)"
+    keys, _, pr = aggregate_by_patient(unit, df["y"].to_numpy(), df["prob_raw"].to_numpy(np.float64), how=how)
+    return keys, pr, "uncalibrated probabilities (prob_raw)"
+
+
 # ------------------------------------------------------------------------------------- aggregate
 
 
@@ -601,12 +622,14 @@ def _pooled(frames: list[pd.DataFrame], how: str, n_bins: int) -> tuple[dict[str
     unit = _pooled_units(df)
     keys, y, p = aggregate_by_patient(unit, df["y"].to_numpy(), df["prob"].to_numpy(), how=how)
     _, _, pr = aggregate_by_patient(unit, df["y"].to_numpy(), df["prob_raw"].to_numpy(), how=how)
+    _, score, ranked_on = _pooled_rank(df, unit, how)
     threshold = df.assign(unit=unit).groupby("unit")["threshold"].first().reindex(keys).to_numpy()
     y = y.astype(int)
     pred = p >= threshold
     tp, fp = int((pred & (y == 1)).sum()), int((pred & (y == 0)).sum())
     fn, tn = int((~pred & (y == 1)).sum()), int((~pred & (y == 0)).sum())
-    rank = binary_metrics(y, p, threshold=0.5)
+    # ranking metrics of the folds' uncalibrated scores, never of each fold's calibrated prob
+    rank = ranking_metrics(y, score)
     counted = counts_metrics(tp, fp, tn, fn, [m for m in CV_METRICS if m in metric_names(kinds=("counts",))])
     metrics: dict[str, Any] = {}
     for m in CV_METRICS:
@@ -616,7 +639,8 @@ def _pooled(frames: list[pd.DataFrame], how: str, n_bins: int) -> tuple[dict[str
             metrics[m] = None if np.isnan(counted[m]) else float(counted[m])
     metrics.update({"ece": ece(y, p, n_bins=n_bins), "brier": brier(y, p),
                     "ece_raw": ece(y, pr, n_bins=n_bins), "brier_raw": brier(y, pr),
-                    "roc_auc_raw": binary_metrics(y, pr, threshold=0.5)["roc_auc"],
+                    "roc_auc_raw": rank["roc_auc"], "roc_auc_calibrated": binary_metrics(y, p, threshold=0.5)["roc_auc"],
+                    "ranked_on": ranked_on,
                     "tp": tp, "fp": fp, "tn": tn, "fn": fn, "n": int(len(y)), "n_pos": int(y.sum()),
                     "n_images": int(len(df)), "median_threshold": float(np.median(threshold)), "n_bins": n_bins})
     rel = {"before": reliability_table(y, pr, n_bins=n_bins).to_dict("records"),
@@ -650,7 +674,7 @@ def pooled_clinical(frames: list[pd.DataFrame], fold_operating: list[list[dict[s
                           "note": "each fold's own threshold, chosen on its inner validation split"})
         per_unit.append(np.array([np.nan if per_fold[f] is None else per_fold[f] for f in frame_of], dtype=float))
     visits = any(" @ " in str(k) for k in keys)
-    out = clinical_reading(y.astype(int), p, pr, unit_patients(keys), operating=operating,
+    out = clinical_reading(y.astype(int), p, pr, _pooled_patients(keys), operating=operating,
                            operating_per_unit=per_unit, thresholds=decision_thresholds(*eval_cfg.decision_thresholds),
                            prevalence=eval_cfg.prevalence, n_resamples=eval_cfg.n_bootstrap, seed=seed,
                            unit="visit" if visits else "patient")
@@ -664,10 +688,11 @@ def pooled_references(frames: list[pd.DataFrame], how: str, *, n_resamples: int 
 
     Each fold fitted the references on its training folds and scored its held-out fold
     (``ref_<name>`` columns of ``oof_predictions.csv``); pooling every fold's held-out units gives
-    each reference's pooled out-of-fold AUC, compared with the deep model's pooled scores (``prob``,
-    what the pooled ROC-AUC of the CV report is measured on) by
+    each reference's pooled out-of-fold AUC, compared with the deep model's pooled uncalibrated scores
+    (each fold's ``logit``, else ``prob_raw``: what the pooled ROC-AUC of the CV report ranks) by
     :func:`medxcept.evaluation.references.compare_with_references`: paired difference with a bootstrap CI
-    resampling patients (per repeat), DeLong p, and the sentences, the classical model first.
+    resampling patients (one cluster per patient across repeats), DeLong p, the p it states
+    (``test_used``) and the sentences, the classical model first.
 
     Returns None when the fold files have no reference scores (folds run before references existed).
     """
@@ -677,10 +702,15 @@ def pooled_references(frames: list[pd.DataFrame], how: str, *, n_resamples: int 
         return None
     refs = {n: {"scores": df[f"ref_{n}"].to_numpy(np.float64), "label": REFERENCES[n],
                 "detail": "fitted in each fold on its training folds, scored on its held-out fold"} for n in names}
-    # unit keys carry the repeat; their patient part ("r0:P-…") is the bootstrap cluster
-    block = compare_with_references(df["y"].to_numpy(), df["prob"].to_numpy(np.float64), refs, _pooled_units(df),
-                                    how=how, n_resamples=n_resamples, seed=seed)
-    block["deep_scores"] = "pooled out-of-fold probabilities (prob), as the pooled ROC-AUC"
+    # unit keys carry the repeat; the bootstrap cluster is the patient, across repeats
+    units = _pooled_units(df)
+    logit = "logit" in df and df["logit"].notna().all()
+    deep = df["logit" if logit else "prob_raw"].to_numpy(np.float64)
+    block = compare_with_references(df["y"].to_numpy(), deep, refs, units, how=how, n_resamples=n_resamples,
+                                    seed=seed, scale="logit" if logit else "probability",
+                                    clusters=_pooled_patients(units))
+    block["deep_scores"] = ("pooled out-of-fold uncalibrated " + ("logits" if logit else "probabilities (prob_raw)")
+                            + ", as the pooled ROC-AUC")
     block["sentences"] = reference_sentences(block)
     return block
 

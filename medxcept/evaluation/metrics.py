@@ -44,6 +44,8 @@ __all__ = [
     "metric_labels",
     "BINARY_METRICS",
     "probabilities",
+    "ranking_scores",
+    "ranking_metrics",
     "patient_auc",
     "weighted_average_precision",
     "BootstrapCI",
@@ -300,24 +302,47 @@ def binary_metrics(
     fn = int(np.sum(~pred & pos))
     tn = int(np.sum(~pred & ~pos))
     n, n_pos = int(y.shape[0]), tp + fn
-    n_neg = n - n_pos
     notes: list[str] = []
 
-    roc_auc = pr_auc = None
-    if n_pos == 0 or n_neg == 0:
-        missing = "positive" if n_pos == 0 else "negative"
-        notes.extend(_BY_NAME[m].undefined.format(missing=missing) for m in ("roc_auc", "pr_auc"))
-    else:
-        roc_auc = float(roc_auc_score(y, p))
-        pr_auc = float(average_precision_score(y, p))
-
-    out: dict[str, Any] = {"roc_auc": roc_auc, "pr_auc": pr_auc}
+    rank = _ranking(y, p)
+    notes.extend(rank["notes"])
+    out: dict[str, Any] = {"roc_auc": rank["roc_auc"], "pr_auc": rank["pr_auc"]}
     for name, value in counts_metrics(tp, fp, tn, fn).items():
         out[name] = None if np.isnan(value) else float(value)
         if out[name] is None:
             notes.append(_BY_NAME[name].undefined.format(threshold=threshold))
     return {**out, "tp": tp, "fp": fp, "tn": tn, "fn": fn, "n": n, "n_pos": n_pos, "threshold": threshold,
             "notes": notes}
+
+
+def _ranking(y: np.ndarray, s: np.ndarray) -> dict[str, Any]:
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == y.shape[0]:
+        missing = "positive" if n_pos == 0 else "negative"
+        return {"roc_auc": None, "pr_auc": None,
+                "notes": [_BY_NAME[m].undefined.format(missing=missing) for m in ("roc_auc", "pr_auc")]}
+    return {"roc_auc": float(roc_auc_score(y, s)), "pr_auc": float(average_precision_score(y, s)), "notes": []}
+
+
+def ranking_metrics(y_true: ArrayLike, y_score: ArrayLike) -> dict[str, Any]:
+    """ROC-AUC and PR-AUC (average precision) of any real scores: only their order counts.
+
+    Rank logits (or :func:`ranking_scores`), never probabilities that saturated: float32 sigmoid
+    probabilities of logits above about 17 are all exactly 1.0, and float64 ones above about 37,
+    so confident cases tie and the AUC drops (:func:`ranking_scores`).
+
+    Returns
+    -------
+    dict
+        ``roc_auc``, ``pr_auc`` (None without both classes) and ``notes``.
+
+    Examples
+    --------
+    >>> ranking_metrics([0, 0, 1, 0, 0, 0], [17.0, 25.0, 30.0, 18.0, -3.0, 0.0])["roc_auc"]
+    1.0
+    """
+    y = _as_binary_labels(y_true)
+    return _ranking(y, _as_scores(y_score, y.shape[0], "y_score", unit_interval=False))
 
 
 def _mean_defined(values: Sequence[float | None]) -> float | None:
@@ -551,6 +576,7 @@ def aggregate_by_patient(
     *,
     how: Literal["mean", "max"] = "max",
     visit: ArrayLike | None = None,
+    scale: Literal["probability", "logit"] = "probability",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One label and one prediction per evaluation unit: a patient, or a patient's visit.
 
@@ -575,6 +601,11 @@ def aggregate_by_patient(
         Visit (study) key of each image: the unit is then (patient, visit) (:func:`unit_keys`),
         and ``keys`` are unit keys; :func:`unit_patients` gives each unit's patient, which a
         bootstrap resamples (all visits of a patient together).
+    scale : {"probability", "logit"}, default "probability"
+        ``"logit"``: ``y_prob`` holds (n,) logits (:func:`ranking_scores`), and each unit gets the
+        **logit of** its aggregated probability, computed without forming the probabilities:
+        the maximum logit for ``"max"``, ``logsumexp(log σ(z)) - logsumexp(log σ(-z))`` for
+        ``"mean"``. Same ranking as the aggregated probabilities, but no saturation: rank these.
 
     Returns
     -------
@@ -595,6 +626,10 @@ def aggregate_by_patient(
         )
     if how not in ("mean", "max"):
         raise ValueError(f"how must be 'mean' or 'max'; got {how!r}")
+    if scale not in ("probability", "logit"):
+        raise ValueError(f"scale must be 'probability' or 'logit'; got {scale!r}")
+    if scale == "logit" and p.ndim != 1:
+        raise ValueError(f"scale='logit' aggregates binary (n,) logits; got shape {p.shape}")
     keys, codes = np.unique(
         keys_raw.astype(str) if keys_raw.dtype == object else keys_raw, return_inverse=True
     )
@@ -605,6 +640,10 @@ def aggregate_by_patient(
     p_sorted = p[order]
     if how == "max":
         p_patient = np.maximum.reduceat(p_sorted, starts, axis=0)
+    elif scale == "logit":
+        # logit(mean σ(z)) = log Σ σ(z) - log Σ σ(-z): the 1/count cancels
+        p_patient = _group_logsumexp(_log_sigmoid(p_sorted), starts) - _group_logsumexp(_log_sigmoid(-p_sorted),
+                                                                                        starts)
     else:
         counts = np.diff(np.r_[starts, n])
         sums = np.add.reduceat(p_sorted, starts, axis=0)
@@ -612,12 +651,19 @@ def aggregate_by_patient(
     return keys, y_patient, p_patient
 
 
+def _group_logsumexp(v: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    m = np.maximum.reduceat(v, starts)
+    counts = np.diff(np.r_[starts, v.shape[0]])
+    return m + np.log(np.add.reduceat(np.exp(v - np.repeat(m, counts)), starts))
+
+
 def probabilities(logits: ArrayLike) -> np.ndarray:
-    """The model's probabilities from its logits: sigmoid of (n,) logits, softmax of (n, k).
+    """The model's probabilities from its logits: sigmoid of (n,) logits, softmax of (n, k), in float64.
 
     The one probability transform of medxcept (uncalibrated ``prob_raw``, early stopping, the
-    learning curve). Floating inputs keep their dtype (float32 logits give float32
-    probabilities, as Keras returns them); other inputs become float64.
+    learning curve). Always float64: float32 probabilities of logits above about 17 are exactly
+    1.0 and tie, which changes every AUC ranked on them. float64 keeps logits up to about 37
+    apart; ranking metrics rank :func:`ranking_scores` (logit scale), which never saturate.
 
     Examples
     --------
@@ -625,15 +671,57 @@ def probabilities(logits: ArrayLike) -> np.ndarray:
     [0.5, 0.881]
     >>> probabilities(np.array([[0.0, 0.0]])).tolist()
     [[0.5, 0.5]]
+    >>> bool(probabilities(np.array([25.0, 30.0], dtype=np.float32)).dtype == np.float64)
+    True
     """
-    z = np.asarray(logits)
-    if not np.issubdtype(z.dtype, np.floating):
-        z = z.astype(np.float64)
+    z = np.asarray(logits, dtype=np.float64)
     if z.ndim == 1:
-        return 1.0 / (1.0 + np.exp(-z))
+        return _expit(z)
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def _expit(z: np.ndarray) -> np.ndarray:
+    out = np.empty_like(z)
+    pos = z >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
+    e = np.exp(z[~pos])
+    out[~pos] = e / (1.0 + e)
+    return out
+
+
+def _log_sigmoid(z: np.ndarray) -> np.ndarray:
+    """log(sigmoid(z)) without overflow or underflow to -inf for moderate z."""
+    return -np.logaddexp(0.0, -z)
+
+
+def ranking_scores(logits: ArrayLike) -> np.ndarray:
+    """Scores to rank (ROC-AUC, PR-AUC, DeLong, paired tests): the logit of each probability, in float64.
+
+    Binary (n,) logits are returned as float64. For (n, k) class logits, column ``c`` is the
+    one-vs-rest logit ``log P(c) - log(1 - P(c)) = z_c - logsumexp(z_{-c})``, monotone in the softmax
+    probability of class ``c``. Unlike probabilities, these never saturate: logits 30 and 40 stay
+    apart, whereas their float32 sigmoids are both 1.0 (and float64 ones above about 37).
+
+    Examples
+    --------
+    >>> ranking_scores(np.array([[0.0, 0.0]])).tolist()
+    [[0.0, 0.0]]
+    >>> ranking_scores(np.array([[40.0, 0.0, 0.0], [30.0, 0.0, 0.0]]))[:, 0].round(3).tolist()
+    [39.307, 29.307]
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim == 1:
+        return z.copy()
+    if z.ndim != 2 or z.shape[1] < 2:
+        raise ValueError(f"logits must have shape (n,) or (n, k >= 2); got {z.shape}")
+    out = np.empty_like(z)
+    for c in range(z.shape[1]):
+        rest = np.delete(z, c, axis=1)
+        m = rest.max(axis=1)
+        out[:, c] = z[:, c] - (m + np.log(np.exp(rest - m[:, None]).sum(axis=1)))
+    return out
 
 
 def patient_auc(
@@ -644,7 +732,9 @@ def patient_auc(
     without both classes.
 
     Binary ``y_prob`` of shape (n,) is aggregated by ``how``. Class probabilities (n, k) are
-    averaged per patient (whatever ``how``), renormalized, and scored one-vs-rest, macro.
+    averaged per patient (whatever ``how``), renormalized, and scored one-vs-rest, macro; the
+    graded evaluation's own rule (worst eye for ordinal tasks) is
+    :func:`medxcept.evaluation.multiclass.unit_macro_auc`.
     """
     p = np.asarray(y_prob, dtype=np.float64)
     _, yp, pp = aggregate_by_patient(patient_key, y_true, p, how=how if p.ndim == 1 else "mean", visit=visit)
@@ -874,7 +964,8 @@ def bootstrap_ci(
     y_true : array-like of shape (n,)
         0/1 image labels.
     y_prob : array-like of shape (n,)
-        Probabilities of the positive class.
+        Probabilities of the positive class; when every metric is a ranking metric, any real
+        scores (logits, :func:`ranking_scores`: only their order counts).
     groups : array-like of shape (n,) or None
         Patient key of each image. A resample draws patients with replacement and
         takes all their images, because images of one patient are not independent;
@@ -907,13 +998,15 @@ def bootstrap_ci(
         raise ValueError(f"unknown metrics {unknown}; choose from {list(BINARY_METRICS)}")
     _check_bootstrap_args(n_resamples, alpha)
     y = _as_binary_labels(y_true)
-    p = _as_scores(y_prob, y.shape[0])
-    codes = _as_group_codes(groups, y.shape[0])
     threshold_names = [m for m in metrics if m not in _RANK_METRICS]
     rank_names = [m for m in metrics if m in _RANK_METRICS]
+    # ranking metrics alone take any real scores (logits: nothing saturates)
+    p = _as_scores(y_prob, y.shape[0], unit_interval=bool(threshold_names))
+    codes = _as_group_codes(groups, y.shape[0])
     if threshold_names and threshold is None:
         raise ValueError(f"threshold is needed for {threshold_names}")
-    point_all = binary_metrics(y, p, threshold=0.5 if threshold is None else threshold)
+    point_all = (binary_metrics(y, p, threshold=0.5 if threshold is None else threshold) if threshold_names
+                 else _ranking(y, p))
 
     n_groups = int(codes.max()) + 1
     rng = np.random.default_rng(seed)

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
+from sklearn.metrics import roc_auc_score
 
 from medxcept.evaluation.calibrate import brier, ece, mce, nll, reliability_table
 from medxcept.evaluation.metrics import (
@@ -62,10 +63,12 @@ from medxcept.evaluation.metrics import (
     _RankIndex,
     _weighted_ap,
     _weighted_auc,
+    unit_keys,
 )
 
 __all__ = [
     "KINDS",
+    "unit_macro_auc",
     "Aggregated",
     "DecisionRule",
     "as_class_indices",
@@ -254,6 +257,21 @@ def aggregate_units(
                       notes=tuple(notes))
 
 
+def unit_macro_auc(patient_key: ArrayLike, y_true: ArrayLike, P: ArrayLike, *, kind: str,
+                   visit: ArrayLike | None = None) -> float:
+    """The graded evaluation's patient (or visit) macro ROC-AUC, as a point: units by
+    :func:`aggregate_units` (worst eye for ordinal tasks), then the mean one-vs-rest AUC over the
+    classes present, as :func:`multiclass_report`'s ``macro_roc_auc``. NaN without two classes.
+    Early stopping ranks epochs by it, so it picks the epoch by the number the report states.
+    """
+    p = np.asarray(P, dtype=np.float64)
+    keys = unit_keys(patient_key, visit) if visit is not None else np.asarray(patient_key)
+    units = aggregate_units(keys, y_true, p / p.sum(axis=1, keepdims=True), kind=kind)
+    aucs = [float(roc_auc_score(units.y == c, units.P[:, c])) for c in range(p.shape[1])
+            if 0 < int((units.y == c).sum()) < units.y.shape[0]]
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
 # ------------------------------------------------------------------------ decision rules
 
 
@@ -438,6 +456,7 @@ def multiclass_report(
     n_resamples: int = 1000,
     alpha: float = 0.05,
     seed: int = 0,
+    P_rank: ArrayLike | None = None,
 ) -> dict[str, Any]:
     """Every k-class metric with a percentile bootstrap CI, resampling patients.
 
@@ -463,6 +482,10 @@ def multiclass_report(
         ``0``: point estimates only; every interval is then ``None`` and ``n_bootstrap`` says 0.
     alpha : float, default 0.05
     seed : int, default 0
+    P_rank : array-like of shape (n, k), optional
+        The scores the per-class (one-vs-rest) ROC-AUC and PR-AUC and their means rank: the
+        **uncalibrated** probabilities (multi-class temperature scaling changes one-vs-rest
+        rankings). Default ``P``.
 
     Returns
     -------
@@ -510,11 +533,17 @@ def multiclass_report(
 
     cm_names = ["balanced_accuracy", "accuracy"] + (["kappa_quadratic", "mae_grade"] if kind == "ordinal" else [])
     point_cm = {m: float(v[0]) for m, v in _cm_metrics(cm[None], cm_names, present).items()}
+    if P_rank is None:
+        p_rank = p
+    else:
+        p_rank = np.asarray(P_rank, dtype=np.float64)
+        if p_rank.shape != p.shape or not np.isfinite(p_rank).all():
+            raise ValueError(f"P_rank must be finite, of the shape of P {p.shape}; got {p_rank.shape}")
     point_rank = {}
     indexes = {}
     for c in np.flatnonzero(present):
         yc = (y == c).astype(np.int64)
-        idx = _RankIndex(yc, p[:, c], codes)
+        idx = _RankIndex(yc, p_rank[:, c], codes)
         indexes[c] = idx
         ones = np.ones((1, n_groups), dtype=np.int64)
         pos_u, neg_u = idx.per_value(ones)

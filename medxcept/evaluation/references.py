@@ -401,6 +401,8 @@ def compare_with_references(
     how: str = "max",
     n_resamples: int = 1000,
     seed: int = 0,
+    scale: str = "probability",
+    clusters: ArrayLike | None = None,
 ) -> dict[str, Any]:
     """The deep model's patient-level AUC next to each reference's, with paired tests.
 
@@ -422,18 +424,31 @@ def compare_with_references(
         aggregation; None uses :func:`medxcept.evaluation.metrics.aggregate_by_patient` with ``how``.
     n_resamples, seed :
         The patient bootstrap (0 resamples: no CIs, DeLong only).
+    scale : {"probability", "logit"}, default "probability"
+        What ``deep_scores`` are: ``"logit"`` aggregates them on the logit scale
+        (:func:`medxcept.evaluation.metrics.aggregate_by_patient`), so confident cases never tie.
+    clusters : array-like of shape (n,), optional
+        The patient of each image, when it is not the patient part of ``patient_key`` (pooled
+        out-of-fold units keyed by repeat: every repeat of a patient is one cluster).
 
     Returns
     -------
     dict
         ``deep`` (``auc``, ``ci``), ``references`` (per name: ``label``, ``detail``, ``auc``, ``ci``,
-        ``diff`` = deep - reference, ``diff_ci``, ``diff_p_bootstrap``, ``delong_p``, ``better``:
-        "yes" when the paired CI lies above 0, "no" otherwise), ``classical_not_better`` (bool),
-        ``n_patients``, ``level`` ("patient"), ``notes``.
+        ``diff`` = deep - reference, ``diff_ci``, ``diff_p_bootstrap``, ``delong_p``, ``p_value`` (the
+        one the sentences state) and ``test_used`` (which test gave it: DeLong when every patient
+        has one unit, else the patient-cluster bootstrap, because DeLong treats a patient's units as
+        independent), ``better``: "yes" when the paired CI lies above 0, "no" otherwise),
+        ``classical_not_better`` (bool), ``n_patients``, ``level`` ("patient"), ``notes``.
     """
+    if aggregate is None and scale == "logit":
+        def agg_deep(k: ArrayLike, yy: ArrayLike, s: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            return aggregate_by_patient(k, yy, s, how=how, scale="logit")  # type: ignore[arg-type]
+    else:
+        agg_deep = aggregate or _default_aggregate(how)
     agg = aggregate or _default_aggregate(how)
     y = np.asarray(y_true)
-    keys, yp, deep_p = agg(patient_key, y, np.asarray(deep_scores, dtype=np.float64))
+    keys, yp, deep_p = agg_deep(patient_key, y, np.asarray(deep_scores, dtype=np.float64))
     out: dict[str, Any] = {"level": "patient", "n_patients": int(len(keys)), "n_resamples": int(n_resamples),
                            "references": {}, "notes": []}
     if len(np.unique(yp)) < 2:
@@ -447,16 +462,22 @@ def compare_with_references(
             from sklearn.metrics import roc_auc_score
 
             return float(roc_auc_score(yp, p)), None
-        if p.min() < 0 or p.max() > 1:  # logits: a monotone map keeps the ranking, hence the AUC
-            from scipy.special import expit
-
-            p = expit(p)
+        # logits are ranked as they are (a sigmoid would saturate above about 37 and tie)
         ci = bootstrap_ci(yp, p, clusters, metrics=("roc_auc",), threshold=None,
                           n_resamples=n_resamples, seed=seed)["roc_auc"]
         return _num(ci.point), [_num(ci.low), _num(ci.high)]
 
-    clusters = unit_patients(keys)
+    if clusters is None:
+        clusters = unit_patients(keys)
+    else:
+        cluster_of = dict(zip(np.asarray(patient_key).astype(str), np.asarray(clusters).astype(str), strict=True))
+        clusters = np.array([cluster_of[str(k)] for k in keys], dtype=object)
     out["n_units"], out["n_patients"] = int(len(keys)), int(len(set(clusters)))
+    # DeLong treats units as independent: with several units per patient the patient-cluster
+    # bootstrap's p is the one to state
+    several = out["n_units"] > out["n_patients"]
+    test_used = "patient-cluster bootstrap" if several and n_resamples else "DeLong"
+    out["test_used"] = test_used
     deep_auc, deep_ci = auc_ci(deep_p)
     out["deep"] = {"auc": deep_auc, "ci": deep_ci}
     for name, ref in references.items():
@@ -474,6 +495,11 @@ def compare_with_references(
         else:
             row["diff_ci"] = None if dl["ci"] is None else [float(dl["ci"][0]), float(dl["ci"][1])]
             row["diff_p_bootstrap"] = None
+        row["test_used"] = test_used
+        row["p_value"] = row["diff_p_bootstrap"] if test_used != "DeLong" else row["delong_p"]
+        if several:
+            row["notes"].append(f"{out['n_units']} units of {out['n_patients']} patients: DeLong treats a "
+                                f"patient's units as independent; the stated p is the {test_used}'s")
         low = row["diff_ci"][0] if row["diff_ci"] else None
         row["better"] = "yes" if low is not None and low > 0 else "no"
         out["references"][name] = row
@@ -501,9 +527,10 @@ def reference_sentences(comparison: dict[str, Any]) -> list[str]:
 
     def line(name: str, row: dict[str, Any]) -> str:
         what = row["label"].split(" (")[0]
-        p = row.get("delong_p")
+        p = row.get("p_value", row.get("delong_p"))
+        test = row.get("test_used", "DeLong")
         stats = (f"patient AUC {deep['auc']:.3f} vs {row['auc']:.3f}, difference {row['diff']:+.3f}"
-                 f"{_ci_text(row.get('diff_ci'))}" + (f", DeLong p = {p:.3g}" if p is not None else ""))
+                 f"{_ci_text(row.get('diff_ci'))}" + (f", {test} p = {p:.3g}" if p is not None else ""))
         if row["better"] == "yes":
             return f"The deep model is better than the {what} ({stats})."
         if row["diff"] is not None and row["diff"] <= 0:
@@ -539,6 +566,7 @@ def reference_block(
     seed: int = 0,
     features: np.ndarray | None = None,
     save_models: str | Path | None = None,
+    scale: str = "probability",
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """References for one split (a run, a fold): fitted, compared, put in words.
 
@@ -547,7 +575,8 @@ def reference_block(
     scores of ``test_rows``, in that order) and :func:`reference_sentences`. ``unit``: the run's
     ``eval.unit`` (``"visit"``: one score per patient and visit when the table has ``study_id``).
     ``save_models``: a path where the fitted models are written (:func:`save_reference_models`), for
-    external validation of the run.
+    external validation of the run. ``scale``: ``"logit"`` when ``deep_scores`` are logits
+    (:func:`compare_with_references`).
 
     Returns
     -------
@@ -564,7 +593,7 @@ def reference_block(
     sub = table.iloc[test_idx]
     keys = unit_keys(sub["patient_key"], unit_visits(sub, unit))
     block = compare_with_references(sub["y"].to_numpy(), deep_scores, refs, keys,
-                                    aggregate=aggregate, how=how, n_resamples=n_resamples, seed=seed)
+                                    aggregate=aggregate, how=how, n_resamples=n_resamples, seed=seed, scale=scale)
     block["sentences"] = reference_sentences(block)
     scores = pd.DataFrame({f"ref_{name}": np.asarray(ref["scores"]) for name, ref in refs.items()
                            if np.asarray(ref["scores"]).ndim == 1})

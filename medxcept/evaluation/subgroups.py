@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medxcept.evaluation.metrics import aggregate_by_patient, binary_metrics, bootstrap_ci, unit_patients, unit_visits
+from medxcept.evaluation.metrics import (
+    aggregate_by_patient,
+    binary_metrics,
+    bootstrap_ci,
+    ranking_metrics,
+    unit_patients,
+    unit_visits,
+)
 
 __all__ = ["SUBGROUP_COLUMNS", "subgroup_rows"]
 
@@ -64,7 +71,9 @@ def subgroup_rows(test: pd.DataFrame, threshold: float | None, *, how: str = "ma
     frame = test.copy()
     if "age" in frame and frame["age"].notna().any():
         frame["age band"] = pd.cut(frame["age"], _AGE_BANDS[0], right=False, labels=_AGE_BANDS[1]).astype(str)
-    raw_col = "prob_raw" if "prob_raw" in frame else "prob"
+    # ranked on the logits when the frame has them (probabilities of confident cases saturate)
+    raw_col = next(c for c in ("logit", "prob_raw", "prob") if c in frame)
+    scale = "logit" if raw_col == "logit" else "probability"
     rows: list[dict[str, Any]] = []
     dropped: list[tuple[int, str]] = []
     for col in SUBGROUP_COLUMNS:
@@ -73,9 +82,10 @@ def subgroup_rows(test: pd.DataFrame, threshold: float | None, *, how: str = "ma
         for value, g in frame.groupby(frame[col].astype(str)):
             visit = unit_visits(g, unit)
             keys, yp, pp = aggregate_by_patient(g["patient_key"].astype(str), g["y"], g["prob"], how=how, visit=visit)
-            _, _, pr = aggregate_by_patient(g["patient_key"].astype(str), g["y"], g[raw_col], how=how, visit=visit)
+            _, _, pr = aggregate_by_patient(g["patient_key"].astype(str), g["y"], g[raw_col].astype(float), how=how,
+                                            visit=visit, scale=scale)
             cut = binary_metrics(yp, pp, threshold=threshold)
-            rank = binary_metrics(yp, pr, threshold=threshold)
+            rank = ranking_metrics(yp, pr)
             row: dict[str, Any] = {"by": col, "value": value or "(missing)", "level": "patient",
                                    "images": int(len(g)), "patients": int(len(keys)), "positives": int(yp.sum()),
                                    "roc_auc": rank["roc_auc"], "sensitivity": cut["sensitivity"],

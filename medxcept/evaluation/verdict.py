@@ -116,7 +116,9 @@ def training_verdict(history: pd.DataFrame, best_epoch: int, *,
         ``train_metric`` (the column read), ``train_metric_note`` (None, or why the fallback is
         weaker), and the keys of the former verdict: ``best_epoch``, ``epochs_run``,
         ``train_auc_at_best``, ``val_auc_at_best``, ``gap_at_best``, ``overfitting_seen``,
-        ``final_train_auc``, ``final_val_auc``.
+        ``final_train_auc``, ``final_val_auc``; ``gap_validation_selected`` (True when the gap's
+        validation AUC is the epoch chosen for having the best one: optimistic) and ``gap_note`` (the
+        sentence the verdict ends with then, else None).
     """
     if history is None or history.empty:
         return {"case": None, "headline": "no training epochs ran", "verdict": "no training epochs ran",
@@ -219,10 +221,25 @@ def training_verdict(history: pd.DataFrame, best_epoch: int, *,
             headline = (f"Fine: the {fitted} is {train_best:.2f} and the validation AUC {val_best:.2f} at "
                         f"the kept epoch {best_epoch} (gap {gap:+.2f}"
                         + (", a mild gap" if mild else "") + "); no sign of underfitting or overfitting")
+    # the kept epoch was chosen for its validation AUC (early stopping), so that AUC is the best of
+    # the epochs on this validation split: optimistic, the more so the smaller the split and the
+    # more epochs ran; a gap computed from it leans towards "fine" or "underfitting"
+    selected = bool(vcol and math.isfinite(val_best) and va.notna().any() and np.isclose(val_best, float(va.max()),
+                                                                                        atol=1e-6))
+    gap_note = None
+    if selected and tcol and math.isfinite(gap):
+        gap_note = (f"The gap uses the validation AUC of epoch {best_epoch}, the epoch kept for having the best "
+                    f"validation AUC of {n}: chosen for being highest, it is optimistic on a small validation "
+                    "split, which leans the verdict towards fine or underfitting")
+    ev["gap_validation_auc"] = ("the kept epoch's, which was selected as the best validation AUC" if selected
+                                else "the kept epoch's")
     verdict = headline + ". " + "; ".join(detail) + "."
+    if gap_note:
+        verdict += f" {gap_note}."
     if tnote:
         verdict += f" Note: {tnote}."
     return {
+        "gap_validation_selected": selected, "gap_note": gap_note,
         "case": case, "headline": headline + ".", "verdict": verdict, "evidence": ev,
         "train_metric": tcol, "train_metric_note": tnote, "collapse": coll if coll["epochs"] else None,
         "best_epoch": int(best_epoch), "epochs_run": n,

@@ -60,7 +60,8 @@ from medxcept.config import RunConfig, config_hash
 from medxcept.images.dataset import CohortDataset, sample_weights_for
 from medxcept.errors import ConfigError
 # the one patient aggregation and probability transform (kept under their old names here)
-from medxcept.evaluation.metrics import patient_auc as _patient_auc
+from medxcept.evaluation.metrics import patient_auc
+from medxcept.evaluation.multiclass import unit_macro_auc
 from medxcept.evaluation.metrics import probabilities as _probs
 from medxcept.faults import fault_point
 from medxcept.models.network import (
@@ -250,6 +251,14 @@ def train_auc_subset(y: np.ndarray, groups: np.ndarray, *, max_images: int = TRA
     return np.sort(frame.loc[frame["g"].isin(chosen), "i"].to_numpy())
 
 
+def _patient_auc(groups: np.ndarray, y: np.ndarray, prob: np.ndarray, *, how: str, kind: str | None = None) -> float:
+    """The unit AUC early stopping ranks epochs by: binary, :func:`patient_auc`; k classes with the
+    task's ``kind``, the graded evaluation's macro AUC (:func:`unit_macro_auc`)."""
+    if kind is not None and np.asarray(prob).ndim == 2:
+        return unit_macro_auc(groups, y, prob, kind=kind)
+    return patient_auc(groups, y, prob, how=how)  # type: ignore[arg-type]
+
+
 class PatientAUC(keras.callbacks.Callback):
     """Adds ``val_patient_auc``, ``val_prob_sd`` and ``collapsed`` (1.0 or 0.0: :func:`is_collapsed`)
     to the epoch logs, before early stopping reads them.
@@ -322,8 +331,9 @@ class EpochEvaluation(keras.callbacks.Callback):
     def __init__(self, val_images: np.ndarray, val_y: np.ndarray, val_groups: np.ndarray,
                  train_images: np.ndarray, train_y: np.ndarray, train_groups: np.ndarray, *, n_classes: int,
                  batch_size: int, how: str = "mean", recalibrate: bool = False, seed: int = 0,
-                 max_images: int = TRAIN_AUC_MAX_IMAGES) -> None:
+                 max_images: int = TRAIN_AUC_MAX_IMAGES, kind: str | None = None) -> None:
         super().__init__()
+        self.kind = kind  # k classes: the graded evaluation's unit rule and macro AUC (patient_auc)
         keep = train_auc_subset(train_y, train_groups, max_images=max_images, seed=seed)
         self.train_images = train_images[keep]
         self.train_y, self.train_groups = np.asarray(train_y)[keep], np.asarray(train_groups)[keep]
@@ -366,8 +376,9 @@ class EpochEvaluation(keras.callbacks.Callback):
         new = self.validation_logs(val)
         squeeze = (lambda a: a[:, 0]) if logits.shape[-1] == 1 else (lambda a: a)
         prob = _probs(squeeze(val))
-        new["train_patient_auc"] = _patient_auc(self.train_groups, self.train_y, _probs(squeeze(train)), how=self.how)
-        new["val_patient_auc"] = _patient_auc(self.val_groups, self.val_y, prob, how=self.how)
+        new["train_patient_auc"] = _patient_auc(self.train_groups, self.train_y, _probs(squeeze(train)), how=self.how,
+                                                kind=self.kind)
+        new["val_patient_auc"] = _patient_auc(self.val_groups, self.val_y, prob, how=self.how, kind=self.kind)
         new["val_prob_sd"] = _prob_sd(prob)
         new["collapsed"] = float(is_collapsed(prob))
         if logs is not None:
@@ -829,7 +840,8 @@ class _Stage:
 
 def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, val_y: np.ndarray,
         val_groups: np.ndarray, *, cfg: RunConfig, weights: WeightsInfo, n_classes: int,
-        run_dir: Path | None = None, resume: bool = False, train_groups: np.ndarray | None = None) -> TrainResult:
+        run_dir: Path | None = None, resume: bool = False, train_groups: np.ndarray | None = None,
+        task: str | None = None) -> TrainResult:
     """Train a model with the configured recipe; return it with the best epoch's weights.
 
     Args:
@@ -841,6 +853,9 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
         cfg: the resolved run configuration (``cfg.train`` holds the recipe).
         weights: from :func:`medxcept.models.network.resolve_weights`.
         n_classes: number of classes.
+        task: the cohort's task (``nominal`` or ``ordinal``) when ``n_classes > 2``: early stopping then
+            ranks epochs by the graded evaluation's patient rule (worst eye for ordinal) and macro
+            AUC. ``None``: ordinal when ``train.ordinal_loss`` is not softmax, else nominal.
         run_dir: where checkpoints go (``run_dir/checkpoints``); ``None`` disables them.
         resume: continue from the checkpoint in ``run_dir/checkpoints`` after its last completed
             epoch (weights, optimizer state, learning-rate schedule position, early-stopping
@@ -914,6 +929,7 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
         val_images, val_y, val_groups, train_images, train_y,
         np.arange(len(train_y)) if train_groups is None else train_groups, n_classes=n_classes,
         batch_size=tc.batch_size, how=cfg.eval.patient_aggregation, seed=cfg.seed,
+        kind=None if n_classes <= 2 else (task or ("ordinal" if tc.ordinal_loss != "softmax" else "nominal")),
         recalibrate=tc.bn_recalibration and not baseline and not weights.pretrained)
 
     # ---- resume: where the checkpoint left off

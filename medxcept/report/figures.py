@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
-__all__ = ["to_data_uri", "roc_pr_figure", "reliability_figure", "training_figure", "confusion_figure",
+__all__ = ["to_data_uri", "roc_pr_figure", "reliability_figure", "training_figure", "training_auc_curves", "confusion_figure",
            "examples_figure", "image_grid_figure", "clinical_figure"]
 
 BLUE, ORANGE, GREY = "#1f5fa8", "#d9822b", "#888888"
@@ -83,8 +83,28 @@ def reliability_figure(before: list[dict[str, Any]], after: list[dict[str, Any]]
     return to_data_uri(fig)
 
 
+def training_auc_curves(history: pd.DataFrame) -> dict[str, Any]:
+    """The AUC series the training figure plots: the ones the training verdict reads.
+
+    ``train``: the clean training patient AUC (``train_patient_auc``) when the history has it, else
+    Keras' running image AUC (``auc``); ``val``: ``val_patient_auc`` (else ``val_auc``); ``gap``:
+    ``train - val`` per epoch (None without a validation series); ``train_label``, ``val_label``.
+    """
+    def has(c: str) -> bool:
+        return c in history and history[c].notna().any()
+
+    tcol = "train_patient_auc" if has("train_patient_auc") else ("auc" if has("auc") else None)
+    vcol = "val_patient_auc" if has("val_patient_auc") else ("val_auc" if has("val_auc") else None)
+    train = None if tcol is None else history[tcol].astype(float)
+    val = None if vcol is None else history[vcol].astype(float)
+    return {"train": train, "val": val, "gap": None if train is None or val is None else train - val,
+            "train_label": "train (patients, clean)" if tcol == "train_patient_auc" else "train (images, running)",
+            "val_label": "validation (patients)" if vcol == "val_patient_auc" else "validation (images)"}
+
+
 def training_figure(history: pd.DataFrame, best_epoch: int) -> str | None:
-    """Train and validation loss and AUC per epoch, with the train-validation gap and the kept epoch."""
+    """Train and validation loss and AUC per epoch, with the train-validation gap and the kept epoch
+    (the AUCs of :func:`training_auc_curves`: those the training verdict beside it states)."""
     if history.empty:
         return None
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
@@ -93,12 +113,14 @@ def training_figure(history: pd.DataFrame, best_epoch: int) -> str | None:
     if "val_loss" in history:
         axes[0].plot(e, history["val_loss"], color=ORANGE, marker=".", label="validation")
     axes[0].set(title="loss", xlabel="epoch")
-    axes[1].plot(e, history["auc"], color=BLUE, marker=".", label="train (images)")
-    if "val_patient_auc" in history:
-        axes[1].plot(e, history["val_patient_auc"], color=ORANGE, marker=".", label="validation (patients)")
+    curves = training_auc_curves(history)
+    if curves["train"] is not None:
+        axes[1].plot(e, curves["train"], color=BLUE, marker=".", label=curves["train_label"])
+    if curves["val"] is not None:
+        axes[1].plot(e, curves["val"], color=ORANGE, marker=".", label=curves["val_label"])
     axes[1].set(title="ROC-AUC", xlabel="epoch", ylim=(0.4, 1.01))
-    if "val_patient_auc" in history:
-        axes[2].bar(e, history["auc"] - history["val_patient_auc"], color=GREY)
+    if curves["gap"] is not None:
+        axes[2].bar(e, curves["gap"], color=GREY)
     axes[2].axhline(0, color="black", lw=0.8)
     axes[2].set(title="train - validation AUC gap", xlabel="epoch")
     for ax in axes:

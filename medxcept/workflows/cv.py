@@ -401,7 +401,7 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
     result = fit(images[parts["fit"]], ft["y"].to_numpy(), images[parts["inner"]], iv["y"].to_numpy(),
                  unit_keys(iv["patient_key"], unit_visits(iv, cfg.eval.unit)), cfg=cfg, weights=weights,
                  n_classes=len(classes), run_dir=fdir, resume=resume,
-                 train_groups=unit_keys(ft["patient_key"], unit_visits(ft, cfg.eval.unit)))
+                 train_groups=unit_keys(ft["patient_key"], unit_visits(ft, cfg.eval.unit)), task=plan.info.get("task"))
     run.write_csv("history.csv", result.history)
     bs = cfg.train.batch_size
     inner_logits = predict_logits(result.model, images[parts["inner"]], batch_size=bs)

@@ -161,7 +161,7 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
     result = fit(images[parts["train"]], tr["y"].to_numpy(), images[parts["val"]], va["y"].to_numpy(),
                  unit_keys(va["patient_key"], unit_visits(va, cfg.eval.unit)), cfg=cfg, weights=weights,
                  n_classes=spec.n_classes, run_dir=run.path, resume=resume_dir is not None,
-                 train_groups=unit_keys(tr["patient_key"], unit_visits(tr, cfg.eval.unit)))
+                 train_groups=unit_keys(tr["patient_key"], unit_visits(tr, cfg.eval.unit)), task=spec.task)
     timings["train_s"] = result.seconds
     run.write_csv("history.csv", result.history)
     model_bytes = save_inference_model(result.model, run.file("model.keras"))

@@ -40,6 +40,7 @@ from medxcept.evaluation.metrics import (
     aggregate_by_patient,
     binary_metrics,
     bootstrap_ci,
+    ranking_metrics,
     choose_threshold,
     metric_names,
     multiclass_metrics,
@@ -237,7 +238,7 @@ _RANK = ("roc_auc", "pr_auc")
 def _with_rank_metrics(metrics: dict[str, Any], y: np.ndarray, raw: np.ndarray,
                        threshold: float | None) -> dict[str, Any]:
     """``metrics`` (calibrated, at the threshold) with ROC-AUC and PR-AUC of the uncalibrated ``raw``."""
-    rank = binary_metrics(y, raw, threshold=0.5 if threshold is None else threshold)
+    rank = ranking_metrics(y, raw)
     return {**metrics, **{k: rank[k] for k in _RANK if k in rank}}
 
 
@@ -268,19 +269,26 @@ def measure_test(test: pd.DataFrame, *, threshold: float | None, cfg: RunConfig,
         # discrimination (ROC-AUC, PR-AUC) from the uncalibrated scores: isotonic ties or a Platt
         # sign flip must not change it; the threshold metrics from the calibrated probabilities
         p, pr = test["prob"].to_numpy(), test["prob_raw"].to_numpy()
-        out["test_image"] = _with_rank_metrics(binary_metrics(y, p, threshold=threshold), y, pr, threshold)
+        # ranked on the logits (logit of the unit's aggregated probability): probabilities saturate
+        # (frames without logits: the uncalibrated probabilities)
+        logit = "logit" in test
+        z = test["logit" if logit else "prob_raw"].to_numpy(np.float64)
+        out["test_image"] = _with_rank_metrics(binary_metrics(y, p, threshold=threshold), y, z, threshold)
         visit = unit_visits(test, ec.unit)
         keys, yp, pp = aggregate_by_patient(test["patient_key"], y, p, how=ec.patient_aggregation, visit=visit)
         _, _, ppr = aggregate_by_patient(test["patient_key"], y, pr, how=ec.patient_aggregation, visit=visit)
-        out["test_patient"] = _with_rank_metrics(binary_metrics(yp, pp, threshold=threshold), yp, ppr, threshold)
+        _, _, pz = aggregate_by_patient(test["patient_key"], y, z, how=ec.patient_aggregation, visit=visit,
+                                        scale="logit" if logit else "probability")
+        out["test_patient"] = _with_rank_metrics(binary_metrics(yp, pp, threshold=threshold), yp, pz, threshold)
         out["patient_aggregation"] = ec.patient_aggregation
         out["evaluation_unit"] = unit_record(test, ec)
-        out["discrimination_from"] = "uncalibrated scores (prob_raw)"
+        out["discrimination_from"] = ("uncalibrated logits (logit of each unit's aggregated probability)" if logit
+                                      else "uncalibrated scores (prob_raw)")
         if ec.n_bootstrap:
             # one row per unit (patient or visit); the bootstrap resamples patients (all their visits)
-            cis = _split_bootstrap(yp, pp, ppr, unit_patients(keys), threshold, ec.n_bootstrap, cfg.seed)
+            cis = _split_bootstrap(yp, pp, pz, unit_patients(keys), threshold, ec.n_bootstrap, cfg.seed)
             out["test_patient_ci"] = {k: v.to_dict() for k, v in cis.items()}
-            cis_img = _split_bootstrap(y, p, pr, test["patient_key"].to_numpy(), threshold, ec.n_bootstrap,
+            cis_img = _split_bootstrap(y, p, z, test["patient_key"].to_numpy(), threshold, ec.n_bootstrap,
                                        cfg.seed)
             out["test_image_ci"] = {k: v.to_dict() for k, v in cis_img.items()}
         out["n_bootstrap"] = ec.n_bootstrap
@@ -493,9 +501,9 @@ def compare_references(table: pd.DataFrame, images: np.ndarray, fit_rows: np.nda
     if len(classes) != 2:
         return None, None
     return reference_block(table.reset_index(drop=True), images, fit_rows, test_rows,
-                           assessed.test["prob_raw"].to_numpy(), how=cfg.eval.patient_aggregation,
+                           assessed.test["logit"].to_numpy(np.float64), how=cfg.eval.patient_aggregation,
                            unit=cfg.eval.unit, n_resamples=cfg.eval.n_bootstrap, seed=cfg.seed,
-                           save_models=save_models)
+                           save_models=save_models, scale="logit")
 
 
 def summary_block(metrics: dict[str, Any], training: dict[str, Any],
@@ -599,6 +607,10 @@ def patient_frame(frame: pd.DataFrame, how: str) -> pd.DataFrame:
         raw_keys, _, pr = aggregate_by_patient(frame[key].to_numpy(), frame["y"].to_numpy(),
                                                frame["prob_raw"].to_numpy(), how=how)
         out["patient_prob_raw"] = pd.Series(pr, index=pd.Index(raw_keys, name=key))
+    if "logit" in frame:  # what ranking metrics rank: the logit of the unit's aggregated probability
+        z_keys, _, pz = aggregate_by_patient(frame[key].to_numpy(), frame["y"].to_numpy(),
+                                             frame["logit"].to_numpy(np.float64), how=how, scale="logit")
+        out["patient_logit"] = pd.Series(pz, index=pd.Index(z_keys, name=key))
     return out
 
 
