@@ -25,7 +25,7 @@ from tests.conftest import TINY_COHORT
 N_FOLDS = 3
 
 
-def _frozen_result(images: np.ndarray):
+def _frozen_result(images: np.ndarray, n_classes: int = 2):
     """A TrainResult holding the tiny network with fixed weights (seed 0): its head is scaled and
     centred on ``images`` so that the logits spread around 0 (a random network's barely move)."""
     import keras
@@ -33,12 +33,12 @@ def _frozen_result(images: np.ndarray):
     from medxcept.models.network import build_model, resolve_weights
     from medxcept.models.train import TrainResult, predict_logits, weights_checksum
 
-    model = build_model(image_px=71, n_classes=2, dropout=0.0, weights=resolve_weights("none"), seed=0)
+    model = build_model(image_px=71, n_classes=n_classes, dropout=0.0, weights=resolve_weights("none"), seed=0)
     head = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)][-1]
     z = predict_logits(model, images, batch_size=8)
     scale = 1.5 / max(float(z.std()), 1e-9)
     head.kernel.assign(head.kernel * scale)
-    head.bias.assign(head.bias * scale - float(z.mean()) * scale)
+    head.bias.assign((head.bias.numpy() - z.mean(axis=0)) * scale)
     history = pd.DataFrame({"epoch": [1, 2], "stage": ["scratch", "scratch"], "loss": [0.7, 0.6],
                             "val_loss": [0.7, 0.65], "auc": [0.6, 0.7], "val_patient_auc": [0.55, 0.6],
                             "train_patient_auc": [0.6, 0.7]})
@@ -192,9 +192,11 @@ def test_method_record_states_where_each_choice_was_made():
 
 
 def _paragraph(html: str, pid: str) -> str:
-    """The text of ``<p id="pid">`` (or of the element with that id) in ``html``."""
+    """The text of ``<p id="pid">`` in ``html``, entities unescaped (the page escapes apostrophes)."""
+    import html as _html
+
     start = html.index(f'id="{pid}"')
-    return html[start:html.index("</p>", start)]
+    return _html.unescape(html[start:html.index("</p>", start)])
 
 
 def test_report_method_sentences_come_from_the_method_record(tmp_path):
@@ -290,3 +292,61 @@ def test_cv_report_method_sentence_comes_from_the_folds_metrics(three_ways, tmp_
     where = _paragraph((copy / "cv_report.html").read_text(encoding="utf-8"), "where-chosen")
     assert "was chosen on A-PLACE-THE-FOLD-RECORDED" in where and "No test-time augmentation" in where
     assert out["metrics"]["method"]["threshold_and_calibration_fitted_on"] == "A-PLACE-THE-FOLD-RECORDED"
+
+
+GRADED_COHORT = """
+name: tiny-graded
+classes: [none, mild, moderate]
+task: ordinal
+endpoints: {referable: grade >= moderate}
+generator: demo_graded
+generator_options: {n_patients: 30, n_grades: 3, seed: 5, size_scale: 0.35}
+pseudonym_salt: test-salt
+sources:
+  - {name: photos, kind: photos, root: photos, labels: photos/labels.csv, label_column: grade,
+     patient_column: patient, laterality_column: eye, columns: {camera: source}}
+defaults:
+  preprocess: {image_px: 71}
+  train: {batch_size: 8, head_epochs: 1, finetune_epochs: 0, workers: 1}
+  eval: {n_bootstrap: 20, tta: 2}
+  audit: {on_leak: warn}
+"""
+
+
+@pytest.mark.slow
+def test_a_graded_fold_predicts_with_tta_and_the_cv_page_states_its_record(tmp_path, monkeypatch):
+    """A k-class fold goes through the same stage: its class probabilities are the softmax of the
+    TTA-averaged logits, its decision rule is recorded as chosen on its inner validation split, and
+    the graded CV page says so from that record."""
+    import medxcept.models.train
+    from medxcept.cohort.table import load_cohort_spec
+    from medxcept.config import load_config
+    from medxcept.evaluation.assess import TTA, Units, predict_units
+    from medxcept.evaluation.metrics import probabilities
+    from medxcept.workflows.cv import aggregate_cv, plan_cv, run_fold
+
+    monkeypatch.setenv("MEDXCEPT_CACHE", str(tmp_path / "cache"))
+    cohort = tmp_path / "graded.yaml"
+    cohort.write_text(GRADED_COHORT, encoding="utf-8")
+    spec = load_cohort_spec(cohort)
+    cfg = load_config(cohort_defaults=spec.defaults, overrides={"out_dir": str(tmp_path / "reports"),
+                                                                "cohort": str(cohort), "split.n_folds": N_FOLDS})
+    plan = plan_cv(cfg, spec, n_folds=N_FOLDS, cv_dir=tmp_path / "cv", cohort_file=cohort)
+    frozen = _frozen_result(plan.images, n_classes=3)
+    monkeypatch.setattr(medxcept.models.train, "fit", lambda *a, **k: frozen)
+    run_fold(plan.path, 0, save_model=False)
+    m = _read(plan.path / "fold-0", "metrics.json")
+    assert m["method"]["tta"]["passes"] == 2 and "threshold" not in m["method"]
+    assert m["method"]["decision_rule"]["chosen_on"].startswith("the fold's inner validation split")
+    oof = pd.read_csv(plan.path / "fold-0" / "oof_predictions.csv", dtype={"image_id": str})
+    table = plan.table.reset_index(drop=True)
+    rows = np.flatnonzero(table["image_id"].isin(oof["image_id"]).to_numpy())
+    logits = predict_units(frozen.model, Units(table.iloc[rows], plan.images[rows]), TTA.of(cfg))
+    want = pd.DataFrame(probabilities(logits), columns=list(spec.classes), index=table["image_id"].iloc[rows])
+    got = oof.set_index("image_id").loc[want.index, [f"prob_raw_{c}" for c in spec.classes]].to_numpy()
+    np.testing.assert_allclose(got, want.to_numpy(), rtol=0, atol=1e-5)
+    out = aggregate_cv(plan.path)
+    where = _paragraph((plan.path / "cv_report.html").read_text(encoding="utf-8"), "where-chosen")
+    assert out["metrics"]["method"]["recorded"]["decision_rule"] == {
+        k: v for k, v in m["method"]["decision_rule"].items() if k not in ("n_patients", "n_units")}
+    assert f"were chosen on {m['method']['decision_rule']['chosen_on']}" in where and "2 augmented copies" in where

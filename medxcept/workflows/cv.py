@@ -1,7 +1,10 @@
 """The cross-validation workflow: plan the folds, run each fold, aggregate the CV report.
 
-``python -m pipelines.kfold`` calls :func:`run_cv`. What a fold measures and why (calibration and
-threshold from the training folds, the pooled out-of-fold estimate, resuming, failures) is in
+``python -m pipelines.kfold`` calls :func:`run_cv`. A fold is :func:`medxcept.workflows.fold.run_fold`
+(measured through the one assessment, :mod:`medxcept.evaluation.assess`); the CV report states where
+the folds chose their epoch, calibrator, threshold and decision rule from the folds' own
+``metrics.json["method"]`` records (:func:`recorded_method`). What a fold measures and why (calibration and
+threshold from each fold's inner validation split, the pooled out-of-fold estimate, resuming, failures) is in
 :mod:`medxcept.evaluation.kfold`, which also holds the plan on disk (``cv.json``, fold markers, fold tables)
 and the statistics across folds; this module composes the steps and runs the folds.
 """
