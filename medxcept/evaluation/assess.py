@@ -209,8 +209,12 @@ def method_record(*, classes: tuple[str, ...], cfg: RunConfig, epoch_chosen_on: 
                   "n_units": int(len(set(unit_keys(val["patient_key"], unit_visits(val, ec.unit)))))}
     graded = len(classes) > 2
     out: dict[str, Any] = {
+        # what EpochEvaluation ranks epochs by (medxcept.evaluation.metrics.patient_auc)
         "epoch": {"chosen_on": epoch_chosen_on,
-                  "by": "patient-level macro ROC-AUC" if graded else "unit-level ROC-AUC"},
+                  "by": "the macro one-vs-rest ROC-AUC of the validation patients (class probabilities averaged "
+                        "per patient)" if graded else
+                        f"the ROC-AUC of the validation units (the {ec.patient_aggregation} of each unit's image "
+                        "probabilities)"},
         "calibrator": {"method": ec.calibration, "fitted_on": chosen_on, **counts},
         "tta": tta.record(), "refitted": bool(refitted),
         "ranking_from": "the uncalibrated scores",
@@ -220,8 +224,10 @@ def method_record(*, classes: tuple[str, ...], cfg: RunConfig, epoch_chosen_on: 
                                 **counts}
     else:
         rule = (threshold or {}).get("method", ec.threshold)
-        out["threshold"] = {"rule": rule, "chosen_on": chosen_on,
-                            "unit": "visit" if ec.unit == "visit" else "patient", **counts}
+        # the unit the scores were aggregated to: a visit only when the rows carry visits
+        unit = ("visit" if unit_visits(val, ec.unit) is not None else "patient") if val is not None else \
+            (threshold or {}).get("unit", "visit" if ec.unit == "visit" else "patient")
+        out["threshold"] = {"rule": rule, "chosen_on": chosen_on, "unit": unit, **counts}
     return out
 
 
