@@ -20,12 +20,35 @@ import numpy as np
 
 from medxcept.cohort.table import Endpoint, load_cohort_spec
 from medxcept.errors import ConfigError
-from medxcept.evaluation.assess import TTA, Assessment, Units, assess_model, compare_references, predict_units
-from medxcept.evaluation.assess import write_marker, write_outcome
+from medxcept.evaluation.assess import (
+    TTA,
+    Assessment,
+    Units,
+    assess_model,
+    compare_references,
+    predict_units,
+    write_marker,
+    write_outcome,
+)
 from medxcept.evaluation.graded import fold_predictions
 from medxcept.evaluation.kfold import (
-    FAILED, INNER, MARKER, PLAN, CVPlan, FoldTask, _check_marker, _fold_lock, _prediction_frame, _read_json,
-    check_fold_disjoint, fold_counts, fold_split, inner_fraction, inner_seed, load_plan, require_inner_split,
+    FAILED,
+    INNER,
+    MARKER,
+    PLAN,
+    CVPlan,
+    FoldTask,
+    _check_marker,
+    _fold_lock,
+    _prediction_frame,
+    _read_json,
+    check_fold_disjoint,
+    fold_counts,
+    fold_split,
+    inner_fraction,
+    inner_seed,
+    load_plan,
+    require_inner_split,
 )
 from medxcept.evaluation.metrics import unit_keys, unit_visits
 from medxcept.evaluation.verdict import training_verdict
