@@ -111,7 +111,8 @@ def graph() -> dict[str, set[str]]:
 
 
 def test_the_graph_sees_known_imports(graph):
-    assert "medxcept.evaluation.metrics" in graph["medxcept.workflows.steps"]
+    assert "medxcept.evaluation.metrics" in graph["medxcept.evaluation.assess"]
+    assert "medxcept.evaluation.assess" in graph["medxcept.workflows.steps"]
     assert "medxcept.workflows.steps" in graph["medxcept.workflows.single"]
     assert "medxcept.io.dicom" in graph["medxcept.cohort.ingest"]
 

@@ -82,18 +82,22 @@ def write_escaping_cohort(d: Path, n_patients: int = 28) -> Path:
     return path
 
 
-def build_escaping_report(d: Path) -> tuple[Path, dict]:
+def build_escaping_report(d: Path, edit=None) -> tuple[Path, dict]:
     """Ingest the hostile cohort and render ``report.html`` as ``run_pipeline`` does, without training.
 
-    Returns the report path and what went into it (``spec``, ``table``, ``exclusions``, ``metrics``).
+    The planted logits go through the one assessment (``assess_model`` with saved logits), so
+    ``metrics.json["method"]`` is filled as a run fills it; ``edit(metrics)`` may change the metrics
+    before rendering. Returns the report path and what went into it (``spec``, ``table``,
+    ``exclusions``, ``metrics``).
     """
+    from medxcept.evaluation.assess import TTA, Units, assess_model
     from medxcept.integrity.audit import audit_cohort, fingerprints
     from medxcept.images.augment import effective_class_frequencies
     from medxcept.cohort.class_exclusions import exclusions_by_class
     from medxcept.cohort.table import load_cohort_spec
     from medxcept.config import config_hash, load_config
     from medxcept.evaluation.verdict import training_verdict
-    from medxcept.workflows.steps import assess, prepare_cohort, reason_counts, report_examples, summary_counts
+    from medxcept.workflows.steps import prepare_cohort, reason_counts, report_examples, summary_counts
     from medxcept.report import render_report
     from medxcept.run import RunDir, data_hash
     from medxcept.integrity.splits import assign_splits, split_hash
@@ -117,8 +121,9 @@ def build_escaping_report(d: Path) -> tuple[Path, dict]:
         z[np.argmax(y == 1)], z[np.argmax(y == 0)] = -2.0, 2.0  # ...but one misranked pair keeps T finite
         return z
 
-    assessed = assess(val=va, test=te, val_logits=logits(va), test_logits=logits(te), cfg=cfg,
-                                   classes=spec.classes)
+    assessed = assess_model(None, val=Units(va, logits=logits(va)), test=Units(te, logits=logits(te)), cfg=cfg,
+                            classes=spec.classes, tta=TTA.of(cfg),
+                            method={"epoch_chosen_on": "the validation split", "chosen_on": "the validation split"})
     metrics, frames = assessed.metrics, {"val": assessed.val, "test": assessed.test}
     history = pd.DataFrame({"epoch": [1, 2], "stage": ["scratch", "scratch"], "loss": [0.7, 0.6],
                             "val_loss": [0.7, 0.65], "auc": [0.6, 0.7], "val_patient_auc": [0.55, 0.6]})
@@ -143,6 +148,8 @@ def build_escaping_report(d: Path) -> tuple[Path, dict]:
         "timings": {"total_s": 1.0},
         "hashes": {k: versions[k] for k in ("data_hash", "split_hash", "config_hash")},
     }
+    if edit is not None:
+        edit(full)
     report = render_report(run.path, metrics=full, table=table, history=history, predictions=frames["test"],
                            audit=audit, versions=versions, images=images, cfg=cfg, spec=spec, frames=frames,
                              examples=report_examples(table, images, cfg, spec))

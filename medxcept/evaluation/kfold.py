@@ -1,7 +1,7 @@
 """Patient-level k-fold cross-validation: the plan on disk, the folds' tables and markers, the statistics.
 
-The workflow (planning, running and aggregating the folds) is :mod:`medxcept.workflows.cv`, the fold
-executors :mod:`medxcept.workflows.executors`; this module holds what they share, and explains
+The workflow (planning, running and aggregating the folds) is :mod:`medxcept.workflows.cv`, one fold
+:mod:`medxcept.workflows.fold`, the fold executors :mod:`medxcept.workflows.executors`; this module holds what they share, and explains
 what the numbers mean.
 
 On a cohort of a few dozen patients a single train/validation/test split gives a number whose

@@ -46,7 +46,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,19 +183,30 @@ def predict_logits(model: keras.Model, images: np.ndarray, *, batch_size: int = 
 
 
 def predict_logits_tta(model: keras.Model, images: np.ndarray, *, passes: int, seed: int, policy: str = "fundus",
-                       batch_size: int = 32) -> np.ndarray:
+                       batch_size: int = 32, keys: Sequence[int] | None = None) -> np.ndarray:
     """Test-time augmentation: the mean logit over the image and ``passes`` augmented copies.
 
     Copies use the ``light`` strength of the training policy (flips, small rotations and shifts,
     no colour change), seeded by ``seed`` so evaluation is reproducible. ``passes=0`` is
-    :func:`predict_logits`.
+    :func:`predict_logits`. ``keys``: one non-negative integer per image (from its ``image_id``:
+    :func:`medxcept.evaluation.assess.predict_units`); image ``i``'s copy ``k`` is then drawn from
+    ``(seed, 7919, k, keys[i])``, so an image gets the same copies, hence the same logit, in any
+    batch, split, fold or cohort. Without ``keys`` the copies of pass ``k`` are drawn in array
+    order from ``(seed, 7919, k)``.
     """
     total = predict_logits(model, images, batch_size=batch_size)
     if passes <= 0:
         return total
     aug = build_augment(AugmentConfig(strength="light", policy=policy, balance="none"), seed=seed)
+    if keys is not None and len(keys) != len(images):
+        raise ValueError(f"{len(keys)} keys for {len(images)} images")
     for k in range(passes):
-        copies = augment_batch(aug, images, rng=np.random.default_rng([seed, 7919, k]))
+        if keys is None:
+            copies = augment_batch(aug, images, rng=np.random.default_rng([seed, 7919, k]))
+        else:
+            copies = np.empty_like(images)
+            for i, key in enumerate(keys):
+                copies[i] = augment_batch(aug, images[i:i + 1], rng=np.random.default_rng([seed, 7919, k, int(key)]))[0]
         total = total + predict_logits(model, copies, batch_size=batch_size)
     return total / (passes + 1)
 

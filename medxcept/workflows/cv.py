@@ -1,7 +1,10 @@
 """The cross-validation workflow: plan the folds, run each fold, aggregate the CV report.
 
-``python -m pipelines.kfold`` calls :func:`run_cv`. What a fold measures and why (calibration and
-threshold from the training folds, the pooled out-of-fold estimate, resuming, failures) is in
+``python -m pipelines.kfold`` calls :func:`run_cv`. A fold is :func:`medxcept.workflows.fold.run_fold`
+(measured through the one assessment, :mod:`medxcept.evaluation.assess`); the CV report states where
+the folds chose their epoch, calibrator, threshold and decision rule from the folds' own
+``metrics.json["method"]`` records (:func:`recorded_method`). What a fold measures and why (calibration and
+threshold from each fold's inner validation split, the pooled out-of-fold estimate, resuming, failures) is in
 :mod:`medxcept.evaluation.kfold`, which also holds the plan on disk (``cv.json``, fold markers, fold tables)
 and the statistics across folds; this module composes the steps and runs the folds.
 """
@@ -14,8 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import time
 import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,29 +27,24 @@ import pandas as pd
 
 from medxcept import errors
 from medxcept.integrity.audit import AuditReport, Finding, audit_cohort, duplicate_groups, fingerprints
-from medxcept.cohort.table import Endpoint, load_cohort_spec, public_view
+from medxcept.cohort.table import public_view
 from medxcept.config import RunConfig, config_hash
 from medxcept.errors import ConfigError, MedxceptError
-from medxcept.evaluation.metrics import metric_names, unit_keys, unit_visits
-from medxcept.faults import fault_point
-from medxcept.evaluation.graded import check_task_config, fold_predictions, fold_row, graded_figures, pooled_report
+from medxcept.evaluation.metrics import metric_names
+from medxcept.evaluation.graded import check_task_config, fold_row, graded_figures, pooled_report
 from medxcept.evaluation.kfold import (
     CV_METRICS,
     FAILED,
     INNER,
-    MARKER,
     PLAN,
     PLAN_PATHS,
     CVPlan,
     FoldsFailedError,
     FoldTask,
-    _check_marker,
     _combined_split_hash,
     _curves_figure,
     _cv_table,
-    _fold_lock,
     _pooled,
-    _prediction_frame,
     _read_json,
     _record_failure,
     _tasks,
@@ -68,19 +64,14 @@ from medxcept.evaluation.kfold import (
     require_inner_split,
     t_interval,
 )
-from medxcept.paths import cache_dir
-from medxcept.evaluation.verdict import training_verdict
 from medxcept.images.preprocess import decode_key, load_images
 from medxcept.report import environment
 from medxcept.report.figures import clinical_figure, reliability_figure, roc_pr_figure
 from medxcept.run import RunDir, data_hash, write_atomic
-from medxcept.integrity.splits import split_hash, split_table
+from medxcept.integrity.splits import split_hash
 from medxcept.workflows.executors import Executor, make_executor
+from medxcept.workflows.fold import run_fold, task_of
 from medxcept.workflows.steps import (
-    Assessment,
-    assess,
-    cohort_cache,
-    compare_references,
     prepare_cohort,
     record_ingestion,
 )
@@ -265,227 +256,6 @@ def audit_every_repeat(table: pd.DataFrame, repeats: int, *, fp: dict[str, np.nd
     return report
 
 
-# ------------------------------------------------------------------------------------------ fold
-
-
-def _load_images(plan: CVPlan) -> np.ndarray:
-    decode = plan.info.get("decode_key")
-    cache = cohort_cache(load_cohort_spec(plan.info["cohort_file"])) if decode is None else cohort_cache(decode=decode)
-    try:
-        return load_images(plan.table, cache, plan.cfg.preprocess)
-    except KeyError:
-        # another machine, or a cleared cache: preprocess again (fills the cache), then read it
-        log.info("preprocessed images not in the cache at %s: ingesting the cohort again", cache_dir())
-        spec = load_cohort_spec(plan.info["cohort_file"])
-        prepare_cohort(spec, plan.cfg)
-        return load_images(plan.table, cache, plan.cfg.preprocess)
-
-
-def _evaluation(assessed: Assessment, how: str, n_bins: int, unit: str = "visit") -> dict[str, Any]:
-    """A fold's measurement of one frame: patient metrics with patient calibration, image metrics, CIs."""
-    m = assessed.metrics
-    out = {"patient": {**m["test_patient"], **assessed.patient_calibration(how, n_bins, unit)},
-           "image": m["test_image"], "calibration_image": m["calibration_test"]}
-    for key in ("test_patient_ci", "test_image_ci"):
-        if key in m:
-            out[key.replace("test_", "")] = m[key]
-    return out
-
-
-def run_fold(cv_dir: str | Path, task_index: int, *, images: np.ndarray | None = None,
-             save_model: bool = True) -> dict[str, Any]:
-    """Train and evaluate one fold into ``<cv_dir>/<fold name>/``; skip it when already complete.
-
-    Parameters
-    ----------
-    cv_dir : path
-        A directory written by :func:`plan_cv`.
-    task_index : int
-        ``repeat * n_folds + fold``.
-    images : numpy.ndarray, optional
-        The plan's preprocessed images in ``cohort.csv`` row order (read from the cache otherwise).
-    save_model : bool, default True
-        Keep ``model.keras`` in the fold directory.
-
-    Returns
-    -------
-    dict
-        ``name``, ``status`` (``"trained"`` or ``"skipped"``) and, when trained, ``seconds``.
-    """
-    plan = load_plan(cv_dir)
-    require_inner_split(plan.info, plan.path)
-    tasks = plan.tasks
-    if not 0 <= task_index < len(tasks):
-        raise ConfigError(f"fold index {task_index} is out of range: {plan.path} has {len(tasks)} fold(s) "
-                          f"(0..{len(tasks) - 1}; with repeats, index = repeat * {plan.n_folds} + fold)")
-    task = tasks[task_index]
-    fdir = plan.path / task.name
-    if (fdir / MARKER).is_file():
-        _check_marker(plan, task, _read_json(fdir / MARKER))
-        log.info("%s: complete (fold.json matches configuration %s), skipped", task.name, plan.info["config_hash"])
-        return {"name": task.name, "status": "skipped"}
-    # one process per fold (a resubmitted array job stops here): held until this process returns or dies
-    with _fold_lock(plan.path, task):
-        return _run_fold_locked(plan, task, images=images, save_model=save_model)
-
-
-def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
-                     save_model: bool) -> dict[str, Any]:
-    fdir = plan.path / task.name
-    if (fdir / MARKER).is_file():  # completed by the process that held the lock before us
-        _check_marker(plan, task, _read_json(fdir / MARKER))
-        return {"name": task.name, "status": "skipped"}
-    fault_point("fold_start", task.name)  # test hook (medxcept.faults)
-    if (fdir / FAILED).is_file():
-        log.warning("! %s failed before (%s): running it again", task.name,
-                    _read_json(fdir / FAILED).get("message", "?"))
-        (fdir / FAILED).unlink()
-    resume = False
-    if fdir.exists():
-        state = fdir / "checkpoints" / "state.json"
-        if state.is_file():
-            done = len(_read_json(state).get("rows", []))
-            log.warning("! %s was interrupted after epoch %d: continuing from its checkpoint", task.name, done)
-            resume = True
-        else:
-            log.warning("! %s was interrupted before its first epoch ended: restarting it", task.name)
-            shutil.rmtree(fdir)
-    # imported here: a skipped fold (above), planning and aggregating need neither Keras nor TensorFlow
-    from medxcept.models.network import detect_device, resolve_weights
-    from medxcept.models.train import fit, predict_logits, save_inference_model, set_seeds
-
-    t0 = time.perf_counter()
-    cfg = plan.cfg
-    classes = plan.classes
-    weights = resolve_weights(cfg.model.weights)
-    if images is None:
-        images = _load_images(plan)
-    # The epoch, the calibration and the threshold (k classes: the decision rule) are chosen on the
-    # fold's inner validation split, a share of its training folds' patients made as the single run's
-    # validation split; never on the held-out fold "val" that is reported.
-    fraction = inner_fraction(cfg.split)
-    fp = fingerprints(images)
-    merge = duplicate_groups(plan.table, fp, cfg.audit.hamming_threshold) if cfg.audit.on_leak == "fix" else None
-    table = fold_split(plan.table, cfg.split, task.repeat, task.fold, fraction=fraction, merge=merge)
-    check_fold_disjoint(table, task.name)  # cheap, and the fold must never train if it fails
-    if split_hash(table) != plan.info["folds"][task.index]["split_hash"]:
-        raise ConfigError(f"{task.name}: the inner validation split made now differs from the one planned in "
-                          f"{plan.path / PLAN} (another version of medxcept?): delete {plan.path} or use another "
-                          "--cv-name to plan it again")
-    seed = inner_seed(cfg.split.seed, task.repeat, task.fold)
-    chosen_on = (f"the fold's inner validation split: {100 * fraction:g} % of its training folds' patients "
-                 f"(patient-grouped, stratified, seed {seed}), never the held-out fold")
-    run = RunDir(fdir)
-    run.write_config(cfg, extra={"cohort_name": plan.info["cohort_name"], "classes": list(classes),
-                                 "cv": {"dir": plan.path.name, "fold": task.fold, "repeat": task.repeat,
-                                        "n_folds": plan.n_folds, "repeats": plan.repeats,
-                                        "inner_val_fraction": fraction, "inner_seed": seed}})
-    run.write_csv("split.csv", split_table(table))
-    report = audit_cohort(table, fp=fp, policy=cfg.audit.on_leak,
-                          hamming_threshold=cfg.audit.hamming_threshold, group_column=cfg.split.group_column)
-    run.write_json("audit.json", report.to_dict())
-    report.raise_if_errors()
-
-    parts = {s: np.flatnonzero(table["split"].to_numpy() == s) for s in ("train", INNER, "val", "test")}
-    parts["fit"], parts["inner"] = parts["train"], parts[INNER]
-    parts["train_folds"] = np.sort(np.concatenate([parts["train"], parts[INNER]]))  # every training-fold row
-    counts = fold_counts(table)
-    va, te = (table.iloc[parts[s]] for s in ("val", "test"))
-    ft, iv = table.iloc[parts["fit"]], table.iloc[parts["inner"]]
-    log.info("%s: training on %d image(s) of %d patient(s), inner validation (epoch, calibration, threshold) on "
-             "%d image(s) of %d patient(s), held out %d image(s) of %d patient(s)", task.name,
-             counts["train"]["images"], counts["train"]["patients"], counts["inner_val"]["images"],
-             counts["inner_val"]["patients"], counts["held_out"]["images"], counts["held_out"]["patients"])
-    set_seeds(cfg.seed)
-    # early stopping on the report's units (patient or visit) and aggregation rule
-    result = fit(images[parts["fit"]], ft["y"].to_numpy(), images[parts["inner"]], iv["y"].to_numpy(),
-                 unit_keys(iv["patient_key"], unit_visits(iv, cfg.eval.unit)), cfg=cfg, weights=weights,
-                 n_classes=len(classes), run_dir=fdir, resume=resume,
-                 train_groups=unit_keys(ft["patient_key"], unit_visits(ft, cfg.eval.unit)), task=plan.info.get("task"))
-    run.write_csv("history.csv", result.history)
-    bs = cfg.train.batch_size
-    inner_logits = predict_logits(result.model, images[parts["inner"]], batch_size=bs)
-    val_logits = predict_logits(result.model, images[parts["val"]], batch_size=bs)
-    ec = cfg.eval
-    graded = len(classes) > 2
-    kind, endpoints = _task_of(plan)
-    # calibration and threshold (k classes: the decision rule and endpoint thresholds) from the inner
-    # validation split; measured on the held-out fold
-    oof_a = assess(val=iv, test=va, val_logits=inner_logits, test_logits=val_logits, cfg=cfg, classes=classes,
-                   task=kind, endpoints=endpoints)
-    oof_m = oof_a.metrics
-    references = None
-    if graded:
-        oof = {"graded": oof_m["graded"]}
-        run.write_csv("oof_predictions.csv", fold_predictions(oof_a.test, oof_m["graded"], repeat=task.repeat,
-                                                              fold=task.fold))
-        threshold_record = {"decision_rule": oof_m["graded"]["decision_rule"],
-                            "endpoint_thresholds": oof_a.calibration_record["endpoint_thresholds"]}
-    else:
-        threshold = float(oof_a.threshold)
-        oof = _evaluation(oof_a, ec.patient_aggregation, ec.n_bins, ec.unit)
-        threshold_record = oof_m["threshold"]
-        # the reference models on the same split: fitted on every training-fold image, scored on fold i
-        references, ref_scores = compare_references(table, images, parts["train_folds"], parts["val"], oof_a, cfg,
-                                                     classes)
-        oof_frame = _prediction_frame(oof_a.test, task, threshold, ec.patient_aggregation, ec.unit)
-        if ref_scores is not None and "image_id" in oof_frame:
-            oof_frame = oof_frame.merge(ref_scores, on="image_id", how="left")
-        run.write_csv("oof_predictions.csv", oof_frame)
-    holdout = None
-    if len(te):
-        test_logits = predict_logits(result.model, images[parts["test"]], batch_size=bs)
-        ho_a = assess(val=iv, test=te, val_logits=inner_logits, test_logits=test_logits, cfg=cfg, classes=classes,
-                      task=kind, endpoints=endpoints)
-        if graded:
-            holdout = {"graded": ho_a.metrics["graded"]}
-            run.write_csv("holdout_predictions.csv", fold_predictions(ho_a.test, ho_a.metrics["graded"],
-                                                                      repeat=task.repeat, fold=task.fold))
-        else:
-            holdout = _evaluation(ho_a, ec.patient_aggregation, ec.n_bins, ec.unit)
-            run.write_csv("holdout_predictions.csv",
-                          _prediction_frame(ho_a.test, task, threshold, ec.patient_aggregation, ec.unit))
-    model_bytes = None
-    if save_model:
-        model_bytes = save_inference_model(result.model, run.file("model.keras"))
-    device = detect_device()
-    fhash = split_hash(table)
-    run.write_versions(device=device, hashes={"data_hash": plan.info["data_hash"], "split_hash": fhash,
-                                              "config_hash": plan.info["config_hash"]})
-    seconds = time.perf_counter() - t0
-    metrics = {
-        "fold": task.fold, "repeat": task.repeat, "name": task.name,
-        "weights": weights.kind, "weights_description": weights.description, "pretrained": weights.pretrained,
-        "counts": counts,
-        "threshold": {**threshold_record, "chosen_on": chosen_on},
-        "epoch_chosen_on": chosen_on,
-        "calibration_method": ec.calibration, "calibrator": oof_m["calibrator"],
-        "patient_aggregation": ec.patient_aggregation, "unit": ec.unit, "n_bootstrap": ec.n_bootstrap,
-        "oof": oof, "holdout": holdout, "references": references,
-        "training": {**training_verdict(result.history, result.best_epoch, collapse=getattr(result, "collapse", None)),
-                     "stages": result.stages, "seconds": result.seconds},
-        "audit": report.to_dict()["summary"] | {"warnings": [f.message for f in report.warnings]},
-        "device": device, "seconds": seconds,
-        "model": {"bytes": model_bytes, "weights_sha256": result.weights_sha256, "optimizer_state": False,
-                  "resumed_after_training": result.resumed_after_training},
-    }
-    run.write_json("metrics.json", metrics)
-    _write_json_atomic(fdir / MARKER, {  # the completion marker, written last
-        "name": task.name, "fold": task.fold, "repeat": task.repeat,
-        "config_hash": plan.info["config_hash"], "data_hash": plan.info["data_hash"], "split_hash": fhash,
-        "weights_sha256": result.weights_sha256,
-        "completed": _dt.datetime.now().isoformat(timespec="seconds"), "seconds": seconds})
-    shutil.rmtree(fdir / "checkpoints", ignore_errors=True)  # complete: the final model supersedes them
-    if graded:
-        log.info("%s: done in %.0f s; out-of-fold patient macro AUC %s", task.name, seconds,
-                 oof["graded"]["test_patient"]["macro_roc_auc"]["point"])
-    else:
-        log.info("%s: done in %.0f s; out-of-fold patient AUC %s", task.name, seconds,
-                 oof["patient"].get("roc_auc"))
-    return {"name": task.name, "status": "trained", "seconds": seconds}
-
-
-
 # ------------------------------------------------------------------------------- fold entry points
 
 
@@ -622,8 +392,38 @@ def _fold_counts_of(m: dict[str, Any]) -> dict[str, dict[str, int]] | None:
         {"held_out": c["val"]} if "val" in c and "held_out" not in c else {})
 
 
-def _where_chosen(plan: CVPlan, graded: bool) -> dict[str, Any]:
-    """The sentences of ``cv_metrics.json`` → ``method`` that say where a fold's choices were made."""
+def recorded_method(folds: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """What the folds' ``metrics.json["method"]`` records say (:func:`medxcept.evaluation.assess.method_record`),
+    without each fold's own counts; ``differs_between_folds`` when they do not all say the same.
+    ``None`` when a fold has no record (folds run before the record existed)."""
+    records = [f.get("method") for f in folds]
+    if not records or any(not r for r in records):
+        return None
+
+    def common(r: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: {kk: vv for kk, vv in v.items() if kk not in ("n_patients", "n_units")}
+                if isinstance(v, dict) else v for k, v in r.items()}
+
+    out = common(records[0])
+    out["differs_between_folds"] = any(common(r) != out for r in records[1:])
+    return out
+
+
+def _where_chosen(plan: CVPlan, graded: bool, folds: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """The sentences of ``cv_metrics.json`` → ``method`` that say where a fold's choices were made:
+    from the folds' own records (``recorded``: :func:`recorded_method`) when they hold one, else
+    (folds run before the record existed) from the plan."""
+    recorded = recorded_method(folds)
+    out = _where_planned(plan, graded)
+    if recorded is not None:
+        choice = recorded.get("threshold") or recorded.get("decision_rule") or {}
+        out.update({"recorded": recorded, "threshold_and_calibration_fitted_on": choice.get("chosen_on"),
+                    "early_stopping_on": f"{recorded['epoch']['chosen_on']} ({recorded['epoch']['by']})"})
+    return out
+
+
+def _where_planned(plan: CVPlan, graded: bool) -> dict[str, Any]:
+    """:func:`_where_chosen` as the plan says (``cv.json``), for folds without a method record."""
     inner = plan.info.get("inner_validation")
     what = "patient-level macro AUC" if graded else "patient-level AUC"
     if inner is not None:
@@ -681,11 +481,13 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
         return _aggregate_graded(plan, done, missing)
     rows, holdout_rows, oof_frames, histories, audits, verdicts = [], [], [], [], [], []
     fold_operating: list[Any] = []
+    fold_metrics: list[dict[str, Any]] = []
     first: dict[str, Any] = {}
     for t in done:
         d = plan.path / t.name
         m = _read_json(d / "metrics.json")
         first = first or m
+        fold_metrics.append(m)
         row = {"name": t.name, "repeat": t.repeat, "fold": t.fold, "n_patients": m["oof"]["patient"]["n"],
                "n_pos": m["oof"]["patient"]["n_pos"], "threshold": m["threshold"]["value"],
                "best_epoch": m["training"]["best_epoch"], "seconds": m["seconds"], "counts": _fold_counts_of(m),
@@ -734,7 +536,7 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
                    "calibration": ec.calibration, "patient_aggregation": ec.patient_aggregation,
                    "unit": "each patient's visit (study) when the cohort records one, else the patient"
                    if ec.unit == "visit" else "the patient (all visits together)",
-                   **_where_chosen(plan, graded=False), "confidence": 0.95,
+                   **_where_chosen(plan, graded=False, folds=fold_metrics), "confidence": 0.95,
                    "interval": "t-distribution over folds: mean ± t(0.975, n-1) · SD / √n, clipped to [0, 1]"},
         "notes": notes, "per_fold": rows, "summary": summary, "pooled_oof": pooled,
         "pooled_references": pooled_refs,
@@ -767,27 +569,21 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------- graded / multi-class
 
 
-def _task_of(plan: CVPlan) -> tuple[str, tuple[Endpoint, ...]]:
-    """The cohort's task and derived endpoints as planned (``cv.json``; older plans: binary or nominal)."""
-    kind = plan.info.get("task") or ("binary" if len(plan.classes) == 2 else "nominal")
-    endpoints = tuple(Endpoint(name=e["name"], positive=tuple(e["positive"]), rule=e["rule"])
-                      for e in plan.info.get("endpoints", []))
-    return kind, endpoints
-
-
 def _aggregate_graded(plan: CVPlan, done: list[FoldTask], missing: list[str]) -> dict[str, Any]:
     """:func:`aggregate_cv` for k classes: per-fold graded metrics, their spread, and the pooled
     out-of-fold metrics with patient-bootstrap CIs (:func:`medxcept.evaluation.graded.pooled_report`)."""
     ec = plan.cfg.eval
-    kind, endpoints = _task_of(plan)
+    kind, endpoints = task_of(plan)
     classes = list(plan.classes)
     rows, holdout_rows, oof_frames, holdout_frames, histories, audits, verdicts = [], [], [], [], [], [], []
+    fold_metrics: list[dict[str, Any]] = []
     first: dict[str, Any] = {}
     dtypes = {"patient_key": str, "image_id": str}
     for t in done:
         d = plan.path / t.name
         m = _read_json(d / "metrics.json")
         first = first or m
+        fold_metrics.append(m)
         g = m["oof"]["graded"]
         rows.append({"name": t.name, "repeat": t.repeat, "fold": t.fold, "n_patients": g["test_patient"]["n"],
                      "best_epoch": m["training"]["best_epoch"], "seconds": m["seconds"],
@@ -833,7 +629,7 @@ def _aggregate_graded(plan: CVPlan, done: list[FoldTask], missing: list[str]) ->
                     "pretrained": first.get("pretrained")},
         "method": {"decision_rule": "ordinal: cumulative thresholds maximizing quadratic kappa" if kind == "ordinal"
                    else "argmax", "threshold": ec.threshold, "calibration": ec.calibration,
-                   **_where_chosen(plan, graded=True), "confidence": 0.95,
+                   **_where_chosen(plan, graded=True, folds=fold_metrics), "confidence": 0.95,
                    "interval": "across folds: t-distribution, mean ± t(0.975, n-1) · SD / √n; pooled: "
                                "patient-bootstrap percentile interval"},
         "notes": notes, "graded": {"per_fold": rows, "columns": columns, "summary": summary, "pooled": pooled,

@@ -45,12 +45,10 @@ from medxcept.images.preprocess import load_images
 from medxcept.report import render_report
 from medxcept.run import RunDir, data_hash
 from medxcept.integrity.splits import split_hash, split_table
-from medxcept.models.train import predict_logits_tta
+from medxcept.evaluation.assess import TTA, Fixed, Units, assess_model, write_outcome
 from medxcept.workflows.steps import (
-    assess_frozen,
     ingest_into_run,
     materialize,
-    prediction_table,
     reason_counts,
     report_examples,
     summary_block,
@@ -163,34 +161,29 @@ def evaluate_run(run_dir: Path, spec: CohortSpec, cfg: RunConfig, run_name: str 
             raise LeakageError(f"external validation refused: {copy_findings[0].message}")
 
     t = time.perf_counter()
-    # the source run's test-time augmentation too: its threshold and calibrator were fitted on
-    # TTA-averaged logits, so plain logits here would be measured under other conditions
-    tta = {"passes": src.cfg.eval.tta, "seed": src.cfg.seed, "policy": src.cfg.augment.policy}
-    logits = predict_logits_tta(model, images, batch_size=ecfg.train.batch_size, **tta)
-    assessed = assess_frozen(table, logits, calibrator=calibrator, threshold=threshold, cfg=ecfg,
-                             classes=src.classes, task=spec.task, endpoints=spec.endpoints,
-                             graded=src.calibration if len(src.classes) > 2 else None)
-    measured, test = assessed.metrics, assessed.test
-    timings["evaluate_s"] = time.perf_counter() - t
-    run.write_json("calibration.json", {**src.calibration, "source_run": src.id, "refitted": False})
-    predictions = prediction_table(test, src.classes, ecfg.eval.patient_aggregation, ecfg.eval.unit)
-    references = None
-    if len(src.classes) == 2:
-        t = time.perf_counter()
+    # the one assessment (medxcept.evaluation.assess), every choice taken from the source run: its
+    # test-time augmentation too (its threshold and calibrator were fitted on TTA-averaged logits)
+    chosen_on = f"the validation split of run {src.id}"
+    assessed = assess_model(
+        model, test=Units(table, images), cfg=ecfg, classes=src.classes, task=spec.task, endpoints=spec.endpoints,
+        tta=TTA.of(src.cfg, batch_size=ecfg.train.batch_size),
+        fixed=Fixed(calibrator, threshold, src.calibration if len(src.classes) > 2 else None),
+        method={"epoch_chosen_on": chosen_on, "chosen_on": chosen_on},
         # the source run's reference models, applied unchanged to these images, on these patients
-        references, ref_scores = external_references(src, test, images, ecfg)
-        if ref_scores is not None:
-            predictions = predictions.merge(ref_scores, on="image_id", how="left")
-        timings["references_s"] = time.perf_counter() - t
-    run.write_csv("predictions.csv", predictions)
-
+        references=lambda test: external_references(src, test, images, ecfg))
+    measured, test, references = assessed.metrics, assessed.test, assessed.references
+    timings["evaluate_s"] = time.perf_counter() - t
+    predictions = assessed.predictions(src.classes, ecfg.eval.patient_aggregation, ecfg.eval.unit)
     device = detect_device()
     src_versions = read_run_json(src.path / "versions.json") if (src.path / "versions.json").is_file() else {}
-    versions = run.write_versions(
-        device=device,
-        hashes={"data_hash": data_hash(table), "split_hash": split_hash(table), "config_hash": config_hash(ecfg)},
-        source_run={"id": src.id, "model_sha256": file_sha256(src.path / "model.keras"),
-                    **{k: src_versions[k] for k in ("data_hash", "split_hash", "config_hash") if k in src_versions}})
+    versions = write_outcome(
+        run, assessed, tables={"predictions.csv": predictions},
+        calibration={**src.calibration, "source_run": src.id, "refitted": False},
+        versions={"device": device, "hashes": {"data_hash": data_hash(table), "split_hash": split_hash(table),
+                                               "config_hash": config_hash(ecfg)},
+                  "source_run": {"id": src.id, "model_sha256": file_sha256(src.path / "model.keras"),
+                                 **{k: src_versions[k] for k in ("data_hash", "split_hash", "config_hash")
+                                    if k in src_versions}}})
     history = _source_history(src.path)
     training = _training_block(src, history)
     summary = summary_block(measured, training, references) if len(src.classes) == 2 else {}

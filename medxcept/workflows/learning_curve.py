@@ -16,7 +16,8 @@ import pandas as pd
 from medxcept.evaluation.metrics import patient_auc, probabilities, unit_keys, unit_visits
 from medxcept.evaluation.learning_curve import subsample_patients
 from medxcept.evaluation.verdict import training_verdict
-from medxcept.models.train import fit, predict_logits
+from medxcept.evaluation.assess import TTA, Units, predict_units
+from medxcept.models.train import fit
 
 __all__ = ["learning_curve_rows"]
 
@@ -30,7 +31,8 @@ def learning_curve_rows(*, fractions: Sequence[float], images: np.ndarray, table
 
     Returns one row per fraction (ascending, 100 % last): ``fraction, train_patients,
     train_images, best_epoch, train_auc_at_best, val_patient_auc, test_patient_auc, seconds``.
-    Test AUC is of the uncalibrated probabilities, aggregated per patient like the run's.
+    Test AUC is of the uncalibrated probabilities (with the run's test-time augmentation,
+    ``eval.tta``), aggregated per patient like the run's.
     """
     tr, va, te = (table.iloc[parts[s]] for s in ("train", "val", "test"))
     rows = []
@@ -48,7 +50,8 @@ def learning_curve_rows(*, fractions: Sequence[float], images: np.ndarray, table
         else:
             result = full
         verdict = training_verdict(result.history, result.best_epoch)
-        prob = probabilities(predict_logits(result.model, images[parts["test"]], batch_size=cfg.train.batch_size))
+        # the run's own test-time augmentation (eval.tta), as its headline is measured
+        prob = probabilities(predict_units(result.model, Units(te, images[parts["test"]]), TTA.of(cfg)))
         test_auc = patient_auc(te["patient_key"].to_numpy(), te["y"].to_numpy(), prob,
                                how=cfg.eval.patient_aggregation, visit=unit_visits(te, cfg.eval.unit))
         rows.append({"fraction": f, "train_patients": int(tr.loc[mask, "patient_key"].nunique()),

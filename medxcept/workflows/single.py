@@ -7,7 +7,6 @@ stage is a module of its own (see the README's map) and each shared step is in
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import shutil
 import time
@@ -35,14 +34,20 @@ from medxcept.images.preprocess import decode_key, load_images
 from medxcept.report import render_report
 from medxcept.run import COMPLETE, RunDir, data_hash, reproduce_block
 from medxcept.integrity.splits import split_hash, split_table, user_split_agreement
-from medxcept.models.train import check_resumable, fit, predict_logits_tta, save_inference_model, set_seeds
+from medxcept.models.train import check_resumable, fit, save_inference_model, set_seeds
 from medxcept.workflows.learning_curve import learning_curve_rows
-from medxcept.workflows.steps import (
-    assess,
+from medxcept.evaluation.assess import (
+    TTA,
+    Units,
+    assess_model,
     compare_references,
+    prediction_table,
+    write_marker,
+    write_outcome,
+)
+from medxcept.workflows.steps import (
     leaks_let_through,
     materialize,
-    prediction_table,
     prepare_withholding_names,
     reason_counts,
     record_ingestion,
@@ -170,38 +175,31 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
     fault_point("trained")  # test hook (medxcept.faults): killed after training, before evaluation
 
     t = time.perf_counter()
-    tta = {"passes": cfg.eval.tta, "seed": cfg.seed, "policy": cfg.augment.policy, "batch_size": cfg.train.batch_size}
-    val_logits = predict_logits_tta(result.model, images[parts["val"]], **tta)
-    test_logits = predict_logits_tta(result.model, images[parts["test"]], **tta)
-    assessed = assess(val=va, test=te, val_logits=val_logits, test_logits=test_logits, cfg=cfg,
-                      classes=spec.classes, task=spec.task, endpoints=spec.endpoints)
-    metrics = assessed.metrics
+    # the one assessment (medxcept.evaluation.assess): TTA as configured, choices on the validation units
+    assessed = assess_model(
+        result.model, val=Units(va, images[parts["val"]]), test=Units(te, images[parts["test"]]), cfg=cfg,
+        classes=spec.classes, task=spec.task, endpoints=spec.endpoints, tta=TTA.of(cfg),
+        method={"epoch_chosen_on": "the validation split", "chosen_on": "the validation split"},
+        references=lambda test: compare_references(table, images, np.r_[parts["train"], parts["val"]],
+                                                   parts["test"], test, cfg, spec.classes,
+                                                   save_models=run.file("references.joblib")))
+    metrics, references = assessed.metrics, assessed.references
     timings["evaluate_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    references, ref_scores = compare_references(table, images, np.r_[parts["train"], parts["val"]], parts["test"],
-                                                assessed, cfg, spec.classes,
-                                                save_models=run.file("references.joblib"))
-    timings["references_s"] = time.perf_counter() - t
-    run.write_json("calibration.json", assessed.calibration_record)
-    predictions = prediction_table(assessed.test, spec.classes, cfg.eval.patient_aggregation, cfg.eval.unit)
-    if ref_scores is not None:
-        predictions = predictions.merge(ref_scores, on="image_id", how="left")
-    run.write_csv("predictions.csv", predictions)
-    # the validation predictions (pseudonymized, like predictions.csv): a reviewer recomputes the
-    # threshold and the temperature from them; nothing of the test split is in there
-    run.write_csv("val_predictions.csv", prediction_table(assessed.val, spec.classes, cfg.eval.patient_aggregation,
-                                                           cfg.eval.unit))
-
-    aug = build_augment(cfg.augment, seed=cfg.seed)
-    run.write_json("augmentation.json", serialize_augment(aug))
+    predictions = assessed.predictions(spec.classes, cfg.eval.patient_aggregation, cfg.eval.unit)
+    run.write_json("augmentation.json", serialize_augment(build_augment(cfg.augment, seed=cfg.seed)))
     hashes = {"data_hash": data_hash(table, decode=decode_key(spec)), "split_hash": split_hash(table),
               "config_hash": config_hash(cfg)}
-    versions = run.write_versions(
-        device=device, hashes=hashes,
-        model={"file": "model.keras", "bytes": model_bytes, "weights_sha256": result.weights_sha256,
-               "optimizer_state": False},
-        reproduce=reproduce_block(cfg, data_hash=hashes["data_hash"], split_hash=hashes["split_hash"],
-                                  device=device, user_split=agreement))
+    # the validation predictions (pseudonymized, like predictions.csv): a reviewer recomputes the
+    # threshold and the temperature from them; nothing of the test split is in there
+    versions = write_outcome(run, assessed, tables={
+        "predictions.csv": predictions,
+        "val_predictions.csv": prediction_table(assessed.val, spec.classes, cfg.eval.patient_aggregation,
+                                                cfg.eval.unit)},
+        versions={"device": device, "hashes": hashes,
+                  "model": {"file": "model.keras", "bytes": model_bytes, "weights_sha256": result.weights_sha256,
+                            "optimizer_state": False},
+                  "reproduce": reproduce_block(cfg, data_hash=hashes["data_hash"], split_hash=hashes["split_hash"],
+                                               device=device, user_split=agreement)})
     timings["total_s"] = time.perf_counter() - t_start
     training = {**training_verdict(result.history, result.best_epoch, collapse=getattr(result, "collapse", None)),
                 "stages": result.stages, "seconds": result.seconds}
@@ -251,9 +249,8 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
                                                                 metrics.get("threshold"))},
                          examples=report_examples(table, images, cfg, spec))
     # the completion marker, written last: until it exists the run is resumable (checkpoints kept)
-    run.write_json(COMPLETE, {"completed": _dt.datetime.now().isoformat(timespec="seconds"),
-                              "weights_sha256": result.weights_sha256, "model_bytes": model_bytes,
-                              "best_epoch": int(result.best_epoch)})
+    write_marker(run, COMPLETE, {"weights_sha256": result.weights_sha256, "model_bytes": model_bytes,
+                                 "best_epoch": int(result.best_epoch)})
     shutil.rmtree(run.file("checkpoints"), ignore_errors=True)  # complete: model.keras supersedes them
     _say(f"report written in {timings['total_s']:.0f} s")
     return html
