@@ -643,6 +643,19 @@ def _layout_similarity(fp: dict[str, np.ndarray], i: np.ndarray, j: np.ndarray, 
     return out
 
 
+def _blank(fp: dict[str, np.ndarray]) -> np.ndarray:
+    """Images without a picture: no keypoint at all, or fewer than ``_MIN_OVERLAP`` pixels of image area.
+
+    All surround, or nothing SIFT finds anywhere even at its lowest contrast (a photograph darkened
+    to black by an augmentation; a flat picture). On the screening-style set
+    (``benchmarks/near_duplicates.py --screening``), every false pair left at 1,560 eyes was between
+    two such copies of different people's eyes (99th percentile of luma 0-1 of 255; the hash rule,
+    no detail to compare).
+    """
+    area = np.asarray(fp["detail"], dtype=np.uint64)[:, 1]
+    return (_popcount(area).sum(axis=1, dtype=np.int64) < _MIN_OVERLAP) | (n_keypoints(fp) == 0)
+
+
 _GEOMETRY_COLS = ["method", "inliers", "aligned_agreement", "rotation_deg", "scale", "shear_rad",
                   "shift_x", "shift_y"]
 
@@ -691,7 +704,11 @@ def verified_near_pairs(
     # none: on 20,000 look-alikes its detail check of every hash candidate took 16 s)
     if poor.any():
         old = near_duplicate_pairs(fp, hamming_threshold)
-        old = old[poor[old["i"].to_numpy(np.int64)] | poor[old["j"].to_numpy(np.int64)]]
+        oi, oj = old["i"].to_numpy(np.int64), old["j"].to_numpy(np.int64)
+        # two images with no picture (all surround: a copy darkened to black) share their hashes and
+        # nothing else: no one's retina is in them (identical ones are still exact pixel matches)
+        blank = _blank(fp)
+        old = old[(poor[oi] | poor[oj]) & ~(blank[oi] & blank[oj])]
         parts.append(old.assign(method="detail").reindex(columns=cols))
     out = pd.concat(parts, ignore_index=True)
     out = out.sort_values(["i", "j"], kind="stable").drop_duplicates(["i", "j"])
