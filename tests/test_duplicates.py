@@ -418,8 +418,9 @@ def screening_shifted(screening) -> dict[str, object]:
     """Copies of the dim eyes under an additive brightness shift of 20 % (51 levels, surround included, as
     ``benchmarks/near_duplicates.py``'s combined transform and an augmentation's brightness do): eye 2
     brightened (washed out) and rotated, zoomed, re-compressed; eyes 4 and 6 darkened to black."""
-    from medxcept.testing.screening import CAMERAS, screening_eye
     import dataclasses
+
+    from medxcept.testing.screening import CAMERAS, screening_eye
 
     dim = dataclasses.replace(CAMERAS[0], exposure=(0.12, 0.2))
     raw = {k: screening_eye(k // 2, "RL"[k % 2], camera=dim) for k in (2, 4, 6)}
