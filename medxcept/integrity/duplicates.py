@@ -56,7 +56,13 @@ Images with fewer than :data:`MIN_KEYPOINTS` keypoints (flat or smooth pictures 
 structure) cannot be verified by geometry; pairs involving them keep the former rule (pHash and
 dHash within the Hamming threshold, and the sign of the fine detail agreeing,
 :func:`medxcept.integrity.audit.near_duplicate_pairs`), and are marked ``method="detail"``. Pairs of images
-that both carry keypoints are decided by geometry alone, never by hashes.
+that both carry keypoints are decided by geometry alone, never by hashes. Two images with no picture at all
+(no keypoint, or no image area: a photograph darkened to black) are not paired by that rule either.
+
+Dim photographs (:data:`DARK_LEVEL`), and washed-out ones (:data:`DIM_RANGE`: a dim photograph
+brightened), are noise-limited: their luma is lifted, their detail smoothed before SIFT
+(:data:`DIM_SIFT_SIGMA`), they keep :data:`DIM_PARTNERS` times the candidates, and a pair with one
+of them needs :data:`MIN_ALIGNED_AGREEMENT_DIM` overall (the structure and layout checks unchanged).
 
 The thresholds come from ``benchmarks/near_duplicates.py`` (copies vs look-alikes, real and
 synthetic photographs); see its output in the module notes of :mod:`medxcept.integrity.audit`.

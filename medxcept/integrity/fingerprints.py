@@ -670,7 +670,8 @@ def verified_near_pairs(
     with enough consistent keypoint matches, and the fine detail agreeing once aligned):
     ``method="geometry"``, with the transform and inlier count. A pair involving an image with
     fewer keypoints (a flat or smooth picture) is decided by :func:`near_duplicate_pairs` (hashes
-    and detail sign agreement): ``method="detail"``. ``fp`` without keypoints (built with
+    and detail sign agreement): ``method="detail"``; not a pair of two images without a picture
+    (:func:`_blank`: no keypoint or no image area; pixel-identical ones are exact matches elsewhere). ``fp`` without keypoints (built with
     ``keypoints=False``): :func:`near_duplicate_pairs` for every pair.
 
     Returns
