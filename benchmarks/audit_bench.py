@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
           f"combined), built or loaded in {time.perf_counter() - t0:.0f} s; "
           f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f} at start")
     print(f"{'n':>7} {'wall s':>8} {'CPU s':>8} {'CPU ms/img':>11} {'candidates':>11} {'cand. recall':>13} "
-          f"{'verified':>10} {'false pairs':>12} {'per 10,000':>11}   wall s: keypoints / candidates / verification")
+          f"{'verified':>10} {'false pairs':>12} {'per 10,000':>11}   wall s: keypoints / candidates / verification; "
+          "images judged dim (duplicates.DARK_LEVEL, DIM_RANGE)")
     walls, cpus = [], []
     for n in sorted(args.sizes):
         imgs = np.asarray(images[:n])  # decoded into memory first (not timed): the audit sees arrays
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{n:>7} {wall:>8.1f} {cpu:>8.1f} {cpu * 1000 / n:>11.1f} {len(cs):>11} "
               f"{len(want & cs):>6}/{len(want):<6} {len(want & got):>4}/{len(want):<5} {len(false):>12} "
               f"{len(false) * 1e4 / n:>11.2f}   {st.get('keypoint_s', 0):.1f} / {st.get('candidate_s', 0):.1f} / "
-              f"{st.get('verify_s', 0):.1f}", flush=True)
+              f"{st.get('verify_s', 0):.1f}; {int(np.sum(fp.get('kp_dim', 0)))}", flush=True)
         del fp, imgs
     if len(args.sizes) >= 2:
         s = np.log(sorted(args.sizes))

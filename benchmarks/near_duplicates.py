@@ -576,7 +576,7 @@ def measure_screening(sizes: list[int], px: int, seed: int, folder: Path, worker
           f"{'by rule (detail/geometry)':>26} {'left-right pairs':>17} {'largest hub':>12} {'<30 keypoints':>14} "
           f"{'wall s':>7} {'CPU s':>7}")
     for n_eyes in sizes:
-        n_copies = max(20, n_eyes // 50)
+        n_copies = max(40, n_eyes // 50)
         images, df, planted3 = screening_cohort(n_eyes, px, seed, n_copies, folder, workers)
         screening_row(n_eyes, images, df, planted3)
 

@@ -411,3 +411,64 @@ def test_hub_pairs_drop_a_generic_star_and_keep_a_copy_group():
     pat2 = pat.copy()
     pat2[[1, 2, 3, 4]] = ["P1", "P1", "P2", "P2"]
     assert not _hub_pairs(pat2, i, j)[:4].any()
+
+
+@pytest.fixture(scope="module")
+def screening_shifted(screening) -> dict[str, object]:
+    """Copies of the dim eyes under an additive brightness shift of 20 % (51 levels, surround included, as
+    ``benchmarks/near_duplicates.py``'s combined transform and an augmentation's brightness do): eye 2
+    brightened (washed out) and rotated, zoomed, re-compressed; eyes 4 and 6 darkened to black."""
+    import dataclasses
+
+    from medxcept.testing.screening import CAMERAS, screening_eye
+
+    dim = dataclasses.replace(CAMERAS[0], exposure=(0.12, 0.2))
+    raw = {k: screening_eye(k // 2, "RL"[k % 2], camera=dim) for k in (2, 4, 6)}
+
+    def shift(a: np.ndarray, levels: float) -> np.ndarray:
+        return np.clip(a.astype(np.float32) + levels, 0, 255).astype(np.uint8)
+
+    bright = _jpeg(shift(_warp(raw[2], -25, 0.9, 0.1, 0.03), 51), 80)
+    black = [_jpeg(shift(raw[k], -51), 80) for k in (4, 6)]
+    return {"bright": _screening_prep(bright), "black": [_screening_prep(b) for b in black]}
+
+
+def test_washed_out_copy_of_a_dim_eye_is_judged_as_dim_and_found(screening, screening_shifted):
+    """A dim eye brightened by 51 levels is no longer dark, but its retina keeps the few grey levels and the
+    noise it had: it is treated as dim (smoothed for SIFT, the dim agreement threshold, more candidates) and
+    found by geometry, its original's only pair. (Among 9 images every pair is verified, so this copy is
+    found without the dim treatment too; what that changes on 1,600 eyes, ``benchmarks/near_duplicates.py``
+    measures.)"""
+    imgs = screening["imgs"][:8] + [screening_shifted["bright"]]
+    fp = fingerprints(imgs)
+    assert fp["kp_dim"][:8].all() and fp["kp_dim"][8]
+    assert np.percentile(np.asarray(imgs[8]).mean(axis=2), 99) * 255 > duplicates.DARK_LEVEL  # not lifted
+    pairs = verified_near_pairs(fp)
+    assert list(zip(pairs["i"], pairs["j"], pairs["method"], strict=True)) == [(2, 8, "geometry")]
+    old = duplicates.DIM_RANGE
+    try:
+        duplicates.DIM_RANGE = 0
+        fp0 = fingerprints(imgs)
+    finally:
+        duplicates.DIM_RANGE = old
+    assert fp0["kp_dim"][:8].all() and not fp0["kp_dim"][8]  # dim by its range alone
+
+
+def test_black_copies_of_different_people_are_not_near_duplicates(screening, screening_shifted):
+    """Two eyes darkened to black (no picture, no keypoints) share their hashes and nothing else: the hash rule
+    does not pair them; the same black image twice is still an exact (pixel) match."""
+    from medxcept.integrity.fingerprints import duplicate_pairs, near_duplicate_pairs
+
+    black = screening_shifted["black"]
+    levels = [np.asarray(b, np.float64) * (1 if np.asarray(b).dtype == np.uint8 else 255) for b in black]
+    assert all(np.percentile(v, 99) <= 1 and v.max() <= 4 for v in levels)  # nothing left of the retinas
+    imgs = screening["imgs"][:2] + black + [black[0].copy()]
+    fp = fingerprints(imgs)
+    assert (duplicates.n_keypoints(fp)[2:] == 0).all()
+    for key in ("phash", "phash_flip", "dhash", "dhash_flip"):  # hashes alike (0-1 bits apart on the benchmark's)
+        fp[key][3] = fp[key][2]
+    assert (2, 3) in set(zip(near_duplicate_pairs(fp)["i"], near_duplicate_pairs(fp)["j"], strict=True))
+    df = pd.DataFrame({"image_id": list("abcde"), "frame": 0, "patient_key": ["P0", "P0", "P2", "P3", "P4"],
+                       "laterality": ["R", "L", "R", "R", "R"], "sha256": [f"{k:064x}" for k in range(5)]})
+    p = duplicate_pairs(df, fp, 10)
+    assert list(zip(p["i"], p["j"], p["match"], strict=True)) == [(2, 4, "pixel")]

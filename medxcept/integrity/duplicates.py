@@ -56,7 +56,13 @@ Images with fewer than :data:`MIN_KEYPOINTS` keypoints (flat or smooth pictures 
 structure) cannot be verified by geometry; pairs involving them keep the former rule (pHash and
 dHash within the Hamming threshold, and the sign of the fine detail agreeing,
 :func:`medxcept.integrity.audit.near_duplicate_pairs`), and are marked ``method="detail"``. Pairs of images
-that both carry keypoints are decided by geometry alone, never by hashes.
+that both carry keypoints are decided by geometry alone, never by hashes. Two images with no picture at all
+(no keypoint, or no image area: a photograph darkened to black) are not paired by that rule either.
+
+Dim photographs (:data:`DARK_LEVEL`), and washed-out ones (:data:`DIM_RANGE`: a dim photograph
+brightened), are noise-limited: their luma is lifted, their detail smoothed before SIFT
+(:data:`DIM_SIFT_SIGMA`), they keep :data:`DIM_PARTNERS` times the candidates, and a pair with one
+of them needs :data:`MIN_ALIGNED_AGREEMENT_DIM` overall (the structure and layout checks unchanged).
 
 The thresholds come from ``benchmarks/near_duplicates.py`` (copies vs look-alikes, real and
 synthetic photographs); see its output in the module notes of :mod:`medxcept.integrity.audit`.
@@ -81,6 +87,8 @@ __all__ = [
     "MIN_KEYPOINTS",
     "MIN_INLIERS",
     "MIN_ALIGNED_AGREEMENT",
+    "MIN_ALIGNED_AGREEMENT_DIM",
+    "DIM_SIFT_SIGMA",
     "keypoint_features",
     "candidate_pairs",
     "verify_pairs",
@@ -118,6 +126,15 @@ different eyes reached 10 inliers (at most 14 with ratio-test matching), none ag
 once aligned; the hardest combined copies of smooth demo eyes have 7-11 (``benchmarks/``)."""
 MIN_ALIGNED_AGREEMENT = 0.46
 """Sign agreement of the fine detail after alignment (in [-1, 1]) needed to call a pair a copy."""
+MIN_ALIGNED_AGREEMENT_DIM = 0.3
+""":data:`MIN_ALIGNED_AGREEMENT` for a pair with a dim image (:data:`DARK_LEVEL`); the structure and layout checks stay.
+
+A dim photograph's detail, stretched, is mostly sensor and JPEG noise away from its vessels, so even a
+true copy agrees less pixel by pixel. Measured on 300 screening-style eyes with 80 combined copies
+(``benchmarks/near_duplicates.py --screening-only``): copies of dim eyes confirmed by 10-20 inliers agreed
+0.34-0.43 overall and 0.55-0.81 on their structures; the 1,359 candidate pairs of different eyes with
+6 or more inliers at most 0.17 and 0.28. The trap :data:`MIN_ALIGNED_AGREEMENT` is set for (the demo's
+eyes, one vessel template, 0.41) is bright."""
 MIN_AGREEMENT_MARGIN = 0.15
 """How much more a pair's aligned agreement must be than the cohort's layout agreement (:func:`_layout_agreement`)."""
 MIN_STRUCTURE_AGREEMENT = 0.5
@@ -146,6 +163,12 @@ an augmentation degraded vote less than look-alikes of one template (the demo ge
 one vessel tree): among 40 demo eyes, 4 of 20 copies under all transforms combined ranked 9th to 35th
 among their original's partners (``benchmarks/near_duplicates.py``); only verification tells them apart."""
 MIN_VOTES = 1.0
+DIM_PARTNERS = 4
+"""A dim image (:data:`DARK_LEVEL`) keeps this many times :func:`partners_per_image` candidates.
+
+Its descriptors are noise-limited: on the 300-eye screening set, other dim eyes gave a dim original
+5-7 votes each and its combined copies 3-5, so 12 of 80 copies ranked 4th or lower among both
+images' partners (the partners each image keeps from 2,048 images on), 7 of them 21st or lower."""
 DENSE_PX = WORK_PX  # the detail thumbnail is the keypoint image's high-pass, band-passed
 _DENSE_SIGMA = 3.0
 _FOV_LEVEL = 8  # uint8 level below which a pixel is border, not image (a dim image: half its median, see _enhance)
@@ -157,6 +180,25 @@ Screening photographs are often dim (no pupil dilation): on 300 screening-style 
 (:mod:`medxcept.testing.screening`, a third with the retina at 10-40 of 255) the uint8 luma of the
 darkest kept a few grey levels, their field of view fell below :data:`_FOV_LEVEL`, and they had fewer
 than :data:`MIN_KEYPOINTS` keypoints, so the hash rule judged them (``benchmarks/near_duplicates.py``)."""
+DIM_RANGE = 64
+"""An image whose luma spans fewer grey levels than this from its darkest 2 % to its 99th percentile is
+treated as dim too (:data:`DIM_SIFT_SIGMA`, :data:`MIN_ALIGNED_AGREEMENT_DIM`, :data:`DIM_PARTNERS`),
+though not lifted (every image below :data:`DARK_LEVEL` is within it).
+
+A dim photograph brightened by an additive shift (an augmentation's brightness of +20 % adds 51 levels,
+the black surround included) is no longer dark, but its retina still spans the few levels it had, with
+the same noise and JPEG blocks: on the 1,560-eye screening prefix, 3 of 31 combined copies were such
+(99th percentile 63-98, the original's 29-42) and were missed while judged bright. The span, not the
+median: a zoomed-out, shifted copy of a bright photograph can be more than half surround (median 0);
+none of the 20,000 images of ``benchmarks/audit_bench.py`` spans fewer than 64 levels."""
+DIM_SIFT_SIGMA = 1.0
+"""Gaussian sigma (pixels at :data:`WORK_PX`) of the smoothing of a dim image's detail before SIFT.
+
+Stretched, a dim photograph's sensor noise and, in a re-saved copy, its JPEG blocks (2-4 px here) are as
+strong as its vessels, and SIFT's strongest keypoints land on them. Measured on the 300-eye screening set
+with 80 combined copies: the copies' candidate recall went from 68 to 73 of 80 and the 10th percentile of
+their inliers from 9 to 13 (sigma 1.5: 67 and 12; SIFT's own sigma 2.4 instead: 68 and 4). Bright images
+are untouched."""
 _MIN_OVERLAP = 400  # pixels (at DENSE_PX) inside both images needed for the detail check
 # SIFT's descriptor is 4 x 4 cells x 8 orientation bins; a mirrored patch (keypoint mirrored, angle
 # 180 - a) reverses the cells along one axis and the orientation bins (measured on OpenCV's layout)
@@ -279,12 +321,18 @@ def _lift_dim(img: np.ndarray, g: np.ndarray) -> np.ndarray:
 
 def _image_features(img: np.ndarray) -> tuple[np.ndarray, ...]:
     """Keypoints, uint8 SIFT descriptors and their binarized codes (and the mirror image's) of one image,
-    and its int8 band-pass detail."""
+    its int8 band-pass detail, and whether it was dim (:data:`DARK_LEVEL`, :data:`DIM_RANGE`)."""
     cv2 = _cv2()
-    g = _lift_dim(img, _to_u8_gray(img))
+    g8 = _to_u8_gray(img)
+    g = _lift_dim(img, g8)
+    lo, hi = _percentiles_u8(g8, (2, 99))
+    dim = g is not g8 or hi - lo < DIM_RANGE  # dim, or washed out (a dim photograph brightened)
     d, inner = _enhance(cv2, g, WORK_PX, _DENSE_SIGMA, 5)  # the border's rim carries no keypoints
-    sd = float(d[inner > 0].std()) if inner.any() else 0.0
-    e = np.clip(128.0 + 40.0 * d / (sd + 1e-6), 0, 255).astype(np.uint8)
+    # a dim photograph, stretched, shows its sensor noise and JPEG blocks as strongly as its vessels:
+    # SIFT sees the detail smoothed (DIM_SIFT_SIGMA), where the blocks of a re-saved copy fade
+    ds = cv2.GaussianBlur(d, (0, 0), DIM_SIFT_SIGMA) * inner if dim and DIM_SIFT_SIGMA else d
+    sd = float(ds[inner > 0].std()) if inner.any() else 0.0
+    e = np.clip(128.0 + 40.0 * ds / (sd + 1e-6), 0, 255).astype(np.uint8)
     mask = inner
     if SIFT_PX != WORK_PX:
         e = cv2.resize(e, (SIFT_PX, SIFT_PX), interpolation=cv2.INTER_AREA)
@@ -306,7 +354,7 @@ def _image_features(img: np.ndarray) -> tuple[np.ndarray, ...]:
     # int8 detail (0 = outside the field of view; inside never exactly 0)
     q = np.clip(np.rint(fine * 32), -127, 127)
     q = np.where(q == 0, np.where(fine >= 0, 1, -1), q)
-    return xy, desc, _codes(desc), _codes(mirror_descriptors(desc)), (q * inside).astype(np.int8)
+    return xy, desc, _codes(desc), _codes(mirror_descriptors(desc)), (q * inside).astype(np.int8), dim
 
 
 def keypoint_features(images: Any) -> dict[str, np.ndarray]:
@@ -326,7 +374,8 @@ def keypoint_features(images: Any) -> dict[str, np.ndarray]:
         :func:`mirror_descriptors` of them); ``kp_code``, ``kp_code_flip``: the binarized
         descriptors of the image and of its mirror, ``(k, 16)`` uint8, for the candidate search;
         ``dense``: ``(n, 128, 128)`` int8 band-pass detail (0 outside the field of view, never 0
-        inside).
+        inside); ``kp_dim``: ``(n,)`` bool, the image was dim (:data:`DARK_LEVEL`: lifted, and its
+        detail smoothed for SIFT by :data:`DIM_SIFT_SIGMA`).
     """
     images = list(images)
     t0 = time.perf_counter()
@@ -345,7 +394,8 @@ def keypoint_features(images: Any) -> dict[str, np.ndarray]:
     return {"kp_xy": obj(xy), "kp_xy_flip": obj([np.c_[w - p[:, 0], p[:, 1]].astype(np.float32) for p in xy]),
             "kp_desc": obj([r[1] for r in per_image]), "kp_code": obj([r[2] for r in per_image]),
             "kp_code_flip": obj([r[3] for r in per_image]),
-            "dense": np.stack([r[4] for r in per_image]) if n else np.zeros((0, DENSE_PX, DENSE_PX), np.int8)}
+            "dense": np.stack([r[4] for r in per_image]) if n else np.zeros((0, DENSE_PX, DENSE_PX), np.int8),
+            "kp_dim": np.array([r[5] for r in per_image], dtype=bool)}
 
 
 def _lsh_bits(n_codes: int) -> int:
@@ -389,7 +439,8 @@ def partners_per_image(n: int) -> int:
 
 
 def candidate_pairs(
-    feat: dict[str, np.ndarray], *, top_k: int | None = None, min_votes: float = MIN_VOTES
+    feat: dict[str, np.ndarray], *, top_k: int | None = None, min_votes: float = MIN_VOTES,
+    dim_partners: int | None = None,
 ) -> pd.DataFrame:
     """Pairs sharing many descriptor buckets: ``i < j``, ``flipped``, ``votes`` (sub-quadratic).
 
@@ -398,12 +449,14 @@ def candidate_pairs(
     bucket vote for their images' pair (flipped when their orientations differ), ``1 / (s - 1)``
     for a bucket of ``s``. A bucket of more than :data:`BUCKET_CAP` descriptors (a structure every
     image has) is skipped, like a stop word. Each image keeps its ``top_k`` best-voted partners
-    (default :func:`partners_per_image`)
+    (default :func:`partners_per_image`; a dim image, ``feat["kp_dim"]``, ``dim_partners`` times as
+    many, default :data:`DIM_PARTNERS`)
     with at least ``min_votes``. Cost: one sort of the descriptors per table (``O(N log N)``) plus
     the pairs inside small buckets (about linear).
     """
     n = len(feat["kp_code"])
     top_k = partners_per_image(n) if top_k is None else top_k
+    dim_partners = DIM_PARTNERS if dim_partners is None else int(dim_partners)
     img_ids, orient, descs = [], [], []
     for o, key in ((0, "kp_code"), (1, "kp_code_flip")):
         for k, d in enumerate(feat[key]):
@@ -497,7 +550,12 @@ def candidate_pairs(
     first = np.r_[0, np.nonzero(np.diff(a_s))[0] + 1]
     rank = np.arange(len(a_s)) - np.repeat(first, np.diff(np.r_[first, len(a_s)]))
     chosen = np.zeros(len(ukey), bool)
-    chosen[idx[order][rank < top_k]] = True
+    limit = np.full(n, top_k, np.int64)
+    if dim_partners > 1 and "kp_dim" in feat:
+        # a dim image's descriptors (noise-limited, smoothed) vote less for its copies and more for other
+        # dim images: it keeps more partners (few images are dim; a bright cohort is unchanged)
+        limit[np.asarray(feat["kp_dim"], bool)] = top_k * dim_partners
+    chosen[idx[order][rank < limit[a_s]]] = True
     keep = chosen[uinv] & (votes >= 0.5 * best[uinv])
     df = pd.DataFrame({"i": lo[keep], "j": hi[keep], "flipped": fl[keep], "votes": votes[keep]})
     return df.sort_values(["i", "j", "flipped"], kind="stable").reset_index(drop=True)
@@ -622,7 +680,9 @@ def _verify_one(feat: dict[str, np.ndarray], a: int, b: int, fl: bool, least: in
     # strongest structures too (two eyes drawn on one background agree everywhere but on their
     # vessels), and clearly more than other images of the cohort agree with ``a`` under the same
     # transform (that figure costs 16 warps: only for a pair the other conditions confirm)
-    if (row["inliers"] >= MIN_INLIERS and plausible and row["aligned_agreement"] >= MIN_ALIGNED_AGREEMENT
+    dim = "kp_dim" in feat and bool(feat["kp_dim"][a] or feat["kp_dim"][b])
+    least_agreement = MIN_ALIGNED_AGREEMENT_DIM if dim else MIN_ALIGNED_AGREEMENT
+    if (row["inliers"] >= MIN_INLIERS and plausible and row["aligned_agreement"] >= least_agreement
             and row["structure_agreement"] >= MIN_STRUCTURE_AGREEMENT):
         row["layout_agreement"] = _layout_agreement(cv2, feat, a, b, m, fl)
         row["confirmed"] = bool(row["aligned_agreement"] - row["layout_agreement"] >= MIN_AGREEMENT_MARGIN)
