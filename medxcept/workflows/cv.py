@@ -357,7 +357,7 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
     t0 = time.perf_counter()
     cfg = plan.cfg
     classes = plan.classes
-    weights = resolve_weights(cfg.model.weights)
+    weights = resolve_weights(cfg.model.weights, cfg.model.backbone)
     if images is None:
         images = _load_images(plan)
     # The epoch, the calibration and the threshold (k classes: the decision rule) are chosen on the
@@ -569,7 +569,7 @@ def run_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: in
     if cfg.model.weights == "imagenet":
         from medxcept.models.network import fetch_imagenet_weights  # here: Keras is imported only when it is needed
 
-        fetch_imagenet_weights()  # downloaded (or refused) once, before ingestion, not inside a fold
+        fetch_imagenet_weights(cfg.model.backbone)  # downloaded (or refused) once, before ingestion, not inside a fold
     plan = plan_cv(cfg, spec, n_folds=n_folds, repeats=repeats, cv_dir=cv_dir, cohort_file=cohort_file)
     tasks = plan.tasks
     wanted = tasks if only is None else []

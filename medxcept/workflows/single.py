@@ -101,7 +101,7 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
     timings: dict[str, float] = {}
     spec = materialize(spec)  # a generated cohort is written before anything else
     check_task_config(spec.task, spec.n_classes, cfg.train.ordinal_loss)
-    weights = resolve_weights(cfg.model.weights)  # fail before any work if weights are missing
+    weights = resolve_weights(cfg.model.weights, cfg.model.backbone)  # fail before any work if weights are missing
     if not weights.pretrained:
         _say("! NOT PRETRAINED: --weights none, the model starts from random initialization. "
              "Results are from random initialization; the report says so on its first line.")
