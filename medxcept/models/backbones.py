@@ -36,7 +36,7 @@ from typing import Any
 
 from medxcept.errors import ConfigError
 
-__all__ = ["Backbone", "BACKBONES", "DEFAULT", "get_backbone", "names", "block_of"]
+__all__ = ["Backbone", "BACKBONES", "DEFAULT", "get_backbone", "names", "block_of", "provenance"]
 
 _KERAS_APPLICATIONS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
@@ -174,6 +174,13 @@ def get_backbone(name: str) -> Backbone:
         return BACKBONES[name]
     except KeyError:
         raise ConfigError(f"model.backbone={name!r} is not one of {names()} (--backbone NAME)") from None
+
+
+def provenance(name: str) -> dict[str, str]:
+    """What ``versions.json`` and the reports record of a run's backbone."""
+    entry = get_backbone(name)
+    return {"name": entry.name, "network": entry.label, "keras_application": f"keras.applications.{entry.application}",
+            "paper": entry.paper, "imagenet_weights_file": entry.weights_file}
 
 
 def block_of(backbone: Backbone, layer_names: list[str]) -> list[int]:

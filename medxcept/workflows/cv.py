@@ -69,6 +69,8 @@ from medxcept.evaluation.kfold import (
     t_interval,
 )
 from medxcept.paths import cache_dir
+from medxcept.models.backbones import get_backbone
+from medxcept.models.backbones import provenance as backbone_provenance
 from medxcept.evaluation.verdict import training_verdict
 from medxcept.images.preprocess import decode_key, load_images
 from medxcept.report import environment
@@ -451,7 +453,8 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
     device = detect_device()
     fhash = split_hash(table)
     run.write_versions(device=device, hashes={"data_hash": plan.info["data_hash"], "split_hash": fhash,
-                                              "config_hash": plan.info["config_hash"]})
+                                              "config_hash": plan.info["config_hash"]},
+                       model={"backbone": backbone_provenance(cfg.model.backbone)})
     seconds = time.perf_counter() - t0
     metrics = {
         "fold": task.fold, "repeat": task.repeat, "name": task.name,
@@ -726,7 +729,8 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
         "cv": {"dir": plan.path.name, "cohort": plan.info["cohort_name"], "n_folds": plan.n_folds,
                "repeats": plan.repeats, "fold_seeds": plan.info["fold_seeds"], "classes": list(plan.classes),
                "holdout_test": plan.info["holdout_test"], "complete": [t.name for t in done],
-               "missing": missing, "seed": plan.cfg.seed},
+               "missing": missing, "seed": plan.cfg.seed, "backbone": plan.cfg.model.backbone,
+               "network": get_backbone(plan.cfg.model.backbone).label},
         "hashes": {k: plan.info[k] for k in ("config_hash", "data_hash", "split_hash")},
         "weights": {"kind": first.get("weights"), "description": first.get("weights_description"),
                     "pretrained": first.get("pretrained")},
@@ -827,7 +831,8 @@ def _aggregate_graded(plan: CVPlan, done: list[FoldTask], missing: list[str]) ->
         "cv": {"dir": plan.path.name, "cohort": plan.info["cohort_name"], "n_folds": plan.n_folds,
                "repeats": plan.repeats, "fold_seeds": plan.info["fold_seeds"], "classes": classes,
                "task": kind, "holdout_test": plan.info["holdout_test"], "complete": [t.name for t in done],
-               "missing": missing, "seed": plan.cfg.seed},
+               "missing": missing, "seed": plan.cfg.seed, "backbone": plan.cfg.model.backbone,
+               "network": get_backbone(plan.cfg.model.backbone).label},
         "hashes": {k: plan.info[k] for k in ("config_hash", "data_hash", "split_hash")},
         "weights": {"kind": first.get("weights"), "description": first.get("weights_description"),
                     "pretrained": first.get("pretrained")},
