@@ -29,6 +29,7 @@ EXPECTED = {
     "xception": ("xception", ("block13_", "block14_"), 71),
     "densenet121": ("densenet", ("conv5_block15_", "conv5_block16_"), 32),
     "efficientnetv2b0": ("efficientnet_v2", ("block6g_", "block6h_"), 32),
+    "resnet50": ("resnet50", ("conv5_block2_", "conv5_block3_"), 32),
 }
 
 

@@ -154,6 +154,15 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in (
         weights_hash="893217f2bb855e2983157299931e43ff",
         weights_url=_KERAS_APPLICATIONS + "efficientnet_v2/efficientnetv2-b0_notop.h5",
         model_name="medxcept_efficientnetv2b0", builder_kwargs=(("include_preprocessing", True),)),
+    Backbone(
+        name="resnet50", application="ResNet50",
+        paper="He et al., 2016, Deep Residual Learning for Image Recognition",
+        input_mode="caffe", range_layer="to_resnet50_range", min_px=32, default_px=224,
+        block_pattern=r"^conv(\d)_block(\d+)_", n_blocks=16,
+        weights_file="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        weights_hash="4d473c1dd8becc155b73f8504c6f6626",
+        weights_url=_KERAS_APPLICATIONS + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        model_name="medxcept_resnet50"),
 )}
 
 DEFAULT = "xception"
