@@ -196,3 +196,48 @@ def test_config_hash_of_an_xception_run_is_unchanged_by_the_new_field():
     assert config_hash(cfg) == old
     other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone="densenet121"))
     assert config_hash(other) != old
+
+
+@pytest.mark.slow
+def test_a_run_on_another_backbone_names_it_everywhere_and_a_resume_keeps_it(tiny_cohort, tmp_path):
+    """``--backbone resnet50`` (the real network at 32 px) killed after epoch 1, then ``--resume``: the
+    resumed run trains the same backbone from its config.yaml, and the report, metrics.json,
+    versions.json and model.keras name it. Changing it on resume is refused."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import pandas as pd
+    import yaml
+
+    from tests.conftest import REPO
+
+    def cli(*args: str, fault: str | None = None) -> subprocess.CompletedProcess:
+        env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+        env.pop("MEDXCEPT_FAULT", None)
+        if fault:
+            env["MEDXCEPT_FAULT"] = fault
+        return subprocess.run([sys.executable, "-m", "pipelines.retina", *args, "-q"], cwd=REPO, capture_output=True,
+                              text=True, timeout=1200, env=env)
+
+    run = tmp_path / "reports" / "bb"
+    res = cli("--cohort", str(tiny_cohort), "--out-dir", str(tmp_path / "reports"), "--run-name", "bb",
+              "--backbone", "resnet50", "--image-px", "32", fault="epoch_end:1")
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["backbone"] == "resnet50"
+    res = cli("--resume", str(run), "--backbone", "xception")
+    assert res.returncode == 2 and "--backbone" in res.stderr and "Traceback" not in res.stderr
+    res = cli("--resume", str(run))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert list(pd.read_csv(run / "history.csv")["epoch"]) == [1, 2]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["run"]["backbone"] == "resnet50" and metrics["run"]["network"] == "ResNet50"
+    versions = json.loads((run / "versions.json").read_text())
+    assert versions["model"]["backbone"]["keras_application"] == "keras.applications.ResNet50"
+    html = (run / "report.html").read_text(encoding="utf-8")
+    assert "· ResNet50, recipe" in html and "ResNet50 (keras.applications" in html
+    assert "Xception" not in html.split("<body", 1)[1].split("Grad-CAM", 1)[0], "no literal Xception describing it"
+    model = keras.saving.load_model(run / "model.keras", compile=False)
+    assert model.name == "medxcept_resnet50" and mx.backbone_of(model).name == "resnet50"

@@ -212,6 +212,7 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
                 "weights": weights.kind, "weights_description": weights.description,
                 "pretrained": weights.pretrained, "recipe": cfg.train.recipe, "image_px": cfg.preprocess.image_px,
                 "backbone": cfg.model.backbone, "network": get_backbone(cfg.model.backbone).label,
+                "parameters": int(result.model.count_params()),
                 "seed": cfg.seed, "tta_passes": cfg.eval.tta, "precision": result.precision,
                 "model_bytes": model_bytes, "weights_sha256": result.weights_sha256,
                 "resumed_after_training": result.resumed_after_training,
