@@ -27,8 +27,13 @@ this benchmark makes its own pretrained weights the way ImageNet weights are mad
    ``--weights none``).
 4. **Comparison** through :mod:`medxcept.evaluation.compare` (the code behind ``python -m pipelines.compare``):
    patient-level test AUC with its bootstrap CI, ECE after recalibration, the train - validation
-   AUC gap at the kept epoch, training seconds; mean ± SD over seeds; per seed pair DeLong's test,
-   and a paired t-test over the seeds' AUCs; the module's noise verdict.
+   AUC gap at the kept epoch, training seconds (each run's, and mean ± SD), parameters; mean ± SD
+   over seeds; per seed pair DeLong's test, and a paired t-test over the seeds' AUCs; the module's
+   noise verdict.
+5. **Backbones** (``--backbones``, :mod:`medxcept.models.backbones`): every arm for each backbone,
+   same split and seeds; an arm of another backbone than Xception is named ``<arm>@<backbone>``
+   (``scratch@densenet121``), its pretrained arms start from a source checkpoint of that backbone
+   trained the same way. So "is Xception the right network for 300 images?" is one command.
 
 Usage::
 
@@ -37,6 +42,8 @@ Usage::
     python -m benchmarks.recipes --bn-check                     # from scratch: BN moving averages vs recalibrated
     python -m benchmarks.recipes --quick                        # smoke run (tiny sizes, 1 seed)
     python -m benchmarks.recipes --arms default baseline --cohorts gray
+    # backbones side by side (a GPU machine: all four, 3 seeds, pretrained on the source task and from scratch)
+    python -m benchmarks.recipes --backbones xception densenet121 efficientnetv2b0 resnet50 --arms default scratch
 
 It prints the table and writes ``recipes-<cohorts>.json`` (every run's numbers) into ``--out``.
 """
@@ -61,6 +68,7 @@ from scipy import ndimage, stats  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medxcept.cohort.demo import CAMERAS, cache_dir, paint_fundus  # noqa: E402
+from medxcept.models.backbones import names as backbone_names  # noqa: E402
 
 SHAPES = ("ring", "square", "cross", "triangle")
 SOURCE_VERSION = 1
@@ -154,16 +162,19 @@ def source_images(n: int, px: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------ the source checkpoint
 
 
-def source_checkpoint(*, n_images: int, epochs: int, px: int, seed: int = 0) -> tuple[Path, dict]:
-    """The Xception base trained on the source task, as a ``.weights.h5`` file (built once, cached)."""
+def source_checkpoint(*, n_images: int, epochs: int, px: int, seed: int = 0,
+                      backbone: str = "xception") -> tuple[Path, dict]:
+    """The backbone (Xception by default) trained on the source task, as a ``.weights.h5`` file of its base
+    (built once, cached)."""
     folder = cache_dir() / "recipes"
-    path = folder / f"source-v{SOURCE_VERSION}-n{n_images}-e{epochs}-px{px}-s{seed}.weights.h5"
+    net = "" if backbone == "xception" else f"-{backbone}"  # Xception's file keeps its name
+    path = folder / f"source-v{SOURCE_VERSION}{net}-n{n_images}-e{epochs}-px{px}-s{seed}.weights.h5"
     info_path = path.with_suffix("").with_suffix(".json")
     if path.is_file() and info_path.is_file():
         return path, json.loads(info_path.read_text())
     import keras
 
-    from medxcept.models.network import build_model, resolve_weights, xception_base
+    from medxcept.models.network import backbone_base, build_model, resolve_weights
     from medxcept.models.train import set_seeds
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -173,7 +184,8 @@ def source_checkpoint(*, n_images: int, epochs: int, px: int, seed: int = 0) -> 
     xv, yv, xt, yt = x[:n_val], y[:n_val], x[n_val:], y[n_val:]
     t_gen = time.perf_counter() - t0
     set_seeds(seed)
-    model = build_model(image_px=px, n_classes=len(SHAPES), dropout=0.2, weights=resolve_weights("none"), seed=seed)
+    model = build_model(image_px=px, n_classes=len(SHAPES), dropout=0.2, weights=resolve_weights("none"), seed=seed,
+                        backbone=backbone)
     steps = int(np.ceil(len(xt) / 32)) * epochs
     sched = keras.optimizers.schedules.CosineDecay(1e-4, steps, alpha=0.01, warmup_target=1e-3,
                                                    warmup_steps=max(steps // 10, 1))
@@ -187,9 +199,10 @@ def source_checkpoint(*, n_images: int, epochs: int, px: int, seed: int = 0) -> 
     t_train = time.perf_counter() - t0 - t_gen
     acc = float(np.mean(np.argmax(model.predict(xv, batch_size=64, verbose=0), axis=1) == yv))
     tmp = path.with_name(f".{os.getpid()}.{path.name}")
-    xception_base(model).save_weights(tmp)
+    backbone_base(model).save_weights(tmp)
     os.replace(tmp, path)
-    info = {"n_images": n_images, "epochs": epochs, "px": px, "seed": seed, "classes": list(SHAPES),
+    info = {"backbone": backbone, "n_images": n_images, "epochs": epochs, "px": px, "seed": seed,
+            "classes": list(SHAPES),
             "held_out_accuracy": acc, "n_held_out": int(n_val), "generate_s": round(t_gen, 1),
             "train_s": round(t_train, 1)}
     info_path.write_text(json.dumps(info, indent=1))
@@ -253,15 +266,20 @@ ARMS = {  # arm -> (recipe, pretrained?, configuration overrides)
 }
 
 
-def run_arm(cohort_yaml: Path, out: Path, *, arm: str, seed: int, px: int, weights: Path,
-            overrides: dict) -> Path:
+def arm_name(arm: str, backbone: str) -> str:
+    """``arm`` for Xception (the names of runs made before backbones could vary), else ``arm@backbone``."""
+    return arm if backbone == "xception" else f"{arm}@{backbone}"
+
+
+def run_arm(cohort_yaml: Path, out: Path, *, arm: str, seed: int, px: int, weights: Path | None,
+            overrides: dict, backbone: str = "xception") -> Path:
     """One finished run directory (reused when it is already complete)."""
     from medxcept.cohort.table import load_cohort_spec
     from medxcept.config import load_config
     from medxcept.workflows.single import run_pipeline
 
     recipe, pretrained, arm_overrides = ARMS[arm]
-    name = f"{arm}-s{seed}"
+    name = f"{arm_name(arm, backbone)}-s{seed}"
     run_dir = out / name
     if (run_dir / "complete.json").is_file():
         return run_dir
@@ -270,7 +288,7 @@ def run_arm(cohort_yaml: Path, out: Path, *, arm: str, seed: int, px: int, weigh
     spec = load_cohort_spec(cohort_yaml)
     cfg = load_config(cohort_defaults=spec.defaults, overrides={
         "seed": seed, "split.seed": 0, "out_dir": str(out), "preprocess.image_px": px,
-        "model.weights": str(weights) if pretrained else "none", "train.recipe": recipe,
+        "model.weights": str(weights) if pretrained else "none", "train.recipe": recipe, "model.backbone": backbone,
         "eval.n_bootstrap": 300, **arm_overrides, **overrides})
     run_pipeline(cfg, spec, run_name=name)
     return run_dir
@@ -301,7 +319,7 @@ def summarize(cohort: str, run_dirs: dict[str, list[Path]]) -> dict:
     lines = [f"\n== {cohort}: test set {n_test} patients"]
     w = max(9, *(len(a) for a in records))
     lines.append(f"{'arm':{w}} {'patient AUC':>15} {'95% CI (per seed)':>40} {'ECE after':>15} {'AUC gap':>15} "
-                 f"{'kept epoch':>10} {'train s':>12} {'collapsed':>9}  verdicts")
+                 f"{'kept epoch':>10} {'train s':>12} {'train s per run':>18} {'params':>8} {'collapsed':>9}  verdicts")
     table, markdown = {}, []
     for arm, recs in records.items():
         s = [r.summary for r in recs]
@@ -311,15 +329,19 @@ def summarize(cohort: str, run_dirs: dict[str, list[Path]]) -> dict:
         cases = Counter(training_verdict(r.history, r.summary["best_epoch"])["case"] for r in recs)
         case_text = ", ".join(f"{k} {v}" for k, v in sorted(cases.items()))
         row = {k: [x[k] for x in s] for k in ("roc_auc", "ece_after", "auc_gap", "best_epoch", "train_seconds")}
+        params = {_parameters(d) for d in run_dirs[arm]} - {None}
         row.update(collapsed_runs=collapsed, cases=dict(cases), seeds=[r.seed for r in recs],
-                   ci=[(x["roc_auc_low"], x["roc_auc_high"]) for x in s])
+                   ci=[(x["roc_auc_low"], x["roc_auc_high"]) for x in s], parameters=sorted(params))
         table[arm] = row
+        per_run = "/".join(f"{x:.0f}" for x in row["train_seconds"] if x is not None)
+        n_params = "/".join(f"{p / 1e6:.1f}M" for p in sorted(params)) or "n/a"
         lines.append(f"{arm:{w}} {_fmt(row['roc_auc']):>15} {cis:>40} {_fmt(row['ece_after']):>15} "
                      f"{_fmt(row['auc_gap']):>15} {_fmt(row['best_epoch'], 1):>10} "
-                     f"{_fmt(row['train_seconds'], 0):>12} {collapsed:>5}/{len(recs)}  {case_text}")
+                     f"{_fmt(row['train_seconds'], 0):>12} {per_run:>18} {n_params:>8} {collapsed:>5}/{len(recs)}  "
+                     f"{case_text}")
         markdown.append(f"| {cohort} ({n_test}) | {arm} | {len(recs)} | {_fmt(row['roc_auc'])} | "
                         f"{_fmt(row['ece_after'])} | {_fmt(row['auc_gap'], 2)} | {_fmt(row['train_seconds'], 0)} | "
-                        f"{collapsed}/{len(recs)} | {case_text} |")
+                        f"{per_run} | {n_params} | {collapsed}/{len(recs)} | {case_text} |")
     result = compare([r for recs in records.values() for r in recs], n_resamples=300)
     tests = []
     for c in result["comparisons"]:
@@ -384,6 +406,12 @@ def _finished(folder: Path, arm: str) -> list[Path]:
                   and (d / "complete.json").is_file())
 
 
+def _parameters(run_dir: Path) -> int | None:
+    """The run's parameter count (``metrics.json`` run block; runs made before it was recorded: None)."""
+    run = json.loads((run_dir / "metrics.json").read_text()).get("run") or {}
+    return run.get("parameters")
+
+
 def _collapsed_epochs(record) -> list[int]:
     h = record.history
     if "collapsed" not in h:
@@ -392,8 +420,8 @@ def _collapsed_epochs(record) -> list[int]:
 
 
 def _print_markdown(summaries: list[dict]) -> None:
-    print("\n| cohort (test patients) | arm | seeds | patient AUC | ECE after | AUC gap | train s | collapsed | "
-          "verdicts |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| cohort (test patients) | arm | seeds | patient AUC | ECE after | AUC gap | train s | train s per run "
+          "| parameters | collapsed | verdicts |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     print("\n".join(row for s in summaries for row in s["markdown"]), flush=True)
 
 
@@ -409,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="default, baseline, scratch (default) and scratch-ema (from scratch without BN "
                          "recalibration, as before it existed)")
     ap.add_argument("--cohorts", nargs="+", default=["fundus", "gray"], choices=["fundus", "gray"])
+    ap.add_argument("--backbones", nargs="+", default=["xception"], choices=backbone_names(),
+                    help="run every arm for each of these backbones (default: xception only); arms of another "
+                         "backbone are named ARM@BACKBONE")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="configuration override for every run (e.g. train.finetune_lr=3e-4)")
     ap.add_argument("--out", default=None, help="folder for the run directories (default: "
@@ -437,17 +468,26 @@ def main(argv: list[str] | None = None) -> int:
         k, _, v = item.partition("=")
         overrides[k] = v
     t0 = time.perf_counter()
-    weights, info = source_checkpoint(n_images=args.source_images, epochs=args.source_epochs, px=args.px)
-    print(f"source checkpoint: {weights.name}: {info['n_images']} images, {info['epochs']} epochs, "
-          f"held-out shape accuracy {info['held_out_accuracy']:.3f} (n={info['n_held_out']}), "
-          f"built in {info['generate_s'] + info['train_s']:.0f} s", flush=True)
+    sources: dict[str, Path | None] = {}
+    info: dict = {}
+    for backbone in args.backbones:  # only when an arm starts from it
+        if not any(ARMS[arm][1] for arm in args.arms):
+            sources[backbone] = None
+            continue
+        sources[backbone], info[backbone] = source_checkpoint(n_images=args.source_images, epochs=args.source_epochs,
+                                                              px=args.px, backbone=backbone)
+        i = info[backbone]
+        print(f"source checkpoint: {sources[backbone].name}: {i['n_images']} images, {i['epochs']} epochs, "
+              f"held-out shape accuracy {i['held_out_accuracy']:.3f} (n={i['n_held_out']}), "
+              f"built in {i['generate_s'] + i['train_s']:.0f} s", flush=True)
     tag = "-".join(f"{k}={v}" for k, v in sorted(overrides.items())) or "defaults"
     out = Path(args.out) if args.out else cache_dir() / "recipes" / f"runs-px{args.px}-{tag}"
     targets = cache_dir() / "recipes" / "targets"
     summaries = []
     if args.summarize:
         for cohort in args.cohorts:
-            dirs = {arm: _finished(out / cohort, arm) for arm in args.arms}
+            dirs = {arm_name(arm, b): _finished(out / cohort, arm_name(arm, b))
+                    for b in args.backbones for arm in args.arms}
             for item in args.extra:
                 name, _, folder = item.partition("=")
                 arm = name.split(":")[-1]
@@ -466,13 +506,15 @@ def main(argv: list[str] | None = None) -> int:
             yaml_path = write_fundus_cohort(targets / f"fundus-n{args.fundus_patients}",
                                             n_patients=args.fundus_patients, seed=23)
         dirs: dict[str, list[Path]] = {}
-        for arm in args.arms:
-            for seed in args.seeds:
-                t = time.perf_counter()
-                d = run_arm(yaml_path, out / cohort, arm=arm, seed=seed, px=args.px, weights=weights,
-                            overrides=overrides)
-                dirs.setdefault(arm, []).append(d)
-                print(f"  {cohort} {arm} seed {seed}: {time.perf_counter() - t:.0f} s wall", flush=True)
+        for backbone in args.backbones:
+            for arm in args.arms:
+                for seed in args.seeds:
+                    t = time.perf_counter()
+                    d = run_arm(yaml_path, out / cohort, arm=arm, seed=seed, px=args.px, weights=sources[backbone],
+                                overrides=overrides, backbone=backbone)
+                    dirs.setdefault(arm_name(arm, backbone), []).append(d)
+                    print(f"  {cohort} {arm_name(arm, backbone)} seed {seed}: {time.perf_counter() - t:.0f} s wall",
+                          flush=True)
         if sum(map(len, dirs.values())) > 1:  # one run (e.g. one seed of one arm): nothing to compare yet
             summaries.append(summarize(cohort, dirs))
     _print_markdown(summaries)

@@ -26,6 +26,8 @@ from medxcept.images.augment import AugmentConfig
 from medxcept.errors import ConfigError
 from medxcept.images.preprocess import PreprocessConfig
 from medxcept.integrity.splits import SplitConfig, resolve_user_split
+from medxcept.models.backbones import DEFAULT as DEFAULT_BACKBONE
+from medxcept.models.backbones import get_backbone
 
 __all__ = [
     "ModelConfig",
@@ -50,11 +52,14 @@ def _choice(name: str, value: object, allowed: tuple) -> None:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The classifier: Xception base + global average pooling + dropout + dense head.
+    """The classifier: an ImageNet backbone + global average pooling + dropout + dense head.
 
     Args:
-        weights: ``"imagenet"`` (Keras' published file, downloaded into its cache once), ``"none"`` (random
-            initialization, marked loudly in console and report) or a path to a weights file.
+        backbone: the network under the head, a name of :data:`medxcept.models.backbones.BACKBONES`:
+            ``"xception"`` (default; a run saved without this field is Xception), ``"densenet121"``,
+            ``"efficientnetv2b0"``, ``"resnet50"``.
+        weights: ``"imagenet"`` (Keras' published file for the backbone, downloaded into its cache once),
+            ``"none"`` (random initialization, marked loudly in console and report) or a path to a weights file.
         dropout: dropout rate before the dense head (regularization for small cohorts).
         mixed_precision: ``"auto"`` (bfloat16 on a GPU, float32 on CPU), ``"off"``, ``"bfloat16"``, ``"float16"``.
     """
@@ -62,8 +67,10 @@ class ModelConfig:
     weights: str = "none"
     dropout: float = 0.3
     mixed_precision: str = "auto"
+    backbone: str = DEFAULT_BACKBONE
 
     def __post_init__(self) -> None:
+        get_backbone(self.backbone)  # raises ConfigError naming the registered ones
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout!r} must be in [0, 1)")
         _choice("model.mixed_precision", self.mixed_precision, ("auto", "off", "bfloat16", "float16"))
@@ -83,9 +90,11 @@ class TrainConfig:
         finetune_epochs: stage 2 epochs (top blocks unfrozen); the maximum when early stopping.
         head_lr: stage 1 learning rate.
         finetune_lr: stage 2 peak learning rate.
-        unfreeze_blocks: Xception blocks unfrozen in stage 2, counted from the top (exit flow =
-            blocks 13-14, middle flow = 5-12); ``14`` means all. Ignored without pretrained weights,
-            where the whole network trains from the start (a random base is not worth freezing).
+        unfreeze_blocks: backbone blocks unfrozen in stage 2, counted from the top: the last units of
+            the network (:mod:`medxcept.models.backbones`; Xception: exit flow = blocks 13-14, middle
+            flow = 5-12, ``14`` means all; the largest value is the backbone's ``n_blocks``, checked by
+            :class:`RunConfig`). Ignored without pretrained weights, where the whole network trains
+            from the start (a random base is not worth freezing).
         weight_decay: AdamW decoupled weight decay.
         label_smoothing: for the cross-entropy loss.
         warmup_epochs: linear warm-up of the stage 2 learning rate.
@@ -131,8 +140,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}={getattr(self, name)!r} must be >= 0")
         if self.head_epochs + self.finetune_epochs == 0 and self.recipe == "default":
             raise ConfigError("train.head_epochs + train.finetune_epochs is 0: nothing would be trained")
-        if not 1 <= self.unfreeze_blocks <= 14:
-            raise ConfigError(f"train.unfreeze_blocks={self.unfreeze_blocks!r} must be in 1..14")
+        if self.unfreeze_blocks < 1:
+            raise ConfigError(f"train.unfreeze_blocks={self.unfreeze_blocks!r} must be >= 1")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"train.label_smoothing={self.label_smoothing!r} must be in [0, 0.5)")
 
@@ -246,6 +255,14 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
+        backbone = get_backbone(self.model.backbone)
+        if not 1 <= self.train.unfreeze_blocks <= backbone.n_blocks:
+            raise ConfigError(f"train.unfreeze_blocks={self.train.unfreeze_blocks!r} must be in 1..{backbone.n_blocks} "
+                              f"for model.backbone={backbone.name} ({backbone.n_blocks} blocks)")
+        if self.preprocess.image_px < backbone.min_px:
+            raise ConfigError(f"preprocess.image_px={self.preprocess.image_px} is below {backbone.min_px}, the "
+                              f"smallest input {backbone.label} accepts (model.backbone={backbone.name}); use "
+                              f"{backbone.default_px} (native) or at least {backbone.min_px}")
         if self.split.user_split is not None and self.audit.on_leak == "fix":
             raise ConfigError(f"split.user_split={self.split.user_split!r} with audit.on_leak='fix': a user-supplied "
                               "split is audited, never re-grouped: fix the split file or use on_leak: warn or error")
@@ -361,6 +378,8 @@ def load_config(*, cohort_defaults: dict | None = None, config_file: str | Path 
 #: fields: left out of the hash while None, so that older configurations (and the run and CV
 #: directories named after them) keep their hash.
 _HASHED_WHEN_SET = (("split", "inner_val_fraction"),)
+#: The same for fields whose value before they existed is their default: hashed only when it differs.
+_HASHED_UNLESS = ((("model", "backbone"), DEFAULT_BACKBONE),)
 
 
 def config_hash(cfg: RunConfig) -> str:
@@ -368,6 +387,9 @@ def config_hash(cfg: RunConfig) -> str:
     data = config_to_dict(cfg)
     for section, name in _HASHED_WHEN_SET:
         if data[section].get(name) is None:
+            data[section].pop(name, None)
+    for (section, name), old in _HASHED_UNLESS:
+        if data[section].get(name) == old:
             data[section].pop(name, None)
     blob = json.dumps(data, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:8]

@@ -17,28 +17,34 @@ from typing import Any
 import yaml
 
 from medxcept.errors import ConfigError, MedxceptError
+from medxcept.models.backbones import names as backbone_names
 
 #: The embedded synthetic demo cohort: every pipeline's default ``--cohort``.
 DEFAULT_COHORT = Path(__file__).resolve().parent.parent / "cohorts" / "demo.yaml"
 
 # option attribute -> configuration key (dotted) that it overrides
-CONFIG_OPTIONS = {"out_dir": "out_dir", "seed": "seed", "weights": "model.weights", "recipe": "train.recipe",
+CONFIG_OPTIONS = {"out_dir": "out_dir", "seed": "seed", "weights": "model.weights", "backbone": "model.backbone",
+                  "recipe": "train.recipe",
                   "image_px": "preprocess.image_px", "batch_size": "train.batch_size",
                   "head_epochs": "train.head_epochs", "finetune_epochs": "train.finetune_epochs",
                   "on_leak": "audit.on_leak"}
 
 
 def add_training_options(g: argparse._ArgumentGroup) -> None:
-    """``--weights``, ``--recipe``, ``--image-px``, ``--batch-size``, epochs and ``--on-leak``."""
-    g.add_argument("--weights", help="imagenet (Keras' published file: from Keras' cache, downloaded there "
-                   "and MD5-checked when missing) | none (random initialization, marked in the report) | "
-                   "PATH to a .h5/.weights.h5/.keras file")
+    """``--backbone``, ``--weights``, ``--recipe``, ``--image-px``, ``--batch-size``, epochs and ``--on-leak``."""
+    g.add_argument("--backbone", choices=backbone_names(),
+                   help="the ImageNet network under the classifier's head (default xception; "
+                        "medxcept/models/backbones.py): model.backbone")
+    g.add_argument("--weights", help="imagenet (Keras' published file for the backbone: from Keras' cache, "
+                   "downloaded there and hash-checked when missing) | none (random initialization, marked in the "
+                   "report) | PATH to a .h5/.weights.h5/.keras file")
     g.add_argument("--offline", action="store_true",
                    help="never download anything (same as MEDXCEPT_OFFLINE=1): --weights imagenet then needs "
                         "the file in Keras' cache")
     g.add_argument("--recipe", choices=["default", "baseline"],
                    help="default: the limited-data recipe; baseline: the common tutorial recipe, for comparison")
-    g.add_argument("--image-px", type=int, help="input size in pixels (>= 71; Xception's native size is 299)")
+    g.add_argument("--image-px", type=int, help="input size in pixels (at least the backbone's minimum: 71 for "
+                   "Xception, 32 for the others; native: Xception 299, the others 224)")
     g.add_argument("--batch-size", type=int, help="images per training step")
     g.add_argument("--head-epochs", type=int, help="stage 1 epochs (frozen base)")
     g.add_argument("--finetune-epochs", type=int, help="stage 2 epochs (top blocks unfrozen), maximum")

@@ -42,7 +42,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.kfold",
-        description="Patient-level, stratified k-fold cross-validation of the Xception pipeline: one run "
+        description="Patient-level, stratified k-fold cross-validation of the pipeline (the backbone of "
+                    "--backbone, Xception by default): one run "
                     "directory per fold and a CV report (per-fold and mean ± SD metrics, 95 %% t-interval, "
                     "pooled out-of-fold ROC and reliability). Resumable: complete folds are skipped.",
         epilog="Exit status 2 means a problem with the input or options, explained in one line. With "

@@ -1,4 +1,5 @@
-"""``python -m pipelines.retina``: train and evaluate Xception on a cohort, write an HTML report.
+"""``python -m pipelines.retina``: train and evaluate an ImageNet network (Xception by default) on a cohort,
+write an HTML report.
 
 With no arguments it runs the whole pipeline on the embedded synthetic demo cohort
 (``cohorts/demo.yaml``) and prints the path of the report it wrote. Everything else is an option;
@@ -55,7 +56,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.retina [run|evaluate|check]",
-        description="Train and honestly evaluate an Xception classifier on a small medical imaging cohort: "
+        description="Train and honestly evaluate an image classifier (an ImageNet backbone, Xception by default: "
+                    "--backbone) on a small medical imaging cohort: "
                     "ingest DICOM and photographs, split by patient, audit for leakage, fine-tune, calibrate, "
                     "and write a self-contained HTML report. Without arguments: the embedded demo cohort.",
         epilog="Subcommands: 'run' (default) trains and evaluates; 'evaluate --run DIR --cohort FILE' applies a "

@@ -19,7 +19,8 @@ def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 def test_help_exits_zero_and_explains_every_option():
     res = _run("--help")
     assert res.returncode == 0
-    for opt in ("--cohort", "--weights", "--recipe", "--image-px", "--on-leak", "--set", "--seed", "--config"):
+    for opt in ("--cohort", "--backbone", "--weights", "--recipe", "--image-px", "--on-leak", "--set", "--seed",
+                "--config"):
         assert opt in res.stdout, opt
 
 
@@ -39,6 +40,18 @@ def test_imagenet_weights_missing_fail_early_naming_the_path(tmp_path):
     assert str(tmp_path / "k" / "models") in res.stderr
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "r").exists(), "no run directory for a run that cannot start"
+
+
+def test_backbone_weights_are_that_backbones_file_and_too_small_an_image_is_refused(tmp_path):
+    res = _run("--backbone", "densenet121", "--weights", "imagenet", "--offline", "--out-dir", str(tmp_path / "r"),
+               env={"KERAS_HOME": str(tmp_path / "k")})
+    assert res.returncode == 2, res.stderr[-2000:]
+    line = [x for x in res.stderr.splitlines() if x.startswith("medxcept: error:")]
+    assert len(line) == 1 and "DenseNet121" in line[0]
+    assert str(tmp_path / "k" / "models" / "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5") in line[0]
+    assert not (tmp_path / "r").exists()
+    res = _run("--image-px", "64", "--out-dir", str(tmp_path / "r"))  # Xception's minimum is 71, DenseNet's 32
+    assert res.returncode == 2 and "below 71, the smallest input Xception accepts" in res.stderr
 
 
 def test_bad_option_value_names_field_and_value(tmp_path):

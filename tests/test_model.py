@@ -11,7 +11,6 @@ keras = pytest.importorskip("keras")
 from medxcept.models import testnet  # noqa: E402
 from medxcept.errors import ConfigError, WeightsError  # noqa: E402
 from medxcept.models.network import (  # noqa: E402
-    IMAGENET_FILE,
     build_model,
     count_trainable,
     freeze_base,
@@ -21,6 +20,7 @@ from medxcept.models.network import (  # noqa: E402
     xception_base,
 )
 from medxcept.images.preprocess import to_model_range  # noqa: E402
+from medxcept.models.backbones import get_backbone  # noqa: E402
 from tests.conftest import real_xception  # noqa: E402
 
 
@@ -92,13 +92,13 @@ def test_imagenet_weights_missing_names_the_path(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDXCEPT_OFFLINE", "1")  # downloading: tests/test_weights_download.py
     with pytest.raises(WeightsError) as exc:
         resolve_weights("imagenet")
-    assert str(tmp_path / "models" / IMAGENET_FILE) in str(exc.value)
+    assert str(tmp_path / "models" / get_backbone("xception").weights_file) in str(exc.value)
 
 
 def test_imagenet_weights_corrupt_file_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     (tmp_path / "models").mkdir()
-    (tmp_path / "models" / IMAGENET_FILE).write_bytes(b"not weights")
+    (tmp_path / "models" / get_backbone("xception").weights_file).write_bytes(b"not weights")
     monkeypatch.setenv("MEDXCEPT_OFFLINE", "1")  # online, it is downloaded again: tests/test_weights_download.py
     with pytest.raises(WeightsError, match="MD5"):
         resolve_weights("imagenet")

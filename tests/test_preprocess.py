@@ -71,8 +71,8 @@ def _disc(h: int, w: int, cy: float, cx: float, r: float) -> np.ndarray:
 
 
 def test_config_validation_names_field_and_value():
-    with pytest.raises(ConfigError, match="image_px=64"):
-        PreprocessConfig(image_px=64)
+    with pytest.raises(ConfigError, match="image_px=0"):
+        PreprocessConfig(image_px=0)  # the backbone's minimum (Xception: 71): RunConfig, tests/test_backbones.py
     with pytest.raises(ConfigError, match="illumination='graham'"):
         PreprocessConfig(illumination="graham")
     with pytest.raises(ConfigError, match="quality_policy"):

@@ -70,6 +70,7 @@ import pandas as pd
 import yaml
 
 from medxcept.models import testnet
+from medxcept.models.backbones import get_backbone
 from medxcept.integrity.audit import Finding
 from medxcept.integrity.check import _thumb
 from medxcept.integrity.fingerprints import duplicate_pairs
@@ -605,6 +606,7 @@ def _run_block(run: RunDir, spec: CohortSpec, src: SourceRun, ecfg: RunConfig,
             "weights": info.get("weights", weights),
             "weights_description": info.get("weights_description", weights),
             "pretrained": bool(info.get("pretrained", weights != "none")), "recipe": src.cfg.train.recipe,
+            "backbone": src.cfg.model.backbone, "network": get_backbone(src.cfg.model.backbone).label,
             "image_px": ecfg.preprocess.image_px, "seed": ecfg.seed, "backend": device["backend"],
             "device": device["device"], "external_validation": True, "source_run": src.id,
             "source_cohort": src.cohort_name, "tta_passes": src.cfg.eval.tta}

@@ -97,7 +97,6 @@ PREPROCESS_VERSION = 2
 MODALITIES = ("fundus", "gray")
 ILLUMINATIONS = ("none", "ben_graham")
 QUALITY_POLICIES = ("exclude", "flag", "off")
-XCEPTION_MIN_PX = 71
 
 # Quality thresholds (see :func:`quality`). Each measure is mapped to a sub-score that
 # equals 0.5 exactly at its threshold, so the default ``min_quality=0.5`` means "every
@@ -121,8 +120,8 @@ class PreprocessConfig:
     Parameters
     ----------
     image_px : int, default 299
-        Side of the square output. At least 71 (the smallest input Xception accepts);
-        299 is Xception's native size.
+        Side of the square output. At least the backbone's smallest input (Xception: 71; checked
+        by ``RunConfig`` against ``medxcept.models.backbones``); 299 is Xception's native size.
     fov_crop : bool, default True
         Fundus only: crop to the bounding square of the field of view.
     illumination : {"none", "ben_graham"}, default "none"
@@ -157,11 +156,8 @@ class PreprocessConfig:
     def __post_init__(self) -> None:
         if isinstance(self.image_px, bool) or not isinstance(self.image_px, (int, np.integer)):
             raise ConfigError(f"preprocess.image_px must be an integer, got {self.image_px!r}")
-        if self.image_px < XCEPTION_MIN_PX:
-            raise ConfigError(
-                f"preprocess.image_px={self.image_px} is below {XCEPTION_MIN_PX}, the smallest "
-                "input Xception accepts; use 299 (native) or at least 71"
-            )
+        if self.image_px < 1:  # the backbone's own minimum: RunConfig (medxcept.models.backbones)
+            raise ConfigError(f"preprocess.image_px={self.image_px} must be a positive number of pixels")
         for name in ("fov_crop", "clahe", "mask_outside_fov"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"preprocess.{name} must be true or false, got {getattr(self, name)!r}")

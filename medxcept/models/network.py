@@ -1,20 +1,23 @@
-"""The classifier: Keras' Xception with a small regularized head, and the weights that go into it.
+"""The classifier: a Keras ImageNet backbone with a small regularized head, and the weights that go into it.
 
-Xception (Chollet, 2017, "Xception: Deep Learning with Depthwise Separable Convolutions") expects
-inputs in [-1, 1] of at least 71 x 71 pixels. The model built here takes **uint8-range pixels**
-([0, 255], any float or integer dtype) and maps them to [-1, 1] with a ``Rescaling`` layer whose
-constants come from :mod:`medxcept.images.preprocess` — so a saved model takes the same cached pixels
-that training saw, and the mapping lives in exactly one place.
+The backbone comes from the registry :mod:`medxcept.models.backbones` (``model.backbone``; Xception by
+default). Xception (Chollet, 2017, "Xception: Deep Learning with Depthwise Separable Convolutions")
+expects inputs in [-1, 1] of at least 71 x 71 pixels. The model built here takes **uint8-range
+pixels** ([0, 255], any float or integer dtype) and maps them to what its backbone's ImageNet weights
+expect inside the model: for Xception a ``Rescaling`` layer (``to_xception_range``) whose constants
+come from :mod:`medxcept.images.preprocess`, for DenseNet and ResNet a :class:`ChannelAffine` layer
+(Keras' 'torch' and 'caffe' modes), and EfficientNetV2 scales its own ``[0, 255]`` input. So a saved
+model takes the same cached pixels that training saw.
 
 Only Keras 3 APIs are used (``keras.ops``, layers, ``keras.config``): the same code runs under
 the TensorFlow (default), JAX and PyTorch backends.
 
 Weights are explicit. ``"imagenet"`` is the file Keras publishes for
-``keras.applications.Xception(weights="imagenet", include_top=False)``: taken from Keras' cache
-(``$KERAS_HOME/models`` or ``~/.keras/models``) when it is there and its MD5 matches, otherwise
-downloaded once from the published URL into that cache, as Keras does, with a progress bar, and
-MD5-checked before use (a corrupt download is deleted, never left in the cache). ``MEDXCEPT_OFFLINE=1``
-(``--offline``) forbids the download. ``"none"`` trains from random initialization and the run is
+``keras.applications.<Backbone>(weights="imagenet", include_top=False)``, fetched by
+``keras.utils.get_file`` as Keras does: taken from Keras' cache (``$KERAS_HOME/models`` or
+``~/.keras/models``) when it is there and its hash matches, otherwise downloaded once from the
+published URL into that cache, with a progress bar, and hash-checked before use (a corrupt download is
+deleted, never left in the cache). ``MEDXCEPT_OFFLINE=1`` (``--offline``) forbids the download. ``"none"`` trains from random initialization and the run is
 marked "not pretrained" everywhere; a path loads a user's file with a shape check. There is no
 silent fallback.
 """
@@ -22,32 +25,32 @@ silent fallback.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import logging
 import os
 import re
-import urllib.error
-import urllib.request
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 
 from medxcept.models import testnet
 from medxcept.errors import WeightsError
 from medxcept.images.preprocess import to_model_range
+from medxcept.models.backbones import DEFAULT, Backbone, block_of, get_backbone
 
 __all__ = [
-    "IMAGENET_FILE",
-    "IMAGENET_MD5",
     "WeightsInfo",
-    "IMAGENET_URL",
+    "ChannelAffine",
     "imagenet_weights_path",
     "imagenet_weights_url",
     "fetch_imagenet_weights",
     "offline",
     "resolve_weights",
     "build_model",
+    "backbone_base",
+    "backbone_of",
     "xception_base",
     "tiny_xception",
     "layer_blocks",
@@ -61,15 +64,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-IMAGENET_FILE = "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
-IMAGENET_MD5 = "b0042744bf5b25fce3cb969f33bebb97"  # the hash keras.applications.xception checks
-# keras.applications.xception.WEIGHTS_PATH_NO_TOP, without its file name
-IMAGENET_URL = "https://storage.googleapis.com/tensorflow/keras-applications/xception/"
-URL_ENV = "MEDXCEPT_WEIGHTS_URL"  # another base URL (a mirror; the tests' local server); the MD5 still applies
+#: another base URL for every backbone's file (a mirror folder holding the files; the tests' local
+#: server): ``$MEDXCEPT_WEIGHTS_URL/<weights_file>``; the hash still applies
+URL_ENV = "MEDXCEPT_WEIGHTS_URL"
 OFFLINE_ENV = "MEDXCEPT_OFFLINE"
 DOWNLOAD_TIMEOUT_S = 60
-BASE_NAME = "xception"
-MIN_PX = 71
 SCRATCH_BN_MOMENTUM = 0.9
 
 # The exact affine map of to_model_range, derived from it rather than restated: x * scale + offset.
@@ -85,18 +84,24 @@ class WeightsInfo:
     path: str | None
     pretrained: bool
     description: str
+    backbone: str | None = None  # the backbone an "imagenet" file belongs to
 
 
-def imagenet_weights_path() -> Path:
-    """Where Keras keeps the ImageNet Xception weights (``$KERAS_HOME/models`` or ``~/.keras/models``)."""
-    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    return Path(home) / "models" / IMAGENET_FILE
+def _keras_home() -> Path:
+    # read at call time (Keras reads KERAS_HOME once, at import)
+    return Path(os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras"))
 
 
-def imagenet_weights_url() -> str:
-    """The published URL of the ImageNet 'notop' file (``$MEDXCEPT_WEIGHTS_URL`` replaces its base)."""
-    base = os.environ.get(URL_ENV) or IMAGENET_URL
-    return base.rstrip("/") + "/" + IMAGENET_FILE
+def imagenet_weights_path(backbone: str = DEFAULT) -> Path:
+    """Where Keras keeps a backbone's ImageNet 'notop' weights (``$KERAS_HOME/models`` or ``~/.keras/models``)."""
+    return _keras_home() / "models" / get_backbone(backbone).weights_file
+
+
+def imagenet_weights_url(backbone: str = DEFAULT) -> str:
+    """The published URL of a backbone's ImageNet 'notop' file (``$MEDXCEPT_WEIGHTS_URL`` replaces its base)."""
+    entry = get_backbone(backbone)
+    base = os.environ.get(URL_ENV)
+    return base.rstrip("/") + "/" + entry.weights_file if base else entry.weights_url
 
 
 def offline() -> bool:
@@ -104,90 +109,84 @@ def offline() -> bool:
     return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
-def _by_hand(url: str, path: Path) -> str:
+def _by_hand(url: str, path: Path, entry: Backbone) -> str:
     return (f"download {url} on a machine with internet access and copy it to {path} "
-            f"(MD5 {IMAGENET_MD5}), or pass --weights PATH to a weights file, or --weights none to train "
-            f"from random initialization (the report will say so)")
+            f"({_algorithm(entry.weights_hash).upper()} {entry.weights_hash}), or pass --weights PATH to a weights "
+            f"file, or --weights none to train from random initialization (the report will say so)")
 
 
-def fetch_imagenet_weights() -> Path:
-    """The ImageNet Xception 'notop' file in Keras' cache, downloaded there first if it is missing.
-
-    As ``keras.utils.get_file`` does for ``keras.applications.Xception``: the same URL, the same
-    cache file, the same MD5. A cached file with the right MD5 is used without any request. The
-    download goes to a ``.part`` file next to the target, with a progress bar on stderr, and is
-    moved into place only after its MD5 matched; a failed or corrupt download is deleted.
-
-    Raises:
-        WeightsError: offline (``MEDXCEPT_OFFLINE``), the download failed, or its MD5 differs;
-            the message names the URL, the expected path and how to place the file by hand.
-    """
-    path = imagenet_weights_path()
-    url = imagenet_weights_url()
-    if path.is_file():
-        digest = _md5(path)
-        if digest == IMAGENET_MD5:
-            return path
-        if offline():
-            raise WeightsError(
-                f"{path} is not the Keras Xception ImageNet 'notop' file (MD5 {digest}, expected "
-                f"{IMAGENET_MD5}): it may be truncated, and {OFFLINE_ENV} forbids downloading it again "
-                f"from {url}. Replace it: {_by_hand(url, path)}.")
-        log.warning("%s has MD5 %s, not %s: downloading it again", path, digest, IMAGENET_MD5)
-    elif offline():
-        raise WeightsError(
-            f"ImageNet weights for Xception were requested but {path} does not exist, and "
-            f"{OFFLINE_ENV}/--offline forbids downloading them from {url}: {_by_hand(url, path)}.")
-    part = path.with_name(path.name + ".part")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _download(url, part)
-        digest = _md5(part)
-        if digest != IMAGENET_MD5:
-            raise WeightsError(
-                f"the file downloaded from {url} has MD5 {digest}, not {IMAGENET_MD5} (an incomplete "
-                f"download or a changed file); nothing was kept in the cache. Retry, or "
-                f"{_by_hand(url, path)}.")
-        os.replace(part, path)
-    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise WeightsError(
-            f"could not download the ImageNet weights for Xception from {url} ({reason}); "
-            f"{_by_hand(url, path)}.") from None
-    finally:
-        part.unlink(missing_ok=True)
-    log.info("downloaded the ImageNet Xception weights to %s (MD5 checked)", path)
-    return path
+def _algorithm(file_hash: str) -> str:
+    """``"md5"`` or ``"sha256"``, by the hash's length, as ``keras.utils.get_file`` decides."""
+    return "sha256" if len(file_hash) == 64 else "md5"
 
 
-def _download(url: str, dest: Path) -> None:
-    """Stream ``url`` to ``dest`` with a tqdm progress bar (bytes) on stderr."""
-    from tqdm.auto import tqdm
-
-    log.info("downloading %s", url)
-    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp, open(dest, "wb") as fh:  # noqa: S310
-        total = int(resp.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=IMAGENET_FILE,
-                  leave=False, dynamic_ncols=True, mininterval=1.0) as bar:
-            for chunk in iter(lambda: resp.read(1 << 20), b""):
-                fh.write(chunk)
-                bar.update(len(chunk))
-        if total is not None and fh.tell() != total:
-            raise ValueError(f"connection closed after {fh.tell()} of {total} bytes")
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()  # noqa: S324 - matching Keras' own integrity check, not security
+def _file_hash(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)  # MD5 matches Keras' own integrity check, not security
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
 
 
-def resolve_weights(weights: str) -> WeightsInfo:
+def fetch_imagenet_weights(backbone: str = DEFAULT) -> Path:
+    """A backbone's ImageNet 'notop' file in Keras' cache, downloaded there first if it is missing.
+
+    ``keras.utils.get_file(file, url, file_hash=..., cache_subdir="models")``, as
+    ``keras.applications`` calls it: the same URL, the same cache file, the same hash. A cached file
+    with the right hash is used without any request; a cached file with another hash is downloaded
+    again. What medxcept adds: the offline refusal (checked before ``get_file`` is called), a
+    corrupt download deleted rather than left in the cache, a 60 s socket timeout, and one error
+    message saying what to do.
+
+    Raises:
+        WeightsError: offline (``MEDXCEPT_OFFLINE``), the download failed, or its hash differs;
+            the message names the URL, the expected path and how to place the file by hand.
+    """
+    entry = get_backbone(backbone)
+    path = imagenet_weights_path(backbone)
+    url = imagenet_weights_url(backbone)
+    algo = _algorithm(entry.weights_hash)
+    if offline():
+        if not path.is_file():
+            raise WeightsError(
+                f"ImageNet weights for {entry.label} were requested but {path} does not exist, and "
+                f"{OFFLINE_ENV}/--offline forbids downloading them from {url}: {_by_hand(url, path, entry)}.")
+        digest = _file_hash(path, algo)
+        if digest != entry.weights_hash:
+            raise WeightsError(
+                f"{path} is not the Keras {entry.label} ImageNet 'notop' file ({algo.upper()} {digest}, expected "
+                f"{entry.weights_hash}): it may be truncated, and {OFFLINE_ENV} forbids downloading it again "
+                f"from {url}. Replace it: {_by_hand(url, path, entry)}.")
+        return path
+    timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # urllib's urlretrieve (get_file) takes no timeout
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # get_file takes a missing cache for a read-only one
+        got = keras.utils.get_file(entry.weights_file, url, file_hash=entry.weights_hash, cache_subdir="models",
+                                   cache_dir=str(_keras_home()))
+    except ValueError:  # get_file's hash check after a download: the file is left in place
+        digest = _file_hash(path, algo) if path.is_file() else "unknown"
+        path.unlink(missing_ok=True)
+        raise WeightsError(
+            f"the file downloaded from {url} has {algo.upper()} {digest}, not {entry.weights_hash} (an incomplete "
+            f"download or a changed file); nothing was kept in the cache. Retry, or "
+            f"{_by_hand(url, path, entry)}.") from None
+    except Exception as exc:  # noqa: BLE001 - get_file raises a bare Exception for HTTP and URL errors
+        path.unlink(missing_ok=True)
+        raise WeightsError(
+            f"could not download the ImageNet weights for {entry.label} from {url} ({exc}); "
+            f"{_by_hand(url, path, entry)}.") from None
+    finally:
+        socket.setdefaulttimeout(timeout)
+    if Path(got) != path:  # get_file falls back to /tmp/.keras when the cache is not writable
+        log.warning("Keras' cache %s is not writable: the weights are in %s", path.parent, got)
+    return Path(got)
+
+
+def resolve_weights(weights: str, backbone: str = DEFAULT) -> WeightsInfo:
     """Check that the requested weights exist before any training starts.
 
-    ``"imagenet"`` downloads the file into Keras' cache when it is missing
+    ``"imagenet"`` downloads ``backbone``'s file into Keras' cache when it is missing
     (:func:`fetch_imagenet_weights`), so this is called before any other work: a failure costs
     nothing.
 
@@ -199,8 +198,10 @@ def resolve_weights(weights: str) -> WeightsInfo:
         return WeightsInfo("none", None, False,
                            "NOT PRETRAINED: random initialization (results are from random initialization)")
     if weights == "imagenet":
-        path = fetch_imagenet_weights()
-        return WeightsInfo("imagenet", str(path), True, f"ImageNet (Keras cache, MD5 checked: {path.name})")
+        path = fetch_imagenet_weights(backbone)
+        algo = _algorithm(get_backbone(backbone).weights_hash).upper()
+        return WeightsInfo("imagenet", str(path), True, f"ImageNet (Keras cache, {algo} checked: {path.name})",
+                           backbone=backbone)
     path = Path(weights).expanduser()
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path} (use --weights imagenet|none|PATH)")
@@ -271,9 +272,53 @@ def data_parallel() -> int:
     return max(len(gpus), 1)
 
 
-def xception_base(model: keras.Model) -> keras.Model:
-    """The Xception sub-model inside a model built by :func:`build_model`."""
-    return model.get_layer(BASE_NAME)
+@keras.saving.register_keras_serializable(package="medxcept")
+class ChannelAffine(keras.layers.Layer):
+    """``y[..., c] = x[..., order[c]] * scale[c] + offset[c]``: a fixed per-channel input mapping.
+
+    Keras' 'torch' (DenseNet: ``[0, 1]``, then ImageNet mean and SD per channel) and 'caffe' (ResNet:
+    RGB to BGR, ImageNet BGR means subtracted) preprocessing modes, inside the model and with no
+    weights, so that a saved model takes ``[0, 255]`` pixels like every medxcept model
+    (:meth:`medxcept.models.backbones.Backbone.affine` gives the constants).
+    """
+
+    def __init__(self, order: tuple[int, ...], scale: tuple[float, ...], offset: tuple[float, ...],
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.order = tuple(int(i) for i in order)
+        self.scale = tuple(float(v) for v in scale)
+        self.offset = tuple(float(v) for v in offset)
+
+    def call(self, x: Any) -> Any:
+        x = keras.ops.cast(x, self.compute_dtype)
+        if self.order != tuple(range(len(self.order))):
+            x = keras.ops.take(x, list(self.order), axis=-1)
+        return x * keras.ops.convert_to_tensor(self.scale, self.compute_dtype) + keras.ops.convert_to_tensor(
+            self.offset, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "order": list(self.order), "scale": list(self.scale),
+                "offset": list(self.offset)}
+
+
+def backbone_base(model: keras.Model) -> keras.Model:
+    """The backbone sub-model (named after its registry entry) inside a model built by :func:`build_model`."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            return layer
+    raise WeightsError(f"model {model.name!r} has no backbone sub-model (not built by medxcept's build_model)")
+
+
+#: The name of runs and code written before the registry: the Xception base is the backbone base.
+xception_base = backbone_base
+
+
+def backbone_of(model: keras.Model) -> Backbone:
+    """The registry entry of the backbone inside a model built by :func:`build_model`."""
+    return get_backbone(backbone_base(model).name)
 
 
 #: Channels of the tiny test network (:mod:`medxcept.models.testnet`), by Xception layer; Xception's own
@@ -350,11 +395,11 @@ def tiny_xception(input_shape: tuple[int, int, int]) -> keras.Model:
 
 def build_model(*, image_px: int, n_classes: int, dropout: float = 0.3,
                 weights: WeightsInfo | None = None, pretrained_bn_frozen: bool | None = None,
-                seed: int = 0, head: str = "softmax") -> keras.Model:
-    """Xception + global average pooling + dropout + dense head producing **logits**.
+                seed: int = 0, head: str = "softmax", backbone: str = DEFAULT) -> keras.Model:
+    """Backbone (Xception by default) + global average pooling + dropout + dense head producing **logits**.
 
     Args:
-        image_px: input height and width (>= 71).
+        image_px: input height and width (at least the backbone's ``min_px``: 71 for Xception).
         n_classes: 2 gives one sigmoid logit; more give ``n_classes`` softmax logits.
         dropout: rate of the dropout layer before the head.
         weights: from :func:`resolve_weights`; ``None`` means random initialization.
@@ -365,17 +410,20 @@ def build_model(*, image_px: int, n_classes: int, dropout: float = 0.3,
         head: ``"softmax"`` (the dense logits above) or, for ordered grades (``n_classes >= 3``),
             ``"coral"``: one dense score and a :class:`medxcept.models.ordinal.CumulativeLogits` head whose
             output is the class log-probabilities (``train.ordinal_loss``).
+        backbone: a name of :data:`medxcept.models.backbones.BACKBONES` (``model.backbone``).
 
     Returns:
-        A ``keras.Model`` named ``medxcept_xception`` whose output is logits (float32); the
-        probabilities are ``sigmoid``/``softmax`` of them, after calibration.
+        A ``keras.Model`` named after the backbone (``medxcept_xception``) whose output is logits
+        (float32); the probabilities are ``sigmoid``/``softmax`` of them, after calibration.
 
     Under the test hook ``MEDXCEPT_TEST_NETWORK=tiny`` (:mod:`medxcept.models.testnet`, set by the test
-    suite only) the base is :func:`tiny_xception` instead, still named ``xception``, and the model
-    ``medxcept_tiny_test_network``; ImageNet weights are refused.
+    suite only) an Xception base is :func:`tiny_xception` instead, still named ``xception``, and the
+    model ``medxcept_tiny_test_network``; ImageNet weights are refused. Other backbones are built
+    as they are (the tests build them small).
     """
-    if image_px < MIN_PX:
-        raise WeightsError(f"image_px={image_px} is below Xception's minimum input size of {MIN_PX}")
+    entry = get_backbone(backbone)
+    if image_px < entry.min_px:
+        raise WeightsError(f"image_px={image_px} is below {entry.label}'s minimum input size of {entry.min_px}")
     if n_classes < 2:
         raise WeightsError(f"n_classes={n_classes}: a classifier needs at least two classes")
     if head not in ("softmax", "coral"):
@@ -383,16 +431,19 @@ def build_model(*, image_px: int, n_classes: int, dropout: float = 0.3,
     weights = weights or resolve_weights("none")
     if pretrained_bn_frozen is None:
         pretrained_bn_frozen = weights.pretrained
-    tiny = testnet.active()
+    if weights.kind == "imagenet" and (weights.backbone or DEFAULT) != entry.name:
+        raise WeightsError(f"the ImageNet weights resolved for {weights.backbone} do not fit the backbone "
+                           f"{entry.name}")
+    tiny = testnet.active() and entry.name == DEFAULT
     if tiny and weights.kind == "imagenet":
         raise WeightsError(f"the tiny test network ({testnet.ENV}={testnet.TINY}) cannot take Xception's ImageNet "
                            f"weights; unset {testnet.ENV} to train the real Xception")
     if tiny:
         log.warning("! %s", testnet.DESCRIPTION)
         base = tiny_xception((image_px, image_px, 3))
+        base.name = entry.name
     else:
-        base = keras.applications.Xception(include_top=False, weights=None, input_shape=(image_px, image_px, 3))
-    base.name = BASE_NAME
+        base = entry.build((image_px, image_px, 3))
     if weights.kind == "imagenet":
         base.load_weights(weights.path)
     if not weights.pretrained:
@@ -403,7 +454,8 @@ def build_model(*, image_px: int, n_classes: int, dropout: float = 0.3,
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = SCRATCH_BN_MOMENTUM
     inputs = keras.Input((image_px, image_px, 3), name="pixels")
-    x = keras.layers.Rescaling(_MODEL_SCALE, offset=_MODEL_OFFSET, name="to_xception_range")(inputs)
+    mapping = _input_mapping(entry)
+    x = mapping(inputs) if mapping is not None else inputs
     x = base(x, training=False) if pretrained_bn_frozen else base(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     x = keras.layers.Dropout(dropout, seed=seed, name="dropout")(x)
@@ -416,16 +468,29 @@ def build_model(*, image_px: int, n_classes: int, dropout: float = 0.3,
         logits = CumulativeLogits(n_classes, dtype="float32", name="logits")(score)
     else:
         logits = keras.layers.Dense(units, dtype="float32", name="logits")(x)
-    model = keras.Model(inputs, logits, name=testnet.MODEL_NAME if tiny else "medxcept_xception")
+    model = keras.Model(inputs, logits, name=testnet.MODEL_NAME if tiny else entry.model_name)
     if weights.kind == "file":
         _load_user_weights(model, Path(weights.path))
     return model
 
 
+def _input_mapping(entry: Backbone) -> keras.layers.Layer | None:
+    """The layer mapping ``[0, 255]`` pixels to what the backbone's ImageNet weights expect (``None``:
+    the Keras model takes ``[0, 255]`` itself)."""
+    if entry.input_mode == "tf":
+        # Xception: the exact affine map of to_model_range, as before the registry (same layer, same name)
+        return keras.layers.Rescaling(_MODEL_SCALE, offset=_MODEL_OFFSET, name=entry.range_layer)
+    if entry.input_mode == "in_model":  # the Keras model scales [0, 255] itself (include_preprocessing)
+        return None
+    order, scale, offset = entry.affine()
+    return ChannelAffine(order, scale, offset, name=entry.range_layer)
+
+
 def _load_user_weights(model: keras.Model, path: Path) -> None:
-    """Load a user file into the whole model, or else into the Xception base; explain a mismatch."""
+    """Load a user file into the whole model, or else into the backbone; explain a mismatch."""
     errors = []
-    targets = [("whole model", model), ("Xception base", xception_base(model))]
+    base = backbone_base(model)
+    targets = [("whole model", model), (f"{get_backbone(base.name).label} base", base)]
     for what, target in targets:
         try:
             if path.name.endswith(".keras"):
@@ -445,47 +510,36 @@ def _load_user_weights(model: keras.Model, path: Path) -> None:
 
 
 def layer_blocks(base: keras.Model) -> list[tuple[keras.layers.Layer, int]]:
-    """Each layer of the Xception base with its block number (1-14).
+    """Each layer of a backbone with its block number (1 ... ``n_blocks`` of its registry entry).
 
-    Keras names the main-path layers ``block{i}_...``; the residual 1x1 convolutions and their
-    BatchNormalization are unnamed (``conv2d``, ``batch_normalization``) and are created just
-    before the block they bypass, so an unnamed layer belongs to the next named block.
+    The grouping is :func:`medxcept.models.backbones.block_of`. For Xception: Keras names the
+    main-path layers ``block{i}_...``; the residual 1x1 convolutions and their BatchNormalization are
+    unnamed (``conv2d``, ``batch_normalization``) and are created just before the block they bypass,
+    so an unnamed layer belongs to the next named block.
     """
-    pattern = re.compile(r"^block(\d+)_")
-    out: list[tuple[keras.layers.Layer, int]] = []
-    pending: list[keras.layers.Layer] = []
-    for layer in base.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        m = pattern.match(layer.name)
-        if m is None:
-            pending.append(layer)
-            continue
-        block = int(m.group(1))
-        out.extend((p, block) for p in pending)
-        pending = []
-        out.append((layer, block))
-    out.extend((p, 14) for p in pending)
-    return out
+    layers = [layer for layer in base.layers if not isinstance(layer, keras.layers.InputLayer)]
+    blocks = block_of(get_backbone(base.name), [layer.name for layer in layers])
+    return list(zip(layers, blocks, strict=True))
 
 
 def freeze_base(model: keras.Model) -> None:
-    """Stage 1: the whole Xception base frozen; only the head trains."""
-    xception_base(model).trainable = False
+    """Stage 1: the whole backbone frozen; only the head trains."""
+    backbone_base(model).trainable = False
 
 
 def unfreeze_top_blocks(model: keras.Model, n_blocks: int, *, keep_bn_frozen: bool = True) -> list[str]:
-    """Stage 2: make the top ``n_blocks`` Xception blocks trainable (14 = all).
+    """Stage 2: make the top ``n_blocks`` blocks of the backbone trainable (its ``n_blocks`` = all; Xception 14).
 
     BatchNormalization layers stay frozen when ``keep_bn_frozen`` (pretrained weights): their
     moving statistics and affine parameters are not updated, as Keras' fine-tuning guide
     prescribes. Returns the names of the layers made trainable; raises if none matched.
     """
-    if not 1 <= n_blocks <= 14:
-        raise WeightsError(f"unfreeze_blocks={n_blocks} must be in 1..14")
-    base = xception_base(model)
+    entry = backbone_of(model)
+    if not 1 <= n_blocks <= entry.n_blocks:
+        raise WeightsError(f"unfreeze_blocks={n_blocks} must be in 1..{entry.n_blocks} for {entry.label}")
+    base = backbone_base(model)
     base.trainable = True
-    first = 15 - n_blocks
+    first = entry.n_blocks + 1 - n_blocks
     opened = []
     for layer, block in layer_blocks(base):
         is_bn = isinstance(layer, keras.layers.BatchNormalization)

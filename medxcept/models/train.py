@@ -899,7 +899,8 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
     n_devices = data_parallel()
     try:
         model = build_model(image_px=cfg.preprocess.image_px, n_classes=n_classes, dropout=cfg.model.dropout,
-                            weights=weights, seed=cfg.seed, head=cfg.train.ordinal_loss)
+                            weights=weights, seed=cfg.seed, head=cfg.train.ordinal_loss,
+                            backbone=cfg.model.backbone)
     finally:
         keras.config.set_dtype_policy(previous_policy)
     log.info("precision %s on %d device(s)", policy, n_devices)

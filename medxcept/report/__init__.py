@@ -102,7 +102,8 @@ def checklist(metrics: dict[str, Any]) -> list[dict[str, str]]:
         {"item": "Preprocessing (CLAIM 11)", "answer": f"resize to {run['image_px']} px; see config.yaml",
          "status": "auto"},
         {"item": "Model, initialization, training (TRIPOD+AI 12; CLAIM 22-25)",
-         "answer": f"Xception, weights: {run['weights_description']}; recipe '{run['recipe']}'", "status": "auto"},
+         "answer": f"{run.get('network', 'Xception')} (keras.applications, ImageNet architecture), weights: "
+                   f"{run['weights_description']}; recipe '{run['recipe']}'", "status": "auto"},
         {"item": "Operating threshold (TRIPOD+AI 12e)",
          "answer": _operating_point(metrics, t), "status": "auto"},
         {"item": "Performance with CIs, discrimination and calibration (TRIPOD+AI 23a; CLAIM 29-30)",

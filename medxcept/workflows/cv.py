@@ -32,6 +32,7 @@ from medxcept.config import RunConfig, config_hash
 from medxcept.errors import ConfigError, MedxceptError
 from medxcept.evaluation.metrics import metric_names
 from medxcept.evaluation.graded import check_task_config, fold_row, graded_figures, pooled_report
+from medxcept.models.backbones import get_backbone
 from medxcept.evaluation.kfold import (
     CV_METRICS,
     FAILED,
@@ -339,7 +340,7 @@ def run_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: in
     if cfg.model.weights == "imagenet":
         from medxcept.models.network import fetch_imagenet_weights  # here: Keras is imported only when it is needed
 
-        fetch_imagenet_weights()  # downloaded (or refused) once, before ingestion, not inside a fold
+        fetch_imagenet_weights(cfg.model.backbone)  # downloaded (or refused) once, before ingestion, not inside a fold
     plan = plan_cv(cfg, spec, n_folds=n_folds, repeats=repeats, cv_dir=cv_dir, cohort_file=cohort_file)
     tasks = plan.tasks
     wanted = tasks if only is None else []
@@ -528,7 +529,8 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
         "cv": {"dir": plan.path.name, "cohort": plan.info["cohort_name"], "n_folds": plan.n_folds,
                "repeats": plan.repeats, "fold_seeds": plan.info["fold_seeds"], "classes": list(plan.classes),
                "holdout_test": plan.info["holdout_test"], "complete": [t.name for t in done],
-               "missing": missing, "seed": plan.cfg.seed},
+               "missing": missing, "seed": plan.cfg.seed, "backbone": plan.cfg.model.backbone,
+               "network": get_backbone(plan.cfg.model.backbone).label},
         "hashes": {k: plan.info[k] for k in ("config_hash", "data_hash", "split_hash")},
         "weights": {"kind": first.get("weights"), "description": first.get("weights_description"),
                     "pretrained": first.get("pretrained")},
@@ -623,7 +625,8 @@ def _aggregate_graded(plan: CVPlan, done: list[FoldTask], missing: list[str]) ->
         "cv": {"dir": plan.path.name, "cohort": plan.info["cohort_name"], "n_folds": plan.n_folds,
                "repeats": plan.repeats, "fold_seeds": plan.info["fold_seeds"], "classes": classes,
                "task": kind, "holdout_test": plan.info["holdout_test"], "complete": [t.name for t in done],
-               "missing": missing, "seed": plan.cfg.seed},
+               "missing": missing, "seed": plan.cfg.seed, "backbone": plan.cfg.model.backbone,
+               "network": get_backbone(plan.cfg.model.backbone).label},
         "hashes": {k: plan.info[k] for k in ("config_hash", "data_hash", "split_hash")},
         "weights": {"kind": first.get("weights"), "description": first.get("weights_description"),
                     "pretrained": first.get("pretrained")},

@@ -56,6 +56,7 @@ from medxcept.faults import fault_point
 from medxcept.images.preprocess import load_images
 from medxcept.integrity.audit import audit_cohort, duplicate_groups, fingerprints
 from medxcept.integrity.splits import split_hash, split_table
+from medxcept.models.backbones import provenance as backbone_provenance
 from medxcept.paths import cache_dir
 from medxcept.run import RunDir
 from medxcept.workflows.steps import cohort_cache, prepare_cohort
@@ -114,7 +115,7 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
     from medxcept.models.train import fit, save_inference_model, set_seeds
 
     t0, cfg, classes = time.perf_counter(), plan.cfg, plan.classes
-    weights = resolve_weights(cfg.model.weights)
+    weights = resolve_weights(cfg.model.weights, cfg.model.backbone)
     images = _load_images(plan) if images is None else images
     # The epoch, the calibration and the threshold (k classes: the decision rule) are chosen on the
     # fold's inner validation split, a share of its training folds' patients made as the single run's
@@ -193,7 +194,8 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
     }
     write_outcome(run, oof_a, tables=tables, calibration={}, metrics=metrics, versions={
         "device": device, "hashes": {"data_hash": plan.info["data_hash"], "split_hash": fhash,
-                                     "config_hash": plan.info["config_hash"]}})
+                                     "config_hash": plan.info["config_hash"]},
+        "model": {"backbone": backbone_provenance(cfg.model.backbone)}})
     write_marker(run, MARKER, {  # the completion marker, written last
         "name": task.name, "fold": task.fold, "repeat": task.repeat, "config_hash": plan.info["config_hash"],
         "data_hash": plan.info["data_hash"], "split_hash": fhash, "weights_sha256": result.weights_sha256,

@@ -28,6 +28,8 @@ from medxcept.evaluation.external import keep_source_fingerprints
 from medxcept.faults import fault_point
 from medxcept.evaluation.graded import check_task_config, graded_figures
 from medxcept.evaluation.learning_curve import learning_curve_figure, learning_curve_verdict
+from medxcept.models.backbones import get_backbone
+from medxcept.models.backbones import provenance as backbone_provenance
 from medxcept.models.network import detect_device, resolve_weights
 from medxcept.evaluation.verdict import training_verdict
 from medxcept.images.preprocess import decode_key, load_images
@@ -106,7 +108,7 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
     timings: dict[str, float] = {}
     spec = materialize(spec)  # a generated cohort is written before anything else
     check_task_config(spec.task, spec.n_classes, cfg.train.ordinal_loss)
-    weights = resolve_weights(cfg.model.weights)  # fail before any work if weights are missing
+    weights = resolve_weights(cfg.model.weights, cfg.model.backbone)  # fail before any work if weights are missing
     if not weights.pretrained:
         _say("! NOT PRETRAINED: --weights none, the model starts from random initialization. "
              "Results are from random initialization; the report says so on its first line.")
@@ -197,7 +199,7 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
                                                 cfg.eval.unit)},
         versions={"device": device, "hashes": hashes,
                   "model": {"file": "model.keras", "bytes": model_bytes, "weights_sha256": result.weights_sha256,
-                            "optimizer_state": False},
+                            "optimizer_state": False, "backbone": backbone_provenance(cfg.model.backbone)},
                   "reproduce": reproduce_block(cfg, data_hash=hashes["data_hash"], split_hash=hashes["split_hash"],
                                                device=device, user_split=agreement)})
     timings["total_s"] = time.perf_counter() - t_start
@@ -207,6 +209,8 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
         "run": {"id": run.path.name, "cohort": spec.name, "description": spec.description,
                 "weights": weights.kind, "weights_description": weights.description,
                 "pretrained": weights.pretrained, "recipe": cfg.train.recipe, "image_px": cfg.preprocess.image_px,
+                "backbone": cfg.model.backbone, "network": get_backbone(cfg.model.backbone).label,
+                "parameters": int(result.model.count_params()),
                 "seed": cfg.seed, "tta_passes": cfg.eval.tta, "precision": result.precision,
                 "model_bytes": model_bytes, "weights_sha256": result.weights_sha256,
                 "resumed_after_training": result.resumed_after_training,
