@@ -955,12 +955,14 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
         if index < start_stage or stage.epochs <= 0:
             continue
         stage.prepare()
-        build_optimizer(model)  # before fit traces the train step (traced once, not twice)
         resuming = state is not None and index == state["stage_index"] and not state["stage_finished"]
         if resuming:
             ckpt.restore(model, state)  # weights, optimizer state, schedule position, dropout seeds
         elif state is not None and index == start_stage:
             ckpt.restore(model, state, optimizer=False)  # the previous stage's final (best) weights
+        # after the restores (the one without optimizer state loads into an unbuilt optimizer, which
+        # skips the previous stage's moments), before fit traces the train step: traced once, not twice
+        build_optimizer(model)
         offset = len(rows) - start_epoch if resuming else len(rows)
         train_ds.set_epoch(len(rows))
         chooser = BestEpoch(tc.patience if stage.early_stop else None,
