@@ -31,14 +31,27 @@ def test_missing_cohort_file_is_one_clear_line(tmp_path):
     assert "Traceback" not in res.stderr
 
 
-def test_imagenet_weights_missing_fail_early_naming_the_path(tmp_path):
+def _main(capsys, *args: str) -> tuple[int, str, str]:
+    """``pipelines.retina.main`` in this process (the Python, TensorFlow and medxcept imports are
+    already paid: a subprocess costs about 8 CPU-seconds before it parses its first option).
+    Returns the exit status, stdout and stderr. The tests above run the real ``python -m`` entry
+    point; an exception escaping ``main`` fails the test, as a traceback would."""
+    from pipelines.retina import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_imagenet_weights_missing_fail_early_naming_the_path(tmp_path, capsys, monkeypatch):
     # --offline: never the internet in tests (the download itself: tests/test_weights_download.py)
-    res = _run("--weights", "imagenet", "--offline", "--out-dir", str(tmp_path / "r"),
-               env={"KERAS_HOME": str(tmp_path / "k")})
-    assert res.returncode == 2, res.stderr[-2000:]
-    assert "xception_weights_tf_dim_ordering_tf_kernels_notop.h5" in res.stderr
-    assert str(tmp_path / "k" / "models") in res.stderr
-    assert "Traceback" not in res.stderr
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "k"))
+    code, _, err = _main(capsys, "--weights", "imagenet", "--offline", "--out-dir", str(tmp_path / "r"))
+    assert code == 2, err[-2000:]
+    assert "xception_weights_tf_dim_ordering_tf_kernels_notop.h5" in err
+    assert str(tmp_path / "k" / "models") in err
+    assert "Traceback" not in err
     assert not (tmp_path / "r").exists(), "no run directory for a run that cannot start"
 
 
@@ -54,16 +67,16 @@ def test_backbone_weights_are_that_backbones_file_and_too_small_an_image_is_refu
     assert res.returncode == 2 and "below 71, the smallest input Xception accepts" in res.stderr
 
 
-def test_bad_option_value_names_field_and_value(tmp_path):
-    res = _run("--set", "train.recipe=magic", "--out-dir", str(tmp_path))
-    assert res.returncode == 2 and "train.recipe='magic'" in res.stderr
+def test_bad_option_value_names_field_and_value(tmp_path, capsys):
+    code, _, err = _main(capsys, "--set", "train.recipe=magic", "--out-dir", str(tmp_path))
+    assert code == 2 and "train.recipe='magic'" in err
 
 
-def test_resume_refuses_other_options_and_complete_or_foreign_directories(tmp_path):
-    res = _run("--resume", str(tmp_path), "--image-px", "80")
-    assert res.returncode == 2 and "do not combine it with --image-px" in res.stderr
-    res = _run("--resume", str(tmp_path / "missing"))
-    assert res.returncode == 2 and "not a medxcept run directory" in res.stderr
+def test_resume_refuses_other_options_and_complete_or_foreign_directories(tmp_path, capsys):
+    code, _, err = _main(capsys, "--resume", str(tmp_path), "--image-px", "80")
+    assert code == 2 and "do not combine it with --image-px" in err
+    code, _, err = _main(capsys, "--resume", str(tmp_path / "missing"))
+    assert code == 2 and "not a medxcept run directory" in err
 
 
 def test_reproduce_refuses_other_options_and_incomplete_directories(tmp_path, capsys):
@@ -81,7 +94,7 @@ def test_reproduce_refuses_other_options_and_incomplete_directories(tmp_path, ca
     assert "--tolerance applies to --reproduce RUN_DIR only" in capsys.readouterr().err
 
 
-def test_check_subcommand_exits_2_on_a_trap_cohort_and_0_on_a_clean_one(tmp_path, session_cache):
+def test_check_subcommand_exits_2_on_a_trap_cohort_and_0_on_a_clean_one(tmp_path, session_cache, capsys):
     """`check` ingests, splits and audits without training; planted leakage makes it fail loudly."""
     from medxcept.testing.traps import write_trap_cohort
 
@@ -89,13 +102,14 @@ def test_check_subcommand_exits_2_on_a_trap_cohort_and_0_on_a_clean_one(tmp_path
     write_trap_cohort(traps, seed=0, size_scale=0.5)
     write_trap_cohort(clean, seed=0, clean=True, size_scale=0.5)
     out = tmp_path / "reports"
-    env = {"MEDXCEPT_CACHE": str(session_cache)}
-    res = _run("check", "--cohort", str(traps / "cohort.yaml"), "--out-dir", str(out), "--run-name", "t", env=env)
-    assert res.returncode == 2, res.stderr[-2000:]
-    assert "the audit found" in res.stderr and str(out / "t" / "check.html") in res.stderr
-    assert "Traceback" not in res.stderr
+    code, _, err = _main(capsys, "check", "--cohort", str(traps / "cohort.yaml"), "--out-dir", str(out),
+                         "--run-name", "t")
+    assert code == 2, err[-2000:]
+    assert "the audit found" in err and str(out / "t" / "check.html") in err
+    assert "Traceback" not in err
     page = (out / "t" / "check.html").read_text(encoding="utf-8")
     assert "TRAP-" not in page  # raw patient IDs never reach the page
-    res = _run("check", "--cohort", str(clean / "cohort.yaml"), "--out-dir", str(out), "--run-name", "c", env=env)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.strip().endswith("check.html")
+    code, stdout, err = _main(capsys, "check", "--cohort", str(clean / "cohort.yaml"), "--out-dir", str(out),
+                              "--run-name", "c")
+    assert code == 0, err[-2000:]
+    assert stdout.strip().endswith("check.html")

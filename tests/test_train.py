@@ -519,3 +519,37 @@ def test_recalibrate_and_predict_sets_batch_statistics_and_gives_inference_logit
     assert bn.momentum == 0.9, "the layer's momentum is put back"
     np.testing.assert_allclose(logits, model.predict(images, verbose=0), rtol=1e-4, atol=1e-5)
     assert _seed_states(model) == seeds
+
+
+def test_optimizer_built_before_fit_traces_the_train_step_once_and_trains_identically():
+    """``build_optimizer`` (called by ``fit`` after each compile): the train step is traced once,
+    not twice, and the weights after an epoch are the ones a lazily built optimizer gives."""
+    from medxcept.images.dataset import CohortDataset
+    from medxcept.models.train import _adamw, _compile, _schedule, build_optimizer
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, size=(20, 24, 24, 3), dtype=np.uint8)
+    y = np.arange(20) % 2
+    results = {}
+    for early in (False, True):
+        model = _small_model(2, seed=3)
+        _compile(model, _adamw(_schedule(1e-2, 3, 2, 1), 1e-4), 2, 0.1)
+        traces = []
+        step = model.train_step
+
+        def counting_step(data, _step=step, _traces=traces):
+            _traces.append(1)  # runs in Python only while a trace is being made (or eagerly)
+            return _step(data)
+
+        model.train_step = counting_step
+        if early:
+            assert build_optimizer(model) is True
+            assert model.optimizer.built and build_optimizer(model) is False  # once
+        model.fit(CohortDataset(x, y, n_classes=2, batch_size=8, shuffle=True, seed=0), epochs=2, verbose=0,
+                  shuffle=False)
+        results[early] = (len(traces), [np.array(w) for w in model.get_weights()])
+    (lazy_traces, lazy_w), (early_traces, early_w) = results[False], results[True]
+    assert early_traces == 1, f"train step traced {early_traces} times"
+    assert lazy_traces >= early_traces
+    for a, b in zip(lazy_w, early_w, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

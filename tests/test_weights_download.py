@@ -13,9 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import http.server
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -185,21 +182,25 @@ def test_unreachable_or_missing_url_is_one_clean_error(server, monkeypatch, tmp_
     assert list(_cache(tmp_path).iterdir()) == []
 
 
-def test_cli_refuses_before_any_work_offline_and_on_a_corrupt_download(server, monkeypatch, tmp_path):
-    """Exit 2, one line naming URL and path, no traceback, no run directory, nothing cached."""
+def test_cli_refuses_before_any_work_offline_and_on_a_corrupt_download(server, monkeypatch, tmp_path, capsys):
+    """Exit 2, one line naming URL and path, no traceback, no run directory, nothing cached.
+
+    ``pipelines.retina.main`` in this process (the server fixture's environment applies; a
+    subprocess would first spend about 8 CPU-seconds importing TensorFlow); ``tests/test_cli.py``
+    runs the ``python -m`` entry point itself."""
+    from pipelines.retina import main
+
     server.serve(b"not the weights")  # MD5 differs from the published one
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "KERAS_HOME": str(tmp_path / "keras"),
-           mx.URL_ENV: server.base}
-    env.pop(mx.OFFLINE_ENV, None)
     url = server.base + IMAGENET_FILE
     for extra in (["--offline"], []):
-        res = subprocess.run([sys.executable, "-m", "pipelines.retina", "--weights", "imagenet", "--out-dir",
-                              str(tmp_path / "r"), *extra], cwd=REPO, capture_output=True, text=True, timeout=300,
-                             env=env)
-        assert res.returncode == 2, res.stderr[-2000:]
-        lines = [line for line in res.stderr.splitlines() if line.startswith("medxcept: error:")]
-        assert len(lines) == 1 and url in lines[0] and str(_cache(tmp_path) / IMAGENET_FILE) in lines[0]
-        assert "Traceback" not in res.stderr
+        monkeypatch.setenv(mx.OFFLINE_ENV, "0")  # --offline sets it for the process; restored after the test
+        capsys.readouterr()
+        assert main(["--weights", "imagenet", "--out-dir", str(tmp_path / "r"), *extra]) == 2
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("medxcept: error:")]
+        assert len(lines) == 1 and url in lines[0], err
+        assert str(_cache(tmp_path) / IMAGENET_FILE) in lines[0], err
+        assert "Traceback" not in err
         assert not (tmp_path / "r").exists(), "no run directory for a run that cannot start"
         assert not _cache(tmp_path).exists() or list(_cache(tmp_path).iterdir()) == []
     assert len(server.requests) == 1, "--offline made no request; the plain run made one"
