@@ -29,12 +29,17 @@ from pathlib import Path
 
 import numpy as np
 
+from medxcept.cohort.ingest import read_frames
 from medxcept.cohort.table import load_cohort_spec
 from medxcept.config import load_config
-from medxcept.evaluation.external import keep_source_fingerprints, load_source_fingerprints, near_copies, near_copy_findings
-from medxcept.integrity.fingerprints import fingerprints
-from medxcept.cohort.ingest import read_frames
+from medxcept.evaluation.external import (
+    keep_source_fingerprints,
+    load_source_fingerprints,
+    near_copies,
+    near_copy_findings,
+)
 from medxcept.images.preprocess import load_images
+from medxcept.integrity.fingerprints import fingerprints
 from medxcept.run import RunDir
 from medxcept.testing.copies import write_copy_cohort
 from medxcept.workflows.steps import materialize, prepare_cohort, split_and_audit

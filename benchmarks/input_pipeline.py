@@ -97,8 +97,8 @@ def fill_cache(paths: list[Path], cache: Any, cfg: Any) -> tuple[list[str], floa
 
     Returns the hashes and the seconds it took.
     """
-    from medxcept.io.images import read_image
     from medxcept.images.preprocess import preprocess, quality
+    from medxcept.io.images import read_image
 
     t0 = time.perf_counter()
     shas = []

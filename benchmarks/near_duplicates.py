@@ -50,11 +50,11 @@ from PIL import Image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from medxcept.cohort.demo import CAMERAS, paint_fundus  # noqa: E402
+from medxcept.config import PreprocessConfig  # noqa: E402
+from medxcept.images.preprocess import preprocess  # noqa: E402
 from medxcept.integrity import duplicates  # noqa: E402
 from medxcept.integrity.audit import fingerprints, near_duplicate_pairs, verified_near_pairs  # noqa: E402
-from medxcept.config import PreprocessConfig  # noqa: E402
-from medxcept.cohort.demo import CAMERAS, paint_fundus  # noqa: E402
-from medxcept.images.preprocess import preprocess  # noqa: E402
 
 # ------------------------------------------------------------------ the stress set
 

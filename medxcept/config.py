@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-from medxcept.images.augment import AugmentConfig
 from medxcept.errors import ConfigError
+from medxcept.images.augment import AugmentConfig
 from medxcept.images.preprocess import PreprocessConfig
 from medxcept.integrity.splits import SplitConfig, resolve_user_split
 from medxcept.models.backbones import DEFAULT as DEFAULT_BACKBONE

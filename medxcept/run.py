@@ -27,10 +27,10 @@ import pandas as pd
 import yaml
 
 from medxcept import __version__
-from medxcept.models import testnet
 from medxcept.config import RunConfig, _build, config_hash, config_to_dict
 from medxcept.errors import ConfigError
 from medxcept.integrity.splits import content_ids, is_split_file
+from medxcept.models import testnet
 
 __all__ = ["RunDir", "package_versions", "code_version", "data_hash", "load_run_config", "legacy_defaults", "training_determinism",
            "reproduce_block", "write_atomic", "DirectoryLock", "COMPLETE",

@@ -24,11 +24,11 @@ from medxcept.testing.corpus import (  # noqa: F401 - re-exported for the tests
     write_jpeg_baseline,
     write_jpeg_cut_frame,
     write_jpeg_lossless,
-    write_trailing_padding,
-    write_voi_lut8,
     write_op_dicom,
     write_presentation_state,
     write_rgb,
     write_sr,
+    write_trailing_padding,
+    write_voi_lut8,
     ybr_full_from_rgb,
 )

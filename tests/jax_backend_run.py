@@ -83,12 +83,18 @@ def main(out: Path) -> None:
     import keras
     import numpy as np
 
-    from medxcept.models import train
-    from medxcept.images.augment import AugmentConfig, augment_batch, build_augment
-    from medxcept.evaluation.calibrate import fit_temperature
     from medxcept.config import load_config
+    from medxcept.evaluation.calibrate import fit_temperature
+    from medxcept.images.augment import AugmentConfig, augment_batch, build_augment
+    from medxcept.models import train
     from medxcept.models.explain import class_activation_maps
-    from medxcept.models.network import build_model, data_parallel, detect_device, precision_policy, resolve_weights
+    from medxcept.models.network import (
+        build_model,
+        data_parallel,
+        detect_device,
+        precision_policy,
+        resolve_weights,
+    )
 
     res: dict = {"backend": keras.backend.backend()}
     lap("import", t_start)

@@ -14,6 +14,9 @@ from PIL import Image
 from scipy import ndimage
 from scipy.stats.contingency import association
 
+from medxcept.cohort.demo import CAMERAS, DemoSpec, _plan, paint_fundus
+from medxcept.errors import ConfigError, LeakageError
+from medxcept.images.preprocess import PreprocessConfig, preprocess
 from medxcept.integrity.audit import (
     DEFAULT_HAMMING_THRESHOLD,
     DETAIL_PX,
@@ -28,10 +31,7 @@ from medxcept.integrity.audit import (
     hamming,
     near_duplicate_pairs,
 )
-from medxcept.cohort.demo import CAMERAS, DemoSpec, _plan, paint_fundus
-from medxcept.errors import ConfigError, LeakageError
 from medxcept.integrity.fingerprints import _FOV_ERODE
-from medxcept.images.preprocess import PreprocessConfig, preprocess
 from medxcept.integrity.splits import SplitConfig, assign_folds, assign_splits
 
 # ------------------------------------------------------------------ synthetic images

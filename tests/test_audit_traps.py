@@ -19,6 +19,9 @@ import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from medxcept.cohort.table import load_cohort_spec  # noqa: E402
+from medxcept.config import RunConfig, load_config  # noqa: E402
+from medxcept.errors import ConfigError, LeakageError  # noqa: E402
 from medxcept.integrity.audit import (  # noqa: E402
     DETAIL_THRESHOLD,
     AuditReport,
@@ -29,11 +32,7 @@ from medxcept.integrity.audit import (  # noqa: E402
     near_duplicate_pairs,
     verified_near_pairs,
 )
-from medxcept.cohort.table import load_cohort_spec  # noqa: E402
 from medxcept.integrity.duplicates import MIN_INLIERS  # noqa: E402
-from medxcept.config import RunConfig, load_config  # noqa: E402
-from medxcept.errors import ConfigError, LeakageError  # noqa: E402
-from medxcept.workflows.steps import prepare_cohort  # noqa: E402
 from medxcept.integrity.splits import USER_SPLIT_REGROUP_MESSAGE, assign_splits  # noqa: E402
 from medxcept.testing.traps import (  # noqa: E402
     JPEG_QUALITY,
@@ -43,6 +42,7 @@ from medxcept.testing.traps import (  # noqa: E402
     trap_patient_key,
     write_trap_cohort,
 )
+from medxcept.workflows.steps import prepare_cohort  # noqa: E402
 
 CANON = "Canon CR-2 (synthetic)"
 

@@ -12,6 +12,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
 from sklearn.utils.class_weight import compute_class_weight  # noqa: E402
 
+from medxcept.errors import CohortError, ConfigError  # noqa: E402
 from medxcept.images.augment import (  # noqa: E402
     AugmentConfig,
     augment_batch,
@@ -23,7 +24,6 @@ from medxcept.images.augment import (  # noqa: E402
     serialize_augment,
     tta_views,
 )
-from medxcept.errors import CohortError, ConfigError  # noqa: E402
 
 PX = 96
 

@@ -15,8 +15,8 @@ from sklearn.exceptions import NotFittedError
 from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
-from medxcept.evaluation import calibrate as cal
 from medxcept.errors import ConfigError
+from medxcept.evaluation import calibrate as cal
 
 # --------------------------------------------------------------------------- fixtures
 

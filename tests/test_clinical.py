@@ -14,8 +14,8 @@ from scipy.special import expit
 from sklearn.metrics import roc_auc_score, roc_curve
 
 import medxcept.report as report_pkg
-from medxcept.evaluation import clinical as cl
 from medxcept.config import load_config
+from medxcept.evaluation import clinical as cl
 from medxcept.evaluation.metrics import aggregate_by_patient, cluster_resample_weights
 from medxcept.workflows.steps import assess
 

@@ -26,14 +26,14 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from medxcept.testing import corpus as corpus_mod
-from medxcept.integrity.audit import audit_cohort, check_patient_plausibility
 from medxcept.cohort.class_exclusions import by_class_markdown, exclusions_by_class
+from medxcept.cohort.ingest import ingest
 from medxcept.cohort.table import load_cohort_spec
 from medxcept.config import AuditConfig
 from medxcept.errors import CohortError, ConfigError
-from medxcept.cohort.ingest import ingest
 from medxcept.images.preprocess import PreprocessCache, PreprocessConfig
+from medxcept.integrity.audit import audit_cohort, check_patient_plausibility
+from medxcept.testing import corpus as corpus_mod
 
 PX = 71
 TEMPLATES = Path(__file__).resolve().parent.parent / "medxcept" / "report" / "templates"
@@ -280,9 +280,9 @@ def test_audit_lists_implausible_patients() -> None:
 
 
 def test_check_page_names_the_class_dependent_exclusion_in_its_summary(tmp_path: Path, fundus_images) -> None:
-    from medxcept.workflows.check import check_cohort
     from medxcept.config import load_config
     from medxcept.errors import SplitError
+    from medxcept.workflows.check import check_cohort
 
     names = {"normal": [f for f in fundus_images if f.startswith("N")],
              "cataract": [f for f in fundus_images if f.startswith("C")]}

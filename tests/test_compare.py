@@ -20,9 +20,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from medxcept.errors import ConfigError  # noqa: E402
 from medxcept.evaluation import compare as cmp  # noqa: E402
 from medxcept.evaluation.calibrate import brier, ece  # noqa: E402
-from medxcept.errors import ConfigError  # noqa: E402
 from medxcept.evaluation.metrics import binary_metrics, bootstrap_ci, delong_test, paired_bootstrap_auc  # noqa: E402
 
 N_PATIENTS = 60

@@ -21,8 +21,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from medxcept.evaluation import metrics as ev
 from medxcept.errors import SplitError
+from medxcept.evaluation import metrics as ev
 
 # --------------------------------------------------------------------------- fixtures
 

@@ -151,8 +151,12 @@ def test_near_copies_pairs_altered_copies_with_their_originals_only(tmp_path):
     originals across the two sets; new images of the same generator are not; the finding is an error
     under --on-leak error and a warning under warn; no fingerprints: an info finding (byte check only)."""
     from medxcept.cohort.demo import CAMERAS, paint_fundus
-    from medxcept.evaluation.external import keep_source_fingerprints, load_source_fingerprints, near_copies, \
-        near_copy_findings
+    from medxcept.evaluation.external import (
+        keep_source_fingerprints,
+        load_source_fingerprints,
+        near_copies,
+        near_copy_findings,
+    )
     from medxcept.integrity.fingerprints import fingerprints
     from medxcept.run import RunDir
     from medxcept.testing.copies import altered_copy

@@ -137,8 +137,8 @@ def test_saved_model_has_no_optimizer_state_and_predicts_as_the_run_did(referenc
     import keras
 
     from medxcept.images.preprocess import load_images
-    from medxcept.run import load_run_config
     from medxcept.models.train import predict_logits
+    from medxcept.run import load_run_config
 
     path = reference / "model.keras"
     model = keras.models.load_model(path)
@@ -248,9 +248,9 @@ def test_cache_key_follows_the_dicom_window(tmp_path, session_cache):
     import pandas as pd
 
     from medxcept.cohort.table import CohortSpec
-    from medxcept.workflows.steps import cohort_cache
     from medxcept.images.preprocess import decode_key
     from medxcept.run import data_hash
+    from medxcept.workflows.steps import cohort_cache
 
     spec = CohortSpec(name="x", classes=("a", "b"), sources=(), base_dir=str(tmp_path))
     other = dataclasses.replace(spec, window_index=1)

@@ -12,8 +12,8 @@ from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from medxcept.cohort.table import parse_endpoint
 from medxcept.config import EvalConfig
-from medxcept.evaluation.metrics import choose_threshold
 from medxcept.evaluation.graded import assess_graded
+from medxcept.evaluation.metrics import choose_threshold
 from medxcept.evaluation.multiclass import DecisionRule, classwise_ece
 
 CLASSES = ("none", "mild", "moderate")

@@ -7,8 +7,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from medxcept.cohort.table import load_cohort_spec, parse_endpoint
 from medxcept.cohort.demo_graded import GradedDemoSpec, _plan, paint_graded
+from medxcept.cohort.table import load_cohort_spec, parse_endpoint
 from medxcept.errors import ConfigError
 
 GRADES = ("none", "mild", "moderate", "severe", "proliferative")

@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from medxcept.integrity.acquisition import GEOMETRY_COLUMNS, geometry_fingerprint
 from medxcept.cohort.demo import CAMERAS, paint_fundus
 from medxcept.cohort.ingest import _decode_task
-from medxcept.io.images import read_image
 from medxcept.images.preprocess import PreprocessCache, PreprocessConfig, decode_min_side, preprocess, quality
+from medxcept.integrity.acquisition import GEOMETRY_COLUMNS, geometry_fingerprint
+from medxcept.io.images import read_image
 from medxcept.testing.camera import reference_preprocess, write_camera_fundus
 
 

@@ -24,16 +24,16 @@ import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from medxcept.testing import corpus as corpus_mod  # noqa: E402
-from medxcept.integrity.check import is_skip_reason, reason_groups  # noqa: E402
-from medxcept.workflows.check import check_cohort  # noqa: E402
+from medxcept.cohort.ingest import ingest, public_exclusions  # noqa: E402
 from medxcept.cohort.table import load_cohort_spec  # noqa: E402
 from medxcept.config import load_config  # noqa: E402
 from medxcept.errors import CohortError, MissingDecoderError, SplitError  # noqa: E402
-from medxcept.cohort.ingest import ingest, public_exclusions  # noqa: E402
+from medxcept.images.preprocess import PreprocessCache, PreprocessConfig  # noqa: E402
+from medxcept.integrity.check import is_skip_reason, reason_groups  # noqa: E402
 from medxcept.io.dicom import read_dicom  # noqa: E402
 from medxcept.io.images import read_image  # noqa: E402
-from medxcept.images.preprocess import PreprocessCache, PreprocessConfig  # noqa: E402
+from medxcept.testing import corpus as corpus_mod  # noqa: E402
+from medxcept.workflows.check import check_cohort  # noqa: E402
 
 PX = 71
 # the truncated encapsulated DICOM makes pydicom warn before medxcept refuses it

@@ -8,8 +8,10 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from medxcept.models import testnet  # noqa: E402
 from medxcept.errors import ConfigError, WeightsError  # noqa: E402
+from medxcept.images.preprocess import to_model_range  # noqa: E402
+from medxcept.models import testnet  # noqa: E402
+from medxcept.models.backbones import get_backbone  # noqa: E402
 from medxcept.models.network import (  # noqa: E402
     build_model,
     count_trainable,
@@ -19,8 +21,6 @@ from medxcept.models.network import (  # noqa: E402
     unfreeze_top_blocks,
     xception_base,
 )
-from medxcept.images.preprocess import to_model_range  # noqa: E402
-from medxcept.models.backbones import get_backbone  # noqa: E402
 from tests.conftest import real_xception  # noqa: E402
 
 

@@ -160,14 +160,20 @@ def build_cohort(base: Path) -> dict[str, list[str]]:
 
 def _report_into(run_dir: Path, spec: CohortSpec, log: io.StringIO) -> Path:
     """Render report.html into the check's run directory as run_pipeline does, from planted logits."""
-    from medxcept.integrity.audit import audit_cohort, fingerprints
-    from medxcept.images.augment import effective_class_frequencies
     from medxcept.config import load_config
-    from medxcept.workflows.steps import prediction_table
     from medxcept.evaluation.verdict import training_verdict
-    from medxcept.workflows.steps import assess, prepare_cohort, reason_counts, report_examples, summary_counts
-    from medxcept.report import render_report
+    from medxcept.images.augment import effective_class_frequencies
+    from medxcept.integrity.audit import audit_cohort, fingerprints
     from medxcept.integrity.splits import assign_splits
+    from medxcept.report import render_report
+    from medxcept.workflows.steps import (
+        assess,
+        prediction_table,
+        prepare_cohort,
+        reason_counts,
+        report_examples,
+        summary_counts,
+    )
 
     handler = logging.StreamHandler(log)
     logger = logging.getLogger("medxcept")
@@ -367,8 +373,8 @@ def test_links_out_of_the_source_folder_are_not_followed(tmp_path: Path) -> None
 def test_a_stopping_label_error_withholds_file_names_from_the_console(tmp_path: Path, session_cache: Path) -> None:
     from medxcept.config import load_config
     from medxcept.errors import CohortError
-    from medxcept.workflows.steps import ingest_into_run
     from medxcept.run import RunDir
+    from medxcept.workflows.steps import ingest_into_run
 
     photos = tmp_path / "photos"
     photos.mkdir()

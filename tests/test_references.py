@@ -142,7 +142,11 @@ def test_saved_models_score_like_the_fitted_ones_and_a_run_without_them_says_so(
 
     from medxcept.config import load_config
     from medxcept.evaluation.external import external_references
-    from medxcept.evaluation.references import load_reference_models, save_reference_models, score_reference_models
+    from medxcept.evaluation.references import (
+        load_reference_models,
+        save_reference_models,
+        score_reference_models,
+    )
 
     table, images, fit, test = cohort
     path = save_reference_models(tmp_path / "references.joblib", refs, image_px=images.shape[1])

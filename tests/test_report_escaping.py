@@ -90,17 +90,17 @@ def build_escaping_report(d: Path, edit=None) -> tuple[Path, dict]:
     before rendering. Returns the report path and what went into it (``spec``, ``table``,
     ``exclusions``, ``metrics``).
     """
-    from medxcept.evaluation.assess import TTA, Units, assess_model
-    from medxcept.integrity.audit import audit_cohort, fingerprints
-    from medxcept.images.augment import effective_class_frequencies
     from medxcept.cohort.class_exclusions import exclusions_by_class
     from medxcept.cohort.table import load_cohort_spec
     from medxcept.config import config_hash, load_config
+    from medxcept.evaluation.assess import TTA, Units, assess_model
     from medxcept.evaluation.verdict import training_verdict
-    from medxcept.workflows.steps import prepare_cohort, reason_counts, report_examples, summary_counts
+    from medxcept.images.augment import effective_class_frequencies
+    from medxcept.integrity.audit import audit_cohort, fingerprints
+    from medxcept.integrity.splits import assign_splits, split_hash
     from medxcept.report import render_report
     from medxcept.run import RunDir, data_hash
-    from medxcept.integrity.splits import assign_splits, split_hash
+    from medxcept.workflows.steps import prepare_cohort, reason_counts, report_examples, summary_counts
 
     spec = load_cohort_spec(write_escaping_cohort(d))
     cfg = load_config(cohort_defaults=spec.defaults, overrides={"out_dir": str(d / "reports")})

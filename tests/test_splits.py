@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medxcept.integrity.audit import audit_cohort
 from medxcept.config import load_config
 from medxcept.errors import ConfigError, SplitError
+from medxcept.integrity.audit import audit_cohort
 from medxcept.integrity.splits import (
     USER_SPLIT_REGROUP_MESSAGE,
     SplitConfig,
@@ -516,11 +516,11 @@ def test_demo_split_and_folds_same_under_two_pseudonym_keys(tmp_path, session_ca
     import shutil
     from pathlib import Path
 
-    from medxcept.workflows.check import check_cohort
-    from medxcept.cohort.table import load_cohort_spec
     from medxcept.cohort.ingest import data_root
-    from medxcept.workflows.steps import materialize
+    from medxcept.cohort.table import load_cohort_spec
     from medxcept.evaluation.reproduce import compare_runs
+    from medxcept.workflows.check import check_cohort
+    from medxcept.workflows.steps import materialize
 
     repo = Path(__file__).resolve().parent.parent
     spec = load_cohort_spec(repo / "cohorts" / "demo.yaml")

@@ -175,8 +175,8 @@ def tiny_data(tmp_path_factory):
     from medxcept.cohort.table import load_cohort_spec
     from medxcept.config import load_config
     from medxcept.images.dataset import load_images
-    from medxcept.workflows.steps import prepare_cohort
     from medxcept.integrity.splits import assign_splits
+    from medxcept.workflows.steps import prepare_cohort
     from tests.conftest import TINY_COHORT
 
     d = tmp_path_factory.mktemp("train")
@@ -391,11 +391,11 @@ def test_default_recipe_learns_the_planted_signal(tmp_path_factory):
     """
     from medxcept.cohort.table import load_cohort_spec
     from medxcept.config import load_config
-    from medxcept.models.network import resolve_weights
-    from medxcept.workflows.steps import prepare_cohort
     from medxcept.images.preprocess import load_images
     from medxcept.integrity.splits import assign_splits
+    from medxcept.models.network import resolve_weights
     from medxcept.models.train import _patient_auc, _probs, fit, predict_logits
+    from medxcept.workflows.steps import prepare_cohort
     from tests.conftest import TINY_COHORT
 
     d = tmp_path_factory.mktemp("learns")
@@ -443,8 +443,8 @@ def test_epoch_evaluation_gives_what_keras_validation_gave_from_one_pass(n_class
     (with precise BN, the training subset's pass is the recalibration's own)."""
     from sklearn.metrics import roc_auc_score
 
-    from medxcept.models import train
     from medxcept.images.dataset import CohortDataset
+    from medxcept.models import train
     from medxcept.models.train import EpochEvaluation, _adamw, _compile, _probs, _schedule
 
     if recalibrate == "batched":  # a subset above RECALIBRATE_PIXELS: batched precise BN, then one predict

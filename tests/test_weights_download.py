@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medxcept.models import network as mx
 from medxcept.errors import WeightsError
+from medxcept.models import network as mx
 from medxcept.models.backbones import BACKBONES
 
 IMAGENET_FILE = BACKBONES["xception"].weights_file

@@ -29,7 +29,15 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from medxcept.cohort.demo import CAMERAS, _blobs, cache_dir, finish_cohort, paint_fundus, save_photo, start_cohort
+from medxcept.cohort.demo import (
+    CAMERAS,
+    _blobs,
+    cache_dir,
+    finish_cohort,
+    paint_fundus,
+    save_photo,
+    start_cohort,
+)
 
 __all__ = ["GRADE_NAMES", "GradedDemoSpec", "paint_graded", "generate_graded_demo", "graded_demo_root"]
 

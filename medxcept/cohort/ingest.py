@@ -45,9 +45,25 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from medxcept.integrity.acquisition import acquisition_fingerprint, geometry_fingerprint
-from medxcept.cohort.table import SOURCE_KINDS, CohortSpec, SourceSpec, keyed_id, pseudonymize, validate_cohort
+from medxcept.cohort.table import (
+    SOURCE_KINDS,
+    CohortSpec,
+    SourceSpec,
+    keyed_id,
+    pseudonymize,
+    validate_cohort,
+)
 from medxcept.errors import CohortError, ConfigError, MissingDecoderError, ReadError
+from medxcept.images.preprocess import (
+    PreprocessCache,
+    PreprocessConfig,
+    apply_quality_policy,
+    decode_min_side,
+    find_fov,
+    preprocess,
+    quality,
+)
+from medxcept.integrity.acquisition import acquisition_fingerprint, geometry_fingerprint
 from medxcept.io import file_label, walk_files
 from medxcept.io.dicom import read_dicom, read_dicom_header
 from medxcept.io.images import read_image
@@ -59,15 +75,6 @@ from medxcept.io.labels import (
     read_label_table,
 )
 from medxcept.paths import cache_dir
-from medxcept.images.preprocess import (
-    PreprocessCache,
-    PreprocessConfig,
-    apply_quality_policy,
-    decode_min_side,
-    find_fov,
-    preprocess,
-    quality,
-)
 
 __all__ = ["IngestResult", "ingest", "data_root", "EXCLUSION_COLUMNS", "PUBLIC_EXCLUSION_COLUMNS",
            "pseudonym_salt", "file_sha256", "public_exclusions", "shareable_reason", "SOURCE_READERS",

@@ -69,23 +69,23 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from medxcept.models import testnet
-from medxcept.models.backbones import get_backbone
-from medxcept.integrity.audit import Finding
-from medxcept.integrity.check import _thumb
-from medxcept.integrity.fingerprints import duplicate_pairs
 from medxcept.cohort.table import CohortSpec
 from medxcept.config import RunConfig, load_config
 from medxcept.errors import ConfigError
 from medxcept.evaluation.metrics import unit_keys, unit_visits
-from medxcept.evaluation.verdict import training_verdict
-from medxcept.report import environment
 from medxcept.evaluation.references import (
     compare_with_references,
     load_reference_models,
     reference_sentences,
     score_reference_models,
 )
+from medxcept.evaluation.verdict import training_verdict
+from medxcept.integrity.audit import Finding
+from medxcept.integrity.check import _thumb
+from medxcept.integrity.fingerprints import duplicate_pairs
+from medxcept.models import testnet
+from medxcept.models.backbones import get_backbone
+from medxcept.report import environment
 from medxcept.run import RunDir, legacy_defaults, restore_config_paths
 
 __all__ = ["REQUIRED_FILES", "SourceRun", "check_run_dir", "load_source_run", "load_source_config",

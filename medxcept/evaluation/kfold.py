@@ -103,14 +103,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from numpy.typing import ArrayLike
 from matplotlib.ticker import MaxNLocator
+from numpy.typing import ArrayLike
 from scipy import stats
 
+from medxcept.config import RunConfig, config_hash
+from medxcept.errors import ConfigError, MedxceptError, SplitError
 from medxcept.evaluation.calibrate import brier, ece, reliability_table
 from medxcept.evaluation.clinical import OPERATING_TARGETS, clinical_reading, decision_thresholds
-from medxcept.config import RunConfig, config_hash, load_config
-from medxcept.errors import ConfigError, MedxceptError, SplitError
 from medxcept.evaluation.metrics import METRICS as METRIC_REGISTRY
 from medxcept.evaluation.metrics import (
     aggregate_by_patient,
@@ -124,9 +124,9 @@ from medxcept.evaluation.metrics import (
     unit_visits,
 )
 from medxcept.evaluation.references import REFERENCES, compare_with_references, reference_sentences
+from medxcept.integrity.splits import SplitConfig, assign_folds, assign_splits, split_hash
 from medxcept.report.figures import BLUE, GREY, ORANGE, plt, to_data_uri
 from medxcept.run import DirectoryLock, _json_default, load_run_config, write_atomic
-from medxcept.integrity.splits import SplitConfig, assign_folds, assign_splits, split_hash
 
 __all__ = [
     "CVPlan",

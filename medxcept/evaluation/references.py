@@ -44,7 +44,6 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from medxcept.integrity.acquisition import ACQ_COLUMNS
 from medxcept.evaluation.metrics import (
     aggregate_by_patient,
     bootstrap_ci,
@@ -54,6 +53,7 @@ from medxcept.evaluation.metrics import (
     unit_patients,
     unit_visits,
 )
+from medxcept.integrity.acquisition import ACQ_COLUMNS
 
 __all__ = [
     "REFERENCES",

@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medxcept.integrity.acquisition import ACQ_COLUMNS, SHORTCUT_AUC, cramers_v, shortcut_probe
 from medxcept.errors import ConfigError, LeakageError
+from medxcept.integrity.acquisition import ACQ_COLUMNS, SHORTCUT_AUC, cramers_v, shortcut_probe
 from medxcept.integrity.fingerprints import (
     DEFAULT_HAMMING_THRESHOLD,
     DETAIL_PX,

@@ -49,8 +49,8 @@ import numpy as np
 import pandas as pd
 
 from medxcept.cohort.class_exclusions import reason_category as _reason_category
-from medxcept.cohort.table import CohortSpec
 from medxcept.cohort.ingest import public_exclusions
+from medxcept.cohort.table import CohortSpec
 from medxcept.report import environment
 
 __all__ = ["reason_groups", "is_skip_reason", "render_check_page", "TEMPLATE"]

@@ -117,13 +117,13 @@ import scipy.fft
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from medxcept.errors import ConfigError
 from medxcept.integrity.duplicates import (
     MIN_KEYPOINTS,
     geometric_pairs,
     keypoint_features,
     n_keypoints,
 )
-from medxcept.errors import ConfigError
 from medxcept.integrity.splits import content_ids
 
 __all__ = [

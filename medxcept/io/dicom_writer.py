@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom import uid as dcm_uid
 from PIL import Image
+from pydicom import uid as dcm_uid
 from pydicom.dataset import Dataset, FileMetaDataset
 
 from medxcept.errors import ConfigError

@@ -35,9 +35,9 @@ from typing import Any
 
 import keras
 
-from medxcept.models import testnet
 from medxcept.errors import WeightsError
 from medxcept.images.preprocess import to_model_range
+from medxcept.models import testnet
 from medxcept.models.backbones import DEFAULT, Backbone, block_of, get_backbone
 
 __all__ = [

@@ -55,15 +55,16 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from medxcept.images.augment import AugmentConfig, augment_batch, build_augment
 from medxcept.config import RunConfig, config_hash
-from medxcept.images.dataset import CohortDataset, sample_weights_for
 from medxcept.errors import ConfigError
+
 # the one patient aggregation and probability transform (kept under their old names here)
 from medxcept.evaluation.metrics import patient_auc
-from medxcept.evaluation.multiclass import unit_macro_auc
 from medxcept.evaluation.metrics import probabilities as _probs
+from medxcept.evaluation.multiclass import unit_macro_auc
 from medxcept.faults import fault_point
+from medxcept.images.augment import AugmentConfig, augment_batch, build_augment
+from medxcept.images.dataset import CohortDataset, sample_weights_for
 from medxcept.models.network import (
     WeightsInfo,
     build_model,

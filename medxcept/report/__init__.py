@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from medxcept.evaluation.metrics import metric_names
+from medxcept.evaluation.subgroups import subgroup_rows
 from medxcept.images.preprocess import _as_float_image, _disc_mask, _square_window, find_fov
 from medxcept.report.figures import (
     clinical_figure,
@@ -30,7 +31,6 @@ from medxcept.report.figures import (
     training_figure,
 )
 from medxcept.run import write_atomic
-from medxcept.evaluation.subgroups import subgroup_rows
 
 __all__ = ["render_report", "environment", "fmt", "subgroup_table", "checklist", "raw_preview"]
 

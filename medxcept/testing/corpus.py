@@ -1282,8 +1282,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(f"{cohort}\n")
     if not args.ingest:
         return 0
-    from medxcept.cohort.table import load_cohort_spec
     from medxcept.cohort.ingest import ingest
+    from medxcept.cohort.table import load_cohort_spec
     from medxcept.images.preprocess import PreprocessCache, PreprocessConfig
 
     spec = load_cohort_spec(cohort)

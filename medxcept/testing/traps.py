@@ -48,8 +48,8 @@ from typing import Any
 
 import numpy as np
 
-from medxcept.cohort.table import pseudonymize
 from medxcept.cohort.demo import CAMERAS, CLASSES, Camera, paint_fundus
+from medxcept.cohort.table import pseudonymize
 from medxcept.errors import ConfigError
 
 __all__ = [

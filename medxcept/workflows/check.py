@@ -12,6 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medxcept.cohort.class_exclusions import exclusions_by_class
+from medxcept.cohort.ingest import data_root
+from medxcept.cohort.table import CohortSpec, public_view
+from medxcept.config import RunConfig, config_hash
+from medxcept.errors import SplitError
+from medxcept.images.preprocess import load_images
 from medxcept.integrity.audit import AuditReport, audit_cohort, fingerprints
 from medxcept.integrity.check import (
     _count_table,
@@ -22,14 +28,8 @@ from medxcept.integrity.check import (
     reason_groups,
     render_check_page,
 )
-from medxcept.cohort.class_exclusions import exclusions_by_class
-from medxcept.cohort.table import CohortSpec, public_view
-from medxcept.config import RunConfig, config_hash
-from medxcept.errors import SplitError
-from medxcept.cohort.ingest import data_root
-from medxcept.images.preprocess import load_images
-from medxcept.run import RunDir, data_hash
 from medxcept.integrity.splits import split_hash, split_table
+from medxcept.run import RunDir, data_hash
 from medxcept.workflows.steps import ingest_into_run, materialize, split_and_audit
 
 __all__ = ["check_cohort"]

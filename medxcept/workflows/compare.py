@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from medxcept.errors import ConfigError
 from medxcept.evaluation.compare import (
     LARGER,
     METRICS,
@@ -24,7 +25,6 @@ from medxcept.evaluation.compare import (
     slug,
     validation_curves_figure,
 )
-from medxcept.errors import ConfigError
 from medxcept.report import environment
 from medxcept.run import write_atomic
 

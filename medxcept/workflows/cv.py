@@ -26,13 +26,10 @@ import numpy as np
 import pandas as pd
 
 from medxcept import errors
-from medxcept.integrity.audit import AuditReport, Finding, audit_cohort, duplicate_groups, fingerprints
 from medxcept.cohort.table import public_view
 from medxcept.config import RunConfig, config_hash
 from medxcept.errors import ConfigError, MedxceptError
-from medxcept.evaluation.metrics import metric_names
 from medxcept.evaluation.graded import check_task_config, fold_row, graded_figures, pooled_report
-from medxcept.models.backbones import get_backbone
 from medxcept.evaluation.kfold import (
     CV_METRICS,
     FAILED,
@@ -65,11 +62,14 @@ from medxcept.evaluation.kfold import (
     require_inner_split,
     t_interval,
 )
+from medxcept.evaluation.metrics import metric_names
 from medxcept.images.preprocess import decode_key, load_images
+from medxcept.integrity.audit import AuditReport, Finding, audit_cohort, duplicate_groups, fingerprints
+from medxcept.integrity.splits import split_hash
+from medxcept.models.backbones import get_backbone
 from medxcept.report import environment
 from medxcept.report.figures import clinical_figure, reliability_figure, roc_pr_figure
 from medxcept.run import RunDir, data_hash, write_atomic
-from medxcept.integrity.splits import split_hash
 from medxcept.workflows.executors import Executor, make_executor
 from medxcept.workflows.fold import run_fold, task_of
 from medxcept.workflows.steps import (
@@ -338,7 +338,9 @@ def run_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: in
     # made (and Ray checked) before anything is ingested or trained
     runner = make_executor(executor, jobs, executor_options) if isinstance(executor, str) else executor
     if cfg.model.weights == "imagenet":
-        from medxcept.models.network import fetch_imagenet_weights  # here: Keras is imported only when it is needed
+        from medxcept.models.network import (
+            fetch_imagenet_weights,  # here: Keras is imported only when it is needed
+        )
 
         fetch_imagenet_weights(cfg.model.backbone)  # downloaded (or refused) once, before ingestion, not inside a fold
     plan = plan_cv(cfg, spec, n_folds=n_folds, repeats=repeats, cv_dir=cv_dir, cohort_file=cohort_file)

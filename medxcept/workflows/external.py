@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from medxcept.integrity.audit import audit_cohort, fingerprints
-from medxcept.evaluation.calibrate import Calibrator
 from medxcept.cohort.class_exclusions import exclusions_by_class
+from medxcept.cohort.ingest import file_sha256
 from medxcept.cohort.table import CohortSpec, public_view
 from medxcept.config import RunConfig, config_hash
 from medxcept.errors import LeakageError
+from medxcept.evaluation.assess import TTA, Fixed, Units, assess_model, write_outcome
+from medxcept.evaluation.calibrate import Calibrator
 from medxcept.evaluation.external import (
     SOURCE_EVAL_FIELDS,
     _load_model,
@@ -39,13 +40,12 @@ from medxcept.evaluation.external import (
     transfer_line,
 )
 from medxcept.evaluation.graded import graded_figures
-from medxcept.cohort.ingest import file_sha256
-from medxcept.models.network import detect_device
 from medxcept.images.preprocess import load_images
+from medxcept.integrity.audit import audit_cohort, fingerprints
+from medxcept.integrity.splits import split_hash, split_table
+from medxcept.models.network import detect_device
 from medxcept.report import render_report
 from medxcept.run import RunDir, data_hash
-from medxcept.integrity.splits import split_hash, split_table
-from medxcept.evaluation.assess import TTA, Fixed, Units, assess_model, write_outcome
 from medxcept.workflows.steps import (
     ingest_into_run,
     materialize,

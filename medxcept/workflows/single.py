@@ -16,28 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medxcept.integrity.audit import fingerprints
-from medxcept.images.augment import build_augment, effective_class_frequencies, serialize_augment
 from medxcept.cohort.class_exclusions import exclusions_by_class
 from medxcept.cohort.table import CohortSpec, public_view
 from medxcept.config import RunConfig, config_hash
 from medxcept.errors import CohortError, ConfigError
-from medxcept.evaluation.metrics import unit_keys, unit_visits
-from medxcept.models.explain import cam_gallery, class_activation_maps
-from medxcept.evaluation.external import keep_source_fingerprints
-from medxcept.faults import fault_point
-from medxcept.evaluation.graded import check_task_config, graded_figures
-from medxcept.evaluation.learning_curve import learning_curve_figure, learning_curve_verdict
-from medxcept.models.backbones import get_backbone
-from medxcept.models.backbones import provenance as backbone_provenance
-from medxcept.models.network import detect_device, resolve_weights
-from medxcept.evaluation.verdict import training_verdict
-from medxcept.images.preprocess import decode_key, load_images
-from medxcept.report import render_report
-from medxcept.run import COMPLETE, RunDir, data_hash, reproduce_block
-from medxcept.integrity.splits import split_hash, split_table, user_split_agreement
-from medxcept.models.train import check_resumable, fit, save_inference_model, set_seeds
-from medxcept.workflows.learning_curve import learning_curve_rows
 from medxcept.evaluation.assess import (
     TTA,
     Units,
@@ -47,6 +29,24 @@ from medxcept.evaluation.assess import (
     write_marker,
     write_outcome,
 )
+from medxcept.evaluation.external import keep_source_fingerprints
+from medxcept.evaluation.graded import check_task_config, graded_figures
+from medxcept.evaluation.learning_curve import learning_curve_figure, learning_curve_verdict
+from medxcept.evaluation.metrics import unit_keys, unit_visits
+from medxcept.evaluation.verdict import training_verdict
+from medxcept.faults import fault_point
+from medxcept.images.augment import build_augment, effective_class_frequencies, serialize_augment
+from medxcept.images.preprocess import decode_key, load_images
+from medxcept.integrity.audit import fingerprints
+from medxcept.integrity.splits import split_hash, split_table, user_split_agreement
+from medxcept.models.backbones import get_backbone
+from medxcept.models.backbones import provenance as backbone_provenance
+from medxcept.models.explain import cam_gallery, class_activation_maps
+from medxcept.models.network import detect_device, resolve_weights
+from medxcept.models.train import check_resumable, fit, save_inference_model, set_seeds
+from medxcept.report import render_report
+from medxcept.run import COMPLETE, RunDir, data_hash, reproduce_block
+from medxcept.workflows.learning_curve import learning_curve_rows
 from medxcept.workflows.steps import (
     leaks_let_through,
     materialize,

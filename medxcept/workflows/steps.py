@@ -27,13 +27,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medxcept.integrity.audit import AuditReport, audit_cohort, duplicate_groups, fingerprints
-from medxcept.images.augment import augment_batch, build_augment
-from medxcept.cohort.table import CohortSpec
-from medxcept.config import RunConfig
 from medxcept.cohort.demo import DemoSpec, demo_root
 from medxcept.cohort.demo_graded import GradedDemoSpec, graded_demo_root
+from medxcept.cohort.ingest import IngestResult, ingest, public_exclusions, read_frames
+from medxcept.cohort.table import CohortSpec
+from medxcept.config import RunConfig
 from medxcept.errors import CohortError, ConfigError, ReadError
+
 # the assessment is a stage of its own (medxcept.evaluation.assess); its names stay importable from here
 from medxcept.evaluation.assess import (  # noqa: F401
     CI_METRICS,
@@ -48,13 +48,14 @@ from medxcept.evaluation.assess import (  # noqa: F401
     prediction_table,
     unit_record,
 )
-from medxcept.cohort.ingest import IngestResult, ingest, public_exclusions, read_frames
+from medxcept.images.augment import augment_batch, build_augment
+from medxcept.images.preprocess import PreprocessCache, decode_key
+from medxcept.integrity.audit import AuditReport, audit_cohort, duplicate_groups, fingerprints
+from medxcept.integrity.splits import assign_splits
 from medxcept.io import file_label
 from medxcept.paths import cache_dir
-from medxcept.images.preprocess import PreprocessCache, decode_key
 from medxcept.report import raw_preview
 from medxcept.run import RunDir
-from medxcept.integrity.splits import assign_splits
 
 __all__ = ["GENERATORS", "materialize", "Assessment", "assess", "assess_frozen", "compare_references",
            "summary_block", "unit_record", "leaks_let_through", "add_probabilities", "measure_test", "cohort_cache",
