@@ -148,8 +148,9 @@ def main(out: Path) -> None:
     t0 = time.perf_counter()
     val_logits = train.predict_logits(model, images[va], batch_size=BATCH)
     test_logits = train.predict_logits(model, images[te], batch_size=BATCH)
-    res["val_patient_auc_of_returned_model"] = train._patient_auc(groups[va], y[va], train._probs(val_logits))
-    res["test_patient_auc"] = train._patient_auc(groups[te], y[te], train._probs(test_logits))
+    how = cfg.eval.patient_aggregation
+    res["val_patient_auc_of_returned_model"] = train._patient_auc(groups[va], y[va], train._probs(val_logits), how=how)
+    res["test_patient_auc"] = train._patient_auc(groups[te], y[te], train._probs(test_logits), how=how)
     tta = train.predict_logits_tta(model, images[te], passes=2, seed=3, batch_size=BATCH)
     aug = build_augment(AugmentConfig(strength="light", balance="none"), seed=3)
     manual = test_logits.copy()
