@@ -222,7 +222,8 @@ def test_fit_returns_the_weights_of_its_best_epoch(tiny_data, reference):
     assert list(h["epoch"]) == [1, 2, 3, 4]
     best = h[h["epoch"] == reference.best_epoch].iloc[0]
     t, va = tiny_data["table"], tiny_data["va"]
-    auc = _patient_auc(t["patient_key"].to_numpy()[va], t["y"].to_numpy()[va], _probs(_val_logits(tiny_data, reference)))
+    auc = _patient_auc(t["patient_key"].to_numpy()[va], t["y"].to_numpy()[va], _probs(_val_logits(tiny_data, reference)),
+                       how=tiny_data["cfg"].eval.patient_aggregation)
     # the returned model reproduces the best epoch's validation AUC, and that epoch is the best one
     assert auc == pytest.approx(best["val_patient_auc"], abs=1e-6)
     top = h[np.isclose(h["val_patient_auc"], h["val_patient_auc"].max(), atol=1e-6)]
@@ -414,7 +415,7 @@ def test_default_recipe_learns_the_planted_signal(tmp_path_factory):
                  cfg=cfg, weights=resolve_weights("none"), n_classes=2)
     te = part["test"]
     assert len(set(g[te])) >= 10 and len(set(y[te])) == 2
-    auc = _patient_auc(g[te], y[te], _probs(predict_logits(result.model, images[te])))
+    auc = _patient_auc(g[te], y[te], _probs(predict_logits(result.model, images[te])), how=cfg.eval.patient_aggregation)
     assert auc > 0.7, f"test patient AUC {auc:.3f}: the planted lesions were not learned"
     assert result.history["loss"].iloc[-1] < result.history["loss"].iloc[0]
 
