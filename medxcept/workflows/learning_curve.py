@@ -26,13 +26,15 @@ log = logging.getLogger("medxcept.evaluation.learning_curve")  # the log lines k
 
 def learning_curve_rows(*, fractions: Sequence[float], images: np.ndarray, table: pd.DataFrame,
                         parts: dict[str, np.ndarray], cfg: Any, weights: Any, n_classes: int,
-                        full: Any) -> pd.DataFrame:
+                        full: Any, task: str | None = None) -> pd.DataFrame:
     """Train one model per fraction and measure it; ``full`` (a ``TrainResult``) is the 100 % point.
 
     Returns one row per fraction (ascending, 100 % last): ``fraction, train_patients,
     train_images, best_epoch, train_auc_at_best, val_patient_auc, test_patient_auc, seconds``.
     Test AUC is of the uncalibrated probabilities (with the run's test-time augmentation,
-    ``eval.tta``), aggregated per patient like the run's.
+    ``eval.tta``), aggregated per patient like the run's. ``task``: the cohort's task, passed to
+    :func:`~medxcept.models.train.fit` so a graded run's early stopping ranks epochs by the graded
+    evaluation's rule, as the run's own fit does.
     """
     tr, va, te = (table.iloc[parts[s]] for s in ("train", "val", "test"))
     rows = []
@@ -46,7 +48,7 @@ def learning_curve_rows(*, fractions: Sequence[float], images: np.ndarray, table
                          unit_keys(va["patient_key"], unit_visits(va, cfg.eval.unit)), cfg=cfg, weights=weights,
                          n_classes=n_classes, run_dir=None,
                          train_groups=unit_keys(table["patient_key"].iloc[idx],
-                                                unit_visits(table.iloc[idx], cfg.eval.unit)))
+                                                unit_visits(table.iloc[idx], cfg.eval.unit)), task=task)
         else:
             result = full
         verdict = training_verdict(result.history, result.best_epoch)

@@ -237,7 +237,7 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
     if learning_curve:
         t = time.perf_counter()
         lc = learning_curve_rows(fractions=learning_curve, images=images, table=table, parts=parts, cfg=cfg,
-                                 weights=weights, n_classes=spec.n_classes, full=result)
+                                 weights=weights, n_classes=spec.n_classes, full=result, task=spec.task)
         run.write_csv("learning_curve.csv", lc)
         full["learning_curve"] = {"rows": lc.to_dict("records"),
                                   "verdict": learning_curve_verdict(lc, int(va["patient_key"].nunique()))}
