@@ -57,11 +57,11 @@ from tqdm.auto import tqdm
 
 from medxcept.config import RunConfig, config_hash
 from medxcept.errors import ConfigError
+from medxcept.evaluation.multiclass import unit_macro_auc
 
 # the one patient aggregation and probability transform (kept under their old names here)
-from medxcept.evaluation.metrics import patient_auc
-from medxcept.evaluation.metrics import probabilities as _probs
-from medxcept.evaluation.multiclass import unit_macro_auc
+from medxcept.evaluation.units import patient_auc
+from medxcept.evaluation.units import probabilities as _probs
 from medxcept.faults import fault_point
 from medxcept.images.augment import AugmentConfig, augment_batch, build_augment
 from medxcept.images.dataset import CohortDataset, sample_weights_for
