@@ -43,6 +43,7 @@ from medxcept.evaluation.multiclass import (
     aggregate_units,
     calibration_report,
     choose_decision_rule,
+    class_metric_names,
     endpoint_probability,
     multiclass_report,
 )
@@ -298,11 +299,6 @@ def classwise_reliability_figure(before: dict[str, Any], after: dict[str, Any], 
 
 # ------------------------------------------------------------------------- cross-validation
 
-#: Per-fold graded numbers summarized across folds (patient level).
-CV_GRADED_METRICS = ("kappa_quadratic", "mae_grade", "macro_roc_auc", "weighted_roc_auc", "macro_pr_auc",
-                     "balanced_accuracy", "accuracy")
-
-
 def fold_predictions(frame: pd.DataFrame, graded: dict[str, Any], *, repeat: int, fold: int) -> pd.DataFrame:
     """One fold's out-of-fold predictions for pooling: ids, ``y``, ``prob_raw_<c>``, ``prob_<c>``, the
     fold's own predicted class (``pred``, its decision rule) and per endpoint its threshold
@@ -382,6 +378,7 @@ def pooled_report(frames: Sequence[pd.DataFrame], *, classes: Sequence[str], tas
     out: dict[str, Any] = {"task": task, "classes": classes, "n_bootstrap": int(eval_cfg.n_bootstrap),
                            "n_images": int(len(df)), "n_folds": int(df.groupby(["repeat", "fold"]).ngroups)}
     P_raw = _probs(df, classes, "prob_raw_")  # what the AUCs rank: each fold's uncalibrated scores
+    out["card_metrics"] = class_metric_names(task, card=True)  # the k-fold report's summary cards
     out["test_image"] = multiclass_report(y, P, groups, y_pred=pred, P_rank=P_raw, **kw)
     lat = df["laterality"].to_numpy() if task == "nominal" and "laterality" in df else None
     units = aggregate_units(df["unit"].to_numpy(), y, P, kind=task, laterality=lat, level="patient")
@@ -405,9 +402,11 @@ def pooled_report(frames: Sequence[pd.DataFrame], *, classes: Sequence[str], tas
 
 
 def fold_row(graded: dict[str, Any]) -> dict[str, Any]:
-    """One fold's patient-level point estimates for the across-fold summary."""
+    """One fold's patient-level point estimates for the across-fold summary: every registered k-class
+    metric of the task (:data:`medxcept.evaluation.multiclass.CLASS_METRICS`), each class's ROC-AUC,
+    and each endpoint's ROC-AUC, sensitivity and specificity."""
     r = graded["test_patient"]
-    row = {m: r[m]["point"] for m in CV_GRADED_METRICS if m in r}
+    row = {m: r[m]["point"] for m in r["metric_names"]}
     for c, v in r["per_class"].items():
         row[f"roc_auc_{c}"] = v["roc_auc"]["point"]
     for name, e in graded["endpoints"].items():
@@ -479,7 +478,7 @@ def compare_graded_runs(run_dirs: Sequence[Any], *, n_resamples: int = 1000, see
         tp = r["metrics"]["graded"]["test_patient"]
         per_run.append({"name": r["name"], "recipe": r["metrics"].get("run", {}).get("recipe"),
                         "decision_rule": r["rule"].to_dict()["description"],
-                        **{m: tp[m] for m in CV_GRADED_METRICS if m in tp}})
+                        **{m: tp[m] for m in class_metric_names(kind) if m in tp}})
     pairs = []
     for i in range(len(runs)):
         for j in range(i + 1, len(runs)):
@@ -495,6 +494,7 @@ def compare_graded_runs(run_dirs: Sequence[Any], *, n_resamples: int = 1000, see
                         ye, endpoint_probability(a.P, pos), endpoint_probability(b.P, pos), a.patients,
                         n_resamples=n_resamples, seed=seed)
             pairs.append(entry)
-    return {"kind": "graded", "task": kind, "classes": classes, "n_patients": int(len(units[0][0].y)),
+    return {"kind": "graded", "task": kind, "classes": classes, "metric_names": class_metric_names(kind, compare=True),
+            "n_patients": int(len(units[0][0].y)),
             "n_images": int(len(y)), "patient_rule": units[0][0].rule, "runs": per_run, "pairs": pairs,
             "n_resamples": n_resamples, "seed": seed}

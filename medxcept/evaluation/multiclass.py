@@ -43,9 +43,9 @@ reliability data of both (:func:`calibration_report`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -68,6 +68,11 @@ from medxcept.evaluation.units import unit_keys
 
 __all__ = [
     "KINDS",
+    "ClassMetric",
+    "CLASS_METRICS",
+    "class_metrics",
+    "class_metric_names",
+    "class_metric_bounds",
     "unit_macro_auc",
     "Aggregated",
     "DecisionRule",
@@ -414,28 +419,121 @@ def quadratic_kappa(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> float | N
     return None if np.isnan(v) else v
 
 
-def _cm_metrics(cm: np.ndarray, names: Sequence[str], present: np.ndarray) -> dict[str, np.ndarray]:
-    """Confusion-matrix metrics of (B, k, k) matrices: balanced accuracy, accuracy, kappa, MAE."""
-    cm = cm.astype(np.float64)
-    k = cm.shape[-1]
-    diag = np.einsum("bii->bi", cm)
-    support = cm.sum(axis=2)
-    n = support.sum(axis=1)
-    out: dict[str, np.ndarray] = {}
-    if "balanced_accuracy" in names:
-        recall = np.full(support.shape, np.nan)
-        np.divide(diag, support, out=recall, where=support > 0)
-        with np.errstate(invalid="ignore"):
-            out["balanced_accuracy"] = np.nanmean(np.where(support > 0, recall, np.nan), axis=1)
-    if "accuracy" in names:
-        out["accuracy"] = np.where(n > 0, diag.sum(axis=1) / np.maximum(n, 1), np.nan)
-    if "kappa_quadratic" in names:
-        out["kappa_quadratic"] = _kappa_from_cm(cm)
-    if "mae_grade" in names:
-        i = np.arange(k)
-        dist = np.abs(i[:, None] - i[None, :])
-        out["mae_grade"] = np.where(n > 0, np.einsum("bij,ij->b", cm, dist) / np.maximum(n, 1), np.nan)
+def _balanced_accuracy(cm: np.ndarray) -> np.ndarray:
+    diag, support = np.einsum("bii->bi", cm), cm.sum(axis=2)
+    recall = np.full(support.shape, np.nan)
+    np.divide(diag, support, out=recall, where=support > 0)
+    with np.errstate(invalid="ignore"):
+        return np.nanmean(np.where(support > 0, recall, np.nan), axis=1)
+
+
+def _accuracy(cm: np.ndarray) -> np.ndarray:
+    n = cm.sum(axis=(1, 2))
+    return np.where(n > 0, np.einsum("bii->b", cm) / np.maximum(n, 1), np.nan)
+
+
+def _mae_grade(cm: np.ndarray) -> np.ndarray:
+    i = np.arange(cm.shape[-1])
+    n = cm.sum(axis=(1, 2))
+    return np.where(n > 0, np.einsum("bij,ij->b", cm, np.abs(i[:, None] - i[None, :])) / np.maximum(n, 1), np.nan)
+
+
+def _weighted_mean(aucs: np.ndarray, support: np.ndarray) -> np.ndarray:
+    tot = support.sum(axis=1)
+    out = np.full(tot.shape, np.nan)
+    np.divide((aucs * support).sum(axis=1), tot, out=out, where=tot > 0)
     return out
+
+
+@dataclass(frozen=True)
+class ClassMetric:
+    """One k-class metric, declared once: every list of k-class metrics in medxcept is read from
+    :data:`CLASS_METRICS` (the k-class counterpart of :data:`medxcept.evaluation.metrics.METRICS`).
+
+    Parameters
+    ----------
+    name : str
+        Key in :func:`multiclass_report` (and so in ``metrics.json`` → ``graded``), in the per-fold
+        rows of k-fold and in ``pipelines.compare``.
+    label : str
+        How reports name it.
+    kind : {"confusion", "rank"}
+        ``confusion``: ``compute(cm)`` of (B, k, k) float confusion matrices (rows: true class) gives
+        (B,) values, NaN where undefined. ``rank``: ``compute(roc_auc, pr_auc, support)``, each
+        (B, c) over the c classes that have one-vs-rest ranks in the data (their per-resample
+        ROC-AUC, PR-AUC and case counts), gives (B,) values.
+    compute : callable
+    tasks : tuple of str, default both kinds
+        The tasks (:data:`KINDS`) the metric applies to; ``("ordinal",)`` for grade distances.
+    bounds : (float, float or None), default (0, 1)
+        Range of the metric, for the across-fold t-interval; ``None`` as the upper bound means
+        ``k - 1`` (a grade distance).
+    lower_is_better : bool, default False
+    card : bool, default False
+        A summary card of the k-fold report (pooled out-of-fold value).
+    compare : bool, default False
+        A column of ``pipelines.compare``'s table of runs.
+    paired : bool, default False
+        Tested pairwise between runs by the paired patient bootstrap (:func:`paired_comparison`).
+    """
+
+    name: str
+    label: str
+    kind: Literal["confusion", "rank"]
+    compute: Callable[..., np.ndarray]
+    tasks: tuple[str, ...] = KINDS
+    bounds: tuple[float, float | None] = (0.0, 1.0)
+    lower_is_better: bool = False
+    card: bool = False
+    compare: bool = False
+    paired: bool = False
+
+
+#: Every k-class metric, in the order reports show them. Adding one is one entry here (and its test):
+#: the graded report, the k-fold per-fold table and summary, pooled out-of-fold metrics and
+#: ``pipelines.compare`` read this tuple when they run.
+CLASS_METRICS: tuple[ClassMetric, ...] = (
+    ClassMetric("kappa_quadratic", "quadratic-weighted kappa", "confusion", lambda cm: _kappa_from_cm(cm),
+                tasks=("ordinal",), bounds=(-1.0, 1.0), card=True, compare=True, paired=True),
+    ClassMetric("mae_grade", "mean absolute grade error", "confusion", _mae_grade, tasks=("ordinal",),
+                bounds=(0.0, None), lower_is_better=True, compare=True),
+    ClassMetric("macro_roc_auc", "macro ROC-AUC", "rank", lambda auc, ap, sup: auc.mean(axis=1), card=True,
+                compare=True, paired=True),
+    ClassMetric("weighted_roc_auc", "weighted ROC-AUC", "rank", lambda auc, ap, sup: _weighted_mean(auc, sup)),
+    ClassMetric("macro_pr_auc", "macro PR-AUC", "rank", lambda auc, ap, sup: ap.mean(axis=1)),
+    ClassMetric("balanced_accuracy", "balanced accuracy", "confusion", _balanced_accuracy, compare=True),
+    ClassMetric("accuracy", "accuracy", "confusion", _accuracy),
+)
+
+
+def class_metrics(task: str, **flags: bool) -> tuple[ClassMetric, ...]:
+    """The registered k-class metrics of ``task`` with the given flags (``card``, ``compare``,
+    ``paired``, ``kind``), in registry order; read at call time, so an added entry is seen everywhere.
+
+    Examples
+    --------
+    >>> [m.name for m in class_metrics("nominal", card=True)]
+    ['macro_roc_auc']
+    """
+    if task not in KINDS:
+        raise ValueError(f"task={task!r} is not one of {list(KINDS)}")
+    return tuple(m for m in CLASS_METRICS if task in m.tasks
+                 and all(getattr(m, f) == v for f, v in flags.items()))
+
+
+def class_metric_names(task: str, **flags: bool) -> list[str]:
+    """Names of :func:`class_metrics`."""
+    return [m.name for m in class_metrics(task, **flags)]
+
+
+def class_metric_bounds(name: str, k: int) -> tuple[float, float]:
+    """The range of the k-class metric ``name`` with ``k`` classes; (0, 1) for a name not registered
+    (per-class and endpoint AUCs, sensitivities)."""
+    for m in CLASS_METRICS:
+        if m.name == name:
+            low, high = m.bounds
+            return float(low), float(k - 1) if high is None else float(high)
+    return 0.0, 1.0
 
 
 # ----------------------------------------------------------------------- the full report
@@ -471,7 +569,8 @@ def multiclass_report(
         rows. ``None`` resamples rows.
     classes : sequence of str
     kind : {"nominal", "ordinal"}
-        Ordinal adds ``kappa_quadratic`` and ``mae_grade``.
+        The task: its metrics are those of :data:`CLASS_METRICS` (ordinal adds ``kappa_quadratic``
+        and ``mae_grade``).
     rule : DecisionRule, optional
         Turns ``P`` into predictions (default: argmax for nominal, cumulative 0.5 for ordinal).
         Choose it on validation (:func:`choose_decision_rule`).
@@ -493,8 +592,10 @@ def multiclass_report(
         ``classes``, ``kind``, ``n``, ``n_patients``, ``per_class`` (name -> ``n``, ``roc_auc``,
         ``pr_auc``, ``recall``, ``precision``), ``macro_roc_auc``, ``weighted_roc_auc``,
         ``macro_pr_auc``, ``balanced_accuracy``, ``accuracy`` (+ ``kappa_quadratic``,
-        ``mae_grade``): each metric a :meth:`BootstrapCI.to_dict`; ``confusion_matrix`` (rows:
-        true class), ``decision_rule``, ``n_bootstrap``, ``alpha`` and ``notes``.
+        ``mae_grade``; every entry of :data:`CLASS_METRICS` for the task): each metric a
+        :meth:`BootstrapCI.to_dict`; ``metric_names`` (those entries, in registry order: what reports
+        list), ``metric_labels``, ``confusion_matrix`` (rows: true class), ``decision_rule``,
+        ``n_bootstrap``, ``alpha`` and ``notes``.
 
     Notes
     -----
@@ -531,8 +632,16 @@ def multiclass_report(
         why = "is absent from" if support[c] == 0 else "is the only class in"
         notes.append(f"roc_auc and pr_auc of class '{names[c]}' not defined: it {why} the data")
 
-    cm_names = ["balanced_accuracy", "accuracy"] + (["kappa_quadratic", "mae_grade"] if kind == "ordinal" else [])
-    point_cm = {m: float(v[0]) for m, v in _cm_metrics(cm[None], cm_names, present).items()}
+    registered = class_metrics(kind)
+    cm_metrics = [m for m in registered if m.kind == "confusion"]
+    rank_metrics = [m for m in registered if m.kind == "rank"]
+    cm_names = [m.name for m in cm_metrics]
+
+    def _cm_values(cms: np.ndarray) -> dict[str, np.ndarray]:
+        cms = cms.astype(np.float64)
+        return {m.name: m.compute(cms) for m in cm_metrics}
+
+    point_cm = {m: float(v[0]) for m, v in _cm_values(cm[None]).items()}
     if P_rank is None:
         p_rank = p
     else:
@@ -551,12 +660,7 @@ def multiclass_report(
 
     def _means(aucs: np.ndarray, aps: np.ndarray, sup: np.ndarray) -> dict[str, np.ndarray]:
         # (B, c) arrays over the classes present in the full data; NaN rows when any is undefined
-        macro = aucs.mean(axis=1)
-        macro_ap = aps.mean(axis=1)
-        tot = sup.sum(axis=1)
-        weighted = np.full(tot.shape, np.nan)
-        np.divide((aucs * sup).sum(axis=1), tot, out=weighted, where=tot > 0)
-        return {"macro_roc_auc": macro, "weighted_roc_auc": weighted, "macro_pr_auc": macro_ap}
+        return {m.name: m.compute(aucs, aps, sup) for m in rank_metrics}
 
     pres = np.flatnonzero(present)
     if pres.size:
@@ -564,7 +668,7 @@ def multiclass_report(
         pp = np.array([[point_rank[c][1] for c in pres]])
         point_means = {m: float(v[0]) for m, v in _means(pa, pp, support[pres][None].astype(float)).items()}
     else:
-        point_means = {"macro_roc_auc": None, "weighted_roc_auc": None, "macro_pr_auc": None}
+        point_means = {m.name: None for m in rank_metrics}
         notes.append("no class has both its cases and others: no ROC-AUC or PR-AUC")
 
     # resamples
@@ -582,7 +686,7 @@ def multiclass_report(
             b = min(rows, n_resamples - done)
             counts = draw_counts(rng, b, n_groups)
             cms = (counts @ cells).reshape(b, k, k)
-            for m, v in _cm_metrics(cms, cm_names, present).items():
+            for m, v in _cm_values(cms).items():
                 boot[m].append(v)
             if pres.size:
                 aucs, aps = np.empty((b, pres.size)), np.empty((b, pres.size))
@@ -617,11 +721,11 @@ def multiclass_report(
         per_class[name] = row
     out: dict[str, Any] = {"classes": names, "kind": kind, "n": int(y.shape[0]), "n_patients": n_groups,
                            "per_class": per_class}
-    for m, v in point_means.items():
-        out[m] = ci(v, boot[m])
-    for m in cm_names:
-        out[m] = ci(point_cm[m], boot[m])
-    out.update({"confusion_matrix": cm.tolist(),
+    for m in registered:
+        out[m.name] = ci(point_means[m.name] if m.kind == "rank" else point_cm[m.name], boot[m.name])
+    out.update({"metric_names": [m.name for m in registered],
+                "metric_labels": {m.name: m.label for m in registered},
+                "confusion_matrix": cm.tolist(),
                 "decision_rule": rule.to_dict() if y_pred is None else {"kind": "given", "description": (
                     "predictions made beforehand (each fold's own decision rule)")},
                 "n_bootstrap": n_resamples,
@@ -707,9 +811,10 @@ def paired_comparison(
     """Paired patient-bootstrap comparison of two k-class models on the same cases.
 
     Both models are scored on the same resamples (patients drawn with replacement), so their
-    correlation is kept. Compared: macro one-vs-rest ROC-AUC (over the classes present in the
-    data) and, for ordinal tasks, quadratic-weighted kappa of the given predictions (default: the
-    default rule of :func:`multiclass_report`).
+    correlation is kept. Compared: the entries of :data:`CLASS_METRICS` flagged ``paired`` (macro
+    one-vs-rest ROC-AUC over the classes present in the data and, for ordinal tasks,
+    quadratic-weighted kappa of the given predictions; default predictions: the default rule of
+    :func:`multiclass_report`).
 
     Returns
     -------
@@ -735,24 +840,37 @@ def paired_comparison(
     pres = np.flatnonzero((support > 0) & (support < y.shape[0]))
     idx = [[RankIndex((y == c).astype(np.int64), p[:, c], codes) for c in pres] for p in (p1, p2)]
     ones = np.ones((1, n_groups), dtype=np.int64)
+    onehot = np.zeros((n_groups, k), dtype=np.int64)
+    np.add.at(onehot, (codes, y), 1)
+    paired = class_metrics(kind, paired=True)
+    names = [m.name for m in paired]
 
-    def macro(model: int, counts: np.ndarray) -> np.ndarray:
-        if not pres.size:
-            return np.full(counts.shape[0], np.nan)
-        return np.mean([weighted_auc(*ix.per_value(counts)) for ix in idx[model]], axis=0)
+    def ranks(model: int, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # (B, c) one-vs-rest ROC-AUC and PR-AUC of the classes present
+        per = [ix.per_value(counts) for ix in idx[model]]
+        shape = (counts.shape[0], len(per))
+        aucs = np.column_stack([weighted_auc(*pu) for pu in per]) if per else np.empty(shape)
+        aps = np.column_stack([weighted_ap(*pu) for pu in per]) if per else np.empty(shape)
+        return aucs, aps
 
     cells = []
     for pred in preds:
         c = np.zeros((n_groups, k * k), dtype=np.int64)
         np.add.at(c, (codes, y * k + pred), 1)
         cells.append(c)
-    names = ["macro_roc_auc"] + (["kappa_quadratic"] if kind == "ordinal" else [])
 
     def values(counts: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        out = {"macro_roc_auc": (macro(0, counts), macro(1, counts))}
-        if kind == "ordinal":
-            b = counts.shape[0]
-            out["kappa_quadratic"] = tuple(_kappa_from_cm((counts @ c).reshape(b, k, k)) for c in cells)
+        b = counts.shape[0]
+        sup = (counts @ onehot)[:, pres].astype(np.float64)
+        rank = [ranks(0, counts), ranks(1, counts)] if any(m.kind == "rank" for m in paired) else []
+        out = {}
+        for m in paired:
+            if m.kind == "confusion":
+                out[m.name] = tuple(m.compute((counts @ c).reshape(b, k, k).astype(np.float64)) for c in cells)
+            elif not pres.size:
+                out[m.name] = (np.full(b, np.nan), np.full(b, np.nan))
+            else:
+                out[m.name] = tuple(m.compute(aucs, aps, sup) for aucs, aps in rank)
         return out
 
     point = {m: (float(a[0]), float(b[0])) for m, (a, b) in values(ones).items()}

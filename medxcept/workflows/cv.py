@@ -54,6 +54,7 @@ from medxcept.evaluation.kfold import (
     fold_counts,
     fold_split,
     fold_status,
+    graded_fold_summary,
     inner_fraction,
     inner_seed,
     load_plan,
@@ -604,15 +605,13 @@ def _aggregate_graded(plan: CVPlan, done: list[FoldTask], missing: list[str]) ->
                        "warnings": m["audit"].get("warnings", [])})
     columns = [k for k in rows[0]
                if k not in ("name", "repeat", "fold", "n_patients", "best_epoch", "seconds", "counts")]
-    bounds = {k: (-1.0, 1.0) if k == "kappa_quadratic" else (0.0, float(len(classes) - 1)) if k == "mae_grade"
-              else (0.0, 1.0) for k in columns}
-    summary = {k: t_interval([r.get(k) for r in rows], bounds=bounds[k]) for k in columns}
+    summary = graded_fold_summary(rows, columns, len(classes))
     pooled = pooled_report(oof_frames, classes=classes, task=kind, endpoints=endpoints, eval_cfg=ec,
                            seed=plan.cfg.seed)
     holdout = None
     if holdout_rows:
         holdout = {"per_fold": holdout_rows,
-                   "summary": {k: t_interval([r.get(k) for r in holdout_rows], bounds=bounds[k]) for k in columns}}
+                   "summary": graded_fold_summary(holdout_rows, columns, len(classes))}
     cv_audit = _read_json(plan.path / "audit.json") if (plan.path / "audit.json").is_file() else {}
     notes = []
     mean_auc, pooled_auc = summary["macro_roc_auc"]["mean"], pooled["test_patient"]["macro_roc_auc"]["point"]
