@@ -344,7 +344,8 @@ def write_marker(run: RunDir, name: str, content: Mapping[str, Any]) -> None:
 
 def add_probabilities(frame: pd.DataFrame, logits: np.ndarray, calibrator: Any,
                       classes: tuple[str, ...]) -> pd.DataFrame:
-    """A copy of ``frame`` with ``logit``, ``prob_raw`` and calibrated ``prob`` (per class when k > 2)."""
+    """A copy of ``frame`` with ``logit``, ``prob_raw`` and calibrated ``prob`` (per class when k > 2:
+    ``logit_<c>``, ``prob_raw_<c>``, ``prob_<c>``; k-class ranking metrics rank the logits)."""
     frame = frame.copy()
     raw = probabilities(logits)
     cal = calibrator.predict_proba(logits)
@@ -353,7 +354,9 @@ def add_probabilities(frame: pd.DataFrame, logits: np.ndarray, calibrator: Any,
         frame["prob_raw"] = raw
         frame["prob"] = cal
         return frame
+    z = np.asarray(logits, dtype=np.float64)
     for i, c in enumerate(classes):
+        frame[f"logit_{c}"] = z[:, i]
         frame[f"prob_raw_{c}"] = raw[:, i]
         frame[f"prob_{c}"] = cal[:, i]
     return frame

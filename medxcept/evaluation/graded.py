@@ -7,7 +7,11 @@ Given validation and test frames that already hold raw and calibrated class prob
    visits under ``eval.unit = visit``: the level the headline reads it at;
    :func:`medxcept.evaluation.multiclass.choose_decision_rule`: argmax for nominal tasks, cumulative
    thresholds maximizing quadratic kappa for ordinal ones); ROC-AUC and PR-AUC rank the uncalibrated
-   probabilities (``prob_raw_<class>``: temperature scaling changes one-vs-rest rankings);
+   logits (``logit_<class>``: temperature scaling changes one-vs-rest rankings, and probabilities
+   saturate): per class the one-vs-rest log-odds ``log P(c) - log(1 - P(c))``, of the image or of the
+   unit's aggregated distribution, computed in log space
+   (:func:`medxcept.evaluation.multiclass.unit_rank_scores`); frames without logits (older runs)
+   rank ``prob_raw_<class>``;
 2. measures test at the image, patient and (when lateralities are known) eye level, every metric
    with a patient-bootstrap CI (:func:`medxcept.evaluation.multiclass.multiclass_report`); the patient of an
    ordinal task has their worst eye's grade, probabilities aggregated consistently
@@ -44,10 +48,17 @@ from medxcept.evaluation.multiclass import (
     calibration_report,
     choose_decision_rule,
     class_metric_names,
+    endpoint_logit,
     endpoint_probability,
     multiclass_report,
 )
-from medxcept.evaluation.units import aggregate_by_patient, unit_keys, unit_patients, unit_visits
+from medxcept.evaluation.units import (
+    aggregate_by_patient,
+    ranking_scores,
+    unit_keys,
+    unit_patients,
+    unit_visits,
+)
 
 __all__ = ["ENDPOINT_CI_METRICS", "assess_graded", "endpoint_report", "check_task_config", "graded_figures",
            "classwise_reliability_figure"]
@@ -70,6 +81,44 @@ def _probs(frame: pd.DataFrame, classes: Sequence[str], prefix: str) -> np.ndarr
     return P / P.sum(axis=1, keepdims=True)
 
 
+def _logits(frame: pd.DataFrame, classes: Sequence[str]) -> np.ndarray | None:
+    """The (n, k) uncalibrated logits (``logit_<c>``), or None when the frame has none (older runs)."""
+    cols = [f"logit_{c}" for c in classes]
+    if not all(c in frame for c in cols) or frame[cols].isna().any().any():
+        return None
+    return frame[cols].to_numpy(dtype=np.float64)
+
+
+def _rank_scores(frame: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
+    """What the images' one-vs-rest AUCs rank: the log-odds of each class from the logits
+    (:func:`medxcept.evaluation.units.ranking_scores`), else the uncalibrated probabilities."""
+    z = _logits(frame, classes)
+    return _probs(frame, classes, "prob_raw_") if z is None else ranking_scores(z)
+
+
+def _rank_units(keys: np.ndarray, y: np.ndarray, frame: pd.DataFrame, classes: Sequence[str], **kw: Any) -> Any:
+    """:func:`medxcept.evaluation.multiclass.aggregate_units` of what AUCs rank: the logits (its
+    ``P`` then holds each unit's one-vs-rest log-odds), else the uncalibrated probabilities."""
+    z = _logits(frame, classes)
+    if z is None:
+        return aggregate_units(keys, y, _probs(frame, classes, "prob_raw_"), **kw)
+    return aggregate_units(keys, y, z, scale="logit", **kw)
+
+
+def _endpoint_rank(frame: pd.DataFrame, classes: Sequence[str], pos: Sequence[int]) -> tuple[np.ndarray, str]:
+    """Each image's ranking score of an endpoint and its scale: the endpoint's log-odds from the logits
+    (:func:`medxcept.evaluation.multiclass.endpoint_logit`), else its uncalibrated probability."""
+    z = _logits(frame, classes)
+    if z is None:
+        return endpoint_probability(_probs(frame, classes, "prob_raw_"), pos), "probability"
+    return endpoint_logit(ranking_scores(z), pos), "logit"
+
+
+def _discrimination_from(frame: pd.DataFrame, classes: Sequence[str]) -> str:
+    return ("uncalibrated logits (logit_<class>: one-vs-rest log-odds, computed in log space)"
+            if _logits(frame, classes) is not None else "uncalibrated probabilities (prob_raw_<class>)")
+
+
 def _unit_keys(frame: pd.DataFrame, eval_cfg: Any) -> np.ndarray:
     """Each row's evaluation unit (``eval.unit``: the patient, or the patient's visit), as the
     binary path's (:func:`medxcept.evaluation.units.unit_visits`)."""
@@ -82,8 +131,8 @@ _RANK = ("roc_auc", "pr_auc")
 
 def _endpoint_ci(y: np.ndarray, p: np.ndarray, p_raw: np.ndarray, groups: np.ndarray, threshold: float,
                  n_boot: int, seed: int) -> dict[str, Any]:
-    """Patient-bootstrap CIs: ranking metrics of the uncalibrated ``p_raw``, threshold metrics of
-    ``p``, on the same resamples (same groups and seed)."""
+    """Patient-bootstrap CIs: ranking metrics of the uncalibrated scores ``p_raw`` (logits, or
+    probabilities), threshold metrics of ``p``, on the same resamples (same groups and seed)."""
     cut = [m for m in ENDPOINT_CI_METRICS if m not in _RANK]
     out = dict(bootstrap_ci(y, p, groups, metrics=cut, threshold=threshold, n_resamples=n_boot, seed=seed))
     out.update(bootstrap_ci(y, p_raw, groups, metrics=[m for m in ENDPOINT_CI_METRICS if m in _RANK],
@@ -92,7 +141,7 @@ def _endpoint_ci(y: np.ndarray, p: np.ndarray, p_raw: np.ndarray, groups: np.nda
 
 
 def _with_rank(metrics: dict[str, Any], y: np.ndarray, p_raw: np.ndarray) -> dict[str, Any]:
-    """``metrics`` (calibrated, at the threshold) with ROC-AUC and PR-AUC of the uncalibrated ``p_raw``."""
+    """``metrics`` (calibrated, at the threshold) with ROC-AUC and PR-AUC of the uncalibrated scores ``p_raw``."""
     rank = ranking_metrics(y, p_raw)
     notes = [n for n in metrics["notes"] if not n.startswith(_RANK)] + rank["notes"]
     return {**metrics, "roc_auc": rank["roc_auc"], "pr_auc": rank["pr_auc"], "notes": notes}
@@ -137,21 +186,24 @@ def endpoint_report(*, name: str, rule: str, positive: Sequence[int], classes: S
     y = np.isin(test["y"].to_numpy(), pos).astype(np.int64)
     p = endpoint_probability(_probs(test, classes, "prob_"), pos)
     p_raw = endpoint_probability(_probs(test, classes, "prob_raw_"), pos)
+    z, scale = _endpoint_rank(test, classes, pos)
     keys = test["patient_key"].to_numpy()
     ukeys = _unit_keys(test, eval_cfg)
-    # ROC-AUC and PR-AUC rank the uncalibrated probabilities; the threshold metrics use the calibrated
-    out["test_image"] = _with_rank(binary_metrics(y, p, threshold=threshold), y, p_raw)
+    # ROC-AUC and PR-AUC rank the uncalibrated logits (the endpoint's log-odds; the unit's: the log-odds
+    # of its aggregated probability); the threshold metrics use the calibrated probabilities
+    out["test_image"] = _with_rank(binary_metrics(y, p, threshold=threshold), y, z)
     pk, yp, pp = aggregate_by_patient(ukeys, y, p, how=how)
     _, _, ppr = aggregate_by_patient(ukeys, y, p_raw, how=how)
-    out["test_patient"] = _with_rank(binary_metrics(yp, pp, threshold=threshold), yp, ppr)
+    _, _, pz = aggregate_by_patient(ukeys, y, z, how=how, scale=scale)
+    out["test_patient"] = _with_rank(binary_metrics(yp, pp, threshold=threshold), yp, pz)
     out["evaluation_unit"] = unit
-    out["discrimination_from"] = "uncalibrated probabilities (prob_raw_<class>)"
+    out["discrimination_from"] = _discrimination_from(test, classes)
     groups = unit_patients(pk)
     n_boot = int(eval_cfg.n_bootstrap)
     out["n_bootstrap"] = n_boot
     if n_boot:
-        out["test_patient_ci"] = _endpoint_ci(yp, pp, ppr, groups, threshold, n_boot, seed)
-        out["test_image_ci"] = _endpoint_ci(y, p, p_raw, keys, threshold, n_boot, seed)
+        out["test_patient_ci"] = _endpoint_ci(yp, pp, pz, groups, threshold, n_boot, seed)
+        out["test_image_ci"] = _endpoint_ci(y, p, z, keys, threshold, n_boot, seed)
     out["calibration_test"] = {"before": calibration_summary(y, p_raw, eval_cfg.n_bins),
                                "after": calibration_summary(y, p, eval_cfg.n_bins)}
     if np.unique(yp).size == 2:
@@ -202,7 +254,7 @@ def assess_graded(*, val: pd.DataFrame | None, test: pd.DataFrame, classes: Sequ
         rule = choose_decision_rule(vunits.y, vunits.P, kind=task)
     y = test["y"].to_numpy()
     P = _probs(test, classes, "prob_")
-    P_raw = _probs(test, classes, "prob_raw_")  # what the AUCs rank: uncalibrated
+    P_raw = _rank_scores(test, classes)  # what the AUCs rank: the uncalibrated logits' log-odds
     keys = test["patient_key"].to_numpy()
     ukeys = _unit_keys(test, eval_cfg)
     lat = test["laterality"].to_numpy() if "laterality" in test else None
@@ -210,10 +262,10 @@ def assess_graded(*, val: pd.DataFrame | None, test: pd.DataFrame, classes: Sequ
     out: dict[str, Any] = {"task": task, "classes": classes, "decision_rule": rule.to_dict(), "n_bootstrap": n_boot,
                            "decision_rule_level": "validation units (patients, worst eye when ordinal; or visits: "
                                                   "eval.unit)" if fixed is None else "fixed by the source run",
-                           "discrimination_from": "uncalibrated probabilities (prob_raw_<class>)"}
+                           "discrimination_from": _discrimination_from(test, classes)}
     out["test_image"] = multiclass_report(y, P, keys, P_rank=P_raw, **kw)
     patients = aggregate_units(ukeys, y, P, kind=task, laterality=lat, level="patient")
-    patients_raw = aggregate_units(ukeys, y, P_raw, kind=task, laterality=lat, level="patient")
+    patients_raw = _rank_units(ukeys, y, test, classes, kind=task, laterality=lat, level="patient")
     out["patient_rule"] = patients.rule
     out["patient_notes"] = list(patients.notes)
     out["evaluation_unit"] = "visit" if any(" @ " in k for k in ukeys) else "patient"
@@ -225,7 +277,7 @@ def assess_graded(*, val: pd.DataFrame | None, test: pd.DataFrame, classes: Sequ
         out["eye_rule"] = "one image per eye here: the eye level equals the image level"
     elif known:
         eyes = aggregate_units(keys, y, P, kind=task, laterality=lat, level="eye")
-        eyes_raw = aggregate_units(keys, y, P_raw, kind=task, laterality=lat, level="eye")
+        eyes_raw = _rank_units(keys, y, test, classes, kind=task, laterality=lat, level="eye")
         out["test_eye"] = multiclass_report(eyes.y, eyes.P, eyes.patients, P_rank=eyes_raw.P, **kw)
         out["eye_rule"] = eyes.rule
     out["calibration_test"] = {
@@ -300,12 +352,13 @@ def classwise_reliability_figure(before: dict[str, Any], after: dict[str, Any], 
 # ------------------------------------------------------------------------- cross-validation
 
 def fold_predictions(frame: pd.DataFrame, graded: dict[str, Any], *, repeat: int, fold: int) -> pd.DataFrame:
-    """One fold's out-of-fold predictions for pooling: ids, ``y``, ``prob_raw_<c>``, ``prob_<c>``, the
+    """One fold's out-of-fold predictions for pooling: ids, ``y``, ``logit_<c>``, ``prob_raw_<c>``, ``prob_<c>``, the
     fold's own predicted class (``pred``, its decision rule) and per endpoint its threshold
     (``threshold_<name>``)."""
     classes = graded["classes"]
     cols = [c for c in ("image_id", "patient_key", "laterality", "source", "label", "y") if c in frame.columns]
-    out = frame[cols + [f"prob_raw_{c}" for c in classes] + [f"prob_{c}" for c in classes]].copy()
+    logits = [f"logit_{c}" for c in classes] if _logits(frame, classes) is not None else []
+    out = frame[cols + logits + [f"prob_raw_{c}" for c in classes] + [f"prob_{c}" for c in classes]].copy()
     out.insert(0, "repeat", repeat)
     out.insert(1, "fold", fold)
     out["pred"] = DecisionRule.from_dict(graded["decision_rule"]).predict(_probs(frame, classes, "prob_"))
@@ -324,6 +377,7 @@ def _pooled_endpoint(df: pd.DataFrame, e: Any, classes: list[str], kind: str, ev
                           "p": endpoint_probability(_probs(df, classes, "prob_"), pos),
                           "p_raw": endpoint_probability(_probs(df, classes, "prob_raw_"), pos),
                           "t": df[f"threshold_{e.name}"].to_numpy()})
+    z, scale = _endpoint_rank(df, classes, pos)  # what the AUCs rank: each fold's uncalibrated logits
     out: dict[str, Any] = {"name": e.name, "rule": e.rule, "positive_classes": [classes[i] for i in pos],
                            "patient_aggregation": how,
                            "patient_aggregation_reason": (
@@ -334,8 +388,11 @@ def _pooled_endpoint(df: pd.DataFrame, e: Any, classes: list[str], kind: str, ev
                            "n_bootstrap": int(eval_cfg.n_bootstrap)}
     units = frame.groupby("unit").agg(y=("y", "max"), p=("p", how), p_raw=("p_raw", how), t=("t", "first"),
                                       patient=("patient", "first"))
+    ukeys, _, uz = aggregate_by_patient(frame["unit"].to_numpy(), frame["y"].to_numpy(), z, how=how, scale=scale)
+    units["z"] = pd.Series(uz, index=ukeys.astype(str)).reindex(units.index.astype(str)).to_numpy()
+    frame["z"] = z
     for level, f in (("image", frame), ("patient", units)):
-        y, p, p_raw = f["y"].to_numpy(), f["p"].to_numpy(), f["p_raw"].to_numpy()
+        y, p, p_raw = f["y"].to_numpy(), f["p"].to_numpy(), f["z"].to_numpy()
         pred = (p >= f["t"].to_numpy()).astype(np.float64)
         rank = ranking_metrics(y, p_raw)  # each fold's uncalibrated scores, never its calibrated ones
         thr = binary_metrics(y, pred, threshold=0.5)
@@ -377,7 +434,8 @@ def pooled_report(frames: Sequence[pd.DataFrame], *, classes: Sequence[str], tas
     kw = {"classes": classes, "kind": task, "n_resamples": int(eval_cfg.n_bootstrap), "seed": seed}
     out: dict[str, Any] = {"task": task, "classes": classes, "n_bootstrap": int(eval_cfg.n_bootstrap),
                            "n_images": int(len(df)), "n_folds": int(df.groupby(["repeat", "fold"]).ngroups)}
-    P_raw = _probs(df, classes, "prob_raw_")  # what the AUCs rank: each fold's uncalibrated scores
+    P_raw = _rank_scores(df, classes)  # what the AUCs rank: each fold's uncalibrated logits
+    out["discrimination_from"] = _discrimination_from(df, classes)
     out["card_metrics"] = class_metric_names(task, card=True)  # the k-fold report's summary cards
     out["test_image"] = multiclass_report(y, P, groups, y_pred=pred, P_rank=P_raw, **kw)
     lat = df["laterality"].to_numpy() if task == "nominal" and "laterality" in df else None
@@ -387,7 +445,7 @@ def pooled_report(frames: Sequence[pd.DataFrame], *, classes: Sequence[str], tas
         unit_pred = df.groupby("unit")["pred"].max().reindex(units.keys).to_numpy()
     else:
         unit_pred = units.P.argmax(axis=1)
-    units_raw = aggregate_units(df["unit"].to_numpy(), y, P_raw, kind=task, laterality=lat, level="patient")
+    units_raw = _rank_units(df["unit"].to_numpy(), y, df, classes, kind=task, laterality=lat, level="patient")
     out["test_patient"] = multiclass_report(units.y, units.P, unit_patient, y_pred=unit_pred, P_rank=units_raw.P,
                                             **kw)
     out["patient_rule"] = units.rule
@@ -472,9 +530,12 @@ def compare_graded_runs(run_dirs: Sequence[Any], *, n_resamples: int = 1000, see
         P = _probs(r["preds"], classes, "prob_")
         agg = aggregate_units(keys, y, P, kind=kind, laterality=lat)
         pred = r["rule"].predict(agg.P)
-        if all(f"prob_raw_{c}" in r["preds"] for c in classes):  # AUCs rank the uncalibrated scores
+        scale = "probability"
+        if _logits(r["preds"], classes) is not None:  # AUCs rank the uncalibrated logits' log-odds
+            agg, scale = _rank_units(keys, y, r["preds"], classes, kind=kind, laterality=lat), "logit"
+        elif all(f"prob_raw_{c}" in r["preds"] for c in classes):  # else the uncalibrated probabilities
             agg = aggregate_units(keys, y, _probs(r["preds"], classes, "prob_raw_"), kind=kind, laterality=lat)
-        units.append((agg, pred))
+        units.append((agg, pred, scale))
         tp = r["metrics"]["graded"]["test_patient"]
         per_run.append({"name": r["name"], "recipe": r["metrics"].get("run", {}).get("recipe"),
                         "decision_rule": r["rule"].to_dict()["description"],
@@ -482,16 +543,21 @@ def compare_graded_runs(run_dirs: Sequence[Any], *, n_resamples: int = 1000, see
     pairs = []
     for i in range(len(runs)):
         for j in range(i + 1, len(runs)):
-            (a, pa), (b, pb) = units[i], units[j]
+            (a, pa, sa), (b, pb, sb) = units[i], units[j]
+            if sa != sb:  # one run without logits: both on probabilities, as before logits were stored
+                a = aggregate_units(keys, y, _probs(runs[i]["preds"], classes, "prob_raw_"), kind=kind, laterality=lat)
+                b = aggregate_units(keys, y, _probs(runs[j]["preds"], classes, "prob_raw_"), kind=kind, laterality=lat)
+                sa = sb = "probability"
             entry: dict[str, Any] = {"run1": runs[i]["name"], "run2": runs[j]["name"],
                                      **paired_comparison(a.y, a.P, b.P, a.patients, kind=kind, pred1=pa, pred2=pb,
-                                                         n_resamples=n_resamples, seed=seed)}
+                                                         n_resamples=n_resamples, seed=seed, scale=sa)}
+            score = endpoint_logit if sa == "logit" else endpoint_probability
             for e in g0["endpoints"].values():
                 pos = [classes.index(c) for c in e["positive_classes"]]
                 ye = np.isin(a.y, pos).astype(np.int64)
                 if 0 < ye.sum() < ye.size:
                     entry[f"{e['name']}_roc_auc"] = paired_bootstrap_auc(
-                        ye, endpoint_probability(a.P, pos), endpoint_probability(b.P, pos), a.patients,
+                        ye, score(a.P, pos), score(b.P, pos), a.patients,
                         n_resamples=n_resamples, seed=seed)
             pairs.append(entry)
     return {"kind": "graded", "task": kind, "classes": classes, "metric_names": class_metric_names(kind, compare=True),

@@ -81,6 +81,8 @@ __all__ = [
     "cumulative_probs",
     "probs_from_cumulative",
     "aggregate_units",
+    "log_softmax",
+    "unit_rank_scores",
     "choose_decision_rule",
     "confusion_matrix",
     "quadratic_kappa",
@@ -88,6 +90,7 @@ __all__ = [
     "classwise_ece",
     "calibration_report",
     "endpoint_probability",
+    "endpoint_logit",
     "paired_comparison",
 ]
 
@@ -175,6 +178,8 @@ def _group_reduce(codes: np.ndarray, values: np.ndarray, how: str) -> np.ndarray
     if how == "min":
         return np.minimum.reduceat(v, starts, axis=0)
     sums = np.add.reduceat(v.astype(np.float64), starts, axis=0)
+    if how == "sum":
+        return sums
     counts = np.diff(np.r_[starts, len(v)])
     return sums / (counts[:, None] if v.ndim == 2 else counts)
 
@@ -187,6 +192,7 @@ def aggregate_units(
     kind: str,
     laterality: ArrayLike | None = None,
     level: str = "patient",
+    scale: Literal["probability", "logit"] = "probability",
 ) -> Aggregated:
     """One label and one class distribution per patient (``level="patient"``) or eye (``"eye"``).
 
@@ -203,6 +209,11 @@ def aggregate_units(
         ``L``/``R``/``NA`` of each image; needed for ``level="eye"`` and for nominal patients
         whose images disagree.
     level : {"patient", "eye"}, default "patient"
+    scale : {"probability", "logit"}, default "probability"
+        ``"logit"``: ``P`` holds the images' (n, k) **logits**, and ``Aggregated.P`` each unit's
+        one-vs-rest ranking scores ``log P_u(c) - log(1 - P_u(c))`` of the same aggregated
+        distribution, computed in log space (:func:`unit_rank_scores`): the scores ranking
+        metrics rank, which never saturate where float64 probabilities would tie.
 
     Returns
     -------
@@ -216,9 +227,11 @@ def aggregate_units(
         raise ValueError(f"kind={kind!r} is not one of {list(KINDS)}")
     if level not in ("patient", "eye"):
         raise ValueError(f"level={level!r} is not one of ['patient', 'eye']")
+    if scale not in ("probability", "logit"):
+        raise ValueError(f"scale must be 'probability' or 'logit'; got {scale!r}")
     keys_raw = np.asarray(patient_key).astype(str)
     n = keys_raw.shape[0]
-    p = check_probabilities(P, n)
+    p = check_probabilities(P, n) if scale == "probability" else _check_logits(P, n)
     k = p.shape[1]
     y = as_class_indices(y_true, k)
     lat = None if laterality is None else np.asarray(laterality).astype(str)
@@ -247,7 +260,14 @@ def aggregate_units(
     codes = codes.ravel()
     patient_of = _group_reduce(codes, np.unique(keys_raw, return_inverse=True)[1].ravel(), "max")
     patients = np.unique(keys_raw)[patient_of]
-    if kind == "ordinal":
+    if scale == "logit":
+        y_u = _group_reduce(codes, y, "max")
+        p_u = unit_rank_scores(codes, p, kind=kind)
+        rule = (f"per {level}: the worst (highest) grade of its images; P({level} grade >= g) = the maximum "
+                "over its images of P(image grade >= g)" if kind == "ordinal" else
+                f"per {level}: the class of its images and the mean of their probabilities (a {level} whose "
+                "images disagree is split)")
+    elif kind == "ordinal":
         y_u = _group_reduce(codes, y, "max")
         s_u = _group_reduce(codes, cumulative_probs(p), "max")
         p_u = probs_from_cumulative(s_u)
@@ -260,6 +280,81 @@ def aggregate_units(
                 "images disagree is split)")
     return Aggregated(keys=units, patients=patients, y=y_u.astype(np.int64), P=p_u, level=level, rule=rule,
                       notes=tuple(notes))
+
+
+def _check_logits(Z: ArrayLike, n: int) -> np.ndarray:
+    z = np.asarray(Z, dtype=np.float64)
+    if z.ndim != 2 or z.shape[0] != n or z.shape[1] < 2:
+        raise ValueError(f"logits must have shape ({n}, k >= 2); got {z.shape}")
+    if not np.isfinite(z).all():
+        raise ValueError(f"logits hold {int((~np.isfinite(z)).sum())} NaN or infinite values")
+    return z
+
+
+def log_softmax(Z: ArrayLike) -> np.ndarray:
+    """``log P(c)`` of (n, k) logits, in float64, without forming the probabilities.
+
+    >>> log_softmax(np.array([[0.0, 0.0]])).round(4).tolist()
+    [[-0.6931, -0.6931]]
+    """
+    z = np.asarray(Z, dtype=np.float64)
+    m = z.max(axis=1, keepdims=True)
+    return z - m - np.log(np.exp(z - m).sum(axis=1, keepdims=True))
+
+
+def _group_logsumexp(codes: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """log of the per-unit sum of exp(v), rows of (n, k) ``v`` grouped by ``codes``, stably."""
+    m = _group_reduce(codes, v, "max")
+    return m + np.log(_group_reduce(codes, np.exp(v - m[codes]), "sum"))
+
+
+def unit_rank_scores(codes: ArrayLike, logits: ArrayLike, *, kind: str) -> np.ndarray:
+    """Each unit's one-vs-rest ranking score of each class, ``log P_u(c) - log(1 - P_u(c))``, from its images'
+    logits, in log space: monotone in the unit's aggregated probability of :func:`aggregate_units`, but a
+    class ahead by 40 logits is not tied with one ahead by 50 (float64 softmax gives both exactly 1).
+
+    Parameters
+    ----------
+    codes : array-like of shape (n,)
+        Unit index ``0..m-1`` of each image.
+    logits : array-like of shape (n, k)
+    kind : {"nominal", "ordinal"}
+        Ordinal: worst eye on the cumulative scale, ``log P_u(grade >= g) = max_i log P_i(grade >= g)`` and
+        ``log P_u(grade < g) = min_i log P_i(grade < g)``; then ``P_u(c)`` is the difference of two
+        neighbouring cumulative probabilities, taken on the side (``>= g`` or ``< g``) where both are small,
+        so nothing cancels. Nominal: the mean of the images' probabilities,
+        ``log P_u(c) = logsumexp_i log P_i(c) - log n`` and ``log(1 - P_u(c)) = logsumexp_i log(1 - P_i(c)) -
+        log n`` (the ``log n`` cancels).
+
+    Returns
+    -------
+    ndarray of shape (m, k)
+
+    Examples
+    --------
+    >>> z = np.array([[40.0, 0.0, 0.0], [50.0, 0.0, 0.0]])
+    >>> unit_rank_scores([0, 1], z, kind="nominal")[:, 0].round(3).tolist()
+    [39.307, 49.307]
+    """
+    c = np.asarray(codes).ravel()
+    ell = log_softmax(logits)
+    n, k = ell.shape
+    if kind == "nominal":
+        # log(1 - P_i(c)) = logsumexp over the other classes of log P_i(j)
+        rest = np.stack([np.logaddexp.reduce(np.delete(ell, j, axis=1), axis=1) for j in range(k)], axis=1)
+        return _group_logsumexp(c, ell) - _group_logsumexp(c, rest)
+    if kind != "ordinal":
+        raise ValueError(f"kind={kind!r} is not one of {list(KINDS)}")
+    ninf = np.full((n, 1), -np.inf)
+    log_s = np.concatenate([np.logaddexp.accumulate(ell[:, ::-1], axis=1)[:, ::-1], ninf], axis=1)  # >= g
+    log_r = np.concatenate([ninf, np.logaddexp.accumulate(ell, axis=1)], axis=1)  # < g
+    s, r = _group_reduce(c, log_s, "max"), _group_reduce(c, log_r, "min")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        via_s = s[:, :k] + np.log(-np.expm1(s[:, 1:] - s[:, :k]))
+        via_r = r[:, 1:] + np.log(-np.expm1(r[:, :k] - r[:, 1:]))
+        log_p = np.where(s[:, 1:] > np.log(0.5), via_r, via_s)
+        log_q = np.logaddexp(r[:, :k], s[:, 1:])  # 1 - P_u(c) = P_u(grade < c) + P_u(grade > c)
+    return log_p - log_q
 
 
 def unit_macro_auc(patient_key: ArrayLike, y_true: ArrayLike, P: ArrayLike, *, kind: str,
@@ -782,6 +877,24 @@ def calibration_report(y_true: ArrayLike, P: ArrayLike, *, classes: Sequence[str
 # ------------------------------------------------------------------------ derived endpoints
 
 
+def endpoint_logit(scores: ArrayLike, positive: Sequence[int]) -> np.ndarray:
+    """The ranking score of a derived endpoint (a set of classes), ``log P(set) - log(1 - P(set))``, from
+    one-vs-rest scores ``log P(c) - log(1 - P(c))`` (:func:`medxcept.evaluation.units.ranking_scores` of
+    logits, or :func:`aggregate_units` with ``scale="logit"``): monotone in :func:`endpoint_probability`,
+    without its saturation.
+
+    >>> endpoint_logit(np.array([[0.0, 0.0]]), [1]).tolist()
+    [0.0]
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    pos = sorted(int(i) for i in positive)
+    neg = [j for j in range(s.shape[1]) if j not in pos]
+    if not pos or not neg:
+        raise ValueError(f"an endpoint needs classes on both sides; got positive {pos} of {s.shape[1]}")
+    log_p = -np.logaddexp(0.0, -s)  # log P(c) = log sigmoid of its one-vs-rest logit
+    return np.logaddexp.reduce(log_p[:, pos], axis=1) - np.logaddexp.reduce(log_p[:, neg], axis=1)
+
+
 def endpoint_probability(P: ArrayLike, positive: Sequence[int]) -> np.ndarray:
     """P(endpoint) = the summed probability of its positive classes (``grade >= g``: ``P(grade >= g)``)."""
     p = np.asarray(P, dtype=np.float64)
@@ -807,8 +920,12 @@ def paired_comparison(
     n_resamples: int = 1000,
     alpha: float = 0.05,
     seed: int = 0,
+    scale: Literal["probability", "logit"] = "probability",
 ) -> dict[str, Any]:
     """Paired patient-bootstrap comparison of two k-class models on the same cases.
+
+    ``scale="logit"``: ``P1`` and ``P2`` are one-vs-rest ranking scores (:func:`aggregate_units` with
+    ``scale="logit"``), which only the rank metrics read; ``pred1`` and ``pred2`` are then required.
 
     Both models are scored on the same resamples (patients drawn with replacement), so their
     correlation is kept. Compared: the entries of :data:`CLASS_METRICS` flagged ``paired`` (macro
@@ -826,7 +943,13 @@ def paired_comparison(
     from scipy import stats
 
     check_bootstrap_args(n_resamples, alpha)
-    p1, p2 = check_probabilities(P1, name="P1"), check_probabilities(P2, name="P2")
+    if scale == "logit":
+        if pred1 is None or pred2 is None:
+            raise ValueError("scale='logit' compares ranking scores: give both models' predictions (pred1, pred2)")
+        n = len(np.asarray(P1))
+        p1, p2 = _check_logits(P1, n), _check_logits(P2, len(np.asarray(P2)))
+    else:
+        p1, p2 = check_probabilities(P1, name="P1"), check_probabilities(P2, name="P2")
     k = p1.shape[1]
     if p2.shape != p1.shape:
         raise ValueError(f"P1 and P2 must have the same shape; got {p1.shape} and {p2.shape}")
