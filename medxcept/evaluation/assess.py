@@ -427,7 +427,7 @@ def measure_test(test: pd.DataFrame, *, threshold: float | None, cfg: RunConfig,
         out["calibration_test"]["change"] = calibration_change(out["calibration_test"], ec.calibration)
         auc_ci = (out.get("test_patient_ci") or {}).get("roc_auc")
         out["clinical"] = clinical_block(yp, pp, ppr, unit_patients(keys), operating=operating, ec=ec,
-                                         seed=cfg.seed, unit=out["evaluation_unit"]["unit"],
+                                         seed=cfg.seed, unit=out["evaluation_unit"]["unit"], rank=pz,
                                          auc_ci=None if auc_ci is None else (auc_ci["low"], auc_ci["high"]))
         return out
     P = test[[f"prob_{c}" for c in classes]].to_numpy()
@@ -441,12 +441,14 @@ def measure_test(test: pd.DataFrame, *, threshold: float | None, cfg: RunConfig,
 
 def clinical_block(y: np.ndarray, p: np.ndarray, p_raw: np.ndarray, groups: np.ndarray, *,
                    operating: list[dict[str, Any]] | None, ec: Any, seed: int, unit: str,
-                   auc_ci: tuple[float | None, float | None] | None = None) -> dict[str, Any]:
+                   auc_ci: tuple[float | None, float | None] | None = None,
+                   rank: np.ndarray | None = None) -> dict[str, Any]:
     """``metrics.json["clinical"]``: :func:`medxcept.evaluation.clinical.clinical_reading` of one set of test units
-    (``y``, calibrated ``p``, uncalibrated ``p_raw``, each unit's patient ``groups``) under ``eval``."""
+    (``y``, calibrated ``p``, uncalibrated ``p_raw``, each unit's patient ``groups``; ``rank``: what the headline
+    AUC ranks, the units' logits) under ``eval``."""
     out = clinical_reading(y, p, p_raw, groups, operating=operating, thresholds=decision_thresholds(*ec.decision_thresholds),
                            prevalence=ec.prevalence, n_resamples=ec.n_bootstrap, seed=seed, unit=unit,
-                           auc_ci=auc_ci)
+                           auc_ci=auc_ci, y_rank=rank)
     if not operating:
         out["operating_note"] = ("no operating points: they are chosen on validation units, and none were "
                                  "recorded for this model (a run made before they were)")

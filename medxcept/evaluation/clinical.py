@@ -586,7 +586,8 @@ def clinical_reading(y_true: ArrayLike, y_prob: ArrayLike, y_prob_raw: ArrayLike
                      operating_per_unit: Sequence[np.ndarray] | None = None,
                      prevalence: float | None = None, n_resamples: int = 1000, n_band: int = 200,
                      seed: int = 0, alpha: float = 0.05, unit: str = "unit",
-                     auc_ci: Sequence[float | None] | None = None) -> dict[str, Any]:
+                     auc_ci: Sequence[float | None] | None = None,
+                     y_rank: ArrayLike | None = None) -> dict[str, Any]:
     """The four items of the report's "Clinical reading" for one set of test units.
 
     Parameters
@@ -610,6 +611,9 @@ def clinical_reading(y_true: ArrayLike, y_prob: ArrayLike, y_prob_raw: ArrayLike
         smoothed curve's band.
     auc_ci : (low, high) or None
         The achieved AUC interval (the headline's), for the sample-size comparison.
+    y_rank : array-like of shape (n,), optional
+        The scores the headline AUC ranks (each unit's uncalibrated logit): the sample-size AUC is
+        theirs, so it is the stated AUC and never one of saturated probabilities. Default ``y_prob_raw``.
 
     Returns
     -------
@@ -633,7 +637,8 @@ def clinical_reading(y_true: ArrayLike, y_prob: ArrayLike, y_prob_raw: ArrayLike
                                 per_unit=operating_per_unit)
     auc = None
     if 0 < y.sum() < y.size:
-        auc = float(roc_auc_score(y, pr))
+        rank = pr if y_rank is None else as_scores(y_rank, y.shape[0], "y_rank", unit_interval=False)
+        auc = float(roc_auc_score(y, rank))
     slope_ci = calibration["after"]["slope"]
     size = sample_size(n=int(y.size), n_events=int(y.sum()), auc=auc, logits=to_logits(p), slope=slope_ci["point"],
                        achieved_auc=auc_ci, achieved_slope=(slope_ci["low"], slope_ci["high"]), unit=unit)

@@ -212,7 +212,7 @@ def endpoint_report(*, name: str, rule: str, positive: Sequence[int], classes: S
         out["clinical"] = clinical_reading(
             yp, pp, ppr, groups, operating=operating, thresholds=decision_thresholds(*eval_cfg.decision_thresholds),
             prevalence=eval_cfg.prevalence, n_resamples=n_boot, seed=seed, unit=unit,
-            auc_ci=None if auc_ci is None else (auc_ci["low"], auc_ci["high"]))
+            auc_ci=None if auc_ci is None else (auc_ci["low"], auc_ci["high"]), y_rank=pz)
         out["clinical"]["calibration_method"] = eval_cfg.calibration
         if operating is None:
             out["clinical"]["operating_note"] = ("no operating points: they are chosen on the validation patients, "

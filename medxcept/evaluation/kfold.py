@@ -622,7 +622,9 @@ def t_interval(values: Sequence[float | None], confidence: float = 0.95,
 
 
 def _pooled(frames: list[pd.DataFrame], how: str, n_bins: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Pooled patient-level OOF metrics (each fold's own threshold) and the reliability tables."""
+    """Pooled patient-level OOF metrics (each fold's own threshold), the reliability tables and the
+    figure's data: ``y``, calibrated ``prob`` (the operating point) and ``score``, what the pooled
+    ROC-AUC ranks (each fold's uncalibrated logits), so the drawn curve's AUC is the stated one."""
     df = pd.concat(frames, ignore_index=True)
     # a patient is predicted once per repeat: pool (repeat, unit), never a patient across repeats
     unit = _pooled_units(df)
@@ -651,7 +653,8 @@ def _pooled(frames: list[pd.DataFrame], how: str, n_bins: int) -> tuple[dict[str
                     "n_images": int(len(df)), "median_threshold": float(np.median(threshold)), "n_bins": n_bins})
     rel = {"before": reliability_table(y, pr, n_bins=n_bins).to_dict("records"),
            "after": reliability_table(y, p, n_bins=n_bins).to_dict("records"),
-           "y": y, "prob": p}
+           # the ROC / PR figure draws the scores the pooled AUC ranks; its operating point is on ``prob``
+           "y": y, "prob": p, "score": score, "ranked_on": ranked_on}
     return metrics, rel
 
 
@@ -671,6 +674,7 @@ def pooled_clinical(frames: list[pd.DataFrame], fold_operating: list[list[dict[s
     how = eval_cfg.patient_aggregation
     keys, y, p = aggregate_by_patient(unit, df["y"].to_numpy(), df["prob"].to_numpy(), how=how)
     _, _, pr = aggregate_by_patient(unit, df["y"].to_numpy(), df["prob_raw"].to_numpy(), how=how)
+    _, score, _ = _pooled_rank(df, unit, how)  # what the pooled AUC ranks: each fold's logits
     frame_of = df.assign(unit=unit).groupby("unit")["_frame"].first().reindex(keys).to_numpy()
     operating, per_unit = [], []
     for i, (fixed, target) in enumerate(OPERATING_TARGETS):
@@ -683,7 +687,7 @@ def pooled_clinical(frames: list[pd.DataFrame], fold_operating: list[list[dict[s
     out = clinical_reading(y.astype(int), p, pr, _pooled_patients(keys), operating=operating,
                            operating_per_unit=per_unit, thresholds=decision_thresholds(*eval_cfg.decision_thresholds),
                            prevalence=eval_cfg.prevalence, n_resamples=eval_cfg.n_bootstrap, seed=seed,
-                           unit="visit" if visits else "patient")
+                           unit="visit" if visits else "patient", y_rank=score)
     out["calibration_method"] = eval_cfg.calibration
     return out
 

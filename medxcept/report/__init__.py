@@ -245,9 +245,11 @@ def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame
         # operating point (and the confusion matrix) from the calibrated ones at the threshold
         from medxcept.evaluation.units import aggregate_by_patient, unit_visits
 
-        raw_col = "prob_raw" if "prob_raw" in test else "prob"
+        # the scores the headline AUC ranks: each unit's logit (probabilities saturate), else prob_raw
+        raw_col = next(c for c in ("logit", "prob_raw", "prob") if c in test)
         visit = unit_visits(test, unit)
-        _, yp, pr = aggregate_by_patient(test["patient_key"], test["y"], test[raw_col], how=how, visit=visit)
+        _, yp, pr = aggregate_by_patient(test["patient_key"], test["y"], test[raw_col].to_numpy(float), how=how,
+                                         visit=visit, scale="logit" if raw_col == "logit" else "probability")
         _, _, pc = aggregate_by_patient(test["patient_key"], test["y"], test["prob"], how=how, visit=visit)
         figs["roc_pr"] = roc_pr_figure(yp, pr, threshold, operating=pc,
                                        title_suffix=" (patient level, uncalibrated scores)")

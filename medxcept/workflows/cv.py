@@ -552,8 +552,8 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
     RunDir(plan.path).write_json("cv_metrics.json", result)
 
     figs = {
-        "roc_pr": roc_pr_figure(rel["y"], rel["prob"], pooled["median_threshold"],
-                                title_suffix=" (pooled out-of-fold, patients)"),
+        "roc_pr": roc_pr_figure(rel["y"], rel["score"], pooled["median_threshold"], operating=rel["prob"],
+                                title_suffix=" (pooled out-of-fold, patients, uncalibrated scores)"),
         "reliability": reliability_figure(rel["before"], rel["after"],
                                           labels=("pooled OOF, before recalibration",
                                                   f"pooled OOF, after ({ec.calibration}, per fold)")),
