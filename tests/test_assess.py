@@ -324,7 +324,7 @@ def test_a_graded_fold_predicts_with_tta_and_the_cv_page_states_its_record(tmp_p
     from medxcept.cohort.table import load_cohort_spec
     from medxcept.config import load_config
     from medxcept.evaluation.assess import TTA, Units, predict_units
-    from medxcept.evaluation.metrics import probabilities
+    from medxcept.evaluation.units import probabilities
     from medxcept.workflows.cv import aggregate_cv, plan_cv, run_fold
 
     monkeypatch.setenv("MEDXCEPT_CACHE", str(tmp_path / "cache"))

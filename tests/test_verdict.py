@@ -158,7 +158,7 @@ def _tiny_cohort(rng: np.random.Generator, n_patients: int, amplitude: float) ->
 
 
 def _patient_auc(model, x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
-    from medxcept.evaluation.metrics import aggregate_by_patient
+    from medxcept.evaluation.units import aggregate_by_patient
 
     p = model.predict(x, verbose=0, batch_size=256)[:, 0]  # inference mode: no dropout
     _, yp, pp = aggregate_by_patient(groups, y, p, how="mean")

@@ -15,10 +15,11 @@ import keras
 import numpy as np
 import pandas as pd
 
-# the one patient aggregation and probability transform (kept under their old names here)
-from medxcept.evaluation.metrics import patient_auc
-from medxcept.evaluation.metrics import probabilities as _probs
 from medxcept.evaluation.multiclass import unit_macro_auc
+
+# the one patient aggregation and probability transform (kept under their old names here)
+from medxcept.evaluation.units import patient_auc
+from medxcept.evaluation.units import probabilities as _probs
 from medxcept.models.checkpoint import save_weights_atomic
 from medxcept.models.inference import inference_batch_size, predict_logits
 

@@ -243,7 +243,7 @@ def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame
     if len(classes) == 2:
         # the headline's unit: one score per patient; curves from the uncalibrated scores, the
         # operating point (and the confusion matrix) from the calibrated ones at the threshold
-        from medxcept.evaluation.metrics import aggregate_by_patient, unit_visits
+        from medxcept.evaluation.units import aggregate_by_patient, unit_visits
 
         raw_col = "prob_raw" if "prob_raw" in test else "prob"
         visit = unit_visits(test, unit)

@@ -50,7 +50,7 @@ from medxcept.evaluation.kfold import (
     load_plan,
     require_inner_split,
 )
-from medxcept.evaluation.metrics import unit_keys, unit_visits
+from medxcept.evaluation.units import unit_keys, unit_visits
 from medxcept.evaluation.verdict import training_verdict
 from medxcept.faults import fault_point
 from medxcept.images.preprocess import load_images

@@ -32,7 +32,7 @@ from medxcept.evaluation.assess import (
 from medxcept.evaluation.external import keep_source_fingerprints
 from medxcept.evaluation.graded import check_task_config, graded_figures
 from medxcept.evaluation.learning_curve import learning_curve_figure, learning_curve_verdict
-from medxcept.evaluation.metrics import unit_keys, unit_visits
+from medxcept.evaluation.units import unit_keys, unit_visits
 from medxcept.evaluation.verdict import training_verdict
 from medxcept.faults import fault_point
 from medxcept.images.augment import build_augment, effective_class_frequencies, serialize_augment
