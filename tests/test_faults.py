@@ -137,7 +137,7 @@ def test_saved_model_has_no_optimizer_state_and_predicts_as_the_run_did(referenc
     import keras
 
     from medxcept.images.preprocess import load_images
-    from medxcept.models.train import predict_logits
+    from medxcept.models.inference import predict_logits
     from medxcept.run import load_run_config
 
     path = reference / "model.keras"

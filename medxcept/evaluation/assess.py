@@ -170,7 +170,7 @@ def predict_units(model: Any, units: Units, tta: TTA) -> np.ndarray:
         return logits
     if units.images is None or model is None:
         raise ConfigError("assessing needs either saved logits or a model and the images")
-    from medxcept.models.train import predict_logits_tta  # here: measuring saved logits needs no Keras
+    from medxcept.models.inference import predict_logits_tta  # here: measuring saved logits needs no Keras
 
     return predict_logits_tta(model, units.images, passes=tta.passes, seed=tta.seed, policy=tta.policy,
                               batch_size=tta.batch_size, keys=_key_seeds(units.frame))

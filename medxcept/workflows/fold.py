@@ -111,8 +111,9 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
     fault_point("fold_start", task.name)  # test hook (medxcept.faults)
     resume = _resumable(fdir, task)
     # imported here: a skipped fold (above), planning and aggregating need neither Keras nor TensorFlow
+    from medxcept.models.checkpoint import save_inference_model
     from medxcept.models.network import detect_device, resolve_weights
-    from medxcept.models.train import fit, save_inference_model, set_seeds
+    from medxcept.models.train import fit, set_seeds
 
     t0, cfg, classes = time.perf_counter(), plan.cfg, plan.classes
     weights = resolve_weights(cfg.model.weights, cfg.model.backbone)

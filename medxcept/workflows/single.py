@@ -41,9 +41,10 @@ from medxcept.integrity.audit import fingerprints
 from medxcept.integrity.splits import split_hash, split_table, user_split_agreement
 from medxcept.models.backbones import get_backbone
 from medxcept.models.backbones import provenance as backbone_provenance
+from medxcept.models.checkpoint import check_resumable, save_inference_model
 from medxcept.models.explain import cam_gallery, class_activation_maps
 from medxcept.models.network import detect_device, resolve_weights
-from medxcept.models.train import check_resumable, fit, save_inference_model, set_seeds
+from medxcept.models.train import fit, set_seeds
 from medxcept.report import render_report
 from medxcept.run import COMPLETE, RunDir, data_hash, reproduce_block
 from medxcept.workflows.learning_curve import learning_curve_rows
