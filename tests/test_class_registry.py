@@ -55,13 +55,29 @@ def _within_one(cm: np.ndarray) -> np.ndarray:
     return np.where(n > 0, np.einsum("bij,ij->b", cm, near) / np.maximum(n, 1), np.nan)
 
 
+def _f1(cm: np.ndarray) -> np.ndarray:
+    """Per-class F1 of (B, k, k) confusion matrices: 2 TP / (cases + predictions) of each class."""
+    diag, den = np.einsum("bii->bi", cm), cm.sum(axis=2) + cm.sum(axis=1)
+    return np.where(den > 0, 2 * diag / np.maximum(den, 1), np.nan)
+
+
 @pytest.fixture
 def within_one(monkeypatch):
-    """Register a toy metric for the test's duration: one entry, nothing else changed."""
+    """Register two toy metrics for the test's duration, one entry each, nothing else changed: a summary
+    metric (accuracy within one grade) and a per-class one (F1 of each class)."""
     entry = ClassMetric("within_one", "accuracy within one grade", "confusion", _within_one, tasks=("ordinal",),
                         card=True, compare=True, paired=True)
-    monkeypatch.setattr(multiclass, "CLASS_METRICS", (*multiclass.CLASS_METRICS, entry))
+    f1 = ClassMetric("f1", "F1", "per_class", _f1, compare=True)
+    monkeypatch.setattr(multiclass, "CLASS_METRICS", (*multiclass.CLASS_METRICS, entry, f1))
     return entry
+
+
+def _f1_by_hand(y: pd.Series, pred: pd.Series) -> dict[str, float | None]:
+    out = {}
+    for i, c in enumerate(CLASSES):
+        tp, n_true, n_pred = int(((y == i) & (pred == i)).sum()), int((y == i).sum()), int((pred == i).sum())
+        out[c] = None if n_true + n_pred == 0 else 2 * tp / (n_true + n_pred)
+    return out
 
 
 def _env() -> jinja2.Environment:
@@ -103,6 +119,10 @@ def test_a_registered_k_class_metric_reaches_every_report(within_one, tmp_path):
         m={"graded": g, "calibration_method": "temperature", "calibrator": {"temperature": 2.0, "note": None}},
         figs=figs, ci_metrics=["roc_auc", "sensitivity", "specificity"])
     assert f"<tr><td>within_one</td><td class=\"num\">{fmt(want)}</td>" in html
+    f1 = _f1_by_hand(pat["y"], pat["pred"])
+    for c in CLASSES:  # the per-class entry: a CI per class, and a column of the per-class table
+        assert g["test_patient"]["per_class"][c]["f1"]["point"] == pytest.approx(f1[c])
+    assert "<th>f1 (patients)</th>" in html and f'<td class="num">{fmt(f1["severe"])}</td></tr>' in html
 
     # 2. k-fold: the per-fold row, the across-fold summary, the pooled out-of-fold metric and its card
     frames, rows, hand = [], [], []
@@ -114,6 +134,7 @@ def test_a_registered_k_class_metric_reaches_every_report(within_one, tmp_path):
         rows.append({"name": f"fold-{fold}", "n_patients": 20, **fold_row(gf)})
         frames.append(fold_predictions(t, gf, repeat=0, fold=fold))
     assert [r["within_one"] for r in rows] == pytest.approx(hand)
+    assert "f1_mild" in rows[0] and "recall_mild" not in rows[0]  # per-class columns where the entry says cv
     columns = [k for k in rows[0] if k not in ("name", "n_patients")]
     summary = graded_fold_summary(rows, columns, len(CLASSES))
     assert summary["within_one"]["mean"] == pytest.approx(np.mean(hand))
@@ -155,7 +176,9 @@ def test_a_registered_k_class_metric_reaches_every_report(within_one, tmp_path):
     pair = out["pairs"][0]["within_one"]
     assert pair["model1"] == pytest.approx(hand_runs[0]) and pair["model2"] == pytest.approx(hand_runs[1])
     assert pair["diff"] == pytest.approx(hand_runs[0] - hand_runs[1]) and pair["ci"] is not None
-    assert "within_one" in out["metric_names"]
+    assert "within_one" in out["metric_names"] and "f1_severe" in out["metric_names"]
+    p0 = _by_hand(dirs[0][1], DecisionRule.from_dict(dirs[0][2]["decision_rule"]))
+    assert out["runs"][0]["f1_severe"]["point"] == pytest.approx(_f1_by_hand(p0["y"], p0["pred"])["severe"])
     html = _env().get_template("comparison_graded.html.j2").render(c=out, title="t", created="now")
     assert "<th>within_one</th>" in html
 
@@ -182,6 +205,14 @@ def test_registered_kappa_and_aucs_equal_scikit_learn():
     for average in ("macro", "weighted"):
         assert r[f"{average}_roc_auc"]["point"] == pytest.approx(
             roc_auc_score(units.y, P, multi_class="ovr", average=average), abs=1e-12)
+    from sklearn.metrics import precision_score, recall_score
+
+    rec = recall_score(pat["y"], pat["pred"], labels=[0, 1, 2, 3], average=None, zero_division=np.nan)
+    prec = precision_score(pat["y"], pat["pred"], labels=[0, 1, 2, 3], average=None, zero_division=np.nan)
+    for i, c in enumerate(CLASSES):  # per-class registry entries: the points they had as plain floats
+        for got, want in ((r["per_class"][c]["recall"]["point"], rec[i]), (r["per_class"][c]["precision"]["point"], prec[i])):
+            assert (got is None) if np.isnan(want) else got == pytest.approx(want, abs=1e-12)
+    assert r["per_class_metric_names"] == ["recall", "precision"]
     assert r["metric_names"] == ["kappa_quadratic", "mae_grade", "macro_roc_auc", "weighted_roc_auc", "macro_pr_auc",
                                  "balanced_accuracy", "accuracy"]
     nominal = multiclass.class_metric_names("nominal")

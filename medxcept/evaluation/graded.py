@@ -48,8 +48,10 @@ from medxcept.evaluation.multiclass import (
     calibration_report,
     choose_decision_rule,
     class_metric_names,
+    class_metrics,
     endpoint_logit,
     endpoint_probability,
+    metric_in_cv,
     multiclass_report,
 )
 from medxcept.evaluation.units import (
@@ -464,9 +466,12 @@ def fold_row(graded: dict[str, Any]) -> dict[str, Any]:
     metric of the task (:data:`medxcept.evaluation.multiclass.CLASS_METRICS`), each class's ROC-AUC,
     and each endpoint's ROC-AUC, sensitivity and specificity."""
     r = graded["test_patient"]
-    row = {m: r[m]["point"] for m in r["metric_names"]}
+    row = {m: r[m]["point"] for m in r["metric_names"] if metric_in_cv(m)}
     for c, v in r["per_class"].items():
         row[f"roc_auc_{c}"] = v["roc_auc"]["point"]
+    for m in class_metrics(graded["task"], kind="per_class", cv=True):
+        for c, v in r["per_class"].items():
+            row[f"{m.name}_{c}"] = v[m.name]["point"]
     for name, e in graded["endpoints"].items():
         for m in ("roc_auc", "sensitivity", "specificity"):
             row[f"{name}_{m}"] = e["test_patient"][m]
@@ -539,7 +544,9 @@ def compare_graded_runs(run_dirs: Sequence[Any], *, n_resamples: int = 1000, see
         tp = r["metrics"]["graded"]["test_patient"]
         per_run.append({"name": r["name"], "recipe": r["metrics"].get("run", {}).get("recipe"),
                         "decision_rule": r["rule"].to_dict()["description"],
-                        **{m: tp[m] for m in class_metric_names(kind) if m in tp}})
+                        **{m: tp[m] for m in class_metric_names(kind) if m in tp},
+                        **{f"{m.name}_{c}": v[m.name] for m in class_metrics(kind, kind="per_class", compare=True)
+                           for c, v in tp["per_class"].items()}})
     pairs = []
     for i in range(len(runs)):
         for j in range(i + 1, len(runs)):
@@ -560,7 +567,9 @@ def compare_graded_runs(run_dirs: Sequence[Any], *, n_resamples: int = 1000, see
                         ye, score(a.P, pos), score(b.P, pos), a.patients,
                         n_resamples=n_resamples, seed=seed)
             pairs.append(entry)
-    return {"kind": "graded", "task": kind, "classes": classes, "metric_names": class_metric_names(kind, compare=True),
+    shown = [m.name for m in class_metrics(kind, compare=True) if m.kind != "per_class"] + [
+        f"{m.name}_{c}" for m in class_metrics(kind, kind="per_class", compare=True) for c in classes]
+    return {"kind": "graded", "task": kind, "classes": classes, "metric_names": shown,
             "n_patients": int(len(units[0][0].y)),
             "n_images": int(len(y)), "patient_rule": units[0][0].rule, "runs": per_run, "pairs": pairs,
             "n_resamples": n_resamples, "seed": seed}

@@ -73,6 +73,7 @@ __all__ = [
     "class_metrics",
     "class_metric_names",
     "class_metric_bounds",
+    "metric_in_cv",
     "unit_macro_auc",
     "Aggregated",
     "DecisionRule",
@@ -533,6 +534,14 @@ def _mae_grade(cm: np.ndarray) -> np.ndarray:
     return np.where(n > 0, np.einsum("bij,ij->b", cm, np.abs(i[:, None] - i[None, :])) / np.maximum(n, 1), np.nan)
 
 
+def _per_class_share(cm: np.ndarray, axis: int) -> np.ndarray:
+    """(B, k) diagonal over the row sums (``axis=2``: recall) or column sums (``axis=1``: precision)."""
+    diag, tot = np.einsum("bii->bi", cm), cm.sum(axis=axis)
+    out = np.full(tot.shape, np.nan)
+    np.divide(diag, tot, out=out, where=tot > 0)
+    return out
+
+
 def _weighted_mean(aucs: np.ndarray, support: np.ndarray) -> np.ndarray:
     tot = support.sum(axis=1)
     out = np.full(tot.shape, np.nan)
@@ -552,11 +561,13 @@ class ClassMetric:
         rows of k-fold and in ``pipelines.compare``.
     label : str
         How reports name it.
-    kind : {"confusion", "rank"}
+    kind : {"confusion", "rank", "per_class"}
         ``confusion``: ``compute(cm)`` of (B, k, k) float confusion matrices (rows: true class) gives
         (B,) values, NaN where undefined. ``rank``: ``compute(roc_auc, pr_auc, support)``, each
         (B, c) over the c classes that have one-vs-rest ranks in the data (their per-resample
-        ROC-AUC, PR-AUC and case counts), gives (B,) values.
+        ROC-AUC, PR-AUC and case counts), gives (B,) values. ``per_class``: ``compute(cm)`` gives
+        (B, k) values, one per class (``per_class[<class>][name]`` of :func:`multiclass_report`, and the
+        ``<name>_<class>`` columns of the k-fold table with ``cv``).
     compute : callable
     tasks : tuple of str, default both kinds
         The tasks (:data:`KINDS`) the metric applies to; ``("ordinal",)`` for grade distances.
@@ -564,21 +575,26 @@ class ClassMetric:
         Range of the metric, for the across-fold t-interval; ``None`` as the upper bound means
         ``k - 1`` (a grade distance).
     lower_is_better : bool, default False
+    cv : bool, default True
+        A column of the k-fold per-fold table and its across-fold summary (per-class metrics: one
+        column per class).
     card : bool, default False
         A summary card of the k-fold report (pooled out-of-fold value).
     compare : bool, default False
         A column of ``pipelines.compare``'s table of runs.
     paired : bool, default False
-        Tested pairwise between runs by the paired patient bootstrap (:func:`paired_comparison`).
+        Tested pairwise between runs by the paired patient bootstrap (:func:`paired_comparison`;
+        ``confusion`` and ``rank`` metrics).
     """
 
     name: str
     label: str
-    kind: Literal["confusion", "rank"]
+    kind: Literal["confusion", "rank", "per_class"]
     compute: Callable[..., np.ndarray]
     tasks: tuple[str, ...] = KINDS
     bounds: tuple[float, float | None] = (0.0, 1.0)
     lower_is_better: bool = False
+    cv: bool = True
     card: bool = False
     compare: bool = False
     paired: bool = False
@@ -598,6 +614,8 @@ CLASS_METRICS: tuple[ClassMetric, ...] = (
     ClassMetric("macro_pr_auc", "macro PR-AUC", "rank", lambda auc, ap, sup: ap.mean(axis=1)),
     ClassMetric("balanced_accuracy", "balanced accuracy", "confusion", _balanced_accuracy, compare=True),
     ClassMetric("accuracy", "accuracy", "confusion", _accuracy),
+    ClassMetric("recall", "recall", "per_class", lambda cm: _per_class_share(cm, axis=2), cv=False),
+    ClassMetric("precision", "precision", "per_class", lambda cm: _per_class_share(cm, axis=1), cv=False),
 )
 
 
@@ -619,6 +637,11 @@ def class_metrics(task: str, **flags: bool) -> tuple[ClassMetric, ...]:
 def class_metric_names(task: str, **flags: bool) -> list[str]:
     """Names of :func:`class_metrics`."""
     return [m.name for m in class_metrics(task, **flags)]
+
+
+def metric_in_cv(name: str) -> bool:
+    """Whether the k-class metric ``name`` is a column of the k-fold per-fold table (its ``cv`` flag)."""
+    return all(m.cv for m in CLASS_METRICS if m.name == name)
 
 
 def class_metric_bounds(name: str, k: int) -> tuple[float, float]:
@@ -685,11 +708,11 @@ def multiclass_report(
     -------
     dict
         ``classes``, ``kind``, ``n``, ``n_patients``, ``per_class`` (name -> ``n``, ``roc_auc``,
-        ``pr_auc``, ``recall``, ``precision``), ``macro_roc_auc``, ``weighted_roc_auc``,
+        ``pr_auc`` and every ``per_class`` entry of :data:`CLASS_METRICS`: ``recall``, ``precision``), ``macro_roc_auc``, ``weighted_roc_auc``,
         ``macro_pr_auc``, ``balanced_accuracy``, ``accuracy`` (+ ``kappa_quadratic``,
         ``mae_grade``; every entry of :data:`CLASS_METRICS` for the task): each metric a
         :meth:`BootstrapCI.to_dict`; ``metric_names`` (those entries, in registry order: what reports
-        list), ``metric_labels``, ``confusion_matrix`` (rows: true class), ``decision_rule``,
+        list), ``per_class_metric_names``, ``metric_labels``, ``confusion_matrix`` (rows: true class), ``decision_rule``,
         ``n_bootstrap``, ``alpha`` and ``notes``.
 
     Notes
@@ -728,15 +751,17 @@ def multiclass_report(
         notes.append(f"roc_auc and pr_auc of class '{names[c]}' not defined: it {why} the data")
 
     registered = class_metrics(kind)
-    cm_metrics = [m for m in registered if m.kind == "confusion"]
+    cm_metrics = [m for m in registered if m.kind in ("confusion", "per_class")]
     rank_metrics = [m for m in registered if m.kind == "rank"]
+    summary = [m for m in registered if m.kind != "per_class"]
+    per_class_metrics = [m for m in registered if m.kind == "per_class"]
     cm_names = [m.name for m in cm_metrics]
 
     def _cm_values(cms: np.ndarray) -> dict[str, np.ndarray]:
         cms = cms.astype(np.float64)
-        return {m.name: m.compute(cms) for m in cm_metrics}
+        return {m.name: m.compute(cms) for m in cm_metrics}  # (B,) or, per class, (B, k)
 
-    point_cm = {m: float(v[0]) for m, v in _cm_values(cm[None]).items()}
+    point_cm = {m: v[0] for m, v in _cm_values(cm[None]).items()}
     if P_rank is None:
         p_rank = p
     else:
@@ -806,19 +831,19 @@ def multiclass_report(
         return percentile_ci(point, np.concatenate(values), alpha).to_dict()
 
     per_class: dict[str, dict[str, Any]] = {}
-    n_pred = cm.sum(axis=0)
     for c, name in enumerate(names):
         row: dict[str, Any] = {"n": int(support[c])}
         for j, m in enumerate(_RANK):
             row[m] = ci(point_rank[c][j], boot_cls[c][m]) if c in point_rank else ci(None, [])
-        row["recall"] = float(cm[c, c] / support[c]) if support[c] else None
-        row["precision"] = float(cm[c, c] / n_pred[c]) if n_pred[c] else None
+        for m in per_class_metrics:
+            row[m.name] = ci(float(point_cm[m.name][c]), [v[:, c] for v in boot[m.name]])
         per_class[name] = row
     out: dict[str, Any] = {"classes": names, "kind": kind, "n": int(y.shape[0]), "n_patients": n_groups,
                            "per_class": per_class}
-    for m in registered:
-        out[m.name] = ci(point_means[m.name] if m.kind == "rank" else point_cm[m.name], boot[m.name])
-    out.update({"metric_names": [m.name for m in registered],
+    for m in summary:
+        out[m.name] = ci(point_means[m.name] if m.kind == "rank" else float(point_cm[m.name]), boot[m.name])
+    out.update({"metric_names": [m.name for m in summary],
+                "per_class_metric_names": [m.name for m in per_class_metrics],
                 "metric_labels": {m.name: m.label for m in registered},
                 "confusion_matrix": cm.tolist(),
                 "decision_rule": rule.to_dict() if y_pred is None else {"kind": "given", "description": (
