@@ -132,3 +132,20 @@ def test_compare_ranks_the_same_log_odds_as_each_runs_report(tmp_path):
     assert pair["macro_roc_auc"]["model2"] == pytest.approx(reports[1]["test_patient"]["macro_roc_auc"]["point"])
     assert pair["macro_roc_auc"]["model1"] == pytest.approx(1.0)
     assert pair["referable_roc_auc"]["auc1"] == pytest.approx(reports[0]["endpoints"]["referable"]["test_patient"]["roc_auc"])
+
+
+def test_assessment_tables_hold_the_logits_and_every_auc_ranks_them():
+    """Through the assessment stage: the prediction table carries ``logit_<class>`` and both the graded
+    section and the plain k-class summary rank them (the calibrated probabilities tie)."""
+    from medxcept.config import RunConfig
+    from medxcept.workflows.steps import assess
+
+    z, y = _confident()
+    frame = pd.DataFrame({"patient_key": [f"P{i:02d}" for i in range(len(y))], "laterality": "L", "y": y})
+    a = assess(val=frame, test=frame, val_logits=z, test_logits=z, cfg=RunConfig(eval=EvalConfig(n_bootstrap=0)),
+               classes=CLASSES, task="ordinal", endpoints=ENDPOINTS)
+    table = a.predictions(CLASSES, "max")
+    np.testing.assert_array_equal(table[[f"logit_{c}" for c in CLASSES]].to_numpy(), z)
+    hand = _auc_by_hand(y == 0, _log_odds_by_hand(z, [0]))
+    assert a.metrics["test_image"]["per_class"]["none"]["roc_auc"] == pytest.approx(hand, abs=1e-12)
+    assert a.metrics["graded"]["test_patient"]["per_class"]["none"]["roc_auc"]["point"] == pytest.approx(hand)

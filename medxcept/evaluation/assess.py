@@ -58,6 +58,7 @@ from medxcept.evaluation.metrics import (
 from medxcept.evaluation.units import (
     aggregate_by_patient,
     probabilities,
+    ranking_scores,
     unit_keys,
     unit_patients,
     unit_visits,
@@ -431,7 +432,10 @@ def measure_test(test: pd.DataFrame, *, threshold: float | None, cfg: RunConfig,
                                          auc_ci=None if auc_ci is None else (auc_ci["low"], auc_ci["high"]))
         return out
     P = test[[f"prob_{c}" for c in classes]].to_numpy()
-    out["test_image"] = multiclass_metrics(y, P, classes=list(classes))
+    logit_cols = [f"logit_{c}" for c in classes]  # AUCs rank the logits' log-odds, never calibrated P
+    scores = ranking_scores(test[logit_cols].to_numpy(np.float64)) if all(c in test for c in logit_cols) else \
+        test[[f"prob_raw_{c}" for c in classes]].to_numpy()
+    out["test_image"] = multiclass_metrics(y, P, classes=list(classes), scores=scores)
     Praw = test[[f"prob_raw_{c}" for c in classes]].to_numpy()
     out["calibration_test"] = {"before": calibration_summary(y, Praw, ec.n_bins),
                                "after": calibration_summary(y, P, ec.n_bins)}

@@ -466,12 +466,14 @@ def fold_row(graded: dict[str, Any]) -> dict[str, Any]:
     metric of the task (:data:`medxcept.evaluation.multiclass.CLASS_METRICS`), each class's ROC-AUC,
     and each endpoint's ROC-AUC, sensitivity and specificity."""
     r = graded["test_patient"]
-    row = {m: r[m]["point"] for m in r["metric_names"] if metric_in_cv(m)}
+    # the registry at call time (a fold measured by older code lacks the metrics added since)
+    row = {m: r[m]["point"] for m in class_metric_names(graded["task"]) if m in r and metric_in_cv(m)}
     for c, v in r["per_class"].items():
         row[f"roc_auc_{c}"] = v["roc_auc"]["point"]
     for m in class_metrics(graded["task"], kind="per_class", cv=True):
         for c, v in r["per_class"].items():
-            row[f"{m.name}_{c}"] = v[m.name]["point"]
+            if m.name in v:
+                row[f"{m.name}_{c}"] = v[m.name]["point"]
     for name, e in graded["endpoints"].items():
         for m in ("roc_auc", "sensitivity", "specificity"):
             row[f"{name}_{m}"] = e["test_patient"][m]

@@ -315,7 +315,7 @@ def _mean_defined(values: Sequence[float | None]) -> float | None:
 
 
 def multiclass_metrics(
-    y_true: ArrayLike, P: ArrayLike, *, classes: Sequence[str]
+    y_true: ArrayLike, P: ArrayLike, *, classes: Sequence[str], scores: ArrayLike | None = None
 ) -> dict[str, Any]:
     """One-vs-rest and confusion-matrix metrics of a k-class classifier.
 
@@ -328,6 +328,9 @@ def multiclass_metrics(
         Predicted class probabilities, columns in the order of ``classes``.
     classes : sequence of str
         The k class names.
+    scores : array-like of shape (n, k), optional
+        What the per-class ROC-AUC and PR-AUC rank: the uncalibrated one-vs-rest log-odds of the logits
+        (:func:`~medxcept.evaluation.units.ranking_scores`), which never saturate. Default ``P``.
 
     Returns
     -------
@@ -371,6 +374,9 @@ def multiclass_metrics(
             raise ValueError(f"y_true holds labels not in classes {names}: {unknown[:5]}")
         y = np.array([lookup[str(v)] for v in y_raw], dtype=np.int64)
 
+    rank = probs if scores is None else np.asarray(scores, dtype=np.float64)
+    if rank.shape != probs.shape or not np.isfinite(rank).all():
+        raise ValueError(f"scores must be finite, of the shape of P {probs.shape}; got {rank.shape}")
     pred = probs.argmax(axis=1)
     cm = np.zeros((k, k), dtype=np.int64)
     np.add.at(cm, (y, pred), 1)
@@ -382,8 +388,8 @@ def multiclass_metrics(
         tp = int(cm[c, c])
         row: dict[str, Any] = {"n": n_c}
         if 0 < n_c < y.shape[0]:
-            row["roc_auc"] = float(roc_auc_score(is_c, probs[:, c]))
-            row["pr_auc"] = float(average_precision_score(is_c, probs[:, c]))
+            row["roc_auc"] = float(roc_auc_score(is_c, rank[:, c]))
+            row["pr_auc"] = float(average_precision_score(is_c, rank[:, c]))
         else:
             row["roc_auc"] = row["pr_auc"] = None
             why = "is absent from" if n_c == 0 else "is the only class in"
