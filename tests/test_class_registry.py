@@ -1,4 +1,4 @@
-"""The k-class metric registry (``medxcept.evaluation.multiclass.CLASS_METRICS``): one entry reaches the
+"""The k-class metric registry (``medxcept.evaluation.class_metrics.CLASS_METRICS``): one entry reaches the
 graded report, the k-fold per-fold rows and their summary, pooled out-of-fold metrics and the comparison
 of runs, with the value a hand computation gives; the registered kappa and AUCs equal scikit-learn's."""
 
@@ -15,7 +15,8 @@ from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from medxcept.cohort.table import parse_endpoint
 from medxcept.config import EvalConfig
-from medxcept.evaluation import multiclass
+from medxcept.evaluation import class_metrics
+from medxcept.evaluation.class_metrics import ClassMetric
 from medxcept.evaluation.graded import (
     assess_graded,
     compare_graded_runs,
@@ -24,7 +25,7 @@ from medxcept.evaluation.graded import (
     pooled_report,
 )
 from medxcept.evaluation.kfold import graded_fold_summary, t_interval
-from medxcept.evaluation.multiclass import ClassMetric, DecisionRule
+from medxcept.evaluation.multiclass import DecisionRule
 
 CLASSES = ("none", "mild", "moderate", "severe")
 TEMPLATES = Path(__file__).resolve().parent.parent / "medxcept" / "report" / "templates"
@@ -68,7 +69,7 @@ def within_one(monkeypatch):
     entry = ClassMetric("within_one", "accuracy within one grade", "confusion", _within_one, tasks=("ordinal",),
                         card=True, compare=True, paired=True)
     f1 = ClassMetric("f1", "F1", "per_class", _f1, compare=True)
-    monkeypatch.setattr(multiclass, "CLASS_METRICS", (*multiclass.CLASS_METRICS, entry, f1))
+    monkeypatch.setattr(class_metrics, "CLASS_METRICS", (*class_metrics.CLASS_METRICS, entry, f1))
     return entry
 
 
@@ -188,7 +189,7 @@ def test_registered_kappa_and_aucs_equal_scikit_learn():
     worst-eye patients (AUCs ranking the uncalibrated probabilities)."""
     from sklearn.metrics import balanced_accuracy_score
 
-    from medxcept.evaluation.multiclass import aggregate_units
+    from medxcept.evaluation.class_units import aggregate_units
 
     val, test = _frame(30, 3), _frame(50, 4)
     g = assess_graded(val=val, test=test, classes=CLASSES, task="ordinal", endpoints=ENDPOINTS,
@@ -215,5 +216,5 @@ def test_registered_kappa_and_aucs_equal_scikit_learn():
     assert r["per_class_metric_names"] == ["recall", "precision"]
     assert r["metric_names"] == ["kappa_quadratic", "mae_grade", "macro_roc_auc", "weighted_roc_auc", "macro_pr_auc",
                                  "balanced_accuracy", "accuracy"]
-    nominal = multiclass.class_metric_names("nominal")
+    nominal = class_metrics.class_metric_names("nominal")
     assert "kappa_quadratic" not in nominal and "macro_roc_auc" in nominal

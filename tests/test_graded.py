@@ -60,7 +60,8 @@ def test_patient_level_metrics_are_the_worst_eye_by_hand(graded):
 
 def test_decision_rule_is_chosen_on_validation_patients(graded):
     """The ordinal rule is tuned on the validation patients (worst eye), the level the headline reads."""
-    from medxcept.evaluation.multiclass import aggregate_units, choose_decision_rule
+    from medxcept.evaluation.class_units import aggregate_units
+    from medxcept.evaluation.multiclass import choose_decision_rule
 
     val, _, _, out = graded
     units = aggregate_units(val["patient_key"].to_numpy(), val["y"].to_numpy(),
@@ -225,8 +226,9 @@ def test_cv_graded_section_renders_pooled_kappa_and_endpoint():
 def test_compare_graded_runs_pairs_patients_with_each_runs_rule(tmp_path):
     import json
 
+    from medxcept.evaluation.class_units import aggregate_units
     from medxcept.evaluation.graded import compare_graded_runs
-    from medxcept.evaluation.multiclass import aggregate_units, paired_comparison
+    from medxcept.evaluation.multiclass import paired_comparison
 
     endpoints = (parse_endpoint("referable", "grade >= moderate", CLASSES, "ordinal"),)
     cfg = EvalConfig(n_bootstrap=50)

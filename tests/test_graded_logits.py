@@ -13,8 +13,8 @@ import pytest
 
 from medxcept.cohort.table import parse_endpoint
 from medxcept.config import EvalConfig
+from medxcept.evaluation.class_units import aggregate_units, log_softmax
 from medxcept.evaluation.graded import assess_graded
-from medxcept.evaluation.multiclass import aggregate_units, log_softmax
 
 CLASSES = ("none", "mild", "moderate")
 ENDPOINTS = (parse_endpoint("referable", "grade >= moderate", CLASSES, "ordinal"),)

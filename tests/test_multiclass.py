@@ -15,18 +15,16 @@ from sklearn.metrics import (
 )
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
+from medxcept.evaluation.class_metrics import quadratic_kappa
+from medxcept.evaluation.class_units import aggregate_units, cumulative_probs, probs_from_cumulative
 from medxcept.evaluation.intervals import draw_counts
 from medxcept.evaluation.multiclass import (
     DecisionRule,
-    aggregate_units,
     calibration_report,
     choose_decision_rule,
     classwise_ece,
-    cumulative_probs,
     endpoint_probability,
     multiclass_report,
-    probs_from_cumulative,
-    quadratic_kappa,
 )
 
 K = 4
@@ -241,7 +239,8 @@ def test_early_stopping_auc_is_the_graded_evaluations_patient_macro_auc():
     """Issue 30: graded early stopping ranked epochs by mean probabilities per patient with the highest
     class as label; ``unit_macro_auc`` (what it now ranks by) is the evaluation's patient macro ROC-AUC
     (ordinal: worst eye), which it must equal exactly."""
-    from medxcept.evaluation.multiclass import aggregate_units, multiclass_report, unit_macro_auc
+    from medxcept.evaluation.class_units import aggregate_units, unit_macro_auc
+    from medxcept.evaluation.multiclass import multiclass_report
     from medxcept.evaluation.units import patient_auc
 
     rng = np.random.default_rng(11)

@@ -6,7 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from medxcept.evaluation.multiclass import DecisionRule, cumulative_probs, quadratic_kappa
+from medxcept.evaluation.class_metrics import quadratic_kappa
+from medxcept.evaluation.class_units import cumulative_probs
+from medxcept.evaluation.multiclass import DecisionRule
 from medxcept.models.ordinal import CumulativeLinkLoss, CumulativeLogits, is_ordinal_model
 
 K = 4

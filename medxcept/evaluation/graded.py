@@ -10,12 +10,12 @@ Given validation and test frames that already hold raw and calibrated class prob
    logits (``logit_<class>``: temperature scaling changes one-vs-rest rankings, and probabilities
    saturate): per class the one-vs-rest log-odds ``log P(c) - log(1 - P(c))``, of the image or of the
    unit's aggregated distribution, computed in log space
-   (:func:`medxcept.evaluation.multiclass.unit_rank_scores`); frames without logits (older runs)
+   (:func:`medxcept.evaluation.class_units.unit_rank_scores`); frames without logits (older runs)
    rank ``prob_raw_<class>``;
 2. measures test at the image, patient and (when lateralities are known) eye level, every metric
    with a patient-bootstrap CI (:func:`medxcept.evaluation.multiclass.multiclass_report`); the patient of an
    ordinal task has their worst eye's grade, probabilities aggregated consistently
-   (:func:`medxcept.evaluation.multiclass.aggregate_units`);
+   (:func:`medxcept.evaluation.class_units.aggregate_units`);
 3. measures calibration before and after recalibration, top-label and class-wise, with
    reliability data per class;
 4. reports each derived binary endpoint (``referable: grade >= 2``) with the full binary report:
@@ -39,19 +39,17 @@ import numpy as np
 import pandas as pd
 
 from medxcept.evaluation.calibrate import calibration_summary
+from medxcept.evaluation.class_metrics import class_metric_names, class_metrics, metric_in_cv
+from medxcept.evaluation.class_units import aggregate_units
 from medxcept.evaluation.clinical import clinical_reading, decision_thresholds, operating_thresholds
 from medxcept.evaluation.intervals import bootstrap_ci
 from medxcept.evaluation.metrics import binary_metrics, choose_threshold, metric_names, ranking_metrics
 from medxcept.evaluation.multiclass import (
     DecisionRule,
-    aggregate_units,
     calibration_report,
     choose_decision_rule,
-    class_metric_names,
-    class_metrics,
     endpoint_logit,
     endpoint_probability,
-    metric_in_cv,
     multiclass_report,
 )
 from medxcept.evaluation.units import (
@@ -99,7 +97,7 @@ def _rank_scores(frame: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
 
 
 def _rank_units(keys: np.ndarray, y: np.ndarray, frame: pd.DataFrame, classes: Sequence[str], **kw: Any) -> Any:
-    """:func:`medxcept.evaluation.multiclass.aggregate_units` of what AUCs rank: the logits (its
+    """:func:`medxcept.evaluation.class_units.aggregate_units` of what AUCs rank: the logits (its
     ``P`` then holds each unit's one-vs-rest log-odds), else the uncalibrated probabilities."""
     z = _logits(frame, classes)
     if z is None:
@@ -463,7 +461,7 @@ def pooled_report(frames: Sequence[pd.DataFrame], *, classes: Sequence[str], tas
 
 def fold_row(graded: dict[str, Any]) -> dict[str, Any]:
     """One fold's patient-level point estimates for the across-fold summary: every registered k-class
-    metric of the task (:data:`medxcept.evaluation.multiclass.CLASS_METRICS`), each class's ROC-AUC,
+    metric of the task (:data:`medxcept.evaluation.class_metrics.CLASS_METRICS`), each class's ROC-AUC,
     and each endpoint's ROC-AUC, sensitivity and specificity."""
     r = graded["test_patient"]
     # the registry at call time (a fold measured by older code lacks the metrics added since)

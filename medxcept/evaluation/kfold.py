@@ -110,6 +110,7 @@ from scipy import stats
 from medxcept.config import RunConfig, config_hash
 from medxcept.errors import ConfigError, MedxceptError, SplitError
 from medxcept.evaluation.calibrate import brier, ece, reliability_table
+from medxcept.evaluation.class_metrics import class_metric_bounds
 from medxcept.evaluation.clinical import OPERATING_TARGETS, clinical_reading, decision_thresholds
 from medxcept.evaluation.metrics import METRICS as METRIC_REGISTRY
 from medxcept.evaluation.metrics import (
@@ -119,7 +120,6 @@ from medxcept.evaluation.metrics import (
     metric_names,
     ranking_metrics,
 )
-from medxcept.evaluation.multiclass import class_metric_bounds
 from medxcept.evaluation.references import REFERENCES, compare_with_references, reference_sentences
 from medxcept.evaluation.units import aggregate_by_patient, unit_keys, unit_patients, unit_visits
 from medxcept.integrity.splits import SplitConfig, assign_folds, assign_splits, split_hash
@@ -575,7 +575,7 @@ def _pooled_rank(df: pd.DataFrame, unit: np.ndarray, how: str) -> tuple[np.ndarr
 def graded_fold_summary(rows: Sequence[dict[str, Any]], columns: Sequence[str], n_classes: int) -> dict[str, Any]:
     """Across-fold :func:`t_interval` of each k-class column of the per-fold rows
     (:func:`medxcept.evaluation.graded.fold_row`), clipped to the metric's range from the k-class registry
-    (:func:`medxcept.evaluation.multiclass.class_metric_bounds`: kappa in [-1, 1], grade error in
+    (:func:`medxcept.evaluation.class_metrics.class_metric_bounds`: kappa in [-1, 1], grade error in
     [0, k - 1], the rest in [0, 1])."""
     return {k: t_interval([r.get(k) for r in rows], bounds=class_metric_bounds(k, n_classes)) for k in columns}
 

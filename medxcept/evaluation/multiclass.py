@@ -1,7 +1,9 @@
 """Graded and multi-class tasks: patient level, decision rules, metrics with patient-bootstrap CIs.
 
 Pure functions on labels and class probabilities (nothing reads files or models), the k-class
-counterpart of :mod:`medxcept.evaluation.metrics`. Two kinds of task (:data:`KINDS`):
+counterpart of :mod:`medxcept.evaluation.metrics`. The metric registry lives in
+:mod:`medxcept.evaluation.class_metrics`, the inputs and the patient / eye level in
+:mod:`medxcept.evaluation.class_units`. Two kinds of task (:data:`~medxcept.evaluation.class_metrics.KINDS`):
 
 * **nominal**: unordered classes (normal / cataract / glaucoma / DR);
 * **ordinal**: ordered grades (ICDR 0-4); class index = grade.
@@ -43,16 +45,22 @@ reliability data of both (:func:`calibration_report`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
-from sklearn.metrics import roc_auc_score
 
 from medxcept.evaluation.calibrate import brier, ece, mce, nll, reliability_table
+from medxcept.evaluation.class_metrics import KINDS, class_metrics, confusion_matrix, quadratic_kappa
+from medxcept.evaluation.class_units import (
+    as_class_indices,
+    check_logits,
+    check_probabilities,
+    cumulative_probs,
+)
 from medxcept.evaluation.intervals import (
     BootstrapCI,
     RankIndex,
@@ -64,29 +72,10 @@ from medxcept.evaluation.intervals import (
     weighted_ap,
     weighted_auc,
 )
-from medxcept.evaluation.units import unit_keys
 
 __all__ = [
-    "KINDS",
-    "ClassMetric",
-    "CLASS_METRICS",
-    "class_metrics",
-    "class_metric_names",
-    "class_metric_bounds",
-    "metric_in_cv",
-    "unit_macro_auc",
-    "Aggregated",
     "DecisionRule",
-    "as_class_indices",
-    "check_probabilities",
-    "cumulative_probs",
-    "probs_from_cumulative",
-    "aggregate_units",
-    "log_softmax",
-    "unit_rank_scores",
     "choose_decision_rule",
-    "confusion_matrix",
-    "quadratic_kappa",
     "multiclass_report",
     "classwise_ece",
     "calibration_report",
@@ -94,283 +83,6 @@ __all__ = [
     "endpoint_logit",
     "paired_comparison",
 ]
-
-KINDS = ("nominal", "ordinal")
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-def as_class_indices(y_true: ArrayLike, k: int, *, name: str = "y_true") -> np.ndarray:
-    """Class indices ``0..k-1`` as int64; raise naming the bad values."""
-    y_raw = np.asarray(y_true)
-    if y_raw.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional; got shape {y_raw.shape}")
-    if y_raw.size == 0:
-        raise ValueError(f"{name} is empty: there is nothing to evaluate")
-    if not np.issubdtype(y_raw.dtype, np.number) and y_raw.dtype != bool:
-        raise ValueError(f"{name} must hold class indices 0..{k - 1}; got dtype {y_raw.dtype}")
-    y = y_raw.astype(np.int64)
-    bad = (y != y_raw) | (y < 0) | (y >= k)
-    if bad.any():
-        raise ValueError(f"{name} must hold class indices 0..{k - 1}; found {sorted(set(y_raw[bad].tolist()))[:5]}")
-    return y
-
-
-def check_probabilities(P: ArrayLike, n: int | None = None, *, name: str = "P", atol: float = 1e-4) -> np.ndarray:
-    """(n, k) class probabilities, k >= 2, rows summing to 1 (within ``atol``); float64."""
-    p = np.asarray(P, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] < 2:
-        raise ValueError(f"{name} must have shape (n, k) with k >= 2; got {p.shape}")
-    if n is not None and p.shape[0] != n:
-        raise ValueError(f"{name} has {p.shape[0]} rows but there are {n} labels")
-    if not np.isfinite(p).all():
-        raise ValueError(f"{name} holds {int((~np.isfinite(p)).sum())} NaN or infinite values")
-    if p.min() < -atol or p.max() > 1 + atol:
-        raise ValueError(f"{name} must hold probabilities in [0, 1]; found range [{p.min():.4g}, {p.max():.4g}]")
-    sums = p.sum(axis=1)
-    worst = int(np.argmax(np.abs(sums - 1.0)))
-    if abs(sums[worst] - 1.0) > atol:
-        raise ValueError(f"rows of {name} must sum to 1; row {worst} sums to {sums[worst]:.6g}")
-    return np.clip(p, 0.0, 1.0)
-
-
-def cumulative_probs(P: ArrayLike) -> np.ndarray:
-    """``S[:, g] = P(grade >= g)`` for g = 0..k-1 (``S[:, 0] = 1``), from class probabilities (n, k)."""
-    p = np.asarray(P, dtype=np.float64)
-    s = np.cumsum(p[:, ::-1], axis=1)[:, ::-1]
-    s[:, 0] = 1.0
-    return np.clip(s, 0.0, 1.0)
-
-
-def probs_from_cumulative(S: ArrayLike) -> np.ndarray:
-    """Class probabilities from ``S[:, g] = P(grade >= g)`` (non-increasing in g, ``S[:, 0] = 1``)."""
-    s = np.asarray(S, dtype=np.float64)
-    nxt = np.concatenate([s[:, 1:], np.zeros((s.shape[0], 1))], axis=1)
-    return np.clip(s - nxt, 0.0, 1.0)
-
-
-# ------------------------------------------------------------------- patient / eye level
-
-
-@dataclass(frozen=True)
-class Aggregated:
-    """One row per unit (patient or eye): its key, its patient, label and class probabilities.
-
-    ``rule`` says in words how labels and probabilities were combined; ``notes`` what was
-    special (nominal patients whose images disagree, evaluated per eye).
-    """
-
-    keys: np.ndarray
-    patients: np.ndarray
-    y: np.ndarray
-    P: np.ndarray
-    level: str
-    rule: str
-    notes: tuple[str, ...] = ()
-
-
-def _group_reduce(codes: np.ndarray, values: np.ndarray, how: str) -> np.ndarray:
-    order = np.argsort(codes, kind="mergesort")
-    starts = np.r_[0, np.flatnonzero(np.diff(codes[order])) + 1]
-    v = values[order]
-    if how == "max":
-        return np.maximum.reduceat(v, starts, axis=0)
-    if how == "min":
-        return np.minimum.reduceat(v, starts, axis=0)
-    sums = np.add.reduceat(v.astype(np.float64), starts, axis=0)
-    if how == "sum":
-        return sums
-    counts = np.diff(np.r_[starts, len(v)])
-    return sums / (counts[:, None] if v.ndim == 2 else counts)
-
-
-def aggregate_units(
-    patient_key: ArrayLike,
-    y_true: ArrayLike,
-    P: ArrayLike,
-    *,
-    kind: str,
-    laterality: ArrayLike | None = None,
-    level: str = "patient",
-    scale: Literal["probability", "logit"] = "probability",
-) -> Aggregated:
-    """One label and one class distribution per patient (``level="patient"``) or eye (``"eye"``).
-
-    Parameters
-    ----------
-    patient_key : array-like of shape (n,)
-        Patient pseudonym of each image.
-    y_true : array-like of shape (n,)
-        Class index of each image (ordinal: the grade).
-    P : array-like of shape (n, k)
-        Class probabilities of each image.
-    kind : {"nominal", "ordinal"}
-    laterality : array-like of shape (n,), optional
-        ``L``/``R``/``NA`` of each image; needed for ``level="eye"`` and for nominal patients
-        whose images disagree.
-    level : {"patient", "eye"}, default "patient"
-    scale : {"probability", "logit"}, default "probability"
-        ``"logit"``: ``P`` holds the images' (n, k) **logits**, and ``Aggregated.P`` each unit's
-        one-vs-rest ranking scores ``log P_u(c) - log(1 - P_u(c))`` of the same aggregated
-        distribution, computed in log space (:func:`unit_rank_scores`): the scores ranking
-        metrics rank, which never saturate where float64 probabilities would tie.
-
-    Returns
-    -------
-    Aggregated
-        Ordinal: the unit's grade is its worst (highest) image grade and
-        ``P(unit grade >= g) = max over images of P(image grade >= g)`` (see the module notes).
-        Nominal: the unit's class is its images' class and its probabilities their mean; a
-        patient whose images disagree is split into eyes (into images if an eye disagrees).
-    """
-    if kind not in KINDS:
-        raise ValueError(f"kind={kind!r} is not one of {list(KINDS)}")
-    if level not in ("patient", "eye"):
-        raise ValueError(f"level={level!r} is not one of ['patient', 'eye']")
-    if scale not in ("probability", "logit"):
-        raise ValueError(f"scale must be 'probability' or 'logit'; got {scale!r}")
-    keys_raw = np.asarray(patient_key).astype(str)
-    n = keys_raw.shape[0]
-    p = check_probabilities(P, n) if scale == "probability" else _check_logits(P, n)
-    k = p.shape[1]
-    y = as_class_indices(y_true, k)
-    lat = None if laterality is None else np.asarray(laterality).astype(str)
-    if lat is not None and lat.shape != (n,):
-        raise ValueError(f"laterality must be one value per image ({n}); got shape {lat.shape}")
-    if level == "eye" and lat is None:
-        raise ValueError("level='eye' needs the laterality of each image")
-    unit = keys_raw if level == "patient" else np.char.add(np.char.add(keys_raw, "|"), lat)
-    notes: list[str] = []
-    if kind == "nominal":
-        unit = unit.astype(object)  # finer keys are longer than the patient keys
-        steps: list[tuple[str, np.ndarray]] = []
-        if level == "patient" and lat is not None:
-            steps.append(("eye", np.char.add(np.char.add(keys_raw, "|"), lat)))
-        steps.append(("image", np.char.add(np.char.add(unit, "#"), np.arange(n).astype(str))))
-        for stage, finer in steps:
-            _, codes = np.unique(unit, return_inverse=True)
-            codes = codes.ravel()
-            mixed = np.flatnonzero(_group_reduce(codes, y, "min") != _group_reduce(codes, y, "max"))
-            if mixed.size == 0:
-                break
-            rows = np.isin(codes, mixed)
-            unit[rows] = finer[rows].astype(object)
-            notes.append(f"{mixed.size} unit(s) had images of different classes: evaluated per {stage}")
-    units, codes = np.unique(unit.astype(str), return_inverse=True)
-    codes = codes.ravel()
-    patient_of = _group_reduce(codes, np.unique(keys_raw, return_inverse=True)[1].ravel(), "max")
-    patients = np.unique(keys_raw)[patient_of]
-    if scale == "logit":
-        y_u = _group_reduce(codes, y, "max")
-        p_u = unit_rank_scores(codes, p, kind=kind)
-        rule = (f"per {level}: the worst (highest) grade of its images; P({level} grade >= g) = the maximum "
-                "over its images of P(image grade >= g)" if kind == "ordinal" else
-                f"per {level}: the class of its images and the mean of their probabilities (a {level} whose "
-                "images disagree is split)")
-    elif kind == "ordinal":
-        y_u = _group_reduce(codes, y, "max")
-        s_u = _group_reduce(codes, cumulative_probs(p), "max")
-        p_u = probs_from_cumulative(s_u)
-        rule = (f"per {level}: the worst (highest) grade of its images; P({level} grade >= g) = the maximum "
-                "over its images of P(image grade >= g)")
-    else:
-        y_u = _group_reduce(codes, y, "max")  # all equal within a unit by construction
-        p_u = _group_reduce(codes, p, "mean")
-        rule = (f"per {level}: the class of its images and the mean of their probabilities (a {level} whose "
-                "images disagree is split)")
-    return Aggregated(keys=units, patients=patients, y=y_u.astype(np.int64), P=p_u, level=level, rule=rule,
-                      notes=tuple(notes))
-
-
-def _check_logits(Z: ArrayLike, n: int) -> np.ndarray:
-    z = np.asarray(Z, dtype=np.float64)
-    if z.ndim != 2 or z.shape[0] != n or z.shape[1] < 2:
-        raise ValueError(f"logits must have shape ({n}, k >= 2); got {z.shape}")
-    if not np.isfinite(z).all():
-        raise ValueError(f"logits hold {int((~np.isfinite(z)).sum())} NaN or infinite values")
-    return z
-
-
-def log_softmax(Z: ArrayLike) -> np.ndarray:
-    """``log P(c)`` of (n, k) logits, in float64, without forming the probabilities.
-
-    >>> log_softmax(np.array([[0.0, 0.0]])).round(4).tolist()
-    [[-0.6931, -0.6931]]
-    """
-    z = np.asarray(Z, dtype=np.float64)
-    m = z.max(axis=1, keepdims=True)
-    return z - m - np.log(np.exp(z - m).sum(axis=1, keepdims=True))
-
-
-def _group_logsumexp(codes: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """log of the per-unit sum of exp(v), rows of (n, k) ``v`` grouped by ``codes``, stably."""
-    m = _group_reduce(codes, v, "max")
-    return m + np.log(_group_reduce(codes, np.exp(v - m[codes]), "sum"))
-
-
-def unit_rank_scores(codes: ArrayLike, logits: ArrayLike, *, kind: str) -> np.ndarray:
-    """Each unit's one-vs-rest ranking score of each class, ``log P_u(c) - log(1 - P_u(c))``, from its images'
-    logits, in log space: monotone in the unit's aggregated probability of :func:`aggregate_units`, but a
-    class ahead by 40 logits is not tied with one ahead by 50 (float64 softmax gives both exactly 1).
-
-    Parameters
-    ----------
-    codes : array-like of shape (n,)
-        Unit index ``0..m-1`` of each image.
-    logits : array-like of shape (n, k)
-    kind : {"nominal", "ordinal"}
-        Ordinal: worst eye on the cumulative scale, ``log P_u(grade >= g) = max_i log P_i(grade >= g)`` and
-        ``log P_u(grade < g) = min_i log P_i(grade < g)``; then ``P_u(c)`` is the difference of two
-        neighbouring cumulative probabilities, taken on the side (``>= g`` or ``< g``) where both are small,
-        so nothing cancels. Nominal: the mean of the images' probabilities,
-        ``log P_u(c) = logsumexp_i log P_i(c) - log n`` and ``log(1 - P_u(c)) = logsumexp_i log(1 - P_i(c)) -
-        log n`` (the ``log n`` cancels).
-
-    Returns
-    -------
-    ndarray of shape (m, k)
-
-    Examples
-    --------
-    >>> z = np.array([[40.0, 0.0, 0.0], [50.0, 0.0, 0.0]])
-    >>> unit_rank_scores([0, 1], z, kind="nominal")[:, 0].round(3).tolist()
-    [39.307, 49.307]
-    """
-    c = np.asarray(codes).ravel()
-    ell = log_softmax(logits)
-    n, k = ell.shape
-    if kind == "nominal":
-        # log(1 - P_i(c)) = logsumexp over the other classes of log P_i(j)
-        rest = np.stack([np.logaddexp.reduce(np.delete(ell, j, axis=1), axis=1) for j in range(k)], axis=1)
-        return _group_logsumexp(c, ell) - _group_logsumexp(c, rest)
-    if kind != "ordinal":
-        raise ValueError(f"kind={kind!r} is not one of {list(KINDS)}")
-    ninf = np.full((n, 1), -np.inf)
-    log_s = np.concatenate([np.logaddexp.accumulate(ell[:, ::-1], axis=1)[:, ::-1], ninf], axis=1)  # >= g
-    log_r = np.concatenate([ninf, np.logaddexp.accumulate(ell, axis=1)], axis=1)  # < g
-    s, r = _group_reduce(c, log_s, "max"), _group_reduce(c, log_r, "min")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        via_s = s[:, :k] + np.log(-np.expm1(s[:, 1:] - s[:, :k]))
-        via_r = r[:, 1:] + np.log(-np.expm1(r[:, :k] - r[:, 1:]))
-        log_p = np.where(s[:, 1:] > np.log(0.5), via_r, via_s)
-        log_q = np.logaddexp(r[:, :k], s[:, 1:])  # 1 - P_u(c) = P_u(grade < c) + P_u(grade > c)
-    return log_p - log_q
-
-
-def unit_macro_auc(patient_key: ArrayLike, y_true: ArrayLike, P: ArrayLike, *, kind: str,
-                   visit: ArrayLike | None = None) -> float:
-    """The graded evaluation's patient (or visit) macro ROC-AUC, as a point: units by
-    :func:`aggregate_units` (worst eye for ordinal tasks), then the mean one-vs-rest AUC over the
-    classes present, as :func:`multiclass_report`'s ``macro_roc_auc``. NaN without two classes.
-    Early stopping ranks epochs by it, so it picks the epoch by the number the report states.
-    """
-    p = np.asarray(P, dtype=np.float64)
-    keys = unit_keys(patient_key, visit) if visit is not None else np.asarray(patient_key)
-    units = aggregate_units(keys, y_true, p / p.sum(axis=1, keepdims=True), kind=kind)
-    aucs = [float(roc_auc_score(units.y == c, units.P[:, c])) for c in range(p.shape[1])
-            if 0 < int((units.y == c).sum()) < units.y.shape[0]]
-    return float(np.mean(aucs)) if aucs else float("nan")
 
 
 # ------------------------------------------------------------------------ decision rules
@@ -477,181 +189,6 @@ def choose_decision_rule(y_true: ArrayLike, P: ArrayLike, *, kind: str, tune: bo
         if not changed:
             break
     return DecisionRule("cumulative", tuple(float(v) for v in t), chosen_on="validation (max quadratic kappa)")
-
-
-# ------------------------------------------------------------------------- point metrics
-
-
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
-    """k x k counts: rows the true class, columns the predicted one (all k classes kept)."""
-    cm = np.zeros((k, k), dtype=np.int64)
-    np.add.at(cm, (y_true, y_pred), 1)
-    return cm
-
-
-def _kappa_from_cm(cm: np.ndarray) -> np.ndarray:
-    """Quadratic-weighted kappa of (..., k, k) confusion matrices; NaN where undefined."""
-    cm = cm.astype(np.float64)
-    k = cm.shape[-1]
-    i = np.arange(k)
-    w = (i[:, None] - i[None, :]) ** 2
-    n = cm.sum(axis=(-2, -1))
-    rows, cols = cm.sum(axis=-1), cm.sum(axis=-2)
-    expected = np.einsum("...i,...j,ij->...", rows, cols, w)
-    observed = np.einsum("...ij,ij->...", cm, w)
-    out = np.full(n.shape, np.nan)
-    ok = (expected > 0) & (n > 0)
-    np.divide(observed * n, expected, out=out, where=ok)
-    return np.where(ok, 1.0 - out, np.nan)
-
-
-def quadratic_kappa(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> float | None:
-    """Cohen's kappa with quadratic weights ``(i - j)^2`` over grades 0..k-1; ``None`` if undefined.
-
-    Equals ``sklearn.metrics.cohen_kappa_score(y_true, y_pred, weights="quadratic",
-    labels=range(k))`` (the grade distances are the true ones even when a grade is absent).
-    """
-    v = float(_kappa_from_cm(confusion_matrix(y_true, y_pred, k)))
-    return None if np.isnan(v) else v
-
-
-def _balanced_accuracy(cm: np.ndarray) -> np.ndarray:
-    diag, support = np.einsum("bii->bi", cm), cm.sum(axis=2)
-    recall = np.full(support.shape, np.nan)
-    np.divide(diag, support, out=recall, where=support > 0)
-    with np.errstate(invalid="ignore"):
-        return np.nanmean(np.where(support > 0, recall, np.nan), axis=1)
-
-
-def _accuracy(cm: np.ndarray) -> np.ndarray:
-    n = cm.sum(axis=(1, 2))
-    return np.where(n > 0, np.einsum("bii->b", cm) / np.maximum(n, 1), np.nan)
-
-
-def _mae_grade(cm: np.ndarray) -> np.ndarray:
-    i = np.arange(cm.shape[-1])
-    n = cm.sum(axis=(1, 2))
-    return np.where(n > 0, np.einsum("bij,ij->b", cm, np.abs(i[:, None] - i[None, :])) / np.maximum(n, 1), np.nan)
-
-
-def _per_class_share(cm: np.ndarray, axis: int) -> np.ndarray:
-    """(B, k) diagonal over the row sums (``axis=2``: recall) or column sums (``axis=1``: precision)."""
-    diag, tot = np.einsum("bii->bi", cm), cm.sum(axis=axis)
-    out = np.full(tot.shape, np.nan)
-    np.divide(diag, tot, out=out, where=tot > 0)
-    return out
-
-
-def _weighted_mean(aucs: np.ndarray, support: np.ndarray) -> np.ndarray:
-    tot = support.sum(axis=1)
-    out = np.full(tot.shape, np.nan)
-    np.divide((aucs * support).sum(axis=1), tot, out=out, where=tot > 0)
-    return out
-
-
-@dataclass(frozen=True)
-class ClassMetric:
-    """One k-class metric, declared once: every list of k-class metrics in medxcept is read from
-    :data:`CLASS_METRICS` (the k-class counterpart of :data:`medxcept.evaluation.metrics.METRICS`).
-
-    Parameters
-    ----------
-    name : str
-        Key in :func:`multiclass_report` (and so in ``metrics.json`` → ``graded``), in the per-fold
-        rows of k-fold and in ``pipelines.compare``.
-    label : str
-        How reports name it.
-    kind : {"confusion", "rank", "per_class"}
-        ``confusion``: ``compute(cm)`` of (B, k, k) float confusion matrices (rows: true class) gives
-        (B,) values, NaN where undefined. ``rank``: ``compute(roc_auc, pr_auc, support)``, each
-        (B, c) over the c classes that have one-vs-rest ranks in the data (their per-resample
-        ROC-AUC, PR-AUC and case counts), gives (B,) values. ``per_class``: ``compute(cm)`` gives
-        (B, k) values, one per class (``per_class[<class>][name]`` of :func:`multiclass_report`, and the
-        ``<name>_<class>`` columns of the k-fold table with ``cv``).
-    compute : callable
-    tasks : tuple of str, default both kinds
-        The tasks (:data:`KINDS`) the metric applies to; ``("ordinal",)`` for grade distances.
-    bounds : (float, float or None), default (0, 1)
-        Range of the metric, for the across-fold t-interval; ``None`` as the upper bound means
-        ``k - 1`` (a grade distance).
-    lower_is_better : bool, default False
-    cv : bool, default True
-        A column of the k-fold per-fold table and its across-fold summary (per-class metrics: one
-        column per class).
-    card : bool, default False
-        A summary card of the k-fold report (pooled out-of-fold value).
-    compare : bool, default False
-        A column of ``pipelines.compare``'s table of runs.
-    paired : bool, default False
-        Tested pairwise between runs by the paired patient bootstrap (:func:`paired_comparison`;
-        ``confusion`` and ``rank`` metrics).
-    """
-
-    name: str
-    label: str
-    kind: Literal["confusion", "rank", "per_class"]
-    compute: Callable[..., np.ndarray]
-    tasks: tuple[str, ...] = KINDS
-    bounds: tuple[float, float | None] = (0.0, 1.0)
-    lower_is_better: bool = False
-    cv: bool = True
-    card: bool = False
-    compare: bool = False
-    paired: bool = False
-
-
-#: Every k-class metric, in the order reports show them. Adding one is one entry here (and its test):
-#: the graded report, the k-fold per-fold table and summary, pooled out-of-fold metrics and
-#: ``pipelines.compare`` read this tuple when they run.
-CLASS_METRICS: tuple[ClassMetric, ...] = (
-    ClassMetric("kappa_quadratic", "quadratic-weighted kappa", "confusion", lambda cm: _kappa_from_cm(cm),
-                tasks=("ordinal",), bounds=(-1.0, 1.0), card=True, compare=True, paired=True),
-    ClassMetric("mae_grade", "mean absolute grade error", "confusion", _mae_grade, tasks=("ordinal",),
-                bounds=(0.0, None), lower_is_better=True, compare=True),
-    ClassMetric("macro_roc_auc", "macro ROC-AUC", "rank", lambda auc, ap, sup: auc.mean(axis=1), card=True,
-                compare=True, paired=True),
-    ClassMetric("weighted_roc_auc", "weighted ROC-AUC", "rank", lambda auc, ap, sup: _weighted_mean(auc, sup)),
-    ClassMetric("macro_pr_auc", "macro PR-AUC", "rank", lambda auc, ap, sup: ap.mean(axis=1)),
-    ClassMetric("balanced_accuracy", "balanced accuracy", "confusion", _balanced_accuracy, compare=True),
-    ClassMetric("accuracy", "accuracy", "confusion", _accuracy),
-    ClassMetric("recall", "recall", "per_class", lambda cm: _per_class_share(cm, axis=2), cv=False),
-    ClassMetric("precision", "precision", "per_class", lambda cm: _per_class_share(cm, axis=1), cv=False),
-)
-
-
-def class_metrics(task: str, **flags: bool) -> tuple[ClassMetric, ...]:
-    """The registered k-class metrics of ``task`` with the given flags (``card``, ``compare``,
-    ``paired``, ``kind``), in registry order; read at call time, so an added entry is seen everywhere.
-
-    Examples
-    --------
-    >>> [m.name for m in class_metrics("nominal", card=True)]
-    ['macro_roc_auc']
-    """
-    if task not in KINDS:
-        raise ValueError(f"task={task!r} is not one of {list(KINDS)}")
-    return tuple(m for m in CLASS_METRICS if task in m.tasks
-                 and all(getattr(m, f) == v for f, v in flags.items()))
-
-
-def class_metric_names(task: str, **flags: bool) -> list[str]:
-    """Names of :func:`class_metrics`."""
-    return [m.name for m in class_metrics(task, **flags)]
-
-
-def metric_in_cv(name: str) -> bool:
-    """Whether the k-class metric ``name`` is a column of the k-fold per-fold table (its ``cv`` flag)."""
-    return all(m.cv for m in CLASS_METRICS if m.name == name)
-
-
-def class_metric_bounds(name: str, k: int) -> tuple[float, float]:
-    """The range of the k-class metric ``name`` with ``k`` classes; (0, 1) for a name not registered
-    (per-class and endpoint AUCs, sensitivities)."""
-    for m in CLASS_METRICS:
-        if m.name == name:
-            low, high = m.bounds
-            return float(low), float(k - 1) if high is None else float(high)
-    return 0.0, 1.0
 
 
 # ----------------------------------------------------------------------- the full report
@@ -972,7 +509,7 @@ def paired_comparison(
         if pred1 is None or pred2 is None:
             raise ValueError("scale='logit' compares ranking scores: give both models' predictions (pred1, pred2)")
         n = len(np.asarray(P1))
-        p1, p2 = _check_logits(P1, n), _check_logits(P2, len(np.asarray(P2)))
+        p1, p2 = check_logits(P1, n), check_logits(P2, len(np.asarray(P2)))
     else:
         p1, p2 = check_probabilities(P1, name="P1"), check_probabilities(P2, name="P2")
     k = p1.shape[1]

@@ -237,7 +237,7 @@ def patient_auc(
     Binary ``y_prob`` of shape (n,) is aggregated by ``how``. Class probabilities (n, k) are
     averaged per patient (whatever ``how``), renormalized, and scored one-vs-rest, macro; the
     graded evaluation's own rule (worst eye for ordinal tasks) is
-    :func:`medxcept.evaluation.multiclass.unit_macro_auc`.
+    :func:`medxcept.evaluation.class_units.unit_macro_auc`.
     """
     p = np.asarray(y_prob, dtype=np.float64)
     _, yp, pp = aggregate_by_patient(patient_key, y_true, p, how=how if p.ndim == 1 else "mean", visit=visit)

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from medxcept.evaluation.multiclass import unit_macro_auc
+from medxcept.evaluation.class_units import unit_macro_auc
 
 # the one patient aggregation and probability transform (kept under their old names here)
 from medxcept.evaluation.units import patient_auc
