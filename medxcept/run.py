@@ -85,7 +85,7 @@ def data_hash(table: pd.DataFrame, decode: str | None = None) -> str:
     pseudonym key and the data folder do not change it; a changed file, label, laterality,
     source or patient grouping does. Columns a table lacks are left empty.
 
-    ``decode``: the cohort-level decode key (:func:`medxcept.images.preprocess.decode_key`, e.g. the
+    ``decode``: the cohort-level decode key (:func:`medxcept.images.cache.decode_key`, e.g. the
     DICOM window): the same files decoded differently are different data.
     """
     ids = content_ids(table)

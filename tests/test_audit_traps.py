@@ -4,7 +4,7 @@ Each planted trap must be found, with its severity and count, and nothing else; 
 must raise no error and no warning. The stages run as in ``medxcept.workflows.single.run_pipeline``:
 ``prepare_cohort`` -> preprocessed images -> ``fingerprints`` -> ``assign_splits`` (here: the
 user's ``split.csv``) -> ``audit_cohort``. The images are read from the preprocessing cache as
-``medxcept.images.dataset.load_images`` does, without importing Keras (that module defines the PyDataset).
+``medxcept.images.cache.load_images`` does.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ slow = pytest.mark.slow
 
 
 def _load_images(table: pd.DataFrame, cache, cfg: RunConfig) -> np.ndarray:
-    """``medxcept.images.dataset.load_images`` without the Keras import."""
+    """What ``medxcept.images.cache.load_images`` does."""
     return np.stack([cache.get(sha, int(frame), cfg.preprocess) for sha, frame in zip(table["sha256"], table["frame"], strict=False)])
 
 

@@ -17,7 +17,7 @@ from medxcept.cohort.ingest import data_root
 from medxcept.cohort.table import CohortSpec, public_view
 from medxcept.config import RunConfig, config_hash
 from medxcept.errors import SplitError
-from medxcept.images.preprocess import load_images
+from medxcept.images.cache import load_images
 from medxcept.integrity.audit import AuditReport, audit_cohort, fingerprints
 from medxcept.integrity.check import (
     _count_table,

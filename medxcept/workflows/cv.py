@@ -63,7 +63,7 @@ from medxcept.evaluation.kfold import (
     t_interval,
 )
 from medxcept.evaluation.metrics import metric_names
-from medxcept.images.preprocess import decode_key, load_images
+from medxcept.images.cache import decode_key, load_images
 from medxcept.integrity.audit import AuditReport, Finding, audit_cohort, duplicate_groups, fingerprints
 from medxcept.integrity.splits import split_hash
 from medxcept.models.backbones import get_backbone
