@@ -29,7 +29,8 @@ import yaml
 from medxcept import __version__
 from medxcept.config import RunConfig, _build, config_hash, config_to_dict
 from medxcept.errors import ConfigError
-from medxcept.integrity.splits import content_ids, is_split_file
+from medxcept.integrity.split_keys import content_ids
+from medxcept.integrity.user_split import is_split_file
 from medxcept.models import testnet
 
 __all__ = ["RunDir", "package_versions", "code_version", "data_hash", "load_run_config", "legacy_defaults", "training_determinism",

@@ -33,7 +33,8 @@ from medxcept.integrity.audit import (  # noqa: E402
     verified_near_pairs,
 )
 from medxcept.integrity.duplicates import MIN_INLIERS  # noqa: E402
-from medxcept.integrity.splits import USER_SPLIT_REGROUP_MESSAGE, assign_splits  # noqa: E402
+from medxcept.integrity.splits import assign_splits  # noqa: E402
+from medxcept.integrity.user_split import USER_SPLIT_REGROUP_MESSAGE  # noqa: E402
 from medxcept.testing.traps import (  # noqa: E402
     JPEG_QUALITY,
     RESCALE_FACTOR,

@@ -28,7 +28,7 @@ from medxcept.integrity.check import (
     reason_groups,
     render_check_page,
 )
-from medxcept.integrity.splits import split_hash, split_table
+from medxcept.integrity.split_keys import split_hash, split_table
 from medxcept.run import RunDir, data_hash
 from medxcept.workflows.steps import ingest_into_run, materialize, split_and_audit
 

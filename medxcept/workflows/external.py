@@ -42,7 +42,7 @@ from medxcept.evaluation.external import (
 from medxcept.evaluation.graded import graded_figures
 from medxcept.images.cache import load_images
 from medxcept.integrity.audit import audit_cohort, fingerprints
-from medxcept.integrity.splits import split_hash, split_table
+from medxcept.integrity.split_keys import split_hash, split_table
 from medxcept.models.network import detect_device
 from medxcept.report import render_report
 from medxcept.run import RunDir, data_hash
