@@ -174,7 +174,7 @@ def tiny_data(tmp_path_factory):
 
     from medxcept.cohort.table import load_cohort_spec
     from medxcept.config import load_config
-    from medxcept.images.dataset import load_images
+    from medxcept.images.cache import load_images
     from medxcept.integrity.splits import assign_splits
     from medxcept.workflows.steps import prepare_cohort
     from tests.conftest import TINY_COHORT
@@ -393,7 +393,7 @@ def test_default_recipe_learns_the_planted_signal(tmp_path_factory):
     """
     from medxcept.cohort.table import load_cohort_spec
     from medxcept.config import load_config
-    from medxcept.images.preprocess import load_images
+    from medxcept.images.cache import load_images
     from medxcept.integrity.splits import assign_splits
     from medxcept.models.epoch_eval import _patient_auc, _probs
     from medxcept.models.inference import predict_logits

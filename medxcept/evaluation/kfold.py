@@ -122,7 +122,8 @@ from medxcept.evaluation.metrics import (
 )
 from medxcept.evaluation.references import REFERENCES, compare_with_references, reference_sentences
 from medxcept.evaluation.units import aggregate_by_patient, unit_keys, unit_patients, unit_visits
-from medxcept.integrity.splits import SplitConfig, assign_folds, assign_splits, split_hash
+from medxcept.integrity.split_keys import split_hash
+from medxcept.integrity.splits import SplitConfig, assign_folds, assign_splits
 from medxcept.report.figures import BLUE, GREY, ORANGE, plt, to_data_uri
 from medxcept.run import DirectoryLock, _json_default, load_run_config, write_atomic
 

@@ -53,9 +53,9 @@ from medxcept.evaluation.kfold import (
 from medxcept.evaluation.units import unit_keys, unit_visits
 from medxcept.evaluation.verdict import training_verdict
 from medxcept.faults import fault_point
-from medxcept.images.preprocess import load_images
+from medxcept.images.cache import load_images
 from medxcept.integrity.audit import audit_cohort, duplicate_groups, fingerprints
-from medxcept.integrity.splits import split_hash, split_table
+from medxcept.integrity.split_keys import split_hash, split_table
 from medxcept.models.backbones import provenance as backbone_provenance
 from medxcept.paths import cache_dir
 from medxcept.run import RunDir

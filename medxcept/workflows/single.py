@@ -36,9 +36,10 @@ from medxcept.evaluation.units import unit_keys, unit_visits
 from medxcept.evaluation.verdict import training_verdict
 from medxcept.faults import fault_point
 from medxcept.images.augment import build_augment, effective_class_frequencies, serialize_augment
-from medxcept.images.preprocess import decode_key, load_images
+from medxcept.images.cache import decode_key, load_images
 from medxcept.integrity.audit import fingerprints
-from medxcept.integrity.splits import split_hash, split_table, user_split_agreement
+from medxcept.integrity.split_keys import split_hash, split_table
+from medxcept.integrity.splits import user_split_agreement
 from medxcept.models.backbones import get_backbone
 from medxcept.models.backbones import provenance as backbone_provenance
 from medxcept.models.checkpoint import check_resumable, save_inference_model
