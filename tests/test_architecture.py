@@ -34,7 +34,6 @@ LONG_MODULES: dict[str, str] = {
     "io/dicom.py": "one job: the DICOM display pipeline (decoders, LUTs, photometric interpretations, frames, metadata)",
     "io/labels.py": "one job: labels to files (label tables as exported by hand, folder layouts, file matching)",
     "integrity/audit.py": "one job: the integrity audit (leakage, duplicates, label conflicts, confounding)",
-    "evaluation/multiclass.py": "one job: k-class metrics, the counterpart of evaluation/metrics.py",
     "cohort/ingest.py": "one job: ingestion (sources in, one cohort table and one exclusion log out)",
     "integrity/duplicates.py": "one job: near-duplicates decided by geometry (keypoints, RANSAC, aligned detail)",
     "evaluation/kfold.py": "what the k-fold workflow and its folds share (plan on disk, fold files, statistics "
