@@ -67,3 +67,24 @@ def test_sample_size_auc_is_the_headline_auc_of_the_logits():
     assert m["clinical"]["sample_size"]["auc_assumed"] == pytest.approx(stated, abs=1e-12)
     raw = pd.DataFrame({"k": test["patient_key"], "y": test["y"], "p": 1 / (1 + np.exp(-tz))}).groupby("k").max()
     assert roc_auc_score(raw["y"], raw["p"]) < stated - 0.01  # float64 probabilities tie above about 37
+
+
+def test_report_roc_curve_draws_the_scores_the_headline_auc_ranks(tmp_path, session_cache, monkeypatch):
+    """The run report's ROC / PR figure is drawn from each patient's logit (what the headline ROC-AUC ranks),
+    with the operating point on the calibrated probabilities."""
+    import medxcept.report
+    from tests.test_report_escaping import build_escaping_report
+
+    drawn = {}
+
+    def capture(y, p, threshold, **kw):
+        drawn.update(y=np.asarray(y), p=np.asarray(p), operating=kw.get("operating"))
+        return None
+
+    monkeypatch.setattr(medxcept.report, "roc_pr_figure", capture)
+    _, info = build_escaping_report(tmp_path)
+    m = info["metrics"]
+    assert roc_auc_score(drawn["y"], drawn["p"]) == pytest.approx(m["test_patient"]["roc_auc"], abs=1e-12)
+    assert auc(*roc_curve(drawn["y"], drawn["p"])[:2]) == pytest.approx(m["test_patient"]["roc_auc"], abs=1e-12)
+    assert drawn["operating"] is not None and ((drawn["operating"] >= 0) & (drawn["operating"] <= 1)).all()
+    assert drawn["p"].min() < 0 or drawn["p"].max() > 1  # logits, not probabilities
