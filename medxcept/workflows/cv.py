@@ -29,7 +29,7 @@ from medxcept import errors
 from medxcept.cohort.table import public_view
 from medxcept.config import RunConfig, config_hash
 from medxcept.errors import ConfigError, MedxceptError
-from medxcept.evaluation.graded import check_task_config, fold_row, graded_figures, pooled_report
+from medxcept.evaluation.graded import check_task_config, endpoint_scores, fold_row, pooled_report
 from medxcept.evaluation.kfold import (
     CV_METRICS,
     FAILED,
@@ -69,6 +69,7 @@ from medxcept.integrity.splits import split_hash
 from medxcept.models.backbones import get_backbone
 from medxcept.report import environment
 from medxcept.report.figures import clinical_figure, reliability_figure, roc_pr_figure
+from medxcept.report.graded import graded_figures
 from medxcept.run import RunDir, data_hash, write_atomic
 from medxcept.workflows.executors import Executor, make_executor
 from medxcept.workflows.fold import run_fold, task_of
@@ -642,7 +643,8 @@ def _aggregate_graded(plan: CVPlan, done: list[FoldTask], missing: list[str]) ->
         "audit": {"cv": cv_audit.get("summary", {}), "per_fold": audits},
     }
     RunDir(plan.path).write_json("cv_metrics.json", result)
-    figs = {**graded_figures(pooled, pd.concat(oof_frames, ignore_index=True)), "curves": _curves_figure(histories)}
+    oof = pd.concat(oof_frames, ignore_index=True)
+    figs = {**graded_figures(pooled, endpoint_scores(pooled, oof)), "curves": _curves_figure(histories)}
     html = environment().get_template("cv_report.html.j2").render(
         r=result, figs=figs, metrics=[], verdicts=verdicts, cv_findings=cv_audit.get("findings", []),
         created=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),

@@ -39,12 +39,13 @@ from medxcept.evaluation.external import (
     source_overlap,
     transfer_line,
 )
-from medxcept.evaluation.graded import graded_figures
+from medxcept.evaluation.graded import endpoint_scores
 from medxcept.images.preprocess import load_images
 from medxcept.integrity.audit import audit_cohort, fingerprints
 from medxcept.integrity.splits import split_hash, split_table
 from medxcept.models.network import detect_device
 from medxcept.report import render_report
+from medxcept.report.graded import graded_figures
 from medxcept.run import RunDir, data_hash
 from medxcept.workflows.steps import (
     ingest_into_run,
@@ -218,6 +219,6 @@ def evaluate_run(run_dir: Path, spec: CohortSpec, cfg: RunConfig, run_name: str 
     html = render_report(run.path, metrics=full, table=table, history=history, predictions=predictions,
                          audit=audit, versions=versions, images=images, cfg=ecfg, spec=spec,
                          frames={"test": test}, examples=report_examples(table, images, ecfg, spec),
-                         extra_figs=graded_figures(measured["graded"], test) if measured.get("graded") else None)
+                         extra_figs=graded_figures(measured["graded"], endpoint_scores(measured["graded"], test)) if measured.get("graded") else None)
     log.info("external validation report written in %.0f s", time.perf_counter() - t_start)
     return html

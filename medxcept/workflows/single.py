@@ -30,7 +30,7 @@ from medxcept.evaluation.assess import (
     write_outcome,
 )
 from medxcept.evaluation.external import keep_source_fingerprints
-from medxcept.evaluation.graded import check_task_config, graded_figures
+from medxcept.evaluation.graded import check_task_config, endpoint_scores
 from medxcept.evaluation.learning_curve import learning_curve_figure, learning_curve_verdict
 from medxcept.evaluation.metrics import unit_keys, unit_visits
 from medxcept.evaluation.verdict import training_verdict
@@ -45,6 +45,7 @@ from medxcept.models.explain import cam_gallery, class_activation_maps
 from medxcept.models.network import detect_device, resolve_weights
 from medxcept.models.train import check_resumable, fit, save_inference_model, set_seeds
 from medxcept.report import render_report
+from medxcept.report.graded import graded_figures
 from medxcept.run import COMPLETE, RunDir, data_hash, reproduce_block
 from medxcept.workflows.learning_curve import learning_curve_rows
 from medxcept.workflows.steps import (
@@ -233,7 +234,7 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
     }
     figs: dict[str, str | None] = {}
     if metrics.get("graded"):
-        figs.update(graded_figures(metrics["graded"], assessed.test))
+        figs.update(graded_figures(metrics["graded"], endpoint_scores(metrics["graded"], assessed.test)))
     if learning_curve:
         t = time.perf_counter()
         lc = learning_curve_rows(fractions=learning_curve, images=images, table=table, parts=parts, cfg=cfg,
