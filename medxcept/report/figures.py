@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 __all__ = ["to_data_uri", "roc_pr_figure", "reliability_figure", "training_figure", "training_auc_curves", "confusion_figure",
-           "examples_figure", "image_grid_figure", "clinical_figure"]
+           "examples_figure", "image_grid_figure", "clinical_figure", "learning_curve_figure"]
 
 BLUE, ORANGE, GREY = "#1f5fa8", "#d9822b", "#888888"
 
@@ -228,4 +228,25 @@ def clinical_figure(clinical: dict[str, Any], *, title_suffix: str = "") -> str 
            ylim=(-0.05, max(0.05, top * 1.1)))
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
+    return to_data_uri(fig)
+
+
+def learning_curve_figure(rows: pd.DataFrame) -> str | None:
+    """Validation and test patient-level AUC (and training AUC) against training patients."""
+    if rows.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    x = rows["train_patients"]
+    ax.plot(x, rows["train_auc_at_best"], "o--", color=GREY, label="training AUC (kept epoch)")
+    ax.plot(x, rows["val_patient_auc"], "o-", color=BLUE, label="validation AUC (patients)")
+    ax.plot(x, rows["test_patient_auc"], "s-", color=ORANGE, label="test AUC (patients)")
+    for xi, f in zip(x, rows["fraction"], strict=True):
+        ax.annotate(f"{f:.0%}", (xi, 0.02), textcoords="offset points", xytext=(0, 2), ha="center", fontsize=7,
+                    xycoords=("data", "axes fraction"))
+    ax.set_xlabel("training patients")
+    ax.set_ylabel("ROC-AUC")
+    ax.set_ylim(0.4, 1.02)
+    ax.axhline(0.5, color=GREY, lw=0.6, ls=":")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Learning curve", fontsize=10)
     return to_data_uri(fig)

@@ -31,7 +31,7 @@ from medxcept.evaluation.assess import (
 )
 from medxcept.evaluation.external import keep_source_fingerprints
 from medxcept.evaluation.graded import check_task_config, endpoint_scores
-from medxcept.evaluation.learning_curve import learning_curve_figure, learning_curve_verdict
+from medxcept.evaluation.learning_curve import learning_curve_verdict
 from medxcept.evaluation.metrics import unit_keys, unit_visits
 from medxcept.evaluation.verdict import training_verdict
 from medxcept.faults import fault_point
@@ -45,6 +45,7 @@ from medxcept.models.explain import cam_gallery, class_activation_maps
 from medxcept.models.network import detect_device, resolve_weights
 from medxcept.models.train import check_resumable, fit, save_inference_model, set_seeds
 from medxcept.report import render_report
+from medxcept.report.figures import learning_curve_figure
 from medxcept.report.graded import graded_figures
 from medxcept.run import COMPLETE, RunDir, data_hash, reproduce_block
 from medxcept.workflows.learning_curve import learning_curve_rows
