@@ -103,7 +103,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import MaxNLocator
 from numpy.typing import ArrayLike
 from scipy import stats
 
@@ -125,7 +124,6 @@ from medxcept.evaluation.metrics import (
 )
 from medxcept.evaluation.references import REFERENCES, compare_with_references, reference_sentences
 from medxcept.integrity.splits import SplitConfig, assign_folds, assign_splits, split_hash
-from medxcept.report.figures import BLUE, GREY, ORANGE, plt, to_data_uri
 from medxcept.run import DirectoryLock, _json_default, load_run_config, write_atomic
 
 __all__ = [
@@ -526,7 +524,6 @@ def _check_marker(plan: CVPlan, task: FoldTask, marker: dict[str, Any]) -> None:
                 f"{plan.path / task.name} to re-run that fold with the current plan, or use another --cv-name.")
 
 
-
 # ----------------------------------------------------------------------------------- fold files
 
 
@@ -724,44 +721,5 @@ def cv_labels() -> dict[str, str]:
     """How the CV report names each CV metric."""
     labels = metric_labels()
     return {m: labels[m] for m in CV_METRICS}
-
-
-def _curves_figure(histories: list[tuple[str, pd.DataFrame, int]], per_row: int = 5) -> str | None:
-    """Small multiples: loss (top) and ROC-AUC (bottom) per fold, shared axes."""
-    histories = [h for h in histories if not h[1].empty]
-    if not histories:
-        return None
-    ncols = min(per_row, len(histories))
-    blocks = math.ceil(len(histories) / ncols)
-    fig, axes = plt.subplots(2 * blocks, ncols, figsize=(2.6 * ncols, 4.4 * blocks), squeeze=False,
-                             sharex=True, sharey="row")
-    for ax in axes.ravel():
-        ax.set_visible(False)
-    for n, (name, h, best) in enumerate(histories):
-        b, c = divmod(n, ncols)
-        top, bottom = axes[2 * b][c], axes[2 * b + 1][c]
-        for ax in (top, bottom):
-            ax.set_visible(True)
-            ax.axvline(best, color="green", ls=":", lw=1)
-        e = h["epoch"]
-        top.plot(e, h["loss"], color=BLUE, marker=".", label="train")
-        if "val_loss" in h:
-            top.plot(e, h["val_loss"], color=ORANGE, marker=".", label="validation")
-        top.set_title(name, fontsize=9)
-        bottom.plot(e, h["auc"], color=BLUE, marker=".", label="train (images)")
-        if "val_patient_auc" in h:
-            bottom.plot(e, h["val_patient_auc"], color=ORANGE, marker=".", label="validation (patients)")
-        bottom.set_ylim(0.0, 1.02)
-        bottom.axhline(0.5, color=GREY, lw=0.6, ls="--")
-        bottom.set_xlabel("epoch", fontsize=8)
-        bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if c == 0:
-            top.set_ylabel("loss", fontsize=8)
-            bottom.set_ylabel("ROC-AUC", fontsize=8)
-        if n == 0:
-            top.legend(fontsize=7)
-            bottom.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    return to_data_uri(fig, dpi=90)
 
 

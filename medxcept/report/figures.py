@@ -16,10 +16,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 __all__ = ["to_data_uri", "roc_pr_figure", "reliability_figure", "training_figure", "training_auc_curves", "confusion_figure",
-           "examples_figure", "image_grid_figure", "clinical_figure", "learning_curve_figure"]
+           "examples_figure", "image_grid_figure", "clinical_figure", "learning_curve_figure",
+           "fold_curves_figure"]
 
 BLUE, ORANGE, GREY = "#1f5fa8", "#d9822b", "#888888"
 
@@ -250,3 +252,42 @@ def learning_curve_figure(rows: pd.DataFrame) -> str | None:
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("Learning curve", fontsize=10)
     return to_data_uri(fig)
+
+
+def fold_curves_figure(histories: list[tuple[str, pd.DataFrame, int]], per_row: int = 5) -> str | None:
+    """Small multiples: loss (top) and ROC-AUC (bottom) per fold, shared axes."""
+    histories = [h for h in histories if not h[1].empty]
+    if not histories:
+        return None
+    ncols = min(per_row, len(histories))
+    blocks = math.ceil(len(histories) / ncols)
+    fig, axes = plt.subplots(2 * blocks, ncols, figsize=(2.6 * ncols, 4.4 * blocks), squeeze=False,
+                             sharex=True, sharey="row")
+    for ax in axes.ravel():
+        ax.set_visible(False)
+    for n, (name, h, best) in enumerate(histories):
+        b, c = divmod(n, ncols)
+        top, bottom = axes[2 * b][c], axes[2 * b + 1][c]
+        for ax in (top, bottom):
+            ax.set_visible(True)
+            ax.axvline(best, color="green", ls=":", lw=1)
+        e = h["epoch"]
+        top.plot(e, h["loss"], color=BLUE, marker=".", label="train")
+        if "val_loss" in h:
+            top.plot(e, h["val_loss"], color=ORANGE, marker=".", label="validation")
+        top.set_title(name, fontsize=9)
+        bottom.plot(e, h["auc"], color=BLUE, marker=".", label="train (images)")
+        if "val_patient_auc" in h:
+            bottom.plot(e, h["val_patient_auc"], color=ORANGE, marker=".", label="validation (patients)")
+        bottom.set_ylim(0.0, 1.02)
+        bottom.axhline(0.5, color=GREY, lw=0.6, ls="--")
+        bottom.set_xlabel("epoch", fontsize=8)
+        bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if c == 0:
+            top.set_ylabel("loss", fontsize=8)
+            bottom.set_ylabel("ROC-AUC", fontsize=8)
+        if n == 0:
+            top.legend(fontsize=7)
+            bottom.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return to_data_uri(fig, dpi=90)

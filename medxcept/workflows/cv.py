@@ -40,7 +40,6 @@ from medxcept.evaluation.kfold import (
     FoldsFailedError,
     FoldTask,
     _combined_split_hash,
-    _curves_figure,
     _cv_table,
     _pooled,
     _read_json,
@@ -68,7 +67,7 @@ from medxcept.integrity.audit import AuditReport, Finding, audit_cohort, duplica
 from medxcept.integrity.splits import split_hash
 from medxcept.models.backbones import get_backbone
 from medxcept.report import environment
-from medxcept.report.figures import clinical_figure, reliability_figure, roc_pr_figure
+from medxcept.report.figures import clinical_figure, fold_curves_figure, reliability_figure, roc_pr_figure
 from medxcept.report.graded import graded_figures
 from medxcept.run import RunDir, data_hash, write_atomic
 from medxcept.workflows.executors import Executor, make_executor
@@ -557,7 +556,7 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
         "reliability": reliability_figure(rel["before"], rel["after"],
                                           labels=("pooled OOF, before recalibration",
                                                   f"pooled OOF, after ({ec.calibration}, per fold)")),
-        "curves": _curves_figure(histories),
+        "curves": fold_curves_figure(histories),
         "clinical": clinical_figure(result["pooled_clinical"], title_suffix=" (pooled out-of-fold)")
         if result["pooled_clinical"] else None,
     }
@@ -644,7 +643,7 @@ def _aggregate_graded(plan: CVPlan, done: list[FoldTask], missing: list[str]) ->
     }
     RunDir(plan.path).write_json("cv_metrics.json", result)
     oof = pd.concat(oof_frames, ignore_index=True)
-    figs = {**graded_figures(pooled, endpoint_scores(pooled, oof)), "curves": _curves_figure(histories)}
+    figs = {**graded_figures(pooled, endpoint_scores(pooled, oof)), "curves": fold_curves_figure(histories)}
     html = environment().get_template("cv_report.html.j2").render(
         r=result, figs=figs, metrics=[], verdicts=verdicts, cv_findings=cv_audit.get("findings", []),
         created=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
