@@ -225,7 +225,7 @@ def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame
     The report renders what it is given; it reads no image file and augments nothing.
 
     ``extra_figs``: figures made elsewhere (data URIs), e.g. ``{"cam": ...}`` for the
-    class-activation gallery of :func:`medxcept.models.explain.cam_gallery`. ``examples``: the rows of
+    class-activation gallery of :func:`medxcept.report.cam.cam_gallery`. ``examples``: the rows of
     :func:`~medxcept.report.figures.examples_figure` (raw preview, preprocessed, augmented per
     class), made by :func:`medxcept.workflows.steps.report_examples`; ``None``: no example panel.
     """

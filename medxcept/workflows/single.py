@@ -41,10 +41,11 @@ from medxcept.integrity.audit import fingerprints
 from medxcept.integrity.splits import split_hash, split_table, user_split_agreement
 from medxcept.models.backbones import get_backbone
 from medxcept.models.backbones import provenance as backbone_provenance
-from medxcept.models.explain import cam_gallery, class_activation_maps
+from medxcept.models.explain import class_activation_maps
 from medxcept.models.network import detect_device, resolve_weights
 from medxcept.models.train import check_resumable, fit, save_inference_model, set_seeds
 from medxcept.report import render_report
+from medxcept.report.cam import cam_gallery
 from medxcept.report.figures import learning_curve_figure
 from medxcept.report.graded import graded_figures
 from medxcept.run import COMPLETE, RunDir, data_hash, reproduce_block
