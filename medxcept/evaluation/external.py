@@ -81,17 +81,15 @@ from medxcept.evaluation.references import (
 )
 from medxcept.evaluation.verdict import training_verdict
 from medxcept.integrity.audit import Finding
-from medxcept.integrity.check import _thumb
 from medxcept.integrity.fingerprints import duplicate_pairs
 from medxcept.models import testnet
 from medxcept.models.backbones import get_backbone
-from medxcept.report import environment
 from medxcept.run import RunDir, legacy_defaults, restore_config_paths
 
 __all__ = ["REQUIRED_FILES", "SourceRun", "check_run_dir", "load_source_run", "load_source_config",
            "external_config", "source_overlap", "read_run_json", "external_references", "transfer_line",
            "SOURCE_FINGERPRINTS", "keep_source_fingerprints", "load_source_fingerprints", "near_copies",
-           "near_copy_findings", "copies_page"]
+           "near_copy_findings", "copies_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -612,18 +610,13 @@ def _run_block(run: RunDir, spec: CohortSpec, src: SourceRun, ecfg: RunConfig,
             "source_cohort": src.cohort_name, "tta_passes": src.cfg.eval.tta}
 
 
-def copies_page(pairs: pd.DataFrame, source: dict[str, Any], table: pd.DataFrame, images: np.ndarray, *,
-                run_id: str, source_id: str, finding: Finding, max_pairs: int = 200) -> str:
-    """``private/external_copies.html``: each confirmed pair side by side (thumbnails, file path).
+def copies_rows(pairs: pd.DataFrame, table: pd.DataFrame, max_pairs: int = 200) -> list[dict[str, Any]]:
+    """The confirmed pairs the private page shows (at most ``max_pairs``): each pair's details, the
+    external image's file path (``table`` must hold ``path``), ``pos`` (its row in ``table``) and
+    ``source_pos`` (its source image's thumbnail), for :func:`medxcept.report.check.copies_page`.
 
-    Patient images and file names: for ``private/`` only. ``table`` must hold ``path``.
+    Patient file names: for ``private/`` only.
     """
-    shown = []
     paths = table["path"].astype(str).to_numpy() if "path" in table else np.full(len(table), "")
-    for row in pairs.head(max_pairs).itertuples():
-        shown.append({**_pair_detail(row), "path": paths[row.pos],
-                      "thumb_source": _thumb(source["thumbs"][row.source_pos], px=_THUMB_PX * 2),
-                      "thumb": _thumb(images[row.pos], px=_THUMB_PX * 2)})
-    return environment().get_template("external_copies.html.j2").render(
-        pairs=shown, total=len(pairs), run_id=run_id, source_id=source_id, message=finding.message,
-        severity=finding.severity)
+    return [{**_pair_detail(row), "path": paths[row.pos], "pos": int(row.pos), "source_pos": int(row.source_pos)}
+            for row in pairs.head(max_pairs).itertuples()]

@@ -20,7 +20,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
-__all__ = ["to_data_uri", "roc_pr_figure", "reliability_figure", "training_figure", "training_auc_curves", "confusion_figure",
+__all__ = ["to_data_uri", "thumbnail_uri", "roc_pr_figure", "reliability_figure", "training_figure", "training_auc_curves", "confusion_figure",
            "examples_figure", "image_grid_figure", "clinical_figure", "learning_curve_figure",
            "fold_curves_figure"]
 
@@ -32,6 +32,22 @@ def to_data_uri(fig: plt.Figure, dpi: int = 110) -> str:
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def thumbnail_uri(img: np.ndarray, px: int = 128) -> str:
+    """A PNG data URI of ``img`` (uint8, or float in [0, 1]; gray or RGB) shrunk to at most ``px`` px."""
+    from PIL import Image
+
+    a = np.asarray(img)
+    if a.dtype != np.uint8:
+        a = np.rint(np.clip(a, 0, 1) * 255).astype(np.uint8)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    im = Image.fromarray(a)
+    im.thumbnail((px, px))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def roc_pr_figure(y: np.ndarray, p: np.ndarray, threshold: float, *, title_suffix: str = "",

@@ -28,7 +28,7 @@ from medxcept.evaluation.external import (
     _run_block,
     _source_history,
     _training_block,
-    copies_page,
+    copies_rows,
     external_config,
     external_references,
     load_source_fingerprints,
@@ -45,6 +45,7 @@ from medxcept.integrity.audit import audit_cohort, fingerprints
 from medxcept.integrity.splits import split_hash, split_table
 from medxcept.models.network import detect_device
 from medxcept.report import render_report
+from medxcept.report.check import copies_page
 from medxcept.report.graded import graded_figures
 from medxcept.run import RunDir, data_hash
 from medxcept.workflows.steps import (
@@ -157,7 +158,8 @@ def evaluate_run(run_dir: Path, spec: CohortSpec, cfg: RunConfig, run_name: str 
     run.write_csv("cohort.csv", public_view(table))
     if pairs is not None and len(pairs) and source_fp is not None:
         run.write_private("external_copies.html", copies_page(
-            pairs, source_fp, table, images, run_id=run.path.name, source_id=src.id, finding=copy_findings[0]))
+            copies_rows(pairs, table), source_fp["thumbs"], images, total=len(pairs), run_id=run.path.name,
+            source_id=src.id, finding=copy_findings[0]))
         if copy_findings[0].severity == "error":
             raise LeakageError(f"external validation refused: {copy_findings[0].message}")
 
