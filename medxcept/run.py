@@ -29,6 +29,7 @@ import yaml
 from medxcept import __version__
 from medxcept.config import RunConfig, _build, config_hash, config_to_dict
 from medxcept.errors import ConfigError
+from medxcept.files import write_atomic
 from medxcept.integrity.splits import content_ids, is_split_file
 from medxcept.models import testnet
 
@@ -152,30 +153,6 @@ def reproduce_block(cfg: RunConfig, *, data_hash: str, split_hash: str, device: 
         "packages": "see 'packages' (same versions needed for a bitwise re-run)",
         "user_split": user_split,
     }
-
-
-def write_atomic(path: str | Path, data: str | bytes, *, mode: int | None = None) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    A reader (or a resumed run) sees the old file or the new one, never half of one; a crash
-    mid-write leaves the old file untouched. ``mode``: permissions set on the temporary file
-    before any byte is written (e.g. ``0o600`` for identifiers).
-    """
-    path = Path(path)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if mode is None else mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
-    return path
 
 
 class DirectoryLock:

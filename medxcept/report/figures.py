@@ -196,7 +196,7 @@ def image_grid_figure(rows: list[tuple[str, list[tuple[str, np.ndarray | None]]]
 
 def examples_figure(examples: list[tuple[str, tuple[str, np.ndarray | None], np.ndarray, list[np.ndarray]]]) -> str:
     """Raw vs preprocessed vs augmented examples: ``(row title, (raw title, raw or None), preprocessed,
-    [augmented...])``; the raw cell comes from :func:`medxcept.report.raw_preview`."""
+    [augmented...])``; the raw cell comes from :func:`medxcept.images.preview.raw_preview`."""
     rows = []
     for title, (raw_title, raw), pre, augs in examples:
         cells = [(raw_title, raw), ("preprocessed", pre)]

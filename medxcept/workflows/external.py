@@ -53,6 +53,7 @@ from medxcept.workflows.steps import (
     materialize,
     reason_counts,
     report_examples,
+    report_inputs,
     summary_block,
     summary_counts,
 )
@@ -218,9 +219,9 @@ def evaluate_run(run_dir: Path, spec: CohortSpec, cfg: RunConfig, run_name: str 
         "hashes": {k: versions[k] for k in ("data_hash", "split_hash", "config_hash")},
     }
     run.write_json("metrics.json", full)
-    html = render_report(run.path, metrics=full, table=table, history=history, predictions=predictions,
-                         audit=audit, versions=versions, images=images, cfg=ecfg, spec=spec,
-                         frames={"test": test}, examples=report_examples(table, images, ecfg, spec),
+    html = render_report(run.path, metrics=full, history=history, audit=audit, versions=versions, spec=spec,
+                         frames={"test": test}, inputs=report_inputs(run.path, full, test, ecfg, list(spec.classes)),
+                         examples=report_examples(table, images, ecfg, spec),
                          extra_figs=graded_figures(measured["graded"], endpoint_scores(measured["graded"], test)) if measured.get("graded") else None)
     log.info("external validation report written in %.0f s", time.perf_counter() - t_start)
     return html

@@ -57,6 +57,7 @@ from medxcept.workflows.steps import (
     reason_counts,
     record_ingestion,
     report_examples,
+    report_inputs,
     split_and_audit,
     summary_block,
     summary_counts,
@@ -250,8 +251,8 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
     run.write_json("metrics.json", full)
     fault_point("evaluated")  # test hook: killed after metrics.json, before the report
     frames = {"val": assessed.val, "test": assessed.test}
-    html = render_report(run.path, metrics=full, table=table, history=result.history, predictions=predictions,
-                         audit=report, versions=versions, images=images, cfg=cfg, spec=spec, frames=frames,
+    html = render_report(run.path, metrics=full, history=result.history, audit=report, versions=versions,
+                         spec=spec, frames=frames, inputs=report_inputs(run.path, full, assessed.test, cfg, list(spec.classes)),
                          extra_figs={**figs, "cam": _cam_figure(result.model, images[parts["test"]], assessed.test,
                                                                 metrics.get("threshold"))},
                          examples=report_examples(table, images, cfg, spec))

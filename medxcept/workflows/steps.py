@@ -22,6 +22,7 @@ Steps import stages (``medxcept.cohort.ingest``, ``medxcept.integrity.splits``, 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,20 +49,23 @@ from medxcept.evaluation.assess import (  # noqa: F401
     prediction_table,
     unit_record,
 )
+from medxcept.evaluation.metrics import aggregate_by_patient, metric_names, unit_visits
+from medxcept.evaluation.subgroups import subgroup_rows
 from medxcept.images.augment import augment_batch, build_augment
 from medxcept.images.preprocess import PreprocessCache, decode_key
+from medxcept.images.preview import raw_preview
 from medxcept.integrity.audit import AuditReport, audit_cohort, duplicate_groups, fingerprints
 from medxcept.integrity.splits import assign_splits
 from medxcept.io import file_label
 from medxcept.paths import cache_dir
-from medxcept.report import raw_preview
+from medxcept.report import ReportInputs
 from medxcept.run import RunDir
 
 __all__ = ["GENERATORS", "materialize", "Assessment", "assess", "assess_frozen", "compare_references",
            "summary_block", "unit_record", "leaks_let_through", "add_probabilities", "measure_test", "cohort_cache",
            "prepare_cohort", "prepare_withholding_names", "record_ingestion", "ingest_into_run",
            "split_and_audit", "summary_counts", "reason_counts", "prediction_table", "report_examples",
-           "CI_METRICS", "clinical_block"]
+           "CI_METRICS", "clinical_block", "report_inputs"]
 
 # ------------------------------------------------------------------------------------ ingest
 
@@ -240,7 +244,7 @@ def leaks_let_through(report: AuditReport, policy: str) -> list[str]:
 
 def report_examples(table: pd.DataFrame, images: np.ndarray, cfg: RunConfig, spec: CohortSpec,
                     n_per_class: int = 2) -> list[tuple[Any, ...]]:
-    """The report's example panel: per class, training images raw (masked: :func:`~medxcept.report.raw_preview`),
+    """The report's example panel: per class, training images raw (masked: :func:`~medxcept.images.preview.raw_preview`),
     preprocessed and augmented twice; rows for :func:`medxcept.report.figures.examples_figure`.
 
     Files are read again here (the raw view), through the reader that ingested them.
@@ -264,3 +268,24 @@ def report_examples(table: pd.DataFrame, images: np.ndarray, cfg: RunConfig, spe
             augs = list(augment_batch(aug, np.repeat(pre[None], 2, axis=0), rng=rng)) if aug is not None else []
             rows.append((f"{label}", (title, shown), pre, augs))
     return rows
+
+
+def report_inputs(run_dir: Path, metrics: dict[str, Any], test: pd.DataFrame, cfg: RunConfig,
+                  classes: list[str]) -> ReportInputs:
+    """What :func:`medxcept.report.render_report` shows besides ``metrics.json``, computed by the
+    stages: ``config.yaml`` as written, the metrics given a CI, and for binary runs the subgroup rows
+    and the headline unit's scores (uncalibrated for the curves, calibrated for the operating point)."""
+    subgroups, scores = [], None
+    if len(classes) == 2:
+        threshold = (metrics.get("threshold") or {}).get("value")
+        how = metrics.get("patient_aggregation") or cfg.eval.patient_aggregation
+        unit = (metrics.get("evaluation_unit") or {}).get("unit", "patient")
+        visit = unit_visits(test, unit)
+        raw_col = "prob_raw" if "prob_raw" in test else "prob"
+        _, y, raw = aggregate_by_patient(test["patient_key"], test["y"], test[raw_col], how=how, visit=visit)
+        _, _, cal = aggregate_by_patient(test["patient_key"], test["y"], test["prob"], how=how, visit=visit)
+        scores = {"y": y, "raw": raw, "calibrated": cal}
+        subgroups = subgroup_rows(test, threshold, how=how, n_resamples=int(metrics.get("n_bootstrap") or 0),
+                                  seed=int((metrics.get("run") or {}).get("seed") or 0), unit=unit)
+    return ReportInputs(config_yaml=(Path(run_dir) / "config.yaml").read_text(encoding="utf-8"),
+                        ci_metrics=tuple(metric_names(ci=True)), subgroups=subgroups, unit_scores=scores)
