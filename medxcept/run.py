@@ -27,7 +27,7 @@ import pandas as pd
 import yaml
 
 from medxcept import __version__
-from medxcept.config import RunConfig, _build, config_hash, config_to_dict
+from medxcept.config import RunConfig, build_config, config_hash, config_to_dict
 from medxcept.errors import ConfigError
 from medxcept.files import write_atomic
 from medxcept.integrity.splits import content_ids, is_split_file
@@ -35,7 +35,7 @@ from medxcept.models import testnet
 
 __all__ = ["RunDir", "package_versions", "code_version", "data_hash", "load_run_config", "legacy_defaults", "training_determinism",
            "reproduce_block", "write_atomic", "DirectoryLock", "COMPLETE",
-           "PRIVATE_PATH", "split_config_paths", "restore_config_paths"]
+           "PRIVATE_PATH", "split_config_paths", "restore_config_paths", "json_default"]
 
 #: The completion marker of a run directory, written last (after the report).
 COMPLETE = "complete.json"
@@ -287,7 +287,7 @@ class RunDir:
         return write_atomic(self.file(name), text)
 
     def write_json(self, name: str, data: Any) -> Path:
-        return self.write_text(name, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+        return self.write_text(name, json.dumps(data, indent=2, sort_keys=False, default=json_default) + "\n")
 
     def read_json(self, name: str) -> Any:
         return json.loads(self.file(name).read_text(encoding="utf-8"))
@@ -466,7 +466,7 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
         raise ConfigError(f"{path} not found: {run_dir} is not a medxcept run directory")
     data = restore_config_paths(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, run_dir)
     known = {f.name for f in dataclasses.fields(RunConfig)}
-    return _build(RunConfig, legacy_defaults({k: v for k, v in data.items() if k in known}), "")
+    return build_config(RunConfig, legacy_defaults({k: v for k, v in data.items() if k in known}), "")
 
 
 def legacy_defaults(saved: dict[str, Any]) -> dict[str, Any]:
@@ -482,7 +482,8 @@ def legacy_defaults(saved: dict[str, Any]) -> dict[str, Any]:
     return saved
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """``json.dumps(default=...)`` for numpy scalars and arrays, tuples, sets, paths and ``to_dict`` objects (NaN: null)."""
     if isinstance(o, (np.integer,)):
         return int(o)
     if isinstance(o, (np.floating,)):

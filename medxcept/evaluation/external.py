@@ -89,7 +89,8 @@ from medxcept.run import RunDir, legacy_defaults, restore_config_paths
 __all__ = ["REQUIRED_FILES", "SourceRun", "check_run_dir", "load_source_run", "load_source_config",
            "external_config", "source_overlap", "read_run_json", "external_references", "transfer_line",
            "SOURCE_FINGERPRINTS", "keep_source_fingerprints", "load_source_fingerprints", "near_copies",
-           "near_copy_findings", "copies_rows"]
+           "near_copy_findings", "copies_rows", "match_classes", "load_source_model", "source_history",
+           "training_block", "run_block"]
 
 log = logging.getLogger(__name__)
 
@@ -490,7 +491,7 @@ def load_source_run(run_dir: Path) -> SourceRun:
     return SourceRun(run_dir, run_id, cfg, extras, metrics, calibration, classes)
 
 
-def _match_classes(spec: CohortSpec, src: SourceRun) -> CohortSpec:
+def match_classes(spec: CohortSpec, src: SourceRun) -> CohortSpec:
     """The external cohort with the model's class order (which decides ``y``); same class names required."""
     if sorted(src.classes) != sorted(spec.classes):
         raise ConfigError(
@@ -504,7 +505,7 @@ def _match_classes(spec: CohortSpec, src: SourceRun) -> CohortSpec:
     return dataclasses.replace(spec, classes=src.classes, positive_class=positive)
 
 
-def _load_model(src: SourceRun, image_px: int) -> Any:
+def load_source_model(src: SourceRun, image_px: int) -> Any:
     """``model.keras`` without recompiling, checked against the run's input size and classes."""
     import keras  # here: reading a source run's files does not load Keras, only loading its model does
 
@@ -527,7 +528,8 @@ def _load_model(src: SourceRun, image_px: int) -> Any:
     return model
 
 
-def _source_history(run_dir: Path) -> pd.DataFrame:
+def source_history(run_dir: Path) -> pd.DataFrame:
+    """The source run's ``history.csv`` (empty when it has none)."""
     path = run_dir / "history.csv"
     if path.is_file() and path.stat().st_size > 1:
         return pd.read_csv(path)
@@ -535,7 +537,7 @@ def _source_history(run_dir: Path) -> pd.DataFrame:
     return pd.DataFrame()
 
 
-def _training_block(src: SourceRun, history: pd.DataFrame) -> dict[str, Any]:
+def training_block(src: SourceRun, history: pd.DataFrame) -> dict[str, Any]:
     """The source run's training summary, labelled as such (this run trains nothing)."""
     block = dict(src.metrics.get("training") or {})
     if "verdict" not in block:
@@ -596,7 +598,7 @@ def transfer_line(src: SourceRun, measured: dict[str, Any]) -> str | None:
             f"test patients ({change}; difference {here - there:+.3f}).")
 
 
-def _run_block(run: RunDir, spec: CohortSpec, src: SourceRun, ecfg: RunConfig,
+def run_block(run: RunDir, spec: CohortSpec, src: SourceRun, ecfg: RunConfig,
                device: dict[str, str]) -> dict[str, Any]:
     info = src.info
     weights = src.cfg.model.weights

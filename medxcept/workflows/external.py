@@ -23,20 +23,20 @@ from medxcept.evaluation.assess import TTA, Fixed, Units, assess_model, write_ou
 from medxcept.evaluation.calibrate import Calibrator
 from medxcept.evaluation.external import (
     SOURCE_EVAL_FIELDS,
-    _load_model,
-    _match_classes,
-    _run_block,
-    _source_history,
-    _training_block,
     copies_rows,
     external_config,
     external_references,
     load_source_fingerprints,
+    load_source_model,
     load_source_run,
+    match_classes,
     near_copies,
     near_copy_findings,
     read_run_json,
+    run_block,
+    source_history,
     source_overlap,
+    training_block,
     transfer_line,
 )
 from medxcept.evaluation.graded import endpoint_scores
@@ -96,7 +96,7 @@ def evaluate_run(run_dir: Path, spec: CohortSpec, cfg: RunConfig, run_name: str 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     src = load_source_run(run_dir)
-    spec = materialize(_match_classes(spec, src))
+    spec = materialize(match_classes(spec, src))
     ecfg, differences = external_config(src.cfg, cfg)
     for line in differences:
         log.warning("! configuration differs from the source run, %s: the model was trained on the source "
@@ -109,7 +109,7 @@ def evaluate_run(run_dir: Path, spec: CohortSpec, cfg: RunConfig, run_name: str 
              "preprocessing (%d px), %s calibration%s come from the source run and nothing is refitted",
              src.id, spec.name, ecfg.preprocess.image_px, calibrator.name,
              f" and threshold {threshold['value']:.4f}" if threshold else "")
-    model = _load_model(src, ecfg.preprocess.image_px)
+    model = load_source_model(src, ecfg.preprocess.image_px)
 
     run = RunDir.create(ecfg.out_dir, f"{spec.name}-external", ecfg, name=run_name)
     run.write_config(ecfg, extra={"cohort_name": spec.name, "classes": list(src.classes),
@@ -188,15 +188,15 @@ def evaluate_run(run_dir: Path, spec: CohortSpec, cfg: RunConfig, run_name: str 
                   "source_run": {"id": src.id, "model_sha256": file_sha256(src.path / "model.keras"),
                                  **{k: src_versions[k] for k in ("data_hash", "split_hash", "config_hash")
                                     if k in src_versions}}})
-    history = _source_history(src.path)
-    training = _training_block(src, history)
+    history = source_history(src.path)
+    training = training_block(src, history)
     summary = summary_block(measured, training, references) if len(src.classes) == 2 else {}
     line = transfer_line(src, measured)
     if line and summary.get("summary_items") is not None:
         summary["summary_items"].append({"text": line, "severity": "info", "kind": "transfer"})
     timings["total_s"] = time.perf_counter() - t_start
     full = {
-        "run": _run_block(run, spec, src, ecfg, device),
+        "run": run_block(run, spec, src, ecfg, device),
         "external": {
             "source_run": src.id, "source_cohort": src.cohort_name, "refitted": [],
             "from_source_run": ["model", "preprocessing", "calibrator", "threshold", "test-time augmentation",
