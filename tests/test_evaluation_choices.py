@@ -10,8 +10,8 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from medxcept.config import load_config
+from medxcept.evaluation.assess import assess
 from medxcept.evaluation.metrics import aggregate_by_patient, choose_threshold
-from medxcept.workflows.steps import assess
 
 
 def _frame(rng: np.random.Generator, n_patients: int, prefix: str) -> tuple[pd.DataFrame, np.ndarray]:

@@ -161,14 +161,13 @@ def build_cohort(base: Path) -> dict[str, list[str]]:
 def _report_into(run_dir: Path, spec: CohortSpec, log: io.StringIO) -> Path:
     """Render report.html into the check's run directory as run_pipeline does, from planted logits."""
     from medxcept.config import load_config
+    from medxcept.evaluation.assess import assess, prediction_table
     from medxcept.evaluation.verdict import training_verdict
     from medxcept.images.augment import effective_class_frequencies
     from medxcept.integrity.audit import audit_cohort, fingerprints
     from medxcept.integrity.splits import assign_splits
     from medxcept.report import render_report
     from medxcept.workflows.steps import (
-        assess,
-        prediction_table,
         prepare_cohort,
         reason_counts,
         report_examples,

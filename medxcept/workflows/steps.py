@@ -10,9 +10,14 @@ split and audit            :func:`split_and_audit`: the patient-level split, the
 assess                     the stage :mod:`medxcept.evaluation.assess` (:func:`~medxcept.evaluation.assess.assess_model`:
                            one typed :class:`~medxcept.evaluation.assess.Assessment`; its writer
                            :func:`~medxcept.evaluation.assess.write_outcome`)
-summaries                  :func:`summary_counts`, :func:`reason_counts` for ``metrics.json``
+summaries                  :func:`summary_counts`, :func:`reason_counts`, :func:`cohort_block`,
+                           :func:`summary_block`
+metrics document           :func:`metrics_document`: ``metrics.json`` of a single run or an
+                           external validation, one layout
 provenance                 :meth:`medxcept.run.RunDir.write_versions`
-render                     :func:`medxcept.report.render_report`
+render                     :func:`render_run_report`: the stages compute what the report shows
+                           (:func:`report_inputs`, :func:`report_examples`), then
+                           :func:`medxcept.report.render_report` draws it
 =========================  ==============================================================
 
 Steps import stages (``medxcept.cohort.ingest``, ``medxcept.integrity.splits``, ``medxcept.integrity.audit``,
@@ -36,21 +41,7 @@ from medxcept.cohort.ingest import IngestResult, ingest, public_exclusions, read
 from medxcept.cohort.table import CohortSpec
 from medxcept.config import RunConfig
 from medxcept.errors import CohortError, ConfigError, ReadError
-
-# the assessment is a stage of its own (medxcept.evaluation.assess); its names stay importable from here
-from medxcept.evaluation.assess import (  # noqa: F401
-    CI_METRICS,
-    Assessment,
-    add_probabilities,
-    assess,
-    assess_frozen,
-    clinical_block,
-    compare_references,
-    measure_test,
-    patient_frame,
-    prediction_table,
-    unit_record,
-)
+from medxcept.evaluation.assess import Assessment
 from medxcept.evaluation.graded import endpoint_scores
 from medxcept.evaluation.metrics import aggregate_by_patient, metric_names, unit_visits
 from medxcept.evaluation.subgroups import subgroup_rows
@@ -65,12 +56,10 @@ from medxcept.report import ReportInputs, render_report
 from medxcept.report.graded import graded_figures
 from medxcept.run import RunDir
 
-__all__ = ["GENERATORS", "materialize", "Assessment", "assess", "assess_frozen", "compare_references",
-           "summary_block", "unit_record", "leaks_let_through", "add_probabilities", "measure_test", "cohort_cache",
-           "prepare_cohort", "prepare_withholding_names", "record_ingestion", "ingest_into_run",
-           "split_and_audit", "summary_counts", "reason_counts", "prediction_table", "report_examples",
-           "CI_METRICS", "clinical_block", "report_inputs", "cohort_block",
-           "metrics_document", "render_run_report"]
+__all__ = ["GENERATORS", "materialize", "summary_block", "leaks_let_through", "cohort_cache", "prepare_cohort",
+           "prepare_withholding_names", "record_ingestion", "ingest_into_run", "split_and_audit", "summary_counts",
+           "reason_counts", "report_examples", "report_inputs", "cohort_block", "metrics_document",
+           "render_run_report"]
 
 # ------------------------------------------------------------------------------------ ingest
 
