@@ -1,7 +1,8 @@
 """The ``check`` page: what ingestion, the split and the audit found, before any training.
 
 The workflow that produces it is :func:`medxcept.workflows.check.check_cohort`; this module
-groups the exclusions, counts files, sources and classes, and renders ``check.html``.
+groups the exclusions, counts files, sources and classes and picks the duplicate pairs shown; the
+page is rendered by :func:`medxcept.report.check.render_check_page`.
 
 Before anyone spends hours training, a researcher wants three answers about a new export:
 *did every file decode, and if not, which ones and why?*, *how many patients of each class
