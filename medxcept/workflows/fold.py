@@ -174,24 +174,10 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
     model_bytes = save_inference_model(result.model, run.file("model.keras")) if save_model else None
     device = detect_device()
     fhash = split_hash(table)
-    threshold_record = ({"decision_rule": oof_a.metrics["graded"]["decision_rule"],
-                         "endpoint_thresholds": oof_a.calibration_record["endpoint_thresholds"]}
-                        if len(classes) > 2 else oof_a.metrics["threshold"])
-    ec, seconds = cfg.eval, time.perf_counter() - t0
-    metrics = {
-        "fold": task.fold, "repeat": task.repeat, "name": task.name,
-        "weights": weights.kind, "weights_description": weights.description, "pretrained": weights.pretrained,
-        "counts": counts, "threshold": {**threshold_record, "chosen_on": chosen_on}, "epoch_chosen_on": chosen_on,
-        "method": oof_a.method, "calibration_method": ec.calibration, "calibrator": oof_a.metrics["calibrator"],
-        "patient_aggregation": ec.patient_aggregation, "unit": ec.unit, "n_bootstrap": ec.n_bootstrap,
-        "oof": oof, "holdout": holdout, "references": oof_a.references,
-        "training": {**training_verdict(result.history, result.best_epoch, collapse=getattr(result, "collapse", None)),
-                     "stages": result.stages, "seconds": result.seconds},
-        "audit": report.to_dict()["summary"] | {"warnings": [f.message for f in report.warnings]},
-        "device": device, "seconds": seconds,
-        "model": {"bytes": model_bytes, "weights_sha256": result.weights_sha256, "optimizer_state": False,
-                  "resumed_after_training": result.resumed_after_training},
-    }
+    seconds = time.perf_counter() - t0
+    metrics = _fold_metrics(task, oof_a, oof, holdout, cfg=cfg, k=len(classes), weights=weights, result=result,
+                            counts=counts, chosen_on=chosen_on, audit=report, device=device, seconds=seconds,
+                            model_bytes=model_bytes)
     write_outcome(run, oof_a, tables=tables, calibration={}, metrics=metrics, versions={
         "device": device, "hashes": {"data_hash": plan.info["data_hash"], "split_hash": fhash,
                                      "config_hash": plan.info["config_hash"]},
@@ -206,6 +192,33 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
     log.info("%s: done in %.0f s; out-of-fold patient %sAUC %s", task.name, seconds,
              "macro " if "graded" in oof else "", auc)
     return {"name": task.name, "status": "trained", "seconds": seconds}
+
+
+def _fold_metrics(task: FoldTask, oof_a: Assessment, oof: dict[str, Any], holdout: dict[str, Any] | None, *,
+                  cfg: Any, k: int, weights: Any, result: Any, counts: dict[str, Any], chosen_on: str, audit: Any,
+                  device: dict[str, str], seconds: float, model_bytes: int | None) -> dict[str, Any]:
+    """A fold's ``metrics.json``: weights, counts, the choices made on the inner validation split
+    (threshold or, for ``k`` > 2 classes, decision rule and endpoint thresholds; calibrator; method),
+    the ``oof`` and ``holdout`` blocks, references, training verdict, audit summary, device, seconds
+    and the model file."""
+    threshold = ({"decision_rule": oof_a.metrics["graded"]["decision_rule"],
+                  "endpoint_thresholds": oof_a.calibration_record["endpoint_thresholds"]}
+                 if k > 2 else oof_a.metrics["threshold"])
+    ec = cfg.eval
+    return {
+        "fold": task.fold, "repeat": task.repeat, "name": task.name,
+        "weights": weights.kind, "weights_description": weights.description, "pretrained": weights.pretrained,
+        "counts": counts, "threshold": {**threshold, "chosen_on": chosen_on}, "epoch_chosen_on": chosen_on,
+        "method": oof_a.method, "calibration_method": ec.calibration, "calibrator": oof_a.metrics["calibrator"],
+        "patient_aggregation": ec.patient_aggregation, "unit": ec.unit, "n_bootstrap": ec.n_bootstrap,
+        "oof": oof, "holdout": holdout, "references": oof_a.references,
+        "training": {**training_verdict(result.history, result.best_epoch, collapse=getattr(result, "collapse", None)),
+                     "stages": result.stages, "seconds": result.seconds},
+        "audit": audit.to_dict()["summary"] | {"warnings": [f.message for f in audit.warnings]},
+        "device": device, "seconds": seconds,
+        "model": {"bytes": model_bytes, "weights_sha256": result.weights_sha256, "optimizer_state": False,
+                  "resumed_after_training": result.resumed_after_training},
+    }
 
 
 def _fold_record(oof_a: Assessment, ho_a: Assessment | None, task: FoldTask,
