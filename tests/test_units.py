@@ -15,7 +15,7 @@ from medxcept.config import load_config
 from medxcept.errors import ConfigError
 from medxcept.evaluation.assess import measure_test, prediction_table
 from medxcept.evaluation.kfold import pooled_references
-from medxcept.evaluation.metrics import aggregate_by_patient, unit_keys, unit_patients
+from medxcept.evaluation.units import aggregate_by_patient, unit_keys, unit_patients
 
 
 def _cfg(**ev):

@@ -38,9 +38,9 @@ from medxcept.evaluation.external import (
     training_block,
     transfer_line,
 )
-from medxcept.images.preprocess import load_images
+from medxcept.images.cache import load_images
 from medxcept.integrity.audit import audit_cohort, fingerprints
-from medxcept.integrity.splits import split_hash, split_table
+from medxcept.integrity.split_keys import split_hash, split_table
 from medxcept.models.network import detect_device
 from medxcept.report.check import copies_page
 from medxcept.run import RunDir, data_hash

@@ -24,7 +24,7 @@ from medxcept.evaluation.reproduce import (
     read_json,
     rerun_path,
 )
-from medxcept.integrity.splits import split_hash
+from medxcept.integrity.split_keys import split_hash
 from medxcept.run import RunDir, data_hash, load_run_config
 from medxcept.workflows.single import run_pipeline
 

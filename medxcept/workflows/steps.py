@@ -43,10 +43,11 @@ from medxcept.config import RunConfig
 from medxcept.errors import CohortError, ConfigError, ReadError
 from medxcept.evaluation.assess import Assessment
 from medxcept.evaluation.graded import endpoint_scores
-from medxcept.evaluation.metrics import aggregate_by_patient, metric_names, unit_visits
+from medxcept.evaluation.metrics import metric_names
 from medxcept.evaluation.subgroups import subgroup_rows
+from medxcept.evaluation.units import aggregate_by_patient, unit_visits
 from medxcept.images.augment import augment_batch, build_augment
-from medxcept.images.preprocess import PreprocessCache, decode_key
+from medxcept.images.cache import PreprocessCache, decode_key
 from medxcept.images.preview import raw_preview
 from medxcept.integrity.audit import AuditReport, audit_cohort, duplicate_groups, fingerprints
 from medxcept.integrity.splits import assign_splits
@@ -92,7 +93,7 @@ def prepare_cohort(spec: CohortSpec, cfg: RunConfig) -> tuple[IngestResult, Prep
 
 def cohort_cache(spec: CohortSpec | None = None, decode: str | None = None) -> PreprocessCache:
     """The preprocessing cache for a cohort: one sub-folder per cohort-level decoding
-    (:func:`medxcept.images.preprocess.decode_key`, e.g. another DICOM window gives other pixels)."""
+    (:func:`medxcept.images.cache.decode_key`, e.g. another DICOM window gives other pixels)."""
     key = decode_key(spec) if decode is None else decode
     root = cache_dir() / "preprocessed"
     return PreprocessCache(root / key if key else root)
