@@ -23,8 +23,9 @@ from PIL import Image  # noqa: E402
 
 from medxcept.integrity import duplicates  # noqa: E402
 from medxcept.integrity.audit import audit_cohort, fingerprints, near_duplicate_pairs, verified_near_pairs  # noqa: E402
-from medxcept.integrity.check import _duplicate_pairs_shown  # noqa: E402
+from medxcept.integrity.check import duplicate_pairs_shown  # noqa: E402
 from medxcept.integrity.duplicates import MIN_INLIERS, verify_pairs  # noqa: E402
+from medxcept.report.check import pair_thumbnails  # noqa: E402
 
 PX = 256
 
@@ -133,7 +134,8 @@ def test_check_page_pairs_show_the_flagged_images(retina):
     audit = {"findings": [{"kind": "duplicate_across_splits", "count": 5, "details": [
         {"image_id_a": "a", "image_id_b": "b", "label_a": "x", "label_b": "x", "match": "near",
          "method": "geometry", "inliers": 40, "transform": {"rotation_deg": 30.0}}]}]}
-    shown, total = _duplicate_pairs_shown(audit, table, imgs)
+    shown, total = duplicate_pairs_shown(audit, table)
+    shown = pair_thumbnails(shown, imgs)
     assert total == 5 and len(shown) == 1 and shown[0]["inliers"] == 40
     for key, img in (("thumb_a", imgs[0]), ("thumb_b", imgs[1])):
         png = base64.b64decode(shown[0][key].split(",", 1)[1])
