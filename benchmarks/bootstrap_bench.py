@@ -1,6 +1,6 @@
 """Time the vectorized patient bootstrap against a naive per-resample scikit-learn loop.
 
-The vectorized :func:`medxcept.evaluation.metrics.bootstrap_ci` computes the AUC of all
+The vectorized :func:`medxcept.evaluation.intervals.bootstrap_ci` computes the AUC of all
 resamples at once from weighted rank statistics. The naive baseline does what most
 scripts do: for each resample, draw patients, gather their images and call
 ``sklearn.metrics.roc_auc_score``. The naive loop runs on fewer resamples
@@ -24,7 +24,7 @@ from sklearn.metrics import roc_auc_score
 
 # run from a checkout without installing: python benchmarks/bootstrap_bench.py
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from medxcept.evaluation.metrics import bootstrap_ci  # noqa: E402
+from medxcept.evaluation.intervals import bootstrap_ci  # noqa: E402
 
 
 def make_data(n_images: int, images_per_patient: int = 4, seed: int = 0):

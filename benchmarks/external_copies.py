@@ -38,7 +38,7 @@ from medxcept.evaluation.external import (
     near_copies,
     near_copy_findings,
 )
-from medxcept.images.preprocess import load_images
+from medxcept.images.cache import load_images
 from medxcept.integrity.fingerprints import fingerprints
 from medxcept.run import RunDir
 from medxcept.testing.copies import write_copy_cohort

@@ -10,7 +10,7 @@ Three paths, same image size and batch, warm-up steps excluded:
     array of synthetic fundus photographs (painted by :func:`medxcept.cohort.demo.paint_fundus`,
     preprocessed by :func:`medxcept.images.preprocess.preprocess`) with the default fundus
     augmentation and ``workers`` threads, the same model. Inference goes through a
-    ``CohortDataset`` without augmentation, as :func:`medxcept.models.train.predict_logits` does.
+    ``CohortDataset`` without augmentation, as :func:`medxcept.models.inference.predict_logits` does.
 (c) **timm** ``legacy_xception`` in PyTorch (``torch.autocast`` bf16, channels_last, optional
     ``torch.compile``), run in a subprocess so the two frameworks never share GPU memory;
     skipped when torch or timm does not import.

@@ -10,7 +10,7 @@ take hours to ingest. This benchmark writes camera-size fundus photographs
   ingestion that looks at every pixel must spend;
 * **ingest, 1 process**: medxcept's real per-file ingestion step
   (:func:`medxcept.cohort.ingest._decode_task`: sha256 of the bytes, decode, quality score, field of
-  view, preprocessing into a fresh :class:`~medxcept.images.preprocess.PreprocessCache`, acquisition
+  view, preprocessing into a fresh :class:`~medxcept.images.cache.PreprocessCache`, acquisition
   and geometry fingerprints), file after file in this process, after one untimed warm-up file
   (imports and lazy loaders are paid once per process, not per file);
 * **ingest, N workers**: the same step in a spawn process pool of ``--workers`` processes, as

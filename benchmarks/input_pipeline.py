@@ -5,8 +5,8 @@ One run, the same JPEG files, the same output size and the same machine, for eac
 
 (a) **medxcept**: every file is hashed, decoded, quality-checked and preprocessed *once*
     (FOV crop, resize with anti-aliasing, mask) into the on-disk
-    :class:`~medxcept.images.preprocess.PreprocessCache` (reported separately as the "one-time
-    preprocessing cost"), stacked into memory with :func:`medxcept.images.dataset.load_images`, then
+    :class:`~medxcept.images.cache.PreprocessCache` (reported separately as the "one-time
+    preprocessing cost"), stacked into memory with :func:`medxcept.images.cache.load_images`, then
     every epoch the batches of :class:`~medxcept.images.dataset.CohortDataset` with the default fundus
     augmentation (``build_augment(AugmentConfig(), seed=0)``: flips, one affine warp, colour
     jitter, rare blur/noise) are built by calling ``ds[i]`` for every batch. Measured on one
@@ -97,7 +97,8 @@ def fill_cache(paths: list[Path], cache: Any, cfg: Any) -> tuple[list[str], floa
 
     Returns the hashes and the seconds it took.
     """
-    from medxcept.images.preprocess import preprocess, quality
+    from medxcept.images.preprocess import preprocess
+    from medxcept.images.quality import quality
     from medxcept.io.images import read_image
 
     t0 = time.perf_counter()
@@ -229,8 +230,9 @@ def bench_size(paths: list[Path], y: np.ndarray, px: int, cache_root: Path, *, b
     import pandas as pd
 
     from medxcept.images.augment import AugmentConfig, build_augment
-    from medxcept.images.dataset import CohortDataset, load_images
-    from medxcept.images.preprocess import PreprocessCache, PreprocessConfig
+    from medxcept.images.cache import PreprocessCache, load_images
+    from medxcept.images.dataset import CohortDataset
+    from medxcept.images.preprocess import PreprocessConfig
 
     cfg = PreprocessConfig(image_px=px)
     cache = PreprocessCache(cache_root)

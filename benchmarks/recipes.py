@@ -369,14 +369,16 @@ def bn_check(*, n: int = 121, px: int = 71, epochs: int = 8, seed: int = 0) -> N
     ``n`` gray images with the planted opacity (2/3 train, 1/3 validation), the default recipe's
     from-scratch optimizer (AdamW, warm-up + cosine, label smoothing, batch 16, BN momentum 0.9).
     After each epoch: the SD and AUC of the validation probabilities with the moving averages as
-    training left them, and after :func:`medxcept.models.train.recalibrate_batchnorm` (the moving averages
+    training left them, and after :func:`medxcept.models.epoch_eval.recalibrate_batchnorm` (the moving averages
     are put back afterwards, so both columns follow one training trajectory).
     """
     import keras
     from sklearn.metrics import roc_auc_score
 
+    from medxcept.models.epoch_eval import _probs, recalibrate_batchnorm
+    from medxcept.models.inference import predict_logits
     from medxcept.models.network import build_model, resolve_weights
-    from medxcept.models.train import _probs, _schedule, predict_logits, recalibrate_batchnorm
+    from medxcept.models.train import _schedule
 
     rng = np.random.default_rng(seed)
     y = (rng.random(n) < 0.4).astype(int)

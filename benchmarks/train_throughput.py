@@ -355,7 +355,7 @@ def bn_check(out_dir: str | None = None) -> None:
     """Does precise BN (``train.bn_recalibration``) change the demo's results? One training trajectory,
     both answers per epoch.
 
-    Runs the demo pipeline with :class:`medxcept.models.train.EpochEvaluation` wrapped: at each epoch's end,
+    Runs the demo pipeline with :class:`medxcept.models.epoch_eval.EpochEvaluation` wrapped: at each epoch's end,
     before it recalibrates, the validation images are predicted with the moving statistics as
     training left them (the run without precise BN) and those statistics are kept; at the next
     epoch's start they are put back, so that trajectory continues as it would have without
@@ -365,11 +365,11 @@ def bn_check(out_dir: str | None = None) -> None:
     """
     import keras
 
-    import medxcept.models.train as mtrain
+    import medxcept.models.epoch_eval as epoch_eval
 
     rows: list[dict] = []
     kept: dict = {}
-    original = mtrain.EpochEvaluation.on_epoch_end
+    original = epoch_eval.EpochEvaluation.on_epoch_end
 
     def moving(model):
         return [v for v in model.non_trainable_weights if "moving" in v.path]
@@ -381,10 +381,10 @@ def bn_check(out_dir: str | None = None) -> None:
 
     def on_epoch_end(self, epoch, logs=None):
         logits = self.model.predict(self.images[:self.n_val], batch_size=self.infer_batch, verbose=0)
-        prob = mtrain._probs(logits[:, 0] if logits.shape[-1] == 1 else logits)
+        prob = epoch_eval._probs(logits[:, 0] if logits.shape[-1] == 1 else logits)
         kept["values"] = [keras.ops.convert_to_numpy(v).copy() for v in moving(self.model)]
-        without = {"auc": mtrain._patient_auc(self.val_groups, self.val_y, prob, how=self.how),
-                   "sd": mtrain._prob_sd(prob), "collapsed": mtrain.is_collapsed(prob)}
+        without = {"auc": epoch_eval._patient_auc(self.val_groups, self.val_y, prob, how=self.how),
+                   "sd": epoch_eval._prob_sd(prob), "collapsed": epoch_eval.is_collapsed(prob)}
         original(self, epoch, logs)
         rows.append({"without": without, "with": {"auc": logs["val_patient_auc"], "sd": logs["val_prob_sd"],
                                                   "collapsed": bool(logs["collapsed"])}})
@@ -393,8 +393,8 @@ def bn_check(out_dir: str | None = None) -> None:
               f"{logs['val_patient_auc']:.3f}, SD {logs['val_prob_sd']:.2e}"
               f"{' (collapsed)' if logs['collapsed'] else ''}", flush=True)
 
-    mtrain.EpochEvaluation.on_epoch_begin = on_epoch_begin
-    mtrain.EpochEvaluation.on_epoch_end = on_epoch_end
+    epoch_eval.EpochEvaluation.on_epoch_begin = on_epoch_begin
+    epoch_eval.EpochEvaluation.on_epoch_end = on_epoch_end
     from pipelines.retina import main as retina
 
     with tempfile.TemporaryDirectory() as d:

@@ -29,7 +29,8 @@ import yaml
 from medxcept import __version__
 from medxcept.config import RunConfig, _build, config_hash, config_to_dict
 from medxcept.errors import ConfigError
-from medxcept.integrity.splits import content_ids, is_split_file
+from medxcept.integrity.split_keys import content_ids
+from medxcept.integrity.user_split import is_split_file
 from medxcept.models import testnet
 
 __all__ = ["RunDir", "package_versions", "code_version", "data_hash", "load_run_config", "legacy_defaults", "training_determinism",
@@ -85,7 +86,7 @@ def data_hash(table: pd.DataFrame, decode: str | None = None) -> str:
     pseudonym key and the data folder do not change it; a changed file, label, laterality,
     source or patient grouping does. Columns a table lacks are left empty.
 
-    ``decode``: the cohort-level decode key (:func:`medxcept.images.preprocess.decode_key`, e.g. the
+    ``decode``: the cohort-level decode key (:func:`medxcept.images.cache.decode_key`, e.g. the
     DICOM window): the same files decoded differently are different data.
     """
     ids = content_ids(table)

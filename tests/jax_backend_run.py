@@ -86,7 +86,7 @@ def main(out: Path) -> None:
     from medxcept.config import load_config
     from medxcept.evaluation.calibrate import fit_temperature
     from medxcept.images.augment import AugmentConfig, augment_batch, build_augment
-    from medxcept.models import train
+    from medxcept.models import epoch_eval, inference, train
     from medxcept.models.explain import class_activation_maps
     from medxcept.models.network import (
         build_model,
@@ -146,17 +146,17 @@ def main(out: Path) -> None:
 
     # 2. prediction, TTA; weights for the TensorFlow comparison
     t0 = time.perf_counter()
-    val_logits = train.predict_logits(model, images[va], batch_size=BATCH)
-    test_logits = train.predict_logits(model, images[te], batch_size=BATCH)
+    val_logits = inference.predict_logits(model, images[va], batch_size=BATCH)
+    test_logits = inference.predict_logits(model, images[te], batch_size=BATCH)
     how = cfg.eval.patient_aggregation
-    res["val_patient_auc_of_returned_model"] = train._patient_auc(groups[va], y[va], train._probs(val_logits), how=how)
-    res["test_patient_auc"] = train._patient_auc(groups[te], y[te], train._probs(test_logits), how=how)
-    tta = train.predict_logits_tta(model, images[te], passes=2, seed=3, batch_size=BATCH)
+    res["val_patient_auc_of_returned_model"] = epoch_eval._patient_auc(groups[va], y[va], epoch_eval._probs(val_logits), how=how)
+    res["test_patient_auc"] = epoch_eval._patient_auc(groups[te], y[te], epoch_eval._probs(test_logits), how=how)
+    tta = inference.predict_logits_tta(model, images[te], passes=2, seed=3, batch_size=BATCH)
     aug = build_augment(AugmentConfig(strength="light", balance="none"), seed=3)
     manual = test_logits.copy()
     for k in range(2):
         copies = augment_batch(aug, images[te], rng=np.random.default_rng([3, 7919, k]))
-        manual = manual + train.predict_logits(model, copies, batch_size=BATCH)
+        manual = manual + inference.predict_logits(model, copies, batch_size=BATCH)
     res["tta_max_abs_diff_to_manual_mean"] = float(np.max(np.abs(tta - manual / 3)))
     res["tta_max_abs_diff_to_plain"] = float(np.max(np.abs(tta - test_logits)))
     model.save_weights(out / "model.weights.h5")

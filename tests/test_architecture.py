@@ -5,6 +5,8 @@
   generators for tests and benchmarks).
 * No import cycle among medxcept modules (module-level and function-level imports alike: a cycle
   hidden in a function is still a cycle).
+* No module over :data:`MAX_MODULE_LINES` lines, except those in :data:`LONG_MODULES`, each with its reason
+  (a long module usually does several jobs: split it by job, as ``models/train.py`` was).
 """
 
 from __future__ import annotations
@@ -19,6 +21,25 @@ ROOT = Path(__file__).resolve().parent.parent / "medxcept"
 #: Cycles known and owned elsewhere, each with its reason; the test fails on any other cycle.
 #: None today: the audit <-> acquisition cycle ended when the fingerprint engine left audit.py.
 KNOWN_CYCLES: tuple[set[str], ...] = ()
+
+#: A module longer than this is split by job, or listed in :data:`LONG_MODULES` with its reason.
+MAX_MODULE_LINES = 750
+#: Modules (path under ``medxcept/``) allowed over :data:`MAX_MODULE_LINES`, each with its reason. An entry
+#: whose module has shrunk below the limit (or gone) fails the test too, so the list stays true.
+LONG_MODULES: dict[str, str] = {
+    "testing/corpus.py": "a test-data generator (the DICOM corpus with its JPEG-lossless encoder, the mixed cohort), "
+                         "not a pipeline stage; no production module imports it",
+    "integrity/fingerprints.py": "two jobs (per-image fingerprints; the near-duplicate pair search): not yet split, "
+                                 "its sections are the seam",
+    "io/dicom.py": "one job: the DICOM display pipeline (decoders, LUTs, photometric interpretations, frames, metadata)",
+    "io/labels.py": "one job: labels to files (label tables as exported by hand, folder layouts, file matching)",
+    "integrity/audit.py": "one job: the integrity audit (leakage, duplicates, label conflicts, confounding)",
+    "evaluation/multiclass.py": "one job: k-class metrics, the counterpart of evaluation/metrics.py",
+    "cohort/ingest.py": "one job: ingestion (sources in, one cohort table and one exclusion log out)",
+    "integrity/duplicates.py": "one job: near-duplicates decided by geometry (keypoints, RANSAC, aligned detail)",
+    "evaluation/kfold.py": "what the k-fold workflow and its folds share (plan on disk, fold files, statistics "
+                           "across folds); issue 30 item 5 (twin modules) reshapes it",
+}
 
 
 def _module_name(path: Path, root: Path = ROOT) -> str:
@@ -170,3 +191,37 @@ def test_ingestion_does_not_import_the_demo_generator(graph):
         return seen
 
     assert "medxcept.cohort.demo" not in reach("medxcept.cohort.ingest")
+
+
+def module_lengths(root: Path = ROOT) -> dict[str, int]:
+    """Lines of every module under ``root``, keyed by its path under ``root``."""
+    return {p.relative_to(root).as_posix(): len(p.read_text(encoding="utf-8").splitlines())
+            for p in sorted(root.rglob("*.py"))}
+
+
+def long_module_problems(lengths: dict[str, int], allowed: dict[str, str],
+                         limit: int = MAX_MODULE_LINES) -> list[str]:
+    """Modules over ``limit`` lines not in ``allowed``, and ``allowed`` entries no longer over it."""
+    out = [f"{m}: {n} lines (over {limit}; split it by job, or list it in LONG_MODULES with a reason)"
+           for m, n in sorted(lengths.items()) if n > limit and m not in allowed]
+    out += [f"{m}: {lengths.get(m, 0)} lines, no longer over {limit}: remove it from LONG_MODULES"
+            for m in sorted(allowed) if lengths.get(m, 0) <= limit]
+    return out
+
+
+def test_no_module_over_the_line_limit_without_a_reason():
+    problems = long_module_problems(module_lengths(), LONG_MODULES)
+    assert not problems, "; ".join(problems)
+
+
+def test_the_line_limit_check_would_fail(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "big.py").write_text("x = 1\n" * 12)
+    (tmp_path / "small.py").write_text("x = 1\n" * 3)
+    lengths = module_lengths(tmp_path)
+    assert lengths == {"pkg/big.py": 12, "small.py": 3}
+    assert long_module_problems(lengths, {}, limit=10) == [
+        "pkg/big.py: 12 lines (over 10; split it by job, or list it in LONG_MODULES with a reason)"]
+    assert long_module_problems(lengths, {"pkg/big.py": "why"}, limit=10) == []
+    assert long_module_problems(lengths, {"pkg/big.py": "why", "small.py": "why"}, limit=10) == [
+        "small.py: 3 lines, no longer over 10: remove it from LONG_MODULES"]

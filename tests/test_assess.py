@@ -30,8 +30,10 @@ def _frozen_result(images: np.ndarray, n_classes: int = 2):
     centred on ``images`` so that the logits spread around 0 (a random network's barely move)."""
     import keras
 
+    from medxcept.models.checkpoint import weights_checksum
+    from medxcept.models.inference import predict_logits
     from medxcept.models.network import build_model, resolve_weights
-    from medxcept.models.train import TrainResult, predict_logits, weights_checksum
+    from medxcept.models.train import TrainResult
 
     model = build_model(image_px=71, n_classes=n_classes, dropout=0.0, weights=resolve_weights("none"), seed=0)
     head = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)][-1]
@@ -159,7 +161,7 @@ def test_the_recorded_logits_are_the_tta_mean_keyed_by_image(three_ways):
     """TTA is applied (the logits are not the plain ones) and each image's copies are keyed by its
     image_id: predicting the test images alone, in another order, gives the same logits."""
     from medxcept.evaluation.assess import TTA, Units, predict_units
-    from medxcept.models.train import predict_logits
+    from medxcept.models.inference import predict_logits
 
     plan = three_ways["plan"]
     images, table = plan.images, plan.table.reset_index(drop=True)
@@ -322,7 +324,7 @@ def test_a_graded_fold_predicts_with_tta_and_the_cv_page_states_its_record(tmp_p
     from medxcept.cohort.table import load_cohort_spec
     from medxcept.config import load_config
     from medxcept.evaluation.assess import TTA, Units, predict_units
-    from medxcept.evaluation.metrics import probabilities
+    from medxcept.evaluation.units import probabilities
     from medxcept.workflows.cv import aggregate_cv, plan_cv, run_fold
 
     monkeypatch.setenv("MEDXCEPT_CACHE", str(tmp_path / "cache"))

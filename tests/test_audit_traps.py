@@ -4,7 +4,7 @@ Each planted trap must be found, with its severity and count, and nothing else; 
 must raise no error and no warning. The stages run as in ``medxcept.workflows.single.run_pipeline``:
 ``prepare_cohort`` -> preprocessed images -> ``fingerprints`` -> ``assign_splits`` (here: the
 user's ``split.csv``) -> ``audit_cohort``. The images are read from the preprocessing cache as
-``medxcept.images.dataset.load_images`` does, without importing Keras (that module defines the PyDataset).
+``medxcept.images.cache.load_images`` does.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from medxcept.integrity.audit import (  # noqa: E402
     verified_near_pairs,
 )
 from medxcept.integrity.duplicates import MIN_INLIERS  # noqa: E402
-from medxcept.integrity.splits import USER_SPLIT_REGROUP_MESSAGE, assign_splits  # noqa: E402
+from medxcept.integrity.splits import assign_splits  # noqa: E402
+from medxcept.integrity.user_split import USER_SPLIT_REGROUP_MESSAGE  # noqa: E402
 from medxcept.testing.traps import (  # noqa: E402
     JPEG_QUALITY,
     RESCALE_FACTOR,
@@ -51,7 +52,7 @@ slow = pytest.mark.slow
 
 
 def _load_images(table: pd.DataFrame, cache, cfg: RunConfig) -> np.ndarray:
-    """``medxcept.images.dataset.load_images`` without the Keras import."""
+    """What ``medxcept.images.cache.load_images`` does."""
     return np.stack([cache.get(sha, int(frame), cfg.preprocess) for sha, frame in zip(table["sha256"], table["frame"], strict=False)])
 
 

@@ -155,7 +155,7 @@ def test_gpu_xception_smoke_under_jax(jax_run):
 
 
 def test_same_weights_give_the_same_logits_in_tensorflow(jax_run, tf_model):
-    from medxcept.models.train import predict_logits
+    from medxcept.models.inference import predict_logits
 
     for name in ("val", "test"):
         images, _ = _split(jax_run, name)
@@ -209,7 +209,7 @@ def test_temperature_fitted_on_jax_logits_equals_tensorflow(jax_run, tf_model):
     import warnings
 
     from medxcept.evaluation.calibrate import fit_temperature
-    from medxcept.models.train import predict_logits
+    from medxcept.models.inference import predict_logits
 
     images, y = _split(jax_run, "val")
     with warnings.catch_warnings():

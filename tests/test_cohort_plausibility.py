@@ -31,7 +31,8 @@ from medxcept.cohort.ingest import ingest
 from medxcept.cohort.table import load_cohort_spec
 from medxcept.config import AuditConfig
 from medxcept.errors import CohortError, ConfigError
-from medxcept.images.preprocess import PreprocessCache, PreprocessConfig
+from medxcept.images.cache import PreprocessCache
+from medxcept.images.preprocess import PreprocessConfig
 from medxcept.integrity.audit import audit_cohort, check_patient_plausibility
 from medxcept.testing import corpus as corpus_mod
 

@@ -23,7 +23,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 from medxcept.errors import ConfigError  # noqa: E402
 from medxcept.evaluation import compare as cmp  # noqa: E402
 from medxcept.evaluation.calibrate import brier, ece  # noqa: E402
-from medxcept.evaluation.metrics import binary_metrics, bootstrap_ci, delong_test, paired_bootstrap_auc  # noqa: E402
+from medxcept.evaluation.intervals import bootstrap_ci, delong_test, paired_bootstrap_auc
+from medxcept.evaluation.metrics import binary_metrics  # noqa: E402
 
 N_PATIENTS = 60
 N_BOOT = 200
@@ -214,9 +215,9 @@ def test_bootstrapped_metrics_on_the_full_data_equal_the_runs_metrics(big):
 
 
 def test_weighted_metrics_equal_explicit_resamples():
-    """A resample as integer weights gives scikit-learn's AP (:func:`medxcept.evaluation.metrics.weighted_average_precision`,
+    """A resample as integer weights gives scikit-learn's AP (:func:`medxcept.evaluation.intervals.weighted_average_precision`,
     the one weighted AP) and calibrate's ECE on the repeated rows."""
-    from medxcept.evaluation.metrics import weighted_average_precision
+    from medxcept.evaluation.intervals import weighted_average_precision
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 40).astype(float)

@@ -1,4 +1,4 @@
-"""Tests for medxcept.evaluation.metrics: scikit-learn as oracle, hand computations, published values."""
+"""Tests for medxcept.evaluation.metrics, .units and .intervals: scikit-learn as oracle, hand computations, published values."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ from sklearn.metrics import (
 )
 
 from medxcept.errors import SplitError
+from medxcept.evaluation import intervals as iv
 from medxcept.evaluation import metrics as ev
+from medxcept.evaluation import units as un
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -77,7 +79,7 @@ def _clustered(n_patients: int, images_per_patient: int, seed: int = 0):
     return y, p, np.array([f"P-{g:04d}" for g in groups])
 
 
-def _width(ci: ev.BootstrapCI) -> float:
+def _width(ci: iv.BootstrapCI) -> float:
     assert ci.low is not None and ci.high is not None
     return ci.high - ci.low
 
@@ -299,17 +301,17 @@ def test_aggregate_by_patient_mean_max_and_labels():
     keys = ["P-b", "P-a", "P-b", "P-a", "P-c"]
     y = [0, 0, 1, 0, 2]
     p = [0.2, 0.1, 0.6, 0.3, 0.9]
-    k, yp, pp = ev.aggregate_by_patient(keys, y, p, how="mean")
+    k, yp, pp = un.aggregate_by_patient(keys, y, p, how="mean")
     assert k.tolist() == ["P-a", "P-b", "P-c"]
     assert yp.tolist() == [0, 1, 2]  # most severe image
     assert pp == pytest.approx([0.2, 0.4, 0.9])
-    _, _, pmax = ev.aggregate_by_patient(keys, y, p, how="max")
+    _, _, pmax = un.aggregate_by_patient(keys, y, p, how="max")
     assert pmax == pytest.approx([0.3, 0.6, 0.9])
 
     P = np.array([[0.8, 0.2], [0.6, 0.4], [0.2, 0.8], [0.4, 0.6], [0.1, 0.9]])
-    _, _, P_mean = ev.aggregate_by_patient(keys, y, P, how="mean")
+    _, _, P_mean = un.aggregate_by_patient(keys, y, P, how="mean")
     assert P_mean == pytest.approx(np.array([[0.5, 0.5], [0.5, 0.5], [0.1, 0.9]]))
-    _, _, P_max = ev.aggregate_by_patient(keys, y, P, how="max")
+    _, _, P_max = un.aggregate_by_patient(keys, y, P, how="max")
     assert P_max == pytest.approx(np.array([[0.6, 0.6], [0.8, 0.8], [0.1, 0.9]]))
 
 
@@ -321,15 +323,15 @@ def test_vectorized_resample_metrics_equal_sklearn_on_explicit_resamples():
     n = 150
     y = rng.integers(0, 2, n)
     p = np.round(rng.random(n), 1)  # many ties
-    codes = ev._as_group_codes(rng.integers(0, 40, n), n)
-    counts = ev._draw_counts(rng, 8, int(codes.max()) + 1)
-    pos_u, neg_u = ev._RankIndex(y, p, codes).per_value(counts)
-    auc, ap = ev._weighted_auc(pos_u, neg_u), ev._weighted_ap(pos_u, neg_u)
+    codes = iv.as_group_codes(rng.integers(0, 40, n), n)
+    counts = iv.draw_counts(rng, 8, int(codes.max()) + 1)
+    pos_u, neg_u = iv.RankIndex(y, p, codes).per_value(counts)
+    auc, ap = iv.weighted_auc(pos_u, neg_u), iv.weighted_ap(pos_u, neg_u)
     pred = p >= 0.5
     cells = np.stack([pred & (y == 1), pred & (y == 0), ~pred & (y == 0), ~pred & (y == 1)], 1)
     group_cells = np.zeros((counts.shape[1], 4), int)
     np.add.at(group_cells, codes, cells.astype(int))
-    thr = ev._threshold_metrics(counts, group_cells, ev.BINARY_METRICS[2:])
+    thr = iv._threshold_metrics(counts, group_cells, ev.BINARY_METRICS[2:])
     for b in range(counts.shape[0]):
         w = counts[b, codes]  # every image of a drawn patient, as often as the patient
         yb, pb = np.repeat(y, w), np.repeat(p, w)
@@ -341,8 +343,8 @@ def test_vectorized_resample_metrics_equal_sklearn_on_explicit_resamples():
 
 
 def test_resampling_keeps_a_patients_images_together():
-    codes = ev._as_group_codes(np.array(["P-x", "P-y", "P-x", "P-z", "P-y", "P-x"]), 6)
-    counts = ev._draw_counts(np.random.default_rng(5), 200, 3)
+    codes = iv.as_group_codes(np.array(["P-x", "P-y", "P-x", "P-z", "P-y", "P-x"]), 6)
+    counts = iv.draw_counts(np.random.default_rng(5), 200, 3)
     assert (counts.sum(axis=1) == 3).all()  # as many patients drawn as there are
     w = counts[:, codes]
     for members in ([0, 2, 5], [1, 4]):
@@ -359,7 +361,7 @@ def test_bootstrap_ci_contains_point_and_narrows_with_n():
     widths = {}
     for n in (200, 2000):
         y, p = sample(n)
-        ci = ev.bootstrap_ci(y, p, None, threshold=0.5, n_resamples=400, seed=1)
+        ci = iv.bootstrap_ci(y, p, None, threshold=0.5, n_resamples=400, seed=1)
         point = ev.binary_metrics(y, p, threshold=0.5)
         for name, (pt, low, high) in ci.items():
             assert pt == pytest.approx(point[name])
@@ -374,19 +376,19 @@ def test_patient_resampling_widens_intervals_on_clustered_data():
     # 40 patients x 15 near-identical images: resampling images pretends n = 600,
     # resampling patients sees n = 40, about sqrt(15) ~ 3.9 times wider.
     y, p, groups = _clustered(40, 15)
-    by_patient = ev.bootstrap_ci(y, p, groups, threshold=0.5, n_resamples=500, seed=0)
-    by_image = ev.bootstrap_ci(y, p, None, threshold=0.5, n_resamples=500, seed=0)
+    by_patient = iv.bootstrap_ci(y, p, groups, threshold=0.5, n_resamples=500, seed=0)
+    by_image = iv.bootstrap_ci(y, p, None, threshold=0.5, n_resamples=500, seed=0)
     for m in ("roc_auc", "sensitivity", "specificity", "accuracy"):
         assert _width(by_patient[m]) > 2.5 * _width(by_image[m]), m
 
 
 def test_bootstrap_is_reproducible_and_serializable():
     y, p, groups = _clustered(30, 3, seed=2)
-    a = ev.bootstrap_ci(y, p, groups, metrics=("roc_auc", "pr_auc"), threshold=None,
+    a = iv.bootstrap_ci(y, p, groups, metrics=("roc_auc", "pr_auc"), threshold=None,
                         n_resamples=200, seed=7)
-    b = ev.bootstrap_ci(y, p, groups, metrics=("roc_auc", "pr_auc"), threshold=None,
+    b = iv.bootstrap_ci(y, p, groups, metrics=("roc_auc", "pr_auc"), threshold=None,
                         n_resamples=200, seed=7)
-    c = ev.bootstrap_ci(y, p, groups, metrics=("roc_auc", "pr_auc"), threshold=None,
+    c = iv.bootstrap_ci(y, p, groups, metrics=("roc_auc", "pr_auc"), threshold=None,
                         n_resamples=200, seed=8)
     assert a == b and a != c
     assert json.loads(json.dumps(a))["roc_auc"] == list(a["roc_auc"])
@@ -398,7 +400,7 @@ def test_bootstrap_drops_and_counts_undefined_resamples():
     y = np.r_[np.ones(2, int), np.zeros(18, int)]
     p = np.linspace(0.95, 0.05, 20)
     groups = np.repeat([f"P-{i}" for i in range(10)], 2)
-    ci = ev.bootstrap_ci(y, p, groups, threshold=0.5, n_resamples=1000, seed=0)
+    ci = iv.bootstrap_ci(y, p, groups, threshold=0.5, n_resamples=1000, seed=0)
     auc = ci["roc_auc"]
     assert auc.n_used + auc.n_dropped == 1000
     assert 250 < auc.n_dropped < 450
@@ -410,11 +412,11 @@ def test_bootstrap_drops_and_counts_undefined_resamples():
 def test_bootstrap_rejects_bad_arguments():
     y, p = [0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8]
     with pytest.raises(ValueError, match="threshold is needed"):
-        ev.bootstrap_ci(y, p, None, threshold=None)
+        iv.bootstrap_ci(y, p, None, threshold=None)
     with pytest.raises(ValueError, match="unknown metrics"):
-        ev.bootstrap_ci(y, p, None, metrics=("auc",), threshold=0.5)
+        iv.bootstrap_ci(y, p, None, metrics=("auc",), threshold=0.5)
     with pytest.raises(ValueError, match="one value per image"):
-        ev.bootstrap_ci(y, p, ["a", "b"], threshold=0.5)
+        iv.bootstrap_ci(y, p, ["a", "b"], threshold=0.5)
 
 
 def test_bootstrap_2000_images_1000_resamples_is_fast():
@@ -422,7 +424,7 @@ def test_bootstrap_2000_images_1000_resamples_is_fast():
 
     y, p, groups = _clustered(500, 4, seed=3)
     start = time.perf_counter()
-    ev.bootstrap_ci(y, p, groups, threshold=0.5, n_resamples=1000)
+    iv.bootstrap_ci(y, p, groups, threshold=0.5, n_resamples=1000)
     assert time.perf_counter() - start < 10.0  # ~0.2 s; generous for shared CPUs
 
 
@@ -432,16 +434,16 @@ def test_bootstrap_2000_images_1000_resamples_is_fast():
 def test_delong_matches_proc_on_asah():
     # pROC: roc.test(roc(outcome, wfns), roc(outcome, s100b)) -> Z = 2.209, p = 0.0272
     d = _asah()
-    r = ev.delong_test(d["y"], d["wfns"], d["s100b"])
+    r = iv.delong_test(d["y"], d["wfns"], d["s100b"])
     assert r["z"] == pytest.approx(2.20898359144091, rel=1e-9)
     assert r["p_value"] == pytest.approx(0.0271757822291882, rel=1e-9)
     assert r["ci"] == pytest.approx((0.0104061769564846, 0.174214419249478), rel=1e-9)
     assert r["auc1"] == pytest.approx(0.823678861788618, rel=1e-12)
     assert r["auc2"] == pytest.approx(roc_auc_score(d["y"], d["s100b"]))
-    r2 = ev.delong_test(d["y"], d["wfns"], d["ndka"])
+    r2 = iv.delong_test(d["y"], d["wfns"], d["ndka"])
     assert r2["z"] == pytest.approx(2.79777591868904, rel=1e-9)
     assert r2["auc2"] == pytest.approx(0.611957994579946, rel=1e-12)
-    assert ev.delong_test(d["y"], d["s100b"], d["wfns"])["z"] == pytest.approx(-r["z"])
+    assert iv.delong_test(d["y"], d["s100b"], d["wfns"])["z"] == pytest.approx(-r["z"])
 
 
 def test_delong_matches_brute_force_structural_components():
@@ -460,7 +462,7 @@ def test_delong_matches_brute_force_structural_components():
         v01.append([np.mean([psi(a, b) for a in pos]) for b in neg])
     S = np.cov(v10) / 25 + np.cov(v01) / 35
     diff = np.mean(v10[0]) - np.mean(v10[1])
-    r = ev.delong_test(y, s1, s2)
+    r = iv.delong_test(y, s1, s2)
     assert r["diff"] == pytest.approx(diff, abs=1e-12)
     assert r["se"] == pytest.approx(math.sqrt(S[0, 0] + S[1, 1] - 2 * S[0, 1]), rel=1e-10)
 
@@ -471,8 +473,8 @@ def test_delong_agrees_with_paired_bootstrap():
     y = rng.integers(0, 2, n)
     s1 = rng.normal(1.0 * y, 1.0)
     s2 = 0.6 * s1 + rng.normal(0.3 * y, 0.8)
-    d = ev.delong_test(y, s1, s2)
-    b = ev.paired_bootstrap_auc(y, s1, s2, None, n_resamples=2000, seed=0)
+    d = iv.delong_test(y, s1, s2)
+    b = iv.paired_bootstrap_auc(y, s1, s2, None, n_resamples=2000, seed=0)
     assert b["diff"] == pytest.approx(d["diff"])
     assert b["se"] == pytest.approx(d["se"], rel=0.15)
     assert b["ci"][0] < d["diff"] < b["ci"][1]
@@ -480,12 +482,12 @@ def test_delong_agrees_with_paired_bootstrap():
 
 
 def test_delong_and_paired_bootstrap_degenerate_cases():
-    few = ev.delong_test([1, 0, 0, 0], [0.9, 0.1, 0.2, 0.3], [0.5, 0.4, 0.3, 0.2])
+    few = iv.delong_test([1, 0, 0, 0], [0.9, 0.1, 0.2, 0.3], [0.5, 0.4, 0.3, 0.2])
     assert few["p_value"] is None and few["auc1"] is None and "at least 2" in few["notes"][0]
-    same = ev.delong_test([1, 1, 0, 0], [0.9, 0.4, 0.5, 0.1], [0.9, 0.4, 0.5, 0.1])
+    same = iv.delong_test([1, 1, 0, 0], [0.9, 0.4, 0.5, 0.1], [0.9, 0.4, 0.5, 0.1])
     assert same["diff"] == 0 and same["p_value"] == 1.0
     y, p, groups = _clustered(20, 3)
-    pb = ev.paired_bootstrap_auc(y, p, p, groups, n_resamples=100)
+    pb = iv.paired_bootstrap_auc(y, p, p, groups, n_resamples=100)
     assert pb["diff"] == 0 and pb["ci"] == (0.0, 0.0) and pb["p_value"] == 1.0
 
 
@@ -510,19 +512,19 @@ def test_mcc_is_one_registry_entry_matching_sklearn():
     # bootstrap: per-resample MCC equals scikit-learn's on the explicitly resampled arrays
     y, p = rng.integers(0, 2, 40), rng.uniform(0, 1, 40)
     codes = np.repeat(np.arange(20), 2)
-    counts = ev._draw_counts(rng, 6, 20)
+    counts = iv.draw_counts(rng, 6, 20)
     pred = p >= 0.5
     cells = np.stack([pred & (y == 1), pred & (y == 0), ~pred & (y == 0), ~pred & (y == 1)], 1).astype(int)
     group_cells = np.zeros((20, 4), int)
     np.add.at(group_cells, codes, cells)
-    mcc = ev._threshold_metrics(counts, group_cells, ["mcc"])["mcc"]
+    mcc = iv._threshold_metrics(counts, group_cells, ["mcc"])["mcc"]
     for b in range(counts.shape[0]):
         w = counts[b, codes]
         assert mcc[b] == pytest.approx(matthews_corrcoef(np.repeat(y, w), np.repeat(pred, w)), abs=1e-12)
     for names in (ev.metric_names(ci=True), ev.metric_names(cv=True), ev.metric_names(compare=True)):
         assert "mcc" in names
     assert "mcc" in ev.BINARY_METRICS and ev.metric_labels()["mcc"] == "MCC"
-    ci = ev.bootstrap_ci(y, p, codes, metrics=["mcc"], threshold=0.5, n_resamples=200, seed=0)["mcc"]
+    ci = iv.bootstrap_ci(y, p, codes, metrics=["mcc"], threshold=0.5, n_resamples=200, seed=0)["mcc"]
     assert ci.low < ci.point < ci.high
 
 
@@ -531,7 +533,7 @@ def test_patient_auc_uses_the_aggregation_it_is_given():
     keys = np.array(["A", "A", "B", "C"])
     y = np.array([1, 1, 0, 0])
     p = np.array([0.9, 0.1, 0.6, 0.4])
-    assert ev.patient_auc(keys, y, p, how="max") == pytest.approx(1.0)
-    assert ev.patient_auc(keys, y, p, how="mean") == pytest.approx(0.5)
-    assert np.isnan(ev.patient_auc(keys, np.zeros(4, int), p))
-    np.testing.assert_allclose(ev.probabilities(np.array([[1.0, 1.0, 1.0]])), [[1 / 3] * 3])
+    assert un.patient_auc(keys, y, p, how="max") == pytest.approx(1.0)
+    assert un.patient_auc(keys, y, p, how="mean") == pytest.approx(0.5)
+    assert np.isnan(un.patient_auc(keys, np.zeros(4, int), p))
+    np.testing.assert_allclose(un.probabilities(np.array([[1.0, 1.0, 1.0]])), [[1 / 3] * 3])

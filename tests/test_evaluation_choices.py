@@ -10,7 +10,8 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from medxcept.config import load_config
-from medxcept.evaluation.metrics import aggregate_by_patient, choose_threshold
+from medxcept.evaluation.metrics import choose_threshold
+from medxcept.evaluation.units import aggregate_by_patient
 from medxcept.workflows.steps import assess
 
 
@@ -135,7 +136,8 @@ def _confident(rng: np.random.Generator, n_patients: int, prefix: str) -> tuple[
 
 
 def test_issue_example_ranks_the_logits_not_saturated_probabilities():
-    from medxcept.evaluation.metrics import binary_metrics, probabilities, ranking_metrics
+    from medxcept.evaluation.metrics import binary_metrics, ranking_metrics
+    from medxcept.evaluation.units import probabilities
 
     z = np.array([17, 25, 30, 18, -3, 0], dtype=np.float32)
     y = [0, 0, 1, 0, 0, 0]
@@ -149,7 +151,7 @@ def test_issue_example_ranks_the_logits_not_saturated_probabilities():
 def test_logits_up_to_40_give_the_auc_of_the_logits(how):
     """The test split's image and patient ROC-AUC, PR-AUC and their bootstrap point are those of
     the logits; float32 probabilities would tie every case (AUC 0.5)."""
-    from medxcept.evaluation.metrics import bootstrap_ci
+    from medxcept.evaluation.intervals import bootstrap_ci
 
     rng = np.random.default_rng(3)
     val, vz = _confident(rng, 30, "v")
@@ -179,7 +181,7 @@ def test_logits_up_to_40_give_the_auc_of_the_logits(how):
 def test_reference_comparison_ranks_logits_up_to_40():
     """DeLong p and the deep AUC of the reference comparison equal those of the patients' maximum
     logits, with logits up to 40."""
-    from medxcept.evaluation.metrics import delong_test, paired_bootstrap_auc
+    from medxcept.evaluation.intervals import delong_test, paired_bootstrap_auc
     from medxcept.evaluation.references import compare_with_references
 
     rng = np.random.default_rng(4)

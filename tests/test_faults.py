@@ -137,8 +137,8 @@ def test_run_killed_at_every_phase_resumes_to_the_uninterrupted_predictions(coho
 def test_saved_model_has_no_optimizer_state_and_predicts_as_the_run_did(reference):
     import keras
 
-    from medxcept.images.preprocess import load_images
-    from medxcept.models.train import predict_logits
+    from medxcept.images.cache import load_images
+    from medxcept.models.inference import predict_logits
     from medxcept.run import load_run_config
 
     path = reference / "model.keras"
@@ -249,7 +249,7 @@ def test_cache_key_follows_the_dicom_window(tmp_path, session_cache):
     import pandas as pd
 
     from medxcept.cohort.table import CohortSpec
-    from medxcept.images.preprocess import decode_key
+    from medxcept.images.cache import decode_key
     from medxcept.run import data_hash
     from medxcept.workflows.steps import cohort_cache
 

@@ -298,7 +298,7 @@ def test_assess_steps_record_and_reapply_the_rule_and_thresholds():
 def test_graded_evaluation_honours_the_visit_unit():
     """``eval.unit = visit``: patients with two visits give two units each; the bootstrap still
     resamples patients, and the endpoint's threshold is chosen on validation visits."""
-    from medxcept.evaluation.metrics import unit_keys
+    from medxcept.evaluation.units import unit_keys
 
     val, test = _frame(30, 1), _frame(40, 2)
     for f in (val, test):  # patients with an even index came twice: their right eye is a second visit

@@ -27,7 +27,9 @@ from scipy import ndimage
 
 from medxcept.cohort.demo import CAMERAS, paint_fundus
 from medxcept.cohort.ingest import _decode_task
-from medxcept.images.preprocess import PreprocessCache, PreprocessConfig, decode_min_side, preprocess, quality
+from medxcept.images.cache import PreprocessCache
+from medxcept.images.preprocess import PreprocessConfig, decode_min_side, preprocess
+from medxcept.images.quality import quality
 from medxcept.integrity.acquisition import GEOMETRY_COLUMNS, geometry_fingerprint
 from medxcept.io.images import read_image
 from medxcept.testing.camera import reference_preprocess, write_camera_fundus

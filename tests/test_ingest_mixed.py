@@ -28,7 +28,8 @@ from medxcept.cohort.ingest import ingest, public_exclusions  # noqa: E402
 from medxcept.cohort.table import load_cohort_spec  # noqa: E402
 from medxcept.config import load_config  # noqa: E402
 from medxcept.errors import CohortError, MissingDecoderError, SplitError  # noqa: E402
-from medxcept.images.preprocess import PreprocessCache, PreprocessConfig  # noqa: E402
+from medxcept.images.cache import PreprocessCache
+from medxcept.images.preprocess import PreprocessConfig  # noqa: E402
 from medxcept.integrity.check import is_skip_reason, reason_groups  # noqa: E402
 from medxcept.io.dicom import read_dicom  # noqa: E402
 from medxcept.io.images import read_image  # noqa: E402

@@ -438,7 +438,7 @@ def planned(tmp_path_factory):
 
 
 def test_plan_records_each_folds_inner_split_and_sizes(planned):
-    from medxcept.integrity.splits import split_hash
+    from medxcept.integrity.split_keys import split_hash
 
     d = planned["dir"]
     info = json.loads((d / "cv.json").read_text())

@@ -15,7 +15,7 @@ from sklearn.metrics import (
 )
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from medxcept.evaluation.metrics import _draw_counts
+from medxcept.evaluation.intervals import draw_counts
 from medxcept.evaluation.multiclass import (
     DecisionRule,
     aggregate_units,
@@ -88,7 +88,7 @@ def test_bootstrap_intervals_equal_explicit_patient_resampling():
     r = multiclass_report(y, P, keys, classes=CLASSES, kind="ordinal", n_resamples=B, seed=seed)
     # redo the same resamples explicitly with scikit-learn
     _, codes = np.unique(keys, return_inverse=True)
-    counts = _draw_counts(np.random.default_rng(seed), B, codes.max() + 1)
+    counts = draw_counts(np.random.default_rng(seed), B, codes.max() + 1)
     pred = DecisionRule("cumulative", (0.5,) * (K - 1)).predict(P)
     kap, auc1, bacc, wauc = [], [], [], []
     for b in range(B):
@@ -226,7 +226,7 @@ def test_paired_comparison_matches_explicit_resampling():
     m2 = roc_auc_score(y, P2, multi_class="ovr", average="macro")
     assert r["macro_roc_auc"]["diff"] == pytest.approx(m1 - m2) and m1 > m2
     _, codes = np.unique(keys, return_inverse=True)
-    counts = _draw_counts(np.random.default_rng(seed), B, codes.max() + 1)
+    counts = draw_counts(np.random.default_rng(seed), B, codes.max() + 1)
     d = []
     for b in range(B):
         rep = np.repeat(np.arange(len(y)), counts[b, codes])
@@ -241,8 +241,8 @@ def test_early_stopping_auc_is_the_graded_evaluations_patient_macro_auc():
     """Issue 30: graded early stopping ranked epochs by mean probabilities per patient with the highest
     class as label; ``unit_macro_auc`` (what it now ranks by) is the evaluation's patient macro ROC-AUC
     (ordinal: worst eye), which it must equal exactly."""
-    from medxcept.evaluation.metrics import patient_auc
     from medxcept.evaluation.multiclass import aggregate_units, multiclass_report, unit_macro_auc
+    from medxcept.evaluation.units import patient_auc
 
     rng = np.random.default_rng(11)
     n = 40

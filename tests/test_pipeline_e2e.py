@@ -279,7 +279,8 @@ def test_validation_predictions_recompute_threshold_and_temperature(run_dir):
     """val_predictions.csv (pseudonymized, validation patients only) gives back the run's threshold
     and temperature."""
     from medxcept.evaluation.calibrate import fit_temperature
-    from medxcept.evaluation.metrics import aggregate_by_patient, choose_threshold
+    from medxcept.evaluation.metrics import choose_threshold
+    from medxcept.evaluation.units import aggregate_by_patient
 
     val = pd.read_csv(run_dir / "val_predictions.csv")
     split = pd.read_csv(run_dir / "split.csv")

@@ -11,15 +11,9 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from medxcept.errors import ConfigError, ReadError
-from medxcept.images.preprocess import (
-    PreprocessCache,
-    PreprocessConfig,
-    apply_quality_policy,
-    find_fov,
-    preprocess,
-    quality,
-    to_model_range,
-)
+from medxcept.images.cache import PreprocessCache
+from medxcept.images.preprocess import PreprocessConfig, find_fov, preprocess, to_model_range
+from medxcept.images.quality import apply_quality_policy, quality
 
 
 def paint_fundus(

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from medxcept.evaluation.metrics import aggregate_by_patient, delong_test
+from medxcept.evaluation.intervals import delong_test
 from medxcept.evaluation.references import (
     CLASSICAL,
     REFERENCES,
@@ -17,6 +17,7 @@ from medxcept.evaluation.references import (
     image_statistics,
     reference_sentences,
 )
+from medxcept.evaluation.units import aggregate_by_patient
 
 
 def _fundus(rng: np.random.Generator, positive: bool, px: int = 32) -> np.ndarray:

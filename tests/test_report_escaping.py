@@ -97,7 +97,8 @@ def build_escaping_report(d: Path, edit=None) -> tuple[Path, dict]:
     from medxcept.evaluation.verdict import training_verdict
     from medxcept.images.augment import effective_class_frequencies
     from medxcept.integrity.audit import audit_cohort, fingerprints
-    from medxcept.integrity.splits import assign_splits, split_hash
+    from medxcept.integrity.split_keys import split_hash
+    from medxcept.integrity.splits import assign_splits
     from medxcept.report import render_report
     from medxcept.run import RunDir, data_hash
     from medxcept.workflows.steps import prepare_cohort, reason_counts, report_examples, summary_counts

@@ -15,19 +15,15 @@ from hypothesis import strategies as st
 from medxcept.config import load_config
 from medxcept.errors import ConfigError, SplitError
 from medxcept.integrity.audit import audit_cohort
+from medxcept.integrity.split_keys import group_keys, split_hash, split_table
 from medxcept.integrity.splits import (
-    USER_SPLIT_REGROUP_MESSAGE,
     SplitConfig,
     assign_folds,
     assign_splits,
     check_feasible,
-    group_keys,
-    is_split_file,
-    read_user_split,
     resolve_user_split,
-    split_hash,
-    split_table,
 )
+from medxcept.integrity.user_split import USER_SPLIT_REGROUP_MESSAGE, is_split_file, read_user_split
 
 CLASSES = ["normal", "mild", "severe"]
 

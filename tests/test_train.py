@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from medxcept.errors import ConfigError
-from medxcept.models.train import BestEpoch
+from medxcept.models.epoch_eval import BestEpoch
 
 # ---------------------------------------------------------------- best epoch (no Xception needed)
 
@@ -107,7 +107,7 @@ def test_a_collapsed_epoch_is_never_kept_when_another_exists():
 
 
 def test_collapse_rule_and_summary():
-    from medxcept.models.train import COLLAPSE_SD, collapse_summary, is_collapsed
+    from medxcept.models.epoch_eval import COLLAPSE_SD, collapse_summary, is_collapsed
 
     assert is_collapsed(np.full(9, 0.5)) and is_collapsed(0.5 + np.linspace(0, COLLAPSE_SD, 9))
     assert not is_collapsed(np.linspace(0.01, 0.2, 9)), "all below 0.5 but ranked: not constant"
@@ -126,7 +126,7 @@ def test_collapse_rule_and_summary():
 
 
 def test_train_auc_subset_is_patient_stratified_and_deterministic():
-    from medxcept.models.train import train_auc_subset
+    from medxcept.models.epoch_eval import train_auc_subset
 
     rng = np.random.default_rng(0)
     groups = np.repeat(np.arange(200), rng.integers(1, 4, 200))
@@ -174,7 +174,7 @@ def tiny_data(tmp_path_factory):
 
     from medxcept.cohort.table import load_cohort_spec
     from medxcept.config import load_config
-    from medxcept.images.dataset import load_images
+    from medxcept.images.cache import load_images
     from medxcept.integrity.splits import assign_splits
     from medxcept.workflows.steps import prepare_cohort
     from tests.conftest import TINY_COHORT
@@ -204,7 +204,7 @@ def _fit(data, run_dir=None, resume=False, cfg=None):
 
 
 def _val_logits(data, result):
-    from medxcept.models.train import predict_logits
+    from medxcept.models.inference import predict_logits
 
     return predict_logits(result.model, data["images"][data["va"]], batch_size=8)
 
@@ -216,7 +216,7 @@ def reference(tiny_data):
 
 @pytest.mark.slow
 def test_fit_returns_the_weights_of_its_best_epoch(tiny_data, reference):
-    from medxcept.models.train import _patient_auc, _probs
+    from medxcept.models.epoch_eval import _patient_auc, _probs
 
     h = reference.history
     assert list(h["epoch"]) == [1, 2, 3, 4]
@@ -234,7 +234,8 @@ def test_fit_returns_the_weights_of_its_best_epoch(tiny_data, reference):
 def test_train_patient_auc_is_the_clean_inference_mode_patient_auc(tiny_data, reference):
     from sklearn.metrics import roc_auc_score
 
-    from medxcept.models.train import _probs, predict_logits
+    from medxcept.models.epoch_eval import _probs
+    from medxcept.models.inference import predict_logits
 
     t, tr = tiny_data["table"], tiny_data["tr"]
     assert len(tr) <= 128, "the tiny cohort's training set is predicted whole"
@@ -330,8 +331,8 @@ def test_resume_continues_after_the_last_completed_epoch(tiny_data, reference, t
     assert again.resumed_after_training and again.weights_sha256 == resumed.weights_sha256
     assert again.best_epoch == resumed.best_epoch
     np.testing.assert_allclose(_val_logits(tiny_data, again), _val_logits(tiny_data, resumed), atol=1e-6)
+    from medxcept.models.checkpoint import weights_checksum
     from medxcept.models.network import build_model, resolve_weights
-    from medxcept.models.train import weights_checksum
 
     cfg = tiny_data["cfg"]
     fresh = build_model(image_px=cfg.preprocess.image_px, n_classes=2, dropout=cfg.model.dropout,
@@ -352,7 +353,7 @@ def test_resume_continues_after_the_last_completed_epoch(tiny_data, reference, t
 
 def test_tta_averages_the_logits_of_seeded_augmented_copies():
     from medxcept.images.augment import AugmentConfig, augment_batch, build_augment
-    from medxcept.models.train import predict_logits, predict_logits_tta
+    from medxcept.models.inference import predict_logits, predict_logits_tta
 
     keras.utils.set_random_seed(0)
     # a model that is not flip-invariant: the logit is a weighted sum of the left half's red channel
@@ -392,10 +393,12 @@ def test_default_recipe_learns_the_planted_signal(tmp_path_factory):
     """
     from medxcept.cohort.table import load_cohort_spec
     from medxcept.config import load_config
-    from medxcept.images.preprocess import load_images
+    from medxcept.images.cache import load_images
     from medxcept.integrity.splits import assign_splits
+    from medxcept.models.epoch_eval import _patient_auc, _probs
+    from medxcept.models.inference import predict_logits
     from medxcept.models.network import resolve_weights
-    from medxcept.models.train import _patient_auc, _probs, fit, predict_logits
+    from medxcept.models.train import fit
     from medxcept.workflows.steps import prepare_cohort
     from tests.conftest import TINY_COHORT
 
@@ -445,11 +448,12 @@ def test_epoch_evaluation_gives_what_keras_validation_gave_from_one_pass(n_class
     from sklearn.metrics import roc_auc_score
 
     from medxcept.images.dataset import CohortDataset
-    from medxcept.models import train
-    from medxcept.models.train import EpochEvaluation, _adamw, _compile, _probs, _schedule
+    from medxcept.models import epoch_eval
+    from medxcept.models.epoch_eval import EpochEvaluation, _probs
+    from medxcept.models.train import _adamw, _compile, _schedule
 
     if recalibrate == "batched":  # a subset above RECALIBRATE_PIXELS: batched precise BN, then one predict
-        monkeypatch.setattr(train, "RECALIBRATE_PIXELS", 0)
+        monkeypatch.setattr(epoch_eval, "RECALIBRATE_PIXELS", 0)
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(70, 24, 24, 3), dtype=np.uint8)
@@ -500,7 +504,8 @@ def test_recalibrate_and_predict_sets_batch_statistics_and_gives_inference_logit
     """One training-mode pass: the first BN layer's moving mean and variance become the batch's own
     (computed by hand from the convolution's output), and the returned logits are what inference mode
     (Model.predict, dropout off) gives afterwards; the dropout seed state is not drawn from."""
-    from medxcept.models.train import _seed_states, recalibrate_and_predict
+    from medxcept.models.checkpoint import _seed_states
+    from medxcept.models.epoch_eval import recalibrate_and_predict
 
     inputs = keras.Input((24, 24, 3))
     x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)

@@ -14,7 +14,7 @@ from medxcept.cohort.table import load_cohort_spec
 from medxcept.config import load_config
 from medxcept.errors import ConfigError
 from medxcept.evaluation.kfold import pooled_references
-from medxcept.evaluation.metrics import aggregate_by_patient, unit_keys, unit_patients
+from medxcept.evaluation.units import aggregate_by_patient, unit_keys, unit_patients
 from medxcept.workflows.steps import measure_test, prediction_table
 
 

@@ -45,7 +45,7 @@ def test_collapse_is_named_first_with_its_message():
     assert "constant in every epoch" in v["headline"] and "1.0e-06" in v["headline"]
     assert "every validation output was 0.31" in v["headline"]
     # train's own collapse record: its remedy is added once, the restated "constant" sentence is not
-    from medxcept.models.train import collapse_summary
+    from medxcept.models.epoch_eval import collapse_summary
     v3 = training_verdict(h, best_epoch=1, collapse=collapse_summary(h))
     assert v3["headline"].count("constant in every epoch") == 1
     assert "--weights" in v3["headline"]
@@ -158,7 +158,7 @@ def _tiny_cohort(rng: np.random.Generator, n_patients: int, amplitude: float) ->
 
 
 def _patient_auc(model, x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
-    from medxcept.evaluation.metrics import aggregate_by_patient
+    from medxcept.evaluation.units import aggregate_by_patient
 
     p = model.predict(x, verbose=0, batch_size=256)[:, 0]  # inference mode: no dropout
     _, yp, pp = aggregate_by_patient(groups, y, p, how="mean")

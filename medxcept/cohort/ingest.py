@@ -9,7 +9,7 @@ For every source of the cohort this module
    when the cohort says ``on_label_issue: error``);
 3. decodes each labelled file in a process pool (DICOM with :mod:`medxcept.io.dicom`, photographs
    with :mod:`medxcept.io.images`), measures its quality, preprocesses it and stores the result in
-   the :class:`~medxcept.images.preprocess.PreprocessCache` — one decode per file per configuration;
+   the :class:`~medxcept.images.cache.PreprocessCache` — one decode per file per configuration;
 4. returns the cohort table (schema in :mod:`medxcept.cohort.table`) and the exclusion log.
 
 Nothing is dropped silently: ``files found = files used + files excluded`` is checked at the end
@@ -55,15 +55,9 @@ from medxcept.cohort.table import (
     validate_cohort,
 )
 from medxcept.errors import CohortError, ConfigError, MissingDecoderError, ReadError
-from medxcept.images.preprocess import (
-    PreprocessCache,
-    PreprocessConfig,
-    apply_quality_policy,
-    decode_min_side,
-    find_fov,
-    preprocess,
-    quality,
-)
+from medxcept.images.cache import PreprocessCache
+from medxcept.images.preprocess import PreprocessConfig, decode_min_side, find_fov, preprocess
+from medxcept.images.quality import apply_quality_policy, quality
 from medxcept.integrity.acquisition import acquisition_fingerprint, geometry_fingerprint
 from medxcept.io import file_label, walk_files
 from medxcept.io.dicom import read_dicom, read_dicom_header

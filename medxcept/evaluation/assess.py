@@ -47,15 +47,17 @@ from medxcept.errors import ConfigError
 from medxcept.evaluation.calibrate import Calibrator, brier, calibration_summary, ece, make_calibrator
 from medxcept.evaluation.clinical import clinical_reading, decision_thresholds, operating_thresholds
 from medxcept.evaluation.graded import assess_graded
+from medxcept.evaluation.intervals import bootstrap_ci
 from medxcept.evaluation.metrics import (
-    aggregate_by_patient,
     binary_metrics,
-    bootstrap_ci,
     choose_threshold,
     metric_names,
     multiclass_metrics,
-    probabilities,
     ranking_metrics,
+)
+from medxcept.evaluation.units import (
+    aggregate_by_patient,
+    probabilities,
     unit_keys,
     unit_patients,
     unit_visits,
@@ -168,7 +170,7 @@ def predict_units(model: Any, units: Units, tta: TTA) -> np.ndarray:
         return logits
     if units.images is None or model is None:
         raise ConfigError("assessing needs either saved logits or a model and the images")
-    from medxcept.models.train import predict_logits_tta  # here: measuring saved logits needs no Keras
+    from medxcept.models.inference import predict_logits_tta  # here: measuring saved logits needs no Keras
 
     return predict_logits_tta(model, units.images, passes=tta.passes, seed=tta.seed, policy=tta.policy,
                               batch_size=tta.batch_size, keys=_key_seeds(units.frame))
@@ -210,7 +212,7 @@ def method_record(*, classes: tuple[str, ...], cfg: RunConfig, epoch_chosen_on: 
                   "n_units": int(len(set(unit_keys(val["patient_key"], unit_visits(val, ec.unit)))))}
     graded = len(classes) > 2
     out: dict[str, Any] = {
-        # what EpochEvaluation ranks epochs by (medxcept.evaluation.metrics.patient_auc)
+        # what EpochEvaluation ranks epochs by (medxcept.evaluation.units.patient_auc)
         "epoch": {"chosen_on": epoch_chosen_on,
                   "by": "the macro one-vs-rest ROC-AUC of the validation patients (class probabilities averaged "
                         "per patient)" if graded else
@@ -671,7 +673,7 @@ def unit_record(frame: pd.DataFrame, ec: Any) -> dict[str, Any]:
 def prediction_table(test: pd.DataFrame, classes: tuple[str, ...], how: str, unit: str = "visit") -> pd.DataFrame:
     """``predictions.csv``: pseudonymized rows, logits and probabilities, each image's evaluation unit
     (``unit_key``: the patient, or patient and visit) and (binary) the unit's label and aggregated
-    probability (:func:`medxcept.evaluation.metrics.aggregate_by_patient`), as ``patient_*`` columns."""
+    probability (:func:`medxcept.evaluation.units.aggregate_by_patient`), as ``patient_*`` columns."""
     test = test.copy()
     test["unit_key"] = unit_keys(test["patient_key"], unit_visits(test, unit))
     cols = [c for c in PREDICTION_COLUMNS if c in test] + [c for c in test.columns if c.startswith(("logit", "prob"))]

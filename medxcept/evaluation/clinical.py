@@ -2,7 +2,7 @@
 and whether the test set is big enough to say any of it.
 
 Pure functions on unit-level labels and probabilities (one row per patient or visit,
-:func:`medxcept.evaluation.metrics.aggregate_by_patient`); they return numbers, the report draws them.
+:func:`medxcept.evaluation.units.aggregate_by_patient`); they return numbers, the report draws them.
 
 * **Calibration intercept and slope** (Van Calster et al., BMC Medicine 2019;17:230): the
   calibration-in-the-large ``a`` of ``logit P(y=1) = a + logit(p)`` (the slope fixed at 1, the
@@ -24,7 +24,7 @@ Pure functions on unit-level labels and probabilities (one row per patient or vi
   units needed for Riley's targets (AUC within ±0.05, slope within ±0.10): :func:`sample_size`.
 
 Bootstrap intervals resample patients with all their units, through the project's one cluster
-bootstrap (:func:`medxcept.evaluation.metrics.cluster_resample_weights`).
+bootstrap (:func:`medxcept.evaluation.intervals.cluster_resample_weights`).
 """
 
 from __future__ import annotations
@@ -43,14 +43,8 @@ from statsmodels.nonparametric.smoothers_lowess import lowess
 from statsmodels.tools.sm_exceptions import PerfectSeparationWarning
 
 from medxcept.evaluation.calibrate import to_logits
-from medxcept.evaluation.metrics import (
-    _as_binary_labels,
-    _as_scores,
-    _below,
-    cluster_resample_weights,
-    counts_metrics,
-    percentile_ci,
-)
+from medxcept.evaluation.intervals import cluster_resample_weights, percentile_ci
+from medxcept.evaluation.metrics import as_binary_labels, as_scores, counts_metrics, threshold_below
 
 __all__ = [
     "OPERATING_TARGETS",
@@ -110,8 +104,8 @@ def calibration_intercept_slope(y_true: ArrayLike, y_prob: ArrayLike) -> dict[st
     >>> round(r["intercept"], 3), round(r["slope"], 3)
     (-0.087, 1.07)
     """
-    y = _as_binary_labels(y_true).astype(np.float64)
-    z = to_logits(_as_scores(y_prob, y.shape[0]))
+    y = as_binary_labels(y_true).astype(np.float64)
+    z = to_logits(as_scores(y_prob, y.shape[0]))
     out: dict[str, Any] = {"intercept": None, "intercept_se": None, "slope": None, "slope_intercept": None,
                            "slope_se": None, "n": int(y.size), "n_events": int(y.sum()), "note": None}
     if y.min() == y.max():
@@ -155,8 +149,8 @@ def recalibration_fits(y_true: ArrayLike, y_prob: ArrayLike, weights: np.ndarray
         NaN where undefined in that row (one class drawn, constant predictions, separation, no
         convergence).
     """
-    y = _as_binary_labels(y_true).astype(np.float64)
-    z = to_logits(_as_scores(y_prob, y.shape[0]))
+    y = as_binary_labels(y_true).astype(np.float64)
+    z = to_logits(as_scores(y_prob, y.shape[0]))
     w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
     pos, tot = w @ y, w.sum(axis=1)
     both = (pos > 0) & (pos < tot)
@@ -202,8 +196,8 @@ def smoothed_calibration(y_true: ArrayLike, y_prob: ArrayLike, grid: ArrayLike, 
                          frac: float = 2.0 / 3.0) -> np.ndarray:
     """LOWESS estimate of P(y = 1 | p) at the probabilities ``grid`` (``statsmodels``, no robustness
     iterations: the outcome is binary). NaN outside the range of ``y_prob``; clipped to [0, 1]."""
-    y = _as_binary_labels(y_true).astype(np.float64)
-    p = _as_scores(y_prob, y.shape[0])
+    y = as_binary_labels(y_true).astype(np.float64)
+    p = as_scores(y_prob, y.shape[0])
     g = np.asarray(grid, dtype=np.float64)
     if np.ptp(p) == 0:
         return np.full(g.shape, np.nan)
@@ -230,8 +224,8 @@ def net_benefit(y_true: ArrayLike, y_prob: ArrayLike, thresholds: ArrayLike,
     >>> net_benefit([1, 0, 1, 0], [0.9, 0.6, 0.4, 0.1], [0.5]).round(4).tolist()
     [0.0]
     """
-    y = _as_binary_labels(y_true).astype(np.float64)
-    p = _as_scores(y_prob, y.shape[0])
+    y = as_binary_labels(y_true).astype(np.float64)
+    p = as_scores(y_prob, y.shape[0])
     t = np.asarray(thresholds, dtype=np.float64)
     if np.any((t <= 0) | (t >= 1)):
         raise ValueError(f"threshold probabilities must be in (0, 1); got {t.min():g}..{t.max():g}")
@@ -259,7 +253,7 @@ def decision_curve(y_true: ArrayLike, y_prob: ArrayLike, thresholds: ArrayLike,
     ``useful_ranges``: the runs of thresholds where the model beats both defaults (``useful_range``:
     from the first to the last of them); ``clearly_useful_ranges``: where the gain's interval excludes 0.
     """
-    y = _as_binary_labels(y_true).astype(np.float64)
+    y = as_binary_labels(y_true).astype(np.float64)
     t = np.asarray(thresholds, dtype=np.float64)
     model, all_ = net_benefit(y, y_prob, t), _treat_all(y, t)
     out: dict[str, Any] = {"thresholds": t.tolist(), "prevalence": float(y.mean()), "n": int(y.size),
@@ -311,8 +305,8 @@ def operating_thresholds(y_val: ArrayLike, p_val: ArrayLike,
         ``threshold`` is ``None``, with a ``note``, when validation lacks a class or when no threshold
         but "refer none" reaches the target.
     """
-    y = _as_binary_labels(y_val, "y_val")
-    p = _as_scores(p_val, y.shape[0], "p_val")
+    y = as_binary_labels(y_val, "y_val")
+    p = as_scores(p_val, y.shape[0], "p_val")
     rows: list[dict[str, Any]] = []
     if y.min() == y.max():
         return [{"fixed": f, "target": s, "threshold": None, "val_sensitivity": None, "val_specificity": None,
@@ -333,7 +327,7 @@ def operating_thresholds(y_val: ArrayLike, p_val: ArrayLike,
                                  "units except referring none"})
             continue
         i = int(ok[np.argmax(free[ok])])  # argmax: the first, i.e. the highest threshold among ties
-        rows.append({"fixed": fixed, "target": float(target), "threshold": _below(p, float(thr[i])),
+        rows.append({"fixed": fixed, "target": float(target), "threshold": threshold_below(p, float(thr[i])),
                      "val_sensitivity": float(tpr[i]), "val_specificity": float(spec[i]), "n_val": int(y.size)})
     return rows
 
@@ -369,8 +363,8 @@ def operating_point_table(y_true: ArrayLike, y_prob: ArrayLike, chosen: Sequence
     out-of-fold units, one threshold per unit for each row of ``chosen`` (its fold's; NaN: that fold
     reached the target only by referring none, and its units count as not referred).
     """
-    y = _as_binary_labels(y_true)
-    p = _as_scores(y_prob, y.shape[0])
+    y = as_binary_labels(y_true)
+    p = as_scores(y_prob, y.shape[0])
     rows = []
     for i, op in enumerate(chosen):
         row = dict(op)
@@ -625,9 +619,9 @@ def clinical_reading(y_true: ArrayLike, y_prob: ArrayLike, y_prob_raw: ArrayLike
         ``sample_size``, ``prevalence`` (the test units'), ``clinic_prevalence``, ``n_units``,
         ``n_events``, ``n_resamples``.
     """
-    y = _as_binary_labels(y_true)
-    p = _as_scores(y_prob, y.shape[0])
-    pr = _as_scores(y_prob_raw, y.shape[0], "y_prob_raw")
+    y = as_binary_labels(y_true)
+    p = as_scores(y_prob, y.shape[0])
+    pr = as_scores(y_prob_raw, y.shape[0], "y_prob_raw")
     t = np.asarray(thresholds, dtype=np.float64)
     weights = cluster_resample_weights(groups, n_resamples, seed) if n_resamples else None
     band = None if weights is None else weights[: max(1, min(n_band, n_resamples))]

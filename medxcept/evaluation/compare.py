@@ -30,15 +30,15 @@ Per group: mean, SD (ddof=1; the **run-to-run SD**), minimum and maximum over th
 Paired comparisons. For every pair of groups (A = the group met first on the command line, B the
 other), runs are matched by seed, and each seed pair is tested on the same test patients:
 
-* ROC-AUC: DeLong's test (:func:`medxcept.evaluation.metrics.delong_test`) and the paired bootstrap
-  (:func:`medxcept.evaluation.metrics.paired_bootstrap_auc`) on the patient-level probabilities;
+* ROC-AUC: DeLong's test (:func:`medxcept.evaluation.intervals.delong_test`) and the paired bootstrap
+  (:func:`medxcept.evaluation.intervals.paired_bootstrap_auc`) on the patient-level probabilities;
 * PR-AUC, sensitivity, specificity: a paired bootstrap over patients (both runs scored on the same
   resamples, each at its own threshold);
 * ECE and Brier after recalibration: the same paired bootstrap, resampling patients with all
   their images (ECE with the run's uniform bins).
 
 Bootstrap p-values are two-sided normal ones, ``2 * (1 - Phi(|diff| / SD of the resampled
-differences))``, as in :func:`~medxcept.evaluation.metrics.paired_bootstrap_auc`.
+differences))``, as in :func:`~medxcept.evaluation.intervals.paired_bootstrap_auc`.
 
 **The verdict rule**, per metric. Let ``d`` be the mean of B's runs minus the mean of A's runs and
 ``s`` the pooled run-to-run SD, ``s^2 = sum_g (n_g - 1) s_g^2 / sum_g (n_g - 1)`` over the two
@@ -75,14 +75,9 @@ from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
 from medxcept.errors import ConfigError
+from medxcept.evaluation.intervals import delong_test, paired_bootstrap_auc, weighted_average_precision
 from medxcept.evaluation.metrics import METRICS as REGISTRY
-from medxcept.evaluation.metrics import (
-    counts_metrics,
-    delong_test,
-    metric_names,
-    paired_bootstrap_auc,
-    weighted_average_precision,
-)
+from medxcept.evaluation.metrics import counts_metrics, metric_names
 from medxcept.evaluation.verdict import training_verdict
 from medxcept.report.figures import plt, to_data_uri
 
@@ -481,9 +476,9 @@ def paired_tests(a: RunRecord, b: RunRecord, *, n_resamples: int = 1000, seed: i
     Returns
     -------
     dict
-        ``delong`` (:func:`medxcept.evaluation.metrics.delong_test` on the patients' uncalibrated scores, with
+        ``delong`` (:func:`medxcept.evaluation.intervals.delong_test` on the patients' uncalibrated scores, with
         ``diff`` = AUC(b) - AUC(a)), ``paired_bootstrap_auc``
-        (:func:`medxcept.evaluation.metrics.paired_bootstrap_auc`, same orientation), and ``metrics``: per
+        (:func:`medxcept.evaluation.intervals.paired_bootstrap_auc`, same orientation), and ``metrics``: per
         metric of :data:`VERDICT_METRICS`, ``a``, ``b``, ``diff``, ``p_value``, ``test`` and, for
         bootstrapped metrics, ``se`` and ``ci`` (95 % percentile interval of the difference).
     """

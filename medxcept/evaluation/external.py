@@ -72,13 +72,13 @@ import yaml
 from medxcept.cohort.table import CohortSpec
 from medxcept.config import RunConfig, load_config
 from medxcept.errors import ConfigError
-from medxcept.evaluation.metrics import unit_keys, unit_visits
 from medxcept.evaluation.references import (
     compare_with_references,
     load_reference_models,
     reference_sentences,
     score_reference_models,
 )
+from medxcept.evaluation.units import unit_keys, unit_visits
 from medxcept.evaluation.verdict import training_verdict
 from medxcept.integrity.audit import Finding
 from medxcept.integrity.check import _thumb

@@ -36,17 +36,8 @@ import pandas as pd
 
 from medxcept.evaluation.calibrate import calibration_summary
 from medxcept.evaluation.clinical import clinical_reading, decision_thresholds, operating_thresholds
-from medxcept.evaluation.metrics import (
-    aggregate_by_patient,
-    binary_metrics,
-    bootstrap_ci,
-    choose_threshold,
-    metric_names,
-    ranking_metrics,
-    unit_keys,
-    unit_patients,
-    unit_visits,
-)
+from medxcept.evaluation.intervals import bootstrap_ci
+from medxcept.evaluation.metrics import binary_metrics, choose_threshold, metric_names, ranking_metrics
 from medxcept.evaluation.multiclass import (
     DecisionRule,
     aggregate_units,
@@ -55,6 +46,7 @@ from medxcept.evaluation.multiclass import (
     endpoint_probability,
     multiclass_report,
 )
+from medxcept.evaluation.units import aggregate_by_patient, unit_keys, unit_patients, unit_visits
 
 __all__ = ["ENDPOINT_CI_METRICS", "assess_graded", "endpoint_report", "check_task_config", "graded_figures",
            "classwise_reliability_figure"]
@@ -79,7 +71,7 @@ def _probs(frame: pd.DataFrame, classes: Sequence[str], prefix: str) -> np.ndarr
 
 def _unit_keys(frame: pd.DataFrame, eval_cfg: Any) -> np.ndarray:
     """Each row's evaluation unit (``eval.unit``: the patient, or the patient's visit), as the
-    binary path's (:func:`medxcept.evaluation.metrics.unit_visits`)."""
+    binary path's (:func:`medxcept.evaluation.units.unit_visits`)."""
     return np.asarray(unit_keys(frame["patient_key"].astype(str),
                                 unit_visits(frame, getattr(eval_cfg, "unit", "patient"))), dtype=str)
 
@@ -434,7 +426,7 @@ def compare_graded_runs(run_dirs: Sequence[Any], *, n_resamples: int = 1000, see
     pair, the paired patient-bootstrap difference of macro ROC-AUC and (ordinal) quadratic kappa
     (:func:`medxcept.evaluation.multiclass.paired_comparison`; each run's predictions with its own decision
     rule, patients by the worst-eye rule) and of each endpoint's patient ROC-AUC
-    (:func:`medxcept.evaluation.metrics.paired_bootstrap_auc`).
+    (:func:`medxcept.evaluation.intervals.paired_bootstrap_auc`).
 
     Raises:
         ConfigError: a run that is not a finished k-class run, or runs on different test images,
@@ -444,7 +436,7 @@ def compare_graded_runs(run_dirs: Sequence[Any], *, n_resamples: int = 1000, see
     from pathlib import Path
 
     from medxcept.errors import ConfigError
-    from medxcept.evaluation.metrics import paired_bootstrap_auc
+    from medxcept.evaluation.intervals import paired_bootstrap_auc
     from medxcept.evaluation.multiclass import paired_comparison
 
     runs = []

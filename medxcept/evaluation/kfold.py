@@ -113,18 +113,16 @@ from medxcept.evaluation.calibrate import brier, ece, reliability_table
 from medxcept.evaluation.clinical import OPERATING_TARGETS, clinical_reading, decision_thresholds
 from medxcept.evaluation.metrics import METRICS as METRIC_REGISTRY
 from medxcept.evaluation.metrics import (
-    aggregate_by_patient,
     binary_metrics,
     counts_metrics,
     metric_labels,
     metric_names,
     ranking_metrics,
-    unit_keys,
-    unit_patients,
-    unit_visits,
 )
 from medxcept.evaluation.references import REFERENCES, compare_with_references, reference_sentences
-from medxcept.integrity.splits import SplitConfig, assign_folds, assign_splits, split_hash
+from medxcept.evaluation.units import aggregate_by_patient, unit_keys, unit_patients, unit_visits
+from medxcept.integrity.split_keys import split_hash
+from medxcept.integrity.splits import SplitConfig, assign_folds, assign_splits
 from medxcept.report.figures import BLUE, GREY, ORANGE, plt, to_data_uri
 from medxcept.run import DirectoryLock, _json_default, load_run_config, write_atomic
 

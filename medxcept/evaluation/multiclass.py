@@ -33,7 +33,7 @@ quadratic-weighted kappa (:func:`choose_decision_rule`) and applied unchanged to
 (support-)weighted ROC-AUC, macro PR-AUC, balanced accuracy, accuracy, the confusion matrix, and for
 ordinal tasks quadratic-weighted Cohen's kappa and the mean absolute grade error, each with a
 percentile bootstrap CI resampling patients. The bootstrap is vectorized as in
-:func:`medxcept.evaluation.metrics.bootstrap_ci`: a resample is a vector of draw counts per patient, rank
+:func:`medxcept.evaluation.intervals.bootstrap_ci`: a resample is a vector of draw counts per patient, rank
 metrics come from weighted rank statistics, confusion-matrix metrics from per-patient cell counts.
 
 **Calibration**: top-label ECE (:func:`medxcept.evaluation.calibrate.ece` on (n, k)), class-wise ECE (the mean
@@ -53,18 +53,18 @@ from numpy.typing import ArrayLike
 from sklearn.metrics import roc_auc_score
 
 from medxcept.evaluation.calibrate import brier, ece, mce, nll, reliability_table
-from medxcept.evaluation.metrics import (
+from medxcept.evaluation.intervals import (
     BootstrapCI,
-    _as_group_codes,
-    _block_rows,
-    _check_bootstrap_args,
-    _draw_counts,
-    _percentile_ci,
-    _RankIndex,
-    _weighted_ap,
-    _weighted_auc,
-    unit_keys,
+    RankIndex,
+    as_group_codes,
+    block_rows,
+    check_bootstrap_args,
+    draw_counts,
+    percentile_ci,
+    weighted_ap,
+    weighted_auc,
 )
+from medxcept.evaluation.units import unit_keys
 
 __all__ = [
     "KINDS",
@@ -517,8 +517,8 @@ def multiclass_report(
         rule = DecisionRule("argmax") if kind == "nominal" else DecisionRule("cumulative", (0.5,) * (k - 1))
     n_resamples = int(n_resamples)
     if n_resamples:
-        _check_bootstrap_args(n_resamples, alpha)
-    codes = _as_group_codes(groups, y.shape[0])
+        check_bootstrap_args(n_resamples, alpha)
+    codes = as_group_codes(groups, y.shape[0])
     n_groups = int(codes.max()) + 1
     pred = rule.predict(p) if y_pred is None else as_class_indices(y_pred, k, name="y_pred")
     if pred.shape != y.shape:
@@ -543,11 +543,11 @@ def multiclass_report(
     indexes = {}
     for c in np.flatnonzero(present):
         yc = (y == c).astype(np.int64)
-        idx = _RankIndex(yc, p_rank[:, c], codes)
+        idx = RankIndex(yc, p_rank[:, c], codes)
         indexes[c] = idx
         ones = np.ones((1, n_groups), dtype=np.int64)
         pos_u, neg_u = idx.per_value(ones)
-        point_rank[c] = (float(_weighted_auc(pos_u, neg_u)[0]), float(_weighted_ap(pos_u, neg_u)[0]))
+        point_rank[c] = (float(weighted_auc(pos_u, neg_u)[0]), float(weighted_ap(pos_u, neg_u)[0]))
 
     def _means(aucs: np.ndarray, aps: np.ndarray, sup: np.ndarray) -> dict[str, np.ndarray]:
         # (B, c) arrays over the classes present in the full data; NaN rows when any is undefined
@@ -576,11 +576,11 @@ def multiclass_report(
         onehot = np.zeros((n_groups, k), dtype=np.int64)
         np.add.at(onehot, (codes, y), 1)
         rng = np.random.default_rng(seed)
-        rows = _block_rows(y.shape[0] * max(1, pres.size), n_resamples)
+        rows = block_rows(y.shape[0] * max(1, pres.size), n_resamples)
         done = 0
         while done < n_resamples:
             b = min(rows, n_resamples - done)
-            counts = _draw_counts(rng, b, n_groups)
+            counts = draw_counts(rng, b, n_groups)
             cms = (counts @ cells).reshape(b, k, k)
             for m, v in _cm_metrics(cms, cm_names, present).items():
                 boot[m].append(v)
@@ -588,8 +588,8 @@ def multiclass_report(
                 aucs, aps = np.empty((b, pres.size)), np.empty((b, pres.size))
                 for j, c in enumerate(pres):
                     pos_u, neg_u = indexes[c].per_value(counts)
-                    aucs[:, j] = _weighted_auc(pos_u, neg_u)
-                    aps[:, j] = _weighted_ap(pos_u, neg_u)
+                    aucs[:, j] = weighted_auc(pos_u, neg_u)
+                    aps[:, j] = weighted_ap(pos_u, neg_u)
                     boot_cls[c]["roc_auc"].append(aucs[:, j])
                     boot_cls[c]["pr_auc"].append(aps[:, j])
                 sup = (counts @ onehot)[:, pres].astype(np.float64)
@@ -604,7 +604,7 @@ def multiclass_report(
             return BootstrapCI(point, None, None, 0, 0).to_dict()
         if point is None:
             return BootstrapCI(None, None, None, 0, n_resamples).to_dict()
-        return _percentile_ci(point, np.concatenate(values), alpha).to_dict()
+        return percentile_ci(point, np.concatenate(values), alpha).to_dict()
 
     per_class: dict[str, dict[str, Any]] = {}
     n_pred = cm.sum(axis=0)
@@ -720,26 +720,26 @@ def paired_comparison(
     """
     from scipy import stats
 
-    _check_bootstrap_args(n_resamples, alpha)
+    check_bootstrap_args(n_resamples, alpha)
     p1, p2 = check_probabilities(P1, name="P1"), check_probabilities(P2, name="P2")
     k = p1.shape[1]
     if p2.shape != p1.shape:
         raise ValueError(f"P1 and P2 must have the same shape; got {p1.shape} and {p2.shape}")
     y = as_class_indices(y_true, k)
-    codes = _as_group_codes(groups, y.shape[0])
+    codes = as_group_codes(groups, y.shape[0])
     n_groups = int(codes.max()) + 1
     default = DecisionRule("argmax") if kind == "nominal" else DecisionRule("cumulative", (0.5,) * (k - 1))
     preds = [default.predict(p) if q is None else as_class_indices(q, k, name="pred")
              for p, q in ((p1, pred1), (p2, pred2))]
     support = np.bincount(y, minlength=k)
     pres = np.flatnonzero((support > 0) & (support < y.shape[0]))
-    idx = [[_RankIndex((y == c).astype(np.int64), p[:, c], codes) for c in pres] for p in (p1, p2)]
+    idx = [[RankIndex((y == c).astype(np.int64), p[:, c], codes) for c in pres] for p in (p1, p2)]
     ones = np.ones((1, n_groups), dtype=np.int64)
 
     def macro(model: int, counts: np.ndarray) -> np.ndarray:
         if not pres.size:
             return np.full(counts.shape[0], np.nan)
-        return np.mean([_weighted_auc(*ix.per_value(counts)) for ix in idx[model]], axis=0)
+        return np.mean([weighted_auc(*ix.per_value(counts)) for ix in idx[model]], axis=0)
 
     cells = []
     for pred in preds:
@@ -758,11 +758,11 @@ def paired_comparison(
     point = {m: (float(a[0]), float(b[0])) for m, (a, b) in values(ones).items()}
     rng = np.random.default_rng(seed)
     diffs: dict[str, list[np.ndarray]] = {m: [] for m in names}
-    rows = _block_rows(y.shape[0] * max(1, 2 * pres.size), n_resamples)
+    rows = block_rows(y.shape[0] * max(1, 2 * pres.size), n_resamples)
     done = 0
     while done < n_resamples:
         b = min(rows, n_resamples - done)
-        for m, (a, c) in values(_draw_counts(rng, b, n_groups)).items():
+        for m, (a, c) in values(draw_counts(rng, b, n_groups)).items():
             diffs[m].append(a - c)
         done += b
     result: dict[str, Any] = {}

@@ -24,7 +24,7 @@ from (the validation split also chose its epoch, threshold and calibration) and 
 Image scores are combined into patient scores by the same aggregation as the deep model's
 (``aggregate``), and :func:`compare_with_references` puts the deep model's patient-level AUC next to
 each reference with the paired difference, its patient-bootstrap CI
-(:func:`medxcept.evaluation.metrics.paired_bootstrap_auc`) and DeLong's p (:func:`medxcept.evaluation.metrics.delong_test`).
+(:func:`medxcept.evaluation.intervals.paired_bootstrap_auc`) and DeLong's p (:func:`medxcept.evaluation.intervals.delong_test`).
 :func:`reference_sentences` turns that into plain words, the classical comparison first.
 
 Binary tasks only: for more than two classes :func:`fit_references` returns the references'
@@ -44,15 +44,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from medxcept.evaluation.metrics import (
-    aggregate_by_patient,
-    bootstrap_ci,
-    delong_test,
-    paired_bootstrap_auc,
-    unit_keys,
-    unit_patients,
-    unit_visits,
-)
+from medxcept.evaluation.intervals import bootstrap_ci, delong_test, paired_bootstrap_auc
+from medxcept.evaluation.units import aggregate_by_patient, unit_keys, unit_patients, unit_visits
 from medxcept.integrity.acquisition import ACQ_COLUMNS
 
 __all__ = [
@@ -416,17 +409,17 @@ def compare_with_references(
         :func:`fit_references` output for the same images.
     patient_key : array-like of shape (n,)
         The unit the headline is reported on: patient keys, or unit keys
-        (:func:`medxcept.evaluation.metrics.unit_keys`: patient and visit). The bootstrap resamples the
-        patients of the units (:func:`medxcept.evaluation.metrics.unit_patients`): all visits of a patient
+        (:func:`medxcept.evaluation.units.unit_keys`: patient and visit). The bootstrap resamples the
+        patients of the units (:func:`medxcept.evaluation.units.unit_patients`): all visits of a patient
         together.
     aggregate : callable or None
         ``aggregate(keys, y, scores) -> (keys, y_patient, score_patient)``, the run's patient
-        aggregation; None uses :func:`medxcept.evaluation.metrics.aggregate_by_patient` with ``how``.
+        aggregation; None uses :func:`medxcept.evaluation.units.aggregate_by_patient` with ``how``.
     n_resamples, seed :
         The patient bootstrap (0 resamples: no CIs, DeLong only).
     scale : {"probability", "logit"}, default "probability"
         What ``deep_scores`` are: ``"logit"`` aggregates them on the logit scale
-        (:func:`medxcept.evaluation.metrics.aggregate_by_patient`), so confident cases never tie.
+        (:func:`medxcept.evaluation.units.aggregate_by_patient`), so confident cases never tie.
     clusters : array-like of shape (n,), optional
         The patient of each image, when it is not the patient part of ``patient_key`` (pooled
         out-of-fold units keyed by repeat: every repeat of a patient is one cluster).

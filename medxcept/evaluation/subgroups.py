@@ -19,14 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medxcept.evaluation.metrics import (
-    aggregate_by_patient,
-    binary_metrics,
-    bootstrap_ci,
-    ranking_metrics,
-    unit_patients,
-    unit_visits,
-)
+from medxcept.evaluation.intervals import bootstrap_ci
+from medxcept.evaluation.metrics import binary_metrics, ranking_metrics
+from medxcept.evaluation.units import aggregate_by_patient, unit_patients, unit_visits
 
 __all__ = ["SUBGROUP_COLUMNS", "subgroup_rows"]
 

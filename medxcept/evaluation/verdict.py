@@ -18,7 +18,7 @@ numbers behind it. The cases, checked in this order (the first that applies is t
 ``fine``
     None of the above: training and validation agree and the training data is fitted.
 
-**The training metric** is ``train_patient_auc`` (:mod:`medxcept.models.train`): patient-level AUC on clean,
+**The training metric** is ``train_patient_auc`` (:mod:`medxcept.models.epoch_eval`): patient-level AUC on clean,
 unaugmented training images in inference mode (no dropout), aggregated like the validation one, so
 the two are comparable. Histories of older runs lack it; the verdict then falls back to Keras'
 running ``auc`` over augmented, class-weighted batches and says so (``train_metric_note``).

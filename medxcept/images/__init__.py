@@ -1,1 +1,1 @@
-"""Images into the network: preprocessing (decode, crop, normalize, cache), augmentation and class balancing, the Keras input pipeline."""
+"""Images into the network: preprocessing (crop, normalize), the quality gate, the preprocessing cache, augmentation and class balancing, the Keras input pipeline."""

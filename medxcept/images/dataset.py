@@ -1,7 +1,7 @@
 """The input pipeline: preprocessed images in memory, augmented per batch, fed by a ``PyDataset``.
 
 ``keras.utils.PyDataset`` works under every Keras backend (no ``tf.data`` in the training path).
-Images arrive already preprocessed (uint8, model size, from :class:`medxcept.images.preprocess.PreprocessCache`),
+Images arrive already preprocessed (uint8, model size, from :class:`medxcept.images.cache.PreprocessCache`),
 so a batch costs one fancy-index into an in-memory array plus augmentation: decoding and resizing
 happened once, at ingestion, not every epoch.
 
@@ -20,9 +20,8 @@ import keras
 import numpy as np
 
 from medxcept.images.augment import AugmentConfig, augment_batch, balanced_epoch_indices, class_weights
-from medxcept.images.preprocess import load_images  # noqa: F401  (re-exported: it used to live here)
 
-__all__ = ["CohortDataset", "load_images", "sample_weights_for"]
+__all__ = ["CohortDataset", "sample_weights_for"]
 
 
 def sample_weights_for(y: np.ndarray, n_classes: int, aug: AugmentConfig) -> np.ndarray | None:

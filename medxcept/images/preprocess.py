@@ -38,12 +38,12 @@ text and collimator extremes before contrast is stretched), optional CLAHE, pad 
 square, resize with anti-aliasing, replicate to three channels (Xception and its
 ImageNet weights expect RGB).
 
-:func:`quality` measures brightness, contrast and sharpness so an all-black or
-hopelessly blurred image never silently enters training; :func:`apply_quality_policy`
+:func:`medxcept.images.quality.quality` measures brightness, contrast and sharpness so an all-black or
+hopelessly blurred image never silently enters training; :func:`~medxcept.images.quality.apply_quality_policy`
 turns the measurement into an exclusion (a :class:`~medxcept.errors.ReadError` with
 ``stage="quality"``) or a flag, according to ``PreprocessConfig.quality_policy``.
 
-:class:`PreprocessCache` stores preprocessed images on disk, keyed by file hash,
+:class:`medxcept.images.cache.PreprocessCache` stores preprocessed images on disk, keyed by file hash,
 frame and :meth:`PreprocessConfig.key`, so a config change never reuses stale pixels.
 """
 
@@ -54,37 +54,31 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
-import pandas as pd
 from scipy import ndimage
 from skimage import color, exposure, transform
 from skimage.filters import threshold_otsu
 
-from medxcept.errors import ConfigError, ReadError
-from medxcept.io import log_name
+from medxcept.errors import ConfigError
 
 __all__ = [
-    "decode_key",
     "decode_min_side",
     "DECODE_MARGIN",
-    "load_images",
     "PREPROCESS_VERSION",
     "MODALITIES",
+    "QUALITY_PX",
     "PreprocessConfig",
     "find_fov",
     "preprocess",
-    "quality",
-    "apply_quality_policy",
     "to_model_range",
-    "PreprocessCache",
+    "as_float_image",
+    "luminance",
+    "disc_mask",
+    "square_window",
+    "resize_gaussian",
 ]
 
 logger = logging.getLogger(__name__)
@@ -98,13 +92,6 @@ MODALITIES = ("fundus", "gray")
 ILLUMINATIONS = ("none", "ben_graham")
 QUALITY_POLICIES = ("exclude", "flag", "off")
 
-# Quality thresholds (see :func:`quality`). Each measure is mapped to a sub-score that
-# equals 0.5 exactly at its threshold, so the default ``min_quality=0.5`` means "every
-# measure at least at its threshold".
-MIN_BRIGHTNESS = 0.03  # mean luminance inside the FOV; an all-black frame is 0
-MAX_BRIGHTNESS = 0.92  # above this the image is blown out
-MIN_CONTRAST = 0.01  # std of luminance inside the FOV
-MIN_SHARPNESS = 0.1  # variance of the Laplacian of the brightness-normalised 256-px image (x1e3)
 QUALITY_PX = 256  # fixed size on which sharpness is measured, so it is comparable across sizes
 _FOV_WORK_PX = 512  # find_fov works on a copy no larger than this (speed; the circle is large)
 #: A photograph is decoded with at least this many times the pixels the outputs need across its
@@ -134,13 +121,13 @@ class PreprocessConfig:
         Gray only: clip intensities to these percentiles (e.g. ``(0.5, 99.5)``) and
         stretch to ``[0, 1]``.
     quality_policy : {"exclude", "flag", "off"}, default "exclude"
-        What :func:`apply_quality_policy` does with an image whose score is below
+        What :func:`~medxcept.images.quality.apply_quality_policy` does with an image whose score is below
         ``min_quality``: exclude it (an ``exclusions.csv`` row), keep it but flag it,
         or skip the check. Exclusions and flags are counted per class in ``check.html``
         and the report (:mod:`medxcept.cohort.class_exclusions`), with a warning when the gate
         removes one class more than the others (README, "Design choices").
     min_quality : float, default 0.5
-        Threshold on :func:`quality`'s ``score`` in ``[0, 1]``. 0.5 means every measure
+        Threshold on :func:`~medxcept.images.quality.quality`'s ``score`` in ``[0, 1]``. 0.5 means every measure
         (brightness, contrast, sharpness) reaches its documented threshold.
     """
 
@@ -209,7 +196,7 @@ def decode_min_side(cfg: PreprocessConfig) -> int:
     """The pixels a decoded photograph must keep across its field of view (or its shorter side).
 
     Preprocessing crops the field of view's bounding square (the whole frame when none is
-    found) and resizes it to ``image_px``; :func:`quality` measures sharpness on a
+    found) and resizes it to ``image_px``; :func:`~medxcept.images.quality.quality` measures sharpness on a
     ``QUALITY_PX`` version of the same square. A decoder may therefore reduce a large
     photograph as long as the field of view keeps ``DECODE_MARGIN`` times the larger of the two
     across: :func:`medxcept.io.images.read_image` takes it as ``min_side`` (the shorter side
@@ -229,7 +216,7 @@ def decode_min_side(cfg: PreprocessConfig) -> int:
 # --------------------------------------------------------------------------- helpers
 
 
-def _as_float_image(img: np.ndarray) -> np.ndarray:
+def as_float_image(img: np.ndarray) -> np.ndarray:
     """Check the decoded image contract; return float32 H x W x C (C 1 or 3)."""
     a = np.asarray(img)
     if a.ndim == 2:
@@ -251,7 +238,7 @@ def _as_float_image(img: np.ndarray) -> np.ndarray:
     return np.clip(a, 0.0, 1.0)
 
 
-def _luminance(a: np.ndarray) -> np.ndarray:
+def luminance(a: np.ndarray) -> np.ndarray:
     """Rec. 601 luma of an H x W x C float image (the channel itself when C is 1)."""
     if a.shape[2] == 1:
         return a[:, :, 0]
@@ -315,7 +302,7 @@ def _robust_circle_fit(
     return cy, cx, r
 
 
-def _disc_mask(shape: tuple[int, int], cy: float, cx: float, r: float) -> np.ndarray:
+def disc_mask(shape: tuple[int, int], cy: float, cx: float, r: float) -> np.ndarray:
     """Boolean mask of pixels whose centre lies within the circle (pixel-centre coordinates)."""
     yy = np.arange(shape[0], dtype=np.float64)[:, None]
     xx = np.arange(shape[1], dtype=np.float64)[None, :]
@@ -362,7 +349,7 @@ def find_fov(img: np.ndarray) -> tuple[float, float, float, bool]:
     clipped on all four sides so that less than 0.5% of the frame is surround counts
     as "no surround" (not found).
     """
-    a = _as_float_image(img)
+    a = as_float_image(img)
     h, w = a.shape[:2]
     not_found = ((h - 1) / 2.0, (w - 1) / 2.0, max(h, w) / 2.0, False)
     ch = _fov_channel(a)
@@ -419,7 +406,7 @@ def find_fov(img: np.ndarray) -> tuple[float, float, float, bool]:
         return not_found
     # The fitted boundary sits half a pixel inside the true rim.
     r += 0.5
-    circ = _disc_mask((sh, sw), cy, cx, r)
+    circ = disc_mask((sh, sw), cy, cx, r)
     inter = np.count_nonzero(circ & mask)
     union = np.count_nonzero(circ | mask)
     if union == 0 or inter / union < 0.9:
@@ -431,7 +418,7 @@ def find_fov(img: np.ndarray) -> tuple[float, float, float, bool]:
 # --------------------------------------------------------------------------- geometry
 
 
-def _square_window(
+def square_window(
     a: np.ndarray, cy: float, cx: float, r: float
 ) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Cut the square ``[cy-r, cy+r] x [cx-r, cx+r]`` out of ``a``, padding with black.
@@ -469,7 +456,7 @@ def _resize(a: np.ndarray, px: int) -> np.ndarray:
     return out if out.dtype == np.uint8 else np.clip(out, 0.0, 1.0)
 
 
-def _resize_gaussian(a: np.ndarray, px: int, *, reduce: int = 1) -> np.ndarray:
+def resize_gaussian(a: np.ndarray, px: int, *, reduce: int = 1) -> np.ndarray:
     """scikit-image's resize with Gaussian anti-aliasing (the sharpness measure is calibrated on it).
 
     ``reduce``: ``a`` was decoded at ``1 / reduce`` of the stored size. The blur is then the one
@@ -558,7 +545,7 @@ def preprocess(
     """
     if modality not in MODALITIES:
         raise ConfigError(f"modality={modality!r} is not one of {list(MODALITIES)}")
-    a = _as_float_image(img)
+    a = as_float_image(img)
     px = int(cfg.image_px)
     if modality == "fundus":
         return _preprocess_fundus(a, cfg, px, fov)
@@ -575,9 +562,9 @@ def _preprocess_fundus(
     if not found:
         logger.debug("no field of view found; image used uncropped and unmasked")
     if cfg.fov_crop and found:
-        sq, valid, qcy, qcx = _square_window(a, cy, cx, r)
+        sq, valid, qcy, qcx = square_window(a, cy, cx, r)
     else:  # whole image, padded to a centred square
-        sq, valid, qcy, qcx = _square_window(a, (h - 1) / 2.0, (w - 1) / 2.0, max(h, w) / 2.0)
+        sq, valid, qcy, qcx = square_window(a, (h - 1) / 2.0, (w - 1) / 2.0, max(h, w) / 2.0)
         qcy, qcx = qcy + (cy - (h - 1) / 2.0), qcx + (cx - (w - 1) / 2.0)
     side = sq.shape[0]
     s = px / side
@@ -587,7 +574,7 @@ def _preprocess_fundus(
         # circle in output coordinates; 1 px smaller so the resampled rim (half surround,
         # half retina) is not kept as a dark ring that differs between cameras.
         ocy, ocx = (qcy + 0.5) * s - 0.5, (qcx + 0.5) * s - 0.5
-        fov = _disc_mask((px, px), ocy, ocx, max(r * s - 1.0, 1.0)) & valid_px
+        fov = disc_mask((px, px), ocy, ocx, max(r * s - 1.0, 1.0)) & valid_px
     else:
         fov = valid_px
     if cfg.illumination == "ben_graham":
@@ -600,7 +587,7 @@ def _preprocess_fundus(
 
 
 def _preprocess_gray(a: np.ndarray, cfg: PreprocessConfig, px: int) -> np.ndarray:
-    g = _luminance(a)  # a colour-encoded radiograph is reduced to its luminance
+    g = luminance(a)  # a colour-encoded radiograph is reduced to its luminance
     if cfg.clip_percentiles is not None:
         lo, hi = np.percentile(g, cfg.clip_percentiles)
         if hi > lo:
@@ -611,158 +598,9 @@ def _preprocess_gray(a: np.ndarray, cfg: PreprocessConfig, px: int) -> np.ndarra
     if cfg.clahe:
         g3 = _clahe_luminance(g3)
     h, w = g.shape
-    sq, _, _, _ = _square_window(g3, (h - 1) / 2.0, (w - 1) / 2.0, max(h, w) / 2.0)
+    sq, _, _, _ = square_window(g3, (h - 1) / 2.0, (w - 1) / 2.0, max(h, w) / 2.0)
     out = _resize(sq, px)
     return _to_uint8(np.repeat(out, 3, axis=2))
-
-
-# --------------------------------------------------------------------------- quality
-
-
-def _ramp_up(value: float, threshold: float) -> float:
-    """0 at 0, 0.5 at the threshold, 1 at twice the threshold."""
-    return float(np.clip(0.5 * value / threshold, 0.0, 1.0))
-
-
-def quality(
-    img: np.ndarray, *, modality: str, fov: tuple[float, float, float, bool] | None = None, reduce: int = 1
-) -> dict[str, Any]:
-    """Measure whether an image is usable at all (not a grading of image quality).
-
-    Parameters
-    ----------
-    img : ndarray
-        Decoded float ``H x W x C`` in ``[0, 1]`` (uint8 accepted).
-    modality : {"fundus", "gray"}
-        For fundus the measures are taken inside the field of view.
-    fov : tuple, optional
-        Fundus: :func:`find_fov`'s result for this same image, when the caller has it;
-        found again when omitted.
-    reduce : int, default 1
-        The image was decoded at ``1 / reduce`` of its stored size
-        (:func:`medxcept.io.images.read_image`'s ``meta["reduce"]``). Sharpness is then
-        measured as on the stored image: the 256-px version gets the anti-aliasing blur a
-        full-size decode would have got, less what the decoder's reduction already did.
-
-    Returns
-    -------
-    dict
-        ``fov_found`` (bool; always True for gray), ``brightness`` (mean luminance in
-        the FOV), ``contrast`` (its standard deviation), ``sharpness`` (variance of
-        the Laplacian, x1000, of a fixed 256 x 256 grayscale version of the FOV's
-        square divided by its mean brightness, taken inside the FOV shrunk by 6 px so
-        the disc's rim does not count as detail), ``score`` in ``[0, 1]`` and
-        ``reasons`` (list of str; empty when the image passes).
-
-    Notes
-    -----
-    Each measure becomes a sub-score that is exactly 0.5 at its threshold
-    (:data:`MIN_BRIGHTNESS`, :data:`MAX_BRIGHTNESS`, :data:`MIN_CONTRAST`,
-    :data:`MIN_SHARPNESS`) and 1 well above it; ``score`` is the smallest sub-score
-    (an image is as usable as its worst aspect). A fundus photograph without a
-    detectable FOV is capped at 0.6 and gets a reason, but is not failed by that alone
-    (pre-cropped datasets have no black surround). Sharpness is measured at a fixed
-    size so a 3000-px and a 500-px photograph compare, and on brightness-normalised
-    intensities so a dark but sharp image is not called blurred.
-    """
-    if modality not in MODALITIES:
-        raise ConfigError(f"modality={modality!r} is not one of {list(MODALITIES)}")
-    a = _as_float_image(img)
-    h, w = a.shape[:2]
-    lum = _luminance(a)
-    reasons: list[str] = []
-    if modality == "fundus":
-        cy, cx, r, found = find_fov(a) if fov is None else fov
-    else:
-        cy, cx, r, found = (h - 1) / 2.0, (w - 1) / 2.0, max(h, w) / 2.0, True
-    if modality == "fundus" and found:
-        sq, valid, qcy, qcx = _square_window(lum[:, :, None], cy, cx, r)
-        side = sq.shape[0]
-        region = _disc_mask((side, side), qcy, qcx, r) & (valid > 0)
-    else:
-        sq, valid, qcy, qcx = _square_window(lum[:, :, None], (h - 1) / 2.0, (w - 1) / 2.0, max(h, w) / 2.0)
-        side = sq.shape[0]
-        region = valid > 0
-    vals = sq[:, :, 0][region]
-    brightness = float(vals.mean()) if vals.size else 0.0
-    contrast = float(vals.std()) if vals.size else 0.0
-
-    small = _resize_gaussian(sq, QUALITY_PX, reduce=reduce)[:, :, 0].astype(np.float64)
-    s = QUALITY_PX / side
-    if modality == "fundus" and found:
-        sreg = _disc_mask((QUALITY_PX, QUALITY_PX), (qcy + 0.5) * s - 0.5, (qcx + 0.5) * s - 0.5, r * s)
-    else:
-        sreg = np.ones((QUALITY_PX, QUALITY_PX), dtype=bool)
-    sreg = sreg & (_resize_gaussian(valid[:, :, None], QUALITY_PX)[:, :, 0] > 0.5)
-    sreg = ndimage.binary_erosion(sreg, iterations=6)
-    if sreg.sum() >= 100 and brightness > 1e-4:
-        norm = small / max(float(small[sreg].mean()), 1e-3)
-        lap = ndimage.laplace(norm)
-        sharpness = float(lap[sreg].var()) * 1e3
-    else:
-        sharpness = 0.0
-
-    subs = {
-        "brightness": _ramp_up(brightness, MIN_BRIGHTNESS),
-        "overexposure": _ramp_up(1.0 - brightness, 1.0 - MAX_BRIGHTNESS),
-        "contrast": _ramp_up(contrast, MIN_CONTRAST),
-        "sharpness": _ramp_up(sharpness, MIN_SHARPNESS),
-    }
-    if subs["brightness"] < 0.5:
-        reasons.append(f"too dark: mean brightness {brightness:.3f} < {MIN_BRIGHTNESS}")
-    if subs["overexposure"] < 0.5:
-        reasons.append(f"overexposed: mean brightness {brightness:.3f} > {MAX_BRIGHTNESS}")
-    if subs["contrast"] < 0.5:
-        reasons.append(f"no contrast: intensity std {contrast:.4f} < {MIN_CONTRAST}")
-    if subs["sharpness"] < 0.5:
-        reasons.append(f"blurred: sharpness {sharpness:.3g} < {MIN_SHARPNESS}")
-    score = min(subs.values())
-    if modality == "fundus" and not found:
-        reasons.append("field of view not found (no dark surround or not a disc): image used uncropped")
-        score = min(score, 0.6)
-    return {
-        "fov_found": bool(found),
-        "brightness": brightness,
-        "contrast": contrast,
-        "sharpness": sharpness,
-        "score": float(score),
-        "reasons": reasons,
-    }
-
-
-def apply_quality_policy(q: dict[str, Any], cfg: PreprocessConfig, *, path: object) -> bool:
-    """Apply ``cfg.quality_policy`` to a :func:`quality` result.
-
-    Parameters
-    ----------
-    q : dict
-        Output of :func:`quality`.
-    cfg : PreprocessConfig
-        Supplies ``quality_policy`` and ``min_quality``.
-    path : str or Path
-        The source file, named in the exclusion.
-
-    Returns
-    -------
-    bool
-        True when the image is below ``min_quality`` and kept with a flag ("flag"),
-        False when it passes or the policy is "off".
-
-    Raises
-    ------
-    ReadError
-        With ``stage="quality"`` when the policy is "exclude" and the score is below
-        ``min_quality``; ingestion turns it into an ``exclusions.csv`` row.
-    """
-    if cfg.quality_policy == "off":
-        return False
-    if q["score"] >= cfg.min_quality:
-        return False
-    why = "; ".join(q["reasons"]) or "low quality"
-    if cfg.quality_policy == "exclude":
-        raise ReadError(path, f"quality score {q['score']:.2f} < {cfg.min_quality}: {why}", stage="quality")
-    logger.warning("low-quality image kept (quality_policy=flag): %s: %s", log_name(path), why)
-    return True
 
 
 # --------------------------------------------------------------------------- model range
@@ -794,142 +632,3 @@ def to_model_range(x: np.ndarray) -> np.ndarray:
     """
     return np.asarray(x, dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
 
-
-# --------------------------------------------------------------------------- cache
-
-
-def decode_key(spec: Any) -> str:
-    """The cohort-level options that change decoded pixels, as a cache sub-folder name.
-
-    ``modality`` (quality and preprocessing per modality) and ``window_index`` (which DICOM
-    WindowCenter/Width pair is applied) are cohort options, not :class:`PreprocessConfig`
-    fields, so :meth:`PreprocessConfig.key` does not see them; this key keeps the pixels of one
-    decoding apart from another's (``"decode-<hash8>"``); the defaults give ``""`` (no
-    sub-folder, no change to the data hash), so existing caches and hashes stay valid.
-
-    Examples
-    --------
-    >>> from types import SimpleNamespace as S
-    >>> decode_key(S(modality="fundus", window_index=0))
-    ''
-    >>> decode_key(S(modality="fundus", window_index=1)) != decode_key(S(modality="gray", window_index=1))
-    True
-    """
-    opts = {"modality": str(getattr(spec, "modality", "fundus")), "window_index": int(getattr(spec, "window_index", 0))}
-    if opts == {"modality": "fundus", "window_index": 0}:
-        return ""
-    blob = json.dumps(opts, sort_keys=True, separators=(",", ":"))
-    return "decode-" + hashlib.sha256(blob.encode()).hexdigest()[:8]
-
-
-class PreprocessCache:
-    """On-disk cache of preprocessed images: one ``.npy`` per (file, frame, config).
-
-    Layout: ``<root>/<cfg.key()>/<sha[:2]>/<sha>_<frame>.npy`` plus a human-readable
-    ``<root>/<cfg.key()>/config.json``. A config change gives a different key, so it
-    never reuses stale pixels. Writes go to a temporary file in the same directory,
-    then ``os.replace`` (atomic on POSIX and Windows), so two processes filling the
-    same cache cannot leave a half-written file; a corrupt or unexpected entry is
-    treated as a miss and rewritten.
-
-    Parameters
-    ----------
-    root : str or Path
-        Cache directory (created on first write).
-    """
-
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
-        self.hits = 0
-        self.misses = 0
-
-    def path(self, sha: str, frame: int, cfg: PreprocessConfig) -> Path:
-        """Where the entry for (sha, frame, cfg) lives."""
-        sha = str(sha).lower()
-        if not sha or any(ch not in "0123456789abcdef" for ch in sha):
-            raise ValueError(f"cache key must be a hex sha256, got {sha!r}")
-        return self.root / cfg.key() / sha[:2] / f"{sha}_{int(frame)}.npy"
-
-    def get(self, sha: str, frame: int, cfg: PreprocessConfig) -> np.ndarray | None:
-        """The cached array, or None on a miss (absent, unreadable or wrong shape)."""
-        p = self.path(sha, frame, cfg)
-        if not p.exists():
-            return None
-        try:
-            arr = np.load(p, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            logger.warning("unreadable cache entry %s (%s); recomputing", p, exc)
-            return None
-        px = int(cfg.image_px)
-        if arr.dtype != np.uint8 or arr.shape != (px, px, 3):
-            logger.warning(
-                "cache entry %s has %s %s, expected uint8 %s; recomputing", p, arr.dtype, arr.shape, (px, px, 3)
-            )
-            return None
-        return arr
-
-    def put(self, sha: str, frame: int, cfg: PreprocessConfig, arr: np.ndarray) -> Path:
-        """Store ``arr`` (uint8 ``image_px x image_px x 3``) atomically; return its path."""
-        px = int(cfg.image_px)
-        arr = np.asarray(arr)
-        if arr.dtype != np.uint8 or arr.shape != (px, px, 3):
-            raise ValueError(f"cache stores uint8 {(px, px, 3)} arrays, got {arr.dtype} {arr.shape}")
-        p = self.path(sha, frame, cfg)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        self._write_config(cfg)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.stem}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, arr, allow_pickle=False)
-            os.replace(tmp, p)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return p
-
-    def get_or_compute(
-        self, sha: str, frame: int, cfg: PreprocessConfig, fn: Callable[[], np.ndarray]
-    ) -> np.ndarray:
-        """Return the cached array, or compute it with ``fn()``, store and return it."""
-        arr = self.get(sha, frame, cfg)
-        if arr is not None:
-            self.hits += 1
-            return arr
-        self.misses += 1
-        arr = fn()
-        self.put(sha, frame, cfg, arr)
-        return arr
-
-    def size_bytes(self) -> int:
-        """Total size of the cached ``.npy`` files under ``root``."""
-        if not self.root.exists():
-            return 0
-        return sum(p.stat().st_size for p in self.root.rglob("*.npy"))
-
-    def _write_config(self, cfg: PreprocessConfig) -> None:
-        p = self.root / cfg.key() / "config.json"
-        if p.exists():
-            return
-        fields = dataclasses.asdict(cfg)
-        fields.pop("quality_policy")  # not part of the key: decides use, not pixels
-        fields.pop("min_quality")
-        fields["version"] = PREPROCESS_VERSION
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".config.", suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(fields, fh, indent=2, default=list)
-        os.replace(tmp, p)
-
-
-def load_images(df: pd.DataFrame, cache: PreprocessCache, cfg: PreprocessConfig) -> np.ndarray:
-    """Stack the cached preprocessed images of ``df`` rows into one uint8 array (N, px, px, 3).
-
-    Raises ``KeyError`` naming the image when one is not in the cache (ingestion fills it).
-    """
-    out = np.empty((len(df), cfg.image_px, cfg.image_px, 3), dtype=np.uint8)
-    for i, (sha, frame) in enumerate(zip(df["sha256"], df["frame"], strict=True)):
-        arr = cache.get(sha, int(frame), cfg)
-        if arr is None:
-            raise KeyError(f"image {df['image_id'].iloc[i]} is not in the preprocessing cache; re-run ingestion")
-        out[i] = arr
-    return out

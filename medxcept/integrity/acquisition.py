@@ -265,7 +265,7 @@ def _content_groups(df: pd.DataFrame) -> np.ndarray:
     the per-machine pseudonym: the probe's folds, and so its AUC, are the same on any machine."""
     import hashlib
 
-    from medxcept.integrity.splits import content_ids
+    from medxcept.integrity.split_keys import content_ids
 
     keys = df["patient_key"].astype(str).to_numpy()
     ids = content_ids(df).astype(str).to_numpy()

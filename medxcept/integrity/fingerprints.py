@@ -124,7 +124,7 @@ from medxcept.integrity.duplicates import (
     keypoint_features,
     n_keypoints,
 )
-from medxcept.integrity.splits import content_ids
+from medxcept.integrity.split_keys import content_ids
 
 __all__ = [
     "DEFAULT_HAMMING_THRESHOLD",

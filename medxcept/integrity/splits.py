@@ -21,19 +21,18 @@ number of patients per class and the largest number of folds that would work.
 The assignment is a function of the data, the configuration and the seed only: it does
 not depend on the row order of the cohort table, nor on the machine. Before the seeded
 shuffle, groups are put in a canonical order by a digest of their *content*: the sorted
-``sha256#frame`` of every image of the group (:func:`group_order_keys`). Neither the
+``sha256#frame`` of every image of the group (:func:`~medxcept.integrity.split_keys.group_order_keys`). Neither the
 pseudonym ``patient_key`` (keyed with a per-machine secret) nor ``image_id`` decides
 anything, so the same files, labels and patients give the same split on any machine, and
 also after the patient IDs are pseudonymized again. The digest is computed in memory and
 never written out. A table without ``sha256`` (hand-made tables) falls back to the raw
-``patient_id``, then to ``patient_key``. :func:`split_hash` fingerprints the result for
+``patient_id``, then to ``patient_key``. :func:`~medxcept.integrity.split_keys.split_hash` fingerprints the result for
 the run record, also by content (so two machines' hashes compare).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import warnings
 from dataclasses import dataclass
@@ -41,51 +40,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from medxcept.errors import ConfigError, SplitError
+from medxcept.integrity.split_keys import SPLITS, group_keys, group_order_keys, split_hash
+from medxcept.integrity.user_split import USER_SPLIT_REGROUP_MESSAGE, is_split_file, read_user_split
 
 __all__ = [
-    "SPLITS",
     "SplitConfig",
-    "group_keys",
-    "group_order_keys",
-    "content_ids",
     "assign_splits",
     "assign_folds",
     "check_feasible",
-    "split_table",
-    "split_hash",
-    "read_user_split",
     "resolve_user_split",
     "user_split_agreement",
-    "is_split_file",
-    "USER_SPLIT_REGROUP_MESSAGE",
 ]
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 PATIENT_LABEL_RULES = ("max", "mode")
-_SPLIT_FILE_SUFFIXES = (".csv", ".tsv", ".txt")
-
-USER_SPLIT_REGROUP_MESSAGE = (
-    "a user-supplied split is audited, never re-grouped: fix the split file or use on_leak: warn "
-    "(split.user_split is set and audit.on_leak is 'fix', which would move images between the user's splits)"
-)
-
-_SPLIT_ALIASES = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "dev": "val",
-    "test": "test",
-    "testing": "test",
-    "holdout": "test",
-}
 
 
 @dataclass(frozen=True)
@@ -122,7 +93,7 @@ class SplitConfig:
         table column holding ``train`` / ``val`` / ``test`` (aliases such as
         ``validation`` or ``holdout`` are accepted), or a CSV file with columns
         ``file`` (file name, or path) or ``image_id``, ``split`` and optionally ``fold``
-        (see :func:`read_user_split`). A value ending in ``.csv``, ``.tsv`` or ``.txt``, or
+        (see :func:`~medxcept.integrity.user_split.read_user_split`). A value ending in ``.csv``, ``.tsv`` or ``.txt``, or
         holding a ``/``, is a file; anything else is a column name. A relative file path
         is resolved against the **cohort file's folder** (like a source's ``root``), by
         :func:`resolve_user_split`, which :func:`medxcept.config.load_config` applies when
@@ -192,130 +163,6 @@ class SplitConfig:
 
 
 # ------------------------------------------------------------------ groups
-
-
-def group_keys(
-    df: pd.DataFrame,
-    group_column: str | None = None,
-    *,
-    merge: pd.Series | None = None,
-) -> pd.Series:
-    """Split group of every row: patients joined through shared keys.
-
-    Parameters
-    ----------
-    df : pandas.DataFrame
-        Cohort table with ``patient_key`` (and ``image_id`` when ``merge`` is given).
-    group_column : str, optional
-        Extra column whose equal values must stay together (missing values join nothing).
-    merge : pandas.Series, optional
-        Group id per ``image_id`` (:func:`medxcept.integrity.audit.duplicate_groups`): images with
-        the same id, and so their patients, are joined.
-
-    Returns
-    -------
-    pandas.Series
-        Group name per row (index of ``df``): the smallest ``patient_key`` of the
-        group, so names do not depend on row order.
-
-    Notes
-    -----
-    Rows and key values form a bipartite graph; its connected components are the
-    groups (the result of a union-find over all keys, computed with scipy in one pass).
-    A patient seen at two sites joins both sites' groups, and so on transitively.
-    """
-    if "patient_key" not in df.columns:
-        raise ConfigError("the cohort table lacks column 'patient_key' needed to split by patient")
-    pk = df["patient_key"]
-    if pk.isna().any() or (pk.astype(str) == "").any():
-        raise ConfigError(
-            f"{int(pk.isna().sum() + (pk.astype(str) == '').sum())} image(s) have no patient_key; "
-            "every image needs a patient before splitting"
-        )
-    key_cols: list[pd.Series] = [pk.astype(str)]
-    if group_column is not None:
-        if group_column not in df.columns:
-            raise ConfigError(f"split.group_column {group_column!r} is not a column of the cohort table")
-        key_cols.append(df[group_column].astype("string"))
-    if merge is not None:
-        if "image_id" not in df.columns:
-            raise ConfigError("merge groups need the cohort column 'image_id'")
-        m = merge.copy()
-        m.index = m.index.astype(str)
-        key_cols.append(df["image_id"].astype(str).map(m).astype("string"))
-    n = len(df)
-    src: list[np.ndarray] = []
-    dst: list[np.ndarray] = []
-    offset = n
-    for col in key_cols:
-        codes, uniques = pd.factorize(col, use_na_sentinel=True)
-        ok = codes >= 0
-        src.append(np.nonzero(ok)[0])
-        dst.append(codes[ok] + offset)
-        offset += len(uniques)
-    s = np.concatenate(src)
-    d = np.concatenate(dst)
-    graph = coo_matrix((np.ones(len(s), dtype=np.int8), (s, d)), shape=(offset, offset))
-    _, comp = connected_components(graph, directed=False)
-    row_comp = pd.Series(comp[:n], index=df.index)
-    name = pk.astype(str).groupby(row_comp).transform("min")
-    return name.rename("split_group")
-
-
-def content_ids(df: pd.DataFrame) -> pd.Series:
-    """Machine-independent identity of every row: ``"<file sha256>#<frame>"``.
-
-    Falls back, for tables without a ``sha256`` column (or rows with an empty one), to the
-    raw ``patient_id`` (in memory only) and then to ``patient_key`` + ``image_id``; those
-    fallbacks are only as stable as the identifiers they use.
-    """
-    fallback = (
-        "id:" + df["patient_id"].astype(str)
-        if "patient_id" in df.columns
-        else "key:" + df["patient_key"].astype(str) + "/" + (
-            df["image_id"].astype(str) if "image_id" in df.columns else pd.Series("", index=df.index))
-    )
-    if "sha256" not in df.columns:
-        return fallback.rename("content_id")
-    sha = df["sha256"].astype("string").fillna("")
-    frame = pd.to_numeric(df["frame"], errors="coerce").fillna(0).astype(int).astype(str) if "frame" in df.columns \
-        else pd.Series("0", index=df.index)
-    out = (sha + "#" + frame).astype(object)
-    return out.where(sha != "", fallback).rename("content_id")
-
-
-def group_order_keys(df: pd.DataFrame, row_group: np.ndarray, n_groups: int) -> np.ndarray:
-    """Canonical rank of each group, from content only (never from pseudonyms or image ids).
-
-    Parameters
-    ----------
-    df : pandas.DataFrame
-        The rows (``sha256``/``frame``; see :func:`content_ids` for the fallbacks).
-    row_group : numpy.ndarray
-        Group index (0..n_groups-1) of every row.
-    n_groups : int
-        Number of groups.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``order`` such that ``order[r]`` is the group at canonical position ``r``: groups
-        sorted by the sha256 of their sorted row identities; ties (groups holding exactly
-        the same images) by their smallest raw ``patient_id`` when the table has it.
-    """
-    ids = content_ids(df).to_numpy()
-    members: list[list[str]] = [[] for _ in range(n_groups)]
-    for g, ident in zip(row_group.tolist(), ids.tolist(), strict=True):
-        members[g].append(str(ident))
-    digest = np.array(
-        [hashlib.sha256("\n".join(sorted(m)).encode("utf-8")).hexdigest() for m in members], dtype=object
-    )
-    if "patient_id" in df.columns:
-        tie = pd.Series(df["patient_id"].astype(str).to_numpy()).groupby(row_group).min()
-        tie_arr = tie.reindex(range(n_groups)).fillna("").to_numpy(dtype=object)
-    else:
-        tie_arr = np.full(n_groups, "", dtype=object)
-    return np.lexsort((tie_arr.astype(str), digest.astype(str)))
 
 
 def _classes(df: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
@@ -613,12 +460,12 @@ def assign_splits(df: pd.DataFrame, cfg: SplitConfig, *, merge: pd.Series | None
         A class has fewer patients than there are splits to fill.
     ConfigError
         With ``cfg.user_split``: the split file or column is unusable (see
-        :func:`read_user_split`), or ``merge`` is given (``audit.on_leak: fix``): a
+        :func:`~medxcept.integrity.user_split.read_user_split`), or ``merge`` is given (``audit.on_leak: fix``): a
         user-supplied split is audited, never re-grouped.
 
     Notes
     -----
-    With ``cfg.user_split`` set, the user's split is read (:func:`read_user_split`) and
+    With ``cfg.user_split`` set, the user's split is read (:func:`~medxcept.integrity.user_split.read_user_split`) and
     returned as is, with its ``fold`` column when the file has one; nothing is computed,
     so fractions and seed play no part. Audit the result like any other split.
 
@@ -730,69 +577,7 @@ def assign_folds(
     return out
 
 
-# ------------------------------------------------------------------ records
-
-
-def split_table(df: pd.DataFrame) -> pd.DataFrame:
-    """The split record: ``image_id, patient_key, split, fold``, sorted by ``image_id``.
-
-    A missing ``split`` becomes ``""`` and a missing ``fold`` is left empty (NA), so the
-    table (and :func:`split_hash`) is defined for split-only or fold-only cohorts.
-    """
-    for c in ("image_id", "patient_key"):
-        if c not in df.columns:
-            raise ConfigError(f"split_table: the cohort table lacks column {c!r}")
-    if "split" not in df.columns and "fold" not in df.columns:
-        raise ConfigError("split_table: the cohort has neither 'split' nor 'fold'; assign them first")
-    out = pd.DataFrame(
-        {
-            "image_id": df["image_id"].astype(str).to_numpy(),
-            "patient_key": df["patient_key"].astype(str).to_numpy(),
-            "split": df["split"].astype(str).to_numpy() if "split" in df.columns else "",
-            "fold": (
-                pd.to_numeric(df["fold"], errors="coerce").astype("Int64").to_numpy()
-                if "fold" in df.columns
-                else pd.array([pd.NA] * len(df), dtype="Int64")
-            ),
-        }
-    )
-    return out.sort_values("image_id", kind="stable").reset_index(drop=True)
-
-
-def split_hash(df: pd.DataFrame) -> str:
-    """sha256 (hex) of the split by content; equal splits, equal hash, on any machine.
-
-    With a ``sha256`` column: the hash of the sorted ``sha256#frame,split,fold`` lines
-    (:func:`content_ids`), so it names neither pseudonyms nor ``image_id`` and two machines
-    (with different pseudonym keys or data folders) get the same hash for the same split.
-    Without one (hand-made tables): the canonical CSV of :func:`split_table`.
-    """
-    if "sha256" not in df.columns:
-        csv = split_table(df).to_csv(index=False, lineterminator="\n")
-        return hashlib.sha256(csv.encode("utf-8")).hexdigest()
-    if "split" not in df.columns and "fold" not in df.columns:
-        raise ConfigError("split_hash: the cohort has neither 'split' nor 'fold'; assign them first")
-    split = df["split"].astype(str).to_numpy() if "split" in df.columns else np.full(len(df), "", dtype=object)
-    fold = (
-        pd.to_numeric(df["fold"], errors="coerce").astype("Int64").astype(str).replace("<NA>", "").to_numpy()
-        if "fold" in df.columns
-        else np.full(len(df), "", dtype=object)
-    )
-    lines = sorted(f"{c},{s},{f}" for c, s, f in zip(content_ids(df).to_numpy(), split, fold, strict=True))
-    return hashlib.sha256(("content_id,split,fold\n" + "\n".join(lines) + "\n").encode("utf-8")).hexdigest()
-
-
-def is_split_file(value: str | Path) -> bool:
-    """Whether a ``split.user_split`` value names a file rather than a cohort column.
-
-    A file ends in ``.csv``, ``.tsv`` or ``.txt`` (any case) or holds a path separator;
-    anything else is a column name.
-
-    >>> [is_split_file(v) for v in ("split", "split.csv", "lists/fold1", "Split.TSV")]
-    [False, True, True, True]
-    """
-    text = str(value)
-    return text.lower().endswith(_SPLIT_FILE_SUFFIXES) or "/" in text or "\\" in text or isinstance(value, Path)
+# ------------------------------------------------------------------ user splits
 
 
 def resolve_user_split(cfg: SplitConfig, base_dir: str | Path | None) -> SplitConfig:
@@ -810,7 +595,7 @@ def resolve_user_split(cfg: SplitConfig, base_dir: str | Path | None) -> SplitCo
     -------
     SplitConfig
         ``cfg``, or a copy whose ``user_split`` is an absolute path: a relative file
-        (see :func:`is_split_file`) joined to ``base_dir``, as source roots are. Column
+        (see :func:`~medxcept.integrity.user_split.is_split_file`) joined to ``base_dir``, as source roots are. Column
         names and absolute paths are kept; the file need not exist yet (reading it says
         so, naming the resolved path).
 
@@ -828,108 +613,6 @@ def resolve_user_split(cfg: SplitConfig, base_dir: str | Path | None) -> SplitCo
     if path.is_absolute():
         return cfg
     return dataclasses.replace(cfg, user_split=str(Path(base_dir) / path))
-
-
-def _normalize_split(values: pd.Series, where: str, ids: pd.Series) -> pd.Series:
-    norm = values.astype("string").str.strip().str.lower().map(_SPLIT_ALIASES)
-    bad = norm.isna()
-    if bad.any():
-        pos = int(np.argmax(bad.to_numpy()))
-        raise ConfigError(
-            f"{where}: row {pos + 1} (image {ids.iloc[pos]!r}) has split {values.iloc[pos]!r}; "
-            f"allowed values are {SPLITS} ({int(bad.sum())} bad row(s) in all)"
-        )
-    return norm.astype(object)
-
-
-def read_user_split(df: pd.DataFrame, path_or_column: str | Path) -> pd.DataFrame:
-    """Use a split the user supplies, as a cohort column or a CSV file.
-
-    Parameters
-    ----------
-    df : pandas.DataFrame
-        Cohort table.
-    path_or_column : str or pathlib.Path
-        A column of ``df`` holding ``train``/``val``/``test`` (aliases such as
-        ``validation`` are accepted), or a CSV file with a key column ``image_id`` or
-        ``file`` (matched against ``path``, or its file name when unique), a ``split``
-        column and optionally ``fold`` (integer; empty or -1 for test rows).
-
-    Returns
-    -------
-    pandas.DataFrame
-        A copy of ``df`` with ``split`` (and ``fold``). The split is *not* trusted:
-        audit it (:func:`medxcept.integrity.audit.audit_cohort`) like any other.
-
-    Raises
-    ------
-    ConfigError
-        Unknown split values, unknown or duplicate files, cohort images missing from
-        the file; the message names the row.
-    """
-    out = df.copy()
-    if isinstance(path_or_column, str) and path_or_column in df.columns:
-        ids = df["image_id"].astype(str) if "image_id" in df.columns else pd.Series(df.index.astype(str))
-        out["split"] = _normalize_split(
-            df[path_or_column].reset_index(drop=True), f"column {path_or_column!r}", ids.reset_index(drop=True)
-        ).to_numpy()
-        return out
-    path = Path(path_or_column)
-    if not path.is_file():
-        raise ConfigError(
-            f"split {str(path_or_column)!r} is neither a column of the cohort table nor an existing CSV file"
-        )
-    user = pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if path.suffix.lower() == ".tsv" else ",")
-    user.columns = [c.strip().lower() for c in user.columns]
-    if "split" not in user.columns:
-        raise ConfigError(f"{path}: needs a 'split' column, found columns {list(user.columns)}")
-    if "image_id" in user.columns:
-        key = user["image_id"].str.strip()
-        lookup = pd.Series(df.index, index=df["image_id"].astype(str))
-    elif "file" in user.columns:
-        key = user["file"].str.strip()
-        paths = df["path"].astype(str)
-        names = paths.map(lambda p: Path(p).name)
-        lookup = pd.Series(df.index, index=paths)
-        unique_names = names[~names.duplicated(keep=False)]
-        lookup = pd.concat([lookup, pd.Series(unique_names.index, index=unique_names.to_numpy())])
-        lookup = lookup[~lookup.index.duplicated()]
-    else:
-        raise ConfigError(f"{path}: needs an 'image_id' or 'file' column, found {list(user.columns)}")
-    where = str(path)
-    dup = key.duplicated()
-    if dup.any():
-        pos = int(np.argmax(dup.to_numpy()))
-        raise ConfigError(f"{where}: row {pos + 1} repeats image {key.iloc[pos]!r}; each image may appear once")
-    matched = key.map(lookup)
-    if matched.isna().any():
-        pos = int(np.argmax(matched.isna().to_numpy()))
-        raise ConfigError(
-            f"{where}: row {pos + 1} names image {key.iloc[pos]!r}, which is not in the cohort "
-            f"({int(matched.isna().sum())} unknown row(s) in all)"
-        )
-    split = _normalize_split(user["split"], where, key)
-    missing = df.index.difference(pd.Index(matched.to_numpy()))
-    if len(missing):
-        example = df.loc[missing[0], "image_id"] if "image_id" in df.columns else missing[0]
-        raise ConfigError(
-            f"{where}: {len(missing)} cohort image(s) have no split, e.g. {example!r}; add them to the file "
-            "or exclude them from the cohort"
-        )
-    out["split"] = pd.Series(split.to_numpy(), index=matched.to_numpy()).reindex(df.index).to_numpy()
-    if "fold" in user.columns:
-        raw = user["fold"].str.strip()
-        fold = pd.to_numeric(raw.replace("", "-1"), errors="coerce")
-        bad = fold.isna() | (fold < -1) | (fold != fold.round())
-        bad |= (fold == -1) & (split != "test")
-        if bad.any():
-            pos = int(np.argmax(bad.to_numpy()))
-            raise ConfigError(
-                f"{where}: row {pos + 1} (image {key.iloc[pos]!r}) has fold {user['fold'].iloc[pos]!r}; "
-                "folds are integers >= 0, empty or -1 only for test rows"
-            )
-        out["fold"] = pd.Series(fold.astype(int).to_numpy(), index=matched.to_numpy()).reindex(df.index).to_numpy()
-    return out
 
 
 def user_split_agreement(df: pd.DataFrame, cfg: SplitConfig) -> dict[str, object]:

@@ -1,1 +1,1 @@
-"""The network and its training: the classifier builder and weights, the ordinal head, the fine-tuning recipe, Grad-CAM, the tiny test network."""
+"""The network and its training: the classifier builder and weights, the ordinal head, the fine-tuning recipe, its per-epoch evaluation, checkpoints, inference and TTA, Grad-CAM, the tiny test network."""

@@ -29,9 +29,9 @@ interrupted run can resume. Keras' training ``auc`` is measured on augmented ima
 on, averaged over an epoch whose weights kept changing: it is not comparable with the validation
 AUC. So every epoch also records ``train_patient_auc``, measured exactly like the validation one
 (clean images, inference mode, the same patient aggregation) on a fixed, patient-stratified
-subset of at most :data:`TRAIN_AUC_MAX_IMAGES` training images, and ``val_prob_sd`` and
+subset of at most :data:`~medxcept.models.epoch_eval.TRAIN_AUC_MAX_IMAGES` training images, and ``val_prob_sd`` and
 ``collapsed``: a model whose validation outputs are constant (the SD of its validation
-probabilities below :data:`COLLAPSE_SD`; for several classes also: every image predicted the same
+probabilities below :data:`~medxcept.models.epoch_eval.COLLAPSE_SD`; for several classes also: every image predicted the same
 class) has not learned anything usable in inference mode, whatever its training AUC says. Early
 stopping never keeps such an epoch when another exists, and :attr:`TrainResult.collapse` says
 which epochs collapsed.
@@ -39,14 +39,10 @@ which epochs collapsed.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import os
 import time
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,16 +51,18 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from medxcept.config import RunConfig, config_hash
-from medxcept.errors import ConfigError
-
-# the one patient aggregation and probability transform (kept under their old names here)
-from medxcept.evaluation.metrics import patient_auc
-from medxcept.evaluation.metrics import probabilities as _probs
-from medxcept.evaluation.multiclass import unit_macro_auc
+from medxcept.config import RunConfig
 from medxcept.faults import fault_point
-from medxcept.images.augment import AugmentConfig, augment_batch, build_augment
+from medxcept.images.augment import AugmentConfig, build_augment
 from medxcept.images.dataset import CohortDataset, sample_weights_for
+from medxcept.models.checkpoint import Checkpoint, check_fingerprint, checkpoint_fingerprint, weights_checksum
+from medxcept.models.epoch_eval import (
+    BestEpoch,
+    EpochEvaluation,
+    collapse_summary,
+    compiled_metrics,
+    epoch_list,
+)
 from medxcept.models.network import (
     WeightsInfo,
     build_model,
@@ -75,86 +73,14 @@ from medxcept.models.network import (
     unfreeze_top_blocks,
 )
 
-__all__ = ["TrainResult", "fit", "predict_logits", "predict_logits_tta", "PatientAUC", "BestEpoch", "set_seeds",
-           "weights_checksum", "save_weights_atomic", "save_inference_model", "check_resumable",
-           "TrainPatientAUC", "train_auc_subset", "is_collapsed", "collapse_summary", "TRAIN_AUC_MAX_IMAGES",
-           "COLLAPSE_SD", "recalibrate_batchnorm", "RecalibrateBN", "EpochEvaluation", "inference_batch_size",
-           "recalibrate_and_predict", "build_optimizer"]
+__all__ = ["TrainResult", "fit", "set_seeds", "build_optimizer", "steps_per_epoch"]
 
 log = logging.getLogger(__name__)
-
-#: At most this many training images are predicted per epoch for ``train_patient_auc``.
-TRAIN_AUC_MAX_IMAGES = 128
-#: Pixels per inference batch (:func:`inference_batch_size`): 64 images at 96 px.
-INFERENCE_PIXELS = 64 * 96 * 96
-#: Precise BN runs as one batch (:func:`recalibrate_and_predict`) up to this many pixels (32 images
-#: at 96 px); a larger subset is recalibrated in training-size batches and then predicted. Measured
-#: peak memory at 96 px (Xception, from scratch): batched recalibration of 128 images 1.32 GB; one
-#: batch of 32 images 1.67 GB; one batch of 128 images 3.85 GB, too much for a laptop.
-RECALIBRATE_PIXELS = 32 * 96 * 96
-#: Validation probabilities with a smaller SD than this are "constant" (a collapsed epoch).
-COLLAPSE_SD = 1e-4
 
 
 def set_seeds(seed: int) -> None:
     """Seed Python, NumPy and the Keras backend."""
     keras.utils.set_random_seed(seed)
-
-
-def weights_checksum(model: keras.Model) -> str:
-    """SHA-256 of every weight of ``model`` (trainable and not, e.g. BatchNormalization statistics).
-
-    Recorded when training ends and checked when a resumed run restores the weights, so an
-    untrained (freshly built) model can never be reported as the trained one.
-    """
-    h = hashlib.sha256()
-    for w in model.get_weights():
-        h.update(np.ascontiguousarray(w).tobytes())
-    return h.hexdigest()
-
-
-def save_weights_atomic(model: keras.Model, path: Path) -> None:
-    """``model.save_weights(path)`` through a temporary file and ``os.replace``: a crash mid-write
-    leaves the previous file intact, never a torn one."""
-    _save_atomic(path, model.save_weights)
-
-
-def _save_atomic(path: Path, save: Callable[[Path], object]) -> None:
-    """``save(tmp)`` into a temporary file beside ``path`` (same suffix, which Keras requires),
-    then ``os.replace`` it onto ``path``; the temporary file never outlives a failure."""
-    path = Path(path)
-    tmp = path.with_name(f".{os.getpid()}.{path.name}")
-    try:
-        save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _seed_variables(model: keras.Model) -> list:
-    """The random-seed state of every layer (Dropout's ``SeedGenerator``): in ``model.variables``
-    but not in ``model.weights``, so ``save_weights`` does not keep it."""
-    weights = {id(v) for v in model.weights}
-    return [v for v in model.variables if id(v) not in weights]
-
-
-def _seed_states(model: keras.Model) -> list[list[int]]:
-    return [np.asarray(keras.ops.convert_to_numpy(v)).astype(np.int64).ravel().tolist()
-            for v in _seed_variables(model)]
-
-
-def _set_seed_states(model: keras.Model, states: list[list[int]] | None) -> None:
-    variables = _seed_variables(model)
-    if states is None:
-        log.warning("! the checkpoint holds no random-seed state (older medxcept): the resumed epochs' dropout "
-                    "draws differ from an uninterrupted run's")
-        return
-    if len(states) != len(variables):
-        raise ConfigError(f"the checkpoint holds {len(states)} random-seed state(s) but this model has "
-                          f"{len(variables)}; start a new run instead of resuming this one")
-    for v, s in zip(variables, states):
-        v.assign(np.asarray(s).astype(keras.backend.standardize_dtype(v.dtype)).reshape(tuple(v.shape)))
 
 
 @dataclass
@@ -171,449 +97,8 @@ class TrainResult:
     weights_sha256: str = ""
     resumed_after_training: bool = False
     #: ``None``, or ``{"epochs": [global epoch numbers whose validation outputs were constant],
-    #: "all": every epoch collapsed, "message": a sentence in plain words}`` (:func:`collapse_summary`).
+    #: "all": every epoch collapsed, "message": a sentence in plain words}`` (:func:`~medxcept.models.epoch_eval.collapse_summary`).
     collapse: dict | None = None
-
-
-def predict_logits(model: keras.Model, images: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
-    """Logits for uint8-range images: shape (N,) for binary models, (N, k) otherwise."""
-    ds = CohortDataset(images, np.zeros(len(images), dtype=np.int64), n_classes=2,
-                       batch_size=batch_size, with_labels=False)
-    out = model.predict(ds, verbose=0)
-    return out[:, 0] if out.shape[-1] == 1 else out
-
-
-def predict_logits_tta(model: keras.Model, images: np.ndarray, *, passes: int, seed: int, policy: str = "fundus",
-                       batch_size: int = 32, keys: Sequence[int] | None = None) -> np.ndarray:
-    """Test-time augmentation: the mean logit over the image and ``passes`` augmented copies.
-
-    Copies use the ``light`` strength of the training policy (flips, small rotations and shifts,
-    no colour change), seeded by ``seed`` so evaluation is reproducible. ``passes=0`` is
-    :func:`predict_logits`. ``keys``: one non-negative integer per image (from its ``image_id``:
-    :func:`medxcept.evaluation.assess.predict_units`); image ``i``'s copy ``k`` is then drawn from
-    ``(seed, 7919, k, keys[i])``, so an image gets the same copies, hence the same logit, in any
-    batch, split, fold or cohort. Without ``keys`` the copies of pass ``k`` are drawn in array
-    order from ``(seed, 7919, k)``.
-    """
-    total = predict_logits(model, images, batch_size=batch_size)
-    if passes <= 0:
-        return total
-    aug = build_augment(AugmentConfig(strength="light", policy=policy, balance="none"), seed=seed)
-    if keys is not None and len(keys) != len(images):
-        raise ValueError(f"{len(keys)} keys for {len(images)} images")
-    for k in range(passes):
-        if keys is None:
-            copies = augment_batch(aug, images, rng=np.random.default_rng([seed, 7919, k]))
-        else:
-            copies = np.empty_like(images)
-            for i, key in enumerate(keys):
-                copies[i] = augment_batch(aug, images[i:i + 1], rng=np.random.default_rng([seed, 7919, k, int(key)]))[0]
-        total = total + predict_logits(model, copies, batch_size=batch_size)
-    return total / (passes + 1)
-
-
-def _prob_sd(prob: np.ndarray) -> float:
-    """SD of the probabilities (several classes: the mean over classes of each class's SD)."""
-    if len(prob) == 0:
-        return float("nan")
-    return float(np.std(prob)) if prob.ndim == 1 else float(np.mean(np.std(prob, axis=0)))
-
-
-def is_collapsed(prob: np.ndarray) -> bool:
-    """Whether a model's validation outputs are constant: the SD of the probabilities is below
-    :data:`COLLAPSE_SD`, or (several classes) every image gets the same most probable class.
-
-    For one sigmoid output, "every image on the same side of 0.5" is *not* a collapse: such a
-    model may still rank the images (its AUC is then meaningful) and only its threshold is off.
-    """
-    if len(prob) == 0:
-        return False
-    if _prob_sd(prob) < COLLAPSE_SD:
-        return True
-    return prob.ndim == 2 and len(np.unique(np.argmax(prob, axis=1))) == 1
-
-
-def train_auc_subset(y: np.ndarray, groups: np.ndarray, *, max_images: int = TRAIN_AUC_MAX_IMAGES,
-                     seed: int = 0) -> np.ndarray:
-    """Indices of a deterministic, patient-stratified subset of at most ``max_images`` images.
-
-    Whole patients are drawn, in a seeded random order within each class (a patient's class is
-    the max of its images'), the classes interleaved in proportion to their patient counts, until
-    the next patient would exceed ``max_images``. Every class with a patient that fits keeps at
-    least one. Returns sorted indices into ``y`` (all of them when ``len(y) <= max_images``).
-    """
-    y, groups = np.asarray(y), np.asarray(groups)
-    if len(y) <= max_images:
-        return np.arange(len(y))
-    frame = pd.DataFrame({"g": groups, "y": y, "i": np.arange(len(y))})
-    per_patient = frame.groupby("g", sort=True).agg(y=("y", "max"), n=("i", "size"))
-    rng = np.random.default_rng([seed, 4099])
-    queues, keys = [], []
-    for _, part in per_patient.groupby("y", sort=True):
-        order = part.index.to_numpy()[rng.permutation(len(part))]
-        # the k-th patient of a class of n patients sits at position (k + 0.5) / n of the interleaved list
-        keys.extend((k + 0.5) / len(order) for k in range(len(order)))
-        queues.extend(order)
-    chosen, total = [], 0
-    for key in np.asarray(queues, dtype=object)[np.argsort(keys, kind="stable")]:
-        n = int(per_patient.at[key, "n"])
-        if total + n <= max_images:
-            chosen.append(key)
-            total += n
-    return np.sort(frame.loc[frame["g"].isin(chosen), "i"].to_numpy())
-
-
-def _patient_auc(groups: np.ndarray, y: np.ndarray, prob: np.ndarray, *, how: str, kind: str | None = None) -> float:
-    """The unit AUC early stopping ranks epochs by: binary, :func:`patient_auc`; k classes with the
-    task's ``kind``, the graded evaluation's macro AUC (:func:`unit_macro_auc`)."""
-    if kind is not None and np.asarray(prob).ndim == 2:
-        return unit_macro_auc(groups, y, prob, kind=kind)
-    return patient_auc(groups, y, prob, how=how)  # type: ignore[arg-type]
-
-
-class PatientAUC(keras.callbacks.Callback):
-    """Adds ``val_patient_auc``, ``val_prob_sd`` and ``collapsed`` (1.0 or 0.0: :func:`is_collapsed`)
-    to the epoch logs, before early stopping reads them.
-    ``how``: the run's ``eval.patient_aggregation`` (mean or max), so early stopping ranks epochs
-    by the patient-level AUC the run reports.
-    """
-
-    def __init__(self, images: np.ndarray, y: np.ndarray, groups: np.ndarray, batch_size: int,
-                 how: str = "mean") -> None:
-        super().__init__()
-        self.images, self.y, self.groups, self.batch_size, self.how = images, y, groups, batch_size, how
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        prob = _probs(predict_logits(self.model, self.images, batch_size=self.batch_size))
-        auc = _patient_auc(self.groups, self.y, prob, how=self.how)
-        if logs is not None:
-            logs["val_patient_auc"] = auc
-            logs["val_prob_sd"] = _prob_sd(prob)
-            logs["collapsed"] = float(is_collapsed(prob))
-
-
-class TrainPatientAUC(keras.callbacks.Callback):
-    """Adds ``train_patient_auc``: the patient-level AUC on clean training images, measured as the
-    validation one is (no augmentation, inference mode: no dropout, BatchNormalization's moving
-    statistics; the same patient aggregation), on :func:`train_auc_subset`."""
-
-    def __init__(self, images: np.ndarray, y: np.ndarray, groups: np.ndarray, batch_size: int, *,
-                 max_images: int = TRAIN_AUC_MAX_IMAGES, seed: int = 0, how: str = "mean") -> None:
-        super().__init__()
-        keep = train_auc_subset(y, groups, max_images=max_images, seed=seed)
-        self.images, self.y, self.groups = images[keep], np.asarray(y)[keep], np.asarray(groups)[keep]
-        self.batch_size, self.how = batch_size, how
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        prob = _probs(predict_logits(self.model, self.images, batch_size=self.batch_size))
-        if logs is not None:
-            logs["train_patient_auc"] = _patient_auc(self.groups, self.y, prob, how=self.how)
-
-
-def inference_batch_size(image_px: int, train_batch: int) -> int:
-    """Images per inference batch: about :data:`INFERENCE_PIXELS` pixels (64 images at 96 px, 6 at
-    299 px), never fewer than the training batch. Inference keeps no activations for a backward pass,
-    so a larger batch than training's fits, and fewer, larger calls cost less per image on a CPU
-    (``benchmarks/train_throughput.py``)."""
-    return max(int(train_batch), int(INFERENCE_PIXELS // (image_px * image_px)))
-
-
-class EpochEvaluation(keras.callbacks.Callback):
-    """Everything medxcept measures at the end of an epoch, from **one** inference pass.
-
-    The validation images and the clean training subset (:func:`train_auc_subset`) are predicted
-    together, once, in inference mode, with the model's traced predict function (traced once per
-    compiled stage, reused every epoch); from those logits come:
-
-    * ``val_loss``, ``val_auc``, ``val_accuracy``: what Keras' ``validation_data`` pass computed
-      (the compiled loss and metrics over every validation image; ``tests/test_train.py`` checks
-      ``val_loss`` against ``Model.evaluate``), which ``fit`` therefore no longer runs;
-    * ``val_patient_auc``, ``val_prob_sd``, ``collapsed`` (:class:`PatientAUC`'s) and
-      ``train_patient_auc`` (:class:`TrainPatientAUC`'s).
-
-    Each image is predicted once per epoch instead of the validation images twice. With
-    ``recalibrate`` ("precise BN", from random initialization) the clean training subset's one pass
-    is the training-mode pass of :func:`recalibrate_and_predict`, which sets BatchNormalization's
-    moving statistics and gives the subset's inference-mode logits at once (up to
-    :data:`RECALIBRATE_PIXELS`; above it, :func:`recalibrate_batchnorm` in batches and then the
-    prediction); the validation images are predicted after it, so every figure sees the
-    recalibrated statistics, as the checkpointed model holds them.
-    """
-
-    def __init__(self, val_images: np.ndarray, val_y: np.ndarray, val_groups: np.ndarray,
-                 train_images: np.ndarray, train_y: np.ndarray, train_groups: np.ndarray, *, n_classes: int,
-                 batch_size: int, how: str = "mean", recalibrate: bool = False, seed: int = 0,
-                 max_images: int = TRAIN_AUC_MAX_IMAGES, kind: str | None = None) -> None:
-        super().__init__()
-        self.kind = kind  # k classes: the graded evaluation's unit rule and macro AUC (patient_auc)
-        keep = train_auc_subset(train_y, train_groups, max_images=max_images, seed=seed)
-        self.train_images = train_images[keep]
-        self.train_y, self.train_groups = np.asarray(train_y)[keep], np.asarray(train_groups)[keep]
-        self.val_y, self.val_groups = np.asarray(val_y), np.asarray(val_groups)
-        self.n_val, self.n_classes, self.how = len(val_images), n_classes, how
-        self.images = np.concatenate([val_images, self.train_images])  # one predict call per epoch
-        self.batch_size = batch_size
-        self.recalibrate, self.bn_batch = recalibrate, batch_size
-        self.infer_batch = inference_batch_size(int(val_images.shape[1]), batch_size) if len(val_images) else batch_size
-
-    def validation_logs(self, logits: np.ndarray) -> dict[str, float]:
-        """``val_loss`` and ``val_<metric>`` from the validation logits, as ``Model.evaluate`` gives them:
-        the compiled loss averaged over every image (plus regularization), the compiled metrics over all."""
-        if not self.n_val:
-            return {}
-        y = _targets(self.val_y, self.n_classes)
-        out = keras.ops.convert_to_tensor(logits)
-        loss = float(keras.ops.convert_to_numpy(self.model.loss(keras.ops.convert_to_tensor(y), out)))
-        loss += sum(float(keras.ops.convert_to_numpy(x)) for x in self.model.losses)
-        logs = {"val_loss": loss}
-        for metric in _metrics(self.model, self.n_classes):
-            metric.update_state(y, out)
-            logs[f"val_{metric.name}"] = float(keras.ops.convert_to_numpy(metric.result()))
-        return dict(sorted(logs.items()))
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        train = None
-        if self.recalibrate:
-            px = int(self.train_images.shape[1]) if self.train_images.ndim == 4 else 0
-            if len(self.train_images) * px * px <= RECALIBRATE_PIXELS:  # one pass: statistics and logits
-                train = recalibrate_and_predict(self.model, self.train_images)
-            if train is None:  # too large for one batch: batches, then the subset is predicted below
-                recalibrate_batchnorm(self.model, self.train_images, batch_size=self.bn_batch)
-        if train is None:
-            logits = self.model.predict(self.images, batch_size=self.infer_batch, verbose=0)
-            val, train = logits[:self.n_val], logits[self.n_val:]
-        else:
-            val = self.model.predict(self.images[:self.n_val], batch_size=self.infer_batch, verbose=0)
-            logits = val
-        new = self.validation_logs(val)
-        squeeze = (lambda a: a[:, 0]) if logits.shape[-1] == 1 else (lambda a: a)
-        prob = _probs(squeeze(val))
-        new["train_patient_auc"] = _patient_auc(self.train_groups, self.train_y, _probs(squeeze(train)), how=self.how,
-                                                kind=self.kind)
-        new["val_patient_auc"] = _patient_auc(self.val_groups, self.val_y, prob, how=self.how, kind=self.kind)
-        new["val_prob_sd"] = _prob_sd(prob)
-        new["collapsed"] = float(is_collapsed(prob))
-        if logs is not None:
-            logs.update(new)
-
-
-def _targets(y: np.ndarray, n_classes: int) -> np.ndarray:
-    """Targets shaped as :meth:`medxcept.images.dataset.CohortDataset.targets` gives them to the loss."""
-    y = np.asarray(y, dtype=np.int64)
-    return y.astype(np.float32)[:, None] if n_classes == 2 else np.eye(n_classes, dtype=np.float32)[y]
-
-
-def recalibrate_batchnorm(model: keras.Model, images: np.ndarray, *, batch_size: int) -> int:
-    """Set the moving statistics of every trainable BatchNormalization layer to the mean, over
-    batches of clean ``images``, of the batch statistics the current weights give ("precise BN",
-    Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm"); return the number of layers updated.
-
-    Each batch runs forward in training mode with the layer's momentum set to ``k / (k + 1)`` for
-    the ``k``-th batch, so the moving average becomes the plain average of the batch statistics.
-    Only BN layers that are trainable and called in training mode are touched (from random
-    initialization); frozen or inference-mode layers (pretrained weights) keep theirs. Nothing
-    else changes: no weight, no optimizer state, no random-seed state (dropout is not drawn from).
-    """
-    layers = [la for la in _all_layers(model) if isinstance(la, keras.layers.BatchNormalization) and la.trainable]
-    if not layers or not len(images):
-        return 0
-    momenta = [layer.momentum for layer in layers]
-    # the model without its dropout: a forward pass in training mode would draw dropout masks,
-    # advancing the seed state that a resumed run must reproduce
-    features = keras.Model(model.inputs, model.get_layer("gap").output) if _has_layer(model, "gap") else model
-    try:
-        for k, start in enumerate(range(0, len(images), batch_size)):
-            for layer in layers:
-                layer.momentum = k / (k + 1)
-            features(keras.ops.convert_to_tensor(images[start:start + batch_size].astype("float32")), training=True)
-    finally:
-        for layer, m in zip(layers, momenta, strict=True):
-            layer.momentum = m
-    return len(layers)
-
-
-def recalibrate_and_predict(model: keras.Model, images: np.ndarray) -> np.ndarray | None:
-    """:func:`recalibrate_batchnorm` over ``images`` taken as **one** batch, returning the logits that
-    inference mode gives for those images afterwards, from the same forward pass.
-
-    With a single batch the recalibrated moving statistics *are* that batch's statistics, so the
-    training-mode pass that sets them normalizes every layer exactly as inference mode does once
-    they are set; only the head after global pooling is left, which runs without its dropout (as
-    in inference). One pass instead of two over the clean training subset. Returns ``None`` (and
-    changes nothing) when the model has no ``gap`` layer or no trainable BatchNormalization layer.
-    The statistics are the subset's own (its variance is the pooled one, not the mean of per-batch
-    variances). The caller bounds the batch's size (:data:`RECALIBRATE_PIXELS`).
-    """
-    layers = [la for la in _all_layers(model) if isinstance(la, keras.layers.BatchNormalization) and la.trainable]
-    if not layers or not len(images) or not _has_layer(model, "gap"):
-        return None
-    gap = model.get_layer("gap")
-    head = model.layers[model.layers.index(gap) + 1:]
-    features = keras.Model(model.inputs, gap.output)  # no dropout: no seed state is drawn from
-    momenta = [layer.momentum for layer in layers]
-    try:
-        for layer in layers:
-            layer.momentum = 0.0  # moving statistics := this batch's
-        x = features(keras.ops.convert_to_tensor(images.astype("float32")), training=True)
-    finally:
-        for layer, m in zip(layers, momenta, strict=True):
-            layer.momentum = m
-    for layer in head:
-        if not isinstance(layer, keras.layers.Dropout):
-            x = layer(x)
-    return np.asarray(keras.ops.convert_to_numpy(x))
-
-
-def _all_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
-    out = []
-    for sub in getattr(layer, "layers", []):
-        out.append(sub)
-        out.extend(_all_layers(sub))
-    return out
-
-
-def _has_layer(model: keras.Model, name: str) -> bool:
-    try:
-        model.get_layer(name)
-    except ValueError:
-        return False
-    return True
-
-
-class RecalibrateBN(keras.callbacks.Callback):
-    """:func:`recalibrate_batchnorm` at the end of every epoch, before anything predicts."""
-
-    def __init__(self, images: np.ndarray, batch_size: int) -> None:
-        super().__init__()
-        self.images, self.batch_size = images, batch_size
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        recalibrate_batchnorm(self.model, self.images, batch_size=self.batch_size)
-
-
-def collapse_summary(history: pd.DataFrame, best_epoch: int | None = None) -> dict | None:
-    """:attr:`TrainResult.collapse` from a history with a ``collapsed`` column (``None``: no epoch
-    collapsed, or a history written before the column existed)."""
-    if "collapsed" not in history or not len(history):
-        return None
-    flags = history["collapsed"].fillna(False).astype(bool)
-    epochs = [int(e) for e in history.loc[flags, "epoch"]]
-    if not epochs:
-        return None
-    every = len(epochs) == len(history)
-    which = _epoch_list(epochs)
-    advice = None
-    if every:
-        advice = ("This happens when BatchNormalization's moving statistics have not settled (typically "
-                  "training from random initialization on few images); train longer, or start from "
-                  "pretrained weights (--weights).")
-        message = (f"The validation outputs were constant in every epoch ({which}): the model gives every "
-                   "image the same probability in inference mode, so no epoch could be chosen and its AUC "
-                   f"means nothing. {advice}")
-    else:
-        kept = f"; early stopping kept epoch {best_epoch}, which was not collapsed" if (
-            best_epoch is not None and best_epoch not in epochs) else ""
-        message = (f"The validation outputs were constant in {len(epochs)} of {len(history)} epochs ({which}): "
-                   f"those epochs were never chosen{kept}.")
-    return {"epochs": epochs, "all": every, "message": message, "advice": advice}
-
-
-def _epoch_list(epochs: list[int]) -> str:
-    if len(epochs) > 1 and epochs == list(range(epochs[0], epochs[-1] + 1)):
-        return f"epochs {epochs[0]}-{epochs[-1]}"
-    return ("epoch " if len(epochs) == 1 else "epochs ") + ", ".join(map(str, epochs))
-
-
-class BestEpoch(keras.callbacks.Callback):
-    """Early stopping on validation patient-level AUC, ties broken by the lower validation loss.
-
-    Patient-level AUC on a validation split of a few dozen patients takes few distinct values: it
-    often reaches 1.0 in the first epoch, while the probabilities are still near 0.5, and stays
-    there. Keras' ``EarlyStopping`` keeps the *first* epoch of a tie, so it would return that
-    barely trained model. Here an epoch is better when its AUC is higher (by more than
-    ``min_delta``) or equal (within ``min_delta``) with a lower ``val_loss``. Training stops after
-    ``patience`` epochs without a better one; the best epoch's weights are restored at the end
-    (``restore=True``) and, with a checkpoint directory, kept in ``best.weights.h5`` so a resumed
-    run can restore them too.
-
-    A collapsed epoch (``collapsed`` in the logs: constant validation outputs) is never kept when
-    a non-collapsed one exists, whatever its AUC or loss; and while every epoch so far has
-    collapsed, patience does not run down (a model whose BatchNormalization statistics are still
-    settling is given its epochs).
-
-    Args:
-        patience: epochs without improvement before stopping; ``None`` never stops (selection only).
-        min_delta: AUC differences up to this are ties.
-        checkpoint_dir: where ``best.weights.h5`` is written, or ``None``.
-        deferred_write: leave writing ``best.weights.h5`` to the per-epoch checkpoint, which
-            hard-links it to the ``last.weights.h5`` it has just written for the same weights
-            (:meth:`_Checkpoint.save`), instead of writing the same 250 MB twice; ``pending_best``
-            says when it must.
-        state: the ``state()`` of an interrupted run, to resume its bookkeeping.
-        epoch_offset: epochs completed in earlier stages (for the reported global epoch number).
-    """
-
-    def __init__(self, patience: int | None, *, min_delta: float = 1e-6, checkpoint_dir: Path | None = None,
-                 state: dict | None = None, epoch_offset: int = 0, restore: bool = True,
-                 deferred_write: bool = False) -> None:
-        super().__init__()
-        self.deferred_write, self.pending_best = deferred_write, False
-        self.patience, self.min_delta, self.checkpoint_dir = patience, min_delta, checkpoint_dir
-        self.epoch_offset, self.restore = epoch_offset, restore
-        state = state or {}
-        self.best_auc: float = state.get("best_auc", -math.inf)
-        self.best_loss: float = state.get("best_loss", math.inf)
-        self.best_epoch: int | None = state.get("best_epoch")
-        self.wait: int = state.get("wait", 0)
-        self.stopped: bool = state.get("stopped", False)
-        # True while no epoch is kept or the kept one collapsed (older checkpoints: not collapsed)
-        self.best_collapsed: bool = state.get("best_collapsed", self.best_epoch is None)
-        self._best_weights: list[np.ndarray] | None = None
-
-    def state(self) -> dict:
-        return {"best_auc": self.best_auc, "best_loss": self.best_loss, "best_epoch": self.best_epoch,
-                "wait": self.wait, "stopped": self.stopped, "best_collapsed": self.best_collapsed}
-
-    def is_better(self, auc: float, loss: float, collapsed: bool = False) -> bool:
-        if collapsed != self.best_collapsed and self.best_epoch is not None:
-            return not collapsed  # a non-collapsed epoch beats a collapsed one, never the reverse
-        auc = -math.inf if auc is None or math.isnan(auc) else auc
-        loss = math.inf if loss is None or math.isnan(loss) else loss
-        if auc > self.best_auc + self.min_delta:
-            return True
-        return auc >= self.best_auc - self.min_delta and loss < self.best_loss
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = logs or {}
-        auc, loss = logs.get("val_patient_auc", float("nan")), logs.get("val_loss", float("nan"))
-        collapsed = bool(logs.get("collapsed", 0.0))
-        if self.is_better(auc, loss, collapsed):
-            self.best_auc = -math.inf if math.isnan(auc) else float(auc)
-            self.best_loss = math.inf if math.isnan(loss) else float(loss)
-            self.best_epoch = self.epoch_offset + epoch + 1
-            self.best_collapsed = collapsed
-            self.wait = 0
-            self._best_weights = self.model.get_weights()
-            if self.checkpoint_dir is not None and self.deferred_write:
-                self.pending_best = True
-            elif self.checkpoint_dir is not None:
-                self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-                save_weights_atomic(self.model, self.checkpoint_dir / "best.weights.h5")
-        elif not self.best_collapsed:  # patience runs from the first epoch that did not collapse
-            self.wait += 1
-            if self.patience is not None and self.wait >= self.patience:
-                self.stopped = True
-                self.model.stop_training = True
-
-    def on_train_end(self, logs: dict | None = None) -> None:
-        if not self.restore or self.best_epoch is None:
-            return
-        if self._best_weights is not None:
-            self.model.set_weights(self._best_weights)
-        elif self.checkpoint_dir is not None and (self.checkpoint_dir / "best.weights.h5").is_file():
-            self.model.load_weights(self.checkpoint_dir / "best.weights.h5")  # best epoch was before a resume
-        log.info("restored the weights of epoch %d (validation patient AUC %.3f, loss %.4f)",
-                 self.best_epoch, self.best_auc, self.best_loss)
 
 
 class _History(keras.callbacks.Callback):
@@ -623,7 +108,7 @@ class _History(keras.callbacks.Callback):
     holds everything :func:`fit` needs to continue after the last completed epoch.
     """
 
-    def __init__(self, stage: str, rows: list[dict], checkpoint: _Checkpoint | None, offset: int,
+    def __init__(self, stage: str, rows: list[dict], checkpoint: Checkpoint | None, offset: int,
                  save_state: object) -> None:
         super().__init__()
         self.stage, self.rows, self.checkpoint, self.offset = stage, rows, checkpoint, offset
@@ -675,118 +160,6 @@ class _Progress(keras.callbacks.Callback):
         self.bar.close()
 
 
-class _Checkpoint:
-    """Per-epoch checkpoint files in ``<run>/checkpoints``: weights, optimizer state, bookkeeping."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    @property
-    def state_file(self) -> Path:
-        return self.path / "state.json"
-
-    def read_state(self) -> dict | None:
-        if not self.state_file.is_file():
-            return None
-        return json.loads(self.state_file.read_text())
-
-    def save(self, model: keras.Model, state: dict, *, best: bool = False) -> None:
-        """Weights (with the optimizer's variables) to a temporary file renamed over ``last.weights.h5``,
-        then ``state.json`` (also atomically) with the weights' checksum and the random-seed states:
-        ``state.json`` always describes a complete weights file. With ``best``, ``best.weights.h5``
-        becomes a hard link to that same file (the same weights, written once; a later
-        ``last.weights.h5`` replaces the name, not the linked file), before ``state.json`` names the
-        epoch as the best one."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        save_weights_atomic(model, self.path / "last.weights.h5")  # Keras 3 stores the optimizer's variables too
-        if best:
-            tmp = self.path / f".best.{os.getpid()}.h5"
-            try:
-                os.link(self.path / "last.weights.h5", tmp)
-            except OSError:  # no hard links on this file system: a copy
-                import shutil
-
-                shutil.copyfile(self.path / "last.weights.h5", tmp)
-            os.replace(tmp, self.path / "best.weights.h5")
-        state = {**state, "weights_sha256": weights_checksum(model), "seed_states": _seed_states(model)}
-        tmp = self.state_file.with_name(f".state.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(state, indent=1, default=float))
-        os.replace(tmp, self.state_file)  # written last: a state file means the weights file is complete
-
-    def restore(self, model: keras.Model, state: dict, *, optimizer: bool = True) -> None:
-        """Load the last weights; with ``optimizer``, its state too (moments, step count, schedule).
-
-        The random-seed states (dropout) are restored too, so the next epochs draw what the
-        uninterrupted run drew. The loaded weights must have the checksum ``state`` recorded.
-        """
-        if optimizer:
-            model.optimizer.build(model.trainable_variables)  # so that load_weights fills it
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            model.load_weights(self.path / "last.weights.h5")
-        skipped = [str(w.message) for w in caught if "Skipping variable loading for optimizer" in str(w.message)]
-        if optimizer and skipped:
-            raise ConfigError(f"the optimizer state in {self.path} does not match this model ({skipped[0]}); "
-                              "start a new run instead of resuming this one")
-        _set_seed_states(model, state.get("seed_states"))
-        self.verify(model, state)
-
-    def verify(self, model: keras.Model, state: dict) -> None:
-        """Refuse weights that are not the ones the checkpoint recorded (torn file, untrained model)."""
-        expected, got = state.get("weights_sha256"), weights_checksum(model)
-        if expected != got:
-            raise ConfigError(
-                f"the weights in {self.path / 'last.weights.h5'} (checksum {got[:12]}) are not the ones "
-                f"state.json recorded ({str(expected)[:12]}): the checkpoint is damaged. Start a new run; "
-                "this one cannot be completed honestly.")
-
-
-def _fingerprint(cfg: RunConfig, train_y: np.ndarray, n_val: int) -> dict:
-    """What a checkpoint must have been written with to be continued."""
-    return {"config_hash": config_hash(cfg), "n_train": int(len(train_y)), "n_val": int(n_val),
-            "train_labels": hashlib.sha256(np.asarray(train_y, dtype=np.int64).tobytes()).hexdigest()[:16]}
-
-
-def _check_fingerprint(ckpt: _Checkpoint, state: dict, fingerprint: dict) -> None:
-    if state.get("fingerprint") != fingerprint:
-        raise ConfigError(
-            f"cannot resume from {ckpt.path}: it was written with another configuration or other data "
-            f"(checkpoint {state.get('fingerprint')}, this run {fingerprint}). Start a new run instead.")
-
-
-def check_resumable(run_dir: Path, *, cfg: RunConfig, train_y: np.ndarray, n_val: int) -> dict | None:
-    """Check, before anything is written, that ``fit(resume=True)`` would accept the checkpoint in
-    ``run_dir/checkpoints``; return its state (``None`` when there is none).
-
-    Raises:
-        ConfigError: the checkpoint was written with another configuration or other data.
-    """
-    ckpt = _Checkpoint(Path(run_dir) / "checkpoints")
-    try:
-        state = ckpt.read_state()
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{ckpt.state_file} cannot be read ({exc}); start a new run") from None
-    if state is not None:
-        _check_fingerprint(ckpt, state, _fingerprint(cfg, train_y, n_val))
-    return state
-
-
-def save_inference_model(model: keras.Model, path: Path) -> int:
-    """Save what inference needs (architecture and weights, no optimizer state) atomically; return its size.
-
-    Keras 3's ``Model.save`` has no ``include_optimizer``: a compiled model carries the
-    optimizer's moments (two more copies of every trainable weight). A model rebuilt from its
-    configuration (``from_config``: uncompiled; ``keras.models.clone_model`` would compile the copy
-    with the *same*, built optimizer) with the same weights holds only what :func:`predict_logits`
-    needs; it loads with ``keras.models.load_model`` and predicts identically (``tests/test_faults.py``).
-    """
-    path = Path(path)
-    clone = model.__class__.from_config(model.get_config())
-    clone.set_weights(model.get_weights())
-    _save_atomic(path, clone.save)
-    return path.stat().st_size
-
-
 def _compile(model: keras.Model, optimizer: keras.optimizers.Optimizer, n_classes: int,
              label_smoothing: float) -> None:
     if n_classes == 2:
@@ -796,7 +169,7 @@ def _compile(model: keras.Model, optimizer: keras.optimizers.Optimizer, n_classe
 
         loss = (CumulativeLinkLoss(label_smoothing) if is_ordinal_model(model)  # outputs: class log-probabilities
                 else keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing))
-    model.compile(optimizer=optimizer, loss=loss, metrics=_metrics(model, n_classes))
+    model.compile(optimizer=optimizer, loss=loss, metrics=compiled_metrics(model, n_classes))
 
 
 def build_optimizer(model: keras.Model) -> bool:
@@ -817,15 +190,6 @@ def build_optimizer(model: keras.Model) -> bool:
         return False
     opt.build(model.trainable_variables)
     return True
-
-
-def _metrics(model: keras.Model, n_classes: int) -> list[keras.metrics.Metric]:
-    """Fresh instances of the compiled metrics (training logs ``auc``, ``accuracy``; :class:`EpochEvaluation`
-    computes their ``val_`` twins from its single inference pass)."""
-    if n_classes == 2:
-        return [keras.metrics.AUC(from_logits=True, name="auc"),
-                keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")]
-    return [keras.metrics.AUC(from_logits=True, name="auc"), keras.metrics.CategoricalAccuracy(name="accuracy")]
 
 
 def _schedule(peak_lr: float, steps_per_epoch: int, epochs: int, warmup_epochs: int) -> object:
@@ -925,8 +289,8 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
     finally:
         keras.config.set_dtype_policy(previous_policy)
     log.info("precision %s on %d device(s)", policy, n_devices)
-    ckpt = _Checkpoint(run_dir / "checkpoints") if run_dir is not None else None
-    fingerprint = _fingerprint(cfg, train_y, len(val_y))
+    ckpt = Checkpoint(run_dir / "checkpoints") if run_dir is not None else None
+    fingerprint = checkpoint_fingerprint(cfg, train_y, len(val_y))
     rows: list[dict] = []
     stages: list[dict] = []
 
@@ -969,7 +333,7 @@ def fit(train_images: np.ndarray, train_y: np.ndarray, val_images: np.ndarray, v
     start_stage, start_epoch, es_state = 0, 0, None
     state = ckpt.read_state() if (ckpt is not None and resume) else None
     if state is not None:
-        _check_fingerprint(ckpt, state, fingerprint)
+        check_fingerprint(ckpt, state, fingerprint)
         rows.extend(state["rows"])
         stages.extend(state["stages"])
         start_stage, start_epoch, es_state = state["stage_index"], state["stage_epochs_done"], state["early_stop"]
@@ -1062,10 +426,10 @@ def _warn_collapse(stage: str, rows: list[dict]) -> None:
     if len(bad) == len(rows):
         log.warning("! stage %s collapsed: the validation outputs were constant in every epoch (%s); the model "
                     "predicts nothing in inference mode (BatchNormalization statistics not settled?)",
-                    stage, _epoch_list(bad))
+                    stage, epoch_list(bad))
     else:
         log.warning("! stage %s: the validation outputs were constant in %s; those epochs are never chosen",
-                    stage, _epoch_list(bad))
+                    stage, epoch_list(bad))
 
 
 def steps_per_epoch(n_images: int, batch_size: int) -> int:

@@ -21,7 +21,7 @@ import pandas as pd
 
 from medxcept.evaluation.metrics import metric_names
 from medxcept.evaluation.subgroups import subgroup_rows
-from medxcept.images.preprocess import _as_float_image, _disc_mask, _square_window, find_fov
+from medxcept.images.preprocess import as_float_image, disc_mask, find_fov, square_window
 from medxcept.report.figures import (
     clinical_figure,
     confusion_figure,
@@ -205,12 +205,12 @@ def raw_preview(raw: np.ndarray, *, modality: str, burned_in: str = "") -> tuple
         return None, "raw: not shown (BurnedInAnnotation)"
     if modality != "fundus":
         return None, "raw: not shown (text may be burned in)"
-    a = _as_float_image(raw if raw.ndim == 3 else raw[..., None])
+    a = as_float_image(raw if raw.ndim == 3 else raw[..., None])
     cy, cx, r, found = find_fov(a)
     if not found:
         return None, "raw: not shown (no field of view)"
-    sq, valid, qcy, qcx = _square_window(a, cy, cx, r)
-    disc = _disc_mask(sq.shape[:2], qcy, qcx, r) & (valid > 0)
+    sq, valid, qcy, qcx = square_window(a, cy, cx, r)
+    disc = disc_mask(sq.shape[:2], qcy, qcx, r) & (valid > 0)
     out = sq * disc[:, :, None]
     out = out[..., 0] if out.shape[2] == 1 else out
     return np.clip(out, 0.0, 1.0).astype(np.float32), "raw, outside field of view masked"
@@ -243,7 +243,7 @@ def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame
     if len(classes) == 2:
         # the headline's unit: one score per patient; curves from the uncalibrated scores, the
         # operating point (and the confusion matrix) from the calibrated ones at the threshold
-        from medxcept.evaluation.metrics import aggregate_by_patient, unit_visits
+        from medxcept.evaluation.units import aggregate_by_patient, unit_visits
 
         raw_col = "prob_raw" if "prob_raw" in test else "prob"
         visit = unit_visits(test, unit)

@@ -115,7 +115,7 @@ def reference_preprocess(img: np.ndarray, image_px: int = 299) -> np.ndarray:
     """
     from skimage import transform
 
-    from medxcept.images.preprocess import _disc_mask, _square_window, find_fov
+    from medxcept.images.preprocess import disc_mask, find_fov, square_window
 
     def resize(a: np.ndarray) -> np.ndarray:
         out = transform.resize(a, (image_px, image_px) + a.shape[2:], order=1, mode="constant", cval=0.0,
@@ -125,10 +125,10 @@ def reference_preprocess(img: np.ndarray, image_px: int = 299) -> np.ndarray:
     cy, cx, r, found = find_fov(img)
     if not found:
         raise ValueError("reference_preprocess expects a photograph with a field of view")
-    sq, valid, qcy, qcx = _square_window(img, cy, cx, r)
+    sq, valid, qcy, qcx = square_window(img, cy, cx, r)
     s = image_px / sq.shape[0]
     out = resize(sq)
     valid_px = resize(valid[:, :, None])[:, :, 0] > 0.5
-    fov = _disc_mask((image_px, image_px), (qcy + 0.5) * s - 0.5, (qcx + 0.5) * s - 0.5, max(r * s - 1.0, 1.0))
+    fov = disc_mask((image_px, image_px), (qcy + 0.5) * s - 0.5, (qcx + 0.5) * s - 0.5, max(r * s - 1.0, 1.0))
     out = out * (fov & valid_px)[:, :, None]
     return np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)

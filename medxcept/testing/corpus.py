@@ -1284,7 +1284,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from medxcept.cohort.ingest import ingest
     from medxcept.cohort.table import load_cohort_spec
-    from medxcept.images.preprocess import PreprocessCache, PreprocessConfig
+    from medxcept.images.cache import PreprocessCache
+    from medxcept.images.preprocess import PreprocessConfig
 
     spec = load_cohort_spec(cohort)
     result = ingest(spec, preprocess_cfg=PreprocessConfig(image_px=71),

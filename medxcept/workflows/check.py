@@ -17,7 +17,7 @@ from medxcept.cohort.ingest import data_root
 from medxcept.cohort.table import CohortSpec, public_view
 from medxcept.config import RunConfig, config_hash
 from medxcept.errors import SplitError
-from medxcept.images.preprocess import load_images
+from medxcept.images.cache import load_images
 from medxcept.integrity.audit import AuditReport, audit_cohort, fingerprints
 from medxcept.integrity.check import (
     _count_table,
@@ -28,7 +28,7 @@ from medxcept.integrity.check import (
     reason_groups,
     render_check_page,
 )
-from medxcept.integrity.splits import split_hash, split_table
+from medxcept.integrity.split_keys import split_hash, split_table
 from medxcept.run import RunDir, data_hash
 from medxcept.workflows.steps import ingest_into_run, materialize, split_and_audit
 

@@ -63,9 +63,9 @@ from medxcept.evaluation.kfold import (
     t_interval,
 )
 from medxcept.evaluation.metrics import metric_names
-from medxcept.images.preprocess import decode_key, load_images
+from medxcept.images.cache import decode_key, load_images
 from medxcept.integrity.audit import AuditReport, Finding, audit_cohort, duplicate_groups, fingerprints
-from medxcept.integrity.splits import split_hash
+from medxcept.integrity.split_keys import split_hash
 from medxcept.models.backbones import get_backbone
 from medxcept.report import environment
 from medxcept.report.figures import clinical_figure, reliability_figure, roc_pr_figure

@@ -40,9 +40,9 @@ from medxcept.evaluation.external import (
     transfer_line,
 )
 from medxcept.evaluation.graded import graded_figures
-from medxcept.images.preprocess import load_images
+from medxcept.images.cache import load_images
 from medxcept.integrity.audit import audit_cohort, fingerprints
-from medxcept.integrity.splits import split_hash, split_table
+from medxcept.integrity.split_keys import split_hash, split_table
 from medxcept.models.network import detect_device
 from medxcept.report import render_report
 from medxcept.run import RunDir, data_hash

@@ -50,12 +50,12 @@ from medxcept.evaluation.kfold import (
     load_plan,
     require_inner_split,
 )
-from medxcept.evaluation.metrics import unit_keys, unit_visits
+from medxcept.evaluation.units import unit_keys, unit_visits
 from medxcept.evaluation.verdict import training_verdict
 from medxcept.faults import fault_point
-from medxcept.images.preprocess import load_images
+from medxcept.images.cache import load_images
 from medxcept.integrity.audit import audit_cohort, duplicate_groups, fingerprints
-from medxcept.integrity.splits import split_hash, split_table
+from medxcept.integrity.split_keys import split_hash, split_table
 from medxcept.models.backbones import provenance as backbone_provenance
 from medxcept.paths import cache_dir
 from medxcept.run import RunDir
@@ -111,8 +111,9 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
     fault_point("fold_start", task.name)  # test hook (medxcept.faults)
     resume = _resumable(fdir, task)
     # imported here: a skipped fold (above), planning and aggregating need neither Keras nor TensorFlow
+    from medxcept.models.checkpoint import save_inference_model
     from medxcept.models.network import detect_device, resolve_weights
-    from medxcept.models.train import fit, save_inference_model, set_seeds
+    from medxcept.models.train import fit, set_seeds
 
     t0, cfg, classes = time.perf_counter(), plan.cfg, plan.classes
     weights = resolve_weights(cfg.model.weights, cfg.model.backbone)

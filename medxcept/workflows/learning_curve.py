@@ -15,7 +15,7 @@ import pandas as pd
 
 from medxcept.evaluation.assess import TTA, Units, predict_units
 from medxcept.evaluation.learning_curve import subsample_patients
-from medxcept.evaluation.metrics import patient_auc, probabilities, unit_keys, unit_visits
+from medxcept.evaluation.units import patient_auc, probabilities, unit_keys, unit_visits
 from medxcept.evaluation.verdict import training_verdict
 from medxcept.models.train import fit
 

@@ -24,7 +24,7 @@ from medxcept.evaluation.reproduce import (
 from medxcept.evaluation.reproduce import _cohort_path as cohort_path
 from medxcept.evaluation.reproduce import _read_json as read_json
 from medxcept.evaluation.reproduce import _rerun_path as rerun_path
-from medxcept.integrity.splits import split_hash
+from medxcept.integrity.split_keys import split_hash
 from medxcept.run import RunDir, data_hash, load_run_config
 from medxcept.workflows.single import run_pipeline
 

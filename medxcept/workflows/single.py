@@ -32,18 +32,20 @@ from medxcept.evaluation.assess import (
 from medxcept.evaluation.external import keep_source_fingerprints
 from medxcept.evaluation.graded import check_task_config, graded_figures
 from medxcept.evaluation.learning_curve import learning_curve_figure, learning_curve_verdict
-from medxcept.evaluation.metrics import unit_keys, unit_visits
+from medxcept.evaluation.units import unit_keys, unit_visits
 from medxcept.evaluation.verdict import training_verdict
 from medxcept.faults import fault_point
 from medxcept.images.augment import build_augment, effective_class_frequencies, serialize_augment
-from medxcept.images.preprocess import decode_key, load_images
+from medxcept.images.cache import decode_key, load_images
 from medxcept.integrity.audit import fingerprints
-from medxcept.integrity.splits import split_hash, split_table, user_split_agreement
+from medxcept.integrity.split_keys import split_hash, split_table
+from medxcept.integrity.splits import user_split_agreement
 from medxcept.models.backbones import get_backbone
 from medxcept.models.backbones import provenance as backbone_provenance
+from medxcept.models.checkpoint import check_resumable, save_inference_model
 from medxcept.models.explain import cam_gallery, class_activation_maps
 from medxcept.models.network import detect_device, resolve_weights
-from medxcept.models.train import check_resumable, fit, save_inference_model, set_seeds
+from medxcept.models.train import fit, set_seeds
 from medxcept.report import render_report
 from medxcept.run import COMPLETE, RunDir, data_hash, reproduce_block
 from medxcept.workflows.learning_curve import learning_curve_rows

@@ -49,7 +49,7 @@ from medxcept.evaluation.assess import (  # noqa: F401
     unit_record,
 )
 from medxcept.images.augment import augment_batch, build_augment
-from medxcept.images.preprocess import PreprocessCache, decode_key
+from medxcept.images.cache import PreprocessCache, decode_key
 from medxcept.integrity.audit import AuditReport, audit_cohort, duplicate_groups, fingerprints
 from medxcept.integrity.splits import assign_splits
 from medxcept.io import file_label
@@ -94,7 +94,7 @@ def prepare_cohort(spec: CohortSpec, cfg: RunConfig) -> tuple[IngestResult, Prep
 
 def cohort_cache(spec: CohortSpec | None = None, decode: str | None = None) -> PreprocessCache:
     """The preprocessing cache for a cohort: one sub-folder per cohort-level decoding
-    (:func:`medxcept.images.preprocess.decode_key`, e.g. another DICOM window gives other pixels)."""
+    (:func:`medxcept.images.cache.decode_key`, e.g. another DICOM window gives other pixels)."""
     key = decode_key(spec) if decode is None else decode
     root = cache_dir() / "preprocessed"
     return PreprocessCache(root / key if key else root)
