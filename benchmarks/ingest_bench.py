@@ -18,7 +18,8 @@ take hours to ingest. This benchmark writes camera-size fundus photographs
   a cache hit); the pool's start-up and the workers' imports are included.
 
 Each line gives seconds per file (wall and CPU: on a shared machine CPU seconds are the steadier
-figure), files per second and the ratio to the floor measured in the same run. ``--profile``
+figure), files per second and the ratio to the floor measured in the same run; the 1-process pass
+and its floor are also given per camera format (4288 x 2848 and 3410 x 2848). ``--profile``
 adds a cProfile of the 1-process pass (top functions by own time and by cumulative time).
 
 Measured on the shared 2-core machine (load average 21 on 2 cores, so wall times are 4-5 times
@@ -98,10 +99,13 @@ def time_floor(paths: list[Path]) -> dict[str, float]:
     from PIL import Image
 
     t0, c0 = time.perf_counter(), time.process_time()
+    per_file = []
     for p in paths:
+        w, c = time.perf_counter(), time.process_time()
         with Image.open(p) as im:
             im.load()
-    return {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+        per_file.append((time.perf_counter() - w, time.process_time() - c))
+    return {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "per_file": per_file}
 
 
 def time_ingest_serial(paths: list[Path], image_px: int, profile: int = 0) -> tuple[dict[str, float], str]:
@@ -115,10 +119,14 @@ def time_ingest_serial(paths: list[Path], image_px: int, profile: int = 0) -> tu
         t0, c0 = time.perf_counter(), time.process_time()
         if prof is not None:
             prof.enable()
-        results = [_decode_task(t) for t in tasks]
+        results, per_file = [], []
+        for t in tasks:
+            w, c = time.perf_counter(), time.process_time()
+            results.append(_decode_task(t))
+            per_file.append((time.perf_counter() - w, time.process_time() - c))
         if prof is not None:
             prof.disable()
-        out = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+        out = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "per_file": per_file}
     _check(results)
     scales = sorted({int(r["rows"][0]["meta"].get("reduce", 1)) for r in results})
     out["decoded_at"] = ", ".join("full size" if k == 1 else f"1/{k}" for k in scales)
@@ -212,6 +220,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out["rows"].append({"path": name, "workers": workers, "files": n, "s_per_file_wall": round(s, 4),
                             "s_per_file_cpu": round(cpu, 4), "files_per_s": round(n / r["wall_s"], 3),
                             "ratio_to_floor": round(ratio, 2)})
+    # per camera format (1 process, and its floor: the same files in the same run)
+    out["per_size"] = {}
+    for size in sizes:
+        ks = [k for k, p in enumerate(paths) if p.name.split("_")[2] == size]
+        fw = sum(floor["per_file"][k][0] for k in ks) / len(ks)
+        sw, sc = (sum(serial["per_file"][k][q] for k in ks) / len(ks) for q in (0, 1))
+        print(f"  {size + ', 1 process':<30} {sw:>12.3f} {sc:>11.3f} {1 / sw:>8.2f} {sw / fw:>8.1f}"
+              f"   (floor {fw:.3f} s/file, {1 / fw:.2f} files/s; {len(ks)} files)")
+        out["per_size"][size] = {"files": len(ks), "s_per_file_wall": round(sw, 4), "s_per_file_cpu": round(sc, 4),
+                                 "files_per_s": round(1 / sw, 3), "floor_s_per_file": round(fw, 4),
+                                 "ratio_to_floor": round(sw / fw, 2)}
     out["decoded_at"] = serial["decoded_at"]
     print(f"\nfiles decoded at {serial['decoded_at']} of their stored size")
     worst = out["rows"][-1]["s_per_file_wall"]

@@ -42,6 +42,7 @@ __all__ = [
     "config_to_dict",
     "config_hash",
     "apply_overrides",
+    "build_config",
 ]
 
 
@@ -268,7 +269,7 @@ class RunConfig:
                               "split is audited, never re-grouped: fix the split file or use on_leak: warn or error")
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+def build_config(cls: type, data: dict[str, Any], where: str) -> Any:
     """Instantiate a (nested) dataclass from a dict, naming unknown keys and bad types."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'} must be a mapping, got {data!r}")
@@ -281,7 +282,7 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     for name, value in data.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{where}{name}.")
+            kwargs[name] = build_config(hint, value, f"{where}{name}.")
         else:
             kwargs[name] = _coerce(value, hint, f"{where}{name}")
     try:
@@ -368,7 +369,7 @@ def load_config(*, cohort_defaults: dict | None = None, config_file: str | Path 
         data = _merge(data, loaded)
     if overrides:
         data = apply_overrides(data, overrides)
-    cfg = _build(RunConfig, data, "")
+    cfg = build_config(RunConfig, data, "")
     if cohort_dir is not None and cfg.split.user_split is not None:
         cfg = dataclasses.replace(cfg, split=resolve_user_split(cfg.split, cohort_dir))
     return cfg

@@ -27,15 +27,16 @@ import pandas as pd
 import yaml
 
 from medxcept import __version__
-from medxcept.config import RunConfig, _build, config_hash, config_to_dict
+from medxcept.config import RunConfig, build_config, config_hash, config_to_dict
 from medxcept.errors import ConfigError
+from medxcept.files import write_atomic
 from medxcept.integrity.split_keys import content_ids
 from medxcept.integrity.user_split import is_split_file
 from medxcept.models import testnet
 
 __all__ = ["RunDir", "package_versions", "code_version", "data_hash", "load_run_config", "legacy_defaults", "training_determinism",
            "reproduce_block", "write_atomic", "DirectoryLock", "COMPLETE",
-           "PRIVATE_PATH", "split_config_paths", "restore_config_paths"]
+           "PRIVATE_PATH", "split_config_paths", "restore_config_paths", "json_default"]
 
 #: The completion marker of a run directory, written last (after the report).
 COMPLETE = "complete.json"
@@ -153,30 +154,6 @@ def reproduce_block(cfg: RunConfig, *, data_hash: str, split_hash: str, device: 
         "packages": "see 'packages' (same versions needed for a bitwise re-run)",
         "user_split": user_split,
     }
-
-
-def write_atomic(path: str | Path, data: str | bytes, *, mode: int | None = None) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    A reader (or a resumed run) sees the old file or the new one, never half of one; a crash
-    mid-write leaves the old file untouched. ``mode``: permissions set on the temporary file
-    before any byte is written (e.g. ``0o600`` for identifiers).
-    """
-    path = Path(path)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if mode is None else mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
-    return path
 
 
 class DirectoryLock:
@@ -311,7 +288,7 @@ class RunDir:
         return write_atomic(self.file(name), text)
 
     def write_json(self, name: str, data: Any) -> Path:
-        return self.write_text(name, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+        return self.write_text(name, json.dumps(data, indent=2, sort_keys=False, default=json_default) + "\n")
 
     def read_json(self, name: str) -> Any:
         return json.loads(self.file(name).read_text(encoding="utf-8"))
@@ -490,7 +467,7 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
         raise ConfigError(f"{path} not found: {run_dir} is not a medxcept run directory")
     data = restore_config_paths(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, run_dir)
     known = {f.name for f in dataclasses.fields(RunConfig)}
-    return _build(RunConfig, legacy_defaults({k: v for k, v in data.items() if k in known}), "")
+    return build_config(RunConfig, legacy_defaults({k: v for k, v in data.items() if k in known}), "")
 
 
 def legacy_defaults(saved: dict[str, Any]) -> dict[str, Any]:
@@ -506,7 +483,8 @@ def legacy_defaults(saved: dict[str, Any]) -> dict[str, Any]:
     return saved
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """``json.dumps(default=...)`` for numpy scalars and arrays, tuples, sets, paths and ``to_dict`` objects (NaN: null)."""
     if isinstance(o, (np.integer,)):
         return int(o)
     if isinstance(o, (np.floating,)):

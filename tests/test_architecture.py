@@ -7,6 +7,9 @@
   hidden in a function is still a cycle).
 * No module over :data:`MAX_MODULE_LINES` lines, except those in :data:`LONG_MODULES`, each with its reason
   (a long module usually does several jobs: split it by job, as ``models/train.py`` was).
+* Stages compute, the report draws: no stage imports ``medxcept.report``; ``medxcept.report`` imports
+  no stage and reads no file. No private name is imported across modules. The three workflow run
+  sequences (single run, fold, external validation) stay within :data:`MAX_WORKFLOW_LINES` lines.
 """
 
 from __future__ import annotations
@@ -36,8 +39,6 @@ LONG_MODULES: dict[str, str] = {
     "integrity/audit.py": "one job: the integrity audit (leakage, duplicates, label conflicts, confounding)",
     "cohort/ingest.py": "one job: ingestion (sources in, one cohort table and one exclusion log out)",
     "integrity/duplicates.py": "one job: near-duplicates decided by geometry (keypoints, RANSAC, aligned detail)",
-    "evaluation/kfold.py": "what the k-fold workflow and its folds share (plan on disk, fold files, statistics "
-                           "across folds); issue 30 item 5 (twin modules) reshapes it",
 }
 
 
@@ -190,6 +191,154 @@ def test_ingestion_does_not_import_the_demo_generator(graph):
         return seen
 
     assert "medxcept.cohort.demo" not in reach("medxcept.cohort.ingest")
+
+
+# ------------------------------------------------------------------ stages compute, the report draws
+
+#: What ``medxcept.report`` may import besides itself: run-wide plumbing that imports no medxcept module
+#: (checked below). ``medxcept.files``: the atomic write of ``report.html``.
+REPORT_MAY_IMPORT = ("medxcept.files",)
+
+#: The calls that read a file; the report makes none (it renders what the workflow gives it).
+FILE_READS = {"read_text", "read_bytes", "read_csv", "read_json", "read_parquet", "load", "loads_file", "imread"}
+
+
+def _report_violations(graph: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for module, deps in graph.items():
+        if module.startswith(("medxcept.report", "medxcept.workflows")):
+            continue
+        bad += [f"{module} imports {d}" for d in deps if d == "medxcept.report" or d.startswith("medxcept.report.")]
+    return bad
+
+
+def test_no_stage_imports_the_report(graph):
+    """Stages return data (arrays, tables, dicts); the report draws. Only the workflows, above both, call it."""
+    bad = _report_violations(graph)
+    assert not bad, "stages importing the report: " + "; ".join(sorted(bad))
+
+
+def _report_imports(graph: dict[str, set[str]]) -> list[str]:
+    return [f"{m} imports {d}" for m, deps in graph.items() if m == "medxcept.report" or m.startswith("medxcept.report.")
+            for d in deps if not (d == "medxcept.report" or d.startswith("medxcept.report.")) and d not in REPORT_MAY_IMPORT]
+
+
+def test_the_report_imports_no_stage(graph):
+    bad = _report_imports(graph)
+    assert not bad, "the report imports a stage: " + "; ".join(sorted(bad))
+    for allowed in REPORT_MAY_IMPORT:
+        assert not graph[allowed], f"{allowed} is allowed in the report as plumbing: it must import no medxcept module"
+
+
+def _file_reads(root: Path = ROOT) -> list[str]:
+    out = []
+    for path in sorted((root / "report").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+                if name in FILE_READS or name == "open":
+                    out.append(f"{path.relative_to(root.parent)}:{node.lineno} calls {name}")
+    return out
+
+
+def test_the_report_reads_no_file():
+    """Everything the report shows is given to it (``ReportInputs``: the config text too); Jinja2's
+    loader reading the templates is the only file access."""
+    bad = _file_reads()
+    assert not bad, "; ".join(bad)
+
+
+# ------------------------------------------------------------------ private names stay in their module
+
+
+def _private_imports(roots: tuple[Path, ...]) -> list[str]:
+    """``from medxcept.x import _name`` and ``alias._name`` (``alias`` a medxcept module) outside a
+    package's own ``__init__`` importing from its own package."""
+    files = {}
+    for root in roots:
+        files.update({_module_name(p, root): p for p in root.rglob("*.py")})
+    known = set(files)
+    out = []
+    for name, path in sorted(files.items()):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        aliases: dict[str, str] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    mod = ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else []))
+                else:
+                    mod = node.module or ""
+                if not mod.startswith("medxcept"):
+                    continue
+                for a in node.names:
+                    if f"{mod}.{a.name}" in known:
+                        aliases[a.asname or a.name] = f"{mod}.{a.name}"
+                    own_init = path.name == "__init__.py" and mod.startswith(name + ".")
+                    if a.name.startswith("_") and not a.name.startswith("__") and not own_init:
+                        out.append(f"{name}:{node.lineno} imports {mod}.{a.name}")
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.startswith("medxcept") and a.asname:
+                        aliases[a.asname] = a.name
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+                out.append(f"{name}:{node.lineno} uses {aliases[node.value.id]}.{node.attr}")
+    return out
+
+
+def test_no_private_name_crosses_a_module():
+    """A name another module needs is public in its home (or the code moves to where it is used)."""
+    bad = _private_imports((ROOT, ROOT.parent / "pipelines"))
+    assert not bad, f"{len(bad)} private name(s) imported across modules: " + "; ".join(bad)
+
+
+# ------------------------------------------------------------------ the workflows read in about 100 lines
+
+#: The run sequence of each workflow that turns a trained model into numbers (issue 30): one screen-ish each.
+WORKFLOW_BODIES = {"workflows/single.py": "_run_locked", "workflows/fold.py": "_run_fold_locked",
+                   "workflows/external.py": "evaluate_run"}
+MAX_WORKFLOW_LINES = 110
+
+
+def _function_lines(path: Path, name: str) -> int:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+            first = min([d.lineno for d in node.decorator_list] + [node.lineno])
+            return node.end_lineno - first + 1
+    raise AssertionError(f"{path}: no function {name}")
+
+
+def test_the_workflows_read_in_about_100_lines():
+    long = {f"{f}:{fn}": n for f, fn in WORKFLOW_BODIES.items() if (n := _function_lines(ROOT / f, fn)) > MAX_WORKFLOW_LINES}
+    assert not long, f"workflow run sequences over {MAX_WORKFLOW_LINES} lines: {long}"
+
+
+def test_the_new_checks_would_fail(tmp_path):
+    """Each rule above catches what it names, on a planted package."""
+    pkg = tmp_path / "medxcept"
+    for sub in ("report", "evaluation", "workflows"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "evaluation" / "m.py").write_text("from medxcept.report import draw\n\ndef _p():\n    pass\n")
+    (pkg / "evaluation" / "n.py").write_text("from medxcept.evaluation.m import _p\nfrom medxcept.evaluation import m\n"
+                                             "m._p()\n")
+    (pkg / "evaluation" / "__init__.py").write_text("from medxcept.evaluation.m import _p\n")  # own package: fine
+    (pkg / "report" / "__init__.py").write_text("from medxcept.evaluation import m\n\ndef f(p):\n"
+                                                "    return p.read_text()\n")
+    g = import_graph(pkg)
+    assert _report_violations(g) == ["medxcept.evaluation.m imports medxcept.report"]
+    assert _report_imports(g) == ["medxcept.report imports medxcept.evaluation.m"]
+    assert _file_reads(pkg) == ["medxcept/report/__init__.py:4 calls read_text"]
+    assert _private_imports((pkg,)) == ["medxcept.evaluation.n:1 imports medxcept.evaluation.m._p",
+                                        "medxcept.evaluation.n:3 uses medxcept.evaluation.m._p"]
+    (pkg / "workflows" / "long.py").write_text("def run():\n" + "    x = 1\n" * 120)
+    assert _function_lines(pkg / "workflows" / "long.py", "run") == 121
 
 
 def module_lengths(root: Path = ROOT) -> dict[str, int]:

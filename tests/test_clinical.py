@@ -16,9 +16,9 @@ from sklearn.metrics import roc_auc_score, roc_curve
 import medxcept.report as report_pkg
 from medxcept.config import load_config
 from medxcept.evaluation import clinical as cl
+from medxcept.evaluation.assess import assess
 from medxcept.evaluation.intervals import cluster_resample_weights
 from medxcept.evaluation.units import aggregate_by_patient
-from medxcept.workflows.steps import assess
 
 # Ten patients, one unit each, scores in descending order.
 Y10 = np.array([1, 0, 1, 0, 0, 1, 0, 0, 1, 0])

@@ -374,7 +374,7 @@ def test_compare_ranks_logits_up_to_40(tmp_path):
     """Runs whose logits reach 40 (float32 sigmoid: all 1.0): compare's DeLong and paired bootstrap
     rank the patients' maximum logits, as the run's prediction table writes them (``patient_logit``),
     and the verdict's p-values are those."""
-    from medxcept.workflows.steps import prediction_table
+    from medxcept.evaluation.assess import prediction_table
 
     dirs = []
     for name, noise in (("a-s0", 7), ("b-s0", 8)):

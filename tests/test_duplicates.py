@@ -23,8 +23,9 @@ from PIL import Image  # noqa: E402
 
 from medxcept.integrity import duplicates  # noqa: E402
 from medxcept.integrity.audit import audit_cohort, fingerprints, near_duplicate_pairs, verified_near_pairs  # noqa: E402
-from medxcept.integrity.check import _duplicate_pairs_shown  # noqa: E402
+from medxcept.integrity.check import duplicate_pairs_shown  # noqa: E402
 from medxcept.integrity.duplicates import MIN_INLIERS, verify_pairs  # noqa: E402
+from medxcept.report.check import pair_thumbnails  # noqa: E402
 
 PX = 256
 
@@ -133,7 +134,8 @@ def test_check_page_pairs_show_the_flagged_images(retina):
     audit = {"findings": [{"kind": "duplicate_across_splits", "count": 5, "details": [
         {"image_id_a": "a", "image_id_b": "b", "label_a": "x", "label_b": "x", "match": "near",
          "method": "geometry", "inliers": 40, "transform": {"rotation_deg": 30.0}}]}]}
-    shown, total = _duplicate_pairs_shown(audit, table, imgs)
+    shown, total = duplicate_pairs_shown(audit, table)
+    shown = pair_thumbnails(shown, imgs)
     assert total == 5 and len(shown) == 1 and shown[0]["inliers"] == 40
     for key, img in (("thumb_a", imgs[0]), ("thumb_b", imgs[1])):
         png = base64.b64decode(shown[0][key].split(",", 1)[1])
@@ -472,3 +474,60 @@ def test_black_copies_of_different_people_are_not_near_duplicates(screening, scr
                        "laterality": ["R", "L", "R", "R", "R"], "sha256": [f"{k:064x}" for k in range(5)]})
     p = duplicate_pairs(df, fp, 10)
     assert list(zip(p["i"], p["j"], p["match"], strict=True)) == [(2, 4, "pixel")]
+
+
+def test_a_dim_copy_outvoted_by_look_alikes_is_proposed_by_its_consistent_rotation():
+    """Hand-made descriptor codes: a dim original (image 0) shares 6 descriptors with its copy (image 1),
+    rotated by 40 degrees, and 8 with each of 4 look-alikes (images 2-5) at orientation differences spread
+    over the circle; the copy shares 8 with each of 4 others (6-9). Each shared descriptor is in a bucket of
+    two, so every table votes 1 for it: 6 x 16 = 96 votes for the copy, 128 for each look-alike, and with 4
+    partners each the copy is neither image's choice by votes (the engine before). By the votes of one
+    orientation difference (two neighbouring 30-degree bins, all 32 tables) the copy has 6 x 32 = 192, a
+    look-alike at most 2 x 32: it is proposed. A bright cohort (no image dim) is searched as without angles."""
+    rng = np.random.default_rng(11)
+    nb = duplicates.CODE_BITS // 8
+
+    def codes(k: int) -> np.ndarray:
+        return rng.integers(0, 256, (k, nb), dtype=np.uint8)
+
+    true = codes(6)
+    theta = rng.uniform(0, 360, 6).astype(np.float32)
+    spread = np.arange(8, dtype=np.float32) * 45.0  # orientation differences 0, 45, ..., 315 degrees
+    desc: list[np.ndarray] = [true, true]
+    angle: list[np.ndarray] = [theta, np.mod(theta + 40.0, 360.0)]
+    extra: list[list[np.ndarray]] = [[], []]
+    for m in range(8):  # look-alikes 2-5 share with the original, 6-9 with the copy
+        shared, own = codes(8), codes(10)
+        a0 = rng.uniform(0, 360, 8).astype(np.float32)
+        extra[0 if m < 4 else 1].append((shared, a0))
+        desc.append(np.r_[shared, own])
+        angle.append(np.r_[np.mod(a0 + spread, 360.0), rng.uniform(0, 360, 10)].astype(np.float32))
+    for k in (0, 1):
+        desc[k] = np.concatenate([desc[k]] + [c for c, _ in extra[k]])
+        angle[k] = np.concatenate([angle[k]] + [a for _, a in extra[k]]).astype(np.float32)
+    n = len(desc)
+
+    def obj(v: list[np.ndarray]) -> np.ndarray:
+        out = np.empty(n, object)
+        out[:] = v
+        return out
+
+    feat = {"kp_code": obj(desc), "kp_code_flip": obj([np.zeros((0, nb), np.uint8)] * n),
+            "kp_angle": obj(angle), "kp_dim": np.ones(n, bool)}
+    before = duplicates.candidate_pairs({k: v for k, v in feat.items() if k != "kp_angle"}, top_k=2, dim_partners=2)
+    pairs = set(zip(before["i"], before["j"], strict=True))
+    assert (0, 1) not in pairs and {(0, 2), (0, 5), (1, 6), (1, 9)} <= pairs
+    after = duplicates.candidate_pairs(feat, top_k=2, dim_partners=2)
+    row = after[(after["i"] == 0) & (after["j"] == 1)]
+    assert len(row) == 1
+    assert row["votes"].iloc[0] == pytest.approx(6 * duplicates.LSH_TABLES)
+    assert row["angle_votes"].iloc[0] == pytest.approx(6 * (duplicates.LSH_TABLES + duplicates.DIM_LSH_TABLES))
+    look = after[(after["i"] == 0) & (after["j"] == 2)]
+    assert look["votes"].iloc[0] == pytest.approx(8 * duplicates.LSH_TABLES)
+    assert look["angle_votes"].iloc[0] <= 2 * (duplicates.LSH_TABLES + duplicates.DIM_LSH_TABLES)
+    # every pair the votes chose is still proposed
+    assert pairs <= set(zip(after["i"], after["j"], strict=True))
+    bright = {**feat, "kp_dim": np.zeros(n, bool)}
+    pd.testing.assert_frame_equal(duplicates.candidate_pairs(bright, top_k=2, dim_partners=2),
+                                  duplicates.candidate_pairs({k: v for k, v in bright.items() if k != "kp_angle"},
+                                                             top_k=2, dim_partners=2))

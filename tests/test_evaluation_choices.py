@@ -10,9 +10,9 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from medxcept.config import load_config
+from medxcept.evaluation.assess import assess
 from medxcept.evaluation.metrics import choose_threshold
 from medxcept.evaluation.units import aggregate_by_patient
-from medxcept.workflows.steps import assess
 
 
 def _frame(rng: np.random.Generator, n_patients: int, prefix: str) -> tuple[pd.DataFrame, np.ndarray]:

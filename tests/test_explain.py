@@ -14,7 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 keras = pytest.importorskip("keras")
 
 from medxcept.errors import ConfigError  # noqa: E402
-from medxcept.models.explain import cam_gallery, class_activation_maps, gallery_cells  # noqa: E402
+from medxcept.models.explain import class_activation_maps  # noqa: E402
+from medxcept.report.cam import cam_gallery, gallery_cells  # noqa: E402
 
 PX = 32
 

@@ -441,7 +441,8 @@ def test_a_run_of_the_tiny_test_network_is_refused_outside_the_test_suite(extern
 
 def test_copies_page_shows_byte_identical_and_geometric_pairs():
     """The private page renders a byte-identical pair (no method, no transform) beside a geometric one."""
-    from medxcept.evaluation.external import copies_page, near_copy_findings
+    from medxcept.evaluation.external import copies_rows, near_copy_findings
+    from medxcept.report.check import copies_page
 
     nan = np.nan
     pairs = pd.DataFrame({"image_id": ["E1", "E2"], "source_image_id": ["I1", "I2"], "source_split": ["train", "val"],
@@ -450,8 +451,8 @@ def test_copies_page_shows_byte_identical_and_geometric_pairs():
                           "shift_x": [nan, 0.0], "shift_y": [nan, 0.0], "flipped": [False, True],
                           "source_pos": [0, 1], "pos": [0, 1]})
     _, findings = near_copy_findings(pairs, 2, "run-x", "error")
-    html = copies_page(pairs, {"thumbs": [np.zeros((8, 8, 3), np.uint8)] * 2},
-                       pd.DataFrame({"path": ["/data/a.jpg", "/data/b.jpg"]}), np.zeros((2, 8, 8, 3), np.float32),
-                       run_id="ext", source_id="run-x", finding=findings[0])
+    rows = copies_rows(pairs, pd.DataFrame({"path": ["/data/a.jpg", "/data/b.jpg"]}))
+    html = copies_page(rows, [np.zeros((8, 8, 3), np.uint8)] * 2, np.zeros((2, 8, 8, 3), np.float32),
+                       total=len(pairs), run_id="ext", source_id="run-x", finding=findings[0])
     assert html.count("data:image/png;base64,") == 4 and "/data/a.jpg" in html
     assert "sha256" in html and "near (geometry)" in html and "50 keypoint inliers" in html and "mirrored" in html

@@ -273,7 +273,7 @@ def test_compare_graded_runs_pairs_patients_with_each_runs_rule(tmp_path):
 def test_assess_steps_record_and_reapply_the_rule_and_thresholds():
     """A run's calibration.json holds the rule and endpoint thresholds; external validation reapplies them."""
     from medxcept.config import RunConfig
-    from medxcept.workflows.steps import assess, assess_frozen
+    from medxcept.evaluation.assess import assess, assess_frozen
 
     rng = np.random.default_rng(9)
     endpoints = (parse_endpoint("referable", "grade >= moderate", CLASSES, "ordinal"),)

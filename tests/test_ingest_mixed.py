@@ -305,6 +305,29 @@ def test_missing_decoder_plugin_stops_the_run_once(mixed: SimpleNamespace, monke
     assert "JPEG 2000" in message
 
 
+def test_a_process_pool_ingests_the_corpus_exactly_as_one_process(mixed: SimpleNamespace, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool path (spawned decoders after the timed probe files), forced on for the corpus: the same
+    cohort table and exclusion log as the one-process ingestion, in the same order."""
+    from medxcept.cohort import ingest as ingest_mod
+
+    pools: list[int] = []
+
+    class _Counted(ingest_mod.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs) -> None:
+            pools.append(kwargs.get("max_workers"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(ingest_mod, "ProcessPoolExecutor", _Counted)
+    monkeypatch.setattr(ingest_mod, "POOL_MIN_SECONDS", 0.0)
+    monkeypatch.setattr(ingest_mod, "POOL_PROBE_FILES", 3)
+    pooled = ingest(mixed.spec, preprocess_cfg=mixed.cfg, cache=PreprocessCache(tmp_path / "c"), workers=2)
+    assert pools == [2]
+    pd.testing.assert_frame_equal(pooled.table.reset_index(drop=True), mixed.result.table.reset_index(drop=True))
+    pd.testing.assert_frame_equal(pooled.exclusions.reset_index(drop=True),
+                                  mixed.result.exclusions.reset_index(drop=True))
+
+
 # --------------------------------------------------------------------------- a strict cohort
 
 

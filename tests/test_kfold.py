@@ -76,11 +76,11 @@ def test_fold_table_partitions_patients():
 
 
 def test_fold_names_and_task_indices():
-    tasks = kfold._tasks(3, 2)
+    tasks = kfold.fold_tasks(3, 2)
     assert [t.name for t in tasks] == ["r0-fold-0", "r0-fold-1", "r0-fold-2", "r1-fold-0", "r1-fold-1",
                                        "r1-fold-2"]
     assert [(t.index, t.repeat, t.fold) for t in tasks][4] == (4, 1, 1)
-    assert [t.name for t in kfold._tasks(2, 1)] == ["fold-0", "fold-1"]
+    assert [t.name for t in kfold.fold_tasks(2, 1)] == ["fold-0", "fold-1"]
 
 
 def test_pooled_oof_uses_each_folds_threshold_and_patient_means():
@@ -89,7 +89,7 @@ def test_pooled_oof_uses_each_folds_threshold_and_patient_means():
                        "prob": [0.8, 0.45], "prob_raw": [0.9, 0.4], "threshold": 0.5})
     f1 = pd.DataFrame({"repeat": 0, "fold": 1, "patient_key": ["P-c", "P-c", "P-d", "P-e"], "y": [1, 1, 0, 0],
                        "prob": [0.5, 0.3, 0.35, 0.1], "prob_raw": [0.6, 0.2, 0.3, 0.2], "threshold": 0.3})
-    m, rel = kfold._pooled([f0, f1], "mean", 10)
+    m, rel = kfold.pooled_oof_metrics([f0, f1], "mean", 10)
     y = np.array([1, 0, 1, 0, 0])  # P-a P-b P-c P-d P-e
     p = np.array([0.8, 0.45, 0.4, 0.35, 0.1])
     raw = np.array([0.9, 0.4, 0.4, 0.3, 0.2])  # the uncalibrated scores, ranked (issue 30)
@@ -108,7 +108,7 @@ def test_pooled_oof_keeps_repeats_apart():
     a = pd.DataFrame({"repeat": 0, "fold": 0, "patient_key": ["P-a", "P-b"], "y": [1, 0], "prob": [0.9, 0.2],
                       "prob_raw": [0.9, 0.2], "threshold": 0.5})
     b = a.assign(repeat=1, prob=[0.1, 0.6], prob_raw=[0.1, 0.6])
-    m, _ = kfold._pooled([a, b], "mean", 10)
+    m, _ = kfold.pooled_oof_metrics([a, b], "mean", 10)
     assert m["n"] == 4  # each patient once per repeat, never averaged across repeats
     assert m["roc_auc"] == pytest.approx(roc_auc_score([1, 0, 1, 0], [0.9, 0.2, 0.1, 0.6]))
 
@@ -158,7 +158,7 @@ def test_pooled_oof_ranks_each_folds_logits():
     calibrated ``prob``, whose per-fold temperatures reorder units across folds."""
     frames = _oof_folds()
     frames[1]["prob"] = 1 / (1 + np.exp(-(frames[1]["logit"] - 2.0)))  # fold 1's calibrator shifts its units
-    m, _ = kfold._pooled(frames, "max", 10)
+    m, _ = kfold.pooled_oof_metrics(frames, "max", 10)
     df = pd.concat(frames)
     pat = df.groupby("patient_key").agg(y=("y", "max"), z=("logit", "max"), p=("prob", "max"))
     assert m["roc_auc"] == pytest.approx(roc_auc_score(pat["y"], pat["z"]), abs=1e-12)
@@ -206,7 +206,7 @@ def _check_inner_case(case) -> None:
     n_per_class = [3 * k + 2 + e for e in case["extra"][:case["n_classes"]]]
     df = _random_cohort(n_per_class, case["images"], case["mixed"])
     split = SplitConfig(test_fraction=case["test_fraction"], n_folds=k, seed=case["seed"])
-    table = kfold._cv_table(df, RunConfig(split=split), k, case["repeats"], None)
+    table = kfold.cv_table(df, RunConfig(split=split), k, case["repeats"], None)
     classes = set(df["y"])
     for r in range(case["repeats"]):
         for i in range(k):

@@ -161,17 +161,17 @@ def build_cohort(base: Path) -> dict[str, list[str]]:
 def _report_into(run_dir: Path, spec: CohortSpec, log: io.StringIO) -> Path:
     """Render report.html into the check's run directory as run_pipeline does, from planted logits."""
     from medxcept.config import load_config
+    from medxcept.evaluation.assess import assess, prediction_table
     from medxcept.evaluation.verdict import training_verdict
     from medxcept.images.augment import effective_class_frequencies
     from medxcept.integrity.audit import audit_cohort, fingerprints
     from medxcept.integrity.splits import assign_splits
     from medxcept.report import render_report
     from medxcept.workflows.steps import (
-        assess,
-        prediction_table,
         prepare_cohort,
         reason_counts,
         report_examples,
+        report_inputs,
         summary_counts,
     )
 
@@ -213,10 +213,11 @@ def _report_into(run_dir: Path, spec: CohortSpec, log: io.StringIO) -> Path:
         (run_dir / "metrics.json").write_text(json.dumps(full, default=str), encoding="utf-8")
         prediction_table(frames["test"], spec.classes, cfg.eval.patient_aggregation).to_csv(
             run_dir / "predictions.csv", index=False)  # the columns run_pipeline writes
-        return render_report(run_dir, metrics=full, table=table, history=history, predictions=frames["test"],
+        return render_report(run_dir, metrics=full, history=history,
                              audit=audit_cohort(table, fp=fingerprints(images), policy="warn"),
                              versions={**versions, "device": {"backend": "none", "device": "cpu", "detail": ""}},
-                             images=images, cfg=cfg, spec=spec, frames=frames,
+                             spec=spec, frames=frames,
+                             inputs=report_inputs(run_dir, full, frames["test"], cfg, list(spec.classes)),
                              examples=report_examples(table, images, cfg, spec))
     finally:
         logger.removeHandler(handler)
@@ -339,7 +340,7 @@ def test_pseudonym_key_is_created_whole_and_a_short_key_is_refused(tmp_path: Pat
 
 
 def test_raw_panel_masks_outside_the_field_of_view_and_honours_burned_in_annotation() -> None:
-    from medxcept.report import raw_preview
+    from medxcept.images.preview import raw_preview
 
     rgb = _fundus(7, True)
     h, w = rgb.shape[:2]

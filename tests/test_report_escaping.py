@@ -101,7 +101,13 @@ def build_escaping_report(d: Path, edit=None) -> tuple[Path, dict]:
     from medxcept.integrity.splits import assign_splits
     from medxcept.report import render_report
     from medxcept.run import RunDir, data_hash
-    from medxcept.workflows.steps import prepare_cohort, reason_counts, report_examples, summary_counts
+    from medxcept.workflows.steps import (
+        prepare_cohort,
+        reason_counts,
+        report_examples,
+        report_inputs,
+        summary_counts,
+    )
 
     spec = load_cohort_spec(write_escaping_cohort(d))
     cfg = load_config(cohort_defaults=spec.defaults, overrides={"out_dir": str(d / "reports")})
@@ -151,8 +157,8 @@ def build_escaping_report(d: Path, edit=None) -> tuple[Path, dict]:
     }
     if edit is not None:
         edit(full)
-    report = render_report(run.path, metrics=full, table=table, history=history, predictions=frames["test"],
-                           audit=audit, versions=versions, images=images, cfg=cfg, spec=spec, frames=frames,
+    report = render_report(run.path, metrics=full, history=history, audit=audit, versions=versions, spec=spec,
+                           frames=frames, inputs=report_inputs(run.path, full, frames["test"], cfg, list(spec.classes)),
                              examples=report_examples(table, images, cfg, spec))
     return report, {"spec": spec, "table": table, "exclusions": ing.exclusions, "metrics": full}
 

@@ -31,7 +31,7 @@ def _folds(seed: int = 0) -> list[pd.DataFrame]:
 
 def test_pooled_roc_figure_draws_the_scores_the_pooled_auc_ranks():
     frames = _folds()
-    m, rel = kfold._pooled(frames, "max", 10)
+    m, rel = kfold.pooled_oof_metrics(frames, "max", 10)
     fpr, tpr, _ = roc_curve(rel["y"], rel["score"])  # what cv.py's roc_pr_figure draws
     assert auc(fpr, tpr) == pytest.approx(m["roc_auc"], abs=1e-12)
     pat = pd.concat(frames).groupby("patient_key").agg(y=("y", "max"), z=("logit", "max"))

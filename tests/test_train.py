@@ -234,11 +234,14 @@ def test_fit_returns_the_weights_of_its_best_epoch(tiny_data, reference):
 def test_train_patient_auc_is_the_clean_inference_mode_patient_auc(tiny_data, reference):
     from sklearn.metrics import roc_auc_score
 
-    from medxcept.models.epoch_eval import _probs
+    from medxcept.models.epoch_eval import TRAIN_AUC_MAX_IMAGES, _probs, train_auc_subset
     from medxcept.models.inference import predict_logits
 
     t, tr = tiny_data["table"], tiny_data["tr"]
-    assert len(tr) <= 128, "the tiny cohort's training set is predicted whole"
+    # the clean training subset fit predicts: whole patients, at most TRAIN_AUC_MAX_IMAGES images
+    keep = train_auc_subset(t["y"].to_numpy()[tr], t["patient_key"].to_numpy()[tr], seed=tiny_data["cfg"].seed)
+    assert 0 < len(keep) <= TRAIN_AUC_MAX_IMAGES
+    tr = tr[keep]
     h = reference.history
     assert {"train_patient_auc", "val_prob_sd", "collapsed"} <= set(h.columns) and h["collapsed"].dtype == bool
     # the returned model holds the best epoch's weights: its clean predictions, averaged per patient (the

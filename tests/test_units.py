@@ -13,9 +13,9 @@ from sklearn.metrics import roc_auc_score
 from medxcept.cohort.table import load_cohort_spec
 from medxcept.config import load_config
 from medxcept.errors import ConfigError
+from medxcept.evaluation.assess import measure_test, prediction_table
 from medxcept.evaluation.kfold import pooled_references
 from medxcept.evaluation.units import aggregate_by_patient, unit_keys, unit_patients
-from medxcept.workflows.steps import measure_test, prediction_table
 
 
 def _cfg(**ev):

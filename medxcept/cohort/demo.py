@@ -53,7 +53,7 @@ from scipy import ndimage
 from medxcept.paths import cache_dir
 
 __all__ = ["DemoSpec", "CAMERAS", "paint_fundus", "generate_demo", "demo_root", "cache_dir",
-           "start_cohort", "save_photo", "finish_cohort"]
+           "start_cohort", "save_photo", "finish_cohort", "blobs"]
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def _draw_vessels(rng: np.random.Generator, h: int, w: int, disc: tuple[float, f
     return np.clip(soft / (soft.max() + 1e-8) * 1.6, 0, 1)
 
 
-def _blobs(yy: np.ndarray, xx: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
+def blobs(yy: np.ndarray, xx: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
     """Soft-edged discs at ``centres`` (n, 2) with ``radii`` (n,); returns max coverage in [0, 1]."""
     out = np.zeros(yy.shape, dtype=np.float32)
     for (cy, cx), rad in zip(centres, radii, strict=False):
@@ -241,7 +241,7 @@ def paint_fundus(rng: np.random.Generator, camera: Camera, *, laterality: str, r
         rad = r * np.sqrt(rng.uniform(0.01, 0.30, n_ex))
         centres = np.stack([macula[0] + rad * np.sin(ang), macula[1] + rad * np.cos(ang)], axis=1)
         radii = r * rng.uniform(0.018, 0.040, n_ex) * (0.5 + 0.5 * sev)
-        cov = _blobs(yy, xx, centres, radii) * fov
+        cov = blobs(yy, xx, centres, radii) * fov
         lesion_mask = cov > 0.5
         cov = cov * (0.35 + 0.65 * sev)  # contrast: a mild exudate is faint
         ex_col = np.array([0.98, 0.90, 0.42], dtype=np.float32) * min(brightness * 1.1, 1.0)
@@ -252,7 +252,7 @@ def paint_fundus(rng: np.random.Generator, camera: Camera, *, laterality: str, r
         ang = rng.uniform(0, 2 * np.pi, n_ma)
         rad = r * np.sqrt(rng.uniform(0.02, 0.5, n_ma))
         centres = np.stack([macula[0] + rad * np.sin(ang), macula[1] + rad * np.cos(ang)], axis=1)
-        cov = _blobs(yy, xx, centres, r * rng.uniform(0.008, 0.016, n_ma)) * fov
+        cov = blobs(yy, xx, centres, r * rng.uniform(0.008, 0.016, n_ma)) * fov
         img = img * (1 - cov[..., None]) + np.array([0.42, 0.05, 0.03], dtype=np.float32) * cov[..., None]
     elif rng.random() < drusen_rate:  # an occasional faint drusen-like spot on a healthy eye
         n = int(rng.integers(1, 5 if hard else 3))
@@ -260,7 +260,7 @@ def paint_fundus(rng: np.random.Generator, camera: Camera, *, laterality: str, r
         rad = r * np.sqrt(rng.uniform(0.01, 0.3, n))
         centres = np.stack([macula[0] + rad * np.sin(ang), macula[1] + rad * np.cos(ang)], axis=1)
         strength = rng.uniform(0.4, 0.8) if hard else 0.5  # hard: some as bright as a mild exudate
-        cov = strength * _blobs(yy, xx, centres, r * rng.uniform(0.01, 0.025 if hard else 0.02, n)) * fov
+        cov = strength * blobs(yy, xx, centres, r * rng.uniform(0.01, 0.025 if hard else 0.02, n)) * fov
         img = img * (1 - cov[..., None]) + np.array([0.95, 0.85, 0.45], dtype=np.float32) * cov[..., None]
 
     if camera.blur_sigma > 0:

@@ -31,7 +31,7 @@ from scipy import ndimage
 
 from medxcept.cohort.demo import (
     CAMERAS,
-    _blobs,
+    blobs,
     cache_dir,
     finish_cohort,
     paint_fundus,
@@ -127,7 +127,7 @@ def paint_graded(rng: np.random.Generator, camera_index: int, *, laterality: str
         ang = rng.uniform(0, 2 * np.pi, n)
         rad = r * np.sqrt(rng.uniform(0.005, spread, n))
         centres = np.stack([centre[0] + rad * np.sin(ang), centre[1] + rad * np.cos(ang)], axis=1)
-        cov = ndimage.gaussian_filter(_blobs(yy, xx, centres, r * rng.uniform(*radius, n)), 0.6 * scale) * fov
+        cov = ndimage.gaussian_filter(blobs(yy, xx, centres, r * rng.uniform(*radius, n)), 0.6 * scale) * fov
         cov = strength * np.clip(cov, 0, 1)
         img = img * (1 - cov[..., None]) + np.asarray(colour, dtype=np.float32) * cov[..., None]
         lesions |= cov > 0.4

@@ -81,17 +81,17 @@ from medxcept.evaluation.references import (
 from medxcept.evaluation.units import unit_keys, unit_visits
 from medxcept.evaluation.verdict import training_verdict
 from medxcept.integrity.audit import Finding
-from medxcept.integrity.check import _thumb
 from medxcept.integrity.fingerprints import duplicate_pairs
 from medxcept.models import testnet
 from medxcept.models.backbones import get_backbone
-from medxcept.report import environment
 from medxcept.run import RunDir, legacy_defaults, restore_config_paths
 
 __all__ = ["REQUIRED_FILES", "SourceRun", "check_run_dir", "load_source_run", "load_source_config",
            "external_config", "source_overlap", "read_run_json", "external_references", "transfer_line",
            "SOURCE_FINGERPRINTS", "keep_source_fingerprints", "load_source_fingerprints", "near_copies",
-           "near_copy_findings", "copies_page"]
+           "near_copy_findings", "copies_rows", "match_classes", "load_source_model", "source_history",
+           "training_block", "run_block", "source_choices", "SourceCopies", "copies_of_source",
+           "source_provenance", "external_block"]
 
 log = logging.getLogger(__name__)
 
@@ -492,7 +492,7 @@ def load_source_run(run_dir: Path) -> SourceRun:
     return SourceRun(run_dir, run_id, cfg, extras, metrics, calibration, classes)
 
 
-def _match_classes(spec: CohortSpec, src: SourceRun) -> CohortSpec:
+def match_classes(spec: CohortSpec, src: SourceRun) -> CohortSpec:
     """The external cohort with the model's class order (which decides ``y``); same class names required."""
     if sorted(src.classes) != sorted(spec.classes):
         raise ConfigError(
@@ -506,7 +506,7 @@ def _match_classes(spec: CohortSpec, src: SourceRun) -> CohortSpec:
     return dataclasses.replace(spec, classes=src.classes, positive_class=positive)
 
 
-def _load_model(src: SourceRun, image_px: int) -> Any:
+def load_source_model(src: SourceRun, image_px: int) -> Any:
     """``model.keras`` without recompiling, checked against the run's input size and classes."""
     import keras  # here: reading a source run's files does not load Keras, only loading its model does
 
@@ -529,7 +529,8 @@ def _load_model(src: SourceRun, image_px: int) -> Any:
     return model
 
 
-def _source_history(run_dir: Path) -> pd.DataFrame:
+def source_history(run_dir: Path) -> pd.DataFrame:
+    """The source run's ``history.csv`` (empty when it has none)."""
     path = run_dir / "history.csv"
     if path.is_file() and path.stat().st_size > 1:
         return pd.read_csv(path)
@@ -537,7 +538,7 @@ def _source_history(run_dir: Path) -> pd.DataFrame:
     return pd.DataFrame()
 
 
-def _training_block(src: SourceRun, history: pd.DataFrame) -> dict[str, Any]:
+def training_block(src: SourceRun, history: pd.DataFrame) -> dict[str, Any]:
     """The source run's training summary, labelled as such (this run trains nothing)."""
     block = dict(src.metrics.get("training") or {})
     if "verdict" not in block:
@@ -598,7 +599,7 @@ def transfer_line(src: SourceRun, measured: dict[str, Any]) -> str | None:
             f"test patients ({change}; difference {here - there:+.3f}).")
 
 
-def _run_block(run: RunDir, spec: CohortSpec, src: SourceRun, ecfg: RunConfig,
+def run_block(run: RunDir, spec: CohortSpec, src: SourceRun, ecfg: RunConfig,
                device: dict[str, str]) -> dict[str, Any]:
     info = src.info
     weights = src.cfg.model.weights
@@ -612,18 +613,91 @@ def _run_block(run: RunDir, spec: CohortSpec, src: SourceRun, ecfg: RunConfig,
             "source_cohort": src.cohort_name, "tta_passes": src.cfg.eval.tta}
 
 
-def copies_page(pairs: pd.DataFrame, source: dict[str, Any], table: pd.DataFrame, images: np.ndarray, *,
-                run_id: str, source_id: str, finding: Finding, max_pairs: int = 200) -> str:
-    """``private/external_copies.html``: each confirmed pair side by side (thumbnails, file path).
+def copies_rows(pairs: pd.DataFrame, table: pd.DataFrame, max_pairs: int = 200) -> list[dict[str, Any]]:
+    """The confirmed pairs the private page shows (at most ``max_pairs``): each pair's details, the
+    external image's file path (``table`` must hold ``path``), ``pos`` (its row in ``table``) and
+    ``source_pos`` (its source image's thumbnail), for :func:`medxcept.report.check.copies_page`.
 
-    Patient images and file names: for ``private/`` only. ``table`` must hold ``path``.
+    Patient file names: for ``private/`` only.
     """
-    shown = []
     paths = table["path"].astype(str).to_numpy() if "path" in table else np.full(len(table), "")
-    for row in pairs.head(max_pairs).itertuples():
-        shown.append({**_pair_detail(row), "path": paths[row.pos],
-                      "thumb_source": _thumb(source["thumbs"][row.source_pos], px=_THUMB_PX * 2),
-                      "thumb": _thumb(images[row.pos], px=_THUMB_PX * 2)})
-    return environment().get_template("external_copies.html.j2").render(
-        pairs=shown, total=len(pairs), run_id=run_id, source_id=source_id, message=finding.message,
-        severity=finding.severity)
+    return [{**_pair_detail(row), "path": paths[row.pos], "pos": int(row.pos), "source_pos": int(row.source_pos)}
+            for row in pairs.head(max_pairs).itertuples()]
+
+
+# ----------------------------------------------------------------------------- the workflow's blocks
+
+
+def source_choices(src: SourceRun) -> tuple[Any, dict[str, Any] | None]:
+    """The source run's calibrator and threshold (binary; ``None`` for k classes), applied unchanged:
+    the threshold record says it was chosen on the source run's validation split and not refitted."""
+    from medxcept.evaluation.calibrate import Calibrator
+
+    threshold = src.calibration.get("threshold")
+    if threshold is not None:
+        threshold = {**threshold, "chosen_on": f"the validation split of run {src.id}", "refitted": False}
+    return Calibrator.from_dict(src.calibration["calibrator"]), threshold
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceCopies:
+    """What :func:`copies_of_source` found of the source run's images in the external cohort.
+
+    ``overlap``: ``metrics.json["external"]["overlap"]`` (byte-identical files, shared patient keys,
+    near copies, what was checked); ``findings``: every audit finding about the source run (overlap
+    and near copies); ``copy_finding``: the near-copy finding alone (None when there is none);
+    ``pairs``: the confirmed pairs (None when not looked for); ``source_thumbs``: the source run's
+    thumbnails (for the private page).
+    """
+
+    overlap: dict[str, Any]
+    findings: list[Finding]
+    copy_finding: Finding | None
+    pairs: pd.DataFrame | None
+    source_thumbs: Any
+
+
+def copies_of_source(src: SourceRun, table: pd.DataFrame, fp: dict[str, np.ndarray], hamming_threshold: int,
+                     on_leak: str) -> SourceCopies:
+    """The source run's images in the external cohort: byte-identical files and shared patients
+    (:func:`source_overlap`), then copies re-encoded, resized or cropped (the audit's pair verification
+    across the source run's training and validation fingerprints and ``fp``: :func:`near_copies`)."""
+    overlap, findings = source_overlap(table, pd.read_csv(src.path / "cohort.csv", dtype=str), src.id)
+    source_fp = load_source_fingerprints(src.path)
+    pairs = None
+    if source_fp is None:
+        log.warning("! the source run %s kept no fingerprints of its training images: only byte-identical "
+                    "copies are looked for in this cohort", src.id)
+    else:
+        try:
+            pairs = near_copies(source_fp, table, fp, hamming_threshold)
+        except ValueError as exc:
+            log.warning("! the source run %s kept fingerprints of another medxcept version (%s): only "
+                        "byte-identical copies are looked for in this cohort", src.id, exc)
+    copies, copy_findings = near_copy_findings(pairs, len(table), src.id, on_leak)
+    overlap["near_copies"] = copies
+    if pairs is not None:
+        overlap["checked"].append("near-duplicate fingerprints (training and validation images)")
+    return SourceCopies(overlap, findings + copy_findings, copy_findings[0] if copy_findings else None, pairs,
+                        None if source_fp is None else source_fp["thumbs"])
+
+
+def source_provenance(src: SourceRun) -> dict[str, Any]:
+    """``versions.json["source_run"]``: the source run's id, the SHA-256 of its model file and its hashes."""
+    from medxcept.cohort.ingest import file_sha256
+
+    versions = read_run_json(src.path / "versions.json") if (src.path / "versions.json").is_file() else {}
+    return {"id": src.id, "model_sha256": file_sha256(src.path / "model.keras"),
+            **{k: versions[k] for k in ("data_hash", "split_hash", "config_hash") if k in versions}}
+
+
+def external_block(src: SourceRun, differences: list[str], copies: SourceCopies) -> dict[str, Any]:
+    """``metrics.json["external"]``: what came from the source run, that nothing was refitted, the
+    configuration differences and the overlap with the source run's images."""
+    return {"source_run": src.id, "source_cohort": src.cohort_name, "refitted": [],
+            "from_source_run": ["model", "preprocessing", "calibrator", "threshold", "test-time augmentation",
+                                *[f"eval.{k}" for k in SOURCE_EVAL_FIELDS]],
+            "note": "every usable image of this cohort is a test image; nothing (model, temperature or other "
+                    "calibrator, threshold) was fitted on it",
+            "config_differences": differences, "overlap": copies.overlap,
+            "warnings": [f.message for f in copies.findings if f.severity == "warning"]}

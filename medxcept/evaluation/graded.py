@@ -60,8 +60,7 @@ from medxcept.evaluation.units import (
     unit_visits,
 )
 
-__all__ = ["ENDPOINT_CI_METRICS", "assess_graded", "endpoint_report", "check_task_config", "graded_figures",
-           "classwise_reliability_figure"]
+__all__ = ["ENDPOINT_CI_METRICS", "assess_graded", "endpoint_report", "check_task_config", "endpoint_scores"]
 
 #: Binary metrics given a CI in each endpoint's report: the binary run's list (the registry's ``ci`` flag).
 ENDPOINT_CI_METRICS = metric_names(ci=True)
@@ -292,61 +291,19 @@ def assess_graded(*, val: pd.DataFrame | None, test: pd.DataFrame, classes: Sequ
     return out
 
 
-def graded_figures(graded: dict[str, Any], test: pd.DataFrame) -> dict[str, str | None]:
-    """Figures of the graded sections: confusion matrices (images, patients), class-wise
-    reliability after recalibration, and each endpoint's ROC/PR curves."""
-    from medxcept.report.figures import clinical_figure, confusion_figure, reliability_figure, roc_pr_figure
-
+def endpoint_scores(graded: dict[str, Any], test: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
+    """Per endpoint of ``graded``, the image-level scores its figure draws: ``y`` (0/1), ``raw`` (from
+    the uncalibrated probabilities: what the AUC ranks) and ``calibrated`` (what its threshold applies
+    to), for :func:`medxcept.report.graded.graded_figures`."""
     classes = graded["classes"]
-    figs: dict[str, str | None] = {}
-    for level in ("test_image", "test_patient"):
-        cm = np.asarray(graded[level]["confusion_matrix"])
-        k = cm.shape[0]
-        yy = np.repeat(np.repeat(np.arange(k), k), cm.ravel())
-        pp = np.repeat(np.tile(np.arange(k), k), cm.ravel())
-        figs[f"graded_confusion_{level}"] = confusion_figure(yy, pp, classes) if cm.sum() else None
-    before, after = graded["calibration_test"]["before"], graded["calibration_test"]["after"]
-    figs["graded_reliability_classwise"] = classwise_reliability_figure(before, after, classes)
-    figs["graded_reliability_top_label"] = reliability_figure(
-        before["reliability_top_label"], after["reliability_top_label"],
-        labels=("top label, before recalibration", "top label, after"))
     P = _probs(test, classes, "prob_")
-    raw = all(f"prob_raw_{c}" in test for c in classes)
-    P_raw = _probs(test, classes, "prob_raw_") if raw else P
+    P_raw = _probs(test, classes, "prob_raw_") if all(f"prob_raw_{c}" in test for c in classes) else P
+    out = {}
     for name, e in graded["endpoints"].items():
         pos = [classes.index(c) for c in e["positive_classes"]]
-        y = np.isin(test["y"].to_numpy(), pos).astype(int)
-        # curves from the uncalibrated scores (what the AUC ranks), the operating point from the calibrated
-        figs[f"endpoint_roc_{name}"] = roc_pr_figure(y, endpoint_probability(P_raw, pos), e["threshold"]["value"],
-                                                     operating=endpoint_probability(P, pos),
-                                                     title_suffix=f" ({name}, images)")
-        if e.get("clinical"):
-            figs[f"endpoint_clinical_{name}"] = clinical_figure(e["clinical"], title_suffix=f" ({name}, patients)")
-    return figs
-
-
-def classwise_reliability_figure(before: dict[str, Any], after: dict[str, Any], classes: Sequence[str]) -> str:
-    """Reliability per class (``P[:, c]`` against ``y == c``): top row before recalibration, bottom row after."""
-    from medxcept.report.figures import BLUE, GREY, plt, to_data_uri
-
-    k = len(classes)
-    fig, axes = plt.subplots(2, k, figsize=(2.9 * k, 5.6), sharex=True, sharey=True, squeeze=False)
-    for row, (label, cal) in enumerate((("before", before), ("after", after))):
-        for j, c in enumerate(classes):
-            ax = axes[row, j]
-            t = pd.DataFrame(cal["reliability_per_class"][c])
-            t = t[t["count"] > 0]
-            ax.plot([0, 1], [0, 1], color=GREY, ls="--", lw=1)
-            ax.plot(t["mean_confidence"], t["observed_frequency"], marker="o", color=BLUE)
-            for _, r in t.iterrows():
-                ax.annotate(str(int(r["count"])), (r["mean_confidence"], r["observed_frequency"]),
-                            textcoords="offset points", xytext=(4, -10), fontsize=7, color=GREY)
-            ece_c = cal["classwise_ece_per_class"][c]
-            ax.set(title=f"{c} ({label}): ECE {ece_c:.3f}", xlim=(0, 1), ylim=(0, 1))
-            if row == 1:
-                ax.set_xlabel(f"predicted P({c})")
-        axes[row, 0].set_ylabel("observed frequency")
-    return to_data_uri(fig)
+        out[name] = {"y": np.isin(test["y"].to_numpy(), pos).astype(int),
+                     "raw": endpoint_probability(P_raw, pos), "calibrated": endpoint_probability(P, pos)}
+    return out
 
 
 # ------------------------------------------------------------------------- cross-validation

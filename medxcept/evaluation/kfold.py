@@ -103,7 +103,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import MaxNLocator
 from numpy.typing import ArrayLike
 from scipy import stats
 
@@ -124,8 +123,7 @@ from medxcept.evaluation.references import REFERENCES, compare_with_references, 
 from medxcept.evaluation.units import aggregate_by_patient, unit_keys, unit_patients, unit_visits
 from medxcept.integrity.split_keys import split_hash
 from medxcept.integrity.splits import SplitConfig, assign_folds, assign_splits
-from medxcept.report.figures import BLUE, GREY, ORANGE, plt, to_data_uri
-from medxcept.run import DirectoryLock, _json_default, load_run_config, write_atomic
+from medxcept.run import DirectoryLock, json_default, load_run_config, write_atomic
 
 __all__ = [
     "CVPlan",
@@ -147,6 +145,16 @@ __all__ = [
     "FoldsFailedError",
     "pooled_references",
     "pooled_clinical",
+    "pooled_oof_metrics",
+    "combined_split_hash",
+    "cv_table",
+    "fold_tasks",
+    "read_json",
+    "write_json_atomic",
+    "record_failure",
+    "check_marker",
+    "fold_lock",
+    "prediction_frame",
 ]
 
 log = logging.getLogger(__name__)
@@ -221,10 +229,11 @@ class CVPlan:
     @property
     def tasks(self) -> list[FoldTask]:
         """Every fold of every repeat, in order."""
-        return _tasks(self.n_folds, self.repeats)
+        return fold_tasks(self.n_folds, self.repeats)
 
 
-def _tasks(n_folds: int, repeats: int) -> list[FoldTask]:
+def fold_tasks(n_folds: int, repeats: int) -> list[FoldTask]:
+    """Every fold of every repeat, in order (``index = repeat * n_folds + fold``)."""
     return [FoldTask(r * n_folds + i, r, i, _fold_name(r, i, repeats)) for r in range(repeats)
             for i in range(n_folds)]
 
@@ -240,12 +249,13 @@ def default_cv_name(cohort_name: str, cfg: RunConfig, n_folds: int, repeats: int
     return f"{slug}-cv{n_folds}{rep}-{config_hash(cfg)}"
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
+def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
-    write_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+    write_atomic(path, json.dumps(data, indent=2, default=json_default) + "\n")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A CV record (``plan.json``, a fold's ``metrics.json`` ...); a missing or broken file is a clear error."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -256,7 +266,8 @@ def _short(h: str) -> str:
     return h[:12]
 
 
-def _combined_split_hash(table: pd.DataFrame, repeats: int) -> str:
+def combined_split_hash(table: pd.DataFrame, repeats: int) -> str:
+    """One hash of the hold-out split and every repeat's fold assignment."""
     parts = []
     for r in range(repeats):
         t = table[["image_id", "patient_key"] + [c for c in ("sha256", "frame") if c in table.columns]].copy()
@@ -266,7 +277,7 @@ def _combined_split_hash(table: pd.DataFrame, repeats: int) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def _cv_table(table: pd.DataFrame, cfg: RunConfig, n_folds: int, repeats: int,
+def cv_table(table: pd.DataFrame, cfg: RunConfig, n_folds: int, repeats: int,
               merge: pd.Series | None) -> pd.DataFrame:
     """Hold-out test split (as a single run makes it) plus the fold columns of every repeat."""
     out = table.drop(columns=[c for c in ("split", "fold") if c in table.columns])
@@ -466,9 +477,9 @@ def load_plan(cv_dir: str | Path) -> CVPlan:
     if not (path / PLAN).is_file():
         raise ConfigError(f"{path} is not a cross-validation directory (no {PLAN}); run "
                           "`python -m pipelines.kfold --cohort ...` first")
-    info = _read_json(path / PLAN)
+    info = read_json(path / PLAN)
     if "cohort_file" not in info and (path / "private" / PLAN_PATHS).is_file():
-        info = {**info, **_read_json(path / "private" / PLAN_PATHS)}  # plans of issue 33 on
+        info = {**info, **read_json(path / "private" / PLAN_PATHS)}  # plans of issue 33 on
     cfg = load_run_config(path)
     if config_hash(cfg) != info["config_hash"]:
         raise ConfigError(f"{path / 'config.yaml'} resolves to configuration {config_hash(cfg)}, but {PLAN} "
@@ -489,7 +500,7 @@ def fold_status(plan: CVPlan) -> dict[str, str]:
     for t in plan.tasks:
         d = plan.path / t.name
         if (d / MARKER).is_file():
-            _check_marker(plan, t, _read_json(d / MARKER))
+            check_marker(plan, t, read_json(d / MARKER))
             out[t.name] = "complete"
         elif (d / FAILED).is_file():
             out[t.name] = "failed"
@@ -498,21 +509,22 @@ def fold_status(plan: CVPlan) -> dict[str, str]:
     return out
 
 
-def _fold_lock(plan_path: Path, task: FoldTask) -> Any:
+def fold_lock(plan_path: Path, task: FoldTask) -> Any:
     """The fold's lock file sits in the CV directory (``.<fold>.lock``), outside the fold directory,
     so that restarting a fold (deleting its directory) can never delete a lock another process holds."""
     return DirectoryLock(plan_path / f".{task.name}.lock", f"{task.name} of {plan_path}")
 
 
-def _record_failure(fdir: Path, task: FoldTask, error_class: str, message: str, detail: str = "") -> None:
+def record_failure(fdir: Path, task: FoldTask, error_class: str, message: str, detail: str = "") -> None:
     """``failed.json`` in the fold directory: why the fold failed (a re-run retries it)."""
     fdir.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(fdir / FAILED, {"name": task.name, "fold": task.fold, "repeat": task.repeat,
+    write_json_atomic(fdir / FAILED, {"name": task.name, "fold": task.fold, "repeat": task.repeat,
                                        "error_class": error_class, "message": message, "detail": detail[-4000:],
                                        "failed": _dt.datetime.now().isoformat(timespec="seconds")})
 
 
-def _check_marker(plan: CVPlan, task: FoldTask, marker: dict[str, Any]) -> None:
+def check_marker(plan: CVPlan, task: FoldTask, marker: dict[str, Any]) -> None:
+    """A complete fold's marker must name this plan's config, data and fold split; else a clear error."""
     where = plan.path / task.name / MARKER
     expected = {"config_hash": plan.info["config_hash"], "data_hash": plan.info["data_hash"],
                 "split_hash": _planned_fold_hash(plan, task)}
@@ -525,11 +537,10 @@ def _check_marker(plan: CVPlan, task: FoldTask, marker: dict[str, Any]) -> None:
                 f"{plan.path / task.name} to re-run that fold with the current plan, or use another --cv-name.")
 
 
-
 # ----------------------------------------------------------------------------------- fold files
 
 
-def _prediction_frame(frame: pd.DataFrame, task: FoldTask, threshold: float, how: str,
+def prediction_frame(frame: pd.DataFrame, task: FoldTask, threshold: float, how: str,
                       unit: str = "visit") -> pd.DataFrame:
     """A fold's prediction rows, with each image's evaluation unit (``unit_key``: the patient, or
     patient and visit) and the unit's aggregated probability (``patient_prob``)."""
@@ -622,7 +633,7 @@ def t_interval(values: Sequence[float | None], confidence: float = 0.95,
     return out
 
 
-def _pooled(frames: list[pd.DataFrame], how: str, n_bins: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def pooled_oof_metrics(frames: list[pd.DataFrame], how: str, n_bins: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Pooled patient-level OOF metrics (each fold's own threshold), the reliability tables and the
     figure's data: ``y``, calibrated ``prob`` (the operating point) and ``score``, what the pooled
     ROC-AUC ranks (each fold's uncalibrated logits), so the drawn curve's AUC is the stated one."""
@@ -735,44 +746,5 @@ def cv_labels() -> dict[str, str]:
     """How the CV report names each CV metric."""
     labels = metric_labels()
     return {m: labels[m] for m in CV_METRICS}
-
-
-def _curves_figure(histories: list[tuple[str, pd.DataFrame, int]], per_row: int = 5) -> str | None:
-    """Small multiples: loss (top) and ROC-AUC (bottom) per fold, shared axes."""
-    histories = [h for h in histories if not h[1].empty]
-    if not histories:
-        return None
-    ncols = min(per_row, len(histories))
-    blocks = math.ceil(len(histories) / ncols)
-    fig, axes = plt.subplots(2 * blocks, ncols, figsize=(2.6 * ncols, 4.4 * blocks), squeeze=False,
-                             sharex=True, sharey="row")
-    for ax in axes.ravel():
-        ax.set_visible(False)
-    for n, (name, h, best) in enumerate(histories):
-        b, c = divmod(n, ncols)
-        top, bottom = axes[2 * b][c], axes[2 * b + 1][c]
-        for ax in (top, bottom):
-            ax.set_visible(True)
-            ax.axvline(best, color="green", ls=":", lw=1)
-        e = h["epoch"]
-        top.plot(e, h["loss"], color=BLUE, marker=".", label="train")
-        if "val_loss" in h:
-            top.plot(e, h["val_loss"], color=ORANGE, marker=".", label="validation")
-        top.set_title(name, fontsize=9)
-        bottom.plot(e, h["auc"], color=BLUE, marker=".", label="train (images)")
-        if "val_patient_auc" in h:
-            bottom.plot(e, h["val_patient_auc"], color=ORANGE, marker=".", label="validation (patients)")
-        bottom.set_ylim(0.0, 1.02)
-        bottom.axhline(0.5, color=GREY, lw=0.6, ls="--")
-        bottom.set_xlabel("epoch", fontsize=8)
-        bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if c == 0:
-            top.set_ylabel("loss", fontsize=8)
-            bottom.set_ylabel("ROC-AUC", fontsize=8)
-        if n == 0:
-            top.legend(fontsize=7)
-            bottom.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    return to_data_uri(fig, dpi=90)
 
 

@@ -5,7 +5,7 @@ For each fraction ``f`` of the training **patients** (drawn stratified by patien
 class keeps its share; at least two patients per class), a model is trained and measured:
 validation patient-level AUC at its best epoch, and test patient-level AUC. The 100 % point is
 the run itself. The training is done by :mod:`medxcept.workflows.learning_curve`; this module holds
-the sampling, the verdict and the figure.
+the sampling and the verdict (the figure: :func:`medxcept.report.figures.learning_curve_figure`).
 
 Reading it: if validation AUC still rises between the last two points by more than the noise of a
 validation set this size, more patients would likely help; a flat end says the model is limited by
@@ -19,9 +19,8 @@ import numpy as np
 import pandas as pd
 
 from medxcept.errors import ConfigError
-from medxcept.report.figures import BLUE, GREY, ORANGE, plt, to_data_uri
 
-__all__ = ["parse_fractions", "subsample_patients", "learning_curve_figure", "learning_curve_verdict"]
+__all__ = ["parse_fractions", "subsample_patients", "learning_curve_verdict"]
 
 
 def parse_fractions(text: str) -> tuple[float, ...]:
@@ -74,22 +73,3 @@ def learning_curve_verdict(rows: pd.DataFrame, n_val_patients: int) -> str:
     return f"validation AUC does not rise {where} ({step:+.3f}; noise ±{se:.3f}): more of the same data is unlikely to help much"
 
 
-def learning_curve_figure(rows: pd.DataFrame) -> str | None:
-    """Validation and test patient-level AUC (and training AUC) against training patients."""
-    if rows.empty:
-        return None
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    x = rows["train_patients"]
-    ax.plot(x, rows["train_auc_at_best"], "o--", color=GREY, label="training AUC (kept epoch)")
-    ax.plot(x, rows["val_patient_auc"], "o-", color=BLUE, label="validation AUC (patients)")
-    ax.plot(x, rows["test_patient_auc"], "s-", color=ORANGE, label="test AUC (patients)")
-    for xi, f in zip(x, rows["fraction"], strict=True):
-        ax.annotate(f"{f:.0%}", (xi, 0.02), textcoords="offset points", xytext=(0, 2), ha="center", fontsize=7,
-                    xycoords=("data", "axes fraction"))
-    ax.set_xlabel("training patients")
-    ax.set_ylabel("ROC-AUC")
-    ax.set_ylim(0.4, 1.02)
-    ax.axhline(0.5, color=GREY, lw=0.6, ls=":")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("Learning curve", fontsize=10)
-    return to_data_uri(fig)

@@ -38,7 +38,8 @@ import pandas as pd
 
 from medxcept.errors import ConfigError, MedxceptError
 
-__all__ = ["DEFAULT_TOLERANCE", "NotReproducedError", "Reproduction", "compare_runs"]
+__all__ = ["DEFAULT_TOLERANCE", "NotReproducedError", "Reproduction", "compare_runs", "read_json", "rerun_path",
+           "cohort_path"]
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ class Reproduction:
 # ------------------------------------------------------------------ reading a run
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A run's JSON record; a missing or broken file is a clear error naming it."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -158,7 +160,7 @@ def _compare_split(a: Path, b: Path, va: dict, vb: dict) -> dict[str, Any]:
 
 
 def _audit_canonical(run_dir: Path) -> dict[str, Any]:
-    audit = _read_json(run_dir / "audit.json")
+    audit = read_json(run_dir / "audit.json")
     cmap = _content_map(run_dir)
     findings = []
     for f in audit.get("findings", []):
@@ -224,7 +226,7 @@ def _numbers(x: Any, prefix: str = "") -> dict[str, float]:
 
 
 def _compare_metrics(a: Path, b: Path, tol: float) -> dict[str, Any]:
-    ma, mb = _read_json(a / "metrics.json"), _read_json(b / "metrics.json")
+    ma, mb = read_json(a / "metrics.json"), read_json(b / "metrics.json")
     na, nb = _numbers(ma), _numbers(mb)
     common = sorted(set(na) & set(nb))
     worst, where = 0.0, ""
@@ -265,7 +267,7 @@ def compare_runs(original: str | Path, rerun: str | Path, *, tolerance: float = 
     Reproduction
     """
     a, b = Path(original), Path(rerun)
-    va, vb = _read_json(a / "versions.json"), _read_json(b / "versions.json")
+    va, vb = read_json(a / "versions.json"), read_json(b / "versions.json")
     rep = Reproduction(original=str(a), rerun=str(b), tolerance=float(tolerance))
     for key, name in (("config_hash", "config"), ("data_hash", "data")):
         rep.checks[name] = {"original": str(va.get(key))[:12], "rerun": str(vb.get(key))[:12],
@@ -290,7 +292,8 @@ def compare_runs(original: str | Path, rerun: str | Path, *, tolerance: float = 
 # ------------------------------------------------------------------ the command
 
 
-def _rerun_path(run_dir: Path) -> Path:
+def rerun_path(run_dir: Path) -> Path:
+    """Where the re-run goes: ``<run>-reproduced``, numbered when taken."""
     base = run_dir.parent / f"{run_dir.name}-reproduced"
     path, i = base, 1
     while path.exists():
@@ -299,7 +302,8 @@ def _rerun_path(run_dir: Path) -> Path:
     return path
 
 
-def _cohort_path(cfg: Any, run_dir: Path) -> Path:
+def cohort_path(cfg: Any, run_dir: Path) -> Path:
+    """The cohort file the run was made from; a clear error when it is gone."""
     path = Path(cfg.cohort).expanduser()
     if not path.is_file():
         raise ConfigError(

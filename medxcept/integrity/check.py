@@ -1,7 +1,8 @@
 """The ``check`` page: what ingestion, the split and the audit found, before any training.
 
 The workflow that produces it is :func:`medxcept.workflows.check.check_cohort`; this module
-groups the exclusions, counts files, sources and classes, and renders ``check.html``.
+groups the exclusions, counts files, sources and classes and picks the duplicate pairs shown; the
+page is rendered by :func:`medxcept.report.check.render_check_page`.
 
 Before anyone spends hours training, a researcher wants three answers about a new export:
 *did every file decode, and if not, which ones and why?*, *how many patients of each class
@@ -51,14 +52,11 @@ import pandas as pd
 from medxcept.cohort.class_exclusions import reason_category as _reason_category
 from medxcept.cohort.ingest import public_exclusions
 from medxcept.cohort.table import CohortSpec
-from medxcept.report import environment
 
-__all__ = ["reason_groups", "is_skip_reason", "render_check_page", "TEMPLATE"]
+__all__ = ["reason_groups", "is_skip_reason", "duplicate_pairs_shown", "file_counts", "count_table", "source_rows",
+           "cohort_summary"]
 
 log = logging.getLogger(__name__)
-
-#: The page template (jinja2, autoescaped).
-TEMPLATE = Path(__file__).parent / "report" / "templates" / "check.html.j2"
 
 SKIP_PREFIX = "not an image"
 SPLITS = ("train", "val", "test")
@@ -126,7 +124,7 @@ def reason_groups(exclusions: pd.DataFrame, *, hide: str | None = None,
     return sorted(groups.values(), key=lambda g: (-g["count"], g["stage"], g["reason"]))
 
 
-def _file_counts(table: pd.DataFrame, exclusions: pd.DataFrame, files_found: int,
+def file_counts(table: pd.DataFrame, exclusions: pd.DataFrame, files_found: int,
                  files_used: int) -> dict[str, int]:
     """Files found = used + excluded + skipped, plus label rows that name no file on disk."""
     used = set(table["path"].astype(str))
@@ -145,7 +143,7 @@ def _file_counts(table: pd.DataFrame, exclusions: pd.DataFrame, files_found: int
             "frames_excluded": int(exclusions["path"].astype(str).str.contains("#frame").sum())}
 
 
-def _count_table(table: pd.DataFrame, by: list[str], classes: list[str]) -> list[dict[str, Any]]:
+def count_table(table: pd.DataFrame, by: list[str], classes: list[str]) -> list[dict[str, Any]]:
     """Images and patients per value of ``by``, with images per class."""
     rows = []
     for key, g in table.groupby(by, dropna=False, sort=True):
@@ -156,7 +154,7 @@ def _count_table(table: pd.DataFrame, by: list[str], classes: list[str]) -> list
     return rows
 
 
-def _source_rows(spec: CohortSpec, table: pd.DataFrame, exclusions: pd.DataFrame,
+def source_rows(spec: CohortSpec, table: pd.DataFrame, exclusions: pd.DataFrame,
                  base: Path) -> list[dict[str, Any]]:
     """Per cohort source: its reader, images and patients used, exclusion rows."""
     rows = []
@@ -174,12 +172,12 @@ def _source_rows(spec: CohortSpec, table: pd.DataFrame, exclusions: pd.DataFrame
     return rows
 
 
-def _summary(table: pd.DataFrame, classes: list[str]) -> dict[str, Any]:
+def cohort_summary(table: pd.DataFrame, classes: list[str]) -> dict[str, Any]:
     """The cohort table in numbers: images, patients, classes, laterality, sizes, splits."""
     out: dict[str, Any] = {
         "images": len(table), "patients": int(table["patient_key"].nunique()),
         "studies": int(table["study_id"].replace("", np.nan).nunique()),
-        "per_class": _count_table(table, ["label"], classes),
+        "per_class": count_table(table, ["label"], classes),
         "laterality": table["laterality"].value_counts().sort_index().to_dict(),
         "height": (int(table["height"].min()), int(table["height"].max())),
         "width": (int(table["width"].min()), int(table["width"].max())),
@@ -203,28 +201,10 @@ MAX_DUP_PAIRS = 24
 """Duplicate pairs shown as thumbnails on the page (a sample, cross-split pairs first)."""
 
 
-def _thumb(img: np.ndarray, px: int = 128) -> str:
-    """A PNG data URI of ``img`` shrunk to at most ``px`` px."""
-    import base64
-    import io
-
-    from PIL import Image
-
-    a = np.asarray(img)
-    if a.dtype != np.uint8:
-        a = np.rint(np.clip(a, 0, 1) * 255).astype(np.uint8)
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[:, :, 0]
-    im = Image.fromarray(a)
-    im.thumbnail((px, px))
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def _duplicate_pairs_shown(audit: dict[str, Any], table: pd.DataFrame, images: np.ndarray,
-                           max_pairs: int = MAX_DUP_PAIRS) -> tuple[list[dict[str, Any]], int]:
-    """Flagged duplicate pairs with thumbnails (at most ``max_pairs``), and the number of pairs flagged."""
+def duplicate_pairs_shown(audit: dict[str, Any], table: pd.DataFrame,
+                          max_pairs: int = MAX_DUP_PAIRS) -> tuple[list[dict[str, Any]], int]:
+    """Flagged duplicate pairs (at most ``max_pairs``), each with the rows of its two images in
+    ``table`` (``pos_a``, ``pos_b``: the report draws their thumbnails), and the number of pairs flagged."""
     pos = {str(k): i for i, k in enumerate(table["image_id"].astype(str))}
     pairs, seen, total = [], set(), 0
     for f in audit["findings"]:
@@ -239,10 +219,5 @@ def _duplicate_pairs_shown(audit: dict[str, Any], table: pd.DataFrame, images: n
             pairs.append({**d, "kind": f["kind"], "px": 128, "method": d.get("method"),
                           "inliers": d.get("inliers"), "transform": d.get("transform", {}),
                           "partition_a": d.get("partition_a"), "partition_b": d.get("partition_b"),
-                          "thumb_a": _thumb(images[pos[key[0]]]), "thumb_b": _thumb(images[pos[key[1]]])})
+                          "pos_a": pos[key[0]], "pos_b": pos[key[1]]})
     return pairs, total
-
-
-def render_check_page(context: dict[str, Any]) -> str:
-    """``check.html`` from its context (:func:`medxcept.workflows.check.check_cohort` builds it)."""
-    return environment().get_template(TEMPLATE.name).render(**context)

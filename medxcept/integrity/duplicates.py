@@ -32,6 +32,9 @@ transform. So:
    chosen pair with at least half the votes of its better one (left-right symmetric pictures,
    radiographs above all, vote nearly as much for the mirror). Buckets holding more than
    :data:`BUCKET_CAP` descriptors (structures every image has) are ignored, like stop words.
+   A dim image (below) also keeps as many partners again ranked by the votes of one orientation
+   difference (weak geometric consistency, :data:`ORIENTATION_BINS`), counted over
+   :data:`DIM_LSH_TABLES` more tables and buckets of up to :data:`DIM_BUCKET_CAP`.
 3. **Geometric verification** (:func:`verify_pairs`): descriptors matched (nearest neighbour in
    L2 passing Lowe's ratio test, :data:`RATIO`; one matrix product per image against all its
    candidates), then one affine transform fitted by RANSAC (OpenCV ``estimateAffine2D``,
@@ -61,8 +64,21 @@ that both carry keypoints are decided by geometry alone, never by hashes. Two im
 
 Dim photographs (:data:`DARK_LEVEL`), and washed-out ones (:data:`DIM_RANGE`: a dim photograph
 brightened), are noise-limited: their luma is lifted, their detail smoothed before SIFT
-(:data:`DIM_SIFT_SIGMA`), they keep :data:`DIM_PARTNERS` times the candidates, and a pair with one
-of them needs :data:`MIN_ALIGNED_AGREEMENT_DIM` overall (the structure and layout checks unchanged).
+(:data:`DIM_SIFT_SIGMA`), they keep :data:`DIM_PARTNERS` times the candidates, and as many again by
+the votes of one orientation difference (:data:`ORIENTATION_BINS`), and a pair with one of them needs
+:data:`MIN_ALIGNED_AGREEMENT_DIM` overall (the structure and layout checks unchanged).
+
+Why the orientation bins, measured on the 3,000-eye screening set (``benchmarks/near_duplicates.py
+--screening-only``; two thirds of its eyes are dim): copies lost before verification were lost in the
+candidate search. Their descriptors, smoothed noise-limited blobs, differ from the original's in 21 of
+128 bits (median over RANSAC inliers; 12 for bright copies), so a true match shares a 24-bit key in
+about 1 of 16 tables, and 60 % of the dim descriptors' buckets hold more than :data:`BUCKET_CAP` (other
+dim eyes' look-alike descriptors) and are skipped: missed copies confirmed by 14-24 inliers when handed
+to verification collided in 1-4 tables, 0-1 of them in a small bucket, and ranked 17th to 300th among
+their original's partners, or had no vote at all. The inliers' orientation differences lie within about
+10 degrees of the copy's rotation, chance collisions' anywhere: counting the votes of two neighbouring
+30-degree bins, over 16 more tables and buckets up to 16, ranked 100 of the 120 planted copies among
+an image's 16 best (92 by all votes).
 
 The thresholds come from ``benchmarks/near_duplicates.py`` (copies vs look-alikes, real and
 synthetic photographs); see its output in the module notes of :mod:`medxcept.integrity.audit`.
@@ -163,6 +179,16 @@ an augmentation degraded vote less than look-alikes of one template (the demo ge
 one vessel tree): among 40 demo eyes, 4 of 20 copies under all transforms combined ranked 9th to 35th
 among their original's partners (``benchmarks/near_duplicates.py``); only verification tells them apart."""
 MIN_VOTES = 1.0
+DIM_LSH_TABLES = 16
+"""Extra hash tables whose collisions count only for pairs with a dim image (in their angle bins)."""
+DIM_BUCKET_CAP = 16
+"""Largest bucket whose collisions count for a pair with a dim image (in their angle bins; :data:`BUCKET_CAP` otherwise)."""
+ORIENTATION_BINS = 12
+"""Bins (30 degrees each) of the orientation difference of two colliding keypoints, for pairs with a dim image (``kp_angle``).
+
+Weak geometric consistency (Jegou, Douze and Schmid, 2008): the true matches of a copy all differ by its
+rotation, chance collisions by anything, so the votes in the best two neighbouring bins single out copies
+that the sum of all votes buries (see :func:`candidate_pairs`)."""
 DIM_PARTNERS = 4
 """A dim image (:data:`DARK_LEVEL`) keeps this many times :func:`partners_per_image` candidates.
 
@@ -340,7 +366,9 @@ def _image_features(img: np.ndarray) -> tuple[np.ndarray, ...]:
     kp, desc = _sift().detectAndCompute(e, mask)
     if desc is None or not kp:
         xy, desc = np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8)
+        angle = np.zeros(0, np.float32)
     else:
+        angle = np.array([k.angle for k in kp], np.float32)  # degrees: the candidate search's orientation bins
         # SIFT keeps the N_KEYPOINTS strongest; their order does not matter (all are indexed and matched)
         xy = cv2.KeyPoint_convert(kp).astype(np.float32).reshape(-1, 2)
         xy = (xy + 0.5) * (WORK_PX / SIFT_PX) - 0.5  # pixel centres: SIFT_PX -> WORK_PX
@@ -354,7 +382,7 @@ def _image_features(img: np.ndarray) -> tuple[np.ndarray, ...]:
     # int8 detail (0 = outside the field of view; inside never exactly 0)
     q = np.clip(np.rint(fine * 32), -127, 127)
     q = np.where(q == 0, np.where(fine >= 0, 1, -1), q)
-    return xy, desc, _codes(desc), _codes(mirror_descriptors(desc)), (q * inside).astype(np.int8), dim
+    return xy, desc, _codes(desc), _codes(mirror_descriptors(desc)), (q * inside).astype(np.int8), dim, angle
 
 
 def keypoint_features(images: Any) -> dict[str, np.ndarray]:
@@ -375,7 +403,8 @@ def keypoint_features(images: Any) -> dict[str, np.ndarray]:
         descriptors of the image and of its mirror, ``(k, 16)`` uint8, for the candidate search;
         ``dense``: ``(n, 128, 128)`` int8 band-pass detail (0 outside the field of view, never 0
         inside); ``kp_dim``: ``(n,)`` bool, the image was dim (:data:`DARK_LEVEL`: lifted, and its
-        detail smoothed for SIFT by :data:`DIM_SIFT_SIGMA`).
+        detail smoothed for SIFT by :data:`DIM_SIFT_SIGMA`); ``kp_angle``: object array of ``(k,)``
+        float32 keypoint orientations (degrees, SIFT's), for the dim images' candidate search.
     """
     images = list(images)
     t0 = time.perf_counter()
@@ -395,7 +424,7 @@ def keypoint_features(images: Any) -> dict[str, np.ndarray]:
             "kp_desc": obj([r[1] for r in per_image]), "kp_code": obj([r[2] for r in per_image]),
             "kp_code_flip": obj([r[3] for r in per_image]),
             "dense": np.stack([r[4] for r in per_image]) if n else np.zeros((0, DENSE_PX, DENSE_PX), np.int8),
-            "kp_dim": np.array([r[5] for r in per_image], dtype=bool)}
+            "kp_dim": np.array([r[5] for r in per_image], dtype=bool), "kp_angle": obj([r[6] for r in per_image])}
 
 
 def _lsh_bits(n_codes: int) -> int:
@@ -409,11 +438,11 @@ def _lsh_bits(n_codes: int) -> int:
     return min(31, LSH_BITS + max(0, int(round(np.log2(max(n_codes, 1) / 2**21)))))
 
 
-def _lsh_masks(n_codes: int = 0) -> np.ndarray:
-    """Bit positions (of the :data:`CODE_BITS`) of each LSH table's key: :data:`LSH_TABLES` x :func:`_lsh_bits`."""
-    rng = np.random.default_rng(20261201)  # fixed: the same buckets for every cohort of a size
+def _lsh_masks(n_codes: int = 0, tables: int | None = None, seed: int = 20261201) -> np.ndarray:
+    """Bit positions (of the :data:`CODE_BITS`) of each LSH table's key: ``tables`` (:data:`LSH_TABLES`) x :func:`_lsh_bits`."""
+    rng = np.random.default_rng(seed)  # fixed: the same buckets for every cohort of a size
     bits = _lsh_bits(n_codes)
-    return np.stack([rng.choice(CODE_BITS, bits, replace=False) for _ in range(LSH_TABLES)])
+    return np.stack([rng.choice(CODE_BITS, bits, replace=False) for _ in range(LSH_TABLES if tables is None else tables)])
 
 
 def _lsh_keys(desc: np.ndarray, bits: np.ndarray) -> np.ndarray:
@@ -453,17 +482,33 @@ def candidate_pairs(
     many, default :data:`DIM_PARTNERS`)
     with at least ``min_votes``. Cost: one sort of the descriptors per table (``O(N log N)``) plus
     the pairs inside small buckets (about linear).
+
+    With keypoint angles (``feat["kp_angle"]``) and a dim image in the cohort, a collision involving a
+    dim image also falls in one of :data:`ORIENTATION_BINS` bins of the two keypoints' orientation
+    difference (in the first image's unmirrored frame), counted over :data:`DIM_LSH_TABLES` more tables
+    and buckets of up to :data:`DIM_BUCKET_CAP`; ``angle_votes`` (a column then) are the votes of the
+    best two neighbouring bins, and each dim image also keeps its ``top_k * dim_partners`` best partners
+    by them. ``votes`` stay those of the :data:`LSH_TABLES` tables and buckets up to :data:`BUCKET_CAP`,
+    and a cohort without a dim image is searched exactly as without angles.
     """
     n = len(feat["kp_code"])
     top_k = partners_per_image(n) if top_k is None else top_k
     dim_partners = DIM_PARTNERS if dim_partners is None else int(dim_partners)
-    img_ids, orient, descs = [], [], []
+    dim = np.asarray(feat["kp_dim"], bool) if "kp_dim" in feat else np.zeros(n, bool)
+    # orientation bins (weak geometric consistency) only where a dim image is involved: a bright cohort's
+    # search is the same as without them
+    binned = "kp_angle" in feat and dim_partners > 1 and bool(dim.any())
+    n_bins = ORIENTATION_BINS if binned else 1
+    img_ids, orient, descs, angles = [], [], [], []
     for o, key in ((0, "kp_code"), (1, "kp_code_flip")):
         for k, d in enumerate(feat[key]):
             if len(d):
                 descs.append(d)
                 img_ids.append(np.full(len(d), k, np.int64))
                 orient.append(np.full(len(d), o, np.int8))
+                if binned:  # a mirrored keypoint's angle is 180 - a (see mirror_descriptors)
+                    a = np.asarray(feat["kp_angle"][k], np.float32)
+                    angles.append(np.mod(180.0 - a, 360.0) if o else a)
     empty = pd.DataFrame({"i": np.zeros(0, np.int64), "j": np.zeros(0, np.int64),
                           "flipped": np.zeros(0, bool), "votes": np.zeros(0, np.float64)})
     if not descs or n < 2:
@@ -471,11 +516,15 @@ def candidate_pairs(
     allde = np.concatenate(descs)
     img = np.concatenate(img_ids)
     ori = np.concatenate(orient)
+    ang = np.concatenate(angles) if binned else None
     # a bucket shared by many images holds a structure they all have (the disc rim, a rib): a stop word
     cap = BUCKET_CAP
 
-    def table(sel: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """The vote codes of one hash table (pair, orientation and bucket size of each collision), in two halves."""
+    def table(job: tuple[np.ndarray, bool]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The vote codes of one hash table (pair, orientation, angle bin, channel and bucket size of each
+        collision), in two halves. ``job``: the table's key bits, and whether it is one of the extra tables
+        of dim images (:data:`DIM_LSH_TABLES`)."""
+        sel, extra = job
         out: list[tuple[np.ndarray, np.ndarray]] = []
         key = _lsh_keys(allde, sel)
         packed = np.sort((key.astype(np.int64) << 32) | np.arange(len(key), dtype=np.int64))  # faster than argsort
@@ -483,7 +532,7 @@ def candidate_pairs(
         ks = packed >> 32
         start = np.r_[0, np.nonzero(np.diff(ks))[0] + 1]
         size = np.diff(np.r_[start, len(ks)])
-        keep_b = (size >= 2) & (size <= cap)
+        keep_b = (size >= 2) & (size <= (DIM_BUCKET_CAP if binned else cap))
         if not keep_b.any():
             return out
         # only members of small buckets, in bucket order
@@ -500,36 +549,75 @@ def candidate_pairs(
             oa, ob = oi[a], oi[a + off]
             # (0,0) and (1,1) plain, (0,1)/(1,0) flipped: two chances each
             keep = ia != ib
+            if binned:
+                # the dim channel: an extra table, or a bucket past BUCKET_CAP, counts only for a dim image
+                ch2 = np.full(len(a), extra) | (bsz[a] > cap)
+                keep &= ~ch2 | dim[ia] | dim[ib]
             a, ia, ib = a[keep], ia[keep], ib[keep]
             if not len(a):
                 continue
-            fl = (oa[keep] != ob[keep])
+            oa, ob = oa[keep], ob[keep]
+            fl = (oa != ob)
             lo, hi = np.minimum(ia, ib), np.maximum(ia, ib)
+            pair = (lo * n + hi) * 2 + fl
+            if binned:
+                # the keypoints' orientation difference (hi's minus lo's, in lo's unmirrored frame: mirroring
+                # both negates it): the copy's rotation for its true matches, anything for chance ones
+                swap = ia > ib
+                d = ang[pos[a + off]] - ang[pos[a]]
+                d = np.where(swap ^ (np.where(swap, ob, oa) == 1), -d, d)
+                b = (np.mod(d, 360.0) * (n_bins / 360.0)).astype(np.int64) % n_bins
+                pair = (pair * n_bins + np.where(dim[lo] | dim[hi], b, 0)) * 2 + ch2[keep]
             # the bucket's size rides in the low bits (a rare bucket says more, idf-like: 1 / (s - 1));
             # one sort of the codes, not an argsort
-            code = (((lo * n + hi) * 2 + fl) << _SIZE_BITS) | bsz[a]
+            code = (pair << _SIZE_BITS) | bsz[a]
             odd = (hi & 1).astype(bool)  # two halves by the pair, summed apart (in two threads)
             out.append((code[~odd], code[odd]))
         return out
 
-    def summed(codes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """The pairs among ``codes`` with at least ``min_votes`` votes, sorted, and their votes."""
+    def summed(codes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The pairs among ``codes`` with at least ``min_votes`` votes (or in one angle window), sorted, their
+        votes and their votes in the best two neighbouring angle bins (all channels)."""
         if not codes:
-            return np.zeros(0, np.int64), np.zeros(0)
+            return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
         packed = np.sort(np.concatenate(codes))
         code = packed >> _SIZE_BITS
         start = np.r_[0, np.nonzero(np.diff(code))[0] + 1]
         votes = np.add.reduceat(1.0 / ((packed & ((1 << _SIZE_BITS) - 1)) - 1), start)
-        ok = votes >= min_votes
-        return code[start][ok], votes[ok]
+        code = code[start]
+        if binned:
+            # per pair and orientation: the votes of the ordinary channel (as without bins), and the most
+            # in two neighbouring angle bins, the dim channel included
+            ch2 = (code % 2).astype(bool)
+            pfb = code // 2
+            pf, b = pfb // n_bins, pfb % n_bins
+            run = np.r_[0, np.nonzero(np.diff(pf))[0] + 1]
+            total = np.add.reduceat(np.where(ch2, 0.0, votes), run)
+            # (pf, b) is sorted with the channel last: sum the channels, then each bin and the next (circular)
+            r2 = np.r_[0, np.nonzero(np.diff(pfb))[0] + 1]
+            v, pf2, b2 = np.add.reduceat(votes, r2), pf[r2], b[r2]
+            nxt = np.r_[pf2[1:] == pf2[:-1], False] & np.r_[b2[1:] == b2[:-1] + 1, False]
+            win = v + np.where(nxt, np.r_[v[1:], 0.0], 0.0)
+            r3 = np.r_[0, np.nonzero(np.diff(pf2))[0] + 1]
+            wrap = (b2 == n_bins - 1) & (b2[r3] == 0)[np.repeat(np.arange(len(r3)), np.diff(np.r_[r3, len(pf2)]))]
+            win = win + np.where(wrap, v[np.repeat(r3, np.diff(np.r_[r3, len(pf2)]))], 0.0)
+            best_bin = np.maximum.reduceat(win, r3)  # the same pairs as pf[run], in the same order
+            code, votes = pf[run], total
+        else:
+            best_bin = votes
+        ok = (votes >= min_votes) | (best_bin >= min_votes)
+        return code[ok], votes[ok], best_bin[ok]
 
-    masks = _lsh_masks(len(allde))
-    with ThreadPoolExecutor(max_workers=_workers(len(masks))) as pool:  # numpy's sorts release the GIL
-        parts = [c for part in pool.map(table, masks) for c in part]
+    jobs = [(m, False) for m in _lsh_masks(len(allde))]
+    if binned and DIM_LSH_TABLES:
+        jobs += [(m, True) for m in _lsh_masks(len(allde), DIM_LSH_TABLES, seed=20261202)]
+    with ThreadPoolExecutor(max_workers=_workers(len(jobs))) as pool:  # numpy's sorts release the GIL
+        parts = [c for part in pool.map(table, jobs) for c in part]
         halves = list(pool.map(summed, [[c[h] for c in parts if len(c[h])] for h in (0, 1)]))
     del parts
     pair = np.concatenate([h[0] for h in halves])
     votes = np.concatenate([h[1] for h in halves])
+    wgc = np.concatenate([h[2] for h in halves])
     if not len(pair):
         return empty
     fl = (pair % 2).astype(bool)
@@ -539,25 +627,37 @@ def candidate_pairs(
     # (left-right symmetric pictures, radiographs above all, vote nearly as much for the mirror)
     key = pair // 2  # sorted within each half, and the halves hold different pairs: equal keys are neighbours
     run = np.r_[0, np.nonzero(np.diff(key))[0] + 1]
-    ukey, best = key[run], np.maximum.reduceat(votes, run)
+    ukey = key[run]
     uinv = np.repeat(np.arange(len(run)), np.diff(np.r_[run, len(key)]))
     ulo, uhi = ukey // n, ukey % n
-    a = np.r_[ulo, uhi]
-    v = np.r_[best, best]
-    idx = np.r_[np.arange(len(ukey)), np.arange(len(ukey))]
-    order = np.lexsort((np.r_[ukey, ukey], -v, a))  # ties: the lower pair first
-    a_s = a[order]
-    first = np.r_[0, np.nonzero(np.diff(a_s))[0] + 1]
-    rank = np.arange(len(a_s)) - np.repeat(first, np.diff(np.r_[first, len(a_s)]))
-    chosen = np.zeros(len(ukey), bool)
+
+    def choose(score: np.ndarray, limit: np.ndarray) -> np.ndarray:
+        """Orientations of the pairs among each image's ``limit`` best by ``score`` (with half the better one's)."""
+        best = np.maximum.reduceat(score, run)
+        a = np.r_[ulo, uhi]
+        v = np.r_[best, best]
+        idx = np.r_[np.arange(len(ukey)), np.arange(len(ukey))]
+        order = np.lexsort((np.r_[ukey, ukey], -v, a))  # ties: the lower pair first
+        a_s = a[order]
+        first = np.r_[0, np.nonzero(np.diff(a_s))[0] + 1]
+        rank = np.arange(len(a_s)) - np.repeat(first, np.diff(np.r_[first, len(a_s)]))
+        chosen = np.zeros(len(ukey), bool)
+        ok = (rank < limit[a_s]) & (v[order] >= min_votes)
+        chosen[idx[order][ok]] = True
+        return chosen[uinv] & (score >= 0.5 * best[uinv]) & (score >= min_votes)
+
     limit = np.full(n, top_k, np.int64)
-    if dim_partners > 1 and "kp_dim" in feat:
+    if dim_partners > 1:
         # a dim image's descriptors (noise-limited, smoothed) vote less for its copies and more for other
         # dim images: it keeps more partners (few images are dim; a bright cohort is unchanged)
-        limit[np.asarray(feat["kp_dim"], bool)] = top_k * dim_partners
-    chosen[idx[order][rank < limit[a_s]]] = True
-    keep = chosen[uinv] & (votes >= 0.5 * best[uinv])
+        limit[dim] = top_k * dim_partners
+    keep = choose(votes, limit)
+    if binned:
+        # and as many again by the votes of one orientation difference: a copy's matches share its rotation
+        keep |= choose(wgc, np.where(dim, top_k * dim_partners, 0))
     df = pd.DataFrame({"i": lo[keep], "j": hi[keep], "flipped": fl[keep], "votes": votes[keep]})
+    if binned:
+        df["angle_votes"] = wgc[keep]
     return df.sort_values(["i", "j", "flipped"], kind="stable").reset_index(drop=True)
 
 

@@ -8,6 +8,7 @@ autoescaping; patients appear only as pseudonyms.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import functools
 import html
@@ -19,9 +20,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from medxcept.evaluation.metrics import metric_names
-from medxcept.evaluation.subgroups import subgroup_rows
-from medxcept.images.preprocess import as_float_image, disc_mask, find_fov, square_window
+from medxcept.files import write_atomic
 from medxcept.report.figures import (
     clinical_figure,
     confusion_figure,
@@ -30,9 +29,8 @@ from medxcept.report.figures import (
     roc_pr_figure,
     training_figure,
 )
-from medxcept.run import write_atomic
 
-__all__ = ["render_report", "environment", "fmt", "subgroup_table", "checklist", "raw_preview"]
+__all__ = ["ReportInputs", "render_report", "environment", "fmt", "checklist"]
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -70,13 +68,6 @@ def environment() -> jinja2.Environment:
     env.filters["fmt"] = fmt
     env.filters["ci"] = _ci
     return env
-
-
-def subgroup_table(test: pd.DataFrame, threshold: float | None, *, how: str = "max", n_resamples: int = 0,
-                   seed: int = 0, unit: str = "patient") -> list[dict[str, Any]]:
-    """Patient-level AUC, sensitivity and specificity by source, laterality, sex and age band, with
-    patient-bootstrap CIs when ``n_resamples`` (:func:`medxcept.evaluation.subgroups.subgroup_rows`)."""
-    return subgroup_rows(test, threshold, how=how, n_resamples=n_resamples, seed=seed, unit=unit)
 
 
 def checklist(metrics: dict[str, Any]) -> list[dict[str, str]]:
@@ -184,48 +175,42 @@ def _performance_answer(metrics: dict[str, Any]) -> str:
     return f"patient-level bootstrap CIs ({n} resamples){' of ' + what if what else ''}, {cal}"
 
 
-def raw_preview(raw: np.ndarray, *, modality: str, burned_in: str = "") -> tuple[np.ndarray | None, str]:
-    """The decoded frame as the report may show it, or None, and the panel's title saying which.
+@dataclasses.dataclass(frozen=True)
+class ReportInputs:
+    """What the run's report shows besides ``metrics.json``, computed by the stages for it
+    (:func:`medxcept.workflows.steps.report_inputs` builds it): the report computes nothing and reads no file.
 
-    Cameras and secondary captures burn the patient's name, ID and the date into the pixels,
-    outside the circular field of view of a fundus photograph or anywhere in a radiograph. So the
-    raw frame is shown only cropped to the detected field of view with everything outside the disc
-    blacked out; it is not shown at all for a DICOM image marked ``BurnedInAnnotation: YES``, for a
-    photograph whose field of view is not found, and for ``gray`` (radiograph-like) images.
-
-    Parameters
+    Attributes
     ----------
-    raw : ndarray
-        Decoded image, ``H x W`` or ``H x W x C``, float in [0, 1] or uint8.
-    modality : {"fundus", "gray"}
-    burned_in : str
-        The DICOM ``BurnedInAnnotation`` value ("" for photographs).
+    config_yaml : str
+        The run's ``config.yaml``, shown verbatim.
+    ci_metrics : tuple of str
+        The metrics given a CI (:func:`medxcept.evaluation.metrics.metric_names`), in the table's order.
+    subgroups : list of dict
+        The subgroup table's rows (:func:`medxcept.evaluation.subgroups.subgroup_rows`); ``[]`` for k classes.
+    unit_scores : dict or None
+        Binary runs: per headline unit, ``y`` (0/1), ``raw`` (the uncalibrated scores the headline AUC
+        ranks, the unit's logit: the curves) and
+        ``calibrated`` (what the threshold applies to: the operating point, the confusion matrix).
     """
-    if str(burned_in).strip().upper() == "YES":
-        return None, "raw: not shown (BurnedInAnnotation)"
-    if modality != "fundus":
-        return None, "raw: not shown (text may be burned in)"
-    a = as_float_image(raw if raw.ndim == 3 else raw[..., None])
-    cy, cx, r, found = find_fov(a)
-    if not found:
-        return None, "raw: not shown (no field of view)"
-    sq, valid, qcy, qcx = square_window(a, cy, cx, r)
-    disc = disc_mask(sq.shape[:2], qcy, qcx, r) & (valid > 0)
-    out = sq * disc[:, :, None]
-    out = out[..., 0] if out.shape[2] == 1 else out
-    return np.clip(out, 0.0, 1.0).astype(np.float32), "raw, outside field of view masked"
+
+    config_yaml: str
+    ci_metrics: tuple[str, ...]
+    subgroups: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    unit_scores: dict[str, np.ndarray] | None = None
 
 
-def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame, history: pd.DataFrame,
-                  predictions: pd.DataFrame, audit: Any, versions: dict[str, Any], images: np.ndarray, cfg: Any,
-                  spec: Any, frames: dict[str, pd.DataFrame], extra_figs: dict[str, str | None] | None = None,
+def render_report(run_dir: Path, *, metrics: dict[str, Any], history: pd.DataFrame, audit: Any,
+                  versions: dict[str, Any], spec: Any, frames: dict[str, pd.DataFrame], inputs: ReportInputs,
+                  extra_figs: dict[str, str | None] | None = None,
                   examples: list[tuple[Any, ...]] | None = None) -> Path:
     """Write ``report.html`` into ``run_dir`` and return its path.
 
-    The report renders what it is given; it reads no image file and augments nothing.
+    The report renders what it is given; it reads no file, computes no metric and augments nothing.
 
+    ``inputs``: the config text, subgroup rows and unit-level scores (:class:`ReportInputs`).
     ``extra_figs``: figures made elsewhere (data URIs), e.g. ``{"cam": ...}`` for the
-    class-activation gallery of :func:`medxcept.models.explain.cam_gallery`. ``examples``: the rows of
+    class-activation gallery of :func:`medxcept.report.cam.cam_gallery`. ``examples``: the rows of
     :func:`~medxcept.report.figures.examples_figure` (raw preview, preprocessed, augmented per
     class), made by :func:`medxcept.workflows.steps.report_examples`; ``None``: no example panel.
     """
@@ -234,8 +219,6 @@ def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame
     test = frames["test"]
     figs: dict[str, str | None] = {}
     threshold = (metrics.get("threshold") or {}).get("value")
-    how = (metrics.get("patient_aggregation")
-           or getattr(getattr(cfg, "eval", None), "patient_aggregation", "max"))
     # the headline's unit: "visit" (patient and visit) when the run measured per visit
     unit = (metrics.get("evaluation_unit") or {}).get("unit", "patient")
     levels = {"roc_pr": "patient", "confusion": "image", "reliability": "image", "training": "patient",
@@ -243,17 +226,10 @@ def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame
     if len(classes) == 2:
         # the headline's unit: one score per patient; curves from the uncalibrated scores, the
         # operating point (and the confusion matrix) from the calibrated ones at the threshold
-        from medxcept.evaluation.units import aggregate_by_patient, unit_visits
-
-        # the scores the headline AUC ranks: each unit's logit (probabilities saturate), else prob_raw
-        raw_col = next(c for c in ("logit", "prob_raw", "prob") if c in test)
-        visit = unit_visits(test, unit)
-        _, yp, pr = aggregate_by_patient(test["patient_key"], test["y"], test[raw_col].to_numpy(float), how=how,
-                                         visit=visit, scale="logit" if raw_col == "logit" else "probability")
-        _, _, pc = aggregate_by_patient(test["patient_key"], test["y"], test["prob"], how=how, visit=visit)
-        figs["roc_pr"] = roc_pr_figure(yp, pr, threshold, operating=pc,
+        s = inputs.unit_scores
+        figs["roc_pr"] = roc_pr_figure(s["y"], s["raw"], threshold, operating=s["calibrated"],
                                        title_suffix=" (patient level, uncalibrated scores)")
-        figs["confusion"] = confusion_figure(yp, (pc >= threshold).astype(int), classes)
+        figs["confusion"] = confusion_figure(s["y"], (s["calibrated"] >= threshold).astype(int), classes)
         levels["confusion"] = "patient"
     else:
         P = test[[f"prob_{c}" for c in classes]].to_numpy()
@@ -275,14 +251,12 @@ def render_report(run_dir: Path, *, metrics: dict[str, Any], table: pd.DataFrame
     context = {
         "m": metrics, "figs": figs, "classes": classes,
         "created": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "subgroups": subgroup_rows(test, threshold, how=how, n_resamples=int(metrics.get("n_bootstrap") or 0),
-                                   seed=int((metrics.get("run") or {}).get("seed") or 0), unit=unit)
-        if len(classes) == 2 else [],
+        "subgroups": inputs.subgroups if len(classes) == 2 else [],
         "fig_levels": levels,
         "checklist": checklist(metrics), "audit": audit_dict, "versions": versions,
-        "config_yaml": (run_dir / "config.yaml").read_text(encoding="utf-8"),
+        "config_yaml": inputs.config_yaml,
         "history": history.to_dict("records"),
-        "ci_metrics": metric_names(ci=True),
+        "ci_metrics": list(inputs.ci_metrics),
     }
     out = run_dir / "report.html"
     write_atomic(out, env.get_template("report.html.j2").render(**context))

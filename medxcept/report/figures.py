@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from typing import Any
 
 import matplotlib
@@ -16,10 +17,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
-__all__ = ["to_data_uri", "roc_pr_figure", "reliability_figure", "training_figure", "training_auc_curves", "confusion_figure",
-           "examples_figure", "image_grid_figure", "clinical_figure"]
+__all__ = ["to_data_uri", "thumbnail_uri", "roc_pr_figure", "reliability_figure", "training_figure", "training_auc_curves", "confusion_figure",
+           "examples_figure", "image_grid_figure", "clinical_figure", "learning_curve_figure",
+           "fold_curves_figure"]
 
 BLUE, ORANGE, GREY = "#1f5fa8", "#d9822b", "#888888"
 
@@ -29,6 +32,22 @@ def to_data_uri(fig: plt.Figure, dpi: int = 110) -> str:
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def thumbnail_uri(img: np.ndarray, px: int = 128) -> str:
+    """A PNG data URI of ``img`` (uint8, or float in [0, 1]; gray or RGB) shrunk to at most ``px`` px."""
+    from PIL import Image
+
+    a = np.asarray(img)
+    if a.dtype != np.uint8:
+        a = np.rint(np.clip(a, 0, 1) * 255).astype(np.uint8)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    im = Image.fromarray(a)
+    im.thumbnail((px, px))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def roc_pr_figure(y: np.ndarray, p: np.ndarray, threshold: float, *, title_suffix: str = "",
@@ -177,7 +196,7 @@ def image_grid_figure(rows: list[tuple[str, list[tuple[str, np.ndarray | None]]]
 
 def examples_figure(examples: list[tuple[str, tuple[str, np.ndarray | None], np.ndarray, list[np.ndarray]]]) -> str:
     """Raw vs preprocessed vs augmented examples: ``(row title, (raw title, raw or None), preprocessed,
-    [augmented...])``; the raw cell comes from :func:`medxcept.report.raw_preview`."""
+    [augmented...])``; the raw cell comes from :func:`medxcept.images.preview.raw_preview`."""
     rows = []
     for title, (raw_title, raw), pre, augs in examples:
         cells = [(raw_title, raw), ("preprocessed", pre)]
@@ -229,3 +248,63 @@ def clinical_figure(clinical: dict[str, Any], *, title_suffix: str = "") -> str 
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     return to_data_uri(fig)
+
+
+def learning_curve_figure(rows: pd.DataFrame) -> str | None:
+    """Validation and test patient-level AUC (and training AUC) against training patients."""
+    if rows.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    x = rows["train_patients"]
+    ax.plot(x, rows["train_auc_at_best"], "o--", color=GREY, label="training AUC (kept epoch)")
+    ax.plot(x, rows["val_patient_auc"], "o-", color=BLUE, label="validation AUC (patients)")
+    ax.plot(x, rows["test_patient_auc"], "s-", color=ORANGE, label="test AUC (patients)")
+    for xi, f in zip(x, rows["fraction"], strict=True):
+        ax.annotate(f"{f:.0%}", (xi, 0.02), textcoords="offset points", xytext=(0, 2), ha="center", fontsize=7,
+                    xycoords=("data", "axes fraction"))
+    ax.set_xlabel("training patients")
+    ax.set_ylabel("ROC-AUC")
+    ax.set_ylim(0.4, 1.02)
+    ax.axhline(0.5, color=GREY, lw=0.6, ls=":")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Learning curve", fontsize=10)
+    return to_data_uri(fig)
+
+
+def fold_curves_figure(histories: list[tuple[str, pd.DataFrame, int]], per_row: int = 5) -> str | None:
+    """Small multiples: loss (top) and ROC-AUC (bottom) per fold, shared axes."""
+    histories = [h for h in histories if not h[1].empty]
+    if not histories:
+        return None
+    ncols = min(per_row, len(histories))
+    blocks = math.ceil(len(histories) / ncols)
+    fig, axes = plt.subplots(2 * blocks, ncols, figsize=(2.6 * ncols, 4.4 * blocks), squeeze=False,
+                             sharex=True, sharey="row")
+    for ax in axes.ravel():
+        ax.set_visible(False)
+    for n, (name, h, best) in enumerate(histories):
+        b, c = divmod(n, ncols)
+        top, bottom = axes[2 * b][c], axes[2 * b + 1][c]
+        for ax in (top, bottom):
+            ax.set_visible(True)
+            ax.axvline(best, color="green", ls=":", lw=1)
+        e = h["epoch"]
+        top.plot(e, h["loss"], color=BLUE, marker=".", label="train")
+        if "val_loss" in h:
+            top.plot(e, h["val_loss"], color=ORANGE, marker=".", label="validation")
+        top.set_title(name, fontsize=9)
+        bottom.plot(e, h["auc"], color=BLUE, marker=".", label="train (images)")
+        if "val_patient_auc" in h:
+            bottom.plot(e, h["val_patient_auc"], color=ORANGE, marker=".", label="validation (patients)")
+        bottom.set_ylim(0.0, 1.02)
+        bottom.axhline(0.5, color=GREY, lw=0.6, ls="--")
+        bottom.set_xlabel("epoch", fontsize=8)
+        bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if c == 0:
+            top.set_ylabel("loss", fontsize=8)
+            bottom.set_ylabel("ROC-AUC", fontsize=8)
+        if n == 0:
+            top.legend(fontsize=7)
+            bottom.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return to_data_uri(fig, dpi=90)

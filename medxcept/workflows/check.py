@@ -20,15 +20,15 @@ from medxcept.errors import SplitError
 from medxcept.images.cache import load_images
 from medxcept.integrity.audit import AuditReport, audit_cohort, fingerprints
 from medxcept.integrity.check import (
-    _count_table,
-    _duplicate_pairs_shown,
-    _file_counts,
-    _source_rows,
-    _summary,
+    cohort_summary,
+    count_table,
+    duplicate_pairs_shown,
+    file_counts,
     reason_groups,
-    render_check_page,
+    source_rows,
 )
 from medxcept.integrity.split_keys import split_hash, split_table
+from medxcept.report.check import pair_thumbnails, render_check_page
 from medxcept.run import RunDir, data_hash
 from medxcept.workflows.steps import ingest_into_run, materialize, split_and_audit
 
@@ -103,12 +103,13 @@ def check_cohort(spec: CohortSpec, cfg: RunConfig, *, out_dir: Path, run_name: s
 
     classes = list(spec.classes)
     base = data_root(spec)
-    files = _file_counts(ing.table, ing.exclusions, ing.files_found, ing.files_used)
+    files = file_counts(ing.table, ing.exclusions, ing.files_found, ing.files_used)
     if files["found"] != files["used"] + files["excluded"] + files["skipped"]:
         log.warning("files found (%d) != used + excluded + skipped (%d + %d + %d)", files["found"],
                     files["used"], files["excluded"], files["skipped"])
     audit = report.to_dict()
-    dup_pairs, dup_total = _duplicate_pairs_shown(audit, ing.table, images)  # images are in ingestion order
+    dup_pairs, dup_total = duplicate_pairs_shown(audit, ing.table)
+    dup_pairs = pair_thumbnails(dup_pairs, images)  # images are in ingestion order
     context = {
         "dup_pairs": dup_pairs, "dup_pairs_total": dup_total,
         "cohort": spec.name, "description": spec.description, "run_id": run.path.name,
@@ -116,9 +117,9 @@ def check_cohort(spec: CohortSpec, cfg: RunConfig, *, out_dir: Path, run_name: s
         "modality": spec.modality, "files": files,
         "groups": reason_groups(ing.exclusions, names=False), "names_shown": False,
         "by_class": exclusions_by_class(ing.table, ing.exclusions, classes),
-        "sources": _source_rows(spec, ing.table, ing.exclusions, base),
-        "by_reader": _count_table(table, ["reader", "modality", "channels"], classes),
-        "summary": _summary(table, classes),
+        "sources": source_rows(spec, ing.table, ing.exclusions, base),
+        "by_reader": count_table(table, ["reader", "modality", "channels"], classes),
+        "summary": cohort_summary(table, classes),
         "split_error": str(split_error) if split_error else None,
         "split_cfg": {"val": cfg.split.val_fraction, "test": cfg.split.test_fraction, "seed": cfg.split.seed},
         "audit": audit, "findings": audit["findings"],

@@ -17,15 +17,13 @@ from medxcept.evaluation.compare import (
     METRICS,
     VERDICT_METRICS,
     RunRecord,
-    auc_ci_figure,
     compare,
     comparison_json,
     load_run,
-    palette,
     slug,
-    validation_curves_figure,
 )
 from medxcept.report import environment
+from medxcept.report.compare import auc_ci_figure, palette, validation_curves_figure
 from medxcept.run import write_atomic
 
 __all__ = ["run_comparison", "write_comparison"]

@@ -29,7 +29,7 @@ from medxcept import errors
 from medxcept.cohort.table import public_view
 from medxcept.config import RunConfig, config_hash
 from medxcept.errors import ConfigError, MedxceptError
-from medxcept.evaluation.graded import check_task_config, fold_row, graded_figures, pooled_report
+from medxcept.evaluation.graded import check_task_config, endpoint_scores, fold_row, pooled_report
 from medxcept.evaluation.kfold import (
     CV_METRICS,
     FAILED,
@@ -39,29 +39,28 @@ from medxcept.evaluation.kfold import (
     CVPlan,
     FoldsFailedError,
     FoldTask,
-    _combined_split_hash,
-    _curves_figure,
-    _cv_table,
-    _pooled,
-    _read_json,
-    _record_failure,
-    _tasks,
-    _write_json_atomic,
     check_fold_disjoint,
+    combined_split_hash,
     cv_bounds,
     cv_labels,
+    cv_table,
     default_cv_name,
     fold_counts,
     fold_split,
     fold_status,
+    fold_tasks,
     graded_fold_summary,
     inner_fraction,
     inner_seed,
     load_plan,
     pooled_clinical,
+    pooled_oof_metrics,
     pooled_references,
+    read_json,
+    record_failure,
     require_inner_split,
     t_interval,
+    write_json_atomic,
 )
 from medxcept.evaluation.metrics import metric_names
 from medxcept.images.cache import decode_key, load_images
@@ -69,7 +68,8 @@ from medxcept.integrity.audit import AuditReport, Finding, audit_cohort, duplica
 from medxcept.integrity.split_keys import split_hash
 from medxcept.models.backbones import get_backbone
 from medxcept.report import environment
-from medxcept.report.figures import clinical_figure, reliability_figure, roc_pr_figure
+from medxcept.report.figures import clinical_figure, fold_curves_figure, reliability_figure, roc_pr_figure
+from medxcept.report.graded import graded_figures
 from medxcept.run import RunDir, data_hash, write_atomic
 from medxcept.workflows.executors import Executor, make_executor
 from medxcept.workflows.fold import run_fold, task_of
@@ -127,7 +127,7 @@ def plan_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: i
     cfg = dataclasses.replace(cfg, split=dataclasses.replace(cfg.split, n_folds=k))
     path = Path(cv_dir) if cv_dir is not None else Path(cfg.out_dir) / default_cv_name(spec.name, cfg, k, repeats)
     path = path.resolve()
-    existing = _read_json(path / PLAN) if (path / PLAN).is_file() else None
+    existing = read_json(path / PLAN) if (path / PLAN).is_file() else None
     if existing is not None:
         require_inner_split(existing, path)
     chash = config_hash(cfg)
@@ -142,7 +142,7 @@ def plan_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: i
     merge = None
     if cfg.audit.on_leak == "fix":
         merge = duplicate_groups(ing.table, fingerprints(images), cfg.audit.hamming_threshold)
-    table = _cv_table(ing.table, cfg, k, repeats, merge).reset_index(drop=True)
+    table = cv_table(ing.table, cfg, k, repeats, merge).reset_index(drop=True)
     folds = _plan_folds(table, cfg, k, repeats, merge)
     info = {
         "kind": "medxcept k-fold cross-validation",
@@ -154,7 +154,7 @@ def plan_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: i
         "holdout_test": bool((table["cv_split"] == "test").any()),
         "config_hash": chash, "data_hash": data_hash(table, decode=decode_key(spec)),
         "decode_key": decode_key(spec),
-        "split_hash": hashlib.sha256("|".join([_combined_split_hash(table, repeats)]
+        "split_hash": hashlib.sha256("|".join([combined_split_hash(table, repeats)]
                                               + [f["split_hash"] for f in folds]).encode()).hexdigest(),
         "inner_validation": {
             "fraction": inner_fraction(cfg.split),
@@ -186,18 +186,18 @@ def plan_cv(cfg: RunConfig, spec: Any, *, n_folds: int | None = None, repeats: i
     # the audit of the whole partition: every fold's train/val and the hold-out, before any training
     report = audit_every_repeat(table, repeats, fp=fingerprints(images), cfg=cfg)
     if existing is None or not (path / "audit.json").is_file():
-        _write_json_atomic(path / "audit.json", report.to_dict())  # a resumed plan leaves it as it was
+        write_json_atomic(path / "audit.json", report.to_dict())  # a resumed plan leaves it as it was
     report.raise_if_errors()
     for f in report.findings:
         if f.severity == "warning":
             log.warning("! audit: %s", f.message)
     if existing is None:
-        _write_json_atomic(path / PLAN, {**info, "created": _dt.datetime.now().isoformat(timespec="seconds")})
+        write_json_atomic(path / PLAN, {**info, "created": _dt.datetime.now().isoformat(timespec="seconds")})
     log.info("cross-validation %s: %d fold(s) x %d repeat(s) over %d patient(s)%s", path, k, repeats,
              table.loc[table["cv_split"] == "cv", "patient_key"].nunique(),
              f", hold-out test of {table.loc[table['cv_split'] == 'test', 'patient_key'].nunique()} patient(s)"
              if info["holdout_test"] else "")
-    return CVPlan(path=path, cfg=cfg, info=_read_json(path / PLAN), table=public_view(table), images=images)
+    return CVPlan(path=path, cfg=cfg, info=read_json(path / PLAN), table=public_view(table), images=images)
 
 
 
@@ -207,7 +207,7 @@ def _plan_folds(table: pd.DataFrame, cfg: RunConfig, n_folds: int, repeats: int,
     inner validation / held-out fold / hold-out test) and the patients and images of each part."""
     fraction = inner_fraction(cfg.split)
     out = []
-    for t in _tasks(n_folds, repeats):
+    for t in fold_tasks(n_folds, repeats):
         ft = fold_split(table, cfg.split, t.repeat, t.fold, fraction=fraction, merge=merge)
         check_fold_disjoint(ft, t.name)
         counts = fold_counts(ft)
@@ -290,7 +290,7 @@ def _guarded_fold(cv_dir: str | Path, task_index: int, *, images: np.ndarray | N
         if 0 <= task_index < len(tasks):
             result["name"] = tasks[task_index].name
             if not locked:  # a fold another process runs is not a failed fold
-                _record_failure(Path(cv_dir).resolve() / tasks[task_index].name, tasks[task_index],
+                record_failure(Path(cv_dir).resolve() / tasks[task_index].name, tasks[task_index],
                                 type(exc).__name__, str(exc), traceback.format_exc())
         return result
 
@@ -489,7 +489,7 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
     first: dict[str, Any] = {}
     for t in done:
         d = plan.path / t.name
-        m = _read_json(d / "metrics.json")
+        m = read_json(d / "metrics.json")
         first = first or m
         fold_metrics.append(m)
         row = {"name": t.name, "repeat": t.repeat, "fold": t.fold, "n_patients": m["oof"]["patient"]["n"],
@@ -513,10 +513,10 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
     summary = {k: t_interval([r[k] for r in rows], bounds=bounds[k]) for k in CV_METRICS}
     holdout_summary = ({k: t_interval([r[k] for r in holdout_rows], bounds=bounds[k]) for k in CV_METRICS}
                        if holdout_rows else None)
-    pooled, rel = _pooled(oof_frames, ec.patient_aggregation, ec.n_bins)
+    pooled, rel = pooled_oof_metrics(oof_frames, ec.patient_aggregation, ec.n_bins)
     pooled_refs = pooled_references(oof_frames, ec.patient_aggregation, n_resamples=ec.n_bootstrap,
                                     seed=plan.cfg.seed)
-    cv_audit = _read_json(plan.path / "audit.json") if (plan.path / "audit.json").is_file() else {}
+    cv_audit = read_json(plan.path / "audit.json") if (plan.path / "audit.json").is_file() else {}
     notes = []
     mean_auc, pooled_auc = summary["roc_auc"]["mean"], pooled["roc_auc"]
     if mean_auc is not None and pooled_auc is not None and mean_auc - pooled_auc > 0.05:
@@ -557,7 +557,7 @@ def aggregate_cv(cv_dir: str | Path) -> dict[str, Any]:
         "reliability": reliability_figure(rel["before"], rel["after"],
                                           labels=("pooled OOF, before recalibration",
                                                   f"pooled OOF, after ({ec.calibration}, per fold)")),
-        "curves": _curves_figure(histories),
+        "curves": fold_curves_figure(histories),
         "clinical": clinical_figure(result["pooled_clinical"], title_suffix=" (pooled out-of-fold)")
         if result["pooled_clinical"] else None,
     }
@@ -586,7 +586,7 @@ def _aggregate_graded(plan: CVPlan, done: list[FoldTask], missing: list[str]) ->
     dtypes = {"patient_key": str, "image_id": str}
     for t in done:
         d = plan.path / t.name
-        m = _read_json(d / "metrics.json")
+        m = read_json(d / "metrics.json")
         first = first or m
         fold_metrics.append(m)
         g = m["oof"]["graded"]
@@ -612,7 +612,7 @@ def _aggregate_graded(plan: CVPlan, done: list[FoldTask], missing: list[str]) ->
     if holdout_rows:
         holdout = {"per_fold": holdout_rows,
                    "summary": graded_fold_summary(holdout_rows, columns, len(classes))}
-    cv_audit = _read_json(plan.path / "audit.json") if (plan.path / "audit.json").is_file() else {}
+    cv_audit = read_json(plan.path / "audit.json") if (plan.path / "audit.json").is_file() else {}
     notes = []
     mean_auc, pooled_auc = summary["macro_roc_auc"]["mean"], pooled["test_patient"]["macro_roc_auc"]["point"]
     if mean_auc is not None and pooled_auc is not None and mean_auc - pooled_auc > 0.05:
@@ -641,7 +641,8 @@ def _aggregate_graded(plan: CVPlan, done: list[FoldTask], missing: list[str]) ->
         "audit": {"cv": cv_audit.get("summary", {}), "per_fold": audits},
     }
     RunDir(plan.path).write_json("cv_metrics.json", result)
-    figs = {**graded_figures(pooled, pd.concat(oof_frames, ignore_index=True)), "curves": _curves_figure(histories)}
+    oof = pd.concat(oof_frames, ignore_index=True)
+    figs = {**graded_figures(pooled, endpoint_scores(pooled, oof)), "curves": fold_curves_figure(histories)}
     html = environment().get_template("cv_report.html.j2").render(
         r=result, figs=figs, metrics=[], verdicts=verdicts, cv_findings=cv_audit.get("findings", []),
         created=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from medxcept.errors import ConfigError
-from medxcept.evaluation.kfold import CVPlan, FoldTask, _record_failure
+from medxcept.evaluation.kfold import CVPlan, FoldTask, record_failure
 from medxcept.paths import cache_dir
 
 __all__ = ["Executor", "LocalExecutor", "ProcessExecutor", "RayExecutor", "EXECUTORS", "make_executor",
@@ -68,7 +68,7 @@ def worker_env() -> dict[str, str]:
 def crashed(plan: CVPlan, task: FoldTask, how: str) -> dict[str, Any]:
     """A fold whose process died without reporting (killed, out of memory, ``os._exit``)."""
     message = f"the worker process died ({how}) before the fold finished"
-    _record_failure(plan.path / task.name, task, "WorkerCrashed", message)
+    record_failure(plan.path / task.name, task, "WorkerCrashed", message)
     return {"index": task.index, "name": task.name, "status": "error", "error_class": "WorkerCrashed",
             "message": message}
 

@@ -38,16 +38,16 @@ from medxcept.evaluation.kfold import (
     PLAN,
     CVPlan,
     FoldTask,
-    _check_marker,
-    _fold_lock,
-    _prediction_frame,
-    _read_json,
     check_fold_disjoint,
+    check_marker,
     fold_counts,
+    fold_lock,
     fold_split,
     inner_fraction,
     inner_seed,
     load_plan,
+    prediction_frame,
+    read_json,
     require_inner_split,
 )
 from medxcept.evaluation.units import unit_keys, unit_visits
@@ -94,11 +94,11 @@ def run_fold(cv_dir: str | Path, task_index: int, *, images: np.ndarray | None =
                           f"(0..{len(tasks) - 1}; with repeats, index = repeat * {plan.n_folds} + fold)")
     task = tasks[task_index]
     if (plan.path / task.name / MARKER).is_file():
-        _check_marker(plan, task, _read_json(plan.path / task.name / MARKER))
+        check_marker(plan, task, read_json(plan.path / task.name / MARKER))
         log.info("%s: complete (fold.json matches configuration %s), skipped", task.name, plan.info["config_hash"])
         return {"name": task.name, "status": "skipped"}
     # one process per fold (a resubmitted array job stops here): held until this process returns or dies
-    with _fold_lock(plan.path, task):
+    with fold_lock(plan.path, task):
         return _run_fold_locked(plan, task, images=images, save_model=save_model)
 
 
@@ -106,7 +106,7 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
                      save_model: bool) -> dict[str, Any]:
     fdir = plan.path / task.name
     if (fdir / MARKER).is_file():  # completed by the process that held the lock before us
-        _check_marker(plan, task, _read_json(fdir / MARKER))
+        check_marker(plan, task, read_json(fdir / MARKER))
         return {"name": task.name, "status": "skipped"}
     fault_point("fold_start", task.name)  # test hook (medxcept.faults)
     resume = _resumable(fdir, task)
@@ -175,24 +175,10 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
     model_bytes = save_inference_model(result.model, run.file("model.keras")) if save_model else None
     device = detect_device()
     fhash = split_hash(table)
-    threshold_record = ({"decision_rule": oof_a.metrics["graded"]["decision_rule"],
-                         "endpoint_thresholds": oof_a.calibration_record["endpoint_thresholds"]}
-                        if len(classes) > 2 else oof_a.metrics["threshold"])
-    ec, seconds = cfg.eval, time.perf_counter() - t0
-    metrics = {
-        "fold": task.fold, "repeat": task.repeat, "name": task.name,
-        "weights": weights.kind, "weights_description": weights.description, "pretrained": weights.pretrained,
-        "counts": counts, "threshold": {**threshold_record, "chosen_on": chosen_on}, "epoch_chosen_on": chosen_on,
-        "method": oof_a.method, "calibration_method": ec.calibration, "calibrator": oof_a.metrics["calibrator"],
-        "patient_aggregation": ec.patient_aggregation, "unit": ec.unit, "n_bootstrap": ec.n_bootstrap,
-        "oof": oof, "holdout": holdout, "references": oof_a.references,
-        "training": {**training_verdict(result.history, result.best_epoch, collapse=getattr(result, "collapse", None)),
-                     "stages": result.stages, "seconds": result.seconds},
-        "audit": report.to_dict()["summary"] | {"warnings": [f.message for f in report.warnings]},
-        "device": device, "seconds": seconds,
-        "model": {"bytes": model_bytes, "weights_sha256": result.weights_sha256, "optimizer_state": False,
-                  "resumed_after_training": result.resumed_after_training},
-    }
+    seconds = time.perf_counter() - t0
+    metrics = _fold_metrics(task, oof_a, oof, holdout, cfg=cfg, k=len(classes), weights=weights, result=result,
+                            counts=counts, chosen_on=chosen_on, audit=report, device=device, seconds=seconds,
+                            model_bytes=model_bytes)
     write_outcome(run, oof_a, tables=tables, calibration={}, metrics=metrics, versions={
         "device": device, "hashes": {"data_hash": plan.info["data_hash"], "split_hash": fhash,
                                      "config_hash": plan.info["config_hash"]},
@@ -209,6 +195,33 @@ def _run_fold_locked(plan: CVPlan, task: FoldTask, *, images: np.ndarray | None,
     return {"name": task.name, "status": "trained", "seconds": seconds}
 
 
+def _fold_metrics(task: FoldTask, oof_a: Assessment, oof: dict[str, Any], holdout: dict[str, Any] | None, *,
+                  cfg: Any, k: int, weights: Any, result: Any, counts: dict[str, Any], chosen_on: str, audit: Any,
+                  device: dict[str, str], seconds: float, model_bytes: int | None) -> dict[str, Any]:
+    """A fold's ``metrics.json``: weights, counts, the choices made on the inner validation split
+    (threshold or, for ``k`` > 2 classes, decision rule and endpoint thresholds; calibrator; method),
+    the ``oof`` and ``holdout`` blocks, references, training verdict, audit summary, device, seconds
+    and the model file."""
+    threshold = ({"decision_rule": oof_a.metrics["graded"]["decision_rule"],
+                  "endpoint_thresholds": oof_a.calibration_record["endpoint_thresholds"]}
+                 if k > 2 else oof_a.metrics["threshold"])
+    ec = cfg.eval
+    return {
+        "fold": task.fold, "repeat": task.repeat, "name": task.name,
+        "weights": weights.kind, "weights_description": weights.description, "pretrained": weights.pretrained,
+        "counts": counts, "threshold": {**threshold, "chosen_on": chosen_on}, "epoch_chosen_on": chosen_on,
+        "method": oof_a.method, "calibration_method": ec.calibration, "calibrator": oof_a.metrics["calibrator"],
+        "patient_aggregation": ec.patient_aggregation, "unit": ec.unit, "n_bootstrap": ec.n_bootstrap,
+        "oof": oof, "holdout": holdout, "references": oof_a.references,
+        "training": {**training_verdict(result.history, result.best_epoch, collapse=getattr(result, "collapse", None)),
+                     "stages": result.stages, "seconds": result.seconds},
+        "audit": audit.to_dict()["summary"] | {"warnings": [f.message for f in audit.warnings]},
+        "device": device, "seconds": seconds,
+        "model": {"bytes": model_bytes, "weights_sha256": result.weights_sha256, "optimizer_state": False,
+                  "resumed_after_training": result.resumed_after_training},
+    }
+
+
 def _fold_record(oof_a: Assessment, ho_a: Assessment | None, task: FoldTask,
                  ec: Any) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
     """A fold's ``oof`` and ``holdout`` blocks of ``metrics.json`` and its prediction tables."""
@@ -221,12 +234,12 @@ def _fold_record(oof_a: Assessment, ho_a: Assessment | None, task: FoldTask,
         return ({"graded": oof_a.metrics["graded"]},
                 {"graded": ho_a.metrics["graded"]} if ho_a is not None else None, tables)
     threshold = float(oof_a.threshold)
-    frame = _prediction_frame(oof_a.test, task, threshold, ec.patient_aggregation, ec.unit)
+    frame = prediction_frame(oof_a.test, task, threshold, ec.patient_aggregation, ec.unit)
     if oof_a.reference_scores is not None and "image_id" in frame:
         frame = frame.merge(oof_a.reference_scores, on="image_id", how="left")
     tables = {"oof_predictions.csv": frame}
     if ho_a is not None:
-        tables["holdout_predictions.csv"] = _prediction_frame(ho_a.test, task, threshold, ec.patient_aggregation,
+        tables["holdout_predictions.csv"] = prediction_frame(ho_a.test, task, threshold, ec.patient_aggregation,
                                                               ec.unit)
     return (_evaluation(oof_a, ec.patient_aggregation, ec.n_bins, ec.unit),
             _evaluation(ho_a, ec.patient_aggregation, ec.n_bins, ec.unit) if ho_a is not None else None, tables)
@@ -247,13 +260,13 @@ def _resumable(fdir: Path, task: FoldTask) -> bool:
     """Whether the fold continues from its checkpoint; a fold killed before its first epoch restarts."""
     if (fdir / FAILED).is_file():
         log.warning("! %s failed before (%s): running it again", task.name,
-                    _read_json(fdir / FAILED).get("message", "?"))
+                    read_json(fdir / FAILED).get("message", "?"))
         (fdir / FAILED).unlink()
     if not fdir.exists():
         return False
     state = fdir / "checkpoints" / "state.json"
     if state.is_file():
-        done = len(_read_json(state).get("rows", []))
+        done = len(read_json(state).get("rows", []))
         log.warning("! %s was interrupted after epoch %d: continuing from its checkpoint", task.name, done)
         return True
     log.warning("! %s was interrupted before its first epoch ended: restarting it", task.name)

@@ -19,11 +19,11 @@ from medxcept.evaluation.reproduce import (
     DEFAULT_TOLERANCE,
     NotReproducedError,
     Reproduction,
+    cohort_path,
     compare_runs,
+    read_json,
+    rerun_path,
 )
-from medxcept.evaluation.reproduce import _cohort_path as cohort_path
-from medxcept.evaluation.reproduce import _read_json as read_json
-from medxcept.evaluation.reproduce import _rerun_path as rerun_path
 from medxcept.integrity.split_keys import split_hash
 from medxcept.run import RunDir, data_hash, load_run_config
 from medxcept.workflows.single import run_pipeline

@@ -30,8 +30,8 @@ from medxcept.evaluation.assess import (
     write_outcome,
 )
 from medxcept.evaluation.external import keep_source_fingerprints
-from medxcept.evaluation.graded import check_task_config, graded_figures
-from medxcept.evaluation.learning_curve import learning_curve_figure, learning_curve_verdict
+from medxcept.evaluation.graded import check_task_config
+from medxcept.evaluation.learning_curve import learning_curve_verdict
 from medxcept.evaluation.units import unit_keys, unit_visits
 from medxcept.evaluation.verdict import training_verdict
 from medxcept.faults import fault_point
@@ -43,22 +43,23 @@ from medxcept.integrity.splits import user_split_agreement
 from medxcept.models.backbones import get_backbone
 from medxcept.models.backbones import provenance as backbone_provenance
 from medxcept.models.checkpoint import check_resumable, save_inference_model
-from medxcept.models.explain import cam_gallery, class_activation_maps
+from medxcept.models.explain import class_activation_maps
 from medxcept.models.network import detect_device, resolve_weights
 from medxcept.models.train import fit, set_seeds
-from medxcept.report import render_report
+from medxcept.report.cam import cam_gallery
+from medxcept.report.figures import learning_curve_figure
 from medxcept.run import COMPLETE, RunDir, data_hash, reproduce_block
 from medxcept.workflows.learning_curve import learning_curve_rows
 from medxcept.workflows.steps import (
+    cohort_block,
     leaks_let_through,
     materialize,
+    metrics_document,
     prepare_withholding_names,
-    reason_counts,
     record_ingestion,
-    report_examples,
+    render_run_report,
     split_and_audit,
     summary_block,
-    summary_counts,
 )
 
 __all__ = ["run_pipeline"]
@@ -115,49 +116,10 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
         _say("! NOT PRETRAINED: --weights none, the model starts from random initialization. "
              "Results are from random initialization; the report says so on its first line.")
     set_seeds(cfg.seed)
-    if resume_dir is not None:
-        run = RunDir(_resumable(Path(resume_dir))).lock()  # a second process on this run stops here
-        _say(f"resuming {run.path}")
-    else:
-        run = RunDir.create(cfg.out_dir, spec.name, cfg, name=run_name).lock()
-        run.write_config(cfg, extra={"cohort_name": spec.name, "classes": list(spec.classes)})
+    run = _open_run(cfg, spec, run_name, resume_dir)
     held.append(run)
-    _say(f"run directory: {run.path}")
-
-    t = time.perf_counter()
-    # nothing written into the run yet (but a stopping error's file names): a refused resume changes nothing
-    ing, cache = prepare_withholding_names(run, spec, cfg, keep_detail=resume_dir is None)
-    timings["ingest_s"] = time.perf_counter() - t
-    _say(f"cohort: {len(ing.table)} image(s) of {ing.table['patient_key'].nunique()} patient(s); "
-         f"{ing.files_found} file(s) found, {ing.files_excluded} excluded (see exclusions.csv)")
-    by_class = exclusions_by_class(ing.table, ing.exclusions, list(spec.classes))
-    for w in by_class["warnings"]:
-        _say(f"! exclusions depend on the class: {w}")
-
-    t = time.perf_counter()
-    images = load_images(ing.table, cache, cfg.preprocess)
-    fp = fingerprints(images)
-    table, report = split_and_audit(ing.table, images, cfg, fp=fp)
-    timings["audit_s"] = time.perf_counter() - t
-    if resume_dir is not None:
-        # validate everything a resume depends on before the first write
-        _same_split(run.file("split.csv"), split_table(table))
-        train_y = table.loc[table["split"] == "train", "y"].to_numpy()
-        check_resumable(run.path, cfg=cfg, train_y=train_y, n_val=int((table["split"] == "val").sum()))
-    record_ingestion(run, ing)
-    # private: what an external validation compares its images with (copies of training images)
-    keep_source_fingerprints(run, table, images, fp)
-    run.write_json("audit.json", report.to_dict())
-    run.write_csv("split.csv", split_table(table))
-    run.write_csv("cohort.csv", public_view(table))
-    agreement = user_split_agreement(table, cfg.split) if cfg.split.user_split is not None else None
-    if before_training is not None:
-        before_training(run.path, table, report)
-    report.raise_if_errors()
-    for f in report.findings:
-        if f.severity == "warning":
-            _say(f"! audit: {f.message}")
-
+    ing, images, table, report, agreement = _ingest_split_audit(run, spec, cfg, resume=resume_dir is not None,
+                                                                before_training=before_training, timings=timings)
     parts = {s: np.flatnonzero(table["split"].to_numpy() == s) for s in ("train", "val", "test")}
     for s, idx in parts.items():
         if len(idx) == 0:
@@ -187,79 +149,140 @@ def _run_locked(cfg: RunConfig, spec: CohortSpec, *, run_name: str | None, resum
         references=lambda test: compare_references(table, images, np.r_[parts["train"], parts["val"]],
                                                    parts["test"], test, cfg, spec.classes,
                                                    save_models=run.file("references.joblib")))
-    metrics, references = assessed.metrics, assessed.references
     timings["evaluate_s"] = time.perf_counter() - t
-    predictions = assessed.predictions(spec.classes, cfg.eval.patient_aggregation, cfg.eval.unit)
     run.write_json("augmentation.json", serialize_augment(build_augment(cfg.augment, seed=cfg.seed)))
-    hashes = {"data_hash": data_hash(table, decode=decode_key(spec)), "split_hash": split_hash(table),
-              "config_hash": config_hash(cfg)}
     # the validation predictions (pseudonymized, like predictions.csv): a reviewer recomputes the
     # threshold and the temperature from them; nothing of the test split is in there
+    how, unit = cfg.eval.patient_aggregation, cfg.eval.unit
     versions = write_outcome(run, assessed, tables={
-        "predictions.csv": predictions,
-        "val_predictions.csv": prediction_table(assessed.val, spec.classes, cfg.eval.patient_aggregation,
-                                                cfg.eval.unit)},
-        versions={"device": device, "hashes": hashes,
-                  "model": {"file": "model.keras", "bytes": model_bytes, "weights_sha256": result.weights_sha256,
-                            "optimizer_state": False, "backbone": backbone_provenance(cfg.model.backbone)},
-                  "reproduce": reproduce_block(cfg, data_hash=hashes["data_hash"], split_hash=hashes["split_hash"],
-                                               device=device, user_split=agreement)})
+        "predictions.csv": assessed.predictions(spec.classes, how, unit),
+        "val_predictions.csv": prediction_table(assessed.val, spec.classes, how, unit)},
+        versions=_provenance(cfg, spec, table, device, result, model_bytes, agreement))
     timings["total_s"] = time.perf_counter() - t_start
     training = {**training_verdict(result.history, result.best_epoch, collapse=getattr(result, "collapse", None)),
                 "stages": result.stages, "seconds": result.seconds}
-    full = {
-        "run": {"id": run.path.name, "cohort": spec.name, "description": spec.description,
-                "weights": weights.kind, "weights_description": weights.description,
-                "pretrained": weights.pretrained, "recipe": cfg.train.recipe, "image_px": cfg.preprocess.image_px,
-                "backbone": cfg.model.backbone, "network": get_backbone(cfg.model.backbone).label,
-                "parameters": int(result.model.count_params()),
-                "seed": cfg.seed, "tta_passes": cfg.eval.tta, "precision": result.precision,
-                "model_bytes": model_bytes, "weights_sha256": result.weights_sha256,
-                "resumed_after_training": result.resumed_after_training,
-                "n_devices": result.n_devices, "backend": device["backend"], "device": device["device"],
-                "external_validation": False},
-        "cohort": {**summary_counts(table), "files_found": ing.files_found, "files_used": ing.files_used,
-                   "files_excluded": ing.files_excluded,
-                   "exclusions_by_reason": reason_counts(ing.exclusions),
-                   "exclusions_by_class": by_class},
-        "class_balance": {"method": cfg.augment.balance,
-                          **effective_class_frequencies(tr["y"].to_numpy(), cfg.augment, n_classes=spec.n_classes)},
-        "training": training,
-        **metrics,
-        **({"references": references} if references is not None else {}),
-        **summary_block(metrics, training, references),
-        "audit": {"errors": len(report.errors), "n_findings": len(report.findings), "policy": cfg.audit.on_leak,
-                  "let_through": leaks_let_through(report, cfg.audit.on_leak)},
-        "timings": timings,
-        "hashes": {k: versions[k] for k in ("data_hash", "split_hash", "config_hash")},
-    }
+    full = metrics_document(
+        run=_run_record(run, spec, cfg, weights, result, device, model_bytes),
+        cohort=cohort_block(table, ing, spec.classes),
+        class_balance={"method": cfg.augment.balance, **effective_class_frequencies(
+            tr["y"].to_numpy(), cfg.augment, n_classes=spec.n_classes)},
+        training=training, assessed=assessed,
+        summary=summary_block(assessed.metrics, training, assessed.references),
+        audit={"errors": len(report.errors), "n_findings": len(report.findings), "policy": cfg.audit.on_leak,
+               "let_through": leaks_let_through(report, cfg.audit.on_leak)},
+        timings=timings, versions=versions)
     figs: dict[str, str | None] = {}
-    if metrics.get("graded"):
-        figs.update(graded_figures(metrics["graded"], assessed.test))
     if learning_curve:
-        t = time.perf_counter()
-        lc = learning_curve_rows(fractions=learning_curve, images=images, table=table, parts=parts, cfg=cfg,
-                                 weights=weights, n_classes=spec.n_classes, full=result, task=spec.task)
-        run.write_csv("learning_curve.csv", lc)
-        full["learning_curve"] = {"rows": lc.to_dict("records"),
-                                  "verdict": learning_curve_verdict(lc, int(va["patient_key"].nunique()))}
-        figs["learning_curve"] = learning_curve_figure(lc)
-        timings["learning_curve_s"] = time.perf_counter() - t
-        _say(f"learning curve: {full['learning_curve']['verdict']}")
+        figs["learning_curve"] = _learning_curve(run, full, learning_curve, images=images, table=table, parts=parts,
+                                                 cfg=cfg, weights=weights, spec=spec, result=result)
     run.write_json("metrics.json", full)
     fault_point("evaluated")  # test hook: killed after metrics.json, before the report
-    frames = {"val": assessed.val, "test": assessed.test}
-    html = render_report(run.path, metrics=full, table=table, history=result.history, predictions=predictions,
-                         audit=report, versions=versions, images=images, cfg=cfg, spec=spec, frames=frames,
-                         extra_figs={**figs, "cam": _cam_figure(result.model, images[parts["test"]], assessed.test,
-                                                                metrics.get("threshold"))},
-                         examples=report_examples(table, images, cfg, spec))
+    figs["cam"] = _cam_figure(result.model, images[parts["test"]], assessed.test, assessed.metrics.get("threshold"))
+    html = render_run_report(run, full, assessed=assessed, history=result.history, audit=report,
+                             versions=versions, spec=spec, cfg=cfg, table=table, images=images, figs=figs)
     # the completion marker, written last: until it exists the run is resumable (checkpoints kept)
     write_marker(run, COMPLETE, {"weights_sha256": result.weights_sha256, "model_bytes": model_bytes,
                                  "best_epoch": int(result.best_epoch)})
     shutil.rmtree(run.file("checkpoints"), ignore_errors=True)  # complete: model.keras supersedes them
     _say(f"report written in {timings['total_s']:.0f} s")
     return html
+
+
+def _open_run(cfg: RunConfig, spec: CohortSpec, run_name: str | None, resume_dir: Path | None) -> RunDir:
+    """The run directory, locked: a new one with its ``config.yaml``, or the interrupted one to resume."""
+    if resume_dir is not None:
+        run = RunDir(_resumable(Path(resume_dir))).lock()  # a second process on this run stops here
+        _say(f"resuming {run.path}")
+    else:
+        run = RunDir.create(cfg.out_dir, spec.name, cfg, name=run_name).lock()
+        run.write_config(cfg, extra={"cohort_name": spec.name, "classes": list(spec.classes)})
+    _say(f"run directory: {run.path}")
+    return run
+
+
+def _ingest_split_audit(run: RunDir, spec: CohortSpec, cfg: RunConfig, *, resume: bool, before_training: Any,
+                        timings: dict[str, float]) -> tuple[Any, np.ndarray, pd.DataFrame, Any, Any]:
+    """Ingest, split and audit; write the records (``audit.json``, ``split.csv``, ``cohort.csv``, the
+    exclusions, the source fingerprints); stop on the audit's errors. A resume first checks that the
+    split and the checkpoints still fit. Returns the ingestion, the images, the split table, the audit
+    report and the user split's agreement (or None)."""
+    t = time.perf_counter()
+    # nothing written into the run yet (but a stopping error's file names): a refused resume changes nothing
+    ing, cache = prepare_withholding_names(run, spec, cfg, keep_detail=not resume)
+    timings["ingest_s"] = time.perf_counter() - t
+    _say(f"cohort: {len(ing.table)} image(s) of {ing.table['patient_key'].nunique()} patient(s); "
+         f"{ing.files_found} file(s) found, {ing.files_excluded} excluded (see exclusions.csv)")
+    for w in exclusions_by_class(ing.table, ing.exclusions, list(spec.classes))["warnings"]:
+        _say(f"! exclusions depend on the class: {w}")
+
+    t = time.perf_counter()
+    images = load_images(ing.table, cache, cfg.preprocess)
+    fp = fingerprints(images)
+    table, report = split_and_audit(ing.table, images, cfg, fp=fp)
+    timings["audit_s"] = time.perf_counter() - t
+    if resume:
+        # validate everything a resume depends on before the first write
+        _same_split(run.file("split.csv"), split_table(table))
+        train_y = table.loc[table["split"] == "train", "y"].to_numpy()
+        check_resumable(run.path, cfg=cfg, train_y=train_y, n_val=int((table["split"] == "val").sum()))
+    record_ingestion(run, ing)
+    # private: what an external validation compares its images with (copies of training images)
+    keep_source_fingerprints(run, table, images, fp)
+    run.write_json("audit.json", report.to_dict())
+    run.write_csv("split.csv", split_table(table))
+    run.write_csv("cohort.csv", public_view(table))
+    agreement = user_split_agreement(table, cfg.split) if cfg.split.user_split is not None else None
+    if before_training is not None:
+        before_training(run.path, table, report)
+    report.raise_if_errors()
+    for f in report.findings:
+        if f.severity == "warning":
+            _say(f"! audit: {f.message}")
+    return ing, images, table, report, agreement
+
+
+def _provenance(cfg: RunConfig, spec: CohortSpec, table: pd.DataFrame, device: dict[str, str], result: Any,
+                model_bytes: int, agreement: Any) -> dict[str, Any]:
+    """The keyword arguments of :meth:`medxcept.run.RunDir.write_versions`: device, hashes, the model file
+    and what ``pipelines.reproduce`` needs."""
+    hashes = {"data_hash": data_hash(table, decode=decode_key(spec)), "split_hash": split_hash(table),
+              "config_hash": config_hash(cfg)}
+    return {"device": device, "hashes": hashes,
+            "model": {"file": "model.keras", "bytes": model_bytes, "weights_sha256": result.weights_sha256,
+                      "optimizer_state": False, "backbone": backbone_provenance(cfg.model.backbone)},
+            "reproduce": reproduce_block(cfg, data_hash=hashes["data_hash"], split_hash=hashes["split_hash"],
+                                         device=device, user_split=agreement)}
+
+
+def _run_record(run: RunDir, spec: CohortSpec, cfg: RunConfig, weights: Any, result: Any, device: dict[str, str],
+                model_bytes: int) -> dict[str, Any]:
+    """``metrics.json["run"]``: what was trained, how, and on what."""
+    return {"id": run.path.name, "cohort": spec.name, "description": spec.description,
+            "weights": weights.kind, "weights_description": weights.description,
+            "pretrained": weights.pretrained, "recipe": cfg.train.recipe, "image_px": cfg.preprocess.image_px,
+            "backbone": cfg.model.backbone, "network": get_backbone(cfg.model.backbone).label,
+            "parameters": int(result.model.count_params()),
+            "seed": cfg.seed, "tta_passes": cfg.eval.tta, "precision": result.precision,
+            "model_bytes": model_bytes, "weights_sha256": result.weights_sha256,
+            "resumed_after_training": result.resumed_after_training,
+            "n_devices": result.n_devices, "backend": device["backend"], "device": device["device"],
+            "external_validation": False}
+
+
+def _learning_curve(run: RunDir, full: dict[str, Any], fractions: tuple[float, ...], *, images: np.ndarray,
+                    table: pd.DataFrame, parts: dict[str, np.ndarray], cfg: RunConfig, weights: Any,
+                    spec: CohortSpec, result: Any) -> str | None:
+    """Train again on ``fractions`` of the training patients; write ``learning_curve.csv`` and
+    ``full["learning_curve"]`` (rows and verdict, ``timings``); return the figure."""
+    t = time.perf_counter()
+    lc = learning_curve_rows(fractions=fractions, images=images, table=table, parts=parts, cfg=cfg,
+                             weights=weights, n_classes=spec.n_classes, full=result, task=spec.task)
+    run.write_csv("learning_curve.csv", lc)
+    n_val = int(table.iloc[parts["val"]]["patient_key"].nunique())
+    full["learning_curve"] = {"rows": lc.to_dict("records"), "verdict": learning_curve_verdict(lc, n_val)}
+    full["timings"]["learning_curve_s"] = time.perf_counter() - t
+    _say(f"learning curve: {full['learning_curve']['verdict']}")
+    return learning_curve_figure(lc)
 
 
 def _cam_figure(model: Any, images: np.ndarray, test: pd.DataFrame, threshold: dict | None) -> str | None:

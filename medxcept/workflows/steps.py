@@ -10,9 +10,14 @@ split and audit            :func:`split_and_audit`: the patient-level split, the
 assess                     the stage :mod:`medxcept.evaluation.assess` (:func:`~medxcept.evaluation.assess.assess_model`:
                            one typed :class:`~medxcept.evaluation.assess.Assessment`; its writer
                            :func:`~medxcept.evaluation.assess.write_outcome`)
-summaries                  :func:`summary_counts`, :func:`reason_counts` for ``metrics.json``
+summaries                  :func:`summary_counts`, :func:`reason_counts`, :func:`cohort_block`,
+                           :func:`summary_block`
+metrics document           :func:`metrics_document`: ``metrics.json`` of a single run or an
+                           external validation, one layout
 provenance                 :meth:`medxcept.run.RunDir.write_versions`
-render                     :func:`medxcept.report.render_report`
+render                     :func:`render_run_report`: the stages compute what the report shows
+                           (:func:`report_inputs`, :func:`report_examples`), then
+                           :func:`medxcept.report.render_report` draws it
 =========================  ==============================================================
 
 Steps import stages (``medxcept.cohort.ingest``, ``medxcept.integrity.splits``, ``medxcept.integrity.audit``,
@@ -22,46 +27,40 @@ Steps import stages (``medxcept.cohort.ingest``, ``medxcept.integrity.splits``, 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from medxcept.cohort.class_exclusions import exclusions_by_class
 from medxcept.cohort.demo import DemoSpec, demo_root
 from medxcept.cohort.demo_graded import GradedDemoSpec, graded_demo_root
 from medxcept.cohort.ingest import IngestResult, ingest, public_exclusions, read_frames
 from medxcept.cohort.table import CohortSpec
 from medxcept.config import RunConfig
 from medxcept.errors import CohortError, ConfigError, ReadError
-
-# the assessment is a stage of its own (medxcept.evaluation.assess); its names stay importable from here
-from medxcept.evaluation.assess import (  # noqa: F401
-    CI_METRICS,
-    Assessment,
-    add_probabilities,
-    assess,
-    assess_frozen,
-    clinical_block,
-    compare_references,
-    measure_test,
-    patient_frame,
-    prediction_table,
-    unit_record,
-)
+from medxcept.evaluation.assess import Assessment
+from medxcept.evaluation.graded import endpoint_scores
+from medxcept.evaluation.metrics import metric_names
+from medxcept.evaluation.subgroups import subgroup_rows
+from medxcept.evaluation.units import aggregate_by_patient, unit_visits
 from medxcept.images.augment import augment_batch, build_augment
 from medxcept.images.cache import PreprocessCache, decode_key
+from medxcept.images.preview import raw_preview
 from medxcept.integrity.audit import AuditReport, audit_cohort, duplicate_groups, fingerprints
 from medxcept.integrity.splits import assign_splits
 from medxcept.io import file_label
 from medxcept.paths import cache_dir
-from medxcept.report import raw_preview
+from medxcept.report import ReportInputs, render_report
+from medxcept.report.graded import graded_figures
 from medxcept.run import RunDir
 
-__all__ = ["GENERATORS", "materialize", "Assessment", "assess", "assess_frozen", "compare_references",
-           "summary_block", "unit_record", "leaks_let_through", "add_probabilities", "measure_test", "cohort_cache",
-           "prepare_cohort", "prepare_withholding_names", "record_ingestion", "ingest_into_run",
-           "split_and_audit", "summary_counts", "reason_counts", "prediction_table", "report_examples",
-           "CI_METRICS", "clinical_block"]
+__all__ = ["GENERATORS", "materialize", "summary_block", "leaks_let_through", "cohort_cache", "prepare_cohort",
+           "prepare_withholding_names", "record_ingestion", "ingest_into_run", "split_and_audit", "summary_counts",
+           "reason_counts", "report_examples", "report_inputs", "cohort_block", "metrics_document",
+           "render_run_report"]
 
 # ------------------------------------------------------------------------------------ ingest
 
@@ -222,6 +221,31 @@ def summary_block(metrics: dict[str, Any], training: dict[str, Any],
             "summary_items": summary_items(training=training, references=references, chance=chance)}
 
 
+def cohort_block(table: pd.DataFrame, ing: IngestResult, classes: Sequence[str],
+                 by_class: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``metrics.json["cohort"]``: the counts of the images used, of the files found, used and
+    excluded, the exclusions by reason and by class (``by_class``, when already computed)."""
+    return {**summary_counts(table), "files_found": ing.files_found, "files_used": ing.files_used,
+            "files_excluded": ing.files_excluded, "exclusions_by_reason": reason_counts(ing.exclusions),
+            "exclusions_by_class": by_class if by_class is not None
+            else exclusions_by_class(ing.table, ing.exclusions, list(classes))}
+
+
+def metrics_document(*, run: dict[str, Any], cohort: dict[str, Any], class_balance: dict[str, Any],
+                     training: dict[str, Any], assessed: Assessment, summary: dict[str, Any],
+                     audit: dict[str, Any], timings: dict[str, float], versions: dict[str, Any],
+                     **sections: Any) -> dict[str, Any]:
+    """``metrics.json`` of a single run or an external validation, one layout for both: the run, any
+    workflow's own ``sections`` (external: ``external``), the cohort, class balance and training, the
+    assessment's metrics and references (:class:`~medxcept.evaluation.assess.Assessment`), the summary
+    (:func:`summary_block`), audit, timings and the hashes of ``versions.json``."""
+    references = assessed.references
+    return {"run": run, **sections, "cohort": cohort, "class_balance": class_balance, "training": training,
+            **assessed.metrics, **({"references": references} if references is not None else {}), **summary,
+            "audit": audit, "timings": timings,
+            "hashes": {k: versions[k] for k in ("data_hash", "split_hash", "config_hash")}}
+
+
 #: Audit finding kinds that stop a run under ``--on-leak error`` (``*_overlap`` too).
 LEAK_KINDS = ("duplicate_across_splits", "label_conflict")
 
@@ -240,7 +264,7 @@ def leaks_let_through(report: AuditReport, policy: str) -> list[str]:
 
 def report_examples(table: pd.DataFrame, images: np.ndarray, cfg: RunConfig, spec: CohortSpec,
                     n_per_class: int = 2) -> list[tuple[Any, ...]]:
-    """The report's example panel: per class, training images raw (masked: :func:`~medxcept.report.raw_preview`),
+    """The report's example panel: per class, training images raw (masked: :func:`~medxcept.images.preview.raw_preview`),
     preprocessed and augmented twice; rows for :func:`medxcept.report.figures.examples_figure`.
 
     Files are read again here (the raw view), through the reader that ingested them.
@@ -264,3 +288,40 @@ def report_examples(table: pd.DataFrame, images: np.ndarray, cfg: RunConfig, spe
             augs = list(augment_batch(aug, np.repeat(pre[None], 2, axis=0), rng=rng)) if aug is not None else []
             rows.append((f"{label}", (title, shown), pre, augs))
     return rows
+
+
+def report_inputs(run_dir: Path, metrics: dict[str, Any], test: pd.DataFrame, cfg: RunConfig,
+                  classes: list[str]) -> ReportInputs:
+    """What :func:`medxcept.report.render_report` shows besides ``metrics.json``, computed by the
+    stages: ``config.yaml`` as written, the metrics given a CI, and for binary runs the subgroup rows
+    and the headline unit's scores (uncalibrated for the curves, calibrated for the operating point)."""
+    subgroups, scores = [], None
+    if len(classes) == 2:
+        threshold = (metrics.get("threshold") or {}).get("value")
+        how = metrics.get("patient_aggregation") or cfg.eval.patient_aggregation
+        unit = (metrics.get("evaluation_unit") or {}).get("unit", "patient")
+        visit = unit_visits(test, unit)
+        # the curves draw what the headline AUC ranks: each unit's logit (probabilities saturate), else prob_raw
+        raw_col = next(c for c in ("logit", "prob_raw", "prob") if c in test)
+        _, y, raw = aggregate_by_patient(test["patient_key"], test["y"], test[raw_col].to_numpy(float), how=how,
+                                         visit=visit, scale="logit" if raw_col == "logit" else "probability")
+        _, _, cal = aggregate_by_patient(test["patient_key"], test["y"], test["prob"], how=how, visit=visit)
+        scores = {"y": y, "raw": raw, "calibrated": cal}
+        subgroups = subgroup_rows(test, threshold, how=how, n_resamples=int(metrics.get("n_bootstrap") or 0),
+                                  seed=int((metrics.get("run") or {}).get("seed") or 0), unit=unit)
+    return ReportInputs(config_yaml=(Path(run_dir) / "config.yaml").read_text(encoding="utf-8"),
+                        ci_metrics=tuple(metric_names(ci=True)), subgroups=subgroups, unit_scores=scores)
+
+
+def render_run_report(run: RunDir, full: dict[str, Any], *, assessed: Assessment, history: pd.DataFrame,
+                      audit: Any, versions: dict[str, Any], spec: CohortSpec, cfg: RunConfig, table: pd.DataFrame,
+                      images: np.ndarray, figs: dict[str, str | None] | None = None) -> Path:
+    """``report.html`` of a single run or an external validation: the stages compute what it shows
+    (:func:`report_inputs`, the example panel, the graded endpoints' scores), the report draws it."""
+    figs = dict(figs or {})
+    if full.get("graded"):
+        figs.update(graded_figures(full["graded"], endpoint_scores(full["graded"], assessed.test)))
+    frames = {"test": assessed.test} if assessed.val is None else {"val": assessed.val, "test": assessed.test}
+    return render_report(run.path, metrics=full, history=history, audit=audit, versions=versions, spec=spec,
+                         frames=frames, inputs=report_inputs(run.path, full, assessed.test, cfg, list(spec.classes)),
+                         examples=report_examples(table, images, cfg, spec), extra_figs=figs)
