@@ -138,7 +138,7 @@ def test_assessment_tables_hold_the_logits_and_every_auc_ranks_them():
     """Through the assessment stage: the prediction table carries ``logit_<class>`` and both the graded
     section and the plain k-class summary rank them (the calibrated probabilities tie)."""
     from medxcept.config import RunConfig
-    from medxcept.workflows.steps import assess
+    from medxcept.evaluation.assess import assess
 
     z, y = _confident()
     frame = pd.DataFrame({"patient_key": [f"P{i:02d}" for i in range(len(y))], "laterality": "L", "y": y})

@@ -11,7 +11,7 @@ from sklearn.metrics import auc, roc_auc_score, roc_curve
 
 from medxcept.config import EvalConfig, load_config
 from medxcept.evaluation import kfold
-from medxcept.workflows.steps import assess
+from medxcept.evaluation.assess import assess
 
 
 def _folds(seed: int = 0) -> list[pd.DataFrame]:
