@@ -80,6 +80,13 @@ def test_class_aucs_rank_the_logits_where_probabilities_tie():
     for level in ("test_image", "test_patient"):
         assert new["endpoints"]["referable"][level]["roc_auc"] == pytest.approx(e_hand, abs=1e-12)
     assert old["endpoints"]["referable"]["test_image"]["roc_auc"] == pytest.approx(tied)
+    # the endpoint's ROC figure draws the scores its stated image-level AUC ranks
+    from sklearn.metrics import roc_auc_score
+
+    from medxcept.evaluation.graded import endpoint_scores
+
+    s = endpoint_scores(new, _frame(z, y, logits=True))["referable"]
+    assert roc_auc_score(s["y"], s["raw"]) == pytest.approx(new["endpoints"]["referable"]["test_image"]["roc_auc"])
     # the endpoint's clinical reading sizes the test set for the stated AUC (1.0, clipped to 0.99), not the tied one
     assert new["endpoints"]["referable"]["clinical"]["sample_size"]["auc_assumed"] == pytest.approx(0.99)
     assert new["discrimination_from"].startswith("uncalibrated logits")

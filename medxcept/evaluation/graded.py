@@ -292,17 +292,18 @@ def assess_graded(*, val: pd.DataFrame | None, test: pd.DataFrame, classes: Sequ
 
 
 def endpoint_scores(graded: dict[str, Any], test: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
-    """Per endpoint of ``graded``, the image-level scores its figure draws: ``y`` (0/1), ``raw`` (from
-    the uncalibrated probabilities: what the AUC ranks) and ``calibrated`` (what its threshold applies
-    to), for :func:`medxcept.report.graded.graded_figures`."""
+    """Per endpoint of ``graded``, the image-level scores its figure draws: ``y`` (0/1), ``raw`` (what the
+    image-level AUC ranks: the endpoint's log-odds from the logits, else its uncalibrated probability)
+    and ``calibrated`` (what its threshold applies to), for :func:`medxcept.report.graded.graded_figures`."""
     classes = graded["classes"]
     P = _probs(test, classes, "prob_")
-    P_raw = _probs(test, classes, "prob_raw_") if all(f"prob_raw_{c}" in test for c in classes) else P
+    raw_known = all(f"prob_raw_{c}" in test for c in classes) or _logits(test, classes) is not None
     out = {}
     for name, e in graded["endpoints"].items():
         pos = [classes.index(c) for c in e["positive_classes"]]
+        raw = _endpoint_rank(test, classes, pos)[0] if raw_known else endpoint_probability(P, pos)
         out[name] = {"y": np.isin(test["y"].to_numpy(), pos).astype(int),
-                     "raw": endpoint_probability(P_raw, pos), "calibrated": endpoint_probability(P, pos)}
+                     "raw": raw, "calibrated": endpoint_probability(P, pos)}
     return out
 
 
