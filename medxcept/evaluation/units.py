@@ -49,7 +49,7 @@ def unit_keys(patient_key: ArrayLike, visit: ArrayLike | None = None) -> np.ndar
                   for x in np.asarray(visit, dtype=object).ravel()], dtype=object)
     if v.shape != pk.shape:
         raise ValueError(f"visit must have one entry per image; got shapes {v.shape} and {pk.shape}")
-    return np.array([p if not x else f"{p}{UNIT_SEPARATOR}{x}" for p, x in zip(pk, v, strict=True)], dtype=object)
+    return np.array([str(p) if not x else f"{p}{UNIT_SEPARATOR}{x}" for p, x in zip(pk, v, strict=True)], dtype=object)
 
 
 def unit_visits(frame: Any, unit: str) -> np.ndarray | None:
