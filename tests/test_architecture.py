@@ -32,8 +32,6 @@ MAX_MODULE_LINES = 750
 LONG_MODULES: dict[str, str] = {
     "testing/corpus.py": "a test-data generator (the DICOM corpus with its JPEG-lossless encoder, the mixed cohort), "
                          "not a pipeline stage; no production module imports it",
-    "integrity/fingerprints.py": "two jobs (per-image fingerprints; the near-duplicate pair search): not yet split, "
-                                 "its sections are the seam",
     "io/dicom.py": "one job: the DICOM display pipeline (decoders, LUTs, photometric interpretations, frames, metadata)",
     "io/labels.py": "one job: labels to files (label tables as exported by hand, folder layouts, file matching)",
     "integrity/audit.py": "one job: the integrity audit (leakage, duplicates, label conflicts, confounding)",

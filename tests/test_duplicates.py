@@ -377,7 +377,7 @@ def test_dim_screening_eyes_keep_keypoints_and_only_the_copy_is_paired(screening
 def test_left_and_right_eye_of_one_patient_are_not_duplicates(screening):
     """A mirrored, re-compressed copy of a right eye is a near-duplicate (flipped) of it; filed as the same
     patient's *left* eye it is reported no more (two eyes), as the same eye or another patient's it is."""
-    from medxcept.integrity.fingerprints import duplicate_pairs
+    from medxcept.integrity.pairs import duplicate_pairs
 
     imgs = screening["imgs"]
     mirror = _screening_prep(_jpeg(np.ascontiguousarray(imgs[2][:, ::-1]), 80))
@@ -398,7 +398,7 @@ def test_hub_pairs_drop_a_generic_star_and_keep_a_copy_group():
     """Hand-made pair graphs: a photograph 'matching' 4 people whose photographs do not match each other is
     generic (its 4 pairs dropped); an original with 4 copies under 4 patients, all matching each other,
     is a copy group (kept); a photograph matching 2 people is too small a star to judge (kept)."""
-    from medxcept.integrity.fingerprints import HUB_PATIENTS, _hub_pairs
+    from medxcept.integrity.pairs import HUB_PATIENTS, _hub_pairs
 
     assert HUB_PATIENTS == 3
     pat = np.array([f"P{k}" for k in range(20)])
@@ -459,7 +459,7 @@ def test_washed_out_copy_of_a_dim_eye_is_judged_as_dim_and_found(screening, scre
 def test_black_copies_of_different_people_are_not_near_duplicates(screening, screening_shifted):
     """Two eyes darkened to black (no picture, no keypoints) share their hashes and nothing else: the hash rule
     does not pair them; the same black image twice is still an exact (pixel) match."""
-    from medxcept.integrity.fingerprints import duplicate_pairs, near_duplicate_pairs
+    from medxcept.integrity.pairs import duplicate_pairs, near_duplicate_pairs
 
     black = screening_shifted["black"]
     levels = [np.asarray(b, np.float64) * (1 if np.asarray(b).dtype == np.uint8 else 255) for b in black]

@@ -26,7 +26,7 @@ from patient images, so private), the fingerprints its integrity audit computed 
 and validation images, with small thumbnails. The external cohort is fingerprinted with the same
 preprocessing and the audit's pair verification runs across the two sets
 (:func:`near_copies`: the candidate search and geometric verification of
-:func:`medxcept.integrity.fingerprints.duplicate_pairs` on the union, cross-set pairs kept). Confirmed
+:func:`medxcept.integrity.pairs.duplicate_pairs` on the union, cross-set pairs kept). Confirmed
 pairs (byte-identical, same pixels, or near copies) are an error under the run's ``--on-leak
 error`` (the run stops before predicting) and a warning under ``warn``/``fix``
 (:func:`near_copy_findings`); they are listed with thumbnails in ``private/external_copies.html``
@@ -81,7 +81,7 @@ from medxcept.evaluation.references import (
 from medxcept.evaluation.units import unit_keys, unit_visits
 from medxcept.evaluation.verdict import training_verdict
 from medxcept.integrity.audit import Finding
-from medxcept.integrity.fingerprints import duplicate_pairs
+from medxcept.integrity.pairs import duplicate_pairs
 from medxcept.models import testnet
 from medxcept.models.backbones import get_backbone
 from medxcept.run import RunDir, legacy_defaults, restore_config_paths
@@ -334,7 +334,7 @@ def near_copies(source: dict[str, Any], table: pd.DataFrame, fp: dict[str, np.nd
                 hamming_threshold: int) -> pd.DataFrame:
     """Confirmed pairs (source training/validation image, image of ``table``).
 
-    The audit's pair search (:func:`medxcept.integrity.fingerprints.duplicate_pairs`: the same file, the
+    The audit's pair search (:func:`medxcept.integrity.pairs.duplicate_pairs`: the same file, the
     same pixels, or a near copy found by the candidate search and confirmed by geometry) runs on
     the two sets together; the pairs that join one image of each are kept.
 
@@ -355,7 +355,7 @@ def near_copies(source: dict[str, Any], table: pd.DataFrame, fp: dict[str, np.nd
     pandas.DataFrame
         One row per pair: ``source_pos``, ``pos`` (row positions), ``source_image_id``,
         ``source_split``, ``image_id``, ``match`` (``sha256``, ``pixel``, ``near``), ``method``,
-        ``inliers`` and the transform columns of :func:`medxcept.integrity.fingerprints.verified_near_pairs`.
+        ``inliers`` and the transform columns of :func:`medxcept.integrity.pairs.verified_near_pairs`.
 
     Raises
     ------

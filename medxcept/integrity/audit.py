@@ -37,18 +37,15 @@ import pandas as pd
 
 from medxcept.errors import ConfigError, LeakageError
 from medxcept.integrity.acquisition import ACQ_COLUMNS, SHORTCUT_AUC, cramers_v, shortcut_probe
-from medxcept.integrity.fingerprints import (
+from medxcept.integrity.fingerprints import DETAIL_PX, check_fingerprints, fingerprints, hamming
+from medxcept.integrity.pairs import (
     DEFAULT_HAMMING_THRESHOLD,
-    DETAIL_PX,
     DETAIL_THRESHOLD,
     canonical_rows,
-    check_fingerprints,
     components,
     detail_similarity,
     duplicate_groups,
     duplicate_pairs,
-    fingerprints,
-    hamming,
     input_order_groups,
     near_duplicate_pairs,
     verified_near_pairs,
