@@ -200,7 +200,7 @@ def test_config_hash_of_an_xception_run_is_unchanged_by_the_new_field():
 
 @pytest.mark.slow
 def test_a_run_on_another_backbone_names_it_everywhere_and_a_resume_keeps_it(tiny_cohort, tmp_path, capsys):
-    """``--backbone resnet50`` (the real network at 32 px) killed after epoch 1, then ``--resume``: the
+    """``--backbone efficientnetv2b0`` (the real network at 32 px) killed after epoch 1, then ``--resume``: the
     resumed run trains the same backbone from its config.yaml, and the report, metrics.json,
     versions.json and model.keras name it. Changing it on resume is refused. Only the killed run is a
     subprocess (SIGKILL); the refusal and the resume run ``pipelines.retina.main`` in this process."""
@@ -219,10 +219,10 @@ def test_a_run_on_another_backbone_names_it_everywhere_and_a_resume_keeps_it(tin
     run = tmp_path / "reports" / "bb"
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "MEDXCEPT_FAULT": "epoch_end:1"}
     res = subprocess.run([sys.executable, "-m", "pipelines.retina", "--cohort", str(tiny_cohort), "--out-dir",
-                          str(tmp_path / "reports"), "--run-name", "bb", "--backbone", "resnet50", "--image-px", "32",
+                          str(tmp_path / "reports"), "--run-name", "bb", "--backbone", "efficientnetv2b0", "--image-px", "32",
                           "-q"], cwd=REPO, capture_output=True, text=True, timeout=1200, env=env)
     assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
-    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["backbone"] == "resnet50"
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["backbone"] == "efficientnetv2b0"
     capsys.readouterr()
     assert main(["--resume", str(run), "--backbone", "xception", "-q"]) == 2
     err = capsys.readouterr().err
@@ -230,11 +230,11 @@ def test_a_run_on_another_backbone_names_it_everywhere_and_a_resume_keeps_it(tin
     assert main(["--resume", str(run), "-q"]) == 0, capsys.readouterr().err[-2000:]
     assert list(pd.read_csv(run / "history.csv")["epoch"]) == [1, 2]
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["run"]["backbone"] == "resnet50" and metrics["run"]["network"] == "ResNet50"
+    assert metrics["run"]["backbone"] == "efficientnetv2b0" and metrics["run"]["network"] == "EfficientNetV2B0"
     versions = json.loads((run / "versions.json").read_text())
-    assert versions["model"]["backbone"]["keras_application"] == "keras.applications.ResNet50"
+    assert versions["model"]["backbone"]["keras_application"] == "keras.applications.EfficientNetV2B0"
     html = (run / "report.html").read_text(encoding="utf-8")
-    assert "· ResNet50, recipe" in html and "ResNet50 (keras.applications" in html
+    assert "· EfficientNetV2B0, recipe" in html and "EfficientNetV2B0 (keras.applications" in html
     assert "Xception" not in html.split("<body", 1)[1].split("Grad-CAM", 1)[0], "no literal Xception describing it"
     model = keras.saving.load_model(run / "model.keras", compile=False)
-    assert model.name == "medxcept_resnet50" and mx.backbone_of(model).name == "resnet50"
+    assert model.name == "medxcept_efficientnetv2b0" and mx.backbone_of(model).name == "efficientnetv2b0"

@@ -134,10 +134,23 @@ def test_tutorial_scipy_augmenter_keeps_shape_and_black_corners():
 
 
 @pytest.mark.slow
-def test_gpu_xception_smoke_prints_positive_rates(tmp_path):
-    """~2 minutes on 2 CPU cores: tracing Xception's train step dominates."""
+def test_gpu_xception_smoke_prints_positive_rates(tmp_path, capsys):
+    """In this process (the suite has TensorFlow imported already; a subprocess would import it again),
+    with Keras' global dtype policy restored afterwards: tracing Xception's train step dominates."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip(f"checks the TensorFlow run; this process uses {keras.backend.backend()} "
+                    "(tests/test_backend_jax.py runs it under JAX)")
+    gx = _load("gpu_xception")
     out = tmp_path / "gx.json"
-    stdout = _run([str(BENCH / "gpu_xception.py"), "--smoke", "--skip-timm", "--json", str(out)], timeout=900)
+    policy = keras.mixed_precision.global_policy().name
+    capsys.readouterr()
+    try:
+        assert gx.main(["--smoke", "--skip-timm", "--json", str(out)]) == 0
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    stdout = capsys.readouterr().out
     rows = {}
     for m in re.finditer(r"^\((a|b|c)\)\s.*?\s(\S+)\s+(\S+)\s+(n/a|[\d.]+ GiB)\s*$", stdout, flags=re.M):
         rows[m.group(1)] = (m.group(2), m.group(3))
