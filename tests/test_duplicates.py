@@ -529,3 +529,34 @@ def test_a_dim_copy_outvoted_by_look_alikes_is_proposed_by_its_consistent_rotati
     pd.testing.assert_frame_equal(duplicates.candidate_pairs(bright, top_k=2, dim_partners=2),
                                   duplicates.candidate_pairs({k: v for k, v in bright.items() if k != "kp_angle"},
                                                              top_k=2, dim_partners=2))
+
+
+def test_a_dim_copy_with_8_inliers_is_confirmed_by_its_aligned_detail(screening):
+    """A dim copy whose noise-limited descriptors match less: the combined copy of the first dim eye keeps
+    only 8 of its RANSAC inliers' keypoints (spread over the picture; its other keypoints stay). Fitted,
+    it has fewer than ``MIN_INLIERS`` inliers but at least ``MIN_INLIERS_DIM``, and its detail agrees plainly
+    once aligned: confirmed, as a dim pair (the same pair judged as bright is not). The 8 different dim
+    eyes fitted down to 3 inliers are not (none has ``MIN_INLIERS_DIM`` inliers and the detail to agree)."""
+    fp = dict(screening["fp"])
+    assert fp["kp_dim"].all()
+    (q, t), = duplicates._ratio_matches(fp["kp_desc"][0], [duplicates.mirror_descriptors(fp["kp_desc"][8])])
+    cv2.setRNGSeed(0)
+    _, inl = cv2.estimateAffine2D(fp["kp_xy"][0][q], fp["kp_xy_flip"][8][t], method=cv2.RANSAC,
+                                  ransacReprojThreshold=duplicates.RANSAC_PX, maxIters=2000, confidence=0.999)
+    tin = t[inl.ravel() > 0]
+    assert len(tin) >= 3 * MIN_INLIERS  # the whole copy: plainly confirmed
+    drop = np.setdiff1d(tin, tin[np.linspace(0, len(tin) - 1, 8).round().astype(int)])
+    keep = np.setdiff1d(np.arange(len(fp["kp_desc"][8])), drop)
+    for k in ("kp_xy", "kp_xy_flip", "kp_desc"):
+        fp[k] = fp[k].copy()
+        fp[k][8] = fp[k][8][keep]
+    row = verify_pairs(fp, [0], [8], [True]).iloc[0]
+    assert duplicates.MIN_INLIERS_DIM <= row["inliers"] < MIN_INLIERS
+    assert row["aligned_agreement"] >= duplicates.MIN_ALIGNED_AGREEMENT_DIM + 0.1
+    assert row["structure_agreement"] >= duplicates.MIN_STRUCTURE_AGREEMENT + 0.1
+    assert bool(row["confirmed"])
+    bright = dict(fp, kp_dim=np.zeros_like(fp["kp_dim"]))
+    assert not bool(verify_pairs(bright, [0], [8], [True]).iloc[0]["confirmed"])
+    a, b = np.triu_indices(8, k=1)
+    others = verify_pairs(fp, np.r_[a, a], np.r_[b, b], np.r_[np.zeros(len(a), bool), np.ones(len(a), bool)], least=3)
+    assert not others["confirmed"].any()

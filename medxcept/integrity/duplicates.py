@@ -39,7 +39,8 @@ transform. So:
    L2 passing Lowe's ratio test, :data:`RATIO`; one matrix product per image against all its
    candidates), then one affine transform fitted by RANSAC (OpenCV ``estimateAffine2D``,
    tolerance :data:`RANSAC_PX` px at :data:`WORK_PX` px); the pair must have at least
-   :data:`MIN_INLIERS` inliers and a plausible transform (scale within 0.5-2, shear below 0.5).
+   :data:`MIN_INLIERS` inliers (:data:`MIN_INLIERS_DIM` with a dim image) and a plausible transform
+   (scale within 0.5-2, shear below 0.5).
 4. **Aligned detail**: the candidate is warped onto the other image with that transform
    (bilinear, at 128 px) and the sign of its fine detail (a band-pass: Gaussian blur of sigma 1
    minus one of sigma :data:`_DENSE_SIGMA`) compared pixel by pixel inside both fields of view, as
@@ -66,7 +67,8 @@ Dim photographs (:data:`DARK_LEVEL`), and washed-out ones (:data:`DIM_RANGE`: a 
 brightened), are noise-limited: their luma is lifted, their detail smoothed before SIFT
 (:data:`DIM_SIFT_SIGMA`), they keep :data:`DIM_PARTNERS` times the candidates, and as many again by
 the votes of one orientation difference (:data:`ORIENTATION_BINS`), and a pair with one of them needs
-:data:`MIN_ALIGNED_AGREEMENT_DIM` overall (the structure and layout checks unchanged).
+:data:`MIN_ALIGNED_AGREEMENT_DIM` overall and :data:`MIN_INLIERS_DIM` inliers (the structure and layout
+checks unchanged).
 
 Why the orientation bins, measured on the 3,000-eye screening set (``benchmarks/near_duplicates.py
 --screening-only``; two thirds of its eyes are dim): copies lost before verification were lost in the
@@ -102,6 +104,7 @@ __all__ = [
     "N_KEYPOINTS",
     "MIN_KEYPOINTS",
     "MIN_INLIERS",
+    "MIN_INLIERS_DIM",
     "MIN_ALIGNED_AGREEMENT",
     "MIN_ALIGNED_AGREEMENT_DIM",
     "DIM_SIFT_SIGMA",
@@ -140,6 +143,17 @@ MIN_INLIERS = 10
 Below the aligned-detail checks, which decide: among 20,000 look-alikes, 225 candidate pairs of
 different eyes reached 10 inliers (at most 14 with ratio-test matching), none agreed more than 0.31
 once aligned; the hardest combined copies of smooth demo eyes have 7-11 (``benchmarks/``)."""
+MIN_INLIERS_DIM = 8
+""":data:`MIN_INLIERS` for a pair with a dim image (:data:`DARK_LEVEL`); the aligned-detail checks decide.
+
+A dim copy's noise-limited descriptors match less, so a copy whose detail agrees plainly can keep
+fewer inliers. Measured on the screening sets (``benchmarks/near_duplicates.py --screening-only``,
+every candidate pair of different eyes fitted down to 3 inliers): with 8 or more inliers and a
+plausible transform, the 1,831 such pairs among 3,000 eyes agreed at most 0.23 once aligned and 0.35 on
+their structures (:data:`MIN_ALIGNED_AGREEMENT_DIM` 0.30, :data:`MIN_STRUCTURE_AGREEMENT` 0.50), the
+573 among 300 eyes at most 0.22 and 0.35; with 6 or more, still at most 0.25 and 0.39 in both sets.
+A combined copy of a dim eye with 8 inliers agreed 0.34 and 0.67. Bright pairs keep :data:`MIN_INLIERS`
+(the demo's look-alikes of one vessel template reach 25 inliers)."""
 MIN_ALIGNED_AGREEMENT = 0.46
 """Sign agreement of the fine detail after alignment (in [-1, 1]) needed to call a pair a copy."""
 MIN_ALIGNED_AGREEMENT_DIM = 0.3
@@ -758,6 +772,10 @@ def _verify_one(feat: dict[str, np.ndarray], a: int, b: int, fl: bool, least: in
                            "aligned_agreement": np.nan, "structure_agreement": np.nan,
                            "layout_agreement": np.nan, "rotation_deg": np.nan, "scale": np.nan,
                            "shear_rad": np.nan, "shift_x": np.nan, "shift_y": np.nan, "confirmed": False}
+    dim = "kp_dim" in feat and bool(feat["kp_dim"][a] or feat["kp_dim"][b])
+    need = MIN_INLIERS_DIM if dim else MIN_INLIERS  # inliers the confirmation needs
+    if dim:  # a dim pair can be confirmed on fewer inliers: fit it from that many matches on
+        least = min(least, MIN_INLIERS_DIM)
     if len(q) < least:  # fewer matches than the least inliers the caller's rule needs
         return row
     src = feat["kp_xy"][a][q]
@@ -780,9 +798,8 @@ def _verify_one(feat: dict[str, np.ndarray], a: int, b: int, fl: bool, least: in
     # strongest structures too (two eyes drawn on one background agree everywhere but on their
     # vessels), and clearly more than other images of the cohort agree with ``a`` under the same
     # transform (that figure costs 16 warps: only for a pair the other conditions confirm)
-    dim = "kp_dim" in feat and bool(feat["kp_dim"][a] or feat["kp_dim"][b])
     least_agreement = MIN_ALIGNED_AGREEMENT_DIM if dim else MIN_ALIGNED_AGREEMENT
-    if (row["inliers"] >= MIN_INLIERS and plausible and row["aligned_agreement"] >= least_agreement
+    if (row["inliers"] >= need and plausible and row["aligned_agreement"] >= least_agreement
             and row["structure_agreement"] >= MIN_STRUCTURE_AGREEMENT):
         row["layout_agreement"] = _layout_agreement(cv2, feat, a, b, m, fl)
         row["confirmed"] = bool(row["aligned_agreement"] - row["layout_agreement"] >= MIN_AGREEMENT_MARGIN)
@@ -821,8 +838,8 @@ def verify_pairs(
         matches), ``inliers`` (of one affine transform, RANSAC), ``aligned_agreement`` (see the
         module notes), the transform (``rotation_deg``, ``scale``, ``shear_rad``, ``shift_x``,
         ``shift_y``: how ``j`` is placed relative to ``i``) and ``confirmed`` (all criteria met).
-        A pair with fewer than ``least`` matches is not fitted (inliers 0), one with fewer than
-        ``least`` inliers gets no transform and no aligned agreement (NaN), and the layout
+        A pair with fewer than ``least`` matches (at most :data:`MIN_INLIERS_DIM` for a pair with a
+        dim image) is not fitted (inliers 0), one with fewer than that many inliers gets no transform and no aligned agreement (NaN), and the layout
         agreement is computed only for a pair whose other conditions hold: the caller's rule needs
         no more.
     """
