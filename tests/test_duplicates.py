@@ -560,3 +560,36 @@ def test_a_dim_copy_with_8_inliers_is_confirmed_by_its_aligned_detail(screening)
     a, b = np.triu_indices(8, k=1)
     others = verify_pairs(fp, np.r_[a, a], np.r_[b, b], np.r_[np.zeros(len(a), bool), np.ones(len(a), bool)], least=3)
     assert not others["confirmed"].any()
+
+
+def test_a_dim_image_keeps_at_least_dim_min_partners():
+    """Hand-made descriptor codes: a dim image (0) shares 1, 2, ..., 40 descriptors with 40 bright images
+    (buckets of two: 16 votes a descriptor), which come in 8 groups of 5 sharing 200 descriptors among them
+    (800 votes a pair), so no bright image keeps image 0 among its ``top_k = 4``. Image 0 keeps its own:
+    ``DIM_MIN_PARTNERS`` (32; ``top_k * DIM_PARTNERS`` = 16 before), the ones it shares most with, and
+    an explicit ``dim_partners`` still sets the number."""
+    rng = np.random.default_rng(5)
+    nb = duplicates.CODE_BITS // 8
+    n = 41
+    desc: list[list[np.ndarray]] = [[] for _ in range(n)]
+    for k in range(1, n):
+        shared = rng.integers(0, 256, (k, nb), dtype=np.uint8)
+        desc[0].append(shared)
+        desc[k].append(shared)
+    for g in range(8):
+        group = rng.integers(0, 256, (200, nb), dtype=np.uint8)
+        for k in range(1 + 5 * g, 6 + 5 * g):
+            desc[k].append(group)
+    codes = np.empty(n, object)
+    codes[:] = [np.concatenate(d) for d in desc]
+    empty = np.empty(n, object)
+    empty[:] = [np.zeros((0, nb), np.uint8)] * n
+    feat = {"kp_code": codes, "kp_code_flip": empty, "kp_dim": np.r_[True, np.zeros(n - 1, bool)]}
+
+    def partners(**kw: int) -> list[int]:
+        c = duplicates.candidate_pairs(feat, top_k=4, **kw)
+        return sorted(c["j"][c["i"] == 0].tolist())
+
+    assert duplicates.DIM_MIN_PARTNERS == 32 and 4 * duplicates.DIM_PARTNERS < 32
+    assert partners() == list(range(n - 32, n))  # the 32 it shares most with
+    assert partners(dim_partners=duplicates.DIM_PARTNERS) == list(range(n - 4 * duplicates.DIM_PARTNERS, n))

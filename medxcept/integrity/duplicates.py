@@ -65,7 +65,8 @@ that both carry keypoints are decided by geometry alone, never by hashes. Two im
 
 Dim photographs (:data:`DARK_LEVEL`), and washed-out ones (:data:`DIM_RANGE`: a dim photograph
 brightened), are noise-limited: their luma is lifted, their detail smoothed before SIFT
-(:data:`DIM_SIFT_SIGMA`), they keep :data:`DIM_PARTNERS` times the candidates, and as many again by
+(:data:`DIM_SIFT_SIGMA`), they keep :data:`DIM_PARTNERS` times the candidates (at least
+:data:`DIM_MIN_PARTNERS`), and as many again by
 the votes of one orientation difference (:data:`ORIENTATION_BINS`), and a pair with one of them needs
 :data:`MIN_ALIGNED_AGREEMENT_DIM` overall and :data:`MIN_INLIERS_DIM` inliers (the structure and layout
 checks unchanged).
@@ -209,6 +210,16 @@ DIM_PARTNERS = 4
 Its descriptors are noise-limited: on the 300-eye screening set, other dim eyes gave a dim original
 5-7 votes each and its combined copies 3-5, so 12 of 80 copies ranked 4th or lower among both
 images' partners (the partners each image keeps from 2,048 images on), 7 of them 21st or lower."""
+DIM_MIN_PARTNERS = 32
+"""Fewest partners a dim image keeps by default (by votes, and as many by orientation-binned votes): from
+2,048 images on (:data:`TOP_K`), :data:`DIM_PARTNERS` is raised to reach it.
+
+Copies of dim eyes that verification confirms ranked 17th to 300th among their original's partners
+(``benchmarks/near_duplicates.py --screening-only``, 3,000 eyes). Measured there: 32 partners instead
+of 16 found 52 and 54 of 60 combined and exposure-relative copies instead of 50 and 52 (0 false pairs;
+64 partners found no more), for about 30 % more CPU on that set (twice the candidates of dim images).
+Smaller cohorts already keep more (300 eyes: 108 partners each); a cohort without dim images is
+unchanged."""
 DENSE_PX = WORK_PX  # the detail thumbnail is the keypoint image's high-pass, band-passed
 _DENSE_SIGMA = 3.0
 _FOV_LEVEL = 8  # uint8 level below which a pixel is border, not image (a dim image: half its median, see _enhance)
@@ -493,7 +504,7 @@ def candidate_pairs(
     for a bucket of ``s``. A bucket of more than :data:`BUCKET_CAP` descriptors (a structure every
     image has) is skipped, like a stop word. Each image keeps its ``top_k`` best-voted partners
     (default :func:`partners_per_image`; a dim image, ``feat["kp_dim"]``, ``dim_partners`` times as
-    many, default :data:`DIM_PARTNERS`)
+    many, default :data:`DIM_PARTNERS`, and at least :data:`DIM_MIN_PARTNERS` in all)
     with at least ``min_votes``. Cost: one sort of the descriptors per table (``O(N log N)``) plus
     the pairs inside small buckets (about linear).
 
@@ -507,7 +518,10 @@ def candidate_pairs(
     """
     n = len(feat["kp_code"])
     top_k = partners_per_image(n) if top_k is None else top_k
-    dim_partners = DIM_PARTNERS if dim_partners is None else int(dim_partners)
+    # a dim image keeps DIM_PARTNERS times the partners, and at least DIM_MIN_PARTNERS
+    if dim_partners is None:
+        dim_partners = max(DIM_PARTNERS, -(-DIM_MIN_PARTNERS // max(top_k, 1)))
+    dim_partners = int(dim_partners)
     dim = np.asarray(feat["kp_dim"], bool) if "kp_dim" in feat else np.zeros(n, bool)
     # orientation bins (weak geometric consistency) only where a dim image is involved: a bright cohort's
     # search is the same as without them
