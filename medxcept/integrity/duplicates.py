@@ -150,8 +150,8 @@ MIN_INLIERS_DIM = 8
 A dim copy's noise-limited descriptors match less, so a copy whose detail agrees plainly can keep
 fewer inliers. Measured on the screening sets (``benchmarks/near_duplicates.py --screening-only``,
 every candidate pair of different eyes fitted down to 3 inliers): with 8 or more inliers and a
-plausible transform, the 1,831 such pairs among 3,000 eyes agreed at most 0.23 once aligned and 0.35 on
-their structures (:data:`MIN_ALIGNED_AGREEMENT_DIM` 0.30, :data:`MIN_STRUCTURE_AGREEMENT` 0.50), the
+plausible transform, the 3,089 such pairs among 3,000 eyes (84,588 candidates, :data:`DIM_MIN_PARTNERS`)
+agreed at most 0.23 once aligned and 0.38 on their structures (:data:`MIN_ALIGNED_AGREEMENT_DIM` 0.30, :data:`MIN_STRUCTURE_AGREEMENT` 0.50), the
 573 among 300 eyes at most 0.22 and 0.35; with 6 or more, still at most 0.25 and 0.39 in both sets.
 A combined copy of a dim eye with 8 inliers agreed 0.34 and 0.67. Bright pairs keep :data:`MIN_INLIERS`
 (the demo's look-alikes of one vessel template reach 25 inliers)."""
