@@ -531,3 +531,67 @@ def test_a_dim_copy_outvoted_by_look_alikes_is_proposed_by_its_consistent_rotati
     pd.testing.assert_frame_equal(duplicates.candidate_pairs(bright, top_k=2, dim_partners=2),
                                   duplicates.candidate_pairs({k: v for k, v in bright.items() if k != "kp_angle"},
                                                              top_k=2, dim_partners=2))
+
+
+def test_a_dim_copy_with_8_inliers_is_confirmed_by_its_aligned_detail(screening):
+    """A dim copy whose noise-limited descriptors match less: the combined copy of the first dim eye keeps
+    only 8 of its RANSAC inliers' keypoints (spread over the picture; its other keypoints stay). Fitted,
+    it has fewer than ``MIN_INLIERS`` inliers but at least ``MIN_INLIERS_DIM``, and its detail agrees plainly
+    once aligned: confirmed, as a dim pair (the same pair judged as bright is not). The 8 different dim
+    eyes fitted down to 3 inliers are not (none has ``MIN_INLIERS_DIM`` inliers and the detail to agree)."""
+    fp = dict(screening["fp"])
+    assert fp["kp_dim"].all()
+    (q, t), = duplicates._ratio_matches(fp["kp_desc"][0], [duplicates.mirror_descriptors(fp["kp_desc"][8])])
+    cv2.setRNGSeed(0)
+    _, inl = cv2.estimateAffine2D(fp["kp_xy"][0][q], fp["kp_xy_flip"][8][t], method=cv2.RANSAC,
+                                  ransacReprojThreshold=duplicates.RANSAC_PX, maxIters=2000, confidence=0.999)
+    tin = t[inl.ravel() > 0]
+    assert len(tin) >= 3 * MIN_INLIERS  # the whole copy: plainly confirmed
+    drop = np.setdiff1d(tin, tin[np.linspace(0, len(tin) - 1, 8).round().astype(int)])
+    keep = np.setdiff1d(np.arange(len(fp["kp_desc"][8])), drop)
+    for k in ("kp_xy", "kp_xy_flip", "kp_desc"):
+        fp[k] = fp[k].copy()
+        fp[k][8] = fp[k][8][keep]
+    row = verify_pairs(fp, [0], [8], [True]).iloc[0]
+    assert duplicates.MIN_INLIERS_DIM <= row["inliers"] < MIN_INLIERS
+    assert row["aligned_agreement"] >= duplicates.MIN_ALIGNED_AGREEMENT_DIM + 0.1
+    assert row["structure_agreement"] >= duplicates.MIN_STRUCTURE_AGREEMENT + 0.1
+    assert bool(row["confirmed"])
+    bright = dict(fp, kp_dim=np.zeros_like(fp["kp_dim"]))
+    assert not bool(verify_pairs(bright, [0], [8], [True]).iloc[0]["confirmed"])
+    a, b = np.triu_indices(8, k=1)
+    others = verify_pairs(fp, np.r_[a, a], np.r_[b, b], np.r_[np.zeros(len(a), bool), np.ones(len(a), bool)], least=3)
+    assert not others["confirmed"].any()
+
+
+def test_a_dim_image_keeps_at_least_dim_min_partners():
+    """Hand-made descriptor codes: a dim image (0) shares 1, 2, ..., 40 descriptors with 40 bright images
+    (buckets of two: 16 votes a descriptor), which come in 8 groups of 5 sharing 200 descriptors among them
+    (800 votes a pair), so no bright image keeps image 0 among its ``top_k = 4``. Image 0 keeps its own:
+    ``DIM_MIN_PARTNERS`` (32; ``top_k * DIM_PARTNERS`` = 16 before), the ones it shares most with, and
+    an explicit ``dim_partners`` still sets the number."""
+    rng = np.random.default_rng(5)
+    nb = duplicates.CODE_BITS // 8
+    n = 41
+    desc: list[list[np.ndarray]] = [[] for _ in range(n)]
+    for k in range(1, n):
+        shared = rng.integers(0, 256, (k, nb), dtype=np.uint8)
+        desc[0].append(shared)
+        desc[k].append(shared)
+    for g in range(8):
+        group = rng.integers(0, 256, (200, nb), dtype=np.uint8)
+        for k in range(1 + 5 * g, 6 + 5 * g):
+            desc[k].append(group)
+    codes = np.empty(n, object)
+    codes[:] = [np.concatenate(d) for d in desc]
+    empty = np.empty(n, object)
+    empty[:] = [np.zeros((0, nb), np.uint8)] * n
+    feat = {"kp_code": codes, "kp_code_flip": empty, "kp_dim": np.r_[True, np.zeros(n - 1, bool)]}
+
+    def partners(**kw: int) -> list[int]:
+        c = duplicates.candidate_pairs(feat, top_k=4, **kw)
+        return sorted(c["j"][c["i"] == 0].tolist())
+
+    assert duplicates.DIM_MIN_PARTNERS == 32 and 4 * duplicates.DIM_PARTNERS < 32
+    assert partners() == list(range(n - 32, n))  # the 32 it shares most with
+    assert partners(dim_partners=duplicates.DIM_PARTNERS) == list(range(n - 4 * duplicates.DIM_PARTNERS, n))

@@ -39,7 +39,8 @@ transform. So:
    L2 passing Lowe's ratio test, :data:`RATIO`; one matrix product per image against all its
    candidates), then one affine transform fitted by RANSAC (OpenCV ``estimateAffine2D``,
    tolerance :data:`RANSAC_PX` px at :data:`WORK_PX` px); the pair must have at least
-   :data:`MIN_INLIERS` inliers and a plausible transform (scale within 0.5-2, shear below 0.5).
+   :data:`MIN_INLIERS` inliers (:data:`MIN_INLIERS_DIM` with a dim image) and a plausible transform
+   (scale within 0.5-2, shear below 0.5).
 4. **Aligned detail**: the candidate is warped onto the other image with that transform
    (bilinear, at 128 px) and the sign of its fine detail (a band-pass: Gaussian blur of sigma 1
    minus one of sigma :data:`_DENSE_SIGMA`) compared pixel by pixel inside both fields of view, as
@@ -64,9 +65,11 @@ that both carry keypoints are decided by geometry alone, never by hashes. Two im
 
 Dim photographs (:data:`DARK_LEVEL`), and washed-out ones (:data:`DIM_RANGE`: a dim photograph
 brightened), are noise-limited: their luma is lifted, their detail smoothed before SIFT
-(:data:`DIM_SIFT_SIGMA`), they keep :data:`DIM_PARTNERS` times the candidates, and as many again by
+(:data:`DIM_SIFT_SIGMA`), they keep :data:`DIM_PARTNERS` times the candidates (at least
+:data:`DIM_MIN_PARTNERS`), and as many again by
 the votes of one orientation difference (:data:`ORIENTATION_BINS`), and a pair with one of them needs
-:data:`MIN_ALIGNED_AGREEMENT_DIM` overall (the structure and layout checks unchanged).
+:data:`MIN_ALIGNED_AGREEMENT_DIM` overall and :data:`MIN_INLIERS_DIM` inliers (the structure and layout
+checks unchanged).
 
 Why the orientation bins, measured on the 3,000-eye screening set (``benchmarks/near_duplicates.py
 --screening-only``; two thirds of its eyes are dim): copies lost before verification were lost in the
@@ -102,6 +105,7 @@ __all__ = [
     "N_KEYPOINTS",
     "MIN_KEYPOINTS",
     "MIN_INLIERS",
+    "MIN_INLIERS_DIM",
     "MIN_ALIGNED_AGREEMENT",
     "MIN_ALIGNED_AGREEMENT_DIM",
     "DIM_SIFT_SIGMA",
@@ -140,6 +144,17 @@ MIN_INLIERS = 10
 Below the aligned-detail checks, which decide: among 20,000 look-alikes, 225 candidate pairs of
 different eyes reached 10 inliers (at most 14 with ratio-test matching), none agreed more than 0.31
 once aligned; the hardest combined copies of smooth demo eyes have 7-11 (``benchmarks/``)."""
+MIN_INLIERS_DIM = 8
+""":data:`MIN_INLIERS` for a pair with a dim image (:data:`DARK_LEVEL`); the aligned-detail checks decide.
+
+A dim copy's noise-limited descriptors match less, so a copy whose detail agrees plainly can keep
+fewer inliers. Measured on the screening sets (``benchmarks/near_duplicates.py --screening-only``,
+every candidate pair of different eyes fitted down to 3 inliers): with 8 or more inliers and a
+plausible transform, the 3,089 such pairs among 3,000 eyes (84,588 candidates, :data:`DIM_MIN_PARTNERS`)
+agreed at most 0.23 once aligned and 0.38 on their structures (:data:`MIN_ALIGNED_AGREEMENT_DIM` 0.30, :data:`MIN_STRUCTURE_AGREEMENT` 0.50), the
+573 among 300 eyes at most 0.22 and 0.35; with 6 or more, still at most 0.25 and 0.39 in both sets.
+A combined copy of a dim eye with 8 inliers agreed 0.34 and 0.67. Bright pairs keep :data:`MIN_INLIERS`
+(the demo's look-alikes of one vessel template reach 25 inliers)."""
 MIN_ALIGNED_AGREEMENT = 0.46
 """Sign agreement of the fine detail after alignment (in [-1, 1]) needed to call a pair a copy."""
 MIN_ALIGNED_AGREEMENT_DIM = 0.3
@@ -195,6 +210,16 @@ DIM_PARTNERS = 4
 Its descriptors are noise-limited: on the 300-eye screening set, other dim eyes gave a dim original
 5-7 votes each and its combined copies 3-5, so 12 of 80 copies ranked 4th or lower among both
 images' partners (the partners each image keeps from 2,048 images on), 7 of them 21st or lower."""
+DIM_MIN_PARTNERS = 32
+"""Fewest partners a dim image keeps by default (by votes, and as many by orientation-binned votes): from
+2,048 images on (:data:`TOP_K`), :data:`DIM_PARTNERS` is raised to reach it.
+
+Copies of dim eyes that verification confirms ranked 17th to 300th among their original's partners
+(``benchmarks/near_duplicates.py --screening-only``, 3,000 eyes). Measured there: 32 partners instead
+of 16 found 52 and 54 of 60 combined and exposure-relative copies instead of 50 and 52 (0 false pairs;
+64 partners found no more), for about 30 % more CPU on that set (twice the candidates of dim images).
+Smaller cohorts already keep more (300 eyes: 108 partners each); a cohort without dim images is
+unchanged."""
 DENSE_PX = WORK_PX  # the detail thumbnail is the keypoint image's high-pass, band-passed
 _DENSE_SIGMA = 3.0
 _FOV_LEVEL = 8  # uint8 level below which a pixel is border, not image (a dim image: half its median, see _enhance)
@@ -479,7 +504,7 @@ def candidate_pairs(
     for a bucket of ``s``. A bucket of more than :data:`BUCKET_CAP` descriptors (a structure every
     image has) is skipped, like a stop word. Each image keeps its ``top_k`` best-voted partners
     (default :func:`partners_per_image`; a dim image, ``feat["kp_dim"]``, ``dim_partners`` times as
-    many, default :data:`DIM_PARTNERS`)
+    many, default :data:`DIM_PARTNERS`, and at least :data:`DIM_MIN_PARTNERS` in all)
     with at least ``min_votes``. Cost: one sort of the descriptors per table (``O(N log N)``) plus
     the pairs inside small buckets (about linear).
 
@@ -493,7 +518,10 @@ def candidate_pairs(
     """
     n = len(feat["kp_code"])
     top_k = partners_per_image(n) if top_k is None else top_k
-    dim_partners = DIM_PARTNERS if dim_partners is None else int(dim_partners)
+    # a dim image keeps DIM_PARTNERS times the partners, and at least DIM_MIN_PARTNERS
+    if dim_partners is None:
+        dim_partners = max(DIM_PARTNERS, -(-DIM_MIN_PARTNERS // max(top_k, 1)))
+    dim_partners = int(dim_partners)
     dim = np.asarray(feat["kp_dim"], bool) if "kp_dim" in feat else np.zeros(n, bool)
     # orientation bins (weak geometric consistency) only where a dim image is involved: a bright cohort's
     # search is the same as without them
@@ -758,6 +786,10 @@ def _verify_one(feat: dict[str, np.ndarray], a: int, b: int, fl: bool, least: in
                            "aligned_agreement": np.nan, "structure_agreement": np.nan,
                            "layout_agreement": np.nan, "rotation_deg": np.nan, "scale": np.nan,
                            "shear_rad": np.nan, "shift_x": np.nan, "shift_y": np.nan, "confirmed": False}
+    dim = "kp_dim" in feat and bool(feat["kp_dim"][a] or feat["kp_dim"][b])
+    need = MIN_INLIERS_DIM if dim else MIN_INLIERS  # inliers the confirmation needs
+    if dim:  # a dim pair can be confirmed on fewer inliers: fit it from that many matches on
+        least = min(least, MIN_INLIERS_DIM)
     if len(q) < least:  # fewer matches than the least inliers the caller's rule needs
         return row
     src = feat["kp_xy"][a][q]
@@ -780,9 +812,8 @@ def _verify_one(feat: dict[str, np.ndarray], a: int, b: int, fl: bool, least: in
     # strongest structures too (two eyes drawn on one background agree everywhere but on their
     # vessels), and clearly more than other images of the cohort agree with ``a`` under the same
     # transform (that figure costs 16 warps: only for a pair the other conditions confirm)
-    dim = "kp_dim" in feat and bool(feat["kp_dim"][a] or feat["kp_dim"][b])
     least_agreement = MIN_ALIGNED_AGREEMENT_DIM if dim else MIN_ALIGNED_AGREEMENT
-    if (row["inliers"] >= MIN_INLIERS and plausible and row["aligned_agreement"] >= least_agreement
+    if (row["inliers"] >= need and plausible and row["aligned_agreement"] >= least_agreement
             and row["structure_agreement"] >= MIN_STRUCTURE_AGREEMENT):
         row["layout_agreement"] = _layout_agreement(cv2, feat, a, b, m, fl)
         row["confirmed"] = bool(row["aligned_agreement"] - row["layout_agreement"] >= MIN_AGREEMENT_MARGIN)
@@ -821,8 +852,8 @@ def verify_pairs(
         matches), ``inliers`` (of one affine transform, RANSAC), ``aligned_agreement`` (see the
         module notes), the transform (``rotation_deg``, ``scale``, ``shear_rad``, ``shift_x``,
         ``shift_y``: how ``j`` is placed relative to ``i``) and ``confirmed`` (all criteria met).
-        A pair with fewer than ``least`` matches is not fitted (inliers 0), one with fewer than
-        ``least`` inliers gets no transform and no aligned agreement (NaN), and the layout
+        A pair with fewer than ``least`` matches (at most :data:`MIN_INLIERS_DIM` for a pair with a
+        dim image) is not fitted (inliers 0), one with fewer than that many inliers gets no transform and no aligned agreement (NaN), and the layout
         agreement is computed only for a pair whose other conditions hold: the caller's rule needs
         no more.
     """

@@ -66,7 +66,14 @@ black), copies of dim eyes were lost in the candidate search (their descriptors'
 other dim eyes'); counting their votes by orientation difference
 (:data:`medxcept.integrity.duplicates.ORIENTATION_BINS`) found 50/60 and 52/60 (47 and 50 before),
 0 false pairs; handed straight to verification, 56 of each kind are confirmed: the rest of the gap
-to 95 % is verification's (dim copies with 4-15 inliers or agreement 0.22-0.27).
+to 95 % is verification's (dim copies with 4-15 inliers or agreement 0.22-0.27). A dim image now keeps
+at least :data:`medxcept.integrity.duplicates.DIM_MIN_PARTNERS` candidates and a pair with one is
+confirmed from :data:`medxcept.integrity.duplicates.MIN_INLIERS_DIM` inliers: 52/60 and 54/60, 0 false
+pairs. What stands between that and 57/60: 3 copies of bright originals keep 24-29 keypoints and 4-10
+inliers (no plausible transform), 1 dim copy has 4; 2 dim copies agree 0.22-0.23 once aligned, as much
+as the most agreeing of the 398 candidate pairs of different eyes with 10 or more inliers (0.23), a
+third 0.27 (0.43 on its structures; those pairs at most 0.33); and 7 copies that verification confirms
+are not among 64 partners of the candidate search.
 
 Near-duplicate threshold (hash rule)
 ------------------------------------
