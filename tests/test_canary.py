@@ -152,3 +152,27 @@ def test_the_scanner_finds_what_it_is_meant_to_find(canary: SimpleNamespace, tmp
     assert "absolute path" in found
     assert "pixels of the burned-in text colour" in found
     assert "stray.bin: a file type the canary scan does not know how to read" in found
+
+
+def test_burned_in_text_is_counted_but_a_grad_cam_purple_is_not() -> None:
+    """The burned-in magenta is found at a third of its size after JPEG 50, over black or a fundus
+    orange; the purple of a Grad-CAM overlay on a fundus ((118, 55, 135): 99 such pixels in one
+    CAM gallery were once reported as burned-in text) is not counted at all."""
+    import numpy as np
+    from PIL import Image
+
+    from medxcept.testing.canary import BURN_PIXELS, _burn, _burned_pixels
+
+    yy, xx = np.mgrid[:288, :288]
+    for background in ((0, 0, 0), (190, 90, 40)):
+        rgb = np.zeros((288, 288, 3), np.uint8)
+        rgb[(yy - 144) ** 2 + (xx - 144) ** 2 < 130 ** 2] = background
+        small = Image.fromarray(_burn(rgb, "BURN-P0001-DOE-JOHN")).resize((96, 96), Image.BILINEAR)
+        jpeg = io.BytesIO()
+        small.save(jpeg, format="JPEG", quality=50)
+        assert _burned_pixels(np.asarray(Image.open(jpeg).convert("RGB"))) >= BURN_PIXELS, background
+    cam = np.zeros((40, 40, 3), np.uint8)
+    cam[:] = (118, 55, 135)
+    cam[::2] = (119, 56, 138)
+    assert _burned_pixels(cam) == 0
+    assert _burned_pixels(np.full((40, 40, 3), (200, 10, 200), np.uint8)) == 1600  # the scanner test's planted colour
