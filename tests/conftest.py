@@ -158,3 +158,25 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
                 counts[backend][outcome] += 1
     line = "; ".join(f"{b}: " + ", ".join(f"{n} {o}" for o, n in c.items()) for b, c in counts.items())
     terminalreporter.write_line(f"Keras backends tested: tensorflow (in process){'; ' + line if line else ''}")
+
+
+def graded_cohort(*, train_extra: str = "", eval_options: str = "n_bootstrap: 50") -> str:
+    """The tiny three-grade ordinal cohort (30 generated patients) the graded end-to-end tests run on;
+    ``train_extra`` is appended to its ``train`` defaults, ``eval_options`` are its ``eval`` defaults."""
+    return f"""
+name: tiny-graded
+classes: [none, mild, moderate]
+task: ordinal
+endpoints: {{referable: grade >= moderate}}
+generator: demo_graded
+generator_options: {{n_patients: 30, n_grades: 3, seed: 5, size_scale: 0.35}}
+pseudonym_salt: test-salt
+sources:
+  - {{name: photos, kind: photos, root: photos, labels: photos/labels.csv, label_column: grade,
+     patient_column: patient, laterality_column: eye, columns: {{camera: source}}}}
+defaults:
+  preprocess: {{image_px: 71}}
+  train: {{batch_size: 8, head_epochs: 1, finetune_epochs: 0, workers: 1{train_extra}}}
+  eval: {{{eval_options}}}
+  audit: {{on_leak: warn}}
+"""

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import TINY_COHORT
+from tests.conftest import TINY_COHORT, graded_cohort
 
 N_FOLDS = 3
 
@@ -296,23 +296,7 @@ def test_cv_report_method_sentence_comes_from_the_folds_metrics(three_ways, tmp_
     assert out["metrics"]["method"]["threshold_and_calibration_fitted_on"] == "A-PLACE-THE-FOLD-RECORDED"
 
 
-GRADED_COHORT = """
-name: tiny-graded
-classes: [none, mild, moderate]
-task: ordinal
-endpoints: {referable: grade >= moderate}
-generator: demo_graded
-generator_options: {n_patients: 30, n_grades: 3, seed: 5, size_scale: 0.35}
-pseudonym_salt: test-salt
-sources:
-  - {name: photos, kind: photos, root: photos, labels: photos/labels.csv, label_column: grade,
-     patient_column: patient, laterality_column: eye, columns: {camera: source}}
-defaults:
-  preprocess: {image_px: 71}
-  train: {batch_size: 8, head_epochs: 1, finetune_epochs: 0, workers: 1}
-  eval: {n_bootstrap: 20, tta: 2}
-  audit: {on_leak: warn}
-"""
+GRADED_COHORT = graded_cohort(eval_options="n_bootstrap: 20, tta: 2")
 
 
 @pytest.mark.slow

@@ -11,26 +11,11 @@ from medxcept.cohort.table import load_cohort_spec
 from medxcept.config import load_config
 from medxcept.report import _ci
 from medxcept.workflows.single import run_pipeline
+from tests.conftest import graded_cohort
 
 pytestmark = pytest.mark.slow
 
-GRADED_COHORT = """
-name: tiny-graded
-classes: [none, mild, moderate]
-task: ordinal
-endpoints: {referable: grade >= moderate}
-generator: demo_graded
-generator_options: {n_patients: 30, n_grades: 3, seed: 5, size_scale: 0.35}
-pseudonym_salt: test-salt
-sources:
-  - {name: photos, kind: photos, root: photos, labels: photos/labels.csv, label_column: grade,
-     patient_column: patient, laterality_column: eye, columns: {camera: source}}
-defaults:
-  preprocess: {image_px: 71}
-  train: {batch_size: 8, head_epochs: 1, finetune_epochs: 0, workers: 1, ordinal_loss: coral}
-  eval: {n_bootstrap: 50}
-  audit: {on_leak: warn}
-"""
+GRADED_COHORT = graded_cohort(train_extra=", ordinal_loss: coral")
 
 
 @pytest.fixture(scope="module")
